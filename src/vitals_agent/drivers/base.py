@@ -1,0 +1,342 @@
+"""Driver and transport framework.
+
+A *driver* knows one device protocol. Its decoder is pure (h11-style): bytes in, events out, no I/O, no
+clock of its own (the host time comes from :class:`DecodeContext.now`). A *transport* knows one way of
+reaching devices (serial port, BLE link, watched folder) and runs a device's link on asyncio, handing the
+bytes it receives to the driver's decoder and the resulting events to the agent through
+:class:`DeviceRuntime`.
+
+Drivers and transports register themselves by name when their module is imported;
+:func:`vitals_agent.drivers.load_all` imports every module of this package, so adding a driver is adding a
+module: no central list to edit.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, tzinfo
+from typing import Any, ClassVar, Literal, Protocol, TypeVar
+
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from vitals_agent.errors import DecodeError, UnknownDriverError
+from vitals_agent.models import DeviceClass, DeviceEvent, DeviceIdentity
+
+# ---------------------------------------------------------------------------------------------- options
+
+
+class DriverOptions(BaseModel):
+    """Per-device keys a driver accepts besides the common ones. Unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Parity = Literal["N", "E", "O", "M", "S"]
+
+
+class SerialSettings(BaseModel):
+    """Line settings. Each serial driver states its defaults; the config may override each key."""
+
+    model_config = ConfigDict(frozen=True)
+
+    baudrate: int = 9600
+    bytesize: Literal[5, 6, 7, 8] = 8
+    parity: Parity = "N"
+    stopbits: Literal[1, 2] = 1
+
+
+class SerialOptions(DriverOptions):
+    """Keys every serial driver accepts: where the device is (``port`` path or URL, or ``usb`` id) and
+    line settings (None = the driver's default)."""
+
+    port: str | None = None  # /dev/ttyUSB0, or a pyserial URL such as socket://host:port
+    usb: str | None = None  # "VID:PID" or "VID:PID:SERIAL" (hex), matched against the port listing
+    baudrate: int | None = None
+    bytesize: Literal[5, 6, 7, 8] | None = None
+    parity: Parity | None = None
+    stopbits: Literal[1, 2] | None = None
+
+    @model_validator(mode="after")
+    def _where(self) -> SerialOptions:
+        if (self.port is None) == (self.usb is None):
+            raise ValueError("give exactly one of 'port' or 'usb'")
+        if self.usb is not None:
+            parts = self.usb.split(":")
+            if len(parts) not in (2, 3) or not all(
+                len(p) == 4 and all(c in "0123456789abcdefABCDEF" for c in p) for p in parts[:2]
+            ):
+                raise ValueError("usb must be 'VID:PID' or 'VID:PID:SERIAL' with 4-digit hex ids")
+        return self
+
+    def line_settings(self, defaults: SerialSettings | None) -> SerialSettings:
+        base = defaults or SerialSettings()
+        return SerialSettings(
+            baudrate=self.baudrate or base.baudrate,
+            bytesize=self.bytesize or base.bytesize,
+            parity=self.parity or base.parity,
+            stopbits=self.stopbits or base.stopbits,
+        )
+
+
+# ---------------------------------------------------------------------------------------------- decoding
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class DecodeContext:
+    """What a pure decoder may know about the world: identity, device-clock zone, the host clock."""
+
+    device: DeviceIdentity
+    tz: tzinfo = UTC  # zone of the device's local clock
+    now: Callable[[], datetime] = utc_now  # host receive time (UTC, aware)
+    options: DriverOptions | None = None
+
+
+@dataclass(frozen=True)
+class DecodeFailure:
+    """A stream decoder could not decode some bytes; it resynced and carries on."""
+
+    error: DecodeError
+
+    @property
+    def data(self) -> bytes:
+        return self.error.data
+
+
+DecoderOutput = DeviceEvent | DecodeFailure
+
+
+class StreamDecoder(abc.ABC):
+    """Incremental decoder for a byte stream (serial). Never raises on bad input: it reports a
+    :class:`DecodeFailure`, resynchronises on the next frame start, and caps its buffer."""
+
+    max_buffer: ClassVar[int] = 8192
+
+    def __init__(self, ctx: DecodeContext) -> None:
+        self.ctx = ctx
+
+    @abc.abstractmethod
+    def feed(self, data: bytes) -> list[DecoderOutput]:
+        """Consume ``data``; return every complete event (and failure) it finished."""
+
+    def reset(self) -> None:  # noqa: B027 - optional hook
+        """Forget any partial frame (called after a disconnect: a half frame is never a reading)."""
+
+    def commands_on_connect(self) -> list[bytes]:
+        """Bytes to write to the device after the port opens (e.g. select a data format)."""
+        return []
+
+
+class LineDecoder(StreamDecoder):
+    """Helper base for CR/LF line protocols: splits lines, caps over-long garbage, calls ``decode_line``."""
+
+    terminators: ClassVar[bytes] = b"\r\n"
+    max_line: ClassVar[int] = 512
+
+    def __init__(self, ctx: DecodeContext) -> None:
+        super().__init__(ctx)
+        self._buf = bytearray()
+
+    def reset(self) -> None:
+        self._buf.clear()
+
+    def feed(self, data: bytes) -> list[DecoderOutput]:
+        out: list[DecoderOutput] = []
+        for byte in data:
+            if byte in self.terminators:
+                if self._buf:
+                    line = bytes(self._buf)
+                    self._buf.clear()
+                    out.extend(self._decode_safely(line))
+                continue
+            if len(self._buf) >= self.max_line:
+                junk = bytes(self._buf)
+                self._buf.clear()
+                out.append(DecodeFailure(DecodeError(f"line longer than {self.max_line} bytes", junk)))
+            self._buf.append(byte)
+        return out
+
+    def _decode_safely(self, line: bytes) -> list[DecoderOutput]:
+        try:
+            return list(self.decode_line(line))
+        except DecodeError as exc:
+            if not exc.data:
+                exc.data = line
+            return [DecodeFailure(exc)]
+
+    @abc.abstractmethod
+    def decode_line(self, line: bytes) -> Iterable[DeviceEvent]:
+        """Decode one line (without its terminator). Raise :class:`DecodeError` for a bad line."""
+
+
+# ---------------------------------------------------------------------------------------------- drivers
+
+
+class Driver(abc.ABC):
+    """A device protocol. Subclasses set the class attributes and register with :func:`register_driver`."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    device_class: ClassVar[DeviceClass]
+    transport: ClassVar[str]  # name of a registered transport: "serial", "ble", "folder", ...
+    continuous: ClassVar[bool] = False  # continuous devices default to report = "stable"
+    options_model: ClassVar[type[DriverOptions]] = DriverOptions
+    serial_defaults: ClassVar[SerialSettings | None] = None
+    characteristics: ClassVar[tuple[str, ...]] = ()  # BLE: UUIDs `decode --characteristic` accepts
+
+    def __init__(self, options: DriverOptions | None = None) -> None:
+        self.options = options if options is not None else self.options_model()
+
+    def stream_decoder(self, ctx: DecodeContext) -> StreamDecoder:
+        raise NotImplementedError(f"{self.name} has no stream decoder")
+
+    def decode_chunks(
+        self, chunks: Sequence[bytes], ctx: DecodeContext, characteristic: str | None = None
+    ) -> list[DecoderOutput]:
+        """Offline decoding for ``vitals-agent decode``: by default, the chunks as one byte stream."""
+        decoder = self.stream_decoder(ctx)
+        out: list[DecoderOutput] = []
+        for chunk in chunks:
+            out.extend(decoder.feed(chunk))
+        return out
+
+    def simulator(self, **kwargs: Any) -> Simulator:
+        raise NotImplementedError(f"{self.name} has no simulator")
+
+
+class SimPort(Protocol):
+    """The device side of a simulated link (a pty master, a socket)."""
+
+    async def write(self, data: bytes) -> None: ...
+
+    async def read(self, timeout: float) -> bytes: ...
+
+
+class Simulator(abc.ABC):
+    """A realistic simulated device: plays the device side of the protocol on a :class:`SimPort`."""
+
+    @abc.abstractmethod
+    async def run(self, port: SimPort) -> None:
+        """Run until cancelled."""
+
+
+_DRIVERS: dict[str, type[Driver]] = {}
+_D = TypeVar("_D", bound=type[Driver])
+
+
+def register_driver(cls: _D) -> _D:
+    if cls.name in _DRIVERS and _DRIVERS[cls.name] is not cls:
+        raise RuntimeError(f"driver name {cls.name!r} registered twice")
+    _DRIVERS[cls.name] = cls
+    return cls
+
+
+def driver_class(name: str) -> type[Driver]:
+    from vitals_agent.drivers import load_all
+
+    load_all()
+    try:
+        return _DRIVERS[name]
+    except KeyError:
+        known = ", ".join(sorted(_DRIVERS))
+        raise UnknownDriverError(f"unknown driver {name!r} (known: {known})") from None
+
+
+def all_drivers() -> dict[str, type[Driver]]:
+    from vitals_agent.drivers import load_all
+
+    load_all()
+    return dict(sorted(_DRIVERS.items()))
+
+
+# ---------------------------------------------------------------------------------------------- transports
+
+
+class DeviceStateStore(Protocol):
+    """Small durable key/value store per device (last BLE sequence number, processed files...)."""
+
+    def get(self, key: str) -> str | None: ...
+
+    def set(self, key: str, value: str) -> None: ...
+
+
+class DeviceRuntime(Protocol):
+    """What the agent gives a transport for one configured device."""
+
+    @property
+    def device_id(self) -> str: ...
+
+    @property
+    def driver(self) -> Driver: ...
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The device's whole config table (common and driver keys), validated."""
+        ...
+
+    @property
+    def ctx(self) -> DecodeContext: ...
+
+    @property
+    def state(self) -> DeviceStateStore: ...
+
+    @property
+    def log(self) -> Any: ...
+
+    async def emit(self, event: DeviceEvent) -> None:
+        """Hand a decoded event to the agent. Returns once a reading is durably accepted (or refused)."""
+        ...
+
+    def decode_failed(self, failure: DecodeFailure) -> None:
+        """Count a decode failure and log its bytes (hex) at DEBUG."""
+        ...
+
+    def set_connected(self, connected: bool, detail: str = "") -> None: ...
+
+
+class Transport(abc.ABC):
+    """Runs one device's link. ``run`` returns or raises when the link ends; the supervisor restarts it
+    with back-off. Raise :class:`~vitals_agent.errors.TransportError` for expected link failures."""
+
+    name: ClassVar[str]
+
+    def __init__(self, runtime: DeviceRuntime) -> None:
+        self.runtime = runtime
+
+    @abc.abstractmethod
+    async def run(self) -> None: ...
+
+
+_TRANSPORTS: dict[str, type[Transport]] = {}
+_T = TypeVar("_T", bound=type[Transport])
+
+
+def register_transport(cls: _T) -> _T:
+    _TRANSPORTS[cls.name] = cls
+    return cls
+
+
+def transport_class(name: str) -> type[Transport]:
+    from vitals_agent.drivers import load_all
+
+    load_all()
+    try:
+        return _TRANSPORTS[name]
+    except KeyError:
+        raise UnknownDriverError(f"no transport {name!r} is registered") from None
+
+
+@dataclass
+class DecoderStats:
+    """Counters a runtime keeps per device (shown in status)."""
+
+    frames: int = 0
+    readings: int = 0
+    decode_failures: int = 0
+    last_failure: str | None = None
+    extra: dict[str, int] = field(default_factory=dict)

@@ -1,0 +1,100 @@
+"""The agent's exception tree.
+
+Every error the agent raises on purpose derives from :class:`VitalsAgentError` and carries a one-line,
+human-readable message (``str(exc)``) that the CLI prints as is. Whether an operation may be retried is a
+*type*, not a flag: anything deriving from :class:`RetryableError` is worth trying again later (a peer that
+timed out, a port that disappeared); everything else is final for that input.
+"""
+
+from __future__ import annotations
+
+
+class VitalsAgentError(Exception):
+    """Base of every error the agent raises deliberately. ``str(exc)`` is one line for the user."""
+
+
+class RetryableError(VitalsAgentError):
+    """A transient failure: the same operation may succeed later (network, device unplugged, EHR down)."""
+
+
+# --- configuration -----------------------------------------------------------------------------------
+
+
+class ConfigError(VitalsAgentError):
+    """The configuration is unusable. ``problems`` holds ``(key.path, message)`` pairs."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        first = f"{problems[0][0]}: {problems[0][1]}" if problems else "invalid configuration"
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        super().__init__(first + more)
+
+
+# --- device data ---------------------------------------------------------------------------------------
+
+
+class DecodeError(VitalsAgentError):
+    """Device data that cannot be decoded. Decoders raise only this type (or a subclass) on bad input."""
+
+    def __init__(self, message: str, data: bytes = b"") -> None:
+        self.data = data
+        super().__init__(message)
+
+
+class ChecksumError(DecodeError):
+    """A frame whose checksum or CRC does not match."""
+
+
+class TruncatedError(DecodeError):
+    """A frame or record that is shorter than its header or flags say."""
+
+
+class UnsupportedError(DecodeError):
+    """Well-formed data of a kind or version this driver does not handle."""
+
+
+class UnknownDriverError(VitalsAgentError):
+    """No driver is registered under the given name."""
+
+
+# --- transports ----------------------------------------------------------------------------------------
+
+
+class TransportError(RetryableError):
+    """The link to a device failed (unplugged, port missing, BLE link lost). Reconnect later."""
+
+
+class DeviceNotFoundError(TransportError):
+    """The configured device is not present right now (no such port, no matching USB id, not advertising)."""
+
+
+# --- delivery ------------------------------------------------------------------------------------------
+
+
+class DeliveryError(VitalsAgentError):
+    """Base of errors while delivering a message to the EHR."""
+
+
+class PeerUnavailableError(DeliveryError, RetryableError):
+    """Connection refused, reset, closed before the ACK, or timed out: re-send later with the same MSH-10."""
+
+
+class AckProtocolError(DeliveryError, RetryableError):
+    """The peer answered with something that is not a usable ACK for this message (treated as no ACK)."""
+
+
+class NegativeAckError(DeliveryError):
+    """The receiver answered AE/AR/CE/CR. ``code`` is MSA-1, ``text`` MSA-3 and ERR details."""
+
+    def __init__(self, code: str, text: str) -> None:
+        self.code = code
+        self.text = text
+        super().__init__(f"receiver answered {code}" + (f": {text}" if text else ""))
+
+
+class OutboxError(VitalsAgentError):
+    """The durable queue could not accept or update a message (disk full, read-only, corrupt)."""
+
+
+class OutboxFullError(OutboxError):
+    """The reading was refused because it could not be committed durably (e.g. disk full)."""

@@ -1,0 +1,237 @@
+"""The data model every layer shares: device identity, measurements, readings, and device events.
+
+Drivers produce these, the agent normalises and routes them, the HL7 layer turns them into messages.
+Values are :class:`~decimal.Decimal` so that a device's resolution survives (``03.60`` stays ``3.60``).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
+
+from vitals_agent.codes import tables
+
+_EUI64 = re.compile(r"^[0-9A-F]{16}$")
+
+
+class DeviceClass(StrEnum):
+    """What kind of device a reading came from; selects the MDS code (codes.md section 5)."""
+
+    PULSE_OXIMETER = "pulse_oximeter"
+    BLOOD_PRESSURE = "blood_pressure"
+    THERMOMETER = "thermometer"
+    SCALE = "scale"
+    BODY_COMPOSITION = "body_composition"
+    HEART_RATE = "heart_rate"
+    ECG = "ecg"
+    BARCODE = "barcode"
+    OTHER = "other"
+
+
+class Flag(StrEnum):
+    """Measurement flags. The upper-case ones are HL7 OBX-8 interpretation codes (TF-2 table B.8.5-6)."""
+
+    QUESTIONABLE = "QUES"
+    INVALID = "INV"
+    NOT_AVAILABLE = "NAV"
+    CALIBRATING = "CAL"
+    TEST = "TEST"
+    DEMO = "DEMO"
+    EARLY = "EARLY"
+    BUSY = "BUSY"
+    ALARM_ACTIVE = "ALACT"
+    ALARMS_INHIBITED = "ALINH"
+
+
+class ReadingFlag(StrEnum):
+    """Reading-level flags: facts about the whole reading, kept for audit and shown to technicians."""
+
+    CLOCK_SKEW = "clock_skew"  # device time too far from host time: OBX-14 uses host time
+    CLOCK_UNSET = "clock_unset"  # device reported no or an impossible time
+    CLOCK_CORRECTED = "clock_corrected"  # stored record: device time shifted by the measured offset
+    STORED_RECORD = "stored_record"  # taken while no host was connected, delivered later
+    IMPLAUSIBLE_VALUE = "implausible_value"  # a value was outside the physiological range and not sent
+    ALARM = "alarm"  # the device signalled an alarm
+    SENSOR_OFF = "sensor_off"  # no values: sensor off / no sensor / searching
+    LATE_ASSOCIATED = "late_associated"  # held until a patient was set
+    TEST_DATA = "test_data"  # device in test/demo mode
+
+
+class DeviceIdentity(BaseModel):
+    """Who measured: the configured id plus whatever the device says about itself."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    manufacturer: str | None = None
+    model: str | None = None
+    serial_number: str | None = None
+    eui64: str | None = None
+    firmware: str | None = None
+    address: str | None = None  # BLE address, serial port or folder: where it was reached
+
+    @field_validator("eui64")
+    @classmethod
+    def _eui64_form(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.replace(":", "").replace("-", "").upper()
+        if not _EUI64.match(value):
+            raise ValueError("EUI-64 must be 16 hexadecimal digits")
+        return value
+
+    def merged(self, other: DeviceIdentity) -> DeviceIdentity:
+        """This identity with every field ``other`` knows filled in (the configured ``id`` is kept)."""
+        data = self.model_dump()
+        for key, value in other.model_dump().items():
+            if key != "id" and value is not None:
+                data[key] = value
+        return DeviceIdentity(**data)
+
+
+class Measurement(BaseModel):
+    """One metric of a reading. ``value`` None means "no value" and ``absent_reason`` says why."""
+
+    model_config = ConfigDict(frozen=True)
+
+    metric: str
+    value: Decimal | None
+    unit: str
+    flags: tuple[Flag, ...] = ()
+    absent_reason: str | None = None
+    site: str | None = None  # OBX-20 body site, e.g. "74262004^Oral cavity structure^SCT"
+    method: str | None = None  # OBX-17 code, e.g. "ACALC"
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, value: str) -> str:
+        if value not in tables().metrics:
+            raise ValueError(f"unknown metric key {value!r}")
+        return value
+
+    @field_serializer("value")
+    def _value_json(self, value: Decimal | None) -> float | int | None:
+        if value is None:
+            return None
+        return int(value) if value == value.to_integral_value() and value.as_tuple().exponent == 0 else float(
+            value
+        )
+
+    @property
+    def mdc(self) -> int | None:
+        return tables().metric(self.metric).mdc
+
+    @property
+    def loinc(self) -> str | None:
+        return tables().metric(self.metric).loinc
+
+    def text_value(self) -> str:
+        """OBX-5 text: the value at the device's precision (no exponent notation)."""
+        if self.value is None:
+            raise ValueError(f"{self.metric} has no value")
+        return format(self.value, "f")
+
+
+class PatientInfo(BaseModel):
+    """Patient demographics as a device (an EKG cart) or a context source knows them."""
+
+    model_config = ConfigDict(frozen=True)
+
+    mrn: str | None = None
+    family_name: str | None = None
+    given_name: str | None = None
+    birth_date: str | None = None  # YYYYMMDD
+    sex: str | None = None  # F | M | U | O
+    encounter: str | None = None
+
+
+class Attachment(BaseModel):
+    """An original file or rendered report to send as an ED OBX."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    media_type: str  # e.g. "application/pdf"
+    data: bytes
+
+    @field_serializer("data")
+    def _data_json(self, data: bytes) -> str:
+        return f"<{len(data)} bytes>"
+
+
+class Dropped(BaseModel):
+    """A value the agent did not send, with the reason (special value, sentinel, implausible)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    metric: str
+    reason: str
+    raw: str | None = None
+
+
+class Reading(BaseModel):
+    """One measurement session of one device (one MDS): what becomes one ORU^R01."""
+
+    model_config = ConfigDict(frozen=True)
+
+    device: DeviceIdentity
+    device_class: DeviceClass
+    measurements: tuple[Measurement, ...]
+    observed_at: datetime  # time used for OBX-14 / OBR-7 (after clock policy)
+    received_at: datetime  # host receive time
+    device_time: datetime | None = None  # the device's own clock reading, unchanged
+    flags: tuple[ReadingFlag, ...] = ()
+    dropped: tuple[Dropped, ...] = ()
+    statements: tuple[str, ...] = ()  # interpretation statements (EKG)
+    source_patient: PatientInfo | None = None  # patient as the device knows it (EKG cart)
+    attachments: tuple[Attachment, ...] = ()
+    extra: dict[str, str] = Field(default_factory=dict)  # decoded values without a code; kept, not sent
+    sequence: int | None = None  # device record sequence number (BLE stored records)
+    raw: bytes = b""  # the frame(s) this reading came from, for audit
+
+    @field_validator("observed_at", "received_at", "device_time")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("timestamps must be timezone-aware")
+        return value
+
+    @field_serializer("raw")
+    def _raw_json(self, raw: bytes) -> str:
+        return raw.hex()
+
+    def values(self) -> dict[str, Decimal]:
+        """Metric key -> value for the measurements that have one."""
+        return {m.metric: m.value for m in self.measurements if m.value is not None}
+
+    def with_updates(self, **changes: Any) -> Reading:
+        return self.model_copy(update=changes)
+
+
+class PatientScan(BaseModel):
+    """A wristband scan (barcode driver): sets the room's patient instead of producing a reading."""
+
+    model_config = ConfigDict(frozen=True)
+
+    device_id: str
+    mrn: str
+    raw: str
+    received_at: datetime
+
+
+class DeviceStatusEvent(BaseModel):
+    """Non-measurement facts a driver learns: battery level, identity from the device, progress."""
+
+    model_config = ConfigDict(frozen=True)
+
+    battery_percent: Annotated[int, Field(ge=0, le=100)] | None = None
+    identity: DeviceIdentity | None = None
+    note: str | None = None
+
+
+DeviceEvent = Reading | PatientScan | DeviceStatusEvent
