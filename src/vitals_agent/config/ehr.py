@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+ACK_CODES = ("AA", "AE", "AR", "CA", "CE", "CR")
 
 
 class EhrConfig(BaseModel):
@@ -14,9 +18,34 @@ class EhrConfig(BaseModel):
     ack_timeout_seconds: float = Field(30.0, gt=0)
     backoff_min_seconds: float = Field(0.5, gt=0)
     backoff_max_seconds: float = Field(60.0, gt=0)
+    # --- delivery: TLS and acknowledgement policy (hl7-pcd01.md §9.2) ---
+    tls: bool = False
+    tls_verify: bool = True  # verify the receiver's certificate and host name (only turn off for a lab)
+    ca_file: Path | None = None  # PEM CA bundle that signs the receiver's certificate; default: system store
+    cert_file: Path | None = None  # client certificate (PEM) for mutual TLS
+    key_file: Path | None = None  # its private key (PEM, unencrypted); default: inside cert_file
+    server_name: str | None = None  # name to verify in the receiver's certificate (SNI); default: host
+    max_attempts: int = Field(3, ge=1)  # AE/CE answers before a message is dead-lettered
+    retry_negative: tuple[str, ...] = ("AE", "CE")  # negative ACK codes retried; others dead-letter at once
+    backlog_warning: int = Field(100, ge=1)  # WARNING when the queue reaches this depth (and each doubling)
     sending_application: str = "VITALS_AGENT"  # MSH-3 namespace; universal id = gateway EUI-64
     receiving_application: str = ""  # MSH-5
     receiving_facility: str = ""  # MSH-6
     processing_id: str = Field("P", pattern="^[PTD]$")  # MSH-11
     accept_ack_type: str = "AL"  # MSH-15
     application_ack_type: str = "NE"  # MSH-16
+
+    @field_validator("retry_negative", mode="before")
+    @classmethod
+    def _codes(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [c for c in value.replace(" ", ",").split(",") if c]
+        if isinstance(value, list | tuple):
+            codes = tuple(str(c).strip().upper() for c in value)
+            bad = [c for c in codes if c not in ACK_CODES or c in ("AA", "CA")]
+            if bad:
+                raise ValueError(
+                    f"unknown negative acknowledgement code(s) {', '.join(bad)}: use AE, AR, CE, CR"
+                )
+            return codes
+        return value

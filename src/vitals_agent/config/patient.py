@@ -2,7 +2,23 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+import re
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# A wristband that carries only the MRN (letters, digits, '-', '.', '_'; up to 32 characters).
+DEFAULT_MRN_PATTERN = r"(?P<mrn>[A-Za-z0-9][A-Za-z0-9._-]{0,31})"
+
+
+def check_mrn_pattern(value: str) -> str:
+    """A valid regex with a named group ``mrn`` or at least one group (group 1 is the MRN)."""
+    try:
+        compiled = re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"not a valid regular expression: {exc}") from None
+    if "mrn" not in compiled.groupindex and compiled.groups < 1:
+        raise ValueError("needs a named group (?P<mrn>...) or a capturing group for the MRN")
+    return value
 
 
 class PatientConfig(BaseModel):
@@ -12,3 +28,14 @@ class PatientConfig(BaseModel):
     assigning_authority: str = "VITALS_AGENT"
     patient_timeout_minutes: float = Field(30.0, gt=0)
     require_patient: bool = False
+    # require_patient: a held reading not associated within this time is dropped (with an audit record)
+    hold_timeout_minutes: float = Field(60.0, gt=0)
+    # CX-5 identifier type of the bound PID-3 (MR = medical record number)
+    identifier_type: str = Field("MR", pattern=r"^[A-Z]{1,5}$")
+    # keyboard-wedge scans (`vitals-agent patient scan`): the whole scan must match; MRN = group "mrn" or 1
+    mrn_pattern: str = DEFAULT_MRN_PATTERN
+
+    @field_validator("mrn_pattern")
+    @classmethod
+    def _pattern(cls, value: str) -> str:
+        return check_mrn_pattern(value)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from vitals_agent.errors import DecodeError, UnknownDriverError
 from vitals_agent.models import DeviceClass, DeviceEvent, DeviceIdentity
@@ -116,6 +116,7 @@ class StreamDecoder(abc.ABC):
     :class:`DecodeFailure`, resynchronises on the next frame start, and caps its buffer."""
 
     max_buffer: ClassVar[int] = 8192
+    poll_interval: float | None = None  # seconds between poll() calls while connected; None = never
 
     def __init__(self, ctx: DecodeContext) -> None:
         self.ctx = ctx
@@ -130,6 +131,37 @@ class StreamDecoder(abc.ABC):
     def commands_on_connect(self) -> list[bytes]:
         """Bytes to write to the device after the port opens (e.g. select a data format)."""
         return []
+
+    # -- writing to the device (sans-I/O, like h11): the decoder queues bytes, the transport writes them.
+    #
+    # After the port opens the transport writes ``commands_on_connect()``, then ``data_to_send()``; after
+    # every ``feed()`` and every ``poll()`` it writes whatever ``data_to_send()`` returns. So a decoder can
+    # answer what it decodes (ACK/NAK handshakes, a retry after NAK, "send the next request once the reply
+    # arrived") by calling ``self.send(...)`` inside ``feed()``, and a polled device (Detecto ``<LF>P<CR>``,
+    # Fairbanks CR) sets ``poll_interval`` and overrides ``poll_command()``. While disconnected nothing is
+    # written: on disconnect the transport calls ``reset()`` and discards anything still queued.
+
+    def send(self, data: bytes) -> None:
+        """Queue ``data`` to be written to the device (by the transport, after the current call)."""
+        self.__dict__.setdefault("_outgoing", bytearray()).extend(data)
+
+    def data_to_send(self) -> bytes:
+        """Return and forget the bytes queued by :meth:`send` (the transport calls this)."""
+        out: bytearray = self.__dict__.setdefault("_outgoing", bytearray())
+        data = bytes(out)
+        out.clear()
+        return data
+
+    def poll(self) -> None:
+        """Called every ``poll_interval`` seconds while connected (monotonic timer; the first call right
+        after the connect commands). Default: queue :meth:`poll_command`. Override for timeouts/retries."""
+        command = self.poll_command()
+        if command:
+            self.send(command)
+
+    def poll_command(self) -> bytes | None:
+        """The request a polled device needs to answer (e.g. ``b"\\nP\\r"``); None = nothing."""
+        return None
 
 
 class LineDecoder(StreamDecoder):
@@ -190,7 +222,14 @@ class Driver(abc.ABC):
     characteristics: ClassVar[tuple[str, ...]] = ()  # BLE: UUIDs `decode --characteristic` accepts
 
     def __init__(self, options: DriverOptions | None = None) -> None:
-        self.options = options if options is not None else self.options_model()
+        if options is None:
+            try:
+                options = self.options_model()
+            except ValidationError:
+                # Offline use (`vitals-agent decode`, tests): the model's defaults without its "where is the
+                # device" checks (SerialOptions needs port or usb, which decoding does not).
+                options = self.options_model.model_construct()
+        self.options = options
 
     def stream_decoder(self, ctx: DecodeContext) -> StreamDecoder:
         raise NotImplementedError(f"{self.name} has no stream decoder")

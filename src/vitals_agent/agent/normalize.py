@@ -1,0 +1,85 @@
+"""Normalisation: canonical UCUM units, no special values, no impossible values, a trustworthy time.
+
+Pure: a :class:`Reading` in, a :class:`Reading` out. Everything removed is recorded in
+``Reading.dropped`` with a reason, so the audit trail says why a value the device showed was not sent.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+
+from vitals_agent.codes import tables
+from vitals_agent.hl7.units import UnitConversionError, convert
+from vitals_agent.models import Dropped, Measurement, Reading, ReadingFlag
+
+_EXEMPT_FROM_SKEW = {ReadingFlag.STORED_RECORD, ReadingFlag.CLOCK_CORRECTED, ReadingFlag.CLOCK_UNSET}
+
+
+def _normalise_measurement(m: Measurement) -> tuple[Measurement | None, Dropped | None]:
+    t = tables()
+    info = t.metric(m.metric)
+    if m.value is None:
+        return None, Dropped(metric=m.metric, reason=m.absent_reason or "no value")
+    if not info.reportable:
+        return None, Dropped(metric=m.metric, reason="progress value, not reported", raw=m.text_value())
+    unit = t.canonical_unit(m.unit)
+    if unit is None:
+        return None, Dropped(metric=m.metric, reason=f"unknown unit {m.unit!r}", raw=m.text_value())
+    value = m.value
+    if unit != info.unit:
+        try:
+            value = convert(value, unit, info.unit)
+        except UnitConversionError:
+            return None, Dropped(
+                metric=m.metric, reason=f"cannot convert {unit} to {info.unit}", raw=m.text_value()
+            )
+    if (info.minimum is not None and value < info.minimum) or (info.maximum is not None and value > info.maximum):
+        return None, Dropped(
+            metric=m.metric,
+            reason=f"implausible: outside {info.minimum}..{info.maximum} {info.unit}",
+            raw=f"{format(value, 'f')} {info.unit}",
+        )
+    method = m.method or info.method
+    return m.model_copy(update={"value": value, "unit": info.unit, "method": method}), None
+
+
+def normalise(reading: Reading, *, max_clock_skew: timedelta) -> Reading:
+    """Canonical units, special and impossible values dropped (with reasons), clock-skew policy applied.
+
+    Clock policy (hl7-pcd01.md §8, issue: timestamps): a live reading keeps the device's time when it
+    is within ``max_clock_skew`` of the host receive time; otherwise OBX-14 uses the host time and the
+    reading is flagged ``clock_skew``. Stored records and readings a driver already corrected are left
+    as the driver set them.
+    """
+    kept: list[Measurement] = []
+    dropped = list(reading.dropped)
+    flags = list(reading.flags)
+    for m in reading.measurements:
+        good, why = _normalise_measurement(m)
+        if good is not None:
+            kept.append(good)
+        if why is not None:
+            dropped.append(why)
+            if why.reason.startswith("implausible") and ReadingFlag.IMPLAUSIBLE_VALUE not in flags:
+                flags.append(ReadingFlag.IMPLAUSIBLE_VALUE)
+    observed = reading.observed_at
+    if reading.device_time is not None and not _EXEMPT_FROM_SKEW.intersection(reading.flags):
+        if abs(reading.device_time - reading.received_at) > max_clock_skew:
+            observed = reading.received_at
+            if ReadingFlag.CLOCK_SKEW not in flags:
+                flags.append(ReadingFlag.CLOCK_SKEW)
+        else:
+            observed = reading.device_time
+    return reading.with_updates(
+        measurements=tuple(kept), dropped=tuple(dropped), flags=tuple(flags), observed_at=observed
+    )
+
+
+def has_values(reading: Reading) -> bool:
+    return any(m.value is not None for m in reading.measurements) or bool(reading.statements)
+
+
+def decimal_places(value: Decimal) -> int:
+    exponent = value.as_tuple().exponent
+    return -exponent if isinstance(exponent, int) and exponent < 0 else 0

@@ -1,0 +1,394 @@
+"""The durable outbound queue: SQLite in WAL mode under ``data_dir`` (file ``outbox.sqlite3``, mode 0600).
+
+Tables:
+
+* ``outbox`` — messages waiting for a positive ACK, delivered in ``id`` order. ``id`` is AUTOINCREMENT, so
+  it is never reused and a dead letter put back by an operator keeps its place and its MSH-10.
+* ``dead_letter`` — messages the receiver refused (AR/CR, an unknown MSA-1, or AE/CE ``max_attempts``
+  times), with the reason and the receiver's MSA-3/ERR text, for human review (``vitals-agent outbox``).
+* ``device_state`` — a small durable key/value store per device (pairing state, last record number ...).
+
+Durability and power loss:
+
+* :meth:`Outbox.enqueue` commits with ``synchronous=FULL`` before it returns: the WAL is fsynced, so an
+  accepted reading survives a kill -9 *and* a power cut. If the commit fails (disk full, read-only file
+  system) the transaction rolls back, the reading is refused with :class:`OutboxFullError`, and nothing that
+  was already queued is touched.
+* :meth:`Outbox.delete` (after a positive ACK) and the bookkeeping updates commit with
+  ``synchronous=NORMAL``: no fsync, so they survive a crash of the process but a power cut may undo the
+  last few of them. An undone delete only means that message is sent again with its original MSH-10 and
+  the receiver sees a duplicate it can recognise (delivery is at-least-once). The next FULL commit makes
+  every earlier NORMAL commit durable as well.
+
+Thread safety: one connection guarded by a lock, so the agent may call from several threads (it calls from
+the event loop through :func:`asyncio.to_thread`). Other processes (the ``outbox`` command on a running
+agent) share the file safely through SQLite's own locking (WAL, ``busy_timeout``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from vitals_agent.errors import OutboxError, OutboxFullError
+
+log = structlog.get_logger(__name__)
+
+OUTBOX_FILE = "outbox.sqlite3"
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    control_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    body BLOB NOT NULL,
+    meta TEXT NOT NULL DEFAULT '{}',
+    created_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    nacks INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT
+);
+CREATE TABLE IF NOT EXISTS dead_letter (
+    id INTEGER PRIMARY KEY,
+    control_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    body BLOB NOT NULL,
+    meta TEXT NOT NULL DEFAULT '{}',
+    created_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    dead_at REAL NOT NULL,
+    reason TEXT NOT NULL,
+    ack_code TEXT,
+    ack_text TEXT
+);
+CREATE TABLE IF NOT EXISTS device_state (
+    device_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (device_id, key)
+);
+"""
+
+_MSG_COLUMNS = "id, control_id, device_id, body, meta, created_at, attempts, nacks, last_error"
+_DEAD_COLUMNS = (
+    "id, control_id, device_id, body, meta, created_at, attempts, dead_at, reason, ack_code, ack_text"
+)
+
+
+@dataclass(frozen=True)
+class OutboxMessage:
+    id: int
+    control_id: str
+    device_id: str
+    body: bytes
+    meta: dict[str, Any] = field(default_factory=dict)
+    created_at: float = 0.0
+    attempts: int = 0  # failed delivery attempts so far (any cause)
+    nacks: int = 0  # AE/CE answers so far
+    last_error: str | None = None
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    id: int
+    control_id: str
+    device_id: str
+    body: bytes
+    meta: dict[str, Any]
+    created_at: float
+    attempts: int
+    dead_at: float
+    reason: str
+    ack_code: str | None
+    ack_text: str | None
+
+
+def _meta(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _msg(row: tuple[Any, ...]) -> OutboxMessage:
+    return OutboxMessage(
+        id=row[0],
+        control_id=row[1],
+        device_id=row[2],
+        body=bytes(row[3]),
+        meta=_meta(row[4]),
+        created_at=row[5],
+        attempts=row[6],
+        nacks=row[7],
+        last_error=row[8],
+    )
+
+
+def _dead(row: tuple[Any, ...]) -> DeadLetter:
+    return DeadLetter(
+        id=row[0],
+        control_id=row[1],
+        device_id=row[2],
+        body=bytes(row[3]),
+        meta=_meta(row[4]),
+        created_at=row[5],
+        attempts=row[6],
+        dead_at=row[7],
+        reason=row[8],
+        ack_code=row[9],
+        ack_text=row[10],
+    )
+
+
+def _is_full(exc: sqlite3.Error) -> bool:
+    text = str(exc).lower()
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code in (13, 8) or "full" in text or "readonly" in text or "read-only" in text
+
+
+class Outbox:
+    """The agent's durable queue. See the module docstring for the durability contract."""
+
+    def __init__(self, data_dir: Path, *, max_bytes: int | None = None, create: bool = True) -> None:
+        """Open (and by default create) ``data_dir/outbox.sqlite3``.
+
+        ``max_bytes`` caps the database size (SQLite ``max_page_count``): beyond it :meth:`enqueue` raises
+        :class:`OutboxFullError` exactly as on a full disk. ``create=False`` refuses to create a new file
+        (used by the operator tools so a wrong ``--data-dir`` is reported instead of silently created).
+        """
+        self.data_dir = Path(data_dir)
+        self.path = self.data_dir / OUTBOX_FILE
+        self._lock = threading.RLock()
+        self._sync: str | None = None
+        if not create and not self.path.exists():
+            raise OutboxError(f"no outbox at {self.path}")
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if not self.path.exists():
+                fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600)
+                os.close(fd)
+            if self.path.stat().st_mode & 0o077 and os.access(self.path, os.W_OK):
+                os.chmod(self.path, 0o600)
+        except OSError as exc:
+            raise OutboxError(f"cannot create the outbox at {self.path}: {exc.strerror or exc}") from None
+        try:
+            self._conn = sqlite3.connect(
+                self.path, timeout=10.0, isolation_level=None, check_same_thread=False
+            )
+            mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise OutboxError(f"the outbox at {self.path} cannot use WAL mode (file system: {mode})")
+            self._conn.execute("PRAGMA busy_timeout=10000")
+            self._set_sync("FULL")
+            self._conn.executescript(_SCHEMA)
+            self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            if max_bytes is not None:
+                page = self._conn.execute("PRAGMA page_size").fetchone()[0]
+                self._conn.execute(f"PRAGMA max_page_count={max(1, int(max_bytes) // int(page))}")
+        except sqlite3.DatabaseError as exc:
+            raise OutboxError(f"cannot open the outbox at {self.path}: {exc}") from None
+
+    # --- plumbing ------------------------------------------------------------------------------------
+
+    def _set_sync(self, level: str) -> None:
+        if self._sync != level:
+            self._conn.execute(f"PRAGMA synchronous={level}")
+            self._sync = level
+
+    @contextlib.contextmanager
+    def _tx(self, sync: str) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._set_sync(sync)
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("ROLLBACK")
+                raise
+            try:
+                self._conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("ROLLBACK")
+                raise
+
+    def close(self) -> None:
+        with self._lock, contextlib.suppress(sqlite3.Error):
+            self._conn.close()
+
+    # --- the pipeline's side -------------------------------------------------------------------------
+
+    def enqueue(
+        self, *, control_id: str, device_id: str, body: bytes, meta: dict[str, Any] | None = None
+    ) -> int:
+        """Queue one message; returns its id once it is committed durably (fsynced)."""
+        meta_text = json.dumps(meta or {}, default=str, separators=(",", ":"))
+        try:
+            with self._tx("FULL") as conn:
+                cur = conn.execute(
+                    "INSERT INTO outbox (control_id, device_id, body, meta, created_at) VALUES (?, ?, ?, ?, ?)",
+                    (control_id, device_id, sqlite3.Binary(body), meta_text, time.time()),
+                )
+                row_id = cur.lastrowid
+        except sqlite3.Error as exc:
+            if _is_full(exc):
+                raise OutboxFullError(
+                    f"outbox {self.path} cannot store message {control_id}: {exc} "
+                    "(disk full or read-only); the reading was NOT queued"
+                ) from None
+            raise OutboxError(f"outbox {self.path} cannot store message {control_id}: {exc}") from None
+        assert row_id is not None
+        return row_id
+
+    def depth(self) -> int:
+        with self._lock:
+            return int(self._conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+
+    def dead_count(self) -> int:
+        with self._lock:
+            return int(self._conn.execute("SELECT COUNT(*) FROM dead_letter").fetchone()[0])
+
+    # --- the sender's side ---------------------------------------------------------------------------
+
+    def peek(self, limit: int = 64, *, after_id: int = 0) -> list[OutboxMessage]:
+        """The oldest queued messages (id order), at most ``limit``, with ``id > after_id``."""
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT {_MSG_COLUMNS} FROM outbox WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)
+            ).fetchall()
+        return [_msg(r) for r in rows]
+
+    def delete(self, message_id: int) -> bool:
+        """Remove a delivered message (positive ACK). Cheap commit: see the module docstring."""
+        try:
+            with self._tx("NORMAL") as conn:
+                cur = conn.execute("DELETE FROM outbox WHERE id = ?", (message_id,))
+        except sqlite3.Error as exc:
+            raise OutboxError(
+                f"outbox {self.path}: cannot remove delivered message {message_id}: {exc}"
+            ) from None
+        return cur.rowcount > 0
+
+    def mark_failure(self, message_id: int, error: str, *, negative: bool = False) -> tuple[int, int]:
+        """Record a failed attempt; returns ``(attempts, nacks)`` after it."""
+        try:
+            with self._tx("NORMAL") as conn:
+                conn.execute(
+                    "UPDATE outbox SET attempts = attempts + 1, nacks = nacks + ?, last_error = ? WHERE id = ?",
+                    (1 if negative else 0, error[:2000], message_id),
+                )
+                row = conn.execute(
+                    "SELECT attempts, nacks FROM outbox WHERE id = ?", (message_id,)
+                ).fetchone()
+        except sqlite3.Error as exc:
+            raise OutboxError(f"outbox {self.path}: cannot update message {message_id}: {exc}") from None
+        return (int(row[0]), int(row[1])) if row else (0, 0)
+
+    def dead_letter(
+        self, message_id: int, reason: str, *, ack_code: str | None = None, ack_text: str | None = None
+    ) -> bool:
+        """Move a message to the dead-letter table (same id, body and MSH-10)."""
+        try:
+            with self._tx("FULL") as conn:
+                cur = conn.execute(
+                    "INSERT INTO dead_letter (id, control_id, device_id, body, meta, created_at, attempts,"
+                    " dead_at, reason, ack_code, ack_text)"
+                    " SELECT id, control_id, device_id, body, meta, created_at, attempts + 1, ?, ?, ?, ?"
+                    " FROM outbox WHERE id = ?",
+                    (time.time(), reason, ack_code, ack_text, message_id),
+                )
+                conn.execute("DELETE FROM outbox WHERE id = ?", (message_id,))
+        except sqlite3.Error as exc:
+            raise OutboxError(f"outbox {self.path}: cannot dead-letter message {message_id}: {exc}") from None
+        return cur.rowcount > 0
+
+    # --- operator tools ------------------------------------------------------------------------------
+
+    def list_queued(self, limit: int = 1000) -> list[OutboxMessage]:
+        return self.peek(limit)
+
+    def list_dead(self, limit: int = 1000) -> list[DeadLetter]:
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT {_DEAD_COLUMNS} FROM dead_letter ORDER BY id LIMIT ?", (limit,)
+            ).fetchall()
+        return [_dead(r) for r in rows]
+
+    def get(self, message_id: int) -> OutboxMessage | DeadLetter | None:
+        with self._lock:
+            row = self._conn.execute(
+                f"SELECT {_MSG_COLUMNS} FROM outbox WHERE id = ?", (message_id,)
+            ).fetchone()
+            if row:
+                return _msg(row)
+            row = self._conn.execute(
+                f"SELECT {_DEAD_COLUMNS} FROM dead_letter WHERE id = ?", (message_id,)
+            ).fetchone()
+        return _dead(row) if row else None
+
+    def retry_dead(self, message_id: int | None = None) -> int:
+        """Put one dead letter (or all, with ``None``) back in the queue at its original place.
+
+        The message keeps its id, body and MSH-10; its attempt counters start again. Returns how many moved.
+        """
+        where, args = ("WHERE id = ?", (message_id,)) if message_id is not None else ("", ())
+        try:
+            with self._tx("FULL") as conn:
+                cur = conn.execute(
+                    "INSERT INTO outbox (id, control_id, device_id, body, meta, created_at, attempts, nacks,"
+                    " last_error) SELECT id, control_id, device_id, body, meta, created_at, 0, 0,"
+                    f" 'operator retry after: ' || reason FROM dead_letter {where}",
+                    args,
+                )
+                conn.execute(f"DELETE FROM dead_letter {where}", args)
+        except sqlite3.Error as exc:
+            raise OutboxError(f"outbox {self.path}: cannot retry: {exc}") from None
+        return cur.rowcount
+
+    def purge_dead(self, older_than_seconds: float) -> int:
+        """Delete dead letters that were parked more than ``older_than_seconds`` ago."""
+        cutoff = time.time() - older_than_seconds
+        try:
+            with self._tx("FULL") as conn:
+                cur = conn.execute("DELETE FROM dead_letter WHERE dead_at <= ?", (cutoff,))
+        except sqlite3.Error as exc:
+            raise OutboxError(f"outbox {self.path}: cannot purge: {exc}") from None
+        return cur.rowcount
+
+    # --- per-device state ----------------------------------------------------------------------------
+
+    def get_state(self, device_id: str, key: str) -> str | None:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT value FROM device_state WHERE device_id = ? AND key = ?", (device_id, key)
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_state(self, device_id: str, key: str, value: str) -> None:
+        """Store a value durably (fsynced before returning)."""
+        try:
+            with self._tx("FULL") as conn:
+                conn.execute(
+                    "INSERT INTO device_state (device_id, key, value, updated_at) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT (device_id, key) DO UPDATE SET value = excluded.value,"
+                    " updated_at = excluded.updated_at",
+                    (device_id, key, value, time.time()),
+                )
+        except sqlite3.Error as exc:
+            if _is_full(exc):
+                raise OutboxFullError(f"outbox {self.path}: cannot store device state: {exc}") from None
+            raise OutboxError(f"outbox {self.path}: cannot store device state: {exc}") from None

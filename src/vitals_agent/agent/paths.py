@@ -1,0 +1,82 @@
+"""Where the agent keeps its state, and the gateway's stable identity."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import uuid
+from datetime import tzinfo
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import platformdirs
+
+from vitals_agent.config.schema import Config
+
+GATEWAY_ID_FILE = "gateway-eui64"
+
+
+def data_dir(config: Config, *, create: bool = True) -> Path:
+    """The configured ``[agent] data_dir``, else the platform's data dir for the service user."""
+    path = config.agent.data_dir or Path(platformdirs.user_data_dir("vitals-agent", appauthor=False))
+    path = path.expanduser()
+    if create:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
+
+
+def _eui64_from_mac(node: int) -> str | None:
+    """OUI + FFFE + NIC part of a universally administered MAC (hl7-pcd01.md §3, MSH-3)."""
+    first_octet = (node >> 40) & 0xFF
+    if first_octet & 0x01 or first_octet & 0x02:  # multicast bit (random node) or locally administered
+        return None
+    mac = f"{node:012X}"
+    return f"{mac[:6]}FFFE{mac[6:]}"
+
+
+def gateway_eui64(config: Config, state_dir: Path) -> str:
+    """The gateway EUI-64 for MSH-3: configured, else from the host MAC, else random and persisted.
+
+    Stable per installation: the first value chosen is written to ``data_dir`` and reused.
+    """
+    if config.agent.gateway_eui64:
+        return config.agent.gateway_eui64
+    stored = state_dir / GATEWAY_ID_FILE
+    try:
+        value = stored.read_text("ascii").strip().upper()
+        if len(value) == 16 and all(c in "0123456789ABCDEF" for c in value):
+            return value
+    except FileNotFoundError:
+        pass
+    value = _eui64_from_mac(uuid.getnode()) or ("02" + secrets.token_hex(7).upper())
+    tmp = stored.with_suffix(".tmp")
+    tmp.write_text(value + "\n", "ascii")
+    os.replace(tmp, stored)
+    return value
+
+
+def device_zone(config: Config) -> tzinfo:
+    """Zone of device clocks: the configured zone, else the system zone."""
+    if config.agent.timezone:
+        return ZoneInfo(config.agent.timezone)
+    return system_zone()
+
+
+def system_zone() -> tzinfo:
+    try:
+        link = os.readlink("/etc/localtime")
+        if "zoneinfo/" in link:
+            return ZoneInfo(link.split("zoneinfo/", 1)[1])
+    except OSError:
+        pass
+    tz = os.environ.get("TZ")
+    if tz:
+        try:
+            return ZoneInfo(tz)
+        except (KeyError, ValueError):
+            pass
+    from datetime import datetime
+
+    local = datetime.now().astimezone().tzinfo
+    assert local is not None
+    return local

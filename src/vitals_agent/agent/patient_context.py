@@ -1,0 +1,628 @@
+"""The room's patient context: who the next reading belongs to, for how long, and what waits for a patient.
+
+One agent serves one room. The context is set by a wristband scan (``barcode`` channel), the CLI
+(``cli``) or the control API (``api``); it ends on ``clear`` or after ``patient_timeout_minutes`` without a
+reading (``expiry``). It is persisted in ``data_dir/patient_context.json`` (0600) so a restart keeps it
+until it expires.
+
+With ``require_patient = true`` a reading that arrives while no context is set is *held*: stored durably
+in ``data_dir/held.sqlite3`` (0600), released with ``late_associated`` when a patient is set, or dropped
+after ``hold_timeout_minutes`` (or by an operator) with an audit record.
+
+Every change goes to the audit log with the patient's identifiers; the operational log only says *that*
+something happened and through which channel.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypedDict
+
+import structlog
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from vitals_agent.agent.audit import (
+    CHANNEL_BARCODE,
+    CHANNEL_EXPIRY,
+    CHANNEL_TIMEOUT,
+    AuditLog,
+)
+from vitals_agent.config.patient import PatientConfig
+from vitals_agent.errors import VitalsAgentError
+from vitals_agent.models import Attachment, Measurement, PatientScan, Reading, ReadingFlag
+
+if TYPE_CHECKING:
+    from vitals_agent.hl7.oru import PatientIdentity
+
+log = structlog.get_logger(__name__)
+
+CONTEXT_FILE = "patient_context.json"
+HELD_FILE = "held.sqlite3"
+CHANNELS = frozenset({"cli", "api", "barcode"})
+
+_FORBIDDEN = re.compile(r"[|^~\\&\x00-\x1f\x7f]")  # HL7 delimiters and control characters
+
+
+class PatientError(VitalsAgentError):
+    """Patient data that cannot be used (bad MRN, date, sex). The message never echoes the value."""
+
+
+def _clean(value: str | None, what: str, max_len: int) -> str | None:
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
+        return None
+    if len(value) > max_len:
+        raise ValueError(f"{what} is longer than {max_len} characters")
+    if _FORBIDDEN.search(value):
+        raise ValueError(f"{what} contains a control character or one of | ^ ~ \\ &")
+    return value
+
+
+class PatientDetails(BaseModel):
+    """A patient as the room knows it. Field names match the ORU builder's ``PatientIdentity``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    mrn: str
+    family: str | None = None
+    given: str | None = None
+    birth_date: str | None = None  # YYYYMMDD
+    sex: str | None = None  # F | M | U | O | A | N (HL7 table 0001)
+    encounter: str | None = None  # PV1-19
+    identifier_type: str = "MR"  # CX-5
+
+    @field_validator("mrn")
+    @classmethod
+    def _mrn(cls, value: str) -> str:
+        cleaned = _clean(value, "MRN", 64)
+        if cleaned is None:
+            raise ValueError("MRN is empty")
+        return cleaned
+
+    @field_validator("family", "given")
+    @classmethod
+    def _name(cls, value: str | None) -> str | None:
+        return _clean(value, "name", 80)
+
+    @field_validator("encounter")
+    @classmethod
+    def _encounter(cls, value: str | None) -> str | None:
+        return _clean(value, "encounter", 64)
+
+    @field_validator("birth_date")
+    @classmethod
+    def _dob(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip()
+        if not re.fullmatch(r"\d{8}", value):
+            raise ValueError("date of birth must be YYYYMMDD")
+        try:
+            born = date(int(value[:4]), int(value[4:6]), int(value[6:]))
+        except ValueError:
+            raise ValueError("date of birth is not a real date") from None
+        if born.year < 1880 or born > datetime.now(UTC).date():
+            raise ValueError("date of birth is out of range")
+        return value
+
+    @field_validator("sex")
+    @classmethod
+    def _sex(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip().upper()
+        if value not in {"F", "M", "U", "O", "A", "N"}:
+            raise ValueError("sex must be one of F, M, U (or O, A, N)")
+        return value
+
+    @field_validator("identifier_type")
+    @classmethod
+    def _idtype(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Z]{1,5}", value):
+            raise ValueError("identifier type must be 1-5 capital letters (e.g. MR)")
+        return value
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> PatientDetails:
+        """Validate untrusted input. Raises :class:`PatientError` with a message that omits the values."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = ".".join(str(x) for x in err["loc"]) or "patient"
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown field"
+            elif err["type"] == "missing":
+                msg = "required"
+            elif err["type"].startswith("string_type"):
+                msg = "must be a string"
+            raise PatientError(f"{field}: {msg}") from None
+
+    @classmethod
+    def from_name(cls, mrn: str, name: str | None = None, **rest: Any) -> PatientDetails:
+        """``name`` as ``FAMILY^GIVEN`` (the CLI form)."""
+        family = given = None
+        if name:
+            family, _, given = name.partition("^")
+        return cls.parse({"mrn": mrn, "family": family or None, "given": given or None, **rest})
+
+    def to_identity(self) -> PatientIdentity:
+        """The ORU builder's type (PID-3/5/7/8, PV1-19)."""
+        from vitals_agent.hl7.oru import PatientIdentity
+
+        return PatientIdentity(**self.model_dump())
+
+    def masked(self) -> dict[str, str | None]:
+        """What a room screen may show: the last two MRN characters and the initials."""
+        mrn = self.mrn
+        shown = "\u2022" * max(len(mrn) - 2, 2) + mrn[-2:] if len(mrn) >= 6 else "\u2022" * len(mrn)
+        initials = " ".join(f"{part[0]}." for part in (self.family, self.given) if part)
+        return {"mrn": shown, "name": initials or None}
+
+
+class PatientSnapshot(TypedDict):
+    """The patient part of the status page / ``vitals-agent status`` (filled by the context manager)."""
+
+    set: bool
+    revealed: bool
+    mrn: str | None  # masked ("••••78") unless revealed
+    name: str | None  # initials unless revealed
+    birth_date: str | None  # only when revealed
+    sex: str | None  # only when revealed
+    encounter: str | None  # only when revealed
+    channel: str | None
+    source: str | None
+    set_at: str | None
+    expires_at: str | None
+    require_patient: bool
+    held: int
+    oldest_held_at: str | None
+
+
+@dataclass(frozen=True)
+class PatientContext:
+    """The current context with its bookkeeping."""
+
+    patient: PatientDetails
+    channel: str
+    source: str | None
+    set_at: datetime
+    last_activity: datetime
+
+    def expires_at(self, timeout: timedelta) -> datetime:
+        return self.last_activity + timeout
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "patient": self.patient.model_dump(),
+            "channel": self.channel,
+            "source": self.source,
+            "set_at": self.set_at.isoformat(),
+            "last_activity": self.last_activity.isoformat(),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PatientContext:
+        return cls(
+            patient=PatientDetails.model_validate(data["patient"]),
+            channel=str(data["channel"]),
+            source=data.get("source"),
+            set_at=datetime.fromisoformat(data["set_at"]),
+            last_activity=datetime.fromisoformat(data["last_activity"]),
+        )
+
+
+@dataclass(frozen=True)
+class Route:
+    """What to do with an accepted reading: send bound (``patient``), send unbound, or it was held."""
+
+    patient: PatientDetails | None
+    held_id: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self.held_id is not None
+
+
+@dataclass(frozen=True)
+class HeldReading:
+    id: int
+    device_id: str
+    held_at: datetime
+    reading: Reading
+
+
+# Hands a released reading to the pipeline: (device id, reading marked late-associated, patient) ->
+# the MSH-10 of the queued message, or None if it could not be queued (it stays held).
+Releaser = Callable[[str, Reading, PatientDetails], Awaitable[str | None]]
+
+
+# ------------------------------------------------------------------------------------------ serialisation
+
+
+def reading_to_json(reading: Reading) -> str:
+    """Lossless JSON for a reading (Decimal precision, raw bytes and attachments survive)."""
+    data = reading.model_dump(mode="json", exclude={"measurements", "attachments", "raw"})
+    data["measurements"] = [
+        {
+            **m.model_dump(mode="json", exclude={"value"}),
+            "value": None if m.value is None else format(m.value, "f"),
+        }
+        for m in reading.measurements
+    ]
+    data["attachments"] = [
+        {"name": a.name, "media_type": a.media_type, "data": a.data.hex()} for a in reading.attachments
+    ]
+    data["raw"] = reading.raw.hex()
+    return json.dumps(data, separators=(",", ":"))
+
+
+def reading_from_json(text: str) -> Reading:
+    data = json.loads(text)
+    data["measurements"] = [Measurement.model_validate(m) for m in data["measurements"]]
+    data["attachments"] = [
+        Attachment(name=a["name"], media_type=a["media_type"], data=bytes.fromhex(a["data"]))
+        for a in data["attachments"]
+    ]
+    data["raw"] = bytes.fromhex(data["raw"])
+    return Reading.model_validate(data)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Atomically replace ``path`` with ``text``, mode 0600, fsync'd (file and directory)."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+# ------------------------------------------------------------------------------------------ held store
+
+
+class HeldStore:
+    """Readings waiting for a patient: a small SQLite database (0600, synchronous=FULL)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)  # create with 0600 before sqlite opens it
+        os.fchmod(fd, 0o600)
+        os.close(fd)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS held (id INTEGER PRIMARY KEY AUTOINCREMENT, device_id TEXT NOT NULL,"
+            " held_at TEXT NOT NULL, reading TEXT NOT NULL)"
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def add(self, device_id: str, reading: Reading, held_at: datetime) -> int:
+        with self._lock:
+            cur = self._db.execute(
+                "INSERT INTO held (device_id, held_at, reading) VALUES (?, ?, ?)",
+                (device_id, held_at.astimezone(UTC).isoformat(), reading_to_json(reading)),
+            )
+            assert cur.lastrowid is not None
+            return cur.lastrowid
+
+    def all(self) -> list[HeldReading]:
+        with self._lock:
+            rows = self._db.execute("SELECT id, device_id, held_at, reading FROM held ORDER BY id").fetchall()
+        return [HeldReading(r[0], r[1], datetime.fromisoformat(r[2]), reading_from_json(r[3])) for r in rows]
+
+    def remove(self, held_id: int) -> bool:
+        with self._lock:
+            return self._db.execute("DELETE FROM held WHERE id = ?", (held_id,)).rowcount > 0
+
+    def summary(self) -> tuple[int, datetime | None]:
+        with self._lock:
+            count, oldest = self._db.execute("SELECT COUNT(*), MIN(held_at) FROM held").fetchone()
+        return int(count), datetime.fromisoformat(oldest) if oldest else None
+
+
+# ------------------------------------------------------------------------------------------ manager
+
+
+class PatientContextManager:
+    """Patient context of the room, its expiry, persistence and the hold queue."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        config: PatientConfig,
+        audit: AuditLog,
+        *,
+        now: Callable[[], datetime] = _utc_now,
+    ) -> None:
+        self.data_dir = data_dir
+        self.config = config
+        self.audit = audit
+        self._now = now
+        self.timeout = timedelta(minutes=config.patient_timeout_minutes)
+        self.hold_timeout = timedelta(minutes=config.hold_timeout_minutes)
+        self.releaser: Releaser | None = None
+        self._release_lock: Any = None  # asyncio.Lock, created lazily in the running loop
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._file = data_dir / CONTEXT_FILE
+        self._context = self._load()
+        self.held = HeldStore(data_dir / HELD_FILE)
+
+    def close(self) -> None:
+        self.held.close()
+
+    # --- persistence -------------------------------------------------------------------------------
+    def _load(self) -> PatientContext | None:
+        try:
+            text = self._file.read_text("utf-8")
+        except FileNotFoundError:
+            return None
+        try:
+            data = json.loads(text)
+            return None if data is None else PatientContext.from_json(data)
+        except (ValueError, KeyError, TypeError, ValidationError):
+            log.warning("patient context file unreadable; starting without a patient", path=str(self._file))
+            self.audit.record("context_discarded", reason="unreadable state file", channel="startup")
+            return None
+
+    def _save(self) -> None:
+        _write_private(self._file, json.dumps(self._context.to_json() if self._context else None))
+
+    # --- context -----------------------------------------------------------------------------------
+    def set(
+        self, patient: PatientDetails, channel: str, *, source: str | None = None, now: datetime | None = None
+    ) -> PatientContext:
+        """Make ``patient`` the room's patient (replacing any other). Audited; persisted."""
+        now = now or self._now()
+        previous = self._context
+        self._context = PatientContext(patient, channel, source, now, now)
+        self._save()
+        self.audit.record(
+            "context_set",
+            channel=channel,
+            source=source,
+            patient=patient.model_dump(),
+            replaced_mrn=previous.patient.mrn if previous else None,
+            expires_at=self._context.expires_at(self.timeout),
+        )
+        log.info("patient context set", channel=channel, source=source, replaced=previous is not None)
+        return self._context
+
+    def clear(self, channel: str, *, source: str | None = None, now: datetime | None = None) -> bool:
+        """End the context. Returns False if none was set (still audited, as an attempt)."""
+        previous = self._context
+        self._context = None
+        self._save()
+        self.audit.record(
+            "context_cleared",
+            channel=channel,
+            source=source,
+            patient_mrn=previous.patient.mrn if previous else None,
+            was_set=previous is not None,
+        )
+        log.info("patient context cleared", channel=channel, was_set=previous is not None)
+        return previous is not None
+
+    def context(self, now: datetime | None = None) -> PatientContext | None:
+        """The live context (expiring it first if its time is up)."""
+        now = now or self._now()
+        ctx = self._context
+        if ctx is not None and now >= ctx.expires_at(self.timeout):
+            self._context = None
+            self._save()
+            idle = (now - ctx.last_activity).total_seconds() / 60
+            self.audit.record(
+                "context_expired",
+                channel=CHANNEL_EXPIRY,
+                patient_mrn=ctx.patient.mrn,
+                last_activity=ctx.last_activity,
+                idle_minutes=round(idle, 1),
+            )
+            log.info("patient context expired", idle_minutes=round(idle, 1))
+            return None
+        return ctx
+
+    def current_details(self, now: datetime | None = None) -> PatientDetails | None:
+        ctx = self.context(now)
+        return ctx.patient if ctx else None
+
+    def current(self, now: datetime | None = None) -> PatientIdentity | None:
+        """The patient for a message built now (None = unbound). Does not count as activity."""
+        details = self.current_details(now)
+        return details.to_identity() if details else None
+
+    def touch(self, now: datetime | None = None) -> None:
+        """A reading was filed to the current patient: restart the inactivity timer."""
+        now = now or self._now()
+        ctx = self.context(now)
+        if ctx is not None:
+            self._context = PatientContext(ctx.patient, ctx.channel, ctx.source, ctx.set_at, now)
+            self._save()
+
+    def expires_at(self, now: datetime | None = None) -> datetime | None:
+        ctx = self.context(now)
+        return ctx.expires_at(self.timeout) if ctx else None
+
+    # --- readings ----------------------------------------------------------------------------------
+    def route(self, device_id: str, reading: Reading, now: datetime | None = None) -> Route:
+        """Decide for one accepted reading: bound to the current patient (and touch), unbound, or held."""
+        now = now or self._now()
+        details = self.current_details(now)
+        if details is not None:
+            self.touch(now)
+            return Route(details)
+        if not self.config.require_patient:
+            return Route(None)
+        held_id = self.held.add(device_id, reading, now)
+        self.audit.reading_accepted(
+            device_id=device_id, control_id=None, reading=reading, patient=None, disposition="held"
+        )
+        self.audit.record("reading_held", held_id=held_id, device_id=device_id)
+        log.info("reading held until a patient is set", device=device_id, held_id=held_id)
+        return Route(None, held_id=held_id)
+
+    def expire_held(self, now: datetime | None = None) -> int:
+        """Drop held readings older than ``hold_timeout_minutes`` (audited). Returns how many."""
+        now = now or self._now()
+        dropped = 0
+        for item in self.held.all():
+            if now - item.held_at >= self.hold_timeout and self.held.remove(item.id):
+                dropped += 1
+                self.audit.record(
+                    "held_dropped",
+                    held_id=item.id,
+                    device_id=item.device_id,
+                    channel=CHANNEL_TIMEOUT,
+                    reason=f"no patient within {self.config.hold_timeout_minutes:g} minutes",
+                    held_at=item.held_at,
+                    observed_at=item.reading.observed_at,
+                )
+        if dropped:
+            log.warning("held readings dropped: no patient was set in time", count=dropped)
+        return dropped
+
+    def discard_held(self, channel: str, *, source: str | None = None) -> int:
+        """An operator discards every held reading (audited)."""
+        count = 0
+        for item in self.held.all():
+            if self.held.remove(item.id):
+                count += 1
+                self.audit.record(
+                    "held_dropped",
+                    held_id=item.id,
+                    device_id=item.device_id,
+                    channel=channel,
+                    source=source,
+                    reason="discarded by operator",
+                    held_at=item.held_at,
+                    observed_at=item.reading.observed_at,
+                )
+        if count:
+            log.info("held readings discarded", count=count, channel=channel)
+        return count
+
+    async def release_held(self, now: datetime | None = None) -> int:
+        """Send what was held to the current patient, oldest first, marked late-associated."""
+        import asyncio
+
+        if self.releaser is None:
+            return 0
+        if self._release_lock is None:
+            self._release_lock = asyncio.Lock()
+        released = 0
+        async with self._release_lock:
+            now = now or self._now()
+            self.expire_held(now)
+            for item in self.held.all():
+                details = self.current_details(now)
+                if details is None:
+                    break
+                reading = item.reading
+                if ReadingFlag.LATE_ASSOCIATED not in reading.flags:
+                    reading = reading.with_updates(flags=(*reading.flags, ReadingFlag.LATE_ASSOCIATED))
+                control_id = await self.releaser(item.device_id, reading, details)
+                if control_id is None:
+                    break  # could not be queued: stays held, retried on the next release
+                self.held.remove(item.id)
+                released += 1
+                self.audit.record(
+                    "held_released",
+                    held_id=item.id,
+                    device_id=item.device_id,
+                    control_id=control_id,
+                    patient_mrn=details.mrn,
+                    held_at=item.held_at,
+                )
+            if released:
+                self.touch(now)
+                log.info("held readings sent after a patient was set", count=released)
+        return released
+
+    # --- async entry points for the service, the control API and the barcode driver -----------------
+    async def apply_set(
+        self, patient: PatientDetails, channel: str, *, source: str | None = None
+    ) -> PatientContext:
+        ctx = self.set(patient, channel, source=source)
+        await self.release_held()
+        return ctx
+
+    async def on_scan(self, scan: PatientScan) -> None:
+        """A wristband scan from a barcode device sets the room's patient."""
+        try:
+            details = PatientDetails.parse({"mrn": scan.mrn, "identifier_type": self.config.identifier_type})
+        except PatientError as exc:
+            log.warning("wristband scan not usable", device=scan.device_id, error=str(exc))
+            self.audit.record("scan_rejected", device_id=scan.device_id, reason=str(exc), raw=scan.raw)
+            return
+        self.audit.record("scan", device_id=scan.device_id, mrn=scan.mrn, raw=scan.raw)
+        log.info("wristband scanned", device=scan.device_id)
+        await self.apply_set(details, CHANNEL_BARCODE, source=scan.device_id)
+
+    def tick(self, now: datetime | None = None) -> None:
+        """Call periodically: expires the context and old held readings even when no reading comes."""
+        now = now or self._now()
+        self.context(now)
+        if self.config.require_patient or self.held.summary()[0]:
+            self.expire_held(now)
+
+    def snapshot(self, now: datetime | None = None, *, reveal: bool = False) -> PatientSnapshot:
+        """The patient part of the status (masked unless ``reveal``)."""
+        now = now or self._now()
+        ctx = self.context(now)
+        count, oldest = self.held.summary()
+        snap: PatientSnapshot = {
+            "set": ctx is not None,
+            "revealed": reveal and ctx is not None,
+            "mrn": None,
+            "name": None,
+            "birth_date": None,
+            "sex": None,
+            "encounter": None,
+            "channel": ctx.channel if ctx else None,
+            "source": ctx.source if ctx else None,
+            "set_at": ctx.set_at.isoformat() if ctx else None,
+            "expires_at": ctx.expires_at(self.timeout).isoformat() if ctx else None,
+            "require_patient": self.config.require_patient,
+            "held": count,
+            "oldest_held_at": oldest.isoformat() if oldest else None,
+        }
+        if ctx is not None:
+            p = ctx.patient
+            if reveal:
+                snap["mrn"] = p.mrn
+                snap["name"] = " ".join(x for x in (p.family, p.given) if x) or None
+                snap["birth_date"] = p.birth_date
+                snap["sex"] = p.sex
+                snap["encounter"] = p.encounter
+            else:
+                masked = p.masked()
+                snap["mrn"] = masked["mrn"]
+                snap["name"] = masked["name"]
+        return snap

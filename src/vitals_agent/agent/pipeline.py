@@ -1,0 +1,138 @@
+"""The one-way data path after decoding:
+
+Reading -> normalise -> reporting policy -> patient context -> ORU builder -> outbox (durable) -> sender.
+
+A reading is *accepted* when the reporting policy selects it; from then on it is committed to the outbox
+before anything else happens to it, and the sender takes it from there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import structlog
+
+from vitals_agent.agent.normalize import normalise
+from vitals_agent.agent.outbox import Outbox
+from vitals_agent.agent.reporting import ReportingPolicy, make_policy
+from vitals_agent.agent.runtime import DeviceRuntimeImpl
+from vitals_agent.config.schema import Config, DeviceConfig
+from vitals_agent.errors import OutboxError
+from vitals_agent.hl7.oru import MessageProfile, PatientIdentity, build_oru, new_control_id
+from vitals_agent.models import DeviceEvent, PatientScan, Reading
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """A reading that became a queued message (what observers such as the demo see)."""
+
+    device_id: str
+    reading: Reading
+    control_id: str
+    message: bytes
+
+
+Observer = Callable[[Accepted], None]
+
+
+class Pipeline:
+    def __init__(
+        self,
+        config: Config,
+        profile: MessageProfile,
+        outbox: Outbox,
+        *,
+        wake_sender: Callable[[], None],
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.config = config
+        self.profile = profile
+        self.outbox = outbox
+        self.wake_sender = wake_sender
+        self.now = now
+        self.observers: list[Observer] = []
+        self.patients: Any = None  # PatientContextManager, wired by the service when available
+        self.audit: Any = None  # AuditLog, wired by the service when available
+        self._policies: dict[str, ReportingPolicy] = {}
+        self._runtimes: dict[str, DeviceRuntimeImpl] = {}
+        self.refused = 0  # readings that could not be committed (disk full...)
+
+    def add_device(self, runtime: DeviceRuntimeImpl) -> None:
+        dev = runtime.config
+        self._runtimes[dev.id] = runtime
+        self._policies[dev.id] = make_policy(dev.report_policy(), dev.report_seconds)
+
+    def _skew(self, dev: DeviceConfig) -> timedelta:
+        seconds = dev.max_clock_skew_seconds or self.config.agent.max_clock_skew_seconds
+        return timedelta(seconds=seconds)
+
+    async def on_event(self, runtime: DeviceRuntimeImpl, event: DeviceEvent) -> None:
+        """Sink for every event a device runtime emits."""
+        if isinstance(event, PatientScan):
+            await self.on_scan(event)
+            return
+        if not isinstance(event, Reading):
+            return
+        dev = runtime.config
+        reading = normalise(event, max_clock_skew=self._skew(dev))
+        if reading.dropped:
+            log.debug(
+                "values not sent",
+                device=dev.id,
+                dropped=[f"{d.metric}: {d.reason}" for d in reading.dropped],
+            )
+        for due in self._policies[dev.id].offer(reading):
+            await self.accept(runtime, due)
+
+    async def tick(self) -> None:
+        """Called about once a second: lets time-based policies (``interval``) release readings."""
+        now = self.now()
+        for device_id, policy in self._policies.items():
+            for due in policy.tick(now):
+                await self.accept(self._runtimes[device_id], due)
+
+    async def on_scan(self, scan: PatientScan) -> None:
+        if self.patients is None:
+            log.warning("wristband scan ignored: patient context is not available", device=scan.device_id)
+            return
+        await self.patients.on_scan(scan)
+
+    def patient_for(self, reading: Reading) -> PatientIdentity | None:
+        if self.patients is None:
+            return None
+        current: PatientIdentity | None = self.patients.current(self.now())
+        return current
+
+    async def accept(self, runtime: DeviceRuntimeImpl, reading: Reading) -> Accepted | None:
+        """Build the message and commit it durably. Returns None when the reading was refused."""
+        patient = self.patient_for(reading)
+        control_id = new_control_id()
+        body = build_oru(reading, self.profile, control_id=control_id, created_at=self.now(), patient=patient)
+        meta = {"device": runtime.config.id, "observed_at": reading.observed_at.isoformat()}
+        try:
+            await asyncio.to_thread(
+                self.outbox.enqueue, control_id=control_id, device_id=runtime.config.id, body=body, meta=meta
+            )
+        except OutboxError as exc:
+            self.refused += 1
+            log.error("reading refused: could not be queued durably", device=runtime.config.id, error=str(exc))
+            return None
+        runtime.record_sent(reading)
+        log.info(
+            "reading queued",
+            device=runtime.config.id,
+            control_id=control_id,
+            metrics=sorted(m.metric for m in reading.measurements),
+            flags=[str(f) for f in reading.flags],
+        )
+        self.wake_sender()
+        accepted = Accepted(runtime.config.id, reading, control_id, body)
+        for observer in self.observers:
+            observer(accepted)
+        return accepted

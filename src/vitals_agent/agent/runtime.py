@@ -1,0 +1,150 @@
+"""The agent's side of a device: what a transport talks to (:class:`DeviceRuntime`), and its status."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import structlog
+
+from vitals_agent.config.schema import DeviceConfig
+from vitals_agent.drivers.base import DecodeContext, DecodeFailure, DeviceStateStore, Driver
+from vitals_agent.models import DeviceEvent, DeviceIdentity, DeviceStatusEvent, Reading
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class DeviceStatus:
+    """What the status page and ``vitals-agent status`` show for one device."""
+
+    id: str
+    driver: str
+    connected: bool = False
+    detail: str = ""
+    last_seen: datetime | None = None
+    last_reading_at: datetime | None = None
+    last_reading: dict[str, str] = field(default_factory=dict)  # metric -> "value unit" (no patient data)
+    readings: int = 0
+    messages: int = 0
+    decode_failures: int = 0
+    link_failures: int = 0
+    battery_percent: int | None = None
+    identity: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "driver": self.driver,
+            "connected": self.connected,
+            "detail": self.detail,
+            "last_seen": self.last_seen.isoformat() if self.last_seen else None,
+            "last_reading_at": self.last_reading_at.isoformat() if self.last_reading_at else None,
+            "last_reading": dict(self.last_reading),
+            "readings": self.readings,
+            "messages": self.messages,
+            "decode_failures": self.decode_failures,
+            "link_failures": self.link_failures,
+            "battery_percent": self.battery_percent,
+            "identity": dict(self.identity),
+        }
+
+
+class DeviceRuntimeImpl:
+    """Implements :class:`vitals_agent.drivers.base.DeviceRuntime` for one configured device."""
+
+    def __init__(
+        self,
+        config: DeviceConfig,
+        driver: Driver,
+        ctx: DecodeContext,
+        state: DeviceStateStore,
+        sink: Callable[[DeviceRuntimeImpl, DeviceEvent], Awaitable[None]],
+    ) -> None:
+        self.config = config
+        self._driver = driver
+        self._ctx = ctx
+        self._state = state
+        self._sink = sink
+        self.identity = ctx.device
+        self.status = DeviceStatus(id=config.id, driver=config.driver)
+        self._log = log.bind(device=config.id, driver=config.driver)
+        self.on_connected: list[Callable[[], None]] = []
+
+    # --- DeviceRuntime protocol -------------------------------------------------------------------
+    @property
+    def device_id(self) -> str:
+        return self.config.id
+
+    @property
+    def driver(self) -> Driver:
+        return self._driver
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return self.config.settings()
+
+    @property
+    def ctx(self) -> DecodeContext:
+        return self._ctx
+
+    @property
+    def state(self) -> DeviceStateStore:
+        return self._state
+
+    @property
+    def log(self) -> Any:
+        return self._log
+
+    async def emit(self, event: DeviceEvent) -> None:
+        self.status.last_seen = self._ctx.now()
+        if isinstance(event, DeviceStatusEvent):
+            if event.battery_percent is not None:
+                self.status.battery_percent = event.battery_percent
+            if event.identity is not None:
+                self.learn_identity(event.identity)
+        if isinstance(event, Reading):
+            self.status.readings += 1
+            event = event.with_updates(device=self.identity.merged(event.device))
+            self.learn_identity(event.device)
+        await self._sink(self, event)
+
+    def decode_failed(self, failure: DecodeFailure) -> None:
+        self.status.decode_failures += 1
+        self.status.last_seen = self._ctx.now()
+        # The bytes may be anything the device sent; hex at DEBUG only.
+        self._log.debug(
+            "decode failed",
+            error=str(failure.error),
+            kind=type(failure.error).__name__,
+            hex=failure.data[:256].hex(),
+            count=self.status.decode_failures,
+        )
+
+    def set_connected(self, connected: bool, detail: str = "") -> None:
+        if connected and not self.status.connected:
+            self._log.info("device connected", detail=detail)
+        elif not connected and self.status.connected:
+            self._log.info("device disconnected", detail=detail)
+        self.status.connected = connected
+        self.status.detail = detail
+        if connected:
+            self.status.last_seen = self._ctx.now()
+            for hook in self.on_connected:
+                hook()
+
+    # --- agent side -------------------------------------------------------------------------------
+    def learn_identity(self, identity: DeviceIdentity) -> None:
+        merged = self.identity.merged(identity)
+        if merged != self.identity:
+            self.identity = merged
+            self.status.identity = {
+                k: v for k, v in merged.model_dump().items() if v is not None and k != "id"
+            }
+
+    def record_sent(self, reading: Reading) -> None:
+        self.status.messages += 1
+        self.status.last_reading_at = reading.observed_at
+        self.status.last_reading = {m.metric: f"{m.text_value()} {m.unit}" for m in reading.measurements}

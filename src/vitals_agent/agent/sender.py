@@ -1,0 +1,325 @@
+"""The MLLP sender: takes messages from the outbox in order and delivers them (hl7-pcd01.md §9.2).
+
+* One message in flight. A message leaves the outbox only after an ``AA`` or ``CA`` whose MSA-2 equals its
+  MSH-10; re-sends reuse the stored bytes, so the MSH-10 (and MSH-7) never change.
+* No ACK (refused, reset, closed, silent, garbage, an unparseable ACK, or an ACK for another MSH-10) is a
+  link failure: close the connection, wait a capped exponential back-off with jitter, reconnect, re-send
+  the same message. Order is kept; link failures never dead-letter a message.
+* A negative ACK whose code is in ``retry_negative`` (default ``AE``, ``CE``) defers that message by a
+  back-off and lets the later messages go; after ``max_attempts`` such answers it is dead-lettered. Any
+  other negative or unknown code (``AR``, ``CR``, ...) dead-letters it at once. Dead letters keep the reason
+  and the receiver's MSA-3/ERR text and are logged at WARNING (the interface alert).
+* A late ``AA`` following a ``CA`` for an already delivered message is recognised and skipped.
+* The outbox depth is checked about once a second; crossing ``backlog_warning`` (and each doubling of it)
+  logs a WARNING.
+
+Message bodies are never logged; control ids, ids and device ids are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import random
+import ssl
+import time
+from collections import deque
+from typing import Any
+
+import structlog
+
+from vitals_agent.agent.outbox import Outbox, OutboxMessage
+from vitals_agent.config.ehr import EhrConfig
+from vitals_agent.errors import AckProtocolError, DeliveryError, OutboxError, PeerUnavailableError
+from vitals_agent.hl7.ack import Ack, parse_ack
+from vitals_agent.hl7.mllp import MllpClient
+
+log = structlog.get_logger(__name__)
+
+BATCH = 64  # messages read from the outbox at a time
+IDLE_POLL_SECONDS = 2.0  # look at the outbox this often even without wake() (operator retries)
+BACKLOG_CHECK_SECONDS = 1.0
+RECENT_ACKED = 32
+
+
+class Sender:
+    def __init__(
+        self,
+        outbox: Outbox,
+        ehr: EhrConfig,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        client: MllpClient | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.outbox = outbox
+        self.ehr = ehr
+        self.client = client or MllpClient(
+            ehr.host,
+            ehr.port,
+            connect_timeout=ehr.connect_timeout_seconds,
+            ssl_context=ssl_context,
+            server_hostname=ehr.server_name,
+        )
+        self._rng = rng or random.Random()
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._done = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._batch: deque[OutboxMessage] = deque()
+        self._deferred: dict[int, float] = {}  # id -> monotonic time it may be sent again (after AE/CE)
+        self._recent_acked: deque[str] = deque(maxlen=RECENT_ACKED)
+        self._failures = 0  # consecutive link failures
+        self._in_flight: OutboxMessage | None = None
+        self._last_error: str | None = None
+        self._last_ack_at: float | None = None
+        self._delivered = 0
+        self._dead_lettered = 0
+        self._backlog_level = 0
+        self._backlog_checked = 0.0
+
+    # --- public API ----------------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """A new message was queued. Call from the event loop's thread."""
+        self._wake.set()
+
+    def status(self) -> dict[str, Any]:
+        depth: int | None
+        dead: int | None
+        try:
+            depth, dead = self.outbox.depth(), self.outbox.dead_count()
+        except Exception:  # a closed or broken outbox must not break a status request
+            depth = dead = None
+        return {
+            "connected": self.client.connected,
+            "peer": self.client.peer,
+            "tls": self.client.ssl_context is not None,
+            "depth": depth,
+            "dead": dead,
+            "in_flight": self._in_flight.control_id if self._in_flight else None,
+            "last_error": self._last_error,
+            "last_ack_at": self._last_ack_at,
+            "delivered": self._delivered,
+            "dead_lettered": self._dead_lettered,
+            "consecutive_failures": self._failures,
+        }
+
+    async def stop(self, timeout: float = 3.0) -> None:
+        """Stop after the message in flight is acknowledged, or after ``timeout`` leave it queued."""
+        self._stopping = True
+        self._stop.set()
+        task = self._task
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            try:
+                async with asyncio.timeout(timeout):
+                    await asyncio.shield(self._done.wait())
+            except TimeoutError:
+                if self._in_flight is not None:
+                    log.info("sender stopping: message left queued", control_id=self._in_flight.control_id)
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        await self.client.close()
+
+    async def run(self) -> None:
+        """Deliver until :meth:`stop`. Outbox errors are logged and retried; this never returns early."""
+        self._task = asyncio.current_task()
+        self._done.clear()
+        log.info("sender started", peer=self.client.peer, tls=self.client.ssl_context is not None)
+        try:
+            while not self._stopping:
+                try:
+                    await self._check_backlog()
+                    msg = await self._next_message()
+                    if msg is None:
+                        await self._idle()
+                        continue
+                    await self._deliver(msg)
+                except OutboxError as exc:
+                    self._last_error = str(exc)
+                    log.error("sender: outbox problem, retrying", error=str(exc))
+                    self._batch.clear()
+                    await self._sleep(self._backoff(max(self._failures, 1)))
+        finally:
+            self._in_flight = None
+            self.client.abort()
+            self._done.set()
+            log.info("sender stopped", delivered=self._delivered)
+
+    # --- the loop ------------------------------------------------------------------------------------
+
+    async def _next_message(self) -> OutboxMessage | None:
+        now = time.monotonic()
+        due = [mid for mid, at in self._deferred.items() if at <= now]
+        if due:
+            mid = min(due)
+            del self._deferred[mid]
+            item = await asyncio.to_thread(self.outbox.get, mid)
+            if isinstance(item, OutboxMessage):
+                return item
+        if not self._batch:
+            self._wake.clear()
+            rows = await asyncio.to_thread(self.outbox.peek, BATCH + len(self._deferred))
+            self._batch.extend(r for r in rows if r.id not in self._deferred)
+        return self._batch[0] if self._batch else None
+
+    async def _idle(self) -> None:
+        timeout = IDLE_POLL_SECONDS
+        if self._deferred:
+            timeout = max(0.0, min(timeout, min(self._deferred.values()) - time.monotonic()))
+        waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(self._stop.wait())]
+        try:
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep, but wake up at once when stop() is called."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._stop.wait()
+
+    def _backoff(self, n: int) -> float:
+        """Capped exponential back-off with jitter: in [cap/2, cap], cap = min(max, min * 2**(n-1))."""
+        lo, hi = self.ehr.backoff_min_seconds, self.ehr.backoff_max_seconds
+        cap = min(hi, lo * math.pow(2.0, min(max(n - 1, 0), 62)))
+        return cap / 2 + self._rng.random() * cap / 2
+
+    def _drop_from_batch(self, msg: OutboxMessage) -> None:
+        if self._batch and self._batch[0].id == msg.id:
+            self._batch.popleft()
+        else:
+            self._batch = deque(m for m in self._batch if m.id != msg.id)
+
+    async def _deliver(self, msg: OutboxMessage) -> None:
+        self._in_flight = msg
+        try:
+            ack = await self._exchange(msg)
+        except (PeerUnavailableError, AckProtocolError) as exc:
+            self._in_flight = None
+            await self._link_failed(msg, exc)
+            return
+        try:
+            await self._handle_ack(msg, ack)
+        finally:
+            self._in_flight = None
+
+    async def _exchange(self, msg: OutboxMessage) -> Ack:
+        timeout = self.ehr.ack_timeout_seconds
+        deadline = time.monotonic() + timeout
+        payload = await self.client.send(msg.body, timeout)
+        while True:
+            try:
+                ack = parse_ack(payload)
+            except AckProtocolError:
+                self.client.abort()
+                raise
+            if ack.control_id == msg.control_id:
+                return ack
+            if ack.control_id in self._recent_acked:
+                # e.g. the AA that follows a CA we already took as delivery: not for this message
+                log.debug("late ACK for a delivered message skipped", ack_for=ack.control_id, code=ack.code)
+                payload = await self.client.receive(max(0.0, deadline - time.monotonic()))
+                continue
+            self.client.abort()
+            raise AckProtocolError(
+                f"ACK is for message {ack.control_id!r}, not for {msg.control_id!r}: treated as no ACK"
+            )
+
+    async def _link_failed(self, msg: OutboxMessage, exc: DeliveryError) -> None:
+        self._failures += 1
+        self._last_error = str(exc)
+        delay = self._backoff(self._failures)
+        fields = {"control_id": msg.control_id, "error": str(exc), "retry_in": round(delay, 2)}
+        if self._failures == 1:
+            log.warning("delivery failed, will re-send", **fields)
+        else:
+            log.debug("delivery failed again, will re-send", attempt=self._failures, **fields)
+        try:
+            await asyncio.to_thread(self.outbox.mark_failure, msg.id, str(exc))
+        except OutboxError as oexc:
+            log.error("cannot record the failed attempt", control_id=msg.control_id, error=str(oexc))
+        await self._sleep(delay)
+
+    async def _handle_ack(self, msg: OutboxMessage, ack: Ack) -> None:
+        if self._failures:
+            log.info("delivery resumed", after_failures=self._failures, peer=self.client.peer)
+        self._failures = 0
+        self._last_ack_at = time.time()
+        if ack.accepted:
+            await asyncio.to_thread(self.outbox.delete, msg.id)
+            self._drop_from_batch(msg)
+            self._recent_acked.append(msg.control_id)
+            self._delivered += 1
+            log.debug("delivered", control_id=msg.control_id, ack=ack.code)
+            return
+        detail = ack.describe()
+        self._last_error = f"{msg.control_id}: {detail}"
+        if ack.code in self.ehr.retry_negative:
+            _, nacks = await asyncio.to_thread(self.outbox.mark_failure, msg.id, detail, negative=True)
+            self._drop_from_batch(msg)
+            if nacks < self.ehr.max_attempts:
+                delay = self._backoff(nacks)
+                self._deferred[msg.id] = time.monotonic() + delay
+                log.warning(
+                    "receiver answered with an error, will retry",
+                    control_id=msg.control_id,
+                    ack=detail,
+                    attempt=nacks,
+                    max_attempts=self.ehr.max_attempts,
+                    retry_in=round(delay, 2),
+                )
+                return
+            reason = f"{ack.code} {nacks} times (max_attempts {self.ehr.max_attempts})"
+        elif ack.known:
+            await asyncio.to_thread(self.outbox.mark_failure, msg.id, detail, negative=True)
+            reason = f"rejected by the receiver ({ack.code})"
+        else:
+            await asyncio.to_thread(self.outbox.mark_failure, msg.id, detail, negative=True)
+            reason = f"unknown acknowledgement code {ack.code!r}"
+        await self._dead_letter(msg, reason, ack)
+
+    async def _dead_letter(self, msg: OutboxMessage, reason: str, ack: Ack) -> None:
+        await asyncio.to_thread(
+            self.outbox.dead_letter, msg.id, reason, ack_code=ack.code, ack_text=ack.describe()
+        )
+        self._drop_from_batch(msg)
+        self._deferred.pop(msg.id, None)
+        self._dead_lettered += 1
+        dead = await asyncio.to_thread(self.outbox.dead_count)
+        log.warning(
+            "interface alert: message moved to the dead-letter table",
+            control_id=msg.control_id,
+            id=msg.id,
+            device_id=msg.device_id,
+            reason=reason,
+            ack=ack.describe(),
+            dead_letters=dead,
+        )
+
+    async def _check_backlog(self) -> None:
+        now = time.monotonic()
+        if now - self._backlog_checked < BACKLOG_CHECK_SECONDS:
+            return
+        self._backlog_checked = now
+        depth = await asyncio.to_thread(self.outbox.depth)
+        limit = self.ehr.backlog_warning
+        level = 0 if depth < limit else int(math.log2(depth / limit)) + 1
+        if level > self._backlog_level:
+            log.warning(
+                "outbox backlog growing",
+                depth=depth,
+                threshold=limit * 2 ** (level - 1),
+                last_error=self._last_error,
+            )
+            self._backlog_level = level
+        elif self._backlog_level and depth < limit // 2:
+            log.info("outbox backlog cleared", depth=depth)
+            self._backlog_level = 0
+
+
+__all__ = ["Sender"]

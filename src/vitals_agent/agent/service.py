@@ -1,0 +1,157 @@
+"""The agent service: wires devices, pipeline, outbox and sender, and runs until told to stop.
+
+``vitals-agent run`` and ``vitals-agent demo`` both run :class:`AgentService`. Shutdown (SIGTERM/SIGINT):
+device links stop first (no new readings), then the sender finishes the message in flight or leaves it
+queued for the next start, then the outbox closes. The whole stop takes well under 5 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from vitals_agent import __version__
+from vitals_agent.agent import sdnotify
+from vitals_agent.agent.outbox import Outbox
+from vitals_agent.agent.paths import data_dir, device_zone, gateway_eui64
+from vitals_agent.agent.pipeline import Pipeline
+from vitals_agent.agent.profile import message_profile
+from vitals_agent.agent.runtime import DeviceRuntimeImpl
+from vitals_agent.agent.sender import Sender
+from vitals_agent.agent.supervisor import DeviceSupervisor
+from vitals_agent.agent.tls import ssl_context_from
+from vitals_agent.config.schema import Config
+from vitals_agent.drivers.base import DecodeContext, driver_class
+from vitals_agent.models import DeviceIdentity
+
+log = structlog.get_logger(__name__)
+
+STOP_TIMEOUT = 3.0  # seconds the sender gets to finish the message in flight at shutdown
+
+
+class OutboxStateStore:
+    """Per-device durable key/value state, kept in the outbox database."""
+
+    def __init__(self, outbox: Outbox, device_id: str) -> None:
+        self._outbox = outbox
+        self._device_id = device_id
+
+    def get(self, key: str) -> str | None:
+        value: str | None = self._outbox.get_state(self._device_id, key)
+        return value
+
+    def set(self, key: str, value: str) -> None:
+        self._outbox.set_state(self._device_id, key, value)
+
+
+class AgentService:
+    def __init__(self, config: Config, *, now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self.config = config
+        self.now = now
+        self.data_dir: Path = data_dir(config)
+        self.gateway = gateway_eui64(config, self.data_dir)
+        self.outbox = Outbox(self.data_dir)
+        self.sender = Sender(self.outbox, config.ehr, ssl_context=ssl_context_from(config.ehr))
+        self.pipeline = Pipeline(
+            config, message_profile(config, self.gateway), self.outbox, wake_sender=self.sender.wake, now=now
+        )
+        self.runtimes: dict[str, DeviceRuntimeImpl] = {}
+        self.supervisors: dict[str, DeviceSupervisor] = {}
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.started_at: datetime | None = None
+        tz = device_zone(config)
+        for dev in config.devices:
+            if not dev.enabled:
+                continue
+            driver = driver_class(dev.driver)(dev.options)
+            ctx = DecodeContext(
+                device=DeviceIdentity(id=dev.id), tz=tz, now=now, options=dev.options
+            )
+            runtime = DeviceRuntimeImpl(
+                dev, driver, ctx, OutboxStateStore(self.outbox, dev.id), self.pipeline.on_event
+            )
+            self.pipeline.add_device(runtime)
+            self.runtimes[dev.id] = runtime
+            supervisor = DeviceSupervisor(runtime)
+            runtime.on_connected.append(supervisor.connected)
+            self.supervisors[dev.id] = supervisor
+
+    def status(self) -> dict[str, Any]:
+        """Snapshot for ``vitals-agent status`` and the status page (no patient data)."""
+        return {
+            "version": __version__,
+            "started_at": self.started_at.isoformat() if self.started_at else None,
+            "facility": self.config.agent.facility,
+            "location": self.config.agent.location,
+            "devices": [rt.status.as_dict() for rt in self.runtimes.values()],
+            "outbox": {"depth": self.outbox.depth(), "dead": self.outbox.dead_count()},
+            "sender": self.sender.status(),
+            "refused": self.pipeline.refused,
+        }
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            await self.pipeline.tick()
+
+    async def _watchdog(self, interval: float) -> None:
+        while True:
+            sdnotify.notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+    async def run(self, stop: asyncio.Event) -> int:
+        """Run until ``stop`` is set. Returns the process exit code."""
+        self.started_at = self.now()
+        log.info(
+            "agent starting",
+            version=__version__,
+            devices=len(self.runtimes),
+            ehr=f"{self.config.ehr.host}:{self.config.ehr.port}",
+            data_dir=str(self.data_dir),
+            queued=self.outbox.depth(),
+        )
+        sender_task = asyncio.create_task(self.sender.run(), name="sender")
+        for dev_id, sup in self.supervisors.items():
+            self._tasks.append(asyncio.create_task(sup.run(), name=f"device:{dev_id}"))
+        self._tasks.append(asyncio.create_task(self._ticker(), name="ticker"))
+        interval = sdnotify.watchdog_interval()
+        if interval:
+            self._tasks.append(asyncio.create_task(self._watchdog(interval), name="watchdog"))
+        sdnotify.notify("READY=1")
+        sdnotify.notify(f"STATUS=running: {len(self.runtimes)} devices")
+        try:
+            await stop.wait()
+        finally:
+            sdnotify.notify("STOPPING=1")
+            log.info("agent stopping")
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self.sender.stop(timeout=STOP_TIMEOUT)
+            sender_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sender_task
+            self.outbox.close()
+            log.info("agent stopped")
+        return 0
+
+
+def install_signal_handlers(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+
+async def run_service(config: Config) -> int:
+    stop = asyncio.Event()
+    install_signal_handlers(stop)
+    service = AgentService(config)
+    return await service.run(stop)

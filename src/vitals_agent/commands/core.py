@@ -1,0 +1,170 @@
+"""Core commands: ``run``, ``check-config``, ``decode``, ``drivers``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from vitals_agent.agent.normalize import normalise
+from vitals_agent.config.schema import load_config
+from vitals_agent.drivers.base import DecodeContext, DecodeFailure, all_drivers, driver_class
+from vitals_agent.errors import ConfigError, VitalsAgentError
+from vitals_agent.logs import setup_logging
+from vitals_agent.models import DeviceIdentity, PatientScan, Reading
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("run", help="run the agent service")
+    p.add_argument("--config", "-c", required=True, type=Path, help="TOML configuration file")
+    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="override [agent] log_level")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("check-config", help="validate a configuration file")
+    p.add_argument("config", type=Path)
+    p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("decode", help="decode device data offline and print one JSON object per reading")
+    p.add_argument("driver", help="driver name (see `vitals-agent drivers`)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--hex", nargs="+", metavar="HEX", help="payloads in hex (one per frame/characteristic value)")
+    src.add_argument("--file", type=Path, metavar="PATH", help="a capture or device file")
+    src.add_argument("-", dest="stdin", action="store_true", help="read raw bytes from standard input")
+    p.add_argument("--characteristic", metavar="UUID", help="BLE characteristic the payloads came from")
+    p.add_argument("--timezone", metavar="ZONE", help="zone of the device clock (default: system zone)")
+    p.add_argument("--device-id", default="decode", help="device id to show in the output")
+    p.set_defaults(func=cmd_decode)
+
+    p = sub.add_parser("drivers", help="list the available drivers")
+    p.set_defaults(func=cmd_drivers)
+
+
+async def cmd_run(args: argparse.Namespace) -> int:
+    from vitals_agent.agent.service import run_service
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        for key, message in exc.problems:
+            print(f"{key}: {message}", file=sys.stderr)
+        return 1
+    setup_logging(args.log_level or config.agent.log_level)
+    return await run_service(config)
+
+
+async def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        for key, message in exc.problems:
+            print(f"{key}: {message}")
+        return 1
+    n = len(config.devices)
+    print(f"ok: {n} device{'s' if n != 1 else ''}")
+    return 0
+
+
+def _hex_chunks(items: list[str]) -> list[bytes]:
+    chunks = []
+    for item in items:
+        cleaned = re.sub(r"[\s:,-]", "", item)
+        if cleaned.lower().startswith("0x"):
+            cleaned = cleaned[2:]
+        try:
+            chunks.append(bytes.fromhex(cleaned))
+        except ValueError:
+            raise VitalsAgentError(f"not hexadecimal: {item!r}") from None
+    return chunks
+
+
+def reading_json(reading: Reading) -> dict[str, Any]:
+    """The ``decode`` JSON object for one reading (a public contract: extend, never rename)."""
+    return {
+        "observed_at": reading.observed_at.isoformat(),
+        "device": reading.device.model_dump(exclude_none=True),
+        "device_class": str(reading.device_class),
+        "measurements": [
+            {
+                "metric": m.metric,
+                "value": m.model_dump(mode="json")["value"],
+                "unit": m.unit,
+                "mdc": m.mdc,
+                "loinc": m.loinc,
+                **({"flags": [str(f) for f in m.flags]} if m.flags else {}),
+                **({"site": m.site} if m.site else {}),
+            }
+            for m in reading.measurements
+        ],
+        "flags": [str(f) for f in reading.flags],
+        **({"dropped": [d.model_dump(exclude_none=True) for d in reading.dropped]} if reading.dropped else {}),
+        **({"statements": list(reading.statements)} if reading.statements else {}),
+        **({"sequence": reading.sequence} if reading.sequence is not None else {}),
+        **({"extra": dict(reading.extra)} if reading.extra else {}),
+    }
+
+
+async def cmd_decode(args: argparse.Namespace) -> int:
+    driver = driver_class(args.driver)()
+    if args.characteristic and driver.characteristics:
+        wanted = args.characteristic.lower()
+        known = [c.lower() for c in driver.characteristics]
+        if not any(wanted == c or c.startswith(f"0000{wanted}") or c.endswith(wanted) for c in known):
+            raise VitalsAgentError(
+                f"{args.driver} does not read characteristic {args.characteristic} "
+                f"(known: {', '.join(driver.characteristics)})"
+            )
+    if args.hex:
+        chunks = _hex_chunks(args.hex)
+    elif args.file:
+        try:
+            chunks = [args.file.read_bytes()]
+        except OSError as exc:
+            raise VitalsAgentError(f"cannot read {args.file}: {exc.strerror}") from None
+    else:
+        chunks = [sys.stdin.buffer.read()]
+    if args.timezone:
+        try:
+            tz: Any = ZoneInfo(args.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise VitalsAgentError(f"unknown time zone {args.timezone!r}") from None
+    else:
+        from vitals_agent.agent.paths import system_zone
+
+        tz = system_zone()
+    ctx = DecodeContext(device=DeviceIdentity(id=args.device_id), tz=tz)
+    outputs = driver.decode_chunks(chunks, ctx, args.characteristic)
+    printed = 0
+    failures: list[DecodeFailure] = []
+    for item in outputs:
+        if isinstance(item, DecodeFailure):
+            failures.append(item)
+        elif isinstance(item, Reading):
+            # Offline there is no clock to correct against: the device's own time stamp stays.
+            reading = normalise(item, max_clock_skew=timedelta.max)
+            print(json.dumps(reading_json(reading), ensure_ascii=False))
+            printed += 1
+        elif isinstance(item, PatientScan):
+            print(json.dumps({"scan": {"mrn": item.mrn}, "device": {"id": item.device_id}}))
+            printed += 1
+    for failure in failures:
+        if printed:
+            print(f"warning: {failure.error}", file=sys.stderr)
+    if printed == 0:
+        reason = str(failures[0].error) if failures else "no decodable reading in the input"
+        print(f"error: {reason}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def cmd_drivers(args: argparse.Namespace) -> int:
+    setup_logging("WARNING")
+    rows = [(name, cls.transport, str(cls.device_class), cls.description) for name, cls in all_drivers().items()]
+    width = max((len(r[0]) for r in rows), default=10)
+    for name, transport, klass, description in rows:
+        print(f"{name:<{width}}  {transport:<7} {klass:<17} {description}")
+    return 0

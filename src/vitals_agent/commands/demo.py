@@ -1,0 +1,143 @@
+"""``vitals-agent demo``: simulated devices, the real agent and a built-in EHR receiver in one process.
+
+Everything real except the two ends: each simulated device plays its protocol on a pseudo-terminal that
+the agent opens with pyserial like a USB serial port; messages go over real TCP/MLLP to a receiver built
+on python-hl7, which prints each ORU^R01 and acknowledges it. Data stays in a temporary directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from vitals_agent.agent.pipeline import Accepted
+from vitals_agent.agent.service import AgentService, install_signal_handlers
+from vitals_agent.config.schema import parse_config
+from vitals_agent.drivers.base import Simulator, all_drivers
+from vitals_agent.drivers.pty import PtyDevice
+from vitals_agent.hl7.receiver import start_receiver
+from vitals_agent.logs import setup_logging
+
+# (device id, driver, report policy, report seconds, simulator options)
+DEMO_DEVICES: list[tuple[str, str, str, float, dict[str, Any]]] = [
+    ("spo2-demo", "masimo-ascii", "stable", 3.0, {"interval": 0.5}),
+    ("nibp-demo", "suntech-advantage", "every", 10.0, {"interval": 4.0}),
+    ("scale-demo", "scale-ascii", "every", 10.0, {"interval": 0.5}),
+]
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("demo", help="run simulated devices, the agent and a built-in EHR receiver")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--seconds", type=float, default=12.0, help="how long to run (default 12)")
+    length.add_argument("--forever", action="store_true", help="run until Ctrl-C")
+    p.add_argument("--data-dir", type=Path, help="keep the outbox here (default: a temporary directory)")
+    p.add_argument("--verbose", "-v", action="store_true", help="show the agent's own log (INFO)")
+    p.set_defaults(func=cmd_demo)
+
+
+def _simulator(driver_name: str, options: dict[str, Any]) -> Simulator | None:
+    cls = all_drivers().get(driver_name)
+    if cls is None:
+        return None
+    driver = cls()
+    try:
+        return driver.simulator(**options)
+    except TypeError:
+        return driver.simulator()
+    except NotImplementedError:
+        return None
+
+
+def _print_reading(accepted: Accepted) -> None:
+    values = "  ".join(f"{m.metric}={m.text_value()} {m.unit}" for m in accepted.reading.measurements)
+    flags = f"  flags={','.join(accepted.reading.flags)}" if accepted.reading.flags else ""
+    print(f"\n>> reading  {accepted.device_id}  {values}{flags}")
+    print(f"   queued as {accepted.control_id}")
+
+
+def _field(message: str, segment: str, index: int) -> str:
+    for seg in message.replace("\n", "\r").split("\r"):
+        if seg.startswith(segment + "|"):
+            fields = seg.split("|")
+            # MSH-1 is the separator itself, so MSH-n is fields[n-1]
+            pos = index - 1 if segment == "MSH" else index
+            return fields[pos] if pos < len(fields) else ""
+    return ""
+
+
+async def cmd_demo(args: argparse.Namespace) -> int:
+    setup_logging("INFO" if args.verbose else "WARNING", json=False)
+    workdir = Path(tempfile.mkdtemp(prefix="vitals-agent-demo-"))
+    data = args.data_dir or workdir / "data"
+    acked: list[str] = []
+
+    def on_message(text: str) -> None:
+        control_id = _field(text, "MSH", 10)
+        print(f"<< EHR received ORU^R01 {control_id}:")
+        for seg in text.replace("\n", "\r").split("\r"):
+            if seg:
+                print(f"   {seg}")
+        print(f"<< EHR answered ACK  MSA|AA|{control_id}")
+        acked.append(control_id)
+
+    receiver = await start_receiver("127.0.0.1", 0, on_message)
+    ptys: list[PtyDevice] = []
+    sims: list[asyncio.Task[None]] = []
+    devices: list[dict[str, Any]] = []
+    for dev_id, driver_name, report, seconds, sim_options in DEMO_DEVICES:
+        sim = _simulator(driver_name, sim_options)
+        if sim is None:
+            continue
+        pty = PtyDevice(workdir / f"tty-{dev_id}").open()
+        ptys.append(pty)
+        sims.append(asyncio.create_task(sim.run(pty), name=f"sim:{dev_id}"))
+        devices.append(
+            {"id": dev_id, "driver": driver_name, "port": str(pty.link), "report": report, "report_seconds": seconds}
+        )
+    config = parse_config(
+        {
+            "agent": {"facility": "DEMO_CLINIC", "location": "DEMO^ROOM1", "data_dir": str(data)},
+            "ehr": {"host": "127.0.0.1", "port": receiver.port, "processing_id": "D"},
+            "control": {"enabled": False},
+            "devices": devices,
+        }
+    )
+    print(f"vitals-agent demo: {len(devices)} simulated devices -> agent -> EHR receiver on 127.0.0.1:{receiver.port}")
+    for dev in devices:
+        print(f"   {dev['id']:<11} {dev['driver']:<18} on {dev['port']}  (report={dev['report']})")
+    service = AgentService(config)
+    service.pipeline.observers.append(_print_reading)
+    stop = asyncio.Event()
+    install_signal_handlers(stop)
+
+    async def stop_later() -> None:
+        await asyncio.sleep(args.seconds)
+        # let the last queued messages reach the receiver before stopping
+        for _ in range(40):
+            if service.outbox.depth() == 0:
+                break
+            await asyncio.sleep(0.05)
+        stop.set()
+
+    timer = None if args.forever else asyncio.create_task(stop_later())
+    try:
+        code = await service.run(stop)
+    finally:
+        for task in [*sims, *([timer] if timer else [])]:
+            task.cancel()
+        await asyncio.gather(*sims, return_exceptions=True)
+        for pty in ptys:
+            pty.close()
+        await receiver.close()
+        shutil.rmtree(workdir, ignore_errors=True)  # the ptys' links, and the outbox unless --data-dir
+    print(f"\ndemo finished: {len(acked)} ORU^R01 messages acknowledged by the EHR receiver.")
+    if not acked:
+        print("error: no message was acknowledged", file=sys.stderr)
+        return 1
+    return code

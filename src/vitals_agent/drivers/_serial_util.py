@@ -1,0 +1,169 @@
+"""Small helpers shared by the serial drivers (Nonin, SunTech, scales, Tanita). Not a driver module.
+
+Everything here is pure except :class:`TimedSimulator`, which plays a device on a
+:class:`~vitals_agent.drivers.base.SimPort` and therefore waits.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from vitals_agent.drivers.base import DecodeContext, DecoderOutput, Driver, SimPort, Simulator, StreamDecoder
+from vitals_agent.errors import DecodeError, TruncatedError
+from vitals_agent.models import (
+    DeviceClass,
+    DeviceIdentity,
+    Flag,
+    Measurement,
+    PatientInfo,
+    Reading,
+    ReadingFlag,
+)
+
+LB_IN_KG = Decimal("0.45359237")
+
+
+def hexs(data: bytes | bytearray, limit: int = 48) -> str:
+    """``data`` as spaced upper-case hex for error messages (shortened after ``limit`` bytes)."""
+    text = bytes(data[:limit]).hex(" ").upper()
+    return text + (" ..." if len(data) > limit else "")
+
+
+def value(metric: str, number: Decimal | int | str, unit: str, flags: Iterable[Flag] = ()) -> Measurement:
+    return Measurement(metric=metric, value=Decimal(number), unit=unit, flags=tuple(flags))
+
+
+def absent(metric: str, unit: str, reason: str) -> Measurement:
+    """A "no value" measurement: the device sent a missing-value code, an error, or a sensor alarm."""
+    return Measurement(metric=metric, value=None, unit=unit, absent_reason=reason)
+
+
+def parse_decimal(text: str, what: str) -> Decimal:
+    """A device's decimal text (``+0070.50`` -> ``70.50``, precision kept); DecodeError if it is not one."""
+    stripped = text.strip()
+    if not stripped or not all(c in "+-.0123456789" for c in stripped):
+        raise DecodeError(f"{what}: {text!r} is not a number")
+    try:
+        number = Decimal(stripped)
+    except InvalidOperation:
+        raise DecodeError(f"{what}: {text!r} is not a number") from None
+    if not number.is_finite():
+        raise DecodeError(f"{what}: {text!r} is not a number")
+    # Decimal keeps leading zeros out and the decimals in: Decimal("+0070.50") == 70.50 with exponent -2.
+    return number
+
+
+def make_reading(
+    ctx: DecodeContext,
+    device_class: DeviceClass,
+    measurements: Sequence[Measurement],
+    raw: bytes,
+    *,
+    device_time: datetime | None = None,
+    flags: Iterable[ReadingFlag] = (),
+    extra: dict[str, str] | None = None,
+    identity: DeviceIdentity | None = None,
+    source_patient: PatientInfo | None = None,
+) -> Reading:
+    """A live reading: observed and received now (host clock); the normaliser applies the clock policy."""
+    now = ctx.now()
+    device = ctx.device if identity is None else ctx.device.merged(identity)
+    return Reading(
+        device=device,
+        device_class=device_class,
+        measurements=tuple(measurements),
+        observed_at=now,
+        received_at=now,
+        device_time=device_time,
+        flags=tuple(dict.fromkeys(flags)),
+        extra=dict(extra or {}),
+        source_patient=source_patient,
+        raw=bytes(raw),
+    )
+
+
+class FlushingDecoder(StreamDecoder):
+    """A stream decoder that can say, at the end of an offline decode, what was left half-done."""
+
+    @abc.abstractmethod
+    def pending(self) -> bytes:
+        """Bytes held in the buffer waiting for the rest of a frame."""
+
+    def flush(self) -> list[DecoderOutput]:
+        """End of input (``vitals-agent decode``): a half frame is a truncated record, never a reading."""
+        from vitals_agent.drivers.base import DecodeFailure
+
+        rest = self.pending()
+        self.reset()
+        if not rest:
+            return []
+        return [
+            DecodeFailure(
+                TruncatedError(f"truncated record: input ended inside a frame ({hexs(rest)})", rest)
+            )
+        ]
+
+
+def decode_all(driver: Driver, chunks: Sequence[bytes], ctx: DecodeContext) -> list[DecoderOutput]:
+    """Feed every chunk, then flush (what the drivers' ``decode_chunks`` does)."""
+    decoder = driver.stream_decoder(ctx)
+    out: list[DecoderOutput] = []
+    for chunk in chunks:
+        out.extend(decoder.feed(chunk))
+    if isinstance(decoder, FlushingDecoder):
+        out.extend(decoder.flush())
+    return out
+
+
+class TimedSimulator(Simulator):
+    """A device that sends something every ``interval`` seconds and answers what the host writes.
+
+    Subclasses implement :meth:`on_request` (host bytes in, reply bytes out) and :meth:`periodic` (bytes to
+    send each tick; may be empty for request/response devices).
+    """
+
+    def __init__(self, interval: float = 1.0) -> None:
+        if interval <= 0:
+            raise ValueError("interval must be positive")
+        self.interval = interval
+        self.received = bytearray()  # everything the host wrote (tests inspect it)
+
+    @abc.abstractmethod
+    def on_request(self, data: bytes) -> bytes:
+        """Bytes the host wrote (possibly a partial command); return the device's reply (or b"")."""
+
+    def periodic(self) -> bytes:
+        return b""
+
+    async def run(self, port: SimPort) -> None:
+        loop = asyncio.get_running_loop()
+        next_tick = loop.time()
+        while True:
+            now = loop.time()
+            if now >= next_tick:
+                chunk = self.periodic()
+                if chunk:
+                    await port.write(chunk)
+                next_tick = now + self.interval
+            data = await port.read(max(0.0, min(self.interval, next_tick - loop.time())))
+            if data:
+                self.received.extend(data)
+                reply = self.on_request(data)
+                if reply:
+                    await port.write(reply)
+
+
+def sim_kwargs(kwargs: dict[str, Any], allowed: Iterable[str], driver: str) -> dict[str, Any]:
+    """Reject simulator options a driver does not know (a typo should not silently do nothing)."""
+    allowed_set = set(allowed)
+    unknown = sorted(set(kwargs) - allowed_set)
+    if unknown:
+        raise ValueError(
+            f"{driver} simulator: unknown option(s) {', '.join(unknown)}; known: {sorted(allowed_set)}"
+        )
+    return kwargs

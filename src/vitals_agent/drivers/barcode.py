@@ -1,0 +1,120 @@
+"""Driver ``barcode``: serial / USB-CDC barcode scanners reading patient wristbands.
+
+A scanner in serial (CDC-ACM / virtual COM) mode sends each scan as one line of text ending in CR, LF or
+CR LF (some prefix an AIM symbology identifier such as ``]C1``; strip it with ``mrn_pattern``). The
+``mrn_pattern`` regex must match the *whole* scan; the MRN is its named group ``mrn`` (or group 1). A
+match becomes a :class:`~vitals_agent.models.PatientScan`, which sets the room's patient; anything else
+is a :class:`~vitals_agent.drivers.base.DecodeFailure` whose message never contains the scanned text
+(a wristband is patient data: the runtime logs the bytes in hex at DEBUG only).
+
+Keyboard-wedge scanners (HID keyboards) type into whatever has focus; use ``vitals-agent patient scan``,
+which applies the ``[patient] mrn_pattern`` to one line of standard input (:func:`extract_mrn`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+from pydantic import field_validator
+
+from vitals_agent.config.patient import DEFAULT_MRN_PATTERN, check_mrn_pattern
+from vitals_agent.drivers.base import (
+    DecodeContext,
+    Driver,
+    LineDecoder,
+    SerialOptions,
+    SerialSettings,
+    SimPort,
+    Simulator,
+    StreamDecoder,
+    register_driver,
+)
+from vitals_agent.errors import DecodeError, UnsupportedError
+from vitals_agent.models import DeviceClass, DeviceEvent, PatientScan
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def extract_mrn(pattern: re.Pattern[str] | str, scan: str) -> str:
+    """The MRN in one scan (whole-string match). Raises :class:`DecodeError` without echoing the scan."""
+    regex = re.compile(pattern) if isinstance(pattern, str) else pattern
+    text = scan.strip()
+    if not text:
+        raise DecodeError("empty scan")
+    match = regex.fullmatch(text)
+    if match is None:
+        raise DecodeError(f"scan does not match mrn_pattern ({len(text)} characters)")
+    mrn = match.group("mrn") if "mrn" in regex.groupindex else match.group(1)
+    if not mrn or not mrn.strip():
+        raise DecodeError("mrn_pattern matched but the MRN group is empty")
+    return mrn.strip()
+
+
+class BarcodeOptions(SerialOptions):
+    mrn_pattern: str = DEFAULT_MRN_PATTERN
+
+    @field_validator("mrn_pattern")
+    @classmethod
+    def _pattern(cls, value: str) -> str:
+        return check_mrn_pattern(value)
+
+
+class BarcodeDecoder(LineDecoder):
+    """One scan per line. Emits :class:`PatientScan`; unmatched scans become failures."""
+
+    max_line: ClassVar[int] = 256
+
+    def __init__(self, ctx: DecodeContext) -> None:
+        super().__init__(ctx)
+        options = ctx.options if isinstance(ctx.options, BarcodeOptions) else None
+        self._pattern = re.compile(options.mrn_pattern if options else DEFAULT_MRN_PATTERN)
+
+    def decode_line(self, line: bytes) -> Iterable[DeviceEvent]:
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            raise UnsupportedError("scan is not UTF-8 text", line) from None
+        # GS1 FNC1 (GS, 0x1D) and similar separators are kept out of the MRN; other control bytes refuse
+        text = text.replace("\x1d", "")
+        if _CONTROL.search(text):
+            raise UnsupportedError("scan contains control characters", line)
+        mrn = extract_mrn(self._pattern, text)
+        return [
+            PatientScan(device_id=self.ctx.device.id, mrn=mrn, raw=text.strip(), received_at=self.ctx.now())
+        ]
+
+
+class BarcodeSimulator(Simulator):
+    """Plays a serial scanner: sends each code (CR LF terminated), ``interval`` seconds apart, then idles."""
+
+    def __init__(self, codes: Iterable[str] = ("MRN12345",), interval: float = 1.0) -> None:
+        self.codes = list(codes)
+        self.interval = interval
+
+    async def run(self, port: SimPort) -> None:
+        for code in self.codes:
+            await port.write(code.encode() + b"\r\n")
+            await asyncio.sleep(self.interval)
+        while True:
+            await asyncio.sleep(3600)
+
+
+@register_driver
+class BarcodeDriver(Driver):
+    name = "barcode"
+    description = "Serial / USB-CDC wristband barcode scanner (sets the room's patient; mrn_pattern)"
+    device_class = DeviceClass.BARCODE
+    transport = "serial"
+    options_model = BarcodeOptions
+    serial_defaults = SerialSettings(baudrate=9600)
+
+    def stream_decoder(self, ctx: DecodeContext) -> StreamDecoder:
+        if ctx.options is None:
+            ctx = DecodeContext(device=ctx.device, tz=ctx.tz, now=ctx.now, options=self.options)
+        return BarcodeDecoder(ctx)
+
+    def simulator(self, **kwargs: Any) -> Simulator:
+        return BarcodeSimulator(**kwargs)

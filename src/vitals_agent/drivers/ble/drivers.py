@@ -1,0 +1,370 @@
+"""The registered BLE drivers: one per Bluetooth health profile, plus Nonin's own oximetry service.
+
+Each driver names its service, the characteristics it subscribes to (the first is the measurement and
+the default of ``vitals-agent decode --characteristic``), and decodes one characteristic payload per
+chunk. Timing, identity, stored records and de-duplication are the BLE transport's (``transport.py``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from vitals_agent.drivers.base import DecodeContext, DecodeFailure, DecoderOutput, Driver, DriverOptions
+from vitals_agent.drivers.base import register_driver as _register
+from vitals_agent.drivers.ble import uuids as U
+from vitals_agent.drivers.ble.clock import decode_current_time, decode_date_time
+from vitals_agent.drivers.ble.decoders import (
+    BleRecord,
+    decode_battery_level,
+    decode_blood_pressure,
+    decode_blood_pressure_record,
+    decode_body_composition,
+    decode_dis_string,
+    decode_heart_rate,
+    decode_intermediate_cuff_pressure,
+    decode_nonin_df19,
+    decode_plx_continuous,
+    decode_plx_features,
+    decode_plx_spot_check,
+    decode_pnp_id,
+    decode_racp,
+    decode_temperature,
+    decode_temperature_type,
+    decode_weight,
+    record_to_event,
+    system_id_to_eui64,
+    temperature_type_name,
+)
+from vitals_agent.errors import DecodeError, UnsupportedError
+from vitals_agent.models import DeviceClass, DeviceEvent, DeviceIdentity, DeviceStatusEvent
+
+_ADDRESS = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")
+
+
+class BleOptions(DriverOptions):
+    """Keys of every BLE device: where it is (``address``, or ``name`` pattern + the driver's service)
+    and how the link behaves."""
+
+    address: str | None = None  # "AA:BB:CC:DD:EE:FF" (BlueZ) or a platform id
+    name: str | None = None  # regular expression matched against the advertised name
+    service: str | None = None  # service UUID to require when finding by name (default: the driver's)
+    adapter: str | None = None  # "hci0"; default: BlueZ's default adapter
+    set_clock: bool = True  # write the host clock to Date Time / Current Time when writable
+    stored_records: bool = True  # fetch stored records through RACP where the device offers it
+    scan_seconds: float = Field(10.0, gt=0)
+    connect_seconds: float = Field(10.0, gt=0)
+    live_seconds: float = Field(120.0, gt=0)  # a record whose device time is older counts as stored
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is not None and not _ADDRESS.match(value):
+            raise ValueError("address must look like AA:BB:CC:DD:EE:FF")
+        return value.upper() if value is not None else None
+
+    @field_validator("name")
+    @classmethod
+    def _pattern(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"name is not a valid regular expression: {exc}") from None
+        return value
+
+    @field_validator("service")
+    @classmethod
+    def _service(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return U.normalize_uuid(value)
+        except DecodeError as exc:
+            raise ValueError(str(exc)) from None
+
+    @model_validator(mode="after")
+    def _where(self) -> BleOptions:
+        if self.address is None and self.name is None:
+            raise ValueError("give 'address' or 'name' (a pattern of the advertised name)")
+        return self
+
+
+class ThermometerOptions(BleOptions):
+    site: str | None = None  # OBX-20 site when the thermometer sends no temperature type
+
+
+class HeartRateOptions(BleOptions):
+    metric: Literal["ecg_heart_rate", "pulse_rate", "pulse_rate_oximeter"] = "ecg_heart_rate"
+
+
+_STRING_IDENTITY = {
+    U.MANUFACTURER_NAME: "manufacturer",
+    U.MODEL_NUMBER: "model",
+    U.SERIAL_NUMBER: "serial_number",
+    U.FIRMWARE_REVISION: "firmware",
+}
+_INFO_CHARACTERISTICS = (
+    U.MANUFACTURER_NAME,
+    U.MODEL_NUMBER,
+    U.SERIAL_NUMBER,
+    U.HARDWARE_REVISION,
+    U.FIRMWARE_REVISION,
+    U.SOFTWARE_REVISION,
+    U.SYSTEM_ID,
+    U.PNP_ID,
+    U.DATE_TIME,
+    U.CURRENT_TIME,
+    U.BATTERY_LEVEL,
+    U.RACP,
+)
+
+
+def identity_from_dis(device_id: str, values: Mapping[str, bytes]) -> DeviceIdentity:
+    """The identity the Device Information characteristics in ``values`` (UUID -> bytes) state."""
+    fields: dict[str, Any] = {}
+    for uuid, key in _STRING_IDENTITY.items():
+        if uuid in values:
+            text = decode_dis_string(values[uuid])
+            if text:
+                fields[key] = text
+    if U.SYSTEM_ID in values:
+        try:
+            eui = system_id_to_eui64(values[U.SYSTEM_ID])
+        except DecodeError:
+            eui = None
+        if eui is not None and eui.strip("0") and eui.strip("F"):
+            fields["eui64"] = eui
+    return DeviceIdentity(id=device_id, **fields)
+
+
+class BleDriver(Driver):
+    """Base of the BLE drivers."""
+
+    transport = "ble"
+    options_model: ClassVar[type[DriverOptions]] = BleOptions
+    service: ClassVar[str]
+    measurement_characteristics: ClassVar[tuple[str, ...]]  # subscribed, in this order
+    extra_characteristics: ClassVar[tuple[str, ...]] = ()  # read-only helpers (features, type)
+    racp_supported: ClassVar[bool] = False
+
+    def __init__(self, options: DriverOptions | None = None) -> None:
+        # Offline decoding needs no address: build the options without validating where the device is.
+        super().__init__(options if options is not None else self.options_model.model_construct())
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "measurement_characteristics" in cls.__dict__:
+            cls.characteristics = (
+                *cls.measurement_characteristics,
+                *cls.extra_characteristics,
+                *_INFO_CHARACTERISTICS,
+            )
+
+    @property
+    def ble_options(self) -> BleOptions:
+        assert isinstance(self.options, BleOptions)
+        return self.options
+
+    def decode_measurement(self, uuid: str, data: bytes, context: Mapping[str, bytes]) -> BleRecord:
+        """Decode one payload of a measurement characteristic. ``context`` holds values read on connect."""
+        raise UnsupportedError(f"{self.name} does not decode {U.short_name(uuid)}", bytes(data))
+
+    def describe(self, uuid: str, data: bytes, ctx: DecodeContext) -> DeviceEvent:
+        """Decode one payload of an informational characteristic into a status event."""
+        if uuid in _STRING_IDENTITY or uuid == U.SYSTEM_ID:
+            return DeviceStatusEvent(identity=identity_from_dis(ctx.device.id, {uuid: data}))
+        if uuid in (U.HARDWARE_REVISION, U.SOFTWARE_REVISION):
+            return DeviceStatusEvent(note=f"{U.short_name(uuid)}: {decode_dis_string(data)}")
+        if uuid == U.PNP_ID:
+            pnp = decode_pnp_id(data)
+            return DeviceStatusEvent(
+                note=f"PnP ID: source {pnp.vendor_id_source} vendor 0x{pnp.vendor_id:04X} "
+                f"product 0x{pnp.product_id:04X} version 0x{pnp.product_version:04X}"
+            )
+        if uuid == U.DATE_TIME:
+            if len(data) != 7:
+                raise DecodeError(f"Date Time must be 7 bytes, got {len(data)}", bytes(data))
+            return DeviceStatusEvent(note=f"device clock {decode_date_time(data).key()}")
+        if uuid == U.CURRENT_TIME:
+            now = decode_current_time(data)
+            return DeviceStatusEvent(
+                note=f"device clock {now.date_time.key()} (adjust reason 0x{now.adjust_reason:02X})"
+            )
+        if uuid == U.BATTERY_LEVEL:
+            return DeviceStatusEvent(battery_percent=decode_battery_level(data))
+        if uuid == U.RACP:
+            return DeviceStatusEvent(note=f"RACP: {decode_racp(data).text}")
+        if uuid == U.TEMPERATURE_TYPE:
+            return DeviceStatusEvent(
+                note=f"temperature type: {temperature_type_name(decode_temperature_type(data))}"
+            )
+        if uuid == U.PLX_FEATURES:
+            f = decode_plx_features(data)
+            return DeviceStatusEvent(
+                note=f"PLX features 0x{f.features:04X}"
+                + (
+                    f", measurement status support 0x{f.measurement_status_support:04X}"
+                    if f.measurement_status_support is not None
+                    else ""
+                )
+                + (
+                    f", device status support 0x{f.device_status_support:06X}"
+                    if f.device_status_support is not None
+                    else ""
+                )
+            )
+        if uuid in self.extra_characteristics:
+            return DeviceStatusEvent(note=f"{U.short_name(uuid)}: 0x{int.from_bytes(data, 'little'):X}")
+        raise UnsupportedError(f"{self.name} does not decode {U.short_name(uuid)}", bytes(data))
+
+    def decode_chunks(
+        self, chunks: Sequence[bytes], ctx: DecodeContext, characteristic: str | None = None
+    ) -> list[DecoderOutput]:
+        """Each chunk is one payload of ``characteristic`` (default: the measurement)."""
+        uuid = U.normalize_uuid(characteristic) if characteristic else self.measurement_characteristics[0]
+        if uuid not in self.characteristics:
+            known = ", ".join(U.short_name(c) for c in self.characteristics)
+            raise UnsupportedError(
+                f"{self.name} does not decode characteristic {characteristic} (known: {known})"
+            )
+        out: list[DecoderOutput] = []
+        for chunk in chunks:
+            try:
+                if uuid in self.measurement_characteristics:
+                    out.append(record_to_event(self.decode_measurement(uuid, bytes(chunk), {}), ctx))
+                else:
+                    out.append(self.describe(uuid, bytes(chunk), ctx))
+            except DecodeError as exc:
+                if not exc.data:
+                    exc.data = bytes(chunk)
+                out.append(DecodeFailure(exc))
+        return out
+
+
+@_register
+class BloodPressureDriver(BleDriver):
+    name = "ble-blood-pressure"
+    description = "Bluetooth Blood Pressure Service 0x1810 (A&D UA-651BLE, Omron, ...)"
+    device_class = DeviceClass.BLOOD_PRESSURE
+    service = U.BLOOD_PRESSURE_SERVICE
+    measurement_characteristics = (
+        U.BLOOD_PRESSURE_MEASUREMENT,
+        U.INTERMEDIATE_CUFF_PRESSURE,
+        U.BLOOD_PRESSURE_RECORD,
+    )
+    extra_characteristics = (U.BLOOD_PRESSURE_FEATURE,)
+    racp_supported = True
+
+    def decode_measurement(self, uuid: str, data: bytes, context: Mapping[str, bytes]) -> BleRecord:
+        if uuid == U.BLOOD_PRESSURE_MEASUREMENT:
+            return decode_blood_pressure(data)
+        if uuid == U.INTERMEDIATE_CUFF_PRESSURE:
+            return decode_intermediate_cuff_pressure(data)
+        if uuid == U.BLOOD_PRESSURE_RECORD:
+            return decode_blood_pressure_record(data)
+        return super().decode_measurement(uuid, data, context)
+
+
+@_register
+class ThermometerDriver(BleDriver):
+    name = "ble-thermometer"
+    description = "Bluetooth Health Thermometer Service 0x1809"
+    device_class = DeviceClass.THERMOMETER
+    options_model = ThermometerOptions
+    service = U.HEALTH_THERMOMETER_SERVICE
+    measurement_characteristics = (U.TEMPERATURE_MEASUREMENT,)
+    extra_characteristics = (U.TEMPERATURE_TYPE,)
+
+    def decode_measurement(self, uuid: str, data: bytes, context: Mapping[str, bytes]) -> BleRecord:
+        if uuid != U.TEMPERATURE_MEASUREMENT:
+            return super().decode_measurement(uuid, data, context)
+        default_type = None
+        if context.get(U.TEMPERATURE_TYPE):
+            default_type = decode_temperature_type(context[U.TEMPERATURE_TYPE])
+        site = self.options.site if isinstance(self.options, ThermometerOptions) else None
+        return decode_temperature(data, default_type=default_type, default_site=site)
+
+
+@_register
+class WeightScaleDriver(BleDriver):
+    name = "ble-weight-scale"
+    description = "Bluetooth Weight Scale Service 0x181D (A&D UC-352BLE, ...)"
+    device_class = DeviceClass.SCALE
+    service = U.WEIGHT_SCALE_SERVICE
+    measurement_characteristics = (U.WEIGHT_MEASUREMENT,)
+    extra_characteristics = (U.WEIGHT_SCALE_FEATURE,)
+
+    def decode_measurement(self, uuid: str, data: bytes, context: Mapping[str, bytes]) -> BleRecord:
+        if uuid != U.WEIGHT_MEASUREMENT:
+            return super().decode_measurement(uuid, data, context)
+        return decode_weight(data)
+
+
+@_register
+class BodyCompositionDriver(BleDriver):
+    name = "ble-body-composition"
+    description = "Bluetooth Body Composition Service 0x181B"
+    device_class = DeviceClass.BODY_COMPOSITION
+    service = U.BODY_COMPOSITION_SERVICE
+    measurement_characteristics = (U.BODY_COMPOSITION_MEASUREMENT,)
+    extra_characteristics = (U.uuid16(0x2A9B),)
+
+    def decode_measurement(self, uuid: str, data: bytes, context: Mapping[str, bytes]) -> BleRecord:
+        if uuid != U.BODY_COMPOSITION_MEASUREMENT:
+            return super().decode_measurement(uuid, data, context)
+        return decode_body_composition(data)
+
+
+@_register
+class PulseOximeterDriver(BleDriver):
+    name = "ble-pulse-oximeter"
+    description = "Bluetooth Pulse Oximeter Service (PLX) 0x1822: spot-check and continuous"
+    device_class = DeviceClass.PULSE_OXIMETER
+    service = U.PLX_SERVICE
+    measurement_characteristics = (U.PLX_SPOT_CHECK, U.PLX_CONTINUOUS)
+    extra_characteristics = (U.PLX_FEATURES,)
+    racp_supported = True
+
+    def decode_measurement(self, uuid: str, data: bytes, context: Mapping[str, bytes]) -> BleRecord:
+        if uuid == U.PLX_SPOT_CHECK:
+            return decode_plx_spot_check(data)
+        if uuid == U.PLX_CONTINUOUS:
+            return decode_plx_continuous(data)
+        return super().decode_measurement(uuid, data, context)
+
+
+@_register
+class HeartRateDriver(BleDriver):
+    name = "ble-heart-rate"
+    description = "Bluetooth Heart Rate Service 0x180D (chest straps; not an exam-room source)"
+    device_class = DeviceClass.HEART_RATE
+    continuous = True
+    options_model = HeartRateOptions
+    service = U.HEART_RATE_SERVICE
+    measurement_characteristics = (U.HEART_RATE_MEASUREMENT,)
+    extra_characteristics = (U.uuid16(0x2A38),)
+
+    def decode_measurement(self, uuid: str, data: bytes, context: Mapping[str, bytes]) -> BleRecord:
+        if uuid != U.HEART_RATE_MEASUREMENT:
+            return super().decode_measurement(uuid, data, context)
+        metric = self.options.metric if isinstance(self.options, HeartRateOptions) else "ecg_heart_rate"
+        return decode_heart_rate(data, metric or "ecg_heart_rate")
+
+
+@_register
+class Nonin3230Driver(BleDriver):
+    name = "nonin-3230"
+    description = "Nonin 3230 finger oximeter, Nonin Oximetry Service (bond first: encryption required)"
+    device_class = DeviceClass.PULSE_OXIMETER
+    continuous = True
+    service = U.NONIN_OXIMETRY_SERVICE
+    measurement_characteristics = (U.NONIN_MEASUREMENT,)
+
+    def decode_measurement(self, uuid: str, data: bytes, context: Mapping[str, bytes]) -> BleRecord:
+        if uuid != U.NONIN_MEASUREMENT:
+            return super().decode_measurement(uuid, data, context)
+        return decode_nonin_df19(data)

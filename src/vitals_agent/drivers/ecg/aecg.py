@@ -1,0 +1,332 @@
+"""HL7 v3 Annotated ECG (aECG) decoder (devices.md 7.2), on a hardened XML parser.
+
+Global measurements are looked for, in order, in the representative-beat annotation set, then the
+rhythm series' own annotation sets, and only then in the first beat annotation (marked beat-level).
+Annotations tied to a lead are ignored; a 0 where 0 is impossible means "not computed".
+"""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET  # noqa: S405 - types only
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal, InvalidOperation
+
+from vitals_agent.drivers.base import DecodeContext
+from vitals_agent.drivers.ecg.common import EcgDecoded, patient_info, plausible, to_reading
+from vitals_agent.drivers.ecg.xmlsafe import (
+    DEFAULT_MAX_XML_BYTES,
+    child,
+    children,
+    local,
+    parse_xml,
+    path_all,
+    text,
+)
+from vitals_agent.errors import DecodeError, UnsupportedError
+from vitals_agent.models import Reading
+
+MEDIA_TYPE = "application/xml"
+NS = "urn:hl7-org:v3"
+
+# annotation code -> metric key; vendor aliases per vendor (devices.md 7.2)
+CODES: dict[str, str] = {
+    "MDC_ECG_HEART_RATE": "ecg_heart_rate",
+    "MDC_ECG_CARD_BEAT_RATE": "ecg_heart_rate",
+    "MDC_ECG_TIME_PD_P": "ecg_p_duration",
+    "MDC_ECG_TIME_PD_PR": "ecg_pr_interval",
+    "MDC_ECG_TIME_PD_QRS": "ecg_qrs_duration",
+    "MDC_ECG_TIME_PD_QRS_GL": "ecg_qrs_duration",
+    "MDC_ECG_TIME_PD_QT": "ecg_qt_interval",
+    "MDC_ECG_TIME_PD_QT_GL": "ecg_qt_interval",
+    "MDC_ECG_TIME_PD_QTc": "ecg_qtc_interval",
+    "MDC_ECG_TIME_PD_QTcB": "ecg_qtc_bazett",
+    "MDC_ECG_TIME_PD_QTcF": "ecg_qtc_fridericia",
+    "MDC_ECG_TIME_PD_RR": "ecg_rr_interval",
+    "MDC_ECG_TIME_PD_RR_GL": "ecg_rr_interval",
+    "MDC_ECG_ANGLE_P_FRONT": "ecg_p_axis",
+    "MDC_ECG_ANGLE_QRS_FRONT": "ecg_qrs_axis",
+    "MDC_ECG_ANGLE_T_FRONT": "ecg_t_axis",
+    "MDC_ECG_ATRIAL_RATE": "ecg_atrial_rate",
+}
+VENDOR_ALIASES: dict[str, dict[str, str]] = {
+    "MINDRAY": {
+        "MINDRAY_ECG_P_AXIS": "ecg_p_axis",
+        "MINDRAY_ECG_QRS_AXIS": "ecg_qrs_axis",
+        "MINDRAY_ECG_T_AXIS": "ecg_t_axis",
+    },
+}
+ALIASES: dict[str, str] = {k: v for table in VENDOR_ALIASES.values() for k, v in table.items()}
+STATEMENT_CODES = (
+    "MDC_ECG_INTERPRETATION_STATEMENT",
+    "MDC_ECG_INTERPRETATION_SUMMARY",
+    "MDC_ECG_INTERPRETATION_COMMENT",
+)
+TIME_UNITS = {"ms": Decimal(1), "s": Decimal(1000), "us": Decimal("0.001")}
+RATE_UNITS = {"bpm", "/min", "{beat}/min", "{beats}/min", "1/min"}
+ANGLE_UNITS = {"deg", "°"}
+SEX = {"M": "M", "F": "F", "UN": "U", "U": "U"}
+_TS = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\.\d+)?([+-]\d{4})?$")
+
+
+def parse_ts(value: str | None) -> datetime | None:
+    """HL7 v3 TS (``YYYYMMDDHHMMSS[.fff][+ZZZZ]``): naive without a zone, None when unusable."""
+    if not value:
+        return None
+    m = _TS.match(value.strip())
+    if not m or m.group(2) is None or m.group(3) is None:
+        return None
+    year, month, day = int(m.group(1)), int(m.group(2)), int(m.group(3))
+    hour, minute, second = (int(g) if g else 0 for g in (m.group(4), m.group(5), m.group(6)))
+    micro = int(Decimal(m.group(7)) * 1_000_000) if m.group(7) else 0
+    try:
+        dt = datetime(year, month, day, hour, minute, second, min(micro, 999_999))
+    except ValueError:
+        return None
+    if m.group(8):
+        sign = 1 if m.group(8)[0] == "+" else -1
+        hours, minutes = int(m.group(8)[1:3]), int(m.group(8)[3:5])
+        try:
+            dt = dt.replace(tzinfo=timezone(sign * timedelta(hours=hours, minutes=minutes)))
+        except ValueError:
+            return None
+    return dt
+
+
+def _code(annotation: ET.Element) -> str | None:
+    code = child(annotation, "code")
+    return code.get("code") if code is not None else None
+
+
+def _has_lead(annotation: ET.Element) -> bool:
+    for boundary in path_all(annotation, "support", "supportingROI", "component", "boundary"):
+        code = child(boundary, "code")
+        if code is not None and (code.get("code") or "").startswith("MDC_ECG_LEAD_"):
+            return True
+    return False
+
+
+def _direct_annotations(annotation_set: ET.Element) -> list[ET.Element]:
+    return path_all(annotation_set, "component", "annotation")
+
+
+def _value(annotation: ET.Element, metric: str) -> tuple[Decimal | None, str, str | None]:
+    """(value in the metric's unit, reason when None, raw text)."""
+    value = child(annotation, "value")
+    if value is None:
+        return None, "no value", None
+    raw = value.get("value")
+    unit = (value.get("unit") or "").strip()
+    if raw is None or not raw.strip():
+        return None, "no value", None
+    try:
+        number = Decimal(raw.strip())
+    except InvalidOperation:
+        return None, "not a number", raw
+    if not number.is_finite():
+        return None, "not a number", raw
+    if metric in ("ecg_heart_rate", "ecg_atrial_rate"):
+        if unit and unit not in RATE_UNITS:
+            return None, f"unknown unit {unit!r}", raw
+    elif metric.endswith("_axis"):
+        if unit and unit not in ANGLE_UNITS:
+            return None, f"unknown unit {unit!r}", raw
+    else:
+        factor = TIME_UNITS.get(unit or "ms")
+        if factor is None:
+            return None, f"unknown unit {unit!r}", raw
+        if factor != 1:
+            number = (number * factor).normalize()
+            if number == number.to_integral_value():
+                number = number.quantize(Decimal(1))
+    why = plausible(metric, number)
+    if why:
+        return None, why, raw
+    return number, "", raw
+
+
+@dataclass
+class _Globals:
+    values: dict[str, tuple[Decimal | None, str, str | None]] = field(default_factory=dict)
+    vendor: dict[str, str] = field(default_factory=dict)
+
+
+def _collect(annotations: list[ET.Element]) -> _Globals:
+    found = _Globals()
+    for ann in annotations:
+        if _has_lead(ann):
+            continue
+        code = _code(ann) or ""
+        metric = CODES.get(code) or ALIASES.get(code)
+        if metric is None:
+            continue
+        if metric not in found.values or found.values[metric][0] is None:
+            found.values[metric] = _value(ann, metric)
+        for sub in _direct_annotations(ann):  # vendor sub-values (e.g. Mindray QTcH under QTc)
+            sub_code = _code(sub)
+            sub_value = child(sub, "value")
+            if sub_code and sub_value is not None and sub_value.get("value"):
+                found.vendor[sub_code] = f"{sub_value.get('value')} {sub_value.get('unit') or ''}".strip()
+    return found
+
+
+def parse(data: bytes, *, max_bytes: int = DEFAULT_MAX_XML_BYTES) -> EcgDecoded:
+    root = parse_xml(data, max_bytes=max_bytes, what="aECG XML")
+    if local(root.tag) != "AnnotatedECG":
+        raise UnsupportedError(f"not an HL7 aECG file (root element {local(root.tag)!r})")
+    if root.tag.startswith("{") and not root.tag.startswith("{" + NS + "}"):
+        raise UnsupportedError(f"aECG namespace {root.tag[1:].split('}')[0]!r} is not {NS!r}")
+    out = EcgDecoded(format="aecg")
+    _subject(root, out)
+    effective = child(root, "effectiveTime")
+    when = child(effective, "center") if child(effective, "center") is not None else child(effective, "low")
+    out.acquired = parse_ts(when.get("value") if when is not None else None)
+    series_list = path_all(root, "component", "series")
+    series = series_list[0] if series_list else None
+    _device(series, out)
+
+    derived_sets = path_all(series, "derivation", "derivedSeries", "subjectOf", "annotationSet")
+    rhythm_sets = path_all(series, "subjectOf", "annotationSet")
+    chosen: _Globals | None = None
+    for sets, level in ((derived_sets, "representative beat"), (rhythm_sets, "series")):
+        found = _collect([a for s in sets for a in _direct_annotations(s)])
+        if found.values:
+            chosen, out.extra["measurement_level"] = found, level
+            break
+    if chosen is None:
+        beat = next(
+            (a for s in rhythm_sets for a in _direct_annotations(s) if _code(a) == "MDC_ECG_BEAT"),
+            None,
+        )
+        if beat is not None:
+            found = _collect(_direct_annotations(beat))
+            if found.values:
+                chosen, out.extra["measurement_level"] = found, "beat"
+    if chosen is not None:
+        for metric, (value, reason, raw) in chosen.values.items():
+            out.put(metric, value, reason=reason, raw=raw)
+        for code, value in chosen.vendor.items():
+            out.extra[f"vendor_{code}"] = value
+
+    for ann in (a for s in derived_sets + rhythm_sets for a in _direct_annotations(s)):
+        code = _code(ann)
+        if code == "MDC_ECG_INTERPRETATION":
+            for sub in _direct_annotations(ann):
+                if _code(sub) in STATEMENT_CODES and (statement := text(child(sub, "value"))):
+                    out.statements.append(statement)
+        elif code == "MDC_ECG_RHY" and "rhythm" not in out.extra:
+            value = child(ann, "value")
+            if value is not None and (name := value.get("displayName") or value.get("code")):
+                out.extra["rhythm"] = name
+    return out
+
+
+def decode(data: bytes, ctx: DecodeContext, *, max_bytes: int = DEFAULT_MAX_XML_BYTES) -> Reading:
+    return to_reading(parse(data, max_bytes=max_bytes), data, ctx)
+
+
+def _subject(root: ET.Element, out: EcgDecoded) -> None:
+    subject = child(root, "componentOf", "timepointEvent", "componentOf", "subjectAssignment", "subject", "trialSubject")
+    if subject is None:
+        return
+    ident = child(subject, "id")
+    mrn = ident.get("extension") if ident is not None else None
+    person = child(subject, "subjectDemographicPerson")
+    if not mrn:
+        mrn = text(child(person, "PatientID"))  # vendor element (Mindray / LIRYC)
+    family = given = None
+    name = child(person, "name")
+    if name is not None:
+        family = text(child(name, "family"))
+        given = text(child(name, "given"))
+        if family is None and given is None:
+            family = text(name)
+    gender = child(person, "administrativeGenderCode")
+    sex = SEX.get((gender.get("code") or "").upper()) if gender is not None else None
+    birth = child(person, "birthTime")
+    born = parse_ts(birth.get("value") if birth is not None else None)
+    out.patient = patient_info(mrn, family, given, born.strftime("%Y%m%d") if born else None, sex)
+
+
+def _device(series: ET.Element | None, out: EcgDecoded) -> None:
+    author = child(series, "author", "seriesAuthor")
+    device = child(author, "manufacturedSeriesDevice")
+    out.model = text(child(device, "manufacturerModelName"))
+    out.firmware = text(child(device, "softwareName"))
+    out.serial_number = text(child(device, "SerialNumber")) or text(child(device, "serialNumber"))
+    out.manufacturer = text(child(author, "manufacturerOrganization", "name"))
+
+
+# --------------------------------------------------------------------------------------------- waveforms
+
+
+@dataclass
+class Waveforms:
+    """The rhythm series' leads in microvolts, with the sample interval in seconds."""
+
+    sample_interval: float
+    leads: dict[str, list[float]]
+
+
+def waveforms(data: bytes, *, max_bytes: int = DEFAULT_MAX_XML_BYTES) -> Waveforms:
+    """Lead samples of the first series (``origin + scale * digit``, in uV) for rendering."""
+    root = parse_xml(data, max_bytes=max_bytes, what="aECG XML")
+    if local(root.tag) != "AnnotatedECG":
+        raise UnsupportedError(f"not an HL7 aECG file (root element {local(root.tag)!r})")
+    series = child(root, "component", "series")
+    interval: float | None = None
+    leads: dict[str, list[float]] = {}
+    for seq in path_all(series, "component", "sequenceSet", "component", "sequence"):
+        code = (_code(seq) or "").strip()
+        value = child(seq, "value")
+        if value is None:
+            continue
+        if code in ("TIME_ABSOLUTE", "TIME_RELATIVE"):
+            inc = child(value, "increment")
+            if inc is not None:
+                interval = _seconds(inc.get("value"), inc.get("unit"))
+            continue
+        if not code.startswith("MDC_ECG_LEAD_"):
+            continue
+        origin = _micro_volts(child(value, "origin"))
+        scale = _micro_volts(child(value, "scale"))
+        digits = text(child(value, "digits"))
+        if scale is None or digits is None:
+            continue
+        try:
+            samples = [(origin or 0.0) + scale * int(d) for d in digits.split()]
+        except ValueError:
+            raise DecodeError(f"aECG lead {code}: digits are not integers") from None
+        leads[_lead_name(code)] = samples
+    if interval is None or interval <= 0:
+        raise DecodeError("aECG: no sample interval (GLIST increment) in the rhythm series")
+    if not leads:
+        raise DecodeError("aECG: no lead waveforms in the rhythm series")
+    return Waveforms(sample_interval=interval, leads=leads)
+
+
+_LEAD_NAMES = {"AVR": "aVR", "AVL": "aVL", "AVF": "aVF"}
+
+
+def _lead_name(code: str) -> str:
+    name = code.removeprefix("MDC_ECG_LEAD_")
+    return _LEAD_NAMES.get(name.upper(), name)
+
+
+def _seconds(value: str | None, unit: str | None) -> float | None:
+    try:
+        number = float(value or "")
+    except ValueError:
+        return None
+    return {"s": 1.0, "ms": 0.001, "us": 1e-6}.get((unit or "s").strip(), 1.0) * number
+
+
+def _micro_volts(elem: ET.Element | None) -> float | None:
+    if elem is None:
+        return None
+    try:
+        number = float(elem.get("value") or "")
+    except ValueError:
+        return None
+    return {"uV": 1.0, "mV": 1000.0, "V": 1e6, "nV": 0.001}.get((elem.get("unit") or "uV").strip(), 1.0) * number

@@ -1,0 +1,190 @@
+"""The EKG-cart drivers: ``scp-ecg``, ``aecg-xml``, ``philips-xml`` (files in a watched folder) and
+``scp-ecg-serial`` (SCP records sent over RS-232). One file = one Reading."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import ClassVar
+
+import structlog
+from pydantic import Field, model_validator
+
+from vitals_agent.drivers.base import (
+    DecodeContext,
+    DecodeFailure,
+    DecoderOutput,
+    Driver,
+    DriverOptions,
+    SerialOptions,
+    SerialSettings,
+    register_driver,
+)
+from vitals_agent.drivers.ecg import aecg, philips, scp
+from vitals_agent.drivers.ecg.common import with_original
+from vitals_agent.errors import DecodeError
+from vitals_agent.models import Attachment, DeviceClass, Reading
+
+log = structlog.get_logger(__name__)
+
+MiB = 1024 * 1024
+
+
+class EcgFileOptions(DriverOptions):
+    """Keys of the folder-watching ECG drivers."""
+
+    folder: str | None = None  # the share the cart writes to (required by the folder transport)
+    pattern: str | None = None  # glob, matched case-insensitively; default per driver
+    attach_original: bool = False  # send the original file as an ED OBX
+    attach_max_bytes: int = Field(10 * MiB, gt=0)
+    max_file_bytes: int = Field(64 * MiB, gt=0)  # larger files are refused without being read
+    poll_seconds: float = Field(2.0, gt=0)
+    # a file whose header announces more bytes than it has is waited for this long, then failed
+    incomplete_timeout_seconds: float = Field(600.0, gt=0)
+
+
+class AecgOptions(EcgFileOptions):
+    attach_report: bool = False  # render the 12 leads to a PDF page and attach it (ED)
+
+
+class EcgSerialOptions(SerialOptions):
+    """Keys of ``scp-ecg-serial``: where the cart is plus how files are cut out of the byte stream."""
+
+    idle_gap_seconds: float = Field(2.0, gt=0)  # silence that ends a file whose length is unknown
+    attach_original: bool = False
+    attach_max_bytes: int = Field(10 * MiB, gt=0)
+    max_file_bytes: int = Field(16 * MiB, gt=0)
+    save_folder: str | None = None  # keep received files in <save_folder>/processed or /failed
+
+    @model_validator(mode="after")
+    def _limits(self) -> EcgSerialOptions:
+        if self.max_file_bytes < 64:
+            raise ValueError("max_file_bytes must be at least 64")
+        return self
+
+
+class EcgFileDriver(Driver):
+    """Base of the file-based ECG drivers: a pure ``decode_file`` plus what the transports need."""
+
+    device_class: ClassVar[DeviceClass] = DeviceClass.ECG
+    transport: ClassVar[str] = "folder"
+    options_model: ClassVar[type[DriverOptions]] = EcgFileOptions
+    default_pattern: ClassVar[str] = "*"
+    media_type: ClassVar[str] = "application/octet-stream"
+    default_name: ClassVar[str] = "ecg"
+    _decoder: ClassVar[Callable[..., Reading]]
+
+    @property
+    def file_options(self) -> EcgFileOptions:
+        opts = self.options
+        return opts if isinstance(opts, EcgFileOptions) else EcgFileOptions()
+
+    @property
+    def max_file_bytes(self) -> int:
+        return self.file_options.max_file_bytes
+
+    @property
+    def pattern(self) -> str:
+        return self.file_options.pattern or self.default_pattern
+
+    def expected_length(self, head: bytes) -> int | None:
+        """Total size the file's header announces (SCP), or None when the format does not say."""
+        return None
+
+    def decode_file(self, data: bytes, ctx: DecodeContext, name: str | None = None) -> Reading:
+        """Decode one whole file and add the configured attachments. Raises only DecodeError."""
+        reading = type(self)._decoder(data, ctx, max_bytes=self.max_file_bytes)
+        return self.finish(reading, data, name or self.default_name)
+
+    def finish(self, reading: Reading, data: bytes, name: str) -> Reading:
+        opts = self.file_options
+        if opts.attach_original:
+            reading = with_original(reading, data, name, self.media_type, opts.attach_max_bytes)
+        return reading
+
+    def decode_chunks(
+        self, chunks: Sequence[bytes], ctx: DecodeContext, characteristic: str | None = None
+    ) -> list[DecoderOutput]:
+        """The chunks concatenated are one file."""
+        data = b"".join(chunks)
+        try:
+            return [self.decode_file(data, ctx)]
+        except DecodeError as exc:
+            if not exc.data:
+                exc.data = data[:256]
+            return [DecodeFailure(exc)]
+
+
+@register_driver
+class ScpEcgDriver(EcgFileDriver):
+    name = "scp-ecg"
+    description = "EKG cart SCP-ECG files (EN 1064) from a watched folder: global measurements, statements"
+    default_pattern = "*.scp"
+    media_type = scp.MEDIA_TYPE
+    default_name = "ecg.scp"
+    _decoder = staticmethod(scp.decode)
+
+    def expected_length(self, head: bytes) -> int | None:
+        return scp.record_length(head)
+
+
+@register_driver
+class AecgXmlDriver(EcgFileDriver):
+    name = "aecg-xml"
+    description = "EKG cart HL7 aECG XML files from a watched folder: global measurements, statements"
+    options_model = AecgOptions
+    default_pattern = "*.xml"
+    media_type = aecg.MEDIA_TYPE
+    default_name = "ecg.xml"
+    _decoder = staticmethod(aecg.decode)
+
+    def finish(self, reading: Reading, data: bytes, name: str) -> Reading:
+        reading = super().finish(reading, data, name)
+        opts = self.options
+        if isinstance(opts, AecgOptions) and opts.attach_report:
+            from vitals_agent.drivers.ecg import render
+
+            try:
+                pdf = render.render_aecg(data, fmt="pdf", max_bytes=self.max_file_bytes)
+            except DecodeError as exc:
+                extra = dict(reading.extra)
+                extra["report_skipped"] = str(exc)
+                return reading.with_updates(extra=extra)
+            attachment = Attachment(name="ecg_report.pdf", media_type="application/pdf", data=pdf)
+            reading = reading.with_updates(attachments=(*reading.attachments, attachment))
+        return reading
+
+
+@register_driver
+class PhilipsXmlDriver(EcgFileDriver):
+    name = "philips-xml"
+    description = "Philips PageWriter/HeartStart Sierra ECG XML (1.03, 1.04.x) from a watched folder"
+    default_pattern = "*.xml"
+    media_type = philips.MEDIA_TYPE
+    default_name = "ecg.xml"
+    _decoder = staticmethod(philips.decode)
+
+
+@register_driver
+class ScpEcgSerialDriver(ScpEcgDriver):
+    """SCP-ECG records sent over RS-232: a record ends at the length its header states (or an idle gap)."""
+
+    name = "scp-ecg-serial"
+    description = "EKG cart sending SCP-ECG records over RS-232 (file boundary by record length or idle gap)"
+    transport = "ecg-serial-file"
+    options_model = EcgSerialOptions
+    serial_defaults = SerialSettings(baudrate=9600)
+
+    def __init__(self, options: DriverOptions | None = None) -> None:
+        # No port in a default instance (offline `decode`): build the options without validation.
+        super().__init__(options if options is not None else EcgSerialOptions.model_construct())
+
+    @property
+    def file_options(self) -> EcgFileOptions:
+        opts = self.options
+        if isinstance(opts, EcgSerialOptions):
+            return EcgFileOptions(
+                attach_original=opts.attach_original,
+                attach_max_bytes=opts.attach_max_bytes,
+                max_file_bytes=opts.max_file_bytes,
+            )
+        return EcgFileOptions()

@@ -1,0 +1,158 @@
+"""Philips Sierra ECG XML (PageWriter TC/Touch, HeartStart MRx) decoder, versions 1.03 and 1.04.x
+(devices.md 7.3). 1.04.x files are UTF-16 with a BOM; the XML declaration/BOM is honoured."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET  # noqa: S405 - types only
+from datetime import date, datetime, time
+
+from vitals_agent.drivers.base import DecodeContext
+from vitals_agent.drivers.ecg.common import EcgDecoded, parse_int_text, patient_info, plausible, to_reading
+from vitals_agent.drivers.ecg.xmlsafe import DEFAULT_MAX_XML_BYTES, child, children, local, parse_xml, text
+from vitals_agent.errors import UnsupportedError
+from vitals_agent.models import Reading
+
+MEDIA_TYPE = "application/xml"
+NS = "http://www3.medical.philips.com"
+
+GLOBALS_104: dict[str, str] = {
+    "heartrate": "ecg_heart_rate",
+    "atrialrate": "ecg_atrial_rate",
+    "rrint": "ecg_rr_interval",
+    "pdur": "ecg_p_duration",
+    "print": "ecg_pr_interval",
+    "qrsdur": "ecg_qrs_duration",
+    "qtint": "ecg_qt_interval",
+    "qtcb": "ecg_qtc_bazett",
+    "qtcf": "ecg_qtc_fridericia",
+    "pfrontaxis": "ecg_p_axis",
+    "qrsfrontaxis": "ecg_qrs_axis",
+    "tfrontaxis": "ecg_t_axis",
+}
+GLOBALS_103: dict[str, str] = {
+    "meanventrate": "ecg_heart_rate",
+    "atrialrate": "ecg_atrial_rate",
+    "meanprint": "ecg_pr_interval",
+    "meanqrsdur": "ecg_qrs_duration",
+    "meanqtint": "ecg_qt_interval",
+    "meanqtc": "ecg_qtc_interval",
+    "pfrontaxis": "ecg_p_axis",
+    "qrsfrontaxis": "ecg_qrs_axis",
+    "tfrontaxis": "ecg_t_axis",
+}
+SEX = {"male": "M", "female": "F", "unknown": "U", "unspecified": "U"}
+
+
+def parse(data: bytes, *, max_bytes: int = DEFAULT_MAX_XML_BYTES) -> EcgDecoded:
+    root = parse_xml(data, max_bytes=max_bytes, what="Philips XML")
+    if local(root.tag) != "restingecgdata":
+        raise UnsupportedError(f"not a Philips Sierra ECG file (root element {local(root.tag)!r})")
+    version = text(child(root, "documentinfo", "documentversion")) or ""
+    if version == "1.03":
+        table, globals_elem = GLOBALS_103, child(root, "measurements", "globalmeasurements")
+    elif version == "1.04" or version.startswith("1.04."):
+        table, globals_elem = GLOBALS_104, child(root, "interpretations", "interpretation", "globalmeasurements")
+    else:
+        raise UnsupportedError(f"Philips Sierra ECG XML version {version or '(none)'!r} is not supported")
+    out = EcgDecoded(format="philips-xml")
+    out.extra["document_version"] = version
+
+    for tag, metric in table.items():
+        elem = child(globals_elem, tag)
+        if elem is None:
+            continue
+        raw = text(elem)
+        value = parse_int_text(raw)
+        if value is None:
+            out.put(metric, None, reason=raw or "empty", raw=raw)
+            continue
+        why = plausible(metric, value)
+        out.put(metric, None if why else value, reason=why or "", raw=raw)
+        if elem.get("editedflag") == "True":
+            out.extra[f"edited_{tag}"] = "true"
+
+    _patient(root, out)
+    _acquisition(root, out)
+    interpretation = child(root, "interpretations", "interpretation")
+    for statement in children(interpretation, "statement"):
+        left = text(child(statement, "leftstatement"))
+        right = text(child(statement, "rightstatement"))
+        code = text(child(statement, "statementcode"))
+        if left:
+            n = len(out.statements) + 1
+            out.statements.append(left)
+            if right:
+                out.extra[f"statement_{n}_reason"] = right
+            if code:
+                out.extra[f"statement_{n}_code"] = code
+    severity = text(child(interpretation, "severity"))
+    if severity:
+        out.statements.append(severity)
+    signature = text(child(interpretation, "mdsignatureline"))
+    if signature:
+        out.statements.append(signature)
+    return out
+
+
+def decode(data: bytes, ctx: DecodeContext, *, max_bytes: int = DEFAULT_MAX_XML_BYTES) -> Reading:
+    return to_reading(parse(data, max_bytes=max_bytes), data, ctx)
+
+
+def _iso_date(value: str | None) -> date | None:
+    if not value:
+        return None
+    try:
+        return date.fromisoformat(value.strip())
+    except ValueError:
+        return None
+
+
+def _iso_time(value: str | None) -> time | None:
+    if not value:
+        return None
+    try:
+        return time.fromisoformat(value.strip())
+    except ValueError:
+        return None
+
+
+def _patient(root: ET.Element, out: EcgDecoded) -> None:
+    general = child(root, "patient", "generalpatientdata")
+    if general is None:
+        return
+    born = _iso_date(text(child(general, "age", "dateofbirth")))
+    sex = SEX.get((text(child(general, "sex")) or "").lower())
+    out.patient = patient_info(
+        text(child(general, "patientid")),
+        text(child(general, "name", "lastname")),
+        text(child(general, "name", "firstname")),
+        born.strftime("%Y%m%d") if born else None,
+        sex,
+    )
+    years = text(child(general, "age", "years"))
+    if years:
+        out.extra["patient_age"] = f"{years} y"
+
+
+def _acquisition(root: ET.Element, out: EcgDecoded) -> None:
+    for name in ("dataacquisition", "reportinfo"):
+        elem = child(root, name)
+        if elem is None:
+            continue
+        day, clock = _iso_date(elem.get("date")), _iso_time(elem.get("time"))
+        if day is not None:
+            out.acquired = datetime.combine(day, clock or time(0, 0))
+            break
+    machine = child(root, "dataacquisition", "machine")
+    if machine is not None:
+        out.model = text(machine)
+        out.serial_number = machine.get("machineid") or None
+        parts = (machine.get("detaildescription") or "").split(":")
+        if len(parts) >= 3:
+            out.manufacturer = parts[0] or None
+            out.firmware = parts[-1] or None
+            out.extra["model_number"] = parts[1]
+        elif parts[0]:
+            out.manufacturer = parts[0]
+    if out.manufacturer is None:
+        out.manufacturer = "Philips"

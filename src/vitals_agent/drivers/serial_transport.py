@@ -1,0 +1,298 @@
+"""The ``serial`` transport: one serial device (a port path, a pyserial URL, or a USB identity) on asyncio.
+
+``run()`` resolves the port, opens it with the driver's line settings (overridden by the config), writes the
+decoder's connect commands, then feeds every byte received to the driver's pure decoder and hands the
+results to the agent (:class:`~vitals_agent.drivers.base.DeviceRuntime`). It returns only by raising:
+
+* :class:`~vitals_agent.errors.DeviceNotFoundError` at once when the port path or USB device is absent;
+* :class:`~vitals_agent.errors.TransportError` when the port cannot be opened or the link is lost (unplug:
+  pyserial raises ``SerialException``; a ``socket://`` peer closing ends the stream).
+
+On any end of the link the decoder is reset, so a half-received frame never becomes a reading. The agent's
+supervisor calls ``run()`` again with capped back-off (reopening by the same path, or re-resolving ``usb``).
+
+Writing to the device (sans-I/O): the decoder queues bytes with ``StreamDecoder.send()`` (inside ``feed()``
+or ``poll()``), sets ``poll_interval`` for polled devices; this transport writes ``commands_on_connect()``
+after opening and whatever ``data_to_send()`` returns after every ``feed()``/``poll()``. Outside the decoder
+(a CLI "start measurement" command), :meth:`SerialTransport.write` writes to the open port.
+
+Paths and ``socket://`` URLs use pyserial-asyncio-fast (event-driven). Other pyserial URLs (``loop://``,
+``rfc2217://``, ``spy://``) have no file descriptor to watch; they are served by a reader thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
+
+import serial
+import serial_asyncio_fast
+import structlog
+
+from vitals_agent.drivers.base import (
+    DecodeFailure,
+    DecoderOutput,
+    DeviceRuntime,
+    SerialOptions,
+    SerialSettings,
+    StreamDecoder,
+    Transport,
+    register_transport,
+)
+from vitals_agent.drivers.ports import resolve_usb
+from vitals_agent.errors import DeviceNotFoundError, TransportError
+
+log = structlog.get_logger(__name__)
+
+READ_SIZE = 4096
+OPEN_TIMEOUT = 5.0  # seconds: opening a local port is instant; a socket:// peer may not answer
+CLOSE_TIMEOUT = 2.0
+
+
+class _Link(Protocol):
+    async def read(self) -> bytes: ...  # b"" = end of stream (peer closed)
+
+    async def write(self, data: bytes) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class _StreamLink:
+    """pyserial-asyncio-fast: a device path or ``socket://``."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+
+    @classmethod
+    async def open(cls, url: str, settings: SerialSettings, exclusive: bool) -> _StreamLink:
+        kwargs: dict[str, Any] = {}
+        if exclusive:
+            kwargs["exclusive"] = True  # flock: a second agent on the same port fails instead of sharing
+        reader, writer = await serial_asyncio_fast.open_serial_connection(
+            url=url,
+            baudrate=settings.baudrate,
+            bytesize=settings.bytesize,
+            parity=settings.parity,
+            stopbits=settings.stopbits,
+            **kwargs,
+        )
+        return cls(reader, writer)
+
+    async def read(self) -> bytes:
+        return await self._reader.read(READ_SIZE)
+
+    async def write(self, data: bytes) -> None:
+        if self._writer.transport.is_closing():
+            raise TransportError("serial port is closed")
+        self._writer.write(data)
+        await self._writer.drain()
+
+    async def close(self) -> None:
+        transport = self._writer.transport
+        if not transport.is_closing():
+            transport.abort()  # pending writes are meaningless once the link is gone
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._writer.wait_closed(), CLOSE_TIMEOUT)
+
+
+class _ThreadLink:
+    """Any other pyserial URL (no file descriptor to watch): blocking reads on a private thread."""
+
+    def __init__(self, port: serial.SerialBase, executor: ThreadPoolExecutor) -> None:
+        self._port = port
+        self._executor = executor
+
+    @classmethod
+    async def open(cls, url: str, settings: SerialSettings) -> _ThreadLink:
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="serial-url")
+        loop = asyncio.get_running_loop()
+        try:
+            port = await loop.run_in_executor(
+                executor,
+                lambda: serial.serial_for_url(
+                    url,
+                    baudrate=settings.baudrate,
+                    bytesize=settings.bytesize,
+                    parity=settings.parity,
+                    stopbits=settings.stopbits,
+                    timeout=0.05,
+                    write_timeout=2.0,
+                ),
+            )
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        return cls(port, executor)
+
+    async def read(self) -> bytes:
+        loop = asyncio.get_running_loop()
+        while True:
+            data: bytes = await loop.run_in_executor(self._executor, self._port.read, READ_SIZE)
+            if data:
+                return data
+
+    async def write(self, data: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._port.write, data)
+
+    async def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(Exception):
+            await loop.run_in_executor(self._executor, self._port.close)
+        self._executor.shutdown(wait=False)
+
+
+def _is_url(port: str) -> bool:
+    return "://" in port
+
+
+@register_transport
+class SerialTransport(Transport):
+    """Runs one serial device. See the module docstring for the contract."""
+
+    name = "serial"
+
+    def __init__(self, runtime: DeviceRuntime) -> None:
+        super().__init__(runtime)
+        options = runtime.driver.options
+        if not isinstance(options, SerialOptions):
+            raise TypeError(f"driver {runtime.driver.name!r} has no serial options (not a serial driver)")
+        self.options: SerialOptions = options
+        self.settings: SerialSettings = options.line_settings(runtime.driver.serial_defaults)
+        self.decoder: StreamDecoder = runtime.driver.stream_decoder(runtime.ctx)
+        self.url: str | None = None  # the port last opened (resolved from usb, if configured so)
+        self.bytes_received = 0
+        self.connects = 0
+        self._link: _Link | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._link is not None
+
+    # ---------------------------------------------------------------------------------------------- open
+
+    def resolve_port(self) -> str:
+        """The path or URL to open. Raises :class:`DeviceNotFoundError` when it is not there now."""
+        if self.options.usb is not None:
+            return resolve_usb(self.options.usb).device
+        port = self.options.port
+        assert port is not None  # SerialOptions guarantees one of port/usb
+        if not _is_url(port) and not os.path.exists(port):  # also a symlink to a vanished /dev/pts/N
+            raise DeviceNotFoundError(f"serial port {port} does not exist")
+        return port
+
+    async def _open(self, url: str) -> _Link:
+        scheme = url.split("://", 1)[0].lower() if _is_url(url) else ""
+        try:
+            link: _Link
+            if scheme in ("", "socket"):
+                link = await asyncio.wait_for(
+                    _StreamLink.open(url, self.settings, exclusive=not scheme), OPEN_TIMEOUT
+                )
+            else:
+                link = await asyncio.wait_for(_ThreadLink.open(url, self.settings), OPEN_TIMEOUT)
+            return link
+        except TimeoutError:
+            raise TransportError(f"opening {url} timed out after {OPEN_TIMEOUT:g} s") from None
+        except (serial.SerialException, OSError, ValueError) as exc:
+            if isinstance(exc, FileNotFoundError) or getattr(exc, "errno", None) == errno.ENOENT:
+                raise DeviceNotFoundError(f"serial port {url} does not exist") from None
+            if not scheme and not os.path.exists(url):  # noqa: ASYNC240 - a stat, after a failed open
+                raise DeviceNotFoundError(f"serial port {url} does not exist") from None
+            raise TransportError(f"cannot open {url}: {_one_line(exc)}") from None
+
+    # ---------------------------------------------------------------------------------------------- run
+
+    async def run(self) -> None:
+        url = self.resolve_port()
+        link = await self._open(url)
+        self.url = url
+        self._link = link
+        self.connects += 1
+        self._discard_partial()
+        self.runtime.set_connected(True, url)
+        self.runtime.log.info("serial port opened", port=url, settings=self.settings.model_dump())
+        poller: asyncio.Task[None] | None = None
+        reason = "closed"
+        try:
+            for command in self.decoder.commands_on_connect():
+                await self._write(link, command)
+            await self._flush(link)
+            if self.decoder.poll_interval:
+                poller = asyncio.create_task(self._poll(link, self.decoder.poll_interval))
+            while True:
+                data = await link.read()
+                if not data:
+                    reason = "the other end closed the connection"
+                    raise TransportError(f"serial link {url} lost: {reason}")
+                self.bytes_received += len(data)
+                await self._dispatch(self.decoder.feed(data))
+                await self._flush(link)
+        except (serial.SerialException, OSError) as exc:
+            reason = _one_line(exc)
+            raise TransportError(f"serial link {url} lost: {reason}") from None
+        except asyncio.CancelledError:
+            reason = "stopped"
+            raise
+        finally:
+            self._link = None
+            if poller is not None:
+                poller.cancel()
+                with contextlib.suppress(BaseException):
+                    await poller
+            self._discard_partial()  # a half-received frame is never a reading
+            await link.close()
+            self.runtime.set_connected(False, reason)
+            self.runtime.log.debug("serial port closed", port=url, reason=reason)
+
+    def _discard_partial(self) -> None:
+        self.decoder.reset()
+        self.decoder.data_to_send()
+
+    async def _dispatch(self, outputs: list[DecoderOutput]) -> None:
+        for out in outputs:
+            if isinstance(out, DecodeFailure):
+                self.runtime.decode_failed(out)
+            else:
+                await self.runtime.emit(out)
+
+    async def _write(self, link: _Link, data: bytes) -> None:
+        if data:
+            self.runtime.log.debug("serial write", port=self.url, hex=data.hex())
+            await link.write(data)
+
+    async def _flush(self, link: _Link) -> None:
+        await self._write(link, self.decoder.data_to_send())
+
+    async def _poll(self, link: _Link, interval: float) -> None:
+        try:
+            while True:
+                self.decoder.poll()
+                await self._flush(link)
+                await asyncio.sleep(interval)
+        except (serial.SerialException, OSError, TransportError) as exc:
+            # The read loop sees the same failure (the link is gone); just stop polling.
+            self.runtime.log.debug("serial poll stopped", port=self.url, reason=_one_line(exc))
+
+    # ---------------------------------------------------------------------------------------------- API
+
+    async def write(self, data: bytes) -> None:
+        """Write raw bytes to the device now (e.g. a "start measurement" command from the CLI).
+        Raises :class:`TransportError` when the port is not open."""
+        link = self._link
+        if link is None:
+            raise TransportError("the serial port is not open")
+        try:
+            await self._write(link, data)
+        except (serial.SerialException, OSError) as exc:
+            raise TransportError(f"write to {self.url} failed: {_one_line(exc)}") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__

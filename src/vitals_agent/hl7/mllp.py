@@ -1,0 +1,324 @@
+"""MLLP framing (HL7 v2 Minimal Lower Layer Protocol, TF-2 App. I) and a small asyncio client.
+
+A frame is ``0x0B`` + message + ``0x1C 0x0D``. :func:`frame` and :class:`MllpDeframer` are pure (no I/O);
+:class:`MllpClient` keeps one TCP (optionally TLS) connection to the receiver, sends one message at a time
+and returns the raw payload of the answer frame. Every failure is one of two retryable errors:
+:class:`~vitals_agent.errors.PeerUnavailableError` (refused, reset, closed, timed out, TLS failure) or
+:class:`~vitals_agent.errors.AckProtocolError` (the answer is not an MLLP frame). After any failure the
+connection is closed; the next :meth:`MllpClient.send` reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+import time
+
+import structlog
+
+from vitals_agent.errors import AckProtocolError, PeerUnavailableError
+
+log = structlog.get_logger(__name__)
+
+START_BLOCK = 0x0B
+END_BLOCK = 0x1C
+CARRIAGE_RETURN = 0x0D
+_SB = b"\x0b"
+_TRAILER = b"\x1c\x0d"
+
+DEFAULT_MAX_FRAME = 4 * 1024 * 1024  # 4 MiB: big enough for an EKG attachment, small enough to bound memory
+
+
+class ConnectionLostError(PeerUnavailableError):
+    """The connection failed during an exchange. ``nothing_received``: not a byte of an answer had come."""
+
+    def __init__(self, message: str, *, nothing_received: bool) -> None:
+        self.nothing_received = nothing_received
+        super().__init__(message)
+
+
+def frame(message: bytes) -> bytes:
+    """Wrap one HL7 message in an MLLP block. The message must not contain the framing bytes."""
+    if _SB in message or b"\x1c" in message:
+        raise ValueError("an HL7 message must not contain the MLLP framing bytes 0x0B or 0x1C")
+    return _SB + message + _TRAILER
+
+
+class MllpDeframer:
+    """Incremental MLLP deframer: feed bytes as they arrive, get complete message payloads back.
+
+    * Bytes outside a frame are garbage: they are dropped and counted in :attr:`garbage_bytes`.
+    * A ``0x0B`` inside an unfinished frame means the previous frame was cut short: the partial frame is
+      dropped (counted as garbage) and decoding resynchronises on the new start byte.
+    * A frame that grows beyond ``max_frame`` bytes without its trailer is dropped and counted in
+      :attr:`overflows`; decoding resumes at the next ``0x0B``. Memory use is bounded by ``max_frame``.
+    """
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        if max_frame < 1:
+            raise ValueError("max_frame must be positive")
+        self.max_frame = max_frame
+        self._buf = bytearray()
+        self._in_frame = False
+        self.garbage_bytes = 0
+        self.overflows = 0
+
+    @property
+    def pending(self) -> int:
+        """Bytes held for an unfinished frame."""
+        return len(self._buf)
+
+    def reset(self) -> None:
+        self._buf.clear()
+        self._in_frame = False
+
+    def feed(self, data: bytes) -> list[bytes]:
+        out: list[bytes] = []
+        view = memoryview(data)
+        pos = 0
+        n = len(data)
+        while pos < n:
+            if not self._in_frame:
+                start = data.find(_SB, pos)
+                if start < 0:
+                    self.garbage_bytes += n - pos
+                    break
+                self.garbage_bytes += start - pos
+                self._in_frame = True
+                pos = start + 1
+                continue
+            # Inside a frame: look for the trailer or a new start byte, whichever comes first. The trailer
+            # may straddle two chunks (0x1C at the end of the buffer, 0x0D at the start of this chunk).
+            if self._buf and self._buf[-1] == END_BLOCK and data[pos] == CARRIAGE_RETURN:
+                out.append(bytes(self._buf[:-1]))
+                self._buf.clear()
+                self._in_frame = False
+                pos += 1
+                continue
+            end = data.find(_TRAILER, pos)
+            restart = data.find(_SB, pos)
+            if restart >= 0 and (end < 0 or restart < end):
+                self.garbage_bytes += len(self._buf) + (restart - pos) + 1  # +1: the dropped start byte
+                self._buf.clear()
+                pos = restart + 1
+                continue
+            if end >= 0:
+                if len(self._buf) + (end - pos) > self.max_frame:
+                    self._overflow()
+                else:
+                    self._buf += view[pos:end]
+                    out.append(bytes(self._buf))
+                    self._buf.clear()
+                    self._in_frame = False
+                pos = end + 2
+                continue
+            self._buf += view[pos:]
+            pos = n
+            if len(self._buf) > self.max_frame:
+                self._overflow()
+        return out
+
+    def _overflow(self) -> None:
+        self.overflows += 1
+        self.garbage_bytes += len(self._buf)
+        self._buf.clear()
+        self._in_frame = False
+
+
+class MllpClient:
+    """One MLLP connection to the receiver, one message in flight.
+
+    ``send()`` connects when needed (after a failure, or when the peer closed the connection after its
+    last ACK, as hl7apy's server does), writes one frame and waits up to ``timeout`` seconds for one
+    answer frame, whose payload it returns unparsed. Frames that arrived *before* the message was written
+    cannot answer it and are discarded. :meth:`receive` reads a further frame on the same connection
+    (e.g. the ``AA`` that follows a ``CA``).
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        connect_timeout: float = 10.0,
+        ssl_context: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+        max_frame: int = DEFAULT_MAX_FRAME,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.connect_timeout = connect_timeout
+        self.ssl_context = ssl_context
+        self.server_hostname = server_hostname
+        self.max_frame = max_frame
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._deframer = MllpDeframer(max_frame)
+        self._frames: list[bytes] = []
+        self._lock = asyncio.Lock()
+        self.connections = 0  # successful connects so far (for status and tests)
+
+    @property
+    def peer(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def connected(self) -> bool:
+        return self._writer is not None and not self._writer.is_closing()
+
+    async def connect(self) -> None:
+        """Open the connection if it is not open. Raises :class:`PeerUnavailableError`."""
+        if self.connected and self._reader is not None and not self._reader.at_eof():
+            return
+        await self.close()
+        kwargs: dict[str, object] = {"limit": 1 << 16}
+        if self.ssl_context is not None:
+            kwargs["ssl"] = self.ssl_context
+            kwargs["server_hostname"] = self.server_hostname or self.host
+            kwargs["ssl_handshake_timeout"] = self.connect_timeout
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                reader, writer = await asyncio.open_connection(self.host, self.port, **kwargs)  # type: ignore[arg-type]
+        except TimeoutError:
+            raise PeerUnavailableError(
+                f"connecting to {self.peer} timed out after {self.connect_timeout:g} s"
+            ) from None
+        except ssl.SSLCertVerificationError as exc:
+            raise PeerUnavailableError(
+                f"TLS certificate of {self.peer} rejected: {exc.verify_message or exc.reason}"
+            ) from None
+        except ssl.SSLError as exc:
+            raise PeerUnavailableError(
+                f"TLS handshake with {self.peer} failed: {exc.reason or exc}"
+            ) from None
+        except OSError as exc:
+            raise PeerUnavailableError(
+                f"cannot connect to {self.peer}: {exc.strerror or exc.__class__.__name__}"
+            ) from None
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            _tune_socket(sock)
+        self._reader, self._writer = reader, writer
+        self._deframer.reset()
+        self._frames.clear()
+        self.connections += 1
+        log.debug("mllp connected", peer=self.peer, tls=self.ssl_context is not None)
+
+    async def close(self) -> None:
+        writer, self._writer, self._reader = self._writer, None, None
+        self._frames.clear()
+        self._deframer.reset()
+        if writer is None:
+            return
+        writer.close()
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(1.0):
+                await writer.wait_closed()
+
+    def abort(self) -> None:
+        """Drop the connection at once (no TLS close_notify, no waiting)."""
+        writer, self._writer, self._reader = self._writer, None, None
+        self._frames.clear()
+        self._deframer.reset()
+        if writer is not None:
+            writer.transport.abort()
+
+    async def send(self, message: bytes, timeout: float) -> bytes:
+        """Send one message and return the payload of the first frame that answers it."""
+        data = frame(message)
+        async with self._lock:
+            reused = self.connected
+            try:
+                return await self._exchange(data, timeout)
+            except ConnectionLostError as exc:
+                if not (reused and exc.nothing_received):
+                    raise
+                # The peer closed an idle connection (e.g. it closes after every ACK) and we only noticed
+                # when writing: try once more on a fresh connection. At worst the receiver sees the same
+                # MSH-10 twice, which delivery is allowed to do.
+                log.debug("mllp peer closed idle connection, reconnecting", peer=self.peer)
+                return await self._exchange(data, timeout)
+
+    async def receive(self, timeout: float) -> bytes:
+        """Read one more frame on the current connection (no message is sent)."""
+        async with self._lock:
+            if not self.connected:
+                raise PeerUnavailableError(f"not connected to {self.peer}")
+            try:
+                return await self._read_frame(time.monotonic() + timeout, timeout)
+            except BaseException:
+                self.abort()
+                raise
+
+    async def _exchange(self, data: bytes, timeout: float) -> bytes:
+        await self.connect()
+        assert self._writer is not None
+        self._frames.clear()  # anything that arrived before this message cannot answer it
+        deadline = time.monotonic() + timeout
+        try:
+            try:
+                self._writer.write(data)
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    await self._writer.drain()
+            except TimeoutError:
+                raise PeerUnavailableError(
+                    f"{self.peer} did not take the message within {timeout:g} s"
+                ) from None
+            except (OSError, ssl.SSLError) as exc:
+                raise ConnectionLostError(
+                    f"connection to {self.peer} lost while sending: {_why(exc)}", nothing_received=True
+                ) from None
+            return await self._read_frame(deadline, timeout)
+        except BaseException:
+            self.abort()
+            raise
+
+    async def _read_frame(self, deadline: float, timeout: float) -> bytes:
+        assert self._reader is not None
+        got_bytes = False
+        garbage_before = self._deframer.garbage_bytes
+        while not self._frames:
+            remaining = deadline - time.monotonic()
+            try:
+                if remaining <= 0:
+                    raise TimeoutError
+                async with asyncio.timeout(remaining):
+                    chunk = await self._reader.read(1 << 16)
+            except TimeoutError:
+                if self._deframer.garbage_bytes > garbage_before and not self._deframer.pending:
+                    raise AckProtocolError(
+                        f"{self.peer} answered with bytes that are not an MLLP frame"
+                    ) from None
+                raise PeerUnavailableError(f"no ACK from {self.peer} within {timeout:g} s") from None
+            except (OSError, ssl.SSLError) as exc:
+                raise ConnectionLostError(
+                    f"connection to {self.peer} lost before the ACK: {_why(exc)}",
+                    nothing_received=not got_bytes,
+                ) from None
+            if not chunk:
+                part = " in the middle of a frame" if self._deframer.pending else ""
+                raise ConnectionLostError(
+                    f"{self.peer} closed the connection before the ACK{part}", nothing_received=not got_bytes
+                )
+            got_bytes = True
+            self._frames.extend(self._deframer.feed(chunk))
+        return self._frames.pop(0)
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or exc.__class__.__name__
+
+
+def _tune_socket(sock: socket.socket) -> None:
+    """No Nagle delay for small frames; keepalive so a half-open idle link is noticed by the kernel."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if hasattr(socket, "TCP_KEEPIDLE"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 60)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)

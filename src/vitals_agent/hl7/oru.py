@@ -1,0 +1,533 @@
+"""The ORU^R01 builder: one :class:`~vitals_agent.models.Reading` -> one IHE PCD-01 message (ER7 bytes).
+
+Rules: ``../shared/reference/hl7-pcd01.md`` sections 3-9 and ``codes.md``. The builder is pure (no I/O, no
+clock: the caller passes ``control_id`` and ``created_at``), so a re-send can be rebuilt byte-identical.
+
+Choices made here (documented for the EHR interface team):
+
+* One OBR per reading, flattened containment tree (MDS row ``1.0.0.0`` + metrics ``1.0.0.n``), with a
+  stable OBX-4 number per metric and device class (hl7-pcd01.md section 7.2 project table).
+* OBR-2/OBR-3 EI-1 = gateway EUI-64 + observation time (UTC, seconds) + ``-`` + 8 hex digits of a digest of
+  the device identity, exact observation time and record sequence: unique per reading and *stable* for
+  the same reading (a rebuilt or corrected message keeps its filler order number).
+* Unbound reading (no patient, no cart patient with an id): mode 1 of section 4.1 -- PID-3
+  ``TMP-<EUI-64|serial|id>-<observed UTC>`` under the assigning authority with type ``PI``, PID-5
+  ``^^^^^^U``, PID-31 ``Y``. Bound patient: PID-31 ``N`` (identity known, table 0136). Cart patient (EKG):
+  PID-31 left empty (identity entered on a device, not confirmed by the agent).
+* Late-associated readings get an NTE after the OBR (``NTE|1|L|late-associated: ...|RE^Remark^HL70364``).
+* v2.5.1 has no OBX-20: the body site then goes to an NTE after that OBX. The device clock row is ``TS``
+  instead of ``DTM`` there (2.5.1 table 0125 has no DTM).
+* Local codes (no MDC term, or an MDC code marked C in codes.md) use ``<refid>^<name>^99VITALS`` and keep
+  the LOINC code as the alternate, in every ``code_system`` mode.
+* TEST/DEMO data is refused when MSH-11 is ``P`` (project policy, section 7.5): :class:`MessageBuildError`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, tzinfo
+from decimal import Decimal
+from types import MappingProxyType
+from typing import Literal
+
+import structlog
+
+from vitals_agent.codes import LOCAL_CODE_SYSTEM, MetricInfo, tables
+from vitals_agent.errors import VitalsAgentError
+from vitals_agent.hl7.escape import ENCODING_CHARACTERS, escape, escape_structured
+from vitals_agent.hl7.units import UnitConversionError, convert, convertible
+from vitals_agent.models import DeviceClass, DeviceIdentity, Flag, Measurement, Reading, ReadingFlag
+
+log = structlog.get_logger(__name__)
+
+PCD01_OID = "1.3.6.1.4.1.19376.1.6.1.1.1"
+MESSAGE_PROFILE_ID = f"IHE_PCD_001^IHE PCD^{PCD01_OID}^ISO"  # MSH-21
+MESSAGE_TYPE = "ORU^R01^ORU_R01"  # MSH-9
+STANDING_ORDER = "182777000^monitoring of patient^SCT"  # OBR-4
+DEVICE_CLOCK_CODE = "67975^MDC_ATTR_TIME_ABS^MDC"  # codes.md section 5 (code unverified, U)
+INTERPRETATION_LOCAL = f"MDC_ECG_INTERPRETATION^EKG interpretation^{LOCAL_CODE_SYSTEM}"
+INTERPRETATION_LOINC = "8601-7^EKG impression^LN"
+ATTACHMENT_CODE = f"DEVICE_REPORT^Device report^{LOCAL_CODE_SYSTEM}"
+ST_MAX = 199  # longer text goes as TX
+
+_MDS: dict[DeviceClass, tuple[int, str]] = {
+    DeviceClass.PULSE_OXIMETER: (528388, "MDC_DEV_SPEC_PROFILE_PULS_OXIM"),
+    DeviceClass.BLOOD_PRESSURE: (528391, "MDC_DEV_SPEC_PROFILE_BP"),
+    DeviceClass.THERMOMETER: (528392, "MDC_DEV_SPEC_PROFILE_TEMP"),
+    DeviceClass.SCALE: (528399, "MDC_DEV_SPEC_PROFILE_SCALE"),
+    DeviceClass.BODY_COMPOSITION: (528399, "MDC_DEV_SPEC_PROFILE_SCALE"),
+}
+_MULTI_PARAM_MDS = (69965, "MDC_DEV_MON_PHYSIO_MULTI_PARAM_MDS")
+
+METHODS: dict[str, str] = {
+    "UNSPEC": "mcat-unspec",
+    "AMEAS": "auto-measurement",
+    "MMEAS": "manual-measurement",
+    "ASET": "auto-setting",
+    "MSET": "manual-setting",
+    "ACALC": "auto-calculation",
+    "MCALC": "manual-calculation",
+}
+
+_X_FLAGS = frozenset({Flag.INVALID, Flag.NOT_AVAILABLE, Flag.BUSY})  # TF-2 table B.8.5-6: OBX-11 X
+_SEXES = frozenset({"F", "M", "O", "A", "N", "U"})
+_EUI64 = re.compile(r"^[0-9A-F]{16}$")
+
+
+class MessageBuildError(VitalsAgentError, ValueError):
+    """The reading or profile cannot be turned into a conformant message (the text says why)."""
+
+
+# --- profile and patient -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MessageProfile:
+    """What the receiving EHR expects: header values, code system, units and shape options."""
+
+    facility: str  # MSH-4 (HD, may be ER7-structured, e.g. "CLINIC^2.999.1^ISO")
+    location: str  # PV1-3 (PL, ER7-structured, e.g. "CARDIO CLINIC^EXAM 3^^EXHOSP&2.999.1&ISO")
+    gateway_eui64: str  # MSH-3 universal id, OBR-2/3
+    sending_application: str = "VITALS_AGENT"
+    receiving_application: str = ""
+    receiving_facility: str = ""
+    processing_id: str = "P"
+    accept_ack_type: str = "AL"
+    application_ack_type: str = "NE"
+    version: Literal["2.6", "2.5.1"] = "2.6"
+    code_system: Literal["mdc", "loinc", "mdc+loinc"] = "mdc+loinc"
+    preferred_units: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    hierarchy_rows: bool = True
+    assigning_authority: str = "VITALS_AGENT"
+    tz: tzinfo = UTC
+    patient_class: str = "U"  # PV1-2 (table 0004); U = unknown
+
+    def __post_init__(self) -> None:
+        if not _EUI64.match(self.gateway_eui64):
+            raise MessageBuildError("gateway EUI-64 must be 16 upper-case hexadecimal digits")
+        if self.processing_id not in ("P", "D", "T"):
+            raise MessageBuildError(f"processing id must be P, D or T, not {self.processing_id!r}")
+        for name in ("accept_ack_type", "application_ack_type"):
+            if getattr(self, name) not in ("AL", "NE", "ER", "SU"):
+                raise MessageBuildError(f"{name} must be AL, NE, ER or SU")
+        if self.version not in ("2.6", "2.5.1"):
+            raise MessageBuildError(f"unsupported HL7 version {self.version!r}")
+        if self.code_system not in ("mdc", "loinc", "mdc+loinc"):
+            raise MessageBuildError(f"unknown code system {self.code_system!r}")
+        if self.patient_class not in ("E", "I", "O", "P", "R", "B", "U"):
+            raise MessageBuildError(f"patient class must be one of E I O P R B U, not {self.patient_class!r}")
+        known = tables().units
+        for src, dst in self.preferred_units.items():
+            if src not in known or dst not in known or not convertible(src, dst):
+                raise MessageBuildError(f"unsupported unit preference {src!r} -> {dst!r}")
+
+
+@dataclass(frozen=True)
+class PatientIdentity:
+    """The patient a reading is bound to (from a wristband scan, worklist pick or manual match)."""
+
+    mrn: str
+    family: str | None = None
+    given: str | None = None
+    birth_date: str | None = None  # YYYYMMDD
+    sex: str | None = None
+    encounter: str | None = None
+    identifier_type: str = "MR"
+
+
+def new_control_id() -> str:
+    """A fresh MSH-10: 20 upper-case hex digits (11 of milliseconds since the epoch, 9 random)."""
+    return f"{int(time.time() * 1000) & 0xFFFFFFFFFFF:011X}{secrets.randbits(36):09X}"
+
+
+# --- formatting helpers --------------------------------------------------------------------------------
+
+
+def format_dtm(value: datetime, tz: tzinfo = UTC) -> str:
+    """``YYYYMMDDHHMMSS+ZZZZ`` in ``tz`` (seconds resolution, offset always present)."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise MessageBuildError("timestamps must be timezone-aware")
+    local = value.astimezone(tz)
+    offset = local.utcoffset()
+    total = int(offset.total_seconds()) if offset is not None else 0
+    sign = "+" if total >= 0 else "-"
+    hours, rest = divmod(abs(total), 3600)
+    return f"{local:%Y%m%d%H%M%S}{sign}{hours:02d}{rest // 60:02d}"
+
+
+def _utc14(value: datetime) -> str:
+    return f"{value.astimezone(UTC):%Y%m%d%H%M%S}"
+
+
+def _segment(name: str, fields: Mapping[int, str]) -> str:
+    last = max((i for i, v in fields.items() if v), default=0)
+    return "|".join([name, *(fields.get(i, "") for i in range(1, last + 1))])
+
+
+def _join(*parts: str | None) -> str:
+    return "^".join(p for p in parts if p)
+
+
+def _birth_date(value: str | None) -> str:
+    if not value:
+        return ""
+    digits = value.replace("-", "")
+    if re.fullmatch(r"\d{8}", digits):
+        return digits
+    log.debug("birth date ignored: not YYYYMMDD")
+    return ""
+
+
+def _sex(value: str | None) -> str:
+    if not value:
+        return ""
+    code = value.strip()[:1].upper()
+    if code in _SEXES:
+        return code
+    log.debug("administrative sex ignored: not in table 0001")
+    return ""
+
+
+def _name(family: str | None, given: str | None) -> str:
+    if not (family or given):
+        return "^^^^^^U"
+    return f"{escape(_one_line(family or ''))}^{escape(_one_line(given or ''))}^^^^^L"
+
+
+def _one_line(text: str) -> str:
+    """Names and locations: line breaks become spaces (hl7-pcd01.md section 2.1 rule 3)."""
+    return re.sub(r"[\r\n]+", " ", text).strip()
+
+
+# --- the builder ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Row:
+    sub_id: tuple[int, ...]
+    fields: dict[int, str]
+    notes: list[str] = field(default_factory=list)
+
+
+def _slots(device_class: DeviceClass) -> tuple[frozenset[str] | None, ...]:
+    """Stable OBX-4 metric numbers per device class (None marks the device-clock slot)."""
+    metrics = tables().metrics
+    temps = frozenset(k for k in metrics if k.startswith("body_temperature"))
+    if device_class is DeviceClass.BLOOD_PRESSURE:
+        keys: list[frozenset[str] | None] = [
+            frozenset({"bp_systolic"}),
+            frozenset({"bp_diastolic"}),
+            frozenset({"bp_mean"}),
+            frozenset({"pulse_rate"}),
+            None,
+        ]
+    elif device_class is DeviceClass.THERMOMETER:
+        keys = [temps, frozenset(), frozenset(), frozenset(), None]
+    elif device_class in (DeviceClass.SCALE, DeviceClass.BODY_COMPOSITION):
+        keys = [
+            frozenset({"body_weight"}),
+            frozenset({"body_height"}),
+            frozenset({"bmi"}),
+            frozenset({"body_fat_pct"}),
+            None,
+        ]
+    elif device_class is DeviceClass.PULSE_OXIMETER:
+        keys = [
+            frozenset({"spo2"}),
+            frozenset({"pulse_rate_oximeter"}),
+            frozenset({"perfusion_index", "pulse_amplitude_index"}),
+            None,
+        ]
+    elif device_class is DeviceClass.ECG:
+        keys = [frozenset({k}) for k in metrics if k.startswith("ecg_")]
+        keys.append(None)
+    else:
+        keys = [frozenset({k}) for k in metrics]
+        keys.append(None)
+    return tuple(keys)
+
+
+def _numbering(reading: Reading, measurements: list[Measurement]) -> tuple[dict[int, int], int, int]:
+    """OBX-4 metric numbers for ``measurements`` (by index), the clock number and the next free number."""
+    slots = _slots(reading.device_class)
+    taken: set[int] = set()
+    numbers: dict[int, int] = {}
+    for index, m in enumerate(measurements):
+        for pos, keys in enumerate(slots, start=1):
+            if keys is not None and m.metric in keys and pos not in taken:
+                numbers[index] = pos
+                taken.add(pos)
+                break
+    clock = next(pos for pos, keys in enumerate(slots, start=1) if keys is None)
+    next_free = len(slots) + 1
+    for index in range(len(measurements)):
+        if index not in numbers:
+            numbers[index] = next_free
+            next_free += 1
+    return numbers, clock, next_free
+
+
+def _equipment(device: DeviceIdentity, profile: MessageProfile) -> str:
+    """OBX-18 (EI): EUI-64 form, else legacy serial^model, else the configured id under this gateway."""
+    if device.eui64:
+        return f"{device.eui64}^^{device.eui64}^EUI-64"
+    if device.serial_number:
+        return _join(escape(device.serial_number), escape(device.model) if device.model else None)
+    return f"{escape(device.id)}^{escape(profile.sending_application)}^{profile.gateway_eui64}^EUI-64"
+
+
+def _observation_id(info: MetricInfo, system: str) -> str:
+    mdc = f"{info.mdc}^{escape(info.refid)}^MDC" if info.send_mdc else None
+    local = f"{escape(info.refid)}^{escape(info.name)}^{LOCAL_CODE_SYSTEM}"
+    loinc = f"{escape(info.loinc)}^{escape(info.name)}^LN" if info.loinc else None
+    primary = mdc or local
+    if system == "loinc" and loinc:
+        return f"{loinc}^{primary}"
+    if system == "mdc" and mdc:
+        return mdc
+    return _join(primary, loinc)
+
+
+def _method(code: str | None) -> str:
+    if not code:
+        return ""
+    code = code.strip()
+    if code in METHODS:
+        return f"{code}^{METHODS[code]}^MDC"
+    return escape_structured(code)
+
+
+def _units(info: MetricInfo, unit: str) -> str:
+    table = tables()
+    if unit not in table.units:
+        raise MessageBuildError(f"{info.key}: unit {unit!r} is not a known UCUM unit")
+    u = table.unit_mdc(info, unit)
+    return f"{u.mdc}^{escape(u.refid)}^MDC^{escape(u.ucum)}^{escape(u.ucum)}^UCUM"
+
+
+def _value_and_unit(m: Measurement, info: MetricInfo, profile: MessageProfile) -> tuple[Decimal, str]:
+    assert m.value is not None
+    unit = tables().canonical_unit(m.unit) or m.unit
+    target = profile.preferred_units.get(info.unit, unit)
+    if target != unit:
+        try:
+            return convert(m.value, unit, target), target
+        except UnitConversionError:
+            log.debug("unit preference not applicable", metric=m.metric, unit=unit, preferred=target)
+    return m.value, unit
+
+
+def _patient_segments(
+    reading: Reading, profile: MessageProfile, patient: PatientIdentity | None
+) -> tuple[str, str]:
+    authority = escape_structured(profile.assigning_authority, components=False)
+    pid: dict[int, str] = {}
+    encounter: str | None = None
+    cart = reading.source_patient
+    if patient is not None:
+        pid[3] = f"{escape(patient.mrn)}^^^{authority}^{escape(patient.identifier_type)}"
+        pid[5] = _name(patient.family, patient.given)
+        pid[7] = _birth_date(patient.birth_date)
+        pid[8] = _sex(patient.sex)
+        pid[31] = "N"
+        encounter = patient.encounter
+    elif cart is not None and cart.mrn:
+        pid[3] = f"{escape(cart.mrn)}^^^{authority}^MR"
+        pid[5] = _name(cart.family_name, cart.given_name)
+        pid[7] = _birth_date(cart.birth_date)
+        pid[8] = _sex(cart.sex)
+        encounter = cart.encounter
+    else:
+        device = reading.device
+        who = device.eui64 or device.serial_number or device.id
+        pid[3] = f"TMP-{escape(who)}-{_utc14(reading.observed_at)}^^^{authority}^PI"
+        pid[5] = "^^^^^^U"
+        pid[31] = "Y"
+    pv1 = {2: profile.patient_class, 3: escape_structured(profile.location)}
+    if encounter:
+        pv1[19] = escape(encounter)
+    return _segment("PID", pid), _segment("PV1", pv1)
+
+
+def _filler_order(reading: Reading, profile: MessageProfile) -> str:
+    d = reading.device
+    key = "|".join(
+        [
+            d.id,
+            d.eui64 or "",
+            d.serial_number or "",
+            reading.device_class.value,
+            reading.observed_at.astimezone(UTC).isoformat(),
+            "" if reading.sequence is None else str(reading.sequence),
+        ]
+    )
+    digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:8].upper()
+    gw = profile.gateway_eui64
+    ns = escape(profile.sending_application)
+    return f"{gw}{_utc14(reading.observed_at)}-{digest}^{ns}^{gw}^EUI-64"
+
+
+def _statement_lines(statements: tuple[str, ...]) -> list[str]:
+    lines: list[str] = []
+    for statement in statements:
+        lines.extend(line.strip() for line in re.split(r"\r\n|\r|\n", statement) if line.strip())
+    return lines
+
+
+def build_oru(
+    reading: Reading,
+    profile: MessageProfile,
+    *,
+    control_id: str,
+    created_at: datetime,
+    patient: PatientIdentity | None = None,
+    late_associated: bool = False,
+) -> bytes:
+    """The ER7 message for ``reading``: segments each ending in CR, UTF-8 encoded."""
+    if not control_id or len(control_id) > 20 or not re.fullmatch(r"[A-Za-z0-9._-]+", control_id):
+        raise MessageBuildError("control id must be 1-20 characters of A-Z a-z 0-9 . _ -")
+    is_test = ReadingFlag.TEST_DATA in reading.flags or any(
+        f in (Flag.TEST, Flag.DEMO) for m in reading.measurements for f in m.flags
+    )
+    if is_test and profile.processing_id == "P":
+        raise MessageBuildError("test/demo data must not be sent with processing id P (use D)")
+    tz = profile.tz
+    v26 = profile.version == "2.6"
+    observed = format_dtm(reading.observed_at, tz)
+    equipment = _equipment(reading.device, profile)
+    metric_equipment = "" if profile.hierarchy_rows else equipment
+
+    sendable: list[Measurement] = []
+    for m in reading.measurements:
+        info = tables().metric(m.metric)
+        if m.value is None or not info.reportable:
+            continue
+        if not m.value.is_finite():
+            log.warning("non-finite value not sent", metric=m.metric)
+            continue
+        sendable.append(m)
+    numbers, clock_number, next_free = _numbering(reading, sendable)
+
+    rows: list[_Row] = []
+    if profile.hierarchy_rows:
+        code, refid = _MDS.get(reading.device_class, _MULTI_PARAM_MDS)
+        rows.append(_Row((1, 0, 0, 0), {3: f"{code}^{refid}^MDC", 11: "X", 18: equipment}))
+    for index, m in enumerate(sendable):
+        info = tables().metric(m.metric)
+        value, unit = _value_and_unit(m, info, profile)
+        fields = {
+            2: "NM",
+            3: _observation_id(info, profile.code_system),
+            5: format(value, "f"),
+            6: _units(info, unit),
+            8: "~".join(escape(f.value) for f in m.flags),
+            11: "X" if any(f in _X_FLAGS for f in m.flags) else "R",
+            14: observed,
+            17: _method(m.method or info.method),
+            18: metric_equipment,
+        }
+        row = _Row((1, 0, 0, numbers[index]), fields)
+        if m.site:
+            if v26:
+                fields[20] = escape_structured(m.site)
+            else:
+                row.notes.append(f"Observation site: {m.site.replace('^', ' ').strip()}")
+        rows.append(row)
+    if reading.device_time is not None:
+        rows.append(
+            _Row(
+                (1, 0, 0, clock_number),
+                {
+                    2: "DTM" if v26 else "TS",
+                    3: DEVICE_CLOCK_CODE,
+                    5: format_dtm(reading.device_time, tz),
+                    11: "R",
+                    14: format_dtm(reading.received_at, tz),
+                    18: metric_equipment,
+                },
+            )
+        )
+    if profile.code_system == "loinc":
+        statement_code = f"{INTERPRETATION_LOINC}^{INTERPRETATION_LOCAL}"
+    else:
+        statement_code = f"{INTERPRETATION_LOCAL}^{INTERPRETATION_LOINC}"
+    for line in _statement_lines(reading.statements):
+        fields = {
+            2: "ST" if len(line) <= ST_MAX else "TX",
+            3: statement_code,
+            5: escape(line),
+            11: "R",
+            14: observed,
+            18: metric_equipment,
+        }
+        rows.append(_Row((1, 0, 0, next_free), fields))
+        next_free += 1
+    for attachment in reading.attachments:
+        kind, _, subtype = attachment.media_type.partition("/")
+        data = base64.b64encode(attachment.data).decode("ascii")
+        fields = {
+            2: "ED",
+            3: ATTACHMENT_CODE,
+            5: f"^{escape(kind)}^{escape(subtype)}^Base64^{data}",
+            11: "R",
+            14: observed,
+            18: metric_equipment,
+        }
+        rows.append(_Row((1, 0, 0, next_free), fields, [f"Attachment: {attachment.name}"]))
+        next_free += 1
+    rows.sort(key=lambda r: r.sub_id)
+
+    body: list[str] = []
+    filler = _filler_order(reading, profile)
+    pid, pv1 = _patient_segments(reading, profile, patient)
+    body += [pid, pv1]
+    body.append(
+        _segment(
+            "OBR",
+            {1: "1", 2: filler, 3: filler, 4: STANDING_ORDER, 7: observed},
+        )
+    )
+    if late_associated or ReadingFlag.LATE_ASSOCIATED in reading.flags:
+        body.append(
+            _segment("NTE", {1: "1", 2: "L", 3: "late-associated: held until patient was set", 4: _REMARK})
+        )
+    for set_id, row in enumerate(rows, start=1):
+        row.fields[1] = str(set_id)
+        row.fields[4] = ".".join(str(n) for n in row.sub_id)
+        body.append(_segment("OBX", row.fields))
+        for note_id, note in enumerate(row.notes, start=1):
+            body.append(_segment("NTE", {1: str(note_id), 2: "L", 3: escape(_one_line(note)), 4: _REMARK}))
+
+    header_values = (
+        profile.facility,
+        profile.receiving_application,
+        profile.receiving_facility,
+        profile.sending_application,
+    )
+    non_ascii = not all(s.isascii() for s in [*body, *header_values])
+    msh = {
+        3: f"{escape(profile.sending_application)}^{profile.gateway_eui64}^EUI-64",
+        4: escape_structured(profile.facility),
+        5: escape_structured(profile.receiving_application),
+        6: escape_structured(profile.receiving_facility),
+        7: format_dtm(created_at, tz),
+        9: MESSAGE_TYPE,
+        10: control_id,
+        11: profile.processing_id,
+        12: profile.version,
+        15: profile.accept_ack_type,
+        16: profile.application_ack_type,
+        18: "UNICODE UTF-8" if non_ascii else "",
+        21: MESSAGE_PROFILE_ID,
+    }
+    header = f"MSH|{ENCODING_CHARACTERS}|" + _segment("MSH", msh).split("|", 3)[3]
+    return "".join(s + "\r" for s in [header, *body]).encode("utf-8")
+
+
+_REMARK = "RE^Remark^HL70364"

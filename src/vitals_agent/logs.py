@@ -1,0 +1,56 @@
+"""Logging: structlog, JSON lines when stderr is not a terminal (journald, files), readable on a terminal.
+
+Operational logs never carry patient data at INFO or above: events name devices, control ids and
+counts. Message content is logged only through :func:`redact_message`, which keeps segment names and
+the MSH header and removes every value that could identify a patient.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any, TextIO
+
+import structlog
+
+_LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.ERROR}
+
+
+def setup_logging(level: str = "INFO", *, stream: TextIO | None = None, json: bool | None = None) -> None:
+    """Configure structlog (and stdlib logging, so library warnings go the same way)."""
+    out = stream if stream is not None else sys.stderr
+    as_json = (not out.isatty()) if json is None else json
+    numeric = _LEVELS.get(level.upper(), logging.INFO)
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    renderer: Any = (
+        structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(file=out),
+        cache_logger_on_first_use=False,
+    )
+    logging.basicConfig(level=max(numeric, logging.WARNING), stream=out, format="%(levelname)s %(name)s %(message)s")
+
+
+def redact_message(message: bytes | str) -> str:
+    """A message reduced to what is safe in an operational log: MSH fields 3-12 and segment names.
+
+    >>> redact_message("MSH|^~\\\\&|A|B|C|D|20250101000000+0000||ORU^R01^ORU_R01|X1|P|2.6\\rPID|||123")
+    'MSH|^~\\\\&|A|B|C|D|20250101000000+0000||ORU^R01^ORU_R01|X1|P|2.6 / PID(redacted)'
+    """
+    text = message.decode("utf-8", "replace") if isinstance(message, bytes) else message
+    segments = [s for s in text.replace("\n", "\r").split("\r") if s]
+    out = []
+    for seg in segments:
+        name = seg[:3]
+        if name == "MSH":
+            out.append("|".join(seg.split("|")[:12]))
+        else:
+            out.append(f"{name}(redacted)")
+    return " / ".join(out)

@@ -1,0 +1,168 @@
+"""Helpers for end-to-end tests: the agent as a real subprocess, and python-hl7's MLLP server as the EHR."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import hl7
+import hl7.mllp
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class PyHl7Ehr:
+    """An independent EHR peer: python-hl7's asyncio MLLP server, answering AA to every message."""
+
+    def __init__(self, port: int = 0) -> None:
+        self.port = port
+        self.messages: list[str] = []
+        self._server: asyncio.AbstractServer | None = None
+        self.arrived = asyncio.Event()
+
+    async def _client(self, reader: Any, writer: Any) -> None:
+        try:
+            while not writer.is_closing():
+                message = await reader.readmessage()
+                self.messages.append(str(message))
+                self.arrived.set()
+                writer.writemessage(message.create_ack())
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def start(self) -> PyHl7Ehr:
+        self._server = await hl7.mllp.start_hl7_server(
+            self._client, host="127.0.0.1", port=self.port, encoding="utf-8"
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def wait_for(self, count: int, timeout: float = 20.0) -> list[str]:
+        deadline = time.monotonic() + timeout
+        while len(self.messages) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"EHR got {len(self.messages)} of {count} messages within {timeout} s")
+            self.arrived.clear()
+            try:
+                await asyncio.wait_for(self.arrived.wait(), timeout=0.2)
+            except TimeoutError:
+                pass
+        return self.messages
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+class AgentProcess:
+    """``python -m vitals_agent run --config FILE`` in a subprocess; its JSON log lines are collected."""
+
+    def __init__(self, config: Path, *, extra_env: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.log: list[dict[str, Any]] = []
+        self.raw_log: list[str] = []
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "vitals_agent", "run", "--config", str(config)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in iter(self.proc.stdout.readline, b""):
+            text = line.decode("utf-8", "replace").rstrip("\n")
+            self.raw_log.append(text)
+            try:
+                self.log.append(json.loads(text))
+            except json.JSONDecodeError:
+                pass
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return [entry for entry in list(self.log) if entry.get("event") == name]
+
+    async def wait_log(self, predicate: Callable[[], bool], timeout: float = 20.0, what: str = "") -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"agent exited ({self.proc.returncode}) waiting for {what}:\n" + self.tail())
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}:\n" + self.tail())
+            await asyncio.sleep(0.05)
+
+    def tail(self, n: int = 40) -> str:
+        return "\n".join(self.raw_log[-n:])
+
+    def terminate(self, timeout: float = 5.0) -> tuple[int, float]:
+        """SIGTERM; returns (exit code, seconds it took)."""
+        start = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=timeout)
+        return code, time.monotonic() - start
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=5)
+
+    def cleanup(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+
+
+def masimo_ascii1_line(at: datetime, spo2: str, bpm: str, pi: str, *, serial: str = "0000123456", exc: str = "000800") -> bytes:
+    """One Rad-8 ASCII 1 line as devices.md §5.3 shows it (device clock first, CR LF at the end)."""
+    stamp = at.strftime("%m/%d/%y %H:%M:%S")
+    return (
+        f"{stamp} SN={serial} SPO2={spo2}% BPM={bpm} PI={pi}% SPCO=--.-% SPMET=--.-% "
+        f"DESAT=-- PIDELTA=+-- ALARM=0000 EXC={exc}\r\n"
+    ).encode("ascii")
+
+
+def write_config(path: Path, *, data_dir: Path, ehr_port: int, devices: list[dict[str, Any]], extra: str = "") -> Path:
+    lines = [
+        "[agent]",
+        'facility = "EXAMPLE_CLINIC"',
+        'location = "CLINIC^ROOM12"',
+        f'data_dir = "{data_dir}"',
+        'timezone = "UTC"',
+        "[ehr]",
+        'host = "127.0.0.1"',
+        f"port = {ehr_port}",
+        "ack_timeout_seconds = 2",
+        "backoff_min_seconds = 0.05",
+        "backoff_max_seconds = 0.5",
+        "[control]",
+        "enabled = false",
+        extra,
+    ]
+    for dev in devices:
+        lines.append("[[devices]]")
+        for key, value in dev.items():
+            lines.append(f"{key} = {json.dumps(value)}")
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -1,0 +1,110 @@
+"""Supervisor: a failing device link is restarted with capped back-off; one WARNING per failure streak."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import ClassVar
+
+import pytest
+from structlog.testing import capture_logs
+
+from vitals_agent.agent.runtime import DeviceRuntimeImpl
+from vitals_agent.agent.supervisor import Backoff, DeviceSupervisor
+from vitals_agent.config.schema import DeviceConfig
+from vitals_agent.drivers.base import (
+    DecodeContext,
+    Driver,
+    DriverOptions,
+    Transport,
+    register_driver,
+    register_transport,
+)
+from vitals_agent.errors import DeviceNotFoundError
+from vitals_agent.models import DeviceClass, DeviceEvent, DeviceIdentity, Measurement, Reading
+
+
+class FlakyTransport(Transport):
+    name = "test-flaky"
+    runs: ClassVar[int] = 0
+
+    async def run(self) -> None:
+        FlakyTransport.runs += 1
+        if FlakyTransport.runs <= 3:
+            raise DeviceNotFoundError("no such port: /dev/ttyTEST")
+        self.runtime.set_connected(True, "test")
+        at = datetime(2026, 1, 1, tzinfo=UTC)
+        await self.runtime.emit(
+            Reading(
+                device=DeviceIdentity(id="x", serial_number="SN1"),
+                device_class=DeviceClass.OTHER,
+                measurements=(Measurement(metric="spo2", value=97, unit="%"),),
+                observed_at=at,
+                received_at=at,
+            )
+        )
+        await asyncio.sleep(3600)
+
+
+@register_driver
+class FlakyDriver(Driver):
+    name = "test-flaky"
+    description = "test only"
+    device_class = DeviceClass.OTHER
+    transport = "test-flaky"
+
+
+register_transport(FlakyTransport)
+
+
+class Store:
+    def __init__(self) -> None:
+        self.data: dict[str, str] = {}
+
+    def get(self, key: str) -> str | None:
+        return self.data.get(key)
+
+    def set(self, key: str, value: str) -> None:
+        self.data[key] = value
+
+
+def test_backoff_is_capped_and_jittered() -> None:
+    b = Backoff(initial=0.25, cap=4.0)
+    delays = [b.next() for _ in range(12)]
+    assert all(0 < d <= 4.0 for d in delays)
+    assert delays[-1] >= 2.0  # capped region: between cap/2 and cap
+    b.reset()
+    assert b.next() <= 0.25
+
+
+async def test_failing_link_is_restarted_and_logged_once_at_warning() -> None:
+    events: list[DeviceEvent] = []
+
+    async def sink(rt: DeviceRuntimeImpl, event: DeviceEvent) -> None:
+        events.append(event)
+
+    cfg = DeviceConfig(id="x", driver="test-flaky", options=DriverOptions())
+    rt = DeviceRuntimeImpl(cfg, FlakyDriver(), DecodeContext(device=DeviceIdentity(id="x")), Store(), sink)
+    sup = DeviceSupervisor(rt, backoff_cap=0.05)
+    sup.backoff.initial = 0.01
+    rt.on_connected.append(sup.connected)
+    with capture_logs() as logs:
+        task = asyncio.create_task(sup.run())
+        for _ in range(200):
+            if events:
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert FlakyTransport.runs == 4
+    warnings = [e for e in logs if e["log_level"] == "warning"]
+    debugs = [e for e in logs if e["event"] == "device still unavailable"]
+    assert len(warnings) == 1 and warnings[0]["error"] == "no such port: /dev/ttyTEST"
+    assert len(debugs) == 2
+    assert rt.status.link_failures == 3
+    [reading] = events
+    assert isinstance(reading, Reading)
+    assert reading.device.serial_number == "SN1"
+    assert rt.status.identity == {"serial_number": "SN1"}
+    assert rt.status.connected is False  # cancelled -> stopped
