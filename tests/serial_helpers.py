@@ -77,7 +77,9 @@ class FakeRuntime:
         self._driver = driver
         self._device_id = device_id
         self._ctx = ctx or DecodeContext(device=DeviceIdentity(id=device_id), options=driver.options)
-        self._settings = settings if settings is not None else {"id": device_id, **driver.options.model_dump()}
+        self._settings = (
+            settings if settings is not None else {"id": device_id, **driver.options.model_dump()}
+        )
         self._state = _State()
         self._log = structlog.get_logger("tests.fake_runtime").bind(device=device_id)
         self.emit_delay = emit_delay
@@ -156,7 +158,7 @@ async def finish(task: asyncio.Task[None], timeout: float = 5.0) -> BaseExceptio
     """Wait for a transport task to end by itself; return the exception it raised (None if it returned)."""
     try:
         await asyncio.wait_for(asyncio.shield(task), timeout)
-    except BaseException as exc:  # noqa: BLE001 - the test inspects it
+    except BaseException as exc:  # the test inspects it
         if isinstance(exc, TimeoutError) and not task.done():
             raise
         return exc

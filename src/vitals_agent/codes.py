@@ -46,8 +46,10 @@ class MetricInfo:
 
     @property
     def send_mdc(self) -> bool:
-        """Whether OBX-3 carries the MDC code; conflicting (C) and unknown codes go as local codes."""
-        return self.mdc is not None and not self.local and "C" not in self.verified.split(".")[0]
+        """Whether OBX-3 carries the MDC code. Codes whose sources conflict (mark C) and unknown codes go
+        as local codes. "P/C" rows (perfusion index, pulse amplitude index) follow codes.md's interim
+        decision and are sent with their MDC code."""
+        return self.mdc is not None and not self.local and self.verified.split(".")[0] != "C"
 
 
 @dataclass(frozen=True, slots=True)

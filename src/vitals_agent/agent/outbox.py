@@ -33,7 +33,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,6 +84,14 @@ CREATE TABLE IF NOT EXISTS device_state (
 _MSG_COLUMNS = "id, control_id, device_id, body, meta, created_at, attempts, nacks, last_error"
 _DEAD_COLUMNS = (
     "id, control_id, device_id, body, meta, created_at, attempts, dead_at, reason, ack_code, ack_text"
+)
+# Statements assembled from the constant column lists above (values are always bound parameters).
+_SELECT_QUEUED = f"SELECT {_MSG_COLUMNS} FROM outbox"  # noqa: S608
+_SELECT_DEAD = f"SELECT {_DEAD_COLUMNS} FROM dead_letter"  # noqa: S608
+_RETRY_DEAD = (
+    "INSERT INTO outbox (id, control_id, device_id, body, meta, created_at, attempts, nacks, last_error)"
+    " SELECT id, control_id, device_id, body, meta, created_at, 0, 0, 'operator retry after: ' || reason"
+    " FROM dead_letter"
 )
 
 
@@ -240,7 +248,8 @@ class Outbox:
         try:
             with self._tx("FULL") as conn:
                 cur = conn.execute(
-                    "INSERT INTO outbox (control_id, device_id, body, meta, created_at) VALUES (?, ?, ?, ?, ?)",
+                    "INSERT INTO outbox (control_id, device_id, body, meta, created_at)"
+                    " VALUES (?, ?, ?, ?, ?)",
                     (control_id, device_id, sqlite3.Binary(body), meta_text, time.time()),
                 )
                 row_id = cur.lastrowid
@@ -253,6 +262,37 @@ class Outbox:
             raise OutboxError(f"outbox {self.path} cannot store message {control_id}: {exc}") from None
         assert row_id is not None
         return row_id
+
+    def enqueue_many(self, items: Iterable[Mapping[str, Any]]) -> list[int]:
+        """Queue several messages in one durable transaction (all or none), e.g. a device's stored records.
+
+        Each item has the keyword arguments of :meth:`enqueue`. Returns the ids in order.
+        """
+        ids: list[int] = []
+        try:
+            with self._tx("FULL") as conn:
+                for item in items:
+                    cur = conn.execute(
+                        "INSERT INTO outbox (control_id, device_id, body, meta, created_at)"
+                        " VALUES (?, ?, ?, ?, ?)",
+                        (
+                            item["control_id"],
+                            item["device_id"],
+                            sqlite3.Binary(item["body"]),
+                            json.dumps(item.get("meta") or {}, default=str, separators=(",", ":")),
+                            time.time(),
+                        ),
+                    )
+                    assert cur.lastrowid is not None
+                    ids.append(cur.lastrowid)
+        except sqlite3.Error as exc:
+            if _is_full(exc):
+                raise OutboxFullError(
+                    f"outbox {self.path} cannot store {len(ids) + 1} messages: {exc} "
+                    "(disk full or read-only); none of them was queued"
+                ) from None
+            raise OutboxError(f"outbox {self.path} cannot store messages: {exc}") from None
+        return ids
 
     def depth(self) -> int:
         with self._lock:
@@ -268,7 +308,8 @@ class Outbox:
         """The oldest queued messages (id order), at most ``limit``, with ``id > after_id``."""
         with self._lock:
             rows = self._conn.execute(
-                f"SELECT {_MSG_COLUMNS} FROM outbox WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)
+                _SELECT_QUEUED + " WHERE id > ? ORDER BY id LIMIT ?",
+                (after_id, limit),
             ).fetchall()
         return [_msg(r) for r in rows]
 
@@ -288,7 +329,8 @@ class Outbox:
         try:
             with self._tx("NORMAL") as conn:
                 conn.execute(
-                    "UPDATE outbox SET attempts = attempts + 1, nacks = nacks + ?, last_error = ? WHERE id = ?",
+                    "UPDATE outbox SET attempts = attempts + 1, nacks = nacks + ?, last_error = ?"
+                    " WHERE id = ?",
                     (1 if negative else 0, error[:2000], message_id),
                 )
                 row = conn.execute(
@@ -307,7 +349,7 @@ class Outbox:
                 cur = conn.execute(
                     "INSERT INTO dead_letter (id, control_id, device_id, body, meta, created_at, attempts,"
                     " dead_at, reason, ack_code, ack_text)"
-                    " SELECT id, control_id, device_id, body, meta, created_at, attempts + 1, ?, ?, ?, ?"
+                    " SELECT id, control_id, device_id, body, meta, created_at, attempts, ?, ?, ?, ?"
                     " FROM outbox WHERE id = ?",
                     (time.time(), reason, ack_code, ack_text, message_id),
                 )
@@ -324,19 +366,22 @@ class Outbox:
     def list_dead(self, limit: int = 1000) -> list[DeadLetter]:
         with self._lock:
             rows = self._conn.execute(
-                f"SELECT {_DEAD_COLUMNS} FROM dead_letter ORDER BY id LIMIT ?", (limit,)
+                _SELECT_DEAD + " ORDER BY id LIMIT ?",
+                (limit,),
             ).fetchall()
         return [_dead(r) for r in rows]
 
     def get(self, message_id: int) -> OutboxMessage | DeadLetter | None:
         with self._lock:
             row = self._conn.execute(
-                f"SELECT {_MSG_COLUMNS} FROM outbox WHERE id = ?", (message_id,)
+                _SELECT_QUEUED + " WHERE id = ?",
+                (message_id,),
             ).fetchone()
             if row:
                 return _msg(row)
             row = self._conn.execute(
-                f"SELECT {_DEAD_COLUMNS} FROM dead_letter WHERE id = ?", (message_id,)
+                _SELECT_DEAD + " WHERE id = ?",
+                (message_id,),
             ).fetchone()
         return _dead(row) if row else None
 
@@ -345,16 +390,17 @@ class Outbox:
 
         The message keeps its id, body and MSH-10; its attempt counters start again. Returns how many moved.
         """
-        where, args = ("WHERE id = ?", (message_id,)) if message_id is not None else ("", ())
+        where, args = (" WHERE id = ?", (message_id,)) if message_id is not None else ("", ())
         try:
             with self._tx("FULL") as conn:
                 cur = conn.execute(
-                    "INSERT INTO outbox (id, control_id, device_id, body, meta, created_at, attempts, nacks,"
-                    " last_error) SELECT id, control_id, device_id, body, meta, created_at, 0, 0,"
-                    f" 'operator retry after: ' || reason FROM dead_letter {where}",
+                    _RETRY_DEAD + where,
                     args,
                 )
-                conn.execute(f"DELETE FROM dead_letter {where}", args)
+                if message_id is None:
+                    conn.execute("DELETE FROM dead_letter")
+                else:
+                    conn.execute("DELETE FROM dead_letter WHERE id = ?", (message_id,))
         except sqlite3.Error as exc:
             raise OutboxError(f"outbox {self.path}: cannot retry: {exc}") from None
         return cur.rowcount

@@ -35,9 +35,9 @@ def _readable(key: str, path: Path) -> Path:
 def ssl_context_from(ehr: EhrConfig) -> ssl.SSLContext | None:
     """The client TLS context for ``[ehr]``, or ``None`` when ``tls`` is off. Raises :class:`ConfigError`."""
     if not ehr.tls:
-        for key in ("ca_file", "cert_file", "key_file"):
-            if getattr(ehr, key) is not None:
-                log.warning("ehr tls is off: ignoring TLS file setting", key=f"ehr.{key}")
+        for name in ("ca_file", "cert_file", "key_file"):
+            if getattr(ehr, name) is not None:
+                log.warning("ehr tls is off: ignoring TLS file setting", key=f"ehr.{name}")
         return None
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # check_hostname and CERT_REQUIRED on
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2

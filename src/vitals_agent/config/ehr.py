@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -34,6 +35,27 @@ class EhrConfig(BaseModel):
     processing_id: str = Field("P", pattern="^[PTD]$")  # MSH-11
     accept_ack_type: str = "AL"  # MSH-15
     application_ack_type: str = "NE"  # MSH-16
+    # --- message shape (ORU builder, hl7-pcd01.md; see agent/profile.py) ---
+    hl7_version: Literal["2.6", "2.5.1"] = "2.6"  # MSH-12
+    code_system: Literal["mdc", "loinc", "mdc+loinc"] = "mdc+loinc"  # OBX-3 primary (+ alternate)
+    # canonical UCUM unit -> unit the site wants, e.g. {kg = "[lb_av]", Cel = "[degF]", cm = "[in_i]"}
+    preferred_units: dict[str, str] = Field(default_factory=dict)
+    hierarchy_rows: bool = True  # send the MDS device row (OBX-18 there) or put OBX-18 on every row
+
+    @field_validator("preferred_units")
+    @classmethod
+    def _units(cls, value: dict[str, str]) -> dict[str, str]:
+        from vitals_agent.codes import tables
+        from vitals_agent.hl7.units import convertible
+
+        known = tables().units
+        for src, dst in value.items():
+            for unit in (src, dst):
+                if unit not in known:
+                    raise ValueError(f"{unit!r} is not a known UCUM unit (e.g. kg, [lb_av], Cel, [degF])")
+            if not convertible(src, dst):
+                raise ValueError(f"cannot convert {src} to {dst}")
+        return value
 
     @field_validator("retry_negative", mode="before")
     @classmethod

@@ -69,10 +69,13 @@ def make_reading(
     extra: dict[str, str] | None = None,
     identity: DeviceIdentity | None = None,
     source_patient: PatientInfo | None = None,
+    manufacturer: str | None = None,
 ) -> Reading:
     """A live reading: observed and received now (host clock); the normaliser applies the clock policy."""
     now = ctx.now()
     device = ctx.device if identity is None else ctx.device.merged(identity)
+    if manufacturer is not None and device.manufacturer is None:
+        device = device.model_copy(update={"manufacturer": manufacturer})
     return Reading(
         device=device,
         device_class=device_class,
@@ -167,3 +170,47 @@ def sim_kwargs(kwargs: dict[str, Any], allowed: Iterable[str], driver: str) -> d
             f"{driver} simulator: unknown option(s) {', '.join(unknown)}; known: {sorted(allowed_set)}"
         )
     return kwargs
+
+
+# ---------------------------------------------------------------------------------------------- weighing
+
+UNIT_TO_KG: dict[str, Decimal] = {"kg": Decimal(1), "g": Decimal("0.001"), "[lb_av]": LB_IN_KG}
+
+
+def to_kg(number: Decimal, unit: str) -> Decimal:
+    return number * UNIT_TO_KG[unit]
+
+
+class WeighingTracker:
+    """Once per weighing: report a stable weight when the platform was unloaded (near zero) since the last
+    report, or when the stable value changed; suppress the repeats a streaming or polled scale sends.
+
+    Pure protocol state, kept across reconnects (a replugged cable with the same patient on the platform is
+    not a new weighing).
+    """
+
+    def __init__(self, zero_band_kg: Decimal = Decimal("0.1"), min_change_kg: Decimal = Decimal(0)) -> None:
+        self.zero_band_kg = zero_band_kg
+        self.min_change_kg = min_change_kg
+        self._armed = True
+        self._last_kg: Decimal | None = None
+        self._last_other: tuple[object, ...] = ()
+
+    def observe(self, number: Decimal, unit: str, stable: bool, other: tuple[object, ...] = ()) -> bool:
+        """True if this reading is a new weighing to report."""
+        kg = to_kg(number, unit)
+        if kg <= self.zero_band_kg:  # unloaded (negative net weights included)
+            self._armed = True
+            self._last_kg = None
+            return False
+        if not stable:
+            return False
+        changed = (
+            self._last_kg is None or abs(kg - self._last_kg) > self.min_change_kg or other != self._last_other
+        )
+        if self._armed or changed:
+            self._armed = False
+            self._last_kg = kg
+            self._last_other = other
+            return True
+        return False

@@ -213,7 +213,13 @@ class DF8Decoder(_NoninDecoder):
         if b4 & 0x01:
             extra["low_battery"] = "true"
         return make_reading(
-            self.ctx, DeviceClass.PULSE_OXIMETER, measurements, frame, flags=flags, extra=extra
+            self.ctx,
+            DeviceClass.PULSE_OXIMETER,
+            measurements,
+            frame,
+            flags=flags,
+            extra=extra,
+            manufacturer="Nonin",
         )
 
 
@@ -500,6 +506,7 @@ class NoninSimulator(TimedSimulator):
             raise ValueError(f"unknown Nonin format {fmt!r}")
         super().__init__(interval if interval is not None else (1.0 if fmt == "df8" else 1 / 3))
         self.fmt = fmt
+        self.fixed_interval = interval is not None
         self.hr = hr
         self.spo2 = spo2
         self.accept_commands = accept_commands
@@ -543,7 +550,8 @@ class NoninSimulator(TimedSimulator):
             if cmd[2:4] != b"\x02\x02" or fmt not in ("df2", "df7", "df8"):
                 return bytes([NAK])
             self.fmt = fmt
-            self.interval = 1.0 if fmt == "df8" else 1 / 3
+            if not self.fixed_interval:
+                self.interval = 1.0 if fmt == "df8" else 1 / 3
             return bytes([ACK])
         if cmd[2] == 0x06:
             yy, mo, dd, hh, mi, ss = cmd[3:9]

@@ -216,7 +216,7 @@ class SerialTransport(Transport):
         self.connects += 1
         self._discard_partial()
         self.runtime.set_connected(True, url)
-        self.runtime.log.info("serial port opened", port=url, settings=self.settings.model_dump())
+        self.runtime.log.debug("serial port opened", port=url, settings=self.settings.model_dump())
         poller: asyncio.Task[None] | None = None
         reason = "closed"
         try:

@@ -22,6 +22,7 @@ Escape each leaf separately, then join with the delimiters; on receipt split fir
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 
 FIELD_SEP = "|"
 COMPONENT_SEP = "^"
@@ -43,21 +44,29 @@ def escape(text: str) -> str:
     return text.translate(_TABLE)
 
 
-def escape_structured(value: str, *, components: bool = True) -> str:
+def escape_structured(
+    value: str, *, components: bool = True, subcomponents: Collection[int] | None = None
+) -> str:
     """Escape a value a site wrote in ER7 form, keeping its structure.
 
     ``"CARDIO CLINIC^EXAM 3^^EXHOSP&2.999.1&ISO"`` keeps its ``^`` and ``&`` separators; every leaf is
-    escaped (so ``|``, ``~``, ``\\`` and control characters inside a leaf cannot forge fields). With
-    ``components=False`` the value is one component whose parts are subcomponents: ``^`` and ``&`` are both
-    treated as subcomponent separators (used for an HD inside a CX, e.g. an assigning authority).
+    escaped (so ``|``, ``~``, ``\\`` and control characters inside a leaf cannot forge fields).
+    ``subcomponents`` names the 1-based components whose data type has subcomponents (e.g. ``{4, 10, 11}``
+    for a PL); in every other component ``&`` is data and escaped. ``None`` allows them everywhere, an
+    empty set nowhere. With ``components=False`` the value is one component whose parts are subcomponents:
+    ``^`` and ``&`` are both treated as subcomponent separators (an HD inside a CX, e.g. an assigning
+    authority).
     """
     if not components:
         parts = re.split(r"[\^&]", value)
         return SUBCOMPONENT_SEP.join(escape(p) for p in parts)
-    return COMPONENT_SEP.join(
-        SUBCOMPONENT_SEP.join(escape(sub) for sub in comp.split(SUBCOMPONENT_SEP))
-        for comp in value.split(COMPONENT_SEP)
-    )
+    out = []
+    for index, comp in enumerate(value.split(COMPONENT_SEP), start=1):
+        if subcomponents is None or index in subcomponents:
+            out.append(SUBCOMPONENT_SEP.join(escape(sub) for sub in comp.split(SUBCOMPONENT_SEP)))
+        else:
+            out.append(escape(comp))
+    return COMPONENT_SEP.join(out)
 
 
 def _hex(body: str) -> str | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import ssl
 import time
@@ -157,6 +158,7 @@ class MllpClient:
         self._writer: asyncio.StreamWriter | None = None
         self._deframer = MllpDeframer(max_frame)
         self._frames: list[bytes] = []
+        self._answers = 0  # frames received on the current connection
         self._lock = asyncio.Lock()
         self.connections = 0  # successful connects so far (for status and tests)
 
@@ -194,15 +196,15 @@ class MllpClient:
                 f"TLS handshake with {self.peer} failed: {exc.reason or exc}"
             ) from None
         except OSError as exc:
-            raise PeerUnavailableError(
-                f"cannot connect to {self.peer}: {exc.strerror or exc.__class__.__name__}"
-            ) from None
+            why = os.strerror(exc.errno) if exc.errno else (exc.strerror or exc.__class__.__name__)
+            raise PeerUnavailableError(f"cannot connect to {self.peer}: {why}") from None
         sock = writer.get_extra_info("socket")
         if sock is not None:
             _tune_socket(sock)
         self._reader, self._writer = reader, writer
         self._deframer.reset()
         self._frames.clear()
+        self._answers = 0
         self.connections += 1
         log.debug("mllp connected", peer=self.peer, tls=self.ssl_context is not None)
 
@@ -299,15 +301,22 @@ class MllpClient:
                 ) from None
             if not chunk:
                 part = " in the middle of a frame" if self._deframer.pending else ""
+                if self.ssl_context is not None and not got_bytes and not self._answers:
+                    part += " (TLS: if it requires a client certificate, check ehr.cert_file/key_file)"
                 raise ConnectionLostError(
                     f"{self.peer} closed the connection before the ACK{part}", nothing_received=not got_bytes
                 )
             got_bytes = True
             self._frames.extend(self._deframer.feed(chunk))
+        self._answers += 1
         return self._frames.pop(0)
 
 
 def _why(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS: {str(exc.reason or exc).replace('_', ' ').lower()}"
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno)
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return str(exc) or exc.__class__.__name__

@@ -19,7 +19,8 @@ Choices made here (documented for the EHR interface team):
   instead of ``DTM`` there (2.5.1 table 0125 has no DTM).
 * Local codes (no MDC term, or an MDC code marked C in codes.md) use ``<refid>^<name>^99VITALS`` and keep
   the LOINC code as the alternate, in every ``code_system`` mode.
-* TEST/DEMO data is refused when MSH-11 is ``P`` (project policy, section 7.5): :class:`MessageBuildError`.
+* TEST/DEMO data is refused when MSH-11 is ``P`` (project policy, section 7.5), and so is a reading with
+  nothing to send (no value, statement or attachment): :class:`MessageBuildError`.
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ INTERPRETATION_LOCAL = f"MDC_ECG_INTERPRETATION^EKG interpretation^{LOCAL_CODE_S
 INTERPRETATION_LOINC = "8601-7^EKG impression^LN"
 ATTACHMENT_CODE = f"DEVICE_REPORT^Device report^{LOCAL_CODE_SYSTEM}"
 ST_MAX = 199  # longer text goes as TX
+_REMARK = "RE^Remark^HL70364"  # NTE-4 comment type (table 0364)
+_PL_HD = frozenset({4, 10, 11})  # PL components that are HD/EI (subcomponents allowed)
 
 _MDS: dict[DeviceClass, tuple[int, str]] = {
     DeviceClass.PULSE_OXIMETER: (528388, "MDC_DEV_SPEC_PROFILE_PULS_OXIM"),
@@ -300,7 +303,7 @@ def _method(code: str | None) -> str:
     code = code.strip()
     if code in METHODS:
         return f"{code}^{METHODS[code]}^MDC"
-    return escape_structured(code)
+    return escape_structured(code, subcomponents=())
 
 
 def _units(info: MetricInfo, unit: str) -> str:
@@ -331,6 +334,8 @@ def _patient_segments(
     encounter: str | None = None
     cart = reading.source_patient
     if patient is not None:
+        if not patient.mrn.strip():
+            raise MessageBuildError("the bound patient has an empty MRN")
         pid[3] = f"{escape(patient.mrn)}^^^{authority}^{escape(patient.identifier_type)}"
         pid[5] = _name(patient.family, patient.given)
         pid[7] = _birth_date(patient.birth_date)
@@ -349,7 +354,7 @@ def _patient_segments(
         pid[3] = f"TMP-{escape(who)}-{_utc14(reading.observed_at)}^^^{authority}^PI"
         pid[5] = "^^^^^^U"
         pid[31] = "Y"
-    pv1 = {2: profile.patient_class, 3: escape_structured(profile.location)}
+    pv1 = {2: profile.patient_class, 3: escape_structured(profile.location, subcomponents=_PL_HD)}
     if encounter:
         pv1[19] = escape(encounter)
     return _segment("PID", pid), _segment("PV1", pv1)
@@ -435,7 +440,7 @@ def build_oru(
         row = _Row((1, 0, 0, numbers[index]), fields)
         if m.site:
             if v26:
-                fields[20] = escape_structured(m.site)
+                fields[20] = escape_structured(m.site, subcomponents=())
             else:
                 row.notes.append(f"Observation site: {m.site.replace('^', ' ').strip()}")
         rows.append(row)
@@ -481,6 +486,8 @@ def build_oru(
         }
         rows.append(_Row((1, 0, 0, next_free), fields, [f"Attachment: {attachment.name}"]))
         next_free += 1
+    if not (sendable or reading.attachments or _statement_lines(reading.statements)):
+        raise MessageBuildError("the reading has no value, statement or attachment to send")
     rows.sort(key=lambda r: r.sub_id)
 
     body: list[str] = []
@@ -513,9 +520,9 @@ def build_oru(
     non_ascii = not all(s.isascii() for s in [*body, *header_values])
     msh = {
         3: f"{escape(profile.sending_application)}^{profile.gateway_eui64}^EUI-64",
-        4: escape_structured(profile.facility),
-        5: escape_structured(profile.receiving_application),
-        6: escape_structured(profile.receiving_facility),
+        4: escape_structured(profile.facility, subcomponents=()),
+        5: escape_structured(profile.receiving_application, subcomponents=()),
+        6: escape_structured(profile.receiving_facility, subcomponents=()),
         7: format_dtm(created_at, tz),
         9: MESSAGE_TYPE,
         10: control_id,
@@ -528,6 +535,3 @@ def build_oru(
     }
     header = f"MSH|{ENCODING_CHARACTERS}|" + _segment("MSH", msh).split("|", 3)[3]
     return "".join(s + "\r" for s in [header, *body]).encode("utf-8")
-
-
-_REMARK = "RE^Remark^HL70364"

@@ -859,6 +859,9 @@ def decode_battery_level(data: bytes) -> int:
 # --------------------------------------------------------------------------------------------- to events
 
 
+FUTURE_TOLERANCE = timedelta(days=1)
+
+
 def device_time_policy(
     record: BleRecord,
     ctx: DecodeContext,
@@ -873,8 +876,9 @@ def device_time_policy(
       skew rule);
     * stored record: flagged STORED_RECORD; with a measured ``offset`` (host - device clock) observed_at
       is the device time corrected by it and the reading is flagged CLOCK_CORRECTED;
-    * no, unset or implausible device clock: CLOCK_UNSET and observed_at = the host receive time. A
-      stored record whose clock can be corrected by a measured offset is not "unset".
+    * no, unset or implausible device clock (before 2000, or more than a day ahead of the host):
+      CLOCK_UNSET and observed_at = the host receive time. A stored record whose clock can be corrected
+      by a measured offset is not "unset".
     """
     flags: list[ReadingFlag] = [f for f in record.flags if f is not ReadingFlag.CLOCK_UNSET]
     device_time = record.timestamp.to_datetime(ctx.tz) if record.timestamp is not None else None
@@ -888,6 +892,8 @@ def device_time_policy(
         flags.append(ReadingFlag.CLOCK_CORRECTED)
         return device_time + offset, device_time, tuple(flags)
     plausible = record.timestamp.plausible(ctx.tz) if record.timestamp is not None else None
+    if plausible is not None and plausible > received_at + FUTURE_TOLERANCE:
+        plausible = None  # a clock running days ahead was never set right
     if plausible is None or record.clock_not_set:
         if record.timestamp is not None:
             flags.append(ReadingFlag.CLOCK_UNSET)

@@ -55,7 +55,7 @@ class BleOptions(DriverOptions):
     adapter: str | None = None  # "hci0"; default: BlueZ's default adapter
     set_clock: bool = True  # write the host clock to Date Time / Current Time when writable
     stored_records: bool = True  # fetch stored records through RACP where the device offers it
-    scan_seconds: float = Field(10.0, gt=0)
+    scan_seconds: float = Field(60.0, gt=0)  # one scan per run(); not found -> DeviceNotFoundError
     connect_seconds: float = Field(10.0, gt=0)
     live_seconds: float = Field(120.0, gt=0)  # a record whose device time is older counts as stored
 

@@ -8,7 +8,7 @@ Annotations tied to a lead are ignored; a 0 where 0 is impossible means "not com
 from __future__ import annotations
 
 import re
-import xml.etree.ElementTree as ET  # noqa: S405 - types only
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
@@ -18,7 +18,6 @@ from vitals_agent.drivers.ecg.common import EcgDecoded, patient_info, plausible,
 from vitals_agent.drivers.ecg.xmlsafe import (
     DEFAULT_MAX_XML_BYTES,
     child,
-    children,
     local,
     parse_xml,
     path_all,
@@ -204,20 +203,20 @@ def parse(data: bytes, *, max_bytes: int = DEFAULT_MAX_XML_BYTES) -> EcgDecoded:
             if found.values:
                 chosen, out.extra["measurement_level"] = found, "beat"
     if chosen is not None:
-        for metric, (value, reason, raw) in chosen.values.items():
-            out.put(metric, value, reason=reason, raw=raw)
-        for code, value in chosen.vendor.items():
-            out.extra[f"vendor_{code}"] = value
+        for metric, (number, reason, raw) in chosen.values.items():
+            out.put(metric, number, reason=reason, raw=raw)
+        for vendor_code, vendor_value in chosen.vendor.items():
+            out.extra[f"vendor_{vendor_code}"] = vendor_value
 
     for ann in (a for s in derived_sets + rhythm_sets for a in _direct_annotations(s)):
-        code = _code(ann)
-        if code == "MDC_ECG_INTERPRETATION":
+        ann_code = _code(ann)
+        if ann_code == "MDC_ECG_INTERPRETATION":
             for sub in _direct_annotations(ann):
                 if _code(sub) in STATEMENT_CODES and (statement := text(child(sub, "value"))):
                     out.statements.append(statement)
-        elif code == "MDC_ECG_RHY" and "rhythm" not in out.extra:
-            value = child(ann, "value")
-            if value is not None and (name := value.get("displayName") or value.get("code")):
+        elif ann_code == "MDC_ECG_RHY" and "rhythm" not in out.extra:
+            rhythm = child(ann, "value")
+            if rhythm is not None and (name := rhythm.get("displayName") or rhythm.get("code")):
                 out.extra["rhythm"] = name
     return out
 
@@ -227,7 +226,9 @@ def decode(data: bytes, ctx: DecodeContext, *, max_bytes: int = DEFAULT_MAX_XML_
 
 
 def _subject(root: ET.Element, out: EcgDecoded) -> None:
-    subject = child(root, "componentOf", "timepointEvent", "componentOf", "subjectAssignment", "subject", "trialSubject")
+    subject = child(
+        root, "componentOf", "timepointEvent", "componentOf", "subjectAssignment", "subject", "trialSubject"
+    )
     if subject is None:
         return
     ident = child(subject, "id")
@@ -329,4 +330,6 @@ def _micro_volts(elem: ET.Element | None) -> float | None:
         number = float(elem.get("value") or "")
     except ValueError:
         return None
-    return {"uV": 1.0, "mV": 1000.0, "V": 1e6, "nV": 0.001}.get((elem.get("unit") or "uV").strip(), 1.0) * number
+    return {"uV": 1.0, "mV": 1000.0, "V": 1e6, "nV": 0.001}.get(
+        (elem.get("unit") or "uV").strip(), 1.0
+    ) * number

@@ -154,7 +154,9 @@ def to_reading(decoded: EcgDecoded, data: bytes, ctx: DecodeContext) -> Reading:
     received = ctx.now()
     device_time = aware(decoded.acquired, ctx.tz)
     measurements = tuple(
-        Measurement(metric=m, value=decoded.values[m], unit=UNITS[m]) for m in METRIC_ORDER if m in decoded.values
+        Measurement(metric=m, value=decoded.values[m], unit=UNITS[m])
+        for m in METRIC_ORDER
+        if m in decoded.values
     )
     identity = ctx.device.merged(
         DeviceIdentity(

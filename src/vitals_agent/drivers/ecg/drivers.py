@@ -17,10 +17,12 @@ from vitals_agent.drivers.base import (
     DriverOptions,
     SerialOptions,
     SerialSettings,
+    StreamDecoder,
     register_driver,
 )
 from vitals_agent.drivers.ecg import aecg, philips, scp
 from vitals_agent.drivers.ecg.common import with_original
+from vitals_agent.drivers.ecg.framing import ScpFileFramer
 from vitals_agent.errors import DecodeError
 from vitals_agent.models import Attachment, DeviceClass, Reading
 
@@ -90,6 +92,10 @@ class EcgFileDriver(Driver):
         """Total size the file's header announces (SCP), or None when the format does not say."""
         return None
 
+    def looks_complete(self, head: bytes, tail: bytes) -> bool:
+        """Whether a file whose size stopped changing also looks finished (XML: the root is closed)."""
+        return True
+
     def decode_file(self, data: bytes, ctx: DecodeContext, name: str | None = None) -> Reading:
         """Decode one whole file and add the configured attachments. Raises only DecodeError."""
         reading = type(self)._decoder(data, ctx, max_bytes=self.max_file_bytes)
@@ -114,6 +120,28 @@ class EcgFileDriver(Driver):
             return [DecodeFailure(exc)]
 
 
+class XmlFileDriver(EcgFileDriver):
+    root_element: ClassVar[str]
+
+    def looks_complete(self, head: bytes, tail: bytes) -> bool:
+        return xml_root_closed(head, tail, self.root_element)
+
+
+def xml_root_closed(head: bytes, tail: bytes, root: str) -> bool:
+    """True when ``tail`` (the file's last bytes) holds the closing tag of ``root`` (any prefix)."""
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        encoding = "utf-16-le" if head.startswith(b"\xff\xfe") else "utf-16-be"
+        if len(tail) % 2:
+            tail = tail[1:]
+    else:
+        encoding = "utf-8"
+    text = tail.decode(encoding, errors="ignore").rstrip(" \t\r\n\x00\ufeff")
+    if not text.endswith(">"):
+        return False
+    close = text.rfind("</")
+    return close >= 0 and text[close + 2 :].rstrip(">").strip().split(":")[-1] == root
+
+
 @register_driver
 class ScpEcgDriver(EcgFileDriver):
     name = "scp-ecg"
@@ -128,23 +156,24 @@ class ScpEcgDriver(EcgFileDriver):
 
 
 @register_driver
-class AecgXmlDriver(EcgFileDriver):
+class AecgXmlDriver(XmlFileDriver):
     name = "aecg-xml"
     description = "EKG cart HL7 aECG XML files from a watched folder: global measurements, statements"
     options_model = AecgOptions
     default_pattern = "*.xml"
     media_type = aecg.MEDIA_TYPE
     default_name = "ecg.xml"
+    root_element = "AnnotatedECG"
     _decoder = staticmethod(aecg.decode)
 
     def finish(self, reading: Reading, data: bytes, name: str) -> Reading:
         reading = super().finish(reading, data, name)
         opts = self.options
         if isinstance(opts, AecgOptions) and opts.attach_report:
-            from vitals_agent.drivers.ecg import render
+            from vitals_agent.drivers.ecg.render import render_aecg
 
             try:
-                pdf = render.render_aecg(data, fmt="pdf", max_bytes=self.max_file_bytes)
+                pdf = render_aecg(data, fmt="pdf", max_bytes=self.max_file_bytes)
             except DecodeError as exc:
                 extra = dict(reading.extra)
                 extra["report_skipped"] = str(exc)
@@ -155,12 +184,13 @@ class AecgXmlDriver(EcgFileDriver):
 
 
 @register_driver
-class PhilipsXmlDriver(EcgFileDriver):
+class PhilipsXmlDriver(XmlFileDriver):
     name = "philips-xml"
     description = "Philips PageWriter/HeartStart Sierra ECG XML (1.03, 1.04.x) from a watched folder"
     default_pattern = "*.xml"
     media_type = philips.MEDIA_TYPE
     default_name = "ecg.xml"
+    root_element = "restingecgdata"
     _decoder = staticmethod(philips.decode)
 
 
@@ -188,3 +218,6 @@ class ScpEcgSerialDriver(ScpEcgDriver):
                 max_file_bytes=opts.max_file_bytes,
             )
         return EcgFileOptions()
+
+    def stream_decoder(self, ctx: DecodeContext) -> StreamDecoder:
+        return ScpFileFramer(ctx, self, self.max_file_bytes)

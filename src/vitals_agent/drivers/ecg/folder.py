@@ -103,7 +103,9 @@ async def deliver(
     runtime.state.set(
         state_key(digest), json.dumps({"name": name, "bytes": len(data), "at": time.time()}, sort_keys=True)
     )
-    log.info("ecg file delivered", sha256=digest[:16], bytes=len(data), measurements=len(reading.measurements))
+    log.info(
+        "ecg file delivered", sha256=digest[:16], bytes=len(data), measurements=len(reading.measurements)
+    )
     return "sent", reading, ""
 
 
@@ -140,7 +142,9 @@ class FolderTransport(Transport):
             (folder / PROCESSED).mkdir(exist_ok=True)
             (folder / FAILED).mkdir(exist_ok=True)
         except OSError as exc:
-            raise DeviceNotFoundError(f"folder {folder}: cannot create processed/ and failed/: {exc}") from None
+            raise DeviceNotFoundError(
+                f"folder {folder}: cannot create processed/ and failed/: {exc}"
+            ) from None
         return folder
 
     async def run(self) -> None:
@@ -219,11 +223,14 @@ class FolderTransport(Transport):
         try:
             with path.open("rb") as fh:
                 head = fh.read(64)
+                fh.seek(max(0, size - 512))
+                tail = fh.read(512)
         except OSError as exc:
             log.debug("ecg file not readable yet", file=name, error=str(exc))
             return None
         expected = driver.expected_length(head)
-        if expected is not None and size < expected and stable_for < opts.incomplete_timeout_seconds:
+        incomplete = (expected is not None and size < expected) or not driver.looks_complete(head, tail)
+        if incomplete and stable_for < opts.incomplete_timeout_seconds:
             log.debug("ecg file incomplete, waiting", file=name, size=size, expected=expected)
             return None
         try:

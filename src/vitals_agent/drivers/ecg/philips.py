@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-import xml.etree.ElementTree as ET  # noqa: S405 - types only
+import xml.etree.ElementTree as ET
 from datetime import date, datetime, time
 
 from vitals_agent.drivers.base import DecodeContext
@@ -51,7 +51,10 @@ def parse(data: bytes, *, max_bytes: int = DEFAULT_MAX_XML_BYTES) -> EcgDecoded:
     if version == "1.03":
         table, globals_elem = GLOBALS_103, child(root, "measurements", "globalmeasurements")
     elif version == "1.04" or version.startswith("1.04."):
-        table, globals_elem = GLOBALS_104, child(root, "interpretations", "interpretation", "globalmeasurements")
+        table, globals_elem = (
+            GLOBALS_104,
+            child(root, "interpretations", "interpretation", "globalmeasurements"),
+        )
     else:
         raise UnsupportedError(f"Philips Sierra ECG XML version {version or '(none)'!r} is not supported")
     out = EcgDecoded(format="philips-xml")

@@ -118,7 +118,9 @@ class _Cursor:
 
     def take(self, n: int) -> bytes:
         if n < 0 or self.pos + n > len(self.data):
-            raise TruncatedError(f"{self.where}: needs {n} bytes at offset {self.pos}, has {self.remaining()}")
+            raise TruncatedError(
+                f"{self.where}: needs {n} bytes at offset {self.pos}, has {self.remaining()}"
+            )
         out = self.data[self.pos : self.pos + n]
         self.pos += n
         return out
@@ -313,6 +315,8 @@ def _device(raw: bytes, out: EcgDecoded) -> None:
 def _interval(metric: str, start: int, end: int, out: EcgDecoded) -> None:
     if NOT_COMPUTED in (start, end):
         out.put(metric, None, reason="not computed (29999)", raw=f"{start}/{end}")
+    elif max(start, end) > NOT_COMPUTED:
+        out.put(metric, None, reason="fiducial point out of range", raw=f"{start}/{end}")
     elif end <= start:
         out.put(metric, None, reason="onset after offset", raw=f"{start}/{end}")
     else:
@@ -321,7 +325,12 @@ def _interval(metric: str, start: int, end: int, out: EcgDecoded) -> None:
 
 def _axis(metric: str, value: int, out: EcgDecoded) -> None:
     if value == AXIS_UNDEFINED or not -360 <= value <= 360:
-        out.put(metric, None, reason="undefined (999)" if value == AXIS_UNDEFINED else "out of range", raw=str(value))
+        out.put(
+            metric,
+            None,
+            reason="undefined (999)" if value == AXIS_UNDEFINED else "out of range",
+            raw=str(value),
+        )
     else:
         out.put(metric, Decimal(value))
 

@@ -1,0 +1,36 @@
+"""Configuration -> the ORU builder's :class:`~vitals_agent.hl7.oru.MessageProfile`."""
+
+from __future__ import annotations
+
+from datetime import UTC, tzinfo
+from types import MappingProxyType
+from zoneinfo import ZoneInfo
+
+from vitals_agent.config.schema import Config
+from vitals_agent.hl7.oru import MessageProfile
+
+
+def message_profile(config: Config, gateway_eui64: str) -> MessageProfile:
+    """The receiver profile for this site: ``[agent]``, ``[ehr]`` and ``[patient]`` values.
+
+    DTMs are written in ``[agent] timezone`` (with its offset) when set, else in UTC (``+0000``).
+    """
+    ehr = config.ehr
+    tz: tzinfo = ZoneInfo(config.agent.timezone) if config.agent.timezone else UTC
+    return MessageProfile(
+        facility=config.agent.facility,
+        location=config.agent.location,
+        gateway_eui64=gateway_eui64.replace(":", "").replace("-", "").upper(),
+        sending_application=ehr.sending_application,
+        receiving_application=ehr.receiving_application,
+        receiving_facility=ehr.receiving_facility,
+        processing_id=ehr.processing_id,
+        accept_ack_type=ehr.accept_ack_type,
+        application_ack_type=ehr.application_ack_type,
+        version=ehr.hl7_version,
+        code_system=ehr.code_system,
+        preferred_units=MappingProxyType(dict(ehr.preferred_units)),
+        hierarchy_rows=ehr.hierarchy_rows,
+        assigning_authority=config.patient.assigning_authority,
+        tz=tz,
+    )

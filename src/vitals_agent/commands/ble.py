@@ -1,0 +1,66 @@
+"""Technician tools for Bluetooth devices: ``vitals-agent scan`` and ``vitals-agent pair ADDRESS``."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from typing import Any
+
+from vitals_agent.errors import TransportError
+
+
+def register(sub: argparse._SubParsersAction[Any]) -> None:
+    scan = sub.add_parser(
+        "scan",
+        help="list nearby Bluetooth health devices (address, name, RSSI, services, Omron record counts)",
+    )
+    scan.add_argument("--seconds", type=float, default=10.0, help="how long to listen (default 10)")
+    scan.add_argument(
+        "--all", action="store_true", help="list every advertising device, not only health ones"
+    )
+    scan.add_argument("--adapter", default=None, help="Bluetooth adapter, e.g. hci1 (default: BlueZ's)")
+    scan.set_defaults(func=cmd_scan)
+
+    pair = sub.add_parser("pair", help="pair and bond with a Bluetooth device through BlueZ")
+    pair.add_argument("address", help="device address, AA:BB:CC:DD:EE:FF (see `vitals-agent scan`)")
+    pair.add_argument("--adapter", default="hci0", help="Bluetooth adapter (default hci0)")
+    pair.add_argument("--seconds", type=float, default=10.0, help="how long to look for the device")
+    pair.add_argument("--timeout", type=float, default=60.0, help="how long to wait for pairing")
+    pair.set_defaults(func=cmd_pair)
+
+
+async def cmd_scan(args: argparse.Namespace) -> int:
+    from vitals_agent.drivers.ble.scan import scan
+
+    if args.seconds <= 0:
+        print("error: --seconds must be positive", file=sys.stderr)
+        return 2
+    try:
+        results = await scan(args.seconds, adapter=args.adapter, everything=args.all)
+    except TransportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for result in results:
+        print(result.line())
+    if not results:
+        print(f"no {'' if args.all else 'health '}devices seen in {args.seconds:g} s", file=sys.stderr)
+    return 0
+
+
+async def cmd_pair(args: argparse.Namespace) -> int:
+    from vitals_agent.drivers.ble.pair import pair
+
+    if not re.fullmatch(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}", args.address):
+        print(f"error: {args.address!r} is not a Bluetooth address (AA:BB:CC:DD:EE:FF)", file=sys.stderr)
+        return 2
+    try:
+        result = await pair(
+            args.address, adapter=args.adapter, scan_seconds=args.seconds, timeout=args.timeout
+        )
+    except TransportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    label = f"{result.address} ({result.name})" if result.name else result.address
+    print(f"{label}: {'already paired' if result.already_paired else 'paired, bonded and trusted'}")
+    return 0

@@ -1,0 +1,90 @@
+"""``vitals-agent nibp-start``: start a blood-pressure measurement on a SunTech Advantage-type module.
+
+Writes the module's start command (``3A 20 A6``, devices.md 2.5) to the port of a configured
+``suntech-advantage`` device (``--config FILE --device ID``; ``usb`` identities are resolved like the agent
+does) or to ``--port PATH``. The running agent, which has the port open, sees the module's "measurement
+complete" frame, asks for the result and reports it: this command only starts the measurement. The port is
+opened without an exclusive lock, so it works while the agent is running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+import serial
+
+from vitals_agent.config.schema import load_config
+from vitals_agent.drivers.base import SerialOptions, SerialSettings
+from vitals_agent.drivers.ports import resolve_usb
+from vitals_agent.drivers.suntech import START_MEASUREMENT, SunTechDriver
+from vitals_agent.errors import VitalsAgentError
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("nibp-start", help="start a measurement on a SunTech Advantage NIBP module")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument(
+        "--device", metavar="ID", help="a configured suntech-advantage device (needs --config)"
+    )
+    where.add_argument("--port", metavar="PATH", help="serial port path or pyserial URL of the module")
+    p.add_argument("--config", "-c", type=Path, metavar="FILE", help="configuration file (with --device)")
+    p.set_defaults(func=cmd_nibp_start)
+
+
+def target_from_config(path: Path, device_id: str) -> tuple[str, SerialSettings]:
+    """The port and line settings of configured device ``device_id``. Raises VitalsAgentError."""
+    config = load_config(path)
+    device = next((d for d in config.devices if d.id == device_id), None)
+    if device is None:
+        raise VitalsAgentError(f"no device {device_id!r} in {path}")
+    if device.driver != SunTechDriver.name:
+        raise VitalsAgentError(
+            f"device {device_id!r} uses driver {device.driver!r}, not {SunTechDriver.name!r}"
+        )
+    options = device.options
+    assert isinstance(options, SerialOptions)
+    port = resolve_usb(options.usb).device if options.usb is not None else options.port
+    assert port is not None
+    return port, options.line_settings(SunTechDriver.serial_defaults)
+
+
+def send_start(port: str, settings: SerialSettings) -> None:
+    try:
+        link = serial.serial_for_url(
+            port,
+            baudrate=settings.baudrate,
+            bytesize=settings.bytesize,
+            parity=settings.parity,
+            stopbits=settings.stopbits,
+            timeout=1.0,
+            write_timeout=2.0,
+        )
+    except (serial.SerialException, OSError, ValueError) as exc:
+        raise VitalsAgentError(f"cannot open {port}: {' '.join(str(exc).split())}") from None
+    try:
+        link.write(START_MEASUREMENT)
+        link.flush()
+    except (serial.SerialException, OSError) as exc:
+        raise VitalsAgentError(f"write to {port} failed: {' '.join(str(exc).split())}") from None
+    finally:
+        link.close()
+
+
+async def cmd_nibp_start(args: argparse.Namespace) -> int:
+    try:
+        if args.device is not None:
+            if args.config is None:
+                print("error: --device needs --config FILE", file=sys.stderr)
+                return 2
+            port, settings = target_from_config(args.config, args.device)
+        else:
+            port, settings = args.port, SunTechDriver.serial_defaults or SerialSettings()
+        await asyncio.to_thread(send_start, port, settings)
+    except VitalsAgentError as exc:  # ConfigError, DeviceNotFoundError, open/write failures
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"start command sent to {port}")
+    return 0

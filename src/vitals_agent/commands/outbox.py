@@ -1,0 +1,235 @@
+"""``vitals-agent outbox``: look at and repair the delivery queue of a running or stopped agent.
+
+    vitals-agent outbox list            [--dead | --queued] [--json]
+    vitals-agent outbox show ID         [--show-phi] [--json]
+    vitals-agent outbox retry ID | --all-dead
+    vitals-agent outbox purge --dead --older-than 7d
+
+Every subcommand takes ``--config FILE`` (to find ``[agent] data_dir``) or ``--data-dir DIR``. It opens the
+agent's SQLite outbox next to the running agent (WAL and SQLite's own locking keep both consistent) and
+never creates one. Message bodies hold patient data: ``show`` prints only the MSH segment and the segment
+names unless ``--show-phi`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from vitals_agent.agent.outbox import DeadLetter, Outbox, OutboxMessage
+from vitals_agent.errors import ConfigError
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_UNIT_SECONDS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``90s``, ``15m``, ``12h``, ``7d``, ``2w`` -> seconds."""
+    match = _DURATION.match(text.lower())
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (use e.g. 7d, 12h, 30m)")
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("outbox", help="list, show, retry or purge queued and dead-lettered messages")
+    osub = p.add_subparsers(dest="outbox_command", metavar="ACTION")
+    osub.required = True
+
+    def common(q: argparse.ArgumentParser) -> None:
+        where = q.add_mutually_exclusive_group(required=True)
+        where.add_argument("--config", "-c", type=Path, help="the agent's TOML configuration file")
+        where.add_argument("--data-dir", type=Path, help="the agent's data directory (holds outbox.sqlite3)")
+
+    q = osub.add_parser("list", help="list queued messages and dead letters (no bodies)")
+    common(q)
+    which = q.add_mutually_exclusive_group()
+    which.add_argument("--dead", action="store_true", help="only dead letters")
+    which.add_argument("--queued", action="store_true", help="only messages waiting for delivery")
+    q.add_argument("--limit", type=int, default=1000, help="at most this many of each (default 1000)")
+    q.add_argument("--json", action="store_true", help="one JSON object per line")
+    q.set_defaults(func=cmd_list)
+
+    q = osub.add_parser("show", help="show one message (body redacted unless --show-phi)")
+    common(q)
+    q.add_argument("id", type=int, help="message id (from `outbox list`)")
+    q.add_argument("--show-phi", action="store_true", help="print the whole message, patient data included")
+    q.add_argument("--json", action="store_true", help="print as JSON")
+    q.set_defaults(func=cmd_show)
+
+    q = osub.add_parser("retry", help="put dead letters back in the queue (same MSH-10, original place)")
+    common(q)
+    target = q.add_mutually_exclusive_group(required=True)
+    target.add_argument("id", type=int, nargs="?", help="dead-letter id")
+    target.add_argument("--all-dead", action="store_true", help="every dead letter")
+    q.set_defaults(func=cmd_retry)
+
+    q = osub.add_parser("purge", help="delete old dead letters")
+    common(q)
+    q.add_argument("--dead", action="store_true", required=True, help="purge dead letters (required)")
+    q.add_argument(
+        "--older-than", type=parse_duration, required=True, metavar="AGE", help="e.g. 7d, 12h, 30m"
+    )
+    q.set_defaults(func=cmd_purge)
+
+
+def _open(args: argparse.Namespace) -> Outbox:
+    if args.data_dir is not None:
+        directory: Path = args.data_dir
+    else:
+        from vitals_agent.agent.paths import data_dir
+        from vitals_agent.config.schema import load_config
+
+        directory = data_dir(load_config(args.config), create=False)
+    if not directory.is_dir():
+        raise ConfigError([("data_dir", f"{directory} is not a directory")])
+    return Outbox(directory, create=False)
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return ""
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+
+
+def _one_line(text: str | None, width: int = 100) -> str:
+    flat = " ".join((text or "").split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def _record(item: OutboxMessage | DeadLetter) -> dict[str, Any]:
+    if isinstance(item, DeadLetter):
+        return {
+            "id": item.id,
+            "state": "dead",
+            "control_id": item.control_id,
+            "device_id": item.device_id,
+            "created_at": _when(item.created_at),
+            "attempts": item.attempts,
+            "dead_at": _when(item.dead_at),
+            "reason": item.reason,
+            "ack_code": item.ack_code,
+            "ack_text": item.ack_text,
+            "meta": item.meta,
+            "bytes": len(item.body),
+        }
+    return {
+        "id": item.id,
+        "state": "queued",
+        "control_id": item.control_id,
+        "device_id": item.device_id,
+        "created_at": _when(item.created_at),
+        "attempts": item.attempts,
+        "nacks": item.nacks,
+        "last_error": item.last_error,
+        "meta": item.meta,
+        "bytes": len(item.body),
+    }
+
+
+def redact(body: bytes) -> str:
+    """The MSH segment as is, every other segment as its name only (no patient data)."""
+    out: list[str] = []
+    for seg in body.decode("utf-8", "replace").replace("\r\n", "\r").replace("\n", "\r").split("\r"):
+        if not seg:
+            continue
+        if seg.startswith("MSH"):
+            out.append(seg)
+        else:
+            out.append(f"{seg[:3]}|… ({len(seg.encode())} bytes redacted)")
+    return "\n".join(out)
+
+
+async def cmd_list(args: argparse.Namespace) -> int:
+    outbox = _open(args)
+    try:
+        items: list[OutboxMessage | DeadLetter] = []
+        if not args.dead:
+            items.extend(outbox.list_queued(args.limit))
+        if not args.queued:
+            items.extend(outbox.list_dead(args.limit))
+        depth, dead = outbox.depth(), outbox.dead_count()
+    finally:
+        outbox.close()
+    if args.json:
+        for item in items:
+            print(json.dumps(_record(item)))
+        return 0
+    print(f"{depth} queued, {dead} dead")
+    if items:
+        print(
+            f"{'ID':>7}  {'STATE':<6}  {'CONTROL ID':<22}  {'DEVICE':<16}  {'CREATED (UTC)':<25}  {'TRIES':>5}  NOTE"
+        )
+    for item in items:
+        rec = _record(item)
+        note = rec.get("reason") or rec.get("last_error") or ""
+        if rec.get("ack_text") and rec["ack_text"] != note:
+            note = f"{note}: {rec['ack_text']}"
+        print(
+            f"{rec['id']:>7}  {rec['state']:<6}  {rec['control_id']:<22}  {rec['device_id']:<16}  "
+            f"{rec['created_at']:<25}  {rec['attempts']:>5}  {_one_line(note)}"
+        )
+    return 0
+
+
+async def cmd_show(args: argparse.Namespace) -> int:
+    outbox = _open(args)
+    try:
+        item = outbox.get(args.id)
+    finally:
+        outbox.close()
+    if item is None:
+        print(f"error: no message with id {args.id} (see `vitals-agent outbox list`)", file=sys.stderr)
+        return 1
+    rec = _record(item)
+    body = item.body.decode("utf-8", "replace") if args.show_phi else redact(item.body)
+    if args.json:
+        rec["body"] = body
+        rec["body_redacted"] = not args.show_phi
+        print(json.dumps(rec, indent=2))
+        return 0
+    for key, value in rec.items():
+        if value not in (None, "", {}):
+            print(f"{key:>11}: {value}")
+    print("       body:" + ("" if args.show_phi else " (redacted; --show-phi shows patient data)"))
+    for line in body.replace("\r", "\n").splitlines():
+        print(f"  {line}")
+    return 0
+
+
+async def cmd_retry(args: argparse.Namespace) -> int:
+    outbox = _open(args)
+    try:
+        if args.all_dead:
+            moved = outbox.retry_dead()
+            print(f"re-queued {moved} dead letter(s)")
+            return 0
+        item = outbox.get(args.id)
+        if item is None:
+            print(f"error: no message with id {args.id}", file=sys.stderr)
+            return 1
+        if isinstance(item, OutboxMessage):
+            print(
+                f"error: message {args.id} ({item.control_id}) is already queued, not dead", file=sys.stderr
+            )
+            return 1
+        outbox.retry_dead(args.id)
+        print(f"re-queued message {args.id} ({item.control_id}); it keeps its MSH-10")
+    finally:
+        outbox.close()
+    return 0
+
+
+async def cmd_purge(args: argparse.Namespace) -> int:
+    outbox = _open(args)
+    try:
+        removed = outbox.purge_dead(args.older_than)
+    finally:
+        outbox.close()
+    print(f"purged {removed} dead letter(s) older than {args.older_than:g} s")
+    return 0

@@ -1,0 +1,160 @@
+"""``vitals-agent patient set|clear|show|scan|discard-held``: the room's patient, via the running agent.
+
+Each subcommand finds the running agent through ``--config`` (its ``data_dir`` holds ``control.json`` and the
+``control.token`` only the agent's user can read) and talks to its control API on loopback. ``scan`` is for
+keyboard-wedge scanners: it reads one line from standard input (``--loop``: one per line until end of
+input) and applies the ``[patient] mrn_pattern``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from vitals_agent.agent.control import ControlClient, patient_line
+from vitals_agent.agent.paths import data_dir
+from vitals_agent.agent.patient_context import PatientDetails
+from vitals_agent.config.schema import Config, load_config
+from vitals_agent.drivers.barcode import extract_mrn
+from vitals_agent.errors import DecodeError
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("patient", help="set, clear or show the room's patient (running agent)")
+    psub = p.add_subparsers(dest="patient_command", metavar="ACTION")
+    psub.required = True
+
+    s = psub.add_parser("set", help="make a patient the room's patient")
+    s.add_argument("--mrn", required=True, help="medical record number (PID-3)")
+    s.add_argument("--name", metavar="FAMILY^GIVEN", help="patient name (PID-5)")
+    s.add_argument("--dob", metavar="YYYYMMDD", help="date of birth (PID-7)")
+    s.add_argument("--sex", choices=["F", "M", "U"], help="administrative sex (PID-8)")
+    s.add_argument("--encounter", metavar="VISIT", help="visit number (PV1-19)")
+    _common(s)
+    s.set_defaults(func=cmd_set)
+
+    c = psub.add_parser("clear", help="end the room's patient context (next readings are unbound)")
+    _common(c)
+    c.set_defaults(func=cmd_clear)
+
+    w = psub.add_parser("show", help="show the room's patient (masked unless --reveal)")
+    w.add_argument("--reveal", action="store_true", help="show the identifiers (audited)")
+    w.add_argument("--json", action="store_true", help="print JSON")
+    _common(w)
+    w.set_defaults(func=cmd_show)
+
+    k = psub.add_parser("scan", help="read a wristband scan from a keyboard-wedge scanner (standard input)")
+    k.add_argument("--loop", action="store_true", help="keep reading scans, one per line, until end of input")
+    _common(k)
+    k.set_defaults(func=cmd_scan)
+
+    d = psub.add_parser("discard-held", help="discard readings held for a patient (require_patient)")
+    _common(d)
+    d.set_defaults(func=cmd_discard_held)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", required=True, type=Path, help="the agent's TOML configuration file")
+
+
+def _client(config: Config) -> ControlClient:
+    return ControlClient.from_data_dir(data_dir(config, create=False))
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no user name in this environment
+        return "unknown"
+
+
+def _print_patient(data: Any) -> None:
+    patient = data.get("patient") if isinstance(data, dict) else None
+    if isinstance(patient, dict):
+        print(patient_line(patient, _now()))
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def cmd_set(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    # Validate here first: a clear one-line error without a round trip (and without echoing values).
+    details = PatientDetails.from_name(
+        args.mrn,
+        args.name,
+        birth_date=args.dob,
+        sex=args.sex,
+        encounter=args.encounter,
+        identifier_type=config.patient.identifier_type,
+    )
+    body: dict[str, Any] = {**details.model_dump(exclude_none=True), "channel": "cli", "source": _user()}
+    data = await _client(config).call("PUT", "/api/patient", body)
+    _print_patient(data)
+    return 0
+
+
+async def cmd_clear(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    data = await _client(config).call("DELETE", "/api/patient", {"channel": "cli", "source": _user()})
+    print("patient context cleared" if data.get("cleared") else "no patient was set")
+    return 0
+
+
+async def cmd_show(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    path = "/api/patient?reveal=1" if args.reveal else "/api/patient"
+    data = await _client(config).call("GET", path)
+    if args.json:
+        print(json.dumps(data.get("patient"), indent=2))
+    else:
+        _print_patient(data)
+    return 0
+
+
+async def cmd_scan(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    client = _client(config)
+    pattern = config.patient.mrn_pattern
+    status = 0
+    while True:
+        if sys.stdin.isatty():
+            print("scan wristband: ", end="", file=sys.stderr, flush=True)
+        line = await asyncio.to_thread(sys.stdin.readline)
+        if not line:
+            if not args.loop:
+                print("error: no scan on standard input", file=sys.stderr)
+                return 1
+            return status
+        try:
+            mrn = extract_mrn(pattern, line)
+        except DecodeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            status = 1
+            if args.loop:
+                continue
+            return 1
+        body = {
+            "mrn": mrn,
+            "identifier_type": config.patient.identifier_type,
+            "channel": "barcode",
+            "source": "keyboard",
+        }
+        data = await client.call("PUT", "/api/patient", body)
+        _print_patient(data)
+        if not args.loop:
+            return 0
+
+
+async def cmd_discard_held(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    data = await _client(config).call("DELETE", "/api/held", {"channel": "cli", "source": _user()})
+    print(f"{data.get('discarded', 0)} held reading(s) discarded")
+    return 0

@@ -1,0 +1,114 @@
+"""``vitals-agent ports [--config FILE]``: every serial port with its USB identity, and which configured
+device (``usb`` or ``port``) it matches."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from vitals_agent.config.schema import load_config
+from vitals_agent.drivers.base import SerialOptions
+from vitals_agent.drivers.ports import PortInfo, UsbSpec, list_serial_ports, same_port
+from vitals_agent.errors import ConfigError
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("ports", help="list serial ports (USB VID:PID, serial number) and matching devices")
+    p.add_argument("--config", "-c", type=Path, help="show which configured device each port matches")
+    p.add_argument("--json", action="store_true", help="one JSON object per port")
+    p.set_defaults(func=cmd_ports)
+
+
+def configured_serial_devices(path: Path) -> list[tuple[str, SerialOptions]]:
+    """(device id, serial options) of every configured serial device. Raises ConfigError."""
+    config = load_config(path)
+    return [(d.id, d.options) for d in config.devices if isinstance(d.options, SerialOptions)]
+
+
+def matches_for(port: PortInfo, devices: list[tuple[str, SerialOptions]]) -> list[str]:
+    """Ids of the configured devices that name this port (by usb identity or by path)."""
+    out = []
+    for device_id, options in devices:
+        by_usb = options.usb is not None and UsbSpec.parse(options.usb).matches(port)
+        by_path = options.port is not None and same_port(options.port, port)
+        if by_usb or by_path:
+            out.append(device_id)
+    return out
+
+
+def unmatched(ports: list[PortInfo], devices: list[tuple[str, SerialOptions]]) -> list[tuple[str, str, str]]:
+    """(device id, where, state) for configured devices that match no listed port."""
+    out = []
+    for device_id, options in devices:
+        if any(device_id in matches_for(p, [(device_id, options)]) for p in ports):
+            continue
+        if options.usb is not None:
+            out.append((device_id, f"usb {options.usb}", "not present"))
+        else:
+            where = options.port or ""
+            if "://" in where:
+                state = "URL (not a local port)"
+            elif os.path.exists(where):
+                state = "present, not in the port listing (pty or unusual driver)"
+            else:
+                state = "not present"
+            out.append((device_id, f"port {where}", state))
+    return out
+
+
+def _row(port: PortInfo, matched: list[str]) -> dict[str, Any]:
+    return {
+        "device": port.device,
+        "usb": port.usb_id,
+        "serial_number": port.serial_number,
+        "description": port.description,
+        "manufacturer": port.manufacturer,
+        "matches": matched,
+    }
+
+
+async def cmd_ports(args: argparse.Namespace) -> int:
+    devices: list[tuple[str, SerialOptions]] = []
+    if args.config is not None:
+        try:
+            devices = configured_serial_devices(args.config)
+        except ConfigError as exc:
+            for key, message in exc.problems:
+                print(f"{key}: {message}", file=sys.stderr)
+            return 1
+    ports = list_serial_ports()
+    rows = [_row(p, matches_for(p, devices)) for p in ports]
+    missing = unmatched(ports, devices)
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
+        for device_id, where, state in missing:
+            print(json.dumps({"device_id": device_id, "configured": where, "state": state}))
+        return 0
+    if not rows:
+        print("no serial ports found")
+    else:
+        headers = ("PORT", "USB", "SERIAL", "DESCRIPTION", "MANUFACTURER", "DEVICE")
+        table = [
+            (
+                r["device"],
+                r["usb"] or "-",
+                r["serial_number"] or "-",
+                r["description"] or "-",
+                r["manufacturer"] or "-",
+                ", ".join(r["matches"]) or "-",
+            )
+            for r in rows
+        ]
+        widths = [max(len(h), *(len(t[i]) for t in table)) for i, h in enumerate(headers)]
+        for line in (headers, *table):
+            print("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
+    if missing:
+        print()
+        for device_id, where, state in missing:
+            print(f"{device_id}: {where}: {state}")
+    return 0

@@ -1,0 +1,84 @@
+"""``vitals-agent send-test --config FILE``: send one synthetic test message and report the ACK in one line.
+
+The message is a pulse-oximeter reading (SpO2 97 %, pulse 72 /min) built with the site's receiver profile
+but processing id ``T`` (MSH-11), so an interface engine files it as test data. It is sent once, directly
+(not through the outbox), over the configured link (TLS included), and nothing is retried.
+Exit status: 0 for AA/CA, 1 for any other answer or no answer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+from vitals_agent.agent.paths import data_dir, gateway_eui64
+from vitals_agent.agent.profile import message_profile
+from vitals_agent.agent.tls import ssl_context_from
+from vitals_agent.config.schema import load_config
+from vitals_agent.hl7.ack import parse_ack
+from vitals_agent.hl7.mllp import MllpClient
+from vitals_agent.hl7.oru import build_oru, new_control_id
+from vitals_agent.models import DeviceClass, DeviceIdentity, Measurement, Reading, ReadingFlag
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("send-test", help="send one test ORU^R01 (processing id T) and print the ACK")
+    p.add_argument("--config", "-c", required=True, type=Path, help="the agent's TOML configuration file")
+    p.add_argument("--timeout", type=float, default=None, help="seconds to wait for the ACK ([ehr] default)")
+    p.set_defaults(func=cmd_send_test)
+
+
+def synthetic_reading(now: datetime) -> Reading:
+    return Reading(
+        device=DeviceIdentity(
+            id="send-test", manufacturer="vitals-agent", model="send-test", serial_number="TEST"
+        ),
+        device_class=DeviceClass.PULSE_OXIMETER,
+        measurements=(
+            Measurement(metric="spo2", value=Decimal("97"), unit="%"),
+            Measurement(metric="pulse_rate_oximeter", value=Decimal("72"), unit="/min"),
+        ),
+        observed_at=now,
+        received_at=now,
+        flags=(ReadingFlag.TEST_DATA,),
+    )
+
+
+async def cmd_send_test(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    ehr = config.ehr
+    ssl_context = ssl_context_from(ehr)
+    profile = dataclasses.replace(
+        message_profile(config, gateway_eui64(config, data_dir(config))), processing_id="T"
+    )
+    now = datetime.now(UTC)
+    control_id = new_control_id()
+    body = build_oru(synthetic_reading(now), profile, control_id=control_id, created_at=now)
+    client = MllpClient(
+        ehr.host,
+        ehr.port,
+        connect_timeout=ehr.connect_timeout_seconds,
+        ssl_context=ssl_context,
+        server_hostname=ehr.server_name,
+    )
+    timeout = args.timeout if args.timeout is not None else ehr.ack_timeout_seconds
+    started = time.perf_counter()
+    try:
+        payload = await client.send(body, timeout)
+    finally:
+        await client.close()
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    ack = parse_ack(payload)
+    link = "TLS" if ssl_context is not None else "plain"
+    matches = ack.control_id == control_id
+    line = f"{ack.describe()} from {client.peer} ({link}) for {control_id} in {elapsed_ms:.0f} ms"
+    if not matches:
+        line += f" -- but MSA-2 is {ack.control_id!r}: not an ACK for this message"
+    print(line)
+    sys.stdout.flush()
+    return 0 if ack.accepted and matches else 1

@@ -1,0 +1,36 @@
+"""``vitals-agent status``: what the status page shows, in the terminal (from the running agent)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from vitals_agent.agent.control import ControlClient, render_text
+from vitals_agent.agent.paths import data_dir
+from vitals_agent.config.schema import load_config
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("status", help="show devices, patient context and delivery of the running agent")
+    p.add_argument("--config", "-c", required=True, type=Path, help="the agent's TOML configuration file")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print the status snapshot as JSON")
+    out.add_argument(
+        "--url", action="store_true", help="print the status page address (with its one-time login token)"
+    )
+    p.set_defaults(func=cmd_status)
+
+
+async def cmd_status(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    client = ControlClient.from_data_dir(data_dir(config, create=False))
+    if args.url:
+        print(f"{client.url}/?token={client.token}")
+        return 0
+    data = await client.call("GET", "/api/status")
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        print(render_text(data, data.get("patient") or {}), end="")
+    return 0

@@ -1,0 +1,230 @@
+"""Render an aECG file's 12 leads as a standard report page (PNG or PDF bytes).
+
+Layout: A4 landscape, standard grid (1 mm minor, 5 mm major lines), 25 mm/s and 10 mm/mV; three rows of
+four 2.5 s columns (I/II/III, aVR/aVL/aVF, V1-V3, V4-V6) plus a 10 s lead II rhythm strip, each row
+starting with a 1 mV calibration pulse. The header carries the patient, acquisition time, device, the
+cart's global measurements and its statements. Limb leads missing from the file are derived from I and II.
+The PDF is the same raster page at its physical size (scale exact when printed at 100 %).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from typing import Literal
+
+from PIL import Image, ImageDraw, ImageFont
+
+from vitals_agent.drivers.ecg import aecg
+from vitals_agent.drivers.ecg.common import EcgDecoded
+from vitals_agent.drivers.ecg.xmlsafe import DEFAULT_MAX_XML_BYTES
+from vitals_agent.errors import DecodeError
+
+PAGE_MM = (297.0, 210.0)
+PX_PER_MM = 8
+MM_PER_S = 25.0
+MM_PER_MV = 10.0
+GRID_LEFT_MM = 17.0
+GRID_TOP_MM = 42.0
+GRID_WIDTH_MM = 265.0
+ROW_MM = 40.0
+ROWS = 4
+CAL_MM = 5.0  # calibration pulse: 0.2 s wide, 1 mV high
+COLUMN_S = 2.5
+LAYOUT: tuple[tuple[str, str, str, str], ...] = (
+    ("I", "aVR", "V1", "V4"),
+    ("II", "aVL", "V2", "V5"),
+    ("III", "aVF", "V3", "V6"),
+)
+RHYTHM_LEAD = "II"
+
+MINOR = (250, 205, 205)
+MAJOR = (235, 140, 140)
+TRACE = (0, 0, 0)
+TEXT = (20, 20, 20)
+
+
+def _px(mm: float) -> int:
+    return round(mm * PX_PER_MM)
+
+
+# Fonts with Latin-1 accents (Pillow's own default font has none): Debian fonts-dejavu-core, Liberation.
+FONT_FILES = (
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+    "DejaVuSans.ttf",
+)
+
+
+def _font(size_mm: float) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    for name in FONT_FILES:
+        try:
+            return ImageFont.truetype(name, _px(size_mm))
+        except OSError:
+            continue
+    try:
+        return ImageFont.load_default(size=_px(size_mm))
+    except (OSError, TypeError, ValueError):  # Pillow without FreeType: bitmap font
+        return ImageFont.load_default()
+
+
+def derive_limb_leads(leads: dict[str, list[float]]) -> dict[str, list[float]]:
+    """Einthoven/Goldberger: fill III, aVR, aVL, aVF from I and II when the file does not carry them."""
+    out = dict(leads)
+    one, two = leads.get("I"), leads.get("II")
+    if one is None or two is None:
+        return out
+    n = min(len(one), len(two))
+    pairs = list(zip(one[:n], two[:n], strict=True))
+    out.setdefault("III", [b - a for a, b in pairs])
+    out.setdefault("aVR", [-(a + b) / 2 for a, b in pairs])
+    out.setdefault("aVL", [a - b / 2 for a, b in pairs])
+    out.setdefault("aVF", [b - a / 2 for a, b in pairs])
+    return out
+
+
+def _grid(draw: ImageDraw.ImageDraw) -> None:
+    left, top = GRID_LEFT_MM, GRID_TOP_MM
+    width, height = GRID_WIDTH_MM, ROW_MM * ROWS
+    for major in (False, True):
+        step = 5 if major else 1
+        color, line = (MAJOR, 2) if major else (MINOR, 1)
+        for i in range(0, int(width) + 1, step):
+            x = _px(left + i)
+            draw.line([(x, _px(top)), (x, _px(top + height))], fill=color, width=line)
+        for j in range(0, int(height) + 1, step):
+            y = _px(top + j)
+            draw.line([(_px(left), y), (_px(left + width), y)], fill=color, width=line)
+
+
+def _calibration(draw: ImageDraw.ImageDraw, baseline_mm: float) -> float:
+    x0 = GRID_LEFT_MM + 1.0
+    top = baseline_mm - MM_PER_MV
+    pts = [
+        (x0, baseline_mm),
+        (x0 + 1.0, baseline_mm),
+        (x0 + 1.0, top),
+        (x0 + 1.0 + CAL_MM, top),
+        (x0 + 1.0 + CAL_MM, baseline_mm),
+        (x0 + 2.0 + CAL_MM, baseline_mm),
+    ]
+    draw.line([(_px(x), _px(y)) for x, y in pts], fill=TRACE, width=3)
+    return x0 + 2.0 + CAL_MM  # where the signal starts
+
+
+def _trace(
+    draw: ImageDraw.ImageDraw,
+    samples: Sequence[float],
+    interval: float,
+    start_s: float,
+    seconds: float,
+    x_mm: float,
+    baseline_mm: float,
+) -> None:
+    first = max(0, round(start_s / interval))
+    last = min(len(samples), round((start_s + seconds) / interval))
+    if last - first < 2:
+        return
+    lo, hi = _px(GRID_TOP_MM - 8), _px(GRID_TOP_MM + ROW_MM * ROWS + 8)
+    points = []
+    for i in range(first, last):
+        t = (i - first) * interval
+        x = _px(x_mm + t * MM_PER_S)
+        y = _px(baseline_mm - samples[i] / 1000.0 * MM_PER_MV)
+        points.append((x, min(max(y, lo), hi)))
+    draw.line(points, fill=TRACE, width=2, joint="curve")
+
+
+def _header(draw: ImageDraw.ImageDraw, info: EcgDecoded) -> None:
+    big, small = _font(3.6), _font(2.7)
+    p = info.patient
+    who = "Patient: "
+    if p is not None:
+        name = ", ".join(x for x in (p.family_name, p.given_name) if x)
+        who += "  ".join(
+            x
+            for x in (
+                name or "(no name)",
+                f"ID {p.mrn}" if p.mrn else "",
+                f"born {p.birth_date[:4]}-{p.birth_date[4:6]}-{p.birth_date[6:]}" if p.birth_date else "",
+                f"sex {p.sex}" if p.sex else "",
+            )
+            if x
+        )
+    else:
+        who += "(not given)"
+    draw.text((_px(GRID_LEFT_MM), _px(6)), who, fill=TEXT, font=big)
+    when = info.acquired.strftime("%Y-%m-%d %H:%M:%S") if info.acquired else "unknown"
+    device = " ".join(x for x in (info.manufacturer, info.model, info.firmware) if x) or "unknown"
+    draw.text((_px(GRID_LEFT_MM), _px(12)), f"Acquired {when}    Device {device}", fill=TEXT, font=small)
+    v = info.values
+
+    def val(key: str, unit: str = "") -> str:
+        return f"{v[key]}{unit}" if key in v else "--"
+
+    qtc = val("ecg_qtc_interval") if "ecg_qtc_interval" in v else val("ecg_qtc_bazett")
+    line = (
+        f"HR {val('ecg_heart_rate', '/min')}   PR {val('ecg_pr_interval', ' ms')}   "
+        f"QRS {val('ecg_qrs_duration', ' ms')}   QT/QTc {val('ecg_qt_interval')}/{qtc} ms   "
+        f"P {val('ecg_p_duration', ' ms')}   P-QRS-T axes {val('ecg_p_axis')} {val('ecg_qrs_axis')} "
+        f"{val('ecg_t_axis')}"
+    )
+    draw.text((_px(GRID_LEFT_MM), _px(17)), line, fill=TEXT, font=small)
+    statements = list(info.statements) or ["(no interpretation statements in the file)"]
+    for i, statement in enumerate(statements[:4]):
+        draw.text((_px(GRID_LEFT_MM), _px(22 + 4 * i)), statement[:140], fill=TEXT, font=small)
+
+
+def render_page(info: EcgDecoded, waves: aecg.Waveforms) -> Image.Image:
+    """The report page as an RGB image (``PX_PER_MM`` pixels per millimetre)."""
+    image = Image.new("RGB", (_px(PAGE_MM[0]), _px(PAGE_MM[1])), "white")
+    draw = ImageDraw.Draw(image)
+    _grid(draw)
+    _header(draw, info)
+    label = _font(2.7)
+    leads = derive_limb_leads(waves.leads)
+    interval = waves.sample_interval
+    for row in range(ROWS):
+        baseline = GRID_TOP_MM + ROW_MM * row + ROW_MM * 0.6
+        x_start = _calibration(draw, baseline)
+        if row < len(LAYOUT):
+            for col, lead in enumerate(LAYOUT[row]):
+                x_mm = x_start + col * COLUMN_S * MM_PER_S
+                samples = leads.get(lead)
+                text = lead if samples else f"{lead} (no data)"
+                draw.text((_px(x_mm + 1), _px(baseline - 14)), text, fill=TEXT, font=label)
+                if col:
+                    draw.line(
+                        [(_px(x_mm), _px(baseline - 3)), (_px(x_mm), _px(baseline + 3))], fill=TRACE, width=2
+                    )
+                if samples:
+                    _trace(draw, samples, interval, col * COLUMN_S, COLUMN_S, x_mm, baseline)
+        else:
+            samples = leads.get(RHYTHM_LEAD)
+            text = f"{RHYTHM_LEAD} (rhythm)"
+            draw.text((_px(x_start + 1), _px(baseline - 14)), text, fill=TEXT, font=label)
+            if samples:
+                _trace(draw, samples, interval, 0.0, 4 * COLUMN_S, x_start, baseline)
+    footer = (
+        f"{MM_PER_S:g} mm/s   {MM_PER_MV:g} mm/mV   sample interval {interval * 1000:g} ms   "
+        "rendered by vitals-agent from the file's waveform digits; confirm against the cart's own printout"
+    )
+    draw.text((_px(GRID_LEFT_MM), _px(GRID_TOP_MM + ROW_MM * ROWS + 3)), footer, fill=TEXT, font=label)
+    return image
+
+
+def render_aecg(
+    data: bytes, *, fmt: Literal["png", "pdf"] = "pdf", max_bytes: int = DEFAULT_MAX_XML_BYTES
+) -> bytes:
+    """PNG or PDF bytes of the report page for one aECG file. Raises DecodeError for unusable files."""
+    info = aecg.parse(data, max_bytes=max_bytes)
+    waves = aecg.waveforms(data, max_bytes=max_bytes)
+    image = render_page(info, waves)
+    out = io.BytesIO()
+    if fmt == "png":
+        image.save(out, format="PNG")
+    elif fmt == "pdf":
+        image.save(out, format="PDF", resolution=PX_PER_MM * 25.4, title="12-lead ECG")
+    else:
+        raise DecodeError(f"unknown output format {fmt!r}")
+    return out.getvalue()

@@ -1,0 +1,118 @@
+"""Transport ``ecg-serial-file``: a cart that sends each ECG as a file over RS-232.
+
+File boundaries: an SCP-ECG record ends where the record length in its 6-byte header says; bytes that do
+not start with a plausible SCP header end at an idle gap (``idle_gap_seconds`` of silence). The port is
+opened exactly as the ``serial`` transport opens it (path, ``socket://`` URL or USB identity). Each file
+is then delivered once (same SHA-256 de-duplication as the folder transport) and, with ``save_folder``,
+kept in ``processed/`` or ``failed/`` (with a ``.reason.txt``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from pathlib import Path
+
+import structlog
+
+from vitals_agent.drivers.base import DeviceRuntime, register_transport
+from vitals_agent.drivers.ecg.drivers import EcgFileDriver, EcgSerialOptions
+from vitals_agent.drivers.ecg.folder import FAILED, PROCESSED, deliver, one_line, unique_target
+from vitals_agent.drivers.ecg.framing import ScpFileFramer
+from vitals_agent.drivers.serial_transport import SerialTransport
+from vitals_agent.errors import OutboxError, RetryableError, TransportError
+
+log = structlog.get_logger(__name__)
+
+
+@register_transport
+class SerialFileTransport(SerialTransport):
+    name = "ecg-serial-file"
+
+    def __init__(self, runtime: DeviceRuntime) -> None:
+        super().__init__(runtime)
+        driver = runtime.driver
+        if not isinstance(driver, EcgFileDriver) or not isinstance(driver.options, EcgSerialOptions):
+            raise TypeError(f"driver {driver.name!r} cannot use the ecg-serial-file transport")
+        self.file_driver: EcgFileDriver = driver
+        self.serial_options: EcgSerialOptions = driver.options
+        self.framer = ScpFileFramer(runtime.ctx, driver, driver.max_file_bytes)
+        self.files = 0
+
+    async def run(self) -> None:
+        url = self.resolve_port()
+        link = await self._open(url)
+        self.url = url
+        self.connects += 1
+        self.framer.reset()
+        self.runtime.set_connected(True, url)
+        queue: asyncio.Queue[bytes | BaseException] = asyncio.Queue()
+
+        async def reader() -> None:
+            try:
+                while True:
+                    data = await link.read()
+                    await queue.put(data)
+                    if not data:
+                        return
+            except Exception as exc:  # handed to the main loop, which raises TransportError
+                await queue.put(exc)
+
+        task = asyncio.create_task(reader())
+        reason = "closed"
+        try:
+            while True:
+                try:
+                    item = await asyncio.wait_for(queue.get(), self.serial_options.idle_gap_seconds)
+                except TimeoutError:
+                    rest = self.framer.idle()
+                    if rest is not None:
+                        await self._file(rest)
+                    continue
+                if isinstance(item, BaseException):
+                    reason = one_line(str(item)) or type(item).__name__
+                    raise TransportError(f"serial link {url} lost: {reason}")
+                if not item:
+                    reason = "the other end closed the connection"
+                    raise TransportError(f"serial link {url} lost: {reason}")
+                self.bytes_received += len(item)
+                for data in self.framer.frames(item):
+                    await self._file(data)
+        except asyncio.CancelledError:
+            reason = "stopped"
+            raise
+        finally:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+            self.framer.reset()  # a half-received file is never a reading
+            await link.close()
+            self.runtime.set_connected(False, reason)
+
+    async def _file(self, data: bytes) -> None:
+        digest = hashlib.sha256(data).hexdigest()
+        name = f"{self.runtime.ctx.now():%Y%m%dT%H%M%S}-{digest[:12]}.scp"
+        self.files += 1
+        try:
+            status, _reading, detail = await deliver(self.runtime, self.file_driver, data, name)
+        except (OutboxError, RetryableError) as exc:
+            # Not accepted: keep the bytes on disk (if configured) so nothing is lost silently.
+            status, detail = "failed", f"not accepted by the agent: {one_line(str(exc))}"
+        self._save(data, name, status, detail)
+
+    def _save(self, data: bytes, name: str, status: str, detail: str) -> None:
+        folder = self.serial_options.save_folder
+        if not folder:
+            return
+        directory = Path(folder).expanduser() / (FAILED if status == "failed" else PROCESSED)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            target = unique_target(directory, name)
+            target.write_bytes(data)
+            if status == "failed":
+                target.with_name(target.name + ".reason.txt").write_text(
+                    one_line(detail) + "\n", encoding="utf-8"
+                )
+        except OSError as exc:
+            log.error("cannot save received ecg file", error=str(exc))

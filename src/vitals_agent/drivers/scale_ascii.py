@@ -1,0 +1,464 @@
+"""Line-oriented serial scales: one configurable driver, ``dialect`` selects the record grammar.
+
+Formats: ``../shared/reference/devices.md`` §4.5 (manual examples in
+``../shared/samples/serial/scale_ascii_examples_from_manuals.txt``).
+
+* ``and`` (A&D and many OEM indicators): ``ST,GS,+0070.50kg`` or, balances, ``ST,+001234.5  g``; stable
+  when the header is ``ST``; the scale streams.
+* ``rice-lake`` (350-10): ``     10.0 lb Gross ``; no motion field (sent on print, at standstill [M]).
+* ``fairbanks`` (Ultegra): ``  154.5 lb GR`` on request (CR); a lower-case mode (``gr``) means motion.
+* ``detecto`` (solo): ``12:00,08/07/15,21.5,5'03.0",132.3lb`` (time, date, BMI, height, weight) on request
+  (``<LF>P<CR>``); date read as MM/DD/YY [M].
+
+Only stable weights are accepted, and a weighing is reported once (see
+:class:`~vitals_agent.drivers._serial_util.WeighingTracker`): a new stable value after the platform was
+unloaded, or a stable value that changed; repeats of the same value are not new readings. Weights keep the
+device's unit (``kg``, ``[lb_av]``, ``g``) and precision; the agent's normaliser converts.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+
+from vitals_agent.drivers._serial_util import (
+    FlushingDecoder,
+    TimedSimulator,
+    WeighingTracker,
+    decode_all,
+    hexs,
+    make_reading,
+    parse_decimal,
+    sim_kwargs,
+    value,
+)
+from vitals_agent.drivers.base import (
+    DecodeContext,
+    DecodeFailure,
+    DecoderOutput,
+    Driver,
+    SerialOptions,
+    SerialSettings,
+    Simulator,
+    register_driver,
+)
+from vitals_agent.errors import DecodeError, TruncatedError, UnsupportedError
+from vitals_agent.models import DeviceClass, DeviceStatusEvent, Measurement
+
+Dialect = Literal["and", "rice-lake", "fairbanks", "detecto"]
+DIALECTS: tuple[str, ...] = ("and", "rice-lake", "fairbanks", "detecto")
+UNITS = {"kg": "kg", "lb": "[lb_av]", "g": "g"}
+EOT = 0x04
+POLL_COMMANDS: dict[str, bytes] = {"detecto": b"\nP\r", "fairbanks": b"\r"}
+DEFAULT_POLL_SECONDS = 2.0
+# The A&D format is used by many OEM indicators: no manufacturer is claimed for it.
+MANUFACTURERS = {"rice-lake": "Rice Lake", "fairbanks": "Fairbanks", "detecto": "Detecto"}
+
+
+class ScaleOptions(SerialOptions):
+    dialect: Dialect = "and"
+    zero_band_kg: Decimal = Field(default=Decimal("0.1"), ge=0)  # at or below: platform unloaded
+    min_change_kg: Decimal = Field(
+        default=Decimal(0), ge=0
+    )  # a stable value that moves more is a new weighing
+    poll_seconds: float | None = Field(
+        default=None, gt=0
+    )  # request interval (detecto/fairbanks; default 2 s)
+
+
+@dataclass(frozen=True)
+class ScaleLine:
+    """One decoded record. ``weight`` None: no weight in this record (overload, tare, counting mode)."""
+
+    stable: bool
+    weight: Decimal | None = None
+    unit: str = "kg"
+    mode: str | None = None  # gross / net
+    height: Decimal | None = None
+    height_unit: str = "[in_i]"
+    bmi: Decimal | None = None
+    device_time: datetime | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def _unit(text: str, dialect: str) -> str:
+    unit = UNITS.get(text.strip().lower())
+    if unit is None:
+        raise UnsupportedError(f"{dialect}: unit {text.strip()!r} is not a weight unit (kg, lb, g)")
+    return unit
+
+
+_AND_VALUE = re.compile(r"^([+-])([0-9. ]*[0-9][0-9. ]*?)\s*([A-Za-z]*)\s*$")
+
+
+def parse_and(line: str) -> ScaleLine:
+    """A&D format: ``H1,H2,+DDDDDDD UU`` (indicators) or ``H1,+DDDDDDDD UUU`` (balances)."""
+    fields = line.strip().split(",")
+    header = fields[0].strip()
+    if header not in ("ST", "US", "OL", "LO", "QT"):
+        raise DecodeError(f"A&D: unknown header {header!r} (expected ST, US, OL, LO or QT)")
+    if len(fields) == 1:
+        raise TruncatedError(f"A&D: truncated record {line!r} (no value field)")
+    if len(fields) > 3:
+        raise DecodeError(f"A&D: {len(fields)} fields in {line!r} (expected 2 or 3)")
+    mode_code = fields[1].strip() if len(fields) == 3 else None
+    if mode_code is not None and mode_code not in ("GS", "NT", "TR"):
+        raise DecodeError(f"A&D: unknown data header {mode_code!r} (expected GS, NT or TR)")
+    if header in ("OL", "LO"):
+        return ScaleLine(stable=False, extra={"status": "overload"})
+    match = _AND_VALUE.match(fields[-1])
+    if match is None:
+        raise DecodeError(f"A&D: cannot read the value field {fields[-1]!r}")
+    sign, digits, unit_text = match.groups()
+    if not unit_text:
+        raise TruncatedError(f"A&D: truncated record {line!r} (no unit)")
+    if header == "QT" or mode_code == "TR":
+        return ScaleLine(stable=False, extra={"status": "counting" if header == "QT" else "tare"})
+    number = parse_decimal(sign + digits.replace(" ", ""), "A&D weight")
+    mode = {"GS": "gross", "NT": "net", None: None}[mode_code]
+    return ScaleLine(stable=header == "ST", weight=number, unit=_unit(unit_text, "A&D"), mode=mode)
+
+
+_RICE = re.compile(r"^\s*([+-]?)\s*([0-9.]+)\s+([A-Za-z]{1,3})\s*([A-Za-z]*)\s*$")
+
+
+def parse_rice_lake(line: str) -> ScaleLine:
+    """Rice Lake 350-10: 9-character right-aligned weight, unit, mode (``Gross``/``Net``)."""
+    match = _RICE.match(line)
+    if match is None:
+        if re.match(r"^\s*[+-]?\s*[0-9.]+\s*$", line):
+            raise TruncatedError(f"Rice Lake: truncated record {line!r} (no unit)")
+        raise DecodeError(f"Rice Lake: not a weight record: {line!r}")
+    sign, digits, unit_text, mode_text = match.groups()
+    mode = mode_text.lower() or None
+    if mode not in (None, "gross", "net", "g", "n", "tare", "t"):
+        raise DecodeError(f"Rice Lake: unknown mode {mode_text!r}")
+    if mode in ("tare", "t"):
+        return ScaleLine(stable=False, extra={"status": "tare"})
+    mode = {"g": "gross", "n": "net"}.get(mode or "", mode)
+    number = parse_decimal(sign + digits, "Rice Lake weight")
+    return ScaleLine(stable=True, weight=number, unit=_unit(unit_text, "Rice Lake"), mode=mode)
+
+
+_FAIRBANKS = re.compile(r"^\s*([+-]?)\s*([0-9.]+)\s*([A-Za-z]{1,3})\s+([A-Za-z]{2})\b.*$")
+
+
+def parse_fairbanks(line: str) -> ScaleLine:
+    """Fairbanks Ultegra: ``XXXXX.X lb GR`` — an upper-case mode is stable, lower case means motion."""
+    match = _FAIRBANKS.match(line)
+    if match is None:
+        if re.match(r"^\s*[+-]?\s*[0-9.]+\s*([A-Za-z]{1,3})?\s*$", line):
+            raise TruncatedError(f"Fairbanks: truncated record {line!r} (no mode)")
+        raise DecodeError(f"Fairbanks: not a weight record: {line!r}")
+    sign, digits, unit_text, mode_text = match.groups()
+    mode = {"gr": "gross", "nt": "net", "tr": "tare"}.get(mode_text.lower())
+    if mode is None:
+        raise DecodeError(f"Fairbanks: unknown mode {mode_text!r}")
+    if mode == "tare":
+        return ScaleLine(stable=False, extra={"status": "tare"})
+    number = parse_decimal(sign + digits, "Fairbanks weight")
+    return ScaleLine(stable=mode_text.isupper(), weight=number, unit=_unit(unit_text, "Fairbanks"), mode=mode)
+
+
+_FEET_INCHES = re.compile(r"^(\d+)'\s*(\d+(?:\.\d+)?)\"?$")
+_NUMBER_UNIT = re.compile(r"^([0-9.]+)\s*([A-Za-z]*)$")
+
+
+def parse_detecto(line: str, ctx: DecodeContext | None = None) -> ScaleLine:
+    """Detecto solo: ``Time,Date,BMI,Height,Weight`` (height feet'inches", weight with unit suffix)."""
+    fields = [f.strip() for f in line.strip().split(",")]
+    if len(fields) < 5:
+        raise TruncatedError(f"Detecto: truncated record: {len(fields)} of 5 fields")
+    if len(fields) > 5:
+        raise DecodeError(f"Detecto: {len(fields)} fields (expected 5: time, date, BMI, height, weight)")
+    time_text, date_text, bmi_text, height_text, weight_text = fields
+    match = _NUMBER_UNIT.match(weight_text)
+    if match is None or not match.group(2):
+        raise DecodeError(f"Detecto: cannot read the weight {weight_text!r}")
+    weight = parse_decimal(match.group(1), "Detecto weight")
+    unit = _unit(match.group(2), "Detecto")
+    height: Decimal | None = None
+    height_unit = "[in_i]"
+    if height_text and set(height_text) - set("-' \""):
+        feet_inches = _FEET_INCHES.match(height_text)
+        metric = _NUMBER_UNIT.match(height_text)
+        if feet_inches is not None:
+            height = int(feet_inches.group(1)) * 12 + Decimal(feet_inches.group(2))
+        elif metric is not None and metric.group(2).lower() in ("cm", "in"):
+            height = parse_decimal(metric.group(1), "Detecto height")
+            height_unit = "cm" if metric.group(2).lower() == "cm" else "[in_i]"
+        else:
+            raise DecodeError(f"Detecto: cannot read the height {height_text!r}")
+    bmi = parse_decimal(bmi_text, "Detecto BMI") if bmi_text and set(bmi_text) - set("-. ") else None
+    device_time: datetime | None = None
+    extra = {}
+    try:
+        naive = datetime.strptime(f"{date_text} {time_text}", "%m/%d/%y %H:%M")
+        device_time = naive.replace(tzinfo=ctx.tz) if ctx is not None else None
+    except ValueError:
+        extra["device_time_raw"] = f"{date_text} {time_text}"
+    return ScaleLine(
+        stable=True,
+        weight=weight,
+        unit=unit,
+        height=height,
+        height_unit=height_unit,
+        bmi=bmi,
+        device_time=device_time,
+        extra=extra,
+    )
+
+
+class ScaleDecoder(FlushingDecoder):
+    """CR/LF-terminated records of one dialect; EOT (Fairbanks error) is a record of its own."""
+
+    max_line: ClassVar[int] = 256
+
+    def __init__(
+        self,
+        ctx: DecodeContext,
+        dialect: str = "and",
+        zero_band_kg: Decimal = Decimal("0.1"),
+        min_change_kg: Decimal = Decimal(0),
+        poll_seconds: float | None = None,
+    ) -> None:
+        super().__init__(ctx)
+        if dialect not in DIALECTS:
+            raise ValueError(f"unknown scale dialect {dialect!r} (known: {', '.join(DIALECTS)})")
+        self.dialect = dialect
+        self.tracker = WeighingTracker(zero_band_kg, min_change_kg)
+        self._buf = bytearray()
+        if dialect in POLL_COMMANDS:
+            self.poll_interval = poll_seconds or DEFAULT_POLL_SECONDS
+
+    def poll_command(self) -> bytes | None:
+        return POLL_COMMANDS.get(self.dialect)
+
+    def pending(self) -> bytes:
+        return bytes(self._buf)
+
+    def reset(self) -> None:
+        self._buf.clear()
+
+    def feed(self, data: bytes) -> list[DecoderOutput]:
+        out: list[DecoderOutput] = []
+        for byte in data:
+            if byte in (0x0D, 0x0A):
+                if self._buf:
+                    line = bytes(self._buf)
+                    self._buf.clear()
+                    out.extend(self._line(line))
+                continue
+            if byte == EOT:
+                if self._buf:
+                    part = bytes(self._buf)
+                    self._buf.clear()
+                    out.append(
+                        DecodeFailure(TruncatedError(f"{self.dialect}: record cut short by EOT", part))
+                    )
+                out.append(DeviceStatusEvent(note="scale signalled an error (EOT)"))
+                continue
+            if len(self._buf) >= self.max_line:
+                junk = bytes(self._buf)
+                self._buf.clear()
+                out.append(
+                    DecodeFailure(
+                        DecodeError(f"{self.dialect}: line longer than {self.max_line} bytes", junk)
+                    )
+                )
+            self._buf.append(byte)
+        return out
+
+    def _line(self, raw: bytes) -> list[DecoderOutput]:
+        try:
+            return self._decode_line(raw)
+        except DecodeError as exc:
+            if not exc.data:
+                exc.data = raw
+            return [DecodeFailure(exc)]
+
+    def _decode_line(self, raw: bytes) -> list[DecoderOutput]:
+        try:
+            text = raw.decode("ascii")
+        except UnicodeDecodeError:
+            raise DecodeError(f"{self.dialect}: non-ASCII bytes in a record ({hexs(raw)})") from None
+        if not text.strip():
+            return []
+        if not text.isprintable():
+            raise DecodeError(f"{self.dialect}: control characters in a record ({hexs(raw)})")
+        if self.dialect == "and":
+            rec = parse_and(text)
+        elif self.dialect == "rice-lake":
+            rec = parse_rice_lake(text)
+        elif self.dialect == "fairbanks":
+            rec = parse_fairbanks(text)
+        else:
+            rec = parse_detecto(text, self.ctx)
+        if rec.weight is None:
+            return []
+        other = (rec.height, rec.bmi)
+        if not self.tracker.observe(rec.weight, rec.unit, rec.stable, other):
+            return []
+        measurements: list[Measurement] = [value("body_weight", rec.weight, rec.unit)]
+        if rec.height is not None:
+            measurements.append(value("body_height", rec.height, rec.height_unit))
+        if rec.bmi is not None:
+            measurements.append(value("bmi", rec.bmi, "kg/m2"))
+        extra = {"dialect": self.dialect, **rec.extra}
+        if rec.mode:
+            extra["mode"] = rec.mode
+        return [
+            make_reading(
+                self.ctx,
+                DeviceClass.SCALE,
+                measurements,
+                raw,
+                device_time=rec.device_time,
+                extra=extra,
+                manufacturer=MANUFACTURERS.get(self.dialect),
+            )
+        ]
+
+
+# ---------------------------------------------------------------------------------------------- encoders
+
+
+def _lb_or_kg(unit: str) -> str:
+    return {"kg": "kg", "[lb_av]": "lb", "lb": "lb", "g": "g"}[unit]
+
+
+def encode_line(
+    dialect: str,
+    weight: Decimal,
+    unit: str = "kg",
+    *,
+    stable: bool = True,
+    mode: str = "gross",
+    when: datetime | None = None,
+    height_in: Decimal | None = None,
+    bmi: Decimal | None = None,
+) -> bytes:
+    """One record as the scale sends it (CR LF or CR terminated)."""
+    u = _lb_or_kg(unit)
+    if dialect == "and":
+        head = "ST" if stable else "US"
+        text = f"{'+' if weight >= 0 else '-'}{format(abs(weight), 'f'):>7}".replace(" ", "0")
+        return f"{head},{'GS' if mode == 'gross' else 'NT'},{text}{u}\r\n".encode()
+    if dialect == "rice-lake":
+        return f"{format(weight, 'f'):>9} {u:<2} {'Gross' if mode == 'gross' else 'Net':<5} \r\n".encode()
+    if dialect == "fairbanks":
+        m = "GR" if mode == "gross" else "NT"
+        return f"{format(weight, 'f'):>7} {u:<2} {m if stable else m.lower()}     \r\n".encode()
+    when = when or datetime(2015, 8, 7, 12, 0)
+    h = ""
+    if height_in is not None:
+        feet, inches = divmod(height_in, 12)
+        h = f"{int(feet)}'{format(inches, 'f').zfill(4)}\""
+    b = format(bmi, "f") if bmi is not None else ""
+    return f"{when:%H:%M},{when:%m/%d/%y},{b},{h},{format(weight, 'f')}{u}\r".encode()
+
+
+# ---------------------------------------------------------------------------------------------- simulator
+
+
+class ScaleSimulator(TimedSimulator):
+    """A scale with a patient stepping on and off: zero, motion while loading, stable weight (several
+    records), unloading. Streams (A&D, Rice Lake) or answers requests (Detecto ``<LF>P<CR>``,
+    Fairbanks CR)."""
+
+    def __init__(
+        self,
+        dialect: str = "and",
+        weights: Sequence[str | Decimal] = ("70.50", "82.30"),
+        unit: str = "kg",
+        interval: float = 0.5,
+        height_in: str | Decimal | None = "63.0",
+        bmi: str | Decimal | None = None,
+    ) -> None:
+        super().__init__(interval)
+        if dialect not in DIALECTS:
+            raise ValueError(f"unknown scale dialect {dialect!r}")
+        self.dialect = dialect
+        self.unit = unit
+        self.height_in = Decimal(height_in) if height_in is not None else None
+        self.bmi = Decimal(bmi) if bmi is not None else None
+        # One cycle per patient: empty, two motion records, five stable ones.
+        self.script: list[tuple[Decimal, bool]] = []
+        for w in weights:
+            target = Decimal(w)
+            self.script += [(Decimal("0.00"), True), ((target / 2).quantize(target), False)]
+            self.script += [(target - Decimal("0.3"), False)] + [(target, True)] * 5
+        self.step = 0
+        self._req = bytearray()
+
+    def current(self) -> bytes:
+        weight, stable = self.script[self.step % len(self.script)]
+        self.step += 1
+        if self.dialect == "rice-lake" and not stable:
+            return b""  # Rice Lake sends on print only (at standstill)
+        while self.dialect == "detecto" and not stable:  # the solo answers with the settled weight
+            weight, stable = self.script[self.step % len(self.script)]
+            self.step += 1
+        return encode_line(
+            self.dialect, weight, self.unit, stable=stable, height_in=self.height_in, bmi=self.bmi
+        )
+
+    def periodic(self) -> bytes:
+        if self.dialect in POLL_COMMANDS:
+            return b""
+        return self.current()
+
+    def on_request(self, data: bytes) -> bytes:
+        command = POLL_COMMANDS.get(self.dialect)
+        if command is None:
+            return b""
+        self._req.extend(data)
+        reply = b""
+        while command in self._req:
+            idx = self._req.index(command)
+            del self._req[: idx + len(command)]
+            reply += self.current()
+        if len(self._req) > 64:
+            self._req.clear()
+        return reply
+
+
+@register_driver
+class ScaleAsciiDriver(Driver):
+    name = "scale-ascii"
+    description = (
+        "Line-oriented serial scales (A&D format, Rice Lake, Fairbanks, Detecto solo): dialect option"
+    )
+    device_class = DeviceClass.SCALE
+    transport = "serial"
+    continuous = False
+    options_model = ScaleOptions
+    serial_defaults = SerialSettings(baudrate=9600, bytesize=8, parity="N", stopbits=1)
+
+    def stream_decoder(self, ctx: DecodeContext) -> ScaleDecoder:
+        o = self.options
+        assert isinstance(o, ScaleOptions)
+        return ScaleDecoder(
+            ctx,
+            dialect=o.dialect,
+            zero_band_kg=o.zero_band_kg,
+            min_change_kg=o.min_change_kg,
+            poll_seconds=o.poll_seconds,
+        )
+
+    def decode_chunks(
+        self, chunks: Sequence[bytes], ctx: DecodeContext, characteristic: str | None = None
+    ) -> list[DecoderOutput]:
+        return decode_all(self, chunks, ctx)
+
+    def simulator(self, **kwargs: Any) -> Simulator:
+        kw = sim_kwargs(kwargs, ("dialect", "weights", "unit", "interval", "height_in", "bmi"), self.name)
+        o = self.options
+        kw.setdefault("dialect", getattr(o, "dialect", "and"))
+        return ScaleSimulator(**kw)

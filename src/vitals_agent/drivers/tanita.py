@@ -1,0 +1,247 @@
+"""Tanita scales and body-composition analysers in "PC" output mode (WB-3000, SC-240/330, BC-418,
+HD-351BT, BD-815U).
+
+One record per measurement: comma-separated ``KEY,VALUE`` pairs, ``{0,16,~0,1,~1,1,~2,1,MO,"BC-418",...``
+ending ``,CS,XX`` and CR LF (``../shared/reference/devices.md`` §4.5). ``XX`` = the sum of every byte from
+``{`` up to and including the comma before ``CS``, mod 256, as two upper-case hex digits (inferred; it
+reproduces the SC-240 manual's example).
+
+Mapped (``codes.md`` §7): ``Wk`` weight kg / ``Wp`` weight lb -> ``body_weight``, ``Hm`` -> ``body_height``
+(cm), ``MI`` -> ``bmi``, ``FW`` -> ``body_fat_pct``. Other body-composition values (fat mass, fat-free
+mass, water, impedance, ...) are kept in ``Reading.extra`` (not sent). Gender and age keyed in on the
+device (``GE``, ``AG``) are patient data and are dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import Any
+
+from vitals_agent.drivers._serial_util import (
+    FlushingDecoder,
+    TimedSimulator,
+    decode_all,
+    hexs,
+    make_reading,
+    parse_decimal,
+    sim_kwargs,
+    value,
+)
+from vitals_agent.drivers.base import (
+    DecodeContext,
+    DecodeFailure,
+    DecoderOutput,
+    Driver,
+    SerialOptions,
+    SerialSettings,
+    Simulator,
+    register_driver,
+)
+from vitals_agent.errors import ChecksumError, DecodeError, TruncatedError, UnsupportedError
+from vitals_agent.models import DeviceClass, DeviceIdentity, Measurement
+
+MAX_RECORD = 1024
+# key -> (metric, UCUM unit)
+MAPPED: dict[str, tuple[str, str]] = {
+    "Wk": ("body_weight", "kg"),
+    "Wp": ("body_weight", "[lb_av]"),
+    "Hm": ("body_height", "cm"),
+    "MI": ("bmi", "kg/m2"),
+    "FW": ("body_fat_pct", "%"),
+}
+FRAMING_KEYS = {"0", "~0", "~1", "~2", "CS"}
+PATIENT_KEYS = {"GE", "AG"}  # gender, age: keyed in, patient data, not measurements
+_IDLE = b" \r\n\t\x00\xff"  # line noise between records (the WB-3000 glitches ~0.1 s after a record)
+
+
+def checksum(body: bytes) -> int:
+    return sum(body) & 0xFF
+
+
+def encode_record(pairs: Sequence[tuple[str, str]]) -> bytes:
+    """A record with its checksum: ``pairs`` after the fixed prefix, e.g. ``[("MO", '"BC-418"'), ...]``."""
+    body = "{0,16,~0,1,~1,1,~2,1," + "".join(f"{k},{v}," for k, v in pairs)
+    raw = body.encode("ascii")
+    return raw + f"CS,{checksum(raw):02X}\r\n".encode("ascii")
+
+
+class TanitaOptions(SerialOptions):
+    pass
+
+
+class TanitaDecoder(FlushingDecoder):
+    def __init__(self, ctx: DecodeContext) -> None:
+        super().__init__(ctx)
+        self._buf = bytearray()
+        self._in_record = False
+
+    def pending(self) -> bytes:
+        return bytes(self._buf) if self._in_record else b""
+
+    def reset(self) -> None:
+        self._buf.clear()
+        self._in_record = False
+
+    def feed(self, data: bytes) -> list[DecoderOutput]:
+        out: list[DecoderOutput] = []
+        for byte in data:
+            if byte == ord("{"):
+                if self._in_record:
+                    part = bytes(self._buf)
+                    out.append(
+                        DecodeFailure(
+                            TruncatedError(f"truncated Tanita record ({len(part)} bytes, no end)", part)
+                        )
+                    )
+                elif self._buf:
+                    out.append(self._garbage())
+                self._buf.clear()
+                self._buf.append(byte)
+                self._in_record = True
+                continue
+            if not self._in_record:
+                if byte not in _IDLE:
+                    self._buf.append(byte)
+                    if len(self._buf) > self.max_buffer:
+                        out.append(self._garbage())
+                elif self._buf:
+                    out.append(self._garbage())
+                continue
+            if byte in (0x0D, 0x0A):
+                record = bytes(self._buf)
+                self.reset()
+                out.extend(self._record(record))
+                continue
+            if len(self._buf) >= MAX_RECORD:
+                junk = bytes(self._buf)
+                self.reset()
+                out.append(DecodeFailure(DecodeError(f"Tanita record longer than {MAX_RECORD} bytes", junk)))
+                continue
+            self._buf.append(byte)
+        return out
+
+    def _garbage(self) -> DecodeFailure:
+        junk = bytes(self._buf)
+        self._buf.clear()
+        return DecodeFailure(DecodeError(f"Tanita: {len(junk)} bytes outside a record ({hexs(junk)})", junk))
+
+    def _record(self, raw: bytes) -> list[DecoderOutput]:
+        try:
+            return [self.decode_record(raw)]
+        except DecodeError as exc:
+            if not exc.data:
+                exc.data = raw
+            return [DecodeFailure(exc)]
+
+    def decode_record(self, raw: bytes) -> DecoderOutput:
+        """Decode one record (without CR LF). Raises DecodeError subclasses."""
+        cut = raw.rfind(b",CS,")
+        if cut < 0:
+            raise TruncatedError(f"truncated Tanita record: no checksum field (CS) ({hexs(raw)})")
+        body, cs_text = raw[: cut + 1], raw[cut + 4 :].strip()
+        computed = checksum(body)
+        if len(cs_text) != 2 or not all(c in b"0123456789ABCDEFabcdef" for c in cs_text):
+            if not cs_text or len(cs_text) < 2:
+                raise TruncatedError(
+                    f"truncated Tanita record: checksum {cs_text.decode('latin-1')!r} incomplete"
+                )
+            raise DecodeError(f"Tanita checksum field {cs_text.decode('latin-1')!r} is not two hex digits")
+        got = int(cs_text, 16)
+        if got != computed:
+            raise ChecksumError(f"Tanita checksum mismatch: got 0x{got:02X}, computed 0x{computed:02X}")
+        try:
+            text = body.decode("ascii")
+        except UnicodeDecodeError:
+            raise DecodeError("Tanita record with non-ASCII bytes") from None
+        tokens = text[1:-1].split(",")
+        if len(tokens) % 2:
+            raise DecodeError(f"Tanita record with an odd number of fields ({len(tokens)})")
+        pairs = [(tokens[i].strip(), tokens[i + 1].strip().strip('"')) for i in range(0, len(tokens), 2)]
+        measurements: list[Measurement] = []
+        extra: dict[str, str] = {}
+        model: str | None = None
+        seen: set[str] = set()
+        for key, val in pairs:
+            if key in FRAMING_KEYS or key in PATIENT_KEYS:
+                continue
+            if key == "MO":
+                model = val or None
+                continue
+            if key in MAPPED:
+                metric, unit = MAPPED[key]
+                if metric in seen:
+                    continue  # e.g. both Wk and Wp: keep the first
+                seen.add(metric)
+                measurements.append(value(metric, parse_decimal(val, f"Tanita {key}"), unit))
+                continue
+            extra[key] = val
+        if "body_weight" not in seen:
+            raise UnsupportedError("Tanita record without a weight (Wk or Wp)")
+        identity = DeviceIdentity(id=self.ctx.device.id, manufacturer="Tanita", model=model)
+        return make_reading(
+            self.ctx, DeviceClass.BODY_COMPOSITION, measurements, raw, extra=extra, identity=identity
+        )
+
+
+class TanitaSimulator(TimedSimulator):
+    """A Tanita body-composition analyser sending one record per measurement (every ``interval``
+    seconds), followed by the WB-3000's spurious glitch byte when ``glitch`` is set."""
+
+    def __init__(
+        self,
+        model: str = "BC-418",
+        weight: str = "68.4",
+        height: str = "165.0",
+        bmi: str = "25.1",
+        fat: str = "31.2",
+        interval: float = 5.0,
+        glitch: bool = False,
+    ) -> None:
+        super().__init__(interval)
+        self.record = encode_record(
+            [
+                ("MO", f'"{model}"'),
+                ("Bt", "0"),
+                ("GE", "2"),
+                ("AG", "45"),
+                ("Hm", height),
+                ("Pt", "1.0"),
+                ("Wk", weight),
+                ("MI", bmi),
+                ("FW", fat),
+                ("fW", format(Decimal(weight) * Decimal(fat) / 100, ".1f")),
+                ("MW", format(Decimal(weight) * (100 - Decimal(fat)) / 100, ".1f")),
+                ("ZF", "512"),
+            ]
+        )
+        self.glitch = glitch
+
+    def periodic(self) -> bytes:
+        return self.record + (b"\x00" if self.glitch else b"")
+
+    def on_request(self, data: bytes) -> bytes:
+        return b""
+
+
+@register_driver
+class TanitaDriver(Driver):
+    name = "tanita"
+    description = "Tanita scales / body-composition analysers, PC output (KEY,VALUE record with CS checksum)"
+    device_class = DeviceClass.BODY_COMPOSITION
+    transport = "serial"
+    continuous = False
+    options_model = TanitaOptions
+    serial_defaults = SerialSettings(baudrate=9600, bytesize=8, parity="N", stopbits=1)
+
+    def stream_decoder(self, ctx: DecodeContext) -> TanitaDecoder:
+        return TanitaDecoder(ctx)
+
+    def decode_chunks(
+        self, chunks: Sequence[bytes], ctx: DecodeContext, characteristic: str | None = None
+    ) -> list[DecoderOutput]:
+        return decode_all(self, chunks, ctx)
+
+    def simulator(self, **kwargs: Any) -> Simulator:
+        allowed = ("model", "weight", "height", "bmi", "fat", "interval", "glitch")
+        return TanitaSimulator(**sim_kwargs(kwargs, allowed, self.name))

@@ -1,0 +1,91 @@
+"""EKG cart end to end: a file dropped into the watched folder reaches python-hl7's MLLP server (an
+independent EHR) as one ORU^R01 valid under the hl7apy STRICT oracle, exactly once, also when the agent
+is restarted while the cart is still writing the file."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from tests.e2e_helpers import AgentProcess, PyHl7Ehr, write_config
+from tests.oracle import validate_oru
+from tests.test_ecg_fixtures import synthetic_aecg, synthetic_scp
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def segments(message: str, name: str) -> list[list[str]]:
+    return [s.split("|") for s in message.replace("\n", "\r").split("\r") if s.startswith(name + "|")]
+
+
+def config(tmp_path: Path, share: Path, port: int, driver: str, **options: object) -> Path:
+    device = {"id": "ekg-room12", "driver": driver, "folder": str(share), "poll_seconds": 0.1, **options}
+    return write_config(tmp_path / "agent.toml", data_dir=tmp_path / "data", ehr_port=port, devices=[device])
+
+
+async def test_dropped_aecg_file_reaches_the_ehr_once(tmp_path: Path) -> None:
+    share = tmp_path / "share"
+    share.mkdir()
+    ehr = await PyHl7Ehr().start()
+    agent = AgentProcess(config(tmp_path, share, ehr.port, "aecg-xml"))
+    try:
+        await agent.wait_log(lambda: bool(agent.events("device connected")), what="device connected")
+        (share / "ecg-0001.xml").write_bytes(synthetic_aecg())
+        messages = await ehr.wait_for(1)
+        await agent.wait_log(lambda: (share / "processed" / "ecg-0001.xml").exists(), what="moved")
+        await asyncio.sleep(0.5)  # a few more polls: nothing else may be sent
+        code, _ = agent.terminate()
+    finally:
+        agent.cleanup()
+        await ehr.close()
+    assert code == 0, agent.tail()
+    assert len(ehr.messages) == 1
+    message = messages[0]
+    validate_oru(message)
+    values = {row[3].split("^")[1]: row[5] for row in segments(message, "OBX") if row[2] == "NM"}
+    assert values["MDC_ECG_TIME_PD_QT_GL"] == "400"
+    assert values["MDC_ECG_ANGLE_QRS_FRONT"] == "-15"
+    texts = [row[5] for row in segments(message, "OBX") if row[2] in ("ST", "TX")]
+    assert "Sinus rhythm" in " ".join(texts) and "Normal ECG" in " ".join(texts)
+    pid = segments(message, "PID")[0]
+    assert pid[3].split("^")[0] == "MRN-42"  # unbound room: the cart's patient id
+
+
+async def test_restart_while_the_cart_is_writing_sends_once(tmp_path: Path) -> None:
+    share = tmp_path / "share"
+    share.mkdir()
+    data = synthetic_scp()
+    target = share / "ecg.scp"
+    target.write_bytes(data[:300])  # the cart has begun writing
+    ehr = await PyHl7Ehr().start()
+    cfg = config(tmp_path, share, ehr.port, "scp-ecg")
+    try:
+        first = AgentProcess(cfg)
+        try:
+            await first.wait_log(lambda: bool(first.events("device connected")), what="device connected")
+            await asyncio.sleep(0.6)  # several polls over the half-written file
+            first.terminate()
+        finally:
+            first.cleanup()
+        with target.open("ab") as fh:  # the cart finishes while the agent is down
+            fh.write(data[300:])
+        second = AgentProcess(cfg)
+        try:
+            messages = await ehr.wait_for(1)
+            await second.wait_log(lambda: (share / "processed" / "ecg.scp").exists(), what="moved")
+            second.terminate()
+        finally:
+            second.cleanup()
+        third = AgentProcess(cfg)  # and once more: nothing is re-sent
+        try:
+            await third.wait_log(lambda: bool(third.events("device connected")), what="device connected")
+            await asyncio.sleep(0.6)
+            third.terminate()
+        finally:
+            third.cleanup()
+    finally:
+        await ehr.close()
+    assert len(ehr.messages) == 1
+    validate_oru(messages[0])

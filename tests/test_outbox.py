@@ -1,0 +1,234 @@
+"""The SQLite outbox: durability contract, ordering, dead letters, device state, disk full."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.fake_ehr import make_message
+from vitals_agent.agent.outbox import OUTBOX_FILE, DeadLetter, Outbox, OutboxMessage
+from vitals_agent.errors import OutboxError, OutboxFullError
+
+
+@pytest.fixture
+def outbox(tmp_path: Path) -> Outbox:
+    ob = Outbox(tmp_path / "data")
+    yield ob
+    ob.close()
+
+
+def test_file_mode_wal_and_directory_created(tmp_path: Path) -> None:
+    data = tmp_path / "new" / "dir"
+    ob = Outbox(data)
+    ob.enqueue(control_id="A1", device_id="d", body=b"x")
+    path = data / OUTBOX_FILE
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    assert (data / (OUTBOX_FILE + "-wal")).exists()
+    wal = data / (OUTBOX_FILE + "-wal")
+    assert stat.S_IMODE(wal.stat().st_mode) & 0o077 == 0
+    ob.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.close()
+
+
+def test_enqueue_order_peek_and_reopen(tmp_path: Path) -> None:
+    ob = Outbox(tmp_path)
+    ids = [
+        ob.enqueue(control_id=f"M{i}", device_id="spo2", body=make_message(f"M{i}"), meta={"n": i})
+        for i in range(5)
+    ]
+    assert ids == sorted(ids) and len(set(ids)) == 5
+    ob.close()
+    ob = Outbox(tmp_path)  # survives close/reopen
+    rows = ob.peek(10)
+    assert [(r.id, r.control_id, r.device_id, r.body, r.meta) for r in rows] == [
+        (ids[i], f"M{i}", "spo2", make_message(f"M{i}"), {"n": i}) for i in range(5)
+    ]
+    assert [r.control_id for r in ob.peek(2, after_id=ids[1])] == ["M2", "M3"]
+    assert ob.depth() == 5 and ob.dead_count() == 0
+    assert ob.delete(ids[0]) is True
+    assert ob.delete(ids[0]) is False
+    assert ob.depth() == 4
+    ob.close()
+
+
+def test_mark_failure_counts(outbox: Outbox) -> None:
+    mid = outbox.enqueue(control_id="F1", device_id="d", body=b"b")
+    assert outbox.mark_failure(mid, "timeout") == (1, 0)
+    assert outbox.mark_failure(mid, "AE: nope", negative=True) == (2, 1)
+    item = outbox.get(mid)
+    assert isinstance(item, OutboxMessage)
+    assert (item.attempts, item.nacks, item.last_error) == (2, 1, "AE: nope")
+
+
+def test_dead_letter_and_retry_keep_id_body_and_control_id(outbox: Outbox) -> None:
+    a = outbox.enqueue(control_id="A", device_id="d", body=b"body-A")
+    b = outbox.enqueue(control_id="B", device_id="d", body=b"body-B")
+    outbox.mark_failure(a, "AR: rejected", negative=True)
+    assert outbox.dead_letter(a, "rejected by the receiver (AR)", ack_code="AR", ack_text="AR: rejected")
+    assert outbox.depth() == 1 and outbox.dead_count() == 1
+    dead = outbox.get(a)
+    assert isinstance(dead, DeadLetter)
+    assert (
+        dead.id,
+        dead.control_id,
+        dead.body,
+        dead.reason,
+        dead.ack_code,
+        dead.ack_text,
+        dead.attempts,
+    ) == (
+        a,
+        "A",
+        b"body-A",
+        "rejected by the receiver (AR)",
+        "AR",
+        "AR: rejected",
+        1,
+    )
+    c = outbox.enqueue(control_id="C", device_id="d", body=b"body-C")
+    assert c > b  # AUTOINCREMENT: ids never reused
+    assert outbox.retry_dead(a) == 1
+    assert [(r.id, r.control_id, r.body, r.attempts, r.nacks) for r in outbox.peek()] == [
+        (a, "A", b"body-A", 0, 0),  # back at its original place, same MSH-10
+        (b, "B", b"body-B", 0, 0),
+        (c, "C", b"body-C", 0, 0),
+    ]
+    assert outbox.retry_dead(a) == 0
+
+
+def test_retry_all_and_purge(outbox: Outbox) -> None:
+    ids = [outbox.enqueue(control_id=f"P{i}", device_id="d", body=b"x") for i in range(4)]
+    for mid in ids[:3]:
+        outbox.dead_letter(mid, "test")
+    assert outbox.purge_dead(older_than_seconds=3600) == 0  # all fresh
+    assert outbox.purge_dead(older_than_seconds=0) == 3
+    assert outbox.dead_count() == 0
+    outbox.dead_letter(ids[3], "test")
+    assert outbox.retry_dead() == 1
+    assert [r.id for r in outbox.peek()] == [ids[3]]
+
+
+def test_device_state_is_durable_and_overwritable(tmp_path: Path) -> None:
+    ob = Outbox(tmp_path)
+    assert ob.get_state("cuff", "last_record") is None
+    ob.set_state("cuff", "last_record", "41")
+    ob.set_state("cuff", "last_record", "42")
+    ob.set_state("other", "last_record", "7")
+    ob.close()
+    ob = Outbox(tmp_path)
+    assert (ob.get_state("cuff", "last_record"), ob.get_state("other", "last_record")) == ("42", "7")
+    ob.close()
+
+
+def test_disk_full_refuses_loudly_and_keeps_what_was_queued(tmp_path: Path) -> None:
+    """A size cap (SQLite max_page_count) behaves like a full disk: the insert fails inside its transaction."""
+    ob = Outbox(tmp_path, max_bytes=64 * 1024)
+    body = b"X" * 3000
+    queued: list[str] = []
+    with pytest.raises(OutboxFullError) as info:
+        for i in range(200):
+            cid = f"D{i:03d}"
+            ob.enqueue(control_id=cid, device_id="d", body=body)
+            queued.append(cid)
+    assert "full" in str(info.value) and "NOT queued" in str(info.value)
+    assert len(queued) > 5
+    refused = f"D{len(queued):03d}"
+    assert refused in str(info.value)
+    assert [r.control_id for r in ob.peek(1000)] == queued  # nothing already queued was lost
+    # still usable: deliveries can be removed, after which new readings fit again
+    ob.delete(ob.peek(1)[0].id)
+    ob.delete(ob.peek(1)[0].id)
+    ob.enqueue(control_id="AFTER", device_id="d", body=body)
+    ob.close()
+    ob = Outbox(tmp_path)
+    assert [r.control_id for r in ob.peek(1000)] == [*queued[2:], "AFTER"]
+    ob.close()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
+def test_read_only_database_refuses_loudly(tmp_path: Path) -> None:
+    ob = Outbox(tmp_path)
+    ob.enqueue(control_id="R0", device_id="d", body=b"x")
+    ob.close()
+    os.chmod(tmp_path / OUTBOX_FILE, 0o400)
+    try:
+        ob = Outbox(tmp_path)
+        with pytest.raises(OutboxFullError, match="read-only|readonly"):
+            ob.enqueue(control_id="R1", device_id="d", body=b"x")
+        ob.close()
+    except OutboxError:
+        pass  # refusing to open at all is loud enough too
+    finally:
+        os.chmod(tmp_path / OUTBOX_FILE, 0o600)
+
+
+def test_read_only_connection_refuses_loudly(tmp_path: Path) -> None:
+    """Same check that works as root: force SQLite's query_only mode on the outbox connection."""
+    ob = Outbox(tmp_path)
+    ob.enqueue(control_id="R0", device_id="d", body=b"x")
+    ob._conn.execute("PRAGMA query_only=1")
+    with pytest.raises(OutboxError, match="R1"):
+        ob.enqueue(control_id="R1", device_id="d", body=b"x")
+    ob._conn.execute("PRAGMA query_only=0")
+    assert [r.control_id for r in ob.peek()] == ["R0"]
+    ob.close()
+
+
+def test_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / OUTBOX_FILE).write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(OutboxError, match="cannot open the outbox"):
+        Outbox(tmp_path)
+
+
+def test_create_false_does_not_create(tmp_path: Path) -> None:
+    with pytest.raises(OutboxError, match="no outbox at"):
+        Outbox(tmp_path / "nowhere", create=False)
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_threads_enqueue_concurrently_without_loss(outbox: Outbox) -> None:
+    def worker(t: int) -> None:
+        for i in range(25):
+            outbox.enqueue(control_id=f"T{t}-{i}", device_id=f"d{t}", body=b"x")
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    rows = outbox.peek(1000)
+    assert sorted(r.control_id for r in rows) == sorted(f"T{t}-{i}" for t in range(4) for i in range(25))
+    for t in range(4):  # each producer's messages stay in its own order
+        mine = [r.control_id for r in rows if r.device_id == f"d{t}"]
+        assert mine == [f"T{t}-{i}" for i in range(25)]
+
+
+def test_second_process_view_sees_committed_rows(tmp_path: Path) -> None:
+    """The operator tools open the same file while the agent runs."""
+    agent = Outbox(tmp_path)
+    agent.enqueue(control_id="S1", device_id="d", body=b"x")
+    tool = Outbox(tmp_path, create=False)
+    assert [r.control_id for r in tool.peek()] == ["S1"]
+    mid = tool.peek()[0].id
+    tool.dead_letter(mid, "operator test")
+    assert agent.depth() == 0 and agent.dead_count() == 1
+    tool.close()
+    agent.close()
+
+
+def test_enqueue_many_is_all_or_nothing(tmp_path: Path) -> None:
+    ob = Outbox(tmp_path, max_bytes=64 * 1024)
+    ids = ob.enqueue_many({"control_id": f"B{i}", "device_id": "d", "body": b"x"} for i in range(3))
+    assert [r.id for r in ob.peek()] == ids
+    with pytest.raises(OutboxFullError, match="none of them was queued"):
+        ob.enqueue_many({"control_id": f"C{i}", "device_id": "d", "body": b"y" * 3000} for i in range(100))
+    assert [r.control_id for r in ob.peek()] == ["B0", "B1", "B2"]
+    ob.close()

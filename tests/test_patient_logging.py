@@ -1,0 +1,120 @@
+"""Patient identifiers never reach the operational log at INFO; the audit log has the full trail."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import structlog
+
+from tests.patient_helpers import DOB, FAMILY, GIVEN, MRN, T0, Clock, event_names, make_reading, manager
+from tests.test_control import Env, fake_status
+from vitals_agent.agent.control import ControlServer
+from vitals_agent.agent.patient_context import PatientDetails
+from vitals_agent.drivers.barcode import BarcodeDriver, BarcodeOptions
+from vitals_agent.drivers.base import DecodeContext
+from vitals_agent.logs import setup_logging
+from vitals_agent.models import DeviceIdentity, PatientScan, Reading
+
+SECRETS = (MRN, FAMILY, GIVEN, DOB, "SCANNEDNAME")
+
+
+@pytest.fixture
+def log_buffer() -> Iterator[io.StringIO]:
+    buf = io.StringIO()
+    setup_logging("INFO", stream=buf, json=True)  # the agent's real logging setup, JSON lines
+    yield buf
+    structlog.reset_defaults()
+
+
+async def test_whole_patient_flow_logs_no_identifiers(tmp_path: Path, log_buffer: io.StringIO) -> None:
+    clock = Clock()
+    patients = manager(tmp_path, clock, require_patient=True, patient_timeout_minutes=30)
+    released: list[Reading] = []
+
+    async def releaser(device_id: str, reading: Reading, patient: PatientDetails) -> str | None:
+        released.append(reading)
+        return f"CTRL{len(released)}"
+
+    patients.releaser = releaser
+    server = ControlServer(tmp_path, patients, fake_status, port=0, now=clock)
+    await server.start()
+    env = Env(server, patients, tmp_path)
+    try:
+        # a reading before any patient: held
+        patients.route("oxi-1", make_reading(T0))
+        # the wristband scanner sees a bad scan (someone's name) and then a good one
+        options = BarcodeOptions(port="/dev/null", mrn_pattern=r"(?P<mrn>MRN\d+)")
+        decoder = BarcodeDriver(options).stream_decoder(
+            DecodeContext(device=DeviceIdentity(id="scan-1"), now=clock, options=options)
+        )
+        outputs = decoder.feed(b"SCANNEDNAME\r\n" + MRN.encode() + b"\r\n")
+        for item in outputs:
+            if isinstance(item, PatientScan):
+                await patients.on_scan(item)
+            else:
+                structlog.get_logger("vitals_agent.agent.runtime").info(
+                    "decode failed", error=str(item.error)
+                )
+        assert len(released) == 1  # the held reading went to the scanned patient
+        # the full demographics through the API, a reveal, bad input, a reading, expiry, a clear
+        body = {"mrn": MRN, "name": f"{FAMILY}^{GIVEN}", "birth_date": DOB, "sex": "F"}
+        assert (await env.http("PUT", "/api/patient", body))[0] == 200
+        assert (await env.http("GET", "/api/patient?reveal=1"))[0] == 200
+        assert (await env.http("GET", "/?reveal=1"))[0] == 200
+        assert (await env.http("PUT", "/api/patient", {"mrn": MRN + "|"}))[0] == 400
+        assert (await env.http("PUT", "/api/patient", {"mrn": MRN}, token="wrong"))[0] == 401
+        patients.route("oxi-1", make_reading(clock.now))
+        clock.advance(minutes=31)
+        patients.tick()
+        patients.set(PatientDetails(mrn=MRN, family=FAMILY), "cli")
+        patients.clear("cli")
+        patients.route("oxi-1", make_reading(clock.now))
+        clock.advance(hours=2)
+        patients.tick()  # the held reading times out
+    finally:
+        await server.stop()
+        patients.close()
+
+    logged = log_buffer.getvalue()
+    records = [json.loads(line) for line in logged.splitlines()]
+    messages = {r["event"] for r in records}
+    # The flow really was logged (so the check below is not vacuous) ...
+    assert {
+        "reading held until a patient is set",
+        "wristband scanned",
+        "patient context set",
+        "held readings sent after a patient was set",
+        "patient context expired",
+        "patient context cleared",
+        "control API request refused: no valid token",
+        "held readings dropped: no patient was set in time",
+        "decode failed",
+    } <= messages
+    assert all(r["level"] in {"info", "warning", "error"} for r in records)
+    # ... and no identifier is in it.
+    for secret in SECRETS:
+        assert secret not in logged, f"{secret} leaked into the operational log"
+
+    # The audit log has every step, with the identifiers.
+    audit_text = (tmp_path / "audit.jsonl").read_text()
+    assert MRN in audit_text and FAMILY in audit_text and GIVEN in audit_text and DOB in audit_text
+    assert event_names(tmp_path) == [
+        "reading_accepted",
+        "reading_held",
+        "scan",
+        "context_set",
+        "held_released",
+        "context_set",
+        "context_revealed",
+        "context_revealed",
+        "context_expired",
+        "context_set",
+        "context_cleared",
+        "reading_accepted",
+        "reading_held",
+        "held_dropped",
+    ]

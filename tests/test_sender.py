@@ -1,0 +1,152 @@
+"""Sender behaviour beyond the fault suite: status, wake, back-off, backlog warnings, what it logs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from tests.fake_ehr import Hl7Ehr, RawEhr, free_port, make_message, wait_until
+from vitals_agent.agent import sender as sender_module
+from vitals_agent.agent.outbox import Outbox
+from vitals_agent.agent.sender import Sender
+from vitals_agent.config.ehr import EhrConfig
+
+
+def fast_ehr(port: int, **kw: Any) -> EhrConfig:
+    values: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": port,
+        "connect_timeout_seconds": 1.0,
+        "ack_timeout_seconds": 0.3,
+        "backoff_min_seconds": 0.01,
+        "backoff_max_seconds": 0.05,
+    }
+    values.update(kw)
+    return EhrConfig(**values)
+
+
+@pytest.fixture
+def outbox(tmp_path: Path) -> Iterator[Outbox]:
+    ob = Outbox(tmp_path / "data")
+    yield ob
+    ob.close()
+
+
+@contextlib.asynccontextmanager
+async def running(sender: Sender) -> AsyncIterator[asyncio.Task[None]]:
+    task = asyncio.create_task(sender.run())
+    try:
+        yield task
+    finally:
+        await sender.stop(timeout=1.0)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def test_backoff_is_capped_exponential_with_jitter(outbox: Outbox) -> None:
+    sender = Sender(
+        outbox, fast_ehr(1, backoff_min_seconds=0.5, backoff_max_seconds=8.0), rng=random.Random(1)
+    )
+    for n, cap in [(1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0), (5, 8.0), (6, 8.0), (60, 8.0), (10_000, 8.0)]:
+        values = [sender._backoff(n) for _ in range(200)]
+        assert all(cap / 2 <= v <= cap for v in values), n
+        assert len(set(values)) > 100  # jittered, not constant
+
+
+async def test_status_and_wake_for_messages_queued_while_running(outbox: Outbox) -> None:
+    async with Hl7Ehr() as ehr:
+        sender = Sender(outbox, fast_ehr(ehr.port))
+        assert sender.status() == {
+            "connected": False,
+            "peer": f"127.0.0.1:{ehr.port}",
+            "tls": False,
+            "depth": 0,
+            "dead": 0,
+            "in_flight": None,
+            "last_error": None,
+            "last_ack_at": None,
+            "delivered": 0,
+            "dead_lettered": 0,
+            "consecutive_failures": 0,
+        }
+        async with running(sender):
+            for i in range(3):
+                outbox.enqueue(control_id=f"W{i}", device_id="d", body=make_message(f"W{i}"))
+                sender.wake()
+                await wait_until(lambda: outbox.depth() == 0)
+            status = sender.status()
+            assert (status["connected"], status["delivered"], status["depth"], status["in_flight"]) == (
+                True,
+                3,
+                0,
+                None,
+            )
+    assert ehr.control_ids == ["W0", "W1", "W2"]
+
+
+async def test_operator_retry_from_another_process_is_picked_up_without_wake(
+    outbox: Outbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sender_module, "IDLE_POLL_SECONDS", 0.05)
+    async with RawEhr(plan=["AR"]) as ehr:
+        mid = outbox.enqueue(control_id="O1", device_id="d", body=make_message("O1"))
+        sender = Sender(outbox, fast_ehr(ehr.port))
+        async with running(sender):
+            await wait_until(lambda: outbox.dead_count() == 1)
+            tool = Outbox(outbox.data_dir, create=False)  # what `vitals-agent outbox retry` does
+            assert tool.retry_dead(mid) == 1
+            tool.close()
+            await wait_until(lambda: outbox.depth() == 0 and outbox.dead_count() == 0)
+    assert ehr.control_ids == ["O1", "O1"]
+
+
+async def test_backlog_warnings_when_crossing_thresholds(
+    outbox: Outbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sender_module, "BACKLOG_CHECK_SECONDS", 0.0)
+    port = free_port()
+    sender = Sender(outbox, fast_ehr(port, backlog_warning=2))
+    with capture_logs() as logs:
+        async with running(sender):
+            for i in range(9):
+                outbox.enqueue(control_id=f"B{i}", device_id="d", body=make_message(f"B{i}"))
+                sender.wake()
+                n = i + 1
+                await wait_until(lambda n=n: sender._backlog_level == (0 if n < 2 else n.bit_length() - 1))
+            async with Hl7Ehr(port=port):
+                await wait_until(lambda: outbox.depth() == 0)
+                await wait_until(lambda: sender._backlog_level == 0)
+    warnings = [e for e in logs if e["event"] == "outbox backlog growing"]
+    assert [(w["log_level"], w["threshold"]) for w in warnings] == [
+        ("warning", 2),
+        ("warning", 4),
+        ("warning", 8),
+    ]
+    assert [w["depth"] for w in warnings] == [2, 4, 8]
+    assert any(e["event"] == "outbox backlog cleared" for e in logs)
+
+
+async def test_logs_never_contain_message_bodies(outbox: Outbox) -> None:
+    secret = "DOE^JANE-SECRET-4711"
+    plan = ["AE", "AR", "CLOSE", "GARBLE", "WRONG_ID", "XX", "AA", "AA", "AA", "AA", "AA"]
+    with capture_logs() as logs:
+        async with RawEhr(plan=plan) as ehr:
+            for i in range(4):
+                body = make_message(f"P{i}").replace(b"UNKNOWN^UNKNOWN", secret.encode())
+                outbox.enqueue(control_id=f"P{i}", device_id="d", body=body)
+            sender = Sender(outbox, fast_ehr(ehr.port, max_attempts=2))
+            async with running(sender):
+                await wait_until(lambda: outbox.depth() == 0)
+    assert secret.encode() in ehr.received[0].raw
+    assert logs, "the sender logged nothing at all"
+    text = repr(logs)
+    assert "SECRET" not in text and "PID|" not in text and "OBX|" not in text
+    assert any(e["log_level"] == "warning" and e.get("control_id") == "P1" for e in logs)
