@@ -29,12 +29,11 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 import hl7  # noqa: E402
 import hl7.mllp  # noqa: E402
 import structlog  # noqa: E402
-
 from tests.fake_ehr import make_message, make_test_pki  # noqa: E402
+
 from vitals_agent.agent.outbox import Outbox  # noqa: E402
 from vitals_agent.agent.sender import Sender  # noqa: E402
 from vitals_agent.config.ehr import EhrConfig  # noqa: E402
-
 
 # --- the receiver: python-hl7 server in a child process ------------------------------------------------
 
@@ -96,7 +95,12 @@ async def our_sender(port: int, messages: list[bytes], ctx: ssl.SSLContext | Non
     outbox.enqueue_many(
         {"control_id": f"B{i:06d}", "device_id": "bench", "body": m} for i, m in enumerate(messages)
     )
-    ehr = EhrConfig(host="127.0.0.1", port=port, server_name="localhost" if ctx else None)
+    ehr = EhrConfig(
+        host="127.0.0.1",
+        port=port,
+        server_name="localhost" if ctx else None,
+        backlog_warning=10 * len(messages),
+    )
     sender = Sender(outbox, ehr, ssl_context=ctx)
     t0 = time.perf_counter()
     task = asyncio.create_task(sender.run())

@@ -2,7 +2,7 @@
 
 * Latency: the agent runs as a real process with a Masimo oximeter on a pseudo-terminal (report = every)
   and python-hl7's MLLP server as the EHR. For each reading we time from the last byte written to the pty
-  to the agent's log line saying the ACK was received (the sender's ``message delivered`` event, whose
+  to the agent's log line saying the ACK was received (the sender's ``delivered`` event, logged at DEBUG, whose
   ISO timestamp comes from the same host clock); if the sender does not log it, to the EHR's receipt.
   Baseline: a bare python-hl7 loop (``open_hl7_connection``, send, wait for the ACK) sending the very
   same messages to the same server. Printed: p50/p99 for both and their ratio.
@@ -29,8 +29,9 @@ import hl7.mllp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.e2e_helpers import AgentProcess, PyHl7Ehr, masimo_ascii1_line, write_config  # noqa: E402
-from vitals_agent.drivers.pty import PtyDevice  # noqa: E402
+from tests.e2e_helpers import AgentProcess, PyHl7Ehr, masimo_ascii1_line, write_config
+
+from vitals_agent.drivers.pty import PtyDevice
 
 
 def pct(values: list[float], p: float) -> float:
@@ -56,7 +57,7 @@ async def agent_latency(n: int, work: Path) -> tuple[list[float], list[str], str
             ehr_port=ehr.port,
             devices=[{"id": "spo2", "driver": "masimo-ascii", "port": str(pty.link), "report": "every"}],
         )
-        agent = AgentProcess(cfg)
+        agent = AgentProcess(cfg, args=("--log-level", "DEBUG"))
         try:
             await agent.wait_log(lambda: bool(agent.events("device connected")), what="connect")
             await asyncio.sleep(2.0)
@@ -74,7 +75,7 @@ async def agent_latency(n: int, work: Path) -> tuple[list[float], list[str], str
                 receipt.append(t_ehr)
                 latencies.append(t_ehr - t_write)
             await asyncio.sleep(0.5)
-            delivered = agent.events("message delivered")
+            delivered = agent.events("delivered")
             if len(delivered) >= n:
                 source = "ACK received by the agent"
                 stamps = [datetime.fromisoformat(e["timestamp"]).timestamp() for e in delivered[-n:]]
@@ -124,12 +125,21 @@ async def main() -> None:
     bare = bare_python_rss()
     ms = 1000.0
     print(f"spine latency, {args.n} readings (last byte on pty -> {source}):")
-    print(f"  agent     p50 {pct(latencies, 50) * ms:7.2f} ms   p99 {pct(latencies, 99) * ms:7.2f} ms"
-          f"   mean {statistics.mean(latencies) * ms:.2f} ms")
-    print(f"  baseline  p50 {pct(base, 50) * ms:7.2f} ms   p99 {pct(base, 99) * ms:7.2f} ms"
-          "   (bare python-hl7 send + wait for ACK, same messages)")
-    print(f"  ratio     p50 {pct(latencies, 50) / pct(base, 50):7.1f}x    p99 {pct(latencies, 99) / pct(base, 99):7.1f}x")
-    print(f"idle RSS: agent {idle / 1024:.1f} MiB, bare python {bare / 1024:.1f} MiB, ratio {idle / bare:.1f}x")
+    print(
+        f"  agent     p50 {pct(latencies, 50) * ms:7.2f} ms   p99 {pct(latencies, 99) * ms:7.2f} ms"
+        f"   mean {statistics.mean(latencies) * ms:.2f} ms"
+    )
+    print(
+        f"  baseline  p50 {pct(base, 50) * ms:7.2f} ms   p99 {pct(base, 99) * ms:7.2f} ms"
+        "   (bare python-hl7 send + wait for ACK, same messages)"
+    )
+    print(
+        f"  ratio     p50 {pct(latencies, 50) / pct(base, 50):7.1f}x"
+        f"    p99 {pct(latencies, 99) / pct(base, 99):7.1f}x"
+    )
+    print(
+        f"idle RSS: agent {idle / 1024:.1f} MiB, bare python {bare / 1024:.1f} MiB, ratio {idle / bare:.1f}x"
+    )
 
 
 if __name__ == "__main__":

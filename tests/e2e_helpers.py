@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -62,10 +63,8 @@ class PyHl7Ehr:
             if time.monotonic() > deadline:
                 raise AssertionError(f"EHR got {len(self.messages)} of {count} messages within {timeout} s")
             self.arrived.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.arrived.wait(), timeout=0.2)
-            except TimeoutError:
-                pass
         return self.messages
 
     async def close(self) -> None:
@@ -77,13 +76,15 @@ class PyHl7Ehr:
 class AgentProcess:
     """``python -m vitals_agent run --config FILE`` in a subprocess; its JSON log lines are collected."""
 
-    def __init__(self, config: Path, *, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, config: Path, *, extra_env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+    ) -> None:
         self.config = config
         self.log: list[dict[str, Any]] = []
         self.raw_log: list[str] = []
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "vitals_agent", "run", "--config", str(config)],
+            [sys.executable, "-m", "vitals_agent", "run", "--config", str(config), *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -97,10 +98,8 @@ class AgentProcess:
         for line in iter(self.proc.stdout.readline, b""):
             text = line.decode("utf-8", "replace").rstrip("\n")
             self.raw_log.append(text)
-            try:
+            with contextlib.suppress(json.JSONDecodeError):
                 self.log.append(json.loads(text))
-            except json.JSONDecodeError:
-                pass
 
     def events(self, name: str) -> list[dict[str, Any]]:
         return [entry for entry in list(self.log) if entry.get("event") == name]
@@ -109,7 +108,9 @@ class AgentProcess:
         deadline = time.monotonic() + timeout
         while not predicate():
             if self.proc.poll() is not None:
-                raise AssertionError(f"agent exited ({self.proc.returncode}) waiting for {what}:\n" + self.tail())
+                raise AssertionError(
+                    f"agent exited ({self.proc.returncode}) waiting for {what}:\n" + self.tail()
+                )
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out waiting for {what}:\n" + self.tail())
             await asyncio.sleep(0.05)
@@ -134,7 +135,9 @@ class AgentProcess:
             self.proc.wait(timeout=5)
 
 
-def masimo_ascii1_line(at: datetime, spo2: str, bpm: str, pi: str, *, serial: str = "0000123456", exc: str = "000800") -> bytes:
+def masimo_ascii1_line(
+    at: datetime, spo2: str, bpm: str, pi: str, *, serial: str = "0000123456", exc: str = "000800"
+) -> bytes:
     """One Rad-8 ASCII 1 line as devices.md §5.3 shows it (device clock first, CR LF at the end)."""
     stamp = at.strftime("%m/%d/%y %H:%M:%S")
     return (
@@ -143,7 +146,9 @@ def masimo_ascii1_line(at: datetime, spo2: str, bpm: str, pi: str, *, serial: st
     ).encode("ascii")
 
 
-def write_config(path: Path, *, data_dir: Path, ehr_port: int, devices: list[dict[str, Any]], extra: str = "") -> Path:
+def write_config(
+    path: Path, *, data_dir: Path, ehr_port: int, devices: list[dict[str, Any]], extra: str = ""
+) -> Path:
     lines = [
         "[agent]",
         'facility = "EXAMPLE_CLINIC"',

@@ -138,6 +138,7 @@ class FakeEhr:
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._changed = asyncio.Condition()
+        self._closing = asyncio.Event()
 
     # --- API ---------------------------------------------------------------------------------------
 
@@ -162,14 +163,16 @@ class FakeEhr:
         server, self._server = self._server, None
         if server is not None:
             server.close()
+        self._closing.set()
         for w in list(self._writers):
             w.transport.abort()
         self._writers.clear()
-        for t in list(self._tasks):
-            t.cancel()
-        for t in list(self._tasks):
-            with contextlib.suppress(BaseException):
-                await t
+        tasks = list(self._tasks)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=2.0)
+            for t in pending:  # only if a handler is stuck: cancelling makes asyncio log noise
+                t.cancel()
+        self._closing = asyncio.Event()
         if server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 2.0)
@@ -260,7 +263,8 @@ class FakeEhr:
             return False
         elif mode == "HALF_OPEN":
             writer.transport.pause_reading()  # type: ignore[attr-defined]
-            await asyncio.Event().wait()  # hold the socket open until stop() cancels us
+            await self._closing.wait()  # hold the socket open until stop()
+            return False
         await writer.drain()
         return not (self.close_after is not None and answered + 1 >= self.close_after)
 
@@ -276,9 +280,10 @@ class Hl7Ehr(FakeEhr):
         kwargs: dict[str, Any] = {}
         if self.ssl_context is not None:
             kwargs["ssl"] = self.ssl_context
-        return await hl7.mllp.start_hl7_server(
+        server: asyncio.Server = await hl7.mllp.start_hl7_server(
             self._client, self.host, self.port, encoding="utf-8", limit=1 << 20, **kwargs
         )
+        return server
 
     async def _client(self, reader: Any, writer: Any) -> None:
         conn = self._track(writer)

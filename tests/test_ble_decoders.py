@@ -67,7 +67,7 @@ def h(text: str) -> bytes:
 
 
 def m(metric: str, value: str | None, unit: str, **kw: object) -> Measurement:
-    return Measurement(metric=metric, value=None if value is None else Decimal(value), unit=unit, **kw)  # type: ignore[arg-type]
+    return Measurement(metric=metric, value=None if value is None else Decimal(value), unit=unit, **kw)
 
 
 # ------------------------------------------------------------------------------------------ blood pressure
@@ -701,7 +701,7 @@ def test_every_spezi_sample_line_decodes() -> None:
             assert decode_plx_features(payload) == PlxFeatures(0x00A3, 0x1040, 0x000180)
             continue
         record = decoded[char](payload)
-        assert tuple(x.value for x in record.measurements[:2]) == next(asserted)
+        assert tuple(x.value for x in record.measurements[:2]) == tuple(Decimal(v) for v in next(asserted))
 
 
 # ------------------------------------------------------------------------------------------ property tests

@@ -10,7 +10,9 @@ import pytest
 
 from tests.fakebluez.fixtures import *  # noqa: F403
 from tests.fakebluez.gatt import and_ua651ble, and_uc352ble, plx_oximeter, thermometer, u16
+from tests.fakebluez.payloads import NAN, blood_pressure
 from tests.fakebluez.runtime import FakeRuntime, FixedClock, MemoryState
+from tests.fakebluez.scenarios import indicate_then_leave
 from tests.fakebluez.server import FakeBlueZ, FakePeripheral
 from vitals_agent.drivers.ble.clock import decode_current_time, decode_date_time, encode_date_time
 from vitals_agent.drivers.ble.drivers import (
@@ -20,7 +22,7 @@ from vitals_agent.drivers.ble.drivers import (
     ThermometerDriver,
     WeightScaleDriver,
 )
-from vitals_agent.drivers.ble.ieee11073 import Number, Special, encode_float, encode_sfloat
+from vitals_agent.drivers.ble.ieee11073 import Number, encode_float, encode_sfloat
 from vitals_agent.drivers.ble.transport import BleTransport
 from vitals_agent.errors import DeviceNotFoundError, TransportError
 from vitals_agent.models import (
@@ -39,18 +41,9 @@ CUFF = "00:09:1F:12:34:56"
 FACTORY_CLOCK = datetime(2017, 1, 14, 10, 0, 0)  # what the never-set cuff clock says at HOST_NOW
 
 
-def bpm(
-    sys: int | Special, dia: int | Special, mean: int | Special, pulse: int | Special, at: datetime
-) -> bytes:
-    """A&D style record: flags 0x16 (time stamp, pulse rate, status), 18 bytes."""
-
-    def sf(v: int | Special) -> bytes:
-        return encode_sfloat(v if isinstance(v, Special) else Number(v, 0))
-
-    return b"\x16" + sf(sys) + sf(dia) + sf(mean) + encode_date_time(at) + sf(pulse) + b"\x00\x00"
+bpm = blood_pressure
 
 
-NAN = Special.NAN
 GOOD1 = bpm(128, 84, 99, 67, datetime(2017, 1, 13, 8, 0, 0))
 GOOD2 = bpm(135, 88, 104, 72, datetime(2017, 1, 14, 9, 30, 0))
 FAILED = [bpm(NAN, NAN, NAN, NAN, datetime(2017, 1, 13, 9, m, 0)) for m in (1, 2, 3)]
@@ -88,7 +81,7 @@ def expected_bp(raw: bytes, sys: int, dia: int, mean: int, pulse: int, device_ti
 
 
 def cuff_runtime(state: MemoryState | None = None, **options: object) -> FakeRuntime:
-    opts = BleOptions(address=CUFF, scan_seconds=5, connect_seconds=5, **options)  # type: ignore[arg-type]
+    opts = BleOptions(address=CUFF, scan_seconds=5, connect_seconds=5, **options)
     return FakeRuntime(BloodPressureDriver(opts), state=state or MemoryState(), clock=FixedClock(HOST_NOW))
 
 
@@ -102,15 +95,7 @@ async def session(
     """One connection: the cuff indicates ``payloads`` once subscribed and drops the link after the
     central has set its clock (as an A&D cuff does after a few seconds) or read ``wait_read``."""
     task = asyncio.ensure_future(BleTransport(runtime).run())
-    await peripheral.wait_notifying(uuid)
-    for payload in payloads:
-        peripheral.indicate(uuid, payload)
-    if wait_read is not None:
-        await peripheral.wait_read(wait_read)
-    if peripheral.spec.char(DATE_TIME) is not None:
-        count = len(peripheral.writes.get(DATE_TIME, [])) + 1
-        await peripheral.wait_write(DATE_TIME, count)
-    peripheral.drop_link()
+    await indicate_then_leave(peripheral, payloads, uuid, wait_read)
     with pytest.raises(TransportError, match="lost"):
         await asyncio.wait_for(task, 10)
 
@@ -393,3 +378,77 @@ async def test_stored_record_with_clock_far_ahead_and_no_offset_uses_host_time(f
     (reading,) = runtime.readings
     assert (reading.observed_at, reading.flags) == (HOST_NOW, (ReadingFlag.CLOCK_UNSET,))
     assert reading.device_time == datetime(2031, 1, 1, tzinfo=UTC)
+
+
+async def test_idle_link_is_closed_by_the_agent(fake_bluez: FakeBlueZ) -> None:
+    cuff = fake_bluez.add(and_ua651ble())
+    runtime = cuff_runtime(idle_seconds=0.3)
+    task = asyncio.ensure_future(BleTransport(runtime).run())
+    await cuff.wait_notifying(BPM)
+    cuff.indicate(BPM, GOOD1)
+    with pytest.raises(TransportError, match=r"closed after 0.3 s without data"):
+        await asyncio.wait_for(task, 10)
+    assert (cuff.disconnect_requests, cuff.connected) == (1, False)
+    assert [r.raw for r in runtime.readings] == [GOOD1]
+
+
+async def test_with_the_agents_runtime_and_config(fake_bluez: FakeBlueZ) -> None:
+    """The transport driven through the agent's own DeviceRuntimeImpl and config parsing."""
+    from vitals_agent.agent.runtime import DeviceRuntimeImpl
+    from vitals_agent.config.schema import parse_config
+    from vitals_agent.drivers.base import DecodeContext, transport_class
+
+    config = parse_config(
+        {
+            "agent": {"facility": "TEST"},
+            "devices": [{"id": "cuff-1", "driver": "ble-blood-pressure", "address": CUFF, "scan_seconds": 5}],
+        }
+    )
+    device = config.devices[0]
+    assert device.report_policy() == "every"
+    driver = BloodPressureDriver(device.options)
+    sunk: list[object] = []
+
+    async def sink(_rt: DeviceRuntimeImpl, event: object) -> None:
+        sunk.append(event)
+
+    runtime = DeviceRuntimeImpl(
+        device,
+        driver,
+        DecodeContext(device=DeviceIdentity(id="cuff-1"), now=FixedClock(HOST_NOW)),
+        MemoryState(),
+        sink,
+    )
+    cuff = fake_bluez.add(and_ua651ble())
+    task = asyncio.ensure_future(transport_class(driver.transport)(runtime).run())
+    await indicate_then_leave(cuff, BATCH)
+    with pytest.raises(TransportError, match="lost"):
+        await asyncio.wait_for(task, 10)
+    readings = [e for e in sunk if isinstance(e, Reading)]
+    assert [r.raw for r in readings] == [GOOD1, GOOD2]
+    assert all(r.device == CUFF_IDENTITY for r in readings)
+    assert runtime.status.battery_percent == 87
+
+
+async def test_two_devices_share_one_discovery_session(fake_bluez: FakeBlueZ) -> None:
+    """BlueZ allows one discovery session per D-Bus client and bleak shares one connection per loop:
+    concurrent transports must not each call StartDiscovery (the second would get InProgress)."""
+    cuff = fake_bluez.add(and_ua651ble())
+    scale = fake_bluez.add(and_uc352ble())
+    cuff_rt = cuff_runtime()
+    scale_rt = FakeRuntime(
+        WeightScaleDriver(BleOptions(address=scale.spec.address, scan_seconds=5)),
+        device_id="scale-1",
+        clock=FixedClock(HOST_NOW),
+    )
+    weight = b"\x02" + (14000).to_bytes(2, "little") + encode_date_time(datetime(2017, 1, 14, 9, 0))
+    tasks = [asyncio.ensure_future(BleTransport(rt).run()) for rt in (cuff_rt, scale_rt)]
+    await asyncio.gather(
+        indicate_then_leave(cuff, [GOOD1]), indicate_then_leave(scale, [weight], u16(0x2A9D))
+    )
+    results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
+    assert [type(r) for r in results] == [TransportError, TransportError]
+    assert all("lost" in str(r) for r in results)
+    assert [r.raw for r in cuff_rt.readings] == [GOOD1]
+    assert [r.raw for r in scale_rt.readings] == [weight]
+    assert not fake_bluez.adapter.discovering

@@ -38,15 +38,23 @@ async def test_rad8_capture_reaches_independent_ehr_one_oru_per_line(tmp_path: P
     now = datetime.now(UTC).replace(microsecond=0)
     lines = [
         masimo_ascii1_line(now + timedelta(seconds=i), spo2, bpm, pi)
-        for i, (spo2, bpm, pi) in enumerate([("096", "072", "05.10"), ("097", "070", "04.69"), ("095", "075", "02.28")])
+        for i, (spo2, bpm, pi) in enumerate(
+            [("096", "072", "05.10"), ("097", "070", "04.69"), ("095", "075", "02.28")]
+        )
     ]
-    bad = [b"\x00\xff garbage \x13\r\n", b"SPO2=%%% BPM==\r\n", b"11/28/26 09:14:05 SN=1 SPO2=099% BPM=060 PI=0"]
+    bad = [
+        b"\x00\xff garbage \x13\r\n",
+        b"SPO2=%%% BPM==\r\n",
+        b"11/28/26 09:14:05 SN=1 SPO2=099% BPM=060 PI=0",
+    ]
     with PtyDevice(tmp_path / "ttyRad8") as pty:
         cfg = write_config(
             tmp_path / "agent.toml",
             data_dir=tmp_path / "data",
             ehr_port=ehr.port,
-            devices=[{"id": "spo2-room12", "driver": "masimo-ascii", "port": str(pty.link), "report": "every"}],
+            devices=[
+                {"id": "spo2-room12", "driver": "masimo-ascii", "port": str(pty.link), "report": "every"}
+            ],
         )
         agent = AgentProcess(cfg)
         try:
@@ -85,7 +93,9 @@ async def test_ehr_down_then_sigkill_then_restart_delivers_all_five_in_order_onc
             tmp_path / "agent.toml",
             data_dir=tmp_path / "data",
             ehr_port=port,
-            devices=[{"id": "spo2-room12", "driver": "masimo-ascii", "port": str(pty.link), "report": "every"}],
+            devices=[
+                {"id": "spo2-room12", "driver": "masimo-ascii", "port": str(pty.link), "report": "every"}
+            ],
         )
         agent = AgentProcess(cfg)
         try:

@@ -23,7 +23,15 @@ from tests.test_ecg_fixtures import (
 )
 from vitals_agent.drivers.ecg import aecg, scp
 from vitals_agent.errors import DecodeError, UnsupportedError
-from vitals_agent.models import DeviceClass, DeviceIdentity, Dropped, Measurement, PatientInfo, Reading
+from vitals_agent.models import (
+    DeviceClass,
+    DeviceIdentity,
+    Dropped,
+    Measurement,
+    PatientInfo,
+    Reading,
+    ReadingFlag,
+)
 
 
 def m(metric: str, value: int, unit: str) -> Measurement:
@@ -52,6 +60,7 @@ def test_synthetic_whole_reading() -> None:
         observed_at=acquired,
         received_at=FIXED_NOW,
         device_time=acquired,
+        flags=(ReadingFlag.STORED_RECORD,),
         statements=("Sinus rhythm", "Normal ECG"),
         source_patient=PatientInfo(
             mrn="MRN-42", family_name="Doe", given_name="Jane", birth_date="19800229", sex="F"
@@ -219,7 +228,7 @@ def test_size_limit() -> None:
 VALID = synthetic_aecg()
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=300))
 def test_random_bytes_raise_only_decode_errors(data: bytes) -> None:
     with contextlib.suppress(DecodeError):

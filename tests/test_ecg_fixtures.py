@@ -39,6 +39,8 @@ def ctx(device_id: str = "cart-1", *, tz: tzinfo = UTC, now: datetime = FIXED_NO
 
 def driver(name: str, **options: Any) -> Driver:
     cls = driver_class(name)
+    if "folder" in cls.options_model.model_fields:
+        options.setdefault("folder", "/nonexistent/ecg-share")
     return cls(cls.options_model.model_validate(options))
 
 

@@ -75,6 +75,8 @@ async def polls(transport: FolderTransport, n: int) -> None:
 
 
 def listing(path: Path) -> list[str]:
+    if not path.is_dir():
+        return []
     return sorted(p.name for p in path.iterdir() if p.is_file())
 
 
@@ -281,4 +283,34 @@ def test_temporary_and_hidden_files_are_ignored(tmp_path: Path) -> None:
     for name in ("a.xml.part", ".b.xml", "c.xml.tmp", "d.xml"):
         (tmp_path / name).write_text("x")
     os.mkdir(tmp_path / "e.xml")
-    assert [e.name for e in transport._candidates(tmp_path)] == ["d.xml"]
+    assert [c[0] for c in transport._candidates(tmp_path)] == ["d.xml"]
+
+
+def test_config_keys(tmp_path: Path) -> None:
+    from vitals_agent.config.schema import load_config
+    from vitals_agent.errors import ConfigError
+
+    def cfg(device: str) -> Path:
+        path = tmp_path / "agent.toml"
+        path.write_text(f'[agent]\nfacility = "X"\nlocation = "A^B"\n[[devices]]\nid = "ekg"\n{device}\n')
+        return path
+
+    keys = 'folder = "/srv/ekg"\npattern = "*.XML"\nattach_report = true\nattach_original = true'
+    loaded = load_config(cfg(f'driver = "aecg-xml"\n{keys}'))
+    options = loaded.devices[0].options
+    assert options.model_dump() == {
+        "folder": "/srv/ekg",
+        "pattern": "*.XML",
+        "attach_original": True,
+        "attach_max_bytes": 10 * 1024 * 1024,
+        "max_file_bytes": 64 * 1024 * 1024,
+        "poll_seconds": 2.0,
+        "incomplete_timeout_seconds": 600.0,
+        "attach_report": True,
+    }
+    with pytest.raises(ConfigError, match=r"devices\[0\]\.folder: Field required"):
+        load_config(cfg('driver = "scp-ecg"'))
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_config(cfg('driver = "philips-xml"\nfolder = "/x"\nattach_report = true'))
+    serial = load_config(cfg('driver = "scp-ecg-serial"\nport = "/dev/ttyS0"\nidle_gap_seconds = 1.5'))
+    assert serial.devices[0].options.model_dump()["idle_gap_seconds"] == 1.5

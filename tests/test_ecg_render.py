@@ -4,6 +4,7 @@ example is saved to test-artifacts/ecg_report.png for people to look at."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import re
 from pathlib import Path
@@ -115,7 +116,7 @@ def test_render_the_hl7_example_page() -> None:
             assert any(dark(p) for p in window), (row, col)
 
 
-def test_cli_ecg_render(tmp_path: Path) -> None:
+def test_cli_ecg_render(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import subprocess
     import sys
 
@@ -130,12 +131,11 @@ def test_cli_ecg_render(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert Image.open(out).size == (px(297), px(210))
-    bad = subprocess.run(
-        [sys.executable, "-m", "vitals_agent", "ecg-render", str(tmp_path / "missing.xml"), "-o", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert bad.returncode == 1
-    assert bad.stderr.count("\n") == 1 and bad.stderr.startswith("ecg-render: ")
-    assert "Traceback" not in bad.stderr
+    import argparse
+
+    from vitals_agent.commands.ecg import cmd_ecg_render
+
+    args = argparse.Namespace(file=tmp_path / "missing.xml", out=out, format=None, max_bytes=1000)
+    assert asyncio.run(cmd_ecg_render(args)) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("ecg-render: ")

@@ -37,6 +37,7 @@ from vitals_agent.models import (
     Measurement,
     PatientInfo,
     Reading,
+    ReadingFlag,
 )
 
 
@@ -75,6 +76,7 @@ def test_synthetic_record_whole_reading() -> None:
         observed_at=acquired,
         received_at=FIXED_NOW,
         device_time=acquired,
+        flags=(ReadingFlag.STORED_RECORD,),
         statements=("Sinus rhythm", "Normal ECG"),
         source_patient=PatientInfo(
             mrn="MRN-42", family_name="Doe", given_name="Jane", birth_date="19800229", sex="F"
@@ -165,6 +167,7 @@ def test_public_sample_whole_reading() -> None:
         observed_at=acquired,
         received_at=FIXED_NOW,
         device_time=acquired,
+        flags=(ReadingFlag.STORED_RECORD,),
         dropped=(
             Dropped(metric="ecg_rr_interval", reason="not computed", raw="29999"),
             Dropped(metric="ecg_heart_rate", reason="not given", raw="0"),
@@ -258,7 +261,7 @@ def test_decode_chunks_reports_a_failure_instead_of_raising() -> None:
 VALID = synthetic_scp()
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=400))
 def test_random_bytes_raise_only_decode_errors(data: bytes) -> None:
     with contextlib.suppress(DecodeError):
@@ -272,7 +275,7 @@ def test_every_truncation_is_a_decode_error(cut: int) -> None:
         scp.parse(VALID[:cut])
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_mutations_past_the_crcs_raise_only_decode_errors(data: st.DataObject) -> None:
     record = bytearray(VALID)
@@ -289,3 +292,18 @@ def test_mutations_past_the_crcs_raise_only_decode_errors(data: st.DataObject) -
             assert -360 <= value <= 360
         else:
             assert 0 < value < 29999
+
+
+def test_unset_or_future_cart_clock_uses_the_host_time() -> None:
+    future = scp_record({1: scp_section1(acquired=(2099, 1, 1, 0, 0, 0)), 7: scp_section7()})
+    reading = scp.decode(future, ctx())
+    assert reading.flags == (ReadingFlag.CLOCK_UNSET,)
+    assert reading.observed_at == FIXED_NOW
+    assert reading.device_time == datetime(2099, 1, 1, tzinfo=ctx().tz)  # kept as the cart said
+    no_date = scp_record({1: scp_section1()[:-3].replace(b"\x19\x04\x00", b"\x63\x04\x00") + b"\xff\x00\x00"})
+    reading = scp.decode(no_date, ctx())
+    assert (reading.flags, reading.observed_at, reading.device_time) == (
+        (ReadingFlag.CLOCK_UNSET,),
+        FIXED_NOW,
+        None,
+    )

@@ -63,7 +63,9 @@ def test_feed_decodes_and_idle_flushes_unframed_bytes() -> None:
 
 def test_half_record_then_idle_is_a_truncated_file() -> None:
     f = framer()
+    assert not f.inside_record()
     assert f.frames(ONE[:100]) == []
+    assert f.inside_record()  # the transport waits record_timeout_seconds, not just the idle gap
     rest = f.idle()
     assert rest == ONE[:100]
     failure = f.decode(rest)

@@ -62,8 +62,8 @@ def hom_reading(
     )
 
 
-def decode(data: bytes) -> list[DecoderOutput]:
-    decoder = HealthOMeterDecoder(CTX)
+def decode(data: bytes, id_field: str = "ignore") -> list[DecoderOutput]:
+    decoder = HealthOMeterDecoder(CTX, id_field=id_field)
     return decoder.feed(data) + decoder.flush()
 
 
@@ -71,10 +71,17 @@ def failures(out: list[DecoderOutput]) -> list[DecodeFailure]:
     return [o for o in out if isinstance(o, DecodeFailure)]
 
 
-def test_manual_example() -> None:
-    assert decode(MANUAL + b"\r\n") == [
+def test_manual_example_and_the_id_field() -> None:
+    assert decode(MANUAL + b"\r\n") == [hom_reading([m("body_weight", "200.00", "kg")], MANUAL)]
+    assert decode(MANUAL, "patient") == [
         hom_reading([m("body_weight", "200.00", "kg")], MANUAL, patient=PatientInfo(mrn="1234567890"))
     ]
+    (as_device,) = decode(MANUAL, "device")
+    assert isinstance(as_device, Reading)
+    assert as_device.device == DeviceIdentity(
+        id="scale-2", manufacturer="Health o meter", serial_number="1234567890"
+    )
+    assert as_device.source_patient is None
 
 
 def test_conventional_units_height_bmi_tare() -> None:

@@ -12,7 +12,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from tests.oracle import ParsedOru, validate_oru
@@ -166,8 +166,8 @@ def test_oximeter_unbound_temporary_identity() -> None:
         == "150456^MDC_PULS_OXIM_SAT_O2^MDC^59408-5^Oxygen saturation by pulse oximetry^LN"
     )
     assert parsed.obx_by_code("149530")[4] == "1.0.0.2"
-    pi = parsed.obx_by_code("MDC_BLD_PERF_INDEX")  # P/C in codes.md: local code until resolved
-    assert pi[3] == "MDC_BLD_PERF_INDEX^Perfusion index^99VITALS"
+    pi = parsed.obx_by_code("150488")  # codes.md interim decision for P/C: Masimo/Mindray PI -> 150488
+    assert pi[3] == "150488^MDC_BLD_PERF_INDEX^MDC"  # no LOINC known
     assert (pi[4], pi[5]) == ("1.0.0.3", "3.60")  # device precision kept
     assert pi[6] == "262688^MDC_DIM_PERCENT^MDC^%^%^UCUM"
     assert [o[4] for o in parsed.obx] == ["1.0.0.0", "1.0.0.1", "1.0.0.2", "1.0.0.3"]
@@ -263,6 +263,22 @@ def test_ekg_cart_patient_statements_and_pdf() -> None:
     assert [n.text(3) for n in parsed.nte_after(ed)] == ["Attachment: ecg 0001.pdf"]
     subids = [o[4] for o in parsed.obx]
     assert len(set(subids)) == len(subids)
+
+
+def test_large_pdf_attachment() -> None:
+    pdf = bytes(range(256)) * 400  # 100 KiB
+    r = reading(
+        DeviceClass.ECG,
+        m("ecg_heart_rate", "72", "/min"),
+        attachments=(Attachment(name="report.pdf", media_type="application/pdf", data=pdf),),
+    )
+    raw, parsed = build(r)
+    assert len(raw) > 130_000
+    data = parsed.obx_by_code("DEVICE_REPORT")[5].split("^")[4]
+    assert base64.b64decode(data) == pdf
+    broken = raw.replace(data[:4].encode(), b"!!!!", 1)
+    with pytest.raises(AssertionError, match="Base64"):
+        validate_oru(broken)
 
 
 def test_bound_patient_wins_over_cart_patient() -> None:
@@ -361,7 +377,7 @@ def test_values_without_number_are_not_sent_and_flags_map() -> None:
         m("pvi", "12", "%", flags=(Flag.INVALID, Flag.ALARM_ACTIVE)),
     )
     _, parsed = build(r)
-    assert parsed.codes() == ["528388", "150456", "PVI"]
+    assert parsed.codes() == ["528388", "150456", "PVI"]  # pulse rate: no value; PI: NaN
     spo2 = parsed.obx_by_code("150456")
     assert (spo2[8], spo2[11]) == ("QUES", "R")
     pvi = parsed.obx_by_code("PVI")
@@ -469,6 +485,33 @@ def test_profile_is_validated(change: dict[str, Any], message: str) -> None:
         MessageProfile(**{**PROFILE.__dict__, **change})
 
 
+@pytest.mark.parametrize(
+    ("change", "what"),
+    [
+        ({"location": "A VERY LONG POINT OF CARE^EXAM 3"}, "location component 1 (point of care)"),
+        ({"location": "CLINIC^ROOM^BED^A_VERY_LONG_FACILITY_NAME&2.999.1&ISO"}, "location component 4"),
+        ({"location": "CLINIC^EXAM\r\n\x00\x01"}, "location component 2 (room)"),  # escaping counts
+        ({"facility": "A VERY LONG FACILITY NAME"}, "facility"),
+        ({"sending_application": "VITALS_AGENT_WITH_A_LONG_NAME"}, "sending_application"),
+        ({"assigning_authority": "A_VERY_LONG_AUTHORITY_NAME&2.999.1&ISO"}, "assigning_authority"),
+    ],
+)
+def test_site_values_too_long_for_hl7_are_refused_up_front(change: dict[str, str], what: str) -> None:
+    with pytest.raises(MessageBuildError, match=re.escape(what) + ".*longer than 20"):
+        MessageProfile(**{**PROFILE.__dict__, **change})
+    # a long description (PL-9, ST) is fine
+    profile = MessageProfile(
+        **{**PROFILE.__dict__, "location": "CLINIC^EXAM 3^^^^^^^Cardiology exam room 3, 2nd floor"}
+    )
+    assert build(bp_reading(), profile)[1].pv1.text(3, 9) == "Cardiology exam room 3, 2nd floor"
+
+
+def test_long_model_name_is_left_out_of_the_legacy_identity() -> None:
+    device = DeviceIdentity(id="x", serial_number="SN1", model="IntelliVue MP30 Patient Monitor")
+    _, parsed = build(reading(DeviceClass.PULSE_OXIMETER, m("spo2", "97", "%"), device=device))
+    assert parsed.obx[0][18] == "SN1"
+
+
 def test_message_profile_from_config() -> None:
     config = parse_config(
         {
@@ -541,7 +584,11 @@ _TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_si
 def test_random_text_always_gives_a_valid_message(
     mrn: str, family: str, given_name: str, location: str, serial: str, statement: str
 ) -> None:
-    profile = MessageProfile(**{**PROFILE.__dict__, "location": location})
+    try:
+        profile = MessageProfile(**{**PROFILE.__dict__, "location": location})
+    except MessageBuildError as exc:  # a site value too long for HL7 is refused up front, never sent
+        assert "longer than 20 characters" in str(exc)
+        assume(False)
     r = reading(
         DeviceClass.ECG,
         m("ecg_heart_rate", "72", "/min"),

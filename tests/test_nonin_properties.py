@@ -13,7 +13,7 @@ from vitals_agent.drivers.base import DecodeFailure, DecoderOutput, StreamDecode
 from vitals_agent.drivers.nonin import DF2Decoder, DF8Decoder, NoninSimulator, encode_df2_packet, encode_df8
 from vitals_agent.drivers.pty import PtyDevice
 from vitals_agent.drivers.serial_transport import SerialTransport
-from vitals_agent.errors import DecodeError
+from vitals_agent.errors import DecodeError, TransportError
 from vitals_agent.models import DeviceClass, DeviceIdentity, DeviceStatusEvent, Measurement, Reading
 
 __all__ = ["pty_device"]
@@ -160,3 +160,46 @@ async def test_df2_end_to_end_unplug_mid_packet(pty_device: PtyDevice) -> None:
         await stop(task)
     assert [r.values() for r in rt.readings] == [{"spo2": 98, "pulse_rate_oximeter": 75}]
     assert rt.failures == []  # the half packet was discarded on disconnect, not reported as a reading
+
+
+async def supervise(tr: SerialTransport) -> None:
+    """A minimal stand-in for the agent's supervisor: run() again after every link failure."""
+    while True:
+        try:
+            await tr.run()
+        except TransportError:
+            await asyncio.sleep(0.05)
+
+
+async def test_replug_reconfigures_the_oximeter(pty_device: PtyDevice) -> None:
+    """Unplug mid-frame, replug at the same path (a power-cycled device forgot nothing but may have lost the
+    clock): the agent reopens, sends the format select and the clock again, and reads on."""
+    driver = serial_driver("nonin-df8", pty_device.link, configure=True)
+    rt = FakeRuntime(driver, device_id="ox-1", ctx=CTX)
+    tr = SerialTransport(rt)
+    first = NoninSimulator(fmt="df8", hr=72, spo2=97, interval=0.02)
+    sim_task = asyncio.create_task(first.run(pty_device))
+    task = asyncio.create_task(supervise(tr))
+    try:
+        await rt.wait_readings(2)
+        sim_task.cancel()
+        await pty_device.write(encode_df8(60, 90)[:2])  # half a frame, then the cable goes
+        pty_device.unplug()
+        await rt.wait_until(lambda r: not r.connected)
+        before = len(rt.readings)
+        pty_device.replug()
+        second = NoninSimulator(fmt="df8", hr=64, spo2=95, interval=0.02)
+        sim_task = asyncio.create_task(second.run(pty_device))
+        await rt.wait_until(lambda r: any(x.values().get("spo2") == 95 for x in r.readings))
+    finally:
+        await stop(task)
+        sim_task.cancel()
+    assert tr.connects == 2
+    assert bytes(second.received).startswith(bytes.fromhex("02 70 02 02 08 03 02 72 06"))
+    assert second.clock == datetime(2026, 3, 11, 14, 0, 0)
+    after = [r.values() for r in rt.readings[before:]]
+    assert {"spo2": 90, "pulse_rate_oximeter": 60} not in after  # the cut frame never became a reading
+    assert all(v == {"spo2": 95, "pulse_rate_oximeter": 64} for v in after)
+    assert [e.note for e in rt.events if isinstance(e, DeviceStatusEvent)].count(
+        "Nonin acknowledged the data-format select"
+    ) == 2

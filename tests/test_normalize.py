@@ -8,7 +8,6 @@ from decimal import Decimal
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
 from pydantic import ValidationError
 
 from vitals_agent.agent.normalize import normalise
@@ -18,7 +17,9 @@ T0 = datetime(2026, 11, 28, 15, 0, 0, tzinfo=UTC)
 SKEW = timedelta(seconds=120)
 
 
-def reading(*ms: Measurement, device_time: datetime | None = None, flags: tuple[ReadingFlag, ...] = ()) -> Reading:
+def reading(
+    *ms: Measurement, device_time: datetime | None = None, flags: tuple[ReadingFlag, ...] = ()
+) -> Reading:
     return Reading(
         device=DeviceIdentity(id="d"),
         device_class=DeviceClass.OTHER,

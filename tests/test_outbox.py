@@ -129,7 +129,7 @@ def test_device_state_is_durable_and_overwritable(tmp_path: Path) -> None:
 
 
 def test_disk_full_refuses_loudly_and_keeps_what_was_queued(tmp_path: Path) -> None:
-    """A size cap (SQLite max_page_count) behaves like a full disk: the insert fails inside its transaction."""
+    """A size cap (SQLite max_page_count) acts as a full disk: the insert fails inside its transaction."""
     ob = Outbox(tmp_path, max_bytes=64 * 1024)
     body = b"X" * 3000
     queued: list[str] = []
@@ -161,7 +161,7 @@ def test_read_only_database_refuses_loudly(tmp_path: Path) -> None:
     os.chmod(tmp_path / OUTBOX_FILE, 0o400)
     try:
         ob = Outbox(tmp_path)
-        with pytest.raises(OutboxFullError, match="read-only|readonly"):
+        with pytest.raises(OutboxFullError, match=r"read-only|readonly"):
             ob.enqueue(control_id="R1", device_id="d", body=b"x")
         ob.close()
     except OutboxError:
@@ -231,4 +231,35 @@ def test_enqueue_many_is_all_or_nothing(tmp_path: Path) -> None:
     with pytest.raises(OutboxFullError, match="none of them was queued"):
         ob.enqueue_many({"control_id": f"C{i}", "device_id": "d", "body": b"y" * 3000} for i in range(100))
     assert [r.control_id for r in ob.peek()] == ["B0", "B1", "B2"]
+    ob.close()
+
+
+def test_delete_nowait_never_waits(tmp_path: Path) -> None:
+    ob = Outbox(tmp_path)
+    a, b = (ob.enqueue(control_id=c, device_id="d", body=b"x") for c in ("A", "B"))
+    # another process holds the write lock: no waiting, None, nothing changed
+    other = sqlite3.connect(tmp_path / OUTBOX_FILE, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    assert ob.delete_nowait(a) is None
+    other.execute("COMMIT")
+    other.close()
+    # another thread holds the outbox lock (e.g. an enqueue's fsync): None as well
+    held = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        with ob._lock:
+            held.set()
+            release.wait(5)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    held.wait(5)
+    assert ob.delete_nowait(a) is None
+    release.set()
+    t.join()
+    assert [r.id for r in ob.peek()] == [a, b]
+    assert ob.delete_nowait(a) is True
+    assert ob.delete_nowait(a) is False
+    assert [r.id for r in ob.peek()] == [b]
     ob.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -16,11 +17,15 @@ T0 = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
 
 def ox(second: float, spo2: int | None, pulse: int = 72) -> Reading:
     at = T0 + timedelta(seconds=second)
-    ms = [] if spo2 is None else [
-        Measurement(metric="spo2", value=Decimal(spo2), unit="%"),
-        Measurement(metric="pulse_rate_oximeter", value=Decimal(pulse), unit="/min"),
-        Measurement(metric="perfusion_index", value=Decimal("3.1") + Decimal(int(second) % 7), unit="%"),
-    ]
+    ms = (
+        []
+        if spo2 is None
+        else [
+            Measurement(metric="spo2", value=Decimal(spo2), unit="%"),
+            Measurement(metric="pulse_rate_oximeter", value=Decimal(pulse), unit="/min"),
+            Measurement(metric="perfusion_index", value=Decimal("3.1") + Decimal(int(second) % 7), unit="%"),
+        ]
+    )
     return Reading(
         device=DeviceIdentity(id="ox"),
         device_class=DeviceClass.PULSE_OXIMETER,
@@ -73,6 +78,6 @@ def test_stable_never_sends_more_than_one_per_period(values: list[int | None]) -
     readings = [ox(i, v) for i, v in enumerate(values)]
     sent = run(StablePolicy(10), readings)
     times = [r.received_at for r in sent]
-    for a, b in zip(times, times[1:], strict=False):
+    for a, b in itertools.pairwise(times):
         assert b - a >= timedelta(seconds=10)
     assert all(r.values() for r in sent)

@@ -207,6 +207,20 @@ def test_detecto_truncated() -> None:
     assert isinstance(f.error, TruncatedError) and str(f.error) == "Detecto: truncated record: 3 of 5 fields"
 
 
+@pytest.mark.parametrize(
+    ("dialect", "line", "message"),
+    [
+        ("rice-lake", b"     10.0", "Rice Lake: truncated record '     10.0' (no unit)"),
+        ("fairbanks", b"  154.5 lb", "Fairbanks: truncated record '  154.5 lb' (no mode)"),
+        ("detecto", b"12:00,08/07/15", "Detecto: truncated record: 2 of 5 fields"),
+        ("and", b"ST", "A&D: truncated record 'ST' (no value field)"),
+    ],
+)
+def test_truncated_lines(dialect: str, line: bytes, message: str) -> None:
+    (f,) = failures(decode(dialect, line + b"\r\n"))
+    assert isinstance(f.error, TruncatedError) and str(f.error) == message and f.data == line
+
+
 def test_sample_file_examples() -> None:
     """The manual quotes in ../shared (skipped when the shared tree is absent)."""
     if not SAMPLES.exists():

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import random
 from collections.abc import AsyncIterator, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +73,9 @@ async def test_status_and_wake_for_messages_queued_while_running(outbox: Outbox)
             "dead": 0,
             "in_flight": None,
             "last_error": None,
+            "last_error_at": None,
             "last_ack_at": None,
+            "sent": 0,
             "delivered": 0,
             "dead_lettered": 0,
             "consecutive_failures": 0,
@@ -83,12 +86,13 @@ async def test_status_and_wake_for_messages_queued_while_running(outbox: Outbox)
                 sender.wake()
                 await wait_until(lambda: outbox.depth() == 0)
             status = sender.status()
-            assert (status["connected"], status["delivered"], status["depth"], status["in_flight"]) == (
+            assert (status["connected"], status["sent"], status["depth"], status["in_flight"]) == (
                 True,
                 3,
                 0,
                 None,
             )
+            assert datetime.fromisoformat(status["last_ack_at"]).tzinfo is not None
     assert ehr.control_ids == ["W0", "W1", "W2"]
 
 
@@ -150,3 +154,23 @@ async def test_logs_never_contain_message_bodies(outbox: Outbox) -> None:
     text = repr(logs)
     assert "SECRET" not in text and "PID|" not in text and "OBX|" not in text
     assert any(e["log_level"] == "warning" and e.get("control_id") == "P1" for e in logs)
+
+
+async def test_delivery_waits_for_a_busy_outbox_instead_of_failing(outbox: Outbox) -> None:
+    """Another process (the outbox tool) holds the write lock while an ACK arrives: the delete waits."""
+    import sqlite3
+
+    async with Hl7Ehr() as ehr:
+        outbox.enqueue(control_id="L0", device_id="d", body=make_message("L0"))
+        other = sqlite3.connect(outbox.path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        sender = Sender(outbox, fast_ehr(ehr.port))
+        async with running(sender):
+            await ehr.wait_for(1)
+            await asyncio.sleep(0.1)
+            assert outbox.depth() == 1  # not removed yet: the delete is waiting for the lock
+            other.execute("COMMIT")
+            other.close()
+            await wait_until(lambda: outbox.depth() == 0)
+    assert ehr.control_ids == ["L0"]
+    assert sender.status()["last_error"] is None

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.fake_ehr import Hl7Ehr, RawEhr, Pki, make_message, make_test_pki, wait_until
+from tests.fake_ehr import Hl7Ehr, Pki, RawEhr, make_message, make_test_pki, wait_until
 from vitals_agent.agent.outbox import Outbox
 from vitals_agent.agent.sender import Sender
 from vitals_agent.agent.tls import ssl_context_from

@@ -98,6 +98,28 @@ def test_cuff_pressure_is_progress_only_and_completion_requests_the_result() -> 
     assert decoder.data_to_send() == b""
 
 
+def test_lost_result_is_requested_again_and_a_duplicate_answer_is_dropped() -> None:
+    decoder = SunTechDecoder(CTX)
+    assert decoder.poll_interval == 2.0
+    decoder.poll()
+    assert decoder.data_to_send() == b""  # nothing pending: polling sends nothing
+    decoder.feed(COMPLETE_FRAME)
+    assert decoder.data_to_send() == GET_BP_DATA
+    sent = []
+    for _ in range(8):  # the answer never comes: two retries, one every second poll, then give up
+        decoder.poll()
+        sent.append(decoder.data_to_send())
+    assert sent == [b"", GET_BP_DATA, b"", GET_BP_DATA, b"", b"", b"", b""]
+    # the first answer and a late answer to a retry: one reading
+    out = decoder.feed(BP_FRAME + BP_FRAME)
+    assert [type(o) for o in out] == [Reading]
+    decoder.poll()
+    assert decoder.data_to_send() == b""
+    # a new measurement with the same values is a new reading
+    out = decoder.feed(COMPLETE_FRAME + BP_FRAME)
+    assert [type(o) for o in out] == [DeviceStatusEvent, Reading]
+
+
 def test_error_code_gives_no_values_with_reason() -> None:
     frame = encode_bp_data(0, 0, 0, 0, error=3, status=0, beats=0)
     why = "measurement failed: SunTech error code 3"

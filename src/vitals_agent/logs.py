@@ -35,7 +35,9 @@ def setup_logging(level: str = "INFO", *, stream: TextIO | None = None, json: bo
         logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
-    logging.basicConfig(level=max(numeric, logging.WARNING), stream=out, format="%(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=max(numeric, logging.WARNING), stream=out, format="%(levelname)s %(name)s %(message)s"
+    )
 
 
 def redact_message(message: bytes | str) -> str:

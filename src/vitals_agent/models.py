@@ -118,8 +118,10 @@ class Measurement(BaseModel):
     def _value_json(self, value: Decimal | None) -> float | int | None:
         if value is None:
             return None
-        return int(value) if value == value.to_integral_value() and value.as_tuple().exponent == 0 else float(
-            value
+        return (
+            int(value)
+            if value == value.to_integral_value() and value.as_tuple().exponent == 0
+            else float(value)
         )
 
     @property

@@ -106,7 +106,8 @@ AND_CUSTOM_SERVICE = "233bf000-5a34-1b6d-975c-000d5690abe4"
 AND_CUSTOM_CHAR = "233bf001-5a34-1b6d-975c-000d5690abe4"
 
 # (service uuid, handle, [(char uuid, declaration handle, properties, [descriptor handles (0x2902)])])
-_AND_COMMON_HEAD = [
+Table = list[tuple[str, int, list[tuple[str, int, int, list[int]]]]]
+_AND_COMMON_HEAD: Table = [
     (
         u16(0x1800),
         0x0001,
@@ -120,7 +121,7 @@ _AND_COMMON_HEAD = [
     ),
     (u16(0x1801), 0x000C, [(u16(0x2A05), 0x000D, 0x20, [0x000F])]),
 ]
-_AND_COMMON_TAIL = [
+_AND_COMMON_TAIL: Table = [
     (
         u16(0x180A),
         0x0018,
@@ -140,7 +141,7 @@ _AND_COMMON_TAIL = [
 ]
 
 
-def _build(table: list[tuple[str, int, list[tuple[str, int, int, list[int]]]]]) -> list[ServiceSpec]:
+def _build(table: Table) -> list[ServiceSpec]:
     return [
         ServiceSpec(
             uuid,

@@ -1,3 +1,4 @@
+# mypy: disable-error-code="untyped-decorator,no-untyped-call"
 """A fake ``org.bluez`` (BlueZ's D-Bus API as bleak uses it) on a private bus, built on dbus-fast.
 
 Runs in the test's event loop. bleak's real BlueZ backend talks to it over D-Bus exactly as it would to
@@ -17,10 +18,19 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-from dbus_fast import BusType, DBusError, Message, NameFlag, RequestNameReply, Variant
+from dbus_fast import (
+    BusType,
+    DBusError,
+    Message,
+    MessageType,
+    NameFlag,
+    PropertyAccess,
+    RequestNameReply,
+    Variant,
+)
 from dbus_fast.aio import MessageBus
 from dbus_fast.annotations import DBusSignature
-from dbus_fast.service import PropertyAccess, ServiceInterface, dbus_property, method
+from dbus_fast.service import ServiceInterface, dbus_property, method
 
 from tests.fakebluez.gatt import PeripheralSpec, u16
 
@@ -49,23 +59,12 @@ class Adapter1(ServiceInterface):
         super().__init__("org.bluez.Adapter1")
         self.fake = fake
         self.discovering = False
+        self.clients: set[str] = set()  # unique bus names with a discovery session
         self.filter: dict[str, Any] = {}
 
-    @method()
-    async def StartDiscovery(self) -> None:
-        if self.discovering:
-            raise DBusError(ERR + "InProgress", "Operation already in progress")
-        self.discovering = True
-        self.emit_properties_changed({"Discovering": True})
-        self.fake._start_advertising_loop()
-
-    @method()
-    async def StopDiscovery(self) -> None:
-        if not self.discovering:
-            raise DBusError(ERR + "Failed", "No discovery started")
-        self.discovering = False
-        self.emit_properties_changed({"Discovering": False})
-        self.fake._stop_advertising_loop()
+    # StartDiscovery / StopDiscovery are answered in FakeBlueZ._discovery_handler: like BlueZ, discovery
+    # sessions are per D-Bus client (a second StartDiscovery from the same client is InProgress, other
+    # clients may discover at the same time), which needs the caller's bus name.
 
     @method()
     def SetDiscoveryFilter(self, properties: Props) -> None:
@@ -532,6 +531,7 @@ class FakeBlueZ:
 
     async def start(self) -> None:
         await self.bus.connect()
+        self.bus.add_message_handler(self._discovery_handler)
         self.bus.export(ADAPTER_PATH, self.adapter)
         for _ in range(100):
             reply = await self.bus.request_name("org.bluez", NameFlag.DO_NOT_QUEUE)
@@ -567,6 +567,34 @@ class FakeBlueZ:
 
     def __getitem__(self, address: str) -> FakePeripheral:
         return self.peripherals[address.upper()]
+
+    def _discovery_handler(self, msg: Message) -> Message | None:
+        if (
+            msg.message_type != MessageType.METHOD_CALL
+            or msg.path != ADAPTER_PATH
+            or msg.interface != "org.bluez.Adapter1"
+            or msg.member not in ("StartDiscovery", "StopDiscovery")
+        ):
+            return None
+        sender = msg.sender or ""
+        clients = self.adapter.clients
+        if msg.member == "StartDiscovery":
+            if sender in clients:
+                return Message.new_error(msg, ERR + "InProgress", "Operation already in progress")
+            clients.add(sender)
+        else:
+            if sender not in clients:
+                return Message.new_error(msg, ERR + "Failed", "No discovery started")
+            clients.discard(sender)
+        discovering = bool(clients)
+        if discovering != self.adapter.discovering:
+            self.adapter.discovering = discovering
+            self.adapter.emit_properties_changed({"Discovering": discovering})
+            if discovering:
+                self._start_advertising_loop()
+            else:
+                self._stop_advertising_loop()
+        return Message.new_method_return(msg)
 
     def _remove_device(self, path: str) -> None:
         for address, peripheral in list(self.peripherals.items()):

@@ -279,7 +279,7 @@ def render_html(
         rows.append(
             f'<tr class="device" data-id="{_e(dev.get("id"))}">'
             f'<td><b>{_e(dev.get("id"))}</b><br><span class="muted">{_e(dev.get("driver"))}</span></td>'
-            f'<td><span class="dot {state}"></span>{state}{detail}</td>'
+            f'<td><span class="state"><span class="dot {state}"></span>{state}</span>{detail}</td>'
             f"<td>{_e(when(dev.get('last_seen'), now))}</td>"
             f"<td>{_e(when(dev.get('last_reading_at'), now))}"
             + (f'<br><span class="values">{_e(reading)}</span>' if reading else "")

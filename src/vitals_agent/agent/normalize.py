@@ -34,7 +34,9 @@ def _normalise_measurement(m: Measurement) -> tuple[Measurement | None, Dropped 
             return None, Dropped(
                 metric=m.metric, reason=f"cannot convert {unit} to {info.unit}", raw=m.text_value()
             )
-    if (info.minimum is not None and value < info.minimum) or (info.maximum is not None and value > info.maximum):
+    if (info.minimum is not None and value < info.minimum) or (
+        info.maximum is not None and value > info.maximum
+    ):
         return None, Dropped(
             metric=m.metric,
             reason=f"implausible: outside {info.minimum}..{info.maximum} {info.unit}",

@@ -179,7 +179,8 @@ class Outbox:
         """
         self.data_dir = Path(data_dir)
         self.path = self.data_dir / OUTBOX_FILE
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # the write connection
+        self._rlock = threading.Lock()  # the read connection
         self._sync: str | None = None
         if not create and not self.path.exists():
             raise OutboxError(f"no outbox at {self.path}")
@@ -206,6 +207,12 @@ class Outbox:
             if max_bytes is not None:
                 page = self._conn.execute("PRAGMA page_size").fetchone()[0]
                 self._conn.execute(f"PRAGMA max_page_count={max(1, int(max_bytes) // int(page))}")
+            # Reads use their own connection: in WAL mode they never wait for a writer (ours or another
+            # process's), so status requests on the event loop stay instant.
+            self._reader = sqlite3.connect(
+                self.path, timeout=10.0, isolation_level=None, check_same_thread=False
+            )
+            self._reader.execute("PRAGMA query_only=1")
         except sqlite3.DatabaseError as exc:
             raise OutboxError(f"cannot open the outbox at {self.path}: {exc}") from None
 
@@ -235,8 +242,10 @@ class Outbox:
                 raise
 
     def close(self) -> None:
-        with self._lock, contextlib.suppress(sqlite3.Error):
-            self._conn.close()
+        with self._lock, self._rlock:
+            for conn in (self._reader, self._conn):
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
 
     # --- the pipeline's side -------------------------------------------------------------------------
 
@@ -295,19 +304,19 @@ class Outbox:
         return ids
 
     def depth(self) -> int:
-        with self._lock:
-            return int(self._conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+        with self._rlock:
+            return int(self._reader.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
 
     def dead_count(self) -> int:
-        with self._lock:
-            return int(self._conn.execute("SELECT COUNT(*) FROM dead_letter").fetchone()[0])
+        with self._rlock:
+            return int(self._reader.execute("SELECT COUNT(*) FROM dead_letter").fetchone()[0])
 
     # --- the sender's side ---------------------------------------------------------------------------
 
     def peek(self, limit: int = 64, *, after_id: int = 0) -> list[OutboxMessage]:
         """The oldest queued messages (id order), at most ``limit``, with ``id > after_id``."""
-        with self._lock:
-            rows = self._conn.execute(
+        with self._rlock:
+            rows = self._reader.execute(
                 _SELECT_QUEUED + " WHERE id > ? ORDER BY id LIMIT ?",
                 (after_id, limit),
             ).fetchall()
@@ -323,6 +332,33 @@ class Outbox:
                 f"outbox {self.path}: cannot remove delivered message {message_id}: {exc}"
             ) from None
         return cur.rowcount > 0
+
+    def delete_nowait(self, message_id: int) -> bool | None:
+        """:meth:`delete` without ever waiting: ``None`` when the outbox is busy (another thread's commit,
+        or another process's write lock), so an event loop can call it inline and fall back to a thread.
+        """
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            self._conn.execute("PRAGMA busy_timeout=0")
+            try:
+                with self._tx("NORMAL") as conn:
+                    cur = conn.execute("DELETE FROM outbox WHERE id = ?", (message_id,))
+            except sqlite3.OperationalError as exc:
+                if "locked" in str(exc) or "busy" in str(exc):
+                    return None
+                raise OutboxError(
+                    f"outbox {self.path}: cannot remove delivered message {message_id}: {exc}"
+                ) from None
+            except sqlite3.Error as exc:
+                raise OutboxError(
+                    f"outbox {self.path}: cannot remove delivered message {message_id}: {exc}"
+                ) from None
+            finally:
+                self._conn.execute("PRAGMA busy_timeout=10000")
+            return cur.rowcount > 0
+        finally:
+            self._lock.release()
 
     def mark_failure(self, message_id: int, error: str, *, negative: bool = False) -> tuple[int, int]:
         """Record a failed attempt; returns ``(attempts, nacks)`` after it."""
@@ -364,22 +400,22 @@ class Outbox:
         return self.peek(limit)
 
     def list_dead(self, limit: int = 1000) -> list[DeadLetter]:
-        with self._lock:
-            rows = self._conn.execute(
+        with self._rlock:
+            rows = self._reader.execute(
                 _SELECT_DEAD + " ORDER BY id LIMIT ?",
                 (limit,),
             ).fetchall()
         return [_dead(r) for r in rows]
 
     def get(self, message_id: int) -> OutboxMessage | DeadLetter | None:
-        with self._lock:
-            row = self._conn.execute(
+        with self._rlock:
+            row = self._reader.execute(
                 _SELECT_QUEUED + " WHERE id = ?",
                 (message_id,),
             ).fetchone()
             if row:
                 return _msg(row)
-            row = self._conn.execute(
+            row = self._reader.execute(
                 _SELECT_DEAD + " WHERE id = ?",
                 (message_id,),
             ).fetchone()
@@ -418,8 +454,8 @@ class Outbox:
     # --- per-device state ----------------------------------------------------------------------------
 
     def get_state(self, device_id: str, key: str) -> str | None:
-        with self._lock:
-            row = self._conn.execute(
+        with self._rlock:
+            row = self._reader.execute(
                 "SELECT value FROM device_state WHERE device_id = ? AND key = ?", (device_id, key)
             ).fetchone()
         return None if row is None else str(row[0])

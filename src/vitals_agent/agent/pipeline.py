@@ -121,7 +121,9 @@ class Pipeline:
             )
         except OutboxError as exc:
             self.refused += 1
-            log.error("reading refused: could not be queued durably", device=runtime.config.id, error=str(exc))
+            log.error(
+                "reading refused: could not be queued durably", device=runtime.config.id, error=str(exc)
+            )
             return None
         runtime.record_sent(reading)
         log.info(

@@ -25,6 +25,7 @@ import random
 import ssl
 import time
 from collections import deque
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -74,6 +75,7 @@ class Sender:
         self._failures = 0  # consecutive link failures
         self._in_flight: OutboxMessage | None = None
         self._last_error: str | None = None
+        self._last_error_at: float | None = None
         self._last_ack_at: float | None = None
         self._delivered = 0
         self._dead_lettered = 0
@@ -101,7 +103,9 @@ class Sender:
             "dead": dead,
             "in_flight": self._in_flight.control_id if self._in_flight else None,
             "last_error": self._last_error,
-            "last_ack_at": self._last_ack_at,
+            "last_error_at": _iso(self._last_error_at),
+            "last_ack_at": _iso(self._last_ack_at),
+            "sent": self._delivered,
             "delivered": self._delivered,
             "dead_lettered": self._dead_lettered,
             "consecutive_failures": self._failures,
@@ -139,7 +143,7 @@ class Sender:
                         continue
                     await self._deliver(msg)
                 except OutboxError as exc:
-                    self._last_error = str(exc)
+                    self._error(str(exc))
                     log.error("sender: outbox problem, retrying", error=str(exc))
                     self._batch.clear()
                     await self._sleep(self._backoff(max(self._failures, 1)))
@@ -150,6 +154,10 @@ class Sender:
             log.info("sender stopped", delivered=self._delivered)
 
     # --- the loop ------------------------------------------------------------------------------------
+
+    def _error(self, text: str) -> None:
+        self._last_error = text
+        self._last_error_at = time.time()
 
     async def _next_message(self) -> OutboxMessage | None:
         now = time.monotonic()
@@ -201,6 +209,8 @@ class Sender:
             ack = await self._exchange(msg)
         except (PeerUnavailableError, AckProtocolError) as exc:
             self._in_flight = None
+            if not (self._batch and self._batch[0].id == msg.id):
+                self._deferred[msg.id] = time.monotonic()  # a retried AE/CE message: due again at once
             await self._link_failed(msg, exc)
             return
         try:
@@ -232,7 +242,7 @@ class Sender:
 
     async def _link_failed(self, msg: OutboxMessage, exc: DeliveryError) -> None:
         self._failures += 1
-        self._last_error = str(exc)
+        self._error(str(exc))
         delay = self._backoff(self._failures)
         fields = {"control_id": msg.control_id, "error": str(exc), "retry_in": round(delay, 2)}
         if self._failures == 1:
@@ -251,14 +261,17 @@ class Sender:
         self._failures = 0
         self._last_ack_at = time.time()
         if ack.accepted:
-            await asyncio.to_thread(self.outbox.delete, msg.id)
+            # Inline when the outbox is free (a cheap NORMAL commit, no fsync): a thread hand-off per
+            # message would cost more than the delete. When it is busy, wait in a thread instead.
+            if self.outbox.delete_nowait(msg.id) is None:
+                await asyncio.to_thread(self.outbox.delete, msg.id)
             self._drop_from_batch(msg)
             self._recent_acked.append(msg.control_id)
             self._delivered += 1
             log.debug("delivered", control_id=msg.control_id, ack=ack.code)
             return
         detail = ack.describe()
-        self._last_error = f"{msg.control_id}: {detail}"
+        self._error(f"{msg.control_id}: {detail}")
         if ack.code in self.ehr.retry_negative:
             _, nacks = await asyncio.to_thread(self.outbox.mark_failure, msg.id, detail, negative=True)
             self._drop_from_batch(msg)
@@ -320,6 +333,10 @@ class Sender:
         elif self._backlog_level and depth < limit // 2:
             log.info("outbox backlog cleared", depth=depth)
             self._backlog_level = 0
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 
 
 __all__ = ["Sender"]

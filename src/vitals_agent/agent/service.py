@@ -71,9 +71,7 @@ class AgentService:
             if not dev.enabled:
                 continue
             driver = driver_class(dev.driver)(dev.options)
-            ctx = DecodeContext(
-                device=DeviceIdentity(id=dev.id), tz=tz, now=now, options=dev.options
-            )
+            ctx = DecodeContext(device=DeviceIdentity(id=dev.id), tz=tz, now=now, options=dev.options)
             runtime = DeviceRuntimeImpl(
                 dev, driver, ctx, OutboxStateStore(self.outbox, dev.id), self.pipeline.on_event
             )

@@ -6,14 +6,24 @@ import argparse
 import json
 import re
 import sys
+import tomllib
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from pydantic import ValidationError
+
 from vitals_agent.agent.normalize import normalise
 from vitals_agent.config.schema import load_config
-from vitals_agent.drivers.base import DecodeContext, DecodeFailure, all_drivers, driver_class
+from vitals_agent.drivers.base import (
+    DecodeContext,
+    DecodeFailure,
+    Driver,
+    DriverOptions,
+    all_drivers,
+    driver_class,
+)
 from vitals_agent.errors import ConfigError, VitalsAgentError
 from vitals_agent.logs import setup_logging
 from vitals_agent.models import DeviceIdentity, PatientScan, Reading
@@ -22,7 +32,9 @@ from vitals_agent.models import DeviceIdentity, PatientScan, Reading
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("run", help="run the agent service")
     p.add_argument("--config", "-c", required=True, type=Path, help="TOML configuration file")
-    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="override [agent] log_level")
+    p.add_argument(
+        "--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="override [agent] log_level"
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("check-config", help="validate a configuration file")
@@ -32,12 +44,22 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("decode", help="decode device data offline and print one JSON object per reading")
     p.add_argument("driver", help="driver name (see `vitals-agent drivers`)")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--hex", nargs="+", metavar="HEX", help="payloads in hex (one per frame/characteristic value)")
+    src.add_argument(
+        "--hex", nargs="+", metavar="HEX", help="payloads in hex (one per frame/characteristic value)"
+    )
     src.add_argument("--file", type=Path, metavar="PATH", help="a capture or device file")
     src.add_argument("-", dest="stdin", action="store_true", help="read raw bytes from standard input")
     p.add_argument("--characteristic", metavar="UUID", help="BLE characteristic the payloads came from")
     p.add_argument("--timezone", metavar="ZONE", help="zone of the device clock (default: system zone)")
     p.add_argument("--device-id", default="decode", help="device id to show in the output")
+    p.add_argument(
+        "--option",
+        "-o",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a driver option as in the config, e.g. dialect=detecto or format=df7 (repeatable)",
+    )
     p.set_defaults(func=cmd_decode)
 
     p = sub.add_parser("drivers", help="list the available drivers")
@@ -101,15 +123,44 @@ def reading_json(reading: Reading) -> dict[str, Any]:
             for m in reading.measurements
         ],
         "flags": [str(f) for f in reading.flags],
-        **({"dropped": [d.model_dump(exclude_none=True) for d in reading.dropped]} if reading.dropped else {}),
+        **(
+            {"dropped": [d.model_dump(exclude_none=True) for d in reading.dropped]} if reading.dropped else {}
+        ),
         **({"statements": list(reading.statements)} if reading.statements else {}),
         **({"sequence": reading.sequence} if reading.sequence is not None else {}),
         **({"extra": dict(reading.extra)} if reading.extra else {}),
     }
 
 
+def _driver_options(cls: type[Driver], items: list[str]) -> DriverOptions | None:
+    """Driver options for offline decoding: the given keys, without the "where is the device" checks."""
+    if not items:
+        return None
+    values: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise VitalsAgentError(f"--option wants KEY=VALUE, got {item!r}")
+        try:
+            values[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            values[key.strip()] = raw
+    unknown = set(values) - set(cls.options_model.model_fields)
+    if unknown:
+        raise VitalsAgentError(f"{cls.name} has no option {', '.join(sorted(unknown))}")
+    try:
+        return cls.options_model.model_validate(values)
+    except ValidationError as exc:
+        errors = [e for e in exc.errors() if e["loc"]]  # model-level checks (port or usb) do not apply
+        if errors:
+            first = errors[0]
+            raise VitalsAgentError(f"option {first['loc'][0]}: {first['msg']}") from None
+        return cls.options_model.model_construct(**values)
+
+
 async def cmd_decode(args: argparse.Namespace) -> int:
-    driver = driver_class(args.driver)()
+    cls = driver_class(args.driver)
+    driver = cls(_driver_options(cls, args.option))
     if args.characteristic and driver.characteristics:
         wanted = args.characteristic.lower()
         known = [c.lower() for c in driver.characteristics]
@@ -163,7 +214,9 @@ async def cmd_decode(args: argparse.Namespace) -> int:
 
 async def cmd_drivers(args: argparse.Namespace) -> int:
     setup_logging("WARNING")
-    rows = [(name, cls.transport, str(cls.device_class), cls.description) for name, cls in all_drivers().items()]
+    rows = [
+        (name, cls.transport, str(cls.device_class), cls.description) for name, cls in all_drivers().items()
+    ]
     width = max((len(r[0]) for r in rows), default=10)
     for name, transport, klass, description in rows:
         print(f"{name:<{width}}  {transport:<7} {klass:<17} {description}")

@@ -98,7 +98,13 @@ async def cmd_demo(args: argparse.Namespace) -> int:
         ptys.append(pty)
         sims.append(asyncio.create_task(sim.run(pty), name=f"sim:{dev_id}"))
         devices.append(
-            {"id": dev_id, "driver": driver_name, "port": str(pty.link), "report": report, "report_seconds": seconds}
+            {
+                "id": dev_id,
+                "driver": driver_name,
+                "port": str(pty.link),
+                "report": report,
+                "report_seconds": seconds,
+            }
         )
     config = parse_config(
         {
@@ -108,7 +114,10 @@ async def cmd_demo(args: argparse.Namespace) -> int:
             "devices": devices,
         }
     )
-    print(f"vitals-agent demo: {len(devices)} simulated devices -> agent -> EHR receiver on 127.0.0.1:{receiver.port}")
+    print(
+        f"vitals-agent demo: {len(devices)} simulated devices -> agent -> "
+        f"EHR receiver on 127.0.0.1:{receiver.port}"
+    )
     for dev in devices:
         print(f"   {dev['id']:<11} {dev['driver']:<18} on {dev['port']}  (report={dev['report']})")
     service = AgentService(config)

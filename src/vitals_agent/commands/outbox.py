@@ -163,7 +163,8 @@ async def cmd_list(args: argparse.Namespace) -> int:
     print(f"{depth} queued, {dead} dead")
     if items:
         print(
-            f"{'ID':>7}  {'STATE':<6}  {'CONTROL ID':<22}  {'DEVICE':<16}  {'CREATED (UTC)':<25}  {'TRIES':>5}  NOTE"
+            f"{'ID':>7}  {'STATE':<6}  {'CONTROL ID':<22}  {'DEVICE':<16}  "
+            f"{'CREATED (UTC)':<25}  {'TRIES':>5}  NOTE"
         )
     for item in items:
         rec = _record(item)

@@ -13,7 +13,15 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from vitals_agent.drivers.base import DecodeContext, DecoderOutput, Driver, SimPort, Simulator, StreamDecoder
+from vitals_agent.drivers.base import (
+    DecodeContext,
+    DecodeFailure,
+    DecoderOutput,
+    Driver,
+    SimPort,
+    Simulator,
+    StreamDecoder,
+)
 from vitals_agent.errors import DecodeError, TruncatedError
 from vitals_agent.models import (
     DeviceClass,
@@ -99,8 +107,6 @@ class FlushingDecoder(StreamDecoder):
 
     def flush(self) -> list[DecoderOutput]:
         """End of input (``vitals-agent decode``): a half frame is a truncated record, never a reading."""
-        from vitals_agent.drivers.base import DecodeFailure
-
         rest = self.pending()
         self.reset()
         if not rest:

@@ -1,9 +1,9 @@
 """Health o meter Professional 1100KL / 2101KL family: the ESC-tagged protocol.
 
 ``<ESC>R<ESC>I1234567890<ESC>W200.00<ESC>Nm<ESC>...<ESC>E`` (ESC = 0x1B; ``../shared/reference/devices.md``
-§4.5). Tags: ``I`` ID (10 characters, a patient ID keyed in on the scale), ``W`` weight, ``H`` height,
-``T`` tare, ``B`` BMI, ``N`` units (``m`` metric: kg/cm, ``c`` conventional: lb/in), ``E`` end of packet;
-a packet starts with ``R`` (meaning not documented). The host may request a packet with ``Q``
+§4.5). Tags: ``I`` ID (10 characters; whose ID is not documented: option ``id_field``), ``W`` weight,
+``H`` height, ``T`` tare, ``B`` BMI, ``N`` units (``m`` metric: kg/cm, ``c`` conventional: lb/in), ``E`` end
+of packet; a packet starts with ``R`` (meaning not documented). The host may request a packet with ``Q``
 (``poll_seconds``; default: the scale sends when its print key is pressed).
 
 A weighing is reported once (same rule as ``scale-ascii``): a repeated packet with the same values is not a
@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -41,7 +41,7 @@ from vitals_agent.drivers.base import (
     register_driver,
 )
 from vitals_agent.errors import DecodeError, TruncatedError, UnsupportedError
-from vitals_agent.models import DeviceClass, Measurement, PatientInfo
+from vitals_agent.models import DeviceClass, DeviceIdentity, Measurement, PatientInfo
 
 ESC = 0x1B
 MAX_FIELD = 40
@@ -54,6 +54,10 @@ class HealthOMeterOptions(SerialOptions):
     zero_band_kg: Decimal = Field(default=Decimal("0.1"), ge=0)
     min_change_kg: Decimal = Field(default=Decimal(0), ge=0)
     poll_seconds: float | None = Field(default=None, gt=0)  # send "Q" this often (None: wait for print)
+    # What the 10-character ``I`` field is: the manual calls it "ID" without saying whose. "ignore" (default)
+    # drops it; "patient" sends it as the patient's MRN when no patient is bound; "device" uses it as the
+    # scale's serial number.
+    id_field: Literal["ignore", "patient", "device"] = "ignore"
 
 
 def _blank(text: str) -> bool:
@@ -67,8 +71,10 @@ class HealthOMeterDecoder(FlushingDecoder):
         zero_band_kg: Decimal = Decimal("0.1"),
         min_change_kg: Decimal = Decimal(0),
         poll_seconds: float | None = None,
+        id_field: str = "ignore",
     ) -> None:
         super().__init__(ctx)
+        self.id_field = id_field
         self.tracker = WeighingTracker(zero_band_kg, min_change_kg)
         self.poll_interval = poll_seconds
         self._raw = bytearray()  # the packet so far (or garbage outside a packet)
@@ -198,8 +204,12 @@ class HealthOMeterDecoder(FlushingDecoder):
         extra = {}
         if "T" in values and not _blank(values["T"]):
             extra["tare"] = f"{parse_decimal(values['T'], 'tare')} {'kg' if metric else 'lb'}"
-        patient_id = values.get("I", "").strip()
-        patient = PatientInfo(mrn=patient_id) if patient_id and set(patient_id) != {"0"} else None
+        tag_id = values.get("I", "").strip()
+        if not tag_id or set(tag_id) == {"0"}:
+            tag_id = ""
+        patient = PatientInfo(mrn=tag_id) if tag_id and self.id_field == "patient" else None
+        serial = tag_id if tag_id and self.id_field == "device" else None
+        identity = DeviceIdentity(id=self.ctx.device.id, manufacturer="Health o meter", serial_number=serial)
         return [
             make_reading(
                 self.ctx,
@@ -208,7 +218,7 @@ class HealthOMeterDecoder(FlushingDecoder):
                 raw,
                 extra=extra,
                 source_patient=patient,
-                manufacturer="Health o meter",
+                identity=identity,
             )
         ]
 
@@ -294,7 +304,11 @@ class HealthOMeterDriver(Driver):
         o = self.options
         assert isinstance(o, HealthOMeterOptions)
         return HealthOMeterDecoder(
-            ctx, zero_band_kg=o.zero_band_kg, min_change_kg=o.min_change_kg, poll_seconds=o.poll_seconds
+            ctx,
+            zero_band_kg=o.zero_band_kg,
+            min_change_kg=o.min_change_kg,
+            poll_seconds=o.poll_seconds,
+            id_field=o.id_field,
         )
 
     def decode_chunks(

@@ -125,8 +125,12 @@ class _NoninDecoder(FlushingDecoder):
         if not self.configure:
             return []
         local = self.ctx.now().astimezone(self.ctx.tz)
-        self._awaiting = ["data-format select", "clock set"]
-        return [select_format_command(self.format_name), set_time_command(local)]
+        commands = [select_format_command(self.format_name)]
+        self._awaiting = ["data-format select"]
+        if 2000 <= local.year <= 2127:  # the device clock's range; a host clock outside it is not copied
+            commands.append(set_time_command(local))
+            self._awaiting.append("clock set")
+        return commands
 
     def _ack(self, out: list[DecoderOutput]) -> bool:
         """Consume an ACK/NAK byte at the head of the buffer if one is expected."""

@@ -17,7 +17,7 @@ A non-zero error code gives "no value" measurements with the reason, never numbe
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from vitals_agent.drivers._serial_util import (
     FlushingDecoder,
@@ -94,17 +94,36 @@ class SunTechOptions(SerialOptions):
 
 
 class SunTechDecoder(FlushingDecoder):
-    """Module -> host frames. Asks for the result (via :meth:`send`) when a measurement completes."""
+    """Module -> host frames. Asks for the result (via :meth:`send`) when a measurement completes, asks
+    again (up to ``RESULT_RETRIES`` times, from :meth:`poll`) if the result does not come, and drops a
+    repeated copy of the same result (a late answer to a retry is not a second measurement)."""
+
+    RESULT_RETRIES: ClassVar[int] = 2
+    poll_interval = 2.0
 
     def __init__(self, ctx: DecodeContext) -> None:
         super().__init__(ctx)
         self._buf = bytearray()
+        self._result_pending = False  # "K" seen, BP data not yet received
+        self._polls_waited = 0
+        self._retries_left = 0
+        self._last_result: bytes | None = None  # BP data frame since the last "K"
 
     def pending(self) -> bytes:
         return bytes(self._buf)
 
     def reset(self) -> None:
         self._buf.clear()
+
+    def poll(self) -> None:
+        """Every ``poll_interval`` s: if a finished measurement's result did not arrive, ask again."""
+        if not self._result_pending:
+            return
+        self._polls_waited += 1
+        if self._polls_waited >= 2 and self._retries_left > 0:
+            self._retries_left -= 1
+            self._polls_waited = 0
+            self.send(GET_BP_DATA)
 
     def _frame_at(self, i: int) -> bool | None:
         """True/False: a valid frame starts at ``i``; None: more bytes are needed to know."""
@@ -205,11 +224,19 @@ class SunTechDecoder(FlushingDecoder):
         if n == 4:
             if frame[2] == ord("K"):
                 self.send(GET_BP_DATA)
+                self._result_pending = True
+                self._polls_waited = 0
+                self._retries_left = self.RESULT_RETRIES
+                self._last_result = None
                 return [DeviceStatusEvent(note="SunTech measurement complete; result requested")]
             return []  # other one-byte acknowledgements carry nothing to report
         if n == 5:
             return []  # cuff pressure during a measurement: progress only
         if n == BP_DATA_LEN:
+            if frame == self._last_result:
+                return []  # the same result again (answer to a retry): not a new measurement
+            self._last_result = frame
+            self._result_pending = False
             return [self._bp_data(frame)]
         return [DecodeFailure(UnsupportedError(f"SunTech: unknown {n}-byte response ({hexs(frame)})", frame))]
 

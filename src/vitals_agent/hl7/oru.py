@@ -58,6 +58,16 @@ ATTACHMENT_CODE = f"DEVICE_REPORT^Device report^{LOCAL_CODE_SYSTEM}"
 ST_MAX = 199  # longer text goes as TX
 _REMARK = "RE^Remark^HL70364"  # NTE-4 comment type (table 0364)
 _PL_HD = frozenset({4, 10, 11})  # PL components that are HD/EI (subcomponents allowed)
+_PL_IS = {
+    1: "point of care",
+    2: "room",
+    3: "bed",
+    5: "location status",
+    6: "person location type",
+    7: "building",
+    8: "floor",
+}
+IS_MAX = 20  # HL7 2.6 length of the IS data type (enforced by hl7apy STRICT)
 
 _MDS: dict[DeviceClass, tuple[int, str]] = {
     DeviceClass.PULSE_OXIMETER: (528388, "MDC_DEV_SPEC_PROFILE_PULS_OXIM"),
@@ -129,6 +139,26 @@ class MessageProfile:
         for src, dst in self.preferred_units.items():
             if src not in known or dst not in known or not convertible(src, dst):
                 raise MessageBuildError(f"unsupported unit preference {src!r} -> {dst!r}")
+        self._check_lengths()
+
+    def _check_lengths(self) -> None:
+        """IS values (namespace ids, location parts) are limited to 20 characters (HL7 2.6, hl7apy STRICT)."""
+        checks: list[tuple[str, str]] = [
+            ("sending_application", self.sending_application),
+            ("facility (namespace)", self.facility.split("^")[0]),
+            ("receiving_application (namespace)", self.receiving_application.split("^")[0]),
+            ("receiving_facility (namespace)", self.receiving_facility.split("^")[0]),
+            ("assigning_authority (namespace)", re.split(r"[\^&]", self.assigning_authority)[0]),
+        ]
+        location = self.location.split("^")
+        for index, name in _PL_IS.items():
+            if index <= len(location):
+                checks.append((f"location component {index} ({name})", location[index - 1]))
+        if len(location) >= 4:
+            checks.append(("location component 4 (facility namespace)", location[3].split("&")[0]))
+        for what, value in checks:
+            if len(escape(value)) > IS_MAX:
+                raise MessageBuildError(f"{what} is longer than {IS_MAX} characters (HL7 IS data type)")
 
 
 @dataclass(frozen=True)
@@ -281,7 +311,10 @@ def _equipment(device: DeviceIdentity, profile: MessageProfile) -> str:
     if device.eui64:
         return f"{device.eui64}^^{device.eui64}^EUI-64"
     if device.serial_number:
-        return _join(escape(device.serial_number), escape(device.model) if device.model else None)
+        model = escape(device.model) if device.model else None
+        if model and len(model) > IS_MAX:  # EI-2 is an IS namespace: a long model name does not fit
+            model = None
+        return _join(escape(device.serial_number), model)
     return f"{escape(device.id)}^{escape(profile.sending_application)}^{profile.gateway_eui64}^EUI-64"
 
 

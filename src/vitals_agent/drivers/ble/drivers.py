@@ -58,6 +58,7 @@ class BleOptions(DriverOptions):
     scan_seconds: float = Field(60.0, gt=0)  # one scan per run(); not found -> DeviceNotFoundError
     connect_seconds: float = Field(10.0, gt=0)
     live_seconds: float = Field(120.0, gt=0)  # a record whose device time is older counts as stored
+    idle_seconds: float | None = Field(None, gt=0)  # disconnect after this long without data (None: never)
 
     @field_validator("address")
     @classmethod

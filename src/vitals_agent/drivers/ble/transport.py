@@ -19,10 +19,10 @@ import contextlib
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 import structlog
 from bleak import BleakClient, BleakScanner
@@ -111,22 +111,88 @@ def _describe(options: BleOptions) -> str:
     return options.address or f"name ~ {options.name!r}"
 
 
+DeviceFilter = Callable[[BLEDevice, AdvertisementData], bool]
+
+
+class ScanHub:
+    """One BlueZ discovery session shared by every transport of this process waiting for its device.
+
+    BlueZ keeps one discovery session per D-Bus client: a second ``StartDiscovery`` from the same
+    connection (bleak shares one per event loop) fails with ``InProgress``. So transports do not scan on
+    their own; they register a filter here and the hub runs a single scanner while anyone waits.
+    """
+
+    _hubs: ClassVar[dict[tuple[asyncio.AbstractEventLoop, str | None], ScanHub]] = {}
+
+    def __init__(self, adapter: str | None) -> None:
+        self.adapter = adapter
+        self._waiters: dict[int, tuple[DeviceFilter, asyncio.Future[BLEDevice]]] = {}
+        self._scanner: BleakScanner | None = None
+        self._lock = asyncio.Lock()
+        self._next = 0
+
+    @classmethod
+    def for_adapter(cls, adapter: str | None) -> ScanHub:
+        loop = asyncio.get_running_loop()
+        for key in [k for k in cls._hubs if k[0].is_closed()]:
+            del cls._hubs[key]
+        hub = cls._hubs.get((loop, adapter))
+        if hub is None:
+            hub = cls._hubs[(loop, adapter)] = ScanHub(adapter)
+        return hub
+
+    async def find(self, match: DeviceFilter, timeout: float) -> BLEDevice | None:
+        future: asyncio.Future[BLEDevice] = asyncio.get_running_loop().create_future()
+        self._next += 1
+        key = self._next
+        self._waiters[key] = (match, future)
+        try:
+            await self._start()
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            return None
+        finally:
+            del self._waiters[key]
+            await self._stop_if_idle()
+
+    def _seen(self, device: BLEDevice, adv: AdvertisementData) -> None:
+        for match, future in list(self._waiters.values()):
+            if not future.done() and match(device, adv):
+                future.set_result(device)
+
+    async def _start(self) -> None:
+        async with self._lock:
+            if self._scanner is None and self._waiters:
+                bluez: Any = {"adapter": self.adapter} if self.adapter else {}
+                scanner = BleakScanner(detection_callback=self._seen, bluez=bluez)
+                await scanner.start()
+                self._scanner = scanner
+
+    async def _stop_if_idle(self) -> None:
+        async with self._lock:
+            if self._scanner is not None and not self._waiters:
+                scanner, self._scanner = self._scanner, None
+                with contextlib.suppress(*_ERRORS):
+                    await scanner.stop()
+
+
 async def find_device(options: BleOptions, service: str) -> BLEDevice | None:
     """Scan until the configured device advertises (by address; or by name pattern and service)."""
-    bluez: Any = {"adapter": options.adapter} if options.adapter else {}
     if options.address is not None:
         address = options.address.lower()
-        return await BleakScanner.find_device_by_filter(
-            lambda d, ad: d.address.lower() == address, timeout=options.scan_seconds, bluez=bluez
-        )
-    pattern = re.compile(options.name or "")
-    wanted = (options.service or service).lower()
 
-    def match(device: BLEDevice, adv: AdvertisementData) -> bool:
-        name = adv.local_name or device.name or ""
-        return bool(pattern.search(name)) and wanted in [u.lower() for u in adv.service_uuids]
+        def match(device: BLEDevice, adv: AdvertisementData) -> bool:
+            return device.address.lower() == address
 
-    return await BleakScanner.find_device_by_filter(match, timeout=options.scan_seconds, bluez=bluez)
+    else:
+        pattern = re.compile(options.name or "")
+        wanted = (options.service or service).lower()
+
+        def match(device: BLEDevice, adv: AdvertisementData) -> bool:
+            name = adv.local_name or device.name or ""
+            return bool(pattern.search(name)) and wanted in [u.lower() for u in adv.service_uuids]
+
+    return await ScanHub.for_adapter(options.adapter).find(match, options.scan_seconds)
 
 
 @dataclass
@@ -172,9 +238,10 @@ class BleTransport(Transport):
         link = _Link(identity=self._cached_identity(device.address), previous_offset=self._cached_offset())
         sent = SentLog(self.runtime)
         failure: BaseException | None = None
+        idle = False
         try:
             await self._setup(client, link, queue)
-            await self._pump(queue, lost, link, sent)
+            idle = await self._pump(queue, lost, link, sent)
         except _ERRORS as exc:
             failure = exc
         finally:
@@ -182,7 +249,11 @@ class BleTransport(Transport):
             self.runtime.set_connected(False, "link ended")
             with contextlib.suppress(*_ERRORS):
                 await asyncio.wait_for(client.disconnect(), timeout=options.connect_seconds)
-        if failure is not None:
+        if idle:
+            raise TransportError(
+                f"BLE link to {device.address} closed after {options.idle_seconds:g} s without data"
+            )
+        if failure is not None and not lost.is_set():
             raise TransportError(f"BLE link to {device.address} failed: {_reason(failure)}") from failure
         raise TransportError(f"BLE link to {device.address} lost")
 
@@ -310,17 +381,20 @@ class BleTransport(Transport):
         lost: asyncio.Event,
         link: _Link,
         sent: SentLog,
-    ) -> None:
+    ) -> bool:
+        """Handle payloads until the link is lost (False) or stays idle for ``idle_seconds`` (True)."""
         lost_wait = asyncio.ensure_future(lost.wait())
         try:
             while True:
                 get = asyncio.ensure_future(queue.get())
-                done, _ = await asyncio.wait({get, lost_wait}, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(
+                    {get, lost_wait}, timeout=self.options.idle_seconds, return_when=asyncio.FIRST_COMPLETED
+                )
                 if get in done:
                     await self._handle(*get.result(), link, sent)
                     continue
                 get.cancel()
-                return
+                return not done
         finally:
             lost_wait.cancel()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from datetime import datetime, tzinfo
+from datetime import datetime, timedelta, tzinfo
 from decimal import Decimal, InvalidOperation
 
 from vitals_agent.drivers.base import DecodeContext
@@ -17,6 +17,7 @@ from vitals_agent.models import (
     Measurement,
     PatientInfo,
     Reading,
+    ReadingFlag,
 )
 
 # Metric order of a reading (stable output, easy whole-object comparisons).
@@ -149,10 +150,16 @@ def aware(acquired: datetime | None, tz: tzinfo) -> datetime | None:
 
 def to_reading(decoded: EcgDecoded, data: bytes, ctx: DecodeContext) -> Reading:
     """The Reading for one decoded file. ``observed_at`` is the acquisition time on the cart's clock
-    (``ctx.tz`` when the file gives no zone), else the host receive time; the clock policy is the
-    pipeline's."""
+    (``ctx.tz`` when the file gives no zone); without a usable one, the host receive time."""
     received = ctx.now()
     device_time = aware(decoded.acquired, ctx.tz)
+    # A cart file is store-and-forward: the acquisition time is when the ECG was taken, however late the
+    # file arrives (STORED_RECORD keeps the pipeline's live-clock skew rule off it). A time in the future
+    # or before 1990 is a cart clock that was never set: the host time is used instead.
+    if device_time is None or device_time > received + timedelta(days=1) or device_time.year < 1990:
+        observed, flags = received, (ReadingFlag.CLOCK_UNSET,)
+    else:
+        observed, flags = device_time, (ReadingFlag.STORED_RECORD,)
     measurements = tuple(
         Measurement(metric=m, value=decoded.values[m], unit=UNITS[m])
         for m in METRIC_ORDER
@@ -175,9 +182,10 @@ def to_reading(decoded: EcgDecoded, data: bytes, ctx: DecodeContext) -> Reading:
         device=identity,
         device_class=DeviceClass.ECG,
         measurements=measurements,
-        observed_at=device_time or received,
+        observed_at=observed,
         received_at=received,
         device_time=device_time,
+        flags=flags,
         dropped=tuple(decoded.dropped),
         statements=tuple(s for s in (clean_text(x) for x in decoded.statements) if s),
         source_patient=decoded.patient,

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import structlog
 from pydantic import Field, model_validator
@@ -34,7 +34,7 @@ MiB = 1024 * 1024
 class EcgFileOptions(DriverOptions):
     """Keys of the folder-watching ECG drivers."""
 
-    folder: str | None = None  # the share the cart writes to (required by the folder transport)
+    folder: str = Field(min_length=1)  # the share the cart writes to
     pattern: str | None = None  # glob, matched case-insensitively; default per driver
     attach_original: bool = False  # send the original file as an ED OBX
     attach_max_bytes: int = Field(10 * MiB, gt=0)
@@ -52,6 +52,8 @@ class EcgSerialOptions(SerialOptions):
     """Keys of ``scp-ecg-serial``: where the cart is plus how files are cut out of the byte stream."""
 
     idle_gap_seconds: float = Field(2.0, gt=0)  # silence that ends a file whose length is unknown
+    # silence that abandons an SCP record whose header announced more bytes (a slow or stalled cart)
+    record_timeout_seconds: float = Field(30.0, gt=0)
     attach_original: bool = False
     attach_max_bytes: int = Field(10 * MiB, gt=0)
     max_file_bytes: int = Field(16 * MiB, gt=0)
@@ -75,10 +77,15 @@ class EcgFileDriver(Driver):
     default_name: ClassVar[str] = "ecg"
     _decoder: ClassVar[Callable[..., Reading]]
 
+    def __init__(self, options: DriverOptions | None = None) -> None:
+        # A default instance (offline `vitals-agent decode`) has no folder: build it without validation.
+        model = cast("type[EcgFileOptions]", self.options_model)
+        super().__init__(options if options is not None else model.model_construct(folder=""))
+
     @property
     def file_options(self) -> EcgFileOptions:
         opts = self.options
-        return opts if isinstance(opts, EcgFileOptions) else EcgFileOptions()
+        return opts if isinstance(opts, EcgFileOptions) else EcgFileOptions.model_construct(folder="")
 
     @property
     def max_file_bytes(self) -> int:
@@ -212,12 +219,13 @@ class ScpEcgSerialDriver(ScpEcgDriver):
     def file_options(self) -> EcgFileOptions:
         opts = self.options
         if isinstance(opts, EcgSerialOptions):
-            return EcgFileOptions(
+            return EcgFileOptions.model_construct(
+                folder="",
                 attach_original=opts.attach_original,
                 attach_max_bytes=opts.attach_max_bytes,
                 max_file_bytes=opts.max_file_bytes,
             )
-        return EcgFileOptions()
+        return EcgFileOptions.model_construct(folder="")
 
     def stream_decoder(self, ctx: DecodeContext) -> StreamDecoder:
         return ScpFileFramer(ctx, self, self.max_file_bytes)

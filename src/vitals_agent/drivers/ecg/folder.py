@@ -116,6 +116,7 @@ class FolderTransport(Transport):
     def __init__(self, runtime: DeviceRuntime) -> None:
         super().__init__(runtime)
         self._seen: dict[str, _Seen] = {}
+        self._stuck: dict[str, tuple[int, int]] = {}  # failed files that could not be moved: skip them
         self.outcomes: list[Outcome] = []
 
     # --------------------------------------------------------------------------------------- setup
@@ -148,7 +149,7 @@ class FolderTransport(Transport):
         return folder
 
     async def run(self) -> None:
-        folder = self._prepare()
+        folder = await asyncio.to_thread(self._prepare)
         opts = self.driver.file_options
         self.runtime.set_connected(True, f"watching {folder}")
         try:
@@ -159,8 +160,10 @@ class FolderTransport(Transport):
             self.runtime.set_connected(False, "stopped")
 
     # --------------------------------------------------------------------------------------- polling
+    # All file-system calls run in a worker thread: a hung network share must not stall the agent.
 
-    def _candidates(self, folder: Path) -> list[os.DirEntry[str]]:
+    def _candidates(self, folder: Path) -> list[tuple[str, int, int]]:
+        """(name, size, mtime_ns) of every regular file matching the pattern (not temp/hidden files)."""
         pattern = self.driver.pattern.lower()
         out = []
         try:
@@ -177,35 +180,47 @@ class FolderTransport(Transport):
             try:
                 if not entry.is_file(follow_symlinks=False):
                     continue
-            except OSError:
-                continue
-            out.append(entry)
-        return sorted(out, key=lambda e: e.name)
-
-    async def poll_once(self) -> list[Outcome]:
-        """One pass over the folder; handles every file that is now complete. Returns what it did."""
-        folder = self._prepare()
-        now = time.monotonic()
-        done: list[Outcome] = []
-        present: set[str] = set()
-        for entry in self._candidates(folder):
-            present.add(entry.name)
-            try:
                 st = entry.stat(follow_symlinks=False)
             except OSError:
                 continue
-            seen = self._seen.get(entry.name)
-            if seen is None or (seen.size, seen.mtime_ns) != (st.st_size, st.st_mtime_ns):
-                self._seen[entry.name] = _Seen(st.st_size, st.st_mtime_ns, now)
+            out.append((name, st.st_size, st.st_mtime_ns))
+        return sorted(out)
+
+    def _scan(self) -> tuple[Path, list[tuple[str, int, int]]]:
+        folder = self._prepare()
+        return folder, self._candidates(folder)
+
+    async def poll_once(self) -> list[Outcome]:
+        """One pass over the folder; handles every file that is now complete. Returns what it did."""
+        folder, candidates = await asyncio.to_thread(self._scan)
+        now = time.monotonic()
+        done: list[Outcome] = []
+        present: set[str] = set()
+        for name, size, mtime_ns in candidates:
+            present.add(name)
+            if self._stuck.get(name) == (size, mtime_ns):
+                continue  # could not be moved away; retried once it changes (or after a restart)
+            seen = self._seen.get(name)
+            if seen is None or (seen.size, seen.mtime_ns) != (size, mtime_ns):
+                self._seen[name] = _Seen(size, mtime_ns, now)
                 continue  # new or still changing: look again next poll
-            outcome = await self._handle(folder, Path(entry.path), st.st_size, now - seen.changed_at)
+            outcome = await self._handle(folder, folder / name, size, now - seen.changed_at)
             if outcome is not None:
                 done.append(outcome)
                 self.outcomes.append(outcome)
-                self._seen.pop(entry.name, None)
+                self._seen.pop(name, None)
         for name in set(self._seen) - present:
             del self._seen[name]
+        for name in set(self._stuck) - present:
+            del self._stuck[name]
         return done
+
+    @staticmethod
+    def _peek(path: Path, size: int) -> tuple[bytes, bytes]:
+        with path.open("rb") as fh:
+            head = fh.read(64)
+            fh.seek(max(0, size - 512))
+            return head, fh.read(512)
 
     async def _handle(self, folder: Path, path: Path, size: int, stable_for: float) -> Outcome | None:
         driver = self.driver
@@ -214,17 +229,14 @@ class FolderTransport(Transport):
         if size > opts.max_file_bytes:  # refused by size, never read
             reason = f"file too large ({size} bytes > max_file_bytes {opts.max_file_bytes})"
             self.runtime.decode_failed(DecodeFailure(DecodeError(reason)))
-            return self._fail(folder, path, reason)
+            return await self._fail(folder, path, reason)
         if size == 0:
             if stable_for < opts.incomplete_timeout_seconds:
                 return None
             self.runtime.decode_failed(DecodeFailure(DecodeError("empty file")))
-            return self._fail(folder, path, "empty file")
+            return await self._fail(folder, path, "empty file")
         try:
-            with path.open("rb") as fh:
-                head = fh.read(64)
-                fh.seek(max(0, size - 512))
-                tail = fh.read(512)
+            head, tail = await asyncio.to_thread(self._peek, path, size)
         except OSError as exc:
             log.debug("ecg file not readable yet", file=name, error=str(exc))
             return None
@@ -247,8 +259,8 @@ class FolderTransport(Transport):
             log.warning("ecg reading not accepted, will retry", error=one_line(str(exc)))
             return None
         if status == "failed":
-            return self._fail(folder, path, detail)
-        self._move(path, folder / PROCESSED)
+            return await self._fail(folder, path, detail)
+        await asyncio.to_thread(self._move, path, folder / PROCESSED)
         return Outcome(name, status, detail)
 
     # --------------------------------------------------------------------------------------- moves
@@ -259,14 +271,20 @@ class FolderTransport(Transport):
             os.replace(path, target)
         except OSError as exc:
             log.error("cannot move ecg file", directory=directory.name, error=str(exc))
+            with contextlib.suppress(OSError):
+                st = path.stat()
+                self._stuck[path.name] = (st.st_size, st.st_mtime_ns)
             return None
         return target
 
-    def _fail(self, folder: Path, path: Path, reason: str) -> Outcome:
-        reason = one_line(reason)
-        log.warning("ecg file moved to failed/", reason=reason)
+    def _fail_sync(self, folder: Path, path: Path, reason: str) -> None:
         target = self._move(path, folder / FAILED)
         if target is not None:
             with contextlib.suppress(OSError):
                 target.with_name(target.name + ".reason.txt").write_text(reason + "\n", encoding="utf-8")
+
+    async def _fail(self, folder: Path, path: Path, reason: str) -> Outcome:
+        reason = one_line(reason)
+        log.warning("ecg file moved to failed/", reason=reason)
+        await asyncio.to_thread(self._fail_sync, folder, path, reason)
         return Outcome(path.name, "failed", reason)

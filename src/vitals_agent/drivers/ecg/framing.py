@@ -47,6 +47,13 @@ class ScpFileFramer(StreamDecoder):
             self._buf.clear()
         return out
 
+    def inside_record(self) -> bool:
+        """True while the buffer holds the start of an SCP record whose header announces more bytes."""
+        if len(self._buf) < scp.RECORD_HEADER:
+            return False
+        length = scp.record_length(bytes(self._buf[: scp.RECORD_HEADER]))
+        return length is not None and MIN_SCP_RECORD <= length <= self.max_file_bytes
+
     def idle(self) -> bytes | None:
         """The line went quiet: whatever is buffered is one (possibly truncated) file."""
         if not self._buf:

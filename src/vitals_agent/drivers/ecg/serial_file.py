@@ -61,10 +61,12 @@ class SerialFileTransport(SerialTransport):
 
         task = asyncio.create_task(reader())
         reason = "closed"
+        opts = self.serial_options
         try:
             while True:
+                wait = opts.record_timeout_seconds if self.framer.inside_record() else opts.idle_gap_seconds
                 try:
-                    item = await asyncio.wait_for(queue.get(), self.serial_options.idle_gap_seconds)
+                    item = await asyncio.wait_for(queue.get(), max(wait, opts.idle_gap_seconds))
                 except TimeoutError:
                     rest = self.framer.idle()
                     if rest is not None:

@@ -1,0 +1,249 @@
+"""The room status page: rendered by the control server, checked in a real headless Chromium.
+
+Needs the Debian package ``chromium`` (skips cleanly without it). The screenshot is saved to
+``test-artifacts/status_page.png``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import struct
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from tests.patient_helpers import FAMILY, GIVEN, MRN, Clock, manager
+from tests.test_control import MASKED, fake_status
+from vitals_agent.agent.control import ControlServer, StatusSnapshot, render_html
+from vitals_agent.agent.patient_context import PatientContextManager, PatientDetails
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+NOW = datetime(2026, 3, 11, 14, 0, 5, tzinfo=UTC)
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="Debian package 'chromium' is not installed")
+
+
+def room_status() -> StatusSnapshot:
+    status = fake_status()
+    status["devices"] = [
+        status["devices"][0],
+        {
+            "id": "bp-cuff",
+            "driver": "ble_bp",
+            "connected": False,
+            "detail": "not advertising",
+            "last_seen": "2026-03-11T13:41:12+00:00",
+            "last_reading_at": "2026-03-11T13:40:50+00:00",
+            "last_reading": {
+                "bp_systolic": "128 mm[Hg]",
+                "bp_diastolic": "82 mm[Hg]",
+                "pulse_rate": "71 /min",
+            },
+            "readings": 3,
+            "messages": 3,
+            "decode_failures": 0,
+            "link_failures": 4,
+            "battery_percent": 40,
+            "identity": {"manufacturer": "Acme"},
+        },
+        {
+            "id": "thermo-<1>",  # must come out escaped
+            "driver": "ble_thermo",
+            "connected": True,
+            "detail": "",
+            "last_seen": "2026-03-11T14:00:01+00:00",
+            "last_reading_at": None,
+            "last_reading": {},
+            "readings": 0,
+            "messages": 0,
+            "decode_failures": 0,
+            "link_failures": 0,
+            "battery_percent": 85,
+            "identity": {},
+        },
+    ]
+    return status
+
+
+class Page:
+    def __init__(self, server: ControlServer, patients: PatientContextManager) -> None:
+        self.server = server
+        self.patients = patients
+        self.loads = 0
+
+
+@pytest.fixture
+async def page(tmp_path: Path) -> AsyncIterator[Page]:
+    clock = Clock(NOW)
+    patients = manager(tmp_path / "data", clock)
+    patients.set(PatientDetails(mrn=MRN, family=FAMILY, given=GIVEN), "barcode", source="scan-1")
+    holder: list[Page] = []
+
+    def provider() -> StatusSnapshot:
+        holder[0].loads += 1
+        status = room_status()
+        status["outbox"]["depth"] = holder[0].loads  # changes on every load: shows the refresh
+        return status
+
+    server = ControlServer(tmp_path / "data", patients, provider, port=0, now=clock, refresh_seconds=1)
+    holder.append(Page(server, patients))
+    await server.start()
+    try:
+        yield holder[0]
+    finally:
+        await server.stop()
+        patients.close()
+
+
+async def chromium(*args: str, timeout: float = 60.0) -> tuple[int, str]:
+    """Run headless Chromium to completion (its own process group, killed on timeout)."""
+    assert CHROMIUM is not None
+    with tempfile.TemporaryDirectory() as profile:
+        proc = await asyncio.create_subprocess_exec(
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={profile}",
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+        finally:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                await proc.wait()
+        return proc.returncode or 0, out.decode("utf-8", "replace")
+
+
+def login_url(server: ControlServer) -> str:
+    return f"{server.url}/?token={server.token}"
+
+
+# ----------------------------------------------------------------------------------------- rendering
+
+
+def test_html_escapes_values_and_masks_the_patient(tmp_path: Path) -> None:
+    patients = manager(tmp_path, Clock(NOW))
+    patients.set(PatientDetails(mrn=MRN, family=FAMILY, given=GIVEN), "cli")
+    html = render_html(room_status(), patients.snapshot(NOW), now=NOW)
+    assert "thermo-&lt;1&gt;" in html and "thermo-<1>" not in html
+    assert MASKED in html and "(Q. Z.)" in html
+    assert MRN not in html and FAMILY not in html and GIVEN not in html
+    assert '<meta http-equiv="refresh" content="5;url=/">' in html
+    assert "<script" not in html
+    revealed = render_html(room_status(), patients.snapshot(NOW, reveal=True), now=NOW)
+    assert f"Patient {MRN} ({FAMILY} {GIVEN})" in revealed
+    assert '<meta http-equiv="refresh" content="30;url=/">' in revealed  # back to masked after 30 s
+    assert '<a class="btn" href="/">Hide</a>' in revealed
+
+
+def test_html_without_a_patient_and_with_held_readings(tmp_path: Path) -> None:
+    from tests.patient_helpers import make_reading
+
+    patients = manager(tmp_path, Clock(NOW), require_patient=True)
+    patients.route("oxi-1", make_reading(NOW))
+    html = render_html(room_status(), patients.snapshot(NOW), now=NOW)
+    assert '<div id="patient" class="card held">' in html
+    assert "readings are HELD until a patient is set" in html
+    assert f"1 held reading(s), oldest {NOW.astimezone():%H:%M:%S} (just now)" in html
+
+
+# ----------------------------------------------------------------------------------------- browser
+
+
+@needs_chromium
+async def test_page_in_headless_chromium_shows_the_room(page: Page) -> None:
+    code, dom = await chromium("--dump-dom", login_url(page.server))
+    assert code == 0
+    # the login redirect worked: the browser sent the cookie and got the page itself
+    assert '<div id="patient" class="card bound">' in dom
+    assert f"Patient {MASKED} (Q. Z.): set via barcode scan-1" in dom
+    assert MRN not in dom and FAMILY not in dom and GIVEN not in dom
+    for device in ('data-id="oxi-1"', 'data-id="bp-cuff"', 'data-id="thermo-&lt;1&gt;"'):
+        assert device in dom
+    assert "pulse_rate_oximeter 72 /min, spo2 97 %" in dom
+    assert "bp_diastolic 82 mm[Hg], bp_systolic 128 mm[Hg], pulse_rate 71 /min" in dom
+    assert (
+        '<span class="state"><span class="dot disconnected"></span>disconnected</span>'
+        '<br><span class="muted">not advertising'
+    ) in dom
+    assert '<td class="num">40%</td>' in dom and '<td class="num">85%</td>' in dom
+    assert '<td class="num warn">2</td>' in dom  # decode errors of oxi-1
+    assert '<span class="big">1</span> dead letter(s)' in dom
+    assert "waiting in outbox" in dom
+    assert 'Last EHR error: <span id="ehr-error">connection refused' in dom
+
+
+@needs_chromium
+async def test_page_without_the_token_shows_nothing(page: Page) -> None:
+    code, dom = await chromium("--dump-dom", f"{page.server.url}/")
+    assert code == 0
+    assert "Not authorised" in dom
+    assert "oxi-1" not in dom and "EXCLINIC" not in dom and "\u2022" not in dom
+    assert page.loads == 0
+
+
+@needs_chromium
+async def test_page_refreshes_itself_in_the_browser(page: Page) -> None:
+    """A live headless browser left on the page reloads it (refresh_seconds=1) without any help."""
+    assert CHROMIUM is not None
+    with tempfile.TemporaryDirectory() as profile:
+        proc = await asyncio.create_subprocess_exec(
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={profile}",
+            login_url(page.server),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while page.loads < 3 and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            await proc.wait()
+    assert page.loads >= 3  # first load + at least two refreshes, each with the cookie
+
+
+@needs_chromium
+async def test_screenshot_of_the_status_page(page: Page) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    target = ARTIFACTS / "status_page.png"
+    with contextlib.suppress(FileNotFoundError):
+        target.unlink()
+    code, _ = await chromium(f"--screenshot={target}", "--window-size=1200,900", login_url(page.server))
+    assert code == 0
+    data = target.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", data[16:24])
+    assert (width, height) == (1200, 900)
+    assert len(data) > 20_000  # a rendered page, not a blank image
+    assert page.loads >= 1
