@@ -168,9 +168,13 @@ def main() -> int:
             try:
                 asyncio.run(bare_loop(port, messages[:50], ctx))  # warm-up
                 bare, ours = [], []
-                for r in range(args.rounds):
-                    bare.append(asyncio.run(bare_loop(port, messages, ctx)))
-                    ours.append(asyncio.run(our_sender(port, messages, ctx, tmp / f"{label}-{r}")))
+                for r in range(args.rounds):  # ABBA order, so a drift in machine load hits both alike
+                    runs = ["bare", "ours"] if r % 2 == 0 else ["ours", "bare"]
+                    for which in runs:
+                        if which == "bare":
+                            bare.append(asyncio.run(bare_loop(port, messages, ctx)))
+                        else:
+                            ours.append(asyncio.run(our_sender(port, messages, ctx, tmp / f"{label}-{r}")))
             finally:
                 proc.kill()
                 proc.join()

@@ -234,6 +234,13 @@ def _dtm(where: str, value: str) -> None:
         _fail(f"{where} {value!r} is not YYYYMMDDHHMMSS[.S]+ZZZZ (offset and seconds required)")
 
 
+def _eui_hd(where: str, value: str, first: int = 0) -> None:
+    """HD (or the HD part of an EI) typed EUI-64 must carry 16 upper-case hex digits."""
+    parts = value.split("^")[first:]
+    if len(parts) >= 3 and parts[2] == "EUI-64" and not re.fullmatch(r"[0-9A-F]{16}", parts[1]):
+        _fail(f"{where} universal id {parts[1]!r} is not an EUI-64 (16 upper-case hex digits)")
+
+
 def _subid(where: str, value: str) -> tuple[int, ...]:
     if not re.fullmatch(r"\d+(\.\d+)*", value):
         _fail(f"{where} OBX-4 {value!r} is not a dotted number")
@@ -429,6 +436,7 @@ def validate_oru(
         _fail("MSH-7 empty")
     if not msh.text(3, 1):
         _fail("MSH-3 empty")
+    _eui_hd("MSH-3", msh[3])
 
     for seg in segments:
         if seg.name == "PID":
@@ -461,6 +469,8 @@ def validate_oru(
                 _fail("OBR-3 filler order number empty")
             if not seg.text(4, 1):
                 _fail("OBR-4 universal service id empty")
+            _eui_hd("OBR-2", seg[2], first=1)
+            _eui_hd("OBR-3", seg[3], first=1)
             _dtm("OBR-7", seg[7])
             _dtm("OBR-8", seg[8])
         elif seg.name == "OBX":

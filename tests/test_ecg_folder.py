@@ -253,7 +253,7 @@ async def test_two_gigabyte_file_is_refused_by_size_without_reading_it(
     transport, runtime = make("scp-ecg", tmp_path)
     await polls(transport, 3)
     reason = (tmp_path / "failed" / "huge.scp.reason.txt").read_text()
-    assert reason == f"file too large ({2 * 1024**3} bytes > max_file_bytes {64 * 1024 * 1024})\n"
+    assert reason == f"file too large ({2 * 1024**3} bytes > max_file_bytes {16 * 1024 * 1024})\n"
     assert "huge.scp" not in opened
     assert runtime.readings == [] and len(runtime.failures) == 1
 
@@ -303,7 +303,7 @@ def test_config_keys(tmp_path: Path) -> None:
         "pattern": "*.XML",
         "attach_original": True,
         "attach_max_bytes": 10 * 1024 * 1024,
-        "max_file_bytes": 64 * 1024 * 1024,
+        "max_file_bytes": 16 * 1024 * 1024,
         "poll_seconds": 2.0,
         "incomplete_timeout_seconds": 600.0,
         "attach_report": True,

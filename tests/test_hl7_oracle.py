@@ -121,6 +121,10 @@ def test_reference_clock_row_as_printed_lacks_an_offset() -> None:
         pytest.param(replaced(5, r"\|R\|", "|Z|"), "table 0085", id="obx11-bad"),
         pytest.param(replaced(5, r"^OBX\|2\|NM\|", "OBX|2|XX|"), "table 0125", id="obx2-bad"),
         pytest.param(replaced(1, r"\|F$", "|Q"), "PID-8", id="pid8-bad"),
+        pytest.param(replaced(0, r"\^0A1B2CFFFE3D4E5F\^", "^0a1b2c^"), "MSH-3", id="msh3-bad-eui64"),
+        pytest.param(
+            replaced(3, r"\^0A1B2CFFFE3D4E5F\^EUI-64\|0A", "^GATEWAY^EUI-64|0A"), "OBR-2", id="obr2-bad-eui64"
+        ),
         pytest.param(replaced(1, r"19700101", "1970-01-01"), "PID-7|hl7apy", id="pid7-iso"),
         pytest.param(replaced(2, r"PV1\|\|O\|", "PV1||Z|"), "PV1-2", id="pv1-2-bad"),
         pytest.param(replaced(1, r"DOE", "DO\\E"), "escape", id="bad-escape"),

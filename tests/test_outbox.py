@@ -243,12 +243,12 @@ def test_delete_nowait_never_waits(tmp_path: Path) -> None:
     assert ob.delete_nowait(a) is None
     other.execute("COMMIT")
     other.close()
-    # another thread holds the outbox lock (e.g. an enqueue's fsync): None as well
+    # another thread is inside a write transaction (e.g. an enqueue waiting for fsync): None as well
     held = threading.Event()
     release = threading.Event()
 
     def hold() -> None:
-        with ob._lock:
+        with ob._tx("FULL"):
             held.set()
             release.wait(5)
 

@@ -181,6 +181,7 @@ class Outbox:
         self.path = self.data_dir / OUTBOX_FILE
         self._lock = threading.RLock()  # the write connection
         self._rlock = threading.Lock()  # the read connection
+        self._flock = threading.Lock()  # the never-waiting delete connection
         self._sync: str | None = None
         if not create and not self.path.exists():
             raise OutboxError(f"no outbox at {self.path}")
@@ -213,6 +214,9 @@ class Outbox:
                 self.path, timeout=10.0, isolation_level=None, check_same_thread=False
             )
             self._reader.execute("PRAGMA query_only=1")
+            self._fast = sqlite3.connect(self.path, timeout=0, isolation_level=None, check_same_thread=False)
+            self._fast.execute("PRAGMA busy_timeout=0")
+            self._fast.execute("PRAGMA synchronous=NORMAL")
         except sqlite3.DatabaseError as exc:
             raise OutboxError(f"cannot open the outbox at {self.path}: {exc}") from None
 
@@ -242,8 +246,8 @@ class Outbox:
                 raise
 
     def close(self) -> None:
-        with self._lock, self._rlock:
-            for conn in (self._reader, self._conn):
+        with self._lock, self._rlock, self._flock:
+            for conn in (self._reader, self._fast, self._conn):
                 with contextlib.suppress(sqlite3.Error):
                     conn.close()
 
@@ -336,29 +340,32 @@ class Outbox:
     def delete_nowait(self, message_id: int) -> bool | None:
         """:meth:`delete` without ever waiting: ``None`` when the outbox is busy (another thread's commit,
         or another process's write lock), so an event loop can call it inline and fall back to a thread.
+
+        Uses its own connection (``busy_timeout=0``, ``synchronous=NORMAL``) so the fast path costs three
+        statements.
         """
-        if not self._lock.acquire(blocking=False):
+        if not self._flock.acquire(blocking=False):
             return None
         try:
-            self._conn.execute("PRAGMA busy_timeout=0")
+            conn = self._fast
             try:
-                with self._tx("NORMAL") as conn:
-                    cur = conn.execute("DELETE FROM outbox WHERE id = ?", (message_id,))
-            except sqlite3.OperationalError as exc:
-                if "locked" in str(exc) or "busy" in str(exc):
-                    return None
-                raise OutboxError(
-                    f"outbox {self.path}: cannot remove delivered message {message_id}: {exc}"
-                ) from None
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError:
+                return None  # locked by our other connection or another process
             except sqlite3.Error as exc:
-                raise OutboxError(
-                    f"outbox {self.path}: cannot remove delivered message {message_id}: {exc}"
-                ) from None
-            finally:
-                self._conn.execute("PRAGMA busy_timeout=10000")
+                raise OutboxError(f"outbox {self.path}: cannot remove message {message_id}: {exc}") from None
+            try:
+                cur = conn.execute("DELETE FROM outbox WHERE id = ?", (message_id,))
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc)):
+                    return None
+                raise OutboxError(f"outbox {self.path}: cannot remove message {message_id}: {exc}") from None
             return cur.rowcount > 0
         finally:
-            self._lock.release()
+            self._flock.release()
 
     def mark_failure(self, message_id: int, error: str, *, negative: bool = False) -> tuple[int, int]:
         """Record a failed attempt; returns ``(attempts, nacks)`` after it."""

@@ -22,7 +22,13 @@ from vitals_agent.agent.reporting import ReportingPolicy, make_policy
 from vitals_agent.agent.runtime import DeviceRuntimeImpl
 from vitals_agent.config.schema import Config, DeviceConfig
 from vitals_agent.errors import OutboxError
-from vitals_agent.hl7.oru import MessageProfile, PatientIdentity, build_oru, new_control_id
+from vitals_agent.hl7.oru import (
+    MessageBuildError,
+    MessageProfile,
+    PatientIdentity,
+    build_oru,
+    new_control_id,
+)
 from vitals_agent.models import DeviceEvent, PatientScan, Reading
 
 log = structlog.get_logger(__name__)
@@ -113,7 +119,14 @@ class Pipeline:
         """Build the message and commit it durably. Returns None when the reading was refused."""
         patient = self.patient_for(reading)
         control_id = new_control_id()
-        body = build_oru(reading, self.profile, control_id=control_id, created_at=self.now(), patient=patient)
+        try:
+            body = build_oru(
+                reading, self.profile, control_id=control_id, created_at=self.now(), patient=patient
+            )
+        except MessageBuildError as exc:
+            self.refused += 1
+            log.error("reading refused: no conformant message", device=runtime.config.id, error=str(exc))
+            return None
         meta = {"device": runtime.config.id, "observed_at": reading.observed_at.isoformat()}
         try:
             await asyncio.to_thread(

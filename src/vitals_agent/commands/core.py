@@ -80,11 +80,19 @@ async def cmd_run(args: argparse.Namespace) -> int:
 
 
 async def cmd_check_config(args: argparse.Namespace) -> int:
+    from vitals_agent.agent.profile import message_profile
+    from vitals_agent.hl7.oru import MessageBuildError
+
     try:
         config = load_config(args.config)
     except ConfigError as exc:
         for key, message in exc.problems:
             print(f"{key}: {message}")
+        return 1
+    try:  # values the HL7 profile cannot carry (e.g. an MSH-4 longer than the data type allows)
+        message_profile(config, config.agent.gateway_eui64 or "0000000000000000")
+    except MessageBuildError as exc:
+        print(f"(message profile): {exc}")
         return 1
     n = len(config.devices)
     print(f"ok: {n} device{'s' if n != 1 else ''}")

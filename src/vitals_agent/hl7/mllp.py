@@ -262,8 +262,9 @@ class MllpClient:
         try:
             try:
                 self._writer.write(data)
-                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-                    await self._writer.drain()
+                if self._writer.transport.get_write_buffer_size():  # not all handed to the kernel yet
+                    async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                        await self._writer.drain()
             except TimeoutError:
                 raise PeerUnavailableError(
                     f"{self.peer} did not take the message within {timeout:g} s"

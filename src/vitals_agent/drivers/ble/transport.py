@@ -245,10 +245,12 @@ class BleTransport(Transport):
         except _ERRORS as exc:
             failure = exc
         finally:
-            await self._drain(queue, link, sent)
-            self.runtime.set_connected(False, "link ended")
-            with contextlib.suppress(*_ERRORS):
-                await asyncio.wait_for(client.disconnect(), timeout=options.connect_seconds)
+            try:
+                await self._drain(queue, link, sent)  # what arrived before the link ended still counts
+            finally:
+                self.runtime.set_connected(False, "link ended")
+                with contextlib.suppress(*_ERRORS):
+                    await asyncio.wait_for(client.disconnect(), timeout=options.connect_seconds)
         if idle:
             raise TransportError(
                 f"BLE link to {device.address} closed after {options.idle_seconds:g} s without data"

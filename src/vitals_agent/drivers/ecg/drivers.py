@@ -38,7 +38,8 @@ class EcgFileOptions(DriverOptions):
     pattern: str | None = None  # glob, matched case-insensitively; default per driver
     attach_original: bool = False  # send the original file as an ED OBX
     attach_max_bytes: int = Field(10 * MiB, gt=0)
-    max_file_bytes: int = Field(64 * MiB, gt=0)  # larger files are refused without being read
+    # larger files are refused without being read (XML trees take ~10x their size in memory)
+    max_file_bytes: int = Field(16 * MiB, gt=0)
     poll_seconds: float = Field(2.0, gt=0)
     # a file whose header announces more bytes than it has is waited for this long, then failed
     incomplete_timeout_seconds: float = Field(600.0, gt=0)

@@ -86,9 +86,10 @@ async def deliver(
 
     Returns ``(status, reading, detail)``: "sent", "duplicate" (already delivered: not sent again) or
     "failed" (DecodeError; ``detail`` is its one-line message). Errors of ``emit`` propagate."""
+    dlog = runtime.log
     digest = hashlib.sha256(data).hexdigest()
     if runtime.state.get(state_key(digest)) is not None:
-        log.info("ecg file already delivered, not sent again", sha256=digest[:16], bytes=len(data))
+        dlog.info("ecg file already delivered, not sent again", sha256=digest[:16], bytes=len(data))
         return "duplicate", None, "already delivered"
     try:
         reading = await asyncio.to_thread(driver.decode_file, data, runtime.ctx, name)
@@ -96,14 +97,14 @@ async def deliver(
         message = one_line(str(exc))
         failure = DecodeError(message, data[:64])
         runtime.decode_failed(DecodeFailure(failure))
-        log.warning("ecg file refused", sha256=digest[:16], bytes=len(data), reason=message)
+        dlog.warning("ecg file refused", sha256=digest[:16], bytes=len(data), reason=message)
         return "failed", None, message
     await runtime.emit(reading)
     # Recorded right after the durable hand-over (no await in between): a restart never re-sends it.
     runtime.state.set(
         state_key(digest), json.dumps({"name": name, "bytes": len(data), "at": time.time()}, sort_keys=True)
     )
-    log.info(
+    dlog.info(
         "ecg file delivered", sha256=digest[:16], bytes=len(data), measurements=len(reading.measurements)
     )
     return "sent", reading, ""
@@ -238,17 +239,17 @@ class FolderTransport(Transport):
         try:
             head, tail = await asyncio.to_thread(self._peek, path, size)
         except OSError as exc:
-            log.debug("ecg file not readable yet", file=name, error=str(exc))
+            self.runtime.log.debug("ecg file not readable yet", file=name, error=str(exc))
             return None
         expected = driver.expected_length(head)
         incomplete = (expected is not None and size < expected) or not driver.looks_complete(head, tail)
         if incomplete and stable_for < opts.incomplete_timeout_seconds:
-            log.debug("ecg file incomplete, waiting", file=name, size=size, expected=expected)
+            self.runtime.log.debug("ecg file incomplete, waiting", file=name, size=size, expected=expected)
             return None
         try:
             data = await asyncio.to_thread(path.read_bytes)
         except OSError as exc:
-            log.debug("ecg file not readable yet", file=name, error=str(exc))
+            self.runtime.log.debug("ecg file not readable yet", file=name, error=str(exc))
             return None
         if len(data) != size:
             self._seen.pop(name, None)  # changed while we read it: wait for it to settle again
@@ -256,7 +257,7 @@ class FolderTransport(Transport):
         try:
             status, _reading, detail = await deliver(self.runtime, driver, data, name)
         except (OutboxError, RetryableError) as exc:
-            log.warning("ecg reading not accepted, will retry", error=one_line(str(exc)))
+            self.runtime.log.warning("ecg reading not accepted, will retry", error=one_line(str(exc)))
             return None
         if status == "failed":
             return await self._fail(folder, path, detail)
@@ -270,7 +271,9 @@ class FolderTransport(Transport):
             target = unique_target(directory, path.name)
             os.replace(path, target)
         except OSError as exc:
-            log.error("cannot move ecg file", directory=directory.name, error=str(exc))
+            self.runtime.log.error(
+                "cannot move ecg file", directory=directory.name, error=exc.strerror or type(exc).__name__
+            )
             with contextlib.suppress(OSError):
                 st = path.stat()
                 self._stuck[path.name] = (st.st_size, st.st_mtime_ns)
@@ -285,6 +288,6 @@ class FolderTransport(Transport):
 
     async def _fail(self, folder: Path, path: Path, reason: str) -> Outcome:
         reason = one_line(reason)
-        log.warning("ecg file moved to failed/", reason=reason)
+        self.runtime.log.warning("ecg file moved to failed/", reason=reason)
         await asyncio.to_thread(self._fail_sync, folder, path, reason)
         return Outcome(path.name, "failed", reason)

@@ -4,12 +4,14 @@ Layout: A4 landscape, standard grid (1 mm minor, 5 mm major lines), 25 mm/s and 
 four 2.5 s columns (I/II/III, aVR/aVL/aVF, V1-V3, V4-V6) plus a 10 s lead II rhythm strip, each row
 starting with a 1 mV calibration pulse. The header carries the patient, acquisition time, device, the
 cart's global measurements and its statements. Limb leads missing from the file are derived from I and II.
-The PDF is the same raster page at its physical size (scale exact when printed at 100 %).
+The PDF is the same raster page (8 px/mm, lossless) at its physical size: the scale is exact when
+printed at 100 %.
 """
 
 from __future__ import annotations
 
 import io
+import zlib
 from collections.abc import Sequence
 from typing import Literal
 
@@ -213,6 +215,49 @@ def render_page(info: EcgDecoded, waves: aecg.Waveforms) -> Image.Image:
     return image
 
 
+def pdf_page(image: Image.Image) -> bytes:
+    """A one-page PDF showing ``image`` at its physical size (``PX_PER_MM``), losslessly: the page is
+    quantised to a small palette and embedded as an indexed, Flate-compressed image (Pillow's own PDF
+    writer would use JPEG, which blurs the thin trace)."""
+    indexed = image.convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    palette = (indexed.getpalette() or [])[: 3 * 16]
+    colors = len(palette) // 3
+    width, height = indexed.size
+    pixels = zlib.compress(indexed.tobytes(), 6)
+    w_pt = width / PX_PER_MM / 25.4 * 72
+    h_pt = height / PX_PER_MM / 25.4 * 72
+    content = f"q {w_pt:.2f} 0 0 {h_pt:.2f} 0 0 cm /Im0 Do Q\n".encode()
+    image_dict = (
+        f"<< /Type /XObject /Subtype /Image /Width {width} /Height {height} "
+        f"/ColorSpace [/Indexed /DeviceRGB {colors - 1} <{bytes(palette).hex()}>] "
+        f"/BitsPerComponent 8 /Filter /FlateDecode /Length {len(pixels)} >>"
+    ).encode()
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        (
+            f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 {w_pt:.2f} {h_pt:.2f}] "
+            "/Resources << /XObject << /Im0 4 0 R >> >> /Contents 5 0 R >>"
+        ).encode(),
+        image_dict + b"\nstream\n" + pixels + b"\nendstream",
+        f"<< /Length {len(content)} >>".encode() + b"\nstream\n" + content + b"endstream",
+        b"<< /Title (12-lead ECG) /Producer (vitals-agent) >>",
+    ]
+    out = bytearray(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")
+    offsets = []
+    for number, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += f"{number} 0 obj\n".encode() + body + b"\nendobj\n"
+    xref = len(out)
+    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
+    out += b"".join(f"{offset:010d} 00000 n \n".encode() for offset in offsets)
+    out += (
+        f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R /Info {len(objects)} 0 R >>\n"
+        f"startxref\n{xref}\n%%EOF\n"
+    ).encode()
+    return bytes(out)
+
+
 def render_aecg(
     data: bytes, *, fmt: Literal["png", "pdf"] = "pdf", max_bytes: int = DEFAULT_MAX_XML_BYTES
 ) -> bytes:
@@ -224,7 +269,7 @@ def render_aecg(
     if fmt == "png":
         image.save(out, format="PNG")
     elif fmt == "pdf":
-        image.save(out, format="PDF", resolution=PX_PER_MM * 25.4, title="12-lead ECG")
+        out.write(pdf_page(image))
     else:
         raise DecodeError(f"unknown output format {fmt!r}")
     return out.getvalue()

@@ -214,7 +214,7 @@ def _section(record: bytes, sid: int, offset: int, length: int | None) -> bytes:
     return body
 
 
-def parse(data: bytes, *, max_bytes: int = 64 * 1024 * 1024) -> EcgDecoded:
+def parse(data: bytes, *, max_bytes: int = 16 * 1024 * 1024) -> EcgDecoded:
     """Decode one SCP-ECG record. Raises only :class:`DecodeError` subclasses on bad input."""
     check_size(data, max_bytes)
     sections = _sections(data)
@@ -233,7 +233,7 @@ def parse(data: bytes, *, max_bytes: int = 64 * 1024 * 1024) -> EcgDecoded:
     return out
 
 
-def decode(data: bytes, ctx: DecodeContext, *, max_bytes: int = 64 * 1024 * 1024) -> Reading:
+def decode(data: bytes, ctx: DecodeContext, *, max_bytes: int = 16 * 1024 * 1024) -> Reading:
     return to_reading(parse(data, max_bytes=max_bytes), data, ctx)
 
 

@@ -117,4 +117,4 @@ class SerialFileTransport(SerialTransport):
                     one_line(detail) + "\n", encoding="utf-8"
                 )
         except OSError as exc:
-            log.error("cannot save received ecg file", error=str(exc))
+            self.runtime.log.error("cannot save received ecg file", error=exc.strerror or type(exc).__name__)

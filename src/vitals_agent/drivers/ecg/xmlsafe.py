@@ -11,7 +11,7 @@ import defusedxml.ElementTree as DET
 from vitals_agent.drivers.ecg.common import check_size
 from vitals_agent.errors import DecodeError
 
-DEFAULT_MAX_XML_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_XML_BYTES = 16 * 1024 * 1024
 
 
 def parse_xml(data: bytes, *, max_bytes: int = DEFAULT_MAX_XML_BYTES, what: str = "XML") -> ET.Element:
