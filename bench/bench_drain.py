@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
@@ -63,7 +64,7 @@ def _server_main(port_q: mp.Queue, cert: str | None, key: str | None) -> None:  
     asyncio.run(main())
 
 
-def start_server(cert: Path | None = None, key: Path | None = None) -> tuple[mp.Process, int]:
+def start_server(cert: Path | None = None, key: Path | None = None) -> tuple[Any, int]:
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     proc = ctx.Process(target=_server_main, args=(q, str(cert) if cert else None, str(key) if key else None))

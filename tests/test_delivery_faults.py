@@ -399,3 +399,60 @@ async def test_sigkill_during_drain_loses_nothing(tmp_path: Path) -> None:
     ob = Outbox(data)
     assert ob.depth() == 0 and ob.dead_count() == 0
     ob.close()
+
+
+# --- a third, independent receiver: hl7apy's threaded MLLP server ---------------------------------------
+
+
+async def test_hl7apy_server_one_message_per_connection(outbox: Outbox) -> None:
+    """hl7apy's MLLPServer parses with hl7apy, answers one message per TCP connection and then closes it
+    (testing.md §4.2): every message must still arrive once, in order, each on its own connection."""
+    import threading
+
+    from hl7apy.mllp import AbstractHandler, MLLPServer
+    from hl7apy.parser import parse_message
+
+    received: list[str] = []
+
+    class Handler(AbstractHandler):  # type: ignore[misc]
+        def reply(self) -> str:
+            msg = parse_message(self.incoming_message)
+            control_id = msg.msh.msh_10.value
+            received.append(control_id)
+            ack = (
+                "MSH|^~\\&|EHR|HOSP|VITALS_AGENT|TEST_CLINIC|20250314153013+0000||ACK^R01^ACK|"
+                f"A{control_id}|P|2.6\rMSA|AA|{control_id}\r"
+            )
+            return str(parse_message(ack).to_mllp())  # hl7apy handlers return the framed answer
+
+    server = MLLPServer("127.0.0.1", 0, {"ORU^R01^ORU_R01": (Handler,)}, timeout=2)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        names = [f"H{i}" for i in range(5)]
+        queue(outbox, names)
+        sender = Sender(outbox, fast_ehr(server.server_address[1], ack_timeout_seconds=2))
+        await deliver_all(sender, outbox)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    assert received == names
+    assert sender.client.connections == 5
+
+
+async def test_new_readings_are_queued_durably_during_a_full_speed_drain(outbox: Outbox) -> None:
+    """The backlog drains while the pipeline keeps committing new readings from another thread: every
+    enqueue succeeds (no 'database is locked'), and everything arrives in queue order."""
+    backlog = [f"B{i:04d}" for i in range(600)]
+    outbox.enqueue_many({"control_id": c, "device_id": "d", "body": make_message(c)} for c in backlog)
+    fresh = [f"N{i:02d}" for i in range(20)]
+    async with Hl7Ehr() as ehr:
+        sender = Sender(outbox, fast_ehr(ehr.port))
+        async with running(sender):
+            await ehr.wait_for(50)
+            for cid in fresh:  # as the pipeline does: enqueue in a worker thread, then wake
+                await asyncio.to_thread(outbox.enqueue, control_id=cid, device_id="d", body=make_message(cid))
+                sender.wake()
+            await wait_until(lambda: outbox.depth() == 0, timeout=30)
+    assert ehr.control_ids == backlog + fresh

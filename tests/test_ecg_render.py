@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import io
 import re
+import zlib
 from pathlib import Path
 
 import pytest
@@ -70,13 +71,36 @@ def test_scale_grid_and_calibration() -> None:
     assert image.getpixel((px(render.GRID_LEFT_MM + 101), px(top_rhythm + 2.5))) == render.MINOR
 
 
-def test_pdf_page_has_the_physical_a4_size() -> None:
-    pdf = render.render_aecg(pulse_file(), fmt="pdf")
-    assert pdf.startswith(b"%PDF-")
+def test_pdf_is_a_lossless_a4_page_of_the_same_drawing() -> None:
+    data = pulse_file()
+    pdf = render.render_aecg(data, fmt="pdf")
+    assert pdf.startswith(b"%PDF-1.4") and pdf.rstrip().endswith(b"%%EOF")
     box = re.search(rb"/MediaBox\s*\[\s*0\s+0\s+([\d.]+)\s+([\d.]+)\s*\]", pdf)
     assert box is not None
     width_mm, height_mm = (float(v) / 72 * 25.4 for v in box.groups())
-    assert abs(width_mm - 297) < 0.5 and abs(height_mm - 210) < 0.5
+    assert abs(width_mm - 297) < 0.1 and abs(height_mm - 210) < 0.1
+    start = re.search(rb"startxref\s+(\d+)", pdf)
+    assert start is not None and pdf[int(start.group(1)) :].startswith(b"xref")
+    offsets = [int(x) for x in re.findall(rb"(\d{10}) 00000 n ", pdf)]
+    assert len(offsets) == 6
+    for number, offset in enumerate(offsets, 1):
+        assert pdf[offset:].startswith(f"{number} 0 obj".encode())
+    image = re.search(
+        rb"/Width (\d+) /Height (\d+) /ColorSpace \[/Indexed /DeviceRGB (\d+) <([0-9a-f]+)>\] "
+        rb"/BitsPerComponent 8 /Filter /FlateDecode /Length (\d+) >>\nstream\n",
+        pdf,
+    )
+    assert image is not None
+    width, height, _top, palette, length = image.groups()
+    raw = zlib.decompress(pdf[image.end() : image.end() + int(length)])
+    page = Image.frombytes("P", (int(width), int(height)), raw)
+    page.putpalette(bytes.fromhex(palette.decode()))
+    from_pdf = page.convert("RGB")
+    from_png = Image.open(io.BytesIO(render.render_aecg(data, fmt="png"))).convert("RGB")
+    assert from_pdf.size == from_png.size == (px(297), px(210))
+    points = [(x, y) for x in range(0, from_png.width, 5) for y in range(0, from_png.height, 5)]
+    differ = sum(dark(from_pdf.getpixel(p)) != dark(from_png.getpixel(p)) for p in points)
+    assert differ <= len(points) // 1000
 
 
 def test_file_without_waveforms_is_a_decode_error() -> None:

@@ -6,6 +6,7 @@ import os
 import sqlite3
 import stat
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from vitals_agent.errors import OutboxError, OutboxFullError
 
 
 @pytest.fixture
-def outbox(tmp_path: Path) -> Outbox:
+def outbox(tmp_path: Path) -> Iterator[Outbox]:
     ob = Outbox(tmp_path / "data")
     yield ob
     ob.close()

@@ -135,7 +135,7 @@ async def test_set_scan_clear_change_the_next_message(tmp_path: Path) -> None:
 
             code, status_out, _ = await cli("status", "--config", str(cfg))
             assert code == 0
-            code, _, _ = agent.terminate()
+            code, _ = agent.terminate()
         finally:
             agent.cleanup()
             await ehr.close()
@@ -193,7 +193,7 @@ async def test_require_patient_holds_across_a_restart_then_sends_late_associated
             await agent.wait_log(
                 lambda: bool(agent.events("reading held until a patient is set")), what="held"
             )
-            code, _, _ = agent.terminate()
+            code, _ = agent.terminate()
             assert code == 0
         finally:
             agent.cleanup()
@@ -209,7 +209,7 @@ async def test_require_patient_holds_across_a_restart_then_sends_late_associated
             )
             assert code == 0, err
             messages = await ehr.wait_for(1)
-            code, _, _ = agent.terminate()
+            code, _ = agent.terminate()
         finally:
             agent.cleanup()
             await ehr.close()

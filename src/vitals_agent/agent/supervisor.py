@@ -15,7 +15,7 @@ import structlog
 
 from vitals_agent.agent.runtime import DeviceRuntimeImpl
 from vitals_agent.drivers.base import transport_class
-from vitals_agent.errors import VitalsAgentError
+from vitals_agent.errors import TransportError, VitalsAgentError
 
 log = structlog.get_logger(__name__)
 
@@ -58,6 +58,14 @@ class DeviceSupervisor:
             except asyncio.CancelledError:
                 rt.set_connected(False, "stopped")
                 raise
+            except TransportError as exc:
+                error = str(exc) or type(exc).__name__
+                if cls.routine_disconnect:
+                    rt.set_connected(False, error)
+                    log.debug("device link ended", device=rt.device_id, detail=error)
+                    self.backoff.reset()
+                    await asyncio.sleep(self.backoff.next())
+                    continue
             except VitalsAgentError as exc:
                 error = str(exc) or type(exc).__name__
             except Exception as exc:  # a bug in a transport must not take the agent down

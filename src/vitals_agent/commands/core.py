@@ -26,7 +26,7 @@ from vitals_agent.drivers.base import (
 )
 from vitals_agent.errors import ConfigError, VitalsAgentError
 from vitals_agent.logs import setup_logging
-from vitals_agent.models import DeviceIdentity, PatientScan, Reading
+from vitals_agent.models import DeviceIdentity, DeviceStatusEvent, PatientScan, Reading
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -112,6 +112,16 @@ def _hex_chunks(items: list[str]) -> list[bytes]:
     return chunks
 
 
+def _uuid(text: str) -> str:
+    """A characteristic as a full lower-case UUID: ``2A35``, ``0x2a35`` and the 128-bit form are equal."""
+    value = text.strip().lower().removeprefix("0x")
+    if len(value) == 4:
+        value = f"0000{value}"
+    if len(value) == 8:
+        value = f"{value}-0000-1000-8000-00805f9b34fb"
+    return value
+
+
 def reading_json(reading: Reading) -> dict[str, Any]:
     """The ``decode`` JSON object for one reading (a public contract: extend, never rename)."""
     return {
@@ -170,9 +180,8 @@ async def cmd_decode(args: argparse.Namespace) -> int:
     cls = driver_class(args.driver)
     driver = cls(_driver_options(cls, args.option))
     if args.characteristic and driver.characteristics:
-        wanted = args.characteristic.lower()
-        known = [c.lower() for c in driver.characteristics]
-        if not any(wanted == c or c.startswith(f"0000{wanted}") or c.endswith(wanted) for c in known):
+        wanted = _uuid(args.characteristic)
+        if wanted not in {_uuid(c) for c in driver.characteristics}:
             raise VitalsAgentError(
                 f"{args.driver} does not read characteristic {args.characteristic} "
                 f"(known: {', '.join(driver.characteristics)})"
@@ -199,6 +208,7 @@ async def cmd_decode(args: argparse.Namespace) -> int:
     outputs = driver.decode_chunks(chunks, ctx, args.characteristic)
     printed = 0
     failures: list[DecodeFailure] = []
+    statuses: list[DeviceStatusEvent] = []
     for item in outputs:
         if isinstance(item, DecodeFailure):
             failures.append(item)
@@ -207,8 +217,19 @@ async def cmd_decode(args: argparse.Namespace) -> int:
             reading = normalise(item, max_clock_skew=timedelta.max)
             print(json.dumps(reading_json(reading), ensure_ascii=False))
             printed += 1
+        elif isinstance(item, DeviceStatusEvent):
+            statuses.append(item)
         elif isinstance(item, PatientScan):
             print(json.dumps({"scan": {"mrn": item.mrn}, "device": {"id": item.device_id}}))
+            printed += 1
+    if not printed:
+        # Device Information, clock and similar characteristics hold no reading: show what they say.
+        # (With readings present the output stays one reading per line.)
+        for item in statuses:
+            status = item.model_dump(mode="json", exclude_none=True)
+            if status.get("identity"):
+                status["identity"].pop("id", None)
+            print(json.dumps({"status": status}, ensure_ascii=False))
             printed += 1
     for failure in failures:
         if printed:

@@ -343,6 +343,10 @@ class Transport(abc.ABC):
     with back-off. Raise :class:`~vitals_agent.errors.TransportError` for expected link failures."""
 
     name: ClassVar[str]
+    # True when a link that ends is routine for this transport (a BLE cuff connects for one measurement and
+    # leaves; a scan that finds nothing means nobody is near): the supervisor then reconnects promptly and
+    # logs the end at DEBUG instead of as a failure.
+    routine_disconnect: ClassVar[bool] = False
 
     def __init__(self, runtime: DeviceRuntime) -> None:
         self.runtime = runtime

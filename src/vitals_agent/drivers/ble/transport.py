@@ -209,6 +209,7 @@ class _Link:
 @register_transport
 class BleTransport(Transport):
     name = "ble"
+    routine_disconnect = True
 
     def __init__(self, runtime: DeviceRuntime) -> None:
         super().__init__(runtime)
