@@ -1,5 +1,5 @@
-"""BLE end to end: a fake A&D cuff on a fake BlueZ (private D-Bus) -> the agent as a real process using bleak's
-real BlueZ backend -> python-hl7's MLLP server. Stored records, most of them failed and one repeated, give
+"""BLE end to end: a fake A&D cuff on a fake BlueZ (private D-Bus) -> the agent as a real process using
+bleak's real BlueZ backend -> python-hl7's MLLP server. Stored records, most of them failed and one repeated, give
 exactly one ORU^R01 per good record; a dropped link and an agent restart produce no duplicate; the cuff's
 clock is set."""
 
@@ -51,11 +51,11 @@ async def test_cuff_stored_records_reach_ehr_once_across_link_drop_and_restart(
     agent = AgentProcess(cfg)
     try:
         await indicate_then_leave(cuff, first_batch, timeout=30)
-        messages = await ehr.wait_for(2, timeout=30)
+        await ehr.wait_for(2, timeout=30)
         # The cuff comes back (dropped link): it re-sends everything it stored plus one new record.
         good3 = blood_pressure(118, 76, 90, 64, t + timedelta(minutes=9))
         await indicate_then_leave(cuff, [*first_batch, good3], timeout=30)
-        messages = await ehr.wait_for(3, timeout=30)
+        await ehr.wait_for(3, timeout=30)
         code, _ = agent.terminate()
         assert code == 0
         # The agent restarts; the cuff re-sends its whole memory once more: nothing new may be sent.
