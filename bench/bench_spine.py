@@ -2,8 +2,8 @@
 
 * Latency: the agent runs as a real process with a Masimo oximeter on a pseudo-terminal (report = every)
   and python-hl7's MLLP server as the EHR. For each reading we time from the last byte written to the pty
-  to the agent's log line saying the ACK was received (the sender's ``delivered`` event, logged at DEBUG, whose
-  ISO timestamp comes from the same host clock); if the sender does not log it, to the EHR's receipt.
+  to the agent's log line saying the ACK was received (the sender's ``delivered`` event, logged at
+  DEBUG, whose ISO timestamp comes from the same host clock); failing that, to the EHR's receipt.
   Baseline: a bare python-hl7 loop (``open_hl7_connection``, send, wait for the ACK) sending the very
   same messages to the same server. Printed: p50/p99 for both and their ratio.
 * Idle RSS of the agent with one device connected and nothing to do, beside a bare Python interpreter

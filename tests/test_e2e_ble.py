@@ -1,7 +1,7 @@
-"""BLE end to end: a fake A&D cuff on a fake BlueZ (private D-Bus) -> the agent as a real process using
-bleak's real BlueZ backend -> python-hl7's MLLP server. Stored records, most of them failed and one repeated, give
-exactly one ORU^R01 per good record; a dropped link and an agent restart produce no duplicate; the cuff's
-clock is set."""
+"""BLE end to end: a fake A&D cuff on a fake BlueZ (private D-Bus) -> the agent as a real process
+using bleak's real BlueZ backend -> python-hl7's MLLP server. Stored records, most of them failed and
+one repeated, give exactly one ORU^R01 per good record; a dropped link and an agent restart produce no
+duplicate; the cuff's clock is set."""
 
 from __future__ import annotations
 
