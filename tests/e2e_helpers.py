@@ -51,10 +51,11 @@ class PyHl7Ehr:
             writer.close()
 
     async def start(self) -> PyHl7Ehr:
-        self._server = await hl7.mllp.start_hl7_server(
-            self._client, host="127.0.0.1", port=self.port, encoding="utf-8"
+        server: asyncio.Server = await hl7.mllp.start_hl7_server(
+            self._client, host="127.0.0.1", port=self.port, encoding="utf-8", limit=32 * 1024 * 1024
         )
-        self.port = self._server.sockets[0].getsockname()[1]
+        self._server = server
+        self.port = server.sockets[0].getsockname()[1]
         return self
 
     async def wait_for(self, count: int, timeout: float = 20.0) -> list[str]:

@@ -284,3 +284,21 @@ async def test_malformed_requests_do_not_kill_the_server(env: Env) -> None:
         writer.close()
         assert answer.startswith(b"HTTP/1.1 4"), answer[:40]
     assert (await env.http("GET", "/api/status"))[0] == 200
+
+
+async def test_audit_failure_refuses_the_change_with_a_one_line_500(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os as _os
+
+    def disk_full(fd: int, data: bytes) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(_os, "write", disk_full)
+    status, _, content = await env.http("PUT", "/api/patient", {"mrn": MRN})
+    monkeypatch.undo()
+    assert status == 500
+    error = json.loads(content)["error"]
+    assert error.startswith("cannot write audit log ") and error.endswith("No space left on device")
+    assert MRN not in error
+    assert env.patients.current() is None  # no unaudited context

@@ -496,6 +496,9 @@ class ControlServer:
                 await self._send_json(writer, exc.status, {"error": exc.message})
             except PatientError as exc:
                 await self._send_json(writer, 400, {"error": str(exc)})
+            except VitalsAgentError as exc:  # e.g. the audit log cannot be written: one line, no data
+                log.error("control API request failed", path=request.path, error=str(exc))
+                await self._send_json(writer, 500, {"error": str(exc)})
             except Exception as exc:  # a bug must not kill the server; no details to the client
                 log.exception("control API request failed", path=request.path, error=type(exc).__name__)
                 await self._send_json(writer, 500, {"error": "internal error"})

@@ -402,18 +402,20 @@ class PatientContextManager:
         """Make ``patient`` the room's patient (replacing any other). Audited; persisted."""
         now = now or self._now()
         previous = self._context
-        self._context = PatientContext(patient, channel, source, now, now)
-        self._save()
+        context = PatientContext(patient, channel, source, now, now)
+        # Audit first: if the trail cannot be written, the context does not change (AuditError).
         self.audit.record(
             "context_set",
             channel=channel,
             source=source,
             patient=patient.model_dump(),
             replaced_mrn=previous.patient.mrn if previous else None,
-            expires_at=self._context.expires_at(self.timeout),
+            expires_at=context.expires_at(self.timeout),
         )
+        self._context = context
+        self._save()
         log.info("patient context set", channel=channel, source=source, replaced=previous is not None)
-        return self._context
+        return context
 
     def clear(self, channel: str, *, source: str | None = None, now: datetime | None = None) -> bool:
         """End the context. Returns False if none was set (still audited, as an attempt)."""
