@@ -1,6 +1,6 @@
 """Backlog drain rate and outbox commit cost, each beside a baseline measured in the same run.
 
-    .venv/bin/python bench/bench_drain.py [-n 2000] [--rounds 2]
+    .venv/bin/python bench/bench_drain.py [-n 2000] [--rounds 3]
 
 * drain: N queued ORU^R01 through our Outbox (SQLite, durable) + Sender (MLLP, ACK checked, delete per
   ACK) vs a bare python-hl7 loop (``hl7.mllp.open_hl7_connection``, send, wait for the ACK) with the same
@@ -119,27 +119,38 @@ async def our_sender(port: int, messages: list[bytes], ctx: ssl.SSLContext | Non
 # --- commit cost -----------------------------------------------------------------------------------------
 
 
-def commit_cost(tmp: Path, n: int, body: bytes) -> dict[str, float]:
+def commit_cost(tmp: Path, n: int, body: bytes) -> dict[str, tuple[float, float]]:
+    """Median and mean microseconds per committed reading; the three variants interleaved per reading so
+    that fsync-latency drift on the disk hits them alike."""
     ob = Outbox(tmp / "enq")
-    t0 = time.perf_counter()
-    for i in range(n):
-        ob.enqueue(control_id=f"E{i}", device_id="bench", body=body, meta={"i": i})
-    ours = (time.perf_counter() - t0) / n * 1e6
-    ob.close()
-    out = {"Outbox.enqueue (WAL, FULL)": ours}
-    for label, sync in (("bare insert+commit (WAL, FULL)", "FULL"), ("bare insert+commit (WAL, OFF)", "OFF")):
+    bare: dict[str, sqlite3.Connection] = {}
+    for sync in ("FULL", "OFF"):
         conn = sqlite3.connect(tmp / f"bare-{sync}.db", isolation_level=None)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={sync}")
         conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY AUTOINCREMENT, c TEXT, d TEXT, body BLOB)")
+        bare[sync] = conn
+    times: dict[str, list[float]] = {
+        "Outbox.enqueue (WAL, FULL)": [],
+        "bare insert+commit (WAL, FULL)": [],
+        "bare insert+commit (WAL, OFF)": [],
+    }
+    for i in range(n):
         t0 = time.perf_counter()
-        for i in range(n):
+        ob.enqueue(control_id=f"E{i}", device_id="bench", body=body, meta={"i": i})
+        t1 = time.perf_counter()
+        times["Outbox.enqueue (WAL, FULL)"].append(t1 - t0)
+        for sync in ("FULL", "OFF"):
+            conn = bare[sync]
+            t0 = time.perf_counter()
             conn.execute("BEGIN")
             conn.execute("INSERT INTO t (c, d, body) VALUES (?, ?, ?)", (f"E{i}", "bench", body))
             conn.execute("COMMIT")
-        out[label] = (time.perf_counter() - t0) / n * 1e6
+            times[f"bare insert+commit (WAL, {sync})"].append(time.perf_counter() - t0)
+    ob.close()
+    for conn in bare.values():
         conn.close()
-    return out
+    return {k: (statistics.median(v) * 1e6, statistics.fmean(v) * 1e6) for k, v in times.items()}
 
 
 # --- main ------------------------------------------------------------------------------------------------
@@ -147,8 +158,8 @@ def commit_cost(tmp: Path, n: int, body: bytes) -> dict[str, float]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("-n", type=int, default=1000, help="messages per drain (default 1000)")
-    ap.add_argument("--rounds", type=int, default=2, help="alternating rounds per variant (median taken)")
+    ap.add_argument("-n", type=int, default=2000, help="messages per drain (default 2000)")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per variant (median taken)")
     ap.add_argument("--commits", type=int, default=200, help="enqueues for the commit cost (default 200)")
     args = ap.parse_args()
     import logging
@@ -189,9 +200,10 @@ def main() -> int:
         print(f"{label:<6} {b:>22.0f} {o:>20.0f} {ratio:>6.2f}")
     print()
     print(f"commit cost per reading ({args.commits} readings, {len(messages[0])}-byte ORU)")
-    base = costs["bare insert+commit (WAL, FULL)"]
-    for label, us in costs.items():
-        print(f"{label:<34} {us:>9.0f} us   x{us / base:.2f} of bare FULL")
+    base = costs["bare insert+commit (WAL, FULL)"][0]
+    print(f"{'':<34} {'median':>9}    {'mean':>9}    median vs bare FULL")
+    for label, (med, mean) in costs.items():
+        print(f"{label:<34} {med:>9.0f} us {mean:>9.0f} us   x{med / base:.2f}")
     print(f"(cpus: {os.cpu_count()}, load avg: {os.getloadavg()[0]:.1f})")
     return 0
 

@@ -456,3 +456,16 @@ async def test_new_readings_are_queued_durably_during_a_full_speed_drain(outbox:
                 sender.wake()
             await wait_until(lambda: outbox.depth() == 0, timeout=30)
     assert ehr.control_ids == backlog + fresh
+
+
+async def test_unframeable_message_is_parked_not_blocking(outbox: Outbox) -> None:
+    async with Hl7Ehr() as ehr:
+        bad = outbox.enqueue(
+            control_id="BAD", device_id="d", body=make_message("BAD").replace(b"97", b"9\x0b7")
+        )
+        queue(outbox, ["M1"])
+        await deliver_all(Sender(outbox, fast_ehr(ehr.port)), outbox)
+    assert ehr.control_ids == ["M1"]
+    dead = outbox.get(bad)
+    assert isinstance(dead, DeadLetter)
+    assert dead.reason == "message contains an MLLP framing byte (0x0B or 0x1C)" and dead.ack_code is None

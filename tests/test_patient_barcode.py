@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from tests.serial_helpers import FIXED_NOW, FakeRuntime, fixed_ctx, pty_device, serial_driver, start, stop  # noqa: F401
 from vitals_agent.config.schema import parse_config
 from vitals_agent.drivers.barcode import BarcodeDriver, BarcodeOptions, extract_mrn
-from vitals_agent.drivers.base import DecodeFailure, transport_class
+from vitals_agent.drivers.base import DecodeFailure, StreamDecoder, transport_class
 from vitals_agent.drivers.pty import PtyDevice
 from vitals_agent.errors import ConfigError, DecodeError, UnsupportedError
 from vitals_agent.models import PatientScan
@@ -20,7 +20,7 @@ from vitals_agent.models import PatientScan
 WRISTBAND = r"\]C1(?P<mrn>MRN\d{6,10})\^.*"  # AIM prefix, MRN, then a name part the agent ignores
 
 
-def decoder(pattern: str | None = None, device_id: str = "scan-1"):  # type: ignore[no-untyped-def]
+def decoder(pattern: str | None = None, device_id: str = "scan-1") -> StreamDecoder:
     options = BarcodeOptions(port="/dev/null", **({"mrn_pattern": pattern} if pattern else {}))
     return BarcodeDriver(options).stream_decoder(fixed_ctx(device_id, options=options))
 

@@ -15,7 +15,7 @@ from tests.test_control import Env, fake_status
 from vitals_agent.agent.control import ControlServer
 from vitals_agent.agent.patient_context import PatientDetails
 from vitals_agent.drivers.barcode import BarcodeDriver, BarcodeOptions
-from vitals_agent.drivers.base import DecodeContext
+from vitals_agent.drivers.base import DecodeContext, DecodeFailure
 from vitals_agent.logs import setup_logging
 from vitals_agent.models import DeviceIdentity, PatientScan, Reading
 
@@ -55,7 +55,7 @@ async def test_whole_patient_flow_logs_no_identifiers(tmp_path: Path, log_buffer
         for item in outputs:
             if isinstance(item, PatientScan):
                 await patients.on_scan(item)
-            else:
+            elif isinstance(item, DecodeFailure):
                 structlog.get_logger("vitals_agent.agent.runtime").info(
                     "decode failed", error=str(item.error)
                 )

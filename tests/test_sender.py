@@ -174,3 +174,30 @@ async def test_delivery_waits_for_a_busy_outbox_instead_of_failing(outbox: Outbo
             await wait_until(lambda: outbox.depth() == 0)
     assert ehr.control_ids == ["L0"]
     assert sender.status()["last_error"] is None
+
+
+async def test_an_unexpected_bug_does_not_end_delivery(
+    outbox: Outbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vitals_agent.hl7.ack import parse_ack as real
+
+    calls = {"n": 0}
+
+    def flaky(payload: bytes) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("boom")
+        return real(payload)
+
+    monkeypatch.setattr(sender_module, "parse_ack", flaky)
+    async with Hl7Ehr() as ehr:
+        outbox.enqueue(control_id="U0", device_id="d", body=make_message("U0"))
+        sender = Sender(outbox, fast_ehr(ehr.port))
+        with capture_logs() as logs:
+            async with running(sender):
+                await wait_until(lambda: outbox.depth() == 0)
+    assert ehr.control_ids == ["U0", "U0"]  # re-sent with the same MSH-10 after the failure
+    errors = [e for e in logs if e["log_level"] == "error"]
+    assert [(e["event"], e["error"]) for e in errors] == [
+        ("sender: unexpected error, continuing", "RuntimeError")
+    ]

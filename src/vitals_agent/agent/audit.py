@@ -112,7 +112,9 @@ class AuditLog:
                     written += os.write(self._fd, line[written:])
                 os.fsync(self._fd)
             except OSError as exc:
-                log.error("audit record could not be written", audit_event=event, error=exc.strerror or str(exc))
+                log.error(
+                    "audit record could not be written", audit_event=event, error=exc.strerror or str(exc)
+                )
                 raise AuditError(f"cannot write audit log {self.path}: {exc.strerror or exc}") from None
             return entry
 

@@ -20,9 +20,12 @@ Durability and power loss:
   the receiver sees a duplicate it can recognise (delivery is at-least-once). The next FULL commit makes
   every earlier NORMAL commit durable as well.
 
-Thread safety: one connection guarded by a lock, so the agent may call from several threads (it calls from
-the event loop through :func:`asyncio.to_thread`). Other processes (the ``outbox`` command on a running
-agent) share the file safely through SQLite's own locking (WAL, ``busy_timeout``).
+Thread safety: the agent calls from the event loop through :func:`asyncio.to_thread` and from the loop
+itself. Writes go through one connection guarded by a lock; reads (``depth``, ``peek``, ``get`` ...) use a
+second, read-only connection, so in WAL mode they never wait for a writer and a status request never
+blocks the loop; :meth:`Outbox.delete_nowait` uses a third connection with ``busy_timeout=0`` so the
+sender can remove a delivered message inline and fall back to a thread only when the file is busy. Other
+processes (the ``outbox`` command on a running agent) share the file through SQLite's own locking.
 """
 
 from __future__ import annotations

@@ -147,6 +147,15 @@ class Sender:
                     log.error("sender: outbox problem, retrying", error=str(exc))
                     self._batch.clear()
                     await self._sleep(self._backoff(max(self._failures, 1)))
+                except Exception as exc:  # a bug must not silently end delivery: log it, go on
+                    self._in_flight = None
+                    self._error(f"internal error: {exc.__class__.__name__}")
+                    # no traceback at ERROR: a formatter that shows locals would print the message body
+                    log.error("sender: unexpected error, continuing", error=exc.__class__.__name__)
+                    log.debug("sender: unexpected error details", exc_info=True)
+                    self.client.abort()
+                    self._batch.clear()
+                    await self._sleep(self._backoff(max(self._failures, 1)))
         finally:
             self._in_flight = None
             self.client.abort()
@@ -204,6 +213,10 @@ class Sender:
             self._batch = deque(m for m in self._batch if m.id != msg.id)
 
     async def _deliver(self, msg: OutboxMessage) -> None:
+        if b"\x0b" in msg.body or b"\x1c" in msg.body:
+            # MLLP cannot carry it, now or ever: park it instead of blocking the queue behind it
+            await self._dead_letter(msg, "message contains an MLLP framing byte (0x0B or 0x1C)", None)
+            return
         self._in_flight = msg
         try:
             ack = await self._exchange(msg)
@@ -296,9 +309,13 @@ class Sender:
             reason = f"unknown acknowledgement code {ack.code!r}"
         await self._dead_letter(msg, reason, ack)
 
-    async def _dead_letter(self, msg: OutboxMessage, reason: str, ack: Ack) -> None:
+    async def _dead_letter(self, msg: OutboxMessage, reason: str, ack: Ack | None) -> None:
         await asyncio.to_thread(
-            self.outbox.dead_letter, msg.id, reason, ack_code=ack.code, ack_text=ack.describe()
+            self.outbox.dead_letter,
+            msg.id,
+            reason,
+            ack_code=ack.code if ack else None,
+            ack_text=ack.describe() if ack else None,
         )
         self._drop_from_batch(msg)
         self._deferred.pop(msg.id, None)
@@ -310,7 +327,7 @@ class Sender:
             id=msg.id,
             device_id=msg.device_id,
             reason=reason,
-            ack=ack.describe(),
+            ack=ack.describe() if ack else None,
             dead_letters=dead,
         )
 

@@ -231,7 +231,7 @@ class MllpClient:
         """Send one message and return the payload of the first frame that answers it."""
         data = frame(message)
         async with self._lock:
-            reused = self.connected
+            reused = self.connected and self._reader is not None and not self._reader.at_eof()
             try:
                 return await self._exchange(data, timeout)
             except ConnectionLostError as exc:
