@@ -16,6 +16,7 @@ from typing import Any
 
 import structlog
 
+from vitals_agent.agent.audit import AuditError
 from vitals_agent.agent.normalize import normalise
 from vitals_agent.agent.outbox import Outbox
 from vitals_agent.agent.reporting import ReportingPolicy, make_policy
@@ -102,6 +103,8 @@ class Pipeline:
         for device_id, policy in self._policies.items():
             for due in policy.tick(now):
                 await self.accept(self._runtimes[device_id], due)
+        if self.patients is not None:
+            self.patients.tick(now)  # patient context expiry, hold timeout
 
     async def on_scan(self, scan: PatientScan) -> None:
         if self.patients is None:
@@ -115,13 +118,38 @@ class Pipeline:
         current: PatientIdentity | None = self.patients.current(self.now())
         return current
 
-    async def accept(self, runtime: DeviceRuntimeImpl, reading: Reading) -> Accepted | None:
-        """Build the message and commit it durably. Returns None when the reading was refused."""
-        patient = self.patient_for(reading)
+    async def release_held(self, device_id: str, reading: Reading, patient: Any) -> str | None:
+        """PatientContextManager.releaser: queue a held reading for ``patient`` (late-associated)."""
+        runtime = self._runtimes.get(device_id)
+        if runtime is None:
+            log.warning("held reading of a device no longer configured stays held", device=device_id)
+            return None
+        accepted = await self.accept(runtime, reading, late_patient=patient)
+        return accepted.control_id if accepted else None
+
+    async def accept(
+        self, runtime: DeviceRuntimeImpl, reading: Reading, *, late_patient: Any = None
+    ) -> Accepted | None:
+        """Build the message and commit it durably. Returns None when the reading was refused or held.
+
+        ``late_patient``: a held reading being released to that patient (PatientDetails).
+        """
+        details: Any = late_patient
+        if details is None and self.patients is not None:
+            route = self.patients.route(runtime.config.id, reading, self.now())
+            if route.held:
+                return None  # stored durably by the patient context; released when a patient is set
+            details = route.patient
+        patient: PatientIdentity | None = details.to_identity() if details is not None else None
         control_id = new_control_id()
         try:
             body = build_oru(
-                reading, self.profile, control_id=control_id, created_at=self.now(), patient=patient
+                reading,
+                self.profile,
+                control_id=control_id,
+                created_at=self.now(),
+                patient=patient,
+                late_associated=late_patient is not None,
             )
         except MessageBuildError as exc:
             self.refused += 1
@@ -139,6 +167,18 @@ class Pipeline:
             )
             return None
         runtime.record_sent(reading)
+        if self.audit is not None:
+            try:
+                self.audit.reading_accepted(
+                    device_id=runtime.config.id,
+                    control_id=control_id,
+                    reading=reading,
+                    patient=details.model_dump() if details is not None else None,
+                    disposition="bound" if details is not None else "unbound",
+                    late_associated=late_patient is not None,
+                )
+            except AuditError as exc:
+                log.error("audit record not written", control_id=control_id, error=str(exc))
         log.info(
             "reading queued",
             device=runtime.config.id,

@@ -81,6 +81,7 @@ class Sender:
         self._dead_lettered = 0
         self._backlog_level = 0
         self._backlog_checked = 0.0
+        self.audit: Any = None  # AuditLog (patient context issue): every ACK and dead letter
 
     # --- public API ----------------------------------------------------------------------------------
 
@@ -268,7 +269,21 @@ class Sender:
             log.error("cannot record the failed attempt", control_id=msg.control_id, error=str(oexc))
         await self._sleep(delay)
 
+    def _audit(self, method: str, **fields: Any) -> None:
+        if self.audit is None:
+            return
+        try:
+            getattr(self.audit, method)(**fields)
+        except Exception as exc:  # the audit must not stop delivery
+            log.error("audit record not written", control_id=fields.get("control_id"), error=str(exc))
+
     async def _handle_ack(self, msg: OutboxMessage, ack: Ack) -> None:
+        self._audit(
+            "message_sent",
+            control_id=msg.control_id,
+            ack_code=ack.code,
+            ack_text="" if ack.accepted else ack.describe(),
+        )
         if self._failures:
             log.info("delivery resumed", after_failures=self._failures, peer=self.client.peer)
         self._failures = 0
@@ -320,6 +335,7 @@ class Sender:
         self._drop_from_batch(msg)
         self._deferred.pop(msg.id, None)
         self._dead_lettered += 1
+        self._audit("message_dead", control_id=msg.control_id, reason=reason)
         dead = await asyncio.to_thread(self.outbox.dead_count)
         log.warning(
             "interface alert: message moved to the dead-letter table",

@@ -19,8 +19,11 @@ import structlog
 
 from vitals_agent import __version__
 from vitals_agent.agent import sdnotify
+from vitals_agent.agent.audit import AuditLog
+from vitals_agent.agent.control import ControlServer
 from vitals_agent.agent.outbox import Outbox
 from vitals_agent.agent.paths import data_dir, device_zone, gateway_eui64
+from vitals_agent.agent.patient_context import PatientContextManager
 from vitals_agent.agent.pipeline import Pipeline
 from vitals_agent.agent.profile import message_profile
 from vitals_agent.agent.runtime import DeviceRuntimeImpl
@@ -62,6 +65,18 @@ class AgentService:
         self.pipeline = Pipeline(
             config, message_profile(config, self.gateway), self.outbox, wake_sender=self.sender.wake, now=now
         )
+        # Patient context, audit trail, control API (issue 7)
+        self.audit = AuditLog.in_dir(self.data_dir)
+        self.patients = PatientContextManager(self.data_dir, config.patient, self.audit, now=now)
+        self.patients.releaser = self.pipeline.release_held
+        self.pipeline.patients = self.patients
+        self.pipeline.audit = self.audit
+        self.sender.audit = self.audit
+        self.control: ControlServer | None = None
+        if config.control.enabled:
+            self.control = ControlServer(
+                self.data_dir, self.patients, self.status, host=config.control.host, port=config.control.port
+            )
         self.runtimes: dict[str, DeviceRuntimeImpl] = {}
         self.supervisors: dict[str, DeviceSupervisor] = {}
         self._tasks: list[asyncio.Task[Any]] = []
@@ -119,6 +134,15 @@ class AgentService:
         for dev_id, sup in self.supervisors.items():
             self._tasks.append(asyncio.create_task(sup.run(), name=f"device:{dev_id}"))
         self._tasks.append(asyncio.create_task(self._ticker(), name="ticker"))
+        if self.control is not None:
+            try:
+                await self.control.start()
+            except OSError as exc:
+                log.error(
+                    "control API not started", port=self.config.control.port, error=exc.strerror or str(exc)
+                )
+                self.control = None
+        await self.patients.release_held()  # a context and held readings that survived a restart
         interval = sdnotify.watchdog_interval()
         if interval:
             self._tasks.append(asyncio.create_task(self._watchdog(interval), name="watchdog"))
@@ -136,7 +160,11 @@ class AgentService:
             sender_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sender_task
+            if self.control is not None:
+                await self.control.stop()
             self.outbox.close()
+            self.patients.close()
+            self.audit.close()
             log.info("agent stopped")
         return 0
 

@@ -1,0 +1,222 @@
+"""Patient context end to end: the agent as a real process, a Masimo and a wristband scanner on
+pseudo-terminals, the real CLI talking to the control API, and python-hl7's MLLP server as the EHR
+(every message checked by the hl7apy STRICT oracle)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import stat
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e_helpers import AgentProcess, PyHl7Ehr, masimo_ascii1_line
+from tests.oracle import validate_oru
+from vitals_agent.agent.audit import read_audit
+from vitals_agent.drivers.pty import PtyDevice
+
+pytestmark = pytest.mark.timeout(90)
+
+MRN = "MRN7700112233"
+FAMILY = "PEMBERTONFAMILY"
+GIVEN = "ISOLDEGIVEN"
+SCANNED = "MRN5544332211"
+WRISTBAND = r"\]C1(?P<mrn>MRN\d+)\^.*"
+
+
+def write_config(
+    path: Path, data_dir: Path, ehr_port: int, devices: list[dict[str, Any]], *, require_patient: bool
+) -> Path:
+    lines = [
+        "[agent]",
+        'facility = "EXAMPLE_CLINIC"',
+        'location = "CLINIC^ROOM12"',
+        f'data_dir = "{data_dir}"',
+        'timezone = "UTC"',
+        "[ehr]",
+        'host = "127.0.0.1"',
+        f"port = {ehr_port}",
+        "ack_timeout_seconds = 2",
+        "backoff_min_seconds = 0.05",
+        "backoff_max_seconds = 0.5",
+        "[control]",
+        "port = 0",
+        "[patient]",
+        'assigning_authority = "EXCLINIC&2.999.1&ISO"',
+        f"require_patient = {'true' if require_patient else 'false'}",
+        f"mrn_pattern = '{WRISTBAND}'",
+    ]
+    for dev in devices:
+        lines.append("[[devices]]")
+        for key, value in dev.items():
+            lines.append(f"{key} = {json.dumps(value)}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def field(message: str, segment: str, index: int) -> str:
+    for seg in message.replace("\n", "\r").split("\r"):
+        if seg.startswith(segment + "|"):
+            parts = seg.split("|")
+            pos = index - 1 if segment == "MSH" else index
+            return parts[pos] if pos < len(parts) else ""
+    return ""
+
+
+async def cli(*args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "vitals_agent",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def wait_control(agent: AgentProcess, data_dir: Path) -> None:
+    await agent.wait_log(lambda: (data_dir / "control.json").exists(), what="control API")
+
+
+async def test_set_scan_clear_change_the_next_message(tmp_path: Path) -> None:
+    ehr = await PyHl7Ehr().start()
+    data = tmp_path / "data"
+    now = datetime.now(UTC).replace(microsecond=0)
+    with PtyDevice(tmp_path / "ttyRad8") as oxi, PtyDevice(tmp_path / "ttyScan") as scanner:
+        cfg = write_config(
+            tmp_path / "agent.toml",
+            data,
+            ehr.port,
+            [
+                {"id": "spo2-room12", "driver": "masimo-ascii", "port": str(oxi.link), "report": "every"},
+                {"id": "scanner", "driver": "barcode", "port": str(scanner.link), "mrn_pattern": WRISTBAND},
+            ],
+            require_patient=False,
+        )
+        agent = AgentProcess(cfg)
+        try:
+            await agent.wait_log(lambda: len(agent.events("device connected")) == 2, what="devices connected")
+            await wait_control(agent, data)
+            assert stat.S_IMODE((data / "control.token").stat().st_mode) == 0o600
+
+            # 1. no patient: unbound
+            await oxi.write(masimo_ascii1_line(now, "096", "072", "05.10"))
+            await ehr.wait_for(1)
+
+            # 2. patient set by the CLI: bound
+            code, out, err = await cli(
+                "patient", "set", "--mrn", MRN, "--name", f"{FAMILY}^{GIVEN}", "--dob", "19750102",
+                "--sex", "F", "--encounter", "V123", "--config", str(cfg),
+            )  # fmt: skip
+            assert (code, err) == (0, ""), err
+            assert MRN not in out and out.startswith("Patient \u2022")
+            await oxi.write(masimo_ascii1_line(now + timedelta(seconds=1), "097", "070", "04.69"))
+            await ehr.wait_for(2)
+
+            # 3. wristband scan on the serial scanner: bound to the scanned MRN
+            await scanner.write(f"]C1{SCANNED}^DOE^JANE\r\n".encode())
+            await agent.wait_log(lambda: bool(agent.events("wristband scanned")), what="scan")
+            await oxi.write(masimo_ascii1_line(now + timedelta(seconds=2), "098", "071", "04.00"))
+            await ehr.wait_for(3)
+
+            # 4. clear: unbound again
+            code, out, err = await cli("patient", "clear", "--config", str(cfg))
+            assert (code, out) == (0, "patient context cleared\n"), err
+            await oxi.write(masimo_ascii1_line(now + timedelta(seconds=3), "095", "075", "02.28"))
+            messages = await ehr.wait_for(4)
+
+            code, status_out, _ = await cli("status", "--config", str(cfg))
+            assert code == 0
+            code, _ = agent.terminate()
+        finally:
+            agent.cleanup()
+            await ehr.close()
+    assert code == 0, agent.tail()
+    parsed = [validate_oru(m) for m in messages]
+    unbound1, bound, scanned, unbound2 = parsed
+    for p in (unbound1, unbound2):
+        assert (p.pid[5], p.pid[31]) == ("^^^^^^U", "Y")
+        assert p.pid.text(3, 1).startswith("TMP-")
+    assert (bound.pid.text(3, 1), bound.pid.text(3, 4), bound.pid.text(3, 5)) == (
+        MRN,
+        "EXCLINIC&2.999.1&ISO",
+        "MR",
+    )
+    assert (bound.pid.text(5, 1), bound.pid.text(5, 2)) == (FAMILY, GIVEN)
+    assert (bound.pid[7], bound.pid[8], bound.pid[31]) == ("19750102", "F", "N")
+    assert bound.pv1.text(19, 1) == "V123"
+    assert (scanned.pid.text(3, 1), scanned.pid[31]) == (SCANNED, "N")
+
+    # status in the terminal: devices and a masked (or no) patient
+    assert "spo2-room12 [masimo-ascii]: connected" in status_out and "scanner [barcode]" in status_out
+    # the operational log (the agent's INFO output) holds no identifier ...
+    log_text = "\n".join(agent.raw_log)
+    for secret in (MRN, SCANNED, FAMILY, GIVEN, "19750102", "DOE^JANE"):
+        assert secret not in log_text
+    # ... and the audit log has the whole trail
+    trail = list(read_audit(data / "audit.jsonl"))
+    names = [e["event"] for e in trail]
+    assert names.count("reading_accepted") == 4
+    sets = [e for e in trail if e["event"] == "context_set"]
+    assert [(e["channel"], e["patient"]["mrn"]) for e in sets] == [("cli", MRN), ("barcode", SCANNED)]
+    assert [e["channel"] for e in trail if e["event"] == "context_cleared"] == ["cli"]
+    accepted = [e for e in trail if e["event"] == "reading_accepted"]
+    assert [(e["patient"] or {}).get("mrn") for e in accepted] == [None, MRN, SCANNED, None]
+    sent = {e["control_id"]: e["ack_code"] for e in trail if e["event"] == "message_sent"}
+    assert sent == {field(m, "MSH", 10): "AA" for m in messages}
+
+
+async def test_require_patient_holds_across_a_restart_then_sends_late_associated(tmp_path: Path) -> None:
+    ehr = await PyHl7Ehr().start()
+    data = tmp_path / "data"
+    now = datetime.now(UTC).replace(microsecond=0)
+    with PtyDevice(tmp_path / "ttyRad8") as oxi:
+        cfg = write_config(
+            tmp_path / "agent.toml",
+            data,
+            ehr.port,
+            [{"id": "spo2-room12", "driver": "masimo-ascii", "port": str(oxi.link), "report": "every"}],
+            require_patient=True,
+        )
+        agent = AgentProcess(cfg)
+        try:
+            await agent.wait_log(lambda: bool(agent.events("device connected")), what="device connected")
+            await oxi.write(masimo_ascii1_line(now, "096", "072", "05.10"))
+            await agent.wait_log(
+                lambda: bool(agent.events("reading held until a patient is set")), what="held"
+            )
+            code, _ = agent.terminate()
+            assert code == 0
+        finally:
+            agent.cleanup()
+        assert ehr.messages == []
+
+        agent = AgentProcess(cfg)  # restart: the held reading is still there
+        try:
+            await wait_control(agent, data)
+            code, out, err = await cli("status", "--config", str(cfg))
+            assert "1 held reading(s)" in out, out + err
+            code, _, err = await cli(
+                "patient", "set", "--mrn", MRN, "--name", f"{FAMILY}^{GIVEN}", "--config", str(cfg)
+            )
+            assert code == 0, err
+            messages = await ehr.wait_for(1)
+            code, _ = agent.terminate()
+        finally:
+            agent.cleanup()
+            await ehr.close()
+    parsed = validate_oru(messages[0])
+    assert parsed.pid.text(3, 1) == MRN
+    assert any(s.name == "NTE" and "late-associated" in s.raw for s in parsed.segments)
+    assert parsed.value("150456") == "96"
+    names = [e["event"] for e in read_audit(data / "audit.jsonl")]
+    assert names[:2] == ["reading_accepted", "reading_held"]
+    assert "held_released" in names and "message_sent" in names
