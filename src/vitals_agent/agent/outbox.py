@@ -170,6 +170,22 @@ def _is_full(exc: sqlite3.Error) -> bool:
     return code in (13, 8) or "full" in text or "readonly" in text or "read-only" in text
 
 
+def _move_to_dead(
+    conn: sqlite3.Connection, message_id: int, reason: str, ack_code: str | None, ack_text: str | None
+) -> bool:
+    """Move one queued message to the dead-letter table (same id, body and MSH-10), inside ``conn``'s
+    open transaction."""
+    cur = conn.execute(
+        "INSERT INTO dead_letter (id, control_id, device_id, body, meta, created_at, attempts,"
+        " dead_at, reason, ack_code, ack_text)"
+        " SELECT id, control_id, device_id, body, meta, created_at, attempts, ?, ?, ?, ?"
+        " FROM outbox WHERE id = ?",
+        (time.time(), reason, ack_code, ack_text, message_id),
+    )
+    conn.execute("DELETE FROM outbox WHERE id = ?", (message_id,))
+    return cur.rowcount > 0
+
+
 class Outbox:
     """The agent's durable queue. See the module docstring for the durability contract."""
 
@@ -257,9 +273,20 @@ class Outbox:
     # --- the pipeline's side -------------------------------------------------------------------------
 
     def enqueue(
-        self, *, control_id: str, device_id: str, body: bytes, meta: dict[str, Any] | None = None
+        self,
+        *,
+        control_id: str,
+        device_id: str,
+        body: bytes,
+        meta: dict[str, Any] | None = None,
+        park_reason: str | None = None,
     ) -> int:
-        """Queue one message; returns its id once it is committed durably (fsynced)."""
+        """Queue one message; returns its id once it is committed durably (fsynced).
+
+        ``park_reason``: store it durably but do not send it — it goes straight to the dead-letter table
+        with that reason (in the same transaction, so the sender never sees it), for an operator to review
+        and ``outbox retry`` (e.g. an EKG whose patient does not match the room's patient).
+        """
         meta_text = json.dumps(meta or {}, default=str, separators=(",", ":"))
         try:
             with self._tx("FULL") as conn:
@@ -269,6 +296,8 @@ class Outbox:
                     (control_id, device_id, sqlite3.Binary(body), meta_text, time.time()),
                 )
                 row_id = cur.lastrowid
+                if park_reason is not None and row_id is not None:
+                    _move_to_dead(conn, row_id, park_reason, None, None)
         except sqlite3.Error as exc:
             if _is_full(exc):
                 raise OutboxFullError(
@@ -392,17 +421,10 @@ class Outbox:
         """Move a message to the dead-letter table (same id, body and MSH-10)."""
         try:
             with self._tx("FULL") as conn:
-                cur = conn.execute(
-                    "INSERT INTO dead_letter (id, control_id, device_id, body, meta, created_at, attempts,"
-                    " dead_at, reason, ack_code, ack_text)"
-                    " SELECT id, control_id, device_id, body, meta, created_at, attempts, ?, ?, ?, ?"
-                    " FROM outbox WHERE id = ?",
-                    (time.time(), reason, ack_code, ack_text, message_id),
-                )
-                conn.execute("DELETE FROM outbox WHERE id = ?", (message_id,))
+                moved = _move_to_dead(conn, message_id, reason, ack_code, ack_text)
         except sqlite3.Error as exc:
             raise OutboxError(f"outbox {self.path}: cannot dead-letter message {message_id}: {exc}") from None
-        return cur.rowcount > 0
+        return moved
 
     # --- operator tools ------------------------------------------------------------------------------
 

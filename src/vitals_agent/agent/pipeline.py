@@ -69,6 +69,7 @@ class Pipeline:
         self._policies: dict[str, ReportingPolicy] = {}
         self._runtimes: dict[str, DeviceRuntimeImpl] = {}
         self.refused = 0  # readings that could not be committed (disk full...)
+        self.parked = 0  # messages stored for review instead of sent (patient mismatch)
 
     def add_device(self, runtime: DeviceRuntimeImpl) -> None:
         dev = runtime.config
@@ -118,6 +119,30 @@ class Pipeline:
         current: PatientIdentity | None = self.patients.current(self.now())
         return current
 
+    def _parked(self, device_id: str, control_id: str, reading: Reading, reason: str) -> None:
+        """A message stored but not sent (patient mismatch): WARNING without identifiers, full audit."""
+        self.parked += 1
+        log.warning(
+            "message held for review, not sent: the device's patient is not the room's patient",
+            device=device_id,
+            control_id=control_id,
+            see="vitals-agent outbox list",
+        )
+        if self.audit is not None:
+            cart = reading.source_patient
+            bound = self.patients.current_details(self.now()) if self.patients is not None else None
+            try:
+                self.audit.record(
+                    "message_parked",
+                    device_id=device_id,
+                    control_id=control_id,
+                    reason=reason,
+                    device_patient=cart.model_dump(exclude_none=True) if cart is not None else None,
+                    room_patient=bound.model_dump(exclude_none=True) if bound is not None else None,
+                )
+            except AuditError as exc:
+                log.error("audit record not written", control_id=control_id, error=str(exc))
+
     async def release_held(self, device_id: str, reading: Reading, patient: Any) -> str | None:
         """PatientContextManager.releaser: queue a held reading for ``patient`` (late-associated)."""
         runtime = self._runtimes.get(device_id)
@@ -135,7 +160,21 @@ class Pipeline:
         ``late_patient``: a held reading being released to that patient (PatientDetails).
         """
         details: Any = late_patient
-        if details is None and self.patients is not None:
+        park_reason: str | None = None
+        cart = reading.source_patient
+        if details is None and self.patients is not None and cart is not None and cart.mrn:
+            # The device names its own patient (an EKG cart). Never file it to another chart: bound to a
+            # different patient, the message is parked for review instead of sent; unbound, the cart's
+            # id goes to PID-3 (the file identifies its patient, so it is not held).
+            bound = self.patients.current_details(self.now())
+            if bound is not None and _same_id(bound.mrn, cart.mrn):
+                self.patients.touch(self.now())
+                details = bound
+            elif bound is not None:
+                park_reason = (
+                    "patient mismatch: the cart's patient id differs from the room's current patient"
+                )
+        elif details is None and self.patients is not None:
             route = self.patients.route(runtime.config.id, reading, self.now())
             if route.held:
                 return None  # stored durably by the patient context; released when a patient is set
@@ -158,13 +197,21 @@ class Pipeline:
         meta = {"device": runtime.config.id, "observed_at": reading.observed_at.isoformat()}
         try:
             await asyncio.to_thread(
-                self.outbox.enqueue, control_id=control_id, device_id=runtime.config.id, body=body, meta=meta
+                self.outbox.enqueue,
+                control_id=control_id,
+                device_id=runtime.config.id,
+                body=body,
+                meta=meta,
+                park_reason=park_reason,
             )
         except OutboxError as exc:
             self.refused += 1
             log.error(
                 "reading refused: could not be queued durably", device=runtime.config.id, error=str(exc)
             )
+            return None
+        if park_reason is not None:
+            self._parked(runtime.config.id, control_id, reading, park_reason)
             return None
         runtime.record_sent(reading)
         if self.audit is not None:
@@ -191,3 +238,9 @@ class Pipeline:
         for observer in self.observers:
             observer(accepted)
         return accepted
+
+
+def _same_id(a: str, b: str) -> bool:
+    """Two patient identifiers name the same patient: equal after trimming and case folding. Anything
+    looser (leading zeros, check digits) is a site rule and must not be guessed here."""
+    return a.strip().casefold() == b.strip().casefold()

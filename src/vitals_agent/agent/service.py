@@ -107,6 +107,7 @@ class AgentService:
             "outbox": {"depth": self.outbox.depth(), "dead": self.outbox.dead_count()},
             "sender": self.sender.status(),
             "refused": self.pipeline.refused,
+            "parked": self.pipeline.parked,
         }
 
     async def _ticker(self) -> None:
