@@ -126,6 +126,24 @@ def test_truncated_and_bad_packets() -> None:
     assert isinstance(end.error, TruncatedError)
 
 
+def test_endless_escs_inside_a_packet_are_capped_then_resync() -> None:
+    # Repeated ESCs (empty tags) used to grow the packet buffer without bound and report nothing.
+    decoder = HealthOMeterDecoder(CTX)
+    out: list[DecoderOutput] = []
+    chunk = b"\x1b" * 10_000
+    for _ in range(200):  # 2,000,000 bytes
+        out += decoder.feed(chunk)
+        assert len(decoder._raw) <= decoder.max_buffer
+    fails = failures(out)
+    assert len(fails) >= 200  # one per max_buffer bytes: ~244
+    assert all(f.error.args[0] == "Health o meter packet longer than 8192 bytes" for f in fails)
+    assert all(isinstance(o, DecodeFailure) for o in out)
+    # The next valid packet still decodes (its raw starts with the ESCs still buffered from before).
+    after = decoder.feed(MANUAL)
+    assert [o.measurements for o in after if isinstance(o, Reading)] == [(m("body_weight", "200.00", "kg"),)]
+    assert failures(after) == []
+
+
 def test_poll_and_contract() -> None:
     cls = driver_class("health-o-meter")
     assert cls is HealthOMeterDriver

@@ -240,7 +240,9 @@ async def test_require_patient_holds_durably_and_releases_late_associated(tmp_pa
     assert restarted.held.summary() == (2, T0)
     sent: list[tuple[str, Reading, PatientDetails]] = []
 
-    async def releaser(device_id: str, reading: Reading, patient: PatientDetails) -> str | None:
+    async def releaser(
+        device_id: str, reading: Reading, patient: PatientDetails, control_id: str | None = None
+    ) -> str | None:
         sent.append((device_id, reading, patient))
         return f"CTRL{len(sent)}"
 
@@ -289,7 +291,9 @@ async def test_a_release_that_cannot_be_queued_stays_held(tmp_path: Path) -> Non
     m = manager(tmp_path, Clock(), require_patient=True)
     m.route("oxi-1", make_reading())
 
-    async def refuse(device_id: str, reading: Reading, patient: PatientDetails) -> str | None:
+    async def refuse(
+        device_id: str, reading: Reading, patient: PatientDetails, control_id: str | None = None
+    ) -> str | None:
         return None
 
     m.releaser = refuse
@@ -320,7 +324,9 @@ async def test_held_readings_are_dropped_after_the_hold_timeout(tmp_path: Path) 
     }
     released: list[Reading] = []
 
-    async def releaser(device_id: str, reading: Reading, patient: PatientDetails) -> str | None:
+    async def releaser(
+        device_id: str, reading: Reading, patient: PatientDetails, control_id: str | None = None
+    ) -> str | None:
         released.append(reading)
         return "X"
 
@@ -336,7 +342,9 @@ async def test_expired_held_readings_are_not_released_even_without_a_tick(tmp_pa
     clock.advance(minutes=11)
     got: list[Reading] = []
 
-    async def releaser(device_id: str, reading: Reading, patient: PatientDetails) -> str | None:
+    async def releaser(
+        device_id: str, reading: Reading, patient: PatientDetails, control_id: str | None = None
+    ) -> str | None:
         got.append(reading)
         return "X"
 
@@ -424,7 +432,9 @@ async def test_released_reading_becomes_a_valid_late_associated_message(tmp_path
     m.route("oxi-1", make_reading())
     built: list[bytes] = []
 
-    async def releaser(device_id: str, reading: Reading, patient: PatientDetails) -> str | None:
+    async def releaser(
+        device_id: str, reading: Reading, patient: PatientDetails, control_id: str | None = None
+    ) -> str | None:
         built.append(
             build_oru(
                 reading,

@@ -35,7 +35,9 @@ async def test_whole_patient_flow_logs_no_identifiers(tmp_path: Path, log_buffer
     patients = manager(tmp_path, clock, require_patient=True, patient_timeout_minutes=30)
     released: list[Reading] = []
 
-    async def releaser(device_id: str, reading: Reading, patient: PatientDetails) -> str | None:
+    async def releaser(
+        device_id: str, reading: Reading, patient: PatientDetails, control_id: str | None = None
+    ) -> str | None:
         released.append(reading)
         return f"CTRL{len(released)}"
 

@@ -41,12 +41,11 @@ async def test_unbound_then_bound_then_unbound(tmp_path: Path, closing: list[Age
     service = service_for(tmp_path, require_patient=False)
     closing.append(service)
     runtime = service.runtimes["oxi-1"]
-    now = datetime.now(UTC).replace(microsecond=0)
-    first = await service.pipeline.accept(runtime, make_reading(now))
+    first = await service.pipeline.accept(runtime, make_reading(datetime.now(UTC)))
     service.patients.set(PatientDetails(mrn=MRN, family=FAMILY, given=GIVEN), "api")
-    second = await service.pipeline.accept(runtime, make_reading(now))
+    second = await service.pipeline.accept(runtime, make_reading(datetime.now(UTC)))
     service.patients.clear("api")
-    third = await service.pipeline.accept(runtime, make_reading(now))
+    third = await service.pipeline.accept(runtime, make_reading(datetime.now(UTC)))
     assert first and second and third
     pids = [validate_oru(a.message).pid for a in (first, second, third)]
     assert [p[31] for p in pids] == ["Y", "N", "Y"]
@@ -79,3 +78,19 @@ async def test_held_reading_goes_through_the_pipeline_late_associated(
     accepted = [e for e in events(tmp_path) if e["event"] == "reading_accepted"]
     assert [(e["disposition"], e["late_associated"]) for e in accepted] == [("held", False), ("bound", True)]
     assert "late_associated" in accepted[1]["flags"]
+
+
+async def test_a_reading_taken_before_the_patient_was_set_is_never_filed_to_them(
+    tmp_path: Path, closing: list[AgentService]
+) -> None:
+    """An interval policy releases a reading up to report_seconds after it was taken: if a new patient
+    was set in between, the reading belongs to someone else (or no one) and is dropped, audited."""
+    service = service_for(tmp_path, require_patient=False)
+    closing.append(service)
+    taken = datetime.now(UTC)
+    service.patients.set(PatientDetails(mrn=MRN, family=FAMILY, given=GIVEN), "barcode")
+    assert await service.pipeline.accept(service.runtimes["oxi-1"], make_reading(taken)) is None
+    assert service.outbox.depth() == 0
+    assert service.pipeline.dropped == 1
+    [dropped] = [e for e in events(tmp_path) if e["event"] == "reading_dropped"]
+    assert dropped["device_id"] == "oxi-1"

@@ -92,6 +92,11 @@ class NegativeAckError(DeliveryError):
         super().__init__(f"receiver answered {code}" + (f": {text}" if text else ""))
 
 
+class RefusedError(VitalsAgentError):
+    """The agent refused a reading for good: it cannot become a conformant message (the text says why).
+    A file-based transport moves its file to ``failed/``; a live device just carries on."""
+
+
 class OutboxError(VitalsAgentError):
     """The durable queue could not accept or update a message (disk full, read-only, corrupt)."""
 

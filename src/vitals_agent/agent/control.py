@@ -396,6 +396,7 @@ class ControlServer:
         refresh_seconds: int = 5,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
+        self._handlers: set[asyncio.Task[Any]] = set()
         self.data_dir = data_dir
         self.patients = patients
         self.status = status
@@ -435,6 +436,11 @@ class ControlServer:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
+            handlers = list(self._handlers)
+            for handler in handlers:
+                handler.cancel()
+            if handlers:
+                await asyncio.wait(handlers, timeout=0.5)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2.0)
             self._server = None
@@ -482,6 +488,17 @@ class ControlServer:
         return _Request(method.upper(), target, headers, body)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One connection; tracked so that stop() can end it before the stores close."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
+        try:
+            await self._handle_connection(reader, writer)
+        finally:
+            if task is not None:
+                self._handlers.discard(task)
+
+    async def _handle_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             try:
                 request = await asyncio.wait_for(self._read_request(reader), READ_TIMEOUT)

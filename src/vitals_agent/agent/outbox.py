@@ -439,6 +439,16 @@ class Outbox:
             ).fetchall()
         return [_dead(r) for r in rows]
 
+    def has_control_id(self, control_id: str) -> bool:
+        """True when a message with this MSH-10 is queued or dead-lettered (not yet delivered)."""
+        with self._rlock:
+            row = self._reader.execute(
+                "SELECT 1 FROM outbox WHERE control_id = ?"
+                " UNION ALL SELECT 1 FROM dead_letter WHERE control_id = ? LIMIT 1",
+                (control_id, control_id),
+            ).fetchone()
+        return row is not None
+
     def get(self, message_id: int) -> OutboxMessage | DeadLetter | None:
         with self._rlock:
             row = self._reader.execute(

@@ -37,6 +37,7 @@ from vitals_agent.agent.audit import (
 )
 from vitals_agent.config.patient import PatientConfig
 from vitals_agent.errors import VitalsAgentError
+from vitals_agent.hl7.oru import new_control_id
 from vitals_agent.models import Attachment, Measurement, PatientScan, Reading, ReadingFlag
 
 if TYPE_CHECKING:
@@ -241,11 +242,12 @@ class HeldReading:
     device_id: str
     held_at: datetime
     reading: Reading
+    control_id: str | None = None  # MSH-10 reserved when it was held
 
 
-# Hands a released reading to the pipeline: (device id, reading marked late-associated, patient) ->
-# the MSH-10 of the queued message, or None if it could not be queued (it stays held).
-Releaser = Callable[[str, Reading, PatientDetails], Awaitable[str | None]]
+# Hands a released reading to the pipeline: (device id, reading marked late-associated, patient,
+# reserved MSH-10) -> the MSH-10 of the queued message, or None if it could not be queued (it stays held).
+Releaser = Callable[[str, Reading, PatientDetails, str | None], Awaitable[str | None]]
 
 
 # ------------------------------------------------------------------------------------------ serialisation
@@ -317,26 +319,35 @@ class HeldStore:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS held (id INTEGER PRIMARY KEY AUTOINCREMENT, device_id TEXT NOT NULL,"
-            " held_at TEXT NOT NULL, reading TEXT NOT NULL)"
+            " held_at TEXT NOT NULL, reading TEXT NOT NULL, control_id TEXT)"
         )
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(held)")}
+        if "control_id" not in columns:  # a store written before MSH-10s were reserved at hold time
+            self._db.execute("ALTER TABLE held ADD COLUMN control_id TEXT")
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
     def add(self, device_id: str, reading: Reading, held_at: datetime) -> int:
+        # The MSH-10 is reserved now: a release interrupted by a crash (queued, but the held row not yet
+        # removed) is released again with the same MSH-10, so the receiver can recognise the repeat.
         with self._lock:
             cur = self._db.execute(
-                "INSERT INTO held (device_id, held_at, reading) VALUES (?, ?, ?)",
-                (device_id, held_at.astimezone(UTC).isoformat(), reading_to_json(reading)),
+                "INSERT INTO held (device_id, held_at, reading, control_id) VALUES (?, ?, ?, ?)",
+                (device_id, held_at.astimezone(UTC).isoformat(), reading_to_json(reading), new_control_id()),
             )
             assert cur.lastrowid is not None
             return cur.lastrowid
 
     def all(self) -> list[HeldReading]:
         with self._lock:
-            rows = self._db.execute("SELECT id, device_id, held_at, reading FROM held ORDER BY id").fetchall()
-        return [HeldReading(r[0], r[1], datetime.fromisoformat(r[2]), reading_from_json(r[3])) for r in rows]
+            rows = self._db.execute(
+                "SELECT id, device_id, held_at, reading, control_id FROM held ORDER BY id"
+            ).fetchall()
+        return [
+            HeldReading(r[0], r[1], datetime.fromisoformat(r[2]), reading_from_json(r[3]), r[4]) for r in rows
+        ]
 
     def remove(self, held_id: int) -> bool:
         with self._lock:
@@ -549,7 +560,7 @@ class PatientContextManager:
                 reading = item.reading
                 if ReadingFlag.LATE_ASSOCIATED not in reading.flags:
                     reading = reading.with_updates(flags=(*reading.flags, ReadingFlag.LATE_ASSOCIATED))
-                control_id = await self.releaser(item.device_id, reading, details)
+                control_id = await self.releaser(item.device_id, reading, details, item.control_id)
                 if control_id is None:
                     break  # could not be queued: stays held, retried on the next release
                 self.held.remove(item.id)

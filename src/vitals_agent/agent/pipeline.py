@@ -9,6 +9,7 @@ before anything else happens to it, and the sender takes it from there.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -22,7 +23,7 @@ from vitals_agent.agent.outbox import Outbox
 from vitals_agent.agent.reporting import ReportingPolicy, make_policy
 from vitals_agent.agent.runtime import DeviceRuntimeImpl
 from vitals_agent.config.schema import Config, DeviceConfig
-from vitals_agent.errors import OutboxError
+from vitals_agent.errors import OutboxError, RefusedError, VitalsAgentError
 from vitals_agent.hl7.oru import (
     MessageBuildError,
     MessageProfile,
@@ -70,6 +71,7 @@ class Pipeline:
         self._runtimes: dict[str, DeviceRuntimeImpl] = {}
         self.refused = 0  # readings that could not be committed (disk full...)
         self.parked = 0  # messages stored for review instead of sent (patient mismatch)
+        self.dropped = 0  # readings taken before the current patient context began
 
     def add_device(self, runtime: DeviceRuntimeImpl) -> None:
         dev = runtime.config
@@ -113,12 +115,6 @@ class Pipeline:
             return
         await self.patients.on_scan(scan)
 
-    def patient_for(self, reading: Reading) -> PatientIdentity | None:
-        if self.patients is None:
-            return None
-        current: PatientIdentity | None = self.patients.current(self.now())
-        return current
-
     def _parked(self, device_id: str, control_id: str, reading: Reading, reason: str) -> None:
         """A message stored but not sent (patient mismatch): WARNING without identifiers, full audit."""
         self.parked += 1
@@ -143,44 +139,98 @@ class Pipeline:
             except AuditError as exc:
                 log.error("audit record not written", control_id=control_id, error=str(exc))
 
-    async def release_held(self, device_id: str, reading: Reading, patient: Any) -> str | None:
-        """PatientContextManager.releaser: queue a held reading for ``patient`` (late-associated)."""
+    async def release_held(
+        self, device_id: str, reading: Reading, patient: Any, control_id: str | None = None
+    ) -> str | None:
+        """PatientContextManager.releaser: queue a held reading for ``patient`` (late-associated) under the
+        MSH-10 reserved when it was held. Already queued (a release interrupted by a crash): nothing new."""
         runtime = self._runtimes.get(device_id)
         if runtime is None:
             log.warning("held reading of a device no longer configured stays held", device=device_id)
             return None
-        accepted = await self.accept(runtime, reading, late_patient=patient)
+        if control_id is not None and await asyncio.to_thread(self.outbox.has_control_id, control_id):
+            return control_id
+        try:
+            accepted = await self.accept(runtime, reading, late_patient=patient, control_id=control_id)
+        except (OutboxError, RefusedError):
+            return None  # logged and counted by accept; stays held
         return accepted.control_id if accepted else None
 
+    def _patient_decision(self, device_id: str, reading: Reading, late_patient: Any) -> _Decision:
+        """Which patient a reading is filed to, or whether it is held, parked or dropped."""
+        if late_patient is not None:
+            return _Decision(details=late_patient)
+        if self.patients is None:
+            return _Decision()
+        now = self.now()
+        cart = reading.source_patient
+        if cart is not None and any((cart.mrn, cart.family_name, cart.given_name, cart.birth_date)):
+            # The device names its own patient (an EKG cart). Never file it to another chart: with the
+            # room bound to someone else, or to anyone when the device gave no id to compare, the
+            # message is parked for review instead of sent. Unbound, the cart's id goes to PID-3 (the
+            # file identifies its patient, so it is not held).
+            bound = self.patients.current_details(now)
+            if bound is None and cart.mrn:
+                return _Decision()
+            if bound is not None and cart.mrn and _same_id(bound.mrn, cart.mrn):
+                self.patients.touch(now)
+                return _Decision(details=bound)
+            if bound is not None:
+                reason = (
+                    "patient mismatch: the device's patient id differs from the room's current patient"
+                    if cart.mrn
+                    else "patient not verifiable: the device named a patient without an id"
+                )
+                return _Decision(park_reason=reason)
+        context = self.patients.context(now)
+        if context is not None and context.set_at > reading.received_at:
+            # Taken before this patient's context began (e.g. held back by the interval policy across a
+            # wristband scan): it belongs to the previous patient or to no one, never to this one.
+            self.dropped += 1
+            log.info("reading not sent: taken before the current patient was set", device=device_id)
+            if self.audit is not None:
+                self.audit.record(
+                    "reading_dropped",
+                    device_id=device_id,
+                    reason="taken before the current patient context was set",
+                    received_at=reading.received_at,
+                    context_set_at=context.set_at,
+                )
+            return _Decision(stop=True)
+        route = self.patients.route(device_id, reading, now)
+        if route.held:
+            return _Decision(stop=True)  # stored durably by the patient context; released when set
+        return _Decision(details=route.patient)
+
     async def accept(
-        self, runtime: DeviceRuntimeImpl, reading: Reading, *, late_patient: Any = None
+        self,
+        runtime: DeviceRuntimeImpl,
+        reading: Reading,
+        *,
+        late_patient: Any = None,
+        control_id: str | None = None,
     ) -> Accepted | None:
-        """Build the message and commit it durably. Returns None when the reading was refused or held.
+        """Build the message and commit it durably.
+
+        Returns the queued message, or None when the patient rules held, parked or dropped the reading
+        (each durable or audited). Raises :class:`OutboxError` when the reading could not be stored
+        durably (a file or BLE transport then keeps it and tries again) and :class:`RefusedError` when it
+        can never become a conformant message; both are logged and counted here.
 
         ``late_patient``: a held reading being released to that patient (PatientDetails).
         """
-        details: Any = late_patient
-        park_reason: str | None = None
-        cart = reading.source_patient
-        if details is None and self.patients is not None and cart is not None and cart.mrn:
-            # The device names its own patient (an EKG cart). Never file it to another chart: bound to a
-            # different patient, the message is parked for review instead of sent; unbound, the cart's
-            # id goes to PID-3 (the file identifies its patient, so it is not held).
-            bound = self.patients.current_details(self.now())
-            if bound is not None and _same_id(bound.mrn, cart.mrn):
-                self.patients.touch(self.now())
-                details = bound
-            elif bound is not None:
-                park_reason = (
-                    "patient mismatch: the cart's patient id differs from the room's current patient"
-                )
-        elif details is None and self.patients is not None:
-            route = self.patients.route(runtime.config.id, reading, self.now())
-            if route.held:
-                return None  # stored durably by the patient context; released when a patient is set
-            details = route.patient
+        device_id = runtime.config.id
+        try:
+            decision = self._patient_decision(device_id, reading, late_patient)
+        except (OSError, sqlite3.Error, VitalsAgentError) as exc:
+            self.refused += 1
+            log.error("reading refused: patient context unavailable", device=device_id, error=str(exc))
+            raise OutboxError(f"patient context unavailable: {exc}") from exc
+        if decision.stop:
+            return None
+        details = decision.details
         patient: PatientIdentity | None = details.to_identity() if details is not None else None
-        control_id = new_control_id()
+        control_id = control_id or new_control_id()
         try:
             body = build_oru(
                 reading,
@@ -192,32 +242,30 @@ class Pipeline:
             )
         except MessageBuildError as exc:
             self.refused += 1
-            log.error("reading refused: no conformant message", device=runtime.config.id, error=str(exc))
-            return None
-        meta = {"device": runtime.config.id, "observed_at": reading.observed_at.isoformat()}
+            log.error("reading refused: no conformant message", device=device_id, error=str(exc))
+            raise RefusedError(str(exc)) from exc
+        meta = {"device": device_id, "observed_at": reading.observed_at.isoformat()}
         try:
             await asyncio.to_thread(
                 self.outbox.enqueue,
                 control_id=control_id,
-                device_id=runtime.config.id,
+                device_id=device_id,
                 body=body,
                 meta=meta,
-                park_reason=park_reason,
+                park_reason=decision.park_reason,
             )
         except OutboxError as exc:
             self.refused += 1
-            log.error(
-                "reading refused: could not be queued durably", device=runtime.config.id, error=str(exc)
-            )
-            return None
-        if park_reason is not None:
-            self._parked(runtime.config.id, control_id, reading, park_reason)
+            log.error("reading refused: could not be queued durably", device=device_id, error=str(exc))
+            raise
+        if decision.park_reason is not None:
+            self._parked(device_id, control_id, reading, decision.park_reason)
             return None
         runtime.record_sent(reading)
         if self.audit is not None:
             try:
                 self.audit.reading_accepted(
-                    device_id=runtime.config.id,
+                    device_id=device_id,
                     control_id=control_id,
                     reading=reading,
                     patient=details.model_dump() if details is not None else None,
@@ -228,16 +276,23 @@ class Pipeline:
                 log.error("audit record not written", control_id=control_id, error=str(exc))
         log.info(
             "reading queued",
-            device=runtime.config.id,
+            device=device_id,
             control_id=control_id,
             metrics=sorted(m.metric for m in reading.measurements),
             flags=[str(f) for f in reading.flags],
         )
         self.wake_sender()
-        accepted = Accepted(runtime.config.id, reading, control_id, body)
+        accepted = Accepted(device_id, reading, control_id, body)
         for observer in self.observers:
             observer(accepted)
         return accepted
+
+
+@dataclass(frozen=True)
+class _Decision:
+    details: Any = None  # PatientDetails to file under; None = unbound (or the device's own patient)
+    park_reason: str | None = None  # store for review instead of sending
+    stop: bool = False  # held or dropped: nothing to queue now
 
 
 def _same_id(a: str, b: str) -> bool:

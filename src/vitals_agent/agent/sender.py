@@ -298,8 +298,9 @@ class Sender:
             self._delivered += 1
             log.debug("delivered", control_id=msg.control_id, ack=ack.code)
             return
-        detail = ack.describe()
-        self._error(f"{msg.control_id}: {detail}")
+        detail = ack.describe()  # stored with the message (outbox database), never logged above DEBUG
+        self._error(f"{msg.control_id}: {ack.summary()}")
+        log.debug("negative acknowledgement", control_id=msg.control_id, ack=detail)
         if ack.code in self.ehr.retry_negative:
             _, nacks = await asyncio.to_thread(self.outbox.mark_failure, msg.id, detail, negative=True)
             self._drop_from_batch(msg)
@@ -309,7 +310,7 @@ class Sender:
                 log.warning(
                     "receiver answered with an error, will retry",
                     control_id=msg.control_id,
-                    ack=detail,
+                    ack=ack.summary(),
                     attempt=nacks,
                     max_attempts=self.ehr.max_attempts,
                     retry_in=round(delay, 2),
@@ -343,7 +344,7 @@ class Sender:
             id=msg.id,
             device_id=msg.device_id,
             reason=reason,
-            ack=ack.describe() if ack else None,
+            ack=ack.summary() if ack else None,
             dead_letters=dead,
         )
 

@@ -32,11 +32,14 @@ from vitals_agent.agent.supervisor import DeviceSupervisor
 from vitals_agent.agent.tls import ssl_context_from
 from vitals_agent.config.schema import Config
 from vitals_agent.drivers.base import DecodeContext, driver_class
+from vitals_agent.errors import VitalsAgentError
 from vitals_agent.models import DeviceIdentity
 
 log = structlog.get_logger(__name__)
 
 STOP_TIMEOUT = 3.0  # seconds the sender gets to finish the message in flight at shutdown
+DEVICE_STOP_TIMEOUT = 2.0  # seconds device links get to close (in parallel with the sender)
+CONTROL_STOP_TIMEOUT = 0.5
 
 
 class OutboxStateStore:
@@ -113,7 +116,12 @@ class AgentService:
     async def _ticker(self) -> None:
         while True:
             await asyncio.sleep(1.0)
-            await self.pipeline.tick()
+            try:
+                await self.pipeline.tick()
+            except VitalsAgentError as exc:  # logged and counted where it happened; keep ticking
+                log.debug("tick: reading not accepted", error=str(exc))
+            except Exception:  # a bug must not silently stop expiry, hold timeouts and interval reports
+                log.exception("tick failed; continuing")
 
     async def _watchdog(self, interval: float) -> None:
         while True:
@@ -154,15 +162,26 @@ class AgentService:
         finally:
             sdnotify.notify("STOPPING=1")
             log.info("agent stopping")
+            # Devices and the sender stop side by side, each under its own deadline, so the whole stop
+            # stays well under systemd's and the 5 s whatever a device or the EHR does.
             for task in self._tasks:
                 task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-            await self.sender.stop(timeout=STOP_TIMEOUT)
+            sender_stopping = asyncio.create_task(self.sender.stop(timeout=STOP_TIMEOUT))
+            if self._tasks:
+                _, pending = await asyncio.wait(self._tasks, timeout=DEVICE_STOP_TIMEOUT)
+                if pending:
+                    log.warning(
+                        "some tasks did not stop in time", tasks=sorted(t.get_name() for t in pending)
+                    )
+            await sender_stopping
             sender_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sender_task
             if self.control is not None:
-                await self.control.stop()
+                try:
+                    await asyncio.wait_for(self.control.stop(), timeout=CONTROL_STOP_TIMEOUT)
+                except TimeoutError:
+                    log.warning("control API did not stop in time")
             self.outbox.close()
             self.patients.close()
             self.audit.close()

@@ -17,7 +17,7 @@ class AgentConfig(BaseModel):
     timezone: str | None = None  # IANA zone of device clocks; default: the system zone
     gateway_eui64: str | None = None  # MSH-3 universal id; default: derived from the host's MAC
     max_clock_skew_seconds: float = Field(120.0, gt=0)
-    log_level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
+    log_level: str = Field("INFO", pattern="^(?i:DEBUG|INFO|WARNING|ERROR)$")
 
     @field_validator("timezone")
     @classmethod
@@ -31,6 +31,11 @@ class AgentConfig(BaseModel):
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"unknown time zone {value!r}") from None
         return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _upper(cls, value: str) -> str:
+        return value.upper()
 
     @field_validator("gateway_eui64")
     @classmethod

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 ACK_CODES = ("AA", "AE", "AR", "CA", "CE", "CR")
 
@@ -71,3 +71,9 @@ class EhrConfig(BaseModel):
                 )
             return codes
         return value
+
+    @model_validator(mode="after")
+    def _backoff_bounds(self) -> EhrConfig:
+        if self.backoff_min_seconds > self.backoff_max_seconds:
+            raise ValueError("backoff_min_seconds must not exceed backoff_max_seconds")
+        return self

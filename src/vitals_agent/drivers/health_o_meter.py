@@ -111,6 +111,9 @@ class HealthOMeterDecoder(FlushingDecoder):
                 self._raw.append(byte)
                 continue
             self._raw.append(byte)
+            if len(self._raw) > self.max_buffer:  # e.g. endless ESCs: never grow without bound
+                out.append(self._abandon(f"Health o meter packet longer than {self.max_buffer} bytes"))
+                continue
             if self._after_esc:
                 if byte == ESC:  # an empty tag (a packet cut right after its ESC): wait for the real tag
                     continue

@@ -112,12 +112,16 @@ class _NoninDecoder(FlushingDecoder):
         self._buf = bytearray()
         self._awaiting: list[str] = []  # commands sent whose ACK/NAK has not arrived, oldest first
         self._scan_from = 0  # resync scan position in the buffer (0 = the head is not yet judged)
+        # DF8 out of sync: the bytes already known to be outside a frame (they precede ``_buf``), kept only to
+        # be reported as one failure, never scanned again (so the work per byte is bounded).
+        self._junk = bytearray()
 
     def pending(self) -> bytes:
-        return bytes(self._buf)
+        return bytes(self._junk + self._buf)
 
     def reset(self) -> None:
         self._buf.clear()
+        self._junk.clear()
         self._awaiting.clear()
         self._scan_from = 0
 
@@ -152,9 +156,11 @@ class _NoninDecoder(FlushingDecoder):
         return True
 
     def _cap(self, out: list[DecoderOutput]) -> None:
-        if len(self._buf) > self.max_buffer:
-            junk = bytes(self._buf[: -self.frame_len])
-            del self._buf[: -self.frame_len]
+        if len(self._junk) + len(self._buf) > self.max_buffer:
+            whole = self._junk + self._buf
+            self._junk.clear()
+            junk = bytes(whole[: -self.frame_len])
+            self._buf[:] = whole[-self.frame_len :]
             self._scan_from = 0
             out.append(
                 DecodeFailure(
@@ -173,15 +179,17 @@ class DF8Decoder(_NoninDecoder):
         out: list[DecoderOutput] = []
         self._buf.extend(data)
         while self._buf:
-            if self._ack(out):
+            if not self._junk and self._ack(out):  # (out of sync, an ACK/NAK byte is garbage like the rest)
                 continue
             buf = self._buf
-            if not buf[0] & 0x80:
+            if self._junk or not buf[0] & 0x80:
                 start = next((i for i, b in enumerate(buf) if b & 0x80), None)
-                if start is None:
-                    break  # keep the garbage until we know where it ends
-                junk = bytes(buf[:start])
+                self._junk += buf if start is None else buf[:start]
                 del buf[:start]
+                if start is None:
+                    break  # keep the garbage (outside the buffer) until we know where it ends
+                junk = bytes(self._junk)
+                self._junk.clear()
                 out.append(
                     DecodeFailure(
                         DecodeError(f"DF8: {len(junk)} bytes outside frame sync ({hexs(junk)})", junk)

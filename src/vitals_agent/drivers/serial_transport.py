@@ -44,7 +44,7 @@ from vitals_agent.drivers.base import (
     register_transport,
 )
 from vitals_agent.drivers.ports import resolve_usb
-from vitals_agent.errors import DeviceNotFoundError, TransportError
+from vitals_agent.errors import DeviceNotFoundError, OutboxError, RefusedError, TransportError
 
 log = structlog.get_logger(__name__)
 
@@ -259,7 +259,12 @@ class SerialTransport(Transport):
             if isinstance(out, DecodeFailure):
                 self.runtime.decode_failed(out)
             else:
-                await self.runtime.emit(out)
+                try:
+                    await self.runtime.emit(out)
+                except (OutboxError, RefusedError) as exc:
+                    # Already logged and counted by the agent; a live device cannot re-send, and tearing
+                    # the link down would lose what it sends next.
+                    self.runtime.log.debug("reading not accepted", error=str(exc))
 
     async def _write(self, link: _Link, data: bytes) -> None:
         if data:

@@ -104,16 +104,20 @@ class SunTechDecoder(FlushingDecoder):
     def __init__(self, ctx: DecodeContext) -> None:
         super().__init__(ctx)
         self._buf = bytearray()
+        # Out of sync: the bytes already known not to start a frame (they precede ``_buf``); kept only to be
+        # reported as one failure, never scanned again (so the work per byte is bounded).
+        self._junk = bytearray()
         self._result_pending = False  # "K" seen, BP data not yet received
         self._polls_waited = 0
         self._retries_left = 0
         self._last_result: bytes | None = None  # BP data frame since the last "K"
 
     def pending(self) -> bytes:
-        return bytes(self._buf)
+        return bytes(self._junk + self._buf)
 
     def reset(self) -> None:
         self._buf.clear()
+        self._junk.clear()
 
     def poll(self) -> None:
         """Every ``poll_interval`` s: if a finished measurement's result did not arrive, ask again."""
@@ -139,11 +143,36 @@ class SunTechDecoder(FlushingDecoder):
             return None
         return sum(buf[i : i + n]) & 0xFF == 0
 
+    def _skip_garbage(self, i: int) -> bool:
+        """Move ``_buf[:j]`` to ``_junk``, ``j`` the first index from ``i`` on that may start a frame. True if
+        a valid frame starts at ``j``; False if the buffer ended, or more bytes are needed to know."""
+        buf = self._buf
+        j = i
+        ok: bool | None = False
+        while j < len(buf):
+            ok = self._frame_at(j)
+            if ok is not False:
+                break
+            j += 1
+        self._junk += buf[:j]
+        del buf[:j]
+        return bool(ok)
+
+    def _garbage(self) -> DecodeFailure:
+        junk = bytes(self._junk)
+        self._junk.clear()
+        return DecodeFailure(DecodeError(f"SunTech: {len(junk)} bytes outside a frame ({hexs(junk)})", junk))
+
     def feed(self, data: bytes) -> list[DecoderOutput]:
         out: list[DecoderOutput] = []
         buf = self._buf
         buf.extend(data)
         while buf:
+            if self._junk:  # out of sync (below): resume the scan at the head, never rescan the junk
+                if not self._skip_garbage(0):
+                    break
+                out.append(self._garbage())
+                continue
             head = self._frame_at(0)
             if head is None:
                 # Waiting for the rest of a frame; but if a complete frame already starts inside it, this one
@@ -198,24 +227,14 @@ class SunTechDecoder(FlushingDecoder):
                     )
                 continue
             # Out of sync (garbage, or a ">" with an impossible length byte): skip to the next valid frame.
-            start: int | None = None
-            for j in range(1, len(buf)):
-                ok = self._frame_at(j)
-                if ok is None:
-                    break
-                if ok:
-                    start = j
-                    break
-            if start is None:
+            if not self._skip_garbage(1):
                 break
-            junk = bytes(buf[:start])
-            del buf[:start]
-            out.append(
-                DecodeFailure(DecodeError(f"SunTech: {len(junk)} bytes outside a frame ({hexs(junk)})", junk))
-            )
-        if len(buf) > self.max_buffer:
-            junk = bytes(buf[:-MAX_LEN])
-            del buf[:-MAX_LEN]
+            out.append(self._garbage())
+        if len(self._junk) + len(buf) > self.max_buffer:
+            whole = self._junk + buf
+            self._junk.clear()
+            junk = bytes(whole[:-MAX_LEN])
+            buf[:] = whole[-MAX_LEN:]
             out.append(DecodeFailure(DecodeError(f"SunTech: no frame in {len(junk)} bytes", junk)))
         return out
 

@@ -61,8 +61,14 @@ class Ack:
     def known(self) -> bool:
         return self.code in KNOWN_CODES
 
+    def summary(self) -> str:
+        """What is safe in an operational log: MSA-1 and the ERR-3 error codes, no free text (receivers
+        echo patient names and ids in MSA-3 and ERR-8)."""
+        codes = [e.code.split("^")[0] for e in self.errors if e.code]
+        return self.code + (f" [{', '.join(codes)}]" if codes else "")
+
     def describe(self) -> str:
-        """One line for logs and the dead-letter table: code, MSA-3 and every ERR."""
+        """One line for the dead-letter table and DEBUG logs: code, MSA-3 and every ERR."""
         out = self.code
         if self.text:
             out += f": {self.text}"

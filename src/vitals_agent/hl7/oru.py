@@ -52,6 +52,9 @@ MESSAGE_PROFILE_ID = f"IHE_PCD_001^IHE PCD^{PCD01_OID}^ISO"  # MSH-21
 MESSAGE_TYPE = "ORU^R01^ORU_R01"  # MSH-9
 STANDING_ORDER = "182777000^monitoring of patient^SCT"  # OBR-4
 DEVICE_CLOCK_CODE = "67975^MDC_ATTR_TIME_ABS^MDC"  # codes.md section 5 (code unverified, U)
+# A device clock before this year is not a clock reading worth a DTM row (unset BLE clocks say year 0..5;
+# a corrupted file can say year 1, which cannot even be shifted into every zone).
+MIN_DEVICE_CLOCK_YEAR = 1900
 INTERPRETATION_LOCAL = f"MDC_ECG_INTERPRETATION^EKG interpretation^{LOCAL_CODE_SYSTEM}"
 INTERPRETATION_LOINC = "8601-7^EKG impression^LN"
 ATTACHMENT_CODE = f"DEVICE_REPORT^Device report^{LOCAL_CODE_SYSTEM}"
@@ -186,12 +189,15 @@ def format_dtm(value: datetime, tz: tzinfo = UTC) -> str:
     """``YYYYMMDDHHMMSS+ZZZZ`` in ``tz`` (seconds resolution, offset always present)."""
     if value.tzinfo is None or value.utcoffset() is None:
         raise MessageBuildError("timestamps must be timezone-aware")
-    local = value.astimezone(tz)
+    try:
+        local = value.astimezone(tz)
+    except (OverflowError, ValueError):
+        raise MessageBuildError(f"time stamp out of range: year {value.year}") from None
     offset = local.utcoffset()
     total = int(offset.total_seconds()) if offset is not None else 0
     sign = "+" if total >= 0 else "-"
     hours, rest = divmod(abs(total), 3600)
-    return f"{local:%Y%m%d%H%M%S}{sign}{hours:02d}{rest // 60:02d}"
+    return f"{local.year:04d}{local:%m%d%H%M%S}{sign}{hours:02d}{rest // 60:02d}"
 
 
 def _utc14(value: datetime) -> str:
@@ -477,7 +483,7 @@ def build_oru(
             else:
                 row.notes.append(f"Observation site: {m.site.replace('^', ' ').strip()}")
         rows.append(row)
-    if reading.device_time is not None:
+    if reading.device_time is not None and reading.device_time.year >= MIN_DEVICE_CLOCK_YEAR:
         rows.append(
             _Row(
                 (1, 0, 0, clock_number),

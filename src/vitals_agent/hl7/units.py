@@ -77,8 +77,16 @@ def _scale(from_unit: str, to_unit: str) -> Decimal:
 def convert(value: Decimal, from_unit: str, to_unit: str) -> Decimal:
     """``value`` in ``from_unit`` expressed in ``to_unit``, at the equivalent resolution (see module doc).
 
-    Raises :class:`UnitConversionError` for unsupported pairs or a non-finite value.
+    Raises :class:`UnitConversionError` for unsupported pairs, a non-finite value, or a value whose
+    exponent is out of any physical range (a malformed device FLOAT).
     """
+    try:
+        return _convert(value, from_unit, to_unit)
+    except ArithmeticError:  # decimal.InvalidOperation / Overflow for absurd exponents (e.g. 1e127 degF)
+        raise UnitConversionError(f"cannot convert {value} {from_unit} to {to_unit}: out of range") from None
+
+
+def _convert(value: Decimal, from_unit: str, to_unit: str) -> Decimal:
     if not value.is_finite():
         raise UnitConversionError(f"cannot convert the non-finite value {value}")
     if from_unit == to_unit:

@@ -48,7 +48,7 @@ from vitals_agent.drivers.ble.decoders import (
     record_to_event,
 )
 from vitals_agent.drivers.ble.drivers import BleDriver, BleOptions, identity_from_dis
-from vitals_agent.errors import DecodeError, DeviceNotFoundError, TransportError
+from vitals_agent.errors import DecodeError, DeviceNotFoundError, RefusedError, TransportError
 from vitals_agent.models import DeviceIdentity, DeviceStatusEvent
 
 log = structlog.get_logger(__name__)
@@ -446,7 +446,10 @@ class BleTransport(Transport):
             stored=stored,
             offset=offset if stored else None,
         )
-        await self.runtime.emit(event)
+        try:
+            await self.runtime.emit(event)
+        except RefusedError as exc:  # cannot ever become a message: do not ask for it again
+            self.runtime.log.warning("BLE record refused by the agent", error=str(exc))
         if key is not None:
             sent.add(key)
         if record.sequence is not None:

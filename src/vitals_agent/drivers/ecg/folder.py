@@ -29,6 +29,7 @@ from vitals_agent.errors import (
     DecodeError,
     DeviceNotFoundError,
     OutboxError,
+    RefusedError,
     RetryableError,
 )
 from vitals_agent.models import Reading
@@ -99,7 +100,12 @@ async def deliver(
         runtime.decode_failed(DecodeFailure(failure))
         dlog.warning("ecg file refused", sha256=digest[:16], bytes=len(data), reason=message)
         return "failed", None, message
-    await runtime.emit(reading)
+    try:
+        await runtime.emit(reading)
+    except RefusedError as exc:
+        message = one_line(str(exc))
+        dlog.warning("ecg file refused by the agent", sha256=digest[:16], reason=message)
+        return "failed", None, message
     # Recorded right after the durable hand-over (no await in between): a restart never re-sends it.
     runtime.state.set(
         state_key(digest), json.dumps({"name": name, "bytes": len(data), "at": time.time()}, sort_keys=True)
