@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -126,6 +127,24 @@ def test_df8_resync_after_garbage_and_truncated_frame() -> None:
     assert str(failures(out)[1].error) == "truncated DF8 frame: 2 of 4 bytes (81 16)"
     assert failures(out)[1].data == b"\x81\x16"
     assert only_readings(out) == [reading([spo2(97), pr(72)], good)] * 2
+
+
+def test_df8_garbage_fed_byte_by_byte_is_not_held_in_the_frame_buffer() -> None:
+    # Garbage used to stay in the buffer (up to max_buffer) and be rescanned on every feed: quadratic with
+    # 1-byte serial reads. Known garbage must leave the buffer at once, and still be reported.
+    garbage = bytes(random.Random(8).randrange(0x80) for _ in range(20_000))
+    decoder = DF8Decoder(CTX)
+    out: list[DecoderOutput] = []
+    for i in range(len(garbage)):
+        out += decoder.feed(garbage[i : i + 1])
+        assert len(decoder._buf) <= DF8Decoder.frame_len
+    assert [str(f.error) for f in out] == ["DF8: no frame sync in 8189 bytes"] * 2  # the cap, as before
+    assert b"".join(f.data for f in failures(out)) + decoder.pending() == garbage
+    good = bytes.fromhex("80 48 61 00")
+    out = decoder.feed(good)
+    assert str(failures(out)[0].error).startswith("DF8: 3622 bytes outside frame sync (")
+    assert failures(out)[0].data == garbage[-3622:]
+    assert out[1:] == [reading([spo2(97), pr(72)], good)]
 
 
 def test_df8_truncated_at_end_of_input() -> None:

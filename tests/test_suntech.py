@@ -4,6 +4,7 @@ asserted against whole Readings; property tests; end to end through a pty and th
 from __future__ import annotations
 
 import asyncio
+import random
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from vitals_agent.drivers.suntech import (
     COMPLETE_FRAME,
     GET_BP_DATA,
     GET_CUFF_PRESSURE,
+    MAX_LEN,
     PNEUMATICS_CLOSED,
     START_MEASUREMENT,
     SunTechDecoder,
@@ -178,6 +180,24 @@ def test_garbage_and_unknown_frames() -> None:
     assert [type(e) for e in errs] == [DecodeError, UnsupportedError]
     assert str(errs[0]) == "SunTech: 4 bytes outside a frame (00 FF 3E 00)"
     assert len([o for o in out if isinstance(o, Reading)]) == 1
+
+
+def test_garbage_fed_byte_by_byte_is_not_held_in_the_frame_buffer() -> None:
+    # Garbage used to stay in the frame buffer (up to max_buffer) and be rescanned on every feed: quadratic
+    # with 1-byte serial reads. Known garbage must leave the buffer at once, and still be reported.
+    garbage = bytes(random.Random(7).choice([b for b in range(256) if b not in b":>"]) for _ in range(20_000))
+    decoder = SunTechDecoder(CTX)
+    out: list[DecoderOutput] = []
+    for i in range(len(garbage)):
+        out += decoder.feed(garbage[i : i + 1])
+        assert len(decoder._buf) <= MAX_LEN
+    assert [str(f.error) for f in out] == ["SunTech: no frame in 8126 bytes"] * 2  # the cap, as before
+    assert b"".join(f.data for f in failures(out)) + decoder.pending() == garbage
+    out = decoder.feed(BP_FRAME)
+    assert str(failures(out)[0].error).startswith("SunTech: 3748 bytes outside a frame (")
+    assert failures(out)[0].data == garbage[-3748:]
+    assert out[1:] == [bp_reading([mm("bp_systolic", 115), mm("bp_diastolic", 74), mm("bp_mean", 88),
+                                   mm("pulse_rate", 85)], BP_FRAME)]
 
 
 def test_truncated_at_end_of_input() -> None:

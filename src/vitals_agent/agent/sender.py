@@ -269,16 +269,17 @@ class Sender:
             log.error("cannot record the failed attempt", control_id=msg.control_id, error=str(oexc))
         await self._sleep(delay)
 
-    def _audit(self, method: str, **fields: Any) -> None:
+    async def _audit(self, method: str, **fields: Any) -> None:
+        """Write an audit record off the event loop (each record is fsynced; the log is thread-safe)."""
         if self.audit is None:
             return
         try:
-            getattr(self.audit, method)(**fields)
+            await asyncio.to_thread(getattr(self.audit, method), **fields)
         except Exception as exc:  # the audit must not stop delivery
             log.error("audit record not written", control_id=fields.get("control_id"), error=str(exc))
 
     async def _handle_ack(self, msg: OutboxMessage, ack: Ack) -> None:
-        self._audit(
+        await self._audit(
             "message_sent",
             control_id=msg.control_id,
             ack_code=ack.code,
@@ -336,7 +337,7 @@ class Sender:
         self._drop_from_batch(msg)
         self._deferred.pop(msg.id, None)
         self._dead_lettered += 1
-        self._audit("message_dead", control_id=msg.control_id, reason=reason)
+        await self._audit("message_dead", control_id=msg.control_id, reason=reason)
         dead = await asyncio.to_thread(self.outbox.dead_count)
         log.warning(
             "interface alert: message moved to the dead-letter table",
