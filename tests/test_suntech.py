@@ -196,8 +196,12 @@ def test_garbage_fed_byte_by_byte_is_not_held_in_the_frame_buffer() -> None:
     out = decoder.feed(BP_FRAME)
     assert str(failures(out)[0].error).startswith("SunTech: 3748 bytes outside a frame (")
     assert failures(out)[0].data == garbage[-3748:]
-    assert out[1:] == [bp_reading([mm("bp_systolic", 115), mm("bp_diastolic", 74), mm("bp_mean", 88),
-                                   mm("pulse_rate", 85)], BP_FRAME)]
+    assert out[1:] == [
+        bp_reading(
+            [mm("bp_systolic", 115), mm("bp_diastolic", 74), mm("bp_mean", 88), mm("pulse_rate", 85)],
+            BP_FRAME,
+        )
+    ]
 
 
 def test_truncated_at_end_of_input() -> None:

@@ -105,6 +105,39 @@ def test_glitch_after_record_and_garbage() -> None:
     assert len([o for o in out if isinstance(o, Reading)]) == 2
 
 
+def test_dash_value_is_absent_and_keeps_the_rest_of_the_record() -> None:
+    # "FW,-" (no body fat measured) used to throw the whole record away, weight included.
+    record = b'{0,16,~0,1,~1,1,~2,1,MO,"BC-418",Wp,150.8,Hm,165.0,FW,-,CS,DD'
+    assert f"{sum(record[: record.rindex(b'CS')]) & 0xFF:02X}" == "DD"  # the documented checksum rule
+    no_fat = Measurement(
+        metric="body_fat_pct", value=None, unit="%", absent_reason="device sent no value (FW,-)"
+    )
+    assert decode(record + b"\r\n") == [
+        tanita_reading(
+            [m("body_weight", "150.8", "[lb_av]"), m("body_height", "165.0", "cm"), no_fat],
+            record,
+            {},
+            "BC-418",
+        )
+    ]
+    blank = encode_record([("MO", '"SC-240"'), ("Wk", "70.1"), ("MI", " --.- ")])
+    assert decode(blank) == [
+        tanita_reading(
+            [
+                m("body_weight", "70.1", "kg"),
+                Measurement(
+                    metric="bmi", value=None, unit="kg/m2", absent_reason="device sent no value (MI,--.-)"
+                ),
+            ],
+            blank.rstrip(b"\r\n"),
+            {},
+            "SC-240",
+        )
+    ]
+    (f,) = failures(decode(encode_record([("Wk", "70.1"), ("FW", "-1-")])))  # not a number, not blank
+    assert str(f.error) == "Tanita FW: '-1-' is not a number"
+
+
 def test_record_without_weight() -> None:
     (f,) = failures(decode(encode_record([("MO", '"SC-240"'), ("Hm", "170.0")])))
     assert isinstance(f.error, UnsupportedError)

@@ -21,6 +21,7 @@ from typing import Any
 from vitals_agent.drivers._serial_util import (
     FlushingDecoder,
     TimedSimulator,
+    absent,
     decode_all,
     hexs,
     make_reading,
@@ -173,6 +174,9 @@ class TanitaDecoder(FlushingDecoder):
                 if metric in seen:
                     continue  # e.g. both Wk and Wp: keep the first
                 seen.add(metric)
+                if not set(val) - set("-. "):  # e.g. "FW,-": no value for this metric, keep the rest
+                    measurements.append(absent(metric, unit, f"device sent no value ({key},{val})"))
+                    continue
                 measurements.append(value(metric, parse_decimal(val, f"Tanita {key}"), unit))
                 continue
             extra[key] = val
