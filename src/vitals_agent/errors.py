@@ -79,6 +79,11 @@ class PeerUnavailableError(DeliveryError, RetryableError):
     """Connection refused, reset, closed before the ACK, or timed out: re-send later with the same MSH-10."""
 
 
+class ConnectFailedError(PeerUnavailableError):
+    """No connection to the EHR could be made (refused, unreachable, TLS handshake): says nothing about
+    the message itself."""
+
+
 class AckProtocolError(DeliveryError, RetryableError):
     """The peer answered with something that is not a usable ACK for this message (treated as no ACK)."""
 

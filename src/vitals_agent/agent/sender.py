@@ -32,7 +32,13 @@ import structlog
 
 from vitals_agent.agent.outbox import Outbox, OutboxMessage
 from vitals_agent.config.ehr import EhrConfig
-from vitals_agent.errors import AckProtocolError, DeliveryError, OutboxError, PeerUnavailableError
+from vitals_agent.errors import (
+    AckProtocolError,
+    ConnectFailedError,
+    DeliveryError,
+    OutboxError,
+    PeerUnavailableError,
+)
 from vitals_agent.hl7.ack import Ack, parse_ack
 from vitals_agent.hl7.mllp import MllpClient
 
@@ -42,6 +48,12 @@ BATCH = 64  # messages read from the outbox at a time
 IDLE_POLL_SECONDS = 2.0  # look at the outbox this often even without wake() (operator retries)
 BACKLOG_CHECK_SECONDS = 1.0
 RECENT_ACKED = 32
+# A message that fails this many times in a row *after* the EHR accepted the connection becomes a suspect:
+# the next message is tried in its place. If the receiver accepts that one, the suspect is poison (e.g.
+# larger than the receiver's frame limit, so it drops the connection every time) and is dead-lettered,
+# so one bad message never blocks the room's later readings. If the next one fails too, the EHR is broken
+# for everyone: order is restored and nothing is dead-lettered.
+POISON_SUSPECT_AFTER = 3
 
 
 class Sender:
@@ -73,6 +85,8 @@ class Sender:
         self._deferred: dict[int, float] = {}  # id -> monotonic time it may be sent again (after AE/CE)
         self._recent_acked: deque[str] = deque(maxlen=RECENT_ACKED)
         self._failures = 0  # consecutive link failures
+        self._post_connect_failures: dict[int, int] = {}  # message id -> failures after connecting
+        self._suspect: int | None = None  # message id being probed as poison (deferred meanwhile)
         self._in_flight: OutboxMessage | None = None
         self._last_error: str | None = None
         self._last_error_at: float | None = None
@@ -225,12 +239,53 @@ class Sender:
             self._in_flight = None
             if not (self._batch and self._batch[0].id == msg.id):
                 self._deferred[msg.id] = time.monotonic()  # a retried AE/CE message: due again at once
+            if not isinstance(exc, ConnectFailedError):
+                self._failed_after_connect(msg)
             await self._link_failed(msg, exc)
             return
         try:
             await self._handle_ack(msg, ack)
         finally:
             self._in_flight = None
+
+    def _failed_after_connect(self, msg: OutboxMessage) -> None:
+        """Count a failure the EHR caused after accepting the connection; probe a repeated one as poison."""
+        if self._suspect is not None and msg.id != self._suspect:
+            # The probe failed as well: the EHR is failing every message. Restore order, suspect nothing.
+            log.debug("poison probe failed: the receiver fails other messages too", control_id=msg.control_id)
+            self._deferred[self._suspect] = time.monotonic()
+            self._suspect = None
+            self._post_connect_failures.clear()
+            return
+        count = self._post_connect_failures.get(msg.id, 0) + 1
+        self._post_connect_failures[msg.id] = count
+        if count >= POISON_SUSPECT_AFTER and self._suspect is None and self._has_other_messages(msg):
+            self._suspect = msg.id
+            self._drop_from_batch(msg)
+            self._deferred[msg.id] = time.monotonic() + max(60.0, 2 * self.ehr.ack_timeout_seconds)
+            log.info(
+                "trying the next message in place of one the receiver keeps failing",
+                control_id=msg.control_id,
+            )
+
+    def _has_other_messages(self, msg: OutboxMessage) -> bool:
+        return any(m.id != msg.id for m in self._batch) or any(i != msg.id for i in self._deferred)
+
+    async def _confirm_poison(self) -> None:
+        """A later message was accepted while a suspect waited: the suspect is poison for this receiver."""
+        suspect, self._suspect = self._suspect, None
+        if suspect is None:
+            return
+        self._deferred.pop(suspect, None)
+        failures = self._post_connect_failures.pop(suspect, 0)
+        item = await asyncio.to_thread(self.outbox.get, suspect)
+        if isinstance(item, OutboxMessage):
+            await self._dead_letter(
+                item,
+                f"the receiver failed this message {failures} times after accepting the connection "
+                "while accepting later ones (too large for it, or content it cannot take)",
+                None,
+            )
 
     async def _exchange(self, msg: OutboxMessage) -> Ack:
         timeout = self.ehr.ack_timeout_seconds
@@ -288,6 +343,9 @@ class Sender:
         if self._failures:
             log.info("delivery resumed", after_failures=self._failures, peer=self.client.peer)
         self._failures = 0
+        self._post_connect_failures.pop(msg.id, None)
+        if self._suspect is not None and msg.id != self._suspect:
+            await self._confirm_poison()
         self._last_ack_at = time.time()
         if ack.accepted:
             # Inline when the outbox is free (a cheap NORMAL commit, no fsync): a thread hand-off per

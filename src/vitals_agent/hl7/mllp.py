@@ -19,7 +19,7 @@ import time
 
 import structlog
 
-from vitals_agent.errors import AckProtocolError, PeerUnavailableError
+from vitals_agent.errors import AckProtocolError, ConnectFailedError, PeerUnavailableError
 
 log = structlog.get_logger(__name__)
 
@@ -184,20 +184,18 @@ class MllpClient:
             async with asyncio.timeout(self.connect_timeout):
                 reader, writer = await asyncio.open_connection(self.host, self.port, **kwargs)  # type: ignore[arg-type]
         except TimeoutError:
-            raise PeerUnavailableError(
+            raise ConnectFailedError(
                 f"connecting to {self.peer} timed out after {self.connect_timeout:g} s"
             ) from None
         except ssl.SSLCertVerificationError as exc:
-            raise PeerUnavailableError(
+            raise ConnectFailedError(
                 f"TLS certificate of {self.peer} rejected: {exc.verify_message or exc.reason}"
             ) from None
         except ssl.SSLError as exc:
-            raise PeerUnavailableError(
-                f"TLS handshake with {self.peer} failed: {exc.reason or exc}"
-            ) from None
+            raise ConnectFailedError(f"TLS handshake with {self.peer} failed: {exc.reason or exc}") from None
         except OSError as exc:
             why = os.strerror(exc.errno) if exc.errno else (exc.strerror or exc.__class__.__name__)
-            raise PeerUnavailableError(f"cannot connect to {self.peer}: {why}") from None
+            raise ConnectFailedError(f"cannot connect to {self.peer}: {why}") from None
         sock = writer.get_extra_info("socket")
         if sock is not None:
             _tune_socket(sock)
