@@ -261,6 +261,9 @@ class Pipeline:
         if decision.park_reason is not None:
             self._parked(device_id, control_id, reading, decision.park_reason)
             return None
+        # Durable now: let the sender start while the audit record is written (the sender cannot run
+        # before this coroutine yields, so the audit log still has the acceptance before the ACK).
+        self.wake_sender()
         runtime.record_sent(reading)
         if self.audit is not None:
             try:
@@ -281,7 +284,6 @@ class Pipeline:
             metrics=sorted(m.metric for m in reading.measurements),
             flags=[str(f) for f in reading.flags],
         )
-        self.wake_sender()
         accepted = Accepted(device_id, reading, control_id, body)
         for observer in self.observers:
             observer(accepted)
