@@ -17,7 +17,6 @@ from vitals_agent.drivers.base import (
     DecodeContext,
     DecodeFailure,
     DecoderOutput,
-    Driver,
     SimPort,
     Simulator,
     StreamDecoder,
@@ -116,17 +115,6 @@ class FlushingDecoder(StreamDecoder):
                 TruncatedError(f"truncated record: input ended inside a frame ({hexs(rest)})", rest)
             )
         ]
-
-
-def decode_all(driver: Driver, chunks: Sequence[bytes], ctx: DecodeContext) -> list[DecoderOutput]:
-    """Feed every chunk, then flush (what the drivers' ``decode_chunks`` does)."""
-    decoder = driver.stream_decoder(ctx)
-    out: list[DecoderOutput] = []
-    for chunk in chunks:
-        out.extend(decoder.feed(chunk))
-    if isinstance(decoder, FlushingDecoder):
-        out.extend(decoder.flush())
-    return out
 
 
 class TimedSimulator(Simulator):

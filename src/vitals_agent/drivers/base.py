@@ -128,6 +128,11 @@ class StreamDecoder(abc.ABC):
     def reset(self) -> None:  # noqa: B027 - optional hook
         """Forget any partial frame (called after a disconnect: a half frame is never a reading)."""
 
+    def flush(self) -> list[DecoderOutput]:
+        """End of an offline input (``vitals-agent decode``): report what was left half-done (e.g. a
+        truncated record). A half frame is never a reading. Default: nothing to report."""
+        return []
+
     def commands_on_connect(self) -> list[bytes]:
         """Bytes to write to the device after the port opens (e.g. select a data format)."""
         return []
@@ -242,6 +247,7 @@ class Driver(abc.ABC):
         out: list[DecoderOutput] = []
         for chunk in chunks:
             out.extend(decoder.feed(chunk))
+        out.extend(decoder.flush())
         return out
 
     def simulator(self, **kwargs: Any) -> Simulator:

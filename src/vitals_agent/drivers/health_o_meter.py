@@ -23,7 +23,6 @@ from vitals_agent.drivers._serial_util import (
     FlushingDecoder,
     TimedSimulator,
     WeighingTracker,
-    decode_all,
     hexs,
     make_reading,
     parse_decimal,
@@ -313,11 +312,6 @@ class HealthOMeterDriver(Driver):
             poll_seconds=o.poll_seconds,
             id_field=o.id_field,
         )
-
-    def decode_chunks(
-        self, chunks: Sequence[bytes], ctx: DecodeContext, characteristic: str | None = None
-    ) -> list[DecoderOutput]:
-        return decode_all(self, chunks, ctx)
 
     def simulator(self, **kwargs: Any) -> Simulator:
         allowed = ("weights", "metric", "height", "bmi", "patient_id", "interval", "stream")

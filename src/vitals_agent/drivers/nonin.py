@@ -24,7 +24,6 @@ from vitals_agent.drivers._serial_util import (
     FlushingDecoder,
     TimedSimulator,
     absent,
-    decode_all,
     hexs,
     make_reading,
     sim_kwargs,
@@ -584,11 +583,6 @@ class _NoninDriver(Driver):
     transport = "serial"
     continuous = True
     serial_defaults = SerialSettings(baudrate=9600, bytesize=8, parity="N", stopbits=1)
-
-    def decode_chunks(
-        self, chunks: Sequence[bytes], ctx: DecodeContext, characteristic: str | None = None
-    ) -> list[DecoderOutput]:
-        return decode_all(self, chunks, ctx)
 
 
 @register_driver

@@ -31,7 +31,6 @@ from vitals_agent.drivers._serial_util import (
     FlushingDecoder,
     TimedSimulator,
     WeighingTracker,
-    decode_all,
     hexs,
     make_reading,
     parse_decimal,
@@ -451,11 +450,6 @@ class ScaleAsciiDriver(Driver):
             min_change_kg=o.min_change_kg,
             poll_seconds=o.poll_seconds,
         )
-
-    def decode_chunks(
-        self, chunks: Sequence[bytes], ctx: DecodeContext, characteristic: str | None = None
-    ) -> list[DecoderOutput]:
-        return decode_all(self, chunks, ctx)
 
     def simulator(self, **kwargs: Any) -> Simulator:
         kw = sim_kwargs(kwargs, ("dialect", "weights", "unit", "interval", "height_in", "bmi"), self.name)

@@ -16,14 +16,12 @@ A non-zero error code gives "no value" measurements with the reason, never numbe
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from vitals_agent.drivers._serial_util import (
     FlushingDecoder,
     TimedSimulator,
     absent,
-    decode_all,
     hexs,
     make_reading,
     sim_kwargs,
@@ -383,11 +381,6 @@ class SunTechDriver(Driver):
 
     def stream_decoder(self, ctx: DecodeContext) -> SunTechDecoder:
         return SunTechDecoder(ctx)
-
-    def decode_chunks(
-        self, chunks: Sequence[bytes], ctx: DecodeContext, characteristic: str | None = None
-    ) -> list[DecoderOutput]:
-        return decode_all(self, chunks, ctx)
 
     def simulator(self, **kwargs: Any) -> Simulator:
         allowed = ("systolic", "diastolic", "mean", "heart_rate", "error", "interval", "steps", "auto_start")

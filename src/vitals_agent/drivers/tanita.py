@@ -22,7 +22,6 @@ from vitals_agent.drivers._serial_util import (
     FlushingDecoder,
     TimedSimulator,
     absent,
-    decode_all,
     hexs,
     make_reading,
     parse_decimal,
@@ -240,11 +239,6 @@ class TanitaDriver(Driver):
 
     def stream_decoder(self, ctx: DecodeContext) -> TanitaDecoder:
         return TanitaDecoder(ctx)
-
-    def decode_chunks(
-        self, chunks: Sequence[bytes], ctx: DecodeContext, characteristic: str | None = None
-    ) -> list[DecoderOutput]:
-        return decode_all(self, chunks, ctx)
 
     def simulator(self, **kwargs: Any) -> Simulator:
         allowed = ("model", "weight", "height", "bmi", "fat", "interval", "glitch")
