@@ -25,8 +25,8 @@ from vitals_agent.logs import setup_logging
 
 # (device id, driver, report policy, report seconds, simulator options)
 DEMO_DEVICES: list[tuple[str, str, str, float, dict[str, Any]]] = [
-    ("spo2-demo", "masimo-ascii", "stable", 3.0, {"interval": 0.5}),
-    ("nibp-demo", "suntech-advantage", "every", 10.0, {"interval": 4.0}),
+    ("spo2-demo", "masimo-ascii", "stable", 3.0, {"interval": 0.5, "seed": 1}),
+    ("nibp-demo", "suntech-advantage", "every", 10.0, {"interval": 0.5, "auto_start": True}),
     ("scale-demo", "scale-ascii", "every", 10.0, {"interval": 0.5}),
 ]
 
