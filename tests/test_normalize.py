@@ -43,9 +43,10 @@ def test_units_are_converted_to_canonical_ucum() -> None:
     got = {m.metric: (m.value, m.unit) for m in out.measurements}
     assert got["bp_systolic"] == (Decimal("120"), "mm[Hg]")
     assert got["body_temperature"][1] == "Cel"
-    assert abs(got["body_temperature"][0] - Decimal("37.0")) <= Decimal("0.05")
+    temperature, weight = got["body_temperature"][0], got["body_weight"][0]
+    assert temperature is not None and abs(temperature - Decimal("37.0")) <= Decimal("0.05")
     assert got["body_weight"][1] == "kg"
-    assert abs(got["body_weight"][0] - Decimal("69.94")) <= Decimal("0.05")
+    assert weight is not None and abs(weight - Decimal("69.94")) <= Decimal("0.05")
     assert out.dropped == ()
 
 

@@ -159,3 +159,14 @@ async def test_negative_ack_free_text_never_reaches_logs_above_debug(tmp_path: P
     [dead] = outbox.list_dead()
     assert "Observation rejected" in (dead.ack_text or "")  # kept where an operator can read it
     outbox.close()
+
+
+def test_scp_record_without_section_1_is_a_decode_error() -> None:
+    """Found by the SCP mutation property test: a missing section raised KeyError out of the decoder."""
+    from tests.test_ecg_fixtures import scp_record, scp_section7
+    from vitals_agent.drivers.ecg.scp import parse
+    from vitals_agent.errors import DecodeError
+
+    record = scp_record({7: scp_section7()})
+    with pytest.raises(DecodeError, match="no section 1"):
+        parse(record)

@@ -218,6 +218,9 @@ def parse(data: bytes, *, max_bytes: int = 16 * 1024 * 1024) -> EcgDecoded:
     """Decode one SCP-ECG record. Raises only :class:`DecodeError` subclasses on bad input."""
     check_size(data, max_bytes)
     sections = _sections(data)
+    for required, what in ((0, "pointers"), (1, "patient and acquisition data")):
+        if required not in sections:
+            raise DecodeError(f"SCP-ECG record has no section {required} ({what})")
     version = sections[0][9]  # protocol version byte of section 0's header
     if version not in SUPPORTED_VERSIONS:
         raise UnsupportedError(f"SCP-ECG protocol version {version} is not supported")
