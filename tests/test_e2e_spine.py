@@ -9,28 +9,16 @@ from pathlib import Path
 import pytest
 
 from tests.e2e_helpers import AgentProcess, PyHl7Ehr, free_port, masimo_ascii1_line, write_config
-from tests.oracle import validate_oru
+from tests.oracle import ParsedOru, validate_oru
 from vitals_agent.drivers.pty import PtyDevice
 
 pytestmark = pytest.mark.timeout(90)
 
 
-def field(message: str, segment: str, index: int, occurrence: int = 0) -> str:
-    segs = [s for s in message.replace("\n", "\r").split("\r") if s.startswith(segment + "|")]
-    fields = segs[occurrence].split("|")
-    pos = index - 1 if segment == "MSH" else index
-    return fields[pos] if pos < len(fields) else ""
-
-
-def obx_values(message: str) -> dict[str, tuple[str, str]]:
-    """OBX-3 code -> (OBX-5, OBX-6 UCUM) for numeric rows."""
-    out = {}
-    for seg in message.replace("\n", "\r").split("\r"):
-        parts = seg.split("|")
-        if parts[0] == "OBX" and len(parts) > 6 and parts[2] == "NM":
-            unit = parts[6].split("^")
-            out[parts[3].split("^")[0]] = (parts[5], unit[3] if len(unit) > 3 else unit[0])
-    return out
+def value_and_unit(parsed: ParsedOru, code: str) -> tuple[str, str]:
+    """OBX-5 and the UCUM code of OBX-6 of the numeric row with this MDC code."""
+    row = parsed.obx_by_code(code)
+    return row.text(5), row.text(6, 4)
 
 
 async def test_rad8_capture_reaches_independent_ehr_one_oru_per_line(tmp_path: Path) -> None:
@@ -69,19 +57,17 @@ async def test_rad8_capture_reaches_independent_ehr_one_oru_per_line(tmp_path: P
     assert took < 5.0
     assert len(messages) == 3, "bad lines must produce no message"
     expected = [("96", "72", "5.10"), ("97", "70", "4.69"), ("95", "75", "2.28")]
-    for message, (spo2, bpm, pi) in zip(messages, expected, strict=True):
-        validate_oru(message)
-        assert field(message, "MSH", 4) == "EXAMPLE_CLINIC"
-        assert field(message, "MSH", 9) == "ORU^R01^ORU_R01"
-        assert field(message, "PV1", 3) == "CLINIC^ROOM12"
-        values = obx_values(message)
-        assert values["150456"] == (spo2, "%")
-        assert values["149530"] == (bpm, "/min")
-        assert values["150488"] == (pi, "%")
-        identities = [field(message, "OBX", 18, i) for i in range(message.count("\rOBX|"))]
+    parsed = [validate_oru(message) for message in messages]
+    for oru, (spo2, bpm, pi) in zip(parsed, expected, strict=True):
+        assert oru.msh[4] == "EXAMPLE_CLINIC"
+        assert oru.msh[9] == "ORU^R01^ORU_R01"
+        assert oru.pv1[3] == "CLINIC^ROOM12"
+        assert value_and_unit(oru, "150456") == (spo2, "%")
+        assert value_and_unit(oru, "149530") == (bpm, "/min")
+        assert value_and_unit(oru, "150488") == (pi, "%")
+        identities = [row[18] for row in oru.obx]
         assert any(ident.startswith("0000123456") for ident in identities), identities
-    control_ids = [field(m, "MSH", 10) for m in messages]
-    assert len(set(control_ids)) == 3
+    assert len({oru.control_id for oru in parsed}) == 3
 
 
 async def test_ehr_down_then_sigkill_then_restart_delivers_all_five_in_order_once(tmp_path: Path) -> None:
@@ -118,7 +104,6 @@ async def test_ehr_down_then_sigkill_then_restart_delivers_all_five_in_order_onc
             await ehr.close()
     assert code == 0
     assert len(messages) == 5, "each reading exactly once"
-    assert [obx_values(m)["150456"][0] for m in messages] == [v.lstrip("0") for v in values]
-    assert [field(m, "MSH", 10) for m in messages] == queued_ids, "retries keep the original MSH-10"
-    for message in messages:
-        validate_oru(message)
+    parsed = [validate_oru(message) for message in messages]
+    assert [oru.value("150456") for oru in parsed] == [v.lstrip("0") for v in values]
+    assert [oru.control_id for oru in parsed] == queued_ids, "retries keep the original MSH-10"

@@ -40,11 +40,6 @@ class MetricInfo:
     maximum: Decimal | None
 
     @property
-    def mdc_verified(self) -> bool:
-        """True when codes.md marks the MDC code V (verified)."""
-        return self.verified.split(".")[0] == "V"
-
-    @property
     def send_mdc(self) -> bool:
         """Whether OBX-3 carries the MDC code. Codes whose sources conflict (mark C) and unknown codes go
         as local codes. "P/C" rows (perfusion index, pulse amplitude index) follow codes.md's interim

@@ -7,7 +7,6 @@ Pure: a :class:`Reading` in, a :class:`Reading` out. Everything removed is recor
 from __future__ import annotations
 
 from datetime import timedelta
-from decimal import Decimal
 
 from vitals_agent.codes import tables
 from vitals_agent.hl7.units import UnitConversionError, convert
@@ -76,12 +75,3 @@ def normalise(reading: Reading, *, max_clock_skew: timedelta) -> Reading:
     return reading.with_updates(
         measurements=tuple(kept), dropped=tuple(dropped), flags=tuple(flags), observed_at=observed
     )
-
-
-def has_values(reading: Reading) -> bool:
-    return any(m.value is not None for m in reading.measurements) or bool(reading.statements)
-
-
-def decimal_places(value: Decimal) -> int:
-    exponent = value.as_tuple().exponent
-    return -exponent if isinstance(exponent, int) and exponent < 0 else 0

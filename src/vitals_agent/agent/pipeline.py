@@ -17,9 +17,10 @@ from typing import Any
 
 import structlog
 
-from vitals_agent.agent.audit import AuditError
+from vitals_agent.agent.audit import AuditError, AuditLog
 from vitals_agent.agent.normalize import normalise
 from vitals_agent.agent.outbox import Outbox
+from vitals_agent.agent.patient_context import PatientContextManager, PatientDetails
 from vitals_agent.agent.reporting import ReportingPolicy, make_policy
 from vitals_agent.agent.runtime import DeviceRuntimeImpl
 from vitals_agent.config.schema import Config, DeviceConfig
@@ -56,17 +57,19 @@ class Pipeline:
         profile: MessageProfile,
         outbox: Outbox,
         *,
+        patients: PatientContextManager,
+        audit: AuditLog,
         wake_sender: Callable[[], None],
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.config = config
         self.profile = profile
         self.outbox = outbox
+        self.patients = patients
+        self.audit = audit
         self.wake_sender = wake_sender
         self.now = now
         self.observers: list[Observer] = []
-        self.patients: Any = None  # PatientContextManager, wired by the service when available
-        self.audit: Any = None  # AuditLog, wired by the service when available
         self._policies: dict[str, ReportingPolicy] = {}
         self._runtimes: dict[str, DeviceRuntimeImpl] = {}
         self.refused = 0  # readings that could not be committed (disk full...)
@@ -106,14 +109,17 @@ class Pipeline:
         for device_id, policy in self._policies.items():
             for due in policy.tick(now):
                 await self.accept(self._runtimes[device_id], due)
-        if self.patients is not None:
-            self.patients.tick(now)  # patient context expiry, hold timeout
+        self.patients.tick(now)  # patient context expiry, hold timeout
 
     async def on_scan(self, scan: PatientScan) -> None:
-        if self.patients is None:
-            log.warning("wristband scan ignored: patient context is not available", device=scan.device_id)
-            return
         await self.patients.on_scan(scan)
+
+    def _audit(self, event: str, **fields: Any) -> None:
+        """Append an audit record; a failure to write it is logged, never a reason to lose a reading."""
+        try:
+            self.audit.record(event, **fields)
+        except AuditError as exc:
+            log.error("audit record not written", event=event, error=str(exc))
 
     def _parked(self, device_id: str, control_id: str, reading: Reading, reason: str) -> None:
         """A message stored but not sent (patient mismatch): WARNING without identifiers, full audit."""
@@ -124,23 +130,19 @@ class Pipeline:
             control_id=control_id,
             see="vitals-agent outbox list",
         )
-        if self.audit is not None:
-            cart = reading.source_patient
-            bound = self.patients.current_details(self.now()) if self.patients is not None else None
-            try:
-                self.audit.record(
-                    "message_parked",
-                    device_id=device_id,
-                    control_id=control_id,
-                    reason=reason,
-                    device_patient=cart.model_dump(exclude_none=True) if cart is not None else None,
-                    room_patient=bound.model_dump(exclude_none=True) if bound is not None else None,
-                )
-            except AuditError as exc:
-                log.error("audit record not written", control_id=control_id, error=str(exc))
+        cart = reading.source_patient
+        bound = self.patients.current_details(self.now())
+        self._audit(
+            "message_parked",
+            device_id=device_id,
+            control_id=control_id,
+            reason=reason,
+            device_patient=cart.model_dump(exclude_none=True) if cart is not None else None,
+            room_patient=bound.model_dump(exclude_none=True) if bound is not None else None,
+        )
 
     async def release_held(
-        self, device_id: str, reading: Reading, patient: Any, control_id: str | None = None
+        self, device_id: str, reading: Reading, patient: PatientDetails, control_id: str | None = None
     ) -> str | None:
         """PatientContextManager.releaser: queue a held reading for ``patient`` (late-associated) under the
         MSH-10 reserved when it was held. Already queued (a release interrupted by a crash): nothing new."""
@@ -156,12 +158,12 @@ class Pipeline:
             return None  # logged and counted by accept; stays held
         return accepted.control_id if accepted else None
 
-    def _patient_decision(self, device_id: str, reading: Reading, late_patient: Any) -> _Decision:
+    def _patient_decision(
+        self, device_id: str, reading: Reading, late_patient: PatientDetails | None
+    ) -> _Decision:
         """Which patient a reading is filed to, or whether it is held, parked or dropped."""
         if late_patient is not None:
             return _Decision(details=late_patient)
-        if self.patients is None:
-            return _Decision()
         now = self.now()
         cart = reading.source_patient
         if cart is not None and any((cart.mrn, cart.family_name, cart.given_name, cart.birth_date)):
@@ -188,14 +190,13 @@ class Pipeline:
             # wristband scan): it belongs to the previous patient or to no one, never to this one.
             self.dropped += 1
             log.info("reading not sent: taken before the current patient was set", device=device_id)
-            if self.audit is not None:
-                self.audit.record(
-                    "reading_dropped",
-                    device_id=device_id,
-                    reason="taken before the current patient context was set",
-                    received_at=reading.received_at,
-                    context_set_at=context.set_at,
-                )
+            self._audit(
+                "reading_dropped",
+                device_id=device_id,
+                reason="taken before the current patient context was set",
+                received_at=reading.received_at,
+                context_set_at=context.set_at,
+            )
             return _Decision(stop=True)
         route = self.patients.route(device_id, reading, now)
         if route.held:
@@ -207,7 +208,7 @@ class Pipeline:
         runtime: DeviceRuntimeImpl,
         reading: Reading,
         *,
-        late_patient: Any = None,
+        late_patient: PatientDetails | None = None,
         control_id: str | None = None,
     ) -> Accepted | None:
         """Build the message and commit it durably.
@@ -261,22 +262,19 @@ class Pipeline:
         if decision.park_reason is not None:
             self._parked(device_id, control_id, reading, decision.park_reason)
             return None
-        # Durable now: let the sender start while the audit record is written (the sender cannot run
-        # before this coroutine yields, so the audit log still has the acceptance before the ACK).
-        self.wake_sender()
+        self.wake_sender()  # durable now; the sender cannot run before this coroutine yields
         runtime.record_sent(reading)
-        if self.audit is not None:
-            try:
-                self.audit.reading_accepted(
-                    device_id=device_id,
-                    control_id=control_id,
-                    reading=reading,
-                    patient=details.model_dump() if details is not None else None,
-                    disposition="bound" if details is not None else "unbound",
-                    late_associated=late_patient is not None,
-                )
-            except AuditError as exc:
-                log.error("audit record not written", control_id=control_id, error=str(exc))
+        try:
+            self.audit.reading_accepted(
+                device_id=device_id,
+                control_id=control_id,
+                reading=reading,
+                patient=details.model_dump() if details is not None else None,
+                disposition="bound" if details is not None else "unbound",
+                late_associated=late_patient is not None,
+            )
+        except AuditError as exc:
+            log.error("audit record not written", control_id=control_id, error=str(exc))
         log.info(
             "reading queued",
             device=device_id,
@@ -292,7 +290,7 @@ class Pipeline:
 
 @dataclass(frozen=True)
 class _Decision:
-    details: Any = None  # PatientDetails to file under; None = unbound (or the device's own patient)
+    details: PatientDetails | None = None  # None = unbound (or the device's own patient)
     park_reason: str | None = None  # store for review instead of sending
     stop: bool = False  # held or dropped: nothing to queue now
 

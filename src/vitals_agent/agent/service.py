@@ -65,15 +65,18 @@ class AgentService:
         self.gateway = gateway_eui64(config, self.data_dir)
         self.outbox = Outbox(self.data_dir)
         self.sender = Sender(self.outbox, config.ehr, ssl_context=ssl_context_from(config.ehr))
-        self.pipeline = Pipeline(
-            config, message_profile(config, self.gateway), self.outbox, wake_sender=self.sender.wake, now=now
-        )
-        # Patient context, audit trail, control API (issue 7)
         self.audit = AuditLog.in_dir(self.data_dir)
         self.patients = PatientContextManager(self.data_dir, config.patient, self.audit, now=now)
+        self.pipeline = Pipeline(
+            config,
+            message_profile(config, self.gateway),
+            self.outbox,
+            patients=self.patients,
+            audit=self.audit,
+            wake_sender=self.sender.wake,
+            now=now,
+        )
         self.patients.releaser = self.pipeline.release_held
-        self.pipeline.patients = self.patients
-        self.pipeline.audit = self.audit
         self.sender.audit = self.audit
         self.control: ControlServer | None = None
         if config.control.enabled:
@@ -101,14 +104,15 @@ class AgentService:
 
     def status(self) -> dict[str, Any]:
         """Snapshot for ``vitals-agent status`` and the status page (no patient data)."""
+        sender = self.sender.status()  # reads the outbox depth and dead letters once
         return {
             "version": __version__,
             "started_at": self.started_at.isoformat() if self.started_at else None,
             "facility": self.config.agent.facility,
             "location": self.config.agent.location,
             "devices": [rt.status.as_dict() for rt in self.runtimes.values()],
-            "outbox": {"depth": self.outbox.depth(), "dead": self.outbox.dead_count()},
-            "sender": self.sender.status(),
+            "outbox": {"depth": sender["depth"], "dead": sender["dead"]},
+            "sender": sender,
             "refused": self.pipeline.refused,
             "parked": self.pipeline.parked,
         }

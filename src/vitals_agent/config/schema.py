@@ -71,12 +71,6 @@ class Config(BaseModel):
             seen.add(dev.id)
         return self
 
-    def device(self, device_id: str) -> DeviceConfig:
-        for dev in self.devices:
-            if dev.id == device_id:
-                return dev
-        raise KeyError(device_id)
-
 
 def _loc(prefix: str, loc: tuple[int | str, ...]) -> str:
     parts = [prefix] if prefix else []

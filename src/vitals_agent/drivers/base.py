@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
@@ -378,14 +378,3 @@ def transport_class(name: str) -> type[Transport]:
         return _TRANSPORTS[name]
     except KeyError:
         raise UnknownDriverError(f"no transport {name!r} is registered") from None
-
-
-@dataclass
-class DecoderStats:
-    """Counters a runtime keeps per device (shown in status)."""
-
-    frames: int = 0
-    readings: int = 0
-    decode_failures: int = 0
-    last_failure: str | None = None
-    extra: dict[str, int] = field(default_factory=dict)
