@@ -13,11 +13,12 @@ Rules kept everywhere: lengths are computed from the flags and short payloads ra
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 
+from vitals_agent.drivers._serial_util import absent, value
 from vitals_agent.drivers.base import DecodeContext
 from vitals_agent.drivers.ble.clock import DateTimeValue, decode_date_time
 from vitals_agent.drivers.ble.ieee11073 import (
@@ -61,7 +62,43 @@ class BleRecord:
     @property
     def failed(self) -> bool:
         """True when the device sent a record without a single value (a failed measurement)."""
-        return bool(self.measurements) and all(m.value is None for m in self.measurements)
+        return _no_values(self.measurements)
+
+
+def _no_values(measurements: Sequence[Measurement]) -> bool:
+    return bool(measurements) and all(m.value is None for m in measurements)
+
+
+def _record(
+    characteristic: str,
+    device_class: DeviceClass,
+    measurements: Sequence[Measurement],
+    data: bytes,
+    *,
+    extra: Mapping[str, str],
+    not_reported: str | None = None,
+    timestamp: DateTimeValue | None = None,
+    clock_not_set: bool = False,
+    from_storage: bool = False,
+    flags: tuple[ReadingFlag, ...] = (),
+) -> BleRecord:
+    """The record of one payload ``data``. It is not reportable when ``not_reported`` gives a reason, or
+    when the device sent no value at all (a failed measurement)."""
+    if not_reported is None and _no_values(measurements):
+        not_reported = "failed measurement: no values"
+    return BleRecord(
+        characteristic=characteristic,
+        device_class=device_class,
+        measurements=tuple(measurements),
+        timestamp=timestamp,
+        clock_not_set=clock_not_set,
+        from_storage=from_storage,
+        flags=flags,
+        extra=extra,
+        reportable=not_reported is None,
+        not_reported=not_reported,
+        raw=bytes(data),
+    )
 
 
 def _value(num: Number | Special) -> tuple[Decimal | None, str | None]:
@@ -109,10 +146,8 @@ def _bits(value: int, names: Mapping[int, str]) -> str:
     return ",".join(name for bit, name in sorted(names.items()) if value & (1 << bit))
 
 
-def _all_failed(measurements: tuple[Measurement, ...]) -> str | None:
-    if measurements and all(m.value is None for m in measurements):
-        return "failed measurement: no values"
-    return None
+def _user_id(value: int) -> str:
+    return "unknown" if value == 0xFF else str(value)
 
 
 # --------------------------------------------------------------------------------------------- blood pressure
@@ -126,7 +161,7 @@ _BP_STATUS = {
 _PULSE_RANGE = {0: "within_range", 1: "exceeds_upper_limit", 2: "below_lower_limit", 3: "reserved"}
 
 
-_BpFields = tuple[int, list[Number | Special], int, dict[str, str], DateTimeValue | None]
+_BpFields = tuple[str, list[Number | Special], dict[str, str], DateTimeValue | None]
 
 
 def _bp_fields(data: bytes, what: str) -> _BpFields:
@@ -146,8 +181,7 @@ def _bp_fields(data: bytes, what: str) -> _BpFields:
         values.append(sfloat_from_bytes(data, pos))
         pos += 2
     if flags & 0x08:
-        user = data[pos]
-        extra["user_id"] = "unknown" if user == 0xFF else str(user)
+        extra["user_id"] = _user_id(data[pos])
         pos += 1
     if flags & 0x10:
         status = _u16(data, pos)
@@ -155,13 +189,13 @@ def _bp_fields(data: bytes, what: str) -> _BpFields:
         extra["measurement_status"] = _bits(status, _BP_STATUS)
         extra["pulse_rate_range"] = _PULSE_RANGE[(status >> 3) & 0x3]
     _trailing(data, pos, extra)
-    return flags, values, pos, extra, timestamp
+    unit = "kPa" if flags & 0x01 else "mm[Hg]"
+    return unit, values, extra, timestamp
 
 
 def decode_blood_pressure(data: bytes) -> BleRecord:
     """Blood Pressure Measurement 0x2A35 → systolic, diastolic, MAP (mm[Hg] or kPa) and pulse rate."""
-    flags, values, _, extra, timestamp = _bp_fields(data, "blood pressure measurement")
-    unit = "kPa" if flags & 0x01 else "mm[Hg]"
+    unit, values, extra, timestamp = _bp_fields(data, "blood pressure measurement")
     measurements = [
         _measure("bp_systolic", values[0], unit),
         _measure("bp_diastolic", values[1], unit),
@@ -169,34 +203,21 @@ def decode_blood_pressure(data: bytes) -> BleRecord:
     ]
     if len(values) > 3:
         measurements.append(_measure("pulse_rate", values[3], "/min"))
-    result = tuple(measurements)
-    failed = _all_failed(result)
-    return BleRecord(
-        characteristic="2A35",
-        device_class=DeviceClass.BLOOD_PRESSURE,
-        measurements=result,
-        timestamp=timestamp,
-        extra=extra,
-        reportable=failed is None,
-        not_reported=failed,
-        raw=bytes(data),
-    )
+    return _record("2A35", DeviceClass.BLOOD_PRESSURE, measurements, data, timestamp=timestamp, extra=extra)
 
 
 def decode_intermediate_cuff_pressure(data: bytes) -> BleRecord:
     """Intermediate Cuff Pressure 0x2A36: the systolic slot is the current cuff pressure. Progress only:
     the record is never reportable."""
-    flags, values, _, extra, timestamp = _bp_fields(data, "intermediate cuff pressure")
-    unit = "kPa" if flags & 0x01 else "mm[Hg]"
-    return BleRecord(
-        characteristic="2A36",
-        device_class=DeviceClass.BLOOD_PRESSURE,
-        measurements=(_measure("bp_cuff_pressure", values[0], unit),),
+    unit, values, extra, timestamp = _bp_fields(data, "intermediate cuff pressure")
+    return _record(
+        "2A36",
+        DeviceClass.BLOOD_PRESSURE,
+        [_measure("bp_cuff_pressure", values[0], unit)],
+        data,
         timestamp=timestamp,
         extra=extra,
-        reportable=False,
         not_reported="intermediate cuff pressure (progress only)",
-        raw=bytes(data),
     )
 
 
@@ -277,18 +298,8 @@ def decode_temperature(
         if kind in TEMPERATURE_TYPES:
             metric, site, _ = TEMPERATURE_TYPES[kind]
     unit = "[degF]" if flags & 0x01 else "Cel"
-    measurements = (_measure(metric, temperature, unit, site=site),)
-    failed = _all_failed(measurements)
-    return BleRecord(
-        characteristic="2A1C",
-        device_class=DeviceClass.THERMOMETER,
-        measurements=measurements,
-        timestamp=timestamp,
-        extra=extra,
-        reportable=failed is None,
-        not_reported=failed,
-        raw=bytes(data),
-    )
+    measurements = [_measure(metric, temperature, unit, site=site)]
+    return _record("2A1C", DeviceClass.THERMOMETER, measurements, data, timestamp=timestamp, extra=extra)
 
 
 def decode_temperature_type(data: bytes) -> int:
@@ -303,6 +314,16 @@ _KG_STEP = Decimal("0.005")
 _LB_STEP = Decimal("0.01")
 
 
+def _body_weight(raw: int, imperial: bool) -> Measurement:
+    return _scaled("body_weight", raw, _LB_STEP if imperial else _KG_STEP, "[lb_av]" if imperial else "kg")
+
+
+def _body_height(raw: int, imperial: bool) -> Measurement:
+    return _scaled(
+        "body_height", raw, Decimal("0.1") if imperial else Decimal("0.001"), "[in_i]" if imperial else "m"
+    )
+
+
 def decode_weight(data: bytes) -> BleRecord:
     """Weight Measurement 0x2A9D → body_weight (kg or [lb_av]); with flag bit 3 also BMI and height."""
     if not data:
@@ -311,11 +332,7 @@ def decode_weight(data: bytes) -> BleRecord:
     imperial = bool(flags & 0x01)
     length = 3 + 7 * bool(flags & 0x02) + bool(flags & 0x04) + 4 * bool(flags & 0x08)
     _need(data, length, "weight measurement")
-    measurements = [
-        _scaled(
-            "body_weight", _u16(data, 1), _LB_STEP if imperial else _KG_STEP, "[lb_av]" if imperial else "kg"
-        )
-    ]
+    measurements = [_body_weight(_u16(data, 1), imperial)]
     pos = 3
     extra: dict[str, str] = {}
     timestamp = None
@@ -323,32 +340,21 @@ def decode_weight(data: bytes) -> BleRecord:
         timestamp = decode_date_time(data, pos)
         pos += 7
     if flags & 0x04:
-        user = data[pos]
-        extra["user_id"] = "unknown" if user == 0xFF else str(user)
+        extra["user_id"] = _user_id(data[pos])
         pos += 1
     if flags & 0x08:
         measurements.append(_scaled("bmi", _u16(data, pos), Decimal("0.1"), "kg/m2", method="ACALC"))
-        measurements.append(
-            _scaled(
-                "body_height",
-                _u16(data, pos + 2),
-                Decimal("0.1") if imperial else Decimal("0.001"),
-                "[in_i]" if imperial else "m",
-            )
-        )
+        measurements.append(_body_height(_u16(data, pos + 2), imperial))
         pos += 4
     _trailing(data, pos, extra)
-    result = tuple(measurements)
-    failed = "failed measurement: no weight" if result[0].value is None else None
-    return BleRecord(
-        characteristic="2A9D",
-        device_class=DeviceClass.SCALE,
-        measurements=result,
+    return _record(
+        "2A9D",
+        DeviceClass.SCALE,
+        measurements,
+        data,
         timestamp=timestamp,
         extra=extra,
-        reportable=failed is None,
-        not_reported=failed,
-        raw=bytes(data),
+        not_reported="failed measurement: no weight" if measurements[0].value is None else None,
     )
 
 
@@ -386,20 +392,13 @@ def decode_body_composition(data: bytes) -> BleRecord:
         if name == "time_stamp":
             timestamp = decode_date_time(data, pos)
         elif name == "user_id":
-            extra[name] = "unknown" if data[pos] == 0xFF else str(data[pos])
+            extra[name] = _user_id(data[pos])
         else:
             raw = _u16(data, pos)
             if name == "weight":
-                measurements.append(_scaled("body_weight", raw, mass_step, "[lb_av]" if imperial else "kg"))
+                measurements.append(_body_weight(raw, imperial))
             elif name == "height":
-                measurements.append(
-                    _scaled(
-                        "body_height",
-                        raw,
-                        Decimal("0.1") if imperial else Decimal("0.001"),
-                        "[in_i]" if imperial else "m",
-                    )
-                )
+                measurements.append(_body_height(raw, imperial))
             elif raw == 0xFFFF:
                 extra[name] = "unsuccessful"
             elif name == "basal_metabolism_kJ":
@@ -412,18 +411,7 @@ def decode_body_composition(data: bytes) -> BleRecord:
     if flags & (1 << 12):
         extra["multiple_packet"] = "true"
     _trailing(data, pos, extra)
-    result = tuple(measurements)
-    failed = _all_failed(result)
-    return BleRecord(
-        characteristic="2A9C",
-        device_class=DeviceClass.BODY_COMPOSITION,
-        measurements=result,
-        timestamp=timestamp,
-        extra=extra,
-        reportable=failed is None,
-        not_reported=failed,
-        raw=bytes(data),
-    )
+    return _record("2A9C", DeviceClass.BODY_COMPOSITION, measurements, data, timestamp=timestamp, extra=extra)
 
 
 # --------------------------------------------------------------------------------------------- pulse oximetry
@@ -495,39 +483,50 @@ def _plx_record(
     char: str,
     data: bytes,
     pos: int,
-    spo2: Number | Special,
-    pr: Number | Special,
-    status: int | None,
-    device_status: int | None,
-    pai: Number | Special | None,
-    timestamp: DateTimeValue | None,
-    clock_not_set: bool,
+    status_bit: int,
     extra: dict[str, str],
+    timestamp: DateTimeValue | None = None,
+    clock_not_set: bool = False,
 ) -> BleRecord:
-    reason, flags, reading_flags = _plx_policy(status, device_status)
+    """What both PLX measurements share: SpO2 and pulse rate at bytes 1-4, then from ``pos`` the optional
+    measurement status (u16), device and sensor status (u24) and pulse amplitude index (SFLOAT), announced
+    by flag ``status_bit`` and the two bits above it."""
+    flags = data[0]
+    spo2, pr = sfloat_from_bytes(data, 1), sfloat_from_bytes(data, 3)
+    status = device_status = None
+    pai: Number | Special | None = None
+    if flags & status_bit:
+        status = _u16(data, pos)
+        pos += 2
+    if flags & (status_bit << 1):
+        device_status = int.from_bytes(data[pos : pos + 3], "little")
+        pos += 3
+    if flags & (status_bit << 2):
+        pai = sfloat_from_bytes(data, pos)
+        pos += 2
+    reason, measurement_flags, reading_flags = _plx_policy(status, device_status)
     if status is not None:
         extra["measurement_status"] = _bits(status, PLX_MEASUREMENT_STATUS)
     if device_status is not None:
         extra["device_status"] = _bits(device_status, PLX_DEVICE_STATUS)
-    measurements = [_measure("spo2", spo2, "%", flags), _measure("pulse_rate_oximeter", pr, "/min", flags)]
+    measurements = [
+        _measure("spo2", spo2, "%", measurement_flags),
+        _measure("pulse_rate_oximeter", pr, "/min", measurement_flags),
+    ]
     if pai is not None:
-        measurements.append(_measure("pulse_amplitude_index", pai, "%", flags))
-    result = tuple(measurements)
-    failed = _all_failed(result)
-    reason = reason or failed
+        measurements.append(_measure("pulse_amplitude_index", pai, "%", measurement_flags))
     _trailing(data, pos, extra)
-    return BleRecord(
-        characteristic=char,
-        device_class=DeviceClass.PULSE_OXIMETER,
-        measurements=result,
+    return _record(
+        char,
+        DeviceClass.PULSE_OXIMETER,
+        measurements,
+        data,
         timestamp=timestamp,
         clock_not_set=clock_not_set,
         from_storage=status is not None and bool(status & (1 << 9)),
         flags=(ReadingFlag.CLOCK_UNSET, *reading_flags) if clock_not_set else reading_flags,
         extra=extra,
-        reportable=reason is None,
         not_reported=reason,
-        raw=bytes(data),
     )
 
 
@@ -540,25 +539,12 @@ def decode_plx_spot_check(data: bytes) -> BleRecord:
         5 + 7 * bool(flags & 0x01) + 2 * bool(flags & 0x02) + 3 * bool(flags & 0x04) + 2 * bool(flags & 0x08)
     )
     _need(data, length, "PLX spot-check")
-    spo2, pr = sfloat_from_bytes(data, 1), sfloat_from_bytes(data, 3)
     pos = 5
-    timestamp = status = device_status = None
-    pai: Number | Special | None = None
+    timestamp = None
     if flags & 0x01:
         timestamp = decode_date_time(data, pos)
         pos += 7
-    if flags & 0x02:
-        status = _u16(data, pos)
-        pos += 2
-    if flags & 0x04:
-        device_status = int.from_bytes(data[pos : pos + 3], "little")
-        pos += 3
-    if flags & 0x08:
-        pai = sfloat_from_bytes(data, pos)
-        pos += 2
-    return _plx_record(
-        "2A5E", data, pos, spo2, pr, status, device_status, pai, timestamp, bool(flags & 0x10), {}
-    )
+    return _plx_record("2A5E", data, pos, 0x02, {}, timestamp, clock_not_set=bool(flags & 0x10))
 
 
 def decode_plx_continuous(data: bytes) -> BleRecord:
@@ -575,7 +561,6 @@ def decode_plx_continuous(data: bytes) -> BleRecord:
         + 2 * bool(flags & 0x10)
     )
     _need(data, length, "PLX continuous")
-    spo2, pr = sfloat_from_bytes(data, 1), sfloat_from_bytes(data, 3)
     pos = 5
     extra: dict[str, str] = {}
     for bit, name in ((0x01, "fast"), (0x02, "slow")):
@@ -584,18 +569,7 @@ def decode_plx_continuous(data: bytes) -> BleRecord:
                 val, why = _value(sfloat_from_bytes(data, pos + offset))
                 extra[f"{label}_{name}"] = str(val) if val is not None else str(why)
             pos += 4
-    status = device_status = None
-    pai: Number | Special | None = None
-    if flags & 0x04:
-        status = _u16(data, pos)
-        pos += 2
-    if flags & 0x08:
-        device_status = int.from_bytes(data[pos : pos + 3], "little")
-        pos += 3
-    if flags & 0x10:
-        pai = sfloat_from_bytes(data, pos)
-        pos += 2
-    return _plx_record("2A5F", data, pos, spo2, pr, status, device_status, pai, None, False, extra)
+    return _plx_record("2A5F", data, pos, 0x04, extra)
 
 
 @dataclass(frozen=True)
@@ -636,26 +610,20 @@ def decode_nonin_df19(data: bytes) -> BleRecord:
     extra: dict[str, str] = {"counter": str(int.from_bytes(data[5:7], "big"))}
     _trailing(data, 10, extra)
     spo2 = (
-        Measurement(metric="spo2", value=None, unit="%", absent_reason="missing")
-        if spo2_raw == 127 or spo2_raw > 100
-        else Measurement(metric="spo2", value=Decimal(spo2_raw), unit="%")
+        absent("spo2", "%", "missing") if spo2_raw == 127 or spo2_raw > 100 else value("spo2", spo2_raw, "%")
     )
     pr = (
-        Measurement(metric="pulse_rate_oximeter", value=None, unit="/min", absent_reason="missing")
+        absent("pulse_rate_oximeter", "/min", "missing")
         if pr_raw == 511
-        else Measurement(metric="pulse_rate_oximeter", value=Decimal(pr_raw), unit="/min")
+        else value("pulse_rate_oximeter", pr_raw, "/min")
     )
-    result = (spo2, pr)
-    failed = _all_failed(result)
-    return BleRecord(
-        characteristic=NONIN_SHORT,
-        device_class=DeviceClass.PULSE_OXIMETER,
-        measurements=result,
-        flags=(ReadingFlag.SENSOR_OFF,) if failed else (),
+    return _record(
+        NONIN_SHORT,
+        DeviceClass.PULSE_OXIMETER,
+        [spo2, pr],
+        data,
+        flags=(ReadingFlag.SENSOR_OFF,) if _no_values((spo2, pr)) else (),
         extra=extra,
-        reportable=failed is None,
-        not_reported=failed,
-        raw=bytes(data),
     )
 
 
@@ -710,22 +678,12 @@ def decode_heart_rate(data: bytes, metric: str = "ecg_heart_rate") -> BleRecord:
         extra["rr_intervals_1_1024_s"] = ",".join(str(v) for v in hr.rr_intervals)
     _trailing(data, pos, extra)
     if hr.sensor_contact == "not_detected":
-        measurement = Measurement(metric=metric, value=None, unit="/min", absent_reason="no sensor contact")
+        measurement = absent(metric, "/min", "no sensor contact")
         flags: tuple[ReadingFlag, ...] = (ReadingFlag.SENSOR_OFF,)
     else:
-        measurement = Measurement(metric=metric, value=Decimal(hr.heart_rate), unit="/min")
+        measurement = value(metric, hr.heart_rate, "/min")
         flags = ()
-    failed = _all_failed((measurement,))
-    return BleRecord(
-        characteristic="2A37",
-        device_class=DeviceClass.HEART_RATE,
-        measurements=(measurement,),
-        flags=flags,
-        extra=extra,
-        reportable=failed is None,
-        not_reported=failed,
-        raw=bytes(data),
-    )
+    return _record("2A37", DeviceClass.HEART_RATE, [measurement], data, flags=flags, extra=extra)
 
 
 # --------------------------------------------------------------------------------------------- RACP

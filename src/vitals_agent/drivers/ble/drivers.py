@@ -8,7 +8,7 @@ chunk. Timing, identity, stored records and de-duplication are the BLE transport
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -148,16 +148,16 @@ class BleDriver(Driver):
     transport = "ble"
     options_model: ClassVar[type[DriverOptions]] = BleOptions
     service: ClassVar[str]
-    measurement_characteristics: ClassVar[tuple[str, ...]]  # subscribed, in this order
+    # measurement characteristic -> its decoder, for payloads that need nothing but their bytes
+    decoders: ClassVar[Mapping[str, Callable[[bytes], BleRecord]]] = {}
+    measurement_characteristics: ClassVar[tuple[str, ...]]  # subscribed, in this order (default: decoders)
     extra_characteristics: ClassVar[tuple[str, ...]] = ()  # read-only helpers (features, type)
     racp_supported: ClassVar[bool] = False
 
-    def __init__(self, options: DriverOptions | None = None) -> None:
-        # Offline decoding needs no address: build the options without validating where the device is.
-        super().__init__(options if options is not None else self.options_model.model_construct())
-
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        if "decoders" in cls.__dict__ and "measurement_characteristics" not in cls.__dict__:
+            cls.measurement_characteristics = tuple(cls.decoders)
         if "measurement_characteristics" in cls.__dict__:
             cls.characteristics = (
                 *cls.measurement_characteristics,
@@ -172,7 +172,10 @@ class BleDriver(Driver):
 
     def decode_measurement(self, uuid: str, data: bytes, context: Mapping[str, bytes]) -> BleRecord:
         """Decode one payload of a measurement characteristic. ``context`` holds values read on connect."""
-        raise UnsupportedError(f"{self.name} does not decode {U.short_name(uuid)}", bytes(data))
+        decoder = self.decoders.get(uuid)
+        if decoder is None:
+            raise UnsupportedError(f"{self.name} does not decode {U.short_name(uuid)}", bytes(data))
+        return decoder(data)
 
     def describe(self, uuid: str, data: bytes, ctx: DecodeContext) -> DeviceEvent:
         """Decode one payload of an informational characteristic into a status event."""
@@ -252,22 +255,13 @@ class BloodPressureDriver(BleDriver):
     description = "Bluetooth Blood Pressure Service 0x1810 (A&D UA-651BLE, Omron, ...)"
     device_class = DeviceClass.BLOOD_PRESSURE
     service = U.BLOOD_PRESSURE_SERVICE
-    measurement_characteristics = (
-        U.BLOOD_PRESSURE_MEASUREMENT,
-        U.INTERMEDIATE_CUFF_PRESSURE,
-        U.BLOOD_PRESSURE_RECORD,
-    )
+    decoders = {
+        U.BLOOD_PRESSURE_MEASUREMENT: decode_blood_pressure,
+        U.INTERMEDIATE_CUFF_PRESSURE: decode_intermediate_cuff_pressure,
+        U.BLOOD_PRESSURE_RECORD: decode_blood_pressure_record,
+    }
     extra_characteristics = (U.BLOOD_PRESSURE_FEATURE,)
     racp_supported = True
-
-    def decode_measurement(self, uuid: str, data: bytes, context: Mapping[str, bytes]) -> BleRecord:
-        if uuid == U.BLOOD_PRESSURE_MEASUREMENT:
-            return decode_blood_pressure(data)
-        if uuid == U.INTERMEDIATE_CUFF_PRESSURE:
-            return decode_intermediate_cuff_pressure(data)
-        if uuid == U.BLOOD_PRESSURE_RECORD:
-            return decode_blood_pressure_record(data)
-        return super().decode_measurement(uuid, data, context)
 
 
 @_register
@@ -296,13 +290,8 @@ class WeightScaleDriver(BleDriver):
     description = "Bluetooth Weight Scale Service 0x181D (A&D UC-352BLE, ...)"
     device_class = DeviceClass.SCALE
     service = U.WEIGHT_SCALE_SERVICE
-    measurement_characteristics = (U.WEIGHT_MEASUREMENT,)
+    decoders = {U.WEIGHT_MEASUREMENT: decode_weight}
     extra_characteristics = (U.WEIGHT_SCALE_FEATURE,)
-
-    def decode_measurement(self, uuid: str, data: bytes, context: Mapping[str, bytes]) -> BleRecord:
-        if uuid != U.WEIGHT_MEASUREMENT:
-            return super().decode_measurement(uuid, data, context)
-        return decode_weight(data)
 
 
 @_register
@@ -311,13 +300,8 @@ class BodyCompositionDriver(BleDriver):
     description = "Bluetooth Body Composition Service 0x181B"
     device_class = DeviceClass.BODY_COMPOSITION
     service = U.BODY_COMPOSITION_SERVICE
-    measurement_characteristics = (U.BODY_COMPOSITION_MEASUREMENT,)
+    decoders = {U.BODY_COMPOSITION_MEASUREMENT: decode_body_composition}
     extra_characteristics = (U.uuid16(0x2A9B),)
-
-    def decode_measurement(self, uuid: str, data: bytes, context: Mapping[str, bytes]) -> BleRecord:
-        if uuid != U.BODY_COMPOSITION_MEASUREMENT:
-            return super().decode_measurement(uuid, data, context)
-        return decode_body_composition(data)
 
 
 @_register
@@ -326,16 +310,9 @@ class PulseOximeterDriver(BleDriver):
     description = "Bluetooth Pulse Oximeter Service (PLX) 0x1822: spot-check and continuous"
     device_class = DeviceClass.PULSE_OXIMETER
     service = U.PLX_SERVICE
-    measurement_characteristics = (U.PLX_SPOT_CHECK, U.PLX_CONTINUOUS)
+    decoders = {U.PLX_SPOT_CHECK: decode_plx_spot_check, U.PLX_CONTINUOUS: decode_plx_continuous}
     extra_characteristics = (U.PLX_FEATURES,)
     racp_supported = True
-
-    def decode_measurement(self, uuid: str, data: bytes, context: Mapping[str, bytes]) -> BleRecord:
-        if uuid == U.PLX_SPOT_CHECK:
-            return decode_plx_spot_check(data)
-        if uuid == U.PLX_CONTINUOUS:
-            return decode_plx_continuous(data)
-        return super().decode_measurement(uuid, data, context)
 
 
 @_register
@@ -363,9 +340,4 @@ class Nonin3230Driver(BleDriver):
     device_class = DeviceClass.PULSE_OXIMETER
     continuous = True
     service = U.NONIN_OXIMETRY_SERVICE
-    measurement_characteristics = (U.NONIN_MEASUREMENT,)
-
-    def decode_measurement(self, uuid: str, data: bytes, context: Mapping[str, bytes]) -> BleRecord:
-        if uuid != U.NONIN_MEASUREMENT:
-            return super().decode_measurement(uuid, data, context)
-        return decode_nonin_df19(data)
+    decoders = {U.NONIN_MEASUREMENT: decode_nonin_df19}

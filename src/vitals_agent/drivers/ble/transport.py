@@ -335,46 +335,55 @@ class BleTransport(Transport):
     async def _clock(
         self, client: BleakClient, chars: Mapping[str, BleakGATTCharacteristic], link: _Link
     ) -> None:
-        ctx = self.runtime.ctx
-        for uuid in (U.DATE_TIME, U.CURRENT_TIME):
-            char = chars.get(uuid)
-            if char is None:
-                continue
-            if "read" in char.properties:
-                try:
-                    raw = bytes(await client.read_gatt_char(char))
-                    host = ctx.now()
-                    value = (
-                        decode_date_time(raw) if uuid == U.DATE_TIME else decode_current_time(raw).date_time
-                    )
-                except DecodeError as exc:
-                    self.runtime.decode_failed(DecodeFailure(exc))
-                except BleakGATTProtocolError as exc:  # refused, not a lost link
-                    self._log.info("ble.clock_read_refused", error=_reason(exc))
-                else:
-                    device_now = value.to_datetime(ctx.tz)
-                    if device_now is not None:
-                        link.offset = host - device_now
-                        self._log.info(
-                            "ble.device_clock", offset_seconds=round(link.offset.total_seconds(), 1)
-                        )
-                    else:
-                        self._log.info("ble.device_clock_unset", characteristic=U.short_name(uuid))
-            writable = {"write", "write-without-response"} & set(char.properties)
-            if self.options.set_clock and writable:
-                local = ctx.now().astimezone(ctx.tz)
-                data = encode_date_time(local) if uuid == U.DATE_TIME else encode_current_time(local)
-                try:
-                    await client.write_gatt_char(char, data, response="write" in char.properties)
-                except BleakError as exc:
-                    self._log.warning("ble.set_clock_failed", error=_reason(exc))
-                else:
-                    self._log.info("ble.clock_set", characteristic=U.short_name(uuid))
-                    self.runtime.state.set(OFFSET_KEY, "0")
-                    return
-            if link.offset is not None:
-                self.runtime.state.set(OFFSET_KEY, str(round(link.offset.total_seconds())))
+        offered = [uuid for uuid in (U.DATE_TIME, U.CURRENT_TIME) if uuid in chars]
+        if not offered:
             return
+        uuid = offered[0]  # Date Time when the device has both
+        char = chars[uuid]
+        if "read" in char.properties:
+            link.offset = await self._read_clock_offset(client, uuid, char)
+        if self.options.set_clock and await self._set_clock(client, uuid, char):
+            self.runtime.state.set(OFFSET_KEY, "0")
+        elif link.offset is not None:
+            self.runtime.state.set(OFFSET_KEY, str(round(link.offset.total_seconds())))
+
+    async def _read_clock_offset(
+        self, client: BleakClient, uuid: str, char: BleakGATTCharacteristic
+    ) -> timedelta | None:
+        """Host - device clock, from reading Date Time or Current Time; None when it is not known."""
+        ctx = self.runtime.ctx
+        try:
+            raw = bytes(await client.read_gatt_char(char))
+            host = ctx.now()
+            value = decode_date_time(raw) if uuid == U.DATE_TIME else decode_current_time(raw).date_time
+        except DecodeError as exc:
+            self.runtime.decode_failed(DecodeFailure(exc))
+            return None
+        except BleakGATTProtocolError as exc:  # refused, not a lost link
+            self._log.info("ble.clock_read_refused", error=_reason(exc))
+            return None
+        device_now = value.to_datetime(ctx.tz)
+        if device_now is None:
+            self._log.info("ble.device_clock_unset", characteristic=U.short_name(uuid))
+            return None
+        offset = host - device_now
+        self._log.info("ble.device_clock", offset_seconds=round(offset.total_seconds(), 1))
+        return offset
+
+    async def _set_clock(self, client: BleakClient, uuid: str, char: BleakGATTCharacteristic) -> bool:
+        """Write the host clock to Date Time or Current Time if it is writable; True when that worked."""
+        if not {"write", "write-without-response"} & set(char.properties):
+            return False
+        ctx = self.runtime.ctx
+        local = ctx.now().astimezone(ctx.tz)
+        data = encode_date_time(local) if uuid == U.DATE_TIME else encode_current_time(local)
+        try:
+            await client.write_gatt_char(char, data, response="write" in char.properties)
+        except BleakError as exc:
+            self._log.warning("ble.set_clock_failed", error=_reason(exc))
+            return False
+        self._log.info("ble.clock_set", characteristic=U.short_name(uuid))
+        return True
 
     # ------------------------------------------------------------------------------------------ records
 
