@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import re
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
@@ -63,6 +64,17 @@ def parse_decimal(text: str, what: str) -> Decimal:
         raise DecodeError(f"{what}: {text!r} is not a number")
     # Decimal keeps leading zeros out and the decimals in: Decimal("+0070.50") == 70.50 with exponent -2.
     return number
+
+
+_FEET_INCHES = re.compile(r"^(\d+)'\s*(\d+(?:\.\d+)?)\"?$")
+
+
+def parse_feet_inches(text: str) -> Decimal | None:
+    """A height as feet'inches (``5'03.0"``) in inches (``63.0``); None if ``text`` is not in that form."""
+    match = _FEET_INCHES.match(text)
+    if match is None:
+        return None
+    return int(match.group(1)) * 12 + Decimal(match.group(2))
 
 
 def make_reading(
@@ -173,6 +185,18 @@ UNIT_TO_KG: dict[str, Decimal] = {"kg": Decimal(1), "g": Decimal("0.001"), "[lb_
 
 def to_kg(number: Decimal, unit: str) -> Decimal:
     return number * UNIT_TO_KG[unit]
+
+
+def weighing_measurements(
+    weight: Decimal, unit: str, height: Decimal | None, height_unit: str, bmi: Decimal | None
+) -> list[Measurement]:
+    """A scale's measurements: body weight, and body height and BMI when the scale sent them."""
+    measurements = [value("body_weight", weight, unit)]
+    if height is not None:
+        measurements.append(value("body_height", height, height_unit))
+    if bmi is not None:
+        measurements.append(value("bmi", bmi, "kg/m2"))
+    return measurements
 
 
 class WeighingTracker:

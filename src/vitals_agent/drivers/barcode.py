@@ -14,6 +14,7 @@ which applies the ``[patient] mrn_pattern`` to one line of standard input (:func
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 from collections.abc import Iterable
 from typing import Any, ClassVar
@@ -113,7 +114,7 @@ class BarcodeDriver(Driver):
 
     def stream_decoder(self, ctx: DecodeContext) -> StreamDecoder:
         if ctx.options is None:
-            ctx = DecodeContext(device=ctx.device, tz=ctx.tz, now=ctx.now, options=self.options)
+            ctx = dataclasses.replace(ctx, options=self.options)
         return BarcodeDecoder(ctx)
 
     def simulator(self, **kwargs: Any) -> Simulator:

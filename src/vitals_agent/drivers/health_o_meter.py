@@ -12,7 +12,6 @@ new reading until the platform was unloaded or the value changed.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any, Literal
@@ -26,8 +25,9 @@ from vitals_agent.drivers._serial_util import (
     hexs,
     make_reading,
     parse_decimal,
+    parse_feet_inches,
     sim_kwargs,
-    value,
+    weighing_measurements,
 )
 from vitals_agent.drivers.base import (
     DecodeContext,
@@ -40,12 +40,11 @@ from vitals_agent.drivers.base import (
     register_driver,
 )
 from vitals_agent.errors import DecodeError, TruncatedError, UnsupportedError
-from vitals_agent.models import DeviceClass, DeviceIdentity, Measurement, PatientInfo
+from vitals_agent.models import DeviceClass, DeviceIdentity, PatientInfo
 
 ESC = 0x1B
 MAX_FIELD = 40
 MAX_FIELDS = 24
-_FEET_INCHES = re.compile(r"^(\d+)'\s*(\d+(?:\.\d+)?)\"?$")
 _WHITESPACE = b" \r\n\t\x00"
 
 
@@ -193,16 +192,13 @@ class HealthOMeterDecoder(FlushingDecoder):
         height = None
         if "H" in values and not _blank(values["H"]):
             h = values["H"].strip()
-            fi = _FEET_INCHES.match(h)
-            height = (int(fi.group(1)) * 12 + Decimal(fi.group(2))) if fi else parse_decimal(h, "height")
+            height = parse_feet_inches(h)
+            if height is None:
+                height = parse_decimal(h, "height")
         bmi = parse_decimal(values["B"], "BMI") if "B" in values and not _blank(values["B"]) else None
         if not self.tracker.observe(weight, weight_unit, True, (height, bmi)):
             return []
-        measurements: list[Measurement] = [value("body_weight", weight, weight_unit)]
-        if height is not None:
-            measurements.append(value("body_height", height, "cm" if metric else "[in_i]"))
-        if bmi is not None:
-            measurements.append(value("bmi", bmi, "kg/m2"))
+        measurements = weighing_measurements(weight, weight_unit, height, "cm" if metric else "[in_i]", bmi)
         extra = {}
         if "T" in values and not _blank(values["T"]):
             extra["tare"] = f"{parse_decimal(values['T'], 'tare')} {'kg' if metric else 'lb'}"

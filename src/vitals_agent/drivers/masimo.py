@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import random
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -78,6 +78,7 @@ METRICS: dict[str, tuple[str, str]] = {
     "PVI": ("pvi", "%"),
 }
 METRIC_ORDER = ("spo2", "pulse_rate_oximeter", "perfusion_index", "spco", "spmet", "pvi")
+UNITS: dict[str, str] = dict(METRICS.values())  # metric key -> canonical unit
 
 # EXC bits (devices.md 5.3): (bit, name used in extra/absent reasons)
 EXC_NO_SENSOR = 0x001
@@ -144,6 +145,7 @@ class MasimoLine:
     clock_unset: bool
     fields: dict[str, str]  # upper-cased key -> raw value (as sent, `%` kept)
     trend: bool
+    exc: int  # the EXC exception mask
 
 
 def parse_line(text: str, ctx: DecodeContext) -> MasimoLine:
@@ -179,7 +181,13 @@ def parse_line(text: str, ctx: DecodeContext) -> MasimoLine:
         raise TruncatedError(f"EXC must have {want} hex digits in a {'trend' if trend else 'live'} line")
     if "SPO2" not in fields or not ("BPM" in fields or "PR" in fields):
         raise TruncatedError("line lacks SpO2 or pulse rate (cut short?)")
-    return MasimoLine(device_time=device_time, clock_unset=device_time is None, fields=fields, trend=trend)
+    return MasimoLine(
+        device_time=device_time,
+        clock_unset=device_time is None,
+        fields=fields,
+        trend=trend,
+        exc=int(exc.group(1), 16),
+    )
 
 
 def _value(key: str, raw: str) -> Decimal | None:
@@ -273,9 +281,7 @@ class MasimoDecoder(StreamDecoder):
 
     def _events(self, parsed: MasimoLine, raw: bytes) -> list[DeviceEvent]:
         fields = parsed.fields
-        exc_match = _EXC.fullmatch(fields["EXC"])
-        assert exc_match is not None  # checked by parse_line
-        exc = int(exc_match.group(1), 16)
+        exc = parsed.exc
         alarm_raw = fields.get("ALARM")
         alarm = 0
         if alarm_raw is not None and not _ABSENT.fullmatch(alarm_raw):
@@ -322,13 +328,12 @@ class MasimoDecoder(StreamDecoder):
         for metric in METRIC_ORDER:
             if metric not in values or (values[metric] is None and metric not in ALWAYS_REPORTED):
                 continue
-            unit = next(u for m, u in METRICS.values() if m == metric)
             value = values[metric]
             measurements.append(
                 Measurement(
                     metric=metric,
                     value=value,
-                    unit=unit,
+                    unit=UNITS[metric],
                     flags=value_flags if value is not None else (),
                     absent_reason=reasons.get(metric) if value is None else None,
                 )
@@ -444,17 +449,6 @@ class MasimoAsciiDriver(Driver):
     def stream_decoder(self, ctx: DecodeContext) -> MasimoDecoder:
         fmt: MasimoFormat = self.options.format if isinstance(self.options, MasimoOptions) else "auto"
         return MasimoDecoder(ctx, fmt)
-
-    def decode_chunks(
-        self, chunks: Sequence[bytes], ctx: DecodeContext, characteristic: str | None = None
-    ) -> list[DecoderOutput]:
-        """Offline: the chunks as one stream, and a last line without CR LF decoded too."""
-        decoder = self.stream_decoder(ctx)
-        out: list[DecoderOutput] = []
-        for chunk in chunks:
-            out.extend(decoder.feed(chunk))
-        out.extend(decoder.flush())
-        return out
 
     def simulator(self, **kwargs: Any) -> Rad8Simulator:
         return Rad8Simulator(**kwargs)

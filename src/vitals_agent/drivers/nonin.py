@@ -283,7 +283,6 @@ class DF2Decoder(_NoninDecoder):
         super().reset()
         self._packet = None
         self._quiet = True
-        self._scan_from = 0
 
     def _looks_like_start(self, i: int) -> bool:
         buf = self._buf

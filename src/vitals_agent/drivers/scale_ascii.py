@@ -34,21 +34,23 @@ from vitals_agent.drivers._serial_util import (
     hexs,
     make_reading,
     parse_decimal,
+    parse_feet_inches,
     sim_kwargs,
-    value,
+    weighing_measurements,
 )
 from vitals_agent.drivers.base import (
     DecodeContext,
     DecodeFailure,
     DecoderOutput,
     Driver,
+    LineDecoder,
     SerialOptions,
     SerialSettings,
     Simulator,
     register_driver,
 )
 from vitals_agent.errors import DecodeError, TruncatedError, UnsupportedError
-from vitals_agent.models import DeviceClass, DeviceStatusEvent, Measurement
+from vitals_agent.models import DeviceClass, DeviceEvent, DeviceStatusEvent
 
 Dialect = Literal["and", "rice-lake", "fairbanks", "detecto"]
 DIALECTS: tuple[str, ...] = ("and", "rice-lake", "fairbanks", "detecto")
@@ -165,7 +167,6 @@ def parse_fairbanks(line: str) -> ScaleLine:
     return ScaleLine(stable=mode_text.isupper(), weight=number, unit=_unit(unit_text, "Fairbanks"), mode=mode)
 
 
-_FEET_INCHES = re.compile(r"^(\d+)'\s*(\d+(?:\.\d+)?)\"?$")
 _NUMBER_UNIT = re.compile(r"^([0-9.]+)\s*([A-Za-z]*)$")
 
 
@@ -185,15 +186,13 @@ def parse_detecto(line: str, ctx: DecodeContext | None = None) -> ScaleLine:
     height: Decimal | None = None
     height_unit = "[in_i]"
     if height_text and set(height_text) - set("-' \""):
-        feet_inches = _FEET_INCHES.match(height_text)
-        metric = _NUMBER_UNIT.match(height_text)
-        if feet_inches is not None:
-            height = int(feet_inches.group(1)) * 12 + Decimal(feet_inches.group(2))
-        elif metric is not None and metric.group(2).lower() in ("cm", "in"):
+        height = parse_feet_inches(height_text)
+        if height is None:
+            metric = _NUMBER_UNIT.match(height_text)
+            if metric is None or metric.group(2).lower() not in ("cm", "in"):
+                raise DecodeError(f"Detecto: cannot read the height {height_text!r}")
             height = parse_decimal(metric.group(1), "Detecto height")
             height_unit = "cm" if metric.group(2).lower() == "cm" else "[in_i]"
-        else:
-            raise DecodeError(f"Detecto: cannot read the height {height_text!r}")
     bmi = parse_decimal(bmi_text, "Detecto BMI") if bmi_text and set(bmi_text) - set("-. ") else None
     device_time: datetime | None = None
     extra = {}
@@ -214,8 +213,9 @@ def parse_detecto(line: str, ctx: DecodeContext | None = None) -> ScaleLine:
     )
 
 
-class ScaleDecoder(FlushingDecoder):
-    """CR/LF-terminated records of one dialect; EOT (Fairbanks error) is a record of its own."""
+class ScaleDecoder(LineDecoder, FlushingDecoder):
+    """CR/LF-terminated records of one dialect; EOT (Fairbanks error) is a record of its own. The line
+    buffer, ``reset`` and the failure wrapping come from :class:`LineDecoder`; ``feed`` adds EOT."""
 
     max_line: ClassVar[int] = 256
 
@@ -232,7 +232,6 @@ class ScaleDecoder(FlushingDecoder):
             raise ValueError(f"unknown scale dialect {dialect!r} (known: {', '.join(DIALECTS)})")
         self.dialect = dialect
         self.tracker = WeighingTracker(zero_band_kg, min_change_kg)
-        self._buf = bytearray()
         if dialect in POLL_COMMANDS:
             self.poll_interval = poll_seconds or DEFAULT_POLL_SECONDS
 
@@ -242,17 +241,14 @@ class ScaleDecoder(FlushingDecoder):
     def pending(self) -> bytes:
         return bytes(self._buf)
 
-    def reset(self) -> None:
-        self._buf.clear()
-
     def feed(self, data: bytes) -> list[DecoderOutput]:
         out: list[DecoderOutput] = []
         for byte in data:
-            if byte in (0x0D, 0x0A):
+            if byte in self.terminators:
                 if self._buf:
                     line = bytes(self._buf)
                     self._buf.clear()
-                    out.extend(self._line(line))
+                    out.extend(self._decode_safely(line))
                 continue
             if byte == EOT:
                 if self._buf:
@@ -274,15 +270,7 @@ class ScaleDecoder(FlushingDecoder):
             self._buf.append(byte)
         return out
 
-    def _line(self, raw: bytes) -> list[DecoderOutput]:
-        try:
-            return self._decode_line(raw)
-        except DecodeError as exc:
-            if not exc.data:
-                exc.data = raw
-            return [DecodeFailure(exc)]
-
-    def _decode_line(self, raw: bytes) -> list[DecoderOutput]:
+    def decode_line(self, raw: bytes) -> list[DeviceEvent]:
         try:
             text = raw.decode("ascii")
         except UnicodeDecodeError:
@@ -304,11 +292,7 @@ class ScaleDecoder(FlushingDecoder):
         other = (rec.height, rec.bmi)
         if not self.tracker.observe(rec.weight, rec.unit, rec.stable, other):
             return []
-        measurements: list[Measurement] = [value("body_weight", rec.weight, rec.unit)]
-        if rec.height is not None:
-            measurements.append(value("body_height", rec.height, rec.height_unit))
-        if rec.bmi is not None:
-            measurements.append(value("bmi", rec.bmi, "kg/m2"))
+        measurements = weighing_measurements(rec.weight, rec.unit, rec.height, rec.height_unit, rec.bmi)
         extra = {"dialect": self.dialect, **rec.extra}
         if rec.mode:
             extra["mode"] = rec.mode
