@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 
 from vitals_agent.errors import AckProtocolError
+from vitals_agent.hl7.escape import ENCODING_CHARACTERS
 
 ACCEPT_CODES = frozenset({"AA", "CA"})
 ERROR_CODES = frozenset({"AE", "CE"})
@@ -133,9 +134,7 @@ def parse_ack(payload: bytes) -> Ack:
         raise AckProtocolError("answer has an invalid MSH field separator")
     segments = [s for s in _SEGMENT_SPLIT.split(text) if s.strip()]
     msh = segments[0].split(sep)
-    enc_chars = _field(msh, 1)
-    if len(enc_chars) < 4:
-        enc_chars = (enc_chars + "^~\\&")[:4] if enc_chars else "^~\\&"
+    enc_chars = (_field(msh, 1) + ENCODING_CHARACTERS)[:4]  # missing ones default to the standard's
     enc = _Encoding(sep, enc_chars[0], enc_chars[1], enc_chars[2], enc_chars[3])
     # MSH-1 is the separator itself, so MSH-n is fields[n-1] in the split list.
     message_type = _field(msh, 8)

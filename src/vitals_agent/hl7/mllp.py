@@ -170,9 +170,14 @@ class MllpClient:
     def connected(self) -> bool:
         return self._writer is not None and not self._writer.is_closing()
 
+    @property
+    def _reusable(self) -> bool:
+        """Connected, and the peer has not closed its side (EOF) yet."""
+        return self.connected and self._reader is not None and not self._reader.at_eof()
+
     async def connect(self) -> None:
         """Open the connection if it is not open. Raises :class:`PeerUnavailableError`."""
-        if self.connected and self._reader is not None and not self._reader.at_eof():
+        if self._reusable:
             return
         await self.close()
         kwargs: dict[str, object] = {"limit": 1 << 16}
@@ -206,10 +211,15 @@ class MllpClient:
         self.connections += 1
         log.debug("mllp connected", peer=self.peer, tls=self.ssl_context is not None)
 
-    async def close(self) -> None:
+    def _detach(self) -> asyncio.StreamWriter | None:
+        """Forget the connection and any half-read answer; return the writer to close."""
         writer, self._writer, self._reader = self._writer, None, None
         self._frames.clear()
         self._deframer.reset()
+        return writer
+
+    async def close(self) -> None:
+        writer = self._detach()
         if writer is None:
             return
         writer.close()
@@ -219,9 +229,7 @@ class MllpClient:
 
     def abort(self) -> None:
         """Drop the connection at once (no TLS close_notify, no waiting)."""
-        writer, self._writer, self._reader = self._writer, None, None
-        self._frames.clear()
-        self._deframer.reset()
+        writer = self._detach()
         if writer is not None:
             writer.transport.abort()
 
@@ -229,7 +237,7 @@ class MllpClient:
         """Send one message and return the payload of the first frame that answers it."""
         data = frame(message)
         async with self._lock:
-            reused = self.connected and self._reader is not None and not self._reader.at_eof()
+            reused = self._reusable
             try:
                 return await self._exchange(data, timeout)
             except ConnectionLostError as exc:

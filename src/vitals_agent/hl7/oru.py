@@ -447,7 +447,7 @@ def build_oru(
     equipment = _equipment(reading.device, profile)
     metric_equipment = "" if profile.hierarchy_rows else equipment
 
-    sendable: list[Measurement] = []
+    sendable: list[tuple[Measurement, MetricInfo]] = []
     for m in reading.measurements:
         info = tables().metric(m.metric)
         if m.value is None or not info.reportable:
@@ -455,15 +455,14 @@ def build_oru(
         if not m.value.is_finite():
             log.warning("non-finite value not sent", metric=m.metric)
             continue
-        sendable.append(m)
-    numbers, clock_number, next_free = _numbering(reading, sendable)
+        sendable.append((m, info))
+    numbers, clock_number, next_free = _numbering(reading, [m for m, _ in sendable])
 
     rows: list[_Row] = []
     if profile.hierarchy_rows:
         code, refid = _MDS.get(reading.device_class, _MULTI_PARAM_MDS)
         rows.append(_Row((1, 0, 0, 0), {3: f"{code}^{refid}^MDC", 11: "X", 18: equipment}))
-    for index, m in enumerate(sendable):
-        info = tables().metric(m.metric)
+    for index, (m, info) in enumerate(sendable):
         value, unit = _value_and_unit(m, info, profile)
         fields = {
             2: "NM",
@@ -501,7 +500,8 @@ def build_oru(
         statement_code = f"{INTERPRETATION_LOINC}^{INTERPRETATION_LOCAL}"
     else:
         statement_code = f"{INTERPRETATION_LOCAL}^{INTERPRETATION_LOINC}"
-    for line in _statement_lines(reading.statements):
+    statements = _statement_lines(reading.statements)
+    for line in statements:
         fields = {
             2: "ST" if len(line) <= ST_MAX else "TX",
             3: statement_code,
@@ -525,7 +525,7 @@ def build_oru(
         }
         rows.append(_Row((1, 0, 0, next_free), fields, [f"Attachment: {attachment.name}"]))
         next_free += 1
-    if not (sendable or reading.attachments or _statement_lines(reading.statements)):
+    if not (sendable or reading.attachments or statements):
         raise MessageBuildError("the reading has no value, statement or attachment to send")
     rows.sort(key=lambda r: r.sub_id)
 

@@ -27,11 +27,13 @@ import hl7
 import hl7.mllp
 import structlog
 
+from vitals_agent.hl7.ack import ERROR_CODES, KNOWN_CODES, REJECT_CODES
+from vitals_agent.hl7.escape import ENCODING_CHARACTERS
 from vitals_agent.hl7.oru import format_dtm, new_control_id
 
 log = structlog.get_logger(__name__)
 
-ACK_CODES = frozenset({"AA", "AE", "AR", "CA", "CE", "CR"})
+ACK_CODES = KNOWN_CODES  # the codes ack.parse_ack knows are the ones this receiver may answer with
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024  # EKG messages with PDF attachments are large
 
 OnMessage = Callable[[str], Awaitable[None] | None]
@@ -99,11 +101,11 @@ def build_ack(message: str, ack_code: str = "AA", *, now: datetime | None = None
     if not receiving:
         receiving = "|"
     segments = [
-        f"MSH|^~\\&|{sending}|{receiving}|{created}||ACK^{trigger or 'R01'}^ACK|{new_control_id()}"
-        f"|{processing}|{version}",
+        f"MSH|{ENCODING_CHARACTERS}|{sending}|{receiving}|{created}||ACK^{trigger or 'R01'}^ACK"
+        f"|{new_control_id()}|{processing}|{version}",
         f"MSA|{ack_code}|{control}",
     ]
-    if ack_code in ("AE", "AR", "CE", "CR"):
+    if ack_code in ERROR_CODES | REJECT_CODES:
         segments.append("ERR|||207^Application internal error^HL70357|E")
     return "\r".join(segments) + "\r"
 

@@ -11,10 +11,17 @@ import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 from vitals_agent.drivers.base import DecodeContext
-from vitals_agent.drivers.ecg.common import EcgDecoded, patient_info, plausible, to_reading
+from vitals_agent.drivers.ecg.common import (
+    AXES,
+    EcgDecoded,
+    parse_int_text,
+    patient_info,
+    plausible,
+    to_reading,
+)
 from vitals_agent.drivers.ecg.xmlsafe import (
     DEFAULT_MAX_XML_BYTES,
     child,
@@ -119,16 +126,13 @@ def _value(annotation: ET.Element, metric: str) -> tuple[Decimal | None, str, st
     unit = (value.get("unit") or "").strip()
     if raw is None or not raw.strip():
         return None, "no value", None
-    try:
-        number = Decimal(raw.strip())
-    except InvalidOperation:
-        return None, "not a number", raw
-    if not number.is_finite():
+    number = parse_int_text(raw)
+    if number is None:
         return None, "not a number", raw
     if metric in ("ecg_heart_rate", "ecg_atrial_rate"):
         if unit and unit not in RATE_UNITS:
             return None, f"unknown unit {unit!r}", raw
-    elif metric.endswith("_axis"):
+    elif metric in AXES:
         if unit and unit not in ANGLE_UNITS:
             return None, f"unknown unit {unit!r}", raw
     else:
@@ -170,16 +174,29 @@ def _collect(annotations: list[ET.Element]) -> _Globals:
     return found
 
 
-def parse(data: bytes, *, max_bytes: int = DEFAULT_MAX_XML_BYTES) -> EcgDecoded:
+def document(data: bytes, *, max_bytes: int = DEFAULT_MAX_XML_BYTES) -> ET.Element:
+    """The parsed aECG document (root element checked): parse once, then :func:`parse_document` and
+    :func:`document_waveforms` both read it."""
     root = parse_xml(data, max_bytes=max_bytes, what="aECG XML")
     if local(root.tag) != "AnnotatedECG":
         raise UnsupportedError(f"not an HL7 aECG file (root element {local(root.tag)!r})")
+    return root
+
+
+def parse(data: bytes, *, max_bytes: int = DEFAULT_MAX_XML_BYTES) -> EcgDecoded:
+    return parse_document(document(data, max_bytes=max_bytes))
+
+
+def parse_document(root: ET.Element) -> EcgDecoded:
+    """The global measurements, statements, patient and device of a :func:`document`."""
     if root.tag.startswith("{") and not root.tag.startswith("{" + NS + "}"):
         raise UnsupportedError(f"aECG namespace {root.tag[1:].split('}')[0]!r} is not {NS!r}")
     out = EcgDecoded(format="aecg")
     _subject(root, out)
     effective = child(root, "effectiveTime")
-    when = child(effective, "center") if child(effective, "center") is not None else child(effective, "low")
+    when = child(effective, "center")
+    if when is None:
+        when = child(effective, "low")
     out.acquired = parse_ts(when.get("value") if when is not None else None)
     series_list = path_all(root, "component", "series")
     series = series_list[0] if series_list else None
@@ -247,7 +264,7 @@ def _subject(root: ET.Element, out: EcgDecoded) -> None:
     sex = SEX.get((gender.get("code") or "").upper()) if gender is not None else None
     birth = child(person, "birthTime")
     born = parse_ts(birth.get("value") if birth is not None else None)
-    out.patient = patient_info(mrn, family, given, born.strftime("%Y%m%d") if born else None, sex)
+    out.patient = patient_info(mrn, family, given, born, sex)
 
 
 def _device(series: ET.Element | None, out: EcgDecoded) -> None:
@@ -271,10 +288,11 @@ class Waveforms:
 
 
 def waveforms(data: bytes, *, max_bytes: int = DEFAULT_MAX_XML_BYTES) -> Waveforms:
+    return document_waveforms(document(data, max_bytes=max_bytes))
+
+
+def document_waveforms(root: ET.Element) -> Waveforms:
     """Lead samples of the first series (``origin + scale * digit``, in uV) for rendering."""
-    root = parse_xml(data, max_bytes=max_bytes, what="aECG XML")
-    if local(root.tag) != "AnnotatedECG":
-        raise UnsupportedError(f"not an HL7 aECG file (root element {local(root.tag)!r})")
     series = child(root, "component", "series")
     interval: float | None = None
     leads: dict[str, list[float]] = {}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, tzinfo
+from datetime import date, datetime, timedelta, tzinfo
 from decimal import Decimal, InvalidOperation
 
 from vitals_agent.drivers.base import DecodeContext
@@ -125,14 +125,15 @@ def patient_info(
     mrn: str | None,
     family: str | None,
     given: str | None,
-    birth_date: str | None,
+    birth_date: date | None,
     sex: str | None,
 ) -> PatientInfo | None:
+    """The cart's patient (``birth_date`` becomes YYYYMMDD), or None when the file names nobody."""
     info = PatientInfo(
         mrn=clean_text(mrn),
         family_name=clean_text(family),
         given_name=clean_text(given),
-        birth_date=birth_date,
+        birth_date=birth_date.strftime("%Y%m%d") if birth_date else None,
         sex=sex,
     )
     if info == PatientInfo():

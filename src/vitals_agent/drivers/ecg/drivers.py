@@ -21,7 +21,7 @@ from vitals_agent.drivers.base import (
     register_driver,
 )
 from vitals_agent.drivers.ecg import aecg, philips, scp
-from vitals_agent.drivers.ecg.common import with_original
+from vitals_agent.drivers.ecg.common import to_reading, with_original
 from vitals_agent.drivers.ecg.framing import ScpFileFramer
 from vitals_agent.errors import DecodeError
 from vitals_agent.models import Attachment, DeviceClass, Reading
@@ -172,16 +172,18 @@ class AecgXmlDriver(XmlFileDriver):
     media_type = aecg.MEDIA_TYPE
     default_name = "ecg.xml"
     root_element = "AnnotatedECG"
-    _decoder = staticmethod(aecg.decode)
 
-    def finish(self, reading: Reading, data: bytes, name: str) -> Reading:
-        reading = super().finish(reading, data, name)
+    def decode_file(self, data: bytes, ctx: DecodeContext, name: str | None = None) -> Reading:
+        # One XML parse and decode serve both the reading and the rendered report page.
+        root = aecg.document(data, max_bytes=self.max_file_bytes)
+        decoded = aecg.parse_document(root)
+        reading = self.finish(to_reading(decoded, data, ctx), data, name or self.default_name)
         opts = self.options
         if isinstance(opts, AecgOptions) and opts.attach_report:
-            from vitals_agent.drivers.ecg.render import render_aecg
+            from vitals_agent.drivers.ecg.render import render_document
 
             try:
-                pdf = render_aecg(data, fmt="pdf", max_bytes=self.max_file_bytes)
+                pdf = render_document(decoded, root, fmt="pdf")
             except DecodeError as exc:
                 extra = dict(reading.extra)
                 extra["report_skipped"] = str(exc)

@@ -81,14 +81,16 @@ class Outcome:
 
 
 async def deliver(
-    runtime: DeviceRuntime, driver: EcgFileDriver, data: bytes, name: str
+    runtime: DeviceRuntime, driver: EcgFileDriver, data: bytes, name: str, *, digest: str | None = None
 ) -> tuple[str, Reading | None, str]:
     """Decode ``data`` and hand the reading to the agent unless this exact file was delivered before.
 
+    ``digest`` is the SHA-256 hex digest of ``data`` when the caller has it already.
     Returns ``(status, reading, detail)``: "sent", "duplicate" (already delivered: not sent again) or
     "failed" (DecodeError; ``detail`` is its one-line message). Errors of ``emit`` propagate."""
     dlog = runtime.log
-    digest = hashlib.sha256(data).hexdigest()
+    if digest is None:
+        digest = hashlib.sha256(data).hexdigest()
     if runtime.state.get(state_key(digest)) is not None:
         dlog.info("ecg file already delivered, not sent again", sha256=digest[:16], bytes=len(data))
         return "duplicate", None, "already delivered"

@@ -30,13 +30,20 @@ class ScpFileFramer(StreamDecoder):
     def pending(self) -> bytes:
         return bytes(self._buf)
 
+    def _announced(self) -> int | None:
+        """The record length a plausible SCP header at the start of the buffer announces, else None."""
+        length = scp.record_length(bytes(self._buf[: scp.RECORD_HEADER]))
+        if length is None or not MIN_SCP_RECORD <= length <= self.max_file_bytes:
+            return None
+        return length
+
     def frames(self, data: bytes) -> list[bytes]:
         """Files completed by ``data`` (by record length). Over-long unframed input is cut at the cap."""
         self._buf.extend(data)
         out: list[bytes] = []
         while len(self._buf) >= scp.RECORD_HEADER:
-            length = scp.record_length(bytes(self._buf[: scp.RECORD_HEADER]))
-            if length is None or not MIN_SCP_RECORD <= length <= self.max_file_bytes:
+            length = self._announced()
+            if length is None:
                 break  # not an SCP header: the idle gap ends this file
             if len(self._buf) < length:
                 return out
@@ -49,10 +56,7 @@ class ScpFileFramer(StreamDecoder):
 
     def inside_record(self) -> bool:
         """True while the buffer holds the start of an SCP record whose header announces more bytes."""
-        if len(self._buf) < scp.RECORD_HEADER:
-            return False
-        length = scp.record_length(bytes(self._buf[: scp.RECORD_HEADER]))
-        return length is not None and MIN_SCP_RECORD <= length <= self.max_file_bytes
+        return self._announced() is not None
 
     def idle(self) -> bytes | None:
         """The line went quiet: whatever is buffered is one (possibly truncated) file."""

@@ -129,7 +129,7 @@ def _patient(root: ET.Element, out: EcgDecoded) -> None:
         text(child(general, "patientid")),
         text(child(general, "name", "lastname")),
         text(child(general, "name", "firstname")),
-        born.strftime("%Y%m%d") if born else None,
+        born,
         sex,
     )
     years = text(child(general, "age", "years"))

@@ -11,6 +11,7 @@ printed at 100 %.
 from __future__ import annotations
 
 import io
+import xml.etree.ElementTree as ET
 import zlib
 from collections.abc import Sequence
 from typing import Literal
@@ -262,9 +263,13 @@ def render_aecg(
     data: bytes, *, fmt: Literal["png", "pdf"] = "pdf", max_bytes: int = DEFAULT_MAX_XML_BYTES
 ) -> bytes:
     """PNG or PDF bytes of the report page for one aECG file. Raises DecodeError for unusable files."""
-    info = aecg.parse(data, max_bytes=max_bytes)
-    waves = aecg.waveforms(data, max_bytes=max_bytes)
-    image = render_page(info, waves)
+    root = aecg.document(data, max_bytes=max_bytes)
+    return render_document(aecg.parse_document(root), root, fmt=fmt)
+
+
+def render_document(info: EcgDecoded, root: ET.Element, *, fmt: Literal["png", "pdf"] = "pdf") -> bytes:
+    """:func:`render_aecg` for a document already parsed (:func:`aecg.document`) and decoded (``info``)."""
+    image = render_page(info, aecg.document_waveforms(root))
     out = io.BytesIO()
     if fmt == "png":
         image.save(out, format="PNG")

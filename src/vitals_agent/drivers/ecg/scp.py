@@ -258,7 +258,7 @@ def _section1(body: bytes, out: EcgDecoded) -> None:
     mrn = _text(tags[2]) if 2 in tags else None
     dob = _date(tags[5]) if 5 in tags else None
     sex = SEX.get(tags[8][0]) if tags.get(8) else None
-    out.patient = patient_info(mrn, family, given, dob.strftime("%Y%m%d") if dob else None, sex)
+    out.patient = patient_info(mrn, family, given, dob, sex)
     if 4 in tags and len(tags[4]) >= 3:
         age, unit = struct.unpack_from("<HB", tags[4])
         if age and unit in (1, 2, 3, 4, 5):
@@ -295,21 +295,11 @@ def _device(raw: bytes, out: EcgDecoded) -> None:
         return
     rev_len = rest[0]
     strings = [s.decode("latin-1").strip() for s in rest[1 + rev_len :].split(b"\x00")]
-    names = ("serial_number", "firmware", "scp_software", "manufacturer")
-
-    def usable(text: str) -> str | None:
-        return text if text and text.lower() != "unknown" else None
-
-    for name, text in zip(names, strings, strict=False):
-        value = usable(text)
-        if name == "serial_number":
-            out.serial_number = value
-        elif name == "firmware":
-            out.firmware = value
-        elif name == "manufacturer":
-            out.manufacturer = value
-        elif value:
-            out.extra["scp_software"] = value
+    # serial number, firmware, SCP software, manufacturer; "unknown" or missing = not given
+    usable = [s if s and s.lower() != "unknown" else None for s in strings[:4]]
+    out.serial_number, out.firmware, software, out.manufacturer = usable + [None] * (4 - len(usable))
+    if software:
+        out.extra["scp_software"] = software
 
 
 # --------------------------------------------------------------------------------------------- section 7

@@ -97,7 +97,9 @@ class SerialFileTransport(SerialTransport):
         name = f"{self.runtime.ctx.now():%Y%m%dT%H%M%S}-{digest[:12]}.scp"
         self.files += 1
         try:
-            status, _reading, detail = await deliver(self.runtime, self.file_driver, data, name)
+            status, _reading, detail = await deliver(
+                self.runtime, self.file_driver, data, name, digest=digest
+            )
         except (OutboxError, RetryableError) as exc:
             # Not accepted: keep the bytes on disk (if configured) so nothing is lost silently.
             status, detail = "failed", f"not accepted by the agent: {one_line(str(exc))}"
