@@ -62,6 +62,25 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def write_private(path: Path, text: str) -> None:
+    """Atomically replace ``path`` with ``text``, mode 0600 from the first byte, fsync'd (file and
+    directory). The one writer of the agent's small private state files (patient context, control token)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
 class AuditLog:
     """Append-only, fsync'd JSON-lines audit file. Thread-safe; each call is one durable record."""
 
@@ -84,11 +103,8 @@ class AuditLog:
         return cls(data_dir / AUDIT_FILE, now=now)
 
     def _count_lines(self) -> int:
-        count = 0
         with open(self.path, "rb") as fh:
-            for _ in fh:
-                count += 1
-        return count
+            return sum(1 for _ in fh)
 
     def close(self) -> None:
         with self._lock:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import html
 import json
@@ -35,12 +36,12 @@ from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from string import Template
-from typing import Any, NotRequired, TypedDict
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 from urllib.parse import parse_qs, urlsplit
 
 import structlog
 
-from vitals_agent.agent.audit import CHANNEL_API, AuditLog
+from vitals_agent.agent.audit import CHANNEL_API, AuditLog, write_private
 from vitals_agent.agent.patient_context import (
     CHANNELS,
     PatientContextManager,
@@ -49,6 +50,9 @@ from vitals_agent.agent.patient_context import (
     PatientSnapshot,
 )
 from vitals_agent.errors import VitalsAgentError
+
+if TYPE_CHECKING:
+    from vitals_agent.config.schema import Config
 
 log = structlog.get_logger(__name__)
 
@@ -113,22 +117,6 @@ StatusProvider = Callable[[], Mapping[str, Any]]
 
 class ControlError(VitalsAgentError):
     """The control API could not be reached or refused the request."""
-
-
-# ------------------------------------------------------------------------------------------ files
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` with mode 0600 from the first byte (atomic replace)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------------------------------ rendering
@@ -244,6 +232,12 @@ def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
+@functools.cache
+def _page_template() -> Template:
+    """The status page template, read from the package once (the page reloads every few seconds)."""
+    return Template(resources.files("vitals_agent.data").joinpath("status.html").read_text("utf-8"))
+
+
 def render_html(
     status: Mapping[str, Any],
     patient: Mapping[str, Any],
@@ -305,8 +299,7 @@ def render_html(
         f'<div class="stat wide">Last EHR error: <span id="ehr-error">{ehr_error}</span></div>'
         "</div>"
     )
-    template = Template(resources.files("vitals_agent.data").joinpath("status.html").read_text("utf-8"))
-    return template.substitute(
+    return _page_template().substitute(
         refresh=_e(refresh),
         title=_e(f"vitals-agent {status.get('location') or status.get('facility') or ''}".strip()),
         facility=_e(status.get("facility") or ""),
@@ -419,8 +412,7 @@ class ControlServer:
 
     @property
     def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return _http_url(self.host, self.port)
 
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -663,6 +655,20 @@ class ControlServer:
 # ------------------------------------------------------------------------------------------ client
 
 
+def _http_url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _read_agent_file(path: Path) -> str:
+    """A file the running agent wrote to its data_dir (mode 0600). Raises :class:`ControlError`."""
+    try:
+        return path.read_text("utf-8")
+    except FileNotFoundError:
+        raise ControlError(f"the agent is not running (no {path})") from None
+    except PermissionError:
+        raise ControlError(f"cannot read {path}: run this as the agent's user") from None
+
+
 class ControlClient:
     """Talks to a running agent's control API (the CLI uses this)."""
 
@@ -676,26 +682,22 @@ class ControlClient:
     def from_data_dir(cls, data_dir: Path) -> ControlClient:
         endpoint = data_dir / ENDPOINT_FILE
         try:
-            info = json.loads(endpoint.read_text("utf-8"))
+            info = json.loads(_read_agent_file(endpoint))
             host, port = str(info["host"]), int(info["port"])
-        except FileNotFoundError:
-            raise ControlError(f"the agent is not running (no {endpoint})") from None
-        except PermissionError:
-            raise ControlError(f"cannot read {endpoint}: run this as the agent's user") from None
         except (ValueError, KeyError, TypeError):
             raise ControlError(f"{endpoint} is unreadable") from None
-        try:
-            token = (data_dir / TOKEN_FILE).read_text("utf-8").strip()
-        except FileNotFoundError:
-            raise ControlError(f"the agent is not running (no {data_dir / TOKEN_FILE})") from None
-        except PermissionError:
-            raise ControlError(f"cannot read {data_dir / TOKEN_FILE}: run this as the agent's user") from None
-        return cls(host, port, token)
+        return cls(host, port, _read_agent_file(data_dir / TOKEN_FILE).strip())
+
+    @classmethod
+    def from_config(cls, config: Config) -> ControlClient:
+        """The client for the agent that runs with ``config`` (its ``data_dir``; never created here)."""
+        from vitals_agent.agent.paths import data_dir
+
+        return cls.from_data_dir(data_dir(config, create=False))
 
     @property
     def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return _http_url(self.host, self.port)
 
     async def request(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> tuple[int, Any]:
         """One request. Returns (HTTP status, parsed JSON body). Raises :class:`ControlError`."""

@@ -96,6 +96,7 @@ _RETRY_DEAD = (
     " SELECT id, control_id, device_id, body, meta, created_at, 0, 0, 'operator retry after: ' || reason"
     " FROM dead_letter"
 )
+_INSERT = "INSERT INTO outbox (control_id, device_id, body, meta, created_at) VALUES (?, ?, ?, ?, ?)"
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,10 @@ def _dead(row: tuple[Any, ...]) -> DeadLetter:
         ack_code=row[9],
         ack_text=row[10],
     )
+
+
+def _meta_text(meta: Mapping[str, Any] | None) -> str:
+    return json.dumps(meta or {}, default=str, separators=(",", ":"))
 
 
 def _is_full(exc: sqlite3.Error) -> bool:
@@ -287,13 +292,11 @@ class Outbox:
         with that reason (in the same transaction, so the sender never sees it), for an operator to review
         and ``outbox retry`` (e.g. an EKG whose patient does not match the room's patient).
         """
-        meta_text = json.dumps(meta or {}, default=str, separators=(",", ":"))
+        meta_text = _meta_text(meta)
         try:
             with self._tx("FULL") as conn:
                 cur = conn.execute(
-                    "INSERT INTO outbox (control_id, device_id, body, meta, created_at)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    (control_id, device_id, sqlite3.Binary(body), meta_text, time.time()),
+                    _INSERT, (control_id, device_id, sqlite3.Binary(body), meta_text, time.time())
                 )
                 row_id = cur.lastrowid
                 if park_reason is not None and row_id is not None:
@@ -318,13 +321,12 @@ class Outbox:
             with self._tx("FULL") as conn:
                 for item in items:
                     cur = conn.execute(
-                        "INSERT INTO outbox (control_id, device_id, body, meta, created_at)"
-                        " VALUES (?, ?, ?, ?, ?)",
+                        _INSERT,
                         (
                             item["control_id"],
                             item["device_id"],
                             sqlite3.Binary(item["body"]),
-                            json.dumps(item.get("meta") or {}, default=str, separators=(",", ":")),
+                            _meta_text(item.get("meta")),
                             time.time(),
                         ),
                     )
@@ -471,14 +473,9 @@ class Outbox:
         where, args = (" WHERE id = ?", (message_id,)) if message_id is not None else ("", ())
         try:
             with self._tx("FULL") as conn:
-                cur = conn.execute(
-                    _RETRY_DEAD + where,
-                    args,
-                )
-                if message_id is None:
-                    conn.execute("DELETE FROM dead_letter")
-                else:
-                    conn.execute("DELETE FROM dead_letter WHERE id = ?", (message_id,))
+                # ``where`` is one of two constant clauses; the id is a bound parameter
+                cur = conn.execute(_RETRY_DEAD + where, args)
+                conn.execute("DELETE FROM dead_letter" + where, args)  # noqa: S608
         except sqlite3.Error as exc:
             raise OutboxError(f"outbox {self.path}: cannot retry: {exc}") from None
         return cur.rowcount

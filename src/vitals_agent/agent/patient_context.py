@@ -20,7 +20,7 @@ import os
 import re
 import sqlite3
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -34,6 +34,7 @@ from vitals_agent.agent.audit import (
     CHANNEL_EXPIRY,
     CHANNEL_TIMEOUT,
     AuditLog,
+    write_private,
 )
 from vitals_agent.config.patient import PatientConfig
 from vitals_agent.errors import VitalsAgentError
@@ -281,24 +282,6 @@ def reading_from_json(text: str) -> Reading:
     return Reading.model_validate(data)
 
 
-def _write_private(path: Path, text: str) -> None:
-    """Atomically replace ``path`` with ``text``, mode 0600, fsync'd (file and directory)."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
 def _utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -404,7 +387,7 @@ class PatientContextManager:
             return None
 
     def _save(self) -> None:
-        _write_private(self._file, json.dumps(self._context.to_json() if self._context else None))
+        write_private(self._file, json.dumps(self._context.to_json() if self._context else None))
 
     # --- context -----------------------------------------------------------------------------------
     def set(
@@ -504,41 +487,38 @@ class PatientContextManager:
     def expire_held(self, now: datetime | None = None) -> int:
         """Drop held readings older than ``hold_timeout_minutes`` (audited). Returns how many."""
         now = now or self._now()
-        dropped = 0
-        for item in self.held.all():
-            if now - item.held_at >= self.hold_timeout and self.held.remove(item.id):
-                dropped += 1
-                self.audit.record(
-                    "held_dropped",
-                    held_id=item.id,
-                    device_id=item.device_id,
-                    channel=CHANNEL_TIMEOUT,
-                    reason=f"no patient within {self.config.hold_timeout_minutes:g} minutes",
-                    held_at=item.held_at,
-                    observed_at=item.reading.observed_at,
-                )
+        dropped = self._drop_held(
+            (item for item in self.held.all() if now - item.held_at >= self.hold_timeout),
+            channel=CHANNEL_TIMEOUT,
+            reason=f"no patient within {self.config.hold_timeout_minutes:g} minutes",
+        )
         if dropped:
             log.warning("held readings dropped: no patient was set in time", count=dropped)
         return dropped
 
     def discard_held(self, channel: str, *, source: str | None = None) -> int:
         """An operator discards every held reading (audited)."""
+        count = self._drop_held(
+            self.held.all(), channel=channel, source=source, reason="discarded by operator"
+        )
+        if count:
+            log.info("held readings discarded", count=count, channel=channel)
+        return count
+
+    def _drop_held(self, items: Iterable[HeldReading], **why: Any) -> int:
+        """Remove held readings, one ``held_dropped`` audit record each (``why``: channel, reason ...)."""
         count = 0
-        for item in self.held.all():
+        for item in items:
             if self.held.remove(item.id):
                 count += 1
                 self.audit.record(
                     "held_dropped",
                     held_id=item.id,
                     device_id=item.device_id,
-                    channel=channel,
-                    source=source,
-                    reason="discarded by operator",
+                    **why,
                     held_at=item.held_at,
                     observed_at=item.reading.observed_at,
                 )
-        if count:
-            log.info("held readings discarded", count=count, channel=channel)
         return count
 
     async def release_held(self, now: datetime | None = None) -> int:
@@ -602,7 +582,9 @@ class PatientContextManager:
         """Call periodically: expires the context and old held readings even when no reading comes."""
         now = now or self._now()
         self.context(now)
-        if self.config.require_patient or self.held.summary()[0]:
+        # One cheap query a second; the held readings are loaded only when the oldest is due.
+        _, oldest = self.held.summary()
+        if oldest is not None and now - oldest >= self.hold_timeout:
             self.expire_held(now)
 
     def snapshot(self, now: datetime | None = None, *, reveal: bool = False) -> PatientSnapshot:

@@ -360,8 +360,8 @@ class Sender:
         detail = ack.describe()  # stored with the message (outbox database), never logged above DEBUG
         self._error(f"{msg.control_id}: {ack.summary()}")
         log.debug("negative acknowledgement", control_id=msg.control_id, ack=detail)
+        _, nacks = await asyncio.to_thread(self.outbox.mark_failure, msg.id, detail, negative=True)
         if ack.code in self.ehr.retry_negative:
-            _, nacks = await asyncio.to_thread(self.outbox.mark_failure, msg.id, detail, negative=True)
             self._drop_from_batch(msg)
             if nacks < self.ehr.max_attempts:
                 delay = self._backoff(nacks)
@@ -377,10 +377,8 @@ class Sender:
                 return
             reason = f"{ack.code} {nacks} times (max_attempts {self.ehr.max_attempts})"
         elif ack.known:
-            await asyncio.to_thread(self.outbox.mark_failure, msg.id, detail, negative=True)
             reason = f"rejected by the receiver ({ack.code})"
         else:
-            await asyncio.to_thread(self.outbox.mark_failure, msg.id, detail, negative=True)
             reason = f"unknown acknowledgement code {ack.code!r}"
         await self._dead_letter(msg, reason, ack)
 

@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from vitals_agent.agent.control import ControlClient, patient_line
-from vitals_agent.agent.paths import data_dir
 from vitals_agent.agent.patient_context import PatientDetails
-from vitals_agent.config.schema import Config, load_config
+from vitals_agent.config.schema import load_config
 from vitals_agent.drivers.barcode import extract_mrn
 from vitals_agent.errors import DecodeError
 
@@ -63,10 +62,6 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", required=True, type=Path, help="the agent's TOML configuration file")
 
 
-def _client(config: Config) -> ControlClient:
-    return ControlClient.from_data_dir(data_dir(config, create=False))
-
-
 def _user() -> str:
     try:
         return getpass.getuser()
@@ -96,14 +91,16 @@ async def cmd_set(args: argparse.Namespace) -> int:
         identifier_type=config.patient.identifier_type,
     )
     body: dict[str, Any] = {**details.model_dump(exclude_none=True), "channel": "cli", "source": _user()}
-    data = await _client(config).call("PUT", "/api/patient", body)
+    data = await ControlClient.from_config(config).call("PUT", "/api/patient", body)
     _print_patient(data)
     return 0
 
 
 async def cmd_clear(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    data = await _client(config).call("DELETE", "/api/patient", {"channel": "cli", "source": _user()})
+    data = await ControlClient.from_config(config).call(
+        "DELETE", "/api/patient", {"channel": "cli", "source": _user()}
+    )
     print("patient context cleared" if data.get("cleared") else "no patient was set")
     return 0
 
@@ -111,7 +108,7 @@ async def cmd_clear(args: argparse.Namespace) -> int:
 async def cmd_show(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     path = "/api/patient?reveal=1" if args.reveal else "/api/patient"
-    data = await _client(config).call("GET", path)
+    data = await ControlClient.from_config(config).call("GET", path)
     if args.json:
         print(json.dumps(data.get("patient"), indent=2))
     else:
@@ -121,7 +118,7 @@ async def cmd_show(args: argparse.Namespace) -> int:
 
 async def cmd_scan(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    client = _client(config)
+    client = ControlClient.from_config(config)
     pattern = config.patient.mrn_pattern
     status = 0
     while True:
@@ -155,6 +152,8 @@ async def cmd_scan(args: argparse.Namespace) -> int:
 
 async def cmd_discard_held(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    data = await _client(config).call("DELETE", "/api/held", {"channel": "cli", "source": _user()})
+    data = await ControlClient.from_config(config).call(
+        "DELETE", "/api/held", {"channel": "cli", "source": _user()}
+    )
     print(f"{data.get('discarded', 0)} held reading(s) discarded")
     return 0

@@ -42,9 +42,10 @@ def matches_for(port: PortInfo, devices: list[tuple[str, SerialOptions]]) -> lis
 
 def unmatched(ports: list[PortInfo], devices: list[tuple[str, SerialOptions]]) -> list[tuple[str, str, str]]:
     """(device id, where, state) for configured devices that match no listed port."""
+    matched = {device_id for p in ports for device_id in matches_for(p, devices)}
     out = []
     for device_id, options in devices:
-        if any(device_id in matches_for(p, [(device_id, options)]) for p in ports):
+        if device_id in matched:
             continue
         if options.usb is not None:
             out.append((device_id, f"usb {options.usb}", "not present"))

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 from vitals_agent.agent.control import ControlClient, render_text
-from vitals_agent.agent.paths import data_dir
 from vitals_agent.config.schema import load_config
 
 
@@ -24,7 +23,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 async def cmd_status(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    client = ControlClient.from_data_dir(data_dir(config, create=False))
+    client = ControlClient.from_config(config)
     if args.url:
         print(f"{client.url}/?token={client.token}")
         return 0
