@@ -85,6 +85,7 @@ class FakeRuntime:
         self.emit_delay = emit_delay
         self.events: list[DeviceEvent] = []
         self.failures: list[DecodeFailure] = []
+        self.counters: dict[str, int] = {}
         self.connections: list[tuple[bool, str]] = []  # every set_connected call, in order
         self.connected = False
         self._changed = asyncio.Event()
@@ -128,6 +129,9 @@ class FakeRuntime:
         self.connected = connected
         self.connections.append((connected, detail))
         self._changed.set()
+
+    def count(self, key: str, n: int = 1) -> None:
+        self.counters[key] = self.counters.get(key, 0) + n
 
     # ---- test conveniences
     @property

@@ -402,6 +402,7 @@ class EcgRuntime:
         self._ctx = context or ctx()
         self.readings: list[Reading] = accepted if accepted is not None else []
         self.failures: list[DecodeFailure] = []
+        self.counters: dict[str, int] = {}
         self.connections: list[tuple[bool, str]] = []
         self.after_emit = after_emit
         self.changed = asyncio.Event()
@@ -444,6 +445,9 @@ class EcgRuntime:
     def set_connected(self, connected: bool, detail: str = "") -> None:
         self.connections.append((connected, detail))
         self.changed.set()
+
+    def count(self, key: str, n: int = 1) -> None:
+        self.counters[key] = self.counters.get(key, 0) + n
 
     async def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
         async def _wait() -> None:

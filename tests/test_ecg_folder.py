@@ -139,10 +139,10 @@ async def test_state_is_written_before_the_move(tmp_path: Path, monkeypatch: pyt
     (tmp_path / "a.scp").write_bytes(synthetic_scp())
     first, _ = make("scp-ecg", tmp_path, state=state, accepted=accepted)
 
-    def no_replace(*_args: Any) -> None:
-        raise KeyboardInterrupt  # the process dies inside os.replace
+    def no_rename(*_args: Any, **_kw: Any) -> None:
+        raise KeyboardInterrupt  # the process dies inside the move
 
-    monkeypatch.setattr(os, "replace", no_replace)
+    monkeypatch.setattr(os, "rename", no_rename)
     with pytest.raises(KeyboardInterrupt):
         await polls(first, 3)
     monkeypatch.undo()
@@ -242,14 +242,13 @@ async def test_two_gigabyte_file_is_refused_by_size_without_reading_it(
     with huge.open("wb") as fh:
         fh.truncate(2 * 1024**3)  # sparse: no disk space used
     opened: list[str] = []
-    real_open = Path.open
+    real_open = os.open
 
-    def spy_open(self: Path, *args: Any, **kwargs: Any) -> Any:
-        opened.append(self.name)
-        return real_open(self, *args, **kwargs)
+    def spy_open(path: Any, *args: Any, **kwargs: Any) -> Any:
+        opened.append(os.fsdecode(path))
+        return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "open", spy_open)
-    monkeypatch.setattr(Path, "read_bytes", lambda self: pytest.fail(f"read {self.name}"))
+    monkeypatch.setattr(os, "open", spy_open)
     transport, runtime = make("scp-ecg", tmp_path)
     await polls(transport, 3)
     reason = (tmp_path / "failed" / "huge.scp.reason.txt").read_text()
@@ -283,7 +282,11 @@ def test_temporary_and_hidden_files_are_ignored(tmp_path: Path) -> None:
     for name in ("a.xml.part", ".b.xml", "c.xml.tmp", "d.xml"):
         (tmp_path / name).write_text("x")
     os.mkdir(tmp_path / "e.xml")
-    assert [c[0] for c in transport._candidates(tmp_path)] == ["d.xml"]
+    dirs = transport._open_dirs()
+    try:
+        assert [c.name for c in transport._candidates(dirs)[0]] == ["d.xml"]
+    finally:
+        dirs.close()
 
 
 def test_config_keys(tmp_path: Path) -> None:

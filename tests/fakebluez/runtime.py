@@ -47,6 +47,7 @@ class FakeRuntime:
     clock: Any = None
     events: list[DeviceEvent] = field(default_factory=list)
     failures: list[DecodeFailure] = field(default_factory=list)
+    counters: dict[str, int] = field(default_factory=dict)
     connected: list[tuple[bool, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -74,6 +75,9 @@ class FakeRuntime:
 
     def set_connected(self, connected: bool, detail: str = "") -> None:
         self.connected.append((connected, detail))
+
+    def count(self, key: str, n: int = 1) -> None:
+        self.counters[key] = self.counters.get(key, 0) + n
 
     @property
     def readings(self) -> list[Reading]:

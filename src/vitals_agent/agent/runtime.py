@@ -33,6 +33,8 @@ class DeviceStatus:
     link_failures: int = 0
     battery_percent: int | None = None
     identity: dict[str, Any] = field(default_factory=dict)
+    # transport events by name (no patient data), e.g. EKG folders: files_failed, files_skipped
+    counters: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -49,6 +51,7 @@ class DeviceStatus:
             "link_failures": self.link_failures,
             "battery_percent": self.battery_percent,
             "identity": dict(self.identity),
+            "counters": dict(sorted(self.counters.items())),
         }
 
 
@@ -134,6 +137,9 @@ class DeviceRuntimeImpl:
             self.status.last_seen = self._ctx.now()
             for hook in self.on_connected:
                 hook()
+
+    def count(self, key: str, n: int = 1) -> None:
+        self.status.counters[key] = self.status.counters.get(key, 0) + n
 
     # --- agent side -------------------------------------------------------------------------------
     def learn_identity(self, identity: DeviceIdentity) -> None:

@@ -343,6 +343,10 @@ class DeviceRuntime(Protocol):
 
     def set_connected(self, connected: bool, detail: str = "") -> None: ...
 
+    def count(self, key: str, n: int = 1) -> None:
+        """Add ``n`` to the device's counter ``key`` (shown in status), e.g. ``files_failed``."""
+        ...
+
 
 class Transport(abc.ABC):
     """Runs one device's link. ``run`` returns or raises when the link ends; the supervisor restarts it

@@ -6,6 +6,11 @@ reading is durably accepted), then moved to ``processed/``; a file that cannot b
 ``failed/`` with ``<name>.reason.txt`` (one line). The SHA-256 of every delivered file is written to the
 device's state store *before* the move, so a file found again after a crash between the hand-over and the
 move (or dropped twice) is moved without being sent again.
+
+Whoever can write to the share is not trusted (see :mod:`.safefs`): every file is opened, created and moved
+relative to directory descriptors without following links; links, FIFOs and other non-regular entries in
+the folder (and ``processed/`` or ``failed/`` being links) are skipped and reported, never read or written
+through; a file is read from the descriptor that was checked, never past ``max_file_bytes``.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import fnmatch
 import hashlib
 import json
 import os
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +29,7 @@ from pathlib import Path
 import structlog
 
 from vitals_agent.drivers.base import DecodeFailure, DeviceRuntime, Transport, register_transport
+from vitals_agent.drivers.ecg import safefs
 from vitals_agent.drivers.ecg.drivers import EcgFileDriver
 from vitals_agent.errors import (
     ConfigError,
@@ -51,24 +58,47 @@ def one_line(text: str, limit: int = 400) -> str:
     return line[:limit] or "unknown error"
 
 
-def unique_target(directory: Path, name: str) -> Path:
-    """``directory/name``, or ``stem-N.ext`` when that exists already."""
-    target = directory / name
-    if not target.exists() and not (directory / f"{name}.reason.txt").exists():
-        return target
-    stem, dot, suffix = name.partition(".")
-    for n in range(1, 100_000):
-        candidate = directory / f"{stem}-{n}{dot}{suffix}"
-        if not candidate.exists():
-            return candidate
-    raise OSError(f"no free name for {name} in {directory}")
-
-
 @dataclass
 class _Seen:
     size: int
     mtime_ns: int
     changed_at: float  # monotonic time of the last change we saw
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """A regular file the scan found: name, size, mtime and identity (st_dev, st_ino)."""
+
+    name: str
+    size: int
+    mtime_ns: int
+    ident: tuple[int, int]
+
+
+@dataclass
+class _Dirs:
+    """Descriptors of the watched folder and its ``processed/`` and ``failed/`` for one pass."""
+
+    folder: int
+    processed: int
+    failed: int
+
+    def close(self) -> None:
+        for fd in (self.folder, self.processed, self.failed):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+@dataclass(frozen=True)
+class _Read:
+    data: bytes
+    ident: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class _Refuse:
+    reason: str
+    ident: tuple[int, int]
 
 
 @dataclass(frozen=True)
@@ -126,6 +156,7 @@ class FolderTransport(Transport):
         super().__init__(runtime)
         self._seen: dict[str, _Seen] = {}
         self._stuck: dict[str, tuple[int, int]] = {}  # failed files that could not be moved: skip them
+        self._reported: set[str] = set()  # skipped entries already reported (WARNING once per name)
         self.outcomes: list[Outcome] = []
 
     # --------------------------------------------------------------------------------------- setup
@@ -144,23 +175,41 @@ class FolderTransport(Transport):
             raise ConfigError([(f"devices.{self.runtime.device_id}.folder", "required for a folder device")])
         return Path(folder).expanduser()
 
-    def _prepare(self) -> Path:
+    def _open_dirs(self) -> _Dirs:
+        """Open the folder, then ``processed/`` and ``failed/`` in it (created when missing, never a link)."""
         folder = self.folder
-        if not folder.is_dir():
-            raise DeviceNotFoundError(f"folder {folder} does not exist or is not a directory")
         try:
-            (folder / PROCESSED).mkdir(exist_ok=True)
-            (folder / FAILED).mkdir(exist_ok=True)
+            folder_fd = safefs.open_dir(folder)
+        except (FileNotFoundError, NotADirectoryError):
+            raise DeviceNotFoundError(f"folder {folder} does not exist or is not a directory") from None
         except OSError as exc:
-            raise DeviceNotFoundError(
-                f"folder {folder}: cannot create processed/ and failed/: {exc}"
-            ) from None
-        return folder
+            raise DeviceNotFoundError(f"folder {folder} cannot be opened: {exc.strerror or exc}") from None
+        fds: list[int] = []
+        try:
+            for sub in (PROCESSED, FAILED):
+                try:
+                    fds.append(safefs.open_subdir(folder_fd, sub))
+                except safefs.UnsafeEntryError as exc:
+                    self._report_skip(f"{sub}/", exc.kind, "folder")
+                    raise DeviceNotFoundError(
+                        f"folder {folder}: {sub}/ is a {exc.kind}, not a directory; not followed "
+                        f"(replace it with a directory)"
+                    ) from None
+                except OSError as exc:
+                    raise DeviceNotFoundError(
+                        f"folder {folder}: cannot create processed/ and failed/: {exc.strerror or exc}"
+                    ) from None
+        except BaseException:
+            for fd in (folder_fd, *fds):
+                os.close(fd)
+            raise
+        return _Dirs(folder_fd, fds[0], fds[1])
 
     async def run(self) -> None:
-        folder = await asyncio.to_thread(self._prepare)
+        dirs = await asyncio.to_thread(self._open_dirs)
+        dirs.close()
         opts = self.driver.file_options
-        self.runtime.set_connected(True, f"watching {folder}")
+        self.runtime.set_connected(True, f"watching {self.folder}")
         try:
             while True:
                 await self.poll_once()
@@ -168,17 +217,35 @@ class FolderTransport(Transport):
         finally:
             self.runtime.set_connected(False, "stopped")
 
+    # --------------------------------------------------------------------------------------- reporting
+
+    def _report_skip(self, name: str, kind: str, where: str) -> None:
+        """A link, FIFO or other non-regular entry: never followed or read; WARNING once per name, counted.
+        File names may carry patient data: the name goes to DEBUG only."""
+        if name in self._reported:
+            return
+        self._reported.add(name)
+        self.runtime.count("files_skipped")
+        self.runtime.log.warning(
+            "ecg folder entry skipped: not a regular file, never followed or read", kind=kind, where=where
+        )
+        self.runtime.log.debug("ecg folder entry skipped", file=name, kind=kind, where=where)
+
     # --------------------------------------------------------------------------------------- polling
     # All file-system calls run in a worker thread: a hung network share must not stall the agent.
 
-    def _candidates(self, folder: Path) -> list[tuple[str, int, int]]:
-        """(name, size, mtime_ns) of every regular file matching the pattern (not temp/hidden files)."""
+    def _candidates(self, dirs: _Dirs) -> tuple[list[_Entry], set[str]]:
+        """Every regular file matching the pattern (not temp/hidden files), and the names of links and other
+        non-regular entries that match (reported and skipped)."""
         pattern = self.driver.pattern.lower()
         out = []
+        skipped: set[str] = set()
         try:
-            entries = list(os.scandir(folder))
+            with os.scandir(dirs.folder) as it:
+                entries = list(it)
         except OSError as exc:
-            raise DeviceNotFoundError(f"folder {folder} is not readable: {exc}") from None
+            reason = exc.strerror or exc
+            raise DeviceNotFoundError(f"folder {self.folder} is not readable: {reason}") from None
         for entry in entries:
             name = entry.name
             lower = name.lower()
@@ -187,33 +254,48 @@ class FolderTransport(Transport):
             if not fnmatch.fnmatchcase(lower, pattern):
                 continue
             try:
-                if not entry.is_file(follow_symlinks=False):
-                    continue
                 st = entry.stat(follow_symlinks=False)
             except OSError:
                 continue
-            out.append((name, st.st_size, st.st_mtime_ns))
-        return sorted(out)
+            if stat.S_ISDIR(st.st_mode):
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                skipped.add(name)
+                self._report_skip(name, safefs.kind_of(st.st_mode), "folder")
+                continue
+            out.append(_Entry(name, st.st_size, st.st_mtime_ns, (st.st_dev, st.st_ino)))
+        return sorted(out, key=lambda e: e.name), skipped
 
-    def _scan(self) -> tuple[Path, list[tuple[str, int, int]]]:
-        folder = self._prepare()
-        return folder, self._candidates(folder)
+    def _scan(self) -> tuple[_Dirs, list[_Entry], set[str]]:
+        dirs = self._open_dirs()
+        try:
+            return dirs, *self._candidates(dirs)
+        except BaseException:
+            dirs.close()
+            raise
 
     async def poll_once(self) -> list[Outcome]:
         """One pass over the folder; handles every file that is now complete. Returns what it did."""
-        folder, candidates = await asyncio.to_thread(self._scan)
+        dirs, candidates, skipped = await asyncio.to_thread(self._scan)
+        try:
+            return await self._pass(dirs, candidates, skipped)
+        finally:
+            dirs.close()
+
+    async def _pass(self, dirs: _Dirs, candidates: list[_Entry], skipped: set[str]) -> list[Outcome]:
         now = time.monotonic()
         done: list[Outcome] = []
-        present: set[str] = set()
-        for name, size, mtime_ns in candidates:
+        present: set[str] = set(skipped)
+        for entry in candidates:
+            name = entry.name
             present.add(name)
-            if self._stuck.get(name) == (size, mtime_ns):
+            if self._stuck.get(name) == (entry.size, entry.mtime_ns):
                 continue  # could not be moved away; retried once it changes (or after a restart)
             seen = self._seen.get(name)
-            if seen is None or (seen.size, seen.mtime_ns) != (size, mtime_ns):
-                self._seen[name] = _Seen(size, mtime_ns, now)
+            if seen is None or (seen.size, seen.mtime_ns) != (entry.size, entry.mtime_ns):
+                self._seen[name] = _Seen(entry.size, entry.mtime_ns, now)
                 continue  # new or still changing: look again next poll
-            outcome = await self._handle(folder, folder / name, size, now - seen.changed_at)
+            outcome = await self._handle(dirs, entry, now - seen.changed_at)
             if outcome is not None:
                 done.append(outcome)
                 self.outcomes.append(outcome)
@@ -222,80 +304,124 @@ class FolderTransport(Transport):
             del self._seen[name]
         for name in set(self._stuck) - present:
             del self._stuck[name]
+        # forget reports of names that went away (planted links in processed/ and failed/ stay reported)
+        self._reported = {n for n in self._reported if n in present or "/" in n}
         return done
 
-    @staticmethod
-    def _peek(path: Path, size: int) -> tuple[bytes, bytes]:
-        with path.open("rb") as fh:
-            head = fh.read(64)
-            fh.seek(max(0, size - 512))
-            return head, fh.read(512)
-
-    async def _handle(self, folder: Path, path: Path, size: int, stable_for: float) -> Outcome | None:
+    def _examine(self, dirs: _Dirs, entry: _Entry, stable_for: float) -> _Read | _Refuse | str | None:
+        """Open the file safely and decide: its bytes (``_Read``), refuse it now (``_Refuse``), a skip
+        reason (``str``: not a regular file any more) or None (not ready: look again later)."""
         driver = self.driver
         opts = driver.file_options
-        name = path.name
-        if size > opts.max_file_bytes:  # refused by size, never read
-            reason = f"file too large ({size} bytes > max_file_bytes {opts.max_file_bytes})"
-            self.runtime.decode_failed(DecodeFailure(DecodeError(reason)))
-            return await self._fail(folder, path, reason)
-        if size == 0:
-            if stable_for < opts.incomplete_timeout_seconds:
+        limit = opts.max_file_bytes
+        try:
+            handle = safefs.open_regular(dirs.folder, entry.name)
+        except safefs.UnsafeEntryError as exc:
+            return exc.kind  # swapped for a link or FIFO since the scan
+        except OSError as exc:
+            self.runtime.log.debug("ecg file not readable yet", file=entry.name, error=str(exc))
+            return None
+        with handle:
+            size = handle.st.st_size
+            if size > limit:  # refused by size (as its descriptor says), never read
+                return _Refuse(f"file too large ({size} bytes > max_file_bytes {limit})", handle.ident)
+            if handle.ident != entry.ident or size != entry.size:
+                self._seen.pop(entry.name, None)  # replaced since the scan: let it settle again
                 return None
-            self.runtime.decode_failed(DecodeFailure(DecodeError("empty file")))
-            return await self._fail(folder, path, "empty file")
-        try:
-            head, tail = await asyncio.to_thread(self._peek, path, size)
-        except OSError as exc:
-            self.runtime.log.debug("ecg file not readable yet", file=name, error=str(exc))
-            return None
-        expected = driver.expected_length(head)
-        incomplete = (expected is not None and size < expected) or not driver.looks_complete(head, tail)
-        if incomplete and stable_for < opts.incomplete_timeout_seconds:
-            self.runtime.log.debug("ecg file incomplete, waiting", file=name, size=size, expected=expected)
-            return None
-        try:
-            data = await asyncio.to_thread(path.read_bytes)
-        except OSError as exc:
-            self.runtime.log.debug("ecg file not readable yet", file=name, error=str(exc))
-            return None
+            if size == 0:
+                if stable_for < opts.incomplete_timeout_seconds:
+                    return None
+                return _Refuse("empty file", handle.ident)
+            head = handle.pread(64, 0)
+            tail = handle.pread(512, max(0, size - 512))
+            expected = driver.expected_length(head)
+            incomplete = (expected is not None and size < expected) or not driver.looks_complete(head, tail)
+            if incomplete and stable_for < opts.incomplete_timeout_seconds:
+                self.runtime.log.debug(
+                    "ecg file incomplete, waiting", file=entry.name, size=size, expected=expected
+                )
+                return None
+            data = handle.read_at_most(limit)
+        if len(data) > limit:
+            return _Refuse(f"file too large (more than max_file_bytes {limit} bytes)", handle.ident)
         if len(data) != size:
-            self._seen.pop(name, None)  # changed while we read it: wait for it to settle again
+            self._seen.pop(entry.name, None)  # changed while we read it: wait for it to settle again
             return None
+        return _Read(data, handle.ident)
+
+    async def _handle(self, dirs: _Dirs, entry: _Entry, stable_for: float) -> Outcome | None:
+        driver = self.driver
+        opts = driver.file_options
+        name = entry.name
+        if entry.size > opts.max_file_bytes:  # refused by size, never opened
+            reason = f"file too large ({entry.size} bytes > max_file_bytes {opts.max_file_bytes})"
+            self.runtime.decode_failed(DecodeFailure(DecodeError(reason)))
+            return await self._fail(dirs, name, entry.ident, reason)
+        got = await asyncio.to_thread(self._examine, dirs, entry, stable_for)
+        if got is None:
+            return None
+        if isinstance(got, str):
+            self._seen.pop(name, None)
+            self._report_skip(name, got, "folder")
+            return None
+        if isinstance(got, _Refuse):
+            self.runtime.decode_failed(DecodeFailure(DecodeError(got.reason)))
+            return await self._fail(dirs, name, got.ident, got.reason)
         try:
-            status, _reading, detail = await deliver(self.runtime, driver, data, name)
+            status, _reading, detail = await deliver(self.runtime, driver, got.data, name)
         except (OutboxError, RetryableError) as exc:
             self.runtime.log.warning("ecg reading not accepted, will retry", error=one_line(str(exc)))
             return None
         if status == "failed":
-            return await self._fail(folder, path, detail)
-        await asyncio.to_thread(self._move, path, folder / PROCESSED)
+            return await self._fail(dirs, name, got.ident, detail)
+        await asyncio.to_thread(self._move, dirs, name, got.ident, dirs.processed, PROCESSED)
         return Outcome(name, status, detail)
 
     # --------------------------------------------------------------------------------------- moves
 
-    def _move(self, path: Path, directory: Path) -> Path | None:
+    def _move(self, dirs: _Dirs, name: str, ident: tuple[int, int], dst: int, where: str) -> str | None:
+        """Move the file we examined (``ident``) to ``where``; a name swapped meanwhile is left alone."""
+        if not safefs.same_entry(dirs.folder, name, ident):
+            self.runtime.log.debug("ecg file replaced before its move; looked at again", file=name)
+            self._seen.pop(name, None)
+            return None
+        reserve = safefs.REASON_SUFFIX if dst == dirs.failed else ""
+
+        def planted(link: str) -> None:
+            self._report_skip(f"{where}/{link}", "symbolic link", where)
+
         try:
-            target = unique_target(directory, path.name)
-            os.replace(path, target)
+            return safefs.move(dirs.folder, name, dst, reserve=reserve, on_link=planted)
         except OSError as exc:
             self.runtime.log.error(
-                "cannot move ecg file", directory=directory.name, error=exc.strerror or type(exc).__name__
+                "cannot move ecg file", directory=where, error=exc.strerror or type(exc).__name__
             )
             with contextlib.suppress(OSError):
-                st = path.stat()
-                self._stuck[path.name] = (st.st_size, st.st_mtime_ns)
+                st = os.stat(name, dir_fd=dirs.folder, follow_symlinks=False)
+                self._stuck[name] = (st.st_size, st.st_mtime_ns)
             return None
-        return target
 
-    def _fail_sync(self, folder: Path, path: Path, reason: str) -> None:
-        target = self._move(path, folder / FAILED)
+    def _fail_sync(self, dirs: _Dirs, name: str, ident: tuple[int, int], reason: str) -> None:
+        target = self._move(dirs, name, ident, dirs.failed, FAILED)
         if target is not None:
-            with contextlib.suppress(OSError):
-                target.with_name(target.name + ".reason.txt").write_text(reason + "\n", encoding="utf-8")
+            write_reason(dirs.failed, target, reason)
 
-    async def _fail(self, folder: Path, path: Path, reason: str) -> Outcome:
+    async def _fail(self, dirs: _Dirs, name: str, ident: tuple[int, int], reason: str) -> Outcome:
         reason = one_line(reason)
+        self.runtime.count("files_failed")
         self.runtime.log.warning("ecg file moved to failed/", reason=reason)
-        await asyncio.to_thread(self._fail_sync, folder, path, reason)
-        return Outcome(path.name, "failed", reason)
+        await asyncio.to_thread(self._fail_sync, dirs, name, ident, reason)
+        return Outcome(name, "failed", reason)
+
+
+def write_reason(failed_fd: int, target: str, reason: str) -> None:
+    """``failed/<target>.reason.txt`` with the one-line reason: a new file, never through a link."""
+    try:
+        written = safefs.write_exact(failed_fd, target + safefs.REASON_SUFFIX, (reason + "\n").encode())
+    except OSError as exc:
+        written = False
+        error = exc.strerror or type(exc).__name__
+    else:
+        error = "a file of that name appeared meanwhile (not overwritten)"
+    if not written:
+        log.warning("reason file for a failed ecg file not written", error=error)

@@ -4,7 +4,8 @@ File boundaries: an SCP-ECG record ends where the record length in its 6-byte he
 not start with a plausible SCP header end at an idle gap (``idle_gap_seconds`` of silence). The port is
 opened exactly as the ``serial`` transport opens it (path, ``socket://`` URL or USB identity). Each file
 is then delivered once (same SHA-256 de-duplication as the folder transport) and, with ``save_folder``,
-kept in ``processed/`` or ``failed/`` (with a ``.reason.txt``).
+kept in ``processed/`` or ``failed/`` (with a ``.reason.txt``), written as new files relative to
+directory descriptors, never through a link (:mod:`.safefs`).
 """
 
 from __future__ import annotations
@@ -12,13 +13,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
 from pathlib import Path
 
 import structlog
 
 from vitals_agent.drivers.base import DeviceRuntime, register_transport
+from vitals_agent.drivers.ecg import safefs
 from vitals_agent.drivers.ecg.drivers import EcgFileDriver, EcgSerialOptions
-from vitals_agent.drivers.ecg.folder import FAILED, PROCESSED, deliver, one_line, unique_target
+from vitals_agent.drivers.ecg.folder import FAILED, PROCESSED, deliver, one_line, write_reason
 from vitals_agent.drivers.ecg.framing import ScpFileFramer
 from vitals_agent.drivers.serial_transport import SerialTransport
 from vitals_agent.errors import OutboxError, RetryableError, TransportError
@@ -105,18 +108,34 @@ class SerialFileTransport(SerialTransport):
             status, detail = "failed", f"not accepted by the agent: {one_line(str(exc))}"
         self._save(data, name, status, detail)
 
+    def _planted(self, name: str) -> None:
+        """A link found where a file is to be saved: never written through; reported and counted."""
+        self.runtime.count("files_skipped")
+        self.runtime.log.warning("link in the ecg save folder not followed", kind="symbolic link")
+        self.runtime.log.debug("link in the ecg save folder not followed", file=name)
+
     def _save(self, data: bytes, name: str, status: str, detail: str) -> None:
         folder = self.serial_options.save_folder
         if not folder:
             return
-        directory = Path(folder).expanduser() / (FAILED if status == "failed" else PROCESSED)
+        sub = FAILED if status == "failed" else PROCESSED
+        fds: list[int] = []
         try:
-            directory.mkdir(parents=True, exist_ok=True)
-            target = unique_target(directory, name)
-            target.write_bytes(data)
+            Path(folder).expanduser().mkdir(parents=True, exist_ok=True)  # the configured path: trusted
+            fds.append(safefs.open_dir(Path(folder).expanduser()))
+            fds.append(safefs.open_subdir(fds[0], sub))
+            reserve = safefs.REASON_SUFFIX if status == "failed" else ""
+            target = safefs.write_new(fds[1], name, data, sync=True, reserve=reserve, on_link=self._planted)
             if status == "failed":
-                target.with_name(target.name + ".reason.txt").write_text(
-                    one_line(detail) + "\n", encoding="utf-8"
-                )
+                write_reason(fds[1], target, one_line(detail))
+        except safefs.UnsafeEntryError as exc:
+            self.runtime.count("files_skipped")
+            self.runtime.log.error(
+                "cannot save received ecg file: not followed", where=f"{sub}/", kind=exc.kind
+            )
         except OSError as exc:
             self.runtime.log.error("cannot save received ecg file", error=exc.strerror or type(exc).__name__)
+        finally:
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
