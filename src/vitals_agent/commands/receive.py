@@ -1,12 +1,21 @@
-"""``vitals-agent receive``: a small MLLP receiver that prints every message and the ACK it sent."""
+"""``vitals-agent receive``: a small MLLP receiver that prints every message and the ACK it sent.
+
+With ``--pdq PATIENTS.csv`` it is also an IHE PDQ supplier (ITI-21): a ``QBP^Q22`` is answered with an
+``RSP^K22`` from the CSV (``mrn,name,dob,sex,visit``; see :func:`~vitals_agent.hl7.pdq.parse_patients_csv`),
+``--ack AE``/``AR`` answering every query with that error instead.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import sys
+from datetime import UTC, datetime
+from pathlib import Path
 
-from vitals_agent.hl7.receiver import ReceivedMessage, start_receiver
+from vitals_agent.hl7.oru import new_control_id
+from vitals_agent.hl7.pdq import Authority, PdqDirectory, parse_patients_csv
+from vitals_agent.hl7.receiver import Answerer, ReceivedMessage, start_receiver
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -17,13 +26,44 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--count", type=int, default=0, help="stop after this many messages (default: run until Ctrl-C)"
     )
+    p.add_argument(
+        "--pdq",
+        type=Path,
+        metavar="PATIENTS.csv",
+        help="also answer IHE PDQ queries (QBP^Q22) from this CSV: mrn,name,dob,sex,visit",
+    )
+    p.add_argument(
+        "--pdq-authority",
+        default="",
+        metavar="HD",
+        help="the patients' assigning authority, e.g. EXCLINIC&2.999.1&ISO (PID-3.4 in answers)",
+    )
     p.set_defaults(func=cmd_receive)
+
+
+def load_directory(path: Path, authority: str) -> PdqDirectory:
+    """The PDQ supplier for ``--pdq``. Raises ValueError / OSError with a one-line reason."""
+    text = path.read_text("utf-8-sig")
+    domain = Authority.parse(authority)
+    return PdqDirectory(
+        parse_patients_csv(text, authority=domain), authority=domain, application="PDQ_SUPPLIER"
+    )
+
+
+def pdq_answerer(directory: PdqDirectory, ack_code: str) -> Answerer:
+    def answer(text: str) -> str | None:
+        if "QBP^Q22" not in text.split("\r", 1)[0]:
+            return None  # not a query: the plain ACK
+        return directory.answer(text, control_id=new_control_id(), now=datetime.now(UTC), ack_code=ack_code)
+
+    return answer
 
 
 def _print(exchange: ReceivedMessage, number: int) -> None:
     lines = [f"--- message {number} ---"]
     lines += [s for s in exchange.message.split("\r") if s]
-    lines.append(f"--- ack {number} ---")
+    kind = "answer" if exchange.ack.split("\r", 1)[0].count("RSP^K22") else "ack"
+    lines.append(f"--- {kind} {number} ---")
     lines += [s for s in exchange.ack.split("\r") if s]
     print("\n".join(lines), flush=True)
 
@@ -45,14 +85,26 @@ async def cmd_receive(args: argparse.Namespace) -> int:
         if args.count and seen >= args.count:
             done.set()
 
+    answer: Answerer | None = None
+    if args.pdq is not None:
+        try:
+            directory = load_directory(args.pdq, args.pdq_authority)
+        except OSError as exc:
+            print(f"error: cannot read {args.pdq}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
+        except (ValueError, UnicodeDecodeError) as exc:
+            print(f"error: {args.pdq}: {exc}", file=sys.stderr)
+            return 1
+        answer = pdq_answerer(directory, args.ack)
     try:
         handle = await start_receiver(
-            args.host, args.port, lambda _m: None, args.ack, on_exchange=on_exchange
+            args.host, args.port, lambda _m: None, args.ack, on_exchange=on_exchange, answer=answer
         )
     except OSError as exc:
         print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    print(f"listening on {args.host}:{handle.port} (MLLP, answering {args.ack})", flush=True)
+    pdq = f", PDQ supplier for {len(directory.patients)} patient(s)" if answer is not None else ""
+    print(f"listening on {args.host}:{handle.port} (MLLP, answering {args.ack}{pdq})", flush=True)
     try:
         await done.wait()
     finally:

@@ -37,6 +37,8 @@ ACK_CODES = KNOWN_CODES  # the codes ack.parse_ack knows are the ones this recei
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024  # EKG messages with PDF attachments are large
 
 OnMessage = Callable[[str], Awaitable[None] | None]
+# Builds the answer to a message other than a plain ACK (e.g. an RSP^K22 to a QBP^Q22); None = plain ACK.
+Answerer = Callable[[str], str | None]
 
 
 @dataclass
@@ -117,11 +119,13 @@ async def start_receiver(
     ack_code: str = "AA",
     *,
     on_exchange: Callable[[ReceivedMessage], None] | None = None,
+    answer: Answerer | None = None,
 ) -> ReceiverHandle:
     """Listen for MLLP on ``host:port`` (0 = any free port); ACK every message with ``ack_code``.
 
     ``on_message`` gets each message (before the ACK is sent); ``on_exchange`` (optional) gets the message
-    and the ACK after the ACK was written.
+    and the ACK after the ACK was written. ``answer`` (optional) may return the whole answer to a message
+    (a query's response) instead of the ACK.
     """
     if ack_code not in ACK_CODES:
         raise ValueError(f"ACK code must be one of {sorted(ACK_CODES)}")
@@ -142,7 +146,13 @@ async def start_receiver(
                     log.warning("receiver: not an MLLP frame, closing", peer=str(peer), error=str(exc))
                     return
                 text = block.decode("utf-8", errors="replace")
-                ack = build_ack(text, ack_code)
+                reply: str | None = None
+                if answer is not None:
+                    try:
+                        reply = answer(text)
+                    except Exception as exc:  # the answerer's bug must not kill the server
+                        log.error("receiver: answer failed; sending a plain ACK", error=str(exc))
+                ack = reply or build_ack(text, ack_code)
                 try:
                     result = on_message(text)
                     if inspect.isawaitable(result):

@@ -1,0 +1,259 @@
+"""Ask the EHR who an MRN belongs to, before a room is bound: PDQ (ITI-21, MLLP) or PDQm (FHIR, HTTPS).
+
+:func:`pdq_client` builds the client ``[pdq]`` describes. ``await client.lookup(mrn)`` returns a
+:class:`Lookup` (the candidates, possibly none) or raises one of:
+
+* :class:`PdqUnavailableError`: the EHR could not be asked or did not answer in ``timeout_seconds``
+  (refused, reset, TLS, timeout, an answer that is not an answer to this query);
+* :class:`~vitals_agent.hl7.pdq.PdqRefusedError`: the EHR answered ``AE``/``AR`` (FHIR: an HTTP error).
+
+The whole lookup (connect, send, answer) is bounded by ``timeout_seconds``. The MLLP exchange reuses the
+delivery path's :class:`~vitals_agent.hl7.mllp.MllpClient`, one connection per lookup. Messages name the
+supplier and what went wrong, never the MRN.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Protocol
+
+import aiohttp
+import structlog
+
+from vitals_agent.agent.tls import ssl_context_from
+from vitals_agent.config.pdq import PdqConfig
+from vitals_agent.errors import ConfigError, DeliveryError, RetryableError
+from vitals_agent.hl7.mllp import MllpClient
+from vitals_agent.hl7.oru import new_control_id
+from vitals_agent.hl7.pdq import (
+    Authority,
+    PdqError,
+    PdqProtocolError,
+    PdqQuery,
+    PdqRefusedError,
+    PdqResult,
+    build_qbp,
+    parse_rsp,
+)
+from vitals_agent.hl7.pdqm import MEDIA_TYPE, parse_bundle, search_url
+
+log = structlog.get_logger(__name__)
+
+MAX_FHIR_ANSWER = 4 * 1024 * 1024
+
+
+class PdqUnavailableError(PdqError, RetryableError):
+    """The EHR's patient lookup could not be reached or did not answer usably in time."""
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """One answered lookup: what was asked, under which query id, and what the EHR said."""
+
+    mrn: str
+    query_id: str  # MSH-10 of the QBP^Q22 (v2) or a request id (fhir): joins audit records
+    result: PdqResult
+    mode: str
+    elapsed_ms: int
+
+
+class PdqClient(Protocol):
+    mode: str
+
+    @property
+    def peer(self) -> str: ...
+
+    async def lookup(self, mrn: str) -> Lookup: ...
+
+
+@dataclass(frozen=True)
+class Sender:
+    """Who the agent is in the query's MSH-3/MSH-4 (as in its ORUs)."""
+
+    application: str  # e.g. "VITALS_AGENT^0011223344556677^EUI-64"
+    facility: str
+    processing_id: str = "P"
+
+
+class MllpPdqClient:
+    """ITI-21 over MLLP: one QBP^Q22 per lookup, the RSP^K22 read with :func:`parse_rsp`."""
+
+    mode = "v2"
+
+    def __init__(
+        self, config: PdqConfig, sender: Sender, *, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
+        assert config.port is not None
+        self.config = config
+        self.sender = sender
+        self.ssl_context = ssl_context
+        self.authority = Authority.parse(config.assigning_authority)
+        self.host = config.host
+        self.port = config.port
+
+    @property
+    def peer(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    async def lookup(self, mrn: str) -> Lookup:
+        query = PdqQuery(
+            mrn=mrn,
+            control_id=new_control_id(),
+            query_tag=new_control_id(),
+            created_at=datetime.now(UTC),
+            authority=self.authority,
+            sending_application=self.sender.application,
+            sending_facility=self.sender.facility,
+            receiving_application=self.config.receiving_application,
+            receiving_facility=self.config.receiving_facility,
+            processing_id=self.sender.processing_id,
+            limit=self.config.max_results,
+        )
+        timeout = self.config.timeout_seconds
+        client = MllpClient(
+            self.host,
+            self.port,
+            connect_timeout=timeout,
+            ssl_context=self.ssl_context,
+            server_hostname=self.config.server_name,
+        )
+        started = time.monotonic()
+        try:
+            # The client's own deadlines (connect, answer) say best what went wrong; this one only bounds
+            # the sum (a slow connect followed by a slow answer).
+            async with asyncio.timeout(timeout + 0.25):
+                payload = await client.send(build_qbp(query), timeout)
+        except TimeoutError:
+            raise PdqUnavailableError(
+                f"the PDQ supplier at {self.peer} did not answer within {timeout:g} s"
+            ) from None
+        except DeliveryError as exc:  # PeerUnavailableError, AckProtocolError (MLLP framing)
+            raise PdqUnavailableError(f"PDQ supplier: {_reword(str(exc))}") from None
+        finally:
+            client.abort()
+        elapsed = int((time.monotonic() - started) * 1000)
+        try:
+            result = parse_rsp(payload, query)
+        except PdqProtocolError as exc:
+            raise PdqUnavailableError(f"PDQ supplier at {self.peer}: {exc}") from None
+        return Lookup(mrn, query.control_id, result, self.mode, elapsed)
+
+
+def _reword(message: str) -> str:
+    """The MLLP client speaks of ACKs; a PDQ supplier sends an answer."""
+    return message.replace("before the ACK", "before answering").replace("no ACK from", "no answer from")
+
+
+class FhirPdqClient:
+    """PDQm (ITI-78): ``GET [base]/Patient?identifier=system|mrn`` with a bearer token and/or mutual TLS."""
+
+    mode = "fhir"
+
+    def __init__(self, config: PdqConfig, *, ssl_context: ssl.SSLContext | None = None) -> None:
+        assert config.base_url is not None
+        system = config.fhir_system()
+        assert system is not None
+        self.config = config
+        self.base_url = config.base_url
+        self.system = system
+        self.ssl_context = ssl_context
+        self.authority = Authority.parse(config.assigning_authority)
+        self.token_file = config.bearer_token_file
+
+    @property
+    def peer(self) -> str:
+        return self.base_url
+
+    def _token(self) -> str | None:
+        if self.token_file is None:
+            return None
+        try:
+            token = self.token_file.expanduser().read_text("utf-8").strip()
+        except OSError as exc:
+            raise PdqUnavailableError(
+                f"cannot read pdq.bearer_token_file {self.token_file}: {exc.strerror or exc}"
+            ) from None
+        if not token:
+            raise PdqUnavailableError(f"pdq.bearer_token_file {self.token_file} is empty")
+        return token
+
+    async def lookup(self, mrn: str) -> Lookup:
+        url = search_url(self.base_url, self.system, mrn, self.config.max_results)
+        headers = {"Accept": MEDIA_TYPE}
+        token = self._token()
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        timeout = self.config.timeout_seconds
+        request_id = new_control_id()
+        headers["X-Request-Id"] = request_id
+        connector = aiohttp.TCPConnector(ssl=self.ssl_context if self.ssl_context is not None else True)
+        started = time.monotonic()
+        try:
+            async with (
+                aiohttp.ClientSession(
+                    connector=connector, timeout=aiohttp.ClientTimeout(total=timeout)
+                ) as session,
+                session.get(url, headers=headers, allow_redirects=False) as response,
+            ):
+                status = response.status
+                body = await response.content.read(MAX_FHIR_ANSWER + 1)
+        except TimeoutError:
+            raise PdqUnavailableError(
+                f"the PDQm server {self.base_url} did not answer within {timeout:g} s"
+            ) from None
+        except aiohttp.ClientSSLError as exc:
+            raise PdqUnavailableError(
+                f"TLS with the PDQm server {self.base_url} failed: {_ssl_reason(exc)}"
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise PdqUnavailableError(
+                f"cannot reach the PDQm server {self.base_url}: {_client_reason(exc)}"
+            ) from None
+        elapsed = int((time.monotonic() - started) * 1000)
+        if status in (401, 403):
+            raise PdqRefusedError(f"HTTP {status}", ("check pdq.bearer_token_file / client certificate",))
+        if status >= 400:
+            raise PdqRefusedError(f"HTTP {status}")
+        if status != 200:
+            raise PdqUnavailableError(f"the PDQm server {self.base_url} answered HTTP {status}, not 200")
+        if len(body) > MAX_FHIR_ANSWER:
+            raise PdqUnavailableError(f"the PDQm answer is larger than {MAX_FHIR_ANSWER // 1024 // 1024} MiB")
+        try:
+            result = parse_bundle(body, self.system, self.authority)
+        except PdqProtocolError as exc:
+            raise PdqUnavailableError(f"PDQm server {self.base_url}: {exc}") from None
+        return Lookup(mrn, request_id, result, self.mode, elapsed)
+
+
+def _ssl_reason(exc: BaseException) -> str:
+    inner = getattr(exc, "os_error", None) or getattr(exc, "certificate_error", None) or exc
+    if isinstance(inner, ssl.SSLError) and inner.reason:
+        return str(inner.reason).replace("_", " ").lower()
+    return str(inner).splitlines()[0] if str(inner) else type(inner).__name__
+
+
+def _client_reason(exc: aiohttp.ClientError) -> str:
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return exc.strerror or str(exc.os_error)
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def pdq_client(config: PdqConfig, sender: Sender) -> PdqClient:
+    """The client for ``[pdq]``. Raises :class:`~vitals_agent.errors.ConfigError` for unusable TLS files."""
+    if config.mode == "fhir":
+        assert config.base_url is not None
+        https = config.base_url.startswith("https://")
+        if not https and (config.cert_file or config.bearer_token_file):
+            log.warning("pdq base_url is http://: the bearer token and client certificate travel unencrypted")
+        ctx = ssl_context_from(config, section="pdq", force=True) if https else None
+        if config.bearer_token_file is not None and not Path(config.bearer_token_file).expanduser().is_file():
+            raise ConfigError(
+                [("pdq.bearer_token_file", f"{config.bearer_token_file} is not a readable file")]
+            )
+        return FhirPdqClient(config, ssl_context=ctx)
+    return MllpPdqClient(config, sender, ssl_context=ssl_context_from(config, section="pdq"))
