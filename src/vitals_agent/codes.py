@@ -7,7 +7,7 @@ or correcting a code is an edit to one TOML file, not to Python.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import cache
 from importlib import resources
@@ -38,6 +38,9 @@ class MetricInfo:
     unit_mdc: int | None
     minimum: Decimal | None
     maximum: Decimal | None
+    vital_sign: str | None = None  # FHIR R4 core Vital Signs profile name (bp, heartrate, bodytemp ...)
+    vital_sign_loinc: str | None = None  # the LOINC code that profile requires, when `loinc` is narrower
+    body_site: str | None = None  # site the metric implies, "code^display^SCT" (codes.md §3)
 
     @property
     def send_mdc(self) -> bool:
@@ -48,11 +51,49 @@ class MetricInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class PanelInfo:
+    """An observation that groups metrics (the NIBP panel, the 12-lead EKG panel)."""
+
+    key: str
+    name: str
+    refid: str
+    mdc: int | None
+    loinc: str | None
+    verified: str
+    local: bool
+    vital_sign: str | None
+    members: tuple[str, ...]  # metric keys, in table order
+    required: tuple[str, ...]  # members always present (data-absent reason when the device gave none)
+    statement_loinc: str | None  # code of the interpretation-statement component, when the panel has one
+    statement_name: str | None
+
+    @property
+    def send_mdc(self) -> bool:
+        return self.mdc is not None and not self.local and self.verified.split(".")[0] != "C"
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceTypeInfo:
+    mdc: int
+    refid: str
+
+
+@dataclass(frozen=True, slots=True)
 class CodeTables:
     version: str
     metrics: dict[str, MetricInfo]
     units: dict[str, UnitInfo]
     unit_aliases: dict[str, str]
+    panels: dict[str, PanelInfo] = field(default_factory=dict)
+    device_types: dict[str, DeviceTypeInfo] = field(default_factory=dict)  # DeviceClass value -> MDS code
+
+    def panel_of(self, metric: str) -> PanelInfo | None:
+        """The panel a metric is a component of, if any."""
+        return next((p for p in self.panels.values() if metric in p.members), None)
+
+    def device_type(self, device_class: str) -> DeviceTypeInfo:
+        """The MDS code for a device class (the multi-parameter monitor code when the class has none)."""
+        return self.device_types.get(device_class) or self.device_types["other"]
 
     def metric(self, key: str) -> MetricInfo:
         try:
@@ -77,6 +118,18 @@ def _dec(value: object) -> Decimal | None:
     return None if value is None else Decimal(str(value))
 
 
+def _members(metrics: dict[str, MetricInfo], row: dict[str, object]) -> tuple[str, ...]:
+    """A panel's member metrics in table order: those listed, and those whose key has its prefix."""
+    listed = row.get("members", ())
+    prefix = row.get("members_prefix")
+    return tuple(
+        key
+        for key in metrics
+        if (isinstance(listed, list) and key in listed)
+        or (isinstance(prefix, str) and key.startswith(prefix))
+    )
+
+
 @cache
 def tables() -> CodeTables:
     raw = tomllib.loads(resources.files("vitals_agent").joinpath("data/metrics.toml").read_text("utf-8"))
@@ -95,12 +148,43 @@ def tables() -> CodeTables:
             unit_mdc=row.get("unit_mdc"),
             minimum=_dec(row.get("min")),
             maximum=_dec(row.get("max")),
+            vital_sign=row.get("vital_sign"),
+            vital_sign_loinc=row.get("vital_sign_loinc"),
+            body_site=row.get("body_site"),
         )
         for key, row in raw["metrics"].items()
+    }
+    panels = {
+        key: PanelInfo(
+            key=key,
+            name=row["name"],
+            refid=row["refid"],
+            mdc=row.get("mdc"),
+            loinc=row.get("loinc"),
+            verified=row.get("verified", "U.-"),
+            local=bool(row.get("local", False)),
+            vital_sign=row.get("vital_sign"),
+            members=_members(metrics, row),
+            required=tuple(row.get("required", ())),
+            statement_loinc=row.get("statement_loinc"),
+            statement_name=row.get("statement_name"),
+        )
+        for key, row in raw.get("panels", {}).items()
+    }
+    device_types = {
+        key: DeviceTypeInfo(mdc=row["mdc"], refid=row["refid"])
+        for key, row in raw.get("device_types", {}).items()
     }
     units = {
         ucum: UnitInfo(ucum=ucum, mdc=row["mdc"], refid=row["refid"], aliases=tuple(row.get("aliases", ())))
         for ucum, row in raw["units"].items()
     }
     aliases = {alias: ucum for ucum, info in units.items() for alias in info.aliases}
-    return CodeTables(version=str(raw.get("version", "")), metrics=metrics, units=units, unit_aliases=aliases)
+    return CodeTables(
+        version=str(raw.get("version", "")),
+        metrics=metrics,
+        units=units,
+        unit_aliases=aliases,
+        panels=panels,
+        device_types=device_types,
+    )

@@ -7,7 +7,8 @@ import json
 import re
 import sys
 import tomllib
-from datetime import timedelta
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -59,6 +60,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="a driver option as in the config, e.g. dialect=detecto or format=df7 (repeatable)",
+    )
+    p.add_argument(
+        "--fhir",
+        action="store_true",
+        help="print the FHIR R4 transaction Bundle each reading would produce (one JSON object per line)",
     )
     p.set_defaults(func=cmd_decode)
 
@@ -205,6 +211,7 @@ async def cmd_decode(args: argparse.Namespace) -> int:
 
         tz = system_zone()
     ctx = DecodeContext(device=DeviceIdentity(id=args.device_id), tz=tz)
+    show = _fhir_printer(tz) if args.fhir else _json_printer
     outputs = driver.decode_chunks(chunks, ctx, args.characteristic)
     printed = 0
     failures: list[DecodeFailure] = []
@@ -215,8 +222,8 @@ async def cmd_decode(args: argparse.Namespace) -> int:
         elif isinstance(item, Reading):
             # Offline there is no clock to correct against: the device's own time stamp stays.
             reading = normalise(item, max_clock_skew=timedelta.max)
-            print(json.dumps(reading_json(reading), ensure_ascii=False))
-            printed += 1
+            if show(reading):
+                printed += 1
         elif isinstance(item, DeviceStatusEvent):
             statuses.append(item)
         elif isinstance(item, PatientScan):
@@ -239,6 +246,32 @@ async def cmd_decode(args: argparse.Namespace) -> int:
         print(f"error: {reason}", file=sys.stderr)
         return 1
     return 0
+
+
+def _json_printer(reading: Reading) -> bool:
+    print(json.dumps(reading_json(reading), ensure_ascii=False))
+    return True
+
+
+def _fhir_printer(tz: Any) -> Callable[[Reading], bool]:
+    """``decode --fhir``: each reading as the Bundle the agent would send (unbound, no site profile)."""
+    from vitals_agent.fhir.bundle import FhirBuildError, FhirProfile, build_bundle
+
+    profile = FhirProfile(gateway_eui64="0" * 16, tz=tz)
+    count = 0
+
+    def show(reading: Reading) -> bool:
+        nonlocal count
+        count += 1
+        try:
+            body = build_bundle(reading, profile, message_id=f"decode-{count}", created_at=datetime.now(UTC))
+        except FhirBuildError as exc:
+            print(f"warning: reading {count}: no FHIR Bundle: {exc}", file=sys.stderr)
+            return False
+        print(body.decode("utf-8"))
+        return True
+
+    return show
 
 
 async def cmd_drivers(args: argparse.Namespace) -> int:

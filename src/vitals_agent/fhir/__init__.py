@@ -1,0 +1,1 @@
+"""FHIR R4 output: the pure transaction-Bundle builder (``bundle``) and its JSON writer (``wire``)."""
