@@ -487,7 +487,9 @@ async def test_decode_fhir_prints_one_bundle_per_reading(capsys: pytest.CaptureF
     from vitals_agent.cli import main
 
     frames = b"ST,GS,+0070.50kg\r\nST,GS,+0071.00kg\r\n".hex()
-    assert await main(["decode", "scale-ascii", "--hex", frames, "--fhir", "--timezone", "Europe/Berlin"]) == 0
+    assert (
+        await main(["decode", "scale-ascii", "--hex", frames, "--fhir", "--timezone", "Europe/Berlin"]) == 0
+    )
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) >= 1
     doc = check_bundle(lines[0])
