@@ -21,7 +21,7 @@ from vitals_agent.drivers.health_o_meter import (
 )
 from vitals_agent.drivers.pty import PtyDevice
 from vitals_agent.drivers.serial_transport import SerialTransport
-from vitals_agent.errors import DecodeError, TruncatedError, UnsupportedError
+from vitals_agent.errors import DecodeError, OverlongError, TruncatedError, UnsupportedError
 from vitals_agent.models import (
     DeviceClass,
     DeviceIdentity,
@@ -126,19 +126,26 @@ def test_truncated_and_bad_packets() -> None:
     assert isinstance(end.error, TruncatedError)
 
 
-def test_endless_escs_inside_a_packet_are_capped_then_resync() -> None:
-    # Repeated ESCs (empty tags) used to grow the packet buffer without bound and report nothing.
+def test_endless_escs_inside_a_packet_are_capped_then_discarded_to_the_end_tag() -> None:
+    # Repeated ESCs (empty tags) used to grow the packet buffer without bound and report nothing. Now the
+    # packet is overlong: discarded whole up to its end tag, reported every MAX_DISCARD bytes meanwhile.
     decoder = HealthOMeterDecoder(CTX)
     out: list[DecoderOutput] = []
     chunk = b"\x1b" * 10_000
     for _ in range(200):  # 2,000,000 bytes
         out += decoder.feed(chunk)
-        assert len(decoder._raw) <= decoder.max_buffer
+        assert len(decoder._raw) <= decoder.max_buffer and len(decoder._discard_head) <= 4096
     fails = failures(out)
-    assert len(fails) >= 200  # one per max_buffer bytes: ~244
-    assert all(f.error.args[0] == "Health o meter packet longer than 8192 bytes" for f in fails)
+    assert len(fails) == 2_000_000 // 65536  # one per MAX_DISCARD bytes while no end tag comes
+    assert all(isinstance(f.error, OverlongError) for f in fails)
+    assert str(fails[0].error) == (
+        "Health o meter packet longer than 8192 bytes (65536 bytes): no end tag (ESC E) yet: still discarding"
+    )
     assert all(isinstance(o, DecodeFailure) for o in out)
-    # The next valid packet still decodes (its raw starts with the ESCs still buffered from before).
+    # The next ESC E ends the overlong packet (that packet is not decoded); the one after it decodes.
+    ended = decoder.feed(MANUAL)
+    assert [type(o) for o in ended] == [DecodeFailure]
+    assert str(failures(ended)[0].error).endswith("discarded up to its end tag (ESC E)")
     after = decoder.feed(MANUAL)
     assert [o.measurements for o in after if isinstance(o, Reading)] == [(m("body_weight", "200.00", "kg"),)]
     assert failures(after) == []

@@ -12,7 +12,7 @@ import pytest
 from tests.serial_helpers import FIXED_NOW, fixed_ctx
 from vitals_agent.drivers.base import DecodeContext, DecodeFailure, DecoderOutput, driver_class
 from vitals_agent.drivers.masimo import MasimoAsciiDriver, MasimoDecoder, MasimoOptions, Rad8Simulator
-from vitals_agent.errors import DecodeError, TruncatedError, UnsupportedError
+from vitals_agent.errors import DecodeError, OverlongError, TruncatedError, UnsupportedError
 from vitals_agent.models import (
     DeviceClass,
     DeviceIdentity,
@@ -424,10 +424,11 @@ def test_two_lines_run_together_by_lost_bytes_give_only_the_complete_one() -> No
 
 def test_overlong_line_is_a_failure_and_the_next_line_decodes() -> None:
     decoder = MasimoDecoder(CTX)
-    out = decoder.feed(b"x" * 2000)
-    assert len(out) == 3 and all(isinstance(o, DecodeFailure) for o in out)
+    assert decoder.feed(b"x" * 2000) == []  # discarding: reported once, at the terminator
     out = decoder.feed(b"\r\n" + ASCII1 + b"\r\n")
-    assert len(failures(out)) == 1  # the 464 bytes left of the junk
+    [failure] = failures(out)
+    assert isinstance(failure.error, OverlongError)
+    assert str(failure.error) == "line longer than 512 bytes (2000 bytes): discarded up to its terminator"
     assert len(readings(out)) == 1
 
 

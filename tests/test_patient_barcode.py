@@ -14,7 +14,7 @@ from vitals_agent.config.schema import parse_config
 from vitals_agent.drivers.barcode import BarcodeDriver, BarcodeOptions, extract_mrn
 from vitals_agent.drivers.base import DecodeFailure, StreamDecoder, transport_class
 from vitals_agent.drivers.pty import PtyDevice
-from vitals_agent.errors import ConfigError, DecodeError, UnsupportedError
+from vitals_agent.errors import ConfigError, DecodeError, OverlongError, UnsupportedError
 from vitals_agent.models import PatientScan
 
 WRISTBAND = r"\]C1(?P<mrn>MRN\d{6,10})\^.*"  # AIM prefix, MRN, then a name part the agent ignores
@@ -69,9 +69,12 @@ def test_binary_and_control_characters_are_refused() -> None:
     assert isinstance(control, DecodeFailure) and str(control.error) == "scan contains control characters"
 
 
-def test_overlong_garbage_is_capped() -> None:
-    out = decoder().feed(b"X" * 300 + b"\r\n")
-    assert isinstance(out[0], DecodeFailure) and str(out[0].error) == "line longer than 256 bytes"
+def test_overlong_garbage_is_discarded_whole() -> None:
+    out = decoder().feed(b"X" * 300 + b"\r\nAB1234\r\n")
+    assert isinstance(out[0], DecodeFailure) and isinstance(out[0].error, OverlongError)
+    assert str(out[0].error) == "scan longer than 256 bytes (300 bytes): discarded up to its terminator"
+    assert out[0].data == b"X" * 300  # the whole line, for the DEBUG hex dump
+    assert out[1:] == [scan("AB1234", "AB1234")]  # the next line decodes
 
 
 def test_extract_mrn_for_keyboard_wedge_input() -> None:

@@ -53,6 +53,11 @@ class UnsupportedError(DecodeError):
     """Well-formed data of a kind or version this driver does not handle."""
 
 
+class OverlongError(DecodeError):
+    """A line or packet longer than its decoder's cap. It is discarded whole, up to its terminator: no
+    part of it (neither the bytes before the cap nor those after) is ever decoded."""
+
+
 class UnknownDriverError(VitalsAgentError):
     """No driver is registered under the given name."""
 

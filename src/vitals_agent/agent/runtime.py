@@ -11,9 +11,12 @@ import structlog
 
 from vitals_agent.config.schema import DeviceConfig
 from vitals_agent.drivers.base import DecodeContext, DecodeFailure, DeviceStateStore, Driver
+from vitals_agent.errors import OverlongError
 from vitals_agent.models import DeviceEvent, DeviceIdentity, DeviceStatusEvent, Reading
 
 log = structlog.get_logger(__name__)
+
+HEX_LOG_BYTES = 4096  # of a failed frame or discarded line, logged in hex at DEBUG (a decoder keeps no more)
 
 
 @dataclass
@@ -30,6 +33,7 @@ class DeviceStatus:
     readings: int = 0
     messages: int = 0
     decode_failures: int = 0
+    discarded_lines: int = 0  # overlong lines/packets discarded whole (also counted in decode_failures)
     link_failures: int = 0
     battery_percent: int | None = None
     identity: dict[str, Any] = field(default_factory=dict)
@@ -48,6 +52,7 @@ class DeviceStatus:
             "readings": self.readings,
             "messages": self.messages,
             "decode_failures": self.decode_failures,
+            "discarded_lines": self.discarded_lines,
             "link_failures": self.link_failures,
             "battery_percent": self.battery_percent,
             "identity": dict(self.identity),
@@ -116,13 +121,16 @@ class DeviceRuntimeImpl:
 
     def decode_failed(self, failure: DecodeFailure) -> None:
         self.status.decode_failures += 1
+        if isinstance(failure.error, OverlongError):
+            self.status.discarded_lines += 1
         self.status.last_seen = self._ctx.now()
-        # The bytes may be anything the device sent; hex at DEBUG only.
+        # The bytes may be anything the device sent (a wristband: patient data); hex at DEBUG only.
         self._log.debug(
             "decode failed",
             error=str(failure.error),
             kind=type(failure.error).__name__,
-            hex=failure.data[:256].hex(),
+            hex=failure.data[:HEX_LOG_BYTES].hex(),
+            bytes=len(failure.data),
             count=self.status.decode_failures,
         )
 

@@ -5,7 +5,9 @@ CR LF (some prefix an AIM symbology identifier such as ``]C1``; strip it with ``
 ``mrn_pattern`` regex must match the *whole* scan; the MRN is its named group ``mrn`` (or group 1). A
 match becomes a :class:`~vitals_agent.models.PatientScan`, which sets the room's patient; anything else
 is a :class:`~vitals_agent.drivers.base.DecodeFailure` whose message never contains the scanned text
-(a wristband is patient data: the runtime logs the bytes in hex at DEBUG only).
+(a wristband is patient data: the runtime logs the bytes in hex at DEBUG only). A scan longer than 256
+bytes is discarded whole, up to its terminator: no part of it ever becomes a scan (issue #10: the last four
+bytes of a 260-byte 2D payload once set the room's patient).
 
 Keyboard-wedge scanners (HID keyboards) type into whatever has focus; use ``vitals-agent patient scan``,
 which applies the ``[patient] mrn_pattern`` to one line of standard input (:func:`extract_mrn`).
@@ -66,7 +68,8 @@ class BarcodeOptions(SerialOptions):
 class BarcodeDecoder(LineDecoder):
     """One scan per line. Emits :class:`PatientScan`; unmatched scans become failures."""
 
-    max_line: ClassVar[int] = 256
+    max_line: ClassVar[int] = 256  # a longer line is discarded whole (never its last bytes as a scan)
+    line_name: ClassVar[str] = "scan"
 
     def __init__(self, ctx: DecodeContext) -> None:
         super().__init__(ctx)

@@ -14,6 +14,7 @@ module: no central list to edit.
 from __future__ import annotations
 
 import abc
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
@@ -21,7 +22,7 @@ from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from vitals_agent.errors import DecodeError, UnknownDriverError
+from vitals_agent.errors import DecodeError, OverlongError, TruncatedError, UnknownDriverError
 from vitals_agent.models import DeviceClass, DeviceEvent, DeviceIdentity
 
 # ---------------------------------------------------------------------------------------------- options
@@ -169,33 +170,160 @@ class StreamDecoder(abc.ABC):
         return None
 
 
-class LineDecoder(StreamDecoder):
-    """Helper base for CR/LF line protocols: splits lines, caps over-long garbage, calls ``decode_line``."""
+@dataclass(frozen=True, slots=True)
+class Line:
+    """One item from :class:`LineSplitter`: a complete line, or (``failure`` set) a discarded one."""
 
-    terminators: ClassVar[bytes] = b"\r\n"
-    max_line: ClassVar[int] = 512
+    data: bytes  # the line without its terminator (empty when discarded)
+    end: int | None  # the terminator byte; None when the input ended (``finish``) or mid-line (failure)
+    failure: DecodeFailure | None = None  # set when the line was longer than the cap and was discarded
 
-    def __init__(self, ctx: DecodeContext) -> None:
-        super().__init__(ctx)
+
+class LineSplitter:
+    """Cuts a byte stream into terminated lines of at most ``max_line`` bytes (terminator excluded).
+
+    A line that grows past the cap is discarded *whole, up to its terminator*: neither the bytes before
+    the cap nor the ones after it are ever handed out as a line (a wristband scan of 260 bytes must not
+    become a scan of its last 4). The discarded line is reported once, at its terminator, as a
+    :class:`DecodeFailure` (:class:`~vitals_agent.errors.OverlongError`) carrying its first ``keep`` bytes
+    for the DEBUG hex dump and its length in the message. A run of ``max_discard`` bytes without any
+    terminator is reported as it goes, so a device that never ends its line is still counted. Memory is
+    bounded by ``max_line + keep`` whatever arrives. ``discarded`` counts the discarded lines.
+    """
+
+    def __init__(
+        self,
+        max_line: int,
+        terminators: bytes = b"\r\n",
+        *,
+        what: str = "line",
+        keep: int = 4096,
+        max_discard: int = 65536,
+    ) -> None:
+        if max_line < 1 or not terminators:
+            raise ValueError("max_line must be >= 1 and terminators non-empty")
+        self.max_line = max_line
+        self.what = what
+        self.keep = keep
+        self.max_discard = max_discard
+        self._term = re.compile(b"[" + b"".join(re.escape(bytes([t])) for t in terminators) + b"]")
         self._buf = bytearray()
+        self._over = False  # inside an overlong line: discard until its terminator
+        self._over_len = 0  # its length so far (since the last report)
+        self._over_head = bytearray()  # its first ``keep`` bytes (since the last report)
+        self.discarded = 0
+
+    @property
+    def discarding(self) -> bool:
+        return self._over
+
+    def pending(self) -> bytes:
+        """The unfinished line so far (empty while discarding an overlong one)."""
+        return bytes(self._buf)
 
     def reset(self) -> None:
         self._buf.clear()
+        self._over = False
+        self._over_len = 0
+        self._over_head.clear()
+
+    def feed(self, data: bytes) -> list[Line]:
+        out: list[Line] = []
+        start = 0
+        for match in self._term.finditer(data):
+            self._add(data[start : match.start()], out)
+            end = data[match.start()]
+            if self._over:
+                out.append(Line(b"", end, self._overlong("discarded up to its terminator", ended=True)))
+            else:
+                out.append(Line(bytes(self._buf), end))
+                self._buf.clear()
+            start = match.end()
+        self._add(data[start:], out)
+        return out
+
+    def finish(self) -> list[Line]:
+        """End of input: the unfinished line (``end`` None), or the overlong one's failure."""
+        if self._over:
+            line = Line(b"", None, self._overlong("input ended before its terminator", ended=True))
+        elif self._buf:
+            line = Line(bytes(self._buf), None)
+        else:
+            return []
+        self.reset()
+        return [line]
+
+    def _add(self, piece: bytes, out: list[Line]) -> None:
+        if not piece:
+            return
+        if not self._over:
+            room = self.max_line - len(self._buf)
+            if len(piece) <= room:
+                self._buf += piece
+                return
+            # Over the cap: from here to the terminator everything is discarded, the buffer included.
+            self._over = True
+            self._over_len = len(self._buf)
+            self._over_head[:] = self._buf[: self.keep]
+            self._buf.clear()
+        self._over_len += len(piece)
+        room = self.keep - len(self._over_head)
+        if room > 0:
+            self._over_head += piece[:room]
+        if self._over_len >= self.max_discard:
+            out.append(Line(b"", None, self._overlong("no terminator yet: still discarding", ended=False)))
+
+    def _overlong(self, how: str, *, ended: bool) -> DecodeFailure:
+        length, head = self._over_len, bytes(self._over_head)
+        self._over_len = 0
+        self._over_head.clear()
+        if ended:
+            self._over = False
+            self.discarded += 1
+        return DecodeFailure(
+            OverlongError(f"{self.what} longer than {self.max_line} bytes ({length} bytes): {how}", head)
+        )
+
+
+class LineDecoder(StreamDecoder):
+    """Helper base for CR/LF line protocols: splits lines (:class:`LineSplitter`: an overlong line is
+    discarded whole, up to its terminator), calls ``decode_line`` for each non-empty line."""
+
+    terminators: ClassVar[bytes] = b"\r\n"
+    max_line: ClassVar[int] = 512
+    line_name: ClassVar[str] = "line"  # how failures name a line ("scan", "A&D line", ...)
+
+    def __init__(self, ctx: DecodeContext, *, what: str | None = None) -> None:
+        super().__init__(ctx)
+        self._lines = LineSplitter(self.max_line, self.terminators, what=what or self.line_name)
+
+    def reset(self) -> None:
+        self._lines.reset()
+
+    def pending(self) -> bytes:
+        """The unfinished line so far."""
+        return self._lines.pending()
 
     def feed(self, data: bytes) -> list[DecoderOutput]:
         out: list[DecoderOutput] = []
-        for byte in data:
-            if byte in self.terminators:
-                if self._buf:
-                    line = bytes(self._buf)
-                    self._buf.clear()
-                    out.extend(self._decode_safely(line))
-                continue
-            if len(self._buf) >= self.max_line:
-                junk = bytes(self._buf)
-                self._buf.clear()
-                out.append(DecodeFailure(DecodeError(f"line longer than {self.max_line} bytes", junk)))
-            self._buf.append(byte)
+        for line in self._lines.feed(data):
+            if line.failure is not None:
+                out.append(line.failure)
+            elif line.data:
+                out.extend(self._decode_safely(line.data))
+        return out
+
+    def flush(self) -> list[DecoderOutput]:
+        """End of an offline input: an unterminated last line is a truncated line, never decoded."""
+        out: list[DecoderOutput] = []
+        for line in self._lines.finish():
+            if line.failure is not None:
+                out.append(line.failure)
+            elif line.data.strip():
+                what = self._lines.what
+                out.append(
+                    DecodeFailure(TruncatedError(f"truncated {what}: input ended inside a {what}", line.data))
+                )
         return out
 
     def _decode_safely(self, line: bytes) -> list[DecoderOutput]:

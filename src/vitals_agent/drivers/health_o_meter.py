@@ -39,12 +39,14 @@ from vitals_agent.drivers.base import (
     Simulator,
     register_driver,
 )
-from vitals_agent.errors import DecodeError, TruncatedError, UnsupportedError
+from vitals_agent.errors import DecodeError, OverlongError, TruncatedError, UnsupportedError
 from vitals_agent.models import DeviceClass, DeviceIdentity, PatientInfo
 
 ESC = 0x1B
 MAX_FIELD = 40
 MAX_FIELDS = 24
+DISCARD_KEEP = 4096  # bytes of a discarded packet kept for the DEBUG hex dump
+MAX_DISCARD = 65536  # an overlong packet without an end tag is reported every this many bytes
 _WHITESPACE = b" \r\n\t\x00"
 
 
@@ -79,6 +81,12 @@ class HealthOMeterDecoder(FlushingDecoder):
         self._fields: list[tuple[str, bytearray]] = []
         self._in_packet = False
         self._after_esc = False
+        # An overlong packet (field, field count or size over the cap) is discarded whole, up to its end tag
+        # ESC E: none of its tags, before or after the cap, is ever decoded as a packet.
+        self._discarding = False
+        self._discard_why = ""
+        self._discard_len = 0
+        self._discard_head = bytearray()  # its first DISCARD_KEEP bytes, for the DEBUG hex dump
 
     def poll_command(self) -> bytes | None:
         return b"Q"
@@ -91,10 +99,23 @@ class HealthOMeterDecoder(FlushingDecoder):
         self._fields.clear()
         self._in_packet = False
         self._after_esc = False
+        self._discarding = False
+        self._discard_len = 0
+        self._discard_head.clear()
+
+    def flush(self) -> list[DecoderOutput]:
+        if self._discarding:
+            failure = self._discarded("input ended before its end tag (ESC E)")
+            self.reset()
+            return [failure]
+        return super().flush()
 
     def feed(self, data: bytes) -> list[DecoderOutput]:
         out: list[DecoderOutput] = []
         for byte in data:
+            if self._discarding:
+                self._discard(byte, out)
+                continue
             if not self._in_packet:
                 if byte != ESC:
                     if byte not in _WHITESPACE or self._raw:
@@ -108,10 +129,11 @@ class HealthOMeterDecoder(FlushingDecoder):
                 self._after_esc = True
                 self._raw.append(byte)
                 continue
-            self._raw.append(byte)
-            if len(self._raw) > self.max_buffer:  # e.g. endless ESCs: never grow without bound
-                out.append(self._abandon(f"Health o meter packet longer than {self.max_buffer} bytes"))
+            if len(self._raw) >= self.max_buffer:  # e.g. endless ESCs: never grow without bound
+                self._abandon(f"Health o meter packet longer than {self.max_buffer} bytes", self._after_esc)
+                self._discard(byte, out)
                 continue
+            self._raw.append(byte)
             if self._after_esc:
                 if byte == ESC:  # an empty tag (a packet cut right after its ESC): wait for the real tag
                     continue
@@ -130,7 +152,7 @@ class HealthOMeterDecoder(FlushingDecoder):
                     self._fields.clear()
                     del self._raw[:-2]
                 if len(self._fields) >= MAX_FIELDS:
-                    out.append(self._abandon(f"Health o meter packet with more than {MAX_FIELDS} fields"))
+                    self._abandon(f"Health o meter packet with more than {MAX_FIELDS} fields", False)
                     continue
                 self._fields.append((tag, bytearray()))
                 continue
@@ -141,10 +163,39 @@ class HealthOMeterDecoder(FlushingDecoder):
                 continue
             field = self._fields[-1][1]
             if len(field) >= MAX_FIELD:
-                out.append(self._abandon(f"Health o meter field longer than {MAX_FIELD} bytes"))
+                self._abandon(f"Health o meter field longer than {MAX_FIELD} bytes", False)
                 continue
             field.append(byte)
         return out
+
+    def _abandon(self, why: str, after_esc: bool) -> None:
+        """The packet in progress is overlong: from here on discard everything up to its ESC E."""
+        head = bytes(self._raw[:DISCARD_KEEP])
+        length = len(self._raw)
+        self.reset()
+        self._discarding = True
+        self._discard_why = why
+        self._discard_len = length
+        self._discard_head[:] = head
+        self._after_esc = after_esc
+
+    def _discard(self, byte: int, out: list[DecoderOutput]) -> None:
+        self._discard_len += 1
+        if len(self._discard_head) < DISCARD_KEEP:
+            self._discard_head.append(byte)
+        if self._after_esc and byte == ord("E"):
+            out.append(self._discarded("discarded up to its end tag (ESC E)"))
+            self.reset()
+            return
+        self._after_esc = byte == ESC
+        if self._discard_len >= MAX_DISCARD:  # still no end tag: report (and count) what went so far
+            out.append(self._discarded("no end tag (ESC E) yet: still discarding"))
+            self._discard_len = 0
+            self._discard_head.clear()
+
+    def _discarded(self, how: str) -> DecodeFailure:
+        message = f"{self._discard_why} ({self._discard_len} bytes): {how}"
+        return DecodeFailure(OverlongError(message, bytes(self._discard_head)))
 
     def _garbage(self) -> DecodeFailure:
         junk = bytes(self._raw)
@@ -152,11 +203,6 @@ class HealthOMeterDecoder(FlushingDecoder):
         return DecodeFailure(
             DecodeError(f"Health o meter: {len(junk)} bytes outside a packet ({hexs(junk)})", junk)
         )
-
-    def _abandon(self, message: str) -> DecodeFailure:
-        junk = bytes(self._raw)
-        self.reset()
-        return DecodeFailure(DecodeError(message, junk))
 
     def _packet(self) -> list[DecoderOutput]:
         raw = bytes(self._raw)

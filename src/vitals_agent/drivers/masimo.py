@@ -19,7 +19,8 @@ Line grammar (ASCII 1, ASCII 2 and the trend download all share it)::
 Robustness: a line must start with a time stamp and carry SpO2, a pulse rate and ``EXC`` (the last field of
 every documented format), so a line cut short by an unplug or lost bytes is a :class:`TruncatedError`, not a
 reading. When a time stamp appears inside a line (garbage or a lost CR LF before it) the decoder
-resynchronises there and reports the bytes before it as a failure. A line that gives no value yields
+resynchronises there and reports the bytes before it as a failure; a line longer than 512 bytes is
+discarded whole up to its CR/LF (no time stamp inside it is used). A line that gives no value yields
 nothing (not a failure). Byte loss *inside* a value cannot be detected: the protocol has no checksum.
 """
 
@@ -39,6 +40,8 @@ from vitals_agent.drivers.base import (
     DecodeFailure,
     DecoderOutput,
     Driver,
+    Line,
+    LineSplitter,
     SerialOptions,
     SerialSettings,
     SimPort,
@@ -132,7 +135,6 @@ _ABSENT = re.compile(r"[-+.]+")
 _HEX = re.compile(r"[0-9A-Fa-f]{1,8}")
 _EXC = re.compile(r"([0-9A-Fa-f]{1,6})(?::([A-Za-z]+(?:,[A-Za-z]+)*))?")
 _SERIAL = re.compile(r"[A-Za-z0-9-]{1,32}")
-_TERMINATOR = re.compile(rb"[\r\n]")
 _LIVE_EXC_DIGITS = 6
 _TREND_EXC_DIGITS = 3
 
@@ -207,46 +209,35 @@ class MasimoDecoder(StreamDecoder):
     def __init__(self, ctx: DecodeContext, fmt: MasimoFormat = "auto") -> None:
         super().__init__(ctx)
         self.format: MasimoFormat = fmt
-        self._buf = bytearray()
+        self._lines = LineSplitter(self.max_line, b"\r\n")
         self._announced_serial: str | None = None
 
     def reset(self) -> None:
-        self._buf.clear()
+        self._lines.reset()
         self._announced_serial = None  # re-announce the identity after a reconnect (maybe another unit)
 
     @property
     def pending(self) -> bytes:
         """Bytes of an unfinished line (for ``decode`` of input without a final CR LF)."""
-        return bytes(self._buf)
+        return self._lines.pending()
 
     def feed(self, data: bytes) -> list[DecoderOutput]:
-        out: list[DecoderOutput] = []
-        start = 0
-        for match in _TERMINATOR.finditer(data):
-            self._append(data[start : match.start()], out)
-            self._end_line(out)
-            start = match.end()
-        self._append(data[start:], out)
-        return out
+        return self._take(self._lines.feed(data))
 
     def flush(self) -> list[DecoderOutput]:
         """Decode an unterminated last line (offline input is complete; a live link never calls this)."""
+        return self._take(self._lines.finish())
+
+    def _take(self, lines: list[Line]) -> list[DecoderOutput]:
         out: list[DecoderOutput] = []
-        self._end_line(out)
+        for line in lines:
+            if line.failure is not None:
+                out.append(line.failure)  # overlong: discarded whole, no time stamp inside it is used
+            elif line.data:
+                self._end_line(line.data, out)
         return out
 
-    def _append(self, piece: bytes, out: list[DecoderOutput]) -> None:
-        self._buf.extend(piece)
-        while len(self._buf) > self.max_line:
-            junk = bytes(self._buf[: self.max_line])
-            del self._buf[: self.max_line]
-            out.append(DecodeFailure(DecodeError(f"line longer than {self.max_line} bytes", junk)))
-
-    def _end_line(self, out: list[DecoderOutput]) -> None:
-        if not self._buf:
-            return
-        line = bytes(self._buf)
-        self._buf.clear()
+    def _end_line(self, line: bytes, out: list[DecoderOutput]) -> None:
         if not line.strip():
             return
         starts = [m.start() for m in _STAMP_FIND.finditer(line)]

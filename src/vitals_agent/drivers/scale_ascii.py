@@ -214,10 +214,12 @@ def parse_detecto(line: str, ctx: DecodeContext | None = None) -> ScaleLine:
 
 
 class ScaleDecoder(LineDecoder, FlushingDecoder):
-    """CR/LF-terminated records of one dialect; EOT (Fairbanks error) is a record of its own. The line
-    buffer, ``reset`` and the failure wrapping come from :class:`LineDecoder`; ``feed`` adds EOT."""
+    """CR/LF-terminated records of one dialect; EOT (Fairbanks error) ends a record too and is reported as
+    a status. Line splitting (an overlong line is discarded whole, up to its terminator), ``reset`` and the
+    failure wrapping come from :class:`LineDecoder`."""
 
     max_line: ClassVar[int] = 256
+    terminators: ClassVar[bytes] = b"\r\n\x04"
 
     def __init__(
         self,
@@ -227,7 +229,7 @@ class ScaleDecoder(LineDecoder, FlushingDecoder):
         min_change_kg: Decimal = Decimal(0),
         poll_seconds: float | None = None,
     ) -> None:
-        super().__init__(ctx)
+        super().__init__(ctx, what=f"{dialect} line")
         if dialect not in DIALECTS:
             raise ValueError(f"unknown scale dialect {dialect!r} (known: {', '.join(DIALECTS)})")
         self.dialect = dialect
@@ -238,36 +240,24 @@ class ScaleDecoder(LineDecoder, FlushingDecoder):
     def poll_command(self) -> bytes | None:
         return POLL_COMMANDS.get(self.dialect)
 
-    def pending(self) -> bytes:
-        return bytes(self._buf)
+    def flush(self) -> list[DecoderOutput]:
+        if self._lines.discarding:
+            return LineDecoder.flush(self)
+        return FlushingDecoder.flush(self)
 
     def feed(self, data: bytes) -> list[DecoderOutput]:
         out: list[DecoderOutput] = []
-        for byte in data:
-            if byte in self.terminators:
-                if self._buf:
-                    line = bytes(self._buf)
-                    self._buf.clear()
-                    out.extend(self._decode_safely(line))
-                continue
-            if byte == EOT:
-                if self._buf:
-                    part = bytes(self._buf)
-                    self._buf.clear()
-                    out.append(
-                        DecodeFailure(TruncatedError(f"{self.dialect}: record cut short by EOT", part))
-                    )
-                out.append(DeviceStatusEvent(note="scale signalled an error (EOT)"))
-                continue
-            if len(self._buf) >= self.max_line:
-                junk = bytes(self._buf)
-                self._buf.clear()
+        for line in self._lines.feed(data):
+            if line.failure is not None:
+                out.append(line.failure)
+            elif line.data and line.end == EOT:
                 out.append(
-                    DecodeFailure(
-                        DecodeError(f"{self.dialect}: line longer than {self.max_line} bytes", junk)
-                    )
+                    DecodeFailure(TruncatedError(f"{self.dialect}: record cut short by EOT", line.data))
                 )
-            self._buf.append(byte)
+            elif line.data:
+                out.extend(self._decode_safely(line.data))
+            if line.end == EOT:
+                out.append(DeviceStatusEvent(note="scale signalled an error (EOT)"))
         return out
 
     def decode_line(self, raw: bytes) -> list[DeviceEvent]:

@@ -33,6 +33,7 @@ from vitals_agent.drivers.base import (
     DecodeFailure,
     DecoderOutput,
     Driver,
+    LineSplitter,
     SerialOptions,
     SerialSettings,
     Simulator,
@@ -71,60 +72,52 @@ class TanitaOptions(SerialOptions):
 
 
 class TanitaDecoder(FlushingDecoder):
+    """Records ``{...,CS,XX`` one per CR/LF-terminated line. A ``{`` starts a record (one before it in the
+    same line was cut short); non-noise bytes before the first ``{`` are garbage. A line longer than
+    ``MAX_RECORD`` is discarded whole, up to its CR/LF: no record inside it or after the cap is decoded."""
+
     def __init__(self, ctx: DecodeContext) -> None:
         super().__init__(ctx)
-        self._buf = bytearray()
-        self._in_record = False
+        self._lines = LineSplitter(MAX_RECORD, b"\r\n", what="Tanita line")
 
     def pending(self) -> bytes:
-        return bytes(self._buf) if self._in_record else b""
+        part = self._lines.pending()
+        start = part.find(b"{")
+        return part[start:] if start >= 0 else b""  # garbage without a record start is not a record
 
     def reset(self) -> None:
-        self._buf.clear()
-        self._in_record = False
+        self._lines.reset()
+
+    def flush(self) -> list[DecoderOutput]:
+        if self._lines.discarding:
+            return [line.failure for line in self._lines.finish() if line.failure is not None]
+        return super().flush()
 
     def feed(self, data: bytes) -> list[DecoderOutput]:
         out: list[DecoderOutput] = []
-        for byte in data:
-            if byte == ord("{"):
-                if self._in_record:
-                    part = bytes(self._buf)
-                    out.append(
-                        DecodeFailure(
-                            TruncatedError(f"truncated Tanita record ({len(part)} bytes, no end)", part)
-                        )
-                    )
-                elif self._buf:
-                    out.append(self._garbage())
-                self._buf.clear()
-                self._buf.append(byte)
-                self._in_record = True
-                continue
-            if not self._in_record:
-                if byte not in _IDLE:
-                    self._buf.append(byte)
-                    if len(self._buf) > self.max_buffer:
-                        out.append(self._garbage())
-                elif self._buf:
-                    out.append(self._garbage())
-                continue
-            if byte in (0x0D, 0x0A):
-                record = bytes(self._buf)
-                self.reset()
-                out.extend(self._record(record))
-                continue
-            if len(self._buf) >= MAX_RECORD:
-                junk = bytes(self._buf)
-                self.reset()
-                out.append(DecodeFailure(DecodeError(f"Tanita record longer than {MAX_RECORD} bytes", junk)))
-                continue
-            self._buf.append(byte)
+        for line in self._lines.feed(data):
+            if line.failure is not None:
+                out.append(line.failure)
+            else:
+                self._line(line.data, out)
         return out
 
-    def _garbage(self) -> DecodeFailure:
-        junk = bytes(self._buf)
-        self._buf.clear()
-        return DecodeFailure(DecodeError(f"Tanita: {len(junk)} bytes outside a record ({hexs(junk)})", junk))
+    def _line(self, line: bytes, out: list[DecoderOutput]) -> None:
+        start = line.find(b"{")
+        head = (line if start < 0 else line[:start]).strip(_IDLE)
+        if head:
+            out.append(
+                DecodeFailure(DecodeError(f"Tanita: {len(head)} bytes outside a record ({hexs(head)})", head))
+            )
+        if start < 0:
+            return
+        parts = line[start:].split(b"{")[1:]
+        for part in parts[:-1]:
+            cut = b"{" + part
+            out.append(
+                DecodeFailure(TruncatedError(f"truncated Tanita record ({len(cut)} bytes, no end)", cut))
+            )
+        out.extend(self._record(b"{" + parts[-1]))
 
     def _record(self, raw: bytes) -> list[DecoderOutput]:
         try:
