@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from datetime import UTC, datetime
 from typing import ClassVar
 
@@ -108,3 +109,58 @@ async def test_failing_link_is_restarted_and_logged_once_at_warning() -> None:
     assert reading.device.serial_number == "SN1"
     assert rt.status.identity == {"serial_number": "SN1"}
     assert rt.status.connected is False  # cancelled -> stopped
+
+
+class CrashingTransport(Transport):
+    """Comes up, then hits a bug at once, every time (as one EKG file tripping a bug did: #10 item 9)."""
+
+    name = "test-crashing"
+
+    async def run(self) -> None:
+        self.runtime.set_connected(True, "watching")
+        raise TypeError("bug quoting device data: DOE^JANE")
+
+
+@register_driver
+class CrashingDriver(Driver):
+    name = "test-crashing"
+    description = "test only"
+    device_class = DeviceClass.OTHER
+    transport = "test-crashing"
+
+
+register_transport(CrashingTransport)
+
+
+async def test_crash_loop_backs_off_and_shows_in_status() -> None:
+    async def sink(rt: DeviceRuntimeImpl, event: DeviceEvent) -> None:
+        pass
+
+    cfg = DeviceConfig(id="ekg", driver="test-crashing", options=DriverOptions())
+    rt = DeviceRuntimeImpl(
+        cfg, CrashingDriver(), DecodeContext(device=DeviceIdentity(id="ekg")), Store(), sink
+    )
+    sup = DeviceSupervisor(rt)
+    rt.on_connected.append(sup.connected)  # as the service wires it: a connect must not reset crash back-off
+    delays: list[float] = []
+    details: list[str] = []
+
+    async def fake_sleep(delay: float) -> None:
+        delays.append(delay)
+        details.append(rt.status.detail)
+        if len(delays) == 12:
+            raise asyncio.CancelledError
+
+    sup.sleep = fake_sleep
+    with capture_logs() as logs, pytest.raises(asyncio.CancelledError):
+        await sup.run()
+    # before: a 0.25..4 s back-off reset by every connect (116 restarts a minute); now 1 s doubling to 5 min
+    assert all(b >= a / 2 for a, b in itertools.pairwise(delays))
+    assert delays[0] <= 1.0 and 128 <= delays[8] <= 256 and 150 <= delays[-1] <= 300
+    assert sum(delays) > 1000  # twelve crashes take more than a quarter of an hour, not five seconds
+    assert rt.status.counters == {"crashes": 12} and rt.status.connected is False
+    assert details[2].startswith("crashed (TypeError at test_supervisor.py:")
+    assert "3 in a row, restart in" in details[2]
+    errors = [e for e in logs if e["log_level"] == "error"]
+    assert len(errors) == 1 and errors[0]["error"] == "TypeError"  # one ERROR per streak, no message text
+    assert not any("DOE" in str(e) for e in logs if e["log_level"] != "debug")

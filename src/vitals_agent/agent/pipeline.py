@@ -245,6 +245,14 @@ class Pipeline:
             self.refused += 1
             log.error("reading refused: no conformant message", device=device_id, error=str(exc))
             raise RefusedError(str(exc)) from exc
+        except Exception as exc:  # any build failure is this reading's, final: never a device crash loop
+            self.refused += 1
+            # the text may quote the reading (a file name, a patient field): type only above DEBUG
+            log.error(
+                "reading refused: the message could not be built", device=device_id, error=type(exc).__name__
+            )
+            log.debug("message build failure", device=device_id, exc_info=exc)
+            raise RefusedError(f"the message could not be built ({type(exc).__name__})") from exc
         meta = {"device": device_id, "observed_at": reading.observed_at.isoformat()}
         try:
             await asyncio.to_thread(

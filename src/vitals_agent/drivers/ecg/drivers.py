@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from typing import ClassVar, cast
 
@@ -104,6 +105,12 @@ class EcgFileDriver(Driver):
         """Whether a file whose size stopped changing also looks finished (XML: the root is closed)."""
         return True
 
+    def header_problem(self, head: bytes) -> str | None:
+        """Why a file is wrong from its first bytes (``head``: up to HEAD_BYTES) whatever follows — a length
+        over ``max_file_bytes``, a wrong magic or version — or None. Such a file is failed at once instead of
+        being waited for as an incomplete file."""
+        return None
+
     def decode_file(self, data: bytes, ctx: DecodeContext, name: str | None = None) -> Reading:
         """Decode one whole file and add the configured attachments. Raises only DecodeError."""
         reading = type(self)._decoder(data, ctx, max_bytes=self.max_file_bytes)
@@ -112,7 +119,9 @@ class EcgFileDriver(Driver):
     def finish(self, reading: Reading, data: bytes, name: str) -> Reading:
         opts = self.file_options
         if opts.attach_original:
-            reading = with_original(reading, data, name, self.media_type, opts.attach_max_bytes)
+            reading = with_original(
+                reading, data, printable_name(name), self.media_type, opts.attach_max_bytes
+            )
         return reading
 
     def decode_chunks(
@@ -133,6 +142,69 @@ class XmlFileDriver(EcgFileDriver):
 
     def looks_complete(self, head: bytes, tail: bytes) -> bool:
         return xml_root_closed(head, tail, self.root_element)
+
+    def header_problem(self, head: bytes) -> str | None:
+        if any(bom.startswith(head) for bom in (b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")):
+            return None  # part of a byte-order mark so far: maybe still being written
+        text = _head_text(head)
+        if not text:
+            return None  # only a BOM or white space so far: maybe still being written
+        if not text.startswith("<"):
+            return f"not an XML file (it does not start with '<'; expected a <{self.root_element}> document)"
+        root = _root_name(text)
+        if root is not None and root != self.root_element:
+            return f"root element <{root}> is not <{self.root_element}>: not a {self.description_short} file"
+        return None
+
+    @property
+    def description_short(self) -> str:
+        return {"AnnotatedECG": "HL7 aECG", "restingecgdata": "Philips Sierra ECG XML"}.get(
+            self.root_element, self.root_element
+        )
+
+
+HEAD_BYTES = 4096  # what the folder transport reads for header_problem / expected_length
+
+
+def _head_text(head: bytes) -> str:
+    """The start of an XML file as text (BOM or UTF-16 honoured), without leading white space."""
+    if head.startswith(b"\xef\xbb\xbf"):
+        head, encoding = head[3:], "utf-8"
+    elif head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        encoding = "utf-16"
+    elif len(head) >= 2 and head[0] == 0 and head[1] != 0:
+        encoding = "utf-16-be"
+    elif len(head) >= 2 and head[1] == 0 and head[0] != 0:
+        encoding = "utf-16-le"
+    else:
+        encoding = "utf-8"
+    if encoding.startswith("utf-16") and len(head) % 2:
+        head = head[:-1]
+    return head.decode(encoding, errors="replace").lstrip(" \t\r\n\ufeff\x00")
+
+
+_PROLOG = re.compile(r"\s*(?:<\?.*?\?>|<!--.*?-->|<!DOCTYPE[^>]*>)", re.S)
+_ROOT = re.compile(r"\s*<(?:[A-Za-z_][\w.-]*:)?([A-Za-z_][\w.-]*)[\s/>]")
+
+
+def _root_name(text: str) -> str | None:
+    """The root element's local name once the head shows it (after declaration, comments, DOCTYPE)."""
+    pos = 0
+    while m := _PROLOG.match(text, pos):
+        pos = m.end()
+    m = _ROOT.match(text, pos)
+    return m.group(1) if m else None
+
+
+def printable_name(name: str) -> str:
+    """A file name as printable text for a message (an ED attachment's name): bytes that are not UTF-8
+    (``os.fsdecode`` keeps them as surrogates) and control or separator characters become U+FFFD."""
+    try:
+        raw = name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raw = name.encode("utf-8", "replace")
+    text = raw.decode("utf-8", "replace")
+    return "".join(ch if ch.isprintable() else "\ufffd" for ch in text)[:255] or "ecg"
 
 
 def xml_root_closed(head: bytes, tail: bytes, root: str) -> bool:
@@ -161,6 +233,12 @@ class ScpEcgDriver(EcgFileDriver):
 
     def expected_length(self, head: bytes) -> int | None:
         return scp.record_length(head)
+
+    def header_problem(self, head: bytes) -> str | None:
+        return scp.header_problem(head, self.max_file_bytes)
+
+    def looks_complete(self, head: bytes, tail: bytes) -> bool:
+        return len(head) >= scp.RECORD_HEADER + scp.HEADER  # shorter: not even a header yet
 
 
 @register_driver

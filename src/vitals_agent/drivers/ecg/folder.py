@@ -30,7 +30,7 @@ import structlog
 
 from vitals_agent.drivers.base import DecodeFailure, DeviceRuntime, Transport, register_transport
 from vitals_agent.drivers.ecg import safefs
-from vitals_agent.drivers.ecg.drivers import EcgFileDriver
+from vitals_agent.drivers.ecg.drivers import HEAD_BYTES, EcgFileDriver
 from vitals_agent.errors import (
     ConfigError,
     DecodeError,
@@ -46,6 +46,7 @@ log = structlog.get_logger(__name__)
 PROCESSED = "processed"
 FAILED = "failed"
 TEMP_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", "~", ".reason.txt")
+MAX_HANDOVER_ERRORS = 3  # unexpected errors handing one file over before it goes to failed/
 STATE_PREFIX = "ecg-file:"
 
 
@@ -116,8 +117,11 @@ async def deliver(
     """Decode ``data`` and hand the reading to the agent unless this exact file was delivered before.
 
     ``digest`` is the SHA-256 hex digest of ``data`` when the caller has it already.
-    Returns ``(status, reading, detail)``: "sent", "duplicate" (already delivered: not sent again) or
-    "failed" (DecodeError; ``detail`` is its one-line message). Errors of ``emit`` propagate."""
+    Returns ``(status, reading, detail)``: "sent", "duplicate" (already delivered: not sent again),
+    "failed" (final for this file: it cannot be decoded, or the agent refused it; ``detail`` is a one-line
+    reason) or "error" (an unexpected failure while handing it over: the caller may try again a few
+    times, then fail the file). :class:`OutboxError` and :class:`RetryableError` propagate (not accepted
+    now: try again later)."""
     dlog = runtime.log
     if digest is None:
         digest = hashlib.sha256(data).hexdigest()
@@ -128,16 +132,24 @@ async def deliver(
         reading = await asyncio.to_thread(driver.decode_file, data, runtime.ctx, name)
     except DecodeError as exc:
         message = one_line(str(exc))
-        failure = DecodeError(message, data[:64])
-        runtime.decode_failed(DecodeFailure(failure))
-        dlog.warning("ecg file refused", sha256=digest[:16], bytes=len(data), reason=message)
+        runtime.decode_failed(DecodeFailure(DecodeError(message, data[:64])))
+        return "failed", None, message
+    except Exception as exc:  # a decoder bug: this file fails, the folder keeps going
+        dlog.error("ecg decoder failed unexpectedly", sha256=digest[:16], error=type(exc).__name__)
+        dlog.debug("ecg decoder failure", exc_info=exc)
+        message = f"internal decoder error ({type(exc).__name__}); please report it with this file"
+        runtime.decode_failed(DecodeFailure(DecodeError(message, data[:64])))
         return "failed", None, message
     try:
         await runtime.emit(reading)
     except RefusedError as exc:
-        message = one_line(str(exc))
-        dlog.warning("ecg file refused by the agent", sha256=digest[:16], reason=message)
-        return "failed", None, message
+        return "failed", None, f"refused by the agent: {one_line(str(exc))}"
+    except (OutboxError, RetryableError):
+        raise
+    except Exception as exc:  # a bug behind emit: reported; the caller decides whether to try again
+        dlog.error("ecg reading hand-over failed unexpectedly", sha256=digest[:16], error=type(exc).__name__)
+        dlog.debug("ecg reading hand-over failure", exc_info=exc)
+        return "error", None, f"internal error while handing the reading over ({type(exc).__name__})"
     # Recorded right after the durable hand-over (no await in between): a restart never re-sends it.
     runtime.state.set(
         state_key(digest), json.dumps({"name": name, "bytes": len(data), "at": time.time()}, sort_keys=True)
@@ -157,6 +169,7 @@ class FolderTransport(Transport):
         self._seen: dict[str, _Seen] = {}
         self._stuck: dict[str, tuple[int, int]] = {}  # failed files that could not be moved: skip them
         self._reported: set[str] = set()  # skipped entries already reported (WARNING once per name)
+        self._errors: dict[str, int] = {}  # unexpected hand-over errors per file name
         self.outcomes: list[Outcome] = []
 
     # --------------------------------------------------------------------------------------- setup
@@ -304,6 +317,8 @@ class FolderTransport(Transport):
             del self._seen[name]
         for name in set(self._stuck) - present:
             del self._stuck[name]
+        for name in set(self._errors) - present:
+            del self._errors[name]
         # forget reports of names that went away (planted links in processed/ and failed/ stay reported)
         self._reported = {n for n in self._reported if n in present or "/" in n}
         return done
@@ -332,7 +347,10 @@ class FolderTransport(Transport):
                 if stable_for < opts.incomplete_timeout_seconds:
                     return None
                 return _Refuse("empty file", handle.ident)
-            head = handle.pread(64, 0)
+            head = handle.pread(HEAD_BYTES, 0)
+            problem = driver.header_problem(head)
+            if problem is not None:  # wrong from its header: failed now, not after the incomplete timeout
+                return _Refuse(problem, handle.ident)
             tail = handle.pread(512, max(0, size - 512))
             expected = driver.expected_length(head)
             incomplete = (expected is not None and size < expected) or not driver.looks_complete(head, tail)
@@ -372,6 +390,14 @@ class FolderTransport(Transport):
         except (OutboxError, RetryableError) as exc:
             self.runtime.log.warning("ecg reading not accepted, will retry", error=one_line(str(exc)))
             return None
+        if status == "error":
+            errors = self._errors.get(name, 0) + 1
+            self._errors[name] = errors
+            if errors < MAX_HANDOVER_ERRORS:
+                return None  # tried again next pass
+            detail = f"{detail}, {errors} attempts"
+            status = "failed"
+        self._errors.pop(name, None)
         if status == "failed":
             return await self._fail(dirs, name, got.ident, detail)
         await asyncio.to_thread(self._move, dirs, name, got.ident, dirs.processed, PROCESSED)
@@ -409,7 +435,8 @@ class FolderTransport(Transport):
     async def _fail(self, dirs: _Dirs, name: str, ident: tuple[int, int], reason: str) -> Outcome:
         reason = one_line(reason)
         self.runtime.count("files_failed")
-        self.runtime.log.warning("ecg file moved to failed/", reason=reason)
+        # INFO, one line, the reason only (decoder reasons name no patient data; the file name may)
+        self.runtime.log.info("ecg file moved to failed/", reason=reason)
         await asyncio.to_thread(self._fail_sync, dirs, name, ident, reason)
         return Outcome(name, "failed", reason)
 

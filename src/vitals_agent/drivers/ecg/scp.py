@@ -105,6 +105,30 @@ def record_length(header: bytes) -> int | None:
     return int(struct.unpack_from("<I", header, 2)[0])
 
 
+def header_problem(head: bytes, max_bytes: int) -> str | None:
+    """Why a file cannot be an SCP-ECG record this agent reads, judged from its first 22 bytes alone (record
+    length over ``max_bytes`` or impossible, section 0 not where it must be, unsupported version), or None.
+    """
+    length = record_length(head)
+    if length is None:
+        return None
+    if length < RECORD_HEADER + HEADER:
+        return f"SCP header: record length {length} is impossible (a record has at least 22 bytes)"
+    if length > max_bytes:
+        return (
+            f"SCP header announces {length} bytes, more than max_file_bytes {max_bytes} "
+            "(a non-compliant record length field, or a file too large for this agent)"
+        )
+    if len(head) >= RECORD_HEADER + HEADER:
+        sid = struct.unpack_from("<H", head, RECORD_HEADER + 2)[0]
+        if sid != 0:
+            return f"not an SCP-ECG record: section 0 must follow the record header (found section ID {sid})"
+        version = head[RECORD_HEADER + 9]
+        if version not in SUPPORTED_VERSIONS:
+            return f"SCP-ECG protocol version {version} is not supported"
+    return None
+
+
 class _Cursor:
     """Bounds-checked little-endian reader over one section's bytes."""
 

@@ -106,6 +106,11 @@ class SerialFileTransport(SerialTransport):
         except (OutboxError, RetryableError) as exc:
             # Not accepted: keep the bytes on disk (if configured) so nothing is lost silently.
             status, detail = "failed", f"not accepted by the agent: {one_line(str(exc))}"
+        if status == "error":
+            status = "failed"  # the bytes cannot be offered again: kept in failed/ (with save_folder)
+        if status == "failed":
+            self.runtime.count("files_failed")
+            self.runtime.log.info("received ecg file failed", reason=one_line(detail))
         self._save(data, name, status, detail)
 
     def _planted(self, name: str) -> None:
