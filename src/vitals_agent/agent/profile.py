@@ -1,4 +1,5 @@
-"""Configuration -> the ORU builder's :class:`~vitals_agent.hl7.oru.MessageProfile`."""
+"""Configuration -> the ORU builder's :class:`~vitals_agent.hl7.oru.MessageProfile` and the FHIR builder's
+:class:`~vitals_agent.fhir.bundle.FhirProfile`."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from types import MappingProxyType
 from zoneinfo import ZoneInfo
 
 from vitals_agent.config.schema import Config
+from vitals_agent.fhir.bundle import FhirProfile
 from vitals_agent.hl7.oru import MessageProfile
 
 
@@ -33,4 +35,21 @@ def message_profile(config: Config, gateway_eui64: str) -> MessageProfile:
         hierarchy_rows=ehr.hierarchy_rows,
         assigning_authority=config.patient.assigning_authority,
         tz=tz,
+    )
+
+
+def fhir_profile(config: Config, gateway_eui64: str) -> FhirProfile:
+    """The FHIR destination's profile: ``[fhir]`` content keys, the room and zone from ``[agent]``."""
+    fhir = config.fhir
+    tz: tzinfo = ZoneInfo(config.agent.timezone) if config.agent.timezone else UTC
+    system = fhir.patient_system(config.patient.assigning_authority)
+    return FhirProfile(
+        gateway_eui64=gateway_eui64.replace(":", "").replace("-", "").upper(),
+        patient_system=system or "urn:vitals-agent:mrn",
+        location=config.agent.location,
+        tz=tz,
+        attachments=fhir.attachments,
+        create_patient=fhir.create_patient,
+        encounter_system=fhir.encounter_identifier_system,
+        clinician_system=fhir.clinician_identifier_system,
     )

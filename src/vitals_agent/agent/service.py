@@ -32,7 +32,7 @@ from vitals_agent.agent.supervisor import DeviceSupervisor
 from vitals_agent.agent.tls import ssl_context_from
 from vitals_agent.config.schema import Config
 from vitals_agent.drivers.base import DecodeContext, driver_class
-from vitals_agent.errors import VitalsAgentError
+from vitals_agent.errors import ConfigError, VitalsAgentError
 from vitals_agent.models import DeviceIdentity
 
 log = structlog.get_logger(__name__)
@@ -59,6 +59,16 @@ class OutboxStateStore:
 
 class AgentService:
     def __init__(self, config: Config, *, now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        if config.fhir.enabled:  # the per-destination outbox that carries Bundles is not in this build yet
+            raise ConfigError(
+                [
+                    (
+                        "fhir.enabled",
+                        "the running agent does not deliver to a FHIR server yet (coming with the "
+                        "per-destination outbox); `vitals-agent send-test --fhir` tests the server now",
+                    )
+                ]
+            )
         self.config = config
         self.now = now
         self.data_dir: Path = data_dir(config)

@@ -1,9 +1,14 @@
-"""``vitals-agent send-test --config FILE``: send one synthetic test message and report the ACK in one line.
+"""``vitals-agent send-test --config FILE [--fhir]``: send one synthetic test message, report the answer in
+one line.
 
 The message is a pulse-oximeter reading (SpO2 97 %, pulse 72 /min) built with the site's receiver profile
 but processing id ``T`` (MSH-11), so an interface engine files it as test data. It is sent once, directly
 (not through the outbox), over the configured link (TLS included), and nothing is retried.
 Exit status: 0 for AA/CA, 1 for any other answer or no answer.
+
+``--fhir`` sends the same reading as a FHIR transaction Bundle to ``[fhir] base_url`` instead (with its
+authentication and TLS), its resources labelled ``HTEST`` (test data), and prints the HTTP status and what
+it means for delivery (delivered / retried / dead-lettered, with the OperationOutcome's text).
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ from pathlib import Path
 from vitals_agent.agent.paths import data_dir, gateway_eui64
 from vitals_agent.agent.profile import message_profile
 from vitals_agent.agent.tls import ssl_context_from
-from vitals_agent.config.schema import load_config
+from vitals_agent.config.schema import Config, load_config
+from vitals_agent.errors import VitalsAgentError
 from vitals_agent.hl7.ack import parse_ack
 from vitals_agent.hl7.mllp import MllpClient
 from vitals_agent.hl7.oru import build_oru, new_control_id
@@ -30,6 +36,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("send-test", help="send one test ORU^R01 (processing id T) and print the ACK")
     p.add_argument("--config", "-c", required=True, type=Path, help="the agent's TOML configuration file")
     p.add_argument("--timeout", type=float, default=None, help="seconds to wait for the ACK ([ehr] default)")
+    p.add_argument("--fhir", action="store_true", help="send a FHIR transaction Bundle to [fhir] base_url")
     p.set_defaults(func=cmd_send_test)
 
 
@@ -51,6 +58,8 @@ def synthetic_reading(now: datetime) -> Reading:
 
 async def cmd_send_test(args: argparse.Namespace) -> int:
     config = load_config(args.config)
+    if args.fhir:
+        return await _send_test_fhir(config, args.timeout)
     ehr = config.ehr
     ssl_context = ssl_context_from(ehr)
     profile = dataclasses.replace(
@@ -82,3 +91,40 @@ async def cmd_send_test(args: argparse.Namespace) -> int:
     print(line)
     sys.stdout.flush()
     return 0 if ack.accepted and matches else 1
+
+
+async def _send_test_fhir(config: Config, timeout: float | None) -> int:
+    from vitals_agent.agent.fhir_client import fhir_client
+    from vitals_agent.agent.profile import fhir_profile
+    from vitals_agent.fhir.answer import Delivered, Rejected, classify
+    from vitals_agent.fhir.bundle import build_bundle
+
+    fhir = config.fhir
+    if fhir.base_url is None:
+        raise VitalsAgentError("[fhir] base_url is not set in the configuration")
+    if timeout is not None:
+        fhir = fhir.model_copy(update={"timeout_seconds": timeout})
+    profile = fhir_profile(config, gateway_eui64(config, data_dir(config)))
+    now = datetime.now(UTC)
+    message_id = new_control_id()
+    body = build_bundle(synthetic_reading(now), profile, message_id=message_id, created_at=now)
+    client = fhir_client(fhir)
+    try:
+        answer = await client.post(body, request_id=message_id)
+    finally:
+        await client.close()
+    verdict = classify(
+        answer.status, answer.headers, answer.body, now, retry_after_cap=fhir.retry_after_max_seconds
+    )
+    link = "TLS" if client.ssl_context is not None else "plain"
+    line = f"HTTP {answer.status} from {client.peer} ({link}) for Bundle {message_id}"
+    line += f" in {answer.elapsed_ms} ms: "
+    if isinstance(verdict, Delivered):
+        line += "delivered"
+    elif isinstance(verdict, Rejected):
+        line += f"would be dead-lettered: {verdict.text}"
+    else:
+        line += f"would be retried: {verdict.reason}"
+    print(line)
+    sys.stdout.flush()
+    return 0 if isinstance(verdict, Delivered) else 1

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from vitals_agent.config.agent_section import AgentConfig
 from vitals_agent.config.control import ControlConfig
 from vitals_agent.config.ehr import EhrConfig
+from vitals_agent.config.fhir import FhirConfig
 from vitals_agent.config.patient import PatientConfig
 from vitals_agent.drivers.base import DriverOptions, driver_class
 from vitals_agent.errors import ConfigError, UnknownDriverError
@@ -60,7 +61,17 @@ class Config(BaseModel):
     ehr: EhrConfig = Field(default_factory=EhrConfig)
     patient: PatientConfig = Field(default_factory=PatientConfig)
     control: ControlConfig = Field(default_factory=ControlConfig)
+    fhir: FhirConfig = Field(default_factory=FhirConfig)
     devices: list[DeviceConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _destinations(self) -> Config:
+        if self.fhir.enabled and self.fhir.patient_system(self.patient.assigning_authority) is None:
+            raise ValueError(
+                "[fhir] needs patient_identifier_system (the FHIR system of MRNs, e.g. urn:oid:2.999.1), "
+                "or a [patient] assigning_authority with an ISO universal id"
+            )
+        return self
 
     @model_validator(mode="after")
     def _unique_ids(self) -> Config:
