@@ -46,7 +46,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("driver", help="driver name (see `vitals-agent drivers`)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument(
-        "--hex", nargs="+", metavar="HEX", help="payloads in hex (one per frame/characteristic value)"
+        "--hex",
+        nargs="+",
+        action="extend",  # `--hex A --hex B` decodes A and B (a plain nargs option kept only the last)
+        metavar="HEX",
+        help="payloads in hex (one per frame/characteristic value; repeatable)",
     )
     src.add_argument("--file", type=Path, metavar="PATH", help="a capture or device file")
     src.add_argument("-", dest="stdin", action="store_true", help="read raw bytes from standard input")
