@@ -195,6 +195,9 @@ class Reading(BaseModel):
     extra: dict[str, str] = Field(default_factory=dict)  # decoded values without a code; kept, not sent
     sequence: int | None = None  # device record sequence number (BLE stored records)
     raw: bytes = b""  # the frame(s) this reading came from, for audit
+    # Once-only key (an EKG file's SHA-256): committed with the message in one outbox transaction; a
+    # reading whose key is already recorded (or held) is not queued again, whatever crashed in between.
+    dedupe_key: str | None = None
 
     @field_validator("observed_at", "received_at", "device_time")
     @classmethod

@@ -97,6 +97,10 @@ _RETRY_DEAD = (
     " FROM dead_letter"
 )
 _INSERT = "INSERT INTO outbox (control_id, device_id, body, meta, created_at) VALUES (?, ?, ?, ?, ?)"
+_UPSERT_STATE = (
+    "INSERT INTO device_state (device_id, key, value, updated_at) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (device_id, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at"
+)
 
 
 @dataclass(frozen=True)
@@ -285,12 +289,15 @@ class Outbox:
         body: bytes,
         meta: dict[str, Any] | None = None,
         park_reason: str | None = None,
+        state: Mapping[str, str] | None = None,
     ) -> int:
         """Queue one message; returns its id once it is committed durably (fsynced).
 
         ``park_reason``: store it durably but do not send it — it goes straight to the dead-letter table
         with that reason (in the same transaction, so the sender never sees it), for an operator to review
         and ``outbox retry`` (e.g. an EKG whose patient does not match the room's patient).
+        ``state``: device-state entries (``device_id``'s keys) written in the same transaction, e.g. the
+        digest of the EKG file this message comes from, so "queued" and "this file was taken" are one fact.
         """
         meta_text = _meta_text(meta)
         try:
@@ -301,6 +308,9 @@ class Outbox:
                 row_id = cur.lastrowid
                 if park_reason is not None and row_id is not None:
                     _move_to_dead(conn, row_id, park_reason, None, None)
+                if state:
+                    now = time.time()
+                    conn.executemany(_UPSERT_STATE, [(device_id, k, v, now) for k, v in state.items()])
         except sqlite3.Error as exc:
             if _is_full(exc):
                 raise OutboxFullError(

@@ -9,7 +9,9 @@ before anything else happens to it, and the sender takes it from there.
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -158,6 +160,13 @@ class Pipeline:
             return None  # logged and counted by accept; stays held
         return accepted.control_id if accepted else None
 
+    async def _seen_before(self, device_id: str, key: str) -> bool:
+        """Whether a reading with this once-only key was queued (recorded with its message) or is held."""
+        if await asyncio.to_thread(self.outbox.get_state, device_id, key) is not None:
+            return True
+        held = await asyncio.to_thread(self.patients.held.all)
+        return any(item.device_id == device_id and item.reading.dedupe_key == key for item in held)
+
     def _patient_decision(
         self, device_id: str, reading: Reading, late_patient: PatientDetails | None
     ) -> _Decision:
@@ -221,6 +230,10 @@ class Pipeline:
         ``late_patient``: a held reading being released to that patient (PatientDetails).
         """
         device_id = runtime.config.id
+        key = reading.dedupe_key
+        if key is not None and late_patient is None and await self._seen_before(device_id, key):
+            log.info("reading not queued again: its source was queued or held before", device=device_id)
+            return None
         try:
             decision = self._patient_decision(device_id, reading, late_patient)
         except (OSError, sqlite3.Error, VitalsAgentError) as exc:
@@ -262,6 +275,8 @@ class Pipeline:
                 body=body,
                 meta=meta,
                 park_reason=decision.park_reason,
+                # the once-only key commits with the message: a crash cannot separate them
+                state={key: json.dumps({"control_id": control_id, "at": time.time()})} if key else None,
             )
         except OutboxError as exc:
             self.refused += 1

@@ -4,8 +4,8 @@ A file is taken once it is completely written: its size and mtime are the same o
 (SCP) it is as long as its header says. It is decoded, handed to the agent (``emit`` returns once the
 reading is durably accepted), then moved to ``processed/``; a file that cannot be decoded goes to
 ``failed/`` with ``<name>.reason.txt`` (one line). The SHA-256 of every delivered file is written to the
-device's state store *before* the move, so a file found again after a crash between the hand-over and the
-move (or dropped twice) is moved without being sent again.
+device's state store in the same outbox transaction as its message (``Reading.dedupe_key``), so a file
+found again after a crash anywhere after that commit (or dropped twice) is moved without being sent again.
 
 Whoever can write to the share is not trusted (see :mod:`.safefs`): every file is opened, created and moved
 relative to directory descriptors without following links; links, FIFOs and other non-regular entries in
@@ -141,7 +141,9 @@ async def deliver(
         runtime.decode_failed(DecodeFailure(DecodeError(message, data[:64])))
         return "failed", None, message
     try:
-        await runtime.emit(reading)
+        # The key commits with the message in the agent's outbox (one transaction), so a crash between the
+        # hand-over and the record below can never queue this content again under another MSH-10.
+        await runtime.emit(reading.with_updates(dedupe_key=state_key(digest)))
     except RefusedError as exc:
         return "failed", None, f"refused by the agent: {one_line(str(exc))}"
     except (OutboxError, RetryableError):
@@ -150,10 +152,13 @@ async def deliver(
         dlog.error("ecg reading hand-over failed unexpectedly", sha256=digest[:16], error=type(exc).__name__)
         dlog.debug("ecg reading hand-over failure", exc_info=exc)
         return "error", None, f"internal error while handing the reading over ({type(exc).__name__})"
-    # Recorded right after the durable hand-over (no await in between): a restart never re-sends it.
-    runtime.state.set(
-        state_key(digest), json.dumps({"name": name, "bytes": len(data), "at": time.time()}, sort_keys=True)
-    )
+    # Recorded here too for readings that were held or dropped rather than queued (the queued ones are
+    # recorded by the outbox transaction itself; that record, with its MSH-10, is kept).
+    if runtime.state.get(state_key(digest)) is None:
+        runtime.state.set(
+            state_key(digest),
+            json.dumps({"name": name, "bytes": len(data), "at": time.time()}, sort_keys=True),
+        )
     dlog.info(
         "ecg file delivered", sha256=digest[:16], bytes=len(data), measurements=len(reading.measurements)
     )
