@@ -359,6 +359,25 @@ def test_every_text_leaf_is_escaped() -> None:
     assert raw.count(b"\r") == len(parsed.segments)
 
 
+def test_unicode_line_separators_and_c1_controls_never_go_raw() -> None:
+    """Issue 10: U+0085, U+2028, U+2029 and C1 controls were sent raw in PID-5, PID-3 and OBX-18."""
+    patient = PatientIdentity(mrn="M\x851\u2028", family="Doe\u2028Smith", given="Ann\x85Marie\x9b")
+    r = reading(
+        DeviceClass.BLOOD_PRESSURE,
+        m("bp_systolic", "120", "mm[Hg]"),
+        device=DeviceIdentity(id="x", serial_number="SN\u20291\x80", model="M\x85"),
+    )
+    raw, parsed = build(r, patient=patient)
+    text = raw.decode("utf-8")
+    assert not {"\x85", "\u2028", "\u2029"} & set(text)
+    assert not any(0x80 <= ord(c) <= 0x9F for c in text)
+    assert parsed.pid.text(3) == "M\x851\u2028"  # identifiers: escaped, exact on receipt
+    assert parsed.pid.text(5, 1) == "Doe Smith"  # names: line breaks become spaces
+    assert parsed.pid.text(5, 2) == "Ann Marie\x9b"
+    assert parsed.obx[0].text(18, 1) == "SN\u20291\x80"
+    assert parsed.obx[0][18].startswith("SN\\XE280A9\\1\\XC280\\^M\\XC285\\")
+
+
 def test_non_ascii_sets_msh18_and_utf8() -> None:
     patient = PatientIdentity(mrn="M1", family="Müller", given="Zoë")
     raw, parsed = build(bp_reading(), patient=patient)
@@ -600,8 +619,8 @@ def test_random_text_always_gives_a_valid_message(
     parsed = validate_oru(raw)
     assert parsed.pid.text(3) == mrn
     if family or given_name:
-        assert parsed.pid.text(5, 1) == re.sub(r"[\r\n]+", " ", family).strip()
-        assert parsed.pid.text(5, 2) == re.sub(r"[\r\n]+", " ", given_name).strip()
+        assert parsed.pid.text(5, 1) == re.sub(r"[\r\n\x85\u2028\u2029]+", " ", family).strip()
+        assert parsed.pid.text(5, 2) == re.sub(r"[\r\n\x85\u2028\u2029]+", " ", given_name).strip()
     assert parsed.obx[0].text(18, 1) == serial
     assert parsed.value("147842") == "72"
     lines = [line.strip() for line in re.split(r"\r\n|\r|\n", statement) if line.strip()]

@@ -13,9 +13,14 @@ character  sent as
 ``~``      ``\\R\\``
 ``\\``     ``\\E\\``
 0x00-0x1F, 0x7F  ``\\Xhh\\`` (two upper-case hex digits; CR = ``\\X0D\\``, LF = ``\\X0A\\``)
+U+0080-U+009F    ``\\Xhhhh\\`` (C1 controls, NEL U+0085 among them: their UTF-8 bytes, ``\\XC285\\``)
+U+2028, U+2029   ``\\XE280A8\\``, ``\\XE280A9\\`` (line and paragraph separators)
 =========  ==========
 
-Non-ASCII characters are left alone: the message is sent as UTF-8 with MSH-18 ``UNICODE UTF-8``.
+Other non-ASCII characters are left alone: the message is sent as UTF-8 with MSH-18 ``UNICODE UTF-8``.
+C1 controls and the Unicode separators are escaped because a receiver may take them for line breaks
+(issue 10); they are written as the hex of their UTF-8 bytes, which :func:`unescape` and python-hl7 read
+back.
 Escape each leaf separately, then join with the delimiters; on receipt split first, then :func:`unescape`.
 """
 
@@ -34,6 +39,9 @@ ENCODING_CHARACTERS = "^~\\&"  # MSH-2, in this order (component, repetition, es
 _NAMED = {"|": "\\F\\", "^": "\\S\\", "&": "\\T\\", "~": "\\R\\", "\\": "\\E\\"}
 _TABLE: dict[int, str] = {ord(k): v for k, v in _NAMED.items()}
 _TABLE.update({code: f"\\X{code:02X}\\" for code in [*range(0x20), 0x7F]})
+_TABLE.update(
+    {code: f"\\X{chr(code).encode().hex().upper()}\\" for code in [*range(0x80, 0xA0), 0x2028, 0x2029]}
+)
 
 _REVERSE = {"F": "|", "S": "^", "T": "&", "R": "~", "E": "\\"}
 _SEQUENCE = re.compile(r"\\([^\\]*)\\")

@@ -240,8 +240,9 @@ def _name(family: str | None, given: str | None) -> str:
 
 
 def _one_line(text: str) -> str:
-    """Names and locations: line breaks become spaces (hl7-pcd01.md section 2.1 rule 3)."""
-    return re.sub(r"[\r\n]+", " ", text).strip()
+    """Names and locations: line breaks (CR, LF, NEL, U+2028, U+2029) become spaces (hl7-pcd01.md
+    section 2.1 rule 3)."""
+    return re.sub(r"[\r\n\x85\u2028\u2029]+", " ", text).strip()
 
 
 # --- the builder ---------------------------------------------------------------------------------------
