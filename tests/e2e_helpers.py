@@ -78,18 +78,32 @@ class AgentProcess:
     """``python -m vitals_agent run --config FILE`` in a subprocess; its JSON log lines are collected."""
 
     def __init__(
-        self, config: Path, *, extra_env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+        self,
+        config: Path,
+        *,
+        extra_env: dict[str, str] | None = None,
+        args: tuple[str, ...] = (),
+        open_files: tuple[int, int] | None = None,
     ) -> None:
+        """``open_files``: the agent's (soft, hard) RLIMIT_NOFILE, set before it starts."""
         self.config = config
         self.log: list[dict[str, Any]] = []
         self.raw_log: list[str] = []
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
+
+        def limit_files() -> None:
+            import resource
+
+            assert open_files is not None
+            resource.setrlimit(resource.RLIMIT_NOFILE, open_files)
+
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "vitals_agent", "run", "--config", str(config), *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=env,
+            preexec_fn=limit_files if open_files is not None else None,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -148,8 +162,15 @@ def masimo_ascii1_line(
 
 
 def write_config(
-    path: Path, *, data_dir: Path, ehr_port: int, devices: list[dict[str, Any]], extra: str = ""
+    path: Path,
+    *,
+    data_dir: Path,
+    ehr_port: int,
+    devices: list[dict[str, Any]],
+    extra: str = "",
+    control_port: int | None = None,
 ) -> Path:
+    """``control_port``: enable the control API on that port (0: any free port, see control.json)."""
     lines = [
         "[agent]",
         'facility = "EXAMPLE_CLINIC"',
@@ -163,7 +184,7 @@ def write_config(
         "backoff_min_seconds = 0.05",
         "backoff_max_seconds = 0.5",
         "[control]",
-        "enabled = false",
+        "enabled = false" if control_port is None else f"enabled = true\nport = {control_port}",
         extra,
     ]
     for dev in devices:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import json
+import os
 import stat
-from collections.abc import AsyncIterator
+import sys
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,17 +48,35 @@ def fake_status() -> StatusSnapshot:
         "outbox": {"depth": 4, "dead": 1},
         "sender": {
             "connected": False,
+            "peer": "127.0.0.1:2575",
             "last_error": "connection refused",
             "last_error_at": "2026-03-11T13:59:00+00:00",
+            "consecutive_failures": 3,
         },
     }
 
 
+class Ticks:
+    """A settable monotonic clock (login code and session lifetimes)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 class Env:
-    def __init__(self, server: ControlServer, patients: PatientContextManager, data_dir: Path) -> None:
+    def __init__(
+        self, server: ControlServer, patients: PatientContextManager, data_dir: Path, ticks: Ticks
+    ) -> None:
         self.server = server
         self.patients = patients
         self.data_dir = data_dir
+        self.ticks = ticks
 
     async def http(
         self,
@@ -87,12 +108,12 @@ class Env:
 
 @pytest.fixture
 async def env(tmp_path: Path) -> AsyncIterator[Env]:
-    clock = Clock()
+    clock, ticks = Clock(), Ticks()
     patients = manager(tmp_path, clock, require_patient=True)
-    server = ControlServer(tmp_path, patients, fake_status, port=0, now=clock)
+    server = ControlServer(tmp_path, patients, fake_status, port=0, now=clock, clock=ticks)
     await server.start()
     try:
-        yield Env(server, patients, tmp_path)
+        yield Env(server, patients, tmp_path, ticks)
     finally:
         await server.stop()
         patients.close()
@@ -146,24 +167,67 @@ async def test_every_request_without_the_token_is_refused(
     assert env.patients.current_details() == PatientDetails(mrn=MRN, family=FAMILY)  # nothing changed
 
 
-async def test_the_cookie_is_for_reading_only(env: Env) -> None:
-    cookie = {"Cookie": f"vitals_control={env.server.token}"}
+async def login(env: Env) -> str:
+    """A page session the way a browser gets one: a login code (bearer), traded once for a cookie."""
+    status, _, content = await env.http("POST", "/api/login-code")
+    assert status == 200
+    code = json.loads(content)["code"]
+    status, headers, _ = await env.http("GET", f"/?code={code}", token=None)
+    assert status == 303
+    cookie = headers["set-cookie"].split(";")[0]
+    assert cookie.startswith("vitals_session=")
+    return cookie
+
+
+async def test_the_session_cookie_is_for_reading_only(env: Env) -> None:
+    cookie = {"Cookie": await login(env)}
     status, _, _ = await env.http("GET", "/api/status", headers=cookie, token=None)
     assert status == 200
     status, _, _ = await env.http("PUT", "/api/patient", {"mrn": "EVIL1"}, headers=cookie, token=None)
     assert status == 401
     status, _, _ = await env.http("DELETE", "/api/patient", headers=cookie, token=None)
     assert status == 401
+    status, _, _ = await env.http("POST", "/api/login-code", headers=cookie, token=None)
+    assert status == 401  # a page cannot mint new login codes
     assert env.patients.current() is None
 
 
-async def test_page_login_sets_an_httponly_strict_cookie_and_drops_the_token_from_the_url(env: Env) -> None:
+@pytest.mark.parametrize("name", ["vitals_session", "vitals_control"])
+async def test_the_token_is_not_a_cookie(env: Env, name: str) -> None:
+    cookie = {"Cookie": f"{name}={env.server.token}"}
+    assert (await env.http("GET", "/api/status", headers=cookie, token=None))[0] == 401
+    assert (await env.http("GET", "/", headers=cookie, token=None))[0] == 401
+
+
+async def test_page_login_code_is_single_use_and_the_cookie_is_not_the_token(env: Env) -> None:
+    status, _, content = await env.http("POST", "/api/login-code")
+    answer = json.loads(content)
+    assert (status, answer["expires_in"], answer["path"]) == (200, 60, f"/?code={answer['code']}")
+    assert len(answer["code"]) >= 20 and env.server.token not in content.decode()
+    status, headers, _ = await env.http("GET", answer["path"], token=None)
+    assert (status, headers["location"]) == (303, "/")
+    session = headers["set-cookie"].split(";")[0].removeprefix("vitals_session=")
+    assert headers["set-cookie"] == f"vitals_session={session}; HttpOnly; SameSite=Strict; Path=/"
+    assert len(session) >= 40 and session != env.server.token
+    status, _, page = await env.http("GET", "/", headers={"Cookie": f"vitals_session={session}"}, token=None)
+    assert status == 200 and b'id="patient"' in page
+    status, _, page = await env.http("GET", answer["path"], token=None)  # used already
+    assert status == 401 and b"expired or was used" in page
+    assert (await env.http("GET", "/?code=nope", token=None))[0] == 401
+
+
+async def test_page_login_code_expires_within_60_seconds(env: Env) -> None:
+    _, _, content = await env.http("POST", "/api/login-code")
+    env.ticks.advance(60.0)
+    assert (await env.http("GET", json.loads(content)["path"], token=None))[0] == 401
+    _, _, content = await env.http("POST", "/api/login-code")
+    env.ticks.advance(59.0)
+    assert (await env.http("GET", json.loads(content)["path"], token=None))[0] == 303
+
+
+async def test_the_token_in_a_url_opens_nothing(env: Env) -> None:
     status, headers, _ = await env.http("GET", f"/?token={env.server.token}", token=None)
-    assert status == 303
-    assert headers["location"] == "/"
-    assert headers["set-cookie"] == f"vitals_control={env.server.token}; HttpOnly; SameSite=Strict; Path=/"
-    status, _, _ = await env.http("GET", "/?token=nope", token=None)
-    assert status == 401
+    assert status == 401 and "set-cookie" not in headers
 
 
 async def test_put_show_clear_through_the_api(env: Env) -> None:
@@ -191,9 +255,43 @@ async def test_put_show_clear_through_the_api(env: Env) -> None:
     assert (status, json.loads(content)["cleared"]) == (200, True)
     assert env.patients.current() is None
 
-    trail = [(e["event"], e.get("channel")) for e in events(env.data_dir)]
-    assert trail == [("context_set", "api"), ("context_revealed", "api"), ("context_cleared", "cli")]
+    # The channel is the real one (the API); what the caller says about itself is kept as its claim.
+    trail = [(e["event"], e.get("channel"), e.get("client")) for e in events(env.data_dir)]
+    assert trail == [
+        ("context_set", "api", None),
+        ("context_revealed", "api", None),
+        ("context_cleared", "api", "cli"),
+    ]
     assert events(env.data_dir)[2]["source"] == "nurse1"
+
+
+@pytest.mark.parametrize("claimed", ["barcode", "cli"])
+async def test_the_audit_records_the_real_channel_and_the_calling_user(env: Env, claimed: str) -> None:
+    body = {"mrn": MRN, "channel": claimed, "source": "keyboard"}
+    assert (await env.http("PUT", "/api/patient", body))[0] == 200
+    record = events(env.data_dir)[-1]
+    assert (record["event"], record["channel"], record["client"], record["source"]) == (
+        "context_set",
+        "api",
+        claimed,
+        "keyboard",
+    )
+    assert env.patients.snapshot()["channel"] == "api"
+    if sys.platform.startswith("linux"):  # the kernel's word for who owns the calling socket
+        import pwd
+
+        assert record["uid"] == os.getuid()
+        assert record["user"] == pwd.getpwuid(os.getuid()).pw_name
+
+
+async def test_put_over_another_patient_says_it_replaced_one(env: Env) -> None:
+    _, _, content = await env.http("PUT", "/api/patient", {"mrn": MRN, "name": f"{FAMILY}^{GIVEN}"})
+    assert json.loads(content)["replaced"] is None
+    _, _, content = await env.http("PUT", "/api/patient", {"mrn": MRN})
+    assert json.loads(content)["replaced"] is None  # the same patient again
+    _, _, content = await env.http("PUT", "/api/patient", {"mrn": "OTHER77"})
+    assert json.loads(content)["replaced"] == {"mrn": MASKED, "name": None}
+    assert MRN.encode() not in content
 
 
 async def test_status_json_carries_the_service_snapshot_and_the_masked_patient(env: Env) -> None:
@@ -265,7 +363,7 @@ async def test_stopped_server_removes_its_endpoint_and_refuses_connections(tmp_p
     client = ControlClient.from_data_dir(tmp_path)
     await server.stop()
     assert not (tmp_path / "control.json").exists()
-    with pytest.raises(ControlError, match="cannot reach the agent"):
+    with pytest.raises(ControlError, match=r"^the agent is not running \(nothing answers at http://127"):
         await client.call("GET", "/api/status")
 
 
@@ -302,3 +400,132 @@ async def test_audit_failure_refuses_the_change_with_a_one_line_500(
     assert error.startswith("cannot write audit log ") and error.endswith("No space left on device")
     assert MRN not in error
     assert env.patients.current() is None  # no unaudited context
+
+
+@pytest.mark.parametrize(
+    ("host", "allowed"),
+    [
+        ("127.0.0.1:{port}", True),
+        ("localhost:{port}", True),
+        ("LOCALHOST:{port}", True),
+        ("[::1]:{port}", True),
+        ("127.0.0.2:{port}", False),
+        ("127.evil.example:{port}", False),
+        ("127.0.0.1.nip.io:{port}", False),
+        ("127.0.0.1", False),  # no port: port 80, not this server
+        ("127.0.0.1:1", False),
+        ("localhost:{port}.evil.example", False),
+        ("", False),
+    ],
+)
+async def test_host_check_accepts_only_loopback_names_with_the_port(
+    env: Env, host: str, allowed: bool
+) -> None:
+    status, _, content = await env.http(
+        "GET", "/api/status", headers={"Host": host.format(port=env.server.port)}
+    )
+    assert status == (200 if allowed else 421), content
+    if not allowed:
+        assert b"EXCLINIC" not in content
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        (
+            {"mrn": "M1", "family": "A\u2028B"},
+            "family: name contains a control character or one of | ^ ~ \\ &",
+        ),
+        ({"mrn": "M1", "given": "A\u2029B"}, "given: name contains a control character or one of | ^ ~ \\ &"),
+        ({"mrn": "M\u0085X"}, "mrn: MRN contains a control character or one of | ^ ~ \\ &"),
+        (
+            {"mrn": "M1", "encounter": "V\u009b1"},
+            "encounter: encounter contains a control character or one of | ^ ~ \\ &",
+        ),
+        (
+            {"mrn": "M1", "family": "M\udcfcLLER"},
+            "family: name is not valid UTF-8 text (check the terminal's character set)",
+        ),
+        ({"mrn": "M1", "source": "nurse\u2028"}, "source contains a control character or line separator"),
+    ],
+)
+async def test_line_separators_c1_controls_and_lone_surrogates_are_refused(
+    env: Env, body: dict[str, str], error: str
+) -> None:
+    status, _, content = await env.http("PUT", "/api/patient", body)
+    assert (status, json.loads(content)) == (400, {"error": error})
+    assert env.patients.current() is None
+    assert not events(env.data_dir)
+
+
+# ----------------------------------------------------------------------------------------- connection cap
+
+
+async def raw_connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", port)
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+async def test_idle_connections_are_capped_and_closed_fast(tmp_path: Path) -> None:
+    patients = manager(tmp_path, Clock())
+    server = ControlServer(tmp_path, patients, fake_status, port=0, max_connections=4, request_timeout=1.0)
+    await server.start()
+    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    try:
+        for _ in range(40):
+            idle.append(await raw_connect(server.port))
+        await wait_until(lambda: server.busy_refused == 36)
+        assert server.connections == 4  # never more than the cap, however many connect
+        # Over the cap: an immediate 503, then closed.
+        answers = [await reader.read() for reader, _ in idle[4:]]
+        assert all(a.startswith(b"HTTP/1.1 503 Service Unavailable\r\n") for a in answers)
+        assert b"too many control connections" in answers[0]
+        # The four served ones send nothing: closed after request_timeout, without an answer.
+        assert [await reader.read() for reader, _ in idle[:4]] == [b""] * 4
+        await wait_until(lambda: server.connections == 0)
+        status, _ = await ControlClient.from_data_dir(tmp_path).request("GET", "/api/status")
+        assert status == 200
+    finally:
+        for _, writer in idle:
+            writer.close()
+        await server.stop()
+        patients.close()
+
+
+async def test_a_slow_request_is_cut_off_at_the_deadline(tmp_path: Path) -> None:
+    """Slowloris: a byte every 50 ms keeps no connection open past request_timeout."""
+    patients = manager(tmp_path, Clock())
+    server = ControlServer(tmp_path, patients, fake_status, port=0, request_timeout=0.5)
+    await server.start()
+    try:
+        reader, writer = await raw_connect(server.port)
+        request = b"GET /api/status HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"X-Slow: " + b"a" * 10_000
+        sent = 0
+        async with asyncio.timeout(10):
+            while not reader.at_eof():
+                if sent < len(request):
+                    with contextlib.suppress(ConnectionError):
+                        writer.write(request[sent : sent + 1])
+                        await writer.drain()
+                    sent += 1
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(reader.read(1), 0.05)
+        assert sent < len(request)  # cut off long before the request could complete
+        writer.close()
+        await wait_until(lambda: server.connections == 0)
+    finally:
+        await server.stop()
+        patients.close()
+
+
+def test_the_cap_stays_well_below_the_file_limit() -> None:
+    from vitals_agent.agent.control.server import MAX_CONNECTIONS, connection_cap
+
+    assert connection_cap(1024) == MAX_CONNECTIONS == 32
+    assert connection_cap(256) == 16
+    assert connection_cap(20) == 4

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import stat
 from datetime import timedelta
 from decimal import Decimal
@@ -132,6 +133,46 @@ def test_context_survives_a_restart_until_it_expires(tmp_path: Path) -> None:
     third = manager(tmp_path, clock)
     assert third.current_details() is None
     assert event_names(tmp_path) == ["context_set", "context_expired"]
+
+
+def test_a_reading_opens_no_file_and_its_activity_is_saved_on_the_next_tick(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 10 item 3: out of file descriptors, a bound reading is still filed (the touch is in memory)."""
+    import os as _os
+
+    clock = Clock()
+    m = manager(tmp_path, clock, patient_timeout_minutes=30)
+    m.set(ALICE, "cli")
+    clock.advance(minutes=20)
+
+    def no_descriptors(*args: object, **kwargs: object) -> int:
+        raise OSError(24, "Too many open files")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(_os, "open", no_descriptors)
+        assert m.route("oxi-1", make_reading(clock.now)).patient == ALICE
+        m.tick()  # the save fails: logged, retried on the next tick; the context stays
+    assert m.current_details() == ALICE
+    saved = json.loads((tmp_path / "patient_context.json").read_text())
+    assert saved["last_activity"] == T0.isoformat()  # not yet saved
+    m.tick()
+    saved = json.loads((tmp_path / "patient_context.json").read_text())
+    assert saved["last_activity"] == (T0 + timedelta(minutes=20)).isoformat()
+    # after a crash now, the restarted agent keeps the context until 30 min after that reading
+    clock.advance(minutes=29)
+    assert manager(tmp_path, clock).current_details() == ALICE
+
+
+def test_close_saves_the_last_activity(tmp_path: Path) -> None:
+    clock = Clock()
+    m = manager(tmp_path, clock, patient_timeout_minutes=30)
+    m.set(ALICE, "cli")
+    clock.advance(minutes=20)
+    m.route("oxi-1", make_reading(clock.now))
+    m.close()
+    clock.advance(minutes=29)
+    assert manager(tmp_path, clock).current_details() == ALICE
 
 
 def test_a_cleared_context_stays_cleared_after_restart(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ pseudo-terminals, the real CLI talking to the control API, and python-hl7's MLLP
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import os
 import stat
@@ -12,6 +13,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -82,6 +84,22 @@ async def cli(*args: str) -> tuple[int, str, str]:
     return proc.returncode or 0, out.decode(), err.decode()
 
 
+def open_twice(url: str) -> tuple[tuple[int, str], tuple[int, str]]:
+    """Open a status page link twice, as two browsers would: (status, Set-Cookie) each time."""
+    parts = urlsplit(url)
+    answers = []
+    for _ in range(2):
+        conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=10)
+        try:
+            conn.request("GET", f"{parts.path}?{parts.query}")
+            resp = conn.getresponse()
+            resp.read()
+            answers.append((resp.status, resp.getheader("Set-Cookie") or ""))
+        finally:
+            conn.close()
+    return answers[0], answers[1]
+
+
 async def wait_control(agent: AgentProcess, data_dir: Path) -> None:
     await agent.wait_log(lambda: (data_dir / "control.json").exists(), what="control API")
 
@@ -135,6 +153,14 @@ async def test_set_scan_clear_change_the_next_message(tmp_path: Path) -> None:
 
             code, status_out, _ = await cli("status", "--config", str(cfg))
             assert code == 0
+            # 5. the status page link: a single-use code, never the token; the browser's cookie neither
+            code, url, err = await cli("status", "--url", "--config", str(cfg))
+            assert code == 0, err
+            token = (data / "control.token").read_text().strip()
+            assert token not in url and "/?code=" in url
+            first, again = await asyncio.to_thread(open_twice, url.strip())
+            assert first[0] == 303 and token not in first[1] and first[1].startswith("vitals_session=")
+            assert again[0] == 401
             code, _ = agent.terminate()
         finally:
             agent.cleanup()
@@ -157,8 +183,9 @@ async def test_set_scan_clear_change_the_next_message(tmp_path: Path) -> None:
 
     # status in the terminal: devices and a masked (or no) patient
     assert "spo2-room12 [masimo-ascii]: connected" in status_out and "scanner [barcode]" in status_out
-    # the operational log (the agent's INFO output) holds no identifier ...
+    # the operational log (the agent's INFO output) holds no identifier, nor the token ...
     log_text = "\n".join(agent.raw_log)
+    assert token not in log_text
     for secret in (MRN, SCANNED, FAMILY, GIVEN, "19750102", "DOE^JANE"):
         assert secret not in log_text
     # ... and the audit log has the whole trail
@@ -166,8 +193,13 @@ async def test_set_scan_clear_change_the_next_message(tmp_path: Path) -> None:
     names = [e["event"] for e in trail]
     assert names.count("reading_accepted") == 4
     sets = [e for e in trail if e["event"] == "context_set"]
-    assert [(e["channel"], e["patient"]["mrn"]) for e in sets] == [("cli", MRN), ("barcode", SCANNED)]
-    assert [e["channel"] for e in trail if e["event"] == "context_cleared"] == ["cli"]
+    # the CLI's calls are API calls (its "cli" is a claim, kept as client); the scanner is a device
+    assert [(e["channel"], e.get("client"), e["patient"]["mrn"]) for e in sets] == [
+        ("api", "cli", MRN),
+        ("barcode", None, SCANNED),
+    ]
+    cleared = [e for e in trail if e["event"] == "context_cleared"]
+    assert [(e["channel"], e.get("client")) for e in cleared] == [("api", "cli")]
     accepted = [e for e in trail if e["event"] == "reading_accepted"]
     assert [(e["patient"] or {}).get("mrn") for e in accepted] == [None, MRN, SCANNED, None]
     sent = {e["control_id"]: e["ack_code"] for e in trail if e["event"] == "message_sent"}

@@ -11,7 +11,7 @@ import pytest
 import structlog
 
 from tests.patient_helpers import DOB, FAMILY, GIVEN, MRN, T0, Clock, event_names, make_reading, manager
-from tests.test_control import Env, fake_status
+from tests.test_control import Env, Ticks, fake_status
 from vitals_agent.agent.control import ControlServer
 from vitals_agent.agent.patient_context import PatientDetails
 from vitals_agent.drivers.barcode import BarcodeDriver, BarcodeOptions
@@ -44,7 +44,7 @@ async def test_whole_patient_flow_logs_no_identifiers(tmp_path: Path, log_buffer
     patients.releaser = releaser
     server = ControlServer(tmp_path, patients, fake_status, port=0, now=clock)
     await server.start()
-    env = Env(server, patients, tmp_path)
+    env = Env(server, patients, tmp_path, Ticks())
     try:
         # a reading before any patient: held
         patients.route("oxi-1", make_reading(T0))
@@ -97,7 +97,8 @@ async def test_whole_patient_flow_logs_no_identifiers(tmp_path: Path, log_buffer
         "decode failed",
     } <= messages
     assert all(r["level"] in {"info", "warning", "error"} for r in records)
-    # ... and no identifier is in it.
+    # ... and no identifier is in it, nor the control token.
+    assert server.token not in logged
     for secret in SECRETS:
         assert secret not in logged, f"{secret} leaked into the operational log"
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import html
 import os
 import shutil
 import signal
@@ -22,7 +23,7 @@ import pytest
 
 from tests.patient_helpers import FAMILY, GIVEN, MRN, Clock, manager
 from tests.test_control import MASKED, fake_status
-from vitals_agent.agent.control import ControlServer, StatusSnapshot, render_html
+from vitals_agent.agent.control import ControlServer, StatusSnapshot, render_html, render_text
 from vitals_agent.agent.patient_context import PatientContextManager, PatientDetails
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -134,7 +135,8 @@ async def chromium(*args: str, timeout: float = 60.0) -> tuple[int, str]:
 
 
 def login_url(server: ControlServer) -> str:
-    return f"{server.url}/?token={server.token}"
+    """What ``vitals-agent status --url`` prints: a single-use login code, never the token."""
+    return f"{server.url}/?code={server.credentials.new_code()}"
 
 
 # ----------------------------------------------------------------------------------------- rendering
@@ -175,12 +177,12 @@ async def test_page_in_headless_chromium_shows_the_room(page: Page) -> None:
     assert code == 0
     # the login redirect worked: the browser sent the cookie and got the page itself
     assert '<div id="patient" class="card bound">' in dom
-    assert f"Patient {MASKED} (Q. Z.): set via barcode scan-1" in dom
+    assert f"Patient {MASKED} (Q. Z.): set via barcode (scan-1)" in dom
     assert MRN not in dom and FAMILY not in dom and GIVEN not in dom
     for device in ('data-id="oxi-1"', 'data-id="bp-cuff"', 'data-id="thermo-&lt;1&gt;"'):
         assert device in dom
-    assert "pulse_rate_oximeter 72 /min, spo2 97 %" in dom
-    assert "bp_diastolic 82 mm[Hg], bp_systolic 128 mm[Hg], pulse_rate 71 /min" in dom
+    assert '<span class="values">SpO2 97%, Pulse 72 /min</span>' in dom
+    assert '<span class="values">Systolic 128 mmHg, Diastolic 82 mmHg, Pulse 71 /min</span>' in dom
     assert (
         '<span class="state"><span class="dot disconnected"></span>disconnected</span>'
         '<br><span class="muted">not advertising'
@@ -190,6 +192,7 @@ async def test_page_in_headless_chromium_shows_the_room(page: Page) -> None:
     assert '<span class="big">1</span> dead letter(s)' in dom
     assert "waiting in outbox" in dom
     assert 'Last EHR error: <span id="ehr-error">connection refused' in dom
+    assert '<div id="ehr" class="stat wide bad">EHR 127.0.0.1:2575: UNREACHABLE (connection refused; ' in dom
 
 
 @needs_chromium
@@ -247,3 +250,90 @@ async def test_screenshot_of_the_status_page(page: Page) -> None:
     assert (width, height) == (1200, 900)
     assert len(data) > 20_000  # a rendered page, not a blank image
     assert page.loads >= 1
+
+
+# ----------------------------------------------------------------------------------------- papercuts
+
+
+def test_old_readings_show_their_date_and_todays_only_the_time(tmp_path: Path) -> None:
+    status = room_status()
+    old = datetime(2026, 3, 8, 9, 30, 0, tzinfo=UTC)
+    status["devices"][1]["last_reading_at"] = old.isoformat()
+    patients = manager(tmp_path, Clock(NOW))
+    page = render_html(status, patients.snapshot(NOW), now=NOW)
+    text = render_text(status, patients.snapshot(NOW), now=NOW)
+    shown_old = f"{old.astimezone():%Y-%m-%d %H:%M:%S} (3 d ago)"
+    assert shown_old in page and f"last reading {shown_old}: Systolic 128 mmHg" in text
+    today = datetime.fromisoformat(status["devices"][0]["last_reading_at"] or "").astimezone()
+    assert f"last reading {today:%H:%M:%S} (35 s ago): SpO2 97%, Pulse 72 /min" in text
+
+
+@pytest.mark.parametrize(
+    ("sender", "depth", "line", "reachable"),
+    [
+        # the last connection attempt failed: unreachable, even though nothing waits to be sent
+        (
+            {"peer": "ehr:2575", "connected": False, "consecutive_failures": 1, "last_error": "refused",
+             "last_error_at": "2026-03-11T14:00:00+00:00", "last_ack_at": "2026-03-11T13:00:00+00:00"},
+            0,
+            "EHR ehr:2575: UNREACHABLE (refused; last try ",
+            False,
+        ),
+        (
+            {"peer": "ehr:2575", "connected": True, "consecutive_failures": 0, "last_error": "refused",
+             "last_error_at": "2026-03-11T13:00:00+00:00", "last_ack_at": "2026-03-11T14:00:00+00:00"},
+            0,
+            "EHR ehr:2575: connected; last ACK ",
+            True,
+        ),
+        (
+            {"peer": "ehr:2575", "connected": False, "consecutive_failures": 0,
+             "last_ack_at": "2026-03-11T14:00:00+00:00"},
+            2,
+            "EHR ehr:2575: idle; last ACK ",
+            True,
+        ),
+        (
+            {"peer": "ehr:2575", "connected": False},
+            0,
+            "EHR ehr:2575: not contacted yet (nothing to send)",
+            True,
+        ),
+    ],
+)  # fmt: skip
+def test_ehr_state_follows_the_last_attempt_not_the_outbox(
+    tmp_path: Path, sender: dict[str, object], depth: int, line: str, reachable: bool
+) -> None:
+    status = room_status()
+    status["sender"] = sender  # type: ignore[typeddict-item]
+    status["outbox"] = {"depth": depth, "dead": 0}
+    patient = manager(tmp_path, Clock(NOW)).snapshot(NOW)
+    text = render_text(status, patient, now=NOW)
+    assert any(row.startswith(line) for row in text.splitlines()), text
+    page = render_html(status, patient, now=NOW)
+    css = "stat wide" if reachable else "stat wide bad"
+    assert f'<div id="ehr" class="{css}">{html.escape(line)}' in page
+
+
+def test_a_state_the_runtime_reports_is_shown(tmp_path: Path) -> None:
+    status = room_status()
+    status["devices"][0]["state"] = "silent"
+    status["refused"] = 2
+    patient = manager(tmp_path, Clock(NOW)).snapshot(NOW)
+    assert '<span class="state"><span class="dot other"></span>silent</span>' in render_html(
+        status, patient, now=NOW
+    )
+    text = render_text(status, patient, now=NOW)
+    assert "  oxi-1 [masimo]: SILENT (/dev/ttyUSB0)" in text
+    assert "2 reading(s) refused" in text.splitlines()
+
+
+@needs_chromium
+async def test_a_login_link_works_once(page: Page) -> None:
+    url = login_url(page.server)
+    code, dom = await chromium("--dump-dom", url)
+    assert code == 0 and 'data-id="oxi-1"' in dom
+    code, dom = await chromium("--dump-dom", url)  # a second browser with the same link
+    assert code == 0
+    assert "expired or was used already" in dom and "oxi-1" not in dom
+    assert page.server.token not in dom

@@ -15,12 +15,13 @@ something happened and through which channel.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
 import sqlite3
 import threading
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -50,11 +51,24 @@ CONTEXT_FILE = "patient_context.json"
 HELD_FILE = "held.sqlite3"
 CHANNELS = frozenset({"cli", "api", "barcode"})
 
-_FORBIDDEN = re.compile(r"[|^~\\&\x00-\x1f\x7f]")  # HL7 delimiters and control characters
+# Control characters (C0, DEL, C1 including U+0085 NEL) and the Unicode line/paragraph separators: a
+# receiver may take any of them for a line break. HL7 delimiters are refused in patient fields as well.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_FORBIDDEN = re.compile(r"[|^~\\&\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# Lone surrogates: what Python makes of a byte that is not UTF-8 in a command-line argument.
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 class PatientError(VitalsAgentError):
     """Patient data that cannot be used (bad MRN, date, sex). The message never echoes the value."""
+
+
+def check_text(value: str, what: str) -> None:
+    """Refuse text that is not valid UTF-8 or holds a control character or line separator (ValueError)."""
+    if _SURROGATE.search(value):
+        raise ValueError(f"{what} is not valid UTF-8 text (check the terminal's character set)")
+    if _CONTROL.search(value):
+        raise ValueError(f"{what} contains a control character or line separator")
 
 
 def _clean(value: str | None, what: str, max_len: int) -> str | None:
@@ -65,6 +79,8 @@ def _clean(value: str | None, what: str, max_len: int) -> str | None:
         return None
     if len(value) > max_len:
         raise ValueError(f"{what} is longer than {max_len} characters")
+    if _SURROGATE.search(value):
+        raise ValueError(f"{what} is not valid UTF-8 text (check the terminal's character set)")
     if _FORBIDDEN.search(value):
         raise ValueError(f"{what} contains a control character or one of | ^ ~ \\ &")
     return value
@@ -185,6 +201,7 @@ class PatientSnapshot(TypedDict):
     encounter: str | None  # only when revealed
     channel: str | None
     source: str | None
+    client: str | None  # what the control API caller claimed to be (cli, barcode), if it said
     set_at: str | None
     expires_at: str | None
     require_patient: bool
@@ -201,6 +218,7 @@ class PatientContext:
     source: str | None
     set_at: datetime
     last_activity: datetime
+    client: str | None = None  # what a control API caller said it was (``cli``, ``barcode``): a claim
 
     def expires_at(self, timeout: timedelta) -> datetime:
         return self.last_activity + timeout
@@ -212,6 +230,7 @@ class PatientContext:
             "source": self.source,
             "set_at": self.set_at.isoformat(),
             "last_activity": self.last_activity.isoformat(),
+            "client": self.client,
         }
 
     @classmethod
@@ -222,6 +241,7 @@ class PatientContext:
             source=data.get("source"),
             set_at=datetime.fromisoformat(data["set_at"]),
             last_activity=datetime.fromisoformat(data["last_activity"]),
+            client=data.get("client"),
         )
 
 
@@ -366,10 +386,13 @@ class PatientContextManager:
         self._release_lock: Any = None  # asyncio.Lock, created lazily in the running loop
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._file = data_dir / CONTEXT_FILE
+        self._activity_unsaved = False  # touch() changed the context in memory only
+        self._save_failing = False
         self._context = self._load()
         self.held = HeldStore(data_dir / HELD_FILE)
 
     def close(self) -> None:
+        self.save_activity()
         self.held.close()
 
     # --- persistence -------------------------------------------------------------------------------
@@ -388,15 +411,26 @@ class PatientContextManager:
 
     def _save(self) -> None:
         write_private(self._file, json.dumps(self._context.to_json() if self._context else None))
+        self._activity_unsaved = False
 
     # --- context -----------------------------------------------------------------------------------
     def set(
-        self, patient: PatientDetails, channel: str, *, source: str | None = None, now: datetime | None = None
+        self,
+        patient: PatientDetails,
+        channel: str,
+        *,
+        source: str | None = None,
+        now: datetime | None = None,
+        caller: Mapping[str, Any] | None = None,
     ) -> PatientContext:
-        """Make ``patient`` the room's patient (replacing any other). Audited; persisted."""
+        """Make ``patient`` the room's patient (replacing any other). Audited; persisted.
+
+        ``caller``: extra audit fields about who asked (the control API: the client it claims to be, the
+        operating-system user of the calling socket)."""
         now = now or self._now()
         previous = self._context
-        context = PatientContext(patient, channel, source, now, now)
+        client = caller.get("client") if caller else None
+        context = PatientContext(patient, channel, source, now, now, str(client) if client else None)
         # Audit first: if the trail cannot be written, the context does not change (AuditError).
         self.audit.record(
             "context_set",
@@ -405,13 +439,21 @@ class PatientContextManager:
             patient=patient.model_dump(),
             replaced_mrn=previous.patient.mrn if previous else None,
             expires_at=context.expires_at(self.timeout),
+            **(caller or {}),
         )
         self._context = context
         self._save()
         log.info("patient context set", channel=channel, source=source, replaced=previous is not None)
         return context
 
-    def clear(self, channel: str, *, source: str | None = None, now: datetime | None = None) -> bool:
+    def clear(
+        self,
+        channel: str,
+        *,
+        source: str | None = None,
+        now: datetime | None = None,
+        caller: Mapping[str, Any] | None = None,
+    ) -> bool:
         """End the context. Returns False if none was set (still audited, as an attempt)."""
         previous = self._context
         self._context = None
@@ -422,6 +464,7 @@ class PatientContextManager:
             source=source,
             patient_mrn=previous.patient.mrn if previous else None,
             was_set=previous is not None,
+            **(caller or {}),
         )
         log.info("patient context cleared", channel=channel, was_set=previous is not None)
         return previous is not None
@@ -432,7 +475,8 @@ class PatientContextManager:
         ctx = self._context
         if ctx is not None and now >= ctx.expires_at(self.timeout):
             self._context = None
-            self._save()
+            self._activity_unsaved = True
+            self.save_activity()  # a file left behind still expires on load: never a wrong patient
             idle = (now - ctx.last_activity).total_seconds() / 60
             self.audit.record(
                 "context_expired",
@@ -455,12 +499,29 @@ class PatientContextManager:
         return details.to_identity() if details else None
 
     def touch(self, now: datetime | None = None) -> None:
-        """A reading was filed to the current patient: restart the inactivity timer."""
+        """A reading was filed to the current patient: restart the inactivity timer.
+
+        In memory only: the reading path opens no file (a process out of file descriptors still files its
+        readings). :meth:`tick` and :meth:`close` persist the new time; a crash before that loses at most a
+        second of activity, so a restarted context can only end earlier, never bind a wrong patient."""
         now = now or self._now()
         ctx = self.context(now)
         if ctx is not None:
-            self._context = PatientContext(ctx.patient, ctx.channel, ctx.source, ctx.set_at, now)
+            self._context = dataclasses.replace(ctx, last_activity=now)
+            self._activity_unsaved = True
+
+    def save_activity(self) -> None:
+        """Persist a touched context (from :meth:`tick`); a failure is logged and retried on the next tick."""
+        if not self._activity_unsaved:
+            return
+        try:
             self._save()
+        except OSError as exc:
+            if not self._save_failing:
+                log.warning("patient context activity not saved; retrying", error=exc.strerror or str(exc))
+            self._save_failing = True
+            return
+        self._save_failing = False
 
     def expires_at(self, now: datetime | None = None) -> datetime | None:
         ctx = self.context(now)
@@ -496,10 +557,12 @@ class PatientContextManager:
             log.warning("held readings dropped: no patient was set in time", count=dropped)
         return dropped
 
-    def discard_held(self, channel: str, *, source: str | None = None) -> int:
+    def discard_held(
+        self, channel: str, *, source: str | None = None, caller: Mapping[str, Any] | None = None
+    ) -> int:
         """An operator discards every held reading (audited)."""
         count = self._drop_held(
-            self.held.all(), channel=channel, source=source, reason="discarded by operator"
+            self.held.all(), channel=channel, source=source, reason="discarded by operator", **(caller or {})
         )
         if count:
             log.info("held readings discarded", count=count, channel=channel)
@@ -560,9 +623,14 @@ class PatientContextManager:
 
     # --- async entry points for the service, the control API and the barcode driver -----------------
     async def apply_set(
-        self, patient: PatientDetails, channel: str, *, source: str | None = None
+        self,
+        patient: PatientDetails,
+        channel: str,
+        *,
+        source: str | None = None,
+        caller: Mapping[str, Any] | None = None,
     ) -> PatientContext:
-        ctx = self.set(patient, channel, source=source)
+        ctx = self.set(patient, channel, source=source, caller=caller)
         await self.release_held()
         return ctx
 
@@ -582,6 +650,7 @@ class PatientContextManager:
         """Call periodically: expires the context and old held readings even when no reading comes."""
         now = now or self._now()
         self.context(now)
+        self.save_activity()
         # One cheap query a second; the held readings are loaded only when the oldest is due.
         _, oldest = self.held.summary()
         if oldest is not None and now - oldest >= self.hold_timeout:
@@ -602,6 +671,7 @@ class PatientContextManager:
             "encounter": None,
             "channel": ctx.channel if ctx else None,
             "source": ctx.source if ctx else None,
+            "client": ctx.client if ctx else None,
             "set_at": ctx.set_at.isoformat() if ctx else None,
             "expires_at": ctx.expires_at(self.timeout).isoformat() if ctx else None,
             "require_patient": self.config.require_patient,

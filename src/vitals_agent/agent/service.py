@@ -21,6 +21,7 @@ from vitals_agent import __version__
 from vitals_agent.agent import sdnotify
 from vitals_agent.agent.audit import AuditLog
 from vitals_agent.agent.control import ControlServer
+from vitals_agent.agent.limits import raise_open_files_limit
 from vitals_agent.agent.outbox import Outbox
 from vitals_agent.agent.paths import data_dir, device_zone, gateway_eui64
 from vitals_agent.agent.patient_context import PatientContextManager
@@ -211,6 +212,7 @@ def install_signal_handlers(stop: asyncio.Event) -> None:
 
 
 async def run_service(config: Config) -> int:
+    raise_open_files_limit()  # before any file is opened: room for devices, delivery and the control API
     stop = asyncio.Event()
     install_signal_handlers(stop)
     service = AgentService(config)

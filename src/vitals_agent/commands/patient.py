@@ -92,8 +92,19 @@ async def cmd_set(args: argparse.Namespace) -> int:
     )
     body: dict[str, Any] = {**details.model_dump(exclude_none=True), "channel": "cli", "source": _user()}
     data = await ControlClient.from_config(config).call("PUT", "/api/patient", body)
+    _print_replaced(data)
     _print_patient(data)
     return 0
+
+
+def _print_replaced(data: Any) -> None:
+    """Say so when the room had another patient (masked: last MRN characters and initials)."""
+    replaced = data.get("replaced") if isinstance(data, dict) else None
+    if isinstance(replaced, dict):
+        who = str(replaced.get("mrn") or "")
+        if replaced.get("name"):
+            who += f" ({replaced['name']})"
+        print(f"replaced the room's previous patient {who}")
 
 
 async def cmd_clear(args: argparse.Namespace) -> int:
@@ -145,6 +156,7 @@ async def cmd_scan(args: argparse.Namespace) -> int:
             "source": "keyboard",
         }
         data = await client.call("PUT", "/api/patient", body)
+        _print_replaced(data)
         _print_patient(data)
         if not args.loop:
             return 0

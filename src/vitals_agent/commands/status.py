@@ -16,7 +16,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print the status snapshot as JSON")
     out.add_argument(
-        "--url", action="store_true", help="print the status page address (with its one-time login token)"
+        "--url",
+        action="store_true",
+        help="print the status page address with a login code that works once, within 60 s",
     )
     p.set_defaults(func=cmd_status)
 
@@ -25,7 +27,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     client = ControlClient.from_config(config)
     if args.url:
-        print(f"{client.url}/?token={client.token}")
+        print(await client.login_url())
         return 0
     data = await client.call("GET", "/api/status")
     if args.json:

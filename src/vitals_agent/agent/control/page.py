@@ -1,0 +1,341 @@
+"""What a person reads: the status page (HTML) and its terminal form (``vitals-agent status``).
+
+Pure functions of the status snapshot, the patient snapshot and the time: no I/O besides reading the page
+template from the package once. Every value is HTML-escaped; the page has no script.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from importlib import resources
+from string import Template
+from typing import Any
+
+from vitals_agent.codes import tables
+
+# Short labels a nurse knows, by metric key (codes.md); any other metric shows its table name.
+METRIC_LABELS = {
+    "bp_systolic": "Systolic",
+    "bp_diastolic": "Diastolic",
+    "bp_mean": "MAP",
+    "pulse_rate": "Pulse",
+    "bp_cuff_pressure": "Cuff",
+    "spo2": "SpO2",
+    "pulse_rate_oximeter": "Pulse",
+    "perfusion_index": "PI",
+    "pulse_amplitude_index": "PAI",
+    "spco": "SpCO",
+    "spmet": "SpMet",
+    "pvi": "PVI",
+    "body_temperature": "Temp",
+    "body_temperature_oral": "Temp (oral)",
+    "body_temperature_axillary": "Temp (axillary)",
+    "body_temperature_tympanic": "Temp (tympanic)",
+    "body_temperature_rectal": "Temp (rectal)",
+    "body_temperature_ear": "Temp (ear)",
+    "body_temperature_core": "Temp (core)",
+    "body_temperature_skin": "Temp (skin)",
+    "body_weight": "Weight",
+    "body_height": "Height",
+    "bmi": "BMI",
+    "body_fat_pct": "Body fat",
+    "respiratory_rate": "Resp",
+    "ecg_heart_rate": "HR",
+    "ecg_pr_interval": "PR",
+    "ecg_qrs_duration": "QRS",
+    "ecg_qt_interval": "QT",
+    "ecg_qtc_interval": "QTc",
+    "ecg_qtc_bazett": "QTc (Bazett)",
+    "ecg_qtc_fridericia": "QTc (Fridericia)",
+    "ecg_p_duration": "P",
+    "ecg_rr_interval": "RR",
+    "ecg_p_axis": "P axis",
+    "ecg_qrs_axis": "QRS axis",
+    "ecg_t_axis": "T axis",
+    "ecg_atrial_rate": "Atrial rate",
+}
+
+# UCUM codes as people write them.
+UNIT_LABELS = {
+    "mm[Hg]": "mmHg",
+    "Cel": "\u00b0C",
+    "[degF]": "\u00b0F",
+    "[lb_av]": "lb",
+    "[in_i]": "in",
+    "1": "",
+}
+
+
+# ------------------------------------------------------------------------------------------ times
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def when(value: Any, now: datetime) -> str:
+    """``13:05:02 (2 min ago)`` in the host's local time; the date too when it is not today's;
+    ``never`` for None."""
+    moment = _parse_time(value)
+    if moment is None:
+        return "never"
+    local = moment.astimezone()
+    seconds = (now - moment).total_seconds()
+    if seconds < 0:
+        rel = "in " + _span(-seconds)
+    elif seconds < 5:
+        rel = "just now"
+    else:
+        rel = _span(seconds) + " ago"
+    stamp = f"{local:%H:%M:%S}" if local.date() == now.astimezone().date() else f"{local:%Y-%m-%d %H:%M:%S}"
+    return f"{stamp} ({rel})"
+
+
+def _span(seconds: float) -> str:
+    if seconds < 90:
+        return f"{int(seconds)} s"
+    if seconds < 5400:
+        return f"{int(seconds // 60)} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{int(seconds // 86400)} d"
+
+
+# ------------------------------------------------------------------------------------------ values
+
+
+def metric_label(key: str) -> str:
+    if key in METRIC_LABELS:
+        return METRIC_LABELS[key]
+    info = tables().metrics.get(key)
+    return info.name if info is not None else key
+
+
+def _metric_order(key: str) -> tuple[int, str]:
+    order = list(tables().metrics)
+    return (order.index(key), key) if key in order else (len(order), key)
+
+
+def _value_text(text: str) -> str:
+    value, _, unit = str(text).rpartition(" ")
+    if not value:
+        return str(text)
+    shown = UNIT_LABELS.get(unit, unit)
+    return f"{value} {shown}".rstrip() if shown not in {"%", "\u00b0C", "\u00b0F"} else f"{value}{shown}"
+
+
+def reading_text(dev: Mapping[str, Any]) -> str:
+    """``SpO2 97%, Pulse 72 /min``: the device's last reading with labels a person knows."""
+    values = dev.get("last_reading") or {}
+    keys = sorted(values, key=_metric_order)
+    return ", ".join(f"{metric_label(k)} {_value_text(values[k])}" for k in keys)
+
+
+def device_state(dev: Mapping[str, Any]) -> str:
+    """``connected``, ``disconnected``, or a state the runtime reports (e.g. ``silent``)."""
+    state = dev.get("state")
+    if isinstance(state, str) and state:
+        return state
+    return "connected" if dev.get("connected") else "disconnected"
+
+
+def ehr_line(status: Mapping[str, Any], now: datetime) -> tuple[bool, str]:
+    """(reachable?, one line): the EHR link as the sender last found it, whatever the outbox holds."""
+    sender = status.get("sender") or {}
+    peer = sender.get("peer") or "EHR"
+    if sender.get("consecutive_failures"):
+        error = sender.get("last_error") or "connection failed"
+        return False, f"{peer}: UNREACHABLE ({error}; last try {when(sender.get('last_error_at'), now)})"
+    if sender.get("connected"):
+        return True, f"{peer}: connected; last ACK {when(sender.get('last_ack_at'), now)}"
+    if sender.get("last_ack_at"):
+        return True, f"{peer}: idle; last ACK {when(sender.get('last_ack_at'), now)}"
+    return True, f"{peer}: not contacted yet (nothing to send)"
+
+
+def patient_line(p: Mapping[str, Any], now: datetime) -> str:
+    """One line about the room's patient (masked unless the snapshot was revealed)."""
+    if not p.get("set"):
+        if p.get("require_patient"):
+            line = "No patient set: readings are HELD until a patient is set (scan a wristband)"
+        else:
+            line = "No patient set: readings are sent unbound (by room)"
+    else:
+        who = str(p.get("mrn") or "")
+        if p.get("name"):
+            who += f" ({p['name']})"
+        if p.get("revealed"):
+            extra = [f"{k} {p[k]}" for k in ("birth_date", "sex", "encounter") if p.get(k)]
+            if extra:
+                who += " " + ", ".join(extra).replace("birth_date", "born")
+        said = [str(p[k]) for k in ("client", "source") if p.get(k)]
+        via = str(p.get("channel") or "?") + (f" ({', '.join(said)})" if said else "")
+        set_at, expires = when(p.get("set_at"), now), when(p.get("expires_at"), now)
+        line = f"Patient {who}: set via {via} at {set_at}, expires {expires}"
+    if p.get("held"):
+        line += f"; {p['held']} held reading(s), oldest {when(p.get('oldest_held_at'), now)}"
+    return line
+
+
+def _counters(status: Mapping[str, Any]) -> list[tuple[str, int]]:
+    """Problem counters of the agent that are not zero (label, count)."""
+    named = [("refused", "reading(s) refused"), ("parked", "message(s) parked for review")]
+    out = []
+    for key, label in named:
+        value = status.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value:
+            out.append((label, value))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ terminal
+
+
+def render_text(status: Mapping[str, Any], patient: Mapping[str, Any], now: datetime | None = None) -> str:
+    """The terminal form of the status page (``vitals-agent status``)."""
+    now = now or datetime.now(UTC)
+    out = [
+        f"vitals-agent {status.get('version', '?')}  {status.get('facility', '')} "
+        f"{status.get('location', '')}".rstrip(),
+        f"started {when(status.get('started_at'), now)}",
+        "",
+        patient_line(patient, now),
+        "",
+        "Devices:",
+    ]
+    devices = list(status.get("devices") or [])
+    if not devices:
+        out.append("  (none configured)")
+    for dev in devices:
+        state = device_state(dev)
+        state = state if state == "connected" else state.upper()
+        detail = f" ({dev['detail']})" if dev.get("detail") else ""
+        battery = f", battery {dev['battery_percent']}%" if dev.get("battery_percent") is not None else ""
+        out.append(f"  {dev.get('id')} [{dev.get('driver')}]: {state}{detail}{battery}")
+        out.append(
+            f"    last seen {when(dev.get('last_seen'), now)}; decode errors {dev.get('decode_failures', 0)}"
+        )
+        reading = reading_text(dev)
+        out.append(
+            f"    last reading {when(dev.get('last_reading_at'), now)}" + (f": {reading}" if reading else "")
+        )
+    outbox = status.get("outbox") or {}
+    sender = status.get("sender") or {}
+    _, ehr = ehr_line(status, now)
+    out += [
+        "",
+        f"EHR {ehr}",
+        f"Outbox: {outbox.get('depth', 0)} waiting, {outbox.get('dead', 0)} dead letter(s)",
+        "Last EHR error: "
+        + (
+            f"{sender['last_error']} ({when(sender.get('last_error_at'), now)})"
+            if sender.get("last_error")
+            else "none"
+        ),
+    ]
+    out += [f"{count} {label}" for label, count in _counters(status)]
+    return "\n".join(out) + "\n"
+
+
+# ------------------------------------------------------------------------------------------ page
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+@functools.cache
+def _page_template() -> Template:
+    """The status page template, read from the package once (the page reloads every few seconds)."""
+    return Template(resources.files("vitals_agent.data").joinpath("status.html").read_text("utf-8"))
+
+
+def render_html(
+    status: Mapping[str, Any],
+    patient: Mapping[str, Any],
+    *,
+    refresh_seconds: int = 5,
+    now: datetime | None = None,
+) -> str:
+    """The status page. Every value is HTML-escaped; no script; refreshes with a meta refresh."""
+    now = now or datetime.now(UTC)
+    revealed = bool(patient.get("revealed"))
+    # A revealed page falls back to the masked page after 30 s; the masked one just refreshes.
+    refresh = f"{max(refresh_seconds, 30)};url=/" if revealed else f"{refresh_seconds};url=/"
+    if not patient.get("set"):
+        cls = "held" if patient.get("require_patient") else "unbound"
+        action = ""
+    else:
+        cls = "bound"
+        action = (
+            '<a class="btn" href="/">Hide</a>' if revealed else '<a class="btn" href="/?reveal=1">Reveal</a>'
+        )
+    patient_html = (
+        f'<div id="patient" class="card {cls}"><p>{_e(patient_line(patient, now))}</p>{action}</div>'
+    )
+
+    rows = []
+    for dev in status.get("devices") or []:
+        state = device_state(dev)
+        dot = state if state in {"connected", "disconnected"} else "other"
+        detail = f'<br><span class="muted">{_e(dev["detail"])}</span>' if dev.get("detail") else ""
+        battery = f"{_e(dev['battery_percent'])}%" if dev.get("battery_percent") is not None else "&ndash;"
+        reading = reading_text(dev)
+        errors = int(dev.get("decode_failures") or 0)
+        rows.append(
+            f'<tr class="device" data-id="{_e(dev.get("id"))}">'
+            f'<td><b>{_e(dev.get("id"))}</b><br><span class="muted">{_e(dev.get("driver"))}</span></td>'
+            f'<td><span class="state"><span class="dot {dot}"></span>{_e(state)}</span>{detail}</td>'
+            f"<td>{_e(when(dev.get('last_seen'), now))}</td>"
+            f"<td>{_e(when(dev.get('last_reading_at'), now))}"
+            + (f'<br><span class="values">{_e(reading)}</span>' if reading else "")
+            + "</td>"
+            f'<td class="num{" warn" if errors else ""}">{errors}</td>'
+            f'<td class="num">{battery}</td></tr>'
+        )
+    if not rows:
+        rows.append('<tr><td colspan="6" class="muted">No devices configured</td></tr>')
+
+    outbox = status.get("outbox") or {}
+    sender = status.get("sender") or {}
+    depth, dead = int(outbox.get("depth") or 0), int(outbox.get("dead") or 0)
+    if sender.get("last_error"):
+        at = when(sender.get("last_error_at"), now)
+        ehr_error = f'{_e(sender["last_error"])} <span class="muted">{_e(at)}</span>'
+    else:
+        ehr_error = "none"
+    reachable, ehr = ehr_line(status, now)
+    counters = "".join(
+        f'<div class="stat bad"><span class="big">{count}</span> {_e(label)}</div>'
+        for label, count in _counters(status)
+    )
+    delivery = (
+        '<div id="delivery" class="card">'
+        f'<div id="ehr" class="stat wide{"" if reachable else " bad"}">EHR {_e(ehr)}</div>'
+        f'<div class="stat"><span class="big">{depth}</span> waiting in outbox</div>'
+        f'<div class="stat{" bad" if dead else ""}"><span class="big">{dead}</span> dead letter(s)</div>'
+        f"{counters}"
+        f'<div class="stat wide">Last EHR error: <span id="ehr-error">{ehr_error}</span></div>'
+        "</div>"
+    )
+    return _page_template().substitute(
+        refresh=_e(refresh),
+        title=_e(f"vitals-agent {status.get('location') or status.get('facility') or ''}".strip()),
+        facility=_e(status.get("facility") or ""),
+        location=_e(status.get("location") or ""),
+        version=_e(status.get("version") or "?"),
+        started=_e(when(status.get("started_at"), now)),
+        updated=_e(f"{now.astimezone():%H:%M:%S}"),
+        patient=patient_html,
+        device_rows="\n".join(rows),
+        delivery=delivery,
+    )

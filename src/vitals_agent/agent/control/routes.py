@@ -1,0 +1,375 @@
+"""The control API's routes and its credentials: a request in, a response out, no sockets.
+
+Endpoints (JSON unless noted)::
+
+    GET    /?code=CODE         status page login: a single-use code (60 s) -> session cookie, 303 to /
+    GET    /                   status page (HTML, refreshes itself; patient masked; /?reveal=1 shows it)
+    POST   /api/login-code     a new single-use page login code {"code", "expires_in", "path"}
+    GET    /api/status         the service's status snapshot + "patient" (masked)
+    GET    /api/patient        {"patient": ...}  (?reveal=1 for the identifiers; audited)
+    PUT    /api/patient        body {"mrn", "family"?, "given"?, "name"? ("FAMILY^GIVEN"), "birth_date"?,
+                               "sex"?, "encounter"?, "channel"? ("api"|"cli"|"barcode"), "source"?}
+                               -> {"patient": ..., "replaced": masked previous patient or null}
+    DELETE /api/patient        clear the context (body {"channel"?, "source"?} optional)
+    DELETE /api/held           discard every reading held for a patient (audited)
+
+Credentials: every API request carries ``Authorization: Bearer <token>``. The status page never sees the
+token: ``vitals-agent status --url`` asks for a login code (bearer), the browser trades it once for a
+random session id in an HttpOnly, SameSite=Strict cookie, and the code is gone (used or 60 s old). The
+session cookie is good for ``GET`` only, so a page can never change the patient context (no CSRF).
+
+Audit: the channel recorded is the real one (``api`` for a bearer call, ``page`` for the status page);
+what the caller says about itself (``channel`` -> ``client``, ``source``) is recorded as its claim, next to
+the operating-system user that owns the calling socket when the server could find it.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import cached_property
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import structlog
+
+from vitals_agent.agent.audit import CHANNEL_API, AuditLog
+from vitals_agent.agent.control.common import StatusProvider
+from vitals_agent.agent.control.page import render_html
+from vitals_agent.agent.patient_context import (
+    CHANNELS,
+    PatientContextManager,
+    PatientDetails,
+    PatientError,
+    PatientSnapshot,
+    check_text,
+)
+from vitals_agent.errors import VitalsAgentError
+
+log = structlog.get_logger(__name__)
+
+COOKIE = "vitals_session"
+LOGIN_CODE_SECONDS = 60.0
+SESSION_SECONDS = 12 * 3600.0  # sliding: a page left open keeps its session while it refreshes
+MAX_LOGIN_CODES = 16
+MAX_SESSIONS = 32
+MAX_BODY = 16 * 1024
+CHANNEL_PAGE = "page"
+
+SECURITY_HEADERS = {
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+}
+
+KNOWN_PATHS = frozenset({"/", "/api/status", "/api/patient", "/api/held", "/api/login-code"})
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        self.message = message
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class Request:
+    """One HTTP request as the server read it. Header names are lower-case (the last value wins)."""
+
+    method: str
+    target: str
+    headers: Mapping[str, str]
+    body: bytes = b""
+    identify: Callable[[], Mapping[str, Any]] | None = None  # the server's lookup of the calling OS user
+
+    @cached_property
+    def caller(self) -> Mapping[str, Any]:
+        """Who the operating system says is calling (e.g. ``{"uid": 1000, "user": "nurse1"}``), or {}."""
+        return dict(self.identify()) if self.identify is not None else {}
+
+    @cached_property
+    def path(self) -> str:
+        return urlsplit(self.target).path or "/"
+
+    @cached_property
+    def query(self) -> dict[str, str]:
+        return {k: v[-1] for k, v in parse_qs(urlsplit(self.target).query).items()}
+
+    def json(self) -> dict[str, Any]:
+        if not self.body.strip():
+            return {}
+        try:
+            data = json.loads(self.body)
+        except (ValueError, UnicodeDecodeError):
+            raise HttpError(400, "body is not valid JSON") from None
+        if not isinstance(data, dict):
+            raise HttpError(400, "body must be a JSON object")
+        return data
+
+    def cookie(self, name: str) -> str | None:
+        for part in self.headers.get("cookie", "").split(";"):
+            key, _, value = part.strip().partition("=")
+            if key == name:
+                return value
+        return None
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes = b""
+    content_type: str = "text/plain; charset=utf-8"
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def json(cls, status: int, data: Any, headers: Mapping[str, str] | None = None) -> Response:
+        return cls(status, json.dumps(data).encode(), "application/json", dict(headers or {}))
+
+    @classmethod
+    def html(cls, status: int, page: str, headers: Mapping[str, str] | None = None) -> Response:
+        return cls(status, page.encode(), "text/html; charset=utf-8", dict(headers or {}))
+
+    def header_list(self) -> list[tuple[str, str]]:
+        """Every header to send, security headers included (the server adds framing headers)."""
+        return [("Content-Type", self.content_type), *SECURITY_HEADERS.items(), *self.headers.items()]
+
+
+# ------------------------------------------------------------------------------------------ credentials
+
+
+def _match(candidate: str, secrets_: Mapping[str, float]) -> str | None:
+    """The stored secret equal to ``candidate`` (constant time per comparison), or None."""
+    found = None
+    for known in secrets_:
+        if hmac.compare_digest(candidate.encode(), known.encode()):
+            found = known
+    return found
+
+
+class Credentials:
+    """The API's bearer token, the page's single-use login codes and its sessions (in memory only)."""
+
+    def __init__(self, token: str, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.token = token
+        self._clock = clock
+        self._codes: OrderedDict[str, float] = OrderedDict()  # code -> monotonic deadline
+        self._sessions: OrderedDict[str, float] = OrderedDict()  # session id -> monotonic deadline
+
+    def bearer(self, header: str) -> bool:
+        scheme, _, value = header.partition(" ")
+        value = value.strip()
+        return (
+            scheme.lower() == "bearer"
+            and bool(value)
+            and bool(self.token)
+            and hmac.compare_digest(value.encode(), self.token.encode())
+        )
+
+    def _expire(self) -> None:
+        now = self._clock()
+        for store in (self._codes, self._sessions):
+            for key in [k for k, deadline in store.items() if deadline <= now]:
+                del store[key]
+
+    def new_code(self) -> str:
+        self._expire()
+        code = secrets.token_urlsafe(18)
+        self._codes[code] = self._clock() + LOGIN_CODE_SECONDS
+        while len(self._codes) > MAX_LOGIN_CODES:
+            self._codes.popitem(last=False)
+        return code
+
+    def redeem(self, code: str) -> str | None:
+        """Trade a live code for a new session id; the code is gone afterwards, whatever the answer."""
+        self._expire()
+        known = _match(code, self._codes)
+        if known is None:
+            return None
+        del self._codes[known]
+        session = secrets.token_urlsafe(32)
+        self._sessions[session] = self._clock() + SESSION_SECONDS
+        while len(self._sessions) > MAX_SESSIONS:
+            self._sessions.popitem(last=False)
+        return session
+
+    def session(self, session: str | None) -> bool:
+        if not session:
+            return False
+        self._expire()
+        known = _match(session, self._sessions)
+        if known is None:
+            return False
+        self._sessions[known] = self._clock() + SESSION_SECONDS
+        self._sessions.move_to_end(known)
+        return True
+
+
+# ------------------------------------------------------------------------------------------ routes
+
+
+class Routes:
+    """Answers one request. Never raises: errors become a JSON ``{"error": ...}`` with their status."""
+
+    def __init__(
+        self,
+        patients: PatientContextManager,
+        status: StatusProvider,
+        credentials: Credentials,
+        *,
+        allowed_hosts: frozenset[str],
+        audit: AuditLog | None = None,
+        refresh_seconds: int = 5,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.patients = patients
+        self.status = status
+        self.credentials = credentials
+        self.allowed_hosts = allowed_hosts
+        self.audit = audit if audit is not None else patients.audit
+        self.refresh_seconds = refresh_seconds
+        self.now = now
+
+    async def handle(self, request: Request) -> Response:
+        try:
+            return await self._route(request)
+        except HttpError as exc:
+            return Response.json(exc.status, {"error": exc.message})
+        except PatientError as exc:
+            return Response.json(400, {"error": str(exc)})
+        except VitalsAgentError as exc:  # e.g. the audit log cannot be written: one line, no data
+            log.error("control API request failed", path=request.path, error=str(exc))
+            return Response.json(500, {"error": str(exc)})
+        except Exception as exc:  # a bug must not kill the server; no details to the client
+            log.exception("control API request failed", path=request.path, error=type(exc).__name__)
+            return Response.json(500, {"error": "internal error"})
+
+    # --- checks ----------------------------------------------------------------------------------------
+    def _channel_of(self, request: Request) -> str | None:
+        """The real channel of an authorised request (``api`` or ``page``), None when not authorised."""
+        if self.credentials.bearer(request.headers.get("authorization", "")):
+            return CHANNEL_API
+        # The page's session is good for reading only: no state change can ride on it.
+        if request.method == "GET" and self.credentials.session(request.cookie(COOKIE)):
+            return CHANNEL_PAGE
+        return None
+
+    async def _route(self, request: Request) -> Response:
+        # DNS rebinding: the browser must have asked for this loopback address and port itself.
+        if request.headers.get("host", "").lower() not in self.allowed_hosts:
+            raise HttpError(421, "wrong Host: use 127.0.0.1, localhost or [::1] with the agent's port")
+        if request.path == "/" and request.method == "GET" and "code" in request.query:
+            return self._login(request.query["code"])
+        channel = self._channel_of(request)
+        if channel is None:
+            return self._unauthorised(request)
+        route = (request.method, request.path)
+        if route == ("GET", "/"):
+            reveal = request.query.get("reveal") == "1"
+            patient = self._patient(reveal, channel, request)
+            page = render_html(self.status(), patient, refresh_seconds=self.refresh_seconds, now=self.now())
+            return Response.html(200, page)
+        if route == ("POST", "/api/login-code"):
+            code = self.credentials.new_code()
+            log.info("status page login code issued", expires_in=int(LOGIN_CODE_SECONDS))
+            return Response.json(
+                200, {"code": code, "expires_in": int(LOGIN_CODE_SECONDS), "path": f"/?code={code}"}
+            )
+        if route == ("GET", "/api/status"):
+            data = dict(self.status())
+            data["patient"] = self._patient(False, channel, request)
+            return Response.json(200, data)
+        if route == ("GET", "/api/patient"):
+            reveal = request.query.get("reveal") == "1"
+            return Response.json(200, {"patient": self._patient(reveal, channel, request)})
+        if route == ("PUT", "/api/patient"):
+            return await self._put_patient(request, channel)
+        if route == ("DELETE", "/api/patient"):
+            caller = self._caller(request.json(), request)
+            was_set = self.patients.clear(channel, source=caller.pop("source"), caller=caller)
+            return Response.json(200, {"cleared": was_set, "patient": self._patient(False, None, request)})
+        if route == ("DELETE", "/api/held"):
+            caller = self._caller(request.json(), request)
+            count = self.patients.discard_held(channel, source=caller.pop("source"), caller=caller)
+            return Response.json(200, {"discarded": count})
+        if request.path in KNOWN_PATHS:
+            raise HttpError(405, f"{request.method} not allowed on {request.path}")
+        raise HttpError(404, "not found")
+
+    def _login(self, code: str) -> Response:
+        session = self.credentials.redeem(code)
+        if session is None:
+            log.info("status page login refused: code unknown, used or expired")
+            page = (
+                "<!doctype html><title>vitals-agent</title><p>This login link has expired or was used "
+                "already. Run <code>vitals-agent status --url</code> for a new one (it works once, "
+                f"within {int(LOGIN_CODE_SECONDS)} s).</p>"
+            )
+            return Response.html(401, page, {"WWW-Authenticate": 'Bearer realm="vitals-agent"'})
+        log.info("status page login")
+        cookie = f"{COOKIE}={session}; HttpOnly; SameSite=Strict; Path=/"
+        return Response(303, b"", headers={"Location": "/", "Set-Cookie": cookie})
+
+    def _unauthorised(self, request: Request) -> Response:
+        log.info("control API request refused: no valid token", method=request.method, path=request.path)
+        extra = {"WWW-Authenticate": 'Bearer realm="vitals-agent"'}
+        if request.path == "/":
+            page = (
+                "<!doctype html><title>vitals-agent</title><p>Not authorised. Open the link printed by "
+                "<code>vitals-agent status --url</code> (it works once, within "
+                f"{int(LOGIN_CODE_SECONDS)} s).</p>"
+            )
+            return Response.html(401, page, extra)
+        return Response.json(401, {"error": "unauthorized: send Authorization: Bearer <token>"}, extra)
+
+    # --- patient ---------------------------------------------------------------------------------------
+    @staticmethod
+    def _caller(body: Mapping[str, Any], request: Request) -> dict[str, Any]:
+        """What the caller says about itself (``client``, ``source``) and who the OS says it is."""
+        claimed = body.get("channel", CHANNEL_API)
+        if claimed not in CHANNELS:
+            raise HttpError(400, f"channel must be one of {', '.join(sorted(CHANNELS))}")
+        source = body.get("source")
+        if source is not None and (not isinstance(source, str) or len(source) > 64):
+            raise HttpError(400, "source must be a short string")
+        if source is not None:
+            try:
+                check_text(source, "source")
+            except ValueError as exc:
+                raise HttpError(400, str(exc)) from None
+        caller: dict[str, Any] = {"source": source}
+        if claimed != CHANNEL_API:
+            caller["client"] = claimed
+        caller.update(request.caller)
+        return caller
+
+    def _patient(self, reveal: bool, channel: str | None, request: Request) -> PatientSnapshot:
+        snap = self.patients.snapshot(self.now(), reveal=reveal)
+        if reveal and snap["set"] and self.audit is not None:
+            self.audit.record("context_revealed", channel=channel, patient_mrn=snap["mrn"], **request.caller)
+        return snap
+
+    async def _put_patient(self, request: Request, channel: str) -> Response:
+        body = request.json()
+        caller = self._caller(body, request)
+        fields = {k: v for k, v in body.items() if k not in {"channel", "source", "name"}}
+        if "name" in body:
+            name = body["name"]
+            if not isinstance(name, str):
+                raise HttpError(400, "name: must be a string FAMILY^GIVEN")
+            family, _, given = name.partition("^")
+            fields.setdefault("family", family or None)
+            fields.setdefault("given", given or None)
+        fields.setdefault("identifier_type", self.patients.config.identifier_type)
+        details = PatientDetails.parse(fields)
+        previous = self.patients.current_details()
+        await self.patients.apply_set(details, channel, source=caller.pop("source"), caller=caller)
+        replaced = previous.masked() if previous is not None and previous.mrn != details.mrn else None
+        return Response.json(200, {"patient": self._patient(False, None, request), "replaced": replaced})
