@@ -315,17 +315,24 @@ def test_ehr_state_follows_the_last_attempt_not_the_outbox(
     assert f'<div id="ehr" class="{css}">{html.escape(line)}' in page
 
 
-def test_a_state_the_runtime_reports_is_shown(tmp_path: Path) -> None:
+def test_a_state_and_counters_the_runtime_reports_are_shown(tmp_path: Path) -> None:
     status = room_status()
     status["devices"][0]["state"] = "silent"
+    status["devices"][0]["discarded_lines"] = 2
+    status["devices"][2]["counters"] = {"files_skipped": 1, "files_failed": 3, "files_other": 0}
     status["refused"] = 2
     patient = manager(tmp_path, Clock(NOW)).snapshot(NOW)
     assert '<span class="state"><span class="dot other"></span>silent</span>' in render_html(
         status, patient, now=NOW
     )
+    page = render_html(status, patient, now=NOW)
+    assert '<span class="counts">overlong lines discarded 2</span>' in page
+    assert '<span class="counts">files failed 3, files skipped 1</span>' in page
     text = render_text(status, patient, now=NOW)
-    assert "  oxi-1 [masimo]: SILENT (/dev/ttyUSB0)" in text
-    assert "2 reading(s) refused" in text.splitlines()
+    lines = text.splitlines()
+    assert "  oxi-1 [masimo]: SILENT (/dev/ttyUSB0)" in lines
+    assert "    overlong lines discarded 2" in lines and "    files failed 3, files skipped 1" in lines
+    assert "2 reading(s) refused" in lines
 
 
 @needs_chromium

@@ -33,6 +33,8 @@ class DeviceSnapshot(TypedDict):
     battery_percent: int | None
     identity: dict[str, Any]
     state: NotRequired[str]  # "connected" | "disconnected" | "silent" ... when the runtime reports it
+    discarded_lines: NotRequired[int]  # overlong lines discarded whole (also in decode_failures)
+    counters: NotRequired[dict[str, int]]  # transport events by name, e.g. files_failed, files_skipped
 
 
 class OutboxSnapshot(TypedDict):

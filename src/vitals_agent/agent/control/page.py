@@ -148,6 +148,19 @@ def device_state(dev: Mapping[str, Any]) -> str:
     return "connected" if dev.get("connected") else "disconnected"
 
 
+def device_counts(dev: Mapping[str, Any]) -> str:
+    """``overlong lines discarded 2, files failed 1``: a device's problem counters that are not zero."""
+    counts: list[tuple[str, Any]] = [("overlong lines discarded", dev.get("discarded_lines"))]
+    counters = dev.get("counters")
+    if isinstance(counters, Mapping):
+        counts += [(str(key).replace("_", " "), value) for key, value in sorted(counters.items())]
+    return ", ".join(
+        f"{label} {value}"
+        for label, value in counts
+        if isinstance(value, int) and not isinstance(value, bool) and value
+    )
+
+
 def ehr_line(status: Mapping[str, Any], now: datetime) -> tuple[bool, str]:
     """(reachable?, one line): the EHR link as the sender last found it, whatever the outbox holds."""
     sender = status.get("sender") or {}
@@ -228,6 +241,9 @@ def render_text(status: Mapping[str, Any], patient: Mapping[str, Any], now: date
         out.append(
             f"    last reading {when(dev.get('last_reading_at'), now)}" + (f": {reading}" if reading else "")
         )
+        counts = device_counts(dev)
+        if counts:
+            out.append(f"    {counts}")
     outbox = status.get("outbox") or {}
     sender = status.get("sender") or {}
     _, ehr = ehr_line(status, now)
@@ -288,6 +304,9 @@ def render_html(
         state = device_state(dev)
         dot = state if state in {"connected", "disconnected"} else "other"
         detail = f'<br><span class="muted">{_e(dev["detail"])}</span>' if dev.get("detail") else ""
+        counts = device_counts(dev)
+        if counts:
+            detail += f'<br><span class="counts">{_e(counts)}</span>'
         battery = f"{_e(dev['battery_percent'])}%" if dev.get("battery_percent") is not None else "&ndash;"
         reading = reading_text(dev)
         errors = int(dev.get("decode_failures") or 0)

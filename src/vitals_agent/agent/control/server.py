@@ -80,9 +80,9 @@ def _proc_address(host: str, port: int) -> str:
 def socket_owner(peer: Any, local: Any) -> dict[str, Any]:
     """The operating-system user that owns the other end of a loopback TCP connection.
 
-    Linux only (``/proc/net/tcp`` and ``tcp6``); ``{}`` when it cannot be found. Used for the audit
-    record of a change, next to what the caller claims about itself."""
-    if not sys.platform.startswith("linux") or not isinstance(peer, tuple) or not isinstance(local, tuple):
+    Read from ``/proc/net/tcp`` or ``tcp6`` (Linux); ``{}`` when it cannot be found (other systems).
+    Used for the audit record of a change, next to what the caller claims about itself."""
+    if not isinstance(peer, tuple) or not isinstance(local, tuple):
         return {}
     try:
         theirs, ours = _proc_address(peer[0], peer[1]), _proc_address(local[0], local[1])
