@@ -183,10 +183,109 @@ def test_read_only_connection_refuses_loudly(tmp_path: Path) -> None:
     ob.close()
 
 
-def test_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
-    (tmp_path / OUTBOX_FILE).write_bytes(b"this is not sqlite" * 100)
-    with pytest.raises(OutboxError, match="cannot open the outbox"):
+def _digest(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_not_a_database_is_refused_and_left_unchanged(tmp_path: Path) -> None:
+    path = tmp_path / OUTBOX_FILE
+    path.write_bytes(b"this is not sqlite" * 100)
+    before = _digest(path)
+    with pytest.raises(OutboxError) as info:
         Outbox(tmp_path)
+    assert str(info.value) == (
+        f"{path} is not an outbox of this version (not an SQLite database): "
+        "move it away or restore it; it was not changed"
+    )
+    assert _digest(path) == before
+
+
+def test_a_directory_in_place_of_the_outbox_says_so(tmp_path: Path) -> None:
+    (tmp_path / OUTBOX_FILE).mkdir()
+    with pytest.raises(OutboxError, match=r"outbox.sqlite3 is a directory, not an outbox file: move it away"):
+        Outbox(tmp_path)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutboxError, match=r"file is not a directory \(it should hold the outbox\)"):
+        Outbox(tmp_path / "file")
+
+
+def test_an_outbox_from_a_newer_version_is_refused_not_rewritten(tmp_path: Path) -> None:
+    ob = Outbox(tmp_path)
+    ob.enqueue(control_id="N0", device_id="d", body=b"x")
+    ob.close()
+    conn = sqlite3.connect(tmp_path / OUTBOX_FILE)
+    conn.execute("PRAGMA user_version=7")
+    conn.execute("ALTER TABLE outbox ADD COLUMN priority INTEGER")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    before = _digest(tmp_path / OUTBOX_FILE)
+    with pytest.raises(OutboxError) as info:
+        Outbox(tmp_path)
+    assert "was written by a newer vitals-agent (outbox schema 7; this version knows 1)" in str(info.value)
+    assert "not opened and not changed" in str(info.value)
+    assert _digest(tmp_path / OUTBOX_FILE) == before
+    conn = sqlite3.connect(tmp_path / OUTBOX_FILE)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 7
+    conn.close()
+
+
+def test_another_applications_database_is_refused_not_rewritten(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / OUTBOX_FILE)
+    conn.execute("CREATE TABLE patients (mrn TEXT)")
+    conn.commit()
+    conn.close()
+    before = _digest(tmp_path / OUTBOX_FILE)
+    with pytest.raises(OutboxError, match=r"is not an outbox of this version \(it holds tables patients\)"):
+        Outbox(tmp_path)
+    assert _digest(tmp_path / OUTBOX_FILE) == before
+
+
+def test_a_read_only_file_system_is_named(tmp_path: Path) -> None:
+    """A data dir on a read-only mount (a bind mount made read-only in a private mount namespace)."""
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        pytest.skip("needs root and util-linux unshare for a read-only mount")
+    data = tmp_path / "data"
+    ob = Outbox(data)
+    ob.close()
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from vitals_agent.agent.outbox import Outbox\n"
+        "try:\n"
+        "    Outbox(Path(sys.argv[1]))\n"
+        "except Exception as exc:\n"
+        "    print(exc)\n"
+    )
+    script = 'mount --bind -o ro "$1" "$1" && exec "$2" -c "$3" "$1"'
+    result = subprocess.run(
+        [
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+            "sh",
+            str(data),
+            sys.executable,
+            code,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if "mount" in result.stderr and result.returncode:
+        pytest.skip(f"cannot make a read-only mount here: {result.stderr.strip()}")
+    assert result.stdout.strip() == (
+        f"the outbox at {data / OUTBOX_FILE} is read-only: its file system is mounted read-only"
+    ), result.stderr
 
 
 def test_create_false_does_not_create(tmp_path: Path) -> None:

@@ -79,6 +79,14 @@ async def test_status_and_wake_for_messages_queued_while_running(outbox: Outbox)
             "delivered": 0,
             "dead_lettered": 0,
             "consecutive_failures": 0,
+            "storage": {
+                "ok": True,
+                "error": None,
+                "failing_since": None,
+                "stops_in_seconds": None,
+                "acknowledged_not_removed": 0,
+                "ledger_durable": True,
+            },
         }
         async with running(sender):
             for i in range(3):

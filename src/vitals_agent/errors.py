@@ -113,3 +113,8 @@ class OutboxError(VitalsAgentError):
 
 class OutboxFullError(OutboxError):
     """The reading was refused because it could not be committed durably (e.g. disk full)."""
+
+
+class StorageFailedError(VitalsAgentError):
+    """Storage kept failing for longer than the agent waits (``[agent] storage_give_up_seconds``): the
+    agent stops with this one-line reason and a non-zero exit, so the service manager and alerts see it."""

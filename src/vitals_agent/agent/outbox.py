@@ -31,9 +31,11 @@ processes (the ``outbox`` command on a running agent) share the file through SQL
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -43,6 +45,7 @@ from typing import Any
 
 import structlog
 
+from vitals_agent.agent.ledger import LEDGER_FILE, DeliveredLedger
 from vitals_agent.errors import OutboxError, OutboxFullError
 
 log = structlog.get_logger(__name__)
@@ -131,20 +134,22 @@ class DeadLetter:
     ack_text: str | None
 
 
-def _meta(text: str) -> dict[str, Any]:
+def _meta(text: Any) -> dict[str, Any]:
     try:
         value = json.loads(text)
-    except ValueError:
+    except (ValueError, TypeError):
         return {}
     return value if isinstance(value, dict) else {}
 
 
 def _msg(row: tuple[Any, ...]) -> OutboxMessage:
+    if not isinstance(row[3], bytes | bytearray | memoryview | str) or not isinstance(row[1], str):
+        raise OutboxError(f"outbox row {row[0]} is unreadable (MSH-10 or body missing or of a wrong type)")
     return OutboxMessage(
         id=row[0],
         control_id=row[1],
         device_id=row[2],
-        body=bytes(row[3]),
+        body=row[3].encode() if isinstance(row[3], str) else bytes(row[3]),
         meta=_meta(row[4]),
         created_at=row[5],
         attempts=row[6],
@@ -154,11 +159,13 @@ def _msg(row: tuple[Any, ...]) -> OutboxMessage:
 
 
 def _dead(row: tuple[Any, ...]) -> DeadLetter:
+    if not isinstance(row[3], bytes | bytearray | memoryview | str) or not isinstance(row[1], str):
+        raise OutboxError(f"dead letter {row[0]} is unreadable (MSH-10 or body missing or of a wrong type)")
     return DeadLetter(
         id=row[0],
         control_id=row[1],
         device_id=row[2],
-        body=bytes(row[3]),
+        body=row[3].encode() if isinstance(row[3], str) else bytes(row[3]),
         meta=_meta(row[4]),
         created_at=row[5],
         attempts=row[6],
@@ -177,6 +184,61 @@ def _is_full(exc: sqlite3.Error) -> bool:
     text = str(exc).lower()
     code = getattr(exc, "sqlite_errorcode", None)
     return code in (13, 8) or "full" in text or "readonly" in text or "read-only" in text
+
+
+_TABLES = frozenset({"outbox", "dead_letter", "device_state", "sqlite_sequence"})
+
+
+def explain(exc: BaseException) -> str:
+    """What a storage error means, in words an operator can act on (one line, no patient data)."""
+    if isinstance(exc, OSError) and not isinstance(exc, sqlite3.Error):
+        reasons = {
+            errno.EROFS: "read-only file system",
+            errno.EACCES: "permission denied",
+            errno.EPERM: "permission denied",
+            errno.ENOSPC: "disk full",
+            errno.EDQUOT: "disk quota exceeded",
+            errno.EISDIR: "is a directory",
+            errno.ENOTDIR: "a part of the path is not a directory",
+            errno.EIO: "I/O error (failing disk?)",
+        }
+        return reasons.get(exc.errno or 0, exc.strerror or str(exc))
+    text = str(exc)
+    low = text.lower()
+    if "readonly" in low or "read-only" in low:
+        return f"read-only: the file or its file system cannot be written ({text})"
+    if "full" in low:
+        return f"disk full ({text})"
+    if "malformed" in low or "corrupt" in low:
+        return f"the file is damaged ({text})"
+    if "not a database" in low:
+        return "not an SQLite database (overwritten or damaged)"
+    if "locked" in low or "busy" in low:
+        return f"locked by another process for too long ({text})"
+    if "disk i/o" in low:
+        return f"I/O error: failing disk, or the file was removed or replaced under the agent ({text})"
+    if "unable to open" in low:
+        return f"cannot be opened: missing, a directory, or no permission ({text})"
+    if "not authorized" in low:
+        return f"the operation was refused ({text})"
+    return text
+
+
+def _why_read_only(path: Path) -> str:
+    try:
+        if os.statvfs(path).f_flag & os.ST_RDONLY:
+            return "its file system is mounted read-only"
+        st = path.stat()
+    except OSError as exc:
+        return explain(exc)
+    return (
+        f"{path} (mode {stat.S_IMODE(st.st_mode):04o}, owner uid {st.st_uid}) is not writable by uid "
+        f"{os.geteuid()}"
+    )
+
+
+def _unreadable(exc: BaseException, what: str) -> OutboxError:
+    return OutboxError(f"{what}: {explain(exc)}")
 
 
 def _move_to_dead(
@@ -204,6 +266,10 @@ class Outbox:
         ``max_bytes`` caps the database size (SQLite ``max_page_count``): beyond it :meth:`enqueue` raises
         :class:`OutboxFullError` exactly as on a full disk. ``create=False`` refuses to create a new file
         (used by the operator tools so a wrong ``--data-dir`` is reported instead of silently created).
+
+        Refuses, with a one-line :class:`OutboxError` that says what is wrong and changes nothing, a path
+        that is a directory, a file that is not an SQLite database or not an outbox, an outbox written by a
+        newer version (schema it does not know), and a file or directory it cannot write.
         """
         self.data_dir = Path(data_dir)
         self.path = self.data_dir / OUTBOX_FILE
@@ -213,26 +279,23 @@ class Outbox:
         self._sync: str | None = None
         if not create and not self.path.exists():
             raise OutboxError(f"no outbox at {self.path}")
-        try:
-            self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            if not self.path.exists():
-                fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600)
-                os.close(fd)
-            if self.path.stat().st_mode & 0o077 and os.access(self.path, os.W_OK):
-                os.chmod(self.path, 0o600)
-        except OSError as exc:
-            raise OutboxError(f"cannot create the outbox at {self.path}: {exc.strerror or exc}") from None
+        self._prepare_file()
         try:
             self._conn = sqlite3.connect(
                 self.path, timeout=10.0, isolation_level=None, check_same_thread=False
             )
+        except sqlite3.Error as exc:
+            raise OutboxError(f"cannot open the outbox at {self.path}: {explain(exc)}") from None
+        try:
+            self._check_schema()
             mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise OutboxError(f"the outbox at {self.path} cannot use WAL mode (file system: {mode})")
             self._conn.execute("PRAGMA busy_timeout=10000")
             self._set_sync("FULL")
             self._conn.executescript(_SCHEMA)
-            self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            if self._conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+                self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             if max_bytes is not None:
                 page = self._conn.execute("PRAGMA page_size").fetchone()[0]
                 self._conn.execute(f"PRAGMA max_page_count={max(1, int(max_bytes) // int(page))}")
@@ -245,8 +308,71 @@ class Outbox:
             self._fast = sqlite3.connect(self.path, timeout=0, isolation_level=None, check_same_thread=False)
             self._fast.execute("PRAGMA busy_timeout=0")
             self._fast.execute("PRAGMA synchronous=NORMAL")
-        except sqlite3.DatabaseError as exc:
-            raise OutboxError(f"cannot open the outbox at {self.path}: {exc}") from None
+        except sqlite3.Error as exc:
+            self._conn.close()
+            raise OutboxError(f"cannot open the outbox at {self.path}: {explain(exc)}") from None
+        except OutboxError:
+            self._conn.close()
+            raise
+        # Acknowledged messages whose removal failed before the last stop (see ledger.py).
+        self.ledger = DeliveredLedger(self.data_dir / LEDGER_FILE, writable=create)
+
+    def _prepare_file(self) -> None:
+        """Create the file (0600) or check the one that is there, before SQLite touches it."""
+        path = self.path
+        if self.data_dir.exists() and not self.data_dir.is_dir():
+            raise OutboxError(f"{self.data_dir} is not a directory (it should hold the outbox)")
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise OutboxError(f"cannot create the data directory {self.data_dir}: {explain(exc)}") from None
+        try:
+            st = path.lstat()
+        except FileNotFoundError:
+            st = None
+        except OSError as exc:
+            raise OutboxError(f"cannot open the outbox at {path}: {explain(exc)}") from None
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            raise OutboxError(f"{path} is a directory, not an outbox file: move it away")
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            raise OutboxError(f"{path} is not a regular file (a link or a device): refusing to use it")
+        if st is not None and st.st_size >= 16:
+            with open(path, "rb") as fh:
+                magic = fh.read(16)
+            if magic != b"SQLite format 3\0":
+                raise OutboxError(
+                    f"{path} is not an outbox of this version (not an SQLite database): "
+                    "move it away or restore it; it was not changed"
+                )
+        where = path if st is not None else self.data_dir
+        if not os.access(where, os.W_OK) or not os.access(self.data_dir, os.W_OK):
+            raise OutboxError(f"the outbox at {path} is read-only: {_why_read_only(where)}")
+        try:
+            if st is None:
+                fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW, 0o600)
+                os.close(fd)
+            elif st.st_mode & 0o077:
+                os.chmod(path, 0o600)
+        except OSError as exc:
+            raise OutboxError(f"cannot create the outbox at {path}: {explain(exc)}") from None
+
+    def _check_schema(self) -> None:
+        """Refuse (and leave unchanged) a database that is not an outbox this version knows."""
+        version = int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+        tables = {
+            str(r[0]) for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
+        if version > SCHEMA_VERSION:
+            raise OutboxError(
+                f"the outbox at {self.path} was written by a newer vitals-agent (outbox schema {version}; "
+                f"this version knows {SCHEMA_VERSION}): not opened and not changed; run the newer version "
+                "or move the file away"
+            )
+        if tables and ("outbox" not in tables or not tables <= _TABLES):
+            raise OutboxError(
+                f"{self.path} is not an outbox of this version (it holds tables "
+                f"{', '.join(sorted(tables))}): not opened and not changed"
+            )
 
     # --- plumbing ------------------------------------------------------------------------------------
 
@@ -273,11 +399,21 @@ class Outbox:
                     self._conn.execute("ROLLBACK")
                 raise
 
+    @contextlib.contextmanager
+    def _read(self, what: str) -> Iterator[sqlite3.Connection]:
+        """The read connection; SQLite errors become one-line :class:`OutboxError` exceptions."""
+        with self._rlock:
+            try:
+                yield self._reader
+            except sqlite3.Error as exc:
+                raise _unreadable(exc, f"outbox {self.path}: cannot read {what}") from None
+
     def close(self) -> None:
         with self._lock, self._rlock, self._flock:
             for conn in (self._reader, self._fast, self._conn):
                 with contextlib.suppress(sqlite3.Error):
                     conn.close()
+        self.ledger.close()
 
     # --- the pipeline's side -------------------------------------------------------------------------
 
@@ -314,10 +450,12 @@ class Outbox:
         except sqlite3.Error as exc:
             if _is_full(exc):
                 raise OutboxFullError(
-                    f"outbox {self.path} cannot store message {control_id}: {exc} "
-                    "(disk full or read-only); the reading was NOT queued"
+                    f"outbox {self.path} cannot store message {control_id}: {explain(exc)}; "
+                    "the reading was NOT queued"
                 ) from None
-            raise OutboxError(f"outbox {self.path} cannot store message {control_id}: {exc}") from None
+            raise OutboxError(
+                f"outbox {self.path} cannot store message {control_id}: {explain(exc)}"
+            ) from None
         assert row_id is not None
         return row_id
 
@@ -345,41 +483,60 @@ class Outbox:
         except sqlite3.Error as exc:
             if _is_full(exc):
                 raise OutboxFullError(
-                    f"outbox {self.path} cannot store {len(ids) + 1} messages: {exc} "
-                    "(disk full or read-only); none of them was queued"
+                    f"outbox {self.path} cannot store {len(ids) + 1} messages: {explain(exc)}; "
+                    "none of them was queued"
                 ) from None
-            raise OutboxError(f"outbox {self.path} cannot store messages: {exc}") from None
+            raise OutboxError(f"outbox {self.path} cannot store messages: {explain(exc)}") from None
         return ids
 
     def depth(self) -> int:
-        with self._rlock:
-            return int(self._reader.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+        with self._read("the queue length") as conn:
+            return int(conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
 
     def dead_count(self) -> int:
-        with self._rlock:
-            return int(self._reader.execute("SELECT COUNT(*) FROM dead_letter").fetchone()[0])
+        with self._read("the dead-letter count") as conn:
+            return int(conn.execute("SELECT COUNT(*) FROM dead_letter").fetchone()[0])
 
     # --- the sender's side ---------------------------------------------------------------------------
 
     def peek(self, limit: int = 64, *, after_id: int = 0) -> list[OutboxMessage]:
         """The oldest queued messages (id order), at most ``limit``, with ``id > after_id``."""
-        with self._rlock:
-            rows = self._reader.execute(
+        with self._read("queued messages") as conn:
+            rows = conn.execute(
                 _SELECT_QUEUED + " WHERE id > ? ORDER BY id LIMIT ?",
                 (after_id, limit),
             ).fetchall()
         return [_msg(r) for r in rows]
 
-    def delete(self, message_id: int) -> bool:
-        """Remove a delivered message (positive ACK). Cheap commit: see the module docstring."""
+    def delete(self, message_id: int, control_id: str | None = None) -> bool:
+        """Remove a delivered message (positive ACK). Cheap commit: see the module docstring.
+
+        With ``control_id`` only a row with that MSH-10 is removed (a ledger entry from an earlier run).
+        """
         try:
             with self._tx("NORMAL") as conn:
-                cur = conn.execute("DELETE FROM outbox WHERE id = ?", (message_id,))
+                if control_id is None:
+                    cur = conn.execute("DELETE FROM outbox WHERE id = ?", (message_id,))
+                else:
+                    cur = conn.execute(
+                        "DELETE FROM outbox WHERE id = ? AND control_id = ?", (message_id, control_id)
+                    )
         except sqlite3.Error as exc:
             raise OutboxError(
-                f"outbox {self.path}: cannot remove delivered message {message_id}: {exc}"
+                f"outbox {self.path}: cannot remove delivered message {message_id}: {explain(exc)}"
             ) from None
+        self.ledger.forget(message_id)
         return cur.rowcount > 0
+
+    # --- acknowledged messages whose removal failed (ledger.py) ----------------------------------
+
+    def remember_delivered(self, message_id: int, control_id: str) -> bool:
+        """Record that the EHR acknowledged a message that could not be removed. True when durable."""
+        return self.ledger.record(message_id, control_id)
+
+    def delivered_pending(self) -> dict[int, str]:
+        """Acknowledged messages (id -> MSH-10) still to be removed, also from before a restart."""
+        return self.ledger.entries()
 
     def delete_nowait(self, message_id: int) -> bool | None:
         """:meth:`delete` without ever waiting: ``None`` when the outbox is busy (another thread's commit,
@@ -397,7 +554,9 @@ class Outbox:
             except sqlite3.OperationalError:
                 return None  # locked by our other connection or another process
             except sqlite3.Error as exc:
-                raise OutboxError(f"outbox {self.path}: cannot remove message {message_id}: {exc}") from None
+                raise OutboxError(
+                    f"outbox {self.path}: cannot remove delivered message {message_id}: {explain(exc)}"
+                ) from None
             try:
                 cur = conn.execute("DELETE FROM outbox WHERE id = ?", (message_id,))
                 conn.execute("COMMIT")
@@ -406,10 +565,13 @@ class Outbox:
                     conn.execute("ROLLBACK")
                 if isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc)):
                     return None
-                raise OutboxError(f"outbox {self.path}: cannot remove message {message_id}: {exc}") from None
-            return cur.rowcount > 0
+                raise OutboxError(
+                    f"outbox {self.path}: cannot remove delivered message {message_id}: {explain(exc)}"
+                ) from None
         finally:
             self._flock.release()
+        self.ledger.forget(message_id)
+        return cur.rowcount > 0
 
     def mark_failure(self, message_id: int, error: str, *, negative: bool = False) -> tuple[int, int]:
         """Record a failed attempt; returns ``(attempts, nacks)`` after it."""
@@ -424,7 +586,9 @@ class Outbox:
                     "SELECT attempts, nacks FROM outbox WHERE id = ?", (message_id,)
                 ).fetchone()
         except sqlite3.Error as exc:
-            raise OutboxError(f"outbox {self.path}: cannot update message {message_id}: {exc}") from None
+            raise OutboxError(
+                f"outbox {self.path}: cannot update message {message_id}: {explain(exc)}"
+            ) from None
         return (int(row[0]), int(row[1])) if row else (0, 0)
 
     def dead_letter(
@@ -435,7 +599,9 @@ class Outbox:
             with self._tx("FULL") as conn:
                 moved = _move_to_dead(conn, message_id, reason, ack_code, ack_text)
         except sqlite3.Error as exc:
-            raise OutboxError(f"outbox {self.path}: cannot dead-letter message {message_id}: {exc}") from None
+            raise OutboxError(
+                f"outbox {self.path}: cannot dead-letter message {message_id}: {explain(exc)}"
+            ) from None
         return moved
 
     # --- operator tools ------------------------------------------------------------------------------
@@ -444,8 +610,8 @@ class Outbox:
         return self.peek(limit)
 
     def list_dead(self, limit: int = 1000) -> list[DeadLetter]:
-        with self._rlock:
-            rows = self._reader.execute(
+        with self._read("dead letters") as conn:
+            rows = conn.execute(
                 _SELECT_DEAD + " ORDER BY id LIMIT ?",
                 (limit,),
             ).fetchall()
@@ -453,8 +619,8 @@ class Outbox:
 
     def has_control_id(self, control_id: str) -> bool:
         """True when a message with this MSH-10 is queued or dead-lettered (not yet delivered)."""
-        with self._rlock:
-            row = self._reader.execute(
+        with self._read("queued MSH-10s") as conn:
+            row = conn.execute(
                 "SELECT 1 FROM outbox WHERE control_id = ?"
                 " UNION ALL SELECT 1 FROM dead_letter WHERE control_id = ? LIMIT 1",
                 (control_id, control_id),
@@ -462,14 +628,14 @@ class Outbox:
         return row is not None
 
     def get(self, message_id: int) -> OutboxMessage | DeadLetter | None:
-        with self._rlock:
-            row = self._reader.execute(
+        with self._read(f"message {message_id}") as conn:
+            row = conn.execute(
                 _SELECT_QUEUED + " WHERE id = ?",
                 (message_id,),
             ).fetchone()
             if row:
                 return _msg(row)
-            row = self._reader.execute(
+            row = conn.execute(
                 _SELECT_DEAD + " WHERE id = ?",
                 (message_id,),
             ).fetchone()
@@ -487,7 +653,7 @@ class Outbox:
                 cur = conn.execute(_RETRY_DEAD + where, args)
                 conn.execute("DELETE FROM dead_letter" + where, args)  # noqa: S608
         except sqlite3.Error as exc:
-            raise OutboxError(f"outbox {self.path}: cannot retry: {exc}") from None
+            raise OutboxError(f"outbox {self.path}: cannot retry: {explain(exc)}") from None
         return cur.rowcount
 
     def purge_dead(self, older_than_seconds: float) -> int:
@@ -497,14 +663,14 @@ class Outbox:
             with self._tx("FULL") as conn:
                 cur = conn.execute("DELETE FROM dead_letter WHERE dead_at <= ?", (cutoff,))
         except sqlite3.Error as exc:
-            raise OutboxError(f"outbox {self.path}: cannot purge: {exc}") from None
+            raise OutboxError(f"outbox {self.path}: cannot purge: {explain(exc)}") from None
         return cur.rowcount
 
     # --- per-device state ----------------------------------------------------------------------------
 
     def get_state(self, device_id: str, key: str) -> str | None:
-        with self._rlock:
-            row = self._reader.execute(
+        with self._read("device state") as conn:
+            row = conn.execute(
                 "SELECT value FROM device_state WHERE device_id = ? AND key = ?", (device_id, key)
             ).fetchone()
         return None if row is None else str(row[0])
@@ -521,5 +687,7 @@ class Outbox:
                 )
         except sqlite3.Error as exc:
             if _is_full(exc):
-                raise OutboxFullError(f"outbox {self.path}: cannot store device state: {exc}") from None
-            raise OutboxError(f"outbox {self.path}: cannot store device state: {exc}") from None
+                raise OutboxFullError(
+                    f"outbox {self.path}: cannot store device state: {explain(exc)}"
+                ) from None
+            raise OutboxError(f"outbox {self.path}: cannot store device state: {explain(exc)}") from None

@@ -1,15 +1,19 @@
 """The MLLP sender: takes messages from the outbox in order and delivers them (hl7-pcd01.md §9.2).
 
-* One message in flight. A message leaves the outbox only after an ``AA`` or ``CA`` whose MSA-2 equals its
-  MSH-10; re-sends reuse the stored bytes, so the MSH-10 (and MSH-7) never change.
-* No ACK (refused, reset, closed, silent, garbage, an unparseable ACK, or an ACK for another MSH-10) is a
-  link failure: close the connection, wait a capped exponential back-off with jitter, reconnect, re-send
-  the same message. Order is kept; link failures never dead-letter a message.
-* A negative ACK whose code is in ``retry_negative`` (default ``AE``, ``CE``) defers that message by a
-  back-off and lets the later messages go; after ``max_attempts`` such answers it is dead-lettered. Any
-  other negative or unknown code (``AR``, ``CR``, ...) dead-letters it at once. Dead letters keep the reason
-  and the receiver's MSA-3/ERR text and are logged at WARNING (the interface alert).
-* A late ``AA`` following a ``CA`` for an already delivered message is recognised and skipped.
+This module does the I/O: it reads the outbox, talks MLLP, writes the results and the audit records. Every
+decision — what to send next, when to retry, when to dead-letter or probe a poison message, how long to
+back off after a storage error and when to give up — is :class:`~vitals_agent.agent.delivery_policy.
+DeliveryPolicy`'s, which is pure and tested without sockets. In short:
+
+* One message in flight. A message leaves the outbox only after an ``AA`` or ``CA`` whose MSH-10 it
+  carries; re-sends reuse the stored bytes, so the MSH-10 (and MSH-7) never change.
+* No ACK is a link failure: close, back off, reconnect, re-send the same message. ``AE``/``CE`` defer the
+  message and let later ones go; ``AR``/``CR``/unknown codes dead-letter it. Dead letters are logged at
+  WARNING (the interface alert) without the receiver's free text.
+* A message the EHR accepted is never sent again, whatever the disk does: when its removal fails it is
+  remembered (in memory, and in the outbox's ledger file when that can be written) and its removal is
+  retried with a storage back-off. Storage errors back off, show in :meth:`Sender.status`, and after
+  ``storage_give_up`` seconds :meth:`Sender.run` raises :class:`StorageFailedError` so the agent stops.
 * The outbox depth is checked about once a second; crossing ``backlog_warning`` (and each doubling of it)
   logs a WARNING.
 
@@ -24,20 +28,32 @@ import math
 import random
 import ssl
 import time
-from collections import deque
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 
+from vitals_agent.agent.delivery_policy import (
+    DEFAULT_STORAGE_GIVE_UP,
+    DeadLetter,
+    DeliveryPolicy,
+    Fetch,
+    Refill,
+    Removal,
+    Send,
+    Settings,
+    Settle,
+    Wait,
+)
 from vitals_agent.agent.outbox import Outbox, OutboxMessage
 from vitals_agent.config.ehr import EhrConfig
 from vitals_agent.errors import (
     AckProtocolError,
     ConnectFailedError,
-    DeliveryError,
     OutboxError,
     PeerUnavailableError,
+    StorageFailedError,
 )
 from vitals_agent.hl7.ack import Ack, parse_ack
 from vitals_agent.hl7.mllp import MllpClient
@@ -47,13 +63,10 @@ log = structlog.get_logger(__name__)
 BATCH = 64  # messages read from the outbox at a time
 IDLE_POLL_SECONDS = 2.0  # look at the outbox this often even without wake() (operator retries)
 BACKLOG_CHECK_SECONDS = 1.0
-RECENT_ACKED = 32
 # A message that fails this many times in a row *after* the EHR accepted the connection becomes a suspect:
-# the next message is tried in its place. If the receiver accepts that one, the suspect is poison (e.g.
-# larger than the receiver's frame limit, so it drops the connection every time) and is dead-lettered,
-# so one bad message never blocks the room's later readings. If the next one fails too, the EHR is broken
-# for everyone: order is restored and nothing is dead-lettered.
+# the next message is tried in its place (see delivery_policy.py).
 POISON_SUSPECT_AFTER = 3
+STORAGE_REMINDER_SECONDS = 60.0  # a still-failing outbox is logged at ERROR again this often
 
 
 class Sender:
@@ -65,6 +78,8 @@ class Sender:
         ssl_context: ssl.SSLContext | None = None,
         client: MllpClient | None = None,
         rng: random.Random | None = None,
+        storage_give_up: float = DEFAULT_STORAGE_GIVE_UP,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.outbox = outbox
         self.ehr = ehr
@@ -75,26 +90,33 @@ class Sender:
             ssl_context=ssl_context,
             server_hostname=ehr.server_name,
         )
-        self._rng = rng or random.Random()
+        self._clock = clock
+        self.policy: DeliveryPolicy[OutboxMessage] = DeliveryPolicy(
+            Settings.from_ehr(
+                ehr,
+                storage_give_up=storage_give_up,
+                batch=BATCH,
+                idle_poll=IDLE_POLL_SECONDS,
+                poison_after=POISON_SUSPECT_AFTER,
+            ),
+            rng=rng,
+        )
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._done = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
-        self._batch: deque[OutboxMessage] = deque()
-        self._deferred: dict[int, float] = {}  # id -> monotonic time it may be sent again (after AE/CE)
-        self._recent_acked: deque[str] = deque(maxlen=RECENT_ACKED)
-        self._failures = 0  # consecutive link failures
-        self._post_connect_failures: dict[int, int] = {}  # message id -> failures after connecting
-        self._suspect: int | None = None  # message id being probed as poison (deferred meanwhile)
         self._in_flight: OutboxMessage | None = None
         self._last_error: str | None = None
         self._last_error_at: float | None = None
         self._last_ack_at: float | None = None
+        self._storage_since: float | None = None  # wall time the current run of storage failures began
+        self._storage_reminded = 0.0
+        self._mark_failing = False
         self._delivered = 0
         self._dead_lettered = 0
         self._backlog_level = 0
-        self._backlog_checked = 0.0
+        self._backlog_checked = -math.inf
         self.audit: Any = None  # AuditLog (patient context issue): every ACK and dead letter
 
     # --- public API ----------------------------------------------------------------------------------
@@ -110,6 +132,9 @@ class Sender:
             depth, dead = self.outbox.depth(), self.outbox.dead_count()
         except Exception:  # a closed or broken outbox must not break a status request
             depth = dead = None
+        snap = self.policy.snapshot(self._clock())
+        failing_for = snap["storage_failing_for"]
+        give_up = self.policy.settings.storage_give_up
         return {
             "connected": self.client.connected,
             "peer": self.client.peer,
@@ -123,7 +148,19 @@ class Sender:
             "sent": self._delivered,
             "delivered": self._delivered,
             "dead_lettered": self._dead_lettered,
-            "consecutive_failures": self._failures,
+            "consecutive_failures": self.policy.failures,
+            "storage": {
+                "ok": snap["storage_error"] is None,
+                "error": snap["storage_error"],
+                "failing_since": _iso(self._storage_since) if failing_for is not None else None,
+                "stops_in_seconds": (
+                    round(max(0.0, give_up - float(failing_for)), 1)  # type: ignore[arg-type]
+                    if failing_for is not None
+                    else None
+                ),
+                "acknowledged_not_removed": snap["unsettled_removals"],
+                "ledger_durable": self.outbox.ledger.available,
+            },
         }
 
     async def stop(self, timeout: float = 3.0) -> None:
@@ -144,24 +181,25 @@ class Sender:
         await self.client.close()
 
     async def run(self) -> None:
-        """Deliver until :meth:`stop`. Outbox errors are logged and retried; this never returns early."""
+        """Deliver until :meth:`stop`. Storage errors back off; when they last longer than the give-up
+        time this raises :class:`StorageFailedError` (the agent stops). Bugs are logged and retried."""
         self._task = asyncio.current_task()
         self._done.clear()
         log.info("sender started", peer=self.client.peer, tls=self.client.ssl_context is not None)
+        pending = self.outbox.delivered_pending()
+        if pending:
+            log.info("removing messages the EHR acknowledged before the last stop", count=len(pending))
+            self.policy.remembered(pending)
         try:
             while not self._stopping:
                 try:
                     await self._check_backlog()
-                    msg = await self._next_message()
-                    if msg is None:
-                        await self._idle()
-                        continue
-                    await self._deliver(msg)
-                except OutboxError as exc:
-                    self._error(str(exc))
-                    log.error("sender: outbox problem, retrying", error=str(exc))
-                    self._batch.clear()
-                    await self._sleep(self._backoff(max(self._failures, 1)))
+                    await self._step()
+                except OutboxError as exc:  # a read failed (writes are handled where they happen)
+                    self._in_flight = None
+                    self._storage_failed(str(exc), write=False)
+                except StorageFailedError:
+                    raise
                 except Exception as exc:  # a bug must not silently end delivery: log it, go on
                     self._in_flight = None
                     self._error(f"internal error: {exc.__class__.__name__}")
@@ -169,11 +207,11 @@ class Sender:
                     log.error("sender: unexpected error, continuing", error=exc.__class__.__name__)
                     log.debug("sender: unexpected error details", exc_info=True)
                     self.client.abort()
-                    self._batch.clear()
-                    await self._sleep(self._backoff(max(self._failures, 1)))
+                    self.policy.internal_error(self._clock())
         finally:
             self._in_flight = None
             self.client.abort()
+            self._last_removals()
             self._done.set()
             log.info("sender stopped", delivered=self._delivered)
 
@@ -183,31 +221,36 @@ class Sender:
         self._last_error = text
         self._last_error_at = time.time()
 
-    async def _next_message(self) -> OutboxMessage | None:
-        now = time.monotonic()
-        due = [mid for mid, at in self._deferred.items() if at <= now]
-        if due:
-            mid = min(due)
-            del self._deferred[mid]
-            item = await asyncio.to_thread(self.outbox.get, mid)
-            if isinstance(item, OutboxMessage):
-                return item
-        if not self._batch:
-            self._wake.clear()
-            rows = await asyncio.to_thread(self.outbox.peek, BATCH + len(self._deferred))
-            self._batch.extend(r for r in rows if r.id not in self._deferred)
-        return self._batch[0] if self._batch else None
+    async def _step(self) -> None:
+        step = self.policy.next_step(self._clock())
+        if isinstance(step, Settle):
+            await self._settle(step)
+        elif isinstance(step, Send):
+            await self._deliver(step.message)
+        elif isinstance(step, Refill):
+            self._wake.clear()  # before reading: a message queued from now on wakes the idle wait
+            rows = await asyncio.to_thread(self.outbox.peek, step.limit)
+            if self.policy.refilled(rows, self._clock()):
+                self._storage_recovered()
+        elif isinstance(step, Fetch):
+            item = await asyncio.to_thread(self.outbox.get, step.message_id)
+            queued = item if isinstance(item, OutboxMessage) else None
+            if self.policy.fetched(step.message_id, queued, self._clock()):
+                self._storage_recovered()
+        elif isinstance(step, Wait):
+            await self._wait(step)
 
-    async def _idle(self) -> None:
-        timeout = IDLE_POLL_SECONDS
-        if self._deferred:
-            timeout = max(0.0, min(timeout, min(self._deferred.values()) - time.monotonic()))
+    async def _wait(self, step: Wait) -> None:
+        if not step.wake_on_new:
+            await self._sleep(step.seconds)
+            return
         waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(self._stop.wait())]
         try:
-            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waiters, timeout=step.seconds, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for w in waiters:
                 w.cancel()
+        self.policy.woken()
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep, but wake up at once when stop() is called."""
@@ -216,76 +259,128 @@ class Sender:
                 await self._stop.wait()
 
     def _backoff(self, n: int) -> float:
-        """Capped exponential back-off with jitter: in [cap/2, cap], cap = min(max, min * 2**(n-1))."""
-        lo, hi = self.ehr.backoff_min_seconds, self.ehr.backoff_max_seconds
-        cap = min(hi, lo * math.pow(2.0, min(max(n - 1, 0), 62)))
-        return cap / 2 + self._rng.random() * cap / 2
+        """Capped exponential back-off with jitter (the policy's): in [cap/2, cap]."""
+        return self.policy.backoff(n)
 
-    def _drop_from_batch(self, msg: OutboxMessage) -> None:
-        if self._batch and self._batch[0].id == msg.id:
-            self._batch.popleft()
+    # --- storage -------------------------------------------------------------------------------------
+
+    def _storage_failed(self, error: str, *, write: bool) -> None:
+        verdict = self.policy.storage_failed(self._clock(), error, write=write)
+        self._error(error)
+        fields = {"error": error, "retry_in": round(verdict.delay, 2)}
+        if verdict.first:
+            self._storage_since = time.time()
+            self._storage_reminded = 0.0
+            log.error(
+                "outbox storage failing; backing off",
+                stops_agent_after=self.policy.settings.storage_give_up,
+                **fields,
+            )
+        elif verdict.failing_for - self._storage_reminded >= STORAGE_REMINDER_SECONDS:
+            self._storage_reminded = verdict.failing_for
+            log.error("outbox storage still failing", failing_for=round(verdict.failing_for), **fields)
         else:
-            self._batch = deque(m for m in self._batch if m.id != msg.id)
+            log.debug("outbox storage failing again", failing_for=round(verdict.failing_for, 1), **fields)
+        if verdict.give_up:
+            raise StorageFailedError(
+                f"stopping after {round(verdict.failing_for)} s of storage errors: {error}"
+            )
+
+    def _storage_recovered(self) -> None:
+        log.info("outbox storage usable again")
+        if self.policy.snapshot(self._clock())["storage_error"] is None:
+            self._storage_since = None
+
+    async def _settle(self, step: Settle[OutboxMessage]) -> None:
+        """Write a decided outcome: remove a delivered message, or move one to the dead-letter table."""
+        outcome = step.outcome
+        try:
+            if isinstance(outcome, Removal):
+                if step.message is None:  # remembered from before a restart: check its MSH-10 too
+                    await asyncio.to_thread(self.outbox.delete, step.message_id, step.control_id)
+                elif self.outbox.delete_nowait(step.message_id) is None:
+                    # Inline when the outbox is free (a cheap NORMAL commit, no fsync): a thread hand-off
+                    # per message would cost more than the delete. When it is busy, wait in a thread.
+                    await asyncio.to_thread(self.outbox.delete, step.message_id)
+                moved = True
+            else:
+                moved = await asyncio.to_thread(
+                    self.outbox.dead_letter,
+                    step.message_id,
+                    outcome.reason,
+                    ack_code=outcome.ack_code,
+                    ack_text=outcome.ack_text,
+                )
+        except OutboxError as exc:
+            if isinstance(outcome, Removal):
+                durable = await asyncio.to_thread(
+                    self.outbox.remember_delivered, step.message_id, step.control_id
+                )
+                if step.first_try:
+                    log.warning(
+                        "delivered message not removed from the outbox yet; it will not be sent again",
+                        control_id=step.control_id,
+                        remembered="on disk" if durable else "in memory only",
+                    )
+            self._storage_failed(str(exc), write=True)
+            return
+        if self.policy.settled(step.message_id, self._clock()):
+            self._storage_recovered()
+        if isinstance(outcome, Removal):
+            if not step.first_try or step.message is None:
+                log.info("delivered message removed from the outbox", control_id=step.control_id)
+            return
+        if moved:
+            await self._dead_lettered_now(step, outcome)
+
+    async def _dead_lettered_now(self, step: Settle[OutboxMessage], outcome: DeadLetter) -> None:
+        self._dead_lettered += 1
+        await self._audit("message_dead", control_id=step.control_id, reason=outcome.reason)
+        try:
+            dead: int | None = await asyncio.to_thread(self.outbox.dead_count)
+        except OutboxError:
+            dead = None
+        log.warning(
+            "interface alert: message moved to the dead-letter table",
+            control_id=step.control_id,
+            id=step.message_id,
+            device_id=step.message.device_id if step.message is not None else None,
+            reason=outcome.reason,
+            ack=outcome.ack_code,
+            dead_letters=dead,
+        )
+
+    def _last_removals(self) -> None:
+        """At stop: one last, never-waiting try to remove delivered messages (the ledger has them anyway)."""
+        while True:
+            step = self.policy.next_step(self._clock())
+            if not isinstance(step, Settle) or not isinstance(step.outcome, Removal):
+                return
+            try:
+                if self.outbox.delete_nowait(step.message_id) is None:
+                    return
+            except OutboxError:
+                return
+            self.policy.settled(step.message_id, self._clock())
+
+    # --- one message ---------------------------------------------------------------------------------
 
     async def _deliver(self, msg: OutboxMessage) -> None:
         if b"\x0b" in msg.body or b"\x1c" in msg.body:
             # MLLP cannot carry it, now or ever: park it instead of blocking the queue behind it
-            await self._dead_letter(msg, "message contains an MLLP framing byte (0x0B or 0x1C)", None)
+            self.policy.refuse(msg, "message contains an MLLP framing byte (0x0B or 0x1C)")
             return
         self._in_flight = msg
         try:
             ack = await self._exchange(msg)
         except (PeerUnavailableError, AckProtocolError) as exc:
             self._in_flight = None
-            if not (self._batch and self._batch[0].id == msg.id):
-                self._deferred[msg.id] = time.monotonic()  # a retried AE/CE message: due again at once
-            if not isinstance(exc, ConnectFailedError):
-                self._failed_after_connect(msg)
             await self._link_failed(msg, exc)
             return
         try:
             await self._handle_ack(msg, ack)
         finally:
             self._in_flight = None
-
-    def _failed_after_connect(self, msg: OutboxMessage) -> None:
-        """Count a failure the EHR caused after accepting the connection; probe a repeated one as poison."""
-        if self._suspect is not None and msg.id != self._suspect:
-            # The probe failed as well: the EHR is failing every message. Restore order, suspect nothing.
-            log.debug("poison probe failed: the receiver fails other messages too", control_id=msg.control_id)
-            self._deferred[self._suspect] = time.monotonic()
-            self._suspect = None
-            self._post_connect_failures.clear()
-            return
-        count = self._post_connect_failures.get(msg.id, 0) + 1
-        self._post_connect_failures[msg.id] = count
-        if count >= POISON_SUSPECT_AFTER and self._suspect is None and self._has_other_messages(msg):
-            self._suspect = msg.id
-            self._drop_from_batch(msg)
-            self._deferred[msg.id] = time.monotonic() + max(60.0, 2 * self.ehr.ack_timeout_seconds)
-            log.info(
-                "trying the next message in place of one the receiver keeps failing",
-                control_id=msg.control_id,
-            )
-
-    def _has_other_messages(self, msg: OutboxMessage) -> bool:
-        return any(m.id != msg.id for m in self._batch) or any(i != msg.id for i in self._deferred)
-
-    async def _confirm_poison(self) -> None:
-        """A later message was accepted while a suspect waited: the suspect is poison for this receiver."""
-        suspect, self._suspect = self._suspect, None
-        if suspect is None:
-            return
-        self._deferred.pop(suspect, None)
-        failures = self._post_connect_failures.pop(suspect, 0)
-        item = await asyncio.to_thread(self.outbox.get, suspect)
-        if isinstance(item, OutboxMessage):
-            await self._dead_letter(
-                item,
-                f"the receiver failed this message {failures} times after accepting the connection "
-                "while accepting later ones (too large for it, or content it cannot take)",
-                None,
-            )
 
     async def _exchange(self, msg: OutboxMessage) -> Ack:
         timeout = self.ehr.ack_timeout_seconds
@@ -299,7 +394,7 @@ class Sender:
                 raise
             if ack.control_id == msg.control_id:
                 return ack
-            if ack.control_id in self._recent_acked:
+            if self.policy.was_acked(ack.control_id):
                 # e.g. the AA that follows a CA we already took as delivery: not for this message
                 log.debug("late ACK for a delivered message skipped", ack_for=ack.control_id, code=ack.code)
                 payload = await self.client.receive(max(0.0, deadline - time.monotonic()))
@@ -309,20 +404,34 @@ class Sender:
                 f"ACK is for message {ack.control_id!r}, not for {msg.control_id!r}: treated as no ACK"
             )
 
-    async def _link_failed(self, msg: OutboxMessage, exc: DeliveryError) -> None:
-        self._failures += 1
+    async def _link_failed(self, msg: OutboxMessage, exc: PeerUnavailableError | AckProtocolError) -> None:
+        verdict = self.policy.link_failed(
+            msg, self._clock(), after_connect=not isinstance(exc, ConnectFailedError)
+        )
+        if verdict.suspect:
+            log.info(
+                "trying the next message in place of one the receiver keeps failing",
+                control_id=msg.control_id,
+            )
         self._error(str(exc))
-        delay = self._backoff(self._failures)
-        fields = {"control_id": msg.control_id, "error": str(exc), "retry_in": round(delay, 2)}
-        if self._failures == 1:
+        fields = {"control_id": msg.control_id, "error": str(exc), "retry_in": round(verdict.delay, 2)}
+        if verdict.failures == 1:
             log.warning("delivery failed, will re-send", **fields)
         else:
-            log.debug("delivery failed again, will re-send", attempt=self._failures, **fields)
+            log.debug("delivery failed again, will re-send", attempt=verdict.failures, **fields)
+        await self._mark_failure(msg, str(exc))
+
+    async def _mark_failure(self, msg: OutboxMessage, error: str, *, negative: bool = False) -> int | None:
+        """Count a failed attempt in the outbox; returns the stored number of negative answers, or None
+        when the outbox could not be written (a storage failure: backs off, may stop the agent)."""
         try:
-            await asyncio.to_thread(self.outbox.mark_failure, msg.id, str(exc))
+            _, nacks = await asyncio.to_thread(self.outbox.mark_failure, msg.id, error, negative=negative)
         except OutboxError as oexc:
-            log.error("cannot record the failed attempt", control_id=msg.control_id, error=str(oexc))
-        await self._sleep(delay)
+            self._storage_failed(str(oexc), write=True)
+            return None
+        if self.policy.storage_ok(self._clock(), write=True):
+            self._storage_recovered()
+        return nacks
 
     async def _audit(self, method: str, **fields: Any) -> None:
         """Write an audit record off the event loop (each record is fsynced; the log is thread-safe)."""
@@ -340,69 +449,36 @@ class Sender:
             ack_code=ack.code,
             ack_text="" if ack.accepted else ack.describe(),
         )
-        if self._failures:
-            log.info("delivery resumed", after_failures=self._failures, peer=self.client.peer)
-        self._failures = 0
-        self._post_connect_failures.pop(msg.id, None)
-        if self._suspect is not None and msg.id != self._suspect:
-            await self._confirm_poison()
+        resumed = self.policy.answered(msg)
+        if resumed:
+            log.info("delivery resumed", after_failures=resumed, peer=self.client.peer)
         self._last_ack_at = time.time()
         if ack.accepted:
-            # Inline when the outbox is free (a cheap NORMAL commit, no fsync): a thread hand-off per
-            # message would cost more than the delete. When it is busy, wait in a thread instead.
-            if self.outbox.delete_nowait(msg.id) is None:
-                await asyncio.to_thread(self.outbox.delete, msg.id)
-            self._drop_from_batch(msg)
-            self._recent_acked.append(msg.control_id)
+            self.policy.accepted(msg)  # never offered again, whatever happens to the removal
             self._delivered += 1
             log.debug("delivered", control_id=msg.control_id, ack=ack.code)
+            step = self.policy.next_step(self._clock())
+            if isinstance(step, Settle) and step.message_id == msg.id:
+                await self._settle(step)  # remove it now (the fast path)
+            else:  # the outbox is failing: the removal waits, the ledger remembers it meanwhile
+                await asyncio.to_thread(self.outbox.remember_delivered, msg.id, msg.control_id)
             return
         detail = ack.describe()  # stored with the message (outbox database), never logged above DEBUG
         self._error(f"{msg.control_id}: {ack.summary()}")
         log.debug("negative acknowledgement", control_id=msg.control_id, ack=detail)
-        _, nacks = await asyncio.to_thread(self.outbox.mark_failure, msg.id, detail, negative=True)
-        if ack.code in self.ehr.retry_negative:
-            self._drop_from_batch(msg)
-            if nacks < self.ehr.max_attempts:
-                delay = self._backoff(nacks)
-                self._deferred[msg.id] = time.monotonic() + delay
-                log.warning(
-                    "receiver answered with an error, will retry",
-                    control_id=msg.control_id,
-                    ack=ack.summary(),
-                    attempt=nacks,
-                    max_attempts=self.ehr.max_attempts,
-                    retry_in=round(delay, 2),
-                )
-                return
-            reason = f"{ack.code} {nacks} times (max_attempts {self.ehr.max_attempts})"
-        elif ack.known:
-            reason = f"rejected by the receiver ({ack.code})"
-        else:
-            reason = f"unknown acknowledgement code {ack.code!r}"
-        await self._dead_letter(msg, reason, ack)
-
-    async def _dead_letter(self, msg: OutboxMessage, reason: str, ack: Ack | None) -> None:
-        await asyncio.to_thread(
-            self.outbox.dead_letter,
-            msg.id,
-            reason,
-            ack_code=ack.code if ack else None,
-            ack_text=ack.describe() if ack else None,
+        nacks = await self._mark_failure(msg, detail, negative=True)
+        verdict = self.policy.negative(
+            msg, ack.code, known=ack.known, nacks=nacks, now=self._clock(), text=detail
         )
-        self._drop_from_batch(msg)
-        self._deferred.pop(msg.id, None)
-        self._dead_lettered += 1
-        await self._audit("message_dead", control_id=msg.control_id, reason=reason)
-        dead = await asyncio.to_thread(self.outbox.dead_count)
+        if isinstance(verdict, DeadLetter):
+            return  # settled by the next step
         log.warning(
-            "interface alert: message moved to the dead-letter table",
+            "receiver answered with an error, will retry",
             control_id=msg.control_id,
-            id=msg.id,
-            device_id=msg.device_id,
-            reason=reason,
-            ack=ack.summary() if ack else None,
-            dead_letters=dead,
+            ack=ack.summary(),
+            attempt=verdict.attempt,
+            max_attempts=self.ehr.max_attempts,
+            retry_in=round(verdict.delay, 2),
         )
 
     async def _check_backlog(self) -> None:
@@ -410,7 +486,11 @@ class Sender:
         if now - self._backlog_checked < BACKLOG_CHECK_SECONDS:
             return
         self._backlog_checked = now
-        depth = await asyncio.to_thread(self.outbox.depth)
+        try:
+            depth = await asyncio.to_thread(self.outbox.depth)
+        except OutboxError as exc:  # the delivery steps report storage errors; this is only a monitor
+            log.debug("backlog check failed", error=str(exc))
+            return
         limit = self.ehr.backlog_warning
         level = 0 if depth < limit else int(math.log2(depth / limit)) + 1
         if level > self._backlog_level:

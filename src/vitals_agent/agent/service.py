@@ -33,11 +33,12 @@ from vitals_agent.agent.supervisor import DeviceSupervisor
 from vitals_agent.agent.tls import ssl_context_from
 from vitals_agent.config.schema import Config
 from vitals_agent.drivers.base import DecodeContext, driver_class
-from vitals_agent.errors import ConfigError, VitalsAgentError
+from vitals_agent.errors import ConfigError, OutboxError, StorageFailedError, VitalsAgentError
 from vitals_agent.models import DeviceIdentity
 
 log = structlog.get_logger(__name__)
 
+EXIT_STORAGE_FAILED = 74  # EX_IOERR (sysexits.h): the outbox kept failing; see the last log line
 STOP_TIMEOUT = 3.0  # seconds the sender gets to finish the message in flight at shutdown
 DEVICE_STOP_TIMEOUT = 2.0  # seconds device links get to close (in parallel with the sender)
 CONTROL_STOP_TIMEOUT = 0.5
@@ -75,7 +76,12 @@ class AgentService:
         self.data_dir: Path = data_dir(config)
         self.gateway = gateway_eui64(config, self.data_dir)
         self.outbox = Outbox(self.data_dir)
-        self.sender = Sender(self.outbox, config.ehr, ssl_context=ssl_context_from(config.ehr))
+        self.sender = Sender(
+            self.outbox,
+            config.ehr,
+            ssl_context=ssl_context_from(config.ehr),
+            storage_give_up=config.agent.storage_give_up_seconds,
+        )
         self.audit = AuditLog.in_dir(self.data_dir)
         self.patients = PatientContextManager(self.data_dir, config.patient, self.audit, now=now)
         self.pipeline = Pipeline(
@@ -128,6 +134,12 @@ class AgentService:
             "parked": self.pipeline.parked,
         }
 
+    def _depth(self) -> int | None:
+        try:
+            return self.outbox.depth()
+        except OutboxError:  # the sender reports it, backs off and, if it lasts, stops the agent
+            return None
+
     async def _ticker(self) -> None:
         while True:
             await asyncio.sleep(1.0)
@@ -152,9 +164,11 @@ class AgentService:
             devices=len(self.runtimes),
             ehr=f"{self.config.ehr.host}:{self.config.ehr.port}",
             data_dir=str(self.data_dir),
-            queued=self.outbox.depth(),
+            queued=self._depth(),
         )
         sender_task = asyncio.create_task(self.sender.run(), name="sender")
+        # The sender ends by itself only when storage failed for too long: then the agent stops.
+        sender_task.add_done_callback(lambda _task: stop.set())
         for dev_id, sup in self.supervisors.items():
             self._tasks.append(asyncio.create_task(sup.run(), name=f"device:{dev_id}"))
         self._tasks.append(asyncio.create_task(self._ticker(), name="ticker"))
@@ -190,7 +204,7 @@ class AgentService:
                     )
             await sender_stopping
             sender_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, StorageFailedError):
                 await sender_task
             if self.control is not None:
                 try:
@@ -201,7 +215,19 @@ class AgentService:
             self.patients.close()
             self.audit.close()
             log.info("agent stopped")
+        failure = _storage_failure(sender_task)
+        if failure is not None:
+            log.error("agent stopped because its storage failed", reason=str(failure))
+            sdnotify.notify(f"STATUS=stopped: {failure}")
+            raise failure
         return 0
+
+
+def _storage_failure(task: asyncio.Task[None]) -> StorageFailedError | None:
+    if not task.done() or task.cancelled():
+        return None
+    exc = task.exception()
+    return exc if isinstance(exc, StorageFailedError) else None
 
 
 def install_signal_handlers(stop: asyncio.Event) -> None:

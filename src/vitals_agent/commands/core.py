@@ -25,7 +25,7 @@ from vitals_agent.drivers.base import (
     all_drivers,
     driver_class,
 )
-from vitals_agent.errors import ConfigError, VitalsAgentError
+from vitals_agent.errors import ConfigError, StorageFailedError, VitalsAgentError
 from vitals_agent.logs import setup_logging
 from vitals_agent.models import DeviceIdentity, DeviceStatusEvent, PatientScan, Reading
 
@@ -77,7 +77,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 async def cmd_run(args: argparse.Namespace) -> int:
-    from vitals_agent.agent.service import run_service
+    from vitals_agent.agent.service import EXIT_STORAGE_FAILED, run_service
 
     try:
         config = load_config(args.config)
@@ -86,7 +86,11 @@ async def cmd_run(args: argparse.Namespace) -> int:
             print(f"{key}: {message}", file=sys.stderr)
         return 1
     setup_logging(args.log_level or config.agent.log_level)
-    return await run_service(config)
+    try:
+        return await run_service(config)
+    except StorageFailedError as exc:  # after a clean stop: one line, and an exit code systemd reports
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_STORAGE_FAILED
 
 
 async def cmd_check_config(args: argparse.Namespace) -> int:

@@ -18,6 +18,8 @@ class AgentConfig(BaseModel):
     gateway_eui64: str | None = None  # MSH-3 universal id; default: derived from the host's MAC
     max_clock_skew_seconds: float = Field(120.0, gt=0)
     log_level: str = Field("INFO", pattern="^(?i:DEBUG|INFO|WARNING|ERROR)$")
+    # storage (the outbox) failing for this long without a success stops the agent (non-zero exit)
+    storage_give_up_seconds: float = Field(300.0, ge=1)
 
     @field_validator("timezone")
     @classmethod

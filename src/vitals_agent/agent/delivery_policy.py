@@ -1,0 +1,447 @@
+"""The delivery policy: every decision of the MLLP sender, without I/O (issue 13 item 2).
+
+:class:`~vitals_agent.agent.sender.Sender` does the I/O — it reads the outbox, talks MLLP and writes the
+results — and it asks :meth:`DeliveryPolicy.next_step` what to do next and tells the policy what happened.
+Time is an argument (a monotonic clock reading, in seconds) and jitter comes from an injected
+``random.Random``, so the policy is a deterministic state machine that tests drive without sockets.
+
+The rules (README, "Delivery guarantees"):
+
+* **Order.** Messages go in outbox id order, one in flight. A message deferred after ``AE``/``CE`` is
+  sent again when its back-off is over, before the next one in order.
+* **Link failures** (refused, reset, closed, silent, garbage, an ACK for another MSH-10): capped
+  exponential back-off with jitter, then the same message again. They never dead-letter a message.
+* **Poison.** A message that fails ``poison_after`` times in a row *after* the EHR accepted the connection
+  becomes a suspect: the next message is tried in its place. If the EHR answers that one, the suspect is
+  dead-lettered (one bad message must not block the room's later readings); if that one fails too, the EHR
+  is failing everything: order is restored and nothing is dead-lettered.
+* **Negative ACKs.** A code in ``retry_negative`` defers the message by a back-off and lets later messages
+  go; after ``max_attempts`` such answers it is dead-lettered. Any other code is dead-lettered at once.
+* **Settled means settled.** Once the EHR has accepted a message (or it was decided to dead-letter it),
+  it is never offered for sending again, whatever the storage does: the removal (or the move to the
+  dead-letter table) is kept as *unsettled* until a write succeeds, retried with a storage back-off. While
+  ``max_unsettled`` are waiting, nothing new is sent.
+* **Storage errors** (a read or a write of the outbox fails): capped exponential back-off with jitter from
+  ``storage_backoff_min`` to ``storage_backoff_max``, separately for reads and for writes. After
+  ``storage_give_up`` seconds of failing without a success the verdict says *give up*: the agent stops with
+  a one-line reason so the service manager and the alerts see it, instead of spinning.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
+
+from vitals_agent.config.ehr import EhrConfig
+
+DEFAULT_STORAGE_GIVE_UP = 300.0
+
+
+class Message(Protocol):
+    """What the policy needs to know about a queued message (``OutboxMessage`` has it)."""
+
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def control_id(self) -> str: ...
+
+
+M = TypeVar("M", bound=Message)
+
+
+@dataclass(frozen=True)
+class Settings:
+    max_attempts: int = 3
+    retry_negative: frozenset[str] = frozenset({"AE", "CE"})
+    backoff_min: float = 0.5
+    backoff_max: float = 60.0
+    ack_timeout: float = 30.0
+    batch: int = 64  # messages read from the outbox at a time
+    idle_poll: float = 2.0  # look at the outbox this often without a wake-up (operator retries)
+    poison_after: int = 3
+    storage_backoff_min: float = 0.25
+    storage_backoff_max: float = 30.0
+    storage_give_up: float = DEFAULT_STORAGE_GIVE_UP
+    max_unsettled: int = 64
+
+    @classmethod
+    def from_ehr(
+        cls, ehr: EhrConfig, *, storage_give_up: float = DEFAULT_STORAGE_GIVE_UP, **overrides: float
+    ) -> Settings:
+        values: dict[str, object] = {
+            "max_attempts": ehr.max_attempts,
+            "retry_negative": frozenset(ehr.retry_negative),
+            "backoff_min": ehr.backoff_min_seconds,
+            "backoff_max": ehr.backoff_max_seconds,
+            "ack_timeout": ehr.ack_timeout_seconds,
+            "storage_give_up": storage_give_up,
+            # a few retries fit in the give-up time, however short it is configured
+            "storage_backoff_max": min(30.0, max(0.5, storage_give_up / 5)),
+        }
+        values.update(overrides)
+        return cls(**values)  # type: ignore[arg-type]
+
+
+# --- what to do next ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Removal:
+    """The EHR accepted the message: remove it from the outbox."""
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """Move the message to the dead-letter table."""
+
+    reason: str
+    ack_code: str | None = None
+    ack_text: str | None = None  # the receiver's MSA-3/ERR text: stored, never logged above DEBUG
+
+
+Outcome = Removal | DeadLetter
+
+
+@dataclass(frozen=True)
+class Send(Generic[M]):
+    message: M
+
+
+@dataclass(frozen=True)
+class Refill:
+    """Read up to ``limit`` of the oldest queued messages and hand them to :meth:`DeliveryPolicy.refilled`."""
+
+    limit: int
+
+
+@dataclass(frozen=True)
+class Fetch:
+    """A deferred message is due: read it again and hand it to :meth:`DeliveryPolicy.fetched`."""
+
+    message_id: int
+
+
+@dataclass(frozen=True)
+class Settle(Generic[M]):
+    """Write a decided outcome; then :meth:`DeliveryPolicy.settled` (or ``storage_failed(write=True)``)."""
+
+    message_id: int
+    control_id: str
+    outcome: Outcome
+    message: M | None  # None for a removal remembered from before a restart
+    first_try: bool
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Nothing to do for ``seconds``. ``wake_on_new``: a newly queued message ends the wait early."""
+
+    seconds: float
+    wake_on_new: bool
+    why: str
+
+
+Step = Send[M] | Refill | Fetch | Settle[M] | Wait
+
+
+@dataclass(frozen=True)
+class Retry:
+    """A negative ACK to be retried after ``delay`` (this was answer number ``attempt``)."""
+
+    delay: float
+    attempt: int
+
+
+@dataclass(frozen=True)
+class LinkVerdict:
+    delay: float
+    failures: int  # consecutive link failures, this one included
+    suspect: bool  # this message is now probed as poison
+
+
+@dataclass(frozen=True)
+class StorageVerdict:
+    delay: float
+    first: bool  # the first failure of a run (log it loudly; repeats quietly)
+    failing_for: float
+    give_up: bool
+
+
+@dataclass
+class _Unsettled(Generic[M]):
+    control_id: str
+    outcome: Outcome
+    message: M | None
+    tried: bool = False
+
+
+@dataclass
+class _Trouble:
+    since: float
+    count: int
+    retry_at: float
+    error: str
+
+
+class DeliveryPolicy(Generic[M]):
+    """The sender's decisions. Not thread-safe: one event loop drives it."""
+
+    def __init__(self, settings: Settings, *, rng: random.Random | None = None) -> None:
+        self.settings = settings
+        self._rng = rng or random.Random()
+        self._batch: deque[M] = deque()
+        self._drained = False  # the last refill found nothing new: wait for a wake-up or the idle poll
+        self._due: M | None = None  # a fetched deferred message, sent before the batch
+        self._deferred: dict[int, float] = {}  # id -> time it may be sent again
+        self._post_connect: dict[int, int] = {}  # id -> failures after the EHR accepted the connection
+        self._nacks: dict[int, int] = {}  # id -> negative answers seen in this run
+        self._suspect: M | None = None
+        self._unsettled: dict[int, _Unsettled[M]] = {}
+        self._recent_acked: deque[str] = deque(maxlen=32)
+        self.failures = 0  # consecutive link failures
+        self._internal = 0  # consecutive unexpected errors (bugs)
+        self._link_retry_at = 0.0
+        self._read: _Trouble | None = None
+        self._write: _Trouble | None = None
+
+    # --- the next step ------------------------------------------------------------------------------
+
+    def next_step(self, now: float) -> Step[M]:
+        write = self._write
+        if self._unsettled and (write is None or now >= write.retry_at):
+            message_id, item = next(iter(self._unsettled.items()))
+            first = not item.tried
+            item.tried = True
+            return Settle(message_id, item.control_id, item.outcome, item.message, first)
+        # any wait ends when the unsettled ones may be tried again
+        settle_in = write.retry_at - now if self._unsettled and write is not None else math.inf
+        read = self._read
+        if read is not None and now < read.retry_at:
+            return Wait(min(read.retry_at - now, settle_in), False, "storage")
+        if len(self._unsettled) >= self.settings.max_unsettled:
+            return Wait(max(0.0, settle_in), False, "unsettled")
+        if now < self._link_retry_at:
+            return Wait(min(self._link_retry_at - now, settle_in), False, "link")
+        if self._due is not None:
+            return Send(self._due)
+        due = [mid for mid, at in self._deferred.items() if at <= now]
+        if due:
+            return Fetch(min(due))
+        if self._batch:
+            return Send(self._batch[0])
+        if not self._drained:
+            return Refill(self.settings.batch + len(self._deferred) + len(self._unsettled))
+        timeout = min(self.settings.idle_poll, settle_in)
+        if self._deferred:
+            timeout = max(0.0, min(timeout, min(self._deferred.values()) - now))
+        return Wait(timeout, True, "idle")
+
+    def woken(self) -> None:
+        """An idle wait ended (a wake-up or the poll interval): look at the outbox again."""
+        self._drained = False
+
+    # --- results of the I/O steps ------------------------------------------------------------------
+
+    def refilled(self, rows: Iterable[M], now: float) -> bool:
+        """The oldest queued messages. Returns True when this read ended a run of storage failures."""
+        skip = self._deferred.keys() | self._unsettled.keys()
+        self._batch = deque(r for r in rows if r.id not in skip)
+        self._drained = not self._batch
+        return self.storage_ok(now, write=False)
+
+    def fetched(self, message_id: int, message: M | None, now: float) -> bool:
+        """The deferred message as read again; None when it is no longer queued (an operator moved it)."""
+        self._deferred.pop(message_id, None)
+        if message is not None and message_id not in self._unsettled:
+            self._due = message
+        return self.storage_ok(now, write=False)
+
+    def remembered(self, pending: dict[int, str]) -> None:
+        """Removals the last run could not finish (the outbox ledger): settle them before sending."""
+        for message_id, control_id in sorted(pending.items()):
+            self._unsettled.setdefault(message_id, _Unsettled(control_id, Removal(), None))
+
+    def settled(self, message_id: int, now: float) -> bool:
+        """A removal or dead-letter move was written. Returns True when this ended a storage failure."""
+        self._unsettled.pop(message_id, None)
+        return self.storage_ok(now, write=True)
+
+    # --- results of a send --------------------------------------------------------------------------
+
+    def _forget_sending(self, msg: M) -> None:
+        if self._due is not None and self._due.id == msg.id:
+            self._due = None
+        if self._batch and self._batch[0].id == msg.id:
+            self._batch.popleft()
+        elif any(m.id == msg.id for m in self._batch):
+            self._batch = deque(m for m in self._batch if m.id != msg.id)
+
+    def link_failed(self, msg: M, now: float, *, after_connect: bool) -> LinkVerdict:
+        """No usable ACK. ``after_connect``: the EHR accepted the connection (this may be the message's
+        fault); otherwise it says nothing about the message."""
+        if self._due is not None and self._due.id == msg.id:
+            self._due = None
+            self._deferred[msg.id] = now  # a retried AE/CE message: due again after the back-off
+        suspect = after_connect and self._failed_after_connect(msg, now)
+        self.failures += 1
+        delay = self.backoff(self.failures)
+        self._link_retry_at = now + delay
+        return LinkVerdict(delay, self.failures, suspect)
+
+    def _failed_after_connect(self, msg: M, now: float) -> bool:
+        if self._suspect is not None and msg.id != self._suspect.id:
+            # The probe failed as well: the EHR is failing every message. Restore order, suspect nothing.
+            self._deferred[self._suspect.id] = now
+            self._suspect = None
+            self._post_connect.clear()
+            return False
+        count = self._post_connect.get(msg.id, 0) + 1
+        self._post_connect[msg.id] = count
+        others = any(m.id != msg.id for m in self._batch) or any(i != msg.id for i in self._deferred)
+        if count >= self.settings.poison_after and self._suspect is None and others:
+            self._suspect = msg
+            self._forget_sending(msg)
+            self._deferred[msg.id] = now + max(60.0, 2 * self.settings.ack_timeout)
+            return True
+        return False
+
+    def answered(self, msg: M) -> int:
+        """The EHR answered this message (any code): the link works. Returns the link failures it ended.
+
+        A suspect waiting while a later message got an answer is poison: it is dead-lettered."""
+        resumed = self.failures
+        self.failures = 0
+        self._internal = 0
+        self._link_retry_at = 0.0
+        self._post_connect.pop(msg.id, None)
+        suspect = self._suspect
+        if suspect is not None and msg.id != suspect.id:
+            self._suspect = None
+            self._deferred.pop(suspect.id, None)
+            failures = self._post_connect.pop(suspect.id, 0)
+            self._decide(
+                suspect,
+                DeadLetter(
+                    f"the receiver failed this message {failures} times after accepting the connection "
+                    "while accepting later ones (too large for it, or content it cannot take)"
+                ),
+            )
+        return resumed
+
+    def accepted(self, msg: M) -> None:
+        """``AA``/``CA``: delivered. From now on it is never offered again; its removal is unsettled."""
+        self._recent_acked.append(msg.control_id)
+        self._decide(msg, Removal())
+
+    def negative(
+        self, msg: M, code: str, *, known: bool, nacks: int | None, now: float, text: str
+    ) -> Retry | DeadLetter:
+        """A negative or unknown acknowledgement. ``nacks``: the negative answers so far as the outbox
+        counted them, None when it could not count (then this run's own count is used)."""
+        seen = self._nacks.get(msg.id, 0) + 1
+        self._nacks[msg.id] = seen
+        nacks = max(nacks or 0, seen)
+        if code in self.settings.retry_negative:
+            if nacks < self.settings.max_attempts:
+                self._forget_sending(msg)
+                delay = self.backoff(nacks)
+                self._deferred[msg.id] = now + delay
+                return Retry(delay, nacks)
+            reason = f"{code} {nacks} times (max_attempts {self.settings.max_attempts})"
+        elif known:
+            reason = f"rejected by the receiver ({code})"
+        else:
+            reason = f"unknown acknowledgement code {code!r}"
+        dead = DeadLetter(reason, code, text)
+        self._decide(msg, dead)
+        return dead
+
+    def refuse(self, msg: M, reason: str) -> None:
+        """A message that can never be sent (e.g. it contains an MLLP framing byte): dead-letter it."""
+        self._decide(msg, DeadLetter(reason))
+
+    def _decide(self, msg: M, outcome: Outcome) -> None:
+        self._forget_sending(msg)
+        self._deferred.pop(msg.id, None)
+        self._post_connect.pop(msg.id, None)
+        self._nacks.pop(msg.id, None)
+        self._unsettled[msg.id] = _Unsettled(msg.control_id, outcome, msg)
+
+    def was_acked(self, control_id: str) -> bool:
+        """A late ACK (e.g. the AA after a CA) for a message delivered a moment ago."""
+        return control_id in self._recent_acked
+
+    def is_unsettled(self, message_id: int) -> bool:
+        return message_id in self._unsettled
+
+    # --- storage and internal errors ----------------------------------------------------------------
+
+    def storage_failed(self, now: float, error: str, *, write: bool) -> StorageVerdict:
+        trouble = self._write if write else self._read
+        first = trouble is None
+        if trouble is None:
+            trouble = _Trouble(since=now, count=0, retry_at=now, error=error)
+        trouble.count += 1
+        trouble.error = error
+        delay = self._storage_backoff(trouble.count)
+        trouble.retry_at = now + delay
+        if write:
+            self._write = trouble
+        else:
+            self._read = trouble
+            self._batch.clear()
+            self._due = None
+            self._drained = False
+        failing_for = now - trouble.since
+        return StorageVerdict(delay, first, failing_for, failing_for >= self.settings.storage_give_up)
+
+    def storage_ok(self, now: float, *, write: bool) -> bool:
+        """A read (or write) succeeded. Returns True when that ended a run of failures."""
+        if write:
+            ended, self._write = self._write is not None, None
+        else:
+            ended, self._read = self._read is not None, None
+        return ended
+
+    def internal_error(self, now: float) -> float:
+        """A bug (an unexpected exception): start over from the outbox after a growing back-off."""
+        self._internal += 1
+        self._batch.clear()
+        self._due = None
+        self._drained = False
+        delay = self.backoff(self._internal)
+        self._link_retry_at = now + delay
+        return delay
+
+    # --- helpers -------------------------------------------------------------------------------------
+
+    def backoff(self, n: int) -> float:
+        """Capped exponential back-off with jitter: in [cap/2, cap], cap = min(max, min * 2**(n-1))."""
+        return self._jitter(self.settings.backoff_min, self.settings.backoff_max, n)
+
+    def _storage_backoff(self, n: int) -> float:
+        return self._jitter(self.settings.storage_backoff_min, self.settings.storage_backoff_max, n)
+
+    def _jitter(self, lo: float, hi: float, n: int) -> float:
+        cap = min(hi, lo * math.pow(2.0, min(max(n - 1, 0), 62)))
+        return cap / 2 + self._rng.random() * cap / 2
+
+    def snapshot(self, now: float) -> dict[str, object]:
+        """Counters and storage state for the status (no message content)."""
+        trouble = self._write or self._read
+        unsettled = list(self._unsettled.values())
+        return {
+            "unsettled": len(unsettled),
+            "unsettled_removals": sum(isinstance(u.outcome, Removal) for u in unsettled),
+            "deferred": len(self._deferred),
+            "suspect": self._suspect.control_id if self._suspect is not None else None,
+            "storage_error": trouble.error if trouble is not None else None,
+            "storage_failures": trouble.count if trouble is not None else 0,
+            "storage_failing_for": round(now - trouble.since, 1) if trouble is not None else None,
+            "storage_retry_in": round(max(0.0, trouble.retry_at - now), 2) if trouble is not None else None,
+        }
