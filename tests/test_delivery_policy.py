@@ -137,7 +137,7 @@ def test_ae_defers_the_message_lets_later_ones_go_then_dead_letters_after_max_at
     p.fetched(1, m1, 3.0)
     p.answered(m1)
     verdict = p.negative(m1, "AE", known=True, nacks=3, now=3.0, text="AE: bad")
-    assert verdict == DeadLetter("AE 3 times (max_attempts 3)", "AE", "AE: bad")
+    assert verdict == DeadLetter("AE 3 times (max_attempts 3)", "AE", "AE: bad", "AE")
     step = p.next_step(3.0)
     assert isinstance(step, Settle) and (step.message_id, step.outcome) == (1, verdict)
 
@@ -156,9 +156,8 @@ def test_reject_and_unknown_codes_dead_letter_at_once(code: str, known: bool, re
     m1 = Msg(1, "M1")
     sent(p.next_step(0.0))
     p.answered(m1)
-    assert p.negative(m1, code, known=known, nacks=1, now=0.0, text=f"{code}: no") == DeadLetter(
-        reason, code, f"{code}: no"
-    )
+    verdict = p.negative(m1, code, known=known, nacks=1, now=0.0, text=f"{code}: no", summary=f"{code} [1]")
+    assert verdict == DeadLetter(reason, code, f"{code}: no", f"{code} [1]")
     step = p.next_step(0.0)
     assert isinstance(step, Settle) and step.message_id == 1
     p.settled(1, 0.0)
@@ -175,7 +174,7 @@ def test_negative_count_survives_an_outbox_that_cannot_count() -> None:
         p.fetched(1, m1, now)
         results.append(p.negative(m1, "AE", known=True, nacks=None, now=now, text="AE"))
     assert isinstance(results[0], Retry) and isinstance(results[1], Retry)
-    assert results[2] == DeadLetter("AE 3 times (max_attempts 3)", "AE", "AE")
+    assert results[2] == DeadLetter("AE 3 times (max_attempts 3)", "AE", "AE", "AE")
 
 
 def test_a_message_failing_after_connect_is_probed_as_poison_and_dead_lettered() -> None:

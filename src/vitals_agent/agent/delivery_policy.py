@@ -102,6 +102,7 @@ class DeadLetter:
     reason: str
     ack_code: str | None = None
     ack_text: str | None = None  # the receiver's MSA-3/ERR text: stored, never logged above DEBUG
+    ack_summary: str | None = None  # MSA-1 and ERR codes only: what the interface alert may log
 
 
 Outcome = Removal | DeadLetter
@@ -339,7 +340,15 @@ class DeliveryPolicy(Generic[M]):
         self._decide(msg, Removal())
 
     def negative(
-        self, msg: M, code: str, *, known: bool, nacks: int | None, now: float, text: str
+        self,
+        msg: M,
+        code: str,
+        *,
+        known: bool,
+        nacks: int | None,
+        now: float,
+        text: str,
+        summary: str | None = None,
     ) -> Retry | DeadLetter:
         """A negative or unknown acknowledgement. ``nacks``: the negative answers so far as the outbox
         counted them, None when it could not count (then this run's own count is used)."""
@@ -357,7 +366,7 @@ class DeliveryPolicy(Generic[M]):
             reason = f"rejected by the receiver ({code})"
         else:
             reason = f"unknown acknowledgement code {code!r}"
-        dead = DeadLetter(reason, code, text)
+        dead = DeadLetter(reason, code, text, summary or code)
         self._decide(msg, dead)
         return dead
 

@@ -346,7 +346,7 @@ class Sender:
             id=step.message_id,
             device_id=step.message.device_id if step.message is not None else None,
             reason=outcome.reason,
-            ack=outcome.ack_code,
+            ack=outcome.ack_summary,
             dead_letters=dead,
         )
 
@@ -468,7 +468,7 @@ class Sender:
         log.debug("negative acknowledgement", control_id=msg.control_id, ack=detail)
         nacks = await self._mark_failure(msg, detail, negative=True)
         verdict = self.policy.negative(
-            msg, ack.code, known=ack.known, nacks=nacks, now=self._clock(), text=detail
+            msg, ack.code, known=ack.known, nacks=nacks, now=self._clock(), text=detail, summary=ack.summary()
         )
         if isinstance(verdict, DeadLetter):
             return  # settled by the next step
