@@ -63,7 +63,7 @@ def test_special_absent_and_impossible_values_are_dropped_with_reasons() -> None
     assert [(m.metric, m.value) for m in out.measurements] == [("perfusion_index", Decimal("3.60"))]
     assert out.measurements[0].text_value() == "3.60"
     assert out.dropped == (
-        Dropped(metric="spo2", reason="implausible: outside 0..100 %", raw="101 %"),
+        Dropped(metric="spo2", reason="implausible: outside 50..100 %", raw="101 %"),
         Dropped(metric="pulse_rate_oximeter", reason="sentinel 511"),
         Dropped(metric="bp_cuff_pressure", reason="progress value, not reported", raw="140"),
     )

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import cache
 from importlib import resources
+from typing import Any
 
 LOCAL_CODE_SYSTEM = "99VITALS"
 
@@ -36,8 +37,8 @@ class MetricInfo:
     reportable: bool
     method: str | None
     unit_mdc: int | None
-    minimum: Decimal | None
-    maximum: Decimal | None
+    minimum: Decimal  # plausible floor, canonical unit: a value below is withheld (normalise)
+    maximum: Decimal  # plausible ceiling, canonical unit: a value above is withheld
     vital_sign: str | None = None  # FHIR R4 core Vital Signs profile name (bp, heartrate, bodytemp ...)
     vital_sign_loinc: str | None = None  # the LOINC code that profile requires, when `loinc` is narrower
     body_site: str | None = None  # site the metric implies, "code^display^SCT" (codes.md §3)
@@ -130,9 +131,27 @@ def _members(metrics: dict[str, MetricInfo], row: dict[str, object]) -> tuple[st
     )
 
 
+def _bounds(key: str, row: dict[str, object]) -> tuple[Decimal, Decimal]:
+    """A metric's plausible floor and ceiling. Both are required (issue #12: an impossible value such as
+    SpO2 9.8e-07 % must never reach the EHR), finite, and floor < ceiling."""
+    low, high = _dec(row.get("min")), _dec(row.get("max"))
+    if low is None or high is None:
+        raise ValueError(f"metrics.{key}: needs both 'min' and 'max' (plausible floor and ceiling)")
+    if not (low.is_finite() and high.is_finite() and low < high):
+        raise ValueError(f"metrics.{key}: 'min' ({low}) must be below 'max' ({high})")
+    return low, high
+
+
 @cache
 def tables() -> CodeTables:
-    raw = tomllib.loads(resources.files("vitals_agent").joinpath("data/metrics.toml").read_text("utf-8"))
+    return parse_tables(
+        tomllib.loads(resources.files("vitals_agent").joinpath("data/metrics.toml").read_text("utf-8"))
+    )
+
+
+def parse_tables(raw: dict[str, Any]) -> CodeTables:
+    """The tables from the parsed TOML. Raises ValueError for a metric without plausible bounds."""
+    bounds = {key: _bounds(key, row) for key, row in raw["metrics"].items()}
     metrics = {
         key: MetricInfo(
             key=key,
@@ -146,8 +165,8 @@ def tables() -> CodeTables:
             reportable=bool(row.get("reportable", True)),
             method=row.get("method"),
             unit_mdc=row.get("unit_mdc"),
-            minimum=_dec(row.get("min")),
-            maximum=_dec(row.get("max")),
+            minimum=bounds[key][0],
+            maximum=bounds[key][1],
             vital_sign=row.get("vital_sign"),
             vital_sign_loinc=row.get("vital_sign_loinc"),
             body_site=row.get("body_site"),

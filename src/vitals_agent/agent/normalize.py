@@ -12,6 +12,16 @@ from vitals_agent.codes import tables
 from vitals_agent.hl7.units import UnitConversionError, convert
 from vitals_agent.models import Dropped, Measurement, Reading, ReadingFlag
 
+IMPLAUSIBLE = "implausible"  # reason prefix: outside the metric's plausible floor and ceiling
+INCONSISTENT = "inconsistent"  # reason prefix: contradicts another value of the same reading
+
+
+def withheld(dropped: Dropped) -> bool:
+    """True for a value the device did send but the agent withheld as impossible (counted per device),
+    as opposed to one the device itself marked missing."""
+    return dropped.reason.startswith((IMPLAUSIBLE, INCONSISTENT))
+
+
 _EXEMPT_FROM_SKEW = {ReadingFlag.STORED_RECORD, ReadingFlag.CLOCK_CORRECTED, ReadingFlag.CLOCK_UNSET}
 
 
@@ -33,12 +43,10 @@ def _normalise_measurement(m: Measurement) -> tuple[Measurement | None, Dropped 
             return None, Dropped(
                 metric=m.metric, reason=f"cannot convert {unit} to {info.unit}", raw=m.text_value()
             )
-    if (info.minimum is not None and value < info.minimum) or (
-        info.maximum is not None and value > info.maximum
-    ):
+    if not info.minimum <= value <= info.maximum:
         return None, Dropped(
             metric=m.metric,
-            reason=f"implausible: outside {info.minimum}..{info.maximum} {info.unit}",
+            reason=f"{IMPLAUSIBLE}: outside {info.minimum}..{info.maximum} {info.unit}",
             raw=f"{format(value, 'f')} {info.unit}",
         )
     method = m.method or info.method
@@ -62,7 +70,7 @@ def normalise(reading: Reading, *, max_clock_skew: timedelta) -> Reading:
             kept.append(good)
         if why is not None:
             dropped.append(why)
-            if why.reason.startswith("implausible") and ReadingFlag.IMPLAUSIBLE_VALUE not in flags:
+            if withheld(why) and ReadingFlag.IMPLAUSIBLE_VALUE not in flags:
                 flags.append(ReadingFlag.IMPLAUSIBLE_VALUE)
     observed = reading.observed_at
     if reading.device_time is not None and not _EXEMPT_FROM_SKEW.intersection(reading.flags):

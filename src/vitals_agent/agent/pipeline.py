@@ -20,7 +20,7 @@ from typing import Any
 import structlog
 
 from vitals_agent.agent.audit import AuditError, AuditLog
-from vitals_agent.agent.normalize import normalise
+from vitals_agent.agent.normalize import normalise, withheld
 from vitals_agent.agent.outbox import Outbox
 from vitals_agent.agent.patient_context import PatientContextManager, PatientDetails
 from vitals_agent.agent.reporting import ReportingPolicy, make_policy
@@ -102,6 +102,9 @@ class Pipeline:
                 device=dev.id,
                 dropped=[f"{d.metric}: {d.reason}" for d in reading.dropped],
             )
+            impossible = sum(1 for d in reading.dropped if withheld(d))
+            if impossible:  # implausible or contradicting values the device did send: counted per device
+                runtime.count("values_withheld", impossible)
         for due in self._policies[dev.id].offer(reading):
             await self.accept(runtime, due)
 
