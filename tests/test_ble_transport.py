@@ -80,8 +80,12 @@ def expected_bp(raw: bytes, sys: int, dia: int, mean: int, pulse: int, device_ti
     )
 
 
-def cuff_runtime(state: MemoryState | None = None, **options: object) -> FakeRuntime:
-    opts = BleOptions(address=CUFF, scan_seconds=5, connect_seconds=5, **options)
+def cuff_runtime(
+    state: MemoryState | None = None, *, set_clock: bool = True, idle_seconds: float | None = None
+) -> FakeRuntime:
+    opts = BleOptions(
+        address=CUFF, scan_seconds=5, connect_seconds=5, set_clock=set_clock, idle_seconds=idle_seconds
+    )
     return FakeRuntime(BloodPressureDriver(opts), state=state or MemoryState(), clock=FixedClock(HOST_NOW))
 
 

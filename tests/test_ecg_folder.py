@@ -311,7 +311,7 @@ def test_config_keys(tmp_path: Path) -> None:
         "incomplete_timeout_seconds": 600.0,
         "attach_report": True,
     }
-    with pytest.raises(ConfigError, match=r"devices\[0\]\.folder: Field required"):
+    with pytest.raises(ConfigError, match=r"devices\[0\]\.folder: required"):
         load_config(cfg('driver = "scp-ecg"'))
     with pytest.raises(ConfigError, match="unknown key"):
         load_config(cfg('driver = "philips-xml"\nfolder = "/x"\nattach_report = true'))

@@ -61,7 +61,10 @@ async def test_show_redacts_unless_show_phi(data: Path, capsys: pytest.CaptureFi
 
 async def test_show_unknown_id(data: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert await main(["outbox", "show", "99", "--data-dir", str(data)]) == 1
-    assert capsys.readouterr().err.strip() == "error: no message with id 99 (see `vitals-agent outbox list`)"
+    assert (
+        capsys.readouterr().err.strip()
+        == "error: no message with id or MSH-10 '99' (see `vitals-agent outbox list`)"
+    )
 
 
 async def test_retry_one_and_all(data: Path, capsys: pytest.CaptureFixture[str]) -> None:

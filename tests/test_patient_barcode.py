@@ -21,7 +21,9 @@ WRISTBAND = r"\]C1(?P<mrn>MRN\d{6,10})\^.*"  # AIM prefix, MRN, then a name part
 
 
 def decoder(pattern: str | None = None, device_id: str = "scan-1") -> StreamDecoder:
-    options = BarcodeOptions(port="/dev/null", **({"mrn_pattern": pattern} if pattern else {}))
+    options = (
+        BarcodeOptions(port="/dev/null", mrn_pattern=pattern) if pattern else BarcodeOptions(port="/dev/null")
+    )
     return BarcodeDriver(options).stream_decoder(fixed_ctx(device_id, options=options))
 
 

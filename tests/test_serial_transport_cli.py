@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.serial_helpers import FakeRuntime, fixed_ctx, serial_driver, start, stop
+from vitals_agent.cli import main
 from vitals_agent.commands import simulate
 from vitals_agent.drivers.base import Driver, SerialOptions, register_driver
 from vitals_agent.drivers.serial_transport import SerialTransport
@@ -64,11 +65,23 @@ class _NoSimDriver(Driver):
 
 
 async def test_simulate_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert await simulate.cmd_simulate(args("test-no-simulator", tmp_path / "x")) == 1
+    assert await main(["simulate", "test-no-simulator", "--pty", str(tmp_path / "x")]) == 1
     assert capsys.readouterr().err == "error: driver 'test-no-simulator' has no simulator\n"
     regular = tmp_path / "file"
     regular.write_text("keep me")
-    assert await simulate.cmd_simulate(args("masimo-ascii", regular)) == 1
-    assert "not a symlink" in capsys.readouterr().err
+    assert await main(["simulate", "masimo-ascii", "--pty", str(regular)]) == 1
+    assert (
+        capsys.readouterr().err == f"error: {regular} exists and is not a symlink; refusing to replace it\n"
+    )
     assert regular.read_text() == "keep me"
-    assert await simulate.cmd_simulate(args("masimo-ascii", tmp_path / "y", interval=0)) == 2
+    # a link in a folder that does not exist: refused before anything is created
+    missing = tmp_path / "no-such-folder" / "rad8"
+    assert await main(["simulate", "masimo-ascii", "--pty", str(missing)]) == 1
+    assert capsys.readouterr().err == (
+        f"error: cannot create {missing}: the folder {missing.parent} does not exist\n"
+    )
+    assert not missing.parent.exists()
+    with pytest.raises(SystemExit) as exit_info:  # a usage error: argparse's exit status 2
+        await main(["simulate", "masimo-ascii", "--pty", str(tmp_path / "y"), "--interval", "0"])
+    assert exit_info.value.code == 2
+    assert "--interval: must be > 0" in capsys.readouterr().err

@@ -3,7 +3,13 @@
 Subcommands live in :mod:`vitals_agent.commands`, one module per group; each module's
 ``register(subparsers)`` adds its parsers and sets ``func`` to an ``async def handler(args) -> int``.
 :func:`main` is the testable core (``await main([...])`` returns the exit code); :func:`run` is the
-console script. Errors the agent expects are printed as one line; a traceback means a bug.
+console script.
+
+One error path for every command: a handler raises :class:`~vitals_agent.errors.VitalsAgentError` (or lets
+an ``OSError`` from the file system through) and :func:`main` prints ``error: <one line>`` on stderr and
+returns 1. ``run`` returns :data:`EXIT_CONFIG` instead for a configuration or data-directory problem, so the
+systemd unit (``RestartPreventExitStatus=78``) does not restart into the same failure. A traceback means a
+bug.
 """
 
 from __future__ import annotations
@@ -16,16 +22,48 @@ import sys
 from collections.abc import Sequence
 
 from vitals_agent import __version__, commands
-from vitals_agent.errors import VitalsAgentError
+from vitals_agent.commands._options import EXIT_CONFIG, EXIT_ERROR
+from vitals_agent.errors import ConfigError, VitalsAgentError
+from vitals_agent.logs import setup_logging
+
+__all__ = ["EXIT_CONFIG", "EXIT_ERROR", "build_parser", "main", "run"]
+
+# Top-level help, grouped. A command missing here is listed under "other" (nothing is ever hidden).
+COMMAND_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("run and service", ("run", "check-config", "status", "service", "demo")),
+    ("devices", ("drivers", "ports", "scan", "pair", "nibp-start")),
+    ("patient", ("patient",)),
+    ("delivery", ("outbox", "send-test")),
+    ("tools", ("decode", "simulate", "receive", "ecg-render")),
+)
+
+
+def _grouped_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> str:
+    helps = {action.dest: action.help or "" for action in sub._choices_actions}
+    width = max((len(name) for name in helps), default=10) + 2
+    lines: list[str] = []
+    grouped = {name for _, names in COMMAND_GROUPS for name in names}
+    groups = [*COMMAND_GROUPS, ("other", tuple(sorted(set(helps) - grouped)))]
+    for title, names in groups:
+        present = [n for n in names if n in helps]
+        if not present:
+            continue
+        lines.append(f"{title}:")
+        for name in present:
+            lines.append(f"  {name:<{width}}{helps[name]}")
+        lines.append("")
+    lines.append("`vitals-agent COMMAND --help` shows a command's options.")
+    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vitals-agent",
         description="Exam-room device integration: vital-sign devices to HL7 ORU^R01 (IHE PCD-01) over MLLP.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"vitals-agent {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", help="one of the commands below")
     sub.required = True
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda i: i.name):
         if info.name.startswith("_"):
@@ -34,17 +72,37 @@ def build_parser() -> argparse.ArgumentParser:
         register = getattr(module, "register", None)
         if callable(register):
             register(sub)
+    parser.epilog = _grouped_commands(sub)
+    sub._choices_actions.clear()  # the grouped list in the epilog replaces argparse's flat one
     return parser
+
+
+def _status_for(args: argparse.Namespace, exc: VitalsAgentError) -> int:
+    if isinstance(exc, ConfigError):
+        status: int = getattr(args, "config_error_status", EXIT_ERROR)
+        return status
+    return EXIT_ERROR
+
+
+def _os_error_line(exc: OSError) -> str:
+    reason = exc.strerror or str(exc)
+    return f"{exc.filename}: {reason}" if exc.filename else reason
 
 
 async def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(list(argv) if argv is not None else None)
+    # Tools print their own results; the library's INFO/DEBUG events would only repeat them (`run`,
+    # `simulate` and `demo` set their own level).
+    setup_logging("WARNING")
     try:
         code: int = await args.func(args)
     except VitalsAgentError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return _status_for(args, exc)
+    except OSError as exc:  # the environment (a file, folder or port), not a bug: one line
+        print(f"error: {_os_error_line(exc)}", file=sys.stderr)
+        return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
     return code

@@ -25,7 +25,9 @@ class ConfigError(VitalsAgentError):
 
     def __init__(self, problems: list[tuple[str, str]]) -> None:
         self.problems = problems
-        first = f"{problems[0][0]}: {problems[0][1]}" if problems else "invalid configuration"
+        first = (f"{problems[0][0]}: " if problems and problems[0][0] else "") + (
+            problems[0][1] if problems else "invalid configuration"
+        )
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         super().__init__(first + more)
 

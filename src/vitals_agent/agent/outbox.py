@@ -114,7 +114,7 @@ class OutboxMessage:
     body: bytes
     meta: dict[str, Any] = field(default_factory=dict)
     created_at: float = 0.0
-    attempts: int = 0  # failed delivery attempts so far (any cause)
+    attempts: int = 0  # failed delivery attempts so far (a refused connection is not an attempt)
     nacks: int = 0  # AE/CE answers so far
     last_error: str | None = None
 
@@ -573,14 +573,19 @@ class Outbox:
         self.ledger.forget(message_id)
         return cur.rowcount > 0
 
-    def mark_failure(self, message_id: int, error: str, *, negative: bool = False) -> tuple[int, int]:
-        """Record a failed attempt; returns ``(attempts, nacks)`` after it."""
+    def mark_failure(
+        self, message_id: int, error: str, *, negative: bool = False, attempted: bool = True
+    ) -> tuple[int, int]:
+        """Record a failure; returns ``(attempts, nacks)`` after it.
+
+        ``attempted=False`` (no connection was made: the message never left) records the error only.
+        """
         try:
             with self._tx("NORMAL") as conn:
                 conn.execute(
-                    "UPDATE outbox SET attempts = attempts + 1, nacks = nacks + ?, last_error = ?"
+                    "UPDATE outbox SET attempts = attempts + ?, nacks = nacks + ?, last_error = ?"
                     " WHERE id = ?",
-                    (1 if negative else 0, error[:2000], message_id),
+                    (1 if attempted else 0, 1 if negative else 0, error[:2000], message_id),
                 )
                 row = conn.execute(
                     "SELECT attempts, nacks FROM outbox WHERE id = ?", (message_id,)
@@ -639,6 +644,15 @@ class Outbox:
                 _SELECT_DEAD + " WHERE id = ?",
                 (message_id,),
             ).fetchone()
+        return _dead(row) if row else None
+
+    def find(self, control_id: str) -> OutboxMessage | DeadLetter | None:
+        """The queued or dead-lettered message with this MSH-10, if any."""
+        with self._rlock:
+            row = self._reader.execute(_SELECT_QUEUED + " WHERE control_id = ?", (control_id,)).fetchone()
+            if row:
+                return _msg(row)
+            row = self._reader.execute(_SELECT_DEAD + " WHERE control_id = ?", (control_id,)).fetchone()
         return _dead(row) if row else None
 
     def retry_dead(self, message_id: int | None = None) -> int:

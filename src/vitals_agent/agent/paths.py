@@ -17,11 +17,18 @@ GATEWAY_ID_FILE = "gateway-eui64"
 
 
 def data_dir(config: Config, *, create: bool = True) -> Path:
-    """The configured ``[agent] data_dir``, else the platform's data dir for the service user."""
+    """The configured ``[agent] data_dir``, else the platform's data dir for the service user.
+
+    With ``create`` the directory is made ready for the agent (see
+    :func:`~vitals_agent.agent.instance.prepare_data_dir`: created 0700 or tightened, refused when it
+    belongs to another user); raises :class:`~vitals_agent.agent.instance.DataDirError`.
+    """
     path = config.agent.data_dir or Path(platformdirs.user_data_dir("vitals-agent", appauthor=False))
     path = path.expanduser()
     if create:
-        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        from vitals_agent.agent.instance import prepare_data_dir
+
+        path = prepare_data_dir(path)
     return path
 
 
@@ -34,10 +41,11 @@ def _eui64_from_mac(node: int) -> str | None:
     return f"{mac[:6]}FFFE{mac[6:]}"
 
 
-def gateway_eui64(config: Config, state_dir: Path) -> str:
+def gateway_eui64(config: Config, state_dir: Path, *, persist: bool = True) -> str:
     """The gateway EUI-64 for MSH-3: configured, else from the host MAC, else random and persisted.
 
-    Stable per installation: the first value chosen is written to ``data_dir`` and reused.
+    Stable per installation: the first value chosen is written to ``data_dir`` and reused (``persist``
+    False: only read, for tools that must not write into the agent's ``data_dir``).
     """
     if config.agent.gateway_eui64:
         return config.agent.gateway_eui64
@@ -46,9 +54,14 @@ def gateway_eui64(config: Config, state_dir: Path) -> str:
         value = stored.read_text("ascii").strip().upper()
         if len(value) == 16 and all(c in "0123456789ABCDEF" for c in value):
             return value
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         pass
+    except OSError:  # e.g. not readable by this user: a tool that only reads makes do without it
+        if persist:
+            raise
     value = _eui64_from_mac(uuid.getnode()) or ("02" + secrets.token_hex(7).upper())
+    if not persist:
+        return value
     tmp = stored.with_suffix(".tmp")
     tmp.write_text(value + "\n", "ascii")
     os.replace(tmp, stored)

@@ -419,13 +419,19 @@ class Sender:
             log.warning("delivery failed, will re-send", **fields)
         else:
             log.debug("delivery failed again, will re-send", attempt=verdict.failures, **fields)
-        await self._mark_failure(msg, str(exc))
+        # A refused connection is not a delivery attempt: the message never left (README, delivery).
+        await self._mark_failure(msg, str(exc), attempted=not isinstance(exc, ConnectFailedError))
 
-    async def _mark_failure(self, msg: OutboxMessage, error: str, *, negative: bool = False) -> int | None:
-        """Count a failed attempt in the outbox; returns the stored number of negative answers, or None
-        when the outbox could not be written (a storage failure: backs off, may stop the agent)."""
+    async def _mark_failure(
+        self, msg: OutboxMessage, error: str, *, negative: bool = False, attempted: bool = True
+    ) -> int | None:
+        """Count a failed attempt in the outbox (``attempted=False``: record the error only); returns the
+        stored number of negative answers, or None when the outbox could not be written (a storage
+        failure: backs off, may stop the agent)."""
         try:
-            _, nacks = await asyncio.to_thread(self.outbox.mark_failure, msg.id, error, negative=negative)
+            _, nacks = await asyncio.to_thread(
+                self.outbox.mark_failure, msg.id, error, negative=negative, attempted=attempted
+            )
         except OutboxError as oexc:
             self._storage_failed(str(oexc), write=True)
             return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import signal
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -21,6 +22,7 @@ from vitals_agent import __version__
 from vitals_agent.agent import sdnotify
 from vitals_agent.agent.audit import AuditLog
 from vitals_agent.agent.control import ControlServer
+from vitals_agent.agent.instance import acquire_instance_lock
 from vitals_agent.agent.limits import raise_open_files_limit
 from vitals_agent.agent.outbox import Outbox
 from vitals_agent.agent.paths import data_dir, device_zone, gateway_eui64
@@ -74,6 +76,15 @@ class AgentService:
         self.config = config
         self.now = now
         self.data_dir: Path = data_dir(config)
+        # One agent per data_dir, taken before anything is written (token, outbox, gateway id, folders).
+        self.lock = acquire_instance_lock(self.data_dir)
+        try:
+            self._open(config, now)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _open(self, config: Config, now: Callable[[], datetime]) -> None:
         self.gateway = gateway_eui64(config, self.data_dir)
         self.outbox = Outbox(self.data_dir)
         self.sender = Sender(
@@ -158,6 +169,12 @@ class AgentService:
     async def run(self, stop: asyncio.Event) -> int:
         """Run until ``stop`` is set. Returns the process exit code."""
         self.started_at = self.now()
+        if self.control is not None:
+            try:
+                await self.control.start()
+            except OSError as exc:
+                self.close()
+                raise control_port_error(self.config.control.host, self.config.control.port, exc) from None
         log.info(
             "agent starting",
             version=__version__,
@@ -172,14 +189,6 @@ class AgentService:
         for dev_id, sup in self.supervisors.items():
             self._tasks.append(asyncio.create_task(sup.run(), name=f"device:{dev_id}"))
         self._tasks.append(asyncio.create_task(self._ticker(), name="ticker"))
-        if self.control is not None:
-            try:
-                await self.control.start()
-            except OSError as exc:
-                log.error(
-                    "control API not started", port=self.config.control.port, error=exc.strerror or str(exc)
-                )
-                self.control = None
         await self.patients.release_held()  # a context and held readings that survived a restart
         interval = sdnotify.watchdog_interval()
         if interval:
@@ -211,9 +220,7 @@ class AgentService:
                     await asyncio.wait_for(self.control.stop(), timeout=CONTROL_STOP_TIMEOUT)
                 except TimeoutError:
                     log.warning("control API did not stop in time")
-            self.outbox.close()
-            self.patients.close()
-            self.audit.close()
+            self.close()
             log.info("agent stopped")
         failure = _storage_failure(sender_task)
         if failure is not None:
@@ -221,6 +228,24 @@ class AgentService:
             sdnotify.notify(f"STATUS=stopped: {failure}")
             raise failure
         return 0
+
+    def close(self) -> None:
+        """Close the stores and free the data_dir for the next agent."""
+        self.outbox.close()
+        self.patients.close()
+        self.audit.close()
+        self.lock.release()
+
+
+def control_port_error(host: str, port: int, exc: OSError) -> ConfigError:
+    """The one line for a control port the agent cannot listen on (a configuration problem)."""
+    if exc.errno == errno.EADDRINUSE:
+        what = f"{host}:{port} is in use by another program (`ss -ltnp 'sport = :{port}'` shows which)"
+    else:
+        what = f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+    return ConfigError(
+        [("control.port", f"{what}: stop it, or set [control] port to another port (0 = any free port)")]
+    )
 
 
 def _storage_failure(task: asyncio.Task[None]) -> StorageFailedError | None:

@@ -16,6 +16,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import ValidationError
 
 from vitals_agent.agent.normalize import normalise
+from vitals_agent.commands._options import EXIT_CONFIG, add_config_option, config_from, config_path
+from vitals_agent.config.agent_section import LOG_LEVELS
 from vitals_agent.config.schema import load_config
 from vitals_agent.drivers.base import (
     DecodeContext,
@@ -31,15 +33,23 @@ from vitals_agent.models import DeviceIdentity, DeviceStatusEvent, PatientScan, 
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("run", help="run the agent service")
-    p.add_argument("--config", "-c", required=True, type=Path, help="TOML configuration file")
+    p = sub.add_parser("run", help="run the agent (the service runs this)")
+    add_config_option(p)
     p.add_argument(
-        "--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="override [agent] log_level"
+        "--log-level",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        metavar="LEVEL",
+        help="override [agent] log_level: DEBUG, INFO, WARNING or ERROR (any case)",
     )
-    p.set_defaults(func=cmd_run)
+    # A configuration or data_dir problem: exit 78 so the unit does not restart into it (see cli.py).
+    p.set_defaults(func=cmd_run, config_error_status=EXIT_CONFIG)
 
-    p = sub.add_parser("check-config", help="validate a configuration file")
-    p.add_argument("config", type=Path)
+    p = sub.add_parser(
+        "check-config", help="validate a configuration: every problem at once, files and folders included"
+    )
+    p.add_argument("config_file", nargs="?", type=Path, metavar="FILE", help="same as --config FILE")
+    add_config_option(p)
     p.set_defaults(func=cmd_check_config)
 
     p = sub.add_parser("decode", help="decode device data offline and print one JSON object per reading")
@@ -79,12 +89,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 async def cmd_run(args: argparse.Namespace) -> int:
     from vitals_agent.agent.service import EXIT_STORAGE_FAILED, run_service
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        for key, message in exc.problems:
-            print(f"{key}: {message}", file=sys.stderr)
-        return 1
+    config = config_from(args)
     setup_logging(args.log_level or config.agent.log_level)
     try:
         return await run_service(config)
@@ -94,19 +99,37 @@ async def cmd_run(args: argparse.Namespace) -> int:
 
 
 async def cmd_check_config(args: argparse.Namespace) -> int:
+    """Every problem at once: keys and types, HL7 values, then the files and folders the config names."""
+    from vitals_agent.agent.instance import check_data_dir
+    from vitals_agent.agent.paths import data_dir
     from vitals_agent.agent.profile import message_profile
+    from vitals_agent.config.filesystem import filesystem_problems
     from vitals_agent.hl7.oru import MessageBuildError
 
+    if args.config_file is not None and args.config is not None and args.config_file != args.config:
+        raise VitalsAgentError("give the configuration once: FILE or --config FILE")
+    if args.config_file is not None:
+        args.config = args.config_file
+    path = config_path(args)
+    assert path is not None
     try:
-        config = load_config(args.config)
+        config = load_config(path)
     except ConfigError as exc:
         for key, message in exc.problems:
             print(f"{key}: {message}")
         return 1
+    problems: list[tuple[str, str]] = []
     try:  # values the HL7 profile cannot carry (e.g. an MSH-4 longer than the data type allows)
         message_profile(config, config.agent.gateway_eui64 or "0000000000000000")
     except MessageBuildError as exc:
-        print(f"(message profile): {exc}")
+        problems.append(("(message profile)", str(exc)))
+    data_dir_problem = check_data_dir(data_dir(config, create=False))
+    if data_dir_problem:
+        problems.append(("agent.data_dir", data_dir_problem))
+    problems.extend(filesystem_problems(config))
+    for key, message in problems:
+        print(f"{key}: {message}")
+    if problems:
         return 1
     n = len(config.devices)
     print(f"ok: {n} device{'s' if n != 1 else ''}")
@@ -283,11 +306,13 @@ def _fhir_printer(tz: Any) -> Callable[[Reading], bool]:
 
 
 async def cmd_drivers(args: argparse.Namespace) -> int:
-    setup_logging("WARNING")
-    rows = [
+    rows = [("DRIVER", "TRANSPORT", "DEVICE CLASS", "DESCRIPTION")]
+    rows += [
         (name, cls.transport, str(cls.device_class), cls.description) for name, cls in all_drivers().items()
     ]
-    width = max((len(r[0]) for r in rows), default=10)
-    for name, transport, klass, description in rows:
-        print(f"{name:<{width}}  {transport:<7} {klass:<17} {description}")
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths, strict=True)) + "  " + row[3]
+        )
     return 0

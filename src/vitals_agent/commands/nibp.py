@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 from pathlib import Path
 
 import serial
 
+from vitals_agent.commands._options import add_config_option, config_path
 from vitals_agent.config.schema import load_config
 from vitals_agent.drivers.base import SerialOptions, SerialSettings
 from vitals_agent.drivers.ports import resolve_usb
@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--device", metavar="ID", help="a configured suntech-advantage device (needs --config)"
     )
     where.add_argument("--port", metavar="PATH", help="serial port path or pyserial URL of the module")
-    p.add_argument("--config", "-c", type=Path, metavar="FILE", help="configuration file (with --device)")
+    add_config_option(p, help="configuration file (with --device; default: the installed one)")
     p.set_defaults(func=cmd_nibp_start)
 
 
@@ -74,17 +74,12 @@ def send_start(port: str, settings: SerialSettings) -> None:
 
 
 async def cmd_nibp_start(args: argparse.Namespace) -> int:
-    try:
-        if args.device is not None:
-            if args.config is None:
-                print("error: --device needs --config FILE", file=sys.stderr)
-                return 2
-            port, settings = target_from_config(args.config, args.device)
-        else:
-            port, settings = args.port, SunTechDriver.serial_defaults or SerialSettings()
-        await asyncio.to_thread(send_start, port, settings)
-    except VitalsAgentError as exc:  # ConfigError, DeviceNotFoundError, open/write failures
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    if args.device is not None:
+        path = config_path(args)
+        assert path is not None
+        port, settings = target_from_config(path, args.device)
+    else:
+        port, settings = args.port, SunTechDriver.serial_defaults or SerialSettings()
+    await asyncio.to_thread(send_start, port, settings)
     print(f"start command sent to {port}")
     return 0

@@ -5,10 +5,12 @@
     vitals-agent outbox retry ID | --all-dead
     vitals-agent outbox purge --dead --older-than 7d
 
-Every subcommand takes ``--config FILE`` (to find ``[agent] data_dir``) or ``--data-dir DIR``. It opens the
-agent's SQLite outbox next to the running agent (WAL and SQLite's own locking keep both consistent) and
-never creates one. Message bodies hold patient data: ``show`` prints only the MSH segment and the segment
-names unless ``--show-phi`` is given.
+Every subcommand takes ``--config FILE`` (to find ``[agent] data_dir``; default: the installed config) or
+``--data-dir DIR``. It opens the agent's SQLite outbox next to the running agent (WAL and SQLite's own
+locking keep both consistent) and never creates one. Run by root on the service's ``data_dir``, it first
+becomes the directory's owner (and says so), so no root-owned file is left for the service to trip over.
+Message bodies hold patient data: ``show`` prints only the MSH segment and the segment names unless
+``--show-phi`` is given. ``show`` and ``retry`` take the row id or the MSH-10 (control id).
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from vitals_agent.agent.instance import run_as_data_dir_owner
 from vitals_agent.agent.outbox import DeadLetter, Outbox, OutboxMessage
-from vitals_agent.errors import ConfigError
+from vitals_agent.commands._options import add_config_option, config_from
+from vitals_agent.errors import ConfigError, VitalsAgentError
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNIT_SECONDS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
@@ -36,15 +40,25 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
+def format_duration(seconds: float) -> str:
+    """The way a user writes it: ``7d``, ``12h``, ``90m``, ``45s`` (the largest unit that divides it)."""
+    for unit in ("d", "h", "m"):
+        size = _UNIT_SECONDS[unit]
+        if seconds >= size and (seconds / size).is_integer():
+            return f"{int(seconds / size)}{unit}"
+    return f"{seconds:g}s"
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("outbox", help="list, show, retry or purge queued and dead-lettered messages")
     osub = p.add_subparsers(dest="outbox_command", metavar="ACTION")
     osub.required = True
 
     def common(q: argparse.ArgumentParser) -> None:
-        where = q.add_mutually_exclusive_group(required=True)
-        where.add_argument("--config", "-c", type=Path, help="the agent's TOML configuration file")
-        where.add_argument("--data-dir", type=Path, help="the agent's data directory (holds outbox.sqlite3)")
+        add_config_option(q)
+        q.add_argument(
+            "--data-dir", type=Path, metavar="DIR", help="the agent's data directory, instead of --config"
+        )
 
     q = osub.add_parser("list", help="list queued messages and dead letters (no bodies)")
     common(q)
@@ -57,7 +71,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     q = osub.add_parser("show", help="show one message (body redacted unless --show-phi)")
     common(q)
-    q.add_argument("id", type=int, help="message id (from `outbox list`)")
+    q.add_argument("id", metavar="ID", help="message id or MSH-10 control id (from `outbox list`)")
     q.add_argument("--show-phi", action="store_true", help="print the whole message, patient data included")
     q.add_argument("--json", action="store_true", help="print as JSON")
     q.set_defaults(func=cmd_show)
@@ -65,7 +79,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     q = osub.add_parser("retry", help="put dead letters back in the queue (same MSH-10, original place)")
     common(q)
     target = q.add_mutually_exclusive_group(required=True)
-    target.add_argument("id", type=int, nargs="?", help="dead-letter id")
+    target.add_argument("id", nargs="?", metavar="ID", help="dead-letter id or MSH-10 control id")
     target.add_argument("--all-dead", action="store_true", help="every dead letter")
     q.set_defaults(func=cmd_retry)
 
@@ -80,15 +94,25 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _open(args: argparse.Namespace) -> Outbox:
     if args.data_dir is not None:
+        if args.config is not None:
+            raise VitalsAgentError("give --config FILE or --data-dir DIR, not both")
         directory: Path = args.data_dir
     else:
         from vitals_agent.agent.paths import data_dir
-        from vitals_agent.config.schema import load_config
 
-        directory = data_dir(load_config(args.config), create=False)
+        directory = data_dir(config_from(args), create=False)
     if not directory.is_dir():
         raise ConfigError([("data_dir", f"{directory} is not a directory")])
+    user = run_as_data_dir_owner(directory)
+    if user is not None:
+        print(f"(running as {user}, the owner of {directory})", file=sys.stderr)
     return Outbox(directory, create=False)
+
+
+def _lookup(outbox: Outbox, key: str) -> OutboxMessage | DeadLetter | None:
+    """A message by row id (digits) or by MSH-10."""
+    item = outbox.get(int(key)) if key.isdigit() else None
+    return item if item is not None else outbox.find(key)
 
 
 def _when(ts: float | None) -> str:
@@ -181,12 +205,11 @@ async def cmd_list(args: argparse.Namespace) -> int:
 async def cmd_show(args: argparse.Namespace) -> int:
     outbox = _open(args)
     try:
-        item = outbox.get(args.id)
+        item = _lookup(outbox, args.id)
     finally:
         outbox.close()
     if item is None:
-        print(f"error: no message with id {args.id} (see `vitals-agent outbox list`)", file=sys.stderr)
-        return 1
+        raise VitalsAgentError(f"no message with id or MSH-10 {args.id!r} (see `vitals-agent outbox list`)")
     rec = _record(item)
     body = item.body.decode("utf-8", "replace") if args.show_phi else redact(item.body)
     if args.json:
@@ -210,17 +233,13 @@ async def cmd_retry(args: argparse.Namespace) -> int:
             moved = outbox.retry_dead()
             print(f"re-queued {moved} dead letter(s)")
             return 0
-        item = outbox.get(args.id)
+        item = _lookup(outbox, args.id)
         if item is None:
-            print(f"error: no message with id {args.id}", file=sys.stderr)
-            return 1
+            raise VitalsAgentError(f"no message with id or MSH-10 {args.id!r}")
         if isinstance(item, OutboxMessage):
-            print(
-                f"error: message {args.id} ({item.control_id}) is already queued, not dead", file=sys.stderr
-            )
-            return 1
-        outbox.retry_dead(args.id)
-        print(f"re-queued message {args.id} ({item.control_id}); it keeps its MSH-10")
+            raise VitalsAgentError(f"message {item.id} ({item.control_id}) is already queued, not dead")
+        outbox.retry_dead(item.id)
+        print(f"re-queued message {item.id} ({item.control_id}); it keeps its MSH-10")
     finally:
         outbox.close()
     return 0
@@ -232,5 +251,5 @@ async def cmd_purge(args: argparse.Namespace) -> int:
         removed = outbox.purge_dead(args.older_than)
     finally:
         outbox.close()
-    print(f"purged {removed} dead letter(s) older than {args.older_than:g} s")
+    print(f"purged {removed} dead letter(s) older than {format_duration(args.older_than)}")
     return 0

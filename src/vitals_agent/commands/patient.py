@@ -14,12 +14,11 @@ import getpass
 import json
 import sys
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from vitals_agent.agent.control import ControlClient, patient_line
 from vitals_agent.agent.patient_context import PatientDetails
-from vitals_agent.config.schema import load_config
+from vitals_agent.commands._options import add_config_option, config_from
 from vitals_agent.drivers.barcode import extract_mrn
 from vitals_agent.errors import DecodeError
 
@@ -59,7 +58,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", "-c", required=True, type=Path, help="the agent's TOML configuration file")
+    add_config_option(p)
 
 
 def _user() -> str:
@@ -80,7 +79,7 @@ def _now() -> datetime:
 
 
 async def cmd_set(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = config_from(args)
     # Validate here first: a clear one-line error without a round trip (and without echoing values).
     details = PatientDetails.from_name(
         args.mrn,
@@ -108,7 +107,7 @@ def _print_replaced(data: Any) -> None:
 
 
 async def cmd_clear(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = config_from(args)
     data = await ControlClient.from_config(config).call(
         "DELETE", "/api/patient", {"channel": "cli", "source": _user()}
     )
@@ -117,7 +116,7 @@ async def cmd_clear(args: argparse.Namespace) -> int:
 
 
 async def cmd_show(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = config_from(args)
     path = "/api/patient?reveal=1" if args.reveal else "/api/patient"
     data = await ControlClient.from_config(config).call("GET", path)
     if args.json:
@@ -128,7 +127,7 @@ async def cmd_show(args: argparse.Namespace) -> int:
 
 
 async def cmd_scan(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = config_from(args)
     client = ControlClient.from_config(config)
     pattern = config.patient.mrn_pattern
     status = 0
@@ -163,7 +162,7 @@ async def cmd_scan(args: argparse.Namespace) -> int:
 
 
 async def cmd_discard_held(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = config_from(args)
     data = await ControlClient.from_config(config).call(
         "DELETE", "/api/held", {"channel": "cli", "source": _user()}
     )

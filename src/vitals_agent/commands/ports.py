@@ -6,19 +6,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
+from vitals_agent.commands._options import add_config_option, config_path
 from vitals_agent.config.schema import load_config
 from vitals_agent.drivers.base import SerialOptions
 from vitals_agent.drivers.ports import PortInfo, UsbSpec, list_serial_ports, same_port
-from vitals_agent.errors import ConfigError
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("ports", help="list serial ports (USB VID:PID, serial number) and matching devices")
-    p.add_argument("--config", "-c", type=Path, help="show which configured device each port matches")
+    add_config_option(
+        p, help="show which configured device each port matches (default: the installed config, if any)"
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per port")
     p.set_defaults(func=cmd_ports)
 
@@ -74,13 +75,9 @@ def _row(port: PortInfo, matched: list[str]) -> dict[str, Any]:
 
 async def cmd_ports(args: argparse.Namespace) -> int:
     devices: list[tuple[str, SerialOptions]] = []
-    if args.config is not None:
-        try:
-            devices = configured_serial_devices(args.config)
-        except ConfigError as exc:
-            for key, message in exc.problems:
-                print(f"{key}: {message}", file=sys.stderr)
-            return 1
+    path = config_path(args, required=False)
+    if path is not None:
+        devices = configured_serial_devices(path)
     ports = list_serial_ports()
     rows = [_row(p, matches_for(p, devices)) for p in ports]
     missing = unmatched(ports, devices)

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+from vitals_agent.errors import VitalsAgentError
 from vitals_agent.hl7.oru import new_control_id
 from vitals_agent.hl7.pdq import Authority, PdqDirectory, parse_patients_csv
 from vitals_agent.hl7.receiver import Answerer, ReceivedMessage, start_receiver
@@ -101,8 +103,9 @@ async def cmd_receive(args: argparse.Namespace) -> int:
             args.host, args.port, lambda _m: None, args.ack, on_exchange=on_exchange, answer=answer
         )
     except OSError as exc:
-        print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
+        busy = exc.errno == errno.EADDRINUSE
+        reason = "the port is in use by another program" if busy else (exc.strerror or str(exc))
+        raise VitalsAgentError(f"cannot listen on {args.host}:{args.port}: {reason}") from None
     pdq = f", PDQ supplier for {len(directory.patients)} patient(s)" if answer is not None else ""
     print(f"listening on {args.host}:{handle.port} (MLLP, answering {args.ack}{pdq})", flush=True)
     try:

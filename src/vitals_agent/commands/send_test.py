@@ -19,12 +19,12 @@ import sys
 import time
 from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path
 
 from vitals_agent.agent.paths import data_dir, gateway_eui64
 from vitals_agent.agent.profile import message_profile
 from vitals_agent.agent.tls import ssl_context_from
-from vitals_agent.config.schema import Config, load_config
+from vitals_agent.commands._options import add_config_option, config_from
+from vitals_agent.config.schema import Config
 from vitals_agent.errors import VitalsAgentError
 from vitals_agent.hl7.ack import parse_ack
 from vitals_agent.hl7.mllp import MllpClient
@@ -34,7 +34,7 @@ from vitals_agent.models import DeviceClass, DeviceIdentity, Measurement, Readin
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("send-test", help="send one test ORU^R01 (processing id T) and print the ACK")
-    p.add_argument("--config", "-c", required=True, type=Path, help="the agent's TOML configuration file")
+    add_config_option(p)
     p.add_argument("--timeout", type=float, default=None, help="seconds to wait for the ACK ([ehr] default)")
     p.add_argument("--fhir", action="store_true", help="send a FHIR transaction Bundle to [fhir] base_url")
     p.set_defaults(func=cmd_send_test)
@@ -57,14 +57,14 @@ def synthetic_reading(now: datetime) -> Reading:
 
 
 async def cmd_send_test(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = config_from(args)
     if args.fhir:
         return await _send_test_fhir(config, args.timeout)
     ehr = config.ehr
     ssl_context = ssl_context_from(ehr)
-    profile = dataclasses.replace(
-        message_profile(config, gateway_eui64(config, data_dir(config))), processing_id="T"
-    )
+    # The agent's gateway id when it has one; nothing is written into its data_dir from here.
+    gateway = gateway_eui64(config, data_dir(config, create=False), persist=False)
+    profile = dataclasses.replace(message_profile(config, gateway), processing_id="T")
     now = datetime.now(UTC)
     control_id = new_control_id()
     body = build_oru(synthetic_reading(now), profile, control_id=control_id, created_at=now)

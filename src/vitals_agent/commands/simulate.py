@@ -12,13 +12,13 @@ import asyncio
 import contextlib
 import os
 import signal
-import sys
 from pathlib import Path
 
 import structlog
 
 from vitals_agent.drivers.base import SimPort, Simulator, driver_class
 from vitals_agent.drivers.pty import PtyDevice
+from vitals_agent.errors import VitalsAgentError
 from vitals_agent.logs import setup_logging
 
 log = structlog.get_logger(__name__)
@@ -31,7 +31,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--pty", required=True, type=Path, metavar="LINK", help="symlink to create for the device port"
     )
     p.add_argument(
-        "--interval", type=float, metavar="S", help="seconds between readings (driver default if unset)"
+        "--interval",
+        type=_positive,
+        metavar="S",
+        help="seconds between readings (driver default if unset)",
     )
     p.add_argument("--seconds", type=float, metavar="N", help="stop after N seconds (default: until Ctrl-C)")
     p.add_argument("--verbose", "-v", action="store_true", help="log every byte sent and received (DEBUG)")
@@ -64,6 +67,25 @@ def _shown(data: bytes) -> dict[str, str]:
     return {"hex": data.hex()}
 
 
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be > 0")
+    return value
+
+
+def check_link(link: Path) -> None:
+    """Where the link goes: an existing folder, and no regular file of the user's to replace."""
+    if os.path.lexists(link) and not os.path.islink(link):
+        raise VitalsAgentError(f"{link} exists and is not a symlink; refusing to replace it")
+    folder = link.parent
+    if not folder.is_dir():
+        raise VitalsAgentError(f"cannot create {link}: the folder {folder} does not exist")
+
+
 def make_simulator(driver_name: str, interval: float | None) -> Simulator:
     """The driver's simulator; raises ValueError with a one-line reason when there is none."""
     driver = driver_class(driver_name)()
@@ -78,23 +100,18 @@ def make_simulator(driver_name: str, interval: float | None) -> Simulator:
 
 async def cmd_simulate(args: argparse.Namespace) -> int:
     setup_logging("DEBUG" if args.verbose else "INFO")
-    if args.interval is not None and not args.interval > 0:
-        print("error: --interval must be > 0", file=sys.stderr)
-        return 2
     link: Path = args.pty
-    if os.path.lexists(link) and not os.path.islink(link):  # noqa: ASYNC240 - one stat at start-up
-        print(f"error: {link} exists and is not a symlink; refusing to replace it", file=sys.stderr)
-        return 1
+    check_link(link)
     try:
         simulator = make_simulator(args.driver, args.interval)
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        raise VitalsAgentError(str(exc)) from None
     try:
         device = PtyDevice(link).open()
     except OSError as exc:
-        print(f"error: cannot create the pseudo-terminal at {link}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
+        raise VitalsAgentError(
+            f"cannot create the pseudo-terminal at {link}: {exc.strerror or exc}"
+        ) from None
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     installed: list[signal.Signals] = []
@@ -111,8 +128,7 @@ async def cmd_simulate(args: argparse.Namespace) -> int:
         )
         failure = task.exception() if task in done else None
         if failure is not None:
-            print(f"error: simulator stopped: {failure}", file=sys.stderr)
-            return 1
+            raise VitalsAgentError(f"simulator stopped: {failure}")
         return 0
     finally:
         for pending in (task, waiter):

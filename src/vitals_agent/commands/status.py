@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from vitals_agent.agent.control import ControlClient, render_text
-from vitals_agent.config.schema import load_config
+from vitals_agent.commands._options import add_config_option, config_from
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("status", help="show devices, patient context and delivery of the running agent")
-    p.add_argument("--config", "-c", required=True, type=Path, help="the agent's TOML configuration file")
+    add_config_option(p)
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print the status snapshot as JSON")
     out.add_argument(
@@ -24,7 +23,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 async def cmd_status(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = config_from(args)
     client = ControlClient.from_config(config)
     if args.url:
         print(await client.login_url())

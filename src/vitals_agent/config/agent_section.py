@@ -7,19 +7,34 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from vitals_agent.config.hl7_values import check_hl7_value, check_location
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
 
 class AgentConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-    facility: str = Field(min_length=1)  # MSH-4
+    facility: str = Field(min_length=1)  # MSH-4 (HD: NAMESPACE or NAMESPACE^UNIVERSAL-ID^TYPE)
     location: str = ""  # PV1-3 point of care, e.g. "CLINIC^ROOM12"
-    data_dir: Path | None = None  # default: the platform data dir
+    # default: the platform data dir; relative: against the config file's folder
+    data_dir: Path | None = Field(None, strict=False)
     timezone: str | None = None  # IANA zone of device clocks; default: the system zone
     gateway_eui64: str | None = None  # MSH-3 universal id; default: derived from the host's MAC
     max_clock_skew_seconds: float = Field(120.0, gt=0)
-    log_level: str = Field("INFO", pattern="^(?i:DEBUG|INFO|WARNING|ERROR)$")
+    log_level: str = "INFO"  # any case
     # storage (the outbox) failing for this long without a success stops the agent (non-zero exit)
     storage_give_up_seconds: float = Field(300.0, ge=1)
+
+    @field_validator("facility")
+    @classmethod
+    def _facility(cls, value: str) -> str:
+        return check_hl7_value(value, allow="^", what="MSH-4 is NAMESPACE or NAMESPACE^UNIVERSAL-ID^TYPE")
+
+    @field_validator("location")
+    @classmethod
+    def _location(cls, value: str) -> str:
+        return check_location(value)
 
     @field_validator("timezone")
     @classmethod
@@ -37,6 +52,8 @@ class AgentConfig(BaseModel):
     @field_validator("log_level")
     @classmethod
     def _upper(cls, value: str) -> str:
+        if value.upper() not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)} (any case), not {value!r}")
         return value.upper()
 
     @field_validator("gateway_eui64")

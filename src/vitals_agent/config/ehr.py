@@ -7,11 +7,16 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from vitals_agent.config.hl7_values import check_hl7_value
+
 ACK_CODES = ("AA", "AE", "AR", "CA", "CE", "CR")
 
 
+AckType = Literal["AL", "NE", "ER", "SU"]
+
+
 class EhrConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     host: str = "127.0.0.1"
     port: int = Field(2575, ge=1, le=65535)
@@ -22,25 +27,40 @@ class EhrConfig(BaseModel):
     # --- delivery: TLS and acknowledgement policy (hl7-pcd01.md §9.2) ---
     tls: bool = False
     tls_verify: bool = True  # verify the receiver's certificate and host name (only turn off for a lab)
-    ca_file: Path | None = None  # PEM CA bundle that signs the receiver's certificate; default: system store
-    cert_file: Path | None = None  # client certificate (PEM) for mutual TLS
-    key_file: Path | None = None  # its private key (PEM, unencrypted); default: inside cert_file
+    # (relative file names: against the config file's folder)
+    ca_file: Path | None = Field(None, strict=False)  # PEM CA bundle for the receiver; default: system store
+    cert_file: Path | None = Field(None, strict=False)  # client certificate (PEM) for mutual TLS
+    key_file: Path | None = Field(
+        None, strict=False
+    )  # its private key (PEM, unencrypted); default: in cert_file
     server_name: str | None = None  # name to verify in the receiver's certificate (SNI); default: host
     max_attempts: int = Field(3, ge=1)  # AE/CE answers before a message is dead-lettered
-    retry_negative: tuple[str, ...] = ("AE", "CE")  # negative ACK codes retried; others dead-letter at once
+    retry_negative: tuple[str, ...] = Field(
+        ("AE", "CE"), strict=False
+    )  # negative ACK codes retried; others dead-letter at once
     backlog_warning: int = Field(100, ge=1)  # WARNING when the queue reaches this depth (and each doubling)
     sending_application: str = "VITALS_AGENT"  # MSH-3 namespace; universal id = gateway EUI-64
     receiving_application: str = ""  # MSH-5
     receiving_facility: str = ""  # MSH-6
-    processing_id: str = Field("P", pattern="^[PTD]$")  # MSH-11
-    accept_ack_type: str = "AL"  # MSH-15
-    application_ack_type: str = "NE"  # MSH-16
+    processing_id: Literal["P", "T", "D"] = "P"  # MSH-11: production, training/test, debugging
+    accept_ack_type: AckType = "AL"  # MSH-15
+    application_ack_type: AckType = "NE"  # MSH-16
     # --- message shape (ORU builder, hl7-pcd01.md; see agent/profile.py) ---
     hl7_version: Literal["2.6", "2.5.1"] = "2.6"  # MSH-12
     code_system: Literal["mdc", "loinc", "mdc+loinc"] = "mdc+loinc"  # OBX-3 primary (+ alternate)
     # canonical UCUM unit -> unit the site wants, e.g. {kg = "[lb_av]", Cel = "[degF]", cm = "[in_i]"}
     preferred_units: dict[str, str] = Field(default_factory=dict)
     hierarchy_rows: bool = True  # send the MDS device row (OBX-18 there) or put OBX-18 on every row
+
+    @field_validator("sending_application")
+    @classmethod
+    def _namespace(cls, value: str) -> str:
+        return check_hl7_value(value, what="MSH-3 namespace: one name")
+
+    @field_validator("receiving_application", "receiving_facility")
+    @classmethod
+    def _hd(cls, value: str) -> str:
+        return check_hl7_value(value, allow="^", what="NAMESPACE or NAMESPACE^UNIVERSAL-ID^TYPE")
 
     @field_validator("preferred_units")
     @classmethod

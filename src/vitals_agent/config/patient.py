@@ -6,6 +6,8 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from vitals_agent.config.hl7_values import check_hl7_value
+
 # A wristband that carries only the MRN (letters, digits, '-', '.', '_'; up to 32 characters).
 DEFAULT_MRN_PATTERN = r"(?P<mrn>[A-Za-z0-9][A-Za-z0-9._-]{0,31})"
 
@@ -22,7 +24,7 @@ def check_mrn_pattern(value: str) -> str:
 
 
 class PatientConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     # CX-4 of temporary (unbound) and bound PID-3: namespace&universal id&type, e.g. "EXCLINIC&2.999.1&ISO"
     assigning_authority: str = "VITALS_AGENT"
@@ -31,9 +33,21 @@ class PatientConfig(BaseModel):
     # require_patient: a held reading not associated within this time is dropped (with an audit record)
     hold_timeout_minutes: float = Field(60.0, gt=0)
     # CX-5 identifier type of the bound PID-3 (MR = medical record number)
-    identifier_type: str = Field("MR", pattern=r"^[A-Z]{1,5}$")
+    identifier_type: str = "MR"
     # keyboard-wedge scans (`vitals-agent patient scan`): the whole scan must match; MRN = group "mrn" or 1
     mrn_pattern: str = DEFAULT_MRN_PATTERN
+
+    @field_validator("assigning_authority")
+    @classmethod
+    def _authority(cls, value: str) -> str:
+        return check_hl7_value(value, allow="^&", what="CX-4 is NAMESPACE&UNIVERSAL-ID&TYPE")
+
+    @field_validator("identifier_type")
+    @classmethod
+    def _identifier_type(cls, value: str) -> str:
+        if not (1 <= len(value) <= 5 and value.isascii() and value.isalpha() and value.isupper()):
+            raise ValueError(f"must be 1 to 5 capital letters (HL7 table 0203, e.g. MR), not {value!r}")
+        return value
 
     @field_validator("mrn_pattern")
     @classmethod

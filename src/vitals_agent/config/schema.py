@@ -11,14 +11,14 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from vitals_agent.config.agent_section import AgentConfig
 from vitals_agent.config.control import ControlConfig
 from vitals_agent.config.ehr import EhrConfig
 from vitals_agent.config.fhir import FhirConfig
 from vitals_agent.config.patient import PatientConfig
-from vitals_agent.drivers.base import DriverOptions, driver_class
+from vitals_agent.drivers.base import DriverOptions, driver_class, local_path_keys
 from vitals_agent.errors import ConfigError, UnknownDriverError
 
 ReportPolicy = Literal["every", "stable", "interval"]
@@ -31,16 +31,25 @@ COMMON_DEVICE_KEYS = frozenset(
 class DeviceConfig(BaseModel):
     """One ``[[devices]]`` table. ``options`` holds the driver-specific keys, validated by the driver."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True, strict=True)
 
-    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    id: str = Field(min_length=1)
     driver: str
     report: ReportPolicy | None = None  # default: stable for continuous devices, every otherwise
     report_seconds: float = Field(10.0, gt=0)
     enabled: bool = True
     max_clock_skew_seconds: float | None = Field(None, gt=0)
     description: str = ""
-    options: DriverOptions
+    options: DriverOptions = Field(strict=False)
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        if not all(c.isascii() and (c.isalnum() or c in "._-") for c in value):
+            raise ValueError(
+                f"{value!r}: use letters, digits, '.', '_' and '-' only (the id goes into OBX-18)"
+            )
+        return value
 
     def report_policy(self) -> ReportPolicy:
         if self.report is not None:
@@ -55,7 +64,7 @@ class DeviceConfig(BaseModel):
 
 
 class Config(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     agent: AgentConfig
     ehr: EhrConfig = Field(default_factory=EhrConfig)
@@ -96,20 +105,81 @@ def _loc(prefix: str, loc: tuple[int | str, ...]) -> str:
     return ".".join(parts) or "(top level)"
 
 
+# pydantic's error types -> what to write in the file, in words (never a regular expression)
+_TYPE_WORDS = {
+    "bool_type": "must be true or false (without quotes)",
+    "bool_parsing": "must be true or false (without quotes)",
+    "int_type": "must be a whole number (without quotes)",
+    "int_parsing": "must be a whole number (without quotes)",
+    "int_from_float": "must be a whole number",
+    "float_type": "must be a number (without quotes)",
+    "float_parsing": "must be a number (without quotes)",
+    "string_type": "must be text in quotes",
+    "dict_type": "must be a table",
+    "model_type": "must be a table",
+    "model_attributes_type": "must be a table",
+    "list_type": "must be a list",
+    "tuple_type": "must be a list",
+    "path_type": "must be a path in quotes",
+    "missing": "required",
+    "extra_forbidden": "unknown key",
+    "string_pattern_mismatch": "has characters this key does not allow",
+}
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, str):
+        return f'the text "{value}"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)
+
+
+def _message(err: Any) -> str:
+    kind = err["type"]
+    if kind in _TYPE_WORDS:
+        msg = _TYPE_WORDS[kind]
+        if kind.endswith(("_type", "_parsing")) and kind not in ("missing",):
+            msg += f", not {_shown(err.get('input'))}"
+        return msg
+    msg = str(err["msg"])
+    if msg.startswith("Value error, "):
+        return msg[len("Value error, ") :]
+    if msg.startswith("Input should be "):
+        return "must be " + msg[len("Input should be ") :]
+    if msg.startswith("String should have at least 1 character"):
+        return "must not be empty"
+    if msg.startswith("String should have "):
+        return "must have " + msg[len("String should have ") :]
+    return msg
+
+
 def _problems(exc: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
     out = []
     for err in exc.errors():
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-        elif msg.startswith("Value error, "):
-            msg = msg[len("Value error, ") :]
-        loc = tuple(x for x in err["loc"] if x not in ("function-after[_where(), SerialOptions]",))
-        out.append((_loc(prefix, loc), msg))
+        loc = tuple(x for x in err["loc"] if not (isinstance(x, str) and x.startswith("function-")))
+        out.append((_loc(prefix, loc), _message(err)))
     return out
 
 
-def _device(index: int, raw: object, problems: list[tuple[str, str]]) -> dict[str, Any] | None:
+def _resolve(value: object, base: Path | None, *, only_dotted: bool = False) -> object:
+    """A relative path string made absolute against ``base`` (the config file's folder)."""
+    if base is None or not isinstance(value, str) or not value or "://" in value:
+        return value
+    if only_dotted and not value.startswith(("./", "../", ".\\", "..\\")):
+        return value  # a serial port name such as COM3 or ttyUSB0 is not a path
+    path = Path(value).expanduser()
+    return value if path.is_absolute() else str(base / path)
+
+
+def _device(
+    index: int, raw: object, problems: list[tuple[str, str]], base: Path | None
+) -> dict[str, Any] | None:
+    """One ``[[devices]]`` table: common keys and driver keys validated side by side (every problem)."""
     where = f"devices[{index}]"
     if not isinstance(raw, dict):
         problems.append((where, "must be a table"))
@@ -117,62 +187,128 @@ def _device(index: int, raw: object, problems: list[tuple[str, str]]) -> dict[st
     common = {k: v for k, v in raw.items() if k in COMMON_DEVICE_KEYS}
     specific = {k: v for k, v in raw.items() if k not in COMMON_DEVICE_KEYS}
     name = raw.get("driver")
+    options: DriverOptions | None = None
     if not isinstance(name, str):
         problems.append((f"{where}.driver", "required: the driver name (see `vitals-agent drivers`)"))
-        return None
+    else:
+        try:
+            cls = driver_class(name)
+        except UnknownDriverError as exc:
+            problems.append((f"{where}.driver", str(exc)))
+        else:
+            for key in local_path_keys(cls.options_model):
+                if key in specific:
+                    specific[key] = _resolve(specific[key], base)
+            if "port" in specific:
+                specific["port"] = _resolve(specific["port"], base, only_dotted=True)
+            try:
+                options = cls.options_model.model_validate(specific)
+            except ValidationError as exc:
+                problems.extend(_problems(exc, where))
+    # The common keys are checked whatever the driver keys say (stand-in options when those failed).
+    stand_in = options if options is not None else DriverOptions()
     try:
-        cls = driver_class(name)
-    except UnknownDriverError as exc:
-        problems.append((f"{where}.driver", str(exc)))
-        return None
-    try:
-        options = cls.options_model.model_validate(specific)
+        DeviceConfig.model_validate(
+            {**common, "driver": name if isinstance(name, str) else "", "options": stand_in}
+        )
     except ValidationError as exc:
-        problems.extend(_problems(exc, where))
+        problems.extend(p for p in _problems(exc, where) if p[0] != f"{where}.driver")
         return None
-    return {**common, "options": options}
+    return None if options is None else {**common, "options": options}
 
 
-def parse_config(data: dict[str, Any]) -> Config:
-    """Validate a parsed TOML document. Raises :class:`ConfigError` listing every problem."""
+def _duplicate_ids(raw_devices: list[Any], problems: list[tuple[str, str]]) -> None:
+    first: dict[str, int] = {}
+    for i, raw in enumerate(raw_devices):
+        dev_id = raw.get("id") if isinstance(raw, dict) else None
+        if not isinstance(dev_id, str):
+            continue
+        if dev_id in first:
+            problems.append(
+                (
+                    f"devices[{i}].id",
+                    f"{dev_id!r} is already the id of devices[{first[dev_id]}]; ids must be unique",
+                )
+            )
+        else:
+            first[dev_id] = i
+
+
+def _resolve_sections(doc: dict[str, Any], base: Path | None) -> dict[str, Any]:
+    """Relative ``data_dir`` and TLS file names against the config file's folder."""
+    out = dict(doc)
+    for section, keys in (("agent", ("data_dir",)), ("ehr", ("ca_file", "cert_file", "key_file"))):
+        table = out.get(section)
+        if isinstance(table, dict):
+            out[section] = {k: (_resolve(v, base) if k in keys else v) for k, v in table.items()}
+    return out
+
+
+def parse_config(data: dict[str, Any], *, base_dir: Path | None = None) -> Config:
+    """Validate a parsed TOML document. Raises :class:`ConfigError` listing every problem.
+
+    ``base_dir``: the folder relative paths are taken from (the config file's folder); None leaves them as
+    written.
+    """
     problems: list[tuple[str, str]] = []
-    doc = dict(data)
+    doc = _resolve_sections(dict(data), base_dir)
     raw_devices = doc.pop("devices", [])
-    devices: list[dict[str, Any]] = []
     if not isinstance(raw_devices, list):
         problems.append(("devices", "must be an array of tables ([[devices]])"))
         raw_devices = []
-    for i, raw in enumerate(raw_devices):
-        dev = _device(i, raw, problems)
-        devices.append(dev if dev is not None else {})
+    devices = [_device(i, raw, problems, base_dir) for i, raw in enumerate(raw_devices)]
+    _duplicate_ids(raw_devices, problems)
+    config: Config | None = None
     try:
-        # Validate devices individually first, so their errors carry the right index.
-        for i, dev in enumerate(devices):
-            if dev:
-                try:
-                    DeviceConfig.model_validate(dev)
-                except ValidationError as exc:
-                    problems.extend(_problems(exc, f"devices[{i}]"))
-        config = Config.model_validate({**doc, "devices": [d for d in devices if d]})
+        if not problems:
+            config = Config.model_validate({**doc, "devices": devices})
+        else:  # the sections still get checked, so every problem is reported at once
+            Config.model_validate({**doc, "devices": []})
     except ValidationError as exc:
         problems.extend(p for p in _problems(exc) if not p[0].startswith("devices["))
-        config = None
     if problems or config is None:
         raise ConfigError(problems or [("(top level)", "invalid configuration")])
     return config
 
 
 def load_config(path: str | Path) -> Config:
-    """Read and validate a TOML config file. Raises :class:`ConfigError` with every problem found."""
+    """Read and validate a TOML config file. Raises :class:`ConfigError` with every problem found.
+
+    Relative paths in it (``data_dir``, EKG ``folder``, TLS files, a ``port`` written ``./name``) are taken
+    from the config file's folder, not from the current directory (which is ``/`` under systemd).
+    """
     path = Path(path)
     try:
         text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
         raise ConfigError([(str(path), "file not found")]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([(str(path), f"cannot read: {exc}")]) from None
+    except PermissionError:
+        raise ConfigError(
+            [(str(path), f"cannot read it: permission denied ({_reader_hint(path)})")]
+        ) from None
+    except IsADirectoryError:
+        raise ConfigError([(str(path), "is a folder, not a configuration file")]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([(str(path), f"not UTF-8 text (byte {exc.start})")]) from None
+    except OSError as exc:
+        raise ConfigError([(str(path), f"cannot read it: {exc.strerror or exc}")]) from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([(str(path), f"not valid TOML: {exc}")]) from None
-    return parse_config(data)
+    return parse_config(data, base_dir=path.absolute().parent)
+
+
+def _reader_hint(path: Path) -> str:
+    """Who may read the file, for the error line."""
+    try:
+        import grp
+        import pwd
+
+        st = path.stat()
+        owner = pwd.getpwuid(st.st_uid).pw_name
+        group = grp.getgrgid(st.st_gid).gr_name
+    except (ImportError, KeyError, OSError):
+        return "run as a user who may read it"
+    mode = f"{st.st_mode & 0o777:o}"
+    return f"it is {owner}:{group} mode {mode}; run as a user who may read it, e.g. sudo -u {owner}"

@@ -28,10 +28,34 @@ from vitals_agent.models import DeviceClass, DeviceEvent, DeviceIdentity
 # ---------------------------------------------------------------------------------------------- options
 
 
-class DriverOptions(BaseModel):
-    """Per-device keys a driver accepts besides the common ones. Unknown keys are errors."""
+@dataclass(frozen=True)
+class LocalPath:
+    """Marks a driver key that names a local file or folder (``Annotated[str, LocalPath("folder")]``).
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    The configuration resolves a relative value against the config file's folder; ``check-config``
+    checks it, and the systemd drop-in (``vitals-agent service sync-unit``) makes it writable for the
+    service. ``kind``: ``"folder"`` (must exist; the agent reads and moves files in it) or
+    ``"output-folder"`` (created when missing; the agent writes into it).
+    """
+
+    kind: Literal["folder", "output-folder"]
+
+
+def local_path_keys(model: type[BaseModel]) -> dict[str, LocalPath]:
+    """The keys of an options model that name local paths, with their :class:`LocalPath` marker."""
+    out: dict[str, LocalPath] = {}
+    for name, field in model.model_fields.items():
+        for item in field.metadata:
+            if isinstance(item, LocalPath):
+                out[name] = item
+    return out
+
+
+class DriverOptions(BaseModel):
+    """Per-device keys a driver accepts besides the common ones. Unknown keys are errors, and types are
+    strict (``baudrate = "9600"`` is an error, not 9600): a config file says what it means."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 Parity = Literal["N", "E", "O", "M", "S"]

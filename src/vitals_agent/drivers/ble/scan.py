@@ -121,7 +121,18 @@ async def scan(seconds: float, adapter: str | None = None, everything: bool = Fa
     try:
         async with BleakScanner(detection_callback=seen, bluez=bluez):
             await asyncio.sleep(seconds)
-    except (BleakError, OSError, EOFError) as exc:
-        raise TransportError(f"Bluetooth scan failed: {str(exc).strip() or type(exc).__name__}") from exc
+    except (OSError, EOFError) as exc:
+        raise TransportError(
+            f"cannot reach the system D-Bus / BlueZ ({str(exc).strip() or type(exc).__name__}): "
+            "is bluetoothd running? (apt install bluez; systemctl start bluetooth)"
+        ) from exc
+    except BleakError as exc:
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        if "ServiceUnknown" in text or "org.bluez" in text:
+            raise TransportError(
+                f"cannot reach the system D-Bus / BlueZ ({text}): is bluetoothd running? "
+                "(apt install bluez; systemctl start bluetooth)"
+            ) from exc
+        raise TransportError(f"Bluetooth scan failed: {text}") from exc
     results = [r for r in found.values() if everything or r.is_health_device]
     return sorted(results, key=lambda r: (-r.rssi, r.address))

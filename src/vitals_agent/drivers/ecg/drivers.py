@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from typing import ClassVar, cast
+from typing import Annotated, ClassVar, cast
 
 import structlog
 from pydantic import Field, model_validator
@@ -16,6 +16,7 @@ from vitals_agent.drivers.base import (
     DecoderOutput,
     Driver,
     DriverOptions,
+    LocalPath,
     SerialOptions,
     SerialSettings,
     StreamDecoder,
@@ -35,7 +36,7 @@ MiB = 1024 * 1024
 class EcgFileOptions(DriverOptions):
     """Keys of the folder-watching ECG drivers."""
 
-    folder: str = Field(min_length=1)  # the share the cart writes to
+    folder: Annotated[str, LocalPath("folder")] = Field(min_length=1)  # the share the cart writes to
     pattern: str | None = None  # glob, matched case-insensitively; default per driver
     attach_original: bool = False  # send the original file as an ED OBX
     attach_max_bytes: int = Field(10 * MiB, gt=0)
@@ -59,7 +60,8 @@ class EcgSerialOptions(SerialOptions):
     attach_original: bool = False
     attach_max_bytes: int = Field(10 * MiB, gt=0)
     max_file_bytes: int = Field(16 * MiB, gt=0)
-    save_folder: str | None = None  # keep received files in <save_folder>/processed or /failed
+    # keep received files in <save_folder>/processed or /failed
+    save_folder: Annotated[str | None, LocalPath("output-folder")] = None
 
     @model_validator(mode="after")
     def _limits(self) -> EcgSerialOptions:

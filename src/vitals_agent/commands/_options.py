@@ -1,0 +1,67 @@
+"""Options every command shares, so ``--config`` means the same thing everywhere.
+
+``--config FILE`` / ``-c FILE``: the agent's TOML configuration. When it is not given, the command uses
+``$VITALS_AGENT_CONFIG``, else the installed configuration (``/etc/vitals-agent/agent.toml``) when it
+exists, so on an installed workstation ``sudo -u vitals-agent vitals-agent status`` needs no option.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from vitals_agent.config.schema import Config, load_config
+from vitals_agent.errors import ConfigError
+
+ENV_CONFIG = "VITALS_AGENT_CONFIG"
+
+EXIT_ERROR = 1  # any command: a one-line `error: ...` on stderr
+EXIT_CONFIG = 78  # sysexits.h EX_CONFIG: `run` cannot start because of its configuration or data_dir
+
+
+def installed_config_path() -> Path:
+    """Where ``deploy/install.sh`` puts the configuration on this platform."""
+    if sys.platform == "win32":
+        return Path(os.environ.get("PROGRAMDATA", r"C:\ProgramData")) / "vitals-agent" / "agent.toml"
+    return Path("/etc/vitals-agent/agent.toml")
+
+
+def add_config_option(parser: argparse.ArgumentParser, *, help: str | None = None) -> None:
+    parser.add_argument(
+        "--config",
+        "-c",
+        type=Path,
+        metavar="FILE",
+        help=help
+        or f"the agent's TOML configuration (default: ${ENV_CONFIG}, else {installed_config_path()})",
+    )
+
+
+def config_path(args: argparse.Namespace, *, required: bool = True) -> Path | None:
+    """The configuration file the user meant: ``--config``, ``$VITALS_AGENT_CONFIG``, the installed one.
+
+    Raises :class:`ConfigError` (one line) when ``required`` and there is none.
+    """
+    given: Path | None = getattr(args, "config", None)
+    if given is not None:
+        return given
+    env = os.environ.get(ENV_CONFIG)
+    if env:
+        return Path(env)
+    installed = installed_config_path()
+    if installed.exists():
+        return installed
+    if required:
+        raise ConfigError(
+            [("", f"no configuration given: use --config FILE (or install one at {installed})")]
+        )
+    return None
+
+
+def config_from(args: argparse.Namespace) -> Config:
+    """Load and validate the configuration the command was given (raises ConfigError)."""
+    path = config_path(args)
+    assert path is not None
+    return load_config(path)
