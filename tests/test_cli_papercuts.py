@@ -12,7 +12,7 @@ import pytest
 
 from tests.e2e_helpers import PyHl7Ehr
 from tests.fake_ehr import free_port, make_message, wait_until
-from vitals_agent.agent.outbox import Outbox
+from vitals_agent.agent.outbox import Outbox, OutboxMessage
 from vitals_agent.agent.sender import Sender
 from vitals_agent.cli import COMMAND_GROUPS, build_parser, main
 from vitals_agent.commands.outbox import format_duration, parse_duration
@@ -91,9 +91,9 @@ async def test_tries_count_delivery_attempts_not_refused_connections(tmp_path: P
     sender = Sender(ob, ehr)
     task = asyncio.create_task(sender.run())
     try:
-        await wait_until(lambda: (m := ob.get(1)) is not None and bool(m.last_error), timeout=10)
+        await wait_until(lambda: isinstance(m := ob.get(1), OutboxMessage) and bool(m.last_error), timeout=10)
         item = ob.get(1)
-        assert item is not None and item.last_error and "refused" in item.last_error.lower()
+        assert isinstance(item, OutboxMessage) and item.last_error and "refused" in item.last_error.lower()
         assert item.attempts == 0
     finally:
         await sender.stop(timeout=1.0)
