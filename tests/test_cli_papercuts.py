@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import subprocess
@@ -34,7 +35,9 @@ def test_top_level_help_is_grouped_and_lists_every_command_once() -> None:
     text = cli("--help").stdout
     headings = [line[:-1] for line in text.splitlines() if line.endswith(":") and not line.startswith(" ")]
     assert headings[-len(COMMAND_GROUPS) :] == [title for title, _ in COMMAND_GROUPS]
-    commands = set(build_parser()._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    commands = set(sub.choices)
     listed = [
         line.split()[0] for line in text.split("run and service:")[1].splitlines() if line.startswith("  ")
     ]
