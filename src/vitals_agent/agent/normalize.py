@@ -7,6 +7,7 @@ Pure: a :class:`Reading` in, a :class:`Reading` out. Everything removed is recor
 from __future__ import annotations
 
 from datetime import timedelta
+from decimal import Decimal
 
 from vitals_agent.codes import tables
 from vitals_agent.hl7.units import UnitConversionError, convert
@@ -53,6 +54,56 @@ def _normalise_measurement(m: Measurement) -> tuple[Measurement | None, Dropped 
     return m.model_copy(update={"value": value, "unit": info.unit, "method": method}), None
 
 
+_PRESSURES = ("bp_systolic", "bp_diastolic", "bp_mean")
+_BP_PULSE = "pulse_rate"
+
+
+def _blood_pressure_consistency(
+    kept: list[Measurement], dropped: list[Dropped]
+) -> tuple[list[Measurement], list[Dropped]]:
+    """Cross-field plausibility of one NIBP record (issue #12 item 4), on canonical values (mm[Hg]).
+
+    Systolic must be above diastolic, and the mean within diastolic..systolic (oscillometry measures the
+    mean at the oscillation maximum, between the two). When not, every pressure is withheld with the
+    reason; the pulse rate is kept only if the record is otherwise valid, i.e. nothing else in it was
+    withheld as implausible or inconsistent (a record with two defects is not trusted for anything)."""
+    values = {m.metric: m.value for m in kept if m.metric in _PRESSURES and m.value is not None}
+    sys, dia, mean = (values.get(k) for k in _PRESSURES)
+    problem = None
+    if sys is not None and dia is not None and sys <= dia:
+        problem = f"systolic {_mm(sys)} is not above diastolic {_mm(dia)} mm[Hg]"
+    elif mean is not None and ((dia is not None and mean < dia) or (sys is not None and mean > sys)):
+        low = _mm(dia) if dia is not None else "-"
+        high = _mm(sys) if sys is not None else "-"
+        problem = f"mean {_mm(mean)} mm[Hg] is outside diastolic..systolic {low}..{high} mm[Hg]"
+    if problem is None:
+        return kept, []
+    out = [
+        Dropped(metric=m.metric, reason=f"{INCONSISTENT}: {problem}", raw=f"{_mm(m.value)} mm[Hg]")
+        for m in kept
+        if m.metric in values and m.value is not None
+    ]
+    other_defects = [d for d in dropped if withheld(d)]
+    remaining = [m for m in kept if m.metric not in values]
+    if other_defects:
+        pulse = [m for m in remaining if m.metric == _BP_PULSE and m.value is not None]
+        why = "; ".join(f"{d.metric} {d.reason}" for d in other_defects)
+        out += [
+            Dropped(
+                metric=m.metric,
+                reason=f"{INCONSISTENT}: blood pressure record also had {why}; pulse not trusted",
+                raw=f"{_mm(m.value)} {m.unit}",
+            )
+            for m in pulse
+        ]
+        remaining = [m for m in remaining if m.metric != _BP_PULSE]
+    return remaining, out
+
+
+def _mm(value: Decimal | None) -> str:
+    return "-" if value is None else format(value, "f")
+
+
 def normalise(reading: Reading, *, max_clock_skew: timedelta) -> Reading:
     """Canonical units, special and impossible values dropped (with reasons), clock-skew policy applied.
 
@@ -72,6 +123,10 @@ def normalise(reading: Reading, *, max_clock_skew: timedelta) -> Reading:
             dropped.append(why)
             if withheld(why) and ReadingFlag.IMPLAUSIBLE_VALUE not in flags:
                 flags.append(ReadingFlag.IMPLAUSIBLE_VALUE)
+    kept, inconsistent = _blood_pressure_consistency(kept, dropped)
+    dropped += inconsistent
+    if inconsistent and ReadingFlag.IMPLAUSIBLE_VALUE not in flags:
+        flags.append(ReadingFlag.IMPLAUSIBLE_VALUE)
     observed = reading.observed_at
     if reading.device_time is not None and not _EXEMPT_FROM_SKEW.intersection(reading.flags):
         if abs(reading.device_time - reading.received_at) > max_clock_skew:
