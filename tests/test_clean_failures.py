@@ -163,3 +163,26 @@ def test_no_configuration_anywhere() -> None:
     assert result.stderr == (
         "error: no configuration given: use --config FILE (or install one at /etc/vitals-agent/agent.toml)\n"
     )
+
+
+async def test_serial_port_held_by_another_program(tmp_path: Path) -> None:
+    import serial
+
+    from tests.serial_helpers import FakeRuntime, fixed_ctx, serial_driver
+    from vitals_agent.drivers.pty import PtyDevice
+    from vitals_agent.drivers.serial_transport import SerialTransport
+    from vitals_agent.errors import TransportError
+
+    with PtyDevice(tmp_path / "ttyRad8") as pty:
+        other = serial.Serial(str(pty.link), exclusive=True)  # e.g. a terminal program, or another agent
+        try:
+            transport = SerialTransport(
+                FakeRuntime(serial_driver("masimo-ascii", pty.link), ctx=fixed_ctx("x"))
+            )
+            with pytest.raises(TransportError) as info:
+                await transport._open(str(pty.link))
+        finally:
+            other.close()
+    assert str(info.value) == (
+        f"serial port {pty.link} is in use by another program (`fuser -v {pty.link}` shows which)"
+    )

@@ -212,7 +212,7 @@ async def test_second_opener_of_the_same_port_is_refused(pty_device: PtyDevice) 
     task = start(tr1)
     await rt1.wait_until(lambda r: r.connected)
     rt2, tr2 = masimo(pty_device.link)
-    with pytest.raises(TransportError, match="lock"):
+    with pytest.raises(TransportError, match="is in use by another program"):
         await tr2.run()
     await pty_device.write(rad8(1, 96))
     await rt1.wait_readings(1)

@@ -204,7 +204,7 @@ class SerialTransport(Transport):
                 raise DeviceNotFoundError(f"serial port {url} does not exist") from None
             if not scheme and not os.path.exists(url):  # noqa: ASYNC240 - a stat, after a failed open
                 raise DeviceNotFoundError(f"serial port {url} does not exist") from None
-            raise TransportError(f"cannot open {url}: {_one_line(exc)}") from None
+            raise TransportError(_open_failure(url, exc)) from None
 
     # ---------------------------------------------------------------------------------------------- run
 
@@ -296,6 +296,19 @@ class SerialTransport(Transport):
             await self._write(link, data)
         except (serial.SerialException, OSError) as exc:
             raise TransportError(f"write to {self.url} failed: {_one_line(exc)}") from None
+
+
+def _open_failure(url: str, exc: BaseException) -> str:
+    """One line that says what to do about a port that exists but cannot be opened."""
+    text = _one_line(exc)
+    if "exclusively lock" in text or getattr(exc, "errno", None) == errno.EBUSY:
+        return f"serial port {url} is in use by another program (`fuser -v {url}` shows which)"
+    if isinstance(exc, PermissionError) or getattr(exc, "errno", None) == errno.EACCES or "denied" in text:
+        return (
+            f"no permission to open serial port {url}: the agent's user must be in the port's group "
+            "(dialout on Debian; deploy/install.sh adds vitals-agent to it)"
+        )
+    return f"cannot open {url}: {text}"
 
 
 def _one_line(exc: BaseException) -> str:
