@@ -98,7 +98,8 @@ def test_unreadable_config(tmp_path: Path) -> None:
         (("outbox", "list", "-c"), 1),
     ):
         line = one_error_line(cli(*args, str(cfg)), status)
-        assert line.startswith(f"error: {cfg}: cannot read it: permission denied (it is ")
+        who = f"it is {_me()}:{_my_group()} mode 0; run as {_me()}"
+        assert line == f"error: {cfg}: cannot read it: permission denied ({who})"
     result = cli("check-config", str(cfg))
     assert result.returncode == 1
     assert result.stdout.startswith(f"{cfg}: cannot read it: permission denied")
@@ -119,6 +120,12 @@ def test_missing_config_and_missing_ekg_folder(tmp_path: Path) -> None:
         f"devices[0].folder: {folder} does not exist: create it, e.g. install -d -o {_me()} {folder}"
     ]
     assert result.stderr == ""
+
+
+def _my_group() -> str:
+    import grp
+
+    return grp.getgrgid(os.getegid()).gr_name
 
 
 def _me() -> str:

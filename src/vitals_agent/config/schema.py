@@ -311,4 +311,6 @@ def _reader_hint(path: Path) -> str:
     except (ImportError, KeyError, OSError):
         return "run as a user who may read it"
     mode = f"{st.st_mode & 0o777:o}"
-    return f"it is {owner}:{group} mode {mode}; run as a user who may read it, e.g. sudo -u {owner}"
+    if st.st_mode & 0o040 and group != owner:
+        return f"it is {owner}:{group} mode {mode}; run as {owner} or as a member of group {group}"
+    return f"it is {owner}:{group} mode {mode}; run as {owner}"
