@@ -7,8 +7,6 @@ import re
 import sys
 from typing import Any
 
-from vitals_agent.errors import TransportError
-
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     scan = sub.add_parser(
@@ -36,11 +34,7 @@ async def cmd_scan(args: argparse.Namespace) -> int:
     if args.seconds <= 0:
         print("error: --seconds must be positive", file=sys.stderr)
         return 2
-    try:
-        results = await scan(args.seconds, adapter=args.adapter, everything=args.all)
-    except TransportError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    results = await scan(args.seconds, adapter=args.adapter, everything=args.all)  # TransportError: cli
     for result in results:
         print(result.line())
     if not results:
@@ -54,13 +48,7 @@ async def cmd_pair(args: argparse.Namespace) -> int:
     if not re.fullmatch(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}", args.address):
         print(f"error: {args.address!r} is not a Bluetooth address (AA:BB:CC:DD:EE:FF)", file=sys.stderr)
         return 2
-    try:
-        result = await pair(
-            args.address, adapter=args.adapter, scan_seconds=args.seconds, timeout=args.timeout
-        )
-    except TransportError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    result = await pair(args.address, adapter=args.adapter, scan_seconds=args.seconds, timeout=args.timeout)
     label = f"{result.address} ({result.name})" if result.name else result.address
     print(f"{label}: {'already paired' if result.already_paired else 'paired, bonded and trusted'}")
     return 0

@@ -273,9 +273,7 @@ async def cmd_decode(args: argparse.Namespace) -> int:
         if printed:
             print(f"warning: {failure.error}", file=sys.stderr)
     if printed == 0:
-        reason = str(failures[0].error) if failures else "no decodable reading in the input"
-        print(f"error: {reason}", file=sys.stderr)
-        return 1
+        raise VitalsAgentError(str(failures[0].error) if failures else "no decodable reading in the input")
     return 0
 
 

@@ -92,11 +92,9 @@ async def cmd_receive(args: argparse.Namespace) -> int:
         try:
             directory = load_directory(args.pdq, args.pdq_authority)
         except OSError as exc:
-            print(f"error: cannot read {args.pdq}: {exc.strerror or exc}", file=sys.stderr)
-            return 1
+            raise VitalsAgentError(f"cannot read {args.pdq}: {exc.strerror or exc}") from None
         except (ValueError, UnicodeDecodeError) as exc:
-            print(f"error: {args.pdq}: {exc}", file=sys.stderr)
-            return 1
+            raise VitalsAgentError(f"{args.pdq}: {exc}") from None
         answer = pdq_answerer(directory, args.ack)
     try:
         handle = await start_receiver(
