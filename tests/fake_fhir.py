@@ -9,7 +9,8 @@ It is written from the FHIR specification, not from the agent's builder:
   references are rewritten to the assigned ``Type/id``; conditional references (``Patient?identifier=``)
   must match exactly one stored resource, else the whole transaction fails with 404 and an
   OperationOutcome. The answer is a ``transaction-response`` Bundle.
-* Faults, per request: :attr:`plan` (consumed one entry per Bundle request), else :attr:`mode`. Modes:
+* Faults, per request: :attr:`plan` (consumed one entry per Bundle request), else :attr:`per_id` (the
+  Bundle's ``identifier.value``, i.e. the agent's control id -> mode), else :attr:`mode`. Modes:
   ``OK``; ``503`` / ``429`` / ``500`` (with ``Retry-After`` :attr:`retry_after` when set); ``400`` (an
   OperationOutcome); ``404_HTML`` (not a FHIR answer); ``SLOW`` (answer after :attr:`delay` s);
   ``RESET`` (close the connection without answering); ``STORE_RESET`` / ``STORE_SLOW`` (process and
@@ -96,9 +97,11 @@ class FakeFhir:
         token: str | None = None,
         smart_key: Any = None,
         client_id: str = "vitals-agent",
+        port: int = 0,
     ) -> None:
         self.mode = mode
         self.plan: list[str] = []
+        self.per_id: dict[str, str] = {}
         self.retry_after: str | None = None
         self.delay = 5.0
         self.ssl_context = ssl_context
@@ -112,7 +115,7 @@ class FakeFhir:
         self.arrivals: list[Arrival] = []
         self.committed = 0  # transactions processed and stored
         self.host = "127.0.0.1"
-        self.port = 0
+        self.port = port
         self._runner: web.AppRunner | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------------
@@ -152,6 +155,14 @@ class FakeFhir:
 
     def observations(self) -> list[dict[str, Any]]:
         return self.store.all("Observation")
+
+    def bundle_ids(self, status: int | None = 200) -> list[str]:
+        """The identifier (control id) of each Bundle that got ``status`` (None: any), in arrival order."""
+        return [
+            str(a.bundle["identifier"]["value"])
+            for a in self.arrivals
+            if a.bundle is not None and (status is None or a.status == status)
+        ]
 
     def observation_identifiers(self) -> list[str]:
         return [o["identifier"][0]["value"] for o in self.observations()]
@@ -212,11 +223,12 @@ class FakeFhir:
 
     async def _transaction(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
-        mode = self.plan.pop(0) if self.plan else self.mode
         try:
             doc = json.loads(raw)
         except ValueError:
             doc = None
+        ident = doc.get("identifier", {}).get("value") if isinstance(doc, dict) else None
+        mode = self.plan.pop(0) if self.plan else self.per_id.get(str(ident), self.mode)
         arrival = Arrival(doc if isinstance(doc, dict) else None, raw, dict(request.headers), mode)
         self.arrivals.append(arrival)
         if self.token is not None and request.headers.get("Authorization") != f"Bearer {self.token}":

@@ -223,7 +223,7 @@ def test_an_outbox_from_a_newer_version_is_refused_not_rewritten(tmp_path: Path)
     before = _digest(tmp_path / OUTBOX_FILE)
     with pytest.raises(OutboxError) as info:
         Outbox(tmp_path)
-    assert "was written by a newer vitals-agent (outbox schema 7; this version knows 1)" in str(info.value)
+    assert "was written by a newer vitals-agent (outbox schema 7; this version knows 2)" in str(info.value)
     assert "not opened and not changed" in str(info.value)
     assert _digest(tmp_path / OUTBOX_FILE) == before
     conn = sqlite3.connect(tmp_path / OUTBOX_FILE)
@@ -363,3 +363,74 @@ def test_delete_nowait_never_waits(tmp_path: Path) -> None:
     assert ob.delete_nowait(a) is False
     assert [r.id for r in ob.peek()] == [b]
     ob.close()
+
+
+# --- destinations (FHIR beside HL7, issue 19) -------------------------------------------------------
+
+
+def test_a_reading_for_two_destinations_is_two_rows_in_one_commit(tmp_path: Path) -> None:
+    ob = Outbox(tmp_path)
+    first = ob.enqueue(control_id="R1", device_id="d", body=b"MSH|oru", also={"fhir": b'{"bundle":1}'})
+    ob.enqueue(control_id="R2", device_id="d", body=b'{"bundle":2}', destination="fhir")
+    ob.enqueue(control_id="R3", device_id="d", body=b"MSH|p", also={"fhir": b"{}"}, park_reason="mismatch")
+    assert [(m.control_id, m.destination) for m in ob.peek(10)] == [
+        ("R1", "ehr"),
+        ("R1", "fhir"),
+        ("R2", "fhir"),
+    ]
+    assert [m.control_id for m in ob.peek(10, destination="ehr")] == ["R1"]
+    assert [(m.control_id, m.body) for m in ob.peek(10, destination="fhir")] == [
+        ("R1", b'{"bundle":1}'),
+        ("R2", b'{"bundle":2}'),
+    ]
+    assert (ob.depth(), ob.depth("ehr"), ob.depth("fhir")) == (3, 1, 2)
+    assert (ob.dead_count(), ob.dead_count("ehr"), ob.dead_count("fhir")) == (2, 1, 1)
+    assert {d.destination for d in ob.list_dead()} == {"ehr", "fhir"}
+    # each destination's row has its own fate; the reading is done when both are
+    ob.delete(first)
+    assert ob.has_control_id("R1")
+    fhir_row = ob.peek(1, destination="fhir")[0]
+    assert ob.dead_letter(fhir_row.id, "rejected", ack_code="HTTP 400", ack_text="error invalid")
+    dead = ob.get(fhir_row.id)
+    assert isinstance(dead, DeadLetter) and dead.destination == "fhir"
+    assert ob.retry_dead(fhir_row.id) == 1
+    again = ob.get(fhir_row.id)
+    assert isinstance(again, OutboxMessage) and again.destination == "fhir"
+    ob.close()
+
+
+def test_an_all_or_nothing_commit_for_every_destination(tmp_path: Path) -> None:
+    ob = Outbox(tmp_path, max_bytes=64 * 1024)
+    with pytest.raises(OutboxFullError):
+        ob.enqueue(control_id="BIG", device_id="d", body=b"MSH|x", also={"fhir": b"x" * 200_000})
+    assert ob.depth() == 0  # not the ORU without the Bundle
+    ob.close()
+
+
+def test_a_schema_1_outbox_is_migrated_and_its_messages_are_the_ehrs(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / OUTBOX_FILE)
+    conn.executescript(
+        "CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, control_id TEXT NOT NULL,"
+        " device_id TEXT NOT NULL, body BLOB NOT NULL, meta TEXT NOT NULL DEFAULT '{}',"
+        " created_at REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, nacks INTEGER NOT NULL DEFAULT 0,"
+        " last_error TEXT);"
+        "CREATE TABLE dead_letter (id INTEGER PRIMARY KEY, control_id TEXT NOT NULL, device_id TEXT NOT NULL,"
+        " body BLOB NOT NULL, meta TEXT NOT NULL DEFAULT '{}', created_at REAL NOT NULL,"
+        " attempts INTEGER NOT NULL DEFAULT 0, dead_at REAL NOT NULL, reason TEXT NOT NULL, ack_code TEXT,"
+        " ack_text TEXT);"
+        "INSERT INTO outbox (control_id, device_id, body, created_at) VALUES ('OLD1', 'd', x'4d5348', 1.0);"
+        "INSERT INTO dead_letter (id, control_id, device_id, body, created_at, dead_at, reason)"
+        " VALUES (7, 'OLD0', 'd', x'4d5348', 1.0, 2.0, 'AR');"
+        "PRAGMA user_version=1;"
+    )
+    conn.close()
+    ob = Outbox(tmp_path)
+    (old,) = ob.peek(10, destination="ehr")
+    assert (old.control_id, old.body, old.destination) == ("OLD1", b"MSH", "ehr")
+    assert ob.list_dead()[0].destination == "ehr"
+    ob.enqueue(control_id="NEW", device_id="d", body=b"{}", destination="fhir")
+    assert ob.depth("fhir") == 1
+    ob.close()
+    conn = sqlite3.connect(tmp_path / OUTBOX_FILE)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    conn.close()

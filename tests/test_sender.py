@@ -66,6 +66,7 @@ async def test_status_and_wake_for_messages_queued_while_running(outbox: Outbox)
     async with Hl7Ehr() as ehr:
         sender = Sender(outbox, fast_ehr(ehr.port))
         assert sender.status() == {
+            "destination": "ehr",
             "connected": False,
             "peer": f"127.0.0.1:{ehr.port}",
             "tls": False,

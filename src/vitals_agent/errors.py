@@ -91,6 +91,19 @@ class ConnectFailedError(PeerUnavailableError):
     the message itself."""
 
 
+class RetryLaterError(PeerUnavailableError):
+    """The receiver answered "not now" (HTTP 408, 429, 5xx, 401 ...): try the same message again, no sooner
+    than ``retry_after`` seconds when the receiver said so. ``after_connect``: the failure may be this
+    message's fault (e.g. a 500), so it counts towards the poison-message probe."""
+
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, after_connect: bool = False
+    ) -> None:
+        self.retry_after = retry_after
+        self.after_connect = after_connect
+        super().__init__(message)
+
+
 class AckProtocolError(DeliveryError, RetryableError):
     """The peer answered with something that is not a usable ACK for this message (treated as no ACK)."""
 

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
 from vitals_agent.config.ehr import EhrConfig
+from vitals_agent.config.fhir import FhirConfig
 
 DEFAULT_STORAGE_GIVE_UP = 300.0
 
@@ -81,6 +82,24 @@ class Settings:
             "ack_timeout": ehr.ack_timeout_seconds,
             "storage_give_up": storage_give_up,
             # a few retries fit in the give-up time, however short it is configured
+            "storage_backoff_max": min(30.0, max(0.5, storage_give_up / 5)),
+        }
+        values.update(overrides)
+        return cls(**values)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_fhir(
+        cls, fhir: FhirConfig, *, storage_give_up: float = DEFAULT_STORAGE_GIVE_UP, **overrides: float
+    ) -> Settings:
+        """A FHIR server: no negative answer is retried as such (408/429/5xx are link failures, other
+        4xx dead-letter at once: see fhir/answer.py)."""
+        values: dict[str, object] = {
+            "max_attempts": 1,
+            "retry_negative": frozenset(),
+            "backoff_min": fhir.backoff_min_seconds,
+            "backoff_max": fhir.backoff_max_seconds,
+            "ack_timeout": fhir.timeout_seconds,
+            "storage_give_up": storage_give_up,
             "storage_backoff_max": min(30.0, max(0.5, storage_give_up / 5)),
         }
         values.update(overrides)
@@ -282,15 +301,18 @@ class DeliveryPolicy(Generic[M]):
         elif any(m.id == msg.id for m in self._batch):
             self._batch = deque(m for m in self._batch if m.id != msg.id)
 
-    def link_failed(self, msg: M, now: float, *, after_connect: bool) -> LinkVerdict:
+    def link_failed(
+        self, msg: M, now: float, *, after_connect: bool, not_before: float | None = None
+    ) -> LinkVerdict:
         """No usable ACK. ``after_connect``: the EHR accepted the connection (this may be the message's
-        fault); otherwise it says nothing about the message."""
+        fault); otherwise it says nothing about the message. ``not_before``: the receiver asked for at
+        least this many seconds of quiet (an HTTP ``Retry-After``); the back-off is never shorter."""
         if self._due is not None and self._due.id == msg.id:
             self._due = None
             self._deferred[msg.id] = now  # a retried AE/CE message: due again after the back-off
         suspect = after_connect and self._failed_after_connect(msg, now)
         self.failures += 1
-        delay = self.backoff(self.failures)
+        delay = max(self.backoff(self.failures), not_before or 0.0)
         self._link_retry_at = now + delay
         return LinkVerdict(delay, self.failures, suspect)
 

@@ -232,12 +232,23 @@ class FhirClient:
         self.ssl_context = ssl_context
         self.tokens: TokenSource = tokens or NoToken()
         self._session: aiohttp.ClientSession | None = None
+        self._answered = False  # the last request got an HTTP answer
+        self._stale = False  # abort() was called: close the session before the next request
+
+    @property
+    def connected(self) -> bool:
+        """The server answered the last request (its connection is kept alive for the next)."""
+        return self._answered and self._session is not None and not self._session.closed
 
     @property
     def peer(self) -> str:
         return self.base_url
 
-    def _open(self) -> aiohttp.ClientSession:
+    async def _open(self) -> aiohttp.ClientSession:
+        if self._stale and self._session is not None:
+            await self._session.close()
+            self._session = None
+        self._stale = False
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(
                 ssl=self.ssl_context if self.ssl_context is not None else True, limit=2
@@ -252,7 +263,8 @@ class FhirClient:
 
     async def post(self, body: bytes, *, request_id: str) -> HttpAnswer:
         """POST ``body`` (a transaction Bundle) to the base URL; the server's answer, whatever its status."""
-        session = self._open()
+        session = await self._open()
+        self._answered = False
         token = await self.tokens.token(session)
         headers = {
             "Content-Type": f"{MEDIA_TYPE}; charset=utf-8",
@@ -283,9 +295,16 @@ class FhirClient:
             raise PeerUnavailableError(f"FHIR server {self.base_url}: {_client_reason(exc)}") from None
         if status == 401:
             self.tokens.invalidate()
+        self._answered = True
         return HttpAnswer(status, answer_headers, answer, int((time.monotonic() - started) * 1000))
 
+    def abort(self) -> None:
+        """Drop the kept-alive connection after an error: the next request starts a new session."""
+        self._answered = False
+        self._stale = True
+
     async def close(self) -> None:
+        self._answered = False
         if self._session is not None:
             await self._session.close()
             self._session = None

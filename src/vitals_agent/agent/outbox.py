@@ -3,7 +3,10 @@
 Tables:
 
 * ``outbox`` — messages waiting for a positive ACK, delivered in ``id`` order. ``id`` is AUTOINCREMENT, so
-  it is never reused and a dead letter put back by an operator keeps its place and its MSH-10.
+  it is never reused and a dead letter put back by an operator keeps its place and its MSH-10. Each row is
+  one reading *for one destination* (``destination``: ``ehr`` = HL7 v2 over MLLP, ``fhir`` = a FHIR
+  transaction Bundle): a reading bound for both has two rows with the same ``control_id``, committed in
+  one transaction, each with its own body, attempts and fate. A reading is done when all its rows are.
 * ``dead_letter`` — messages the receiver refused (AR/CR, an unknown MSA-1, or AE/CE ``max_attempts``
   times), with the reason and the receiver's MSA-3/ERR text, for human review (``vitals-agent outbox``).
 * ``device_state`` — a small durable key/value store per device (pairing state, last record number ...).
@@ -51,7 +54,8 @@ from vitals_agent.errors import OutboxError, OutboxFullError
 log = structlog.get_logger(__name__)
 
 OUTBOX_FILE = "outbox.sqlite3"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the destination column (schema 1 files are migrated when opened)
+DESTINATIONS = ("ehr", "fhir")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -63,7 +67,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     created_at REAL NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
     nacks INTEGER NOT NULL DEFAULT 0,
-    last_error TEXT
+    last_error TEXT,
+    destination TEXT NOT NULL DEFAULT 'ehr'
 );
 CREATE TABLE IF NOT EXISTS dead_letter (
     id INTEGER PRIMARY KEY,
@@ -76,7 +81,8 @@ CREATE TABLE IF NOT EXISTS dead_letter (
     dead_at REAL NOT NULL,
     reason TEXT NOT NULL,
     ack_code TEXT,
-    ack_text TEXT
+    ack_text TEXT,
+    destination TEXT NOT NULL DEFAULT 'ehr'
 );
 CREATE TABLE IF NOT EXISTS device_state (
     device_id TEXT NOT NULL,
@@ -87,19 +93,24 @@ CREATE TABLE IF NOT EXISTS device_state (
 );
 """
 
-_MSG_COLUMNS = "id, control_id, device_id, body, meta, created_at, attempts, nacks, last_error"
+_MSG_COLUMNS = "id, control_id, device_id, body, meta, created_at, attempts, nacks, last_error, destination"
 _DEAD_COLUMNS = (
-    "id, control_id, device_id, body, meta, created_at, attempts, dead_at, reason, ack_code, ack_text"
+    "id, control_id, device_id, body, meta, created_at, attempts, dead_at, reason, ack_code, ack_text,"
+    " destination"
 )
 # Statements assembled from the constant column lists above (values are always bound parameters).
 _SELECT_QUEUED = f"SELECT {_MSG_COLUMNS} FROM outbox"  # noqa: S608
 _SELECT_DEAD = f"SELECT {_DEAD_COLUMNS} FROM dead_letter"  # noqa: S608
 _RETRY_DEAD = (
-    "INSERT INTO outbox (id, control_id, device_id, body, meta, created_at, attempts, nacks, last_error)"
-    " SELECT id, control_id, device_id, body, meta, created_at, 0, 0, 'operator retry after: ' || reason"
-    " FROM dead_letter"
+    "INSERT INTO outbox (id, control_id, device_id, body, meta, created_at, attempts, nacks, last_error,"
+    " destination)"
+    " SELECT id, control_id, device_id, body, meta, created_at, 0, 0, 'operator retry after: ' || reason,"
+    " destination FROM dead_letter"
 )
-_INSERT = "INSERT INTO outbox (control_id, device_id, body, meta, created_at) VALUES (?, ?, ?, ?, ?)"
+_INSERT = (
+    "INSERT INTO outbox (control_id, device_id, body, meta, created_at, destination)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
+)
 _UPSERT_STATE = (
     "INSERT INTO device_state (device_id, key, value, updated_at) VALUES (?, ?, ?, ?)"
     " ON CONFLICT (device_id, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at"
@@ -117,6 +128,7 @@ class OutboxMessage:
     attempts: int = 0  # failed delivery attempts so far (a refused connection is not an attempt)
     nacks: int = 0  # AE/CE answers so far
     last_error: str | None = None
+    destination: str = "ehr"  # "ehr" (HL7 v2, MLLP) or "fhir" (FHIR transaction Bundle)
 
 
 @dataclass(frozen=True)
@@ -132,6 +144,7 @@ class DeadLetter:
     reason: str
     ack_code: str | None
     ack_text: str | None
+    destination: str = "ehr"
 
 
 def _meta(text: Any) -> dict[str, Any]:
@@ -155,6 +168,7 @@ def _msg(row: tuple[Any, ...]) -> OutboxMessage:
         attempts=row[6],
         nacks=row[7],
         last_error=row[8],
+        destination=str(row[9] or "ehr"),
     )
 
 
@@ -173,6 +187,7 @@ def _dead(row: tuple[Any, ...]) -> DeadLetter:
         reason=row[8],
         ack_code=row[9],
         ack_text=row[10],
+        destination=str(row[11] or "ehr"),
     )
 
 
@@ -248,8 +263,8 @@ def _move_to_dead(
     open transaction."""
     cur = conn.execute(
         "INSERT INTO dead_letter (id, control_id, device_id, body, meta, created_at, attempts,"
-        " dead_at, reason, ack_code, ack_text)"
-        " SELECT id, control_id, device_id, body, meta, created_at, attempts, ?, ?, ?, ?"
+        " dead_at, reason, ack_code, ack_text, destination)"
+        " SELECT id, control_id, device_id, body, meta, created_at, attempts, ?, ?, ?, ?, destination"
         " FROM outbox WHERE id = ?",
         (time.time(), reason, ack_code, ack_text, message_id),
     )
@@ -294,6 +309,7 @@ class Outbox:
             self._conn.execute("PRAGMA busy_timeout=10000")
             self._set_sync("FULL")
             self._conn.executescript(_SCHEMA)
+            self._migrate()
             if self._conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
                 self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             if max_bytes is not None:
@@ -374,6 +390,14 @@ class Outbox:
                 f"{', '.join(sorted(tables))}): not opened and not changed"
             )
 
+    def _migrate(self) -> None:
+        """Schema 1 -> 2: add the destination column (every existing message is for the EHR)."""
+        for table in ("outbox", "dead_letter"):
+            columns = {str(r[1]) for r in self._conn.execute(f"PRAGMA table_info({table})")}
+            if "destination" not in columns:
+                self._conn.execute(f"ALTER TABLE {table} ADD COLUMN destination TEXT NOT NULL DEFAULT 'ehr'")
+        self._conn.execute("CREATE INDEX IF NOT EXISTS outbox_destination ON outbox (destination, id)")
+
     # --- plumbing ------------------------------------------------------------------------------------
 
     def _set_sync(self, level: str) -> None:
@@ -426,8 +450,14 @@ class Outbox:
         meta: dict[str, Any] | None = None,
         park_reason: str | None = None,
         state: Mapping[str, str] | None = None,
+        destination: str = "ehr",
+        also: Mapping[str, bytes] | None = None,
     ) -> int:
         """Queue one message; returns its id once it is committed durably (fsynced).
+
+        ``destination``: who ``body`` is for (``ehr`` or ``fhir``). ``also``: the same reading for other
+        destinations (destination -> body), queued in the same transaction under the same ``control_id``
+        and ``meta`` (and parked with it), so a reading is either queued for every destination or for none.
 
         ``park_reason``: store it durably but do not send it — it goes straight to the dead-letter table
         with that reason (in the same transaction, so the sender never sees it), for an operator to review
@@ -438,12 +468,15 @@ class Outbox:
         meta_text = _meta_text(meta)
         try:
             with self._tx("FULL") as conn:
-                cur = conn.execute(
-                    _INSERT, (control_id, device_id, sqlite3.Binary(body), meta_text, time.time())
-                )
-                row_id = cur.lastrowid
-                if park_reason is not None and row_id is not None:
-                    _move_to_dead(conn, row_id, park_reason, None, None)
+                row_id: int | None = None
+                for where, payload in [(destination, body), *(also or {}).items()]:
+                    cur = conn.execute(
+                        _INSERT,
+                        (control_id, device_id, sqlite3.Binary(payload), meta_text, time.time(), where),
+                    )
+                    row_id = row_id or cur.lastrowid
+                    if park_reason is not None and cur.lastrowid is not None:
+                        _move_to_dead(conn, cur.lastrowid, park_reason, None, None)
                 if state:
                     now = time.time()
                     conn.executemany(_UPSERT_STATE, [(device_id, k, v, now) for k, v in state.items()])
@@ -462,24 +495,32 @@ class Outbox:
     def enqueue_many(self, items: Iterable[Mapping[str, Any]]) -> list[int]:
         """Queue several messages in one durable transaction (all or none), e.g. a device's stored records.
 
-        Each item has the keyword arguments of :meth:`enqueue`. Returns the ids in order.
+        Each item has the keyword arguments of :meth:`enqueue` (``destination`` and ``also`` included).
+        Returns the ids in order (of each item's first row).
         """
         ids: list[int] = []
         try:
             with self._tx("FULL") as conn:
                 for item in items:
-                    cur = conn.execute(
-                        _INSERT,
-                        (
-                            item["control_id"],
-                            item["device_id"],
-                            sqlite3.Binary(item["body"]),
-                            _meta_text(item.get("meta")),
-                            time.time(),
-                        ),
-                    )
-                    assert cur.lastrowid is not None
-                    ids.append(cur.lastrowid)
+                    bodies = [
+                        (item.get("destination", "ehr"), item["body"]),
+                        *(item.get("also") or {}).items(),
+                    ]
+                    for index, (where, payload) in enumerate(bodies):
+                        cur = conn.execute(
+                            _INSERT,
+                            (
+                                item["control_id"],
+                                item["device_id"],
+                                sqlite3.Binary(payload),
+                                _meta_text(item.get("meta")),
+                                time.time(),
+                                where,
+                            ),
+                        )
+                        assert cur.lastrowid is not None
+                        if index == 0:
+                            ids.append(cur.lastrowid)
         except sqlite3.Error as exc:
             if _is_full(exc):
                 raise OutboxFullError(
@@ -489,23 +530,41 @@ class Outbox:
             raise OutboxError(f"outbox {self.path} cannot store messages: {explain(exc)}") from None
         return ids
 
-    def depth(self) -> int:
+    def depth(self, destination: str | None = None) -> int:
+        """Queued messages (rows), all or for one destination."""
         with self._read("the queue length") as conn:
-            return int(conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+            if destination is None:
+                return int(conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+            row = conn.execute("SELECT COUNT(*) FROM outbox WHERE destination = ?", (destination,)).fetchone()
+            return int(row[0])
 
-    def dead_count(self) -> int:
+    def dead_count(self, destination: str | None = None) -> int:
         with self._read("the dead-letter count") as conn:
-            return int(conn.execute("SELECT COUNT(*) FROM dead_letter").fetchone()[0])
+            if destination is None:
+                return int(conn.execute("SELECT COUNT(*) FROM dead_letter").fetchone()[0])
+            row = conn.execute(
+                "SELECT COUNT(*) FROM dead_letter WHERE destination = ?", (destination,)
+            ).fetchone()
+            return int(row[0])
 
     # --- the sender's side ---------------------------------------------------------------------------
 
-    def peek(self, limit: int = 64, *, after_id: int = 0) -> list[OutboxMessage]:
-        """The oldest queued messages (id order), at most ``limit``, with ``id > after_id``."""
+    def peek(
+        self, limit: int = 64, *, after_id: int = 0, destination: str | None = None
+    ) -> list[OutboxMessage]:
+        """The oldest queued messages (id order), at most ``limit``, with ``id > after_id``; all, or those
+        for one ``destination``."""
         with self._read("queued messages") as conn:
-            rows = conn.execute(
-                _SELECT_QUEUED + " WHERE id > ? ORDER BY id LIMIT ?",
-                (after_id, limit),
-            ).fetchall()
+            if destination is None:
+                rows = conn.execute(
+                    _SELECT_QUEUED + " WHERE id > ? ORDER BY id LIMIT ?",
+                    (after_id, limit),
+                ).fetchall()
+            else:
+                rows = conn.execute(
+                    _SELECT_QUEUED + " WHERE destination = ? AND id > ? ORDER BY id LIMIT ?",
+                    (destination, after_id, limit),
+                ).fetchall()
         return [_msg(r) for r in rows]
 
     def delete(self, message_id: int, control_id: str | None = None) -> bool:
@@ -654,6 +713,15 @@ class Outbox:
                 return _msg(row)
             row = self._reader.execute(_SELECT_DEAD + " WHERE control_id = ?", (control_id,)).fetchone()
         return _dead(row) if row else None
+
+    def find_all(self, control_id: str) -> list[OutboxMessage | DeadLetter]:
+        """Every row with this MSH-10, queued then dead (a reading for two destinations has two rows)."""
+        with self._read(f"messages {control_id}") as conn:
+            queued = conn.execute(
+                _SELECT_QUEUED + " WHERE control_id = ? ORDER BY id", (control_id,)
+            ).fetchall()
+            dead = conn.execute(_SELECT_DEAD + " WHERE control_id = ? ORDER BY id", (control_id,)).fetchall()
+        return [*(_msg(r) for r in queued), *(_dead(r) for r in dead)]
 
     def retry_dead(self, message_id: int | None = None) -> int:
         """Put one dead letter (or all, with ``None``) back in the queue at its original place.

@@ -1,9 +1,13 @@
 """The one-way data path after decoding:
 
-Reading -> normalise -> reporting policy -> patient context -> ORU builder -> outbox (durable) -> sender.
+Reading -> normalise -> reporting policy -> patient context -> ORU builder and/or FHIR Bundle builder
+-> outbox (durable, one row per destination) -> one sender per destination.
 
 A reading is *accepted* when the reporting policy selects it; from then on it is committed to the outbox
-before anything else happens to it, and the sender takes it from there.
+before anything else happens to it, and the senders take it from there. With ``[ehr]`` and ``[fhir]``
+both enabled, the ORU and the Bundle are committed in one transaction under the same control id; a reading
+one builder cannot express goes to the other destination alone (logged and counted), and is refused only
+when no enabled destination can take it.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -27,6 +31,7 @@ from vitals_agent.agent.reporting import ReportingPolicy, make_policy
 from vitals_agent.agent.runtime import DeviceRuntimeImpl
 from vitals_agent.config.schema import Config, DeviceConfig
 from vitals_agent.errors import OutboxError, RefusedError, VitalsAgentError
+from vitals_agent.fhir.bundle import FhirBuildError, FhirProfile, build_bundle
 from vitals_agent.hl7.oru import (
     MessageBuildError,
     MessageProfile,
@@ -34,7 +39,7 @@ from vitals_agent.hl7.oru import (
     build_oru,
     new_control_id,
 )
-from vitals_agent.models import DeviceEvent, PatientScan, Reading
+from vitals_agent.models import DeviceEvent, PatientInfo, PatientScan, Reading
 
 log = structlog.get_logger(__name__)
 
@@ -46,7 +51,8 @@ class Accepted:
     device_id: str
     reading: Reading
     control_id: str
-    message: bytes
+    message: bytes  # the ORU (the Bundle when only [fhir] is enabled)
+    bodies: dict[str, bytes] = field(default_factory=dict)  # destination -> what was queued for it
 
 
 Observer = Callable[[Accepted], None]
@@ -63,9 +69,12 @@ class Pipeline:
         audit: AuditLog,
         wake_sender: Callable[[], None],
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        fhir_profile: FhirProfile | None = None,
     ) -> None:
         self.config = config
         self.profile = profile
+        self.fhir_profile = fhir_profile if config.fhir.enabled else None
+        self.to_ehr = config.ehr.enabled
         self.outbox = outbox
         self.patients = patients
         self.audit = audit
@@ -77,6 +86,7 @@ class Pipeline:
         self.refused = 0  # readings that could not be committed (disk full...)
         self.parked = 0  # messages stored for review instead of sent (patient mismatch)
         self.dropped = 0  # readings taken before the current patient context began
+        self.not_for: dict[str, int] = {}  # destination -> readings its builder refused (others got them)
 
     def add_device(self, runtime: DeviceRuntimeImpl) -> None:
         dev = runtime.config
@@ -246,36 +256,18 @@ class Pipeline:
         if decision.stop:
             return None
         details = decision.details
-        patient: PatientIdentity | None = details.to_identity() if details is not None else None
         control_id = control_id or new_control_id()
-        try:
-            body = build_oru(
-                reading,
-                self.profile,
-                control_id=control_id,
-                created_at=self.now(),
-                patient=patient,
-                late_associated=late_patient is not None,
-            )
-        except MessageBuildError as exc:
-            self.refused += 1
-            log.error("reading refused: no conformant message", device=device_id, error=str(exc))
-            raise RefusedError(str(exc)) from exc
-        except Exception as exc:  # any build failure is this reading's, final: never a device crash loop
-            self.refused += 1
-            # the text may quote the reading (a file name, a patient field): type only above DEBUG
-            log.error(
-                "reading refused: the message could not be built", device=device_id, error=type(exc).__name__
-            )
-            log.debug("message build failure", device=device_id, exc_info=exc)
-            raise RefusedError(f"the message could not be built ({type(exc).__name__})") from exc
+        bodies = self._build(device_id, reading, control_id, details, late=late_patient is not None)
         meta = {"device": device_id, "observed_at": reading.observed_at.isoformat()}
         try:
+            first, *others = bodies.items()
             await asyncio.to_thread(
                 self.outbox.enqueue,
                 control_id=control_id,
                 device_id=device_id,
-                body=body,
+                body=first[1],
+                destination=first[0],
+                also=dict(others),
                 meta=meta,
                 park_reason=decision.park_reason,
                 # the once-only key commits with the message: a crash cannot separate them
@@ -305,13 +297,83 @@ class Pipeline:
             "reading queued",
             device=device_id,
             control_id=control_id,
+            destinations=list(bodies),
             metrics=sorted(m.metric for m in reading.measurements),
             flags=[str(f) for f in reading.flags],
         )
-        accepted = Accepted(device_id, reading, control_id, body)
+        accepted = Accepted(device_id, reading, control_id, bodies.get("ehr") or first[1], bodies)
         for observer in self.observers:
             observer(accepted)
         return accepted
+
+    def _build(
+        self, device_id: str, reading: Reading, control_id: str, details: PatientDetails | None, *, late: bool
+    ) -> dict[str, bytes]:
+        """The message for each enabled destination (``ehr``: ORU, ``fhir``: Bundle). A destination whose
+        builder refuses the reading is left out (logged, counted); when none is left the reading is
+        refused with :class:`RefusedError`."""
+        created = self.now()
+        bodies: dict[str, bytes] = {}
+        failed: list[tuple[str, Exception]] = []
+        if self.to_ehr:
+            patient: PatientIdentity | None = details.to_identity() if details is not None else None
+            try:
+                bodies["ehr"] = build_oru(
+                    reading, self.profile, control_id=control_id, created_at=created, patient=patient,
+                    late_associated=late,
+                )  # fmt: skip
+            except Exception as exc:  # any build failure is this reading's, final: never a crash loop
+                failed.append(("ehr", exc))
+        if self.fhir_profile is not None:
+            try:
+                bodies["fhir"] = build_bundle(
+                    reading, self.fhir_profile, message_id=control_id, created_at=created,
+                    patient=_patient_info(details), late_associated=late,
+                )  # fmt: skip
+            except Exception as exc:
+                failed.append(("fhir", exc))
+        reasons = []
+        for destination, error in failed:
+            self.not_for[destination] = self.not_for.get(destination, 0) + 1
+            what = "message" if destination == "ehr" else "FHIR Bundle"
+            if isinstance(error, MessageBuildError | FhirBuildError):
+                reason, shown = str(error), str(error)
+            else:  # the text may quote the reading (a file name, a patient field): type only above DEBUG
+                reason = f"the {what} could not be built ({type(error).__name__})"
+                shown = type(error).__name__
+                log.debug(
+                    "message build failure", device=device_id, destination=destination, error_info=error
+                )
+            reasons.append(reason)
+            if bodies:
+                log.error(
+                    f"reading not sent to {destination}: no conformant {what}",
+                    device=device_id,
+                    control_id=control_id,
+                    error=shown,
+                    sent_to=list(bodies),
+                )
+            elif isinstance(error, MessageBuildError | FhirBuildError):
+                log.error(f"reading refused: no conformant {what}", device=device_id, error=shown)
+            else:
+                log.error(f"reading refused: the {what} could not be built", device=device_id, error=shown)
+        if not bodies:
+            self.refused += 1
+            raise RefusedError("; ".join(reasons) or "no destination is enabled")
+        return bodies
+
+
+def _patient_info(details: PatientDetails | None) -> PatientInfo | None:
+    if details is None:
+        return None
+    return PatientInfo(
+        mrn=details.mrn,
+        family_name=details.family,
+        given_name=details.given,
+        birth_date=details.birth_date,
+        sex=details.sex,
+        encounter=details.encounter,
+    )
 
 
 @dataclass(frozen=True)

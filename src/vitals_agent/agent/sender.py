@@ -1,6 +1,12 @@
-"""The MLLP sender: takes messages from the outbox in order and delivers them (hl7-pcd01.md §9.2).
+"""The senders: take messages for one destination from the outbox in order and deliver them.
 
-This module does the I/O: it reads the outbox, talks MLLP, writes the results and the audit records. Every
+:class:`QueueSender` is the loop every destination shares; a :class:`~vitals_agent.agent.link.Link` does the
+protocol. :class:`Sender` is the EHR's: HL7 v2 over MLLP (hl7-pcd01.md §9.2) through :class:`MllpLink`;
+the FHIR server's is :class:`~vitals_agent.agent.fhir_sender.FhirSender`. Each destination has its own
+sender, queue rows, back-off and dead letters, so one destination being down never holds up the other.
+
+This module does the I/O: it reads the outbox, talks to the receiver, writes the results and the audit
+records. Every
 decision — what to send next, when to retry, when to dead-letter or probe a poison message, how long to
 back off after a storage error and when to give up — is :class:`~vitals_agent.agent.delivery_policy.
 DeliveryPolicy`'s, which is pure and tested without sockets. In short:
@@ -46,6 +52,7 @@ from vitals_agent.agent.delivery_policy import (
     Settle,
     Wait,
 )
+from vitals_agent.agent.link import Answer, Link
 from vitals_agent.agent.outbox import Outbox, OutboxMessage
 from vitals_agent.config.ehr import EhrConfig
 from vitals_agent.errors import (
@@ -53,6 +60,7 @@ from vitals_agent.errors import (
     ConnectFailedError,
     OutboxError,
     PeerUnavailableError,
+    RetryLaterError,
     StorageFailedError,
 )
 from vitals_agent.hl7.ack import Ack, parse_ack
@@ -69,38 +77,84 @@ POISON_SUSPECT_AFTER = 3
 STORAGE_REMINDER_SECONDS = 60.0  # a still-failing outbox is logged at ERROR again this often
 
 
-class Sender:
+class MllpLink:
+    """HL7 v2 over MLLP: one message, its ACK (late duplicate ACKs skipped). ``client`` reconnects itself."""
+
+    def __init__(self, client: MllpClient, ack_timeout: float) -> None:
+        self.client = client
+        self.ack_timeout = ack_timeout
+
+    @property
+    def peer(self) -> str:
+        return self.client.peer
+
+    @property
+    def connected(self) -> bool:
+        return self.client.connected
+
+    @property
+    def tls(self) -> bool:
+        return self.client.ssl_context is not None
+
+    def refusal(self, msg: OutboxMessage) -> str | None:
+        if b"\x0b" in msg.body or b"\x1c" in msg.body:
+            # MLLP cannot carry it, now or ever: park it instead of blocking the queue behind it
+            return "message contains an MLLP framing byte (0x0B or 0x1C)"
+        return None
+
+    async def exchange(self, msg: OutboxMessage, was_acked: Callable[[str], bool]) -> Answer:
+        timeout = self.ack_timeout
+        deadline = time.monotonic() + timeout
+        payload = await self.client.send(msg.body, timeout)
+        while True:
+            try:
+                ack = parse_ack(payload)
+            except AckProtocolError:
+                self.client.abort()
+                raise
+            if ack.control_id == msg.control_id:
+                return _answer(ack)
+            if was_acked(ack.control_id):
+                # e.g. the AA that follows a CA we already took as delivery: not for this message
+                log.debug("late ACK for a delivered message skipped", ack_for=ack.control_id, code=ack.code)
+                payload = await self.client.receive(max(0.0, deadline - time.monotonic()))
+                continue
+            self.client.abort()
+            raise AckProtocolError(
+                f"ACK is for message {ack.control_id!r}, not for {msg.control_id!r}: treated as no ACK"
+            )
+
+    def abort(self) -> None:
+        self.client.abort()
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+def _answer(ack: Ack) -> Answer:
+    return Answer(ack.accepted, ack.code, ack.known, "" if ack.accepted else ack.describe(), ack.summary())
+
+
+class QueueSender:
+    """Deliver one destination's messages from the outbox through ``link``, as ``settings`` say."""
+
     def __init__(
         self,
         outbox: Outbox,
-        ehr: EhrConfig,
+        link: Link,
+        settings: Settings,
         *,
-        ssl_context: ssl.SSLContext | None = None,
-        client: MllpClient | None = None,
+        destination: str = "ehr",
+        backlog_warning: int = 100,
         rng: random.Random | None = None,
-        storage_give_up: float = DEFAULT_STORAGE_GIVE_UP,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.outbox = outbox
-        self.ehr = ehr
-        self.client = client or MllpClient(
-            ehr.host,
-            ehr.port,
-            connect_timeout=ehr.connect_timeout_seconds,
-            ssl_context=ssl_context,
-            server_hostname=ehr.server_name,
-        )
+        self.link = link
+        self.destination = destination
+        self.backlog_warning = backlog_warning
         self._clock = clock
-        self.policy: DeliveryPolicy[OutboxMessage] = DeliveryPolicy(
-            Settings.from_ehr(
-                ehr,
-                storage_give_up=storage_give_up,
-                batch=BATCH,
-                idle_poll=IDLE_POLL_SECONDS,
-                poison_after=POISON_SUSPECT_AFTER,
-            ),
-            rng=rng,
-        )
+        self.policy: DeliveryPolicy[OutboxMessage] = DeliveryPolicy(settings, rng=rng)
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._done = asyncio.Event()
@@ -129,16 +183,17 @@ class Sender:
         depth: int | None
         dead: int | None
         try:
-            depth, dead = self.outbox.depth(), self.outbox.dead_count()
+            depth, dead = self.outbox.depth(self.destination), self.outbox.dead_count(self.destination)
         except Exception:  # a closed or broken outbox must not break a status request
             depth = dead = None
         snap = self.policy.snapshot(self._clock())
         failing_for = snap["storage_failing_for"]
         give_up = self.policy.settings.storage_give_up
         return {
-            "connected": self.client.connected,
-            "peer": self.client.peer,
-            "tls": self.client.ssl_context is not None,
+            "destination": self.destination,
+            "connected": self.link.connected,
+            "peer": self.link.peer,
+            "tls": self.link.tls,
             "depth": depth,
             "dead": dead,
             "in_flight": self._in_flight.control_id if self._in_flight else None,
@@ -178,14 +233,14 @@ class Sender:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        await self.client.close()
+        await self.link.close()
 
     async def run(self) -> None:
         """Deliver until :meth:`stop`. Storage errors back off; when they last longer than the give-up
         time this raises :class:`StorageFailedError` (the agent stops). Bugs are logged and retried."""
         self._task = asyncio.current_task()
         self._done.clear()
-        log.info("sender started", peer=self.client.peer, tls=self.client.ssl_context is not None)
+        log.info("sender started", destination=self.destination, peer=self.link.peer, tls=self.link.tls)
         pending = self.outbox.delivered_pending()
         if pending:
             log.info("removing messages the EHR acknowledged before the last stop", count=len(pending))
@@ -206,14 +261,14 @@ class Sender:
                     # no traceback at ERROR: a formatter that shows locals would print the message body
                     log.error("sender: unexpected error, continuing", error=exc.__class__.__name__)
                     log.debug("sender: unexpected error details", exc_info=True)
-                    self.client.abort()
+                    self.link.abort()
                     self.policy.internal_error(self._clock())
         finally:
             self._in_flight = None
-            self.client.abort()
+            self.link.abort()
             self._last_removals()
             self._done.set()
-            log.info("sender stopped", delivered=self._delivered)
+            log.info("sender stopped", destination=self.destination, delivered=self._delivered)
 
     # --- the loop ------------------------------------------------------------------------------------
 
@@ -229,7 +284,7 @@ class Sender:
             await self._deliver(step.message)
         elif isinstance(step, Refill):
             self._wake.clear()  # before reading: a message queued from now on wakes the idle wait
-            rows = await asyncio.to_thread(self.outbox.peek, step.limit)
+            rows = await asyncio.to_thread(self.outbox.peek, step.limit, destination=self.destination)
             if self.policy.refilled(rows, self._clock()):
                 self._storage_recovered()
         elif isinstance(step, Fetch):
@@ -337,11 +392,12 @@ class Sender:
         self._dead_lettered += 1
         await self._audit("message_dead", control_id=step.control_id, reason=outcome.reason)
         try:
-            dead: int | None = await asyncio.to_thread(self.outbox.dead_count)
+            dead: int | None = await asyncio.to_thread(self.outbox.dead_count, self.destination)
         except OutboxError:
             dead = None
         log.warning(
             "interface alert: message moved to the dead-letter table",
+            destination=self.destination,
             control_id=step.control_id,
             id=step.message_id,
             device_id=step.message.device_id if step.message is not None else None,
@@ -366,55 +422,43 @@ class Sender:
     # --- one message ---------------------------------------------------------------------------------
 
     async def _deliver(self, msg: OutboxMessage) -> None:
-        if b"\x0b" in msg.body or b"\x1c" in msg.body:
-            # MLLP cannot carry it, now or ever: park it instead of blocking the queue behind it
-            self.policy.refuse(msg, "message contains an MLLP framing byte (0x0B or 0x1C)")
+        refusal = self.link.refusal(msg)
+        if refusal is not None:
+            self.policy.refuse(msg, refusal)
             return
         self._in_flight = msg
         try:
-            ack = await self._exchange(msg)
+            answer = await self.link.exchange(msg, self.policy.was_acked)
         except (PeerUnavailableError, AckProtocolError) as exc:
             self._in_flight = None
             await self._link_failed(msg, exc)
             return
         try:
-            await self._handle_ack(msg, ack)
+            await self._handle_answer(msg, answer)
         finally:
             self._in_flight = None
 
-    async def _exchange(self, msg: OutboxMessage) -> Ack:
-        timeout = self.ehr.ack_timeout_seconds
-        deadline = time.monotonic() + timeout
-        payload = await self.client.send(msg.body, timeout)
-        while True:
-            try:
-                ack = parse_ack(payload)
-            except AckProtocolError:
-                self.client.abort()
-                raise
-            if ack.control_id == msg.control_id:
-                return ack
-            if self.policy.was_acked(ack.control_id):
-                # e.g. the AA that follows a CA we already took as delivery: not for this message
-                log.debug("late ACK for a delivered message skipped", ack_for=ack.control_id, code=ack.code)
-                payload = await self.client.receive(max(0.0, deadline - time.monotonic()))
-                continue
-            self.client.abort()
-            raise AckProtocolError(
-                f"ACK is for message {ack.control_id!r}, not for {msg.control_id!r}: treated as no ACK"
-            )
-
     async def _link_failed(self, msg: OutboxMessage, exc: PeerUnavailableError | AckProtocolError) -> None:
+        if isinstance(exc, RetryLaterError):
+            after_connect, not_before = exc.after_connect, exc.retry_after
+        else:
+            after_connect, not_before = not isinstance(exc, ConnectFailedError), None
         verdict = self.policy.link_failed(
-            msg, self._clock(), after_connect=not isinstance(exc, ConnectFailedError)
+            msg, self._clock(), after_connect=after_connect, not_before=not_before
         )
         if verdict.suspect:
             log.info(
                 "trying the next message in place of one the receiver keeps failing",
+                destination=self.destination,
                 control_id=msg.control_id,
             )
         self._error(str(exc))
-        fields = {"control_id": msg.control_id, "error": str(exc), "retry_in": round(verdict.delay, 2)}
+        fields = {
+            "destination": self.destination,
+            "control_id": msg.control_id,
+            "error": str(exc),
+            "retry_in": round(verdict.delay, 2),
+        }
         if verdict.failures == 1:
             log.warning("delivery failed, will re-send", **fields)
         else:
@@ -443,47 +487,47 @@ class Sender:
         """Write an audit record off the event loop (each record is fsynced; the log is thread-safe)."""
         if self.audit is None:
             return
+        if self.destination != "ehr":  # EHR records keep their original shape
+            fields["destination"] = self.destination
         try:
             await asyncio.to_thread(getattr(self.audit, method), **fields)
         except Exception as exc:  # the audit must not stop delivery
             log.error("audit record not written", control_id=fields.get("control_id"), error=str(exc))
 
-    async def _handle_ack(self, msg: OutboxMessage, ack: Ack) -> None:
-        await self._audit(
-            "message_sent",
-            control_id=msg.control_id,
-            ack_code=ack.code,
-            ack_text="" if ack.accepted else ack.describe(),
-        )
+    async def _handle_answer(self, msg: OutboxMessage, ack: Answer) -> None:
+        await self._audit("message_sent", control_id=msg.control_id, ack_code=ack.code, ack_text=ack.text)
         resumed = self.policy.answered(msg)
         if resumed:
-            log.info("delivery resumed", after_failures=resumed, peer=self.client.peer)
+            log.info(
+                "delivery resumed", destination=self.destination, after_failures=resumed, peer=self.link.peer
+            )
         self._last_ack_at = time.time()
         if ack.accepted:
             self.policy.accepted(msg)  # never offered again, whatever happens to the removal
             self._delivered += 1
-            log.debug("delivered", control_id=msg.control_id, ack=ack.code)
+            log.debug("delivered", destination=self.destination, control_id=msg.control_id, ack=ack.code)
             step = self.policy.next_step(self._clock())
             if isinstance(step, Settle) and step.message_id == msg.id:
                 await self._settle(step)  # remove it now (the fast path)
             else:  # the outbox is failing: the removal waits, the ledger remembers it meanwhile
                 await asyncio.to_thread(self.outbox.remember_delivered, msg.id, msg.control_id)
             return
-        detail = ack.describe()  # stored with the message (outbox database), never logged above DEBUG
-        self._error(f"{msg.control_id}: {ack.summary()}")
+        detail = ack.text  # stored with the message (outbox database), never logged above DEBUG
+        self._error(f"{msg.control_id}: {ack.summary}")
         log.debug("negative acknowledgement", control_id=msg.control_id, ack=detail)
         nacks = await self._mark_failure(msg, detail, negative=True)
         verdict = self.policy.negative(
-            msg, ack.code, known=ack.known, nacks=nacks, now=self._clock(), text=detail, summary=ack.summary()
+            msg, ack.code, known=ack.known, nacks=nacks, now=self._clock(), text=detail, summary=ack.summary
         )
         if isinstance(verdict, DeadLetter):
             return  # settled by the next step
         log.warning(
             "receiver answered with an error, will retry",
+            destination=self.destination,
             control_id=msg.control_id,
-            ack=ack.summary(),
+            ack=ack.summary,
             attempt=verdict.attempt,
-            max_attempts=self.ehr.max_attempts,
+            max_attempts=self.policy.settings.max_attempts,
             retry_in=round(verdict.delay, 2),
         )
 
@@ -493,15 +537,16 @@ class Sender:
             return
         self._backlog_checked = now
         try:
-            depth = await asyncio.to_thread(self.outbox.depth)
+            depth = await asyncio.to_thread(self.outbox.depth, self.destination)
         except OutboxError as exc:  # the delivery steps report storage errors; this is only a monitor
             log.debug("backlog check failed", error=str(exc))
             return
-        limit = self.ehr.backlog_warning
+        limit = self.backlog_warning
         level = 0 if depth < limit else int(math.log2(depth / limit)) + 1
         if level > self._backlog_level:
             log.warning(
                 "outbox backlog growing",
+                destination=self.destination,
                 depth=depth,
                 threshold=limit * 2 ** (level - 1),
                 last_error=self._last_error,
@@ -512,8 +557,48 @@ class Sender:
             self._backlog_level = 0
 
 
+class Sender(QueueSender):
+    """The EHR's sender: HL7 v2 ORUs over MLLP, ``[ehr]``'s settings."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        ehr: EhrConfig,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        client: MllpClient | None = None,
+        rng: random.Random | None = None,
+        storage_give_up: float = DEFAULT_STORAGE_GIVE_UP,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ehr = ehr
+        self.client = client or MllpClient(
+            ehr.host,
+            ehr.port,
+            connect_timeout=ehr.connect_timeout_seconds,
+            ssl_context=ssl_context,
+            server_hostname=ehr.server_name,
+        )
+        settings = Settings.from_ehr(
+            ehr,
+            storage_give_up=storage_give_up,
+            batch=BATCH,
+            idle_poll=IDLE_POLL_SECONDS,
+            poison_after=POISON_SUSPECT_AFTER,
+        )
+        super().__init__(
+            outbox,
+            MllpLink(self.client, ehr.ack_timeout_seconds),
+            settings,
+            destination="ehr",
+            backlog_warning=ehr.backlog_warning,
+            rng=rng,
+            clock=clock,
+        )
+
+
 def _iso(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 
 
-__all__ = ["Sender"]
+__all__ = ["MllpLink", "QueueSender", "Sender"]

@@ -30,7 +30,7 @@ from vitals_agent.agent.patient_context import PatientContextManager
 from vitals_agent.agent.pipeline import Pipeline
 from vitals_agent.agent.profile import message_profile
 from vitals_agent.agent.runtime import DeviceRuntimeImpl
-from vitals_agent.agent.sender import Sender
+from vitals_agent.agent.sender import QueueSender, Sender
 from vitals_agent.agent.supervisor import DeviceSupervisor
 from vitals_agent.agent.tls import ssl_context_from
 from vitals_agent.config.schema import Config
@@ -63,16 +63,6 @@ class OutboxStateStore:
 
 class AgentService:
     def __init__(self, config: Config, *, now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
-        if config.fhir.enabled:  # the per-destination outbox that carries Bundles is not in this build yet
-            raise ConfigError(
-                [
-                    (
-                        "fhir.enabled",
-                        "the running agent does not deliver to a FHIR server yet (coming with the "
-                        "per-destination outbox); `vitals-agent send-test --fhir` tests the server now",
-                    )
-                ]
-            )
         self.config = config
         self.now = now
         self.data_dir: Path = data_dir(config)
@@ -87,12 +77,25 @@ class AgentService:
     def _open(self, config: Config, now: Callable[[], datetime]) -> None:
         self.gateway = gateway_eui64(config, self.data_dir)
         self.outbox = Outbox(self.data_dir)
-        self.sender = Sender(
-            self.outbox,
-            config.ehr,
-            ssl_context=ssl_context_from(config.ehr),
-            storage_give_up=config.agent.storage_give_up_seconds,
-        )
+        # one sender per enabled destination, each with its own queue rows, back-off and dead letters
+        self.senders: dict[str, QueueSender] = {}
+        if config.ehr.enabled:
+            self.senders["ehr"] = Sender(
+                self.outbox,
+                config.ehr,
+                ssl_context=ssl_context_from(config.ehr),
+                storage_give_up=config.agent.storage_give_up_seconds,
+            )
+        fhir_profile = None
+        if config.fhir.enabled:
+            from vitals_agent.agent.fhir_sender import FhirSender  # aiohttp only when FHIR is used
+            from vitals_agent.agent.profile import fhir_profile as make_fhir_profile
+
+            self.senders["fhir"] = FhirSender(
+                self.outbox, config.fhir, storage_give_up=config.agent.storage_give_up_seconds
+            )
+            fhir_profile = make_fhir_profile(config, self.gateway)
+        self.sender = next(iter(self.senders.values()))  # the first destination (the EHR when enabled)
         self.audit = AuditLog.in_dir(self.data_dir)
         self.patients = PatientContextManager(self.data_dir, config.patient, self.audit, now=now)
         self.pipeline = Pipeline(
@@ -101,11 +104,13 @@ class AgentService:
             self.outbox,
             patients=self.patients,
             audit=self.audit,
-            wake_sender=self.sender.wake,
+            wake_sender=self._wake_senders,
             now=now,
+            fhir_profile=fhir_profile,
         )
         self.patients.releaser = self.pipeline.release_held
-        self.sender.audit = self.audit
+        for sender in self.senders.values():
+            sender.audit = self.audit
         self.control: ControlServer | None = None
         if config.control.enabled:
             self.control = ControlServer(
@@ -130,17 +135,29 @@ class AgentService:
             runtime.on_connected.append(supervisor.connected)
             self.supervisors[dev.id] = supervisor
 
+    def _wake_senders(self) -> None:
+        for sender in self.senders.values():
+            sender.wake()
+
     def status(self) -> dict[str, Any]:
-        """Snapshot for ``vitals-agent status`` and the status page (no patient data)."""
-        sender = self.sender.status()  # reads the outbox depth and dead letters once
+        """Snapshot for ``vitals-agent status`` and the status page (no patient data). ``sender`` is the
+        first destination's (the EHR's when enabled); ``destinations`` has each one's, by name."""
+        destinations = {name: s.status() for name, s in self.senders.items()}  # each reads its depth once
+        sender = next(iter(destinations.values()))
+        depths = [d["depth"] for d in destinations.values()]
+        deads = [d["dead"] for d in destinations.values()]
         return {
             "version": __version__,
             "started_at": self.started_at.isoformat() if self.started_at else None,
             "facility": self.config.agent.facility,
             "location": self.config.agent.location,
             "devices": [rt.status.as_dict() for rt in self.runtimes.values()],
-            "outbox": {"depth": sender["depth"], "dead": sender["dead"]},
+            "outbox": {
+                "depth": None if None in depths else sum(depths),
+                "dead": None if None in deads else sum(deads),
+            },
             "sender": sender,
+            "destinations": destinations,
             "refused": self.pipeline.refused,
             "parked": self.pipeline.parked,
         }
@@ -179,13 +196,16 @@ class AgentService:
             "agent starting",
             version=__version__,
             devices=len(self.runtimes),
-            ehr=f"{self.config.ehr.host}:{self.config.ehr.port}",
+            destinations={name: s.link.peer for name, s in self.senders.items()},
             data_dir=str(self.data_dir),
             queued=self._depth(),
         )
-        sender_task = asyncio.create_task(self.sender.run(), name="sender")
-        # The sender ends by itself only when storage failed for too long: then the agent stops.
-        sender_task.add_done_callback(lambda _task: stop.set())
+        sender_tasks = [
+            asyncio.create_task(sender.run(), name=f"sender:{name}") for name, sender in self.senders.items()
+        ]
+        # A sender ends by itself only when storage failed for too long: then the agent stops.
+        for task in sender_tasks:
+            task.add_done_callback(lambda _task: stop.set())
         for dev_id, sup in self.supervisors.items():
             self._tasks.append(asyncio.create_task(sup.run(), name=f"device:{dev_id}"))
         self._tasks.append(asyncio.create_task(self._ticker(), name="ticker"))
@@ -204,17 +224,20 @@ class AgentService:
             # stays well under systemd's and the issue's 5 s whatever a device or the EHR does.
             for task in self._tasks:
                 task.cancel()
-            sender_stopping = asyncio.create_task(self.sender.stop(timeout=STOP_TIMEOUT))
+            sender_stopping = [
+                asyncio.create_task(sender.stop(timeout=STOP_TIMEOUT)) for sender in self.senders.values()
+            ]
             if self._tasks:
                 _, pending = await asyncio.wait(self._tasks, timeout=DEVICE_STOP_TIMEOUT)
                 if pending:
                     log.warning(
                         "some tasks did not stop in time", tasks=sorted(t.get_name() for t in pending)
                     )
-            await sender_stopping
-            sender_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, StorageFailedError):
-                await sender_task
+            await asyncio.gather(*sender_stopping)
+            for task in sender_tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StorageFailedError):
+                    await task
             if self.control is not None:
                 try:
                     await asyncio.wait_for(self.control.stop(), timeout=CONTROL_STOP_TIMEOUT)
@@ -222,7 +245,7 @@ class AgentService:
                     log.warning("control API did not stop in time")
             self.close()
             log.info("agent stopped")
-        failure = _storage_failure(sender_task)
+        failure = next((f for f in map(_storage_failure, sender_tasks) if f is not None), None)
         if failure is not None:
             log.error("agent stopped because its storage failed", reason=str(failure))
             sdnotify.notify(f"STATUS=stopped: {failure}")

@@ -10,7 +10,9 @@ Every subcommand takes ``--config FILE`` (to find ``[agent] data_dir``; default:
 locking keep both consistent) and never creates one. Run by root on the service's ``data_dir``, it first
 becomes the directory's owner (and says so), so no root-owned file is left for the service to trip over.
 Message bodies hold patient data: ``show`` prints only the MSH segment and the segment names unless
-``--show-phi`` is given. ``show`` and ``retry`` take the row id or the MSH-10 (control id).
+``--show-phi`` is given (a FHIR Bundle: its identifier and each entry's method and resource type).
+``show`` and ``retry`` take the row id or the MSH-10 (control id). Each row is one reading for one
+destination (``TO``: ``ehr`` or ``fhir``); a reading sent to both has two rows with the same control id.
 """
 
 from __future__ import annotations
@@ -109,10 +111,10 @@ def _open(args: argparse.Namespace) -> Outbox:
     return Outbox(directory, create=False)
 
 
-def _lookup(outbox: Outbox, key: str) -> OutboxMessage | DeadLetter | None:
-    """A message by row id (digits) or by MSH-10."""
+def _lookup(outbox: Outbox, key: str) -> list[OutboxMessage | DeadLetter]:
+    """The message with this row id (digits), or every row with this MSH-10 (one per destination)."""
     item = outbox.get(int(key)) if key.isdigit() else None
-    return item if item is not None else outbox.find(key)
+    return [item] if item is not None else outbox.find_all(key)
 
 
 def _when(ts: float | None) -> str:
@@ -131,6 +133,7 @@ def _record(item: OutboxMessage | DeadLetter) -> dict[str, Any]:
         return {
             "id": item.id,
             "state": "dead",
+            "destination": item.destination,
             "control_id": item.control_id,
             "device_id": item.device_id,
             "created_at": _when(item.created_at),
@@ -145,6 +148,7 @@ def _record(item: OutboxMessage | DeadLetter) -> dict[str, Any]:
     return {
         "id": item.id,
         "state": "queued",
+        "destination": item.destination,
         "control_id": item.control_id,
         "device_id": item.device_id,
         "created_at": _when(item.created_at),
@@ -156,8 +160,30 @@ def _record(item: OutboxMessage | DeadLetter) -> dict[str, Any]:
     }
 
 
+def redact_bundle(body: bytes) -> str:
+    """A FHIR transaction Bundle as its identifier and one line per entry (method and resource type), no
+    resource content (names, MRNs and values are patient data; so is a Patient's ``ifNoneExist``)."""
+    try:
+        doc = json.loads(body)
+        entries = doc.get("entry") or []
+        ident = doc.get("identifier", {}).get("value", "?")
+        lines = [f"Bundle {ident} ({doc.get('type')}, {len(entries)} entries)"]
+        for entry in entries:
+            request = entry.get("request") or {}
+            kind = (entry.get("resource") or {}).get("resourceType", "?")
+            lines.append(
+                f"  {request.get('method', '?')} {kind}  … ({len(json.dumps(entry))} bytes redacted)"
+            )
+    except (ValueError, AttributeError, TypeError):
+        return f"… ({len(body)} bytes redacted: not a FHIR Bundle)"
+    return "\n".join(lines)
+
+
 def redact(body: bytes) -> str:
-    """The MSH segment as is, every other segment as its name only (no patient data)."""
+    """The MSH segment as is, every other segment as its name only (no patient data). A FHIR Bundle:
+    :func:`redact_bundle`."""
+    if body.lstrip().startswith(b"{"):
+        return redact_bundle(body)
     out: list[str] = []
     for seg in body.decode("utf-8", "replace").replace("\r\n", "\r").replace("\n", "\r").split("\r"):
         if not seg:
@@ -187,7 +213,7 @@ async def cmd_list(args: argparse.Namespace) -> int:
     print(f"{depth} queued, {dead} dead")
     if items:
         print(
-            f"{'ID':>7}  {'STATE':<6}  {'CONTROL ID':<22}  {'DEVICE':<16}  "
+            f"{'ID':>7}  {'STATE':<6}  {'CONTROL ID':<22}  {'DEVICE':<16}  {'TO':<4}  "
             f"{'CREATED (UTC)':<25}  {'TRIES':>5}  NOTE"
         )
     for item in items:
@@ -197,7 +223,7 @@ async def cmd_list(args: argparse.Namespace) -> int:
             note = f"{note}: {rec['ack_text']}"
         print(
             f"{rec['id']:>7}  {rec['state']:<6}  {rec['control_id']:<22}  {rec['device_id']:<16}  "
-            f"{rec['created_at']:<25}  {rec['attempts']:>5}  {_one_line(note)}"
+            f"{rec['destination']:<4}  {rec['created_at']:<25}  {rec['attempts']:>5}  {_one_line(note)}"
         )
     return 0
 
@@ -205,24 +231,27 @@ async def cmd_list(args: argparse.Namespace) -> int:
 async def cmd_show(args: argparse.Namespace) -> int:
     outbox = _open(args)
     try:
-        item = _lookup(outbox, args.id)
+        items = _lookup(outbox, args.id)
     finally:
         outbox.close()
-    if item is None:
+    if not items:
         raise VitalsAgentError(f"no message with id or MSH-10 {args.id!r} (see `vitals-agent outbox list`)")
-    rec = _record(item)
-    body = item.body.decode("utf-8", "replace") if args.show_phi else redact(item.body)
-    if args.json:
-        rec["body"] = body
-        rec["body_redacted"] = not args.show_phi
-        print(json.dumps(rec, indent=2))
-        return 0
-    for key, value in rec.items():
-        if value not in (None, "", {}):
-            print(f"{key:>11}: {value}")
-    print("       body:" + ("" if args.show_phi else " (redacted; --show-phi shows patient data)"))
-    for line in body.replace("\r", "\n").splitlines():
-        print(f"  {line}")
+    for index, item in enumerate(items):
+        rec = _record(item)
+        body = item.body.decode("utf-8", "replace") if args.show_phi else redact(item.body)
+        if args.json:
+            rec["body"] = body
+            rec["body_redacted"] = not args.show_phi
+            print(json.dumps(rec, indent=2))
+            continue
+        if index:
+            print()
+        for key, value in rec.items():
+            if value not in (None, "", {}):
+                print(f"{key:>11}: {value}")
+        print("       body:" + ("" if args.show_phi else " (redacted; --show-phi shows patient data)"))
+        for line in body.replace("\r", "\n").splitlines():
+            print(f"  {line}")
     return 0
 
 
@@ -233,13 +262,17 @@ async def cmd_retry(args: argparse.Namespace) -> int:
             moved = outbox.retry_dead()
             print(f"re-queued {moved} dead letter(s)")
             return 0
-        item = _lookup(outbox, args.id)
-        if item is None:
+        items = _lookup(outbox, args.id)
+        if not items:
             raise VitalsAgentError(f"no message with id or MSH-10 {args.id!r}")
-        if isinstance(item, OutboxMessage):
+        dead = [item for item in items if isinstance(item, DeadLetter)]
+        if not dead:
+            item = items[0]
             raise VitalsAgentError(f"message {item.id} ({item.control_id}) is already queued, not dead")
-        outbox.retry_dead(item.id)
-        print(f"re-queued message {item.id} ({item.control_id}); it keeps its MSH-10")
+        for item in dead:
+            outbox.retry_dead(item.id)
+            to = f" for {item.destination}" if item.destination != "ehr" else ""
+            print(f"re-queued message {item.id} ({item.control_id}){to}; it keeps its MSH-10")
     finally:
         outbox.close()
     return 0

@@ -18,6 +18,7 @@ AckType = Literal["AL", "NE", "ER", "SU"]
 class EhrConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
+    enabled: bool = True  # deliver HL7 v2 ORUs over MLLP (off: only [fhir] receives the readings)
     host: str = "127.0.0.1"
     port: int = Field(2575, ge=1, le=65535)
     connect_timeout_seconds: float = Field(10.0, gt=0)

@@ -45,6 +45,7 @@ class FhirConfig(BaseModel):
     backoff_min_seconds: float = Field(0.5, gt=0)
     backoff_max_seconds: float = Field(60.0, gt=0)
     retry_after_max_seconds: float = Field(3600.0, gt=0)  # a longer Retry-After is capped to this
+    backlog_warning: int = Field(100, ge=1)  # WARNING when this many Bundles wait (and each doubling)
     # --- content ---
     patient_identifier_system: str | None = None  # default: urn:oid:<[patient] assigning_authority OID>
     create_patient: bool = False  # create an unknown Patient (conditionally) instead of failing the Bundle

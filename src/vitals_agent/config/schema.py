@@ -75,6 +75,8 @@ class Config(BaseModel):
 
     @model_validator(mode="after")
     def _destinations(self) -> Config:
+        if not (self.ehr.enabled or self.fhir.enabled):
+            raise ValueError("no destination: enable [ehr] (HL7 v2) or [fhir] (FHIR R4), or both")
         if self.fhir.enabled and self.fhir.patient_system(self.patient.assigning_authority) is None:
             raise ValueError(
                 "[fhir] needs patient_identifier_system (the FHIR system of MRNs, e.g. urn:oid:2.999.1), "

@@ -1,0 +1,113 @@
+"""The FHIR destination's sender: the shared delivery loop with a :class:`FhirLink`.
+
+Each queued Bundle is POSTed to ``[fhir] base_url``; the answer is judged by
+:func:`vitals_agent.fhir.answer.classify`: ``2xx`` delivers (the outbox row is removed), ``408``/``429``/
+``5xx``/``401``/a wrong base URL retry the same Bundle after the back-off and never sooner than the
+server's ``Retry-After``, any other ``4xx`` dead-letters it with the OperationOutcome's text. Timeouts,
+resets and refused connections are link failures as for the EHR. A ``500`` and a lost answer count towards
+the poison-message probe (a Bundle the server always fails on is dead-lettered once a later one goes
+through); ``503``, ``429`` and ``408`` say nothing about the Bundle and never do.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from vitals_agent.agent.delivery_policy import DEFAULT_STORAGE_GIVE_UP, Settings
+from vitals_agent.agent.fhir_client import FhirClient, fhir_client
+from vitals_agent.agent.link import Answer
+from vitals_agent.agent.outbox import Outbox, OutboxMessage
+from vitals_agent.agent.sender import BATCH, IDLE_POLL_SECONDS, POISON_SUSPECT_AFTER, QueueSender
+from vitals_agent.config.fhir import FhirConfig
+from vitals_agent.errors import RetryLaterError
+from vitals_agent.fhir.answer import Delivered, Rejected, classify
+
+
+class FhirLink:
+    """One Bundle per request; the answer judged by the FHIR rules."""
+
+    def __init__(
+        self,
+        client: FhirClient,
+        *,
+        retry_after_cap: float = 3600.0,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.client = client
+        self.retry_after_cap = retry_after_cap
+        self.now = now
+
+    @property
+    def peer(self) -> str:
+        return self.client.peer
+
+    @property
+    def connected(self) -> bool:
+        return self.client.connected
+
+    @property
+    def tls(self) -> bool:
+        return self.client.ssl_context is not None
+
+    def refusal(self, msg: OutboxMessage) -> str | None:
+        return None
+
+    async def exchange(self, msg: OutboxMessage, was_acked: Callable[[str], bool]) -> Answer:
+        answer = await self.client.post(msg.body, request_id=msg.control_id)
+        verdict = classify(
+            answer.status, answer.headers, answer.body, self.now(), retry_after_cap=self.retry_after_cap
+        )
+        code = f"HTTP {answer.status}"
+        if isinstance(verdict, Delivered):
+            return Answer(True, code, True, "", code)
+        if isinstance(verdict, Rejected):
+            return Answer(False, code, True, verdict.text, code)
+        if answer.status >= 500 or verdict.auth:
+            self.client.abort()  # a fresh connection (and token) for the next try
+        raise RetryLaterError(
+            f"FHIR server {self.client.peer}: {verdict.reason}",
+            retry_after=verdict.retry_after,
+            after_connect=answer.status == 500,
+        )
+
+    def abort(self) -> None:
+        self.client.abort()
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+class FhirSender(QueueSender):
+    """Delivers the outbox's ``fhir`` rows to ``[fhir] base_url``."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        fhir: FhirConfig,
+        *,
+        client: FhirClient | None = None,
+        rng: random.Random | None = None,
+        storage_give_up: float = DEFAULT_STORAGE_GIVE_UP,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.fhir = fhir
+        self.client = client or fhir_client(fhir)
+        settings = Settings.from_fhir(
+            fhir,
+            storage_give_up=storage_give_up,
+            batch=BATCH,
+            idle_poll=IDLE_POLL_SECONDS,
+            poison_after=POISON_SUSPECT_AFTER,
+        )
+        super().__init__(
+            outbox,
+            FhirLink(self.client, retry_after_cap=fhir.retry_after_max_seconds),
+            settings,
+            destination="fhir",
+            backlog_warning=fhir.backlog_warning,
+            rng=rng,
+            clock=clock,
+        )
