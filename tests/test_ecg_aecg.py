@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 from datetime import datetime
 from decimal import Decimal
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -240,3 +242,92 @@ def test_random_bytes_raise_only_decode_errors(data: bytes) -> None:
 def test_truncated_or_spliced_files_raise_only_decode_errors(cut: int, junk: bytes) -> None:
     with contextlib.suppress(DecodeError):
         aecg.parse(VALID[:cut] + junk)
+
+
+# ------------------------------------------------------- #12 item 2: levels merged, units not guessed
+
+NO_UNIT = (
+    "no unit: an HL7 PQ without a unit is dimensionless (unit '1'), not a duration; not guessed "
+    "(a site whose carts mean ms sets unitless_interval_unit)"
+)
+
+
+def test_rhythm_level_measurements_fill_what_the_representative_beat_lacks() -> None:
+    """A TraceMasterVue export: the representative beat has only the heart rate, the rhythm level the rest.
+    Before: the first level with any value was taken whole, so RR, PR, QRS and QT were never sent."""
+    data = synthetic_aecg(
+        measurements=(("MDC_ECG_HEART_RATE", "41", "/min"), ("MDC_ECG_TIME_PD_QRS", "0", "ms")),
+        rhythm_measurements=(
+            ("MDC_ECG_HEART_RATE", "45", "/min"),  # the beat level comes first: 41 stays
+            ("MDC_ECG_TIME_PD_RR", "1463", "ms"),
+            ("MDC_ECG_TIME_PD_PR", "0.144", "s"),
+            ("MDC_ECG_TIME_PD_QRS", "102", "ms"),  # dropped at the beat level (0): the rhythm value counts
+            ("MDC_ECG_TIME_PD_QTcB", "466", "ms"),
+        ),
+    )
+    decoded = aecg.parse(data)
+    assert decoded.values == {
+        "ecg_heart_rate": Decimal(41),
+        "ecg_rr_interval": Decimal(1463),
+        "ecg_pr_interval": Decimal(144),
+        "ecg_qrs_duration": Decimal(102),
+        "ecg_qtc_bazett": Decimal(466),
+    }
+    assert decoded.dropped == []
+    assert decoded.extra["measurement_level"] == "representative beat + series"
+
+
+def test_interval_values_without_a_unit_are_refused_unless_the_site_declares_one() -> None:
+    data = synthetic_aecg(
+        measurements=(("MDC_ECG_HEART_RATE", "41", "/min"),),
+        rhythm_measurements=(
+            ("MDC_ECG_TIME_PD_PR", "144", None),
+            ("MDC_ECG_TIME_PD_QT", "564", ""),  # an empty unit attribute says no more
+            ("MDC_ECG_TIME_PD_QTcB", "466", "ms"),
+        ),
+    )
+    refused = aecg.decode(data, ctx())
+    assert refused.values() == {"ecg_heart_rate": 41, "ecg_qtc_bazett": 466}
+    assert refused.dropped == (
+        Dropped(metric="ecg_pr_interval", reason=NO_UNIT, raw="144"),
+        Dropped(metric="ecg_qt_interval", reason=NO_UNIT, raw="564"),
+    )
+    assert "unitless_interval_unit" not in refused.extra
+    as_ms = aecg.decode(data, ctx(), unitless_interval_unit="ms")
+    assert as_ms.values() == {
+        "ecg_heart_rate": 41,
+        "ecg_pr_interval": 144,
+        "ecg_qt_interval": 564,
+        "ecg_qtc_bazett": 466,
+    }
+    assert as_ms.extra["unitless_interval_unit"] == "ms (declared by the site)"
+    in_seconds = synthetic_aecg(rhythm_measurements=(), measurements=(("MDC_ECG_TIME_PD_QT", "0.42", None),))
+    assert aecg.decode(in_seconds, ctx(), unitless_interval_unit="s").values() == {"ecg_qt_interval": 420}
+    with pytest.raises(ValueError, match="unitless_interval_unit"):
+        aecg.parse(data, unitless_interval_unit="furlong")
+
+
+def test_the_driver_option_reaches_the_decoder() -> None:
+    from tests.test_ecg_fixtures import driver
+
+    data = synthetic_aecg(measurements=(("MDC_ECG_TIME_PD_PR", "150", None),))
+    plain = driver("aecg-xml").decode_file(data, ctx())  # type: ignore[attr-defined]
+    declared = driver("aecg-xml", unitless_interval_unit="ms").decode_file(data, ctx())  # type: ignore[attr-defined]
+    assert plain.values() == {} and declared.values() == {"ecg_pr_interval": 150}
+
+
+async def test_decode_command_takes_the_option_without_a_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`vitals-agent decode aecg-xml -o unitless_interval_unit=ms` (before: "option folder: Field required",
+    as for any folder driver's option offline)."""
+    from vitals_agent.cli import main
+
+    path = tmp_path / "ecg.xml"
+    path.write_bytes(synthetic_aecg(measurements=(("MDC_ECG_TIME_PD_PR", "150", None),)))
+    assert await main(["decode", "aecg-xml", "-o", "unitless_interval_unit=ms", "--file", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out)["measurements"][0]["value"] == 150
+    assert (
+        await main(["decode", "aecg-xml", "-o", "unitless_interval_unit=furlong", "--file", str(path)]) == 1
+    )
+    assert "option unitless_interval_unit: Input should be 'ms' or 's'" in capsys.readouterr().err

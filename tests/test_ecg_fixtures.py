@@ -8,6 +8,7 @@ against the specification rather than against itself.
 from __future__ import annotations
 
 import asyncio
+import os
 import struct
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, tzinfo
@@ -20,7 +21,9 @@ import structlog
 from vitals_agent.drivers.base import DecodeContext, DecodeFailure, Driver, driver_class
 from vitals_agent.models import DeviceEvent, DeviceIdentity, Reading
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
+# ../shared next to the checkout; VITALS_AGENT_SHARED points elsewhere (e.g. from a git worktree)
+SHARED = Path(os.environ.get("VITALS_AGENT_SHARED") or Path(__file__).resolve().parents[2] / "shared")
+SAMPLES = SHARED / "samples"
 FIXED_NOW = datetime(2026, 3, 11, 14, 0, 0, tzinfo=UTC)
 
 
@@ -29,7 +32,7 @@ def sample(*parts: str) -> Path:
 
     path = SAMPLES.joinpath(*parts)
     if not path.is_file():
-        pytest.skip(f"sample {path} not available")
+        pytest.skip(f"needs ../shared: sample {'/'.join(parts)} not available at {path}")
     return path
 
 
@@ -212,16 +215,18 @@ def synthetic_scp(**section7: Any) -> bytes:
 # ------------------------------------------------------------------------------------------- aECG
 
 
-def _ann(code: str, value: str, unit: str) -> str:
+def _ann(code: str, value: str, unit: str | None) -> str:
+    """One global-measurement annotation; ``unit`` None leaves the attribute out (HL7 default: '1')."""
+    unit_attr = "" if unit is None else f' unit="{unit}"'
     return (
         f'<component><annotation><code code="{code}" codeSystem="2.16.840.1.113883.6.24"/>'
-        f'<value xsi:type="PQ" value="{value}" unit="{unit}"/></annotation></component>'
+        f'<value xsi:type="PQ" value="{value}"{unit_attr}/></annotation></component>'
     )
 
 
 def synthetic_aecg(
     *,
-    measurements: Sequence[tuple[str, str, str]] = (
+    measurements: Sequence[tuple[str, str, str | None]] = (
         ("MDC_ECG_HEART_RATE", "75", "bpm"),
         ("MDC_ECG_TIME_PD_P", "110", "ms"),
         ("MDC_ECG_TIME_PD_PR", "160", "ms"),
@@ -233,11 +238,13 @@ def synthetic_aecg(
         ("MDC_ECG_ANGLE_T_FRONT", "45", "deg"),
     ),
     statements: Sequence[str] = ("Sinus rhythm", "Normal ECG"),
+    rhythm_measurements: Sequence[tuple[str, str, str | None]] = (),  # the rhythm (series) level
     leads: dict[str, Sequence[int]] | None = None,
     increment: str = "0.002",
     effective: str = "20260311134510",
 ) -> bytes:
     anns = "".join(_ann(c, v, u) for c, v, u in measurements)
+    rhythm_anns = "".join(_ann(c, v, u) for c, v, u in rhythm_measurements)
     interp = "".join(
         '<component><annotation><code code="MDC_ECG_INTERPRETATION_STATEMENT"/>'
         f'<value xsi:type="ST">{escape(s)}</value></annotation></component>'
@@ -279,7 +286,7 @@ def synthetic_aecg(
     <derivation><derivedSeries><code code="REPRESENTATIVE_BEAT"/>
       <subjectOf><annotationSet>{anns}</annotationSet></subjectOf>
     </derivedSeries></derivation>
-    <subjectOf><annotationSet>
+    <subjectOf><annotationSet>{rhythm_anns}
       <component><annotation><code code="MDC_ECG_INTERPRETATION"/>{interp}</annotation></component>
     </annotationSet></subjectOf>
   </series></component>

@@ -208,7 +208,12 @@ BAD_FILES = [
     ("scp-ecg", "version.scp", _unknown_scp_version, "SCP-ECG protocol version 77 is not supported"),
     ("aecg-xml", "invalid.xml", lambda: b"<AnnotatedECG><oops></AnnotatedECG>", "invalid aECG XML"),
     ("aecg-xml", "bomb.xml", lambda: BILLION_LAUGHS, "refused"),
-    ("philips-xml", "future.xml", lambda: synthetic_philips_104("9.99"), "version '9.99' is not supported"),
+    (
+        "philips-xml",
+        "future.xml",
+        lambda: synthetic_philips_104("9.99"),
+        "Files of type PhilipsECG 9.99 are unsupported",
+    ),
 ]
 
 
@@ -310,6 +315,7 @@ def test_config_keys(tmp_path: Path) -> None:
         "poll_seconds": 2.0,
         "incomplete_timeout_seconds": 600.0,
         "attach_report": True,
+        "unitless_interval_unit": None,
     }
     with pytest.raises(ConfigError, match=r"devices\[0\]\.folder: required"):
         load_config(cfg('driver = "scp-ecg"'))

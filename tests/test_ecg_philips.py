@@ -77,6 +77,7 @@ def test_synthetic_104_utf16_whole_reading() -> None:
             mrn="MRN-42", family_name="Doe", given_name="Jane", birth_date="19800229", sex="F"
         ),
         extra={
+            "document_type": "PhilipsECG",
             "document_version": "1.04.01",
             "statement_1_code": "SR",
             "statement_1_reason": "normal P axis, V-rate 50-99",
@@ -113,8 +114,25 @@ def test_104_in_utf8_also_works() -> None:
 
 
 def test_unknown_version() -> None:
-    with pytest.raises(UnsupportedError, match=r"version '2\.00' is not supported"):
+    with pytest.raises(UnsupportedError, match=r"Files of type PhilipsECG 2\.00 are unsupported"):
         philips.parse(synthetic_philips_104("2.00"))
+
+
+def test_another_vendors_document_type_is_refused() -> None:
+    """#12 item 8: a file in Philips' outer shape whose documenttype is not Philips' (MortaraECG) is refused,
+    as pysierraecg's assert_version refuses it (tests/test_xml.py: "Files of type MortaraECG 1.03 are
+    unsupported")."""
+    data = synthetic_philips_104("1.04").decode("utf-16").replace("PhilipsECG", "MortaraECG").encode("utf-16")
+    with pytest.raises(
+        UnsupportedError, match=r"^Files of type MortaraECG 1\.04 are unsupported: documenttype"
+    ):
+        philips.parse(data)
+    missing = (
+        synthetic_philips_104("1.04").decode("utf-16").replace("<documenttype>PhilipsECG</documenttype>", "")
+    )
+    assert "document_type" not in philips.parse(missing.encode("utf-16")).extra  # names no other vendor: read
+    reading = philips.decode(synthetic_philips_104("1.04"), ctx())
+    assert (reading.extra["document_type"], reading.extra["document_version"]) == ("PhilipsECG", "1.04")
 
 
 def test_hostile_xml_is_refused() -> None:

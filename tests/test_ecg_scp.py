@@ -239,6 +239,50 @@ def test_truncated_record() -> None:
         scp.parse(data[:-10])
 
 
+def test_a_wrong_length_field_is_reported_as_non_compliant_not_truncated() -> None:
+    """#12 item 7. A whole record whose length field is wrong (the Healforce Prince 180D writes a 16-bit
+    length in bytes 5-6; healforcescpecg's reader notes "filesize is only 16 bits") was "truncated"; the
+    section table shows the file is whole, so the report says which field is wrong."""
+    good = synthetic_scp()
+    data = bytearray(good)
+    struct.pack_into("<I", data, 2, len(good) << 16)  # the length where a 16-bit writer puts it
+    message = (
+        f"non-compliant SCP-ECG record: its length field (bytes 3-6) says {len(good) << 16} bytes, but its "
+        f"section table ends at byte {len(good)} of the {len(good)}-byte file"
+    )
+    with pytest.raises(DecodeError) as info:
+        scp.parse(bytes(data))  # the stored CRC was computed with the right length: it no longer matches
+    assert not isinstance(info.value, TruncatedError)
+    assert str(info.value) == message + ", and the record CRC over those bytes does not match"
+    struct.pack_into("<H", data, 0, crc_ccitt_bitwise(bytes(data[2:])))
+    with pytest.raises(DecodeError) as info:
+        scp.parse(bytes(data))
+    assert str(info.value) == message
+    # a truly cut file keeps the word: its section table points past the end
+    cut = len(good) - 100
+    with pytest.raises(
+        TruncatedError, match=rf"truncated: {cut} of {len(good)} bytes; its section table reaches"
+    ):
+        scp.parse(good[:cut])
+
+
+def test_section_table_errors_say_what_is_wrong() -> None:
+    good = bytearray(synthetic_scp())
+    # section 7's pointer aims at section 1's bytes
+    table = 6 + 16
+    length, index = struct.unpack_from("<II", good, table + 10 + 2)
+    struct.pack_into("<II", good, table + 70 + 2, length, index)
+    data = refresh_crcs(bytes(good))
+    with pytest.raises(
+        DecodeError, match=r"section table points to section 7 at byte \d+, which holds section ID 1"
+    ):
+        scp.parse(data)
+    impossible = bytearray(synthetic_scp())
+    struct.pack_into("<I", impossible, 2, 9)
+    with pytest.raises(DecodeError, match=r"its length field says 9 bytes \(at least 22 are needed\)"):
+        scp.parse(bytes(impossible))
+
+
 def test_unknown_version() -> None:
     data = scp_record({1: scp_section1(), 7: scp_section7()}, version=99)
     with pytest.raises(UnsupportedError, match="version 99 is not supported"):

@@ -206,7 +206,8 @@ def _driver_options(cls: type[Driver], items: list[str]) -> DriverOptions | None
     try:
         return cls.options_model.model_validate(values)
     except ValidationError as exc:
-        errors = [e for e in exc.errors() if e["loc"]]  # model-level checks (port or usb) do not apply
+        # model-level checks (port or usb) and "where is the device" keys (folder) do not apply offline
+        errors = [e for e in exc.errors() if e["loc"] and e["type"] != "missing"]
         if errors:
             first = errors[0]
             raise VitalsAgentError(f"option {first['loc'][0]}: {first['msg']}") from None

@@ -1,8 +1,15 @@
 """HL7 v3 Annotated ECG (aECG) decoder (devices.md 7.2), on a hardened XML parser.
 
-Global measurements are looked for, in order, in the representative-beat annotation set, then the
-rhythm series' own annotation sets, and only then in the first beat annotation (marked beat-level).
-Annotations tied to a lead are ignored; a 0 where 0 is impossible means "not computed".
+Global measurements are merged from two levels: the representative-beat annotation set first, then the
+rhythm series' own annotation sets for whatever the first did not give (a TraceMasterVue export puts only
+the heart rate on the representative beat and RR, PR, QRS, QT, QTc at the rhythm level); only when neither
+level has any, the first beat annotation is read (marked beat-level). Annotations tied to a lead are
+ignored; a 0 where 0 is impossible means "not computed".
+
+Units: an interval value without a ``unit`` is not guessed to be milliseconds. HL7 v3's PQ data type
+declares ``unit`` optional with the default ``1`` (dimensionless), which is not a duration, so such a value
+is dropped with that reason — unless the site declares what its carts mean (``unitless_interval_unit =
+"ms"`` on the ``aecg-xml`` device), which is then recorded in the reading (``extra``).
 """
 
 from __future__ import annotations
@@ -73,6 +80,10 @@ TIME_UNITS = {"ms": Decimal(1), "s": Decimal(1000), "us": Decimal("0.001")}
 RATE_UNITS = {"bpm", "/min", "{beat}/min", "{beats}/min", "1/min"}
 ANGLE_UNITS = {"deg", "°"}
 SEX = {"M": "M", "F": "F", "UN": "U", "U": "U"}
+UNITLESS_REASON = (
+    "no unit: an HL7 PQ without a unit is dimensionless (unit '1'), not a duration; not guessed "
+    "(a site whose carts mean ms sets unitless_interval_unit)"
+)
 _TS = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\.\d+)?([+-]\d{4})?$")
 
 
@@ -117,8 +128,11 @@ def _direct_annotations(annotation_set: ET.Element) -> list[ET.Element]:
     return path_all(annotation_set, "component", "annotation")
 
 
-def _value(annotation: ET.Element, metric: str) -> tuple[Decimal | None, str, str | None]:
-    """(value in the metric's unit, reason when None, raw text)."""
+def _value(
+    annotation: ET.Element, metric: str, unitless: str | None = None
+) -> tuple[Decimal | None, str, str | None]:
+    """(value in the metric's unit, reason when None, raw text). ``unitless``: the unit a site declared for
+    interval values written without one (None: such values are refused)."""
     value = child(annotation, "value")
     if value is None:
         return None, "no value", None
@@ -136,7 +150,9 @@ def _value(annotation: ET.Element, metric: str) -> tuple[Decimal | None, str, st
         if unit and unit not in ANGLE_UNITS:
             return None, f"unknown unit {unit!r}", raw
     else:
-        factor = TIME_UNITS.get(unit or "ms")
+        if not unit and unitless is None:
+            return None, UNITLESS_REASON, raw
+        factor = TIME_UNITS.get(unit or unitless or "")
         if factor is None:
             return None, f"unknown unit {unit!r}", raw
         if factor != 1:
@@ -153,9 +169,10 @@ def _value(annotation: ET.Element, metric: str) -> tuple[Decimal | None, str, st
 class _Globals:
     values: dict[str, tuple[Decimal | None, str, str | None]] = field(default_factory=dict)
     vendor: dict[str, str] = field(default_factory=dict)
+    unitless_used: bool = False  # an interval without a unit was read in the site's declared unit
 
 
-def _collect(annotations: list[ET.Element]) -> _Globals:
+def _collect(annotations: list[ET.Element], unitless: str | None = None) -> _Globals:
     found = _Globals()
     for ann in annotations:
         if _has_lead(ann):
@@ -165,13 +182,38 @@ def _collect(annotations: list[ET.Element]) -> _Globals:
         if metric is None:
             continue
         if metric not in found.values or found.values[metric][0] is None:
-            found.values[metric] = _value(ann, metric)
+            found.values[metric] = _value(ann, metric, unitless)
+            if unitless and found.values[metric][0] is not None and _is_interval(metric) and not _unit(ann):
+                found.unitless_used = True
         for sub in _direct_annotations(ann):  # vendor sub-values (e.g. Mindray QTcH under QTc)
             sub_code = _code(sub)
             sub_value = child(sub, "value")
             if sub_code and sub_value is not None and sub_value.get("value"):
                 found.vendor[sub_code] = f"{sub_value.get('value')} {sub_value.get('unit') or ''}".strip()
     return found
+
+
+def _merge(into: _Globals, found: _Globals) -> bool:
+    """Add ``found``'s metrics that ``into`` lacks (or has only as dropped); True when any was used."""
+    used = False
+    for metric, entry in found.values.items():
+        have = into.values.get(metric)
+        if have is None or (have[0] is None and entry[0] is not None):
+            into.values[metric] = entry
+            used = True
+    for code, value in found.vendor.items():
+        into.vendor.setdefault(code, value)
+    into.unitless_used = into.unitless_used or (used and found.unitless_used)
+    return used
+
+
+def _is_interval(metric: str) -> bool:
+    return metric not in AXES and metric not in ("ecg_heart_rate", "ecg_atrial_rate")
+
+
+def _unit(annotation: ET.Element) -> str:
+    value = child(annotation, "value")
+    return (value.get("unit") or "").strip() if value is not None else ""
 
 
 def document(data: bytes, *, max_bytes: int = DEFAULT_MAX_XML_BYTES) -> ET.Element:
@@ -183,12 +225,19 @@ def document(data: bytes, *, max_bytes: int = DEFAULT_MAX_XML_BYTES) -> ET.Eleme
     return root
 
 
-def parse(data: bytes, *, max_bytes: int = DEFAULT_MAX_XML_BYTES) -> EcgDecoded:
-    return parse_document(document(data, max_bytes=max_bytes))
+def parse(
+    data: bytes, *, max_bytes: int = DEFAULT_MAX_XML_BYTES, unitless_interval_unit: str | None = None
+) -> EcgDecoded:
+    return parse_document(document(data, max_bytes=max_bytes), unitless_interval_unit=unitless_interval_unit)
 
 
-def parse_document(root: ET.Element) -> EcgDecoded:
-    """The global measurements, statements, patient and device of a :func:`document`."""
+def parse_document(root: ET.Element, *, unitless_interval_unit: str | None = None) -> EcgDecoded:
+    """The global measurements, statements, patient and device of a :func:`document`.
+
+    ``unitless_interval_unit``: what the site declared interval values without a unit to be ("ms" or
+    "s"); None refuses them (see the module doc)."""
+    if unitless_interval_unit is not None and unitless_interval_unit not in TIME_UNITS:
+        raise ValueError(f"unitless_interval_unit must be one of {sorted(TIME_UNITS)}")
     if root.tag.startswith("{") and not root.tag.startswith("{" + NS + "}"):
         raise UnsupportedError(f"aECG namespace {root.tag[1:].split('}')[0]!r} is not {NS!r}")
     out = EcgDecoded(format="aecg")
@@ -204,26 +253,28 @@ def parse_document(root: ET.Element) -> EcgDecoded:
 
     derived_sets = path_all(series, "derivation", "derivedSeries", "subjectOf", "annotationSet")
     rhythm_sets = path_all(series, "subjectOf", "annotationSet")
-    chosen: _Globals | None = None
+    unitless = unitless_interval_unit
+    merged = _Globals()
+    levels: list[str] = []
     for sets, level in ((derived_sets, "representative beat"), (rhythm_sets, "series")):
-        found = _collect([a for s in sets for a in _direct_annotations(s)])
-        if found.values:
-            chosen, out.extra["measurement_level"] = found, level
-            break
-    if chosen is None:
+        found = _collect([a for s in sets for a in _direct_annotations(s)], unitless)
+        if _merge(merged, found):
+            levels.append(level)
+    if not merged.values:
         beat = next(
             (a for s in rhythm_sets for a in _direct_annotations(s) if _code(a) == "MDC_ECG_BEAT"),
             None,
         )
-        if beat is not None:
-            found = _collect(_direct_annotations(beat))
-            if found.values:
-                chosen, out.extra["measurement_level"] = found, "beat"
-    if chosen is not None:
-        for metric, (number, reason, raw) in chosen.values.items():
-            out.put(metric, number, reason=reason, raw=raw)
-        for vendor_code, vendor_value in chosen.vendor.items():
-            out.extra[f"vendor_{vendor_code}"] = vendor_value
+        if beat is not None and _merge(merged, _collect(_direct_annotations(beat), unitless)):
+            levels.append("beat")
+    if levels:
+        out.extra["measurement_level"] = " + ".join(levels)
+    for metric, (number, reason, raw) in merged.values.items():
+        out.put(metric, number, reason=reason, raw=raw)
+    for vendor_code, vendor_value in merged.vendor.items():
+        out.extra[f"vendor_{vendor_code}"] = vendor_value
+    if merged.unitless_used:
+        out.extra["unitless_interval_unit"] = f"{unitless} (declared by the site)"
 
     for ann in (a for s in derived_sets + rhythm_sets for a in _direct_annotations(s)):
         ann_code = _code(ann)
@@ -238,8 +289,15 @@ def parse_document(root: ET.Element) -> EcgDecoded:
     return out
 
 
-def decode(data: bytes, ctx: DecodeContext, *, max_bytes: int = DEFAULT_MAX_XML_BYTES) -> Reading:
-    return to_reading(parse(data, max_bytes=max_bytes), data, ctx)
+def decode(
+    data: bytes,
+    ctx: DecodeContext,
+    *,
+    max_bytes: int = DEFAULT_MAX_XML_BYTES,
+    unitless_interval_unit: str | None = None,
+) -> Reading:
+    decoded = parse(data, max_bytes=max_bytes, unitless_interval_unit=unitless_interval_unit)
+    return to_reading(decoded, data, ctx)
 
 
 def _subject(root: ET.Element, out: EcgDecoded) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from typing import Annotated, ClassVar, cast
+from typing import Annotated, ClassVar, Literal, cast
 
 import structlog
 from pydantic import Field, model_validator
@@ -49,6 +49,9 @@ class EcgFileOptions(DriverOptions):
 
 class AecgOptions(EcgFileOptions):
     attach_report: bool = False  # render the 12 leads to a PDF page and attach it (ED)
+    # What interval values written without a unit mean for this site's carts (HL7 says dimensionless,
+    # so by default they are refused with a reason, never guessed); e.g. "ms" for TraceMasterVue exports.
+    unitless_interval_unit: Literal["ms", "s"] | None = None
 
 
 class EcgSerialOptions(SerialOptions):
@@ -256,9 +259,10 @@ class AecgXmlDriver(XmlFileDriver):
     def decode_file(self, data: bytes, ctx: DecodeContext, name: str | None = None) -> Reading:
         # One XML parse and decode serve both the reading and the rendered report page.
         root = aecg.document(data, max_bytes=self.max_file_bytes)
-        decoded = aecg.parse_document(root)
-        reading = self.finish(to_reading(decoded, data, ctx), data, name or self.default_name)
         opts = self.options
+        unitless = opts.unitless_interval_unit if isinstance(opts, AecgOptions) else None
+        decoded = aecg.parse_document(root, unitless_interval_unit=unitless)
+        reading = self.finish(to_reading(decoded, data, ctx), data, name or self.default_name)
         if isinstance(opts, AecgOptions) and opts.attach_report:
             from vitals_agent.drivers.ecg.render import render_document
 

@@ -40,6 +40,8 @@ GLOBALS_103: dict[str, str] = {
     "qrsfrontaxis": "ecg_qrs_axis",
     "tfrontaxis": "ecg_t_axis",
 }
+# documentinfo/documenttype values of Philips' own formats (SierraECG for 1.03, PhilipsECG for 1.04.x)
+DOCUMENT_TYPES = frozenset({"SierraECG", "PhilipsECG"})
 SEX = {"male": "M", "female": "F", "unknown": "U", "unspecified": "U"}
 
 
@@ -47,7 +49,15 @@ def parse(data: bytes, *, max_bytes: int = DEFAULT_MAX_XML_BYTES) -> EcgDecoded:
     root = parse_xml(data, max_bytes=max_bytes, what="Philips XML")
     if local(root.tag) != "restingecgdata":
         raise UnsupportedError(f"not a Philips Sierra ECG file (root element {local(root.tag)!r})")
+    doc_type = text(child(root, "documentinfo", "documenttype")) or ""
     version = text(child(root, "documentinfo", "documentversion")) or ""
+    if doc_type and doc_type not in DOCUMENT_TYPES:
+        # e.g. MortaraECG: another vendor's file in Philips' outer shape; its fields mean other things.
+        # (No documenttype at all names no other vendor: read by its version, as older exports omit it.)
+        raise UnsupportedError(
+            f"Files of type {doc_type} {version or '(no documentversion)'} are unsupported: "
+            f"documenttype must be one of {', '.join(sorted(DOCUMENT_TYPES))}"
+        )
     if version == "1.03":
         table, globals_elem = GLOBALS_103, child(root, "measurements", "globalmeasurements")
     elif version == "1.04" or version.startswith("1.04."):
@@ -56,8 +66,13 @@ def parse(data: bytes, *, max_bytes: int = DEFAULT_MAX_XML_BYTES) -> EcgDecoded:
             child(root, "interpretations", "interpretation", "globalmeasurements"),
         )
     else:
-        raise UnsupportedError(f"Philips Sierra ECG XML version {version or '(none)'!r} is not supported")
+        raise UnsupportedError(
+            f"Files of type {doc_type or 'Philips XML'} {version or '(no documentversion)'} are unsupported: "
+            "Philips Sierra ECG XML versions 1.03 and 1.04.x are read"
+        )
     out = EcgDecoded(format="philips-xml")
+    if doc_type:
+        out.extra["document_type"] = doc_type
     out.extra["document_version"] = version
 
     for tag, metric in table.items():

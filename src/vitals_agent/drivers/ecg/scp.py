@@ -192,9 +192,11 @@ def _sections(data: bytes) -> dict[int, bytes]:
         raise TruncatedError(f"SCP record too short ({len(data)} bytes)")
     stored_crc, length = struct.unpack_from("<HI", data, 0)
     if length < RECORD_HEADER + HEADER:
-        raise DecodeError(f"SCP record length {length} is impossible")
+        raise DecodeError(
+            f"non-compliant SCP-ECG record: its length field says {length} bytes (at least 22 are needed)"
+        )
     if len(data) < length:
-        raise TruncatedError(f"SCP record truncated: {len(data)} of {length} bytes")
+        raise _short_record(data, length)
     record = data[:length]  # trailing bytes after the record are ignored
     computed = crc_ccitt(memoryview(record)[2:])
     if computed != stored_crc:
@@ -208,15 +210,53 @@ def _sections(data: bytes) -> dict[int, bytes]:
         pointers.append((sid, slen, index))
     ids = {p[0] for p in pointers}
     if not {0, 1}.issubset(ids):
-        raise DecodeError("SCP section 0 lacks the pointers to sections 0 and 1")
+        raise DecodeError(
+            "non-compliant SCP-ECG record: section table lacks the pointers to sections 0 and 1"
+        )
     out: dict[int, bytes] = {0: sec0}
     for sid, slen, index in pointers:
         if sid == 0 or slen == 0:
             continue
         if index < 1:
-            raise DecodeError(f"SCP section {sid}: index {index} is invalid (1-based)")
+            raise DecodeError(
+                f"non-compliant SCP-ECG record: section table gives section {sid} index {index}"
+            )
         out[sid] = _section(record, sid, index - 1, slen)
     return out
+
+
+def _table_end(data: bytes) -> int | None:
+    """Where the last section section 0's table points to ends (bytes from the file start), or None when
+    section 0 itself is not readable from ``data``."""
+    if len(data) < RECORD_HEADER + HEADER:
+        return None
+    sid, slen = struct.unpack_from("<HI", data, RECORD_HEADER + 2)
+    if sid != 0 or slen < HEADER or RECORD_HEADER + slen > len(data):
+        return None
+    end = RECORD_HEADER + slen
+    table = data[RECORD_HEADER + HEADER : RECORD_HEADER + slen]
+    for pos in range(0, len(table) - 9, 10):
+        _, length, index = struct.unpack_from("<HII", table, pos)
+        if length and index:
+            end = max(end, int(index) - 1 + int(length))
+    return int(end)
+
+
+def _short_record(data: bytes, length: int) -> DecodeError:
+    """The file is shorter than its record length field: truncated, or a length field that is wrong.
+
+    Section 0's table tells them apart: when every section it points to lies inside the file, the file is
+    whole and the length field is what is wrong (a non-compliant writer); otherwise bytes are missing."""
+    end = _table_end(data)
+    if end is not None and end <= len(data):
+        crc_ok = crc_ccitt(memoryview(data)[2:end]) == struct.unpack_from("<H", data, 0)[0]
+        return DecodeError(
+            f"non-compliant SCP-ECG record: its length field (bytes 3-6) says {length} bytes, but its "
+            f"section table ends at byte {end} of the {len(data)}-byte file"
+            + ("" if crc_ok else ", and the record CRC over those bytes does not match")
+        )
+    where = f"; its section table reaches byte {end}" if end is not None else ""
+    return TruncatedError(f"SCP record truncated: {len(data)} of {length} bytes{where}")
 
 
 def _section(record: bytes, sid: int, offset: int, length: int | None) -> bytes:
@@ -224,9 +264,14 @@ def _section(record: bytes, sid: int, offset: int, length: int | None) -> bytes:
         raise TruncatedError(f"SCP section {sid} header outside the record")
     crc, hid, hlen = struct.unpack_from("<HHI", record, offset)
     if hid != sid:
-        raise DecodeError(f"SCP section at offset {offset} has ID {hid}, pointer says {sid}")
+        raise DecodeError(
+            f"non-compliant SCP-ECG record: section table points to section {sid} at byte {offset + 1}, "
+            f"which holds section ID {hid}"
+        )
     if length is not None and hlen != length:
-        raise DecodeError(f"SCP section {sid}: length {hlen} differs from its pointer ({length})")
+        raise DecodeError(
+            f"non-compliant SCP-ECG record: section {sid} says it is {hlen} bytes, the section table {length}"
+        )
     if hlen < HEADER:
         raise DecodeError(f"SCP section {sid}: length {hlen} is shorter than its header")
     if offset + hlen > len(record):
