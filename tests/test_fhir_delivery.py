@@ -245,3 +245,38 @@ async def test_outbox_commands_show_both_rows_of_a_reading(
     assert capsys.readouterr().out.strip() == "re-queued message 2 (R0) for fhir; it keeps its MSH-10"
     assert await main(["outbox", "retry", "R0", "--data-dir", str(data)]) == 1
     assert "already queued" in capsys.readouterr().err
+
+
+def test_status_shows_each_destination(tmp_path: Path) -> None:
+    from tests.test_control import fake_status
+    from vitals_agent.agent.control import render_html, render_text
+    from vitals_agent.agent.control.common import SenderSnapshot
+
+    now = datetime(2026, 3, 11, 14, 0, 5, tzinfo=UTC)
+    status = fake_status()
+    ehr: SenderSnapshot = {
+        "peer": "ehr.test:2575",
+        "connected": True,
+        "last_ack_at": "2026-03-11T14:00:00+00:00",
+    }
+    fhir: SenderSnapshot = {
+        "peer": "https://fhir.test/r4",
+        "consecutive_failures": 2,
+        "last_error": "HTTP 503: the FHIR server cannot take it now",
+        "last_error_at": "2026-03-11T14:00:04+00:00",
+    }
+    status["sender"] = ehr
+    status["destinations"] = {"ehr": ehr, "fhir": fhir}
+    text = render_text(status, {}, now=now)
+    assert "EHR ehr.test:2575: connected; last ACK" in text
+    assert "FHIR https://fhir.test/r4: UNREACHABLE (HTTP 503: the FHIR server cannot take it now;" in text
+    assert "Last FHIR error: HTTP 503" in text and "Last EHR error: none" in text
+    page = render_html(status, {}, now=now)
+    assert '<div id="fhir" class="stat wide bad">FHIR https://fhir.test/r4: UNREACHABLE' in page
+    assert '<div id="ehr" class="stat wide">EHR ehr.test:2575' in page
+    # a FHIR-only site shows no EHR at all
+    status["sender"] = fhir
+    status["destinations"] = {"fhir": fhir}
+    text = render_text(status, {}, now=now)
+    assert "EHR" not in text and "FHIR https://fhir.test/r4: UNREACHABLE" in text
+    assert 'id="ehr"' not in render_html(status, {}, now=now)

@@ -61,7 +61,8 @@ class StatusSnapshot(TypedDict):
     location: str
     devices: list[DeviceSnapshot]
     outbox: OutboxSnapshot
-    sender: SenderSnapshot
+    sender: SenderSnapshot  # the first destination's (the EHR's when enabled)
+    destinations: NotRequired[dict[str, SenderSnapshot]]  # "ehr", "fhir": each enabled destination's
     refused: NotRequired[int]
 
 

@@ -163,15 +163,39 @@ def device_counts(dev: Mapping[str, Any]) -> str:
 
 def ehr_line(status: Mapping[str, Any], now: datetime) -> tuple[bool, str]:
     """(reachable?, one line): the EHR link as the sender last found it, whatever the outbox holds."""
-    sender = status.get("sender") or {}
-    peer = sender.get("peer") or "EHR"
+    return link_line(_destination(status, "ehr"), "EHR", "ACK", now)
+
+
+def fhir_line(status: Mapping[str, Any], now: datetime) -> tuple[bool, str] | None:
+    """The FHIR server's line, when ``[fhir]`` is enabled (None otherwise)."""
+    destinations = status.get("destinations") or {}
+    if "fhir" not in destinations:
+        return None
+    return link_line(destinations["fhir"], "FHIR server", "answer", now)
+
+
+def _destination(status: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    destinations = status.get("destinations") or {}
+    if name in destinations:
+        return dict(destinations[name])
+    return dict(status.get("sender") or {}) if not destinations else {}
+
+
+def has_ehr(status: Mapping[str, Any]) -> bool:
+    """Whether the EHR (HL7 v2) destination is enabled (a status from before destinations: yes)."""
+    destinations = status.get("destinations") or {}
+    return not destinations or "ehr" in destinations
+
+
+def link_line(sender: Mapping[str, Any], name: str, answer: str, now: datetime) -> tuple[bool, str]:
+    peer = sender.get("peer") or name
     if sender.get("consecutive_failures"):
         error = sender.get("last_error") or "connection failed"
         return False, f"{peer}: UNREACHABLE ({error}; last try {when(sender.get('last_error_at'), now)})"
     if sender.get("connected"):
-        return True, f"{peer}: connected; last ACK {when(sender.get('last_ack_at'), now)}"
+        return True, f"{peer}: connected; last {answer} {when(sender.get('last_ack_at'), now)}"
     if sender.get("last_ack_at"):
-        return True, f"{peer}: idle; last ACK {when(sender.get('last_ack_at'), now)}"
+        return True, f"{peer}: idle; last {answer} {when(sender.get('last_ack_at'), now)}"
     return True, f"{peer}: not contacted yet (nothing to send)"
 
 
@@ -245,19 +269,26 @@ def render_text(status: Mapping[str, Any], patient: Mapping[str, Any], now: date
         if counts:
             out.append(f"    {counts}")
     outbox = status.get("outbox") or {}
-    sender = status.get("sender") or {}
-    _, ehr = ehr_line(status, now)
-    out += [
-        "",
-        f"EHR {ehr}",
-        f"Outbox: {outbox.get('depth', 0)} waiting, {outbox.get('dead', 0)} dead letter(s)",
-        "Last EHR error: "
-        + (
-            f"{sender['last_error']} ({when(sender.get('last_error_at'), now)})"
-            if sender.get("last_error")
-            else "none"
-        ),
-    ]
+    out.append("")
+    if has_ehr(status):
+        out.append(f"EHR {ehr_line(status, now)[1]}")
+    fhir = fhir_line(status, now)
+    if fhir is not None:
+        out.append(f"FHIR {fhir[1]}")
+    out.append(f"Outbox: {outbox.get('depth', 0)} waiting, {outbox.get('dead', 0)} dead letter(s)")
+    shown = [("ehr", "EHR")] if has_ehr(status) else []
+    if fhir is not None:
+        shown.append(("fhir", "FHIR"))
+    for name, label in shown:
+        sender = _destination(status, name)
+        out.append(
+            f"Last {label} error: "
+            + (
+                f"{sender['last_error']} ({when(sender.get('last_error_at'), now)})"
+                if sender.get("last_error")
+                else "none"
+            )
+        )
     out += [f"{count} {label}" for label, count in _counters(status)]
     return "\n".join(out) + "\n"
 
@@ -325,25 +356,41 @@ def render_html(
         rows.append('<tr><td colspan="6" class="muted">No devices configured</td></tr>')
 
     outbox = status.get("outbox") or {}
-    sender = status.get("sender") or {}
     depth, dead = int(outbox.get("depth") or 0), int(outbox.get("dead") or 0)
-    if sender.get("last_error"):
+
+    def last_error(sender: Mapping[str, Any]) -> str:
+        if not sender.get("last_error"):
+            return "none"
         at = when(sender.get("last_error_at"), now)
-        ehr_error = f'{_e(sender["last_error"])} <span class="muted">{_e(at)}</span>'
-    else:
-        ehr_error = "none"
-    reachable, ehr = ehr_line(status, now)
+        return f'{_e(sender["last_error"])} <span class="muted">{_e(at)}</span>'
+
     counters = "".join(
         f'<div class="stat bad"><span class="big">{count}</span> {_e(label)}</div>'
         for label, count in _counters(status)
     )
+    links = ""
+    error_lines = ""
+    if has_ehr(status):
+        reachable, ehr = ehr_line(status, now)
+        links += f'<div id="ehr" class="stat wide{"" if reachable else " bad"}">EHR {_e(ehr)}</div>'
+        error_lines += (
+            '<div class="stat wide">Last EHR error: '
+            f'<span id="ehr-error">{last_error(_destination(status, "ehr"))}</span></div>'
+        )
+    fhir = fhir_line(status, now)
+    if fhir is not None:
+        links += f'<div id="fhir" class="stat wide{"" if fhir[0] else " bad"}">FHIR {_e(fhir[1])}</div>'
+        error_lines += (
+            '<div class="stat wide">Last FHIR error: '
+            f'<span id="fhir-error">{last_error(_destination(status, "fhir"))}</span></div>'
+        )
     delivery = (
         '<div id="delivery" class="card">'
-        f'<div id="ehr" class="stat wide{"" if reachable else " bad"}">EHR {_e(ehr)}</div>'
+        f"{links}"
         f'<div class="stat"><span class="big">{depth}</span> waiting in outbox</div>'
         f'<div class="stat{" bad" if dead else ""}"><span class="big">{dead}</span> dead letter(s)</div>'
         f"{counters}"
-        f'<div class="stat wide">Last EHR error: <span id="ehr-error">{ehr_error}</span></div>'
+        f"{error_lines}"
         "</div>"
     )
     return _page_template().substitute(
