@@ -1,4 +1,4 @@
-"""Reporting policies: every / stable / interval, driven by host receive times."""
+"""Reporting policies: every / stable / interval, driven by the monotonic time each reading arrived."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from decimal import Decimal
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vitals_agent.agent.reporting import EveryPolicy, IntervalPolicy, StablePolicy
+from vitals_agent.agent.reporting import Arrival, EveryPolicy, IntervalPolicy, StablePolicy
 from vitals_agent.models import DeviceClass, DeviceIdentity, Measurement, Reading
 
 T0 = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
@@ -38,7 +38,7 @@ def ox(second: float, spo2: int | None, pulse: int = 72) -> Reading:
 def run(policy: StablePolicy | EveryPolicy | IntervalPolicy, readings: list[Reading]) -> list[Reading]:
     out: list[Reading] = []
     for r in readings:
-        out.extend(policy.offer(r))
+        out.extend(a.reading for a in policy.offer(Arrival(r, (r.received_at - T0).total_seconds())))
     return out
 
 
@@ -68,9 +68,9 @@ def test_interval_sends_latest_once_per_period() -> None:
     sent = run(policy, [ox(s, 95 + s % 3) for s in range(0, 12)])
     assert [r.received_at - T0 for r in sent] == [timedelta(seconds=s) for s in (0, 5, 10)]
     # the reading of t=11 is still pending: the next due tick sends it, then nothing is left
-    [late] = policy.tick(T0 + timedelta(seconds=30))
-    assert late.received_at == T0 + timedelta(seconds=11)
-    assert policy.tick(T0 + timedelta(seconds=60)) == []
+    [late] = policy.tick(30.0)
+    assert late.reading.received_at == T0 + timedelta(seconds=11) and late.at == 11.0
+    assert policy.tick(60.0) == []
 
 
 @given(st.lists(st.one_of(st.none(), st.integers(80, 100)), min_size=1, max_size=80))
@@ -81,3 +81,17 @@ def test_stable_never_sends_more_than_one_per_period(values: list[int | None]) -
     for a, b in itertools.pairwise(times):
         assert b - a >= timedelta(seconds=10)
     assert all(r.values() for r in sent)
+
+
+def test_policies_follow_arrival_times_not_the_readings_wall_clock() -> None:
+    """Issue 10 item 8: readings stamped by a wall clock that stepped back an hour (received_at jumps back)
+    still report on time, because the policies only look at the monotonic arrival times."""
+    stepped = [ox(s if s < 5 else s - 3600, 97) for s in range(0, 25)]
+    stable = StablePolicy(10)
+    sent = [a.at for r, s in zip(stepped, range(25), strict=True) for a in stable.offer(Arrival(r, float(s)))]
+    assert sent == [10.0]
+    interval = IntervalPolicy(5)
+    sent = [
+        a.at for r, s in zip(stepped, range(25), strict=True) for a in interval.offer(Arrival(r, float(s)))
+    ]
+    assert sent == [0.0, 5.0, 10.0, 15.0, 20.0]

@@ -25,6 +25,7 @@ from typing import Any
 
 import structlog
 
+from vitals_agent.agent.storage import explain
 from vitals_agent.errors import VitalsAgentError
 from vitals_agent.models import Reading
 
@@ -88,13 +89,16 @@ class AuditLog:
         self.path = path
         self._now = now
         self._lock = threading.Lock()
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise AuditError(f"cannot open the audit log {path}: {explain(exc)}") from None
         try:
             os.fchmod(fd, 0o600)  # an existing file with wider permissions is tightened
-        except OSError:
+        except OSError as exc:
             os.close(fd)
-            raise
+            raise AuditError(f"cannot open the audit log {path}: {explain(exc)}") from None
         self._fd: int | None = fd
         self._seq = self._count_lines()
 

@@ -34,7 +34,6 @@ processes (the ``outbox`` command on a running agent) share the file through SQL
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import sqlite3
@@ -49,6 +48,7 @@ from typing import Any
 import structlog
 
 from vitals_agent.agent.ledger import LEDGER_FILE, DeliveredLedger
+from vitals_agent.agent.storage import explain
 from vitals_agent.errors import OutboxError, OutboxFullError
 
 log = structlog.get_logger(__name__)
@@ -202,41 +202,6 @@ def _is_full(exc: sqlite3.Error) -> bool:
 
 
 _TABLES = frozenset({"outbox", "dead_letter", "device_state", "sqlite_sequence"})
-
-
-def explain(exc: BaseException) -> str:
-    """What a storage error means, in words an operator can act on (one line, no patient data)."""
-    if isinstance(exc, OSError) and not isinstance(exc, sqlite3.Error):
-        reasons = {
-            errno.EROFS: "read-only file system",
-            errno.EACCES: "permission denied",
-            errno.EPERM: "permission denied",
-            errno.ENOSPC: "disk full",
-            errno.EDQUOT: "disk quota exceeded",
-            errno.EISDIR: "is a directory",
-            errno.ENOTDIR: "a part of the path is not a directory",
-            errno.EIO: "I/O error (failing disk?)",
-        }
-        return reasons.get(exc.errno or 0, exc.strerror or str(exc))
-    text = str(exc)
-    low = text.lower()
-    if "readonly" in low or "read-only" in low:
-        return f"read-only: the file or its file system cannot be written ({text})"
-    if "full" in low:
-        return f"disk full ({text})"
-    if "malformed" in low or "corrupt" in low:
-        return f"the file is damaged ({text})"
-    if "not a database" in low:
-        return "not an SQLite database (overwritten or damaged)"
-    if "locked" in low or "busy" in low:
-        return f"locked by another process for too long ({text})"
-    if "disk i/o" in low:
-        return f"I/O error: failing disk, or the file was removed or replaced under the agent ({text})"
-    if "unable to open" in low:
-        return f"cannot be opened: missing, a directory, or no permission ({text})"
-    if "not authorized" in low:
-        return f"the operation was refused ({text})"
-    return text
 
 
 def _why_read_only(path: Path) -> str:

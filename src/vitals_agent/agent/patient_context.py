@@ -15,6 +15,7 @@ something happened and through which channel.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -22,10 +23,10 @@ import re
 import sqlite3
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
 
 import structlog
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
@@ -34,9 +35,12 @@ from vitals_agent.agent.audit import (
     CHANNEL_BARCODE,
     CHANNEL_EXPIRY,
     CHANNEL_TIMEOUT,
+    AuditError,
     AuditLog,
     write_private,
 )
+from vitals_agent.agent.clock import Clock
+from vitals_agent.agent.storage import StoreDamagedError, StoreError, explain, is_damage, move_aside
 from vitals_agent.config.patient import PatientConfig
 from vitals_agent.errors import VitalsAgentError
 from vitals_agent.hl7.oru import new_control_id
@@ -49,6 +53,8 @@ log = structlog.get_logger(__name__)
 
 CONTEXT_FILE = "patient_context.json"
 HELD_FILE = "held.sqlite3"
+HELD_SCHEMA_VERSION = 1
+_T = TypeVar("_T")
 CHANNELS = frozenset({"cli", "api", "barcode"})
 
 # Control characters (C0, DEL, C1 including U+0085 NEL) and the Unicode line/paragraph separators: a
@@ -219,6 +225,10 @@ class PatientContext:
     set_at: datetime
     last_activity: datetime
     client: str | None = None  # what a control API caller said it was (``cli``, ``barcode``): a claim
+    # The same two instants on the monotonic clock (clock.py): ages are measured on these, so a wall-clock
+    # step neither ends the context at once nor stretches it. Not persisted (meaningless after a reboot).
+    set_mono: float = field(default=0.0, compare=False)
+    active_mono: float = field(default=0.0, compare=False)
 
     def expires_at(self, timeout: timedelta) -> datetime:
         return self.last_activity + timeout
@@ -310,55 +320,188 @@ def _utc_now() -> datetime:
 
 
 class HeldStore:
-    """Readings waiting for a patient: a small SQLite database (0600, synchronous=FULL)."""
+    """Readings waiting for a patient: a small SQLite database (0600, synchronous=FULL).
+
+    Opening checks that the file is a held-readings store this version knows and that SQLite finds it
+    intact (``quick_check``); otherwise :class:`StoreDamagedError` (the manager moves it aside). A store
+    that cannot be used at all (:meth:`unavailable`) holds nothing: :meth:`add` refuses, the rest is empty.
+    Errors while running are :class:`StoreError` with one line saying what is wrong, logged once.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)  # create with 0600 before sqlite opens it
-        os.fchmod(fd, 0o600)
-        os.close(fd)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS held (id INTEGER PRIMARY KEY AUTOINCREMENT, device_id TEXT NOT NULL,"
-            " held_at TEXT NOT NULL, reading TEXT NOT NULL, control_id TEXT)"
-        )
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(held)")}
-        if "control_id" not in columns:  # a store written before MSH-10s were reserved at hold time
-            self._db.execute("ALTER TABLE held ADD COLUMN control_id TEXT")
+        self._db: sqlite3.Connection | None = None
+        self.problem: str | None = None
+        self._unreadable: set[int] = set()
+        self._db = self._open()
+
+    @classmethod
+    def unavailable(cls, path: Path, problem: str) -> HeldStore:
+        store = cls.__new__(cls)
+        store.path = path
+        store._lock = threading.Lock()
+        store._db = None
+        store.problem = problem
+        store._unreadable = set()
+        return store
+
+    def _open(self) -> sqlite3.Connection:
+        path = self.path
+        if path.is_dir() or path.is_symlink():
+            raise StoreDamagedError(f"{path} is a directory or a link, not a held-readings store")
+        try:
+            if path.exists() and path.stat().st_size >= 16:
+                with open(path, "rb") as fh:
+                    if fh.read(16) != b"SQLite format 3\0":
+                        raise StoreDamagedError(f"{path} is not an SQLite database")
+            # create with 0600 before sqlite opens it
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            try:
+                os.fchmod(fd, 0o600)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise StoreError(f"cannot open the held-readings store {path}: {explain(exc)}") from None
+        db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        try:
+            db.execute("PRAGMA synchronous=FULL")
+            version = int(db.execute("PRAGMA user_version").fetchone()[0])
+            tables = {str(r[0]) for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if version > HELD_SCHEMA_VERSION:
+                raise StoreDamagedError(
+                    f"{path} was written by a newer vitals-agent (schema {version}; this version knows "
+                    f"{HELD_SCHEMA_VERSION})"
+                )
+            if tables and ("held" not in tables or not tables <= {"held", "sqlite_sequence"}):
+                raise StoreDamagedError(
+                    f"{path} is not a held-readings store (tables {', '.join(sorted(tables))})"
+                )
+            check = [str(r[0]) for r in db.execute("PRAGMA quick_check")]
+            if check != ["ok"]:
+                raise StoreDamagedError(f"{path} is damaged ({check[0][:200]})")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS held (id INTEGER PRIMARY KEY AUTOINCREMENT,"
+                " device_id TEXT NOT NULL, held_at TEXT NOT NULL, reading TEXT NOT NULL, control_id TEXT)"
+            )
+            columns = {row[1] for row in db.execute("PRAGMA table_info(held)")}
+            if "control_id" not in columns:  # a store written before MSH-10s were reserved at hold time
+                db.execute("ALTER TABLE held ADD COLUMN control_id TEXT")
+            if version != HELD_SCHEMA_VERSION:
+                db.execute(f"PRAGMA user_version={HELD_SCHEMA_VERSION}")
+        except StoreError:
+            db.close()
+            raise
+        except sqlite3.Error as exc:
+            db.close()
+            if is_damage(exc):
+                raise StoreDamagedError(f"{path}: {explain(exc)}") from None
+            raise StoreError(f"cannot open the held-readings store {path}: {explain(exc)}") from None
+        return db
+
+    def _run(self, what: str, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        with self._lock:
+            if self._db is None:
+                raise StoreError(f"held readings unavailable: {self.problem}")
+            try:
+                result = fn(self._db)
+            except sqlite3.Error as exc:
+                error = f"held-readings store {self.path}: cannot {what}: {explain(exc)}"
+                if self.problem is None:
+                    log.error("held-readings store failing", error=error)
+                self.problem = error
+                raise StoreError(error) from None
+            if self.problem is not None:
+                log.info("held-readings store usable again")
+                self.problem = None
+            return result
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            if self._db is not None:
+                self._db.close()
+                self._db = None
 
     def add(self, device_id: str, reading: Reading, held_at: datetime) -> int:
         # The MSH-10 is reserved now: a release interrupted by a crash (queued, but the held row not yet
         # removed) is released again with the same MSH-10, so the receiver can recognise the repeat.
-        with self._lock:
-            cur = self._db.execute(
+        def insert(db: sqlite3.Connection) -> int:
+            cur = db.execute(
                 "INSERT INTO held (device_id, held_at, reading, control_id) VALUES (?, ?, ?, ?)",
                 (device_id, held_at.astimezone(UTC).isoformat(), reading_to_json(reading), new_control_id()),
             )
             assert cur.lastrowid is not None
             return cur.lastrowid
 
+        return self._run("hold a reading", insert)
+
     def all(self) -> list[HeldReading]:
-        with self._lock:
-            rows = self._db.execute(
+        """Every held reading, oldest first. A row that cannot be parsed is left in place, logged once."""
+        if self._db is None:
+            return []
+        rows = self._run(
+            "read held readings",
+            lambda db: db.execute(
                 "SELECT id, device_id, held_at, reading, control_id FROM held ORDER BY id"
-            ).fetchall()
-        return [
-            HeldReading(r[0], r[1], datetime.fromisoformat(r[2]), reading_from_json(r[3]), r[4]) for r in rows
-        ]
+            ).fetchall(),
+        )
+        out: list[HeldReading] = []
+        for r in rows:
+            try:
+                out.append(
+                    HeldReading(r[0], r[1], datetime.fromisoformat(r[2]), reading_from_json(r[3]), r[4])
+                )
+            except (ValueError, TypeError, KeyError, ValidationError):
+                if r[0] not in self._unreadable:
+                    self._unreadable.add(r[0])
+                    log.warning("held reading unreadable; left in the store for inspection", held_id=r[0])
+        return out
+
+    def times(self) -> dict[int, datetime]:
+        """Held id -> when it was held (cheap: no reading is parsed)."""
+        if self._db is None:
+            return {}
+        rows = self._run(
+            "read held readings", lambda db: db.execute("SELECT id, held_at FROM held").fetchall()
+        )
+        out: dict[int, datetime] = {}
+        for held_id, held_at in rows:
+            with contextlib.suppress(ValueError, TypeError):
+                out[int(held_id)] = datetime.fromisoformat(held_at)
+        return out
 
     def remove(self, held_id: int) -> bool:
-        with self._lock:
-            return self._db.execute("DELETE FROM held WHERE id = ?", (held_id,)).rowcount > 0
+        if self._db is None:
+            return False
+        return self._run(
+            "remove a held reading",
+            lambda db: db.execute("DELETE FROM held WHERE id = ?", (held_id,)).rowcount > 0,
+        )
+
+    def clamp(self, now: datetime) -> int:
+        """Set every hold time later than ``now`` (stored before the wall clock went back) to ``now``."""
+        late = [held_id for held_id, at in self.times().items() if at > now]
+        if late:
+            stamp = now.astimezone(UTC).isoformat()
+            self._run(
+                "correct hold times",
+                lambda db: db.executemany(
+                    "UPDATE held SET held_at = ? WHERE id = ?", [(stamp, i) for i in late]
+                ),
+            )
+        return len(late)
 
     def summary(self) -> tuple[int, datetime | None]:
-        with self._lock:
-            count, oldest = self._db.execute("SELECT COUNT(*), MIN(held_at) FROM held").fetchone()
+        """How many are held and since when; (0, None) when the store is unavailable (status never fails)."""
+        if self._db is None:
+            return 0, None
+        try:
+            count, oldest = self._run(
+                "count held readings",
+                lambda db: db.execute("SELECT COUNT(*), MIN(held_at) FROM held").fetchone(),
+            )
+        except StoreError:
+            return 0, None
         return int(count), datetime.fromisoformat(oldest) if oldest else None
 
 
@@ -375,11 +518,14 @@ class PatientContextManager:
         audit: AuditLog,
         *,
         now: Callable[[], datetime] = _utc_now,
+        clock: Clock | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.config = config
         self.audit = audit
-        self._now = now
+        # ``now`` alone (tests): a clock whose monotonic time follows it. The service passes a real Clock.
+        self.clock = clock or Clock.following(now)
+        self._now = self.clock.now
         self.timeout = timedelta(minutes=config.patient_timeout_minutes)
         self.hold_timeout = timedelta(minutes=config.hold_timeout_minutes)
         self.releaser: Releaser | None = None
@@ -387,9 +533,12 @@ class PatientContextManager:
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._file = data_dir / CONTEXT_FILE
         self._activity_unsaved = False  # touch() changed the context in memory only
+        self.quarantined: list[dict[str, str]] = []  # stores moved aside at start (for the status)
         self._save_failing = False
         self._context = self._load()
-        self.held = HeldStore(data_dir / HELD_FILE)
+        self.held = self._open_held()
+        # held id -> monotonic time it was held: the hold timeout is an age on the monotonic clock
+        self._held_mono = {i: self.clock.mono_at(at) for i, at in self._held_times().items()}
 
     def close(self) -> None:
         self.save_activity()
@@ -403,11 +552,83 @@ class PatientContextManager:
             return None
         try:
             data = json.loads(text)
-            return None if data is None else PatientContext.from_json(data)
+            ctx = None if data is None else PatientContext.from_json(data)
         except (ValueError, KeyError, TypeError, ValidationError):
-            log.warning("patient context file unreadable; starting without a patient", path=str(self._file))
-            self.audit.record("context_discarded", reason="unreadable state file", channel="startup")
+            moved: Path | None = None
+            try:
+                moved = move_aside(self._file)
+            except OSError as exc:
+                log.error("patient context file unreadable and not moved aside", error=explain(exc))
+            log.warning(
+                "patient context file unreadable; moved aside, starting without a patient",
+                path=str(self._file),
+                moved_to=str(moved) if moved else None,
+            )
+            self.audit.record(
+                "context_discarded",
+                reason="unreadable state file",
+                channel="startup",
+                moved_to=str(moved) if moved else None,
+            )
             return None
+        if ctx is None:
+            return None
+        return dataclasses.replace(
+            ctx, set_mono=self.clock.mono_at(ctx.set_at), active_mono=self.clock.mono_at(ctx.last_activity)
+        )
+
+    def _open_held(self) -> HeldStore:
+        """Open the held-readings store on its own: a damaged one is moved aside (kept, audited) and an
+        empty one takes its place; one that cannot be opened at all leaves the agent running without
+        holding (readings that must wait for a patient are then refused, loudly)."""
+        path = self.data_dir / HELD_FILE
+        try:
+            return HeldStore(path)
+        except StoreDamagedError as exc:
+            reason = str(exc)
+            try:
+                moved = move_aside(path, sidecars=("-journal", "-wal", "-shm"))
+            except OSError as oexc:
+                problem = f"{reason}; and it could not be moved aside: {explain(oexc)}"
+                log.error("held-readings store unusable; holding disabled", error=problem)
+                return HeldStore.unavailable(path, problem)
+            log.warning(
+                "held-readings store damaged; moved aside, starting an empty one",
+                reason=reason,
+                moved_to=str(moved),
+            )
+            try:
+                self.audit.record(
+                    "store_quarantined",
+                    channel="startup",
+                    store="held readings",
+                    path=str(path),
+                    moved_to=str(moved),
+                    reason=reason,
+                )
+            except AuditError as aexc:
+                log.error("audit record not written", audit_event="store_quarantined", error=str(aexc))
+            self.quarantined.append({"store": "held readings", "moved_to": str(moved), "reason": reason})
+        except StoreError as exc:
+            log.error("held-readings store unusable; holding disabled", error=str(exc))
+            return HeldStore.unavailable(path, str(exc))
+        try:
+            return HeldStore(path)
+        except StoreError as exc:
+            log.error("held-readings store unusable; holding disabled", error=str(exc))
+            return HeldStore.unavailable(path, str(exc))
+
+    def _held_times(self) -> dict[int, datetime]:
+        try:
+            return self.held.times()
+        except StoreError:
+            return {}
+
+    def _held_age(self, item: HeldReading, mono: float) -> float:
+        held = self._held_mono.get(item.id)
+        if held is None:
+            held = self._held_mono[item.id] = self.clock.mono_at(item.held_at)
+        return mono - held
 
     def _save(self) -> None:
         write_private(self._file, json.dumps(self._context.to_json() if self._context else None))
@@ -428,9 +649,12 @@ class PatientContextManager:
         ``caller``: extra audit fields about who asked (the control API: the client it claims to be, the
         operating-system user of the calling socket)."""
         now = now or self._now()
+        mono = self.clock.mono_at(now)
         previous = self._context
         client = caller.get("client") if caller else None
-        context = PatientContext(patient, channel, source, now, now, str(client) if client else None)
+        context = PatientContext(
+            patient, channel, source, now, now, str(client) if client else None, mono, mono
+        )
         # Audit first: if the trail cannot be written, the context does not change (AuditError).
         self.audit.record(
             "context_set",
@@ -438,7 +662,7 @@ class PatientContextManager:
             source=source,
             patient=patient.model_dump(),
             replaced_mrn=previous.patient.mrn if previous else None,
-            expires_at=context.expires_at(self.timeout),
+            expires_at=self._expires(context),
             **(caller or {}),
         )
         self._context = context
@@ -473,7 +697,7 @@ class PatientContextManager:
         """The live context (expiring it first if its time is up)."""
         now = now or self._now()
         ctx = self._context
-        if ctx is not None and now >= ctx.expires_at(self.timeout):
+        if ctx is not None and self.clock.mono_at(now) - ctx.active_mono >= self.timeout.total_seconds():
             self._context = None
             self._activity_unsaved = True
             self.save_activity()  # a file left behind still expires on load: never a wrong patient
@@ -507,7 +731,7 @@ class PatientContextManager:
         now = now or self._now()
         ctx = self.context(now)
         if ctx is not None:
-            self._context = dataclasses.replace(ctx, last_activity=now)
+            self._context = dataclasses.replace(ctx, last_activity=now, active_mono=self.clock.mono_at(now))
             self._activity_unsaved = True
 
     def save_activity(self) -> None:
@@ -525,7 +749,11 @@ class PatientContextManager:
 
     def expires_at(self, now: datetime | None = None) -> datetime | None:
         ctx = self.context(now)
-        return ctx.expires_at(self.timeout) if ctx else None
+        return self._expires(ctx) if ctx else None
+
+    def _expires(self, ctx: PatientContext) -> datetime:
+        """When the context ends, on today's wall clock (its age is on the monotonic clock)."""
+        return self.clock.wall_at(ctx.active_mono) + self.timeout
 
     # --- readings ----------------------------------------------------------------------------------
     def route(self, device_id: str, reading: Reading, now: datetime | None = None) -> Route:
@@ -538,6 +766,7 @@ class PatientContextManager:
         if not self.config.require_patient:
             return Route(None)
         held_id = self.held.add(device_id, reading, now)
+        self._held_mono[held_id] = self.clock.mono_at(now)
         self.audit.reading_accepted(
             device_id=device_id, control_id=None, reading=reading, patient=None, disposition="held"
         )
@@ -547,9 +776,12 @@ class PatientContextManager:
 
     def expire_held(self, now: datetime | None = None) -> int:
         """Drop held readings older than ``hold_timeout_minutes`` (audited). Returns how many."""
-        now = now or self._now()
+        mono = self.clock.mono_at(now or self._now())
+        limit = self.hold_timeout.total_seconds()
+        items = self.held.all()
+        self._held_mono = {i.id: self._held_mono.get(i.id, self.clock.mono_at(i.held_at)) for i in items}
         dropped = self._drop_held(
-            (item for item in self.held.all() if now - item.held_at >= self.hold_timeout),
+            (item for item in items if self._held_age(item, mono) >= limit),
             channel=CHANNEL_TIMEOUT,
             reason=f"no patient within {self.config.hold_timeout_minutes:g} minutes",
         )
@@ -573,6 +805,7 @@ class PatientContextManager:
         count = 0
         for item in items:
             if self.held.remove(item.id):
+                self._held_mono.pop(item.id, None)
                 count += 1
                 self.audit.record(
                     "held_dropped",
@@ -607,6 +840,7 @@ class PatientContextManager:
                 if control_id is None:
                     break  # could not be queued: stays held, retried on the next release
                 self.held.remove(item.id)
+                self._held_mono.pop(item.id, None)
                 released += 1
                 self.audit.record(
                     "held_released",
@@ -651,10 +885,32 @@ class PatientContextManager:
         now = now or self._now()
         self.context(now)
         self.save_activity()
-        # One cheap query a second; the held readings are loaded only when the oldest is due.
-        _, oldest = self.held.summary()
-        if oldest is not None and now - oldest >= self.hold_timeout:
-            self.expire_held(now)
+        # No query at all: the held readings are loaded only when the oldest is due (monotonic ages).
+        if self._held_mono:
+            oldest = min(self._held_mono.values())
+            if self.clock.mono_at(now) - oldest >= self.hold_timeout.total_seconds():
+                self.expire_held(now)
+
+    def clock_stepped(self, step: float, now: datetime | None = None) -> None:
+        """The wall clock stepped by ``step`` seconds (clock.py). Ages do not change (they are monotonic);
+        after a backward step, stored times that now lie in the future are clamped to now, so a restart
+        does not stretch the context or the holds by the length of the step."""
+        if step >= 0:
+            return
+        now = now or self._now()
+        ctx = self._context
+        if ctx is not None and (ctx.set_at > now or ctx.last_activity > now):
+            self._context = dataclasses.replace(
+                ctx, set_at=min(ctx.set_at, now), last_activity=min(ctx.last_activity, now)
+            )
+            self._activity_unsaved = True
+            self.save_activity()
+        try:
+            clamped = self.held.clamp(now)
+        except StoreError:
+            clamped = 0
+        if clamped:
+            log.info("hold times corrected after the clock went back", count=clamped)
 
     def snapshot(self, now: datetime | None = None, *, reveal: bool = False) -> PatientSnapshot:
         """The patient part of the status (masked unless ``reveal``)."""
@@ -673,7 +929,7 @@ class PatientContextManager:
             "source": ctx.source if ctx else None,
             "client": ctx.client if ctx else None,
             "set_at": ctx.set_at.isoformat() if ctx else None,
-            "expires_at": ctx.expires_at(self.timeout).isoformat() if ctx else None,
+            "expires_at": self._expires(ctx).isoformat() if ctx else None,
             "require_patient": self.config.require_patient,
             "held": count,
             "oldest_held_at": oldest.isoformat() if oldest else None,

@@ -24,10 +24,11 @@ from typing import Any
 import structlog
 
 from vitals_agent.agent.audit import AuditError, AuditLog
+from vitals_agent.agent.clock import Clock
 from vitals_agent.agent.normalize import normalise, withheld
 from vitals_agent.agent.outbox import Outbox
 from vitals_agent.agent.patient_context import PatientContextManager, PatientDetails
-from vitals_agent.agent.reporting import ReportingPolicy, make_policy
+from vitals_agent.agent.reporting import Arrival, ReportingPolicy, make_policy
 from vitals_agent.agent.runtime import DeviceRuntimeImpl
 from vitals_agent.config.schema import Config, DeviceConfig
 from vitals_agent.errors import OutboxError, RefusedError, VitalsAgentError
@@ -70,8 +71,11 @@ class Pipeline:
         wake_sender: Callable[[], None],
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         fhir_profile: FhirProfile | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.config = config
+        # ages (reporting periods, "arrived before the patient was set") on the monotonic clock
+        self.clock = clock or Clock.following(now)
         self.profile = profile
         self.fhir_profile = fhir_profile if config.fhir.enabled else None
         self.to_ehr = config.ehr.enabled
@@ -115,15 +119,21 @@ class Pipeline:
             impossible = sum(1 for d in reading.dropped if withheld(d))
             if impossible:  # implausible or contradicting values the device did send: counted per device
                 runtime.count("values_withheld", impossible)
-        for due in self._policies[dev.id].offer(reading):
-            await self.accept(runtime, due)
+        arrival = Arrival(reading, self.clock.mono_at(event.received_at))
+        for due in self._policies[dev.id].offer(arrival):
+            await self.accept(runtime, due.reading, arrived=due.at)
 
     async def tick(self) -> None:
-        """Called about once a second: lets time-based policies (``interval``) release readings."""
+        """Called about once a second: lets time-based policies (``interval``) release readings, expires
+        the patient context and old holds, and watches the wall clock for steps."""
+        step = self.clock.check_step()
         now = self.now()
+        if step is not None:
+            self.patients.clock_stepped(step, now)
+        mono = self.clock.mono()
         for device_id, policy in self._policies.items():
-            for due in policy.tick(now):
-                await self.accept(self._runtimes[device_id], due)
+            for due in policy.tick(mono):
+                await self.accept(self._runtimes[device_id], due.reading, arrived=due.at)
         self.patients.tick(now)  # patient context expiry, hold timeout
 
     async def on_scan(self, scan: PatientScan) -> None:
@@ -181,7 +191,7 @@ class Pipeline:
         return any(item.device_id == device_id and item.reading.dedupe_key == key for item in held)
 
     def _patient_decision(
-        self, device_id: str, reading: Reading, late_patient: PatientDetails | None
+        self, device_id: str, reading: Reading, late_patient: PatientDetails | None, arrived: float | None
     ) -> _Decision:
         """Which patient a reading is filed to, or whether it is held, parked or dropped."""
         if late_patient is not None:
@@ -207,7 +217,9 @@ class Pipeline:
                 )
                 return _Decision(park_reason=reason)
         context = self.patients.context(now)
-        if context is not None and context.set_at > reading.received_at:
+        if arrived is None:
+            arrived = self.clock.mono_at(reading.received_at)
+        if context is not None and context.set_mono > arrived:
             # Taken before this patient's context began (e.g. held back by the interval policy across a
             # wristband scan): it belongs to the previous patient or to no one, never to this one.
             self.dropped += 1
@@ -232,8 +244,12 @@ class Pipeline:
         *,
         late_patient: PatientDetails | None = None,
         control_id: str | None = None,
+        arrived: float | None = None,
     ) -> Accepted | None:
         """Build the message and commit it durably.
+
+        ``arrived``: when the agent received the reading, on the monotonic clock (default: derived from
+        ``reading.received_at``); a reading that arrived before the current patient was set is dropped.
 
         Returns the queued message, or None when the patient rules held, parked or dropped the reading
         (each durable or audited). Raises :class:`OutboxError` when the reading could not be stored
@@ -248,7 +264,7 @@ class Pipeline:
             log.info("reading not queued again: its source was queued or held before", device=device_id)
             return None
         try:
-            decision = self._patient_decision(device_id, reading, late_patient)
+            decision = self._patient_decision(device_id, reading, late_patient, arrived)
         except (OSError, sqlite3.Error, VitalsAgentError) as exc:
             self.refused += 1
             log.error("reading refused: patient context unavailable", device=device_id, error=str(exc))

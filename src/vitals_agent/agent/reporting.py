@@ -1,8 +1,9 @@
 """Reporting policy: which readings of a device become messages.
 
 A continuous oximeter sends a line a second; the EHR wants one value per observation, not an ORU a
-second. Policies are pure state machines driven by the readings' host receive times (and, for
-``interval``, by :meth:`ReportingPolicy.tick`), so they test without sleeping.
+second. Policies are pure state machines driven by the time each reading arrived at the agent on the
+monotonic clock (:class:`Arrival`; and, for ``interval``, by :meth:`ReportingPolicy.tick`), so they test
+without sleeping and a wall-clock step neither silences a device nor floods the EHR.
 
 * ``every``: each reading with values.
 * ``stable``: one reading once the key values have stayed within a small band for ``report_seconds``;
@@ -13,7 +14,7 @@ second. Policies are pure state machines driven by the readings' host receive ti
 from __future__ import annotations
 
 import abc
-from datetime import datetime, timedelta
+from dataclasses import dataclass
 from decimal import Decimal
 
 from vitals_agent.models import Reading
@@ -34,6 +35,14 @@ STABILITY_BANDS: dict[str, Decimal | None] = {
 }
 
 
+@dataclass(frozen=True)
+class Arrival:
+    """A reading and the monotonic time (seconds) the agent received it."""
+
+    reading: Reading
+    at: float
+
+
 def _key_values(reading: Reading) -> dict[str, Decimal]:
     return {k: v for k, v in reading.values().items() if STABILITY_BANDS.get(k, Decimal(0)) is not None}
 
@@ -51,56 +60,57 @@ def _within(anchor: dict[str, Decimal], values: dict[str, Decimal]) -> bool:
 
 class ReportingPolicy(abc.ABC):
     def __init__(self, seconds: float) -> None:
-        self.period = timedelta(seconds=seconds)
+        self.period = seconds
 
     @abc.abstractmethod
-    def offer(self, reading: Reading) -> list[Reading]:
+    def offer(self, arrival: Arrival) -> list[Arrival]:
         """A new reading arrived; return the readings to send now."""
 
-    def tick(self, now: datetime) -> list[Reading]:
-        """Time passed; return readings that became due (only ``interval`` uses this)."""
+    def tick(self, now: float) -> list[Arrival]:
+        """Time passed (monotonic seconds); return readings that became due (only ``interval``)."""
         return []
 
 
 class EveryPolicy(ReportingPolicy):
-    def offer(self, reading: Reading) -> list[Reading]:
-        return [reading] if reading.values() or reading.statements else []
+    def offer(self, arrival: Arrival) -> list[Arrival]:
+        reading = arrival.reading
+        return [arrival] if reading.values() or reading.statements else []
 
 
 class StablePolicy(ReportingPolicy):
     def __init__(self, seconds: float) -> None:
         super().__init__(seconds)
         self._anchor: dict[str, Decimal] | None = None
-        self._since: datetime | None = None
+        self._since: float | None = None
         self._sent = False
 
-    def offer(self, reading: Reading) -> list[Reading]:
-        values = _key_values(reading)
+    def offer(self, arrival: Arrival) -> list[Arrival]:
+        values = _key_values(arrival.reading)
         if not values:
             self._anchor, self._since, self._sent = None, None, False
             return []
         if self._anchor is None or self._since is None or not _within(self._anchor, values):
-            self._anchor, self._since, self._sent = values, reading.received_at, False
-            return [reading] if self.period <= timedelta(0) else []
-        if not self._sent and reading.received_at - self._since >= self.period:
+            self._anchor, self._since, self._sent = values, arrival.at, False
+            return [arrival] if self.period <= 0 else []
+        if not self._sent and arrival.at - self._since >= self.period:
             self._sent = True
-            return [reading]
+            return [arrival]
         return []
 
 
 class IntervalPolicy(ReportingPolicy):
     def __init__(self, seconds: float) -> None:
         super().__init__(seconds)
-        self._latest: Reading | None = None
-        self._last_sent: datetime | None = None
+        self._latest: Arrival | None = None
+        self._last_sent: float | None = None
 
-    def offer(self, reading: Reading) -> list[Reading]:
-        if not reading.values():
+    def offer(self, arrival: Arrival) -> list[Arrival]:
+        if not arrival.reading.values():
             return []
-        self._latest = reading
-        return self.tick(reading.received_at)
+        self._latest = arrival
+        return self.tick(arrival.at)
 
-    def tick(self, now: datetime) -> list[Reading]:
+    def tick(self, now: float) -> list[Arrival]:
         if self._latest is None:
             return []
         if self._last_sent is not None and now - self._last_sent < self.period:

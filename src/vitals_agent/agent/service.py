@@ -21,6 +21,7 @@ import structlog
 from vitals_agent import __version__
 from vitals_agent.agent import sdnotify
 from vitals_agent.agent.audit import AuditLog
+from vitals_agent.agent.clock import Clock
 from vitals_agent.agent.control import ControlServer
 from vitals_agent.agent.instance import acquire_instance_lock
 from vitals_agent.agent.limits import raise_open_files_limit
@@ -62,8 +63,16 @@ class OutboxStateStore:
 
 
 class AgentService:
-    def __init__(self, config: Config, *, now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        clock: Clock | None = None,
+    ) -> None:
         self.config = config
+        if clock is not None:  # one time source for everything (tests inject wall and monotonic clocks)
+            now = clock.now
         self.now = now
         self.data_dir: Path = data_dir(config)
         # One agent per data_dir, taken before anything is written (token, outbox, gateway id, folders).
@@ -97,7 +106,8 @@ class AgentService:
             fhir_profile = make_fhir_profile(config, self.gateway)
         self.sender = next(iter(self.senders.values()))  # the first destination (the EHR when enabled)
         self.audit = AuditLog.in_dir(self.data_dir)
-        self.patients = PatientContextManager(self.data_dir, config.patient, self.audit, now=now)
+        self.clock = clock or Clock(wall=now)  # monotonic ages, wall-clock step watch (clock.py)
+        self.patients = PatientContextManager(self.data_dir, config.patient, self.audit, clock=self.clock)
         self.pipeline = Pipeline(
             config,
             message_profile(config, self.gateway),
@@ -107,6 +117,7 @@ class AgentService:
             wake_sender=self._wake_senders,
             now=now,
             fhir_profile=fhir_profile,
+            clock=self.clock,
         )
         self.patients.releaser = self.pipeline.release_held
         for sender in self.senders.values():
@@ -160,6 +171,12 @@ class AgentService:
             "destinations": destinations,
             "refused": self.pipeline.refused,
             "parked": self.pipeline.parked,
+            "storage": {
+                "outbox": sender["storage"],  # error, failing since, seconds until the agent stops
+                "held": {"ok": self.patients.held.problem is None, "error": self.patients.held.problem},
+                "quarantined": list(self.patients.quarantined),  # stores moved aside at start
+                "clock": self.clock.snapshot(),  # the last wall-clock step seen
+            },
         }
 
     def _depth(self) -> int | None:

@@ -1,0 +1,85 @@
+"""Helpers shared by the agent's stores (outbox, held readings, state files): what a storage error means in
+words an operator can act on, and moving a damaged file aside so the rest of the agent can run."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+
+from vitals_agent.errors import VitalsAgentError
+
+
+class StoreError(VitalsAgentError):
+    """A local store cannot be used right now (one line: which store and what is wrong)."""
+
+
+class StoreDamagedError(StoreError):
+    """A store whose file is damaged, not a database of ours, or of a schema this version does not know:
+    it is moved aside (kept for inspection) and an empty one takes its place."""
+
+
+def explain(exc: BaseException) -> str:
+    """What a storage error means, in words an operator can act on (one line, no patient data)."""
+    if isinstance(exc, OSError) and not isinstance(exc, sqlite3.Error):
+        reasons = {
+            errno.EROFS: "read-only file system",
+            errno.EACCES: "permission denied",
+            errno.EPERM: "permission denied",
+            errno.ENOSPC: "disk full",
+            errno.EDQUOT: "disk quota exceeded",
+            errno.EISDIR: "is a directory",
+            errno.ENOTDIR: "a part of the path is not a directory",
+            errno.EIO: "I/O error (failing disk?)",
+        }
+        return reasons.get(exc.errno or 0, exc.strerror or str(exc))
+    text = str(exc)
+    low = text.lower()
+    if "readonly" in low or "read-only" in low:
+        return f"read-only: the file or its file system cannot be written ({text})"
+    if "full" in low:
+        return f"disk full ({text})"
+    if "malformed" in low or "corrupt" in low:
+        return f"the file is damaged ({text})"
+    if "not a database" in low:
+        return "not an SQLite database (overwritten or damaged)"
+    if "locked" in low or "busy" in low:
+        return f"locked by another process for too long ({text})"
+    if "disk i/o" in low:
+        return f"I/O error: failing disk, or the file was removed or replaced under the agent ({text})"
+    if "unable to open" in low:
+        return f"cannot be opened: missing, a directory, or no permission ({text})"
+    if "not authorized" in low:
+        return f"the operation was refused ({text})"
+    return text
+
+
+def is_damage(exc: BaseException) -> bool:
+    """True for errors that mean the file itself is bad (not the disk, a lock or permissions)."""
+    low = str(exc).lower()
+    return "malformed" in low or "not a database" in low or "corrupt" in low
+
+
+def move_aside(path: Path, *, when: datetime | None = None, sidecars: tuple[str, ...] = ()) -> Path:
+    """Rename a damaged store to ``<name>.damaged-<UTC time>`` (with its SQLite side files), so it is
+    kept for inspection and a fresh one can be created. Returns the new path. Raises OSError."""
+    stamp = (when or datetime.now(UTC)).astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+    target = path.with_name(f"{path.name}.damaged-{stamp}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.damaged-{stamp}-{n}")
+    os.rename(path, target)
+    for suffix in sidecars:
+        side = path.with_name(path.name + suffix)
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(side, target.with_name(target.name + suffix))
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return target
