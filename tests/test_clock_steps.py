@@ -54,9 +54,7 @@ def services() -> Iterator[list[AgentService]]:
     made: list[AgentService] = []
     yield made
     for s in made:
-        s.outbox.close()
-        s.patients.close()
-        s.audit.close()
+        s.close()
 
 
 def service(tmp_path: Path, t: Time, made: list[AgentService], **patient: object) -> AgentService:

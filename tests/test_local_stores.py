@@ -175,9 +175,7 @@ def test_the_status_names_a_store_moved_aside(tmp_path: Path) -> None:
         assert storage["held"] == {"ok": True, "error": None}
         assert storage["outbox"]["ok"] is True
     finally:
-        svc.outbox.close()
-        svc.patients.close()
-        svc.audit.close()
+        svc.close()
 
 
 def test_an_audit_log_that_cannot_be_opened_is_a_one_line_error(tmp_path: Path) -> None:

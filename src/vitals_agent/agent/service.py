@@ -78,12 +78,12 @@ class AgentService:
         # One agent per data_dir, taken before anything is written (token, outbox, gateway id, folders).
         self.lock = acquire_instance_lock(self.data_dir)
         try:
-            self._open(config, now)
+            self._open(config, now, clock)
         except BaseException:
             self.lock.release()
             raise
 
-    def _open(self, config: Config, now: Callable[[], datetime]) -> None:
+    def _open(self, config: Config, now: Callable[[], datetime], clock: Clock | None) -> None:
         self.gateway = gateway_eui64(config, self.data_dir)
         self.outbox = Outbox(self.data_dir)
         # one sender per enabled destination, each with its own queue rows, back-off and dead letters
