@@ -366,3 +366,12 @@ async def test_check_config_names_fhir_problems(tmp_path: Path, capsys: pytest.C
     path.write_text('[agent]\nfacility = "F"\n[fhir]\nenabled = true\nbase_url = "ftp://x"\n')
     assert await main(["check-config", str(path)]) == 1
     assert "fhir.base_url: must be an http:// or https:// URL" in capsys.readouterr().out
+    path.write_text(
+        f'[agent]\nfacility = "F"\ndata_dir = "{tmp_path / "data"}"\n[fhir]\nenabled = true\n'
+        f'base_url = "https://f/r4"\npatient_identifier_system = "urn:oid:2.999.1"\n'
+        f'bearer_token_file = "{tmp_path / "missing.token"}"\n'
+    )
+    assert await main(["check-config", str(path)]) == 1
+    assert f"fhir.bearer_token_file: {tmp_path / 'missing.token'} does not exist" in capsys.readouterr().out
+    (tmp_path / "missing.token").write_text("t")
+    assert await main(["check-config", str(path)]) == 0

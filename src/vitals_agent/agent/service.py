@@ -170,6 +170,7 @@ class AgentService:
             "sender": sender,
             "destinations": destinations,
             "refused": self.pipeline.refused,
+            "not_sent_to": dict(self.pipeline.not_for),  # destination -> readings its builder refused
             "parked": self.pipeline.parked,
             "storage": {
                 "outbox": sender["storage"],  # error, failing since, seconds until the agent stops

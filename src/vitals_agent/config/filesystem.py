@@ -104,10 +104,17 @@ def filesystem_problems(config: Config) -> list[tuple[str, str]]:
         problem = folder_problem(path) if kind == "folder" else output_folder_problem(path)
         if problem:
             problems.append((key, problem))
-    for name in ("ca_file", "cert_file", "key_file"):
-        file: Path | None = getattr(config.ehr, name)
+    named: list[tuple[str, Path | None]] = [
+        (f"ehr.{name}", getattr(config.ehr, name)) for name in ("ca_file", "cert_file", "key_file")
+    ]
+    if config.fhir.enabled:
+        named += [
+            (f"fhir.{name}", getattr(config.fhir, name))
+            for name in ("ca_file", "cert_file", "key_file", "bearer_token_file", "private_key_file")
+        ]
+    for key, file in named:
         if file is not None:
             problem = readable_file_problem(file)
             if problem:
-                problems.append((f"ehr.{name}", problem))
+                problems.append((key, problem))
     return problems
