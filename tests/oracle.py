@@ -23,7 +23,8 @@ Checks (each failure names the segment and field):
 * every DTM (MSH-7, OBR-7/8, OBX-14/19, PV1-44/45, OBX-5 of DTM/TS rows) has seconds and a zone offset;
 * PID-3 has an ID, PID-7 is a date, PID-8 in table 0001, PID-31 Y/N; PV1-2 in table 0004;
 * OBR-1 runs 1..n, OBR-3 and OBR-4 present; OBX-1 runs 1..n over the message; OBX-2 in table 0125;
-  OBX-11 in table 0085; OBX-4 dotted numbers, unique under each OBR and in numeric dictionary order;
+  OBX-11 in table 0085 (``F``/``C`` only with a clinician id in OBX-16); OBX-4 dotted numbers, unique
+  under each OBR and in numeric dictionary order;
   device rows (trailing ``.0``) have OBX-11 ``X`` and no value;
 * NM rows: OBX-5 a plain decimal (no NaN/Inf/exponent/empty), a UCUM unit from the codes.md allow-list in
   OBX-6 whose MDC unit code (if any) matches, and a value inside the metric's physiological range when
@@ -293,6 +294,8 @@ def _check_obx(seg: Segment, version: str, where: str) -> None:
             _fail(f"{where} OBX-8 flag {flag!r} unknown")
     _dtm(f"{where} OBX-14", seg[14])
     _dtm(f"{where} OBX-19", seg[19])
+    if seg[11] in ("F", "C") and not seg.text(16, 1):
+        _fail(f"{where} OBX-11 {seg[11]} (validated / corrected) without the clinician in OBX-16")
     if vt == "NM":
         _check_numeric(seg, where)
     elif vt in ("DTM", "TS"):

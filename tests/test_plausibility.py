@@ -47,6 +47,7 @@ TYPICAL: dict[str, Decimal] = {
     "body_temperature_skin": Decimal(33),
     **{k: Decimal(v) for k, v in (("body_weight", 70), ("body_height", 170), ("bmi", 24))},
     **{k: Decimal(v) for k, v in (("body_fat_pct", 25), ("respiratory_rate", 16), ("ecg_heart_rate", 72))},
+    **{k: Decimal(v) for k, v in (("pain_score", 3), ("oxygen_flow_rate", 6))},
     **{
         k: Decimal(v)
         for k, v in (("ecg_pr_interval", 160), ("ecg_qrs_duration", 90), ("ecg_qt_interval", 400))
@@ -58,7 +59,7 @@ TYPICAL: dict[str, Decimal] = {
     **{k: Decimal(v) for k, v in (("ecg_p_axis", 60), ("ecg_qrs_axis", 45), ("ecg_t_axis", 40))},
 }
 # Metrics for which 0 is a real reading (no carbon monoxide, no variability, an empty cuff).
-ZERO_IS_REAL = {"bp_cuff_pressure", "spco", "spmet", "pvi"}
+ZERO_IS_REAL = {"bp_cuff_pressure", "spco", "spmet", "pvi", "pain_score"}  # pain 0 = no pain
 # Electrical axes in degrees: negative is normal (left axis deviation); both -180..180 and -90..270 are used.
 AXES = {"ecg_p_axis", "ecg_qrs_axis", "ecg_t_axis"}
 

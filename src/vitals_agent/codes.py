@@ -42,6 +42,7 @@ class MetricInfo:
     vital_sign: str | None = None  # FHIR R4 core Vital Signs profile name (bp, heartrate, bodytemp ...)
     vital_sign_loinc: str | None = None  # the LOINC code that profile requires, when `loinc` is narrower
     body_site: str | None = None  # site the metric implies, "code^display^SCT" (codes.md §3)
+    manual: bool = False  # a clinician may enter it by hand (`vitals-agent manual`, the page's form)
 
     @property
     def send_mdc(self) -> bool:
@@ -74,6 +75,35 @@ class PanelInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class Answer:
+    """One coded answer of a qualifier: OBX-5 (CWE) ``code^display^system``."""
+
+    key: str
+    code: str
+    display: str
+    system: str  # HL7 coding system: SCT, HL70163, LN
+
+    @property
+    def cwe(self) -> str:
+        return f"{self.code}^{self.display}^{self.system}"
+
+
+@dataclass(frozen=True, slots=True)
+class QualifierInfo:
+    """Coded context a clinician enters by hand (BP position, arm, cuff size, temperature site, O2
+    delivery): sent as a CWE observation; ``site`` answers also go to OBX-20 of the values they qualify."""
+
+    key: str
+    name: str
+    refid: str
+    loinc: str | None
+    verified: str
+    answers: dict[str, Answer]
+    applies_to: str | None  # DeviceClass value of the readings it qualifies (blood_pressure ...)
+    site: bool  # the answer is a body site: it becomes OBX-20 of the qualified values that have none
+
+
+@dataclass(frozen=True, slots=True)
 class DeviceTypeInfo:
     mdc: int
     refid: str
@@ -87,6 +117,7 @@ class CodeTables:
     unit_aliases: dict[str, str]
     panels: dict[str, PanelInfo] = field(default_factory=dict)
     device_types: dict[str, DeviceTypeInfo] = field(default_factory=dict)  # DeviceClass value -> MDS code
+    qualifiers: dict[str, QualifierInfo] = field(default_factory=dict)  # coded manual context
 
     def panel_of(self, metric: str) -> PanelInfo | None:
         """The panel a metric is a component of, if any."""
@@ -170,9 +201,11 @@ def parse_tables(raw: dict[str, Any]) -> CodeTables:
             vital_sign=row.get("vital_sign"),
             vital_sign_loinc=row.get("vital_sign_loinc"),
             body_site=row.get("body_site"),
+            manual=bool(row.get("manual", False)),
         )
         for key, row in raw["metrics"].items()
     }
+    qualifiers = {key: _qualifier(key, row) for key, row in raw.get("qualifiers", {}).items()}
     panels = {
         key: PanelInfo(
             key=key,
@@ -206,4 +239,27 @@ def parse_tables(raw: dict[str, Any]) -> CodeTables:
         unit_aliases=aliases,
         panels=panels,
         device_types=device_types,
+        qualifiers=qualifiers,
+    )
+
+
+def _qualifier(key: str, row: dict[str, Any]) -> QualifierInfo:
+    """One ``[qualifiers.KEY]`` row; every answer is ``code^display^system``."""
+    answers: dict[str, Answer] = {}
+    for name, text in row.get("answers", {}).items():
+        parts = str(text).split("^")
+        if len(parts) != 3 or not all(parts):
+            raise ValueError(f"qualifiers.{key}.answers.{name}: must be 'code^display^system'")
+        answers[name] = Answer(name, *parts)
+    if not answers:
+        raise ValueError(f"qualifiers.{key}: needs answers")
+    return QualifierInfo(
+        key=key,
+        name=row["name"],
+        refid=row["refid"],
+        loinc=row.get("loinc"),
+        verified=row.get("verified", "U.-"),
+        answers=answers,
+        applies_to=row.get("applies_to"),
+        site=bool(row.get("site", False)),
     )

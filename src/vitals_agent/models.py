@@ -12,7 +12,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
 
 from vitals_agent.codes import tables
 
@@ -30,6 +30,7 @@ class DeviceClass(StrEnum):
     HEART_RATE = "heart_rate"
     ECG = "ecg"
     BARCODE = "barcode"
+    MANUAL = "manual"  # values a clinician entered by hand (no device measured them)
     OTHER = "other"
 
 
@@ -176,6 +177,89 @@ class Dropped(BaseModel):
     raw: str | None = None
 
 
+_XCN_FORBIDDEN = re.compile(r"[|^~\\&\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+
+def _person_text(value: str | None, what: str, max_len: int) -> str | None:
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
+        return None
+    if len(value) > max_len:
+        raise ValueError(f"{what} is longer than {max_len} characters")
+    if _XCN_FORBIDDEN.search(value):
+        raise ValueError(f"{what} contains a control character or one of | ^ ~ \\ &")
+    return value
+
+
+class Clinician(BaseModel):
+    """The person taking or validating the vitals: HL7 OBX-16 / OBR-10 ``id^family^given``, FHIR
+    ``performer``. The message never echoes a refused value."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str
+    family: str | None = None
+    given: str | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        cleaned = _person_text(value, "clinician id", 32)
+        if cleaned is None:
+            raise ValueError("clinician id is empty")
+        return cleaned
+
+    @field_validator("family", "given")
+    @classmethod
+    def _name(cls, value: str | None) -> str | None:
+        return _person_text(value, "clinician name", 60)
+
+    def display(self) -> str:
+        """``Anna Nurse (4711)``: for audit trails and a person at the screen."""
+        name = " ".join(x for x in (self.given, self.family) if x)
+        return f"{name} ({self.id})" if name else self.id
+
+
+class Qualifier(BaseModel):
+    """Coded context a clinician entered (BP position, arm, cuff size; temperature site; O2 delivery):
+    ``key`` names a row of ``[qualifiers]`` in the metric table, ``answer`` one of its answers."""
+
+    model_config = ConfigDict(frozen=True)
+
+    key: str
+    answer: str
+
+    @field_validator("key")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value not in tables().qualifiers:
+            raise ValueError(f"unknown qualifier {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _answer(self) -> Qualifier:
+        answers = tables().qualifiers[self.key].answers
+        if self.answer not in answers:
+            raise ValueError(f"{self.key}: {self.answer!r} is not one of {', '.join(answers)}")
+        return self
+
+
+class Series(BaseModel):
+    """A reading that is the mean of a measurement series (automated office blood pressure)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    taken: int  # readings the series took
+    averaged_at: tuple[datetime, ...]  # observation times of the readings in the mean, oldest first
+    discarded_first: bool = False  # the series' first reading was sent but left out of the mean
+
+    @property
+    def count(self) -> int:
+        return len(self.averaged_at)
+
+
 class Reading(BaseModel):
     """One measurement session of one device (one MDS): what becomes one ORU^R01."""
 
@@ -198,6 +282,8 @@ class Reading(BaseModel):
     # Once-only key (an EKG file's SHA-256): committed with the message in one outbox transaction; a
     # reading whose key is already recorded (or held) is not queued again, whatever crashed in between.
     dedupe_key: str | None = None
+    qualifiers: tuple[Qualifier, ...] = ()  # coded context a clinician entered (manual entries)
+    series: Series | None = None  # this reading is the mean of a series (its values are means)
 
     @field_validator("observed_at", "received_at", "device_time")
     @classmethod
@@ -229,6 +315,19 @@ class PatientScan(BaseModel):
     received_at: datetime
 
 
+class ClinicianScan(BaseModel):
+    """A badge scan (barcode driver, ``clinician_pattern``): signs a clinician in instead of a patient."""
+
+    model_config = ConfigDict(frozen=True)
+
+    device_id: str
+    clinician_id: str
+    family: str | None = None
+    given: str | None = None
+    raw: str
+    received_at: datetime
+
+
 class DeviceStatusEvent(BaseModel):
     """Non-measurement facts a driver learns: battery level, identity from the device, progress."""
 
@@ -239,4 +338,4 @@ class DeviceStatusEvent(BaseModel):
     note: str | None = None
 
 
-DeviceEvent = Reading | PatientScan | DeviceStatusEvent
+DeviceEvent = Reading | PatientScan | ClinicianScan | DeviceStatusEvent

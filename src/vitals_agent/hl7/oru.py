@@ -21,6 +21,18 @@ Choices made here (documented for the EHR interface team):
   the LOINC code as the alternate, in every ``code_system`` mode.
 * TEST/DEMO data is refused when MSH-11 is ``P`` (project policy, section 7.5), and so is a reading with
   nothing to send (no value, statement or attachment): :class:`MessageBuildError`.
+* Clinician review (issue #16, :class:`ResultReview`): OBX-11 of every row that is not a device row or an
+  unavailable value (``X``) is the review's status -- ``R`` device data nobody validated (the default),
+  ``F`` validated by a clinician, ``C`` a correction (only the corrected metrics' rows; the others keep
+  the status they had), ``W`` posted for the wrong patient / wrong. ``F`` and ``C`` need the clinician,
+  who goes to OBX-16 (``id^family^given``) of every such row; the clinician who took the vitals, when
+  known, to OBR-10. A re-sent review keeps OBR-2/3 and OBX-3/OBX-4, so the EHR updates the result.
+* Manual entries (``DeviceClass.MANUAL``): no device rows and no OBX-18; fixed OBX-4 numbers (respiration
+  rate 1, pain 2, height 3, O2 flow 4, then the coded qualifiers in table order) and CWE rows for the
+  qualifiers. ``also=`` adds such readings to the message as further OBR groups (one ORU per visit).
+* A series mean (automated office BP, ``Reading.series``): OBR-7/OBR-8 = the first and last averaged
+  readings, no OBX-14 (the values belong to the interval), OBX-17 ``ACALC``, and an NTE naming N and
+  the times. Its OBR-2/3 differ from the series' last reading's.
 """
 
 from __future__ import annotations
@@ -30,7 +42,7 @@ import hashlib
 import re
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from decimal import Decimal
@@ -39,11 +51,19 @@ from typing import Literal
 
 import structlog
 
-from vitals_agent.codes import LOCAL_CODE_SYSTEM, MetricInfo, tables
+from vitals_agent.codes import LOCAL_CODE_SYSTEM, MetricInfo, QualifierInfo, tables
 from vitals_agent.errors import VitalsAgentError
 from vitals_agent.hl7.escape import ENCODING_CHARACTERS, escape, escape_structured
 from vitals_agent.hl7.units import UnitConversionError, convert, convertible
-from vitals_agent.models import DeviceClass, DeviceIdentity, Flag, Measurement, Reading, ReadingFlag
+from vitals_agent.models import (
+    Clinician,
+    DeviceClass,
+    DeviceIdentity,
+    Flag,
+    Measurement,
+    Reading,
+    ReadingFlag,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -71,6 +91,9 @@ _PL_IS = {
     8: "floor",
 }
 IS_MAX = 20  # HL7 2.6 length of the IS data type (enforced by hl7apy STRICT)
+# Manual entries: stable OBX-4 numbers (then the qualifiers, in table order)
+MANUAL_ORDER = ("respiratory_rate", "pain_score", "body_height", "oxygen_flow_rate")
+MANUAL_METHOD = "MMEAS"  # TF-2 table B.8.6-2 manual-measurement: what marks a value a person entered
 
 _MDS: dict[DeviceClass, tuple[int, str]] = {
     DeviceClass.PULSE_OXIMETER: (528388, "MDC_DEV_SPEC_PROFILE_PULS_OXIM"),
@@ -175,6 +198,42 @@ class PatientIdentity:
     sex: str | None = None
     encounter: str | None = None
     identifier_type: str = "MR"
+
+
+ResultStatus = Literal["R", "F", "C", "W"]
+RESULT_STATUSES: tuple[str, ...] = ("R", "F", "C", "W")
+
+
+@dataclass(frozen=True)
+class ResultReview:
+    """What a clinician's review says about the values (OBX-11, OBX-16, OBR-10). The default is device
+    data nobody validated."""
+
+    status: ResultStatus = "R"
+    observer: Clinician | None = None  # OBX-16: who validated (required for F and C)
+    collector: Clinician | None = None  # OBR-10: who took the vitals, when known
+    corrected: frozenset[str] = frozenset()  # C: the metrics (or qualifiers) whose rows carry C
+    unchanged: Literal["R", "F"] = "R"  # C: the status of the rows that were not corrected
+    order_key: str = ""  # mixed into OBR-2/3: "" = the reading's own (a refile to another chart: new)
+
+    def __post_init__(self) -> None:
+        if self.status not in RESULT_STATUSES:
+            raise MessageBuildError(f"result status must be one of R F C W, not {self.status!r}")
+        if self.status in ("F", "C") and self.observer is None:
+            raise MessageBuildError(f"result status {self.status} needs the validating clinician (OBX-16)")
+        if self.unchanged not in ("R", "F"):
+            raise MessageBuildError("rows not corrected keep R or F")
+
+    def row_status(self, key: str) -> str:
+        if self.status != "C" or not self.corrected or key in self.corrected:
+            return self.status
+        return self.unchanged
+
+
+def xcn(person: Clinician) -> str:
+    """An XCN ``id^family^given`` (each part escaped)."""
+    parts = [escape(person.id), escape(person.family or ""), escape(person.given or "")]
+    return "^".join(parts).rstrip("^")
 
 
 def new_control_id() -> str:
@@ -287,26 +346,31 @@ def _slots(device_class: DeviceClass) -> tuple[frozenset[str] | None, ...]:
     elif device_class is DeviceClass.ECG:
         keys = [frozenset({k}) for k in metrics if k.startswith("ecg_")]
         keys.append(None)
+    elif device_class is DeviceClass.MANUAL:
+        keys = [frozenset({k}) for k in MANUAL_ORDER]
+        keys += [frozenset({f"q:{k}"}) for k in tables().qualifiers]
+        keys.append(None)
     else:
         keys = [frozenset({k}) for k in metrics]
         keys.append(None)
     return tuple(keys)
 
 
-def _numbering(reading: Reading, measurements: list[Measurement]) -> tuple[dict[int, int], int, int]:
-    """OBX-4 metric numbers for ``measurements`` (by index), the clock number and the next free number."""
+def _numbering(reading: Reading, keys: list[str]) -> tuple[dict[int, int], int, int]:
+    """OBX-4 metric numbers for ``keys`` (metric keys; ``q:KEY`` for qualifiers), by index; the clock
+    number and the next free number."""
     slots = _slots(reading.device_class)
     taken: set[int] = set()
     numbers: dict[int, int] = {}
-    for index, m in enumerate(measurements):
-        for pos, keys in enumerate(slots, start=1):
-            if keys is not None and m.metric in keys and pos not in taken:
+    for index, key in enumerate(keys):
+        for pos, slot in enumerate(slots, start=1):
+            if slot is not None and key in slot and pos not in taken:
                 numbers[index] = pos
                 taken.add(pos)
                 break
-    clock = next(pos for pos, keys in enumerate(slots, start=1) if keys is None)
+    clock = next(pos for pos, slot in enumerate(slots, start=1) if slot is None)
     next_free = len(slots) + 1
-    for index in range(len(measurements)):
+    for index in range(len(keys)):
         if index not in numbers:
             numbers[index] = next_free
             next_free += 1
@@ -335,6 +399,15 @@ def _observation_id(info: MetricInfo, system: str) -> str:
     if system == "mdc" and mdc:
         return mdc
     return _join(primary, loinc)
+
+
+def _qualifier_id(info: QualifierInfo, system: str) -> str:
+    """OBX-3 of a qualifier row: the local code, the LOINC code as the alternate (first in ``loinc``)."""
+    local = f"{escape(info.refid)}^{escape(info.name)}^{LOCAL_CODE_SYSTEM}"
+    loinc = f"{escape(info.loinc)}^{escape(info.name)}^LN" if info.loinc else None
+    if system == "loinc" and loinc:
+        return f"{loinc}^{local}"
+    return _join(local, loinc)
 
 
 def _method(code: str | None) -> str:
@@ -400,19 +473,21 @@ def _patient_segments(
     return _segment("PID", pid), _segment("PV1", pv1)
 
 
-def _filler_order(reading: Reading, profile: MessageProfile) -> str:
+def _filler_order(reading: Reading, profile: MessageProfile, order_key: str = "") -> str:
     d = reading.device
-    key = "|".join(
-        [
-            d.id,
-            d.eui64 or "",
-            d.serial_number or "",
-            reading.device_class.value,
-            reading.observed_at.astimezone(UTC).isoformat(),
-            "" if reading.sequence is None else str(reading.sequence),
-        ]
-    )
-    digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:8].upper()
+    parts = [
+        d.id,
+        d.eui64 or "",
+        d.serial_number or "",
+        reading.device_class.value,
+        reading.observed_at.astimezone(UTC).isoformat(),
+        "" if reading.sequence is None else str(reading.sequence),
+    ]
+    if reading.series is not None:  # the mean differs from the series' last reading
+        parts.append("mean:" + ",".join(t.astimezone(UTC).isoformat() for t in reading.series.averaged_at))
+    if order_key:
+        parts.append(order_key)
+    digest = hashlib.sha256("|".join(parts).encode("utf-8")).hexdigest()[:8].upper()
     gw = profile.gateway_eui64
     ns = escape(profile.sending_application)
     return f"{gw}{_utc14(reading.observed_at)}-{digest}^{ns}^{gw}^EUI-64"
@@ -425,28 +500,42 @@ def _statement_lines(statements: tuple[str, ...]) -> list[str]:
     return lines
 
 
-def build_oru(
-    reading: Reading,
-    profile: MessageProfile,
-    *,
-    control_id: str,
-    created_at: datetime,
-    patient: PatientIdentity | None = None,
-    late_associated: bool = False,
-) -> bytes:
-    """The ER7 message for ``reading``: segments each ending in CR, UTF-8 encoded."""
-    if not control_id or len(control_id) > 20 or not re.fullmatch(r"[A-Za-z0-9._-]+", control_id):
-        raise MessageBuildError("control id must be 1-20 characters of A-Z a-z 0-9 . _ -")
-    is_test = ReadingFlag.TEST_DATA in reading.flags or any(
+def _series_note(reading: Reading, tz: tzinfo) -> str | None:
+    series = reading.series
+    if series is None:
+        return None
+    times = ", ".join(format_dtm(t, tz) for t in series.averaged_at)
+    text = f"mean of {series.count} readings taken at {times}"
+    if series.discarded_first:
+        text += f"; the first of the series' {series.taken} readings was sent but not averaged"
+    return text
+
+
+def _is_test(reading: Reading) -> bool:
+    return ReadingFlag.TEST_DATA in reading.flags or any(
         f in (Flag.TEST, Flag.DEMO) for m in reading.measurements for f in m.flags
     )
-    if is_test and profile.processing_id == "P":
-        raise MessageBuildError("test/demo data must not be sent with processing id P (use D)")
+
+
+def _group(
+    reading: Reading, profile: MessageProfile, review: ResultReview
+) -> tuple[str, list[str], list[_Row]]:
+    """One ORDER_OBSERVATION group: OBR-2/3 (the filler number), the NTE texts after the OBR and the OBX
+    rows (without OBX-1, which runs over the whole message)."""
     tz = profile.tz
     v26 = profile.version == "2.6"
     observed = format_dtm(reading.observed_at, tz)
-    equipment = _equipment(reading.device, profile)
+    manual = reading.device_class is DeviceClass.MANUAL
+    equipment = "" if manual else _equipment(reading.device, profile)
     metric_equipment = "" if profile.hierarchy_rows else equipment
+    obx14 = "" if reading.series is not None else observed
+    observer = xcn(review.observer) if review.observer is not None else ""
+
+    def reviewed(fields: dict[int, str], key: str) -> dict[int, str]:
+        if fields.get(11) != "X":
+            fields[11] = review.row_status(key)
+            fields[16] = observer
+        return fields
 
     sendable: list[tuple[Measurement, MetricInfo]] = []
     for m in reading.measurements:
@@ -457,14 +546,17 @@ def build_oru(
             log.warning("non-finite value not sent", metric=m.metric)
             continue
         sendable.append((m, info))
-    numbers, clock_number, next_free = _numbering(reading, [m for m, _ in sendable])
+    qualifiers = [(q, tables().qualifiers[q.key]) for q in reading.qualifiers]
+    keys = [m.metric for m, _ in sendable] + [f"q:{q.key}" for q, _ in qualifiers]
+    numbers, clock_number, next_free = _numbering(reading, keys)
 
     rows: list[_Row] = []
-    if profile.hierarchy_rows:
+    if profile.hierarchy_rows and not manual:
         code, refid = _MDS.get(reading.device_class, _MULTI_PARAM_MDS)
         rows.append(_Row((1, 0, 0, 0), {3: f"{code}^{refid}^MDC", 11: "X", 18: equipment}))
     for index, (m, info) in enumerate(sendable):
         value, unit = _value_and_unit(m, info, profile)
+        method = "ACALC" if reading.series is not None else (m.method or info.method)
         fields = {
             2: "NM",
             3: _observation_id(info, profile.code_system),
@@ -472,31 +564,37 @@ def build_oru(
             6: _units(info, unit),
             8: "~".join(escape(f.value) for f in m.flags),
             11: "X" if any(f in _X_FLAGS for f in m.flags) else "R",
-            14: observed,
-            17: _method(m.method or info.method),
+            14: obx14,
+            17: _method(method),
             18: metric_equipment,
         }
-        row = _Row((1, 0, 0, numbers[index]), fields)
+        row = _Row((1, 0, 0, numbers[index]), reviewed(fields, m.metric))
         if m.site:
             if v26:
                 fields[20] = escape_structured(m.site, subcomponents=())
             else:
                 row.notes.append(f"Observation site: {m.site.replace('^', ' ').strip()}")
         rows.append(row)
+    for offset, (q, qinfo) in enumerate(qualifiers):
+        answer = qinfo.answers[q.answer]
+        fields = {
+            2: "CWE" if v26 else "CE",
+            3: _qualifier_id(qinfo, profile.code_system),
+            5: f"{escape(answer.code)}^{escape(answer.display)}^{escape(answer.system)}",
+            14: obx14,
+            17: _method(MANUAL_METHOD),
+        }
+        rows.append(_Row((1, 0, 0, numbers[len(sendable) + offset]), reviewed(fields, q.key)))
     if reading.device_time is not None and reading.device_time.year >= MIN_DEVICE_CLOCK_YEAR:
-        rows.append(
-            _Row(
-                (1, 0, 0, clock_number),
-                {
-                    2: "DTM" if v26 else "TS",
-                    3: DEVICE_CLOCK_CODE,
-                    5: format_dtm(reading.device_time, tz),
-                    11: "R",
-                    14: format_dtm(reading.received_at, tz),
-                    18: metric_equipment,
-                },
-            )
-        )
+        fields = {
+            2: "DTM" if v26 else "TS",
+            3: DEVICE_CLOCK_CODE,
+            5: format_dtm(reading.device_time, tz),
+            11: "R",
+            14: format_dtm(reading.received_at, tz),
+            18: metric_equipment,
+        }
+        rows.append(_Row((1, 0, 0, clock_number), reviewed(fields, "device_clock")))
     if profile.code_system == "loinc":
         statement_code = f"{INTERPRETATION_LOINC}^{INTERPRETATION_LOCAL}"
     else:
@@ -507,11 +605,10 @@ def build_oru(
             2: "ST" if len(line) <= ST_MAX else "TX",
             3: statement_code,
             5: escape(line),
-            11: "R",
-            14: observed,
+            14: obx14,
             18: metric_equipment,
         }
-        rows.append(_Row((1, 0, 0, next_free), fields))
+        rows.append(_Row((1, 0, 0, next_free), reviewed(fields, "ecg_interpretation")))
         next_free += 1
     for attachment in reading.attachments:
         kind, _, subtype = attachment.media_type.partition("/")
@@ -520,36 +617,78 @@ def build_oru(
             2: "ED",
             3: ATTACHMENT_CODE,
             5: f"^{escape(kind)}^{escape(subtype)}^Base64^{data}",
-            11: "R",
-            14: observed,
+            14: obx14,
             18: metric_equipment,
         }
-        rows.append(_Row((1, 0, 0, next_free), fields, [f"Attachment: {attachment.name}"]))
+        rows.append(
+            _Row((1, 0, 0, next_free), reviewed(fields, "attachment"), [f"Attachment: {attachment.name}"])
+        )
         next_free += 1
-    if not (sendable or reading.attachments or statements):
+    if not (sendable or qualifiers or reading.attachments or statements):
         raise MessageBuildError("the reading has no value, statement or attachment to send")
     rows.sort(key=lambda r: r.sub_id)
+    notes = []
+    if ReadingFlag.LATE_ASSOCIATED in reading.flags:
+        notes.append("late-associated: held until patient was set")
+    series_note = _series_note(reading, tz)
+    if series_note:
+        notes.append(series_note)
+    return _filler_order(reading, profile, review.order_key), notes, rows
+
+
+def build_oru(
+    reading: Reading,
+    profile: MessageProfile,
+    *,
+    control_id: str,
+    created_at: datetime,
+    patient: PatientIdentity | None = None,
+    late_associated: bool = False,
+    review: ResultReview | None = None,
+    also: Sequence[Reading] = (),
+) -> bytes:
+    """The ER7 message for ``reading``: segments each ending in CR, UTF-8 encoded.
+
+    ``review``: OBX-11/OBX-16/OBR-10 (default: ``R``, nobody validated). ``also``: further readings (a
+    clinician's manual entries of the same visit) as further OBR groups of the same message; the patient
+    is ``reading``'s."""
+    if not control_id or len(control_id) > 20 or not re.fullmatch(r"[A-Za-z0-9._-]+", control_id):
+        raise MessageBuildError("control id must be 1-20 characters of A-Z a-z 0-9 . _ -")
+    review = review or ResultReview()
+    readings = [reading, *also]
+    if any(_is_test(r) for r in readings) and profile.processing_id == "P":
+        raise MessageBuildError("test/demo data must not be sent with processing id P (use D)")
+    tz = profile.tz
 
     body: list[str] = []
-    filler = _filler_order(reading, profile)
     pid, pv1 = _patient_segments(reading, profile, patient)
     body += [pid, pv1]
-    body.append(
-        _segment(
-            "OBR",
-            {1: "1", 2: filler, 3: filler, 4: STANDING_ORDER, 7: observed},
-        )
-    )
-    if late_associated or ReadingFlag.LATE_ASSOCIATED in reading.flags:
+    collector = xcn(review.collector) if review.collector is not None else ""
+    set_id = 0
+    for index, group in enumerate(readings):
+        filler, notes, rows = _group(group, profile, review)
+        series = group.series
+        start = format_dtm(series.averaged_at[0], tz) if series else format_dtm(group.observed_at, tz)
+        end = format_dtm(series.averaged_at[-1], tz) if series else ""
         body.append(
-            _segment("NTE", {1: "1", 2: "L", 3: "late-associated: held until patient was set", 4: _REMARK})
+            _segment(
+                "OBR",
+                {1: str(index + 1), 2: filler, 3: filler, 4: STANDING_ORDER, 7: start, 8: end, 10: collector},
+            )
         )
-    for set_id, row in enumerate(rows, start=1):
-        row.fields[1] = str(set_id)
-        row.fields[4] = ".".join(str(n) for n in row.sub_id)
-        body.append(_segment("OBX", row.fields))
-        for note_id, note in enumerate(row.notes, start=1):
+        if index == 0 and late_associated and ReadingFlag.LATE_ASSOCIATED not in group.flags:
+            notes.insert(0, "late-associated: held until patient was set")
+        for note_id, note in enumerate(notes, start=1):
             body.append(_segment("NTE", {1: str(note_id), 2: "L", 3: escape(_one_line(note)), 4: _REMARK}))
+        for row in rows:
+            set_id += 1
+            row.fields[1] = str(set_id)
+            row.fields[4] = ".".join(str(n) for n in row.sub_id)
+            body.append(_segment("OBX", row.fields))
+            for note_id, note in enumerate(row.notes, start=1):
+                body.append(
+                    _segment("NTE", {1: str(note_id), 2: "L", 3: escape(_one_line(note)), 4: _REMARK})
+                )
 
     header_values = (
         profile.facility,
