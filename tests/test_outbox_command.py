@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sqlite3
 import time
 from pathlib import Path
 
@@ -37,7 +39,8 @@ async def test_list(data: Path, capsys: pytest.CaptureFixture[str]) -> None:
         ("3", "queued", "C2", "spo2-room12"),
         ("2", "dead", "C1", "spo2-room12"),
     ]
-    assert "rejected by the receiver (AR): AR: unsupported" in out[-1]
+    assert out[-1].endswith("rejected by the receiver (AR) (receiver text hidden; --show-phi shows it)")
+    assert "unsupported" not in "\n".join(out)  # the receiver's MSA-3 may echo patient data
     assert SECRET not in "\n".join(out)
 
 
@@ -111,3 +114,110 @@ async def test_config_finds_data_dir(data: Path, tmp_path: Path, capsys: pytest.
     config.write_text(f'[agent]\nfacility = "X"\ndata_dir = "{data}"\n')
     assert await main(["outbox", "list", "--queued", "--config", str(config)]) == 0
     assert capsys.readouterr().out.splitlines()[0] == "2 queued, 1 dead"
+
+
+# --- the receiver's text and the audit trail (#10 minors) -------------------------------------------------
+
+ECHO = "AE: unknown patient DOE^JANE-SECRET"
+
+
+def audit_events(data: Path) -> list[dict[str, object]]:
+    from vitals_agent.agent.audit import read_audit
+
+    path = data / "audit.jsonl"
+    return list(read_audit(path)) if path.exists() else []
+
+
+@pytest.fixture
+def echoing(data: Path) -> Path:
+    """A queued message with a negative answer and a dead letter whose receiver text echoes a name."""
+    ob = Outbox(data)
+    ob.mark_failure(1, ECHO, negative=True)
+    ob.close()
+    conn = sqlite3.connect(data / "outbox.sqlite3")
+    conn.execute("UPDATE dead_letter SET ack_text = ?", (ECHO,))
+    conn.commit()
+    conn.close()
+    return data
+
+
+async def test_receiver_text_is_shown_only_with_show_phi_and_that_is_audited(
+    echoing: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for argv in (["list"], ["list", "--json"], ["show", "1"], ["show", "2", "--json"]):
+        assert await main(["outbox", *argv, "--data-dir", str(echoing)]) == 0
+        out = capsys.readouterr().out
+        assert "DOE^JANE" not in out and "SECRET" not in out, argv
+        assert "hidden" in out, argv
+    assert audit_events(echoing) == []  # nothing with patient data was shown: nothing to audit
+    assert await main(["outbox", "list", "--show-phi", "--data-dir", str(echoing)]) == 0
+    listed = capsys.readouterr().out
+    assert "rejected by the receiver (AR): AE: unknown patient DOE^JANE-SECRET" in listed
+    assert "hidden" not in listed
+    assert await main(["outbox", "show", "C1", "--show-phi", "--data-dir", str(echoing)]) == 0
+    out = capsys.readouterr().out
+    assert ECHO in out and SECRET in out
+    events = audit_events(echoing)
+    assert [e["event"] for e in events] == ["outbox_listed", "outbox_shown"]
+    shown = events[1]
+    assert (shown["ids"], shown["control_ids"], shown["show_phi"], shown["channel"]) == (
+        [2],
+        ["C1"],
+        True,
+        "cli",
+    )
+    assert shown["uid"] == os.getuid() and shown["user"]
+
+
+async def test_retry_and_purge_are_audited(data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert await main(["outbox", "retry", "C1", "--data-dir", str(data)]) == 0
+    ob = Outbox(data)
+    ob.dead_letter(1, "test")
+    ob.close()
+    assert await main(["outbox", "retry", "--all-dead", "--data-dir", str(data)]) == 0
+    ob = Outbox(data)
+    ob.dead_letter(3, "test")
+    ob.close()
+    assert await main(["outbox", "purge", "--dead", "--older-than", "0s", "--data-dir", str(data)]) == 0
+    capsys.readouterr()
+    events = [(e["event"], e.get("ids"), e.get("count")) for e in audit_events(data)]
+    assert events == [("outbox_retried", [2], 1), ("outbox_retried", [1], 1), ("outbox_purged", None, 1)]
+    seqs = [e["seq"] for e in audit_events(data)]
+    assert seqs == [1, 2, 3]
+
+
+async def test_an_action_that_cannot_be_audited_is_not_done(
+    data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (data / "audit.jsonl").mkdir()
+    assert await main(["outbox", "retry", "2", "--data-dir", str(data)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"error: cannot open the audit log {data / 'audit.jsonl'}: is a directory; "
+        "nothing was done (every outbox action is audited)"
+    )
+    ob = Outbox(data)
+    assert ob.dead_count() == 1  # still dead: not retried
+    ob.close()
+    assert await main(["outbox", "show", "2", "--show-phi", "--data-dir", str(data)]) == 1
+    assert SECRET not in capsys.readouterr().out
+
+
+def test_the_agent_and_the_tools_share_the_audit_sequence(tmp_path: Path) -> None:
+    """Two writers (the running agent and an operator tool) append to one file: seq stays unique."""
+    from vitals_agent.agent.audit import AuditLog, read_audit
+
+    agent = AuditLog.in_dir(tmp_path)
+    agent.record("a1")
+    tool = AuditLog.in_dir(tmp_path)
+    tool.record("t1")
+    agent.record("a2")
+    tool.record("t2")
+    agent.close()
+    tool.close()
+    assert [(e["event"], e["seq"]) for e in read_audit(tmp_path / "audit.jsonl")] == [
+        ("a1", 1),
+        ("t1", 2),
+        ("a2", 3),
+        ("t2", 4),
+    ]

@@ -14,6 +14,7 @@ that copies and archives (``logrotate copytruncate`` is *not* appropriate for an
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -28,6 +29,11 @@ import structlog
 from vitals_agent.agent.storage import explain
 from vitals_agent.errors import VitalsAgentError
 from vitals_agent.models import Reading
+
+try:
+    import fcntl
+except ImportError:  # no advisory locks on this platform: one writer process at a time
+    fcntl = None  # type: ignore[assignment]
 
 log = structlog.get_logger(__name__)
 
@@ -101,6 +107,7 @@ class AuditLog:
             raise AuditError(f"cannot open the audit log {path}: {explain(exc)}") from None
         self._fd: int | None = fd
         self._seq = self._count_lines()
+        self._size = os.fstat(fd).st_size  # where our last record ended: a bigger file had another writer
 
     @classmethod
     def in_dir(cls, data_dir: Path, *, now: Callable[[], datetime] = _utc_now) -> AuditLog:
@@ -121,21 +128,36 @@ class AuditLog:
         with self._lock:
             if self._fd is None:
                 raise AuditError("audit log is closed")
-            self._seq += 1
-            entry: dict[str, Any] = {"ts": self._now().astimezone(UTC).isoformat(), "seq": self._seq}
-            entry["event"] = event
-            entry.update(fields)
-            line = (json.dumps(entry, default=_default, ensure_ascii=False, sort_keys=False) + "\n").encode()
+            fd = self._fd
             try:
+                # The agent and the operator tools (``vitals-agent outbox``) append to the same file: one
+                # writer at a time, and ``seq`` recounted when another process wrote since our last record.
+                if fcntl is not None:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                size = os.fstat(fd).st_size
+                if size != self._size:
+                    self._seq = self._count_lines()
+                self._seq += 1
+                entry: dict[str, Any] = {"ts": self._now().astimezone(UTC).isoformat(), "seq": self._seq}
+                entry["event"] = event
+                entry.update(fields)
+                line = (
+                    json.dumps(entry, default=_default, ensure_ascii=False, sort_keys=False) + "\n"
+                ).encode()
                 written = 0
                 while written < len(line):
-                    written += os.write(self._fd, line[written:])
-                os.fsync(self._fd)
+                    written += os.write(fd, line[written:])
+                os.fsync(fd)
+                self._size = size + written
             except OSError as exc:
                 log.error(
                     "audit record could not be written", audit_event=event, error=exc.strerror or str(exc)
                 )
                 raise AuditError(f"cannot write audit log {self.path}: {exc.strerror or exc}") from None
+            finally:
+                if fcntl is not None:
+                    with contextlib.suppress(OSError):
+                        fcntl.flock(fd, fcntl.LOCK_UN)
             return entry
 
     # --- typed helpers: the events the agent writes ------------------------------------------------

@@ -10,7 +10,13 @@ Every subcommand takes ``--config FILE`` (to find ``[agent] data_dir``; default:
 locking keep both consistent) and never creates one. Run by root on the service's ``data_dir``, it first
 becomes the directory's owner (and says so), so no root-owned file is left for the service to trip over.
 Message bodies hold patient data: ``show`` prints only the MSH segment and the segment names unless
-``--show-phi`` is given (a FHIR Bundle: its identifier and each entry's method and resource type).
+``--show-phi`` is given (a FHIR Bundle: its identifier and each entry's method and resource type). The
+receiver's free text (MSA-3/ERR of a negative ACK, a FHIR OperationOutcome), which receivers use to echo
+patient names and ids, is shown by ``list`` and ``show`` only with ``--show-phi`` as well.
+
+Every action that touches patient data or the queue is an audit record in ``data_dir/audit.jsonl``
+(``outbox_retried``, ``outbox_purged``, ``outbox_shown`` / ``outbox_listed`` with ``--show-phi``), with the
+operating-system user who ran it; the action is refused when the audit log cannot be written.
 ``show`` and ``retry`` take the row id or the MSH-10 (control id). Each row is one reading for one
 destination (``TO``: ``ehr`` or ``fhir``); a reading sent to both has two rows with the same control id.
 """
@@ -19,13 +25,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from vitals_agent.agent.instance import run_as_data_dir_owner
+from vitals_agent.agent.audit import CHANNEL_CLI, AuditError, AuditLog
+from vitals_agent.agent.instance import run_as_data_dir_owner, user_name
 from vitals_agent.agent.outbox import DeadLetter, Outbox, OutboxMessage
 from vitals_agent.commands._options import add_config_option, config_from
 from vitals_agent.errors import ConfigError, VitalsAgentError
@@ -69,12 +77,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     which.add_argument("--queued", action="store_true", help="only messages waiting for delivery")
     q.add_argument("--limit", type=int, default=1000, help="at most this many of each (default 1000)")
     q.add_argument("--json", action="store_true", help="one JSON object per line")
+    q.add_argument(
+        "--show-phi",
+        action="store_true",
+        help="include the receiver's error text (it may echo patient data; audited)",
+    )
     q.set_defaults(func=cmd_list)
 
     q = osub.add_parser("show", help="show one message (body redacted unless --show-phi)")
     common(q)
     q.add_argument("id", metavar="ID", help="message id or MSH-10 control id (from `outbox list`)")
-    q.add_argument("--show-phi", action="store_true", help="print the whole message, patient data included")
+    q.add_argument(
+        "--show-phi",
+        action="store_true",
+        help="print the whole message and the receiver's text, patient data included (audited)",
+    )
     q.add_argument("--json", action="store_true", help="print as JSON")
     q.set_defaults(func=cmd_show)
 
@@ -92,6 +109,38 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--older-than", type=parse_duration, required=True, metavar="AGE", help="e.g. 7d, 12h, 30m"
     )
     q.set_defaults(func=cmd_purge)
+
+
+def _operator() -> dict[str, Any]:
+    """Who runs the command, for the audit record (taken before any switch to the data dir's owner)."""
+    uid = os.getuid()
+    who: dict[str, Any] = {"channel": CHANNEL_CLI, "uid": uid, "user": user_name(uid)}
+    if os.environ.get("SUDO_USER"):
+        who["sudo_user"] = os.environ["SUDO_USER"]
+    return who
+
+
+class _Audited:
+    """The outbox and the audit log, opened together: an action that cannot be audited is not done."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.operator = _operator()
+        self.outbox = _open(args)
+        try:
+            self.audit = AuditLog.in_dir(self.outbox.data_dir)
+        except AuditError as exc:
+            self.outbox.close()
+            raise VitalsAgentError(f"{exc}; nothing was done (every outbox action is audited)") from None
+
+    def record(self, event: str, **fields: Any) -> None:
+        try:
+            self.audit.record(event, **self.operator, **fields)
+        except AuditError as exc:
+            raise VitalsAgentError(f"{exc}; the action was not audited") from None
+
+    def close(self) -> None:
+        self.outbox.close()
+        self.audit.close()
 
 
 def _open(args: argparse.Namespace) -> Outbox:
@@ -128,7 +177,27 @@ def _one_line(text: str | None, width: int = 100) -> str:
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
-def _record(item: OutboxMessage | DeadLetter) -> dict[str, Any]:
+HIDDEN = "receiver text hidden; --show-phi shows it"
+
+
+def _record(item: OutboxMessage | DeadLetter, *, show_phi: bool = False) -> dict[str, Any]:
+    """One row for ``list``/``show``. Without ``show_phi`` the receiver's free text (``ack_text``, and
+    ``last_error`` once the receiver answered negatively) is withheld: receivers echo patient data in it."""
+    rec = _raw_record(item)
+    if not show_phi:
+        hidden = False
+        if rec.get("ack_text"):
+            rec["ack_text"] = None
+            hidden = True
+        if rec.get("nacks") and rec.get("last_error"):
+            rec["last_error"] = None
+            hidden = True
+        if hidden:
+            rec["receiver_text"] = "hidden"
+    return rec
+
+
+def _raw_record(item: OutboxMessage | DeadLetter) -> dict[str, Any]:
     if isinstance(item, DeadLetter):
         return {
             "id": item.id,
@@ -196,7 +265,8 @@ def redact(body: bytes) -> str:
 
 
 async def cmd_list(args: argparse.Namespace) -> int:
-    outbox = _open(args)
+    session = _Audited(args) if args.show_phi else None
+    outbox = session.outbox if session is not None else _open(args)
     try:
         items: list[OutboxMessage | DeadLetter] = []
         if not args.dead:
@@ -204,11 +274,16 @@ async def cmd_list(args: argparse.Namespace) -> int:
         if not args.queued:
             items.extend(outbox.list_dead(args.limit))
         depth, dead = outbox.depth(), outbox.dead_count()
+        if session is not None:
+            session.record("outbox_listed", show_phi=True, rows=len(items))
     finally:
-        outbox.close()
+        if session is not None:
+            session.close()
+        else:
+            outbox.close()
     if args.json:
         for item in items:
-            print(json.dumps(_record(item)))
+            print(json.dumps(_record(item, show_phi=args.show_phi)))
         return 0
     print(f"{depth} queued, {dead} dead")
     if items:
@@ -217,10 +292,12 @@ async def cmd_list(args: argparse.Namespace) -> int:
             f"{'CREATED (UTC)':<25}  {'TRIES':>5}  NOTE"
         )
     for item in items:
-        rec = _record(item)
+        rec = _record(item, show_phi=args.show_phi)
         note = rec.get("reason") or rec.get("last_error") or ""
         if rec.get("ack_text") and rec["ack_text"] != note:
             note = f"{note}: {rec['ack_text']}"
+        if rec.get("receiver_text") == "hidden":
+            note = f"{note} ({HIDDEN})" if note else f"({HIDDEN})"
         print(
             f"{rec['id']:>7}  {rec['state']:<6}  {rec['control_id']:<22}  {rec['device_id']:<16}  "
             f"{rec['destination']:<4}  {rec['created_at']:<25}  {rec['attempts']:>5}  {_one_line(note)}"
@@ -229,15 +306,26 @@ async def cmd_list(args: argparse.Namespace) -> int:
 
 
 async def cmd_show(args: argparse.Namespace) -> int:
-    outbox = _open(args)
+    session = _Audited(args) if args.show_phi else None
+    outbox = session.outbox if session is not None else _open(args)
     try:
         items = _lookup(outbox, args.id)
+        if items and session is not None:  # before anything is printed
+            session.record(
+                "outbox_shown",
+                show_phi=True,
+                ids=[item.id for item in items],
+                control_ids=sorted({item.control_id for item in items}),
+            )
     finally:
-        outbox.close()
+        if session is not None:
+            session.close()
+        else:
+            outbox.close()
     if not items:
         raise VitalsAgentError(f"no message with id or MSH-10 {args.id!r} (see `vitals-agent outbox list`)")
     for index, item in enumerate(items):
-        rec = _record(item)
+        rec = _record(item, show_phi=args.show_phi)
         body = item.body.decode("utf-8", "replace") if args.show_phi else redact(item.body)
         if args.json:
             rec["body"] = body
@@ -256,10 +344,19 @@ async def cmd_show(args: argparse.Namespace) -> int:
 
 
 async def cmd_retry(args: argparse.Namespace) -> int:
-    outbox = _open(args)
+    session = _Audited(args)
+    outbox = session.outbox
     try:
         if args.all_dead:
+            every = outbox.list_dead(limit=1_000_000)
             moved = outbox.retry_dead()
+            session.record(
+                "outbox_retried",
+                all_dead=True,
+                count=moved,
+                ids=[d.id for d in every],
+                control_ids=sorted({d.control_id for d in every}),
+            )
             print(f"re-queued {moved} dead letter(s)")
             return 0
         items = _lookup(outbox, args.id)
@@ -269,20 +366,28 @@ async def cmd_retry(args: argparse.Namespace) -> int:
         if not dead:
             item = items[0]
             raise VitalsAgentError(f"message {item.id} ({item.control_id}) is already queued, not dead")
-        for item in dead:
-            outbox.retry_dead(item.id)
+        moved_items = [item for item in dead if outbox.retry_dead(item.id)]
+        session.record(
+            "outbox_retried",
+            all_dead=False,
+            count=len(moved_items),
+            ids=[item.id for item in moved_items],
+            control_ids=sorted({item.control_id for item in moved_items}),
+        )
+        for item in moved_items:
             to = f" for {item.destination}" if item.destination != "ehr" else ""
             print(f"re-queued message {item.id} ({item.control_id}){to}; it keeps its MSH-10")
     finally:
-        outbox.close()
+        session.close()
     return 0
 
 
 async def cmd_purge(args: argparse.Namespace) -> int:
-    outbox = _open(args)
+    session = _Audited(args)
     try:
-        removed = outbox.purge_dead(args.older_than)
+        removed = session.outbox.purge_dead(args.older_than)
+        session.record("outbox_purged", older_than_seconds=args.older_than, count=removed)
     finally:
-        outbox.close()
+        session.close()
     print(f"purged {removed} dead letter(s) older than {format_duration(args.older_than)}")
     return 0
