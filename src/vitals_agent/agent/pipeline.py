@@ -273,7 +273,11 @@ class Pipeline:
             return None
         details = decision.details
         control_id = control_id or new_control_id()
-        bodies = self._build(device_id, reading, control_id, details, late=late_patient is not None)
+        # built off the event loop: an EKG with a 10 MiB original costs ~0.1 s per format (base64, and the
+        # Bundle's validation), which must not stall the other devices' reads
+        bodies = await asyncio.to_thread(
+            self._build, device_id, reading, control_id, details, late=late_patient is not None
+        )
         meta = {"device": device_id, "observed_at": reading.observed_at.isoformat()}
         try:
             first, *others = bodies.items()

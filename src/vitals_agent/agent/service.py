@@ -99,11 +99,13 @@ class AgentService:
         if config.fhir.enabled:
             from vitals_agent.agent.fhir_sender import FhirSender  # aiohttp only when FHIR is used
             from vitals_agent.agent.profile import fhir_profile as make_fhir_profile
+            from vitals_agent.fhir.bundle import load_models
 
             self.senders["fhir"] = FhirSender(
                 self.outbox, config.fhir, storage_give_up=config.agent.storage_give_up_seconds
             )
             fhir_profile = make_fhir_profile(config, self.gateway)
+            load_models()  # at start, not on the first reading
         self.sender = next(iter(self.senders.values()))  # the first destination (the EHR when enabled)
         self.audit = AuditLog.in_dir(self.data_dir)
         self.clock = clock or Clock(wall=now)  # monotonic ages, wall-clock step watch (clock.py)
