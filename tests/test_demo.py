@@ -38,3 +38,12 @@ def test_demo_shows_acknowledged_valid_messages_from_every_simulated_device_and_
         "MDC_DEV_SPEC_PROFILE_BP",
         "MDC_DEV_SPEC_PROFILE_SCALE",
     }
+    # scan -> lookup -> confirm -> bound: the demo's wristband is looked up in the EHR (a valid QBP^Q22),
+    # confirmed, and the ORUs after that carry the EHR's patient
+    assert "<< EHR received patient query QBP^Q22" in out
+    assert "** nurse confirms" in out
+    bound = [validate_oru("\r".join(line[3:] for line in b.splitlines())) for b in messages]
+    pids = [p.pid for p in bound if p.pid.text(3, 1) == "ZQ4471902"]
+    assert pids, "no ORU was bound to the scanned, confirmed patient"
+    assert all((p[5], p[7], p[8]) == ("QUIRKE^ODALYS^^^^^L", "19610923", "F") for p in pids)
+    assert out.index("** nurse confirms") < out.index("PID|||ZQ4471902")

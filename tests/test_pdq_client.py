@@ -279,3 +279,23 @@ async def test_receive_pdq_bad_csv_is_one_line(
     assert await main(["receive", "--port", "0", "--pdq", str(csv_file)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+async def test_check_config_reports_pdq_problems(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from vitals_agent.cli import main
+
+    base = f'[agent]\nfacility = "X"\ndata_dir = "{tmp_path / "data"}"\n'
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(base + '[pdq]\nmode = "fhir"\n')
+    assert await main(["check-config", str(cfg)]) == 1
+    assert capsys.readouterr().out.startswith("pdq: base_url is required")
+    cfg.write_text(
+        base + f'[pdq]\nport = 3375\ntls = true\nca_file = "{tmp_path}/none.pem"\npdq_fallback = "x"\n'
+    )
+    assert await main(["check-config", str(cfg)]) == 1
+    assert "pdq.pdq_fallback: must be 'refuse' or 'typed'" in capsys.readouterr().out
+    cfg.write_text(base + f'[pdq]\nport = 3375\ntls = true\nca_file = "{tmp_path}/none.pem"\n')
+    assert await main(["check-config", str(cfg)]) == 1
+    assert f"pdq.ca_file: {tmp_path}/none.pem does not exist" in capsys.readouterr().out
+    cfg.write_text(base + '[pdq]\nport = 3375\nassigning_authority = "EXCLINIC&2.999.1&ISO"\n')
+    assert await main(["check-config", str(cfg)]) == 0

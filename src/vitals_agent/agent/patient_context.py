@@ -56,6 +56,8 @@ HELD_FILE = "held.sqlite3"
 HELD_SCHEMA_VERSION = 1
 _T = TypeVar("_T")
 CHANNELS = frozenset({"cli", "api", "barcode"})
+VERIFIED_EHR = "ehr"  # the EHR answered with this patient and a person confirmed it
+VERIFIED_NO = "unverified"  # bound as typed while the EHR could not be asked (pdq_fallback = "typed")
 
 # Control characters (C0, DEL, C1 including U+0085 NEL) and the Unicode line/paragraph separators: a
 # receiver may take any of them for a line break. HL7 delimiters are refused in patient fields as well.
@@ -104,6 +106,20 @@ class PatientDetails(BaseModel):
     sex: str | None = None  # F | M | U | O | A | N (HL7 table 0001)
     encounter: str | None = None  # PV1-19
     identifier_type: str = "MR"  # CX-5
+    # CX-4 when the EHR named the patient's domain (a PDQ answer); None: [patient] assigning_authority
+    assigning_authority: str | None = None
+
+    @field_validator("assigning_authority")
+    @classmethod
+    def _authority(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip()
+        if len(value) > 200:
+            raise ValueError("assigning authority is longer than 200 characters")
+        if re.search(r"[|~\\\x00-\x1f\x7f]", value):
+            raise ValueError("assigning authority contains a control character or one of | ~ \\")
+        return value
 
     @field_validator("mrn")
     @classmethod
@@ -199,6 +215,7 @@ class PatientSnapshot(TypedDict):
     """The patient part of the status page / ``vitals-agent status`` (filled by the context manager)."""
 
     set: bool
+    verified: str | None  # "ehr" (confirmed against the EHR), "unverified" (typed fallback), None (no PDQ)
     revealed: bool
     mrn: str | None  # masked ("••••78") unless revealed
     name: str | None  # initials unless revealed
@@ -229,6 +246,7 @@ class PatientContext:
     # step neither ends the context at once nor stretches it. Not persisted (meaningless after a reboot).
     set_mono: float = field(default=0.0, compare=False)
     active_mono: float = field(default=0.0, compare=False)
+    verified: str | None = None  # VERIFIED_EHR, VERIFIED_NO (typed while the EHR could not be asked), None
 
     def expires_at(self, timeout: timedelta) -> datetime:
         return self.last_activity + timeout
@@ -241,6 +259,7 @@ class PatientContext:
             "set_at": self.set_at.isoformat(),
             "last_activity": self.last_activity.isoformat(),
             "client": self.client,
+            "verified": self.verified,
         }
 
     @classmethod
@@ -252,6 +271,7 @@ class PatientContext:
             set_at=datetime.fromisoformat(data["set_at"]),
             last_activity=datetime.fromisoformat(data["last_activity"]),
             client=data.get("client"),
+            verified=data.get("verified"),
         )
 
 
@@ -279,6 +299,8 @@ class HeldReading:
 # Hands a released reading to the pipeline: (device id, reading marked late-associated, patient,
 # reserved MSH-10) -> the MSH-10 of the queued message, or None if it could not be queued (it stays held).
 Releaser = Callable[[str, Reading, PatientDetails, str | None], Awaitable[str | None]]
+# The same for a reading sent unbound after all (a patient confirmation was cancelled or expired).
+UnboundReleaser = Callable[[str, Reading, str | None], Awaitable[str | None]]
 
 
 # ------------------------------------------------------------------------------------------ serialisation
@@ -529,6 +551,12 @@ class PatientContextManager:
         self.timeout = timedelta(minutes=config.patient_timeout_minutes)
         self.hold_timeout = timedelta(minutes=config.hold_timeout_minutes)
         self.releaser: Releaser | None = None
+        self.unbound_releaser: UnboundReleaser | None = None
+        # Set by the patient lookup (agent/patient_lookup.py): True while a confirmation is pending, when
+        # every reading is held whatever require_patient says.
+        self.pending_check: Callable[[datetime], bool] | None = None
+        # Set by the patient lookup: a wristband scan starts a lookup instead of binding the room.
+        self.scan_handler: Callable[[PatientDetails, str, str | None], None] | None = None
         self._release_lock: Any = None  # asyncio.Lock, created lazily in the running loop
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._file = data_dir / CONTEXT_FILE
@@ -643,6 +671,7 @@ class PatientContextManager:
         source: str | None = None,
         now: datetime | None = None,
         caller: Mapping[str, Any] | None = None,
+        verified: str | None = None,
     ) -> PatientContext:
         """Make ``patient`` the room's patient (replacing any other). Audited; persisted.
 
@@ -653,7 +682,7 @@ class PatientContextManager:
         previous = self._context
         client = caller.get("client") if caller else None
         context = PatientContext(
-            patient, channel, source, now, now, str(client) if client else None, mono, mono
+            patient, channel, source, now, now, str(client) if client else None, mono, mono, verified
         )
         # Audit first: if the trail cannot be written, the context does not change (AuditError).
         self.audit.record(
@@ -664,6 +693,7 @@ class PatientContextManager:
             replaced_mrn=previous.patient.mrn if previous else None,
             expires_at=self._expires(context),
             **(caller or {}),
+            **({"verified": verified} if verified is not None else {}),
         )
         self._context = context
         self._save()
@@ -763,15 +793,20 @@ class PatientContextManager:
         if details is not None:
             self.touch(now)
             return Route(details)
-        if not self.config.require_patient:
+        pending = self.pending_check is not None and self.pending_check(now)
+        if not (pending or self.config.require_patient):
             return Route(None)
         held_id = self.held.add(device_id, reading, now)
         self._held_mono[held_id] = self.clock.mono_at(now)
         self.audit.reading_accepted(
             device_id=device_id, control_id=None, reading=reading, patient=None, disposition="held"
         )
-        self.audit.record("reading_held", held_id=held_id, device_id=device_id)
-        log.info("reading held until a patient is set", device=device_id, held_id=held_id)
+        reason = "patient confirmation pending" if pending else "no patient set"
+        self.audit.record("reading_held", held_id=held_id, device_id=device_id, reason=reason)
+        if pending:
+            log.info("reading held until the patient is confirmed", device=device_id, held_id=held_id)
+        else:
+            log.info("reading held until a patient is set", device=device_id, held_id=held_id)
         return Route(None, held_id=held_id)
 
     def expire_held(self, now: datetime | None = None) -> int:
@@ -855,6 +890,39 @@ class PatientContextManager:
                 log.info("held readings sent after a patient was set", count=released)
         return released
 
+    async def release_held_unbound(self) -> int:
+        """Send what was held as unbound readings (a confirmation was cancelled or expired and
+        ``require_patient`` is off). Only while no patient is set and nothing is pending."""
+        import asyncio
+
+        if self.unbound_releaser is None:
+            return 0
+        if self._release_lock is None:
+            self._release_lock = asyncio.Lock()
+        released = 0
+        async with self._release_lock:
+            for item in self.held.all():
+                now = self._now()
+                pending = self.pending_check is not None and self.pending_check(now)
+                if self.current_details(now) is not None or pending or self.config.require_patient:
+                    break
+                control_id = await self.unbound_releaser(item.device_id, item.reading, item.control_id)
+                if control_id is None:
+                    break
+                self.held.remove(item.id)
+                released += 1
+                self.audit.record(
+                    "held_released",
+                    held_id=item.id,
+                    device_id=item.device_id,
+                    control_id=control_id,
+                    patient_mrn=None,
+                    held_at=item.held_at,
+                )
+            if released:
+                log.info("held readings sent unbound", count=released)
+        return released
+
     # --- async entry points for the service, the control API and the barcode driver -----------------
     async def apply_set(
         self,
@@ -863,8 +931,9 @@ class PatientContextManager:
         *,
         source: str | None = None,
         caller: Mapping[str, Any] | None = None,
+        verified: str | None = None,
     ) -> PatientContext:
-        ctx = self.set(patient, channel, source=source, caller=caller)
+        ctx = self.set(patient, channel, source=source, caller=caller, verified=verified)
         await self.release_held()
         return ctx
 
@@ -878,6 +947,9 @@ class PatientContextManager:
             return
         self.audit.record("scan", device_id=scan.device_id, mrn=scan.mrn, raw=scan.raw)
         log.info("wristband scanned", device=scan.device_id)
+        if self.scan_handler is not None:
+            self.scan_handler(details, CHANNEL_BARCODE, scan.device_id)
+            return
         await self.apply_set(details, CHANNEL_BARCODE, source=scan.device_id)
 
     def tick(self, now: datetime | None = None) -> None:
@@ -919,6 +991,7 @@ class PatientContextManager:
         count, oldest = self.held.summary()
         snap: PatientSnapshot = {
             "set": ctx is not None,
+            "verified": ctx.verified if ctx else None,
             "revealed": reveal and ctx is not None,
             "mrn": None,
             "name": None,

@@ -40,7 +40,6 @@ from vitals_agent.hl7.pdq import (
     build_qbp,
     parse_rsp,
 )
-from vitals_agent.hl7.pdqm import MEDIA_TYPE, parse_bundle, search_url
 
 log = structlog.get_logger(__name__)
 
@@ -183,6 +182,9 @@ class FhirPdqClient:
         return token
 
     async def lookup(self, mrn: str) -> Lookup:
+        # fhir.resources is loaded only in this mode (about 0.5 s and several MiB for its models)
+        from vitals_agent.hl7.pdqm import MEDIA_TYPE, parse_bundle, search_url
+
         url = search_url(self.base_url, self.system, mrn, self.config.max_results)
         headers = {"Accept": MEDIA_TYPE}
         token = self._token()
@@ -207,13 +209,11 @@ class FhirPdqClient:
                 f"the PDQm server {self.base_url} did not answer within {timeout:g} s"
             ) from None
         except aiohttp.ClientSSLError as exc:
-            raise PdqUnavailableError(
-                f"TLS with the PDQm server {self.base_url} failed: {_ssl_reason(exc)}"
-            ) from None
+            why = _scrub(_ssl_reason(exc), mrn)
+            raise PdqUnavailableError(f"TLS with the PDQm server {self.base_url} failed: {why}") from None
         except aiohttp.ClientError as exc:
-            raise PdqUnavailableError(
-                f"cannot reach the PDQm server {self.base_url}: {_client_reason(exc)}"
-            ) from None
+            why = _scrub(_client_reason(exc), mrn)
+            raise PdqUnavailableError(f"cannot reach the PDQm server {self.base_url}: {why}") from None
         elapsed = int((time.monotonic() - started) * 1000)
         if status in (401, 403):
             raise PdqRefusedError(f"HTTP {status}", ("check pdq.bearer_token_file / client certificate",))
@@ -228,6 +228,16 @@ class FhirPdqClient:
         except PdqProtocolError as exc:
             raise PdqUnavailableError(f"PDQm server {self.base_url}: {exc}") from None
         return Lookup(mrn, request_id, result, self.mode, elapsed)
+
+
+def _scrub(text: str, mrn: str) -> str:
+    """An HTTP library's message may quote the request URL, which holds the MRN: never pass it on."""
+    from urllib.parse import quote, quote_plus
+
+    for form in {mrn.strip(), quote(mrn.strip()), quote_plus(mrn.strip())}:
+        if form:
+            text = text.replace(form, "\u2022\u2022\u2022")
+    return text
 
 
 def _ssl_reason(exc: BaseException) -> str:

@@ -167,9 +167,10 @@ class Pipeline:
         )
 
     async def release_held(
-        self, device_id: str, reading: Reading, patient: PatientDetails, control_id: str | None = None
+        self, device_id: str, reading: Reading, patient: PatientDetails | None, control_id: str | None = None
     ) -> str | None:
-        """PatientContextManager.releaser: queue a held reading for ``patient`` (late-associated) under the
+        """PatientContextManager.releaser: queue a held reading for ``patient`` (late-associated; None, the
+        unbound releaser: through the usual patient rules, i.e. unbound once nothing holds it) under the
         MSH-10 reserved when it was held. Already queued (a release interrupted by a crash): nothing new."""
         runtime = self._runtimes.get(device_id)
         if runtime is None:
@@ -182,6 +183,12 @@ class Pipeline:
         except (OutboxError, RefusedError):
             return None  # logged and counted by accept; stays held
         return accepted.control_id if accepted else None
+
+    async def release_unbound(
+        self, device_id: str, reading: Reading, control_id: str | None = None
+    ) -> str | None:
+        """PatientContextManager.unbound_releaser."""
+        return await self.release_held(device_id, reading, None, control_id)
 
     async def _seen_before(self, device_id: str, key: str) -> bool:
         """Whether a reading with this once-only key was queued (recorded with its message) or is held."""

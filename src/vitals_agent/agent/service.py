@@ -28,6 +28,7 @@ from vitals_agent.agent.limits import raise_open_files_limit
 from vitals_agent.agent.outbox import Outbox
 from vitals_agent.agent.paths import data_dir, device_zone, gateway_eui64
 from vitals_agent.agent.patient_context import PatientContextManager
+from vitals_agent.agent.patient_lookup import PatientLookup
 from vitals_agent.agent.pipeline import Pipeline
 from vitals_agent.agent.profile import message_profile
 from vitals_agent.agent.runtime import DeviceRuntimeImpl
@@ -122,12 +123,21 @@ class AgentService:
             clock=self.clock,
         )
         self.patients.releaser = self.pipeline.release_held
+        self.patients.unbound_releaser = self.pipeline.release_unbound
+        self.lookup: PatientLookup | None = None
+        if config.pdq is not None:
+            self.lookup = patient_lookup(config, self.gateway, self.patients, self.audit, now=now)
         for sender in self.senders.values():
             sender.audit = self.audit
         self.control: ControlServer | None = None
         if config.control.enabled:
             self.control = ControlServer(
-                self.data_dir, self.patients, self.status, host=config.control.host, port=config.control.port
+                self.data_dir,
+                self.patients,
+                self.status,
+                host=config.control.host,
+                port=config.control.port,
+                lookup=self.lookup,
             )
         self.runtimes: dict[str, DeviceRuntimeImpl] = {}
         self.supervisors: dict[str, DeviceSupervisor] = {}
@@ -193,6 +203,8 @@ class AgentService:
             await asyncio.sleep(1.0)
             try:
                 await self.pipeline.tick()
+                if self.lookup is not None:
+                    self.lookup.tick()
             except VitalsAgentError as exc:  # logged and counted where it happened; keep ticking
                 log.debug("tick: reading not accepted", error=str(exc))
             except Exception:  # a bug must not silently stop expiry, hold timeouts and interval reports
@@ -263,6 +275,8 @@ class AgentService:
                     await asyncio.wait_for(self.control.stop(), timeout=CONTROL_STOP_TIMEOUT)
                 except TimeoutError:
                     log.warning("control API did not stop in time")
+            if self.lookup is not None:
+                await self.lookup.close()
             self.close()
             log.info("agent stopped")
         failure = next((f for f in map(_storage_failure, sender_tasks) if f is not None), None)
@@ -296,6 +310,26 @@ def _storage_failure(task: asyncio.Task[None]) -> StorageFailedError | None:
         return None
     exc = task.exception()
     return exc if isinstance(exc, StorageFailedError) else None
+
+
+def patient_lookup(
+    config: Config,
+    gateway: str,
+    patients: PatientContextManager,
+    audit: AuditLog,
+    *,
+    now: Callable[[], datetime],
+) -> PatientLookup:
+    """The ``[pdq]`` lookup-then-confirm flow (the query says who we are as the ORUs do)."""
+    from vitals_agent.agent.pdq import Sender, pdq_client
+
+    assert config.pdq is not None
+    sender = Sender(
+        application=f"{config.ehr.sending_application}^{gateway}^EUI-64",
+        facility=config.agent.facility,
+        processing_id=config.ehr.processing_id,
+    )
+    return PatientLookup(patients, pdq_client(config.pdq, sender), config.pdq, audit, now=now)
 
 
 def install_signal_handlers(stop: asyncio.Event) -> None:

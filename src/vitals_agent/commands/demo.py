@@ -3,6 +3,10 @@
 Everything real except the two ends: each simulated device plays its protocol on a pseudo-terminal that
 the agent opens with pyserial like a USB serial port; messages go over real TCP/MLLP to a receiver built
 on python-hl7, which prints each ORU^R01 and acknowledges it. Data stays in a temporary directory.
+
+The receiver is also the EHR's patient lookup (IHE PDQ): a simulated wristband scanner scans MRN
+``ZQ4471902`` after a few seconds, the agent asks the EHR (QBP^Q22), shows the answer for confirmation,
+the demo confirms it as the nurse would, and the ORUs from then on carry the EHR's patient.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import asyncio
 import shutil
 import sys
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +25,8 @@ from vitals_agent.agent.service import AgentService, install_signal_handlers
 from vitals_agent.config.schema import parse_config
 from vitals_agent.drivers.base import Simulator, all_drivers
 from vitals_agent.drivers.pty import PtyDevice
+from vitals_agent.hl7.oru import new_control_id
+from vitals_agent.hl7.pdq import Authority, PdqCandidate, PdqDirectory
 from vitals_agent.hl7.receiver import start_receiver
 from vitals_agent.logs import setup_logging
 
@@ -29,6 +36,22 @@ DEMO_DEVICES: list[tuple[str, str, str, float, dict[str, Any]]] = [
     ("nibp-demo", "suntech-advantage", "every", 10.0, {"interval": 0.5, "auto_start": True}),
     ("scale-demo", "scale-ascii", "every", 10.0, {"interval": 0.5}),
 ]
+
+
+DEMO_AUTHORITY = "DEMO_CLINIC&2.999.1&ISO"
+DEMO_MRN = "ZQ4471902"
+DEMO_PATIENT = PdqCandidate(
+    mrn=DEMO_MRN,
+    authority=Authority.parse(DEMO_AUTHORITY),
+    identifier_type="MR",
+    family="QUIRKE",
+    given="ODALYS",
+    birth_date="19610923",
+    sex="F",
+    encounter="V778",
+)
+SCAN_AFTER = 2.5  # seconds: the first readings go out unbound, by room
+CONFIRM_AFTER = 1.5  # seconds the "nurse" looks at the name and date of birth
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -61,6 +84,33 @@ def _print_reading(accepted: Accepted) -> None:
     print(f"   queued as {accepted.control_id}")
 
 
+async def _later(seconds: float, work: Any) -> None:
+    await asyncio.sleep(seconds)
+    await work
+
+
+async def _confirm_when_pending(service: AgentService) -> None:
+    """Plays the nurse at the workstation: reads the EHR's answer and confirms it."""
+    lookup = service.lookup
+    if lookup is None:
+        return
+    while True:
+        view = lookup.view(reveal=True)
+        if view is not None and view["state"] == "confirm":
+            break
+        await asyncio.sleep(0.1)
+    (who,) = view["candidates"]
+    print(
+        f"\n** wristband scanned; the EHR says: {who['name']}, born {who['birth_date']}, sex {who['sex']}"
+        f" -- pending confirmation ({view['held']} reading(s) held meanwhile)"
+    )
+    await asyncio.sleep(CONFIRM_AFTER)
+    print(
+        "** nurse confirms: readings from now on (and those held) go to this patient, from the EHR's answer"
+    )
+    await lookup.confirm("api", source="demo nurse")
+
+
 def _field(message: str, segment: str, index: int) -> str:
     for seg in message.replace("\n", "\r").split("\r"):
         if seg.startswith(segment + "|"):
@@ -77,8 +127,14 @@ async def cmd_demo(args: argparse.Namespace) -> int:
     data = args.data_dir or workdir / "data"
     acked: list[str] = []
 
+    directory = PdqDirectory(
+        [DEMO_PATIENT], authority=Authority.parse(DEMO_AUTHORITY), application="DEMO_EHR"
+    )
+
     def on_message(text: str) -> None:
         control_id = _field(text, "MSH", 10)
+        if _field(text, "MSH", 9).startswith("QBP"):
+            return  # printed with its answer
         print(f"<< EHR received ORU^R01 {control_id}:")
         for seg in text.replace("\n", "\r").split("\r"):
             if seg:
@@ -86,7 +142,21 @@ async def cmd_demo(args: argparse.Namespace) -> int:
         print(f"<< EHR answered ACK  MSA|AA|{control_id}")
         acked.append(control_id)
 
-    receiver = await start_receiver("127.0.0.1", 0, on_message)
+    def answer(text: str) -> str | None:
+        if not _field(text, "MSH", 9).startswith("QBP"):
+            return None
+        print(f"\n<< EHR received patient query QBP^Q22 {_field(text, 'MSH', 10)}:")
+        for seg in text.replace("\n", "\r").split("\r")[1:]:
+            if seg:
+                print(f"   {seg}")
+        rsp = directory.answer(text, control_id=new_control_id(), now=datetime.now(UTC))
+        print("<< EHR answered RSP^K22:")
+        for seg in rsp.split("\r")[1:]:
+            if seg.startswith(("QAK", "PID")):
+                print(f"   {seg}")
+        return rsp
+
+    receiver = await start_receiver("127.0.0.1", 0, on_message, answer=answer)
     ptys: list[PtyDevice] = []
     sims: list[asyncio.Task[None]] = []
     devices: list[dict[str, Any]] = []
@@ -106,10 +176,23 @@ async def cmd_demo(args: argparse.Namespace) -> int:
                 "report_seconds": seconds,
             }
         )
+    scanner = _simulator("barcode", {"codes": [DEMO_MRN], "interval": 1.0})
+    if scanner is not None:
+        pty = PtyDevice(workdir / "tty-scanner").open()
+        ptys.append(pty)
+        sims.append(asyncio.create_task(_later(SCAN_AFTER, scanner.run(pty)), name="sim:scanner"))
+        devices.append({"id": "wristband", "driver": "barcode", "port": str(pty.link)})
     config = parse_config(
         {
             "agent": {"facility": "DEMO_CLINIC", "location": "DEMO^ROOM1", "data_dir": str(data)},
             "ehr": {"host": "127.0.0.1", "port": receiver.port, "processing_id": "D"},
+            "patient": {"assigning_authority": DEMO_AUTHORITY},
+            "pdq": {
+                "host": "127.0.0.1",
+                "port": receiver.port,
+                "receiving_application": "DEMO_EHR",
+                "assigning_authority": DEMO_AUTHORITY,
+            },
             "control": {"enabled": False},
             "devices": devices,
         }
@@ -119,11 +202,14 @@ async def cmd_demo(args: argparse.Namespace) -> int:
         f"EHR receiver on 127.0.0.1:{receiver.port}"
     )
     for dev in devices:
-        print(f"   {dev['id']:<11} {dev['driver']:<18} on {dev['port']}  (report={dev['report']})")
+        report = f"  (report={dev['report']})" if "report" in dev else "  (wristband scanner)"
+        print(f"   {dev['id']:<11} {dev['driver']:<18} on {dev['port']}{report}")
     service = AgentService(config)
     service.pipeline.observers.append(_print_reading)
     stop = asyncio.Event()
     install_signal_handlers(stop)
+    nurse = asyncio.create_task(_confirm_when_pending(service), name="nurse")
+    sims.append(nurse)
 
     async def stop_later() -> None:
         await asyncio.sleep(args.seconds)

@@ -1,9 +1,14 @@
-"""``vitals-agent patient set|clear|show|scan|discard-held``: the room's patient, via the running agent.
+"""``vitals-agent patient set|confirm|cancel|clear|show|scan|discard-held``: the room's patient, via the
+running agent.
 
 Each subcommand finds the running agent through ``--config`` (its ``data_dir`` holds ``control.json`` and the
 ``control.token`` only the agent's user can read) and talks to its control API on loopback. ``scan`` is for
 keyboard-wedge scanners: it reads one line from standard input (``--loop``: one per line until end of
 input) and applies the ``[patient] mrn_pattern``.
+
+With ``[pdq]`` configured, ``set`` and ``scan`` look the MRN up in the EHR: one match is left pending and
+shown masked (initials, year of birth); ``confirm`` binds it (``--pick N`` among several), ``cancel``
+drops it. No match, or an EHR that cannot be asked, exits 1 with one line and binds nothing.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from vitals_agent.agent.control import ControlClient, patient_line
+from vitals_agent.agent.control import ControlClient, ControlError, patient_line
+from vitals_agent.agent.control.page import WAITING_LINE, pending_line
 from vitals_agent.agent.patient_context import PatientDetails
 from vitals_agent.commands._options import add_config_option, config_from
 from vitals_agent.drivers.barcode import extract_mrn
@@ -36,6 +42,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.add_argument("--encounter", metavar="VISIT", help="visit number (PV1-19)")
     _common(s)
     s.set_defaults(func=cmd_set)
+
+    f = psub.add_parser("confirm", help="bind the patient the EHR answered with ([pdq]; after set or a scan)")
+    f.add_argument("--pick", type=int, metavar="N", help="which one, when several patients match")
+    _common(f)
+    f.set_defaults(func=cmd_confirm)
+
+    x = psub.add_parser("cancel", help="drop a pending confirmation ([pdq]); nothing is bound")
+    _common(x)
+    x.set_defaults(func=cmd_cancel)
 
     c = psub.add_parser("clear", help="end the room's patient context (next readings are unbound)")
     _common(c)
@@ -90,9 +105,48 @@ async def cmd_set(args: argparse.Namespace) -> int:
         identifier_type=config.patient.identifier_type,
     )
     body: dict[str, Any] = {**details.model_dump(exclude_none=True), "channel": "cli", "source": _user()}
-    data = await ControlClient.from_config(config).call("PUT", "/api/patient", body)
-    _print_replaced(data)
+    return await _put(ControlClient.from_config(config), body)
+
+
+async def _put(client: ControlClient, body: dict[str, Any]) -> int:
+    """PUT /api/patient and say what happened: bound, pending confirmation, no match, EHR trouble."""
+    status, data = await client.request("PUT", "/api/patient", body)
+    outcome = data.get("outcome") if isinstance(data, dict) else None
+    if outcome is None:
+        if status != 200:
+            message = data.get("error") if isinstance(data, dict) else None
+            raise ControlError(message or f"the agent answered HTTP {status}")
+        _print_replaced(data)
+        _print_patient(data)
+        return 0
+    message = str(data.get("message") or data.get("error") or outcome)
+    if outcome == "pending":
+        print(message)
+        return 0
+    if outcome == "fallback":
+        print(message, file=sys.stderr)
+        _print_patient(data)
+        return 0
+    print(message, file=sys.stderr)  # no match, or the EHR could not be asked: nothing bound
+    return 1
+
+
+async def cmd_confirm(args: argparse.Namespace) -> int:
+    config = config_from(args)
+    body: dict[str, Any] = {"channel": "cli", "source": _user()}
+    if args.pick is not None:
+        body["pick"] = args.pick
+    data = await ControlClient.from_config(config).call("POST", "/api/patient/confirm", body)
     _print_patient(data)
+    return 0
+
+
+async def cmd_cancel(args: argparse.Namespace) -> int:
+    config = config_from(args)
+    data = await ControlClient.from_config(config).call(
+        "POST", "/api/patient/cancel", {"channel": "cli", "source": _user()}
+    )
+    print("confirmation cancelled; nothing was bound" if data.get("cancelled") else "nothing was pending")
     return 0
 
 
@@ -122,7 +176,14 @@ async def cmd_show(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(data.get("patient"), indent=2))
     else:
-        _print_patient(data)
+        pending = data.get("pending")
+        patient = data.get("patient")
+        if isinstance(pending, dict) and not (isinstance(patient, dict) and patient.get("set")):
+            print(WAITING_LINE)
+        else:
+            _print_patient(data)
+        if isinstance(pending, dict):
+            print(pending_line(pending, _now()))
     return 0
 
 
@@ -154,11 +215,10 @@ async def cmd_scan(args: argparse.Namespace) -> int:
             "channel": "barcode",
             "source": "keyboard",
         }
-        data = await client.call("PUT", "/api/patient", body)
-        _print_replaced(data)
-        _print_patient(data)
+        code = await _put(client, body)
+        status = status or code
         if not args.loop:
-            return 0
+            return code
 
 
 async def cmd_discard_held(args: argparse.Namespace) -> int:

@@ -112,6 +112,11 @@ def filesystem_problems(config: Config) -> list[tuple[str, str]]:
             (f"fhir.{name}", getattr(config.fhir, name))
             for name in ("ca_file", "cert_file", "key_file", "bearer_token_file", "private_key_file")
         ]
+    if config.pdq is not None:
+        named += [
+            (f"pdq.{name}", getattr(config.pdq, name))
+            for name in ("ca_file", "cert_file", "key_file", "bearer_token_file")
+        ]
     for key, file in named:
         if file is not None:
             problem = readable_file_problem(file)

@@ -1,6 +1,7 @@
 """The configuration file: TOML, validated by pydantic, every problem reported as ``key.path: message``.
 
-Top-level sections each live in their own module (``agent_section``, ``ehr``, ``patient``, ``control``);
+Top-level sections each live in their own module (``agent_section``, ``ehr``, ``patient``, ``control``,
+``pdq``);
 ``[[devices]]`` tables have common keys (below) plus the keys of their driver's options model, so a driver
 adds its own keys without touching this file. Unknown keys are errors everywhere (typo protection).
 """
@@ -18,6 +19,7 @@ from vitals_agent.config.control import ControlConfig
 from vitals_agent.config.ehr import EhrConfig
 from vitals_agent.config.fhir import FhirConfig
 from vitals_agent.config.patient import PatientConfig
+from vitals_agent.config.pdq import PdqConfig
 from vitals_agent.drivers.base import DriverOptions, driver_class, local_path_keys
 from vitals_agent.errors import ConfigError, UnknownDriverError
 
@@ -71,6 +73,7 @@ class Config(BaseModel):
     patient: PatientConfig = Field(default_factory=PatientConfig)
     control: ControlConfig = Field(default_factory=ControlConfig)
     fhir: FhirConfig = Field(default_factory=FhirConfig)
+    pdq: PdqConfig | None = None  # confirm the patient against the EHR (IHE PDQ); absent: trust the MRN
     devices: list[DeviceConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")

@@ -198,6 +198,7 @@ class PatientIdentity:
     sex: str | None = None
     encounter: str | None = None
     identifier_type: str = "MR"
+    assigning_authority: str | None = None  # CX-4 (HD, "NS&UID&TYPE"); None: the profile's
 
 
 ResultStatus = Literal["R", "F", "C", "W"]
@@ -449,7 +450,9 @@ def _patient_segments(
     if patient is not None:
         if not patient.mrn.strip():
             raise MessageBuildError("the bound patient has an empty MRN")
-        pid[3] = f"{escape(patient.mrn)}^^^{authority}^{escape(patient.identifier_type)}"
+        own = patient.assigning_authority
+        domain = escape_structured(own, components=False) if own else authority
+        pid[3] = f"{escape(patient.mrn)}^^^{domain}^{escape(patient.identifier_type)}"
         pid[5] = _name(patient.family, patient.given)
         pid[7] = _birth_date(patient.birth_date)
         pid[8] = _sex(patient.sex)

@@ -218,9 +218,93 @@ def patient_line(p: Mapping[str, Any], now: datetime) -> str:
         via = str(p.get("channel") or "?") + (f" ({', '.join(said)})" if said else "")
         set_at, expires = when(p.get("set_at"), now), when(p.get("expires_at"), now)
         line = f"Patient {who}: set via {via} at {set_at}, expires {expires}"
+        if p.get("verified") == "ehr":
+            line += "; confirmed against the EHR"
+        elif p.get("verified") == "unverified":
+            line += "; UNVERIFIED: bound as typed while the EHR could not be asked"
     if p.get("held"):
         line += f"; {p['held']} held reading(s), oldest {when(p.get('oldest_held_at'), now)}"
     return line
+
+
+WAITING_LINE = "No patient bound yet: readings are HELD until the patient is confirmed or cancelled"
+
+
+def pending_line(v: Mapping[str, Any], now: datetime) -> str:
+    """One line about a pending patient confirmation (``[pdq]``), masked unless the view was revealed."""
+    held = f"; {v['held']} reading(s) held until then" if v.get("held") else ""
+    if v.get("state") != "confirm":
+        return f"Asking the EHR about MRN {v.get('mrn')} ...{held}"
+    candidates = list(v.get("candidates") or [])
+    expires = when(v.get("expires_at"), now)
+    if len(candidates) == 1:
+        return (
+            f"Waiting for confirmation: {candidates[0].get('line')} (MRN {v.get('mrn')}); "
+            f"confirm with: vitals-agent patient confirm; expires {expires}{held}"
+        )
+    listed = "; ".join(f"{c.get('n')}) {c.get('line')}" for c in candidates)
+    return (
+        f"Waiting for a choice: {len(candidates)} patients with MRN {v.get('mrn')} in the EHR: {listed}; "
+        f"choose with: vitals-agent patient confirm --pick N; expires {expires}{held}"
+    )
+
+
+def _sex(code: Any) -> str:
+    names = {
+        "F": "female",
+        "M": "male",
+        "O": "other",
+        "U": "unknown",
+        "A": "ambiguous",
+        "N": "not applicable",
+    }
+    return f"{names.get(str(code), str(code))} ({code})" if code else "not given"
+
+
+def pending_html(v: Mapping[str, Any], form_token: str, now: datetime) -> str:
+    """The confirmation card: what the EHR answered, in full, with Confirm (per candidate) and Cancel."""
+    token = f'<input type="hidden" name="csrf" value="{_e(form_token)}">'
+    held = (
+        f'<p class="muted">{_e(v["held"])} reading(s) taken since are held until you confirm or cancel.</p>'
+        if v.get("held")
+        else ""
+    )
+    if v.get("state") != "confirm":
+        return (
+            '<div id="pending" class="card pending"><p>Asking the EHR who MRN '
+            f"<b>{_e(v.get('mrn'))}</b> is &hellip;</p>{held}</div>"
+        )
+    candidates = list(v.get("candidates") or [])
+    ask = (
+        "Is this the patient in the room?"
+        if len(candidates) == 1
+        else f"{len(candidates)} patients have this MRN in the EHR. Which one is in the room?"
+    )
+    if v.get("more"):
+        ask += " (The EHR has more; check the wristband.)"
+    rows = []
+    for c in candidates:
+        n = int(c.get("n") or 0)
+        visit = f" &middot; visit {_e(c['encounter'])}" if c.get("encounter") else ""
+        rows.append(
+            f'<div class="candidate" data-n="{n}">'
+            f'<div><span class="who">{_e(c.get("name") or "(no name)")}</span><br>'
+            f'born <b class="dob">{_e(c.get("birth_date") or "not given")}</b> &middot; '
+            f'sex <b class="sex">{_e(_sex(c.get("sex")))}</b> &middot; MRN {_e(c.get("mrn"))}{visit}</div>'
+            f'<form method="post" action="/patient/confirm">{token}'
+            f'<input type="hidden" name="pick" value="{n}">'
+            f'<button type="submit" class="btn confirm" id="confirm-{n}">Confirm</button></form></div>'
+        )
+    cancel = (
+        f'<form method="post" action="/patient/cancel">{token}'
+        '<button type="submit" class="btn cancel" id="cancel">Cancel</button></form>'
+    )
+    return (
+        f'<div id="pending" class="card pending"><p class="ask">Wristband / entered MRN '
+        f"<b>{_e(v.get('mrn'))}</b>. {_e(ask)}</p>{''.join(rows)}"
+        f'<div class="actions"><span class="muted">Expires {_e(when(v.get("expires_at"), now))}.</span>'
+        f"{cancel}</div>{held}</div>"
+    )
 
 
 def _counters(status: Mapping[str, Any]) -> list[tuple[str, int]]:
@@ -240,12 +324,15 @@ def _counters(status: Mapping[str, Any]) -> list[tuple[str, int]]:
 def render_text(status: Mapping[str, Any], patient: Mapping[str, Any], now: datetime | None = None) -> str:
     """The terminal form of the status page (``vitals-agent status``)."""
     now = now or datetime.now(UTC)
+    pending = status.get("pending")
     out = [
         f"vitals-agent {status.get('version', '?')}  {status.get('facility', '')} "
         f"{status.get('location', '')}".rstrip(),
         f"started {when(status.get('started_at'), now)}",
         "",
-        patient_line(patient, now),
+        WAITING_LINE if pending and not patient.get("set") else patient_line(patient, now),
+        *([pending_line(pending, now)] if pending else []),
+        *([str(status["lookup_notice"])] if status.get("lookup_notice") else []),
         "",
         "Devices:",
     ]
@@ -312,23 +399,36 @@ def render_html(
     *,
     refresh_seconds: int = 5,
     now: datetime | None = None,
+    pending: Mapping[str, Any] | None = None,
+    form_token: str | None = None,
+    notice: str | None = None,
 ) -> str:
-    """The status page. Every value is HTML-escaped; no script; refreshes with a meta refresh."""
+    """The status page. Every value is HTML-escaped; no script; refreshes with a meta refresh.
+
+    ``pending`` (revealed) and ``form_token``: a patient confirmation waiting for the person at the
+    workstation, shown in full with its Confirm and Cancel forms."""
     now = now or datetime.now(UTC)
     revealed = bool(patient.get("revealed"))
     # A revealed page falls back to the masked page after 30 s; the masked one just refreshes.
     refresh = f"{max(refresh_seconds, 30)};url=/" if revealed else f"{refresh_seconds};url=/"
+    line = patient_line(patient, now)
     if not patient.get("set"):
         cls = "held" if patient.get("require_patient") else "unbound"
         action = ""
+        if pending is not None:
+            cls, line = "held", WAITING_LINE
     else:
         cls = "bound"
         action = (
             '<a class="btn" href="/">Hide</a>' if revealed else '<a class="btn" href="/?reveal=1">Reveal</a>'
         )
-    patient_html = (
-        f'<div id="patient" class="card {cls}"><p>{_e(patient_line(patient, now))}</p>{action}</div>'
-    )
+    patient_html = f'<div id="patient" class="card {cls}"><p>{_e(line)}</p>{action}</div>'
+    if pending is not None and form_token is not None:
+        patient_html = pending_html(pending, form_token, now) + patient_html
+    elif notice:
+        patient_html = (
+            f'<div id="lookup-notice" class="card pending"><p>{_e(notice)}</p></div>' + patient_html
+        )
 
     rows = []
     for dev in status.get("devices") or []:

@@ -10,13 +10,22 @@ Endpoints (JSON unless noted)::
     PUT    /api/patient        body {"mrn", "family"?, "given"?, "name"? ("FAMILY^GIVEN"), "birth_date"?,
                                "sex"?, "encounter"?, "channel"? ("api"|"cli"|"barcode"), "source"?}
                                -> {"patient": ..., "replaced": masked previous patient or null}
+                               With [pdq] the MRN is looked up in the EHR first and nothing is bound
+                               yet: {"outcome": "pending"|"fallback", "message", "pending"|"patient"},
+                               or 404 (no such patient) / 503 (EHR not usable) {"outcome", "error"}
+    POST   /api/patient/confirm  body {"pick"?}: bind the pending patient from the EHR's answer (409: none)
+    POST   /api/patient/cancel   end a pending confirmation
+    POST   /patient/confirm    the status page's Confirm (form: csrf, pick; session cookie) -> 303 to /
+    POST   /patient/cancel     the status page's Cancel (form: csrf; session cookie) -> 303 to /
     DELETE /api/patient        clear the context (body {"channel"?, "source"?} optional)
     DELETE /api/held           discard every reading held for a patient (audited)
 
 Credentials: every API request carries ``Authorization: Bearer <token>``. The status page never sees the
 token: ``vitals-agent status --url`` asks for a login code (bearer), the browser trades it once for a
 random session id in an HttpOnly, SameSite=Strict cookie, and the code is gone (used or 60 s old). The
-session cookie is good for ``GET`` only, so a page can never change the patient context (no CSRF).
+session cookie is good for ``GET``, and for exactly two ``POST`` forms of the page -- Confirm and Cancel
+of a pending patient confirmation -- which must also carry the page's form token (an HMAC of the session
+under the API token: a cross-site form cannot know it, so no CSRF).
 
 Audit: the channel recorded is the real one (``api`` for a bearer call, ``page`` for the status page);
 what the caller says about itself (``channel`` -> ``client``, ``source``) is recorded as its claim, next to
@@ -26,11 +35,12 @@ the operating-system user that owns the calling socket when the server could fin
 from __future__ import annotations
 
 import hmac
+import html
 import json
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
@@ -50,6 +60,7 @@ from vitals_agent.agent.patient_context import (
     PatientSnapshot,
     check_text,
 )
+from vitals_agent.agent.patient_lookup import ConfirmError, PatientLookup
 from vitals_agent.errors import VitalsAgentError
 
 log = structlog.get_logger(__name__)
@@ -70,7 +81,20 @@ SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
 }
 
-KNOWN_PATHS = frozenset({"/", "/api/status", "/api/patient", "/api/held", "/api/login-code"})
+KNOWN_PATHS = frozenset(
+    {
+        "/",
+        "/api/status",
+        "/api/patient",
+        "/api/held",
+        "/api/login-code",
+        "/api/patient/confirm",
+        "/api/patient/cancel",
+        "/patient/confirm",
+        "/patient/cancel",
+    }
+)
+PAGE_FORMS = frozenset({"/patient/confirm", "/patient/cancel"})  # the POSTs the page's session may make
 
 
 class HttpError(Exception):
@@ -200,6 +224,16 @@ class Credentials:
             self._sessions.popitem(last=False)
         return session
 
+    def form_token(self, session: str) -> str:
+        """The page's form token for ``session`` (its Confirm and Cancel forms carry it)."""
+        return hmac.new(self.token.encode(), b"form:" + session.encode(), "sha256").hexdigest()
+
+    def form(self, session: str | None, token: str | None) -> bool:
+        """A page form: a live session and that session's form token."""
+        if not session or not token or not self.session(session):
+            return False
+        return hmac.compare_digest(token.encode(), self.form_token(session).encode())
+
     def session(self, session: str | None) -> bool:
         if not session:
             return False
@@ -228,7 +262,10 @@ class Routes:
         audit: AuditLog | None = None,
         refresh_seconds: int = 5,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        lookup: PatientLookup | None = None,
     ) -> None:
+        self.lookup = lookup
+        self._shown: set[tuple[str, str]] = set()  # (session, pending since) whose details the page showed
         self.patients = patients
         self.status = status
         self.credentials = credentials
@@ -256,9 +293,13 @@ class Routes:
         """The real channel of an authorised request (``api`` or ``page``), None when not authorised."""
         if self.credentials.bearer(request.headers.get("authorization", "")):
             return CHANNEL_API
-        # The page's session is good for reading only: no state change can ride on it.
+        # The page's session is good for reading, and for its own Confirm/Cancel forms with their token.
         if request.method == "GET" and self.credentials.session(request.cookie(COOKIE)):
             return CHANNEL_PAGE
+        if request.method == "POST" and request.path in PAGE_FORMS:
+            token = _form(request).get("csrf")
+            if self.credentials.form(request.cookie(COOKIE), token):
+                return CHANNEL_PAGE
         return None
 
     async def _route(self, request: Request) -> Response:
@@ -274,7 +315,17 @@ class Routes:
         if route == ("GET", "/"):
             reveal = request.query.get("reveal") == "1"
             patient = self._patient(reveal, channel, request)
-            page = render_html(self.status(), patient, refresh_seconds=self.refresh_seconds, now=self.now())
+            pending = self._page_pending(channel, request)
+            session = request.cookie(COOKIE) or ""
+            page = render_html(
+                self.status(),
+                patient,
+                refresh_seconds=self.refresh_seconds,
+                now=self.now(),
+                pending=pending,
+                form_token=self.credentials.form_token(session) if pending is not None else None,
+                notice=self.lookup.notice() if self.lookup is not None else None,
+            )
             return Response.html(200, page)
         if route == ("POST", "/api/login-code"):
             code = self.credentials.new_code()
@@ -285,14 +336,32 @@ class Routes:
         if route == ("GET", "/api/status"):
             data = dict(self.status())
             data["patient"] = self._patient(False, channel, request)
+            if self.lookup is not None:
+                data["pending"] = self._pending(False, channel, request)
+                data["lookup_notice"] = self.lookup.notice()
             return Response.json(200, data)
         if route == ("GET", "/api/patient"):
             reveal = request.query.get("reveal") == "1"
-            return Response.json(200, {"patient": self._patient(reveal, channel, request)})
+            answer: dict[str, Any] = {"patient": self._patient(reveal, channel, request)}
+            if self.lookup is not None:
+                answer["pending"] = self._pending(reveal, channel, request)
+            return Response.json(200, answer)
+        if route == ("POST", "/api/patient/confirm"):
+            return await self._confirm(request, channel, request.json())
+        if route == ("POST", "/api/patient/cancel"):
+            return await self._cancel(request, channel, request.json())
+        if route == ("POST", "/patient/confirm"):
+            return await self._page_form(self._confirm(request, channel, _form(request)))
+        if route == ("POST", "/patient/cancel"):
+            return await self._page_form(self._cancel(request, channel, {}))
         if route == ("PUT", "/api/patient"):
             return await self._put_patient(request, channel)
         if route == ("DELETE", "/api/patient"):
             caller = self._caller(request.json(), request)
+            if self.lookup is not None and self.lookup.pending() is not None:
+                # "no patient" also ends a confirmation that is waiting
+                said = {k: v for k, v in caller.items() if k != "source"}
+                await self.lookup.cancel(channel, source=caller.get("source"), caller=said)
             was_set = self.patients.clear(channel, source=caller.pop("source"), caller=caller)
             return Response.json(200, {"cleared": was_set, "patient": self._patient(False, None, request)})
         if route == ("DELETE", "/api/held"):
@@ -369,7 +438,101 @@ class Routes:
             fields.setdefault("given", given or None)
         fields.setdefault("identifier_type", self.patients.config.identifier_type)
         details = PatientDetails.parse(fields)
+        if self.lookup is not None:
+            return await self._lookup(details, channel, caller, request)
         previous = self.patients.current_details()
         await self.patients.apply_set(details, channel, source=caller.pop("source"), caller=caller)
         replaced = previous.masked() if previous is not None and previous.mrn != details.mrn else None
         return Response.json(200, {"patient": self._patient(False, None, request), "replaced": replaced})
+
+    # --- lookup then confirm ([pdq]) -------------------------------------------------------------------
+    def _pending(self, reveal: bool, channel: str | None, request: Request) -> Any:
+        if self.lookup is None:
+            return None
+        view = self.lookup.view(reveal=reveal)
+        if reveal and view is not None and view["candidates"] and self.audit is not None:
+            self.audit.record("pdq_revealed", channel=channel, typed_mrn=view["mrn"], **request.caller)
+        return view
+
+    def _page_pending(self, channel: str, request: Request) -> Any:
+        """The page shows a pending confirmation in full (the person must read name and date of birth);
+        the first time a session is shown an answer is audited (not every refresh)."""
+        if self.lookup is None:
+            return None
+        view = self.lookup.view(reveal=True)
+        if view is None:
+            return None
+        key = (request.cookie(COOKIE) or "", view["started_at"])
+        if view["candidates"] and key not in self._shown and self.audit is not None:
+            if len(self._shown) >= 256:
+                self._shown.clear()
+            self._shown.add(key)
+            self.audit.record(
+                "pdq_shown",
+                channel=channel,
+                typed_mrn=view["mrn"],
+                count=len(view["candidates"]),
+                **request.caller,
+            )
+        return view
+
+    async def _lookup(
+        self, details: PatientDetails, channel: str, caller: dict[str, Any], request: Request
+    ) -> Response:
+        assert self.lookup is not None
+        source = caller.pop("source")
+        outcome = await self.lookup.lookup(details, channel, source=source, caller=caller)
+        data = outcome.as_dict()
+        if outcome.kind == "pending":
+            return Response.json(200, data)
+        if outcome.kind == "fallback":
+            data["patient"] = self._patient(False, None, request)
+            return Response.json(200, data)
+        data["error"] = outcome.message
+        return Response.json(404 if outcome.kind == "none" else 503, data)
+
+    async def _confirm(self, request: Request, channel: str, body: Mapping[str, Any]) -> Response:
+        if self.lookup is None:
+            raise HttpError(404, "patient confirmation is not configured (no [pdq] section)")
+        caller = self._caller({k: v for k, v in body.items() if k in ("channel", "source")}, request)
+        pick = body.get("pick")
+        if isinstance(pick, str):
+            if not pick.strip().isdigit():
+                raise HttpError(400, "pick must be a number")
+            pick = int(pick)
+        if pick is not None and (not isinstance(pick, int) or isinstance(pick, bool)):
+            raise HttpError(400, "pick must be a number")
+        try:
+            await self.lookup.confirm(channel, pick=pick, source=caller.pop("source"), caller=caller)
+        except ConfirmError as exc:
+            raise HttpError(409, str(exc)) from None
+        return Response.json(200, {"confirmed": True, "patient": self._patient(False, None, request)})
+
+    async def _cancel(self, request: Request, channel: str, body: Mapping[str, Any]) -> Response:
+        if self.lookup is None:
+            raise HttpError(404, "patient confirmation is not configured (no [pdq] section)")
+        caller = self._caller({k: v for k, v in body.items() if k in ("channel", "source")}, request)
+        cancelled = await self.lookup.cancel(channel, source=caller.pop("source"), caller=caller)
+        return Response.json(200, {"cancelled": cancelled, "patient": self._patient(False, None, request)})
+
+    @staticmethod
+    async def _page_form(action: Awaitable[Response]) -> Response:
+        """A page form: done -> back to the page (303); refused -> a short page saying why, with a link."""
+        try:
+            await action
+        except HttpError as exc:
+            page = (
+                '<!doctype html><meta charset="utf-8"><title>vitals-agent</title>'
+                f'<p>{html.escape(exc.message)}</p><p><a href="/">Back to the status page</a></p>'
+            )
+            return Response.html(exc.status, page)
+        return Response(303, b"", headers={"Location": "/"})
+
+
+def _form(request: Request) -> dict[str, str]:
+    """An ``application/x-www-form-urlencoded`` body (the page's forms), the last value of each field."""
+    try:
+        text = request.body[:MAX_BODY].decode("ascii")
+    except UnicodeDecodeError:
+        return {}
+    return {k: v[-1] for k, v in parse_qs(text).items()}

@@ -34,6 +34,7 @@ from vitals_agent.agent.audit import AuditLog, write_private
 from vitals_agent.agent.control.common import ENDPOINT_FILE, TOKEN_FILE, StatusProvider, http_url
 from vitals_agent.agent.control.routes import MAX_BODY, Credentials, HttpError, Request, Response, Routes
 from vitals_agent.agent.patient_context import PatientContextManager
+from vitals_agent.agent.patient_lookup import PatientLookup
 
 log = structlog.get_logger(__name__)
 
@@ -132,8 +133,10 @@ class ControlServer:
         max_connections: int | None = None,
         request_timeout: float = REQUEST_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
+        lookup: PatientLookup | None = None,
     ) -> None:
         self._handlers: set[asyncio.Task[Any]] = set()
+        self.lookup = lookup
         self.data_dir = data_dir
         self.patients = patients
         self.status = status
@@ -197,6 +200,7 @@ class ControlServer:
             audit=self.audit,
             refresh_seconds=self.refresh_seconds,
             now=self.now,
+            lookup=self.lookup,
         )
         self._acceptor = asyncio.create_task(self._accept_loop(listener), name="control-accept")
         write_private(
