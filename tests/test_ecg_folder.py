@@ -320,6 +320,6 @@ def test_config_keys(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"devices\[0\]\.folder: required"):
         load_config(cfg('driver = "scp-ecg"'))
     with pytest.raises(ConfigError, match="unknown key"):
-        load_config(cfg('driver = "philips-xml"\nfolder = "/x"\nattach_report = true'))
+        load_config(cfg('driver = "philips-xml"\nfolder = "/x"\nunitless_interval_unit = "ms"'))
     serial = load_config(cfg('driver = "scp-ecg-serial"\nport = "/dev/ttyS0"\nidle_gap_seconds = 1.5'))
     assert serial.devices[0].options.model_dump()["idle_gap_seconds"] == 1.5

@@ -207,3 +207,38 @@ async def test_healforce_file_in_a_folder_fails_at_once(tmp_path: Path) -> None:
     reason = (tmp_path / "failed" / "62.SCP.reason.txt").read_text()
     assert reason.startswith("SCP header announces 1928331264 bytes, more than max_file_bytes 16777216")
     assert runtime.counters == {"files_failed": 1}
+
+
+# ------------------------------------------------------------------------------- Philips waveforms (XLI)
+
+# sierra-ecg-tools pysierraecg tests/test_xml.py::test_assert_leads (and sierraecg-js sierraecg.test.js):
+# 12 leads I..V6, 5500 samples each, and each lead's sample 2750. 129DYPRG.XML's values apply to
+# repbeats_example.xml, which is 129DYPRG.XML with a representative-beats block added.
+MIDPOINTS = {
+    "ad4d3d80-d165_1-04_orig.xml": [32, 46, 14, -39, 9, 30, -74, 320, -1633, 197, 26, 55],
+    "3191723_ZZDEMOPTONLY_1-04_orig.utf8.xml": [-11, -54, -43, 33, 16, -50, 7, -4, -14, -41, -35, -33],
+    "repbeats_example.xml": [-9, -17, -7, 13, -1, -12, 0, -1, -3, -4, -7, -6],
+}
+
+
+@pytest.mark.parametrize("name", sorted(MIDPOINTS))
+def test_philips_waveforms_match_the_peers_samples(name: str) -> None:
+    root = philips.document(peer("philips-xml", name))
+    leads = philips.lead_samples(root)
+    assert list(leads) == ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
+    assert {len(samples) for samples in leads.values()} == {5500}
+    assert [samples[2750] for samples in leads.values()] == MIDPOINTS[name]
+    waves = philips.waveforms(root)  # 5 uV per unit (the file's resolution), 500 samples/s
+    assert waves.sample_interval == 0.002 and waves.leads["II"][2750] == 5 * MIDPOINTS[name][1]
+
+
+def test_philips_report_page_is_rendered_and_attached(tmp_path: Path) -> None:
+    data = peer("philips-xml", "ad4d3d80-d165_1-04_orig.xml")
+    reading = driver("philips-xml", attach_report=True).decode_file(data, ctx())  # type: ignore[attr-defined]
+    [report] = reading.attachments
+    assert report.name == "ecg_report.pdf" and report.data.startswith(b"%PDF-1.4")
+    assert "report_skipped" not in reading.extra
+    from vitals_agent.drivers.ecg.render import render_file
+
+    png = render_file(data, fmt="png")
+    assert png.startswith(b"\x89PNG")

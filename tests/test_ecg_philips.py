@@ -254,3 +254,34 @@ def test_random_bytes_raise_only_decode_errors(data: bytes) -> None:
 def test_truncated_or_spliced_files_raise_only_decode_errors(cut: int, junk: bytes) -> None:
     with contextlib.suppress(DecodeError):
         philips.parse(VALID[:cut] + junk)
+
+
+def _with_waveforms(data: bytes, leads: list[list[int]]) -> bytes:
+    import base64
+
+    from tests.test_ecg_xli import xli_encode
+
+    text = data.decode("utf-16")
+    block = base64.b64encode(b"".join(xli_encode(lead) for lead in leads)).decode()
+    waves = (
+        '<waveforms><parsedwaveforms dataencoding="Base64" compression="XLI" numberofleads="12" '
+        'leadlabels="I II III aVR aVL aVF V1 V2 V3 V4 V5 V6" samplespersecond="500" resolution="5">'
+        f"{block}</parsedwaveforms></waveforms>"
+    )
+    return text.replace("</restingecgdata>", waves + "</restingecgdata>").encode("utf-16")
+
+
+def test_attach_report_renders_the_xli_waveforms_or_says_why_not() -> None:
+    from tests.test_ecg_fixtures import driver
+
+    one = [round(200 * ((k % 250) < 10)) for k in range(2500)]  # a 2 Hz "beat" in lead I
+    zero = [0] * 2500
+    data = _with_waveforms(synthetic_philips_104("1.04"), [one, one] + [zero] * 10)
+    drv = driver("philips-xml", attach_report=True)
+    reading = drv.decode_file(data, ctx())  # type: ignore[attr-defined]
+    assert [a.name for a in reading.attachments] == ["ecg_report.pdf"]
+    leads = philips.lead_samples(philips.document(data))
+    assert leads["III"] == [0] * 2500  # II - I - 0
+    assert leads["aVR"][:10] == [-200] * 10  # -(I + II) / 2
+    plain = drv.decode_file(synthetic_philips_104("1.04"), ctx())  # type: ignore[attr-defined]
+    assert plain.attachments == () and plain.extra["report_skipped"] == "Philips XML: no parsedwaveforms"

@@ -1,5 +1,5 @@
-"""``vitals-agent ecg-render FILE --out report.pdf``: draw an HL7 aECG file's 12 leads on a standard ECG
-page (25 mm/s, 10 mm/mV); PDF or PNG by the output's extension (or ``--format``)."""
+"""``vitals-agent ecg-render FILE --out report.pdf``: draw an HL7 aECG or Philips XML file's 12 leads on a
+standard ECG page (25 mm/s, 10 mm/mV); PDF or PNG by the output's extension (or ``--format``)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,16 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from vitals_agent.drivers.ecg.render import render_aecg
+from vitals_agent.drivers.ecg.render import render_file
 from vitals_agent.drivers.ecg.xmlsafe import DEFAULT_MAX_XML_BYTES
 from vitals_agent.errors import DecodeError
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("ecg-render", help="render an HL7 aECG file's 12 leads to a PDF or PNG report page")
-    p.add_argument("file", type=Path, help="the aECG XML file")
+    p = sub.add_parser(
+        "ecg-render", help="render an HL7 aECG or Philips XML file's 12 leads to a PDF or PNG report page"
+    )
+    p.add_argument("file", type=Path, help="the aECG or Philips Sierra ECG XML file")
     p.add_argument("--out", "-o", type=Path, required=True, help="output file (.pdf or .png)")
     p.add_argument("--format", choices=("pdf", "png"), help="default: from the --out extension")
     p.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_XML_BYTES, help="refuse larger input files")
@@ -36,7 +38,7 @@ def _render(args: argparse.Namespace) -> int:
         size = args.file.stat().st_size
         if size > args.max_bytes:
             raise DecodeError(f"file too large ({size} bytes > {args.max_bytes})")
-        data = render_aecg(args.file.read_bytes(), fmt=fmt, max_bytes=args.max_bytes)
+        data = render_file(args.file.read_bytes(), fmt=fmt, max_bytes=args.max_bytes)
         args.out.write_bytes(data)
     except (OSError, ValueError, DecodeError) as exc:
         print(f"ecg-render: {' '.join(str(exc).split())}", file=sys.stderr)

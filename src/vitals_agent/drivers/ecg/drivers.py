@@ -23,7 +23,7 @@ from vitals_agent.drivers.base import (
     register_driver,
 )
 from vitals_agent.drivers.ecg import aecg, philips, scp
-from vitals_agent.drivers.ecg.common import to_reading, with_original
+from vitals_agent.drivers.ecg.common import EcgDecoded, to_reading, with_original
 from vitals_agent.drivers.ecg.framing import ScpFileFramer
 from vitals_agent.errors import DecodeError
 from vitals_agent.models import Attachment, DeviceClass, Reading
@@ -52,6 +52,10 @@ class AecgOptions(EcgFileOptions):
     # What interval values written without a unit mean for this site's carts (HL7 says dimensionless,
     # so by default they are refused with a reason, never guessed); e.g. "ms" for TraceMasterVue exports.
     unitless_interval_unit: Literal["ms", "s"] | None = None
+
+
+class PhilipsOptions(EcgFileOptions):
+    attach_report: bool = False  # render the 12 leads (XLI-decompressed) to a PDF page and attach it (ED)
 
 
 class EcgSerialOptions(SerialOptions):
@@ -168,6 +172,21 @@ class XmlFileDriver(EcgFileDriver):
         )
 
 
+def with_report(reading: Reading, decoded: EcgDecoded, waves: Callable[[], aecg.Waveforms]) -> Reading:
+    """``reading`` with the rendered 12-lead page attached (PDF, ED), or the reason it was skipped in
+    ``extra["report_skipped"]`` (a file whose waveforms cannot be read is still sent, without the page)."""
+    from vitals_agent.drivers.ecg.render import render_waves
+
+    try:
+        pdf = render_waves(decoded, waves(), fmt="pdf")
+    except DecodeError as exc:
+        extra = dict(reading.extra)
+        extra["report_skipped"] = str(exc)
+        return reading.with_updates(extra=extra)
+    attachment = Attachment(name="ecg_report.pdf", media_type="application/pdf", data=pdf)
+    return reading.with_updates(attachments=(*reading.attachments, attachment))
+
+
 HEAD_BYTES = 4096  # what the folder transport reads for header_problem / expected_length
 
 
@@ -264,16 +283,7 @@ class AecgXmlDriver(XmlFileDriver):
         decoded = aecg.parse_document(root, unitless_interval_unit=unitless)
         reading = self.finish(to_reading(decoded, data, ctx), data, name or self.default_name)
         if isinstance(opts, AecgOptions) and opts.attach_report:
-            from vitals_agent.drivers.ecg.render import render_document
-
-            try:
-                pdf = render_document(decoded, root, fmt="pdf")
-            except DecodeError as exc:
-                extra = dict(reading.extra)
-                extra["report_skipped"] = str(exc)
-                return reading.with_updates(extra=extra)
-            attachment = Attachment(name="ecg_report.pdf", media_type="application/pdf", data=pdf)
-            reading = reading.with_updates(attachments=(*reading.attachments, attachment))
+            reading = with_report(reading, decoded, lambda: aecg.document_waveforms(root))
         return reading
 
 
@@ -285,7 +295,16 @@ class PhilipsXmlDriver(XmlFileDriver):
     media_type = philips.MEDIA_TYPE
     default_name = "ecg.xml"
     root_element = "restingecgdata"
-    _decoder = staticmethod(philips.decode)
+    options_model = PhilipsOptions
+
+    def decode_file(self, data: bytes, ctx: DecodeContext, name: str | None = None) -> Reading:
+        root = philips.document(data, max_bytes=self.max_file_bytes)
+        decoded = philips.parse_document(root)
+        reading = self.finish(to_reading(decoded, data, ctx), data, name or self.default_name)
+        opts = self.options
+        if isinstance(opts, PhilipsOptions) and opts.attach_report:
+            reading = with_report(reading, decoded, lambda: philips.waveforms(root))
+        return reading
 
 
 @register_driver

@@ -3,13 +3,17 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import struct
 import xml.etree.ElementTree as ET
 from datetime import date, datetime, time
 
 from vitals_agent.drivers.base import DecodeContext
+from vitals_agent.drivers.ecg import aecg, xli
 from vitals_agent.drivers.ecg.common import EcgDecoded, parse_int_text, patient_info, plausible, to_reading
 from vitals_agent.drivers.ecg.xmlsafe import DEFAULT_MAX_XML_BYTES, child, children, local, parse_xml, text
-from vitals_agent.errors import UnsupportedError
+from vitals_agent.errors import DecodeError, UnsupportedError
 from vitals_agent.models import Reading
 
 MEDIA_TYPE = "application/xml"
@@ -45,10 +49,20 @@ DOCUMENT_TYPES = frozenset({"SierraECG", "PhilipsECG"})
 SEX = {"male": "M", "female": "F", "unknown": "U", "unspecified": "U"}
 
 
-def parse(data: bytes, *, max_bytes: int = DEFAULT_MAX_XML_BYTES) -> EcgDecoded:
+def document(data: bytes, *, max_bytes: int = DEFAULT_MAX_XML_BYTES) -> ET.Element:
+    """The parsed document (root element checked), for :func:`parse_document` and :func:`waveforms`."""
     root = parse_xml(data, max_bytes=max_bytes, what="Philips XML")
     if local(root.tag) != "restingecgdata":
         raise UnsupportedError(f"not a Philips Sierra ECG file (root element {local(root.tag)!r})")
+    return root
+
+
+def parse(data: bytes, *, max_bytes: int = DEFAULT_MAX_XML_BYTES) -> EcgDecoded:
+    return parse_document(document(data, max_bytes=max_bytes))
+
+
+def parse_document(root: ET.Element) -> EcgDecoded:
+    """The global measurements, statements, patient and device of a :func:`document`."""
     doc_type = text(child(root, "documentinfo", "documenttype")) or ""
     version = text(child(root, "documentinfo", "documentversion")) or ""
     if doc_type and doc_type not in DOCUMENT_TYPES:
@@ -114,6 +128,61 @@ def parse(data: bytes, *, max_bytes: int = DEFAULT_MAX_XML_BYTES) -> EcgDecoded:
 
 def decode(data: bytes, ctx: DecodeContext, *, max_bytes: int = DEFAULT_MAX_XML_BYTES) -> Reading:
     return to_reading(parse(data, max_bytes=max_bytes), data, ctx)
+
+
+# --------------------------------------------------------------------------------------------- waveforms
+
+STANDARD_12 = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
+
+
+def lead_samples(root: ET.Element) -> dict[str, list[int]]:
+    """The rhythm leads of ``parsedwaveforms`` as stored integers (XLI or uncompressed), limb leads rebuilt;
+    labels from ``leadlabels`` (1.04) or the standard 12-lead order (1.03)."""
+    waves = child(root, "waveforms", "parsedwaveforms")
+    if waves is None:
+        raise DecodeError("Philips XML: no parsedwaveforms")
+    if (waves.get("dataencoding") or "Base64") != "Base64":
+        raise UnsupportedError(
+            f"Philips XML: waveform encoding {waves.get('dataencoding')!r} is not supported"
+        )
+    try:
+        raw = base64.b64decode("".join((waves.text or "").split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise DecodeError("Philips XML: parsedwaveforms is not valid Base64") from None
+    method = waves.get("compression") or waves.get("compressmethod") or ""
+    if waves.get("compressflag") == "False":
+        method = ""
+    if method == "XLI":
+        leads = xli.rebuild_limb_leads(xli.decode(raw))
+    elif not method or method.lower() == "uncompressed":
+        count = int(waves.get("numberofleads") or 12)
+        values = list(struct.unpack(f"<{len(raw) // 2}h", raw[: len(raw) // 2 * 2]))
+        per = len(values) // count if count else 0
+        leads = [values[k * per : (k + 1) * per] for k in range(count)]
+    else:
+        raise UnsupportedError(f"Philips XML: waveform compression {method!r} is not supported")
+    labels = (waves.get("leadlabels") or "").split() or list(STANDARD_12)
+    return dict(zip(labels, leads, strict=False))
+
+
+def waveforms(root: ET.Element) -> aecg.Waveforms:
+    """The rhythm leads in microvolts with their sample interval, for the report page."""
+    samples_by_lead = lead_samples(root)
+    signal = child(root, "dataacquisition", "signalcharacteristics")
+    waves = child(root, "waveforms", "parsedwaveforms")
+    rate = parse_int_text(
+        text(child(signal, "samplingrate")) or (waves.get("samplespersecond") if waves is not None else None)
+    )
+    resolution = parse_int_text(
+        (waves.get("resolution") if waves is not None else None)
+        or text(child(signal, "signalresolution"))
+        or text(child(signal, "resolution"))
+    )
+    if rate is None or rate <= 0 or resolution is None or resolution <= 0:
+        raise DecodeError("Philips XML: no usable sampling rate or resolution for the waveforms")
+    scale = float(resolution)
+    leads = {name: [v * scale for v in samples] for name, samples in samples_by_lead.items()}
+    return aecg.Waveforms(sample_interval=1 / float(rate), leads=leads)
 
 
 def _iso_date(value: str | None) -> date | None:

@@ -18,7 +18,7 @@ from typing import Literal
 
 from PIL import Image, ImageDraw, ImageFont
 
-from vitals_agent.drivers.ecg import aecg
+from vitals_agent.drivers.ecg import aecg, philips
 from vitals_agent.drivers.ecg.common import EcgDecoded
 from vitals_agent.drivers.ecg.xmlsafe import DEFAULT_MAX_XML_BYTES
 from vitals_agent.errors import DecodeError
@@ -267,9 +267,24 @@ def render_aecg(
     return render_document(aecg.parse_document(root), root, fmt=fmt)
 
 
+def render_file(
+    data: bytes, *, fmt: Literal["png", "pdf"] = "pdf", max_bytes: int = DEFAULT_MAX_XML_BYTES
+) -> bytes:
+    """The report page of an HL7 aECG or a Philips Sierra ECG XML file (told apart by the root element)."""
+    if b"restingecgdata" in data[:4096] or "restingecgdata".encode("utf-16-le") in data[:8192]:
+        root = philips.document(data, max_bytes=max_bytes)
+        return render_waves(philips.parse_document(root), philips.waveforms(root), fmt=fmt)
+    return render_aecg(data, fmt=fmt, max_bytes=max_bytes)
+
+
 def render_document(info: EcgDecoded, root: ET.Element, *, fmt: Literal["png", "pdf"] = "pdf") -> bytes:
     """:func:`render_aecg` for a document already parsed (:func:`aecg.document`) and decoded (``info``)."""
-    image = render_page(info, aecg.document_waveforms(root))
+    return render_waves(info, aecg.document_waveforms(root), fmt=fmt)
+
+
+def render_waves(info: EcgDecoded, waves: aecg.Waveforms, *, fmt: Literal["png", "pdf"] = "pdf") -> bytes:
+    """PNG or PDF bytes of the report page for decoded values and waveforms of any format."""
+    image = render_page(info, waves)
     out = io.BytesIO()
     if fmt == "png":
         image.save(out, format="PNG")
