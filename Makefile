@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck check bench clean venv
+.PHONY: demo test test-fast lint typecheck check bench clean venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ test: $(STAMP)
 	$(VENV)/bin/mypy
 	$(VENV)/bin/mypy --strict tests bench
 	$(VENV)/bin/pytest -q
+
+# The suite without the tests that start the agent, a worker or a browser (marked `slow`).
+test-fast: $(STAMP)
+	$(VENV)/bin/pytest -q -m "not slow"
 
 check: lint typecheck test
 

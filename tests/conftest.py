@@ -1,13 +1,21 @@
-"""Shared pytest configuration."""
+"""Shared pytest configuration: hypothesis profiles, the test kit's fixtures, the ``../shared`` rule."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import subprocess
+import sys
+from collections.abc import Generator, Iterator
+from typing import Any
 
 import pytest
 import structlog
 from hypothesis import HealthCheck, settings
+
+from tests.kit.fixtures import clock, ehr, fake_bluez, fake_bus_address, outbox, pty_device
+from tests.kit.shared import NEEDS_SHARED, SHARED, shared_present
+
+__all__ = ["clock", "ehr", "fake_bluez", "fake_bus_address", "outbox", "pty_device"]
 
 # Property tests: random in development (they find new cases), deterministic in CI (a red CI must be
 # reproducible, not a roll of the dice), and a heavier "fuzz" profile to run by hand:
@@ -28,3 +36,45 @@ def _fresh_structlog() -> Iterator[None]:
     structlog.reset_defaults()
     yield
     structlog.reset_defaults()
+
+
+SLOW_PROGRAMS = ("python", "vitals-agent", "chromium")  # the agent, a worker, a browser
+
+
+@pytest.fixture(autouse=True)
+def _subprocesses_are_slow(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A test that starts the agent, a worker or a browser is marked ``slow``, so that ``make test-fast``
+    (``-m "not slow"``) stays fast. Quick tools (openssl making a test certificate, bleak asking
+    ``bluetoothctl --version``) and processes of wider-scoped fixtures (the private D-Bus) do not count."""
+    if request.node.get_closest_marker("slow") is not None:
+        yield
+        return
+    started: list[str] = []
+    original = subprocess.Popen.__init__
+
+    def recording(self: subprocess.Popen[Any], args: Any, *rest: Any, **kw: Any) -> None:
+        argv = [str(a) for a in args] if isinstance(args, list | tuple) else [str(args)]
+        program = os.path.basename(argv[0])
+        if any(name in program for name in SLOW_PROGRAMS) or sys.executable in argv:
+            started.append(" ".join(argv[:3]))
+        original(self, args, *rest, **kw)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", recording)
+    yield
+    if started:
+        pytest.fail(f"this test starts {'; '.join(started)}: mark it @pytest.mark.slow")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """In CI, a test that skips for want of ``../shared`` while ``../shared`` is there fails instead: the
+    file it wants was renamed or moved, and a silent skip would hide that its checks no longer run."""
+    report = yield
+    if report.skipped and os.environ.get("CI") and shared_present():
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        if NEEDS_SHARED in reason:
+            report.outcome = "failed"
+            report.longrepr = f"{reason}\n{SHARED} is present, so this skip hides a missing or renamed file"
+    return report

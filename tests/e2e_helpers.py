@@ -1,4 +1,5 @@
-"""Helpers for end-to-end tests: the agent as a real subprocess, and python-hl7's MLLP server as the EHR."""
+"""Helpers for end-to-end tests: the agent as a real subprocess (tests marked ``slow``); the EHR is
+tests.fake_ehr.Hl7Ehr (python-hl7's MLLP server)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import contextlib
 import json
 import os
 import signal
-import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -16,62 +17,6 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-
-import hl7
-import hl7.mllp
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-class PyHl7Ehr:
-    """An independent EHR peer: python-hl7's asyncio MLLP server, answering AA to every message."""
-
-    def __init__(self, port: int = 0) -> None:
-        self.port = port
-        self.messages: list[str] = []
-        self._server: asyncio.AbstractServer | None = None
-        self.arrived = asyncio.Event()
-
-    async def _client(self, reader: Any, writer: Any) -> None:
-        try:
-            while not writer.is_closing():
-                message = await reader.readmessage()
-                self.messages.append(str(message))
-                self.arrived.set()
-                writer.writemessage(message.create_ack())
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    async def start(self) -> PyHl7Ehr:
-        server: asyncio.Server = await hl7.mllp.start_hl7_server(
-            self._client, host="127.0.0.1", port=self.port, encoding="utf-8", limit=32 * 1024 * 1024
-        )
-        self._server = server
-        self.port = server.sockets[0].getsockname()[1]
-        return self
-
-    async def wait_for(self, count: int, timeout: float = 20.0) -> list[str]:
-        deadline = time.monotonic() + timeout
-        while len(self.messages) < count:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"EHR got {len(self.messages)} of {count} messages within {timeout} s")
-            self.arrived.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.arrived.wait(), timeout=0.2)
-        return self.messages
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
 
 
 class AgentProcess:
@@ -150,6 +95,15 @@ class AgentProcess:
             self.proc.wait(timeout=5)
 
 
+def outbox_depth(data_dir: Path) -> int:
+    """Messages in the agent's outbox (read-only, beside the running agent); -1 before it exists."""
+    path = data_dir / "outbox.sqlite3"
+    if not path.exists():
+        return -1
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
+        return int(conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+
+
 def masimo_ascii1_line(
     at: datetime, spo2: str, bpm: str, pi: str, *, serial: str = "0000123456", exc: str = "000800"
 ) -> bytes:
@@ -169,11 +123,13 @@ def write_config(
     devices: list[dict[str, Any]],
     extra: str = "",
     control_port: int | None = None,
+    log_level: str = "INFO",
 ) -> Path:
     """``control_port``: enable the control API on that port (0: any free port, see control.json)."""
     lines = [
         "[agent]",
         'facility = "EXAMPLE_CLINIC"',
+        f'log_level = "{log_level}"',
         'location = "CLINIC^ROOM12"',
         f'data_dir = "{data_dir}"',
         'timezone = "UTC"',

@@ -37,7 +37,7 @@ import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import hl7
 import hl7.mllp
@@ -146,17 +146,23 @@ class FakeEhr:
     def control_ids(self) -> list[str]:
         return [r.control_id for r in self.received]
 
-    async def __aenter__(self) -> FakeEhr:
+    @property
+    def messages(self) -> list[str]:
+        """Every message received, as text (segments separated by CR)."""
+        return [r.raw.decode("utf-8", "replace") for r in self.received]
+
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    async def start(self) -> None:
+    async def start(self) -> Self:
         self._server = await self._serve()
         if self.port == 0:
             self.port = self._server.sockets[0].getsockname()[1]
+        return self
 
     async def stop(self) -> None:
         """Stop listening and drop every connection (new connections are refused until start())."""
@@ -182,10 +188,19 @@ class FakeEhr:
         for w in list(self._writers):
             w.transport.abort()
 
-    async def wait_for(self, count: int, timeout: float = 10.0) -> None:
-        """Wait until at least ``count`` messages have been received."""
-        async with asyncio.timeout(timeout), self._changed:
-            await self._changed.wait_for(lambda: len(self.received) >= count)
+    async def wait_for(self, count: int, timeout: float = 20.0) -> list[str]:
+        """Wait until at least ``count`` messages have been received; return :attr:`messages`."""
+        try:
+            async with asyncio.timeout(timeout), self._changed:
+                await self._changed.wait_for(lambda: len(self.received) >= count)
+        except TimeoutError:
+            raise AssertionError(
+                f"EHR got {len(self.received)} of {count} messages within {timeout} s"
+            ) from None
+        return self.messages
+
+    async def close(self) -> None:
+        await self.stop()
 
     # --- internals ----------------------------------------------------------------------------------
 
@@ -281,7 +296,7 @@ class Hl7Ehr(FakeEhr):
         if self.ssl_context is not None:
             kwargs["ssl"] = self.ssl_context
         server: asyncio.Server = await hl7.mllp.start_hl7_server(
-            self._client, self.host, self.port, encoding="utf-8", limit=1 << 20, **kwargs
+            self._client, self.host, self.port, encoding="utf-8", limit=32 << 20, **kwargs
         )
         return server
 
@@ -431,21 +446,3 @@ def make_test_pki(directory: Path) -> Pki:
         rogue_server_cert=d / "rogue.crt",
         rogue_server_key=d / "rogue.key",
     )
-
-
-# --- small helpers for sender tests ------------------------------------------------------------------
-
-
-def free_port() -> int:
-    """A port nobody listens on right now (for "EHR down at start")."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-async def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.01) -> None:
-    """Poll ``predicate()`` (sync) until true; fail the test after ``timeout`` s."""
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(interval)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.patient_helpers import MRN, T0, Clock, make_reading
+from tests.kit import MRN, T0, FakeClock, oximeter_reading
 from vitals_agent.agent.audit import AuditError, AuditLog, read_audit
 
 
@@ -19,7 +19,7 @@ def mode(path: Path) -> int:
 
 
 def test_file_is_private_and_records_are_json_lines(tmp_path: Path) -> None:
-    audit = AuditLog.in_dir(tmp_path, now=Clock())
+    audit = AuditLog.in_dir(tmp_path, now=FakeClock())
     first = audit.record("context_set", channel="cli", patient={"mrn": MRN})
     audit.record("context_cleared", channel="api")
     assert mode(tmp_path / "audit.jsonl") == 0o600
@@ -46,7 +46,7 @@ def test_existing_file_with_wide_permissions_is_tightened(tmp_path: Path) -> Non
 
 
 def test_append_only_across_restarts_and_seq_continues(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = FakeClock()
     a = AuditLog.in_dir(tmp_path, now=clock)
     a.record("one")
     a.close()
@@ -90,8 +90,8 @@ def test_write_failure_is_a_typed_error(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 def test_reading_accepted_keeps_device_precision_and_identity(tmp_path: Path) -> None:
-    audit = AuditLog.in_dir(tmp_path, now=Clock())
-    reading = make_reading(spo2="97.50")
+    audit = AuditLog.in_dir(tmp_path, now=FakeClock())
+    reading = oximeter_reading(spo2="97.50")
     entry = audit.reading_accepted(
         device_id="oxi-1",
         control_id="ABC123",
@@ -110,7 +110,7 @@ def test_reading_accepted_keeps_device_precision_and_identity(tmp_path: Path) ->
 
 
 def test_message_trail_helpers(tmp_path: Path) -> None:
-    audit = AuditLog.in_dir(tmp_path, now=Clock())
+    audit = AuditLog.in_dir(tmp_path, now=FakeClock())
     audit.message_queued(control_id="C1", device_id="oxi-1", patient={"mrn": MRN}, late_associated=True)
     audit.message_sent(control_id="C1", ack_code="AA")
     audit.message_dead(control_id="C2", reason="AR: unknown patient")

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.kit import m
+from tests.kit.shared import shared_file
 from vitals_agent.drivers.base import DecodeContext, DecodeFailure, all_drivers, driver_class
 from vitals_agent.drivers.ble import uuids as U
 from vitals_agent.drivers.ble.clock import (
@@ -52,22 +53,16 @@ from vitals_agent.models import (
     DeviceIdentity,
     DeviceStatusEvent,
     Flag,
-    Measurement,
     Reading,
     ReadingFlag,
 )
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples" / "ble"
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 CTX = DecodeContext(device=DeviceIdentity(id="dev-1"), now=lambda: NOW)
 
 
 def h(text: str) -> bytes:
     return bytes.fromhex(text)
-
-
-def m(metric: str, value: str | None, unit: str, **kw: object) -> Measurement:
-    return Measurement(metric=metric, value=None if value is None else Decimal(value), unit=unit, **kw)
 
 
 # ------------------------------------------------------------------------------------------ blood pressure
@@ -659,9 +654,7 @@ def test_options_validation() -> None:
 
 
 def _sample_lines(name: str) -> list[tuple[str, bytes, str]]:
-    path = SAMPLES / name
-    if not path.exists():
-        pytest.skip(f"{path} not available")
+    path = shared_file("samples", "ble", name)
     rows = []
     for line in path.read_text().splitlines():
         if line.startswith("#") or "|" not in line:

@@ -4,7 +4,6 @@ and the agent depend on it (errors, discovery, link loss)."""
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import pytest
 from bleak import BleakClient, BleakScanner
@@ -12,11 +11,10 @@ from bleak.exc import BleakDBusError, BleakGATTProtocolError
 from dbus_fast import BusType, Message, MessageType
 from dbus_fast.aio import MessageBus
 
-from tests.fakebluez.fixtures import *  # noqa: F403
 from tests.fakebluez.gatt import and_ua651ble, and_uc352ble, parse_gatt_dump, u16
 from tests.fakebluez.server import ADAPTER_PATH, FakeBlueZ
-
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples" / "ble"
+from tests.kit import until
+from tests.kit.shared import shared_file
 
 
 @pytest.mark.parametrize(
@@ -24,9 +22,7 @@ SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples" / "ble"
     [("and_ua651ble_gatt_table.txt", and_ua651ble), ("and_uc352ble_gatt_table.txt", and_uc352ble)],
 )
 def test_gatt_tables_match_the_real_dumps(dump: str, factory: object) -> None:
-    path = SAMPLES / dump
-    if not path.exists():
-        pytest.skip(f"{path} not available")
+    path = shared_file("samples", "ble", dump)
     expected = parse_gatt_dump(path.read_text())
     built = factory()  # type: ignore[operator]
     assert [(s.uuid, s.handle) for s in built.services] == [(s.uuid, s.handle) for s in expected]
@@ -55,7 +51,7 @@ async def test_bluez_errors_and_link_loss_reach_bleak(fake_bluez: FakeBlueZ) -> 
     received: list[bytes] = []
     await client.start_notify(u16(0x2A35), lambda _s, d: received.append(bytes(d)))
     cuff.indicate(u16(0x2A35), b"\x00\x78\x00\x50\x00\x5d\x00")
-    await asyncio.sleep(0.05)
+    await until(lambda: received)
     cuff.drop_link()
     await asyncio.wait_for(lost.wait(), 5)
     assert received == [b"\x00\x78\x00\x50\x00\x5d\x00"]

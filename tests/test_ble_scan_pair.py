@@ -6,7 +6,6 @@ import re
 
 import pytest
 
-from tests.fakebluez.fixtures import *  # noqa: F403
 from tests.fakebluez.gatt import PeripheralSpec, and_ua651ble, omron_cuff, u16
 from tests.fakebluez.server import FakeBlueZ
 from vitals_agent.cli import main

@@ -8,12 +8,11 @@ from decimal import Decimal
 
 import pytest
 
-from tests.fakebluez.fixtures import *  # noqa: F403
 from tests.fakebluez.gatt import and_ua651ble, and_uc352ble, plx_oximeter, thermometer, u16
 from tests.fakebluez.payloads import NAN, blood_pressure
-from tests.fakebluez.runtime import FakeRuntime, FixedClock, MemoryState
 from tests.fakebluez.scenarios import indicate_then_leave
 from tests.fakebluez.server import FakeBlueZ, FakePeripheral
+from tests.kit import FakeClock, FakeRuntime, MemoryState, until
 from vitals_agent.drivers.ble.clock import decode_current_time, decode_date_time, encode_date_time
 from vitals_agent.drivers.ble.drivers import (
     BleOptions,
@@ -23,7 +22,7 @@ from vitals_agent.drivers.ble.drivers import (
     WeightScaleDriver,
 )
 from vitals_agent.drivers.ble.ieee11073 import Number, encode_float, encode_sfloat
-from vitals_agent.drivers.ble.transport import BleTransport
+from vitals_agent.drivers.ble.transport import IDENTITY_KEY, OFFSET_KEY, BleTransport
 from vitals_agent.errors import DeviceNotFoundError, TransportError
 from vitals_agent.models import (
     DeviceClass,
@@ -86,7 +85,9 @@ def cuff_runtime(
     opts = BleOptions(
         address=CUFF, scan_seconds=5, connect_seconds=5, set_clock=set_clock, idle_seconds=idle_seconds
     )
-    return FakeRuntime(BloodPressureDriver(opts), state=state or MemoryState(), clock=FixedClock(HOST_NOW))
+    return FakeRuntime(
+        BloodPressureDriver(opts), device_id="cuff-1", state=state or MemoryState(), now=FakeClock(HOST_NOW)
+    )
 
 
 async def session(
@@ -122,7 +123,7 @@ async def test_stored_batch_one_reading_per_good_record(fake_bluez: FakeBlueZ) -
     # the cuff's clock was set from the host clock
     assert cuff.writes[DATE_TIME] == [bytes.fromhex("EA 07 0B 1C 0C 00 00")]
     assert decode_date_time(cuff.writes[DATE_TIME][0]).key() == "2026-11-28T12:00:00"
-    assert runtime.connected == [(True, CUFF), (False, "link ended")]
+    assert runtime.connections == [(True, CUFF), (False, "link ended")]
     assert runtime.failures == []
 
 
@@ -171,7 +172,7 @@ async def test_set_clock_false_leaves_the_clock(fake_bluez: FakeBlueZ) -> None:
     task = asyncio.ensure_future(BleTransport(runtime).run())
     await cuff.wait_notifying(BPM)
     cuff.indicate(BPM, GOOD1)
-    await asyncio.sleep(0.2)
+    await runtime.wait_readings(1)
     cuff.drop_link()
     with pytest.raises(TransportError):
         await task
@@ -205,7 +206,9 @@ async def test_device_not_advertising_is_not_found(fake_bluez: FakeBlueZ) -> Non
     cuff = fake_bluez.add(and_ua651ble())
     cuff.set_advertising(False)
     runtime = FakeRuntime(
-        BloodPressureDriver(BleOptions(address=CUFF, scan_seconds=0.3)), clock=FixedClock(HOST_NOW)
+        BloodPressureDriver(BleOptions(address=CUFF, scan_seconds=0.3)),
+        device_id="cuff-1",
+        now=FakeClock(HOST_NOW),
     )
     with pytest.raises(DeviceNotFoundError, match=r"00:09:1F:12:34:56 not seen within 0.3 s"):
         await BleTransport(runtime).run()
@@ -217,7 +220,9 @@ async def test_find_by_name_pattern_and_service(fake_bluez: FakeBlueZ) -> None:
     fake_bluez.add(and_ua651ble(address="00:09:1F:AA:BB:CC", name="A&D_UA-651_BBCC"))
     scale = fake_bluez.add(and_uc352ble(address="00:09:1F:00:00:01", name="A&D_UA-651_fake_scale"))
     runtime = FakeRuntime(
-        BloodPressureDriver(BleOptions(name=r"^A&D_UA-651", scan_seconds=5)), clock=FixedClock(HOST_NOW)
+        BloodPressureDriver(BleOptions(name=r"^A&D_UA-651", scan_seconds=5)),
+        device_id="cuff-1",
+        now=FakeClock(HOST_NOW),
     )
     task = asyncio.ensure_future(BleTransport(runtime).run())
     cuff = fake_bluez["00:09:1F:AA:BB:CC"]
@@ -237,7 +242,7 @@ async def test_scale_weight_with_identity(fake_bluez: FakeBlueZ) -> None:
     runtime = FakeRuntime(
         WeightScaleDriver(BleOptions(address="00:09:1F:65:43:21", scan_seconds=5)),
         device_id="scale-1",
-        clock=FixedClock(HOST_NOW),
+        now=FakeClock(HOST_NOW),
     )
     record = (
         b"\x0a"
@@ -283,14 +288,14 @@ async def test_plx_stored_records_through_racp_and_current_time(fake_bluez: Fake
     runtime = FakeRuntime(
         PulseOximeterDriver(BleOptions(address=oximeter.spec.address, scan_seconds=5)),
         device_id="spo2-1",
-        clock=FixedClock(HOST_NOW),
+        now=FakeClock(HOST_NOW),
     )
     task = asyncio.ensure_future(BleTransport(runtime).run())
     await oximeter.wait_write(racp)
     await oximeter.wait_notifying(u16(0x2A5F))
-    await asyncio.sleep(0.2)
+    await runtime.wait_readings(2)  # the stored records
     oximeter.indicate(u16(0x2A5F), bytes.fromhex("00 E8 F3 84 F3"))  # live, no time stamp
-    await asyncio.sleep(0.2)
+    await runtime.wait_readings(3)
     oximeter.drop_link()
     with pytest.raises(TransportError):
         await task
@@ -319,7 +324,7 @@ async def test_thermometer_type_from_temperature_type_characteristic(fake_bluez:
     runtime = FakeRuntime(
         ThermometerDriver(BleOptions(address=probe.spec.address, scan_seconds=5)),
         device_id="temp-1",
-        clock=FixedClock(HOST_NOW),
+        now=FakeClock(HOST_NOW),
     )
     # no time stamp, no type byte: the type comes from 0x2A1D (mouth)
     await session(
@@ -351,7 +356,9 @@ async def test_link_lost_before_setup_uses_identity_and_offset_from_last_time(fa
     task = asyncio.ensure_future(BleTransport(first).run())
     await cuff.wait_notifying(BPM)
     await cuff.wait_read(DATE_TIME)
-    await asyncio.sleep(0.1)
+    await until(
+        lambda: {IDENTITY_KEY, OFFSET_KEY} <= state.data.keys(), what="identity and clock offset saved"
+    )
     cuff.drop_link()
     with pytest.raises(TransportError):
         await task
@@ -375,7 +382,9 @@ async def test_stored_record_with_clock_far_ahead_and_no_offset_uses_host_time(f
         if s.uuid == u16(0x181D)
     ]  # a scale without a readable clock
     runtime = FakeRuntime(
-        WeightScaleDriver(BleOptions(address="00:09:1F:65:43:21", scan_seconds=5)), clock=FixedClock(HOST_NOW)
+        WeightScaleDriver(BleOptions(address="00:09:1F:65:43:21", scan_seconds=5)),
+        device_id="cuff-1",
+        now=FakeClock(HOST_NOW),
     )
     ahead = b"\x02" + (14000).to_bytes(2, "little") + encode_date_time(datetime(2031, 1, 1, 0, 0))
     await session(runtime, scale, [ahead], uuid=u16(0x2A9D), wait_read=u16(0x2A19))
@@ -419,7 +428,7 @@ async def test_with_the_agents_runtime_and_config(fake_bluez: FakeBlueZ) -> None
     runtime = DeviceRuntimeImpl(
         device,
         driver,
-        DecodeContext(device=DeviceIdentity(id="cuff-1"), now=FixedClock(HOST_NOW)),
+        DecodeContext(device=DeviceIdentity(id="cuff-1"), now=FakeClock(HOST_NOW)),
         MemoryState(),
         sink,
     )
@@ -443,7 +452,7 @@ async def test_two_devices_share_one_discovery_session(fake_bluez: FakeBlueZ) ->
     scale_rt = FakeRuntime(
         WeightScaleDriver(BleOptions(address=scale.spec.address, scan_seconds=5)),
         device_id="scale-1",
-        clock=FixedClock(HOST_NOW),
+        now=FakeClock(HOST_NOW),
     )
     weight = b"\x02" + (14000).to_bytes(2, "little") + encode_date_time(datetime(2017, 1, 14, 9, 0))
     tasks = [asyncio.ensure_future(BleTransport(rt).run()) for rt in (cuff_rt, scale_rt)]

@@ -246,6 +246,7 @@ port = "socket://localhost:7000"
     assert absolute.agent.data_dir == Path("/var/lib/x")
 
 
+@pytest.mark.slow  # starts a process
 def test_run_uses_the_config_folder_not_the_current_one(tmp_path: Path) -> None:
     site = tmp_path / "site"
     site.mkdir()

@@ -53,6 +53,7 @@ def config(tmp_path: Path, data_dir: Path, extra: str = "") -> Path:
     return path
 
 
+@pytest.mark.slow  # starts a process
 def test_unwritable_data_dir(tmp_path: Path) -> None:
     locked = tmp_path / "locked"
     locked.mkdir()
@@ -69,6 +70,7 @@ def test_unwritable_data_dir(tmp_path: Path) -> None:
     assert "Traceback" not in result.stdout + result.stderr
 
 
+@pytest.mark.slow  # starts a process
 def test_data_dir_that_is_a_file(tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.write_text("not a folder")
@@ -76,6 +78,7 @@ def test_data_dir_that_is_a_file(tmp_path: Path) -> None:
     assert line == f"error: agent.data_dir: {data} is not a directory"
 
 
+@pytest.mark.slow  # starts a process
 @pytest.mark.skipif(not ROOT, reason="needs root to give the data_dir to another user (nobody)")
 def test_foreign_owned_data_dir(tmp_path: Path) -> None:
     data = tmp_path / "data"
@@ -89,6 +92,7 @@ def test_foreign_owned_data_dir(tmp_path: Path) -> None:
     assert list(data.iterdir()) == []
 
 
+@pytest.mark.slow  # starts a process
 def test_unreadable_config(tmp_path: Path) -> None:
     cfg = config(tmp_path, tmp_path / "data")
     os.chmod(cfg, 0)
@@ -106,6 +110,7 @@ def test_unreadable_config(tmp_path: Path) -> None:
     assert not (tmp_path / "data").exists()
 
 
+@pytest.mark.slow  # starts a process
 def test_missing_config_and_missing_ekg_folder(tmp_path: Path) -> None:
     missing = tmp_path / "nope.toml"
     line = one_error_line(cli("run", "--config", str(missing)), 78)
@@ -134,6 +139,7 @@ def _me() -> str:
     return pwd.getpwuid(os.geteuid()).pw_name
 
 
+@pytest.mark.slow  # starts a process
 def test_control_port_held_by_another_program(tmp_path: Path) -> None:
     with socket.socket() as other:
         other.bind(("127.0.0.1", 0))
@@ -157,6 +163,7 @@ def test_control_port_held_by_another_program(tmp_path: Path) -> None:
     acquire_instance_lock(tmp_path / "data").release()
 
 
+@pytest.mark.slow  # starts a process
 def test_no_configuration_anywhere() -> None:
     from vitals_agent.commands import _options
 
@@ -175,7 +182,7 @@ def test_no_configuration_anywhere() -> None:
 async def test_serial_port_held_by_another_program(tmp_path: Path) -> None:
     import serial
 
-    from tests.serial_helpers import FakeRuntime, fixed_ctx, serial_driver
+    from tests.kit import FakeRuntime, fixed_ctx, make_driver
     from vitals_agent.drivers.pty import PtyDevice
     from vitals_agent.drivers.serial_transport import SerialTransport
     from vitals_agent.errors import TransportError
@@ -184,7 +191,7 @@ async def test_serial_port_held_by_another_program(tmp_path: Path) -> None:
         other = serial.Serial(str(pty.link), exclusive=True)  # e.g. a terminal program, or another agent
         try:
             transport = SerialTransport(
-                FakeRuntime(serial_driver("masimo-ascii", pty.link), ctx=fixed_ctx("x"))
+                FakeRuntime(make_driver("masimo-ascii", pty.link), ctx=fixed_ctx("x"))
             )
             with pytest.raises(TransportError) as info:
                 await transport._open(str(pty.link))

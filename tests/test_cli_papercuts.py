@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e_helpers import PyHl7Ehr
-from tests.fake_ehr import free_port, make_message, wait_until
+from tests.fake_ehr import Hl7Ehr, make_message
+from tests.kit import free_port, until
 from vitals_agent.agent.outbox import Outbox, OutboxMessage
 from vitals_agent.agent.sender import Sender
 from vitals_agent.cli import COMMAND_GROUPS, build_parser, main
@@ -31,6 +31,7 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     )
 
 
+@pytest.mark.slow  # starts a process
 def test_top_level_help_is_grouped_and_lists_every_command_once() -> None:
     text = cli("--help").stdout
     headings = [line[:-1] for line in text.splitlines() if line.endswith(":") and not line.startswith(" ")]
@@ -47,6 +48,7 @@ def test_top_level_help_is_grouped_and_lists_every_command_once() -> None:
     )
 
 
+@pytest.mark.slow  # starts a process
 def test_drivers_table_is_aligned() -> None:
     lines = cli("drivers").stdout.splitlines()
     transport, klass = lines[0].index("TRANSPORT"), lines[0].index("DEVICE CLASS")
@@ -94,7 +96,7 @@ async def test_tries_count_delivery_attempts_not_refused_connections(tmp_path: P
     sender = Sender(ob, ehr)
     task = asyncio.create_task(sender.run())
     try:
-        await wait_until(lambda: isinstance(m := ob.get(1), OutboxMessage) and bool(m.last_error), timeout=10)
+        await until(lambda: isinstance(m := ob.get(1), OutboxMessage) and bool(m.last_error), timeout=10)
         item = ob.get(1)
         assert isinstance(item, OutboxMessage) and item.last_error and "refused" in item.last_error.lower()
         assert item.attempts == 0
@@ -104,6 +106,7 @@ async def test_tries_count_delivery_attempts_not_refused_connections(tmp_path: P
         ob.close()
 
 
+@pytest.mark.slow  # starts a process
 def test_scan_without_bluez_names_the_system_bus(tmp_path: Path) -> None:
     result = cli("scan", "--seconds", "1", env={"DBUS_SYSTEM_BUS_ADDRESS": f"unix:path={tmp_path}/no-bus"})
     assert result.returncode == 1
@@ -115,7 +118,7 @@ async def test_receive_announces_itself_once(capsys: pytest.CaptureFixture[str])
     port = free_port()
     task = asyncio.create_task(main(["receive", "--port", str(port), "--count", "1"]))
     client = MllpClient("127.0.0.1", port, connect_timeout=5)
-    await wait_until(lambda: "listening on" in capsys.readouterr().out or task.done(), timeout=10)
+    await until(lambda: "listening on" in capsys.readouterr().out or task.done(), timeout=10)
     await client.send(make_message("R1"), 5)
     await client.close()
     assert await asyncio.wait_for(task, 10) == 0
@@ -124,8 +127,9 @@ async def test_receive_announces_itself_once(capsys: pytest.CaptureFixture[str])
     assert out.out.startswith("--- message 1 ---")
 
 
+@pytest.mark.slow  # starts a process
 async def test_send_test_prints_one_line_and_no_debug(tmp_path: Path) -> None:
-    ehr = await PyHl7Ehr().start()
+    ehr = await Hl7Ehr().start()
     try:
         cfg = tmp_path / "agent.toml"
         cfg.write_text(

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from tests.patient_helpers import MRN, events, make_reading
+from tests.kit import MRN, events, oximeter_reading
 from vitals_agent.agent.clock import Clock
 from vitals_agent.agent.patient_context import PatientDetails
 from vitals_agent.agent.service import AgentService
@@ -80,7 +80,7 @@ def service(tmp_path: Path, t: Time, made: list[AgentService], **patient: object
 
 async def reading_now(svc: AgentService, t: Time) -> None:
     """A reading arrives now: stamped by the (possibly stepped) wall clock, as a driver does."""
-    await svc.pipeline.on_event(svc.runtimes["oxi-1"], make_reading(t.wall))
+    await svc.pipeline.on_event(svc.runtimes["oxi-1"], oximeter_reading(t.wall))
 
 
 async def test_backward_step_does_not_drop_readings_or_stretch_the_context(
@@ -163,7 +163,7 @@ async def test_a_reading_from_before_the_patient_is_still_dropped_across_a_backw
     svc = service(tmp_path, time_, services)
     await svc.pipeline.tick()
     runtime = svc.runtimes["oxi-1"]
-    early = make_reading(time_.wall)
+    early = oximeter_reading(time_.wall)
     arrived = svc.clock.mono()
     time_.advance(5)
     time_.step(-3600)  # after the step the early reading's wall time looks an hour *later* than the scan

@@ -9,13 +9,13 @@ import json
 import os
 import stat
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.patient_helpers import DOB, FAMILY, GIVEN, MRN, Clock, events, make_reading, manager
+from tests.kit import DOB, FAMILY, GIVEN, MRN, FakeClock, events, manager, oximeter_reading, until
 from vitals_agent.agent.control import ControlClient, ControlError, ControlServer, StatusSnapshot
 from vitals_agent.agent.patient_context import PatientContextManager, PatientDetails
 
@@ -56,22 +56,9 @@ def fake_status() -> StatusSnapshot:
     }
 
 
-class Ticks:
-    """A settable monotonic clock (login code and session lifetimes)."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 class Env:
     def __init__(
-        self, server: ControlServer, patients: PatientContextManager, data_dir: Path, ticks: Ticks
+        self, server: ControlServer, patients: PatientContextManager, data_dir: Path, ticks: FakeClock
     ) -> None:
         self.server = server
         self.patients = patients
@@ -108,9 +95,9 @@ class Env:
 
 @pytest.fixture
 async def env(tmp_path: Path) -> AsyncIterator[Env]:
-    clock, ticks = Clock(), Ticks()
+    clock, ticks = FakeClock(), FakeClock()  # wall clock; monotonic (code and session lifetimes)
     patients = manager(tmp_path, clock, require_patient=True)
-    server = ControlServer(tmp_path, patients, fake_status, port=0, now=clock, clock=ticks)
+    server = ControlServer(tmp_path, patients, fake_status, port=0, now=clock, clock=ticks.monotonic)
     await server.start()
     try:
         yield Env(server, patients, tmp_path, ticks)
@@ -130,7 +117,7 @@ async def test_token_and_endpoint_files_are_private(env: Env) -> None:
 
 
 async def test_a_new_token_on_every_start(tmp_path: Path) -> None:
-    patients = manager(tmp_path, Clock())
+    patients = manager(tmp_path, FakeClock())
     tokens = []
     for _ in range(2):
         server = ControlServer(tmp_path, patients, fake_status, port=0)
@@ -158,7 +145,7 @@ async def test_every_request_without_the_token_is_refused(
     env: Env, method: str, path: str, body: Any, token: str | None
 ) -> None:
     env.patients.set(PatientDetails(mrn=MRN, family=FAMILY), "cli")
-    env.patients.route("oxi-1", make_reading())  # touches; with a patient set nothing is held
+    env.patients.route("oxi-1", oximeter_reading())  # touches; with a patient set nothing is held
     status, headers, content = await env.http(method, path, body, token=token)
     assert status == 401
     assert headers["www-authenticate"].startswith("Bearer")
@@ -334,7 +321,7 @@ async def test_not_found_method_not_allowed_and_wrong_host(env: Env) -> None:
 
 
 async def test_discard_held_through_the_api(env: Env) -> None:
-    env.patients.route("oxi-1", make_reading())
+    env.patients.route("oxi-1", oximeter_reading())
     status, _, content = await env.http("DELETE", "/api/held", {"channel": "cli"})
     assert (status, json.loads(content)) == (200, {"discarded": 1})
     assert env.patients.held.summary() == (0, None)
@@ -357,7 +344,7 @@ async def test_client_reads_the_files_and_reports_errors_in_one_line(env: Env, t
 
 
 async def test_stopped_server_removes_its_endpoint_and_refuses_connections(tmp_path: Path) -> None:
-    patients = manager(tmp_path, Clock())
+    patients = manager(tmp_path, FakeClock())
     server = ControlServer(tmp_path, patients, fake_status, port=0)
     await server.start()
     client = ControlClient.from_data_dir(tmp_path)
@@ -465,21 +452,15 @@ async def raw_connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWr
     return await asyncio.open_connection("127.0.0.1", port)
 
 
-async def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.01)
-
-
 async def test_idle_connections_are_capped_and_closed_fast(tmp_path: Path) -> None:
-    patients = manager(tmp_path, Clock())
+    patients = manager(tmp_path, FakeClock())
     server = ControlServer(tmp_path, patients, fake_status, port=0, max_connections=4, request_timeout=1.0)
     await server.start()
     idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
     try:
         for _ in range(40):
             idle.append(await raw_connect(server.port))
-        await wait_until(lambda: server.busy_refused == 36)
+        await until(lambda: server.busy_refused == 36)
         assert server.connections == 4  # never more than the cap, however many connect
         # Over the cap: an immediate 503, then closed.
         answers = [await reader.read() for reader, _ in idle[4:]]
@@ -487,7 +468,7 @@ async def test_idle_connections_are_capped_and_closed_fast(tmp_path: Path) -> No
         assert b"too many control connections" in answers[0]
         # The four served ones send nothing: closed after request_timeout, without an answer.
         assert [await reader.read() for reader, _ in idle[:4]] == [b""] * 4
-        await wait_until(lambda: server.connections == 0)
+        await until(lambda: server.connections == 0)
         status, _ = await ControlClient.from_data_dir(tmp_path).request("GET", "/api/status")
         assert status == 200
     finally:
@@ -499,7 +480,7 @@ async def test_idle_connections_are_capped_and_closed_fast(tmp_path: Path) -> No
 
 async def test_a_slow_request_is_cut_off_at_the_deadline(tmp_path: Path) -> None:
     """Slowloris: a byte every 50 ms keeps no connection open past request_timeout."""
-    patients = manager(tmp_path, Clock())
+    patients = manager(tmp_path, FakeClock())
     server = ControlServer(tmp_path, patients, fake_status, port=0, request_timeout=0.5)
     await server.start()
     try:
@@ -517,7 +498,7 @@ async def test_a_slow_request_is_cut_off_at_the_deadline(tmp_path: Path) -> None
                     await asyncio.wait_for(reader.read(1), 0.05)
         assert sent < len(request)  # cut off long before the request could complete
         writer.close()
-        await wait_until(lambda: server.connections == 0)
+        await until(lambda: server.connections == 0)
     finally:
         await server.stop()
         patients.close()

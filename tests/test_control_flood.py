@@ -18,10 +18,13 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.e2e_helpers import AgentProcess, PyHl7Ehr, masimo_ascii1_line, write_config
+from tests.e2e_helpers import AgentProcess, masimo_ascii1_line, write_config
+from tests.fake_ehr import Hl7Ehr
+from tests.kit import until
 from tests.oracle import validate_oru
 from vitals_agent.agent.control import ControlClient, ControlError
 from vitals_agent.drivers.pty import PtyDevice
@@ -94,7 +97,7 @@ class Flood:
 
 
 async def test_a_connection_flood_costs_no_reading(tmp_path: Path, room_for_the_flood: None) -> None:
-    ehr = await PyHl7Ehr().start()
+    ehr = await Hl7Ehr().start()
     start = datetime.now(UTC).replace(microsecond=0)
     data = tmp_path / "data"
     with PtyDevice(tmp_path / "ttyRad8") as pty:
@@ -130,7 +133,7 @@ async def test_a_connection_flood_costs_no_reading(tmp_path: Path, room_for_the_
                     await pty.write(masimo_ascii1_line(at, f"09{sent}", "070", "03.00"))
                     sent += 1
                 peak = max(peak, open_fds(agent.proc.pid))
-                await asyncio.sleep(0.005)
+                await asyncio.sleep(0.005)  # the sampling rate of the peak, not a wait for an effect
             messages = await ehr.wait_for(3, timeout=30)
             assert len(flood.sockets) >= 1000, f"only {len(flood.sockets)} flood connections opened"
         finally:
@@ -138,13 +141,16 @@ async def test_a_connection_flood_costs_no_reading(tmp_path: Path, room_for_the_
                 flood.close()
         try:
             # The API answers again once the flood is gone (idle ones time out fast).
-            async with asyncio.timeout(30):
-                while True:
-                    try:
-                        status = await client.call("GET", "/api/status")
-                        break
-                    except ControlError:
-                        await asyncio.sleep(0.2)
+            status: dict[str, Any] = {}
+
+            async def answers() -> bool:
+                try:
+                    status.update(await client.call("GET", "/api/status"))
+                except ControlError:
+                    return False
+                return True
+
+            await until(answers, timeout=30, what="the control API answering again", interval=0.2)
             code, _ = agent.terminate()
         finally:
             agent.cleanup()

@@ -11,60 +11,26 @@ import os
 import random
 import signal
 import sys
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.fake_ehr import FakeEhr, Hl7Ehr, RawEhr, free_port, make_message, wait_until
+from tests.fake_ehr import FakeEhr, Hl7Ehr, RawEhr, make_message
+from tests.kit import fast_ehr, free_port, running_sender, until
 from vitals_agent.agent.outbox import DeadLetter, Outbox
 from vitals_agent.agent.sender import Sender
-from vitals_agent.config.ehr import EhrConfig
 from vitals_agent.errors import OutboxFullError
 
 PEERS = [Hl7Ehr, RawEhr]
-
-
-def fast_ehr(port: int, **kw: Any) -> EhrConfig:
-    values: dict[str, Any] = {
-        "host": "127.0.0.1",
-        "port": port,
-        "connect_timeout_seconds": 1.0,
-        "ack_timeout_seconds": 0.3,
-        "backoff_min_seconds": 0.01,
-        "backoff_max_seconds": 0.05,
-    }
-    values.update(kw)
-    return EhrConfig(**values)
-
-
-@pytest.fixture
-def outbox(tmp_path: Path) -> Iterator[Outbox]:
-    ob = Outbox(tmp_path / "data")
-    yield ob
-    ob.close()
 
 
 def queue(outbox: Outbox, names: list[str]) -> list[int]:
     return [outbox.enqueue(control_id=n, device_id="dev-1", body=make_message(n)) for n in names]
 
 
-@contextlib.asynccontextmanager
-async def running(sender: Sender) -> AsyncIterator[asyncio.Task[None]]:
-    task = asyncio.create_task(sender.run())
-    try:
-        yield task
-    finally:
-        await sender.stop(timeout=1.0)
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
 async def deliver_all(sender: Sender, outbox: Outbox, timeout: float = 10.0) -> None:
-    async with running(sender):
-        await wait_until(lambda: outbox.depth() == 0, timeout)
+    async with running_sender(sender):
+        await until(lambda: outbox.depth() == 0, timeout)
 
 
 def assert_resent_identically(ehr: FakeEhr, control_id: str, *, new_connection: bool = True) -> None:
@@ -82,14 +48,14 @@ async def test_ehr_down_at_start_then_up(outbox: Outbox) -> None:
     port = free_port()
     queue(outbox, ["M0", "M1", "M2"])
     sender = Sender(outbox, fast_ehr(port))
-    async with running(sender):
-        await wait_until(lambda: sender.status()["consecutive_failures"] >= 2)
+    async with running_sender(sender):
+        await until(lambda: sender.status()["consecutive_failures"] >= 2)
         status = sender.status()
         assert status["connected"] is False and status["depth"] == 3
         assert f"cannot connect to 127.0.0.1:{port}" in status["last_error"]
         assert status["in_flight"] is None
         async with Hl7Ehr(port=port) as ehr:
-            await wait_until(lambda: outbox.depth() == 0)
+            await until(lambda: outbox.depth() == 0)
             assert ehr.control_ids == ["M0", "M1", "M2"]  # in order, once each
             assert sender.status()["connected"] is True
             assert sender.status()["last_ack_at"] is not None
@@ -100,17 +66,17 @@ async def test_ehr_down_mid_stream(outbox: Outbox, peer: type[FakeEhr]) -> None:
     ehr = peer()
     await ehr.start()
     sender = Sender(outbox, fast_ehr(ehr.port))
-    async with running(sender):
+    async with running_sender(sender):
         queue(outbox, ["M0", "M1"])
         sender.wake()
-        await wait_until(lambda: outbox.depth() == 0)
+        await until(lambda: outbox.depth() == 0)
         await ehr.stop()  # the EHR goes away; connection dropped, new ones refused
         queue(outbox, ["M2", "M3", "M4"])
         sender.wake()
-        await wait_until(lambda: sender.status()["consecutive_failures"] >= 2)
+        await until(lambda: sender.status()["consecutive_failures"] >= 2)
         assert outbox.depth() == 3
         await ehr.start()  # back on the same port
-        await wait_until(lambda: outbox.depth() == 0)
+        await until(lambda: outbox.depth() == 0)
     await ehr.stop()
     assert ehr.control_ids == ["M0", "M1", "M2", "M3", "M4"]
 
@@ -232,8 +198,8 @@ async def test_ae_retried_then_dead_lettered_without_holding_back_the_queue(
     async with peer(per_id={"M1": "AE"}) as ehr:
         ids = queue(outbox, ["M0", "M1", "M2", "M3"])
         sender = Sender(outbox, fast_ehr(ehr.port, max_attempts=3, backoff_min_seconds=0.05))
-        async with running(sender):
-            await wait_until(lambda: outbox.depth() == 0)
+        async with running_sender(sender):
+            await until(lambda: outbox.depth() == 0)
     assert ehr.control_ids.count("M1") == 3
     assert [c for c in ehr.control_ids if c != "M1"] == ["M0", "M2", "M3"]
     assert ehr.control_ids.index("M2") < len(ehr.control_ids) - 1 - ehr.control_ids[::-1].index("M1")
@@ -254,8 +220,8 @@ async def test_ar_dead_lettered_at_once_and_operator_retry_resends_original(
     async with peer(per_id={"M1": "AR"}) as ehr:
         ids = queue(outbox, ["M0", "M1", "M2"])
         sender = Sender(outbox, fast_ehr(ehr.port))
-        async with running(sender):
-            await wait_until(lambda: outbox.depth() == 0)
+        async with running_sender(sender):
+            await until(lambda: outbox.depth() == 0)
             assert ehr.control_ids == ["M0", "M1", "M2"]  # M2 not held back, M1 sent once
             dead = outbox.get(ids[1])
             assert isinstance(dead, DeadLetter)
@@ -264,7 +230,7 @@ async def test_ar_dead_lettered_at_once_and_operator_retry_resends_original(
             ehr.per_id.clear()
             assert outbox.retry_dead(ids[1]) == 1
             sender.wake()
-            await wait_until(lambda: outbox.depth() == 0 and len(ehr.received) == 4)
+            await until(lambda: outbox.depth() == 0 and len(ehr.received) == 4)
     assert ehr.control_ids == ["M0", "M1", "M2", "M1"]
     assert_resent_identically(ehr, "M1", new_connection=False)
     assert outbox.dead_count() == 0
@@ -300,7 +266,7 @@ async def test_disk_full_while_queueing(tmp_path: Path) -> None:
     port = free_port()
     sender = Sender(outbox, fast_ehr(port))
     accepted: list[str] = []
-    async with running(sender):
+    async with running_sender(sender):
         with pytest.raises(OutboxFullError) as info:
             for i in range(1000):
                 cid = f"F{i:04d}"
@@ -313,7 +279,7 @@ async def test_disk_full_while_queueing(tmp_path: Path) -> None:
         assert refused in str(info.value) and "NOT queued" in str(info.value)
         assert outbox.depth() == len(accepted) > 10
         async with Hl7Ehr(port=port) as ehr:
-            await wait_until(lambda: outbox.depth() == 0)
+            await until(lambda: outbox.depth() == 0)
     outbox.close()
     assert ehr.control_ids == accepted
     assert refused not in ehr.control_ids
@@ -327,7 +293,7 @@ async def test_stop_leaves_unacknowledged_message_queued(outbox: Outbox) -> None
         queue(outbox, ["M0", "M1"])
         sender = Sender(outbox, fast_ehr(ehr.port, ack_timeout_seconds=30))
         task = asyncio.create_task(sender.run())
-        await wait_until(lambda: sender.status()["in_flight"] == "M0")
+        await until(lambda: sender.status()["in_flight"] == "M0")
         await sender.stop(timeout=0.2)
         assert task.done()
     assert [r.control_id for r in outbox.peek()] == ["M0", "M1"]
@@ -342,7 +308,7 @@ async def test_stop_finishes_the_message_in_flight(outbox: Outbox) -> None:
         queue(outbox, ["M0", "M1"])
         sender = Sender(outbox, fast_ehr(ehr.port, ack_timeout_seconds=5))
         task = asyncio.create_task(sender.run())
-        await wait_until(lambda: sender.status()["in_flight"] == "M0")
+        await until(lambda: sender.status()["in_flight"] == "M0")
         await sender.stop(timeout=3.0)
         assert task.done()
     assert ehr.control_ids == ["M0"]
@@ -354,6 +320,7 @@ async def test_stop_finishes_the_message_in_flight(outbox: Outbox) -> None:
 WORKER = Path(__file__).with_name("drain_worker.py")
 
 
+@pytest.mark.slow  # starts a Python process
 async def test_sigkill_during_drain_loses_nothing(tmp_path: Path) -> None:
     n = 2000
     kills = 5
@@ -449,12 +416,12 @@ async def test_new_readings_are_queued_durably_during_a_full_speed_drain(outbox:
     fresh = [f"N{i:02d}" for i in range(20)]
     async with Hl7Ehr() as ehr:
         sender = Sender(outbox, fast_ehr(ehr.port))
-        async with running(sender):
+        async with running_sender(sender):
             await ehr.wait_for(50)
             for cid in fresh:  # as the pipeline does: enqueue in a worker thread, then wake
                 await asyncio.to_thread(outbox.enqueue, control_id=cid, device_id="d", body=make_message(cid))
                 sender.wake()
-            await wait_until(lambda: outbox.depth() == 0, timeout=30)
+            await until(lambda: outbox.depth() == 0, timeout=30)
     assert ehr.control_ids == backlog + fresh
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from tests.oracle import validate_oru
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]  # the agent as a subprocess
 
 
 def test_demo_shows_acknowledged_valid_messages_from_every_simulated_device_and_ends() -> None:

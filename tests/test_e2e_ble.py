@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e_helpers import AgentProcess, PyHl7Ehr, write_config
-from tests.fakebluez.fixtures import *  # noqa: F403
+from tests.e2e_helpers import AgentProcess, write_config
+from tests.fake_ehr import Hl7Ehr
 from tests.fakebluez.gatt import and_ua651ble, u16
 from tests.fakebluez.payloads import NAN, blood_pressure
 from tests.fakebluez.scenarios import indicate_then_leave
 from tests.fakebluez.server import FakeBlueZ
 from tests.oracle import validate_oru
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]  # the agent as a subprocess
 
 
 def systolic_of(message: str) -> str:
@@ -28,7 +28,7 @@ def systolic_of(message: str) -> str:
 async def test_cuff_stored_records_reach_ehr_once_across_link_drop_and_restart(
     fake_bluez: FakeBlueZ, tmp_path: Path
 ) -> None:
-    ehr = await PyHl7Ehr().start()
+    ehr = await Hl7Ehr().start()
     cuff = fake_bluez.add(and_ua651ble())
     t = datetime(2026, 11, 28, 8, 0, 0)
     good1 = blood_pressure(128, 84, 99, 67, t)

@@ -9,17 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e_helpers import AgentProcess, PyHl7Ehr, write_config
+from tests.e2e_helpers import AgentProcess, write_config
+from tests.fake_ehr import Hl7Ehr
 from tests.oracle import validate_oru
 from tests.test_ecg_fixtures import synthetic_aecg
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]  # the agent as a subprocess
 
 
 async def test_original_file_and_rendered_report_are_attached(tmp_path: Path) -> None:
     share = tmp_path / "share"
     share.mkdir()
-    ehr = await PyHl7Ehr().start()
+    ehr = await Hl7Ehr().start()
     device = {
         "id": "ekg-room12",
         "driver": "aecg-xml",

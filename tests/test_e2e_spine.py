@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e_helpers import AgentProcess, PyHl7Ehr, free_port, masimo_ascii1_line, write_config
+from tests.e2e_helpers import AgentProcess, masimo_ascii1_line, write_config
+from tests.fake_ehr import Hl7Ehr
+from tests.kit import free_port
 from tests.oracle import ParsedOru, validate_oru
 from vitals_agent.drivers.pty import PtyDevice
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]  # the agent as a subprocess
 
 
 def value_and_unit(parsed: ParsedOru, code: str) -> tuple[str, str]:
@@ -22,7 +24,7 @@ def value_and_unit(parsed: ParsedOru, code: str) -> tuple[str, str]:
 
 
 async def test_rad8_capture_reaches_independent_ehr_one_oru_per_line(tmp_path: Path) -> None:
-    ehr = await PyHl7Ehr().start()
+    ehr = await Hl7Ehr().start()
     now = datetime.now(UTC).replace(microsecond=0)
     lines = [
         masimo_ascii1_line(now + timedelta(seconds=i), spo2, bpm, pi)
@@ -93,7 +95,7 @@ async def test_ehr_down_then_sigkill_then_restart_delivers_all_five_in_order_onc
             agent.kill()  # SIGKILL: no chance to clean up
         finally:
             agent.cleanup()
-        ehr = await PyHl7Ehr(port).start()  # the EHR comes back
+        ehr = await Hl7Ehr(port=port).start()  # the EHR comes back
         agent = AgentProcess(cfg)
         try:
             messages = await ehr.wait_for(5)

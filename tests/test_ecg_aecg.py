@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.kit import m
 from tests.test_ecg_fixtures import (
     BILLION_LAUGHS,
     EXTERNAL_ENTITY,
@@ -29,15 +30,10 @@ from vitals_agent.models import (
     DeviceClass,
     DeviceIdentity,
     Dropped,
-    Measurement,
     PatientInfo,
     Reading,
     ReadingFlag,
 )
-
-
-def m(metric: str, value: int, unit: str) -> Measurement:
-    return Measurement(metric=metric, value=Decimal(value), unit=unit)
 
 
 def test_synthetic_whole_reading() -> None:

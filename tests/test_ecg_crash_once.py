@@ -11,29 +11,22 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.e2e_helpers import PyHl7Ehr, write_config
+from tests.e2e_helpers import outbox_depth, write_config
+from tests.fake_ehr import Hl7Ehr
+from tests.kit import until
 from tests.test_ecg_fixtures import ctx, driver, scp_record, scp_section1, scp_section7, synthetic_scp
 from vitals_agent.agent.patient_context import PatientDetails
 from vitals_agent.agent.service import AgentService
 from vitals_agent.config.schema import parse_config
 from vitals_agent.models import PatientInfo, Reading
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]  # the agent as a subprocess
 WORKER = Path(__file__).with_name("ecg_crash_worker.py")
-
-
-def outbox_depth(data_dir: Path) -> int:
-    path = data_dir / "outbox.sqlite3"
-    if not path.exists():
-        return -1
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
-        return int(conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
 
 
 async def run_agent(config: Path, *flags: str) -> asyncio.subprocess.Process:
@@ -45,16 +38,6 @@ async def run_agent(config: Path, *flags: str) -> asyncio.subprocess.Process:
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
     )
-
-
-async def until(predicate: object, what: str, timeout: float = 30.0) -> None:
-    assert callable(predicate)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def msh10_by_patient(messages: list[str]) -> dict[str, set[str]]:
@@ -71,7 +54,7 @@ def msh10_by_patient(messages: list[str]) -> dict[str, set[str]]:
 async def test_kill_right_after_the_outbox_commit_never_gives_a_second_msh10(tmp_path: Path) -> None:
     share, data = tmp_path / "share", tmp_path / "data"
     share.mkdir()
-    ehr = await PyHl7Ehr().start()
+    ehr = await Hl7Ehr().start()
     device = {"id": "ekg-1", "driver": "scp-ecg", "folder": str(share), "poll_seconds": 0.05}
     config = write_config(tmp_path / "agent.toml", data_dir=data, ehr_port=ehr.port, devices=[device])
     mrns = [f"CRASH{i}" for i in range(3)]
@@ -83,8 +66,12 @@ async def test_kill_right_after_the_outbox_commit_never_gives_a_second_msh10(tmp
             assert (share / f"{mrn}.scp").exists(), "killed before the file was moved"
         proc = await run_agent(config)
         try:
-            await until(lambda: len(list((share / "processed").glob("*.scp"))) == 3, "all files processed")
-            await until(lambda: outbox_depth(data) == 0, "the outbox drained")
+            await until(
+                lambda: len(list((share / "processed").glob("*.scp"))) == 3,
+                timeout=30,
+                what="all files processed",
+            )
+            await until(lambda: outbox_depth(data) == 0, timeout=30, what="the outbox drained")
         finally:
             proc.terminate()
             await asyncio.wait_for(proc.wait(), 20)

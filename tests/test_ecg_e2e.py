@@ -4,16 +4,16 @@ is restarted while the cart is still writing the file."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
 
-from tests.e2e_helpers import AgentProcess, PyHl7Ehr, write_config
+from tests.e2e_helpers import AgentProcess, outbox_depth, write_config
+from tests.fake_ehr import Hl7Ehr
 from tests.oracle import validate_oru
 from tests.test_ecg_fixtures import synthetic_aecg, synthetic_scp
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]  # the agent as a subprocess
 
 
 def segments(message: str, name: str) -> list[list[str]]:
@@ -22,20 +22,27 @@ def segments(message: str, name: str) -> list[list[str]]:
 
 def config(tmp_path: Path, share: Path, port: int, driver: str, **options: object) -> Path:
     device = {"id": "ekg-room12", "driver": driver, "folder": str(share), "poll_seconds": 0.1, **options}
-    return write_config(tmp_path / "agent.toml", data_dir=tmp_path / "data", ehr_port=port, devices=[device])
+    return write_config(
+        tmp_path / "agent.toml",
+        data_dir=tmp_path / "data",
+        ehr_port=port,
+        devices=[device],
+        log_level="DEBUG",  # "ecg file incomplete, waiting": each pass over a half-written file
+    )
 
 
 async def test_dropped_aecg_file_reaches_the_ehr_once(tmp_path: Path) -> None:
     share = tmp_path / "share"
     share.mkdir()
-    ehr = await PyHl7Ehr().start()
+    ehr = await Hl7Ehr().start()
     agent = AgentProcess(config(tmp_path, share, ehr.port, "aecg-xml"))
     try:
         await agent.wait_log(lambda: bool(agent.events("device connected")), what="device connected")
         (share / "ecg-0001.xml").write_bytes(synthetic_aecg())
         messages = await ehr.wait_for(1)
         await agent.wait_log(lambda: (share / "processed" / "ecg-0001.xml").exists(), what="moved")
-        await asyncio.sleep(0.5)  # a few more polls: nothing else may be sent
+        # the file is moved after its hand-over: once the outbox is empty, nothing else can be sent
+        await agent.wait_log(lambda: outbox_depth(tmp_path / "data") == 0, what="the outbox drained")
         code, _ = agent.terminate()
     finally:
         agent.cleanup()
@@ -59,13 +66,15 @@ async def test_restart_while_the_cart_is_writing_sends_once(tmp_path: Path) -> N
     data = synthetic_scp()
     target = share / "ecg.scp"
     target.write_bytes(data[:300])  # the cart has begun writing
-    ehr = await PyHl7Ehr().start()
+    ehr = await Hl7Ehr().start()
     cfg = config(tmp_path, share, ehr.port, "scp-ecg")
     try:
         first = AgentProcess(cfg)
         try:
-            await first.wait_log(lambda: bool(first.events("device connected")), what="device connected")
-            await asyncio.sleep(0.5)  # several polls over the half-written file
+            await first.wait_log(
+                lambda: len(first.events("ecg file incomplete, waiting")) >= 3,
+                what="three passes over the half-written file",
+            )
             first.terminate()
         finally:
             first.cleanup()
@@ -77,7 +86,7 @@ async def test_restart_while_the_cart_is_writing_sends_once(tmp_path: Path) -> N
         try:
             messages = await ehr.wait_for(1)
             await second.wait_log(lambda: (share / "processed" / "ecg.scp").exists(), what="moved")
-            await asyncio.sleep(0.4)  # more polls: nothing else may be sent
+            await second.wait_log(lambda: outbox_depth(tmp_path / "data") == 0, what="the outbox drained")
             second.terminate()
         finally:
             second.cleanup()

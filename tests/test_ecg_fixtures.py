@@ -7,44 +7,29 @@ against the specification rather than against itself.
 
 from __future__ import annotations
 
-import asyncio
-import os
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
-import structlog
+from tests.kit import T0, fixed_ctx, make_driver, shared_file
+from vitals_agent.drivers.base import DecodeContext
 
-from vitals_agent.drivers.base import DecodeContext, DecodeFailure, Driver, driver_class
-from vitals_agent.models import DeviceEvent, DeviceIdentity, Reading
-
-# ../shared next to the checkout; VITALS_AGENT_SHARED points elsewhere (e.g. from a git worktree)
-SHARED = Path(os.environ.get("VITALS_AGENT_SHARED") or Path(__file__).resolve().parents[2] / "shared")
-SAMPLES = SHARED / "samples"
-FIXED_NOW = datetime(2026, 3, 11, 14, 0, 0, tzinfo=UTC)
+FIXED_NOW = T0
 
 
 def sample(*parts: str) -> Path:
-    import pytest
-
-    path = SAMPLES.joinpath(*parts)
-    if not path.is_file():
-        pytest.skip(f"needs ../shared: sample {'/'.join(parts)} not available at {path}")
-    return path
+    return shared_file("samples", *parts)
 
 
-def ctx(device_id: str = "cart-1", *, tz: tzinfo = UTC, now: datetime = FIXED_NOW) -> DecodeContext:
-    return DecodeContext(device=DeviceIdentity(id=device_id), tz=tz, now=lambda: now)
+def ctx(device_id: str = "cart-1", *, tz: tzinfo = UTC, now: datetime = T0) -> DecodeContext:
+    """The ECG tests' decode context: device ``cart-1``, host clock at :data:`T0`."""
+    return fixed_ctx(device_id, tz=tz, now=now)
 
 
-def driver(name: str, **options: Any) -> Driver:
-    cls = driver_class(name)
-    if "folder" in cls.options_model.model_fields:
-        options.setdefault("folder", "/nonexistent/ecg-share")
-    return cls(cls.options_model.model_validate(options))
+driver = make_driver
 
 
 # ------------------------------------------------------------------------------------------- SCP-ECG
@@ -373,93 +358,3 @@ def synthetic_philips_103() -> bytes:
   </interpretation></interpretations>
 </restingecgdata>
 """
-
-
-# ------------------------------------------------------------------------------------------- runtime
-
-
-class MemoryState:
-    """A state store that survives "restarts" (the same object is handed to the next runtime)."""
-
-    def __init__(self) -> None:
-        self.data: dict[str, str] = {}
-
-    def get(self, key: str) -> str | None:
-        return self.data.get(key)
-
-    def set(self, key: str, value: str) -> None:
-        self.data[key] = value
-
-
-class EcgRuntime:
-    """A DeviceRuntime recording what a transport hands over. ``after_emit`` runs once a reading is
-    accepted (a test raises there to simulate a crash right after the durable hand-over)."""
-
-    def __init__(
-        self,
-        drv: Driver,
-        *,
-        state: MemoryState | None = None,
-        context: DecodeContext | None = None,
-        accepted: list[Reading] | None = None,
-        after_emit: Callable[[Reading], None] | None = None,
-    ) -> None:
-        self._driver = drv
-        self._state = state or MemoryState()
-        self._ctx = context or ctx()
-        self.readings: list[Reading] = accepted if accepted is not None else []
-        self.failures: list[DecodeFailure] = []
-        self.counters: dict[str, int] = {}
-        self.connections: list[tuple[bool, str]] = []
-        self.after_emit = after_emit
-        self.changed = asyncio.Event()
-
-    @property
-    def device_id(self) -> str:
-        return self._ctx.device.id
-
-    @property
-    def driver(self) -> Driver:
-        return self._driver
-
-    @property
-    def settings(self) -> dict[str, Any]:
-        return {"id": self.device_id, **self._driver.options.model_dump()}
-
-    @property
-    def ctx(self) -> DecodeContext:
-        return self._ctx
-
-    @property
-    def state(self) -> MemoryState:
-        return self._state
-
-    @property
-    def log(self) -> Any:
-        return structlog.get_logger("tests.ecg")
-
-    async def emit(self, event: DeviceEvent) -> None:
-        assert isinstance(event, Reading)
-        self.readings.append(event)
-        self.changed.set()
-        if self.after_emit is not None:
-            self.after_emit(event)
-
-    def decode_failed(self, failure: DecodeFailure) -> None:
-        self.failures.append(failure)
-        self.changed.set()
-
-    def set_connected(self, connected: bool, detail: str = "") -> None:
-        self.connections.append((connected, detail))
-        self.changed.set()
-
-    def count(self, key: str, n: int = 1) -> None:
-        self.counters[key] = self.counters.get(key, 0) + n
-
-    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-        async def _wait() -> None:
-            while not predicate():
-                self.changed.clear()
-                await self.changed.wait()
-
-        await asyncio.wait_for(_wait(), timeout)

@@ -4,19 +4,17 @@ the move), and every bad file ends in failed/ with a one-line reason while the t
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.kit import FakeRuntime, MemoryState, readings_in, running, until
 from tests.test_ecg_fixtures import (
     BILLION_LAUGHS,
-    EcgRuntime,
-    MemoryState,
+    ctx,
     driver,
     scp_record,
     scp_section1,
@@ -28,7 +26,7 @@ from tests.test_ecg_fixtures import (
 from vitals_agent.drivers.base import transport_class
 from vitals_agent.drivers.ecg.folder import FolderTransport
 from vitals_agent.errors import OutboxFullError
-from vitals_agent.models import Reading
+from vitals_agent.models import DeviceEvent
 
 POLL = 0.02
 
@@ -38,40 +36,33 @@ def make(
     watched: Path,
     *,
     state: MemoryState | None = None,
-    accepted: list[Reading] | None = None,
+    accepted: list[DeviceEvent] | None = None,
     **kw: Any,
-) -> tuple[FolderTransport, EcgRuntime]:
+) -> tuple[FolderTransport, FakeRuntime]:
     options = {"folder": str(watched), "poll_seconds": POLL, **kw}
     after = options.pop("after_emit", None)
-    runtime = EcgRuntime(driver(name, **options), state=state, accepted=accepted, after_emit=after)
+    runtime = FakeRuntime(driver(name, **options), ctx=ctx(), state=state, events=accepted, after_emit=after)
     transport = transport_class("folder")(runtime)
     assert isinstance(transport, FolderTransport)
     return transport, runtime
 
 
-@contextlib.asynccontextmanager
-async def running(transport: FolderTransport) -> AsyncIterator[asyncio.Task[None]]:
-    task = asyncio.create_task(transport.run())
-    try:
-        yield task
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    async def _wait() -> None:
-        while not predicate():
-            await asyncio.sleep(POLL / 2)
-
-    await asyncio.wait_for(_wait(), timeout)
-
-
 async def polls(transport: FolderTransport, n: int) -> None:
-    """Let the transport make at least ``n`` more passes over the folder."""
+    """Make the transport pass over the folder ``n`` more times."""
     for _ in range(n):
         await transport.poll_once()
+
+
+async def passes(transport: FolderTransport, n: int) -> None:
+    """Wait until the running transport has passed over the folder ``n`` more times."""
+    target = transport.passes + n
+    await until(lambda: transport.passes >= target, what=f"{n} more passes over the folder")
+
+
+def later(transport: FolderTransport, seconds: float) -> None:
+    """Move the transport's clock on by ``seconds``: half-written files age without the test sleeping."""
+    previous = transport.monotonic
+    transport.monotonic = lambda: previous() + seconds
 
 
 def listing(path: Path) -> list[str]:
@@ -87,8 +78,7 @@ async def test_dropped_file_gives_exactly_one_reading(tmp_path: Path) -> None:
     async with running(transport) as task:
         (tmp_path / "ECG0001.SCP").write_bytes(data)  # the pattern is matched case-insensitively
         await until(lambda: listing(tmp_path / "processed") == ["ECG0001.SCP"])
-        for _ in range(5):
-            await asyncio.sleep(POLL)
+        await passes(transport, 5)
         assert not task.done()
     assert len(runtime.readings) == 1
     reading = runtime.readings[0]
@@ -101,7 +91,7 @@ async def test_dropped_file_gives_exactly_one_reading(tmp_path: Path) -> None:
 
 
 async def test_restart_while_the_file_is_being_written_sends_once(tmp_path: Path) -> None:
-    state, accepted = MemoryState(), list[Reading]()
+    state, accepted = MemoryState(), list[DeviceEvent]()
     data = synthetic_scp()
     target = tmp_path / "ecg.scp"
     target.write_bytes(data[: len(data) // 2])  # the cart is still writing
@@ -116,7 +106,7 @@ async def test_restart_while_the_file_is_being_written_sends_once(tmp_path: Path
     third, _ = make("scp-ecg", tmp_path, state=state, accepted=accepted)
     await polls(third, 3)
     assert len(accepted) == 1
-    assert accepted[0].raw == data
+    assert readings_in(accepted)[0].raw == data
     assert listing(tmp_path / "processed") == ["ecg.scp"]
 
 
@@ -135,7 +125,7 @@ async def test_half_written_xml_is_waited_for(tmp_path: Path) -> None:
 
 async def test_state_is_written_before_the_move(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Crash *in* the move (after the durable hand-over): the restart finds the file and does not re-send."""
-    state, accepted = MemoryState(), list[Reading]()
+    state, accepted = MemoryState(), list[DeviceEvent]()
     (tmp_path / "a.scp").write_bytes(synthetic_scp())
     first, _ = make("scp-ecg", tmp_path, state=state, accepted=accepted)
 
@@ -269,7 +259,7 @@ async def test_empty_file_fails_only_after_the_incomplete_timeout(tmp_path: Path
     assert listing(tmp_path) == ["empty.scp"]  # a cart may create the file first and write later
     transport2, _ = make("scp-ecg", tmp_path, incomplete_timeout_seconds=0.01)
     await polls(transport2, 2)
-    await asyncio.sleep(0.02)
+    later(transport2, 0.02)
     await polls(transport2, 1)
     assert (tmp_path / "failed" / "empty.scp.reason.txt").read_text() == "empty file\n"
 

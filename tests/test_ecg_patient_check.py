@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.kit import FAMILY, GIVEN, MRN, events
 from tests.oracle import validate_oru
-from tests.patient_helpers import FAMILY, GIVEN, MRN, events
 from vitals_agent.agent.patient_context import PatientDetails
 from vitals_agent.agent.service import AgentService
 from vitals_agent.config.schema import parse_config

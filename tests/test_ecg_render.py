@@ -140,6 +140,7 @@ def test_render_the_hl7_example_page() -> None:
             assert any(dark(p) for p in window), (row, col)
 
 
+@pytest.mark.slow  # starts a Python process
 def test_cli_ecg_render(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import subprocess
     import sys

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.kit import m
 from tests.test_ecg_fixtures import (
     FIXED_NOW,
     crc_ccitt_bitwise,
@@ -34,15 +35,10 @@ from vitals_agent.models import (
     DeviceClass,
     DeviceIdentity,
     Dropped,
-    Measurement,
     PatientInfo,
     Reading,
     ReadingFlag,
 )
-
-
-def m(metric: str, value: int, unit: str) -> Measurement:
-    return Measurement(metric=metric, value=Decimal(value), unit=unit)
 
 
 def test_crc_ccitt_matches_the_standard_check_value() -> None:

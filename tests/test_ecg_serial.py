@@ -11,8 +11,8 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.kit import FakeRuntime
 from tests.test_ecg_fixtures import (
-    EcgRuntime,
     ctx,
     driver,
     scp_record,
@@ -85,20 +85,20 @@ async def test_transport_on_a_pty(tmp_path: Path) -> None:
     saved = tmp_path / "saved"
     with PtyDevice(tmp_path / "ttyECG") as device:
         drv = driver("scp-ecg-serial", port=str(device.link), idle_gap_seconds=0.2, save_folder=str(saved))
-        runtime = EcgRuntime(drv)
+        runtime = FakeRuntime(drv, ctx=ctx())
         transport = transport_class("ecg-serial-file")(runtime)
         assert isinstance(transport, SerialFileTransport)
         task = asyncio.create_task(transport.run())
         try:
-            await runtime.wait_for(lambda: bool(runtime.connections))
+            await runtime.wait_until(lambda _: bool(runtime.connections))
             for i in range(0, len(ONE), 700):  # the cart sends in bursts
                 await device.write(ONE[i : i + 700])
-                await asyncio.sleep(0.01)
-            await runtime.wait_for(lambda: len(runtime.readings) == 1)
+                await asyncio.sleep(0.01)  # the cart's pause between bursts
+            await runtime.wait_until(lambda _: len(runtime.readings) == 1)
             await device.write(b"\r\nGARBAGE LINE NOISE\r\n")  # no SCP header: ends at the idle gap
-            await runtime.wait_for(lambda: len(runtime.failures) == 1)
+            await runtime.wait_until(lambda _: len(runtime.failures) == 1)
             await device.write(TWO + ONE)  # back to back; ONE again is a duplicate: not re-sent
-            await runtime.wait_for(lambda: transport.files == 4)
+            await runtime.wait_until(lambda _: transport.files == 4)
             assert not task.done()
         finally:
             task.cancel()

@@ -12,8 +12,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from tests.fake_ehr import free_port, make_test_pki
+from tests.fake_ehr import make_test_pki
 from tests.fake_fhir import FakeFhir
+from tests.kit import free_port
 from vitals_agent.agent.fhir_client import FhirClient, client_assertion, fhir_client, load_signing_key
 from vitals_agent.config.fhir import FhirConfig
 from vitals_agent.errors import ConfigError, ConnectFailedError, PeerUnavailableError

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 
-from tests.fake_ehr import Hl7Ehr, free_port, make_message, wait_until
+from tests.fake_ehr import Hl7Ehr, make_message
 from tests.fake_fhir import FakeFhir
 from tests.fhir_oracle import check_bundle
+from tests.kit import free_port, until
 from vitals_agent.agent.fhir_sender import FhirSender
 from vitals_agent.agent.outbox import DeadLetter, Outbox
 from vitals_agent.agent.sender import QueueSender, Sender
@@ -67,13 +68,6 @@ def queue(outbox: Outbox, names: list[str], *, both: bool = False) -> None:
             outbox.enqueue(control_id=name, device_id="ox", body=bundle(name, n), destination="fhir")
 
 
-@pytest.fixture
-def outbox(tmp_path: Path) -> Iterator[Outbox]:
-    ob = Outbox(tmp_path / "data")
-    yield ob
-    ob.close()
-
-
 @contextlib.asynccontextmanager
 async def running(*senders: QueueSender) -> AsyncIterator[None]:
     tasks = [asyncio.create_task(s.run()) for s in senders]
@@ -94,7 +88,7 @@ async def test_bundles_delivered_in_order_once_and_ehr_rows_untouched(outbox: Ou
     async with FakeFhir() as server:
         sender = FhirSender(outbox, fast_fhir(server.base_url))
         async with running(sender):
-            await wait_until(lambda: outbox.depth("fhir") == 0)
+            await until(lambda: outbox.depth("fhir") == 0)
             status = sender.status()
         assert server.bundle_ids() == ["C0", "C1", "C2"]
         for arrival in server.arrivals:
@@ -110,11 +104,11 @@ async def test_fhir_down_at_start_then_up(outbox: Outbox) -> None:
     queue(outbox, ["C0", "C1"])
     sender = FhirSender(outbox, fast_fhir(f"http://127.0.0.1:{port}/fhir"))
     async with running(sender):
-        await wait_until(lambda: sender.status()["consecutive_failures"] >= 3)
+        await until(lambda: sender.status()["consecutive_failures"] >= 3)
         assert "cannot reach the FHIR server" in sender.status()["last_error"]
         assert outbox.dead_count() == 0  # a server that is down never dead-letters anything
         async with FakeFhir(port=port) as server:
-            await wait_until(lambda: outbox.depth("fhir") == 0)
+            await until(lambda: outbox.depth("fhir") == 0)
             assert server.bundle_ids() == ["C0", "C1"]
 
 
@@ -126,7 +120,7 @@ async def test_503_with_retry_after_is_honoured_then_delivered(outbox: Outbox) -
         sender = FhirSender(outbox, fast_fhir(server.base_url))
         started = time.monotonic()
         async with running(sender):
-            await wait_until(lambda: outbox.depth("fhir") == 0, timeout=15)
+            await until(lambda: outbox.depth("fhir") == 0, timeout=15)
         arrivals = [a.status for a in server.arrivals]
         assert arrivals == [503, 503, 200]
         # the back-off is 10-50 ms here: the two 1 s waits can only come from Retry-After
@@ -140,7 +134,7 @@ async def test_400_dead_letters_with_the_operation_outcome_and_the_queue_moves_o
         server.per_id = {"C1": "400"}
         sender = FhirSender(outbox, fast_fhir(server.base_url))
         async with running(sender):
-            await wait_until(lambda: outbox.depth("fhir") == 0 and outbox.dead_count() == 1)
+            await until(lambda: outbox.depth("fhir") == 0 and outbox.dead_count() == 1)
         assert server.bundle_ids() == ["C0", "C2"]
     (dead,) = outbox.list_dead()
     assert isinstance(dead, DeadLetter)
@@ -156,7 +150,7 @@ async def test_timeout_then_resend_creates_no_duplicate(outbox: Outbox) -> None:
         server.plan = ["STORE_SLOW", "STORE_RESET"]  # stored both times, the answer lost both times
         sender = FhirSender(outbox, fast_fhir(server.base_url, timeout_seconds=0.4))
         async with running(sender):
-            await wait_until(lambda: outbox.depth("fhir") == 0, timeout=15)
+            await until(lambda: outbox.depth("fhir") == 0, timeout=15)
         assert server.bundle_ids(None).count("C0") >= 2  # sent again after the lost answers
         ids = server.observation_identifiers()
         assert len(ids) == len(set(ids)) == 4  # two readings, two Observations each, none twice
@@ -172,7 +166,7 @@ async def test_a_bundle_the_server_always_fails_is_dead_lettered_once_a_later_on
         server.per_id = {"C0": "500"}
         sender = FhirSender(outbox, fast_fhir(server.base_url))
         async with running(sender):
-            await wait_until(lambda: outbox.depth("fhir") == 0 and outbox.dead_count() == 1, timeout=15)
+            await until(lambda: outbox.depth("fhir") == 0 and outbox.dead_count() == 1, timeout=15)
         assert server.bundle_ids() == ["C1"]
     assert outbox.list_dead()[0].control_id == "C0"
     assert "after accepting the connection" in outbox.list_dead()[0].reason
@@ -184,7 +178,7 @@ async def test_a_busy_server_never_dead_letters(outbox: Outbox) -> None:
         server.plan = ["429", "503", "429", "503", "408"]
         sender = FhirSender(outbox, fast_fhir(server.base_url))
         async with running(sender):
-            await wait_until(lambda: outbox.depth("fhir") == 0, timeout=15)
+            await until(lambda: outbox.depth("fhir") == 0, timeout=15)
         assert server.bundle_ids() == ["C0", "C1"]
     assert outbox.dead_count() == 0
 
@@ -206,12 +200,12 @@ async def test_each_destination_independently(outbox: Outbox) -> None:
         )
         fhir_sender = FhirSender(outbox, fast_fhir(f"http://127.0.0.1:{fhir_port}/fhir"))
         async with running(hl7_sender, fhir_sender):
-            await wait_until(lambda: outbox.depth("ehr") == 0)
+            await until(lambda: outbox.depth("ehr") == 0)
             assert ehr.control_ids == ["R0", "R1", "R2"]
             assert outbox.depth("fhir") == 3  # waiting for its server, unharmed
             await ehr.stop()  # now the EHR goes down and the FHIR server comes up
             async with FakeFhir(port=fhir_port) as server:
-                await wait_until(lambda: outbox.depth("fhir") == 0)
+                await until(lambda: outbox.depth("fhir") == 0)
                 assert server.bundle_ids() == ["R0", "R1", "R2"]
     assert outbox.depth() == 0 and outbox.dead_count() == 0
 

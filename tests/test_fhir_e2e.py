@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e_helpers import AgentProcess, PyHl7Ehr, masimo_ascii1_line, write_config
-from tests.fake_ehr import wait_until
+from tests.e2e_helpers import AgentProcess, masimo_ascii1_line, write_config
+from tests.fake_ehr import Hl7Ehr
 from tests.fake_fhir import FakeFhir
 from tests.fhir_oracle import check_bundle, observation_by_loinc
+from tests.kit import until
 from tests.oracle import validate_oru
 from vitals_agent.drivers.pty import PtyDevice
 
@@ -35,8 +36,9 @@ def spo2_of(raw: bytes) -> int:
     return int(observation_by_loinc(check_bundle(raw), "2708-6")["valueQuantity"]["value"])
 
 
+@pytest.mark.slow  # starts a process
 async def test_both_destinations_get_every_reading(tmp_path: Path) -> None:
-    ehr = await PyHl7Ehr().start()
+    ehr = await Hl7Ehr().start()
     now = datetime.now(UTC).replace(microsecond=0)
     values = ["096", "097", "095"]
     async with FakeFhir() as fhir:
@@ -71,8 +73,9 @@ async def test_both_destinations_get_every_reading(tmp_path: Path) -> None:
     assert all(e["destinations"] == ["ehr", "fhir"] for e in queued)
 
 
+@pytest.mark.slow  # starts a process
 async def test_kill_9_while_a_bundle_is_in_flight_loses_and_duplicates_nothing(tmp_path: Path) -> None:
-    ehr = await PyHl7Ehr().start()
+    ehr = await Hl7Ehr().start()
     now = datetime.now(UTC).replace(microsecond=0)
     values = ["091", "092", "093"]
     async with FakeFhir(mode="STORE_SLOW") as fhir:  # stores the Bundle, then never answers in time
@@ -98,7 +101,7 @@ async def test_kill_9_while_a_bundle_is_in_flight_loses_and_duplicates_nothing(t
             fhir.mode = "OK"
             agent = AgentProcess(cfg)
             try:
-                await wait_until(lambda: len(fhir.store.all("Observation")) >= 9, timeout=30)
+                await until(lambda: len(fhir.store.all("Observation")) >= 9, timeout=30)
                 await agent.wait_log(lambda: len(fhir.bundle_ids()) >= 3, what="all Bundles answered")
                 code, _ = agent.terminate()
             finally:

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.serial_helpers import FIXED_NOW, FakeRuntime, fixed_ctx, pty_device, serial_driver, start, stop
+from tests.kit import T0, FakeRuntime, failures_in, fixed_ctx, m, make_driver, start, stop, until
 from vitals_agent.cli import main
 from vitals_agent.drivers.base import DecodeFailure, DecoderOutput, driver_class
 from vitals_agent.drivers.health_o_meter import (
@@ -31,16 +31,10 @@ from vitals_agent.models import (
     Reading,
 )
 
-__all__ = ["pty_device"]
-
 CTX = fixed_ctx("scale-2")
 HOM = DeviceIdentity(id="scale-2", manufacturer="Health o meter")
 # The manual's example, with the elided part ("...") left out.
 MANUAL = b"\x1bR\x1bI1234567890\x1bW200.00\x1bNm\x1bE"
-
-
-def m(metric: str, v: str, unit: str) -> Measurement:
-    return Measurement(metric=metric, value=Decimal(v), unit=unit)
 
 
 def hom_reading(
@@ -54,8 +48,8 @@ def hom_reading(
         device=HOM,
         device_class=DeviceClass.SCALE,
         measurements=tuple(measurements),
-        observed_at=FIXED_NOW,
-        received_at=FIXED_NOW,
+        observed_at=T0,
+        received_at=T0,
         source_patient=patient,
         extra=extra or {},
         raw=raw,
@@ -65,10 +59,6 @@ def hom_reading(
 def decode(data: bytes, id_field: str = "ignore") -> list[DecoderOutput]:
     decoder = HealthOMeterDecoder(CTX, id_field=id_field)
     return decoder.feed(data) + decoder.flush()
-
-
-def failures(out: list[DecoderOutput]) -> list[DecodeFailure]:
-    return [o for o in out if isinstance(o, DecodeFailure)]
 
 
 def test_manual_example_and_the_id_field() -> None:
@@ -113,7 +103,7 @@ def test_truncated_and_bad_packets() -> None:
     out = decode(
         b"junk" + MANUAL[:15] + encode_packet("80.1") + b"\x1bR\x1bW80.1\x1bE" + b"\x1bW1\x1bNx\x1bE"
     )
-    errs = [f.error for f in failures(out)]
+    errs = [f.error for f in failures_in(out)]
     assert [type(e) for e in errs] == [DecodeError, TruncatedError, TruncatedError, UnsupportedError]
     assert [str(e) for e in errs] == [
         "Health o meter: 4 bytes outside a packet (6A 75 6E 6B)",
@@ -122,7 +112,7 @@ def test_truncated_and_bad_packets() -> None:
         "Health o meter: unknown units 'x' (expected m or c)",
     ]
     assert [r.values() for r in out if isinstance(r, Reading)] == [{"body_weight": Decimal("80.1")}]
-    (end,) = failures(decode(MANUAL[:-2]))
+    (end,) = failures_in(decode(MANUAL[:-2]))
     assert isinstance(end.error, TruncatedError)
 
 
@@ -135,7 +125,7 @@ def test_endless_escs_inside_a_packet_are_capped_then_discarded_to_the_end_tag()
     for _ in range(200):  # 2,000,000 bytes
         out += decoder.feed(chunk)
         assert len(decoder._raw) <= decoder.max_buffer and len(decoder._discard_head) <= 4096
-    fails = failures(out)
+    fails = failures_in(out)
     assert len(fails) == 2_000_000 // 65536  # one per MAX_DISCARD bytes while no end tag comes
     assert all(isinstance(f.error, OverlongError) for f in fails)
     assert str(fails[0].error) == (
@@ -145,10 +135,10 @@ def test_endless_escs_inside_a_packet_are_capped_then_discarded_to_the_end_tag()
     # The next ESC E ends the overlong packet (that packet is not decoded); the one after it decodes.
     ended = decoder.feed(MANUAL)
     assert [type(o) for o in ended] == [DecodeFailure]
-    assert str(failures(ended)[0].error).endswith("discarded up to its end tag (ESC E)")
+    assert str(failures_in(ended)[0].error).endswith("discarded up to its end tag (ESC E)")
     after = decoder.feed(MANUAL)
     assert [o.measurements for o in after if isinstance(o, Reading)] == [(m("body_weight", "200.00", "kg"),)]
-    assert failures(after) == []
+    assert failures_in(after) == []
 
 
 def test_poll_and_contract() -> None:
@@ -207,20 +197,20 @@ def test_random_splits_give_the_same_readings(weights: list[Decimal], data: st.D
 
 
 async def test_end_to_end_polled(pty_device: PtyDevice) -> None:
-    driver = serial_driver("health-o-meter", pty_device.link, poll_seconds=0.02)
+    driver = make_driver("health-o-meter", pty_device.link, poll_seconds=0.02)
     rt = FakeRuntime(driver, device_id="scale-2", ctx=CTX)
     sim = HealthOMeterSimulator(weights=("185.40",), metric=False, height="70.0", stream=False)
+    raw = encode_packet("185.40", metric=False, height="70.0")
     sim_task = asyncio.create_task(sim.run(pty_device))
-    task = start(SerialTransport(rt))
+    transport = SerialTransport(rt)
+    task = start(transport)
     try:
         (got,) = await rt.wait_readings(1)
-        while bytes(sim.received).count(b"Q") < 4:  # polled again and answered: no new reading
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.05)
+        # polled three more times and answered each time (the same weight): no new reading
+        await until(lambda: transport.bytes_received >= 4 * len(raw), what="four answers")
     finally:
         await stop(task)
         sim_task.cancel()
-    raw = encode_packet("185.40", metric=False, height="70.0")
     assert got == hom_reading(
         [m("body_weight", "185.40", "[lb_av]"), m("body_height", "70.0", "[in_i]")], raw
     )

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
+from tests.kit.shared import shared_file
 from tests.oracle import validate_oru
 
 # hl7-pcd01.md section 10.1, one segment per line (CR on the wire)
@@ -64,9 +64,7 @@ def test_reference_message_passes_and_is_easy_to_inspect() -> None:
 
 
 def test_reference_message_from_shared_docs_passes() -> None:
-    doc = Path(__file__).resolve().parents[2] / "shared" / "reference" / "hl7-pcd01.md"
-    if not doc.exists():
-        pytest.skip("../shared/reference/hl7-pcd01.md not available")
+    doc = shared_file("reference", "hl7-pcd01.md")
     text = doc.read_text("utf-8")
     section = text.split("### 10.1", 1)[1].split("```", 2)[1]
     segments = [line for line in section.splitlines() if re.match(r"^[A-Z][A-Z0-9]{2}\|", line)]

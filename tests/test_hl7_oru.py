@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from tests.kit import m
 from tests.oracle import ParsedOru, validate_oru
 from vitals_agent.agent.profile import message_profile
 from vitals_agent.config.schema import parse_config
@@ -55,10 +56,6 @@ PROFILE = MessageProfile(
 JANE = PatientIdentity(
     mrn="MRN0012345", family="DOE", given="JANE", birth_date="19700101", sex="F", encounter="V77"
 )
-
-
-def m(metric: str, value: str | None, unit: str, **kw: Any) -> Measurement:
-    return Measurement(metric=metric, value=None if value is None else Decimal(value), unit=unit, **kw)
 
 
 def reading(device_class: DeviceClass, *measurements: Measurement, **kw: Any) -> Reading:

@@ -12,6 +12,7 @@ import pytest
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.parser import parse_message
 
+from tests.kit import printed, until
 from tests.test_hl7_oru import JANE, PROFILE, bp_reading
 from vitals_agent.cli import main
 from vitals_agent.hl7.ack import parse_ack
@@ -158,23 +159,15 @@ def test_build_ack_for_unparseable_message_is_ar() -> None:
 async def test_close_with_an_idle_connection_open() -> None:
     handle = await start_receiver("127.0.0.1", 0, lambda _m: None)
     _reader, writer = await asyncio.open_connection("127.0.0.1", handle.port)
-    await asyncio.sleep(0.01)
+    await until(lambda: handle._tasks)  # the receiver is serving the (idle) connection
     await asyncio.wait_for(handle.close(), 5)
     writer.close()
 
 
 async def test_receive_command_prints_message_and_ack(capsys: pytest.CaptureFixture[str]) -> None:
     task = asyncio.create_task(main(["receive", "--port", "0", "--count", "2", "--ack", "AE"]))
-    port = 0
-    out = ""
-    for _ in range(200):
-        await asyncio.sleep(0.01)
-        out += capsys.readouterr().out
-        found = re.search(r"listening on 127\.0\.0\.1:(\d+)", out)
-        if found:
-            port = int(found.group(1))
-            break
-    assert port, out
+    found, out = await printed(capsys, r"listening on 127\.0\.0\.1:(\d+)")
+    port = int(found.group(1))
     await send_raw(port, [message("CLI-1"), message("CLI-2")])
     assert await asyncio.wait_for(task, 5) == 0
     out += capsys.readouterr().out

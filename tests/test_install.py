@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e_helpers import PyHl7Ehr, masimo_ascii1_line
+from tests.e2e_helpers import masimo_ascii1_line
+from tests.fake_ehr import Hl7Ehr
 from tests.oracle import validate_oru
 from vitals_agent.drivers.pty import PtyDevice
 
@@ -133,7 +134,7 @@ def group_members(root: Path, group: str) -> list[str]:
     return []
 
 
-async def readings_arrive(pty: PtyDevice, ehr: PyHl7Ehr, agent: subprocess.Popen[bytes]) -> list[str]:
+async def readings_arrive(pty: PtyDevice, ehr: Hl7Ehr, agent: subprocess.Popen[bytes]) -> list[str]:
     """Write a Rad-8 line every half second until the EHR has a message (the agent opens the port when
     it is up; lines written before that are not read)."""
     deadline = time.monotonic() + 30
@@ -202,7 +203,7 @@ def test_installed_unit_verifies_clean_and_scores_at_most_4(installed: Installed
 
 async def test_service_user_runs_the_installed_agent_and_readings_arrive(installed: Installed) -> None:
     p = installed.path
-    ehr = await PyHl7Ehr().start()
+    ehr = await Hl7Ehr().start()
     config = p("/etc/vitals-agent/agent.toml")
     original = config.read_text()
     try:

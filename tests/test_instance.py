@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e_helpers import AgentProcess, PyHl7Ehr, masimo_ascii1_line
+from tests.e2e_helpers import AgentProcess, masimo_ascii1_line
+from tests.fake_ehr import Hl7Ehr
 from tests.oracle import validate_oru
 from vitals_agent.agent.instance import (
     LOCK_FILE,
@@ -83,8 +84,9 @@ def run_cli(*args: str, user: int | None = None) -> subprocess.CompletedProcess[
     )
 
 
+@pytest.mark.slow  # starts a process
 async def test_second_run_exits_1_naming_the_pid_and_leaves_the_first_untouched(tmp_path: Path) -> None:
-    ehr = await PyHl7Ehr().start()
+    ehr = await Hl7Ehr().start()
     data, ekg = tmp_path / "data", tmp_path / "ekg"
     ekg.mkdir()
     now = datetime.now(UTC).replace(microsecond=0)
@@ -124,8 +126,9 @@ async def test_second_run_exits_1_naming_the_pid_and_leaves_the_first_untouched(
             await ehr.close()
 
 
+@pytest.mark.slow  # starts a process
 async def test_sigkill_leaves_no_stale_lock(tmp_path: Path) -> None:
-    ehr = await PyHl7Ehr().start()
+    ehr = await Hl7Ehr().start()
     data, ekg = tmp_path / "data", tmp_path / "ekg"
     ekg.mkdir()
     with PtyDevice(tmp_path / "ttyRad8") as pty:

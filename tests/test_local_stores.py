@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from tests.e2e_helpers import AgentProcess, PyHl7Ehr, write_config
-from tests.fake_ehr import make_message
-from tests.patient_helpers import MRN, Clock, event_names, events, make_reading, manager
+from tests.e2e_helpers import AgentProcess, write_config
+from tests.fake_ehr import Hl7Ehr, make_message
+from tests.kit import MRN, FakeClock, event_names, events, manager, oximeter_reading
 from vitals_agent.agent.outbox import Outbox
 from vitals_agent.agent.patient_context import HELD_FILE, HeldStore, PatientDetails
 from vitals_agent.agent.storage import StoreError
@@ -29,10 +29,10 @@ def damaged_copies(data: Path, name: str) -> list[Path]:
 
 
 def held_store_with_rows(data: Path, n: int = 40) -> Path:
-    clock = Clock()
+    clock = FakeClock()
     m = manager(data, clock, require_patient=True)
     for _ in range(n):
-        m.route("oxi-1", make_reading(clock.now), clock.now)
+        m.route("oxi-1", oximeter_reading(clock.now), clock.now)
     m.close()
     m.audit.close()
     return data / HELD_FILE
@@ -81,7 +81,7 @@ def test_a_damaged_held_store_is_moved_aside_audited_and_replaced(
     else:
         path.mkdir()
     before = digest(path) if path.is_file() else None
-    clock = Clock()
+    clock = FakeClock()
     with capture_logs() as logs:
         m = manager(tmp_path, clock, require_patient=True)
     try:
@@ -89,7 +89,7 @@ def test_a_damaged_held_store_is_moved_aside_audited_and_replaced(
         if before is not None:
             assert digest(moved) == before  # kept as it was, for inspection
         assert m.held.summary() == (0, None)  # a fresh, empty, working store
-        m.route("oxi-1", make_reading(clock.now), clock.now)
+        m.route("oxi-1", oximeter_reading(clock.now), clock.now)
         assert m.held.summary()[0] == 1
         [record] = [e for e in events(tmp_path) if e["event"] == "store_quarantined"]
         assert record["store"] == "held readings" and record["moved_to"] == str(moved)
@@ -108,13 +108,13 @@ def test_an_unusable_held_store_leaves_holding_off_and_says_why(tmp_path: Path) 
     store = HeldStore.unavailable(tmp_path / HELD_FILE, "disk full")
     assert store.all() == [] and store.summary() == (0, None) and store.remove(1) is False
     with pytest.raises(StoreError, match="held readings unavailable: disk full"):
-        store.add("oxi-1", make_reading(), make_reading().received_at)
+        store.add("oxi-1", oximeter_reading(), oximeter_reading().received_at)
 
 
 def test_an_unreadable_patient_context_file_is_moved_aside_and_audited(tmp_path: Path) -> None:
     ctx_file = tmp_path / "patient_context.json"
     ctx_file.write_text('{"patient": {"mrn": ')
-    m = manager(tmp_path, Clock())
+    m = manager(tmp_path, FakeClock())
     try:
         assert m.context() is None
         [moved] = damaged_copies(tmp_path, "patient_context.json")
@@ -138,7 +138,7 @@ async def test_agent_with_a_damaged_held_store_starts_and_drains_the_outbox(tmp_
         ob.enqueue(control_id=name, device_id="oxi-1", body=make_message(name))
     ob.close()
     (data / HELD_FILE).write_bytes(b"\x00garbage, not a database\xff" * 400)
-    ehr = await PyHl7Ehr().start()
+    ehr = await Hl7Ehr().start()
     cfg = write_config(tmp_path / "agent.toml", data_dir=data, ehr_port=ehr.port, devices=[])
     agent = AgentProcess(cfg)
     try:

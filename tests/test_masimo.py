@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 
-from tests.serial_helpers import FIXED_NOW, fixed_ctx
-from vitals_agent.drivers.base import DecodeContext, DecodeFailure, DecoderOutput, driver_class
+from tests.kit import T0, failures_in, fixed_ctx, m, readings_in
+from tests.kit.shared import shared_file
+from vitals_agent.drivers.base import DecodeContext, DecoderOutput, driver_class
 from vitals_agent.drivers.masimo import MasimoAsciiDriver, MasimoDecoder, MasimoOptions, Rad8Simulator
 from vitals_agent.errors import DecodeError, OverlongError, TruncatedError, UnsupportedError
 from vitals_agent.models import (
@@ -24,7 +24,6 @@ from vitals_agent.models import (
 )
 
 TZ = ZoneInfo("America/Chicago")
-SAMPLE = Path(__file__).resolve().parents[2] / "shared/samples/serial/masimo_rad8_trend_manual_example.txt"
 
 # devices.md 5.3, verbatim
 ASCII1 = (
@@ -58,24 +57,6 @@ def decode(*lines: bytes, ctx: DecodeContext = CTX, fmt: str = "auto") -> list[D
     return decoder.feed(b"".join(line + b"\r\n" for line in lines))
 
 
-def readings(outputs: list[DecoderOutput]) -> list[Reading]:
-    return [o for o in outputs if isinstance(o, Reading)]
-
-
-def failures(outputs: list[DecoderOutput]) -> list[DecodeFailure]:
-    return [o for o in outputs if isinstance(o, DecodeFailure)]
-
-
-def m(metric: str, value: str | None, unit: str, *flags: Flag, reason: str | None = None) -> Measurement:
-    return Measurement(
-        metric=metric,
-        value=None if value is None else Decimal(value),
-        unit=unit,
-        flags=flags,
-        absent_reason=reason,
-    )
-
-
 def at(text: str) -> datetime:
     return datetime.strptime(text, "%m/%d/%y %H:%M:%S").replace(tzinfo=TZ)
 
@@ -95,7 +76,7 @@ def reading(
         device_class=DeviceClass.PULSE_OXIMETER,
         measurements=tuple(measurements),
         observed_at=stamp,
-        received_at=FIXED_NOW,
+        received_at=T0,
         device_time=stamp,
         flags=flags,
         extra=extra,
@@ -121,10 +102,10 @@ def test_ascii1_line_from_the_reference() -> None:
 
 
 def test_zero_padded_values_keep_their_decimals() -> None:
-    pi = readings(decode(ASCII1))[0].measurements[2]
+    pi = readings_in(decode(ASCII1))[0].measurements[2]
     assert pi.value == Decimal("5.10")
     assert pi.text_value() == "5.10"  # two decimals survive: OBX-5 precision
-    assert readings(decode(ASCII1))[0].device_time == datetime(2026, 11, 3, 9, 14, 5, tzinfo=TZ)
+    assert readings_in(decode(ASCII1))[0].device_time == datetime(2026, 11, 3, 9, 14, 5, tzinfo=TZ)
 
 
 def test_radical7_line_with_pvi_spco_spmet() -> None:
@@ -168,7 +149,7 @@ def line(
 def test_sensor_problems_suppress_spo2_and_pulse_even_when_numbers_are_sent(exc: str, reason: str) -> None:
     raw = line("097", "071", "02.00", exc)
     extra = {**LIVE_EXTRA, "EXC": exc, "exceptions": reason}
-    assert readings(decode(raw)) == [
+    assert readings_in(decode(raw)) == [
         reading(
             raw,
             [
@@ -185,7 +166,7 @@ def test_sensor_problems_suppress_spo2_and_pulse_even_when_numbers_are_sent(exc:
 def test_pulse_search_with_low_perfusion_keeps_pi_as_questionable() -> None:
     raw = line("---", "---", "00.45", "000C0C")
     extra = {**LIVE_EXTRA, "EXC": "000C0C", "exceptions": "low_perfusion,pulse_search,low_signal_iq"}
-    assert readings(decode(raw)) == [
+    assert readings_in(decode(raw)) == [
         reading(
             raw,
             [
@@ -218,7 +199,7 @@ def test_line_without_any_value_gives_no_reading_and_no_failure() -> None:
 )
 def test_questionable_bits_flag_every_value(exc: str, name: str) -> None:
     raw = line("094", "088", "00.80", exc)
-    assert readings(decode(raw)) == [
+    assert readings_in(decode(raw)) == [
         reading(
             raw,
             [
@@ -233,7 +214,7 @@ def test_questionable_bits_flag_every_value(exc: str, name: str) -> None:
 
 def test_alarm_nonzero_flags_the_reading() -> None:
     raw = line("088", "121", "01.10", "000800", alarm="0002")
-    assert readings(decode(raw)) == [
+    assert readings_in(decode(raw)) == [
         reading(
             raw,
             [
@@ -250,7 +231,7 @@ def test_alarm_nonzero_flags_the_reading() -> None:
 @pytest.mark.parametrize("stamp", ["--/--/-- --:--:--", "13/45/26 25:61:00", "02/30/26 10:00:00"])
 def test_unset_or_impossible_device_clock_uses_host_time(stamp: str) -> None:
     raw = line("096", "072", "05.10", "000800", stamp=stamp)
-    assert readings(decode(raw)) == [
+    assert readings_in(decode(raw)) == [
         Reading(
             device=RAD8,
             device_class=DeviceClass.PULSE_OXIMETER,
@@ -259,8 +240,8 @@ def test_unset_or_impossible_device_clock_uses_host_time(stamp: str) -> None:
                 m("pulse_rate_oximeter", "72", "/min"),
                 m("perfusion_index", "5.10", "%"),
             ),
-            observed_at=FIXED_NOW,
-            received_at=FIXED_NOW,
+            observed_at=T0,
+            received_at=T0,
             device_time=None,
             flags=(ReadingFlag.CLOCK_UNSET,),
             extra=LIVE_EXTRA,
@@ -270,8 +251,8 @@ def test_unset_or_impossible_device_clock_uses_host_time(stamp: str) -> None:
 
 
 def test_device_time_is_in_the_device_zone_including_dst() -> None:
-    winter = readings(decode(line("096", "072", "05.10", "000800", stamp="01/15/26 12:00:00")))[0]
-    summer = readings(decode(line("096", "072", "05.10", "000800", stamp="07/15/26 12:00:00")))[0]
+    winter = readings_in(decode(line("096", "072", "05.10", "000800", stamp="01/15/26 12:00:00")))[0]
+    summer = readings_in(decode(line("096", "072", "05.10", "000800", stamp="07/15/26 12:00:00")))[0]
     assert winter.device_time is not None and summer.device_time is not None
     assert winter.device_time.utcoffset() == timedelta(hours=-6)
     assert summer.device_time.utcoffset() == timedelta(hours=-5)
@@ -334,7 +315,7 @@ def expected_trend() -> list[Reading]:
 
 def test_trend_lines_zero_values_and_offpat_are_no_reading() -> None:
     out = decode(*TREND)
-    assert failures(out) == []
+    assert failures_in(out) == []
     assert out == expected_trend()
 
 
@@ -356,10 +337,9 @@ def test_trend_zero_pulse_values_with_a_real_pi_are_absent_but_pi_kept() -> None
 
 
 def test_trend_sample_file_from_the_manual() -> None:
-    if not SAMPLE.exists():
-        pytest.skip(f"{SAMPLE} not available")
+    sample = shared_file("samples", "serial", "masimo_rad8_trend_manual_example.txt")
     data = b"".join(
-        raw + b"\n" for raw in SAMPLE.read_bytes().splitlines() if raw.strip() and not raw.startswith(b"#")
+        raw + b"\n" for raw in sample.read_bytes().splitlines() if raw.strip() and not raw.startswith(b"#")
     )
     decoder = MasimoDecoder(CTX)
     out = decoder.feed(data)
@@ -368,11 +348,11 @@ def test_trend_sample_file_from_the_manual() -> None:
 
 def test_format_option_rejects_the_other_format() -> None:
     live_only = decode(TREND[2], fmt="ascii1")
-    assert [type(f.error) for f in failures(live_only)] == [UnsupportedError]
-    assert readings(live_only) == []
+    assert [type(f.error) for f in failures_in(live_only)] == [UnsupportedError]
+    assert readings_in(live_only) == []
     trend_only = decode(ASCII1, fmt="trend")
-    assert [type(f.error) for f in failures(trend_only)] == [UnsupportedError]
-    assert readings(decode(ASCII1, fmt="ascii2"))[0].values()["spo2"] == Decimal(96)
+    assert [type(f.error) for f in failures_in(trend_only)] == [UnsupportedError]
+    assert readings_in(decode(ASCII1, fmt="ascii2"))[0].values()["spo2"] == Decimal(96)
 
 
 # ---------------------------------------------------------------------------------------------- bad input
@@ -402,40 +382,40 @@ def test_format_option_rejects_the_other_format() -> None:
 )
 def test_bad_lines_are_failures_never_readings(raw: bytes, error: type[DecodeError]) -> None:
     out = decode(raw)
-    assert readings(out) == []
-    assert len(failures(out)) == 1
-    assert type(failures(out)[0].error) is error
-    assert failures(out)[0].data  # the bytes are kept for the hex DEBUG log
+    assert readings_in(out) == []
+    assert len(failures_in(out)) == 1
+    assert type(failures_in(out)[0].error) is error
+    assert failures_in(out)[0].data  # the bytes are kept for the hex DEBUG log
 
 
 def test_resync_on_time_stamp_after_garbage_without_line_end() -> None:
     out = MasimoDecoder(CTX).feed(b"\x00\xff@@garbage" + ASCII1 + b"\r\n")
-    assert [f.data for f in failures(out)] == [b"\x00\xff@@garbage"]
-    assert readings(out) == readings(decode(ASCII1))
+    assert [f.data for f in failures_in(out)] == [b"\x00\xff@@garbage"]
+    assert readings_in(out) == readings_in(decode(ASCII1))
 
 
 def test_two_lines_run_together_by_lost_bytes_give_only_the_complete_one() -> None:
     second = ASCII1.replace(b"09:14:05", b"09:14:06")
     out = MasimoDecoder(CTX).feed(ASCII1[:50] + second + b"\r\n")
-    assert len(failures(out)) == 1
-    assert type(failures(out)[0].error) is TruncatedError
-    assert [r.raw for r in readings(out)] == [second]
+    assert len(failures_in(out)) == 1
+    assert type(failures_in(out)[0].error) is TruncatedError
+    assert [r.raw for r in readings_in(out)] == [second]
 
 
 def test_overlong_line_is_a_failure_and_the_next_line_decodes() -> None:
     decoder = MasimoDecoder(CTX)
     assert decoder.feed(b"x" * 2000) == []  # discarding: reported once, at the terminator
     out = decoder.feed(b"\r\n" + ASCII1 + b"\r\n")
-    [failure] = failures(out)
+    [failure] = failures_in(out)
     assert isinstance(failure.error, OverlongError)
     assert str(failure.error) == "line longer than 512 bytes (2000 bytes): discarded up to its terminator"
-    assert len(readings(out)) == 1
+    assert len(readings_in(out)) == 1
 
 
 def test_decode_chunks_decodes_a_last_line_without_terminator() -> None:
     driver = MasimoAsciiDriver()
     out = driver.decode_chunks([ASCII1[:40], ASCII1[40:]], CTX)
-    assert readings(out) == readings(decode(ASCII1))
+    assert readings_in(out) == readings_in(decode(ASCII1))
 
 
 # ------------------------------------------------------------------------------------------ driver/simulator
@@ -466,8 +446,8 @@ def test_simulator_lines_decode_to_plausible_readings_with_episodes() -> None:
     outs: list[DecoderOutput] = []
     for i in range(300):
         outs.extend(decoder.feed(sim.next_line(start + timedelta(seconds=i))))
-    assert failures(outs) == []
-    got = readings(outs)
+    assert failures_in(outs) == []
+    got = readings_in(outs)
     assert 150 < len(got) < 300  # some lines were sensor-off / pulse-search episodes (no reading)
     for r in got:
         values = r.values()

@@ -7,7 +7,7 @@ from decimal import Decimal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.serial_helpers import fixed_ctx
+from tests.kit import fixed_ctx
 from vitals_agent.drivers.base import DecodeFailure, DecoderOutput
 from vitals_agent.drivers.masimo import MasimoDecoder
 from vitals_agent.errors import DecodeError

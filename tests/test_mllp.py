@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.fake_ehr import Hl7Ehr, RawEhr, make_message, msh10
+from tests.kit import until
 from vitals_agent.errors import AckProtocolError, PeerUnavailableError
 from vitals_agent.hl7.ack import parse_ack
 from vitals_agent.hl7.mllp import MllpClient, MllpDeframer, frame
@@ -120,7 +119,7 @@ async def test_client_reconnects_to_peer_that_closes_after_every_ack() -> None:
             for i in range(4):
                 ack = parse_ack(await client.send(make_message(f"K{i}"), timeout=5))
                 assert ack.control_id == f"K{i}"
-                await asyncio.sleep(0.02)  # let the FIN arrive: the client must notice it, not fail
+                await until(lambda: not client._reusable)  # the FIN arrived: the client must notice it
             assert client.connections == 4
             assert ehr.control_ids == ["K0", "K1", "K2", "K3"]
         finally:

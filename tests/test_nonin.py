@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from tests.serial_helpers import FIXED_NOW, fixed_ctx
+from tests.kit import T0, failures_in, fixed_ctx
 from vitals_agent.cli import main
 from vitals_agent.drivers.base import DecodeFailure, DecoderOutput, driver_class
 from vitals_agent.drivers.nonin import (
@@ -57,8 +57,8 @@ def reading(
         device=device,
         device_class=DeviceClass.PULSE_OXIMETER,
         measurements=tuple(measurements),
-        observed_at=FIXED_NOW,
-        received_at=FIXED_NOW,
+        observed_at=T0,
+        received_at=T0,
         flags=flags,
         extra=extra or {},
         raw=raw,
@@ -67,10 +67,6 @@ def reading(
 
 def only_readings(out: list[DecoderOutput]) -> list[Reading]:
     return [o for o in out if isinstance(o, Reading)]
-
-
-def failures(out: list[DecoderOutput]) -> list[DecodeFailure]:
-    return [o for o in out if isinstance(o, DecodeFailure)]
 
 
 # ---------------------------------------------------------------------------------------------- DF8
@@ -122,10 +118,10 @@ def test_df8_status_bits() -> None:
 def test_df8_resync_after_garbage_and_truncated_frame() -> None:
     good = bytes.fromhex("80 48 61 00")
     out = DF8Decoder(CTX).feed(b"\x01\x02\x03" + good + b"\x81\x16" + good)
-    assert [type(o.error) for o in failures(out)] == [DecodeError, TruncatedError]
-    assert str(failures(out)[0].error) == "DF8: 3 bytes outside frame sync (01 02 03)"
-    assert str(failures(out)[1].error) == "truncated DF8 frame: 2 of 4 bytes (81 16)"
-    assert failures(out)[1].data == b"\x81\x16"
+    assert [type(o.error) for o in failures_in(out)] == [DecodeError, TruncatedError]
+    assert str(failures_in(out)[0].error) == "DF8: 3 bytes outside frame sync (01 02 03)"
+    assert str(failures_in(out)[1].error) == "truncated DF8 frame: 2 of 4 bytes (81 16)"
+    assert failures_in(out)[1].data == b"\x81\x16"
     assert only_readings(out) == [reading([spo2(97), pr(72)], good)] * 2
 
 
@@ -138,14 +134,14 @@ def test_df8_garbage_fed_byte_by_byte_is_not_held_in_the_frame_buffer() -> None:
     for i in range(len(garbage)):
         out += decoder.feed(garbage[i : i + 1])
         assert len(decoder._buf) <= DF8Decoder.frame_len
-    assert len(failures(out)) == len(out)
+    assert len(failures_in(out)) == len(out)
     # the cap, as before
-    assert [str(f.error) for f in failures(out)] == ["DF8: no frame sync in 8189 bytes"] * 2
-    assert b"".join(f.data for f in failures(out)) + decoder.pending() == garbage
+    assert [str(f.error) for f in failures_in(out)] == ["DF8: no frame sync in 8189 bytes"] * 2
+    assert b"".join(f.data for f in failures_in(out)) + decoder.pending() == garbage
     good = bytes.fromhex("80 48 61 00")
     out = decoder.feed(good)
-    assert str(failures(out)[0].error).startswith("DF8: 3622 bytes outside frame sync (")
-    assert failures(out)[0].data == garbage[-3622:]
+    assert str(failures_in(out)[0].error).startswith("DF8: 3622 bytes outside frame sync (")
+    assert failures_in(out)[0].data == garbage[-3622:]
     assert out[1:] == [reading([spo2(97), pr(72)], good)]
 
 
@@ -273,7 +269,7 @@ def test_df2_checksum_failure_drops_the_packet_and_resyncs() -> None:
     bad = build_packet("df2", 72, 97, chk_fix={5: 0x00})
     good = b"".join(build_packet("df2", 73, 96))
     out = DF2Decoder(CTX).feed(b"".join(bad) + good)
-    (failure,) = failures(out)
+    (failure,) = failures_in(out)
     assert isinstance(failure.error, ChecksumError)
     computed = sum(bad[4][:4]) % 256
     assert str(failure.error) == (
@@ -286,14 +282,14 @@ def test_df2_truncated_packet_and_frame() -> None:
     frames = build_packet("df2", 72, 97)
     good = b"".join(frames)
     out = DF2Decoder(CTX).feed(good + b"".join(frames[:10]) + good)
-    assert [str(f.error) for f in failures(out)] == ["truncated DF2 packet: 10 of 25 frames"]
-    assert isinstance(failures(out)[0].error, TruncatedError)
+    assert [str(f.error) for f in failures_in(out)] == ["truncated DF2 packet: 10 of 25 frames"]
+    assert isinstance(failures_in(out)[0].error, TruncatedError)
     assert len(only_readings(out)) == 2
     # A frame cut after 3 bytes, the next frame complete: the cut frame is a truncated frame.
     cut = b"".join(frames[:3]) + frames[3][:3] + b"".join(frames[4:])
     out = DF2Decoder(CTX).feed(cut + good)
-    assert [type(f.error) for f in failures(out)] == [TruncatedError]
-    assert str(failures(out)[0].error).startswith("truncated DF2 frame: 3 of 5 bytes")
+    assert [type(f.error) for f in failures_in(out)] == [TruncatedError]
+    assert str(failures_in(out)[0].error).startswith("truncated DF2 frame: 3 of 5 bytes")
     assert only_readings(out) == [
         reading([spo2(97), pr(72)], good, extra=df2_extra(72, 97, status="GPRF"), device=NONIN_FW)
     ]
@@ -304,7 +300,7 @@ def test_df2_stream_started_mid_packet_and_garbage() -> None:
     good = b"".join(frames)
     # The agent opened the port in the middle of a packet, then line noise between packets.
     out = DF2Decoder(CTX, fmt="df7").feed(b"".join(frames[7:]) + b"\x00\x13\x37" + good)
-    assert [type(f.error) for f in failures(out)] == [DecodeError]
+    assert [type(f.error) for f in failures_in(out)] == [DecodeError]
     assert only_readings(out) == [
         reading([spo2(97), pr(72)], good, extra=df2_extra(72, 97, status="GPRF"), device=NONIN_FW)
     ]

@@ -8,15 +8,13 @@ from datetime import datetime
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.serial_helpers import FIXED_NOW, FakeRuntime, fixed_ctx, pty_device, serial_driver, start, stop
+from tests.kit import T0, FakeRuntime, fixed_ctx, make_driver, start, stop, supervise
 from vitals_agent.drivers.base import DecodeFailure, DecoderOutput, StreamDecoder
 from vitals_agent.drivers.nonin import DF2Decoder, DF8Decoder, NoninSimulator, encode_df2_packet, encode_df8
 from vitals_agent.drivers.pty import PtyDevice
 from vitals_agent.drivers.serial_transport import SerialTransport
-from vitals_agent.errors import DecodeError, TransportError
+from vitals_agent.errors import DecodeError
 from vitals_agent.models import DeviceClass, DeviceIdentity, DeviceStatusEvent, Measurement, Reading
-
-__all__ = ["pty_device"]
 
 CTX = fixed_ctx("ox-1")
 HR = st.one_of(st.none(), st.integers(0, 300))
@@ -115,7 +113,7 @@ async def run_sim(sim: NoninSimulator, device: PtyDevice) -> asyncio.Task[None]:
 
 async def test_df8_end_to_end_with_configure(pty_device: PtyDevice) -> None:
     """The agent opens the port, selects DF8 and sets the clock; the simulated 9560 ACKs both and streams."""
-    driver = serial_driver("nonin-df8", pty_device.link, configure=True)
+    driver = make_driver("nonin-df8", pty_device.link, configure=True)
     rt = FakeRuntime(driver, device_id="ox-1", ctx=CTX)
     sim = NoninSimulator(fmt="df8", hr=72, spo2=97, interval=0.02)
     sim_task = await run_sim(sim, pty_device)
@@ -137,15 +135,15 @@ async def test_df8_end_to_end_with_configure(pty_device: PtyDevice) -> None:
             Measurement(metric="spo2", value=97, unit="%"),
             Measurement(metric="pulse_rate_oximeter", value=72, unit="/min"),
         ),
-        observed_at=FIXED_NOW,
-        received_at=FIXED_NOW,
+        observed_at=T0,
+        received_at=T0,
         raw=bytes.fromhex("80 48 61 00"),
     )
     assert rt.failures == []
 
 
 async def test_df2_end_to_end_unplug_mid_packet(pty_device: PtyDevice) -> None:
-    driver = serial_driver("nonin-df2", pty_device.link)
+    driver = make_driver("nonin-df2", pty_device.link)
     rt = FakeRuntime(driver, device_id="ox-1", ctx=CTX)
     tr = SerialTransport(rt)
     task = start(tr)
@@ -162,19 +160,10 @@ async def test_df2_end_to_end_unplug_mid_packet(pty_device: PtyDevice) -> None:
     assert rt.failures == []  # the half packet was discarded on disconnect, not reported as a reading
 
 
-async def supervise(tr: SerialTransport) -> None:
-    """A minimal stand-in for the agent's supervisor: run() again after every link failure."""
-    while True:
-        try:
-            await tr.run()
-        except TransportError:
-            await asyncio.sleep(0.05)
-
-
 async def test_replug_reconfigures_the_oximeter(pty_device: PtyDevice) -> None:
     """Unplug mid-frame, replug at the same path (a power-cycled device forgot nothing but may have lost the
     clock): the agent reopens, sends the format select and the clock again, and reads on."""
-    driver = serial_driver("nonin-df8", pty_device.link, configure=True)
+    driver = make_driver("nonin-df8", pty_device.link, configure=True)
     rt = FakeRuntime(driver, device_id="ox-1", ctx=CTX)
     tr = SerialTransport(rt)
     first = NoninSimulator(fmt="df8", hr=72, spo2=97, interval=0.02)

@@ -6,7 +6,6 @@ import os
 import sqlite3
 import stat
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,13 +13,6 @@ import pytest
 from tests.fake_ehr import make_message
 from vitals_agent.agent.outbox import OUTBOX_FILE, DeadLetter, Outbox, OutboxMessage
 from vitals_agent.errors import OutboxError, OutboxFullError
-
-
-@pytest.fixture
-def outbox(tmp_path: Path) -> Iterator[Outbox]:
-    ob = Outbox(tmp_path / "data")
-    yield ob
-    ob.close()
 
 
 def test_file_mode_wal_and_directory_created(tmp_path: Path) -> None:
@@ -242,6 +234,7 @@ def test_another_applications_database_is_refused_not_rewritten(tmp_path: Path) 
     assert _digest(tmp_path / OUTBOX_FILE) == before
 
 
+@pytest.mark.slow  # starts a process
 def test_a_read_only_file_system_is_named(tmp_path: Path) -> None:
     """A data dir on a read-only mount (a bind mount made read-only in a private mount namespace)."""
     import shutil

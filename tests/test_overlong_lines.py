@@ -24,10 +24,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from tests.fake_ehr import wait_until
+from tests.kit import fixed_ctx, oximeter_reading, start, stop, until
 from tests.oracle import validate_oru
-from tests.patient_helpers import make_reading
-from tests.serial_helpers import fixed_ctx, start, stop
 from vitals_agent.agent.service import AgentService
 from vitals_agent.config.schema import parse_config
 from vitals_agent.drivers.barcode import BarcodeDriver, BarcodeOptions
@@ -87,10 +85,10 @@ async def test_long_wristband_scan_never_binds_its_tail_to_the_room(tmp_path: Pa
         runtime = service.runtimes["scanner"]
         task = start(transport_class("serial")(runtime))
         try:
-            await wait_until(lambda: runtime.status.connected)
+            await until(lambda: runtime.status.connected)
             with capture_logs() as logs:
                 await scanner.write(LONG_SCAN + b"\r\n")
-                await wait_until(lambda: runtime.status.decode_failures == 1)
+                await until(lambda: runtime.status.decode_failures == 1)
             assert service.patients.current() is None  # before: bound to MRN 4471
             assert (runtime.status.discarded_lines, runtime.status.readings) == (1, 0)
             # counted and logged in hex at DEBUG (the whole line), nothing at INFO or above
@@ -101,7 +99,7 @@ async def test_long_wristband_scan_never_binds_its_tail_to_the_room(tmp_path: Pa
 
             # the next reading goes out unbound (temporary PID-3), not filed to "4471"
             accepted = await service.pipeline.accept(
-                service.runtimes["oxi-1"], make_reading(datetime.now(UTC))
+                service.runtimes["oxi-1"], oximeter_reading(datetime.now(UTC))
             )
             assert accepted is not None
             pid = validate_oru(accepted.message).pid
@@ -110,7 +108,7 @@ async def test_long_wristband_scan_never_binds_its_tail_to_the_room(tmp_path: Pa
 
             # the scanner carries on: the next scan (after the overlong line's terminator) binds
             await scanner.write(b"MRN0012345\r\n")
-            await wait_until(lambda: service.patients.current() is not None)
+            await until(lambda: service.patients.current() is not None)
             current = service.patients.current()
             assert current is not None and current.mrn == "MRN0012345"
         finally:

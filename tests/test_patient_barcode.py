@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.serial_helpers import FIXED_NOW, FakeRuntime, fixed_ctx, pty_device, serial_driver, start, stop  # noqa: F401
+from tests.kit import T0, FakeRuntime, fixed_ctx, make_driver, start, stop
 from vitals_agent.config.schema import parse_config
 from vitals_agent.drivers.barcode import BarcodeDriver, BarcodeOptions, extract_mrn
 from vitals_agent.drivers.base import DecodeFailure, StreamDecoder, transport_class
@@ -28,7 +28,7 @@ def decoder(pattern: str | None = None, device_id: str = "scan-1") -> StreamDeco
 
 
 def scan(mrn: str, raw: str, device_id: str = "scan-1") -> PatientScan:
-    return PatientScan(device_id=device_id, mrn=mrn, raw=raw, received_at=FIXED_NOW)
+    return PatientScan(device_id=device_id, mrn=mrn, raw=raw, received_at=T0)
 
 
 def test_default_pattern_takes_a_plain_mrn_line() -> None:
@@ -132,9 +132,9 @@ def test_config_validates_the_pattern() -> None:
     assert info.value.problems[0][1].startswith("not a valid regular expression")
 
 
-async def test_scans_over_a_real_pseudo_terminal(pty_device: PtyDevice, tmp_path: Path) -> None:  # noqa: F811
+async def test_scans_over_a_real_pseudo_terminal(pty_device: PtyDevice, tmp_path: Path) -> None:
     pytest.importorskip("serial_asyncio_fast")
-    driver = serial_driver("barcode", pty_device.link, mrn_pattern=WRISTBAND)
+    driver = make_driver("barcode", pty_device.link, mrn_pattern=WRISTBAND)
     runtime = FakeRuntime(driver, device_id="scan-1", ctx=fixed_ctx("scan-1", options=driver.options))
     task = start(transport_class("serial")(runtime))
     try:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import structlog
 
-from tests.patient_helpers import DOB, FAMILY, GIVEN, MRN, Clock, events, make_reading, manager
+from tests.kit import DOB, FAMILY, GIVEN, MRN, FakeClock, events, manager, oximeter_reading
 from tests.test_control import MASKED, fake_status
 from vitals_agent.agent.control import ControlServer
 from vitals_agent.agent.patient_context import PatientContextManager, PatientDetails
@@ -27,7 +27,7 @@ WRISTBAND = r"\]C1(?P<mrn>MRN\d+)\^.*"
 
 
 class Agent:
-    def __init__(self, config: Path, patients: PatientContextManager, clock: Clock) -> None:
+    def __init__(self, config: Path, patients: PatientContextManager, clock: FakeClock) -> None:
         self.config = config
         self.patients = patients
         self.clock = clock
@@ -61,7 +61,7 @@ identifier_type = "MR"
 """
     )
     data.mkdir()
-    clock = Clock()
+    clock = FakeClock()
     patients = manager(data, clock, require_patient=True)
     server = ControlServer(data, patients, fake_status, port=0, now=clock)
     await server.start()
@@ -145,7 +145,7 @@ async def test_status_command_prints_the_page_content(
     agent: Agent, capsys: pytest.CaptureFixture[str]
 ) -> None:
     agent.patients.set(PatientDetails(mrn=MRN, family=FAMILY), "barcode", source="scan-1")
-    agent.patients.route("oxi-1", make_reading())
+    agent.patients.route("oxi-1", oximeter_reading())
     assert await main(["status", "--config", str(agent.config)]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
@@ -170,7 +170,7 @@ async def test_status_command_prints_the_page_content(
 
 
 async def test_discard_held(agent: Agent, capsys: pytest.CaptureFixture[str]) -> None:
-    agent.patients.route("oxi-1", make_reading())
+    agent.patients.route("oxi-1", oximeter_reading())
     assert await main(["patient", "discard-held", "--config", str(agent.config)]) == 0
     assert capsys.readouterr().out == "1 held reading(s) discarded\n"
 
@@ -212,6 +212,7 @@ async def test_set_over_another_patient_says_it_replaced_one(
     assert events(agent.patients.data_dir)[-1]["replaced_mrn"] == MRN  # the full trail is in the audit
 
 
+@pytest.mark.slow  # starts a Python process
 async def test_a_latin1_byte_in_the_name_is_one_line(agent: Agent) -> None:
     """A terminal in ISO 8859-1 sends 'Müller' as M \\xfc ller: not UTF-8; one line, nothing set."""
     code, out, err = await run_cli(
@@ -235,6 +236,7 @@ async def test_line_separators_and_c1_controls_are_refused_at_the_cli(
     assert agent.patients.current() is None
 
 
+@pytest.mark.slow  # starts a Python process
 async def test_agent_gone_without_cleaning_up_is_not_running(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -252,6 +254,7 @@ async def test_agent_gone_without_cleaning_up_is_not_running(
     )
 
 
+@pytest.mark.slow  # starts a Python process
 async def test_a_user_who_cannot_read_the_token_is_told_in_one_line(agent: Agent, tmp_path: Path) -> None:
     """The data_dir belongs to the agent's user (0700); the caller is someone else."""
     data = agent.patients.data_dir

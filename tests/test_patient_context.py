@@ -12,17 +12,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.patient_helpers import (
+from tests.kit import (
     DOB,
     FAMILY,
     GIVEN,
     MRN,
     T0,
-    Clock,
+    FakeClock,
     event_names,
     events,
-    make_reading,
     manager,
+    oximeter_reading,
 )
 from vitals_agent.agent.patient_context import (
     PatientDetails,
@@ -44,7 +44,7 @@ def strip(e: dict[str, object]) -> dict[str, object]:
 
 
 def test_set_then_current_is_the_builder_identity_and_audited(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = FakeClock()
     m = manager(tmp_path, clock)
     assert m.current() is None
     m.set(ALICE, "cli", source="nurse1")
@@ -64,16 +64,16 @@ def test_set_then_current_is_the_builder_identity_and_audited(tmp_path: Path) ->
 
 
 def test_expires_after_timeout_without_readings_and_readings_keep_it_alive(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = FakeClock()
     m = manager(tmp_path, clock, patient_timeout_minutes=30)
     m.set(ALICE, "api")
     clock.advance(minutes=29)
-    assert m.route("oxi-1", make_reading(clock.now)).patient == ALICE  # a reading touches the context
+    assert m.route("oxi-1", oximeter_reading(clock.now)).patient == ALICE  # a reading touches the context
     clock.advance(minutes=29, seconds=59)
     assert m.current_details() == ALICE  # 29:59 since the last reading
     clock.advance(seconds=1)
     assert m.current_details() is None  # 30:00 of no readings
-    route = m.route("oxi-1", make_reading(clock.now))
+    route = m.route("oxi-1", oximeter_reading(clock.now))
     assert route.patient is None and not route.held  # default mode: unbound
     assert event_names(tmp_path) == ["context_set", "context_expired"]
     expired = strip(events(tmp_path)[1])
@@ -87,7 +87,7 @@ def test_expires_after_timeout_without_readings_and_readings_keep_it_alive(tmp_p
 
 
 def test_current_alone_does_not_extend_the_context(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = FakeClock()
     m = manager(tmp_path, clock, patient_timeout_minutes=1)
     m.set(ALICE, "api")
     for _ in range(5):
@@ -97,7 +97,7 @@ def test_current_alone_does_not_extend_the_context(tmp_path: Path) -> None:
 
 
 def test_clear_ends_the_context(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = FakeClock()
     m = manager(tmp_path, clock)
     m.set(ALICE, "barcode", source="scanner-1")
     assert m.clear("api") is True
@@ -110,7 +110,7 @@ def test_clear_ends_the_context(tmp_path: Path) -> None:
 
 
 def test_a_new_patient_replaces_the_old_one(tmp_path: Path) -> None:
-    m = manager(tmp_path, Clock())
+    m = manager(tmp_path, FakeClock())
     m.set(ALICE, "cli")
     bob = PatientDetails(mrn="BOB0001")
     m.set(bob, "barcode")
@@ -119,7 +119,7 @@ def test_a_new_patient_replaces_the_old_one(tmp_path: Path) -> None:
 
 
 def test_context_survives_a_restart_until_it_expires(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = FakeClock()
     m = manager(tmp_path, clock)
     m.set(ALICE, "cli")
     m.close()
@@ -141,7 +141,7 @@ def test_a_reading_opens_no_file_and_its_activity_is_saved_on_the_next_tick(
     """Issue 10 item 3: out of file descriptors, a bound reading is still filed (the touch is in memory)."""
     import os as _os
 
-    clock = Clock()
+    clock = FakeClock()
     m = manager(tmp_path, clock, patient_timeout_minutes=30)
     m.set(ALICE, "cli")
     clock.advance(minutes=20)
@@ -151,7 +151,7 @@ def test_a_reading_opens_no_file_and_its_activity_is_saved_on_the_next_tick(
 
     with monkeypatch.context() as patch:
         patch.setattr(_os, "open", no_descriptors)
-        assert m.route("oxi-1", make_reading(clock.now)).patient == ALICE
+        assert m.route("oxi-1", oximeter_reading(clock.now)).patient == ALICE
         m.tick()  # the save fails: logged, retried on the next tick; the context stays
     assert m.current_details() == ALICE
     saved = json.loads((tmp_path / "patient_context.json").read_text())
@@ -165,18 +165,18 @@ def test_a_reading_opens_no_file_and_its_activity_is_saved_on_the_next_tick(
 
 
 def test_close_saves_the_last_activity(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = FakeClock()
     m = manager(tmp_path, clock, patient_timeout_minutes=30)
     m.set(ALICE, "cli")
     clock.advance(minutes=20)
-    m.route("oxi-1", make_reading(clock.now))
+    m.route("oxi-1", oximeter_reading(clock.now))
     m.close()
     clock.advance(minutes=29)
     assert manager(tmp_path, clock).current_details() == ALICE
 
 
 def test_a_cleared_context_stays_cleared_after_restart(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = FakeClock()
     m = manager(tmp_path, clock)
     m.set(ALICE, "cli")
     m.clear("cli")
@@ -185,13 +185,13 @@ def test_a_cleared_context_stays_cleared_after_restart(tmp_path: Path) -> None:
 
 def test_corrupt_state_file_starts_without_a_patient(tmp_path: Path) -> None:
     (tmp_path / "patient_context.json").write_text("{not json")
-    m = manager(tmp_path, Clock())
+    m = manager(tmp_path, FakeClock())
     assert m.current() is None
     assert event_names(tmp_path) == ["context_discarded"]
 
 
 async def test_scan_sets_the_patient_through_the_barcode_channel(tmp_path: Path) -> None:
-    m = manager(tmp_path, Clock(), identifier_type="PI")
+    m = manager(tmp_path, FakeClock(), identifier_type="PI")
     await m.on_scan(PatientScan(device_id="scanner-1", mrn=MRN, raw=f"]C1{MRN}", received_at=T0))
     ctx = m.context()
     assert ctx is not None
@@ -210,7 +210,7 @@ async def test_scan_sets_the_patient_through_the_barcode_channel(tmp_path: Path)
 
 
 async def test_unusable_scan_is_refused_and_audited(tmp_path: Path) -> None:
-    m = manager(tmp_path, Clock())
+    m = manager(tmp_path, FakeClock())
     await m.on_scan(PatientScan(device_id="scanner-1", mrn="A|B", raw="A|B", received_at=T0))
     assert m.current() is None
     assert event_names(tmp_path) == ["scan_rejected"]
@@ -260,16 +260,16 @@ def test_masked_shows_only_the_last_two_characters_and_initials() -> None:
 
 
 def test_without_require_patient_nothing_is_held(tmp_path: Path) -> None:
-    m = manager(tmp_path, Clock())
-    route = m.route("oxi-1", make_reading())
+    m = manager(tmp_path, FakeClock())
+    route = m.route("oxi-1", oximeter_reading())
     assert (route.patient, route.held) == (None, False)
     assert m.held.summary() == (0, None)
 
 
 async def test_require_patient_holds_durably_and_releases_late_associated(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = FakeClock()
     m = manager(tmp_path, clock, require_patient=True)
-    first, second = make_reading(T0, spo2="97.0"), make_reading(T0 + timedelta(seconds=30), spo2="95")
+    first, second = oximeter_reading(T0, spo2="97.0"), oximeter_reading(T0 + timedelta(seconds=30), spo2="95")
     assert m.route("oxi-1", first).held
     clock.advance(seconds=30)
     assert m.route("oxi-1", second).held
@@ -325,12 +325,12 @@ async def test_require_patient_holds_durably_and_releases_late_associated(tmp_pa
         },
     ]
     # Bound now: the next reading goes straight to the patient.
-    assert restarted.route("oxi-1", make_reading(clock.now)).patient == ALICE
+    assert restarted.route("oxi-1", oximeter_reading(clock.now)).patient == ALICE
 
 
 async def test_a_release_that_cannot_be_queued_stays_held(tmp_path: Path) -> None:
-    m = manager(tmp_path, Clock(), require_patient=True)
-    m.route("oxi-1", make_reading())
+    m = manager(tmp_path, FakeClock(), require_patient=True)
+    m.route("oxi-1", oximeter_reading())
 
     async def refuse(
         device_id: str, reading: Reading, patient: PatientDetails, control_id: str | None = None
@@ -344,9 +344,9 @@ async def test_a_release_that_cannot_be_queued_stays_held(tmp_path: Path) -> Non
 
 
 async def test_held_readings_are_dropped_after_the_hold_timeout(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = FakeClock()
     m = manager(tmp_path, clock, require_patient=True, hold_timeout_minutes=60)
-    m.route("oxi-1", make_reading(T0))
+    m.route("oxi-1", oximeter_reading(T0))
     clock.advance(minutes=59)
     m.tick()
     assert m.held.summary()[0] == 1
@@ -377,9 +377,9 @@ async def test_held_readings_are_dropped_after_the_hold_timeout(tmp_path: Path) 
 
 
 async def test_expired_held_readings_are_not_released_even_without_a_tick(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = FakeClock()
     m = manager(tmp_path, clock, require_patient=True, hold_timeout_minutes=10)
-    m.route("oxi-1", make_reading(T0))
+    m.route("oxi-1", oximeter_reading(T0))
     clock.advance(minutes=11)
     got: list[Reading] = []
 
@@ -396,9 +396,9 @@ async def test_expired_held_readings_are_not_released_even_without_a_tick(tmp_pa
 
 
 def test_operator_discards_held_readings(tmp_path: Path) -> None:
-    m = manager(tmp_path, Clock(), require_patient=True)
-    m.route("oxi-1", make_reading())
-    m.route("oxi-2", make_reading(device_id="oxi-2"))
+    m = manager(tmp_path, FakeClock(), require_patient=True)
+    m.route("oxi-1", oximeter_reading())
+    m.route("oxi-2", oximeter_reading(device_id="oxi-2"))
     assert m.discard_held("cli", source="tech") == 2
     assert m.held.summary() == (0, None)
     assert [(e["event"], e.get("channel"), e.get("reason")) for e in events(tmp_path)[-2:]] == [
@@ -417,7 +417,7 @@ def test_operator_discards_held_readings(tmp_path: Path) -> None:
     att=st.binary(max_size=40),
 )
 def test_held_reading_json_round_trip_is_lossless(value: Decimal, raw: bytes, att: bytes) -> None:
-    reading = make_reading()
+    reading = oximeter_reading()
     reading = reading.with_updates(
         measurements=(reading.measurements[0].model_copy(update={"value": value}), reading.measurements[1]),
         raw=raw,
@@ -444,14 +444,18 @@ def _profile() -> MessageProfile:
 
 async def test_set_makes_the_next_message_bound_and_clear_makes_it_unbound(tmp_path: Path) -> None:
     oracle = pytest.importorskip("tests.oracle")
-    clock = Clock()
+    clock = FakeClock()
     m = manager(tmp_path, clock, require_patient=False)
     m.set(ALICE, "cli")
-    route = m.route("oxi-1", make_reading())
+    route = m.route("oxi-1", oximeter_reading())
     assert route.patient is not None
     bound = oracle.validate_oru(
         build_oru(
-            make_reading(), _profile(), control_id="C1", created_at=T0, patient=route.patient.to_identity()
+            oximeter_reading(),
+            _profile(),
+            control_id="C1",
+            created_at=T0,
+            patient=route.patient.to_identity(),
         )
     )
     assert bound.pid.text(3, 1) == MRN and bound.pid.text(3, 5) == "MR"
@@ -461,7 +465,7 @@ async def test_set_makes_the_next_message_bound_and_clear_makes_it_unbound(tmp_p
 
     m.clear("cli")
     unbound = oracle.validate_oru(
-        build_oru(make_reading(), _profile(), control_id="C2", created_at=T0, patient=m.current())
+        build_oru(oximeter_reading(), _profile(), control_id="C2", created_at=T0, patient=m.current())
     )
     assert unbound.pid[5] == "^^^^^^U" and unbound.pid[31] == "Y"
     assert MRN not in unbound.raw
@@ -469,8 +473,8 @@ async def test_set_makes_the_next_message_bound_and_clear_makes_it_unbound(tmp_p
 
 async def test_released_reading_becomes_a_valid_late_associated_message(tmp_path: Path) -> None:
     oracle = pytest.importorskip("tests.oracle")
-    m = manager(tmp_path, Clock(), require_patient=True)
-    m.route("oxi-1", make_reading())
+    m = manager(tmp_path, FakeClock(), require_patient=True)
+    m.route("oxi-1", oximeter_reading())
     built: list[bytes] = []
 
     async def releaser(

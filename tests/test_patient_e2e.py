@@ -17,12 +17,13 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.e2e_helpers import AgentProcess, PyHl7Ehr, masimo_ascii1_line
+from tests.e2e_helpers import AgentProcess, masimo_ascii1_line
+from tests.fake_ehr import Hl7Ehr
 from tests.oracle import validate_oru
 from vitals_agent.agent.audit import read_audit
 from vitals_agent.drivers.pty import PtyDevice
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]  # the agent as a subprocess
 
 MRN = "MRN7700112233"
 FAMILY = "PEMBERTONFAMILY"
@@ -105,7 +106,7 @@ async def wait_control(agent: AgentProcess, data_dir: Path) -> None:
 
 
 async def test_set_scan_clear_change_the_next_message(tmp_path: Path) -> None:
-    ehr = await PyHl7Ehr().start()
+    ehr = await Hl7Ehr().start()
     data = tmp_path / "data"
     now = datetime.now(UTC).replace(microsecond=0)
     with PtyDevice(tmp_path / "ttyRad8") as oxi, PtyDevice(tmp_path / "ttyScan") as scanner:
@@ -207,7 +208,7 @@ async def test_set_scan_clear_change_the_next_message(tmp_path: Path) -> None:
 
 
 async def test_require_patient_holds_across_a_restart_then_sends_late_associated(tmp_path: Path) -> None:
-    ehr = await PyHl7Ehr().start()
+    ehr = await Hl7Ehr().start()
     data = tmp_path / "data"
     now = datetime.now(UTC).replace(microsecond=0)
     with PtyDevice(tmp_path / "ttyRad8") as oxi:

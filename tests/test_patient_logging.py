@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import structlog
 
-from tests.patient_helpers import DOB, FAMILY, GIVEN, MRN, T0, Clock, event_names, make_reading, manager
-from tests.test_control import Env, Ticks, fake_status
+from tests.kit import DOB, FAMILY, GIVEN, MRN, T0, FakeClock, event_names, manager, oximeter_reading
+from tests.test_control import Env, fake_status
 from vitals_agent.agent.control import ControlServer
 from vitals_agent.agent.patient_context import PatientDetails
 from vitals_agent.drivers.barcode import BarcodeDriver, BarcodeOptions
@@ -31,7 +31,7 @@ def log_buffer() -> Iterator[io.StringIO]:
 
 
 async def test_whole_patient_flow_logs_no_identifiers(tmp_path: Path, log_buffer: io.StringIO) -> None:
-    clock = Clock()
+    clock = FakeClock()
     patients = manager(tmp_path, clock, require_patient=True, patient_timeout_minutes=30)
     released: list[Reading] = []
 
@@ -44,10 +44,10 @@ async def test_whole_patient_flow_logs_no_identifiers(tmp_path: Path, log_buffer
     patients.releaser = releaser
     server = ControlServer(tmp_path, patients, fake_status, port=0, now=clock)
     await server.start()
-    env = Env(server, patients, tmp_path, Ticks())
+    env = Env(server, patients, tmp_path, FakeClock())
     try:
         # a reading before any patient: held
-        patients.route("oxi-1", make_reading(T0))
+        patients.route("oxi-1", oximeter_reading(T0))
         # the wristband scanner sees a bad scan (someone's name) and then a good one
         options = BarcodeOptions(port="/dev/null", mrn_pattern=r"(?P<mrn>MRN\d+)")
         decoder = BarcodeDriver(options).stream_decoder(
@@ -69,12 +69,12 @@ async def test_whole_patient_flow_logs_no_identifiers(tmp_path: Path, log_buffer
         assert (await env.http("GET", "/?reveal=1"))[0] == 200
         assert (await env.http("PUT", "/api/patient", {"mrn": MRN + "|"}))[0] == 400
         assert (await env.http("PUT", "/api/patient", {"mrn": MRN}, token="wrong"))[0] == 401
-        patients.route("oxi-1", make_reading(clock.now))
+        patients.route("oxi-1", oximeter_reading(clock.now))
         clock.advance(minutes=31)
         patients.tick()
         patients.set(PatientDetails(mrn=MRN, family=FAMILY), "cli")
         patients.clear("cli")
-        patients.route("oxi-1", make_reading(clock.now))
+        patients.route("oxi-1", oximeter_reading(clock.now))
         clock.advance(hours=2)
         patients.tick()  # the held reading times out
     finally:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.kit import FAMILY, GIVEN, MRN, events, oximeter_reading
 from tests.oracle import validate_oru
-from tests.patient_helpers import FAMILY, GIVEN, MRN, events, make_reading
 from vitals_agent.agent.patient_context import PatientDetails
 from vitals_agent.agent.service import AgentService
 from vitals_agent.config.schema import parse_config
@@ -41,11 +41,11 @@ async def test_unbound_then_bound_then_unbound(tmp_path: Path, closing: list[Age
     service = service_for(tmp_path, require_patient=False)
     closing.append(service)
     runtime = service.runtimes["oxi-1"]
-    first = await service.pipeline.accept(runtime, make_reading(datetime.now(UTC)))
+    first = await service.pipeline.accept(runtime, oximeter_reading(datetime.now(UTC)))
     service.patients.set(PatientDetails(mrn=MRN, family=FAMILY, given=GIVEN), "api")
-    second = await service.pipeline.accept(runtime, make_reading(datetime.now(UTC)))
+    second = await service.pipeline.accept(runtime, oximeter_reading(datetime.now(UTC)))
     service.patients.clear("api")
-    third = await service.pipeline.accept(runtime, make_reading(datetime.now(UTC)))
+    third = await service.pipeline.accept(runtime, oximeter_reading(datetime.now(UTC)))
     assert first and second and third
     pids = [validate_oru(a.message).pid for a in (first, second, third)]
     assert [p[31] for p in pids] == ["Y", "N", "Y"]
@@ -65,7 +65,7 @@ async def test_held_reading_goes_through_the_pipeline_late_associated(
     service = service_for(tmp_path, require_patient=True)
     closing.append(service)
     now = datetime.now(UTC).replace(microsecond=0)
-    assert await service.pipeline.accept(service.runtimes["oxi-1"], make_reading(now)) is None
+    assert await service.pipeline.accept(service.runtimes["oxi-1"], oximeter_reading(now)) is None
     assert service.outbox.depth() == 0
     assert service.patients.held.summary()[0] == 1
     await service.patients.apply_set(PatientDetails(mrn=MRN), "barcode", source="scan-1")
@@ -89,7 +89,7 @@ async def test_a_reading_taken_before_the_patient_was_set_is_never_filed_to_them
     closing.append(service)
     taken = datetime.now(UTC)
     service.patients.set(PatientDetails(mrn=MRN, family=FAMILY, given=GIVEN), "barcode")
-    assert await service.pipeline.accept(service.runtimes["oxi-1"], make_reading(taken)) is None
+    assert await service.pipeline.accept(service.runtimes["oxi-1"], oximeter_reading(taken)) is None
     assert service.outbox.depth() == 0
     assert service.pipeline.dropped == 1
     [dropped] = [e for e in events(tmp_path) if e["event"] == "reading_dropped"]

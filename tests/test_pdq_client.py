@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from tests.fake_ehr import Pki, free_port, make_test_pki
+from tests.fake_ehr import Pki, make_test_pki
+from tests.kit import free_port, printed
 from tests.pdq_helpers import AUTHORITY, ODALYS, FhirEndpoint, PdqSupplier, patient_resource
 from tests.pdq_oracle import validate_qbp
 from vitals_agent.agent.pdq import PdqUnavailableError, Sender, pdq_client
@@ -226,7 +227,6 @@ async def test_receive_pdq_answers_queries_and_acks_orus(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import asyncio
-    import re
 
     from tests.fake_ehr import make_message
     from tests.pdq_helpers import PATIENTS_CSV
@@ -239,14 +239,8 @@ async def test_receive_pdq_answers_queries_and_acks_orus(
     csv_file.write_text(PATIENTS_CSV)
     args = ["receive", "--port", "0", "--count", "2", "--pdq", str(csv_file), "--pdq-authority", AUTHORITY]
     task = asyncio.create_task(main(args))
-    out = ""
-    port = 0
-    async with asyncio.timeout(10):
-        while not port:
-            await asyncio.sleep(0.01)
-            out += capsys.readouterr().out
-            found = re.search(r"listening on 127\.0\.0\.1:(\d+) .*PDQ supplier for 1 patient", out)
-            port = int(found.group(1)) if found else 0
+    found, out = await printed(capsys, r"listening on 127\.0\.0\.1:(\d+) .*PDQ supplier for 1 patient")
+    port = int(found.group(1))
     lookup = await pdq_client(v2(port), SENDER).lookup("ZQ4471902")
     assert lookup.result.candidates == (ODALYS,)
     mllp = MllpClient("127.0.0.1", port)

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
+from tests.kit import events
 from tests.oracle import validate_oru
-from tests.patient_helpers import events
 from vitals_agent.agent.normalize import normalise, withheld
 from vitals_agent.agent.service import AgentService
 from vitals_agent.cli import main

@@ -12,10 +12,9 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from tests.fake_ehr import RawEhr, make_message, wait_until
+from tests.fake_ehr import RawEhr, make_message
+from tests.kit import MRN, fast_ehr, oximeter_reading, until
 from tests.oracle import validate_oru
-from tests.patient_helpers import MRN, make_reading
-from tests.test_sender import fast_ehr
 from vitals_agent.agent.normalize import normalise
 from vitals_agent.agent.outbox import Outbox
 from vitals_agent.agent.patient_context import PatientDetails
@@ -105,9 +104,9 @@ async def test_accept_raises_typed_errors_so_file_and_ble_transports_keep_the_re
 
         monkeypatch.setattr(service.outbox, "enqueue", full)
         with pytest.raises(OutboxFullError):
-            await service.pipeline.accept(runtime, make_reading(datetime.now(UTC)))
+            await service.pipeline.accept(runtime, oximeter_reading(datetime.now(UTC)))
         monkeypatch.undo()
-        demo = make_reading(datetime.now(UTC)).with_updates(flags=())
+        demo = oximeter_reading(datetime.now(UTC)).with_updates(flags=())
         bad = demo.with_updates(measurements=())  # nothing to send: no conformant message
         with pytest.raises(RefusedError):
             await service.pipeline.accept(runtime, bad.with_updates(attachments=()))
@@ -122,7 +121,7 @@ async def test_a_held_reading_released_twice_is_queued_once_under_its_reserved_m
     service = _service(tmp_path)
     try:
         runtime = service.runtimes["oxi-1"]
-        assert await service.pipeline.accept(runtime, make_reading(datetime.now(UTC))) is None  # held
+        assert await service.pipeline.accept(runtime, oximeter_reading(datetime.now(UTC))) is None  # held
         [held] = service.patients.held.all()
         assert held.control_id
         details = PatientDetails(mrn=MRN)
@@ -146,7 +145,7 @@ async def test_negative_ack_free_text_never_reaches_logs_above_debug(tmp_path: P
     with capture_logs() as logs:
         task = asyncio.create_task(sender.run())
         try:
-            await wait_until(lambda: outbox.dead_count() == 1)
+            await until(lambda: outbox.dead_count() == 1)
         finally:
             await sender.stop(timeout=1.0)
             task.cancel()

@@ -6,14 +6,14 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime
 from decimal import Decimal
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.serial_helpers import FIXED_NOW, FakeRuntime, fixed_ctx, pty_device, serial_driver, start, stop
+from tests.kit import T0, FakeRuntime, failures_in, fixed_ctx, make_driver, readings_in, start, stop
+from tests.kit.shared import shared_file
 from vitals_agent.cli import main
 from vitals_agent.drivers.base import DecodeFailure, DecoderOutput, driver_class
 from vitals_agent.drivers.pty import PtyDevice
@@ -27,11 +27,8 @@ from vitals_agent.drivers.serial_transport import SerialTransport
 from vitals_agent.errors import DecodeError, TruncatedError, UnsupportedError
 from vitals_agent.models import DeviceClass, DeviceIdentity, DeviceStatusEvent, Measurement, Reading
 
-__all__ = ["pty_device"]
-
 TZ = ZoneInfo("America/New_York")
 CTX = fixed_ctx("scale-1", tz=TZ)
-SAMPLES = Path(__file__).resolve().parents[2] / "shared/samples/serial/scale_ascii_examples_from_manuals.txt"
 
 
 def weight(v: str, unit: str = "kg") -> Measurement:
@@ -50,8 +47,8 @@ def scale_reading(
         device=DeviceIdentity(id="scale-1", manufacturer=manufacturer),
         device_class=DeviceClass.SCALE,
         measurements=tuple(measurements),
-        observed_at=FIXED_NOW,
-        received_at=FIXED_NOW,
+        observed_at=T0,
+        received_at=T0,
         device_time=device_time,
         extra=extra,
         raw=raw,
@@ -61,14 +58,6 @@ def scale_reading(
 def decode(dialect: str, data: bytes, min_change_kg: Decimal = Decimal(0)) -> list[DecoderOutput]:
     decoder = ScaleDecoder(CTX, dialect, min_change_kg=min_change_kg)
     return decoder.feed(data) + decoder.flush()
-
-
-def readings(out: list[DecoderOutput]) -> list[Reading]:
-    return [o for o in out if isinstance(o, Reading)]
-
-
-def failures(out: list[DecoderOutput]) -> list[DecodeFailure]:
-    return [o for o in out if isinstance(o, DecodeFailure)]
 
 
 # ---------------------------------------------------------------------------------------------- A&D
@@ -109,11 +98,11 @@ def test_and_weighing_is_reported_once() -> None:
 
 def test_and_value_change_while_loaded_is_a_new_weighing_unless_below_min_change() -> None:
     data = b"ST,GS,+0070.50kg\r\nST,GS,+0070.60kg\r\nST,GS,+0070.60kg\r\n"
-    assert [r.values()["body_weight"] for r in readings(decode("and", data))] == [
+    assert [r.values()["body_weight"] for r in readings_in(decode("and", data))] == [
         Decimal("70.50"),
         Decimal("70.60"),
     ]
-    once = readings(decode("and", data, min_change_kg=Decimal("0.2")))
+    once = readings_in(decode("and", data, min_change_kg=Decimal("0.2")))
     assert [r.values()["body_weight"] for r in once] == [Decimal("70.50")]
 
 
@@ -123,7 +112,7 @@ def test_and_only_unstable_lines_give_nothing() -> None:
 
 def test_and_bad_records() -> None:
     out = decode("and", b"ST,GS,+0070\r\nXX,GS,+0070.50kg\r\nST,GS,+0070.50oz\r\n\xff\xfe\r\nST,GS,+0070.5")
-    errs = [f.error for f in failures(out)]
+    errs = [f.error for f in failures_in(out)]
     assert [type(e) for e in errs] == [
         TruncatedError,
         DecodeError,
@@ -137,7 +126,7 @@ def test_and_bad_records() -> None:
         "A&D: unit 'oz' is not a weight unit (kg, lb, g)",
     ]
     assert errs[0].data == b"ST,GS,+0070"
-    assert readings(out) == []
+    assert readings_in(out) == []
 
 
 # ---------------------------------------------------------------------------------------------- others
@@ -196,14 +185,14 @@ def test_detecto_polled_repeats_are_one_weighing() -> None:
     assert decoder.data_to_send() == b"\nP\r"
     empty = b"12:01,08/07/15,,,0.0lb\r"
     out = decoder.feed(DETECTO + b"\r" + DETECTO + b"\r" + empty + DETECTO + b"\r")
-    assert len(readings(out)) == 2 and failures(out) == []
+    assert len(readings_in(out)) == 2 and failures_in(out) == []
     # no height entered: weight only
-    (r,) = readings(decode("detecto", b"12:00,08/07/15,,,60.2kg\r"))
+    (r,) = readings_in(decode("detecto", b"12:00,08/07/15,,,60.2kg\r"))
     assert r.measurements == (weight("60.2"),)
 
 
 def test_detecto_truncated() -> None:
-    (f,) = failures(decode("detecto", b"12:00,08/07/15,21.5\r"))
+    (f,) = failures_in(decode("detecto", b"12:00,08/07/15,21.5\r"))
     assert isinstance(f.error, TruncatedError) and str(f.error) == "Detecto: truncated record: 3 of 5 fields"
 
 
@@ -217,18 +206,17 @@ def test_detecto_truncated() -> None:
     ],
 )
 def test_truncated_lines(dialect: str, line: bytes, message: str) -> None:
-    (f,) = failures(decode(dialect, line + b"\r\n"))
+    (f,) = failures_in(decode(dialect, line + b"\r\n"))
     assert isinstance(f.error, TruncatedError) and str(f.error) == message and f.data == line
 
 
 def test_sample_file_examples() -> None:
     """The manual quotes in ../shared (skipped when the shared tree is absent)."""
-    if not SAMPLES.exists():
-        pytest.skip("shared samples not available")
+    samples = shared_file("samples", "serial", "scale_ascii_examples_from_manuals.txt")
     section = None
     got: dict[str, list[Reading]] = {}
     dialects = {"A&D": "and", "EK-L": "and", "Detecto": "detecto", "Rice Lake": "rice-lake"}
-    for line in SAMPLES.read_text(encoding="utf-8").splitlines():
+    for line in samples.read_text(encoding="utf-8").splitlines():
         if line.startswith("#"):
             section = next((d for k, d in dialects.items() if k in line), None)
             continue
@@ -237,7 +225,7 @@ def test_sample_file_examples() -> None:
         record = line.split("    (")[0]  # drop the explanatory note after a record
         for name, char in (("<CR>", "\r"), ("<LF>", "\n"), ("<SP>", " ")):
             record = record.replace(name, char)
-        got.setdefault(section, []).extend(readings(decode(section, record.encode())))
+        got.setdefault(section, []).extend(readings_in(decode(section, record.encode())))
     values = {
         d: [(str(r.values()["body_weight"]), r.measurements[0].unit) for r in rs] for d, rs in got.items()
     }
@@ -316,8 +304,8 @@ def test_random_splits_give_the_same_readings(
         pieces += decoder.feed(stream[prev:c])
         prev = c
     assert pieces == whole
-    assert failures(whole) == []
-    assert [r.values()["body_weight"] for r in readings(whole)] == weights
+    assert failures_in(whole) == []
+    assert [r.values()["body_weight"] for r in readings_in(whole)] == weights
 
 
 # ---------------------------------------------------------------------------------------------- pty
@@ -325,7 +313,7 @@ def test_random_splits_give_the_same_readings(
 
 @pytest.mark.parametrize(("dialect", "options"), [("and", {}), ("detecto", {"poll_seconds": 0.02})])
 async def test_end_to_end(pty_device: PtyDevice, dialect: str, options: dict[str, object]) -> None:
-    driver = serial_driver("scale-ascii", pty_device.link, dialect=dialect, **options)
+    driver = make_driver("scale-ascii", pty_device.link, dialect=dialect, **options)
     rt = FakeRuntime(driver, device_id="scale-1", ctx=CTX)
     sim = ScaleSimulator(dialect=dialect, weights=("70.50", "82.30"), interval=0.005, height_in=None)
     sim_task = asyncio.create_task(sim.run(pty_device))

@@ -2,54 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import random
-from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
-from tests.fake_ehr import Hl7Ehr, RawEhr, free_port, make_message, wait_until
+from tests.fake_ehr import Hl7Ehr, RawEhr, make_message
+from tests.kit import fast_ehr, free_port, running_sender, until
 from vitals_agent.agent import sender as sender_module
 from vitals_agent.agent.outbox import Outbox
 from vitals_agent.agent.sender import Sender
-from vitals_agent.config.ehr import EhrConfig
-
-
-def fast_ehr(port: int, **kw: Any) -> EhrConfig:
-    values: dict[str, Any] = {
-        "host": "127.0.0.1",
-        "port": port,
-        "connect_timeout_seconds": 1.0,
-        "ack_timeout_seconds": 0.3,
-        "backoff_min_seconds": 0.01,
-        "backoff_max_seconds": 0.05,
-    }
-    values.update(kw)
-    return EhrConfig(**values)
-
-
-@pytest.fixture
-def outbox(tmp_path: Path) -> Iterator[Outbox]:
-    ob = Outbox(tmp_path / "data")
-    yield ob
-    ob.close()
-
-
-@contextlib.asynccontextmanager
-async def running(sender: Sender) -> AsyncIterator[asyncio.Task[None]]:
-    task = asyncio.create_task(sender.run())
-    try:
-        yield task
-    finally:
-        await sender.stop(timeout=1.0)
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 def test_backoff_is_capped_exponential_with_jitter(outbox: Outbox) -> None:
@@ -89,11 +53,11 @@ async def test_status_and_wake_for_messages_queued_while_running(outbox: Outbox)
                 "ledger_durable": True,
             },
         }
-        async with running(sender):
+        async with running_sender(sender):
             for i in range(3):
                 outbox.enqueue(control_id=f"W{i}", device_id="d", body=make_message(f"W{i}"))
                 sender.wake()
-                await wait_until(lambda: outbox.depth() == 0)
+                await until(lambda: outbox.depth() == 0)
             status = sender.status()
             assert (status["connected"], status["sent"], status["depth"], status["in_flight"]) == (
                 True,
@@ -112,12 +76,12 @@ async def test_operator_retry_from_another_process_is_picked_up_without_wake(
     async with RawEhr(plan=["AR"]) as ehr:
         mid = outbox.enqueue(control_id="O1", device_id="d", body=make_message("O1"))
         sender = Sender(outbox, fast_ehr(ehr.port))
-        async with running(sender):
-            await wait_until(lambda: outbox.dead_count() == 1)
+        async with running_sender(sender):
+            await until(lambda: outbox.dead_count() == 1)
             tool = Outbox(outbox.data_dir, create=False)  # what `vitals-agent outbox retry` does
             assert tool.retry_dead(mid) == 1
             tool.close()
-            await wait_until(lambda: outbox.depth() == 0 and outbox.dead_count() == 0)
+            await until(lambda: outbox.depth() == 0 and outbox.dead_count() == 0)
     assert ehr.control_ids == ["O1", "O1"]
 
 
@@ -128,15 +92,15 @@ async def test_backlog_warnings_when_crossing_thresholds(
     port = free_port()
     sender = Sender(outbox, fast_ehr(port, backlog_warning=2))
     with capture_logs() as logs:
-        async with running(sender):
+        async with running_sender(sender):
             for i in range(9):
                 outbox.enqueue(control_id=f"B{i}", device_id="d", body=make_message(f"B{i}"))
                 sender.wake()
                 n = i + 1
-                await wait_until(lambda n=n: sender._backlog_level == (0 if n < 2 else n.bit_length() - 1))
+                await until(lambda n=n: sender._backlog_level == (0 if n < 2 else n.bit_length() - 1))
             async with Hl7Ehr(port=port):
-                await wait_until(lambda: outbox.depth() == 0)
-                await wait_until(lambda: sender._backlog_level == 0)
+                await until(lambda: outbox.depth() == 0)
+                await until(lambda: sender._backlog_level == 0)
     warnings = [e for e in logs if e["event"] == "outbox backlog growing"]
     assert [(w["log_level"], w["threshold"]) for w in warnings] == [
         ("warning", 2),
@@ -156,8 +120,8 @@ async def test_logs_never_contain_message_bodies(outbox: Outbox) -> None:
                 body = make_message(f"P{i}").replace(b"UNKNOWN^UNKNOWN", secret.encode())
                 outbox.enqueue(control_id=f"P{i}", device_id="d", body=body)
             sender = Sender(outbox, fast_ehr(ehr.port, max_attempts=2))
-            async with running(sender):
-                await wait_until(lambda: outbox.depth() == 0)
+            async with running_sender(sender):
+                await until(lambda: outbox.depth() == 0)
     assert secret.encode() in ehr.received[0].raw
     assert logs, "the sender logged nothing at all"
     text = repr(logs)
@@ -165,22 +129,33 @@ async def test_logs_never_contain_message_bodies(outbox: Outbox) -> None:
     assert any(e["log_level"] == "warning" and e.get("control_id") == "P1" for e in logs)
 
 
-async def test_delivery_waits_for_a_busy_outbox_instead_of_failing(outbox: Outbox) -> None:
+async def test_delivery_waits_for_a_busy_outbox_instead_of_failing(
+    outbox: Outbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Another process (the outbox tool) holds the write lock while an ACK arrives: the delete waits."""
     import sqlite3
+    import threading
 
+    deleting = threading.Event()
+    delete = outbox.delete
+
+    def spy(*args: Any, **kw: Any) -> Any:
+        deleting.set()
+        return delete(*args, **kw)
+
+    monkeypatch.setattr(outbox, "delete", spy)
     async with Hl7Ehr() as ehr:
         outbox.enqueue(control_id="L0", device_id="d", body=make_message("L0"))
         other = sqlite3.connect(outbox.path, isolation_level=None)
         other.execute("BEGIN IMMEDIATE")
         sender = Sender(outbox, fast_ehr(ehr.port))
-        async with running(sender):
+        async with running_sender(sender):
             await ehr.wait_for(1)
-            await asyncio.sleep(0.1)
+            await until(deleting.is_set, what="the sender deleting the acknowledged message")
             assert outbox.depth() == 1  # not removed yet: the delete is waiting for the lock
             other.execute("COMMIT")
             other.close()
-            await wait_until(lambda: outbox.depth() == 0)
+            await until(lambda: outbox.depth() == 0)
     assert ehr.control_ids == ["L0"]
     assert sender.status()["last_error"] is None
 
@@ -203,8 +178,8 @@ async def test_an_unexpected_bug_does_not_end_delivery(
         outbox.enqueue(control_id="U0", device_id="d", body=make_message("U0"))
         sender = Sender(outbox, fast_ehr(ehr.port))
         with capture_logs() as logs:
-            async with running(sender):
-                await wait_until(lambda: outbox.depth() == 0)
+            async with running_sender(sender):
+                await until(lambda: outbox.depth() == 0)
     assert ehr.control_ids == ["U0", "U0"]  # re-sent with the same MSH-10 after the failure
     errors = [e for e in logs if e["log_level"] == "error"]
     assert [(e["event"], e["error"]) for e in errors] == [

@@ -10,8 +10,8 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from tests.fake_ehr import RawEhr, make_message, wait_until
-from tests.test_sender import fast_ehr
+from tests.fake_ehr import RawEhr, make_message
+from tests.kit import fast_ehr, until
 from vitals_agent.agent.outbox import Outbox
 from vitals_agent.agent.sender import POISON_SUSPECT_AFTER, Sender
 
@@ -37,7 +37,7 @@ async def test_poison_message_is_dead_lettered_and_later_readings_flow(tmp_path:
         outbox.enqueue(control_id=cid, device_id="d", body=make_message(cid))
     try:
         async with delivering(outbox, ehr):
-            await wait_until(lambda: outbox.depth() == 0, timeout=20)
+            await until(lambda: outbox.depth() == 0, timeout=20)
     finally:
         await ehr.stop()
     got = [r.control_id for r in ehr.received]
@@ -58,10 +58,10 @@ async def test_an_ehr_failing_every_message_dead_letters_nothing_and_keeps_order
         outbox.enqueue(control_id=cid, device_id="d", body=make_message(cid))
     try:
         async with delivering(outbox, ehr):
-            await wait_until(lambda: len(ehr.received) >= 4 * POISON_SUSPECT_AFTER, timeout=30)
+            await until(lambda: len(ehr.received) >= 4 * POISON_SUSPECT_AFTER, timeout=30)
             assert outbox.dead_count() == 0
             ehr.mode = "AA"  # the EHR recovers
-            await wait_until(lambda: outbox.depth() == 0, timeout=20)
+            await until(lambda: outbox.depth() == 0, timeout=20)
     finally:
         await ehr.stop()
     assert outbox.dead_count() == 0

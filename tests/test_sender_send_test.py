@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.fake_ehr import Hl7Ehr, RawEhr, free_port, msh10
+from tests.fake_ehr import Hl7Ehr, RawEhr, msh10
+from tests.kit import free_port
 from tests.oracle import validate_oru
 from vitals_agent.cli import main
 

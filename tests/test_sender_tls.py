@@ -5,16 +5,15 @@ The test PKI is made with the openssl command line (the venv has no ``cryptograp
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.fake_ehr import Hl7Ehr, Pki, RawEhr, make_message, make_test_pki, wait_until
+from tests.fake_ehr import Hl7Ehr, Pki, RawEhr, make_message, make_test_pki
+from tests.kit import running_sender, until
 from vitals_agent.agent.outbox import Outbox
 from vitals_agent.agent.sender import Sender
 from vitals_agent.agent.tls import ssl_context_from
@@ -31,13 +30,6 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return make_test_pki(tmp_path_factory.mktemp("pki"))
 
 
-@pytest.fixture
-def outbox(tmp_path: Path) -> Iterator[Outbox]:
-    ob = Outbox(tmp_path / "data")
-    yield ob
-    ob.close()
-
-
 def tls_ehr(port: int, pki: Pki, **kw: Any) -> EhrConfig:
     values: dict[str, Any] = {
         "host": "127.0.0.1",
@@ -51,20 +43,6 @@ def tls_ehr(port: int, pki: Pki, **kw: Any) -> EhrConfig:
     }
     values.update(kw)
     return EhrConfig(**values)
-
-
-@contextlib.asynccontextmanager
-async def running(sender: Sender):  # type: ignore[no-untyped-def]
-    import asyncio
-
-    task = asyncio.create_task(sender.run())
-    try:
-        yield task
-    finally:
-        await sender.stop(timeout=1.0)
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 # --- configuration -----------------------------------------------------------------------------------
@@ -147,8 +125,8 @@ async def test_verified_tls_delivery(outbox: Outbox, pki: Pki) -> None:
         outbox.enqueue(control_id="T0", device_id="d", body=make_message("T0"))
         outbox.enqueue(control_id="T1", device_id="d", body=make_message("T1"))
         sender = Sender(outbox, cfg, ssl_context=ssl_context_from(cfg))
-        async with running(sender):
-            await wait_until(lambda: outbox.depth() == 0)
+        async with running_sender(sender):
+            await until(lambda: outbox.depth() == 0)
             assert sender.status()["tls"] is True
     assert ehr.control_ids == ["T0", "T1"]
 
@@ -158,8 +136,8 @@ async def test_server_name_is_used_for_verification(outbox: Outbox, pki: Pki) ->
         cfg = tls_ehr(ehr.port, pki, server_name="ehr.test")  # a SAN of the server certificate
         outbox.enqueue(control_id="N0", device_id="d", body=make_message("N0"))
         sender = Sender(outbox, cfg, ssl_context=ssl_context_from(cfg))
-        async with running(sender):
-            await wait_until(lambda: outbox.depth() == 0)
+        async with running_sender(sender):
+            await until(lambda: outbox.depth() == 0)
     assert ehr.control_ids == ["N0"]
 
 
@@ -193,8 +171,8 @@ async def test_sender_keeps_message_queued_when_certificate_is_rejected(outbox: 
         cfg = tls_ehr(ehr.port, pki)
         outbox.enqueue(control_id="Q0", device_id="d", body=make_message("Q0"))
         sender = Sender(outbox, cfg, ssl_context=ssl_context_from(cfg))
-        async with running(sender):
-            await wait_until(lambda: sender.status()["consecutive_failures"] >= 2)
+        async with running_sender(sender):
+            await until(lambda: sender.status()["consecutive_failures"] >= 2)
             assert "unable to get local issuer certificate" in sender.status()["last_error"]
     assert ehr.received == [] and outbox.depth() == 1
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.serial_helpers import FakeRuntime, finish, fixed_ctx, pty_device, serial_driver, start, stop
+from tests.kit import FakeRuntime, finish, fixed_ctx, make_driver, start, stop, supervise, until
 from vitals_agent.drivers.base import (
     DecodeContext,
     Driver,
@@ -26,8 +26,6 @@ from vitals_agent.drivers.serial_transport import SerialTransport
 from vitals_agent.errors import DecodeError, DeviceNotFoundError, TransportError, TruncatedError
 from vitals_agent.models import DeviceClass, DeviceEvent, DeviceStatusEvent, Reading
 
-__all__ = ["pty_device"]  # the fixture, imported for pytest
-
 ASCII1 = (
     "{t} SN=0000123456 SPO2={s}% BPM={b} PI={p}% SPCO=--.-% SPMET=--.-% "
     "DESAT=-- PIDELTA=+-- ALARM=0000 EXC=000800\r\n"
@@ -40,7 +38,7 @@ def rad8(i: int, spo2: int = 96, bpm: int = 72, pi: str = "05.10") -> bytes:
 
 def masimo(port: Path | str, **options: object) -> tuple[FakeRuntime, SerialTransport]:
     runtime = FakeRuntime(
-        serial_driver("masimo-ascii", port, **options), device_id="spo2-1", ctx=fixed_ctx("spo2-1")
+        make_driver("masimo-ascii", port, **options), device_id="spo2-1", ctx=fixed_ctx("spo2-1")
     )
     return runtime, SerialTransport(runtime)
 
@@ -90,18 +88,10 @@ async def test_unplug_mid_frame_gives_no_half_reading_and_raises_transport_error
     assert time.monotonic() - t0 < 1.0
 
 
-async def supervise(tr: SerialTransport, retry: float = 0.05) -> None:
-    """A minimal stand-in for the agent's supervisor: run() again after every failure."""
-    while True:
-        try:
-            await tr.run()
-        except TransportError:
-            await asyncio.sleep(retry)
-
-
 async def test_replug_at_same_path_reconnects_and_reads_again(pty_device: PtyDevice) -> None:
     rt, tr = masimo(pty_device.link)
-    task = asyncio.create_task(supervise(tr))
+    failures: list[BaseException] = []
+    task = asyncio.create_task(supervise(tr, failures=failures))
     try:
         await rt.wait_until(lambda r: r.connected)
         await pty_device.write(rad8(1, 96) + rad8(2, 97)[:30])
@@ -109,7 +99,7 @@ async def test_replug_at_same_path_reconnects_and_reads_again(pty_device: PtyDev
         await rt.wait_until(lambda r: tr.bytes_received >= len(rad8(1)) + 30)
         pty_device.unplug()
         await rt.wait_until(lambda r: not r.connected)
-        await asyncio.sleep(0.2)  # a few failed attempts while unplugged
+        await until(lambda: len(failures) >= 4, what="a few failed attempts while unplugged")
         t0 = time.monotonic()
         pty_device.replug()
         await rt.wait_until(lambda r: r.connected)
@@ -138,7 +128,7 @@ async def test_device_streaming_before_the_port_opens(pty_device: PtyDevice) -> 
 
     sim = asyncio.create_task(Rad8Simulator(interval=0.01, seed=3, episode_every=0).run(Recorder()))
     try:
-        await asyncio.sleep(0.15)  # lines pile up in the pty before anyone opens it
+        await until(lambda: len(sent) >= 10, what="lines piling up in the pty before anyone opens it")
         rt, tr = masimo(pty_device.link)
         task = start(tr)
         await rt.wait_readings(5)
@@ -301,7 +291,7 @@ class _PolledDriver(Driver):
 
 
 async def test_connect_commands_polls_and_decoder_replies_are_written(pty_device: PtyDevice) -> None:
-    rt = FakeRuntime(serial_driver("test-polled-lines", pty_device.link))
+    rt = FakeRuntime(make_driver("test-polled-lines", pty_device.link))
     tr = SerialTransport(rt)
     task = start(tr)
     received = b""
@@ -336,7 +326,7 @@ async def test_slow_outbox_keeps_every_reading_in_order(pty_device: PtyDevice) -
 async def test_random_chunking_over_the_pty_decodes_like_offline(pty_device: PtyDevice) -> None:
     rng = random.Random(42)
     stream = b"".join(rad8(i, 90 + rng.randrange(11), 60 + rng.randrange(40)) for i in range(30))
-    offline = serial_driver("masimo-ascii", pty_device.link).decode_chunks([stream], fixed_ctx("spo2-1"))
+    offline = make_driver("masimo-ascii", pty_device.link).decode_chunks([stream], fixed_ctx("spo2-1"))
     rt, tr = masimo(pty_device.link)
     task = start(tr)
     await rt.wait_until(lambda r: r.connected)
@@ -346,7 +336,7 @@ async def test_random_chunking_over_the_pty_decodes_like_offline(pty_device: Pty
         await pty_device.write(stream[pos : pos + n])
         pos += n
         if rng.random() < 0.3:
-            await asyncio.sleep(0.001)
+            await asyncio.sleep(0.001)  # the device pauses between bursts
     await rt.wait_readings(30)
     await stop(task)
     assert rt.events == offline  # identity event + 30 readings, identical to decoding the file at once

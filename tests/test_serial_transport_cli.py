@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.serial_helpers import FakeRuntime, fixed_ctx, serial_driver, start, stop
+from tests.kit import FakeRuntime, fixed_ctx, make_driver, start, stop, until
 from vitals_agent.cli import main
 from vitals_agent.commands import simulate
 from vitals_agent.drivers.base import Driver, SerialOptions, register_driver
@@ -32,11 +32,8 @@ def args(
 async def test_simulate_masimo_on_a_pty_is_read_by_the_transport(tmp_path: Path) -> None:
     link = tmp_path / "rad8"
     sim = asyncio.create_task(simulate.cmd_simulate(args("masimo-ascii", link)))
-    for _ in range(200):
-        if os.path.lexists(link):
-            break
-        await asyncio.sleep(0.01)
-    rt = FakeRuntime(serial_driver("masimo-ascii", link), ctx=fixed_ctx("sim"))
+    await until(lambda: os.path.lexists(link), what="the simulator's pty link")
+    rt = FakeRuntime(make_driver("masimo-ascii", link), ctx=fixed_ctx("sim"))
     task = start(SerialTransport(rt))
     got = await rt.wait_readings(5)
     await stop(task)

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from serial.tools.list_ports_common import ListPortInfo
 
-from tests.serial_helpers import FakeRuntime, fixed_ctx, pty_device, serial_driver, start, stop
+from tests.kit import FakeRuntime, fixed_ctx, make_driver, start, stop
 from vitals_agent.cli import main
 from vitals_agent.commands import ports as ports_command
 from vitals_agent.drivers.base import SerialOptions
@@ -20,8 +20,6 @@ from vitals_agent.drivers.ports import PortInfo, UsbSpec, match_usb, resolve_usb
 from vitals_agent.drivers.pty import PtyDevice, PtyUnpluggedError
 from vitals_agent.drivers.serial_transport import SerialTransport
 from vitals_agent.errors import DeviceNotFoundError, TransportError
-
-__all__ = ["pty_device"]
 
 LINE = (
     b"11/03/26 09:14:05 SN=0000123456 SPO2=096% BPM=072 PI=05.10% SPCO=--.-% SPMET=--.-% "
@@ -108,7 +106,7 @@ async def test_transport_finds_the_device_by_usb_identity(
 ) -> None:
     listing = [BUILTIN, fake_port(str(pty_device.link), 0x0403, 0x6001, "A50285BI")]
     monkeypatch.setattr("serial.tools.list_ports.comports", lambda include_links=False: listing)
-    rt = FakeRuntime(serial_driver("masimo-ascii", usb="0403:6001:A50285BI"), ctx=fixed_ctx())
+    rt = FakeRuntime(make_driver("masimo-ascii", usb="0403:6001:A50285BI"), ctx=fixed_ctx())
     tr = SerialTransport(rt)
     task = start(tr)
     await rt.wait_until(lambda r: r.connected)
@@ -121,10 +119,10 @@ async def test_transport_finds_the_device_by_usb_identity(
 
 async def test_transport_usb_device_absent_or_ambiguous(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("serial.tools.list_ports.comports", lambda include_links=False: ALL)
-    absent = SerialTransport(FakeRuntime(serial_driver("masimo-ascii", usb="1a86:7523")))
+    absent = SerialTransport(FakeRuntime(make_driver("masimo-ascii", usb="1a86:7523")))
     with pytest.raises(DeviceNotFoundError):
         await absent.run()
-    ambiguous = SerialTransport(FakeRuntime(serial_driver("masimo-ascii", usb="0403:6001")))
+    ambiguous = SerialTransport(FakeRuntime(make_driver("masimo-ascii", usb="0403:6001")))
     with pytest.raises(TransportError, match="add the serial number"):
         await ambiguous.run()
 
@@ -269,7 +267,7 @@ async def test_pty_unplug_wakes_a_blocked_reader(tmp_path: Path) -> None:
 
     device = PtyDevice(tmp_path / "ttyY").open()
     reader = asyncio.create_task(device.read(10.0))
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0)  # let the reader start and block (it registers with the loop at once)
     device.unplug()
     assert await asyncio.wait_for(reader, 2.0) == b""
     device.close()

@@ -14,14 +14,13 @@ import shutil
 import signal
 import struct
 import tempfile
-import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from tests.patient_helpers import FAMILY, GIVEN, MRN, Clock, manager
+from tests.kit import FAMILY, GIVEN, MRN, FakeClock, manager, until
 from tests.test_control import MASKED, fake_status
 from vitals_agent.agent.control import ControlServer, StatusSnapshot, render_html, render_text
 from vitals_agent.agent.patient_context import PatientContextManager, PatientDetails
@@ -83,7 +82,7 @@ class Page:
 
 @pytest.fixture
 async def page(tmp_path: Path) -> AsyncIterator[Page]:
-    clock = Clock(NOW)
+    clock = FakeClock(NOW)
     patients = manager(tmp_path / "data", clock)
     patients.set(PatientDetails(mrn=MRN, family=FAMILY, given=GIVEN), "barcode", source="scan-1")
     holder: list[Page] = []
@@ -143,7 +142,7 @@ def login_url(server: ControlServer) -> str:
 
 
 def test_html_escapes_values_and_masks_the_patient(tmp_path: Path) -> None:
-    patients = manager(tmp_path, Clock(NOW))
+    patients = manager(tmp_path, FakeClock(NOW))
     patients.set(PatientDetails(mrn=MRN, family=FAMILY, given=GIVEN), "cli")
     html = render_html(room_status(), patients.snapshot(NOW), now=NOW)
     assert "thermo-&lt;1&gt;" in html and "thermo-<1>" not in html
@@ -158,10 +157,10 @@ def test_html_escapes_values_and_masks_the_patient(tmp_path: Path) -> None:
 
 
 def test_html_without_a_patient_and_with_held_readings(tmp_path: Path) -> None:
-    from tests.patient_helpers import make_reading
+    from tests.kit import oximeter_reading
 
-    patients = manager(tmp_path, Clock(NOW), require_patient=True)
-    patients.route("oxi-1", make_reading(NOW))
+    patients = manager(tmp_path, FakeClock(NOW), require_patient=True)
+    patients.route("oxi-1", oximeter_reading(NOW))
     html = render_html(room_status(), patients.snapshot(NOW), now=NOW)
     assert '<div id="patient" class="card held">' in html
     assert "readings are HELD until a patient is set" in html
@@ -172,6 +171,7 @@ def test_html_without_a_patient_and_with_held_readings(tmp_path: Path) -> None:
 
 
 @needs_chromium
+@pytest.mark.slow  # starts a browser
 async def test_page_in_headless_chromium_shows_the_room(page: Page) -> None:
     code, dom = await chromium("--dump-dom", login_url(page.server))
     assert code == 0
@@ -196,6 +196,7 @@ async def test_page_in_headless_chromium_shows_the_room(page: Page) -> None:
 
 
 @needs_chromium
+@pytest.mark.slow  # starts a browser
 async def test_page_without_the_token_shows_nothing(page: Page) -> None:
     code, dom = await chromium("--dump-dom", f"{page.server.url}/")
     assert code == 0
@@ -205,6 +206,7 @@ async def test_page_without_the_token_shows_nothing(page: Page) -> None:
 
 
 @needs_chromium
+@pytest.mark.slow  # starts a browser
 async def test_page_refreshes_itself_in_the_browser(page: Page) -> None:
     """A live headless browser left on the page reloads it (refresh_seconds=1) without any help."""
     assert CHROMIUM is not None
@@ -226,9 +228,7 @@ async def test_page_refreshes_itself_in_the_browser(page: Page) -> None:
             start_new_session=True,
         )
         try:
-            deadline = time.monotonic() + 30
-            while page.loads < 3 and time.monotonic() < deadline:
-                await asyncio.sleep(0.1)
+            await until(lambda: page.loads >= 3, timeout=30, what="three loads of the page")
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
@@ -237,6 +237,7 @@ async def test_page_refreshes_itself_in_the_browser(page: Page) -> None:
 
 
 @needs_chromium
+@pytest.mark.slow  # starts a browser
 async def test_screenshot_of_the_status_page(page: Page) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     target = ARTIFACTS / "status_page.png"
@@ -259,7 +260,7 @@ def test_old_readings_show_their_date_and_todays_only_the_time(tmp_path: Path) -
     status = room_status()
     old = datetime(2026, 3, 8, 9, 30, 0, tzinfo=UTC)
     status["devices"][1]["last_reading_at"] = old.isoformat()
-    patients = manager(tmp_path, Clock(NOW))
+    patients = manager(tmp_path, FakeClock(NOW))
     page = render_html(status, patients.snapshot(NOW), now=NOW)
     text = render_text(status, patients.snapshot(NOW), now=NOW)
     shown_old = f"{old.astimezone():%Y-%m-%d %H:%M:%S} (3 d ago)"
@@ -307,7 +308,7 @@ def test_ehr_state_follows_the_last_attempt_not_the_outbox(
     status = room_status()
     status["sender"] = sender  # type: ignore[typeddict-item]
     status["outbox"] = {"depth": depth, "dead": 0}
-    patient = manager(tmp_path, Clock(NOW)).snapshot(NOW)
+    patient = manager(tmp_path, FakeClock(NOW)).snapshot(NOW)
     text = render_text(status, patient, now=NOW)
     assert any(row.startswith(line) for row in text.splitlines()), text
     page = render_html(status, patient, now=NOW)
@@ -321,7 +322,7 @@ def test_a_state_and_counters_the_runtime_reports_are_shown(tmp_path: Path) -> N
     status["devices"][0]["discarded_lines"] = 2
     status["devices"][2]["counters"] = {"files_skipped": 1, "files_failed": 3, "files_other": 0}
     status["refused"] = 2
-    patient = manager(tmp_path, Clock(NOW)).snapshot(NOW)
+    patient = manager(tmp_path, FakeClock(NOW)).snapshot(NOW)
     assert '<span class="state"><span class="dot other"></span>silent</span>' in render_html(
         status, patient, now=NOW
     )
@@ -336,6 +337,7 @@ def test_a_state_and_counters_the_runtime_reports_are_shown(tmp_path: Path) -> N
 
 
 @needs_chromium
+@pytest.mark.slow  # starts a browser
 async def test_a_login_link_works_once(page: Page) -> None:
     url = login_url(page.server)
     code, dom = await chromium("--dump-dom", url)

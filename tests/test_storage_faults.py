@@ -14,19 +14,17 @@ real file, and a real full disk (a tmpfs in a private mount namespace; skipped w
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sqlite3
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
-from tests.fake_ehr import Hl7Ehr, RawEhr, make_message, wait_until
+from tests.fake_ehr import Hl7Ehr, RawEhr, make_message
+from tests.kit import fast_ehr, running_sender, until
 from tests.storage_helpers import Worker, private_disk
-from tests.test_sender import fast_ehr
 from vitals_agent.agent.outbox import OUTBOX_FILE, DeadLetter, Outbox
 from vitals_agent.agent.sender import Sender
 from vitals_agent.errors import StorageFailedError
@@ -47,30 +45,11 @@ def allow(outbox: Outbox) -> None:
         conn.set_authorizer(None)
 
 
-@pytest.fixture
-def outbox(tmp_path: Path) -> Iterator[Outbox]:
-    ob = Outbox(tmp_path / "data")
-    yield ob
-    ob.close()
-
-
 def queue(outbox: Outbox, n: int, prefix: str = "M") -> list[str]:
     names = [f"{prefix}{i}" for i in range(n)]
     for name in names:
         outbox.enqueue(control_id=name, device_id="d", body=make_message(name))
     return names
-
-
-@contextlib.asynccontextmanager
-async def running(sender: Sender) -> AsyncIterator[asyncio.Task[None]]:
-    task = asyncio.create_task(sender.run())
-    try:
-        yield task
-    finally:
-        await sender.stop(timeout=1.0)
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, StorageFailedError):
-            await task
 
 
 def failures(sender: Sender) -> int:
@@ -88,9 +67,9 @@ async def test_acknowledged_message_is_not_resent_while_its_removal_fails(outbox
     async with Hl7Ehr() as ehr:
         sender = Sender(outbox, fast_ehr(ehr.port))
         with capture_logs() as logs:
-            async with running(sender):
+            async with running_sender(sender):
                 # every removal failed at least three times: each failure used to mean one more copy
-                await wait_until(lambda: len(ehr.received) == 5 and failures(sender) >= 3)
+                await until(lambda: len(ehr.received) == 5 and failures(sender) >= 3)
                 status = sender.status()
                 assert ehr.control_ids == names  # each once, in order
                 assert outbox.depth() == 5
@@ -99,7 +78,7 @@ async def test_acknowledged_message_is_not_resent_while_its_removal_fails(outbox
                 assert status["storage"]["ok"] is False and status["storage"]["failing_since"]
                 assert sorted(outbox.delivered_pending().values()) == names  # on disk too
                 allow(outbox)  # the disk has room again
-                await wait_until(lambda: outbox.depth() == 0)
+                await until(lambda: outbox.depth() == 0)
                 assert sender.status()["storage"]["ok"] is True
     assert ehr.control_ids == names
     assert outbox.delivered_pending() == {}
@@ -114,23 +93,23 @@ async def test_restart_after_failed_removals_sends_nothing_again(tmp_path: Path)
     refuse(ob, sqlite3.SQLITE_DELETE, "outbox")
     async with Hl7Ehr() as ehr:
         sender = Sender(ob, fast_ehr(ehr.port))
-        async with running(sender):
-            await wait_until(lambda: len(ehr.received) == 4 and failures(sender) >= 1)
+        async with running_sender(sender):
+            await until(lambda: len(ehr.received) == 4 and failures(sender) >= 1)
         ob.close()
         # restart while removals still fail: nothing is sent again
         ob = Outbox(data)
         refuse(ob, sqlite3.SQLITE_DELETE, "outbox")
         sender = Sender(ob, fast_ehr(ehr.port))
-        async with running(sender):
-            await wait_until(lambda: failures(sender) >= 2)
+        async with running_sender(sender):
+            await until(lambda: failures(sender) >= 2)
             assert sender.status()["storage"]["acknowledged_not_removed"] == 4
         ob.close()
         # restart with a healthy disk: the ledger's messages are removed first, none is sent
         ob = Outbox(data)
         later = queue(ob, 1, prefix="N")
         sender = Sender(ob, fast_ehr(ehr.port))
-        async with running(sender):
-            await wait_until(lambda: ob.depth() == 0)
+        async with running_sender(sender):
+            await until(lambda: ob.depth() == 0)
         assert ob.delivered_pending() == {}
         ob.close()
     assert ehr.control_ids == names + later
@@ -143,16 +122,17 @@ async def test_a_rejected_message_is_not_resent_while_its_dead_letter_cannot_be_
     refuse(outbox, sqlite3.SQLITE_INSERT, "dead_letter")
     async with RawEhr(per_id={"A1": "AR"}) as ehr:
         sender = Sender(outbox, fast_ehr(ehr.port))
-        async with running(sender):
-            await wait_until(lambda: len(ehr.received) == 3 and failures(sender) >= 3)
+        async with running_sender(sender):
+            await until(lambda: len(ehr.received) == 3 and failures(sender) >= 3)
             assert ehr.control_ids == ["A0", "A1", "A2"]  # A1 refused once, not again and again
             allow(outbox)
-            await wait_until(lambda: outbox.dead_count() == 1 and outbox.depth() == 0)
+            await until(lambda: outbox.dead_count() == 1 and outbox.depth() == 0)
     assert ehr.control_ids == ["A0", "A1", "A2"]
     dead = outbox.get(ids[1])
     assert isinstance(dead, DeadLetter) and dead.reason == "rejected by the receiver (AR)"
 
 
+@pytest.mark.slow  # starts a process
 async def test_full_disk_kill_and_restart_each_message_received_once(tmp_path: Path) -> None:
     """The trial's case on a real full disk: a tmpfs filled to the last byte after the messages were
     queued, the sender as a process, SIGKILL while removals fail, a restart on the still-full disk,
@@ -226,7 +206,7 @@ async def test_corrupt_outbox_backs_off_shows_in_status_and_gives_up(tmp_path: P
         sender = Sender(ob, fast_ehr(ehr.port), storage_give_up=2.0)
         with capture_logs() as logs:
             task = asyncio.create_task(sender.run())
-            await wait_until(lambda: failures(sender) >= 2)
+            await until(lambda: failures(sender) >= 2)
             status = sender.status()
             assert status["storage"]["ok"] is False
             assert "the file is damaged (database disk image is malformed)" in status["storage"]["error"]
@@ -257,6 +237,7 @@ async def test_an_unreadable_row_is_a_storage_error_not_garbage_on_the_wire(outb
     assert ehr.received == []
 
 
+@pytest.mark.slow  # starts a process
 async def test_agent_process_stops_with_one_line_and_exit_74_on_a_corrupt_outbox(tmp_path: Path) -> None:
     from tests.e2e_helpers import AgentProcess
 

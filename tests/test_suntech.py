@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.serial_helpers import FIXED_NOW, FakeRuntime, fixed_ctx, pty_device, serial_driver, start, stop
+from tests.kit import T0, FakeRuntime, failures_in, fixed_ctx, make_driver, start, stop
 from vitals_agent.cli import main
 from vitals_agent.drivers.base import DecodeFailure, DecoderOutput, driver_class
 from vitals_agent.drivers.pty import PtyDevice
@@ -31,8 +31,6 @@ from vitals_agent.drivers.suntech import (
 )
 from vitals_agent.errors import ChecksumError, DecodeError, TruncatedError, UnsupportedError
 from vitals_agent.models import DeviceClass, DeviceIdentity, DeviceStatusEvent, Measurement, Reading
-
-__all__ = ["pty_device"]
 
 CTX = fixed_ctx("bp-1")
 SUNTECH = DeviceIdentity(id="bp-1", manufacturer="SunTech Medical")
@@ -56,8 +54,8 @@ def bp_reading(measurements: list[Measurement], raw: bytes, extra: dict[str, str
         device=SUNTECH,
         device_class=DeviceClass.BLOOD_PRESSURE,
         measurements=tuple(measurements),
-        observed_at=FIXED_NOW,
-        received_at=FIXED_NOW,
+        observed_at=T0,
+        received_at=T0,
         extra=extra or {"bp_status": "0x01", "heart_beats": "30", "test_codes": "0000000000003107"},
         raw=raw,
     )
@@ -66,10 +64,6 @@ def bp_reading(measurements: list[Measurement], raw: bytes, extra: dict[str, str
 def mm(metric: str, v: int | None, reason: str | None = None) -> Measurement:
     unit = "/min" if metric == "pulse_rate" else "mm[Hg]"
     return Measurement(metric=metric, value=v, unit=unit, absent_reason=reason)
-
-
-def failures(out: list[DecoderOutput]) -> list[DecodeFailure]:
-    return [o for o in out if isinstance(o, DecodeFailure)]
 
 
 def test_frames_sum_to_zero() -> None:
@@ -152,7 +146,7 @@ def test_encoder_matches_the_field_layout() -> None:
 def test_checksum_failure() -> None:
     bad = BP_FRAME[:-1] + b"\xe8"
     out = SunTechDecoder(CTX).feed(bad + BP_FRAME)
-    (failure,) = failures(out)
+    (failure,) = failures_in(out)
     assert isinstance(failure.error, ChecksumError)
     assert str(failure.error).startswith("SunTech checksum mismatch: got 0xE8, computed 0xE9 (3E 18 73")
     assert failure.data == bad
@@ -176,7 +170,7 @@ def test_truncated_frame_does_not_hold_the_next_one() -> None:
 def test_garbage_and_unknown_frames() -> None:
     unknown = encode_response(b"\x01\x02\x03")
     out = SunTechDecoder(CTX).feed(b"\x00\xff\x3e\x00" + CUFF_258 + unknown + BP_FRAME)
-    errs = [f.error for f in failures(out)]
+    errs = [f.error for f in failures_in(out)]
     assert [type(e) for e in errs] == [DecodeError, UnsupportedError]
     assert str(errs[0]) == "SunTech: 4 bytes outside a frame (00 FF 3E 00)"
     assert len([o for o in out if isinstance(o, Reading)]) == 1
@@ -191,13 +185,13 @@ def test_garbage_fed_byte_by_byte_is_not_held_in_the_frame_buffer() -> None:
     for i in range(len(garbage)):
         out += decoder.feed(garbage[i : i + 1])
         assert len(decoder._buf) <= MAX_LEN
-    assert len(failures(out)) == len(out)
+    assert len(failures_in(out)) == len(out)
     # the cap, as before
-    assert [str(f.error) for f in failures(out)] == ["SunTech: no frame in 8126 bytes"] * 2
-    assert b"".join(f.data for f in failures(out)) + decoder.pending() == garbage
+    assert [str(f.error) for f in failures_in(out)] == ["SunTech: no frame in 8126 bytes"] * 2
+    assert b"".join(f.data for f in failures_in(out)) + decoder.pending() == garbage
     out = decoder.feed(BP_FRAME)
-    assert str(failures(out)[0].error).startswith("SunTech: 3748 bytes outside a frame (")
-    assert failures(out)[0].data == garbage[-3748:]
+    assert str(failures_in(out)[0].error).startswith("SunTech: 3748 bytes outside a frame (")
+    assert failures_in(out)[0].data == garbage[-3748:]
     assert out[1:] == [
         bp_reading(
             [mm("bp_systolic", 115), mm("bp_diastolic", 74), mm("bp_mean", 88), mm("pulse_rate", 85)],
@@ -282,7 +276,7 @@ async def test_decode_cli(capsys: pytest.CaptureFixture[str]) -> None:
 
 async def test_end_to_end_start_complete_fetch(pty_device: PtyDevice) -> None:
     """Start command -> cuff pressure frames -> K -> the decoder asks for the result -> BP data -> reading."""
-    driver = serial_driver("suntech-advantage", pty_device.link)
+    driver = make_driver("suntech-advantage", pty_device.link)
     rt = FakeRuntime(driver, device_id="bp-1", ctx=CTX)
     tr = SerialTransport(rt)
     sim = SunTechSimulator(systolic=128, diastolic=84, mean=99, heart_rate=67, interval=0.01, steps=3)

@@ -10,6 +10,7 @@ from typing import ClassVar
 import pytest
 from structlog.testing import capture_logs
 
+from tests.kit import until
 from vitals_agent.agent.runtime import DeviceRuntimeImpl
 from vitals_agent.agent.supervisor import Backoff, DeviceSupervisor
 from vitals_agent.config.schema import DeviceConfig
@@ -91,10 +92,7 @@ async def test_failing_link_is_restarted_and_logged_once_at_warning() -> None:
     rt.on_connected.append(sup.connected)
     with capture_logs() as logs:
         task = asyncio.create_task(sup.run())
-        for _ in range(200):
-            if events:
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: events)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

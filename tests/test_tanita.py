@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.serial_helpers import FIXED_NOW, FakeRuntime, fixed_ctx, pty_device, serial_driver, start, stop
+from tests.kit import T0, FakeRuntime, failures_in, fixed_ctx, m, make_driver, start, stop
 from vitals_agent.cli import main
 from vitals_agent.drivers.base import DecodeFailure, DecoderOutput, driver_class
 from vitals_agent.drivers.pty import PtyDevice
@@ -19,15 +19,9 @@ from vitals_agent.drivers.tanita import TanitaDecoder, TanitaDriver, TanitaSimul
 from vitals_agent.errors import ChecksumError, DecodeError, TruncatedError, UnsupportedError
 from vitals_agent.models import DeviceClass, DeviceIdentity, DeviceStatusEvent, Measurement, Reading
 
-__all__ = ["pty_device"]
-
 CTX = fixed_ctx("bc-1")
 # devices.md 4.5: synthetic record whose checksum (3F) was computed with the documented rule.
 SYNTHETIC = b'{0,16,~0,1,~1,1,~2,1,MO,"BC-418",Bt,0,GE,2,AG,45,Hm,165.0,Pt,1.0,Wk,68.4,MI,25.1,FW,31.2,CS,3F'
-
-
-def m(metric: str, v: str, unit: str) -> Measurement:
-    return Measurement(metric=metric, value=Decimal(v), unit=unit)
 
 
 def tanita_reading(measurements: list[Measurement], raw: bytes, extra: dict[str, str], model: str) -> Reading:
@@ -35,8 +29,8 @@ def tanita_reading(measurements: list[Measurement], raw: bytes, extra: dict[str,
         device=DeviceIdentity(id="bc-1", manufacturer="Tanita", model=model),
         device_class=DeviceClass.BODY_COMPOSITION,
         measurements=tuple(measurements),
-        observed_at=FIXED_NOW,
-        received_at=FIXED_NOW,
+        observed_at=T0,
+        received_at=T0,
         extra=extra,
         raw=raw,
     )
@@ -45,10 +39,6 @@ def tanita_reading(measurements: list[Measurement], raw: bytes, extra: dict[str,
 def decode(data: bytes) -> list[DecoderOutput]:
     decoder = TanitaDecoder(CTX)
     return decoder.feed(data) + decoder.flush()
-
-
-def failures(out: list[DecoderOutput]) -> list[DecodeFailure]:
-    return [o for o in out if isinstance(o, DecodeFailure)]
 
 
 def test_synthetic_vector() -> None:
@@ -81,7 +71,7 @@ def test_pounds_and_body_composition_extras() -> None:
 
 def test_checksum_mismatch() -> None:
     bad = SYNTHETIC[:-2] + b"40"
-    (f,) = failures(decode(bad + b"\r\n"))
+    (f,) = failures_in(decode(bad + b"\r\n"))
     assert isinstance(f.error, ChecksumError)
     assert str(f.error) == "Tanita checksum mismatch: got 0x40, computed 0x3F"
     assert f.data == bad
@@ -89,19 +79,19 @@ def test_checksum_mismatch() -> None:
 
 def test_truncated_records() -> None:
     out = decode(SYNTHETIC[:40] + SYNTHETIC + b"\r\n" + SYNTHETIC[:-6] + b"\r\n" + SYNTHETIC[:-1] + b"\r\n")
-    errs = [f.error for f in failures(out)]
+    errs = [f.error for f in failures_in(out)]
     assert [type(e) for e in errs] == [TruncatedError, TruncatedError, TruncatedError]
     assert str(errs[0]) == "truncated Tanita record (40 bytes, no end)"
     assert str(errs[1]).startswith("truncated Tanita record: no checksum field (CS)")
     assert str(errs[2]) == "truncated Tanita record: checksum '3' incomplete"
     assert len([o for o in out if isinstance(o, Reading)]) == 1
-    (end,) = failures(decode(SYNTHETIC[:50]))
+    (end,) = failures_in(decode(SYNTHETIC[:50]))
     assert isinstance(end.error, TruncatedError)
 
 
 def test_glitch_after_record_and_garbage() -> None:
     out = decode(SYNTHETIC + b"\r\n\x00\xff" + b"xyz" + SYNTHETIC + b"\r\n")
-    assert [type(f.error) for f in failures(out)] == [DecodeError]  # "xyz" only: the glitch byte is noise
+    assert [type(f.error) for f in failures_in(out)] == [DecodeError]  # "xyz" only: the glitch byte is noise
     assert len([o for o in out if isinstance(o, Reading)]) == 2
 
 
@@ -134,12 +124,12 @@ def test_dash_value_is_absent_and_keeps_the_rest_of_the_record() -> None:
             "SC-240",
         )
     ]
-    (f,) = failures(decode(encode_record([("Wk", "70.1"), ("FW", "-1-")])))  # not a number, not blank
+    (f,) = failures_in(decode(encode_record([("Wk", "70.1"), ("FW", "-1-")])))  # not a number, not blank
     assert str(f.error) == "Tanita FW: '-1-' is not a number"
 
 
 def test_record_without_weight() -> None:
-    (f,) = failures(decode(encode_record([("MO", '"SC-240"'), ("Hm", "170.0")])))
+    (f,) = failures_in(decode(encode_record([("MO", '"SC-240"'), ("Hm", "170.0")])))
     assert isinstance(f.error, UnsupportedError)
 
 
@@ -203,7 +193,7 @@ def test_random_splits_give_the_same_readings(
 
 
 async def test_end_to_end(pty_device: PtyDevice) -> None:
-    driver = serial_driver("tanita", pty_device.link)
+    driver = make_driver("tanita", pty_device.link)
     rt = FakeRuntime(driver, device_id="bc-1", ctx=CTX)
     sim = TanitaSimulator(weight="68.4", height="165.0", bmi="25.1", fat="31.2", interval=0.01, glitch=True)
     sim_task = asyncio.create_task(sim.run(pty_device))

@@ -1,5 +1,4 @@
-"""pytest fixtures for the fake BlueZ. Use in a test module with ``from tests.fakebluez.fixtures import *``
-(or ``pytest_plugins = ["tests.fakebluez.fixtures"]`` in a conftest).
+"""pytest fixtures for the fake BlueZ, registered for every test by ``tests/conftest.py`` (through the kit).
 
 * ``fake_bus_address`` (session): a private ``dbus-daemon`` whose address is put in
   ``DBUS_SYSTEM_BUS_ADDRESS`` before bleak's first call; skips the test when ``dbus-daemon`` is missing.

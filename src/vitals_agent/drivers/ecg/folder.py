@@ -23,6 +23,7 @@ import json
 import os
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -176,6 +177,8 @@ class FolderTransport(Transport):
         self._reported: set[str] = set()  # skipped entries already reported (WARNING once per name)
         self._errors: dict[str, int] = {}  # unexpected hand-over errors per file name
         self.outcomes: list[Outcome] = []
+        self.passes = 0  # passes over the folder so far (tests wait on it)
+        self.monotonic: Callable[[], float] = time.monotonic  # ages of half-written files (tests inject)
 
     # --------------------------------------------------------------------------------------- setup
 
@@ -299,9 +302,10 @@ class FolderTransport(Transport):
             return await self._pass(dirs, candidates, skipped)
         finally:
             dirs.close()
+            self.passes += 1
 
     async def _pass(self, dirs: _Dirs, candidates: list[_Entry], skipped: set[str]) -> list[Outcome]:
-        now = time.monotonic()
+        now = self.monotonic()
         done: list[Outcome] = []
         present: set[str] = set(skipped)
         for entry in candidates:
