@@ -24,7 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
-from tests.e2e_helpers import PyHl7Ehr, write_config  # noqa: E402
+from tests.e2e_helpers import write_config  # noqa: E402
+from tests.fake_ehr import Hl7Ehr  # noqa: E402
 from tests.test_ecg_fixtures import scp_record, scp_section1, scp_section7  # noqa: E402
 
 WORKER = ROOT / "tests" / "ecg_crash_worker.py"
@@ -58,7 +59,7 @@ async def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="ekg-kill-"))
     share, data = tmp / "share", tmp / "data"
     share.mkdir()
-    ehr = await PyHl7Ehr().start()
+    ehr = await Hl7Ehr().start()
     device = {"id": "ekg-1", "driver": "scp-ecg", "folder": str(share), "poll_seconds": 0.05}
     config = write_config(tmp / "agent.toml", data_dir=data, ehr_port=ehr.port, devices=[device])
     mrns = [f"K{i:04d}" for i in range(args.n)]

@@ -29,7 +29,8 @@ import hl7.mllp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.e2e_helpers import AgentProcess, PyHl7Ehr, masimo_ascii1_line, write_config
+from tests.e2e_helpers import AgentProcess, masimo_ascii1_line, write_config
+from tests.fake_ehr import Hl7Ehr
 
 from vitals_agent.drivers.pty import PtyDevice
 
@@ -48,7 +49,7 @@ def rss_kib(pid: int) -> int:
 
 
 async def agent_latency(n: int, work: Path) -> tuple[list[float], list[str], str, int]:
-    ehr = await PyHl7Ehr().start()
+    ehr = await Hl7Ehr().start()
     receipt: list[float] = []
     with PtyDevice(work / "ttyRad8") as pty:
         cfg = write_config(
@@ -90,7 +91,7 @@ async def agent_latency(n: int, work: Path) -> tuple[list[float], list[str], str
 
 
 async def baseline_latency(messages: list[str]) -> list[float]:
-    ehr = await PyHl7Ehr().start()
+    ehr = await Hl7Ehr().start()
     reader, writer = await hl7.mllp.open_hl7_connection("127.0.0.1", ehr.port, encoding="utf-8")
     out = []
     for text in messages:
