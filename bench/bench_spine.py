@@ -67,10 +67,10 @@ async def agent_latency(n: int, work: Path) -> tuple[list[float], list[str], str
             source = "EHR receipt"
             for i in range(n):
                 line = masimo_ascii1_line(datetime.now(UTC), f"{90 + i % 10:03d}", "070", "03.00")
-                before = len(ehr.messages)
+                before = len(ehr.received)
                 await pty.write(line)
                 t_write = time.time()
-                while len(ehr.messages) <= before:
+                while len(ehr.received) <= before:
                     await asyncio.sleep(0)
                 t_ehr = time.time()
                 receipt.append(t_ehr)

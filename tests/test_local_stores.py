@@ -128,6 +128,7 @@ def test_an_unreadable_patient_context_file_is_moved_aside_and_audited(tmp_path:
         m.audit.close()
 
 
+@pytest.mark.slow  # starts the agent
 async def test_agent_with_a_damaged_held_store_starts_and_drains_the_outbox(tmp_path: Path) -> None:
     """The trial's case: a corrupt held store and a healthy outbox with queued messages, the agent as a
     real process, python-hl7's server as the EHR."""
