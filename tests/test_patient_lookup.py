@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from tests.fake_ehr import FakeEhr, free_port
+from tests.fake_ehr import FakeEhr
+from tests.kit import T0, FakeClock, events, free_port, manager, oximeter_reading
 from tests.oracle import validate_oru
-from tests.patient_helpers import T0, Clock, events, make_reading, manager
 from tests.pdq_helpers import AUTHORITY, ODALYS, PdqSupplier
 from vitals_agent.agent.audit import AuditLog
 from vitals_agent.agent.patient_context import PatientContextManager, PatientDetails
@@ -37,7 +37,7 @@ TYPED = PatientDetails(mrn="ZQ4471902")
 class Room:
     """A patient context manager + lookup whose released readings become ORUs (validated later)."""
 
-    def __init__(self, data_dir: Path, clock: Clock, port: int, **kw: Any) -> None:
+    def __init__(self, data_dir: Path, clock: FakeClock, port: int, **kw: Any) -> None:
         pdq_keys = {k: kw.pop(k) for k in list(kw) if k in PdqConfig.model_fields}
         values: dict[str, Any] = {"port": port, "assigning_authority": AUTHORITY, "timeout_seconds": 1.0}
         self.config = PdqConfig(**{**values, **pdq_keys})
@@ -72,7 +72,7 @@ class Room:
 
 @contextlib.asynccontextmanager
 async def room(tmp_path: Path, supplier: FakeEhr | None = None, **kw: Any) -> AsyncIterator[Room]:
-    r = Room(tmp_path, kw.pop("clock", Clock()), supplier.port if supplier else free_port(), **kw)
+    r = Room(tmp_path, kw.pop("clock", FakeClock()), supplier.port if supplier else free_port(), **kw)
     try:
         yield r
     finally:
@@ -84,7 +84,7 @@ def names(data_dir: Path) -> list[str]:
 
 
 async def test_one_match_pending_then_confirm_binds_from_the_ehr_answer(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = FakeClock()
     async with PdqSupplier() as supplier, room(tmp_path, supplier, clock=clock) as r:
         outcome = await r.lookup.lookup(TYPED, "cli", source="nurse")
         assert outcome.kind == "pending"
@@ -93,7 +93,7 @@ async def test_one_match_pending_then_confirm_binds_from_the_ehr_answer(tmp_path
         )
         assert r.patients.current() is None
         # a reading while pending is held, not filed to anyone
-        route = r.patients.route("oxi-1", make_reading(T0))
+        route = r.patients.route("oxi-1", oximeter_reading(T0))
         assert route.held and route.patient is None
         clock.advance(seconds=30)
         ctx = await r.lookup.confirm("cli", source="nurse")
@@ -112,12 +112,12 @@ async def test_one_match_pending_then_confirm_binds_from_the_ehr_answer(tmp_path
         ((_, held_patient),) = r.sent
         assert held_patient == ctx.patient
         # the next reading is bound, and its ORU names the EHR's patient
-        route = r.patients.route("oxi-1", make_reading(clock.now))
+        route = r.patients.route("oxi-1", oximeter_reading(clock.now))
         assert route.patient == ctx.patient
-        pid = r.oru(make_reading(clock.now), route.patient).pid
+        pid = r.oru(oximeter_reading(clock.now), route.patient).pid
         assert pid[3] == "ZQ4471902^^^EXCLINIC&2.999.1&ISO^MR"
         assert (pid[5], pid[7], pid[8]) == ("QUIRKE^ODALYS^^^^^L", "19610923", "F")
-        assert r.oru(make_reading(clock.now), route.patient).pv1.text(19) == "V778"
+        assert r.oru(oximeter_reading(clock.now), route.patient).pv1.text(19) == "V778"
     assert names(tmp_path) == ["pdq_query", "pdq_answer", "pdq_confirmed"]
     answer = next(e for e in events(tmp_path) if e["event"] == "pdq_answer")
     assert answer["count"] == 1 and answer["channel"] == "cli" and "patient" not in answer
@@ -134,7 +134,7 @@ async def test_no_match_binds_nothing_and_ends_the_previous_context(tmp_path: Pa
         )
         assert r.patients.current() is None
         assert r.lookup.pending() is None
-        assert not r.patients.route("oxi-1", make_reading()).held  # require_patient off: unbound
+        assert not r.patients.route("oxi-1", oximeter_reading()).held  # require_patient off: unbound
         # the page says why the scan bound nothing, until a newer lookup
         assert r.lookup.notice() == "no patient with MRN \u2022\u2022\u2022902 in the EHR"
         await r.lookup.lookup(TYPED, "cli")
@@ -207,7 +207,7 @@ async def test_several_matches_are_chosen_with_pick(tmp_path: Path) -> None:
 async def test_cancel_sends_held_readings_unbound(tmp_path: Path) -> None:
     async with PdqSupplier() as supplier, room(tmp_path, supplier) as r:
         await r.lookup.lookup(TYPED, "cli")
-        assert r.patients.route("oxi-1", make_reading()).held
+        assert r.patients.route("oxi-1", oximeter_reading()).held
         assert await r.lookup.cancel("api", source="page")
         ((_, patient),) = r.sent
         assert patient is None  # unbound
@@ -220,10 +220,10 @@ async def test_cancel_sends_held_readings_unbound(tmp_path: Path) -> None:
 
 
 async def test_expiry_keeps_held_readings_when_require_patient(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = FakeClock()
     async with PdqSupplier() as supplier, room(tmp_path, supplier, clock=clock, require_patient=True) as r:
         await r.lookup.lookup(TYPED, "barcode")
-        assert r.patients.route("oxi-1", make_reading(clock.now)).held
+        assert r.patients.route("oxi-1", oximeter_reading(clock.now)).held
         clock.advance(seconds=121)
         r.lookup.tick()
         assert r.lookup.pending() is None
@@ -235,10 +235,10 @@ async def test_expiry_keeps_held_readings_when_require_patient(tmp_path: Path) -
 
 
 async def test_confirm_after_expiry_says_so_and_releases_unbound(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = FakeClock()
     async with PdqSupplier() as supplier, room(tmp_path, supplier, clock=clock) as r:
         await r.lookup.lookup(TYPED, "cli")
-        r.patients.route("oxi-1", make_reading(clock.now))
+        r.patients.route("oxi-1", oximeter_reading(clock.now))
         clock.advance(seconds=120)
         with pytest.raises(ConfirmError, match="expired after 120 s"):
             await r.lookup.confirm("cli")
@@ -247,15 +247,15 @@ async def test_confirm_after_expiry_says_so_and_releases_unbound(tmp_path: Path)
 
 
 async def test_pending_and_held_readings_survive_a_restart(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = FakeClock()
     async with PdqSupplier() as supplier:
         async with room(tmp_path, supplier, clock=clock) as r:
             await r.lookup.lookup(TYPED, "cli")
-            assert r.patients.route("oxi-1", make_reading(clock.now)).held
+            assert r.patients.route("oxi-1", oximeter_reading(clock.now)).held
         clock.advance(seconds=10)
         async with room(tmp_path, supplier, clock=clock) as again:
             assert again.lookup.pending() is not None
-            assert again.patients.route("oxi-1", make_reading(clock.now)).held  # still holding
+            assert again.patients.route("oxi-1", oximeter_reading(clock.now)).held  # still holding
             ctx = await again.lookup.confirm("api")
             assert ctx.patient.family == "QUIRKE"
             assert [p.mrn if p else None for _, p in again.sent] == ["ZQ4471902", "ZQ4471902"]
@@ -270,7 +270,7 @@ async def test_a_lookup_interrupted_by_a_restart_is_cancelled(tmp_path: Path) ->
     (tmp_path / "patient_pending.json").write_text(json.dumps(pending.to_json()))
     async with room(tmp_path, None) as r:
         assert r.lookup.pending() is None
-        assert not r.patients.route("oxi-1", make_reading()).held
+        assert not r.patients.route("oxi-1", oximeter_reading()).held
     assert names(tmp_path) == ["pdq_cancelled"]
 
 
@@ -291,7 +291,7 @@ async def test_a_wall_clock_step_neither_ends_nor_stretches_a_pending_confirmati
     from vitals_agent.agent.clock import Clock as AgentClock
     from vitals_agent.config.patient import PatientConfig
 
-    wall = Clock()
+    wall = FakeClock()
     mono = [1000.0]
     clock = AgentClock(wall, lambda: mono[0])
     audit = AuditLog.in_dir(tmp_path, now=wall)
@@ -303,7 +303,7 @@ async def test_a_wall_clock_step_neither_ends_nor_stretches_a_pending_confirmati
             await lookup.lookup(TYPED, "cli")
             wall.advance(hours=1)  # NTP step forward: not 120 s of waiting
             mono[0] += 1
-            assert lookup.pending() is not None and patients.route("oxi-1", make_reading(wall.now)).held
+            assert lookup.pending() is not None and patients.route("oxi-1", oximeter_reading(wall.now)).held
             mono[0] += 120  # two minutes really passed
             assert lookup.pending() is None and not lookup.is_pending(wall.now)
         finally:

@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e_helpers import AgentProcess, PyHl7Ehr, masimo_ascii1_line
+from tests.e2e_helpers import AgentProcess, masimo_ascii1_line
+from tests.fake_ehr import Hl7Ehr
 from tests.oracle import validate_oru
 from tests.pdq_helpers import AUTHORITY, PdqSupplier
 from tests.pdq_oracle import validate_qbp
@@ -82,7 +83,7 @@ async def cli(*args: str) -> tuple[int, str, str]:
 @dataclass
 class Room:
     agent: AgentProcess
-    ehr: PyHl7Ehr
+    ehr: Hl7Ehr
     supplier: PdqSupplier
     oxi: PtyDevice
     config: Path
@@ -116,7 +117,7 @@ class Room:
 
 @contextlib.asynccontextmanager
 async def room(tmp_path: Path, supplier: PdqSupplier | None = None, **pdq: Any) -> AsyncIterator[Room]:
-    ehr = await PyHl7Ehr().start()
+    ehr = await Hl7Ehr().start()
     supplier = supplier or PdqSupplier()
     data = tmp_path / "data"
     async with supplier:
@@ -141,6 +142,7 @@ def assert_bound_to_odalys(raw: str) -> None:
     assert parsed.pv1.text(19) == "V778"
 
 
+@pytest.mark.slow  # starts a process
 async def test_set_then_confirm_binds_the_room_from_the_ehrs_answer(tmp_path: Path) -> None:
     async with room(tmp_path) as r:
         code, out, err = await r.patient("set", "--mrn", MRN)
@@ -186,6 +188,7 @@ async def test_set_then_confirm_binds_the_room_from_the_ehrs_answer(tmp_path: Pa
         (MRN, "AE", "patient lookup failed: the EHR could not answer the patient query (AE [207])"),
     ],
 )
+@pytest.mark.slow  # starts a process
 async def test_no_match_silence_and_ae_bind_nothing(
     tmp_path: Path, mrn: str, mode: str, message: str
 ) -> None:
@@ -206,6 +209,7 @@ async def test_no_match_silence_and_ae_bind_nothing(
         r.assert_log_has_no_patient_data()
 
 
+@pytest.mark.slow  # starts a process
 async def test_typed_fallback_binds_unverified(tmp_path: Path) -> None:
     async with room(tmp_path, PdqSupplier(mode="AE"), pdq_fallback="typed") as r:
         code, out, err = await r.patient("set", "--mrn", MRN, "--name", "QUIRKE^ODALYS")
@@ -218,6 +222,7 @@ async def test_typed_fallback_binds_unverified(tmp_path: Path) -> None:
         assert [e["verified"] for e in r.audit() if e["event"] == "context_set"] == ["unverified"]
 
 
+@pytest.mark.slow  # starts a process
 async def test_held_readings_survive_a_restart_while_confirmation_is_pending(tmp_path: Path) -> None:
     async with room(tmp_path) as r:
         assert (await r.patient("set", "--mrn", MRN))[0] == 0
@@ -240,6 +245,7 @@ async def test_held_readings_survive_a_restart_while_confirmation_is_pending(tmp
         assert sorted(validate_oru(m).obx_by_code("150456")[5] for m in messages) == ["95", "96"]
 
 
+@pytest.mark.slow  # starts a process
 async def test_several_matches_are_chosen_with_pick(tmp_path: Path) -> None:
     from tests.pdq_helpers import ODALYS
     from vitals_agent.hl7.pdq import PdqCandidate
@@ -264,6 +270,7 @@ async def test_several_matches_are_chosen_with_pick(tmp_path: Path) -> None:
         assert validate_oru(raw).pid[5] == "QUIRKE^OLIVE^^^^^L"
 
 
+@pytest.mark.slow  # starts a process
 async def test_cancel_binds_nothing(tmp_path: Path) -> None:
     async with room(tmp_path) as r:
         assert (await r.patient("set", "--mrn", MRN))[0] == 0
@@ -288,6 +295,7 @@ async def test_cancel_binds_nothing(tmp_path: Path) -> None:
     __import__("shutil").which("chromium") is None and __import__("shutil").which("chromium-browser") is None,
     reason="Debian package 'chromium' is not installed",
 )
+@pytest.mark.slow  # starts a process
 async def test_the_page_shows_the_ehrs_patient_and_confirm_binds(tmp_path: Path) -> None:
     from tests.cdp import browser
 
@@ -318,6 +326,7 @@ async def test_the_page_shows_the_ehrs_patient_and_confirm_binds(tmp_path: Path)
         r.assert_log_has_no_patient_data()
 
 
+@pytest.mark.slow  # starts a process
 async def test_a_page_form_without_its_token_changes_nothing(tmp_path: Path) -> None:
     import http.client
     from urllib.parse import urlsplit
