@@ -498,3 +498,19 @@ async def test_decode_fhir_prints_one_bundle_per_reading(capsys: pytest.CaptureF
     assert weight["effectiveDateTime"][-6:] in ("+01:00", "+02:00")
     assert "subject" not in weight  # offline: nobody is bound
     assert await main(["decode", "scale-ascii", "--hex", b"ST,GS,+0070\r\n".hex(), "--fhir"]) == 1
+
+
+def test_wrong_patient_flow_retracts_then_files_anew() -> None:
+    """Review (#16) "wrong patient": the first chart's Observations become entered-in-error (same ids,
+    conditional update); the refile to the right chart gets new ids, so it is not mistaken for them."""
+    first = _build(BP, patient=JANE)
+    retract = _build(BP, patient=JANE, status="entered-in-error", revision=True)
+    refile = _build(BP, patient=PatientInfo(mrn="0099999"), order_key="refile-1")
+
+    def ids(doc: dict[str, Any]) -> set[str]:
+        return {e["fullUrl"] for e in doc["entry"] if e["resource"]["resourceType"] == "Observation"}
+
+    assert ids(retract) == ids(first)
+    assert all(o["status"] == "entered-in-error" for o in resources(retract, "Observation"))
+    assert ids(refile).isdisjoint(ids(first))
+    assert observation_by_loinc(refile, "85354-9")["subject"]["reference"].endswith("|0099999")

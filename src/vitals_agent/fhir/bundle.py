@@ -460,6 +460,7 @@ def build_bundle(
     performer: Performer | None = None,
     revision: bool = False,
     late_associated: bool = False,
+    order_key: str = "",
 ) -> bytes:
     """The transaction Bundle for ``reading`` as compact UTF-8 JSON (see the module docstring).
 
@@ -467,6 +468,8 @@ def build_bundle(
     EKG cart's, else unbound). ``status``: the Observations' status (``preliminary`` = device data not yet
     validated by a person, ``final`` = validated). ``performer``: the validating clinician. ``revision``:
     the observations were sent before; update them (conditional PUT) instead of creating them.
+    ``order_key``: mixed into the Observations' identifiers ("" = the reading's own): the same reading filed
+    again as *new* Observations (to another chart, after the first ones were marked entered-in-error).
     """
     return validated_bytes(
         bundle_dict(
@@ -479,6 +482,7 @@ def build_bundle(
             performer=performer,
             revision=revision,
             late_associated=late_associated,
+            order_key=order_key,
         )
     )
 
@@ -494,6 +498,7 @@ def bundle_dict(
     performer: Performer | None = None,
     revision: bool = False,
     late_associated: bool = False,
+    order_key: str = "",
 ) -> dict[str, Any]:
     """:func:`build_bundle` before validation and serialisation (values are Decimals)."""
     if not _MESSAGE_ID.match(message_id):
@@ -503,7 +508,7 @@ def bundle_dict(
     tz = profile.tz
     effective = fhir_datetime(reading.observed_at, tz)
     issued = fhir_datetime(created_at, tz)
-    key = _reading_key(reading, profile)
+    key = _reading_key(reading, profile) + (f"|{order_key}" if order_key else "")
     is_test = ReadingFlag.TEST_DATA in reading.flags or any(
         f in (Flag.TEST, Flag.DEMO) for m in reading.measurements for f in m.flags
     )
