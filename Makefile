@@ -29,6 +29,7 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/mypy
 	$(VENV)/bin/mypy --strict tests bench
+	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/pytest -q
 
 # The suite without the tests that start the agent, a worker or a browser (marked `slow`).

@@ -18,7 +18,7 @@ from vitals_agent.agent.sender import Sender
 from vitals_agent.cli import COMMAND_GROUPS, build_parser, main
 from vitals_agent.commands.outbox import format_duration, parse_duration
 from vitals_agent.config.ehr import EhrConfig
-from vitals_agent.hl7.mllp import MllpClient
+from vitals_agent.net.mllp import MllpClient
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

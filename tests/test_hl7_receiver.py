@@ -17,7 +17,7 @@ from tests.test_hl7_oru import JANE, PROFILE, bp_reading
 from vitals_agent.cli import main
 from vitals_agent.hl7.ack import parse_ack
 from vitals_agent.hl7.oru import PatientIdentity, build_oru
-from vitals_agent.hl7.receiver import build_ack, start_receiver
+from vitals_agent.net.receiver import build_ack, start_receiver
 
 pytestmark = pytest.mark.timeout(20)
 

@@ -10,7 +10,8 @@ from tests.fake_ehr import Hl7Ehr, RawEhr, make_message, msh10
 from tests.kit import until
 from vitals_agent.errors import AckProtocolError, PeerUnavailableError
 from vitals_agent.hl7.ack import parse_ack
-from vitals_agent.hl7.mllp import MllpClient, MllpDeframer, frame
+from vitals_agent.hl7.mllp import MllpDeframer, frame
+from vitals_agent.net.mllp import MllpClient
 
 # --- framing -----------------------------------------------------------------------------------------
 

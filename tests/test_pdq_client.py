@@ -233,7 +233,7 @@ async def test_receive_pdq_answers_queries_and_acks_orus(
     from tests.pdq_oracle import validate_rsp
     from vitals_agent.cli import main
     from vitals_agent.hl7.ack import parse_ack
-    from vitals_agent.hl7.mllp import MllpClient
+    from vitals_agent.net.mllp import MllpClient
 
     csv_file = tmp_path / "patients.csv"
     csv_file.write_text(PATIENTS_CSV)

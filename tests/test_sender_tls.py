@@ -20,7 +20,7 @@ from vitals_agent.agent.tls import ssl_context_from
 from vitals_agent.config.ehr import EhrConfig
 from vitals_agent.errors import ConfigError, PeerUnavailableError
 from vitals_agent.hl7.ack import parse_ack
-from vitals_agent.hl7.mllp import MllpClient
+from vitals_agent.net.mllp import MllpClient
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 

@@ -8,7 +8,7 @@
 * :class:`~vitals_agent.hl7.pdq.PdqRefusedError`: the EHR answered ``AE``/``AR`` (FHIR: an HTTP error).
 
 The whole lookup (connect, send, answer) is bounded by ``timeout_seconds``. The MLLP exchange reuses the
-delivery path's :class:`~vitals_agent.hl7.mllp.MllpClient`, one connection per lookup. Messages name the
+delivery path's :class:`~vitals_agent.net.mllp.MllpClient`, one connection per lookup. Messages name the
 supplier and what went wrong, never the MRN.
 """
 
@@ -28,7 +28,6 @@ import structlog
 from vitals_agent.agent.tls import ssl_context_from
 from vitals_agent.config.pdq import PdqConfig
 from vitals_agent.errors import ConfigError, DeliveryError, RetryableError
-from vitals_agent.hl7.mllp import MllpClient
 from vitals_agent.hl7.oru import new_control_id
 from vitals_agent.hl7.pdq import (
     Authority,
@@ -40,6 +39,7 @@ from vitals_agent.hl7.pdq import (
     build_qbp,
     parse_rsp,
 )
+from vitals_agent.net.mllp import MllpClient
 
 log = structlog.get_logger(__name__)
 

@@ -64,7 +64,7 @@ from vitals_agent.errors import (
     StorageFailedError,
 )
 from vitals_agent.hl7.ack import Ack, parse_ack
-from vitals_agent.hl7.mllp import MllpClient
+from vitals_agent.net.mllp import MllpClient
 
 log = structlog.get_logger(__name__)
 

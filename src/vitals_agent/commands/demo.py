@@ -27,8 +27,8 @@ from vitals_agent.drivers.base import Simulator, all_drivers
 from vitals_agent.drivers.pty import PtyDevice
 from vitals_agent.hl7.oru import new_control_id
 from vitals_agent.hl7.pdq import Authority, PdqCandidate, PdqDirectory
-from vitals_agent.hl7.receiver import start_receiver
 from vitals_agent.logs import setup_logging
+from vitals_agent.net.receiver import start_receiver
 
 # (device id, driver, report policy, report seconds, simulator options)
 DEMO_DEVICES: list[tuple[str, str, str, float, dict[str, Any]]] = [

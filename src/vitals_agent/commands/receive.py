@@ -17,7 +17,7 @@ from pathlib import Path
 from vitals_agent.errors import VitalsAgentError
 from vitals_agent.hl7.oru import new_control_id
 from vitals_agent.hl7.pdq import Authority, PdqDirectory, parse_patients_csv
-from vitals_agent.hl7.receiver import Answerer, ReceivedMessage, start_receiver
+from vitals_agent.net.receiver import Answerer, ReceivedMessage, start_receiver
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

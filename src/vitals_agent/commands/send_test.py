@@ -27,9 +27,9 @@ from vitals_agent.commands._options import add_config_option, config_from
 from vitals_agent.config.schema import Config
 from vitals_agent.errors import VitalsAgentError
 from vitals_agent.hl7.ack import parse_ack
-from vitals_agent.hl7.mllp import MllpClient
 from vitals_agent.hl7.oru import build_oru, new_control_id
 from vitals_agent.models import DeviceClass, DeviceIdentity, Measurement, Reading, ReadingFlag
+from vitals_agent.net.mllp import MllpClient
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

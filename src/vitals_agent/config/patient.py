@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import re
-
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from vitals_agent.config.hl7_values import check_hl7_value
 
-# A wristband that carries only the MRN (letters, digits, '-', '.', '_'; up to 32 characters).
-DEFAULT_MRN_PATTERN = r"(?P<mrn>[A-Za-z0-9][A-Za-z0-9._-]{0,31})"
+# A wristband that carries only the MRN (letters, digits, '-', '.', '_'; up to 32 characters): the
+# pattern and its check live with the scanner driver, which applies them.
+from vitals_agent.drivers.barcode import DEFAULT_MRN_PATTERN, check_mrn_pattern
 
-
-def check_mrn_pattern(value: str) -> str:
-    """A valid regex with a named group ``mrn`` or at least one group (group 1 is the MRN)."""
-    try:
-        compiled = re.compile(value)
-    except re.error as exc:
-        raise ValueError(f"not a valid regular expression: {exc}") from None
-    if "mrn" not in compiled.groupindex and compiled.groups < 1:
-        raise ValueError("needs a named group (?P<mrn>...) or a capturing group for the MRN")
-    return value
+__all__ = ["DEFAULT_MRN_PATTERN", "PatientConfig", "check_mrn_pattern"]
 
 
 class PatientConfig(BaseModel):

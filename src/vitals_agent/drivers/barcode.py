@@ -23,7 +23,6 @@ from typing import Any, ClassVar
 
 from pydantic import field_validator
 
-from vitals_agent.config.patient import DEFAULT_MRN_PATTERN, check_mrn_pattern
 from vitals_agent.drivers.base import (
     DecodeContext,
     Driver,
@@ -39,6 +38,20 @@ from vitals_agent.errors import DecodeError, UnsupportedError
 from vitals_agent.models import DeviceClass, DeviceEvent, PatientScan
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+DEFAULT_MRN_PATTERN = r"(?P<mrn>[A-Za-z0-9][A-Za-z0-9._-]{0,31})"
+
+
+def check_mrn_pattern(value: str) -> str:
+    """A valid regex with a named group ``mrn`` or at least one group (group 1 is the MRN). Used by the
+    scanner's options and by ``[patient] mrn_pattern`` (keyboard-wedge scans)."""
+    try:
+        compiled = re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"not a valid regular expression: {exc}") from None
+    if "mrn" not in compiled.groupindex and compiled.groups < 1:
+        raise ValueError("needs a named group (?P<mrn>...) or a capturing group for the MRN")
+    return value
 
 
 def extract_mrn(pattern: re.Pattern[str] | str, scan: str) -> str:

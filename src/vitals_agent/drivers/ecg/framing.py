@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from vitals_agent.drivers.base import DecodeContext, DecodeFailure, DecoderOutput, StreamDecoder
 from vitals_agent.drivers.ecg import scp
 from vitals_agent.errors import DecodeError
-
-if TYPE_CHECKING:
-    from vitals_agent.drivers.ecg.drivers import EcgFileDriver
+from vitals_agent.models import Reading
 
 MIN_SCP_RECORD = scp.RECORD_HEADER + scp.HEADER
+
+
+class FileDecoder(Protocol):
+    """What the framer needs of an EKG file driver: decode one whole file."""
+
+    def decode_file(self, data: bytes, ctx: DecodeContext, name: str | None = None) -> Reading: ...
 
 
 class ScpFileFramer(StreamDecoder):
     """Pure framer/decoder: cuts SCP records out of a byte stream by their header length; whatever is
     left when the line goes idle is one file too (``idle()``). ``feed`` decodes the records it cuts."""
 
-    def __init__(self, ctx: DecodeContext, driver: EcgFileDriver, max_file_bytes: int) -> None:
+    def __init__(self, ctx: DecodeContext, driver: FileDecoder, max_file_bytes: int) -> None:
         super().__init__(ctx)
         self.driver = driver
         self.max_file_bytes = max_file_bytes
