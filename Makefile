@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint typecheck check bench clean venv
+.PHONY: demo test test-fast lint typecheck check bench clean venv windows-dist windows-prefix test-windows
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,11 +23,13 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy --platform win32 --cache-dir .mypy_cache/win32 --follow-imports silent -p vitals_agent.host
 	$(VENV)/bin/mypy --strict tests bench
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy --platform win32 --cache-dir .mypy_cache/win32 --follow-imports silent -p vitals_agent.host
 	$(VENV)/bin/mypy --strict tests bench
 	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/pytest -q
@@ -41,5 +43,20 @@ check: lint typecheck test
 bench: $(STAMP)
 	$(PY) bench/run_all.py
 
+# Windows: the zip (embeddable CPython + agent + Windows wheels, from PyPI; downloads cached in .windows/cache)
+windows-dist:
+	$(PYTHON) packaging/windows/build.py
+
+# The Windows lane under Wine: tools, zip, a fresh prefix installed with the zip's own install.cmd, then
+# the unit tests under the Windows CPython, the end-to-end run and the service (tests/windows/).
+windows-prefix: $(STAMP)
+	packaging/windows/ensure-tools.sh
+	$(PYTHON) packaging/windows/build.py --test-site .windows/build/testsite
+	$(PY) tests/windows/winelane.py setup
+
+test-windows: windows-prefix
+	VITALS_WINDOWS_LANE=1 $(VENV)/bin/pytest -q -p no:cacheprovider tests/windows; \
+	  rc=$$?; $(PY) tests/windows/winelane.py teardown; exit $$rc
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache test-artifacts
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache test-artifacts .windows/build .windows/prefix dist

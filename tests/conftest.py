@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Generator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +17,8 @@ from tests.kit.fixtures import clock, ehr, fake_bluez, fake_bus_address, outbox,
 from tests.kit.shared import NEEDS_SHARED, SHARED, shared_present
 
 __all__ = ["clock", "ehr", "fake_bluez", "fake_bus_address", "outbox", "pty_device"]
+from vitals_agent import host
+from vitals_agent.host.terminal import NoPseudoTerminalError
 
 # Property tests: random in development (they find new cases), deterministic in CI (a red CI must be
 # reproducible, not a roll of the dice), and a heavier "fuzz" profile to run by hand:
@@ -78,3 +81,47 @@ def pytest_runtest_makereport(
             report.outcome = "failed"
             report.longrepr = f"{reason}\n{SHARED} is present, so this skip hides a missing or renamed file"
     return report
+# --- platforms: the same suite runs under the Windows CPython in the Windows lane (tests/windows) -------
+# Modules that need BlueZ on a private D-Bus (Linux only) are not collected where there is no BlueZ; the
+# terminal summary lists them. Tests that play a device on a POSIX pseudo-terminal are skipped, with that
+# reason, where there are none (open_raw_pty raises NoPseudoTerminalError).
+BLUEZ_ONLY = {
+    "test_ble_fakebluez.py",
+    "test_ble_scan_pair.py",
+    "test_ble_transport.py",
+    "test_e2e_ble.py",
+}
+_not_collected: list[str] = []
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    if not host.HAS_BLUEZ and collection_path.name in BLUEZ_ONLY:
+        _not_collected.append(collection_path.name)
+        return True
+    return None
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _not_collected:
+        terminalreporter.write_line(
+            f"not collected on {host.PLATFORM_NAME} (need BlueZ on D-Bus, Linux only): "
+            + ", ".join(sorted(set(_not_collected)))
+        )
+
+
+def _skip_without_pty(outcome: Any) -> None:
+    excinfo = getattr(outcome, "excinfo", None)
+    if excinfo is not None and isinstance(excinfo[1], NoPseudoTerminalError):
+        outcome.force_exception(pytest.skip.Exception("needs a POSIX pseudo-terminal"))
+
+
+@pytest.hookimpl(wrapper=False, hookwrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, Any, None]:
+    outcome = yield
+    _skip_without_pty(outcome)
+
+
+@pytest.hookimpl(wrapper=False, hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, None]:
+    outcome = yield
+    _skip_without_pty(outcome)

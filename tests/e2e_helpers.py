@@ -49,6 +49,8 @@ class AgentProcess:
             stdin=subprocess.DEVNULL,
             env=env,
             preexec_fn=limit_files if open_files is not None else None,
+            # Windows: its own process group, so a Ctrl-Break reaches the agent alone (terminate()).
+            creationflags=getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0),
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -79,14 +81,14 @@ class AgentProcess:
         return "\n".join(self.raw_log[-n:])
 
     def terminate(self, timeout: float = 5.0) -> tuple[int, float]:
-        """SIGTERM; returns (exit code, seconds it took)."""
+        """SIGTERM (Ctrl-Break on Windows: what a console stop is there); returns (exit code, seconds)."""
         start = time.monotonic()
-        self.proc.send_signal(signal.SIGTERM)
+        self.proc.send_signal(getattr(signal, "CTRL_BREAK_EVENT", signal.SIGTERM))
         code = self.proc.wait(timeout=timeout)
         return code, time.monotonic() - start
 
     def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
+        self.proc.kill()  # SIGKILL; TerminateProcess on Windows
         self.proc.wait(timeout=5)
 
     def cleanup(self) -> None:
@@ -131,7 +133,7 @@ def write_config(
         'facility = "EXAMPLE_CLINIC"',
         f'log_level = "{log_level}"',
         'location = "CLINIC^ROOM12"',
-        f'data_dir = "{data_dir}"',
+        f"data_dir = '{data_dir}'",  # a TOML literal string: Windows paths keep their backslashes
         'timezone = "UTC"',
         "[ehr]",
         'host = "127.0.0.1"',

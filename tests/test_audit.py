@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.kit import MRN, T0, FakeClock, oximeter_reading
+from tests.private_files import assert_private, make_public
 from vitals_agent.agent.audit import AuditError, AuditLog, read_audit
 
 
@@ -22,7 +23,7 @@ def test_file_is_private_and_records_are_json_lines(tmp_path: Path) -> None:
     audit = AuditLog.in_dir(tmp_path, now=FakeClock())
     first = audit.record("context_set", channel="cli", patient={"mrn": MRN})
     audit.record("context_cleared", channel="api")
-    assert mode(tmp_path / "audit.jsonl") == 0o600
+    assert_private(tmp_path / "audit.jsonl")
     lines = (tmp_path / "audit.jsonl").read_text().splitlines()
     assert [json.loads(line) for line in lines] == [
         {
@@ -40,9 +41,9 @@ def test_file_is_private_and_records_are_json_lines(tmp_path: Path) -> None:
 def test_existing_file_with_wide_permissions_is_tightened(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
     path.write_text("")
-    os.chmod(path, 0o644)
+    make_public(path)
     AuditLog(path)
-    assert mode(path) == 0o600
+    assert_private(path)
 
 
 def test_append_only_across_restarts_and_seq_continues(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ GOOD = """
 [agent]
 facility = "EXAMPLE_CLINIC"
 location = "CLINIC^ROOM12"
-data_dir = "{data}"
+data_dir = '{data}'
 timezone = "America/Chicago"
 [ehr]
 host = "127.0.0.1"

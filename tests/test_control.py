@@ -7,7 +7,6 @@ import contextlib
 import http.client
 import json
 import os
-import stat
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 import pytest
 
 from tests.kit import DOB, FAMILY, GIVEN, MRN, FakeClock, events, manager, oximeter_reading, until
+from tests.private_files import assert_private
 from vitals_agent.agent.control import ControlClient, ControlError, ControlServer, StatusSnapshot
 from vitals_agent.agent.patient_context import PatientContextManager, PatientDetails
 
@@ -108,12 +108,12 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
 
 async def test_token_and_endpoint_files_are_private(env: Env) -> None:
     token_file = env.data_dir / "control.token"
-    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    assert_private(token_file)
     assert token_file.read_text().strip() == env.server.token
     assert len(env.server.token) >= 40
     info = json.loads((env.data_dir / "control.json").read_text())
     assert (info["host"], info["port"]) == ("127.0.0.1", env.server.port)
-    assert stat.S_IMODE((env.data_dir / "control.json").stat().st_mode) == 0o600
+    assert_private(env.data_dir / "control.json")
 
 
 async def test_a_new_token_on_every_start(tmp_path: Path) -> None:

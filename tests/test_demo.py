@@ -10,10 +10,12 @@ import sys
 import pytest
 
 from tests.oracle import validate_oru
+from vitals_agent import host
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]  # the agent as a subprocess
 
 
+@pytest.mark.skipif(not host.HAS_PTY, reason="the demo's simulated devices need POSIX pseudo-terminals")
 def test_demo_shows_acknowledged_valid_messages_from_every_simulated_device_and_ends() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "vitals_agent", "demo", "--seconds", "8"],

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import stat
 import threading
 from pathlib import Path
 
 import pytest
 
 from tests.fake_ehr import make_message
+from tests.private_files import assert_private
+from vitals_agent import host
 from vitals_agent.agent.outbox import OUTBOX_FILE, DeadLetter, Outbox, OutboxMessage
 from vitals_agent.errors import OutboxError, OutboxFullError
 
@@ -20,11 +21,11 @@ def test_file_mode_wal_and_directory_created(tmp_path: Path) -> None:
     ob = Outbox(data)
     ob.enqueue(control_id="A1", device_id="d", body=b"x")
     path = data / OUTBOX_FILE
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    assert_private(path)
+    assert_private(data, directory=True)
     assert (data / (OUTBOX_FILE + "-wal")).exists()
     wal = data / (OUTBOX_FILE + "-wal")
-    assert stat.S_IMODE(wal.stat().st_mode) & 0o077 == 0
+    assert_private(wal, inherited=True)
     ob.close()
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -146,7 +147,8 @@ def test_disk_full_refuses_loudly_and_keeps_what_was_queued(tmp_path: Path) -> N
     ob.close()
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
+@pytest.mark.skipif(getattr(os, "geteuid", lambda: -1)() == 0, reason="root ignores file permissions")
+@pytest.mark.skipif(host.WINDOWS, reason="POSIX mode bits; Windows' read-only attribute does not stop SQLite")
 def test_read_only_database_refuses_loudly(tmp_path: Path) -> None:
     ob = Outbox(tmp_path)
     ob.enqueue(control_id="R0", device_id="d", body=b"x")

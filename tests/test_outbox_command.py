@@ -102,14 +102,14 @@ async def test_missing_outbox_and_config(tmp_path: Path, capsys: pytest.CaptureF
     assert capsys.readouterr().err.strip() == f"error: no outbox at {tmp_path / 'outbox.sqlite3'}"
     assert not (tmp_path / "outbox.sqlite3").exists()
     config = tmp_path / "agent.toml"
-    config.write_text(f'[agent]\nfacility = "X"\ndata_dir = "{tmp_path / "nowhere"}"\n')
+    config.write_text(f"[agent]\nfacility = \"X\"\ndata_dir = '{tmp_path / 'nowhere'}'\n")
     assert await main(["outbox", "list", "--config", str(config)]) == 1
     assert "nowhere is not a directory" in capsys.readouterr().err
 
 
 async def test_config_finds_data_dir(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = tmp_path / "agent.toml"
-    config.write_text(f'[agent]\nfacility = "X"\ndata_dir = "{data}"\n')
+    config.write_text(f"[agent]\nfacility = \"X\"\ndata_dir = '{data}'\n")
     assert await main(["outbox", "list", "--queued", "--config", str(config)]) == 0
     assert capsys.readouterr().out.splitlines()[0] == "2 queued, 1 dead"
 

@@ -51,7 +51,7 @@ async def agent(tmp_path: Path) -> AsyncIterator[Agent]:
 [agent]
 facility = "EXCLINIC"
 location = "CARDIO^EXAM 3"
-data_dir = "{data}"
+data_dir = '{data}'
 
 [patient]
 patient_timeout_minutes = 30
@@ -177,7 +177,7 @@ async def test_discard_held(agent: Agent, capsys: pytest.CaptureFixture[str]) ->
 
 async def test_agent_not_running(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = tmp_path / "agent.toml"
-    config.write_text(f'[agent]\nfacility = "F"\ndata_dir = "{tmp_path / "nothing"}"\n')
+    config.write_text(f"[agent]\nfacility = \"F\"\ndata_dir = '{tmp_path / 'nothing'}'\n")
     assert await main(["patient", "show", "--config", str(config)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: the agent is not running (no ") and err.count("\n") == 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import stat
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -24,6 +23,7 @@ from tests.kit import (
     manager,
     oximeter_reading,
 )
+from tests.private_files import assert_private
 from vitals_agent.agent.patient_context import (
     PatientDetails,
     PatientError,
@@ -123,7 +123,7 @@ def test_context_survives_a_restart_until_it_expires(tmp_path: Path) -> None:
     m = manager(tmp_path, clock)
     m.set(ALICE, "cli")
     m.close()
-    assert stat.S_IMODE((tmp_path / "patient_context.json").stat().st_mode) == 0o600
+    assert_private(tmp_path / "patient_context.json")
     clock.advance(minutes=10)
     again = manager(tmp_path, clock)
     assert again.current_details() == ALICE
@@ -274,7 +274,7 @@ async def test_require_patient_holds_durably_and_releases_late_associated(tmp_pa
     clock.advance(seconds=30)
     assert m.route("oxi-1", second).held
     m.close()
-    assert stat.S_IMODE((tmp_path / "held.sqlite3").stat().st_mode) == 0o600
+    assert_private(tmp_path / "held.sqlite3")
 
     clock.advance(minutes=5)
     restarted = manager(tmp_path, clock, require_patient=True)  # the agent restarted in between

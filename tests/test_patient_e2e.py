@@ -8,7 +8,6 @@ import asyncio
 import http.client
 import json
 import os
-import stat
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,6 +19,7 @@ import pytest
 from tests.e2e_helpers import AgentProcess, masimo_ascii1_line
 from tests.fake_ehr import Hl7Ehr
 from tests.oracle import validate_oru
+from tests.private_files import assert_private
 from vitals_agent.agent.audit import read_audit
 from vitals_agent.drivers.pty import PtyDevice
 
@@ -39,7 +39,7 @@ def write_config(
         "[agent]",
         'facility = "EXAMPLE_CLINIC"',
         'location = "CLINIC^ROOM12"',
-        f'data_dir = "{data_dir}"',
+        f"data_dir = '{data_dir}'",
         'timezone = "UTC"',
         "[ehr]",
         'host = "127.0.0.1"',
@@ -124,7 +124,7 @@ async def test_set_scan_clear_change_the_next_message(tmp_path: Path) -> None:
         try:
             await agent.wait_log(lambda: len(agent.events("device connected")) == 2, what="devices connected")
             await wait_control(agent, data)
-            assert stat.S_IMODE((data / "control.token").stat().st_mode) == 0o600
+            assert_private(data / "control.token")
 
             # 1. no patient: unbound
             await oxi.write(masimo_ascii1_line(now, "096", "072", "05.10"))

@@ -18,7 +18,7 @@ def write_config(tmp_path: Path, port: int) -> Path:
         "[agent]\n"
         'facility = "TEST_CLINIC"\n'
         'location = "CLINIC^ROOM12"\n'
-        f'data_dir = "{tmp_path / "data"}"\n'
+        f"data_dir = '{tmp_path / 'data'}'\n"
         'gateway_eui64 = "0A1B2CFFFE3D4E5F"\n'
         "[ehr]\n"
         'host = "127.0.0.1"\n'

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.kit import FakeRuntime, fixed_ctx, make_driver, start, stop, until
+from vitals_agent import host
 from vitals_agent.cli import main
 from vitals_agent.commands import simulate
 from vitals_agent.drivers.base import Driver, SerialOptions, register_driver
@@ -29,6 +30,7 @@ def args(
     return argparse.Namespace(driver=driver, pty=link, interval=interval, seconds=seconds, verbose=False)
 
 
+@pytest.mark.skipif(not host.HAS_PTY, reason="`vitals-agent simulate` needs a POSIX pseudo-terminal")
 async def test_simulate_masimo_on_a_pty_is_read_by_the_transport(tmp_path: Path) -> None:
     link = tmp_path / "rad8"
     sim = asyncio.create_task(simulate.cmd_simulate(args("masimo-ascii", link)))

@@ -10,12 +10,14 @@ from pathlib import Path
 import pytest
 import structlog
 
+from vitals_agent import host
 from vitals_agent.agent import sdnotify
 from vitals_agent.agent.paths import _eui64_from_mac, gateway_eui64
 from vitals_agent.config.schema import parse_config
 from vitals_agent.logs import redact_message, setup_logging
 
 
+@pytest.mark.skipif(host.WINDOWS, reason="systemd notify: Linux (the Windows service reports its status)")
 def test_sd_notify_sends_datagram_to_notify_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "notify.sock"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:

@@ -302,7 +302,7 @@ CONFIG = """
 [agent]
 facility = "EXAMPLE_CLINIC"
 location = "CLINIC^ROOM12"
-data_dir = "{data}"
+data_dir = '{data}'
 timezone = "America/Chicago"
 [ehr]
 host = "127.0.0.1"
@@ -310,7 +310,7 @@ port = 2575
 [[devices]]
 id = "bp-1"
 driver = "suntech-advantage"
-port = "{port}"
+port = '{port}'
 [[devices]]
 id = "spo2-1"
 driver = "masimo-ascii"

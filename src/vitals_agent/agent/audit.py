@@ -26,6 +26,7 @@ from typing import Any
 
 import structlog
 
+from vitals_agent import host
 from vitals_agent.agent.storage import explain
 from vitals_agent.errors import VitalsAgentError
 from vitals_agent.models import Reading
@@ -73,19 +74,13 @@ def write_private(path: Path, text: str) -> None:
     """Atomically replace ``path`` with ``text``, mode 0600 from the first byte, fsync'd (file and
     directory). The one writer of the agent's small private state files (patient context, control token)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = host.open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     try:
-        os.fchmod(fd, 0o600)
         os.write(fd, text.encode())
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    host.replace_file(tmp, path)
 
 
 class AuditLog:
@@ -96,14 +91,9 @@ class AuditLog:
         self._now = now
         self._lock = threading.Lock()
         try:
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            host.private_dir(path.parent)
+            fd = host.open_private(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)  # an existing one: tightened
         except OSError as exc:
-            raise AuditError(f"cannot open the audit log {path}: {explain(exc)}") from None
-        try:
-            os.fchmod(fd, 0o600)  # an existing file with wider permissions is tightened
-        except OSError as exc:
-            os.close(fd)
             raise AuditError(f"cannot open the audit log {path}: {explain(exc)}") from None
         self._fd: int | None = fd
         self._seq = self._count_lines()

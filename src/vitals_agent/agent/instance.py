@@ -21,11 +21,12 @@ import contextlib
 import errno
 import os
 import stat
-import sys
 from pathlib import Path
 
+from vitals_agent import host
 from vitals_agent.config.filesystem import nearest_existing, read_only
 from vitals_agent.errors import ConfigError, VitalsAgentError
+from vitals_agent.host import lock as host_lock
 
 LOCK_FILE = "agent.lock"
 PRIVATE_MODE = 0o700
@@ -157,11 +158,10 @@ def prepare_data_dir(path: Path, *, create: bool = True) -> Path:
     problem = _owner_problem(path, st)
     if problem:
         raise DataDirError(problem)
-    if sys.platform != "win32" and stat.S_IMODE(st.st_mode) != PRIVATE_MODE:
-        try:
-            os.chmod(path, PRIVATE_MODE)
-        except OSError as exc:
-            raise DataDirError(f"cannot make {path} private (0700): {_reason(exc)}") from None
+    try:
+        host.tighten_dir(path)
+    except OSError as exc:
+        raise DataDirError(f"cannot make {path} private (0700): {_reason(exc)}") from None
     return path
 
 
@@ -212,19 +212,13 @@ class InstanceLock:
 
 def _try_lock(fd: int) -> bool:
     """Exclusive, non-blocking lock on the open file ``fd``; False when another process holds it."""
-    import fcntl
-
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
+    return host_lock.try_lock(fd)
 
 
 def _holder_pid(fd: int) -> int | None:
     """The pid the lock holder wrote into the lock file (None while it has not written it yet)."""
     with contextlib.suppress(OSError, ValueError):
-        return int(os.pread(fd, 32, 0).decode("ascii").strip() or "0") or None
+        return int(host_lock.read_at(fd, 32, 0).decode("ascii").strip() or "0") or None
     return None
 
 
@@ -242,7 +236,7 @@ def acquire_instance_lock(directory: Path) -> InstanceLock:
         raise AlreadyRunningError(directory, pid)
     try:
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        host_lock.write_at(fd, f"{os.getpid()}\n".encode("ascii"), 0)
     except OSError as exc:
         os.close(fd)
         raise DataDirError(f"cannot write the lock file {path}: {_reason(exc)}") from None

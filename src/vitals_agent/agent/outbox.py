@@ -47,6 +47,7 @@ from typing import Any
 
 import structlog
 
+from vitals_agent import host
 from vitals_agent.agent.ledger import LEDGER_FILE, DeliveredLedger
 from vitals_agent.agent.storage import explain
 from vitals_agent.errors import OutboxError, OutboxFullError
@@ -304,7 +305,7 @@ class Outbox:
         if self.data_dir.exists() and not self.data_dir.is_dir():
             raise OutboxError(f"{self.data_dir} is not a directory (it should hold the outbox)")
         try:
-            self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            host.private_dir(self.data_dir)
         except OSError as exc:
             raise OutboxError(f"cannot create the data directory {self.data_dir}: {explain(exc)}") from None
         try:
@@ -329,11 +330,7 @@ class Outbox:
         if not os.access(where, os.W_OK) or not os.access(self.data_dir, os.W_OK):
             raise OutboxError(f"the outbox at {path} is read-only: {_why_read_only(where)}")
         try:
-            if st is None:
-                fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW, 0o600)
-                os.close(fd)
-            elif st.st_mode & 0o077:
-                os.chmod(path, 0o600)
+            host.ensure_private_file(path)  # created private, or tightened
         except OSError as exc:
             raise OutboxError(f"cannot create the outbox at {path}: {explain(exc)}") from None
 

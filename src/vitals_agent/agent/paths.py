@@ -9,8 +9,7 @@ from datetime import tzinfo
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-import platformdirs
-
+from vitals_agent import host
 from vitals_agent.config.schema import Config
 
 GATEWAY_ID_FILE = "gateway-eui64"
@@ -23,8 +22,7 @@ def data_dir(config: Config, *, create: bool = True) -> Path:
     :func:`~vitals_agent.agent.instance.prepare_data_dir`: created 0700 or tightened, refused when it
     belongs to another user); raises :class:`~vitals_agent.agent.instance.DataDirError`.
     """
-    path = config.agent.data_dir or Path(platformdirs.user_data_dir("vitals-agent", appauthor=False))
-    path = path.expanduser()
+    path = (config.agent.data_dir or host.default_data_dir()).expanduser()
     if create:
         from vitals_agent.agent.instance import prepare_data_dir
 
@@ -76,20 +74,4 @@ def device_zone(config: Config) -> tzinfo:
 
 
 def system_zone() -> tzinfo:
-    try:
-        link = os.readlink("/etc/localtime")
-        if "zoneinfo/" in link:
-            return ZoneInfo(link.split("zoneinfo/", 1)[1])
-    except OSError:
-        pass
-    tz = os.environ.get("TZ")
-    if tz:
-        try:
-            return ZoneInfo(tz)
-        except (KeyError, ValueError):
-            pass
-    from datetime import datetime
-
-    local = datetime.now().astimezone().tzinfo
-    assert local is not None
-    return local
+    return host.system_zone()

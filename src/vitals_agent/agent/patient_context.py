@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
 import re
 import sqlite3
 import threading
@@ -31,6 +30,7 @@ from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
 import structlog
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
+from vitals_agent import host
 from vitals_agent.agent.audit import (
     CHANNEL_BARCODE,
     CHANNEL_EXPIRY,
@@ -377,12 +377,7 @@ class HeldStore:
                 with open(path, "rb") as fh:
                     if fh.read(16) != b"SQLite format 3\0":
                         raise StoreDamagedError(f"{path} is not an SQLite database")
-            # create with 0600 before sqlite opens it
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-            try:
-                os.fchmod(fd, 0o600)
-            finally:
-                os.close(fd)
+            host.ensure_private_file(path)  # private before sqlite opens it
         except OSError as exc:
             raise StoreError(f"cannot open the held-readings store {path}: {explain(exc)}") from None
         db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
@@ -558,7 +553,7 @@ class PatientContextManager:
         # Set by the patient lookup: a wristband scan starts a lookup instead of binding the room.
         self.scan_handler: Callable[[PatientDetails, str, str | None], None] | None = None
         self._release_lock: Any = None  # asyncio.Lock, created lazily in the running loop
-        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        host.private_dir(data_dir)
         self._file = data_dir / CONTEXT_FILE
         self._activity_unsaved = False  # touch() changed the context in memory only
         self.quarantined: list[dict[str, str]] = []  # stores moved aside at start (for the status)

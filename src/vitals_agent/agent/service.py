@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import signal
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,8 +17,7 @@ from typing import Any
 
 import structlog
 
-from vitals_agent import __version__
-from vitals_agent.agent import sdnotify
+from vitals_agent import __version__, host
 from vitals_agent.agent.audit import AuditLog
 from vitals_agent.agent.clock import Clock
 from vitals_agent.agent.control import ControlServer
@@ -212,7 +210,7 @@ class AgentService:
 
     async def _watchdog(self, interval: float) -> None:
         while True:
-            sdnotify.notify("WATCHDOG=1")
+            host.readiness.watchdog()
             await asyncio.sleep(interval)
 
     async def run(self, stop: asyncio.Event) -> int:
@@ -242,15 +240,14 @@ class AgentService:
             self._tasks.append(asyncio.create_task(sup.run(), name=f"device:{dev_id}"))
         self._tasks.append(asyncio.create_task(self._ticker(), name="ticker"))
         await self.patients.release_held()  # a context and held readings that survived a restart
-        interval = sdnotify.watchdog_interval()
+        interval = host.readiness.watchdog_interval()
         if interval:
             self._tasks.append(asyncio.create_task(self._watchdog(interval), name="watchdog"))
-        sdnotify.notify("READY=1")
-        sdnotify.notify(f"STATUS=running: {len(self.runtimes)} devices")
+        host.readiness.ready(f"running: {len(self.runtimes)} devices")
         try:
             await stop.wait()
         finally:
-            sdnotify.notify("STOPPING=1")
+            host.readiness.stopping()
             log.info("agent stopping")
             # Devices and the sender stop side by side, each under its own deadline, so the whole stop
             # stays well under systemd's and the issue's 5 s whatever a device or the EHR does.
@@ -282,7 +279,7 @@ class AgentService:
         failure = next((f for f in map(_storage_failure, sender_tasks) if f is not None), None)
         if failure is not None:
             log.error("agent stopped because its storage failed", reason=str(failure))
-            sdnotify.notify(f"STATUS=stopped: {failure}")
+            host.readiness.status(f"stopped: {failure}")
             raise failure
         return 0
 
@@ -333,10 +330,8 @@ def patient_lookup(
 
 
 def install_signal_handlers(stop: asyncio.Event) -> None:
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+    """Set ``stop`` on the platform's stop requests (signals; Ctrl-C/Ctrl-Break on Windows)."""
+    host.install_stop_handlers(stop)
 
 
 async def run_service(config: Config) -> int:

@@ -7,6 +7,8 @@ import re
 import sys
 from typing import Any
 
+from vitals_agent import host
+
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     scan = sub.add_parser(
@@ -43,7 +45,12 @@ async def cmd_scan(args: argparse.Namespace) -> int:
 
 
 async def cmd_pair(args: argparse.Namespace) -> int:
-    from vitals_agent.drivers.ble.pair import pair
+    if not host.HAS_BLUEZ:
+        raise host.PlatformError(
+            "`vitals-agent pair` bonds through BlueZ (Linux); on Windows pair the device in Settings > "
+            "Bluetooth & devices, then configure its address"
+        )
+    from vitals_agent.drivers.ble._bluez_pair import pair
 
     if not re.fullmatch(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}", args.address):
         print(f"error: {args.address!r} is not a Bluetooth address (AA:BB:CC:DD:EE:FF)", file=sys.stderr)

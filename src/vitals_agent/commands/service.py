@@ -2,21 +2,30 @@
 
     vitals-agent service sync-unit [--config FILE] [--unit-dir DIR] [--check | --print]
 
+    vitals-agent service install [--config FILE] [--account DOMAIN\\USER] | remove | start | stop | status
+
 ``sync-unit`` (Linux, systemd) writes the unit's drop-in from the configuration: every folder the
 configuration names becomes writable for the service (``ReadWritePaths=``). Run it as root after editing
 the configuration, then restart the service. ``deploy/install.sh`` runs it too. (This module owns the
 ``service`` group: other platforms add their subcommands here.)
+
+Windows: ``install`` (automatic start, restart on failure, LocalService or ``--account``), ``remove``,
+``start``, ``stop`` (waits until the service has stopped), ``status``; ``host`` is what the service
+control manager runs (:mod:`vitals_agent.host.winservice`). On Linux they say to use systemd instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+from vitals_agent import host
 from vitals_agent.agent.systemd_unit import UNIT_DIR, UNIT_NAME, dropin_path, render_dropin, write_dropin
 from vitals_agent.commands._options import add_config_option, config_path
 from vitals_agent.config.filesystem import local_paths
@@ -25,7 +34,7 @@ from vitals_agent.errors import VitalsAgentError
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("service", help="the agent as a system service (systemd drop-in)")
+    p = sub.add_parser("service", help="the agent as a system service (systemd drop-in; Windows service)")
     ssub = p.add_subparsers(dest="service_command", metavar="ACTION")
     ssub.required = True
 
@@ -45,6 +54,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--no-reload", action="store_true", help="do not run `systemctl daemon-reload` after a change"
     )
     s.set_defaults(func=cmd_sync_unit)
+    _register_windows(ssub)
 
 
 def _systemd_running() -> bool:
@@ -91,3 +101,99 @@ async def cmd_sync_unit(args: argparse.Namespace) -> int:
     else:
         print(f"apply it with: systemctl daemon-reload && systemctl restart {name}")
     return 0
+
+
+# ------------------------------------------------------------------------------------------ Windows
+
+
+def _register_windows(ssub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    a = ssub.add_parser("install", help="install the Windows service (automatic start, restart on failure)")
+    a.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help=f"configuration file (default: {host.default_config_file()})",
+    )
+    a.add_argument(
+        "--account",
+        metavar="DOMAIN\\USER",
+        help="run as this account instead of NT AUTHORITY\\LocalService (password: "
+        "$VITALS_AGENT_SERVICE_PASSWORD, else asked)",
+    )
+    a.set_defaults(func=cmd_install)
+
+    a = ssub.add_parser("remove", help="stop and remove the Windows service (data is kept)")
+    a.set_defaults(func=cmd_remove)
+    a = ssub.add_parser("start", help="start the service and wait until it runs")
+    a.add_argument("--timeout", type=float, default=30.0, metavar="S")
+    a.set_defaults(func=cmd_start)
+    a = ssub.add_parser("stop", help="stop the service and wait until it has stopped")
+    a.add_argument("--timeout", type=float, default=10.0, metavar="S")
+    a.set_defaults(func=cmd_stop)
+    a = ssub.add_parser("status", help="the service's state, start type, account and command")
+    a.set_defaults(func=cmd_status)
+    a = ssub.add_parser("host", help=argparse.SUPPRESS)  # run by the service control manager
+    a.add_argument("--config", type=Path, default=None)
+    a.set_defaults(func=cmd_host)
+
+
+def _print(lines: list[str]) -> None:
+    for line in lines:
+        print(line)
+
+
+async def cmd_install(args: argparse.Namespace) -> int:
+    from vitals_agent.agent.paths import data_dir
+    from vitals_agent.config.schema import load_config
+    from vitals_agent.errors import ConfigError
+    from vitals_agent.host import winservice
+
+    config_path: Path = (args.config or host.default_config_file()).absolute()
+    try:
+        directory = data_dir(load_config(config_path), create=False)
+    except (ConfigError, OSError):
+        directory = host.default_data_dir()  # fix the config later; the service refuses to start until then
+    password = None
+    if args.account and host.WINDOWS:
+        password = os.environ.get(winservice.PASSWORD_ENV)
+        if password is None:
+            if not sys.stdin.isatty():
+                raise host.PlatformError(f"--account needs a password: set {winservice.PASSWORD_ENV}")
+            password = getpass.getpass(f"password for {args.account}: ")
+    _print(winservice.install(config_path, directory, args.account, password))
+    return 0
+
+
+async def cmd_remove(args: argparse.Namespace) -> int:
+    from vitals_agent.host import winservice
+
+    _print(winservice.remove())
+    return 0
+
+
+async def cmd_start(args: argparse.Namespace) -> int:
+    from vitals_agent.host import winservice
+
+    _print(winservice.start(args.timeout))
+    return 0
+
+
+async def cmd_stop(args: argparse.Namespace) -> int:
+    from vitals_agent.host import winservice
+
+    _print(winservice.stop(args.timeout))
+    return 0
+
+
+async def cmd_status(args: argparse.Namespace) -> int:
+    from vitals_agent.host import winservice
+
+    state = winservice.status()
+    _print(state.lines())
+    return 0 if state.state == "running" else 3  # 3: "not running", as LSB status commands say
+
+
+async def cmd_host(args: argparse.Namespace) -> int:
+    from vitals_agent.host import winservice
+
+    return winservice.host_service((args.config or host.default_config_file()).absolute())

@@ -11,11 +11,11 @@ import argparse
 import asyncio
 import contextlib
 import os
-import signal
 from pathlib import Path
 
 import structlog
 
+from vitals_agent import host
 from vitals_agent.drivers.base import SimPort, Simulator, driver_class
 from vitals_agent.drivers.pty import PtyDevice
 from vitals_agent.errors import VitalsAgentError
@@ -112,13 +112,8 @@ async def cmd_simulate(args: argparse.Namespace) -> int:
         raise VitalsAgentError(
             f"cannot create the pseudo-terminal at {link}: {exc.strerror or exc}"
         ) from None
-    loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    installed: list[signal.Signals] = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-            installed.append(sig)
+    remove_handlers = host.install_stop_handlers(stop)
     print(f"simulating {args.driver} on {link} -> {device.slave_name} (Ctrl-C to stop)", flush=True)
     task = asyncio.create_task(simulator.run(LoggingPort(device, args.driver)))
     waiter = asyncio.create_task(stop.wait())
@@ -135,6 +130,5 @@ async def cmd_simulate(args: argparse.Namespace) -> int:
             pending.cancel()
             with contextlib.suppress(BaseException):
                 await pending
-        for sig in installed:
-            loop.remove_signal_handler(sig)
+        remove_handlers()
         device.close()

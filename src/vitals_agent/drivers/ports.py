@@ -6,14 +6,12 @@ not. :func:`resolve_usb` finds the port of a configured ``usb`` spec in pyserial
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from serial.tools import list_ports
-
 from vitals_agent.errors import DeviceNotFoundError, TransportError
+from vitals_agent.host.serial import comports, same_port_name
 
 
 @dataclass(frozen=True)
@@ -99,7 +97,7 @@ def _as_info(port: Any) -> PortInfo:
 
 def list_serial_ports() -> list[PortInfo]:
     """Every serial port the system lists (pyserial ``comports()``), sorted by device path."""
-    return sorted((PortInfo.from_pyserial(p) for p in list_ports.comports()), key=lambda p: p.device)
+    return sorted((PortInfo.from_pyserial(p) for p in comports()), key=lambda p: p.device)
 
 
 def match_usb(spec: str | UsbSpec, ports: Iterable[Any]) -> list[PortInfo]:
@@ -127,7 +125,4 @@ def same_port(configured: str, port: PortInfo) -> bool:
     ``/dev/serial/by-id/...``). URLs (``socket://``...) never match a listed port."""
     if "://" in configured:
         return False
-    try:
-        return os.path.realpath(configured) == os.path.realpath(port.device)
-    except OSError:
-        return configured == port.device
+    return same_port_name(configured, port.device)

@@ -19,11 +19,12 @@ import asyncio
 import contextlib
 import errno
 import os
-import tty
 from pathlib import Path
 from types import TracebackType
 
 import structlog
+
+from vitals_agent.host.terminal import open_raw_pty
 
 log = structlog.get_logger(__name__)
 
@@ -58,15 +59,7 @@ class PtyDevice:
         """Create the pty pair and (re-)point the link at its slave. Idempotent while plugged."""
         if self._master is not None:
             return self
-        master, slave = os.openpty()
-        try:
-            tty.setraw(slave)
-            os.set_blocking(master, False)
-            name = os.ttyname(slave)
-        except BaseException:
-            os.close(master)
-            os.close(slave)
-            raise
+        master, slave, name = open_raw_pty()  # raises a one-line error where there are no ptys
         self._master, self._slave, self._slave_name = master, slave, name
         self._point_link(name)
         log.debug("pty plugged", link=str(self.link), slave=name)

@@ -17,7 +17,9 @@ after opening and whatever ``data_to_send()`` returns after every ``feed()``/``p
 (a CLI "start measurement" command), :meth:`SerialTransport.write` writes to the open port.
 
 Paths and ``socket://`` URLs use pyserial-asyncio-fast (event-driven). Other pyserial URLs (``loop://``,
-``rfc2217://``, ``spy://``) have no file descriptor to watch; they are served by a reader thread.
+``rfc2217://``, ``spy://``) have no file descriptor to watch; they are served by a reader thread. On
+Windows, ports (``COM5``) are read by :class:`vitals_agent.host.serial.BlockingSerialLink`: a thread that
+sleeps in the OS read (pyserial-asyncio-fast would poll every 0.5 ms there).
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
@@ -45,6 +46,7 @@ from vitals_agent.drivers.base import (
 )
 from vitals_agent.drivers.ports import resolve_usb
 from vitals_agent.errors import DeviceNotFoundError, OutboxError, RefusedError, TransportError
+from vitals_agent.host import serial as host_serial
 
 log = structlog.get_logger(__name__)
 
@@ -182,7 +184,7 @@ class SerialTransport(Transport):
             return resolve_usb(self.options.usb).device
         port = self.options.port
         assert port is not None  # SerialOptions guarantees one of port/usb
-        if not _is_url(port) and not os.path.exists(port):  # also a symlink to a vanished /dev/pts/N
+        if not _is_url(port) and not host_serial.port_present(port):  # also a link to a vanished pty
             raise DeviceNotFoundError(f"serial port {port} does not exist")
         return port
 
@@ -190,7 +192,11 @@ class SerialTransport(Transport):
         scheme = url.split("://", 1)[0].lower() if _is_url(url) else ""
         try:
             link: _Link
-            if scheme in ("", "socket"):
+            if not scheme and not host_serial.EVENT_DRIVEN_PORTS:
+                link = await asyncio.wait_for(
+                    host_serial.BlockingSerialLink.open(url, **self.settings.model_dump()), OPEN_TIMEOUT
+                )
+            elif scheme in ("", "socket"):
                 link = await asyncio.wait_for(
                     _StreamLink.open(url, self.settings, exclusive=not scheme), OPEN_TIMEOUT
                 )
@@ -202,7 +208,7 @@ class SerialTransport(Transport):
         except (serial.SerialException, OSError, ValueError) as exc:
             if isinstance(exc, FileNotFoundError) or getattr(exc, "errno", None) == errno.ENOENT:
                 raise DeviceNotFoundError(f"serial port {url} does not exist") from None
-            if not scheme and not os.path.exists(url):  # noqa: ASYNC240 - a stat, after a failed open
+            if not scheme and not host_serial.port_present(url):  # after a failed open
                 raise DeviceNotFoundError(f"serial port {url} does not exist") from None
             raise TransportError(_open_failure(url, exc)) from None
 

@@ -1,4 +1,6 @@
 """``vitals-agent pair ADDRESS``: pair and bond with a device through BlueZ (``org.bluez.Device1.Pair``).
+(BlueZ only: the underscore keeps :func:`vitals_agent.drivers.load_all` from importing it on Windows, where
+dbus-fast does not exist; ``vitals-agent pair`` imports it when asked.)
 
 Needed for devices that require an encrypted link (e.g. the Nonin 3230 measurement characteristic) or
 that only send data to a bonded host. Uses dbus-fast on the system bus directly. Works for "Just Works"

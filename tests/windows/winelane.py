@@ -1,0 +1,204 @@
+"""The Windows lane's Wine prefix: set it up (``python tests/windows/winelane.py setup``) and run Windows
+programs in it from the Linux side (the lane's tests import this module).
+
+``setup`` makes a fresh prefix at ``.windows/prefix`` (``WINEPREFIX``), keeps its wineserver running
+(``wineserver -p``: Wine ends services ~3 s after the last ordinary Wine process otherwise), adds the
+test-only ``bcryptprimitives.dll`` shim (Wine 8 lacks ``ProcessPrng``, which Rust-built wheels such as
+pydantic-core import; Windows 10+ has it), unpacks ``dist/vitals-agent-windows-amd64.zip`` and runs its own
+``install.cmd``, and copies the test tools and tests for the unit lane. ``teardown`` ends the prefix's
+wineserver (and with it every Wine process of this prefix only).
+
+Wine facts this module works around: Windows CPython under Wine cannot write to a regular file as stdout
+or stderr (they must be pipes); ``net stop`` returns before the service has stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+WINDOWS_DIR = ROOT / ".windows"
+PREFIX = Path(os.environ.get("VITALS_WINE_PREFIX") or WINDOWS_DIR / "prefix")
+CACHE = WINDOWS_DIR / "cache"
+ZIP = ROOT / "dist" / "vitals-agent-windows-amd64.zip"
+TEST_SITE = WINDOWS_DIR / "build" / "testsite"
+SHIM_SRC = ROOT / "packaging" / "windows" / "wine"
+
+INSTALL_DIR = r"C:\Program Files\vitals-agent"
+PYTHON = INSTALL_DIR + r"\python.exe"
+CONFIG = r"C:\ProgramData\vitals-agent\agent.toml"
+DATA_DIR = r"C:\ProgramData\vitals-agent\data"
+TEST_DIR = r"C:\vitals-test"
+
+
+RUN_TESTS = """\
+# The unit lane's pytest under the embeddable CPython (its ._pth file ignores PYTHONPATH).
+import os, sys
+here = os.path.dirname(os.path.abspath(__file__))
+sys.path[0:0] = [os.path.join(here, "site"), os.path.join(here, "tests")]
+# Wine 8 lacks propsys.VariantToString, which CPython's _wmi (platform.uname() & co., asked by pytest's
+# header and hypothesis) calls: Wine aborts the process. Without _wmi, platform falls back to the registry.
+sys.modules["_wmi"] = None
+os.chdir(here)
+import pytest
+sys.exit(pytest.main(sys.argv[1:]))
+"""
+
+
+def drive_c() -> Path:
+    return PREFIX / "drive_c"
+
+
+def unix_path(windows_path: str) -> Path:
+    """``C:\\x\\y`` in this prefix as a Linux path."""
+    drive, _, rest = windows_path.partition(":")
+    assert drive.upper() == "C", windows_path
+    return drive_c().joinpath(*[p for p in rest.replace("\\", "/").split("/") if p])
+
+
+def wine_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        WINEPREFIX=str(PREFIX),
+        WINEDEBUG=env.get("VITALS_WINEDEBUG", "-all"),
+        WINEDLLOVERRIDES="mscoree,mshtml=",  # no Mono / Gecko install prompts
+        PYTHONUNBUFFERED="1",
+    )
+    env.pop("DISPLAY", None)
+    env.pop("WAYLAND_DISPLAY", None)
+    env.update(extra)
+    return env
+
+
+def wine(
+    *args: str, timeout: float = 300, check: bool = True, **extra: str
+) -> subprocess.CompletedProcess[str]:
+    """Run ``wine ARGS`` to completion; stdout and stderr are pipes (Windows CPython needs that)."""
+    proc = subprocess.run(
+        ["wine", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        env=wine_env(**extra),
+        timeout=timeout,
+        check=False,
+    )
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"wine {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}")
+    return proc
+
+
+def python(
+    *args: str, timeout: float = 300, check: bool = True, **extra: str
+) -> subprocess.CompletedProcess[str]:
+    """The installed embeddable CPython under Wine."""
+    return wine(PYTHON, *args, timeout=timeout, check=check, **extra)
+
+
+def agent(*args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """``vitals-agent ARGS`` as installed in the prefix."""
+    return python("-m", "vitals_agent", *args, timeout=timeout, check=check)
+
+
+def popen_agent(*args: str, **extra: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        ["wine", PYTHON, "-m", "vitals_agent", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=wine_env(**extra),
+        start_new_session=True,  # our own process group: signals go to this wine process only
+    )
+
+
+def prefix_ready() -> bool:
+    return unix_path(PYTHON).exists()
+
+
+def build_shim() -> Path:
+    """The test prefix's bcryptprimitives.dll (cached), from packaging/windows/wine with binutils-mingw."""
+    out = CACHE / "shim" / "bcryptprimitives.dll"
+    sources = sorted(SHIM_SRC.iterdir())
+    if out.exists() and all(out.stat().st_mtime >= s.stat().st_mtime for s in sources):
+        return out
+    work = out.parent
+    work.mkdir(parents=True, exist_ok=True)
+    tool = "x86_64-w64-mingw32-"
+    subprocess.run(
+        [tool + "dlltool", "-d", SHIM_SRC / "advapi32.def", "-l", work / "libadvapi32.a"], check=True
+    )
+    subprocess.run([tool + "as", "-o", work / "processprng.o", SHIM_SRC / "processprng.S"], check=True)
+    subprocess.run(
+        [
+            tool + "ld", "--shared", "--no-insert-timestamp", "--no-seh", "-e", "0", "-o", out,
+            SHIM_SRC / "bcryptprimitives.def", work / "processprng.o", work / "libadvapi32.a",
+        ],
+        check=True,
+    )  # fmt: skip
+    return out
+
+
+def start_wineserver() -> None:
+    """A persistent wineserver for this prefix (services outlive the commands that start them)."""
+    subprocess.run(
+        ["wineserver", "-p"], env=wine_env(), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+
+def teardown() -> None:
+    """End this prefix's wineserver and every Wine process in the prefix (no other prefix is touched)."""
+    if PREFIX.exists():
+        subprocess.run(["wineserver", "-k"], env=wine_env(), check=False, timeout=60)
+        subprocess.run(["wineserver", "-w"], env=wine_env(), check=False, timeout=60)
+
+
+def setup() -> None:
+    started = time.monotonic()
+    if not ZIP.exists():
+        raise SystemExit(f"{ZIP} is missing: run make windows-dist")
+    teardown()
+    shutil.rmtree(PREFIX, ignore_errors=True)
+    PREFIX.mkdir(parents=True)
+    print(f"winelane: creating a fresh Wine prefix at {PREFIX}", flush=True)
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "env": wine_env()}
+    # Initialise, and let everything of the initialisation end (with a persistent server from the start,
+    # wineboot -i leaves two services.exe behind, and service queries then go to either).
+    subprocess.run(["wineboot", "-i"], check=True, **quiet)  # type: ignore[call-overload]
+    subprocess.run(["wineserver", "-w"], check=True, **quiet)  # type: ignore[call-overload]
+    start_wineserver()
+    # Start services.exe & co. now, detached from our pipes (a later `wine ... | cat` would otherwise
+    # hand its pipe to services.exe, and the reader would wait for it forever).
+    subprocess.run(["wineboot"], check=True, **quiet)  # type: ignore[call-overload]
+    shutil.copy(build_shim(), drive_c() / "windows" / "system32" / "bcryptprimitives.dll")
+    staging = drive_c() / "vitals-install"
+    with zipfile.ZipFile(ZIP) as zf:
+        zf.extractall(staging)
+    print("winelane: running install.cmd", flush=True)
+    out = wine("cmd", "/c", r"C:\vitals-install\vitals-agent\install.cmd", timeout=300)
+    print(out.stdout.strip(), flush=True)
+    if not prefix_ready():
+        raise SystemExit("install.cmd did not install python.exe")
+    test_root = unix_path(TEST_DIR)
+    shutil.rmtree(test_root, ignore_errors=True)
+    test_root.mkdir(parents=True)
+    shutil.copytree(TEST_SITE, test_root / "site")
+    shutil.copytree(
+        ROOT / "tests", test_root / "tests", ignore=shutil.ignore_patterns("__pycache__", "windows")
+    )
+    shutil.copy(ROOT / "pyproject.toml", test_root / "pyproject.toml")
+    (test_root / "run_tests.py").write_text(RUN_TESTS)
+    print(f"winelane: prefix ready in {time.monotonic() - started:.1f} s", flush=True)
+
+
+if __name__ == "__main__":
+    action = sys.argv[1] if len(sys.argv) > 1 else "setup"
+    {"setup": setup, "teardown": teardown}[action]()
