@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
+from vitals_agent import host
 from vitals_agent.config.schema import Config, load_config
 from vitals_agent.errors import ConfigError
 
@@ -23,9 +23,7 @@ EXIT_CONFIG = 78  # sysexits.h EX_CONFIG: `run` cannot start because of its conf
 
 def installed_config_path() -> Path:
     """Where ``deploy/install.sh`` puts the configuration on this platform."""
-    if sys.platform == "win32":
-        return Path(os.environ.get("PROGRAMDATA", r"C:\ProgramData")) / "vitals-agent" / "agent.toml"
-    return Path("/etc/vitals-agent/agent.toml")
+    return host.default_config_file()
 
 
 def add_config_option(parser: argparse.ArgumentParser, *, help: str | None = None) -> None:

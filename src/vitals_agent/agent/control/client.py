@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import h11
 
 from vitals_agent.agent.control.common import ENDPOINT_FILE, TOKEN_FILE, ControlError, http_url
+from vitals_agent.host.process import process_gone
 
 if TYPE_CHECKING:
     from vitals_agent.config.schema import Config
@@ -53,16 +52,8 @@ def _read_agent_file(path: Path) -> str:
 
 
 def _process_gone(pid: int) -> bool:
-    """True when no process has this id (POSIX; elsewhere it cannot be told cheaply: False)."""
-    if sys.platform == "win32" or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except OSError:  # EPERM: it exists, under another user
-        return False
-    return False
+    """True when no process has this id."""
+    return process_gone(pid)
 
 
 class ControlClient:
