@@ -29,12 +29,8 @@ import structlog
 from vitals_agent import host
 from vitals_agent.agent.storage import explain
 from vitals_agent.errors import VitalsAgentError
+from vitals_agent.host import lock as host_lock
 from vitals_agent.models import Reading
-
-try:
-    import fcntl
-except ImportError:  # no advisory locks on this platform: one writer process at a time
-    fcntl = None  # type: ignore[assignment]
 
 log = structlog.get_logger(__name__)
 
@@ -122,8 +118,7 @@ class AuditLog:
             try:
                 # The agent and the operator tools (``vitals-agent outbox``) append to the same file: one
                 # writer at a time, and ``seq`` recounted when another process wrote since our last record.
-                if fcntl is not None:
-                    fcntl.flock(fd, fcntl.LOCK_EX)
+                host_lock.lock_exclusive(fd)
                 size = os.fstat(fd).st_size
                 if size != self._size:
                     self._seq = self._count_lines()
@@ -145,9 +140,8 @@ class AuditLog:
                 )
                 raise AuditError(f"cannot write audit log {self.path}: {exc.strerror or exc}") from None
             finally:
-                if fcntl is not None:
-                    with contextlib.suppress(OSError):
-                        fcntl.flock(fd, fcntl.LOCK_UN)
+                with contextlib.suppress(OSError):
+                    host_lock.unlock(fd)
             return entry
 
     # --- typed helpers: the events the agent writes ------------------------------------------------

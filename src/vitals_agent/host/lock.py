@@ -49,3 +49,36 @@ def write_at(fd: int, data: bytes, offset: int) -> None:
         os.write(fd, data)
         return
     os.pwrite(fd, data, offset)
+
+
+def lock_exclusive(fd: int) -> None:
+    """Wait for an exclusive lock on the open file ``fd`` (one writer at a time across processes)."""
+    if sys.platform == "win32":
+        import msvcrt
+
+        position = os.lseek(fd, 0, os.SEEK_CUR)
+        os.lseek(fd, _LOCK_OFFSET, os.SEEK_SET)
+        try:
+            msvcrt.locking(fd, msvcrt.LK_LOCK, 1)  # retries for ~10 s, then raises OSError
+        finally:
+            os.lseek(fd, position, os.SEEK_SET)
+        return
+    import fcntl
+
+    fcntl.flock(fd, fcntl.LOCK_EX)
+
+
+def unlock(fd: int) -> None:
+    if sys.platform == "win32":
+        import msvcrt
+
+        position = os.lseek(fd, 0, os.SEEK_CUR)
+        os.lseek(fd, _LOCK_OFFSET, os.SEEK_SET)
+        try:
+            msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+        finally:
+            os.lseek(fd, position, os.SEEK_SET)
+        return
+    import fcntl
+
+    fcntl.flock(fd, fcntl.LOCK_UN)
