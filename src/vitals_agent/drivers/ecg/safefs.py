@@ -30,9 +30,13 @@ from dataclasses import dataclass
 NAME_MAX = 255
 REASON_SUFFIX = ".reason.txt"
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC
+# POSIX flags (openat-style access relative to a directory descriptor). Windows has neither these flags nor
+# dir_fd: the module must still import there (every driver module is loaded at start), and the folder
+# drivers then fail with a one-line error (see the README: EKG folders are not yet supported on Windows).
+_NOFOLLOW, _NONBLOCK, _NOCTTY = (getattr(os, f, 0) for f in ("O_NOFOLLOW", "O_NONBLOCK", "O_NOCTTY"))
+_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
+_READ_FLAGS = os.O_RDONLY | _NOFOLLOW | _NONBLOCK | _NOCTTY | getattr(os, "O_CLOEXEC", 0)
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _NOCTTY | getattr(os, "O_CLOEXEC", 0)
 
 
 class UnsafeEntryError(OSError):
