@@ -24,6 +24,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from vitals_agent import host
 from vitals_agent.agent.systemd_unit import UNIT_DIR, UNIT_NAME, dropin_path, render_dropin, write_dropin
@@ -196,4 +197,53 @@ async def cmd_status(args: argparse.Namespace) -> int:
 async def cmd_host(args: argparse.Namespace) -> int:
     from vitals_agent.host import winservice
 
-    return winservice.host_service((args.config or host.default_config_file()).absolute())
+    return winservice.host_service((args.config or host.default_config_file()).absolute(), _run_in_service)
+
+
+def _run_in_service(svc: Any) -> int:
+    """The agent on the Windows service's thread (called by :mod:`vitals_agent.host.winservice`): its own
+    event loop, logging to ``data_dir\\logs\\agent.log``, readiness reported to the service manager, and
+    started / stopped / fatal lines in the event log (no patient data). Returns the exit code."""
+    from vitals_agent.agent.paths import data_dir
+    from vitals_agent.agent.service import AgentService
+    from vitals_agent.errors import ConfigError
+    from vitals_agent.host import winservice
+    from vitals_agent.logs import setup_logging
+
+    ws: Any = winservice  # the Windows-only helpers (event_log, open_log) exist only there
+    config_path = svc.config_path or host.default_config_file()
+    try:
+        config = load_config(config_path)
+        directory = data_dir(config)
+    except (ConfigError, OSError) as exc:
+        ws.event_log("error", f"not started: configuration {config_path}: {exc} (fix it, then start again)")
+        return int(ws.EXIT_CONFIG)
+    log_stream = ws.open_log(directory / "logs")
+    setup_logging(config.agent.log_level, stream=log_stream, json=True)
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    remove = host.readiness.add_listener(svc.ready)
+
+    async def main() -> int:
+        svc._stop = asyncio.Event()
+        svc._loop = asyncio.get_running_loop()
+        if svc._stop_requested.is_set():
+            return 0
+        try:
+            service = AgentService(config)
+        except (VitalsAgentError, OSError) as exc:
+            ws.event_log("error", f"not started: {exc}")
+            return int(ws.EXIT_CONFIG)
+        ws.event_log("info", f"started: {len(service.runtimes)} devices, data in {service.data_dir}")
+        return await service.run(svc._stop)
+
+    try:
+        code = loop.run_until_complete(main())
+    finally:
+        remove()
+        svc._loop = None
+        loop.close()
+    if code == 0:
+        ws.event_log("info", "stopped")
+    log_stream.flush()
+    return code

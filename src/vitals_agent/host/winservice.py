@@ -26,6 +26,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TextIO, cast
@@ -346,6 +347,7 @@ if sys.platform == "win32":
         _svc_display_name_ = DISPLAY_NAME
         _svc_description_ = DESCRIPTION
         config_path: Path | None = None
+        runner: Callable[[AgentWinService], int] | None = None  # runs the agent; set by host_service
 
         def __init__(self, args: Any) -> None:
             super().__init__(args)
@@ -377,7 +379,8 @@ if sys.platform == "win32":
 
         def SvcDoRun(self) -> int:
             try:
-                return run_agent_in_service(self)
+                assert self.runner is not None
+                return self.runner(self)
             except BaseException as exc:  # a bug: say so, then let the SCM restart us (failure actions)
                 event_log("error", f"stopped by an unexpected error: {type(exc).__name__}: {exc}")
                 with contextlib.suppress(Exception):
@@ -393,51 +396,6 @@ if sys.platform == "win32":
             elif event == "stopping":
                 self.ReportServiceStatus(win32service.SERVICE_STOP_PENDING, waitHint=STOP_WAIT_HINT_MS)
 
-    def run_agent_in_service(svc: AgentWinService) -> int:
-        from vitals_agent import host
-        from vitals_agent.agent.paths import data_dir
-        from vitals_agent.agent.service import AgentService
-        from vitals_agent.config.schema import load_config
-        from vitals_agent.errors import ConfigError
-        from vitals_agent.logs import setup_logging
-
-        config_path = svc.config_path or host.default_config_file()
-        try:
-            config = load_config(config_path)
-            directory = data_dir(config)
-        except (ConfigError, OSError) as exc:
-            event_log("error", f"not started: configuration {config_path}: {exc} (fix it, then start again)")
-            return EXIT_CONFIG
-        log_stream = open_log(directory / "logs")
-        setup_logging(config.agent.log_level, stream=log_stream, json=True)
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
-        remove = host.readiness.add_listener(svc.ready)
-        try:
-
-            async def main() -> int:
-                svc._stop = asyncio.Event()
-                svc._loop = asyncio.get_running_loop()
-                if svc._stop_requested.is_set():
-                    return 0
-                try:
-                    service = AgentService(config)
-                except (VitalsAgentError, OSError) as exc:
-                    event_log("error", f"not started: {exc}")
-                    return EXIT_CONFIG
-                event_log("info", f"started: {len(service.runtimes)} devices, data in {service.data_dir}")
-                return await service.run(svc._stop)
-
-            code = loop.run_until_complete(main())
-        finally:
-            remove()
-            svc._loop = None
-            loop.close()
-        if code == 0:
-            event_log("info", "stopped")
-        log_stream.flush()
-        return code
-
     def open_log(folder: Path) -> TextIO:
         from vitals_agent import host
 
@@ -448,13 +406,14 @@ if sys.platform == "win32":
         sys.stderr = stream  # tracebacks of a bug land in the log too (a service has no console)
         return stream
 
-    def host_service(config: Path) -> int:
-        """Run as the service process (called by the service control manager through ``service host``).
-        Returns when the service has stopped."""
+    def host_service(config: Path, runner: Callable[[AgentWinService], int]) -> int:
+        """Run as the service process (called by the service control manager through ``service host``);
+        ``runner(service)`` runs the agent on the service thread. Returns when the service has stopped."""
         from vitals_agent.host import com
 
         com.use_mta()
         AgentWinService.config_path = config
+        AgentWinService.runner = staticmethod(runner)
         servicemanager.Initialize(SERVICE_NAME, servicemanager.__file__)
         servicemanager.PrepareToHostSingle(AgentWinService)
         try:
@@ -494,5 +453,5 @@ else:
     def status() -> ServiceState:
         _unsupported("status")
 
-    def host_service(config: Path) -> int:
+    def host_service(config: Path, runner: Callable[[Any], int]) -> int:
         _unsupported("host")
