@@ -35,6 +35,7 @@ PYTHON = INSTALL_DIR + r"\python.exe"
 CONFIG = r"C:\ProgramData\vitals-agent\agent.toml"
 DATA_DIR = r"C:\ProgramData\vitals-agent\data"
 TEST_DIR = r"C:\vitals-test"
+SERVICES_LOG = WINDOWS_DIR / "build" / "services.log"
 
 
 RUN_TESTS = """\
@@ -175,9 +176,24 @@ def setup() -> None:
     subprocess.run(["wineboot", "-i"], check=True, **quiet)  # type: ignore[call-overload]
     subprocess.run(["wineserver", "-w"], check=True, **quiet)  # type: ignore[call-overload]
     start_wineserver()
-    # Start services.exe & co. now, detached from our pipes (a later `wine ... | cat` would otherwise
-    # hand its pipe to services.exe, and the reader would wait for it forever).
-    subprocess.run(["wineboot"], check=True, **quiet)  # type: ignore[call-overload]
+    # Start services.exe & co. now, with stdout/stderr on a pipe of their own that `cat` copies into
+    # SERVICES_LOG: the services they start inherit it (Windows CPython under Wine dies on a regular file
+    # or /dev/null as stdout), and a later `wine ... | reader` does not hand its pipe to services.exe
+    # (the reader would wait for it forever). Wine's eventlog channel lands there too: ReportEvent is
+    # a stub that traces each event's strings.
+    with open(SERVICES_LOG, "wb") as log:
+        sink = subprocess.Popen(
+            ["cat"], stdin=subprocess.PIPE, stdout=log, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+    assert sink.stdin is not None
+    subprocess.run(
+        ["wineboot"],
+        check=True,
+        stdout=sink.stdin,
+        stderr=sink.stdin,
+        env=wine_env(WINEDEBUG="-all,+eventlog"),
+    )
+    sink.stdin.close()  # services.exe holds the other copy; cat ends with the wineserver (teardown)
     shutil.copy(build_shim(), drive_c() / "windows" / "system32" / "bcryptprimitives.dll")
     staging = drive_c() / "vitals-install"
     with zipfile.ZipFile(ZIP) as zf:

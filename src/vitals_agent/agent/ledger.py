@@ -28,6 +28,10 @@ from pathlib import Path
 
 import structlog
 
+from vitals_agent import host
+from vitals_agent.host.files import NOFOLLOW
+from vitals_agent.host.lock import read_at, write_at
+
 log = structlog.get_logger(__name__)
 
 LEDGER_FILE = "outbox.delivered"
@@ -86,7 +90,7 @@ class DeliveredLedger:
 
     def _open(self) -> None:
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            fd = host.open_private(self.path, os.O_RDWR | os.O_CREAT | NOFOLLOW)
         except OSError as exc:
             self._problem = f"cannot open {self.path}: {exc.strerror or exc}"
             self._entries = self._read_only()
@@ -95,9 +99,9 @@ class DeliveredLedger:
             size = os.fstat(fd).st_size
             if size < SLOT * SLOTS:
                 # Allocate every block now, while there is room: later writes only overwrite.
-                os.pwrite(fd, b"\0" * (SLOT * SLOTS - size), size)
+                write_at(fd, b"\0" * (SLOT * SLOTS - size), size)
                 os.fsync(fd)
-            data = os.pread(fd, SLOT * SLOTS, 0)
+            data = read_at(fd, SLOT * SLOTS, 0)
         except OSError as exc:
             os.close(fd)
             self._problem = f"cannot prepare {self.path}: {exc.strerror or exc}"
@@ -140,7 +144,7 @@ class DeliveredLedger:
             if free is None or slot is None:
                 return False
             try:
-                os.pwrite(self._fd, slot, free * SLOT)
+                write_at(self._fd, slot, free * SLOT)
                 os.fdatasync(self._fd)
             except OSError as exc:
                 if self._problem is None:
@@ -160,7 +164,7 @@ class DeliveredLedger:
             if index is None or self._fd is None:
                 return
             with contextlib.suppress(OSError):
-                os.pwrite(self._fd, b"\0" * SLOT, index * SLOT)
+                write_at(self._fd, b"\0" * SLOT, index * SLOT)
 
     def close(self) -> None:
         with self._lock:
