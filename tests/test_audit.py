@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.kit import MRN, T0, FakeClock, oximeter_reading
-from vitals_agent.agent.audit import AuditError, AuditLog, read_audit
+from vitals_agent.agent.storage.audit import AuditError, AuditLog, read_audit
 
 
 def mode(path: Path) -> int:

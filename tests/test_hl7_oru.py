@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from tests.kit import m
 from tests.oracle import ParsedOru, validate_oru
-from vitals_agent.agent.profile import message_profile
+from vitals_agent.agent.pipeline.profile import message_profile
 from vitals_agent.config.schema import parse_config
 from vitals_agent.errors import ConfigError
 from vitals_agent.hl7.oru import (

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.fake_ehr import make_message
-from vitals_agent.agent.outbox import OUTBOX_FILE, DeadLetter, Outbox, OutboxMessage
+from vitals_agent.agent.storage.outbox import OUTBOX_FILE, DeadLetter, Outbox, OutboxMessage
 from vitals_agent.errors import OutboxError, OutboxFullError
 
 
@@ -249,7 +249,7 @@ def test_a_read_only_file_system_is_named(tmp_path: Path) -> None:
     code = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from vitals_agent.agent.outbox import Outbox\n"
+        "from vitals_agent.agent.storage.outbox import Outbox\n"
         "try:\n"
         "    Outbox(Path(sys.argv[1]))\n"
         "except Exception as exc:\n"

@@ -24,7 +24,7 @@ from tests.kit import (
     manager,
     oximeter_reading,
 )
-from vitals_agent.agent.patient_context import (
+from vitals_agent.agent.patient.context import (
     PatientDetails,
     PatientError,
     reading_from_json,

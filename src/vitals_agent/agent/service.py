@@ -20,25 +20,25 @@ import structlog
 
 from vitals_agent import __version__
 from vitals_agent.agent import sdnotify
-from vitals_agent.agent.audit import AuditLog
 from vitals_agent.agent.clock import Clock
 from vitals_agent.agent.control import ControlServer
+from vitals_agent.agent.delivery.sender import QueueSender, Sender
 from vitals_agent.agent.instance import acquire_instance_lock
 from vitals_agent.agent.limits import raise_open_files_limit
-from vitals_agent.agent.outbox import Outbox
 from vitals_agent.agent.paths import data_dir, device_zone, gateway_eui64
-from vitals_agent.agent.patient_context import PatientContextManager
-from vitals_agent.agent.patient_lookup import PatientLookup
-from vitals_agent.agent.pipeline import Pipeline
-from vitals_agent.agent.profile import message_profile
+from vitals_agent.agent.patient.context import PatientContextManager
+from vitals_agent.agent.patient.lookup import PatientLookup
+from vitals_agent.agent.pipeline.flow import Pipeline
+from vitals_agent.agent.pipeline.profile import message_profile
 from vitals_agent.agent.runtime import DeviceRuntimeImpl
-from vitals_agent.agent.sender import QueueSender, Sender
+from vitals_agent.agent.storage.audit import AuditLog
+from vitals_agent.agent.storage.outbox import Outbox
 from vitals_agent.agent.supervisor import DeviceSupervisor
-from vitals_agent.agent.tls import ssl_context_from
 from vitals_agent.config.schema import Config
 from vitals_agent.drivers.base import DecodeContext, driver_class
 from vitals_agent.errors import ConfigError, OutboxError, StorageFailedError, VitalsAgentError
 from vitals_agent.models import DeviceIdentity
+from vitals_agent.net.tls import ssl_context_from
 
 log = structlog.get_logger(__name__)
 
@@ -98,8 +98,8 @@ class AgentService:
             )
         fhir_profile = None
         if config.fhir.enabled:
-            from vitals_agent.agent.fhir_sender import FhirSender  # aiohttp only when FHIR is used
-            from vitals_agent.agent.profile import fhir_profile as make_fhir_profile
+            from vitals_agent.agent.delivery.fhir_sender import FhirSender  # aiohttp only when FHIR is used
+            from vitals_agent.agent.pipeline.profile import fhir_profile as make_fhir_profile
             from vitals_agent.fhir.bundle import load_models
 
             self.senders["fhir"] = FhirSender(
@@ -321,7 +321,7 @@ def patient_lookup(
     now: Callable[[], datetime],
 ) -> PatientLookup:
     """The ``[pdq]`` lookup-then-confirm flow (the query says who we are as the ORUs do)."""
-    from vitals_agent.agent.pdq import Sender, pdq_client
+    from vitals_agent.net.pdq import Sender, pdq_client
 
     assert config.pdq is not None
     sender = Sender(

@@ -1,14 +1,15 @@
 """The senders: take messages for one destination from the outbox in order and deliver them.
 
-:class:`QueueSender` is the loop every destination shares; a :class:`~vitals_agent.agent.link.Link` does the
-protocol. :class:`Sender` is the EHR's: HL7 v2 over MLLP (hl7-pcd01.md §9.2) through :class:`MllpLink`;
-the FHIR server's is :class:`~vitals_agent.agent.fhir_sender.FhirSender`. Each destination has its own
-sender, queue rows, back-off and dead letters, so one destination being down never holds up the other.
+:class:`QueueSender` is the loop every destination shares; a :class:`~vitals_agent.agent.delivery.link.Link`
+does the protocol. :class:`Sender` is the EHR's: HL7 v2 over MLLP (hl7-pcd01.md §9.2) through
+:class:`MllpLink`; the FHIR server's is :class:`~vitals_agent.agent.delivery.fhir_sender.FhirSender`. Each
+destination has its own sender, queue rows, back-off and dead letters, so one destination being down never
+holds up the other.
 
 This module does the I/O: it reads the outbox, talks to the receiver, writes the results and the audit
 records. Every
 decision — what to send next, when to retry, when to dead-letter or probe a poison message, how long to
-back off after a storage error and when to give up — is :class:`~vitals_agent.agent.delivery_policy.
+back off after a storage error and when to give up — is :class:`~vitals_agent.agent.delivery.policy.
 DeliveryPolicy`'s, which is pure and tested without sockets. In short:
 
 * One message in flight. A message leaves the outbox only after an ``AA`` or ``CA`` whose MSH-10 it
@@ -40,7 +41,8 @@ from typing import Any
 
 import structlog
 
-from vitals_agent.agent.delivery_policy import (
+from vitals_agent.agent.delivery.link import Answer, Link
+from vitals_agent.agent.delivery.policy import (
     DEFAULT_STORAGE_GIVE_UP,
     DeadLetter,
     DeliveryPolicy,
@@ -52,8 +54,7 @@ from vitals_agent.agent.delivery_policy import (
     Settle,
     Wait,
 )
-from vitals_agent.agent.link import Answer, Link
-from vitals_agent.agent.outbox import Outbox, OutboxMessage
+from vitals_agent.agent.storage.outbox import Outbox, OutboxMessage
 from vitals_agent.config.ehr import EhrConfig
 from vitals_agent.errors import (
     AckProtocolError,

@@ -47,8 +47,8 @@ from typing import Any
 
 import structlog
 
-from vitals_agent.agent.ledger import LEDGER_FILE, DeliveredLedger
-from vitals_agent.agent.storage import explain
+from vitals_agent.agent.storage.files import explain
+from vitals_agent.agent.storage.ledger import LEDGER_FILE, DeliveredLedger
 from vitals_agent.errors import OutboxError, OutboxFullError
 
 log = structlog.get_logger(__name__)

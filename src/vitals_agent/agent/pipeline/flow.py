@@ -23,13 +23,13 @@ from typing import Any
 
 import structlog
 
-from vitals_agent.agent.audit import AuditError, AuditLog
 from vitals_agent.agent.clock import Clock
-from vitals_agent.agent.normalize import normalise, withheld
-from vitals_agent.agent.outbox import Outbox
-from vitals_agent.agent.patient_context import PatientContextManager, PatientDetails
-from vitals_agent.agent.reporting import Arrival, ReportingPolicy, make_policy
+from vitals_agent.agent.patient.context import PatientContextManager, PatientDetails
+from vitals_agent.agent.pipeline.normalize import normalise, withheld
+from vitals_agent.agent.pipeline.reporting import Arrival, ReportingPolicy, make_policy
 from vitals_agent.agent.runtime import DeviceRuntimeImpl
+from vitals_agent.agent.storage.audit import AuditError, AuditLog
+from vitals_agent.agent.storage.outbox import Outbox
 from vitals_agent.config.schema import Config, DeviceConfig
 from vitals_agent.errors import OutboxError, RefusedError, VitalsAgentError
 from vitals_agent.fhir.bundle import FhirBuildError, FhirProfile, build_bundle
