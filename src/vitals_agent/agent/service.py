@@ -14,7 +14,7 @@ import signal
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -39,6 +39,9 @@ from vitals_agent.drivers.base import DecodeContext, driver_class
 from vitals_agent.errors import ConfigError, OutboxError, StorageFailedError, VitalsAgentError
 from vitals_agent.models import DeviceIdentity
 from vitals_agent.net.tls import ssl_context_from
+
+if TYPE_CHECKING:
+    from vitals_agent.agent.alerts.monitor import AlertMonitor
 
 log = structlog.get_logger(__name__)
 
@@ -143,6 +146,7 @@ class AgentService:
         self.supervisors: dict[str, DeviceSupervisor] = {}
         self._tasks: list[asyncio.Task[Any]] = []
         self.started_at: datetime | None = None
+        self.alerts = self._alert_monitor(config) if config.alerts.enabled else None
         tz = device_zone(config)
         for dev in config.devices:
             if not dev.enabled:
@@ -157,6 +161,33 @@ class AgentService:
             supervisor = DeviceSupervisor(runtime)
             runtime.on_connected.append(supervisor.connected)
             self.supervisors[dev.id] = supervisor
+
+    def _alert_monitor(self, config: Config) -> AlertMonitor:
+        from vitals_agent.agent.alerts.facts import FactSource
+        from vitals_agent.agent.alerts.monitor import AlertMonitor
+
+        certs: dict[str, Path] = {}
+        if config.ehr.enabled and config.ehr.tls and config.ehr.cert_file is not None:
+            certs["EHR client certificate"] = config.ehr.cert_file
+        if config.fhir.enabled and config.fhir.cert_file is not None:
+            certs["FHIR client certificate"] = config.fhir.cert_file
+        source = FactSource(
+            senders=self.senders,
+            runtimes=self.runtimes,
+            patients=self.patients,
+            outbox=self.outbox,
+            data_dir=self.data_dir,
+            clock=self.clock,
+            cert_files=certs,
+        )
+        return AlertMonitor(
+            config.alerts,
+            source.gather,
+            room=config.alerts.room or config.agent.location or config.agent.facility,
+            facility=config.agent.facility,
+            gateway=self.gateway,
+            clock=self.clock,
+        )
 
     def _wake_senders(self) -> None:
         for sender in self.senders.values():
@@ -184,6 +215,7 @@ class AgentService:
             "refused": self.pipeline.refused,
             "not_sent_to": dict(self.pipeline.not_for),  # destination -> readings its builder refused
             "parked": self.pipeline.parked,
+            "alerts": self.alerts.banner() if self.alerts is not None else [],
             "storage": {
                 "outbox": sender["storage"],  # error, failing since, seconds until the agent stops
                 "held": {"ok": self.patients.held.problem is None, "error": self.patients.held.problem},
@@ -241,6 +273,8 @@ class AgentService:
         for dev_id, sup in self.supervisors.items():
             self._tasks.append(asyncio.create_task(sup.run(), name=f"device:{dev_id}"))
         self._tasks.append(asyncio.create_task(self._ticker(), name="ticker"))
+        if self.alerts is not None:
+            self._tasks.append(asyncio.create_task(self.alerts.run(), name="alerts"))
         await self.patients.release_held()  # a context and held readings that survived a restart
         interval = sdnotify.watchdog_interval()
         if interval:
@@ -277,6 +311,8 @@ class AgentService:
                     log.warning("control API did not stop in time")
             if self.lookup is not None:
                 await self.lookup.close()
+            if self.alerts is not None:
+                await self.alerts.close()
             self.close()
             log.info("agent stopped")
         failure = next((f for f in map(_storage_failure, sender_tasks) if f is not None), None)

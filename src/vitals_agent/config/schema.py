@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from vitals_agent.config.agent_section import AgentConfig
+from vitals_agent.config.alerts import AlertsConfig
 from vitals_agent.config.control import ControlConfig
 from vitals_agent.config.ehr import EhrConfig
 from vitals_agent.config.fhir import FhirConfig
@@ -74,6 +75,7 @@ class Config(BaseModel):
     control: ControlConfig = Field(default_factory=ControlConfig)
     fhir: FhirConfig = Field(default_factory=FhirConfig)
     pdq: PdqConfig | None = None  # confirm the patient against the EHR (IHE PDQ); absent: trust the MRN
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     devices: list[DeviceConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
