@@ -42,6 +42,8 @@ from vitals_agent.net.tls import ssl_context_from
 
 if TYPE_CHECKING:
     from vitals_agent.agent.alerts.monitor import AlertMonitor
+    from vitals_agent.agent.metrics.registry import AgentMetrics
+    from vitals_agent.agent.metrics.server import MetricsServer
 
 log = structlog.get_logger(__name__)
 
@@ -147,6 +149,10 @@ class AgentService:
         self._tasks: list[asyncio.Task[Any]] = []
         self.started_at: datetime | None = None
         self.alerts = self._alert_monitor(config) if config.alerts.enabled else None
+        self.metrics: AgentMetrics | None = None
+        self.metrics_server: MetricsServer | None = None
+        if config.metrics.enabled:
+            self._metrics(config)
         tz = device_zone(config)
         for dev in config.devices:
             if not dev.enabled:
@@ -188,6 +194,26 @@ class AgentService:
             gateway=self.gateway,
             clock=self.clock,
         )
+
+    def _metrics(self, config: Config) -> None:
+        """``[metrics]``: the registry, its observers, and the listener (started by :meth:`run`)."""
+        import time
+
+        from vitals_agent.agent.metrics.registry import AgentMetrics
+        from vitals_agent.agent.metrics.server import MetricsServer
+
+        self.metrics = metrics = AgentMetrics(
+            config,
+            runtimes=lambda: self.runtimes,
+            senders=lambda: self.senders,
+            alerts=lambda: self.alerts.banner() if self.alerts is not None else [],
+            clock=time.time,
+        )
+        self.pipeline.observers.append(metrics.on_accepted)
+        self.pipeline.withheld_observers.append(metrics.on_withheld)
+        for sender in self.senders.values():
+            sender.exchange_observers.append(metrics.on_exchange)
+        self.metrics_server = MetricsServer(config.metrics, metrics.render)
 
     def _wake_senders(self) -> None:
         for sender in self.senders.values():
@@ -256,6 +282,14 @@ class AgentService:
             except OSError as exc:
                 self.close()
                 raise control_port_error(self.config.control.host, self.config.control.port, exc) from None
+        if self.metrics_server is not None:
+            try:
+                await self.metrics_server.start()
+            except ConfigError:
+                if self.control is not None:
+                    await self.control.stop()
+                self.close()
+                raise
         log.info(
             "agent starting",
             version=__version__,
@@ -313,6 +347,8 @@ class AgentService:
                 await self.lookup.close()
             if self.alerts is not None:
                 await self.alerts.close()
+            if self.metrics_server is not None:
+                await self.metrics_server.stop()
             self.close()
             log.info("agent stopped")
         failure = next((f for f in map(_storage_failure, sender_tasks) if f is not None), None)

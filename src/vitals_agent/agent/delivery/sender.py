@@ -173,6 +173,8 @@ class QueueSender:
         self._backlog_level = 0
         self._backlog_checked = -math.inf
         self.audit: Any = None  # AuditLog (patient context issue): every ACK and dead letter
+        # called after each try: (destination, answer code or None when there was no answer, seconds)
+        self.exchange_observers: list[Callable[[str, str | None, float], None]] = []
 
     # --- public API ----------------------------------------------------------------------------------
 
@@ -428,16 +430,26 @@ class QueueSender:
             self.policy.refuse(msg, refusal)
             return
         self._in_flight = msg
+        started = time.monotonic()
         try:
             answer = await self.link.exchange(msg, self.policy.was_acked)
         except (PeerUnavailableError, AckProtocolError) as exc:
             self._in_flight = None
+            self._observe(None, started, attempted=not isinstance(exc, ConnectFailedError))
             await self._link_failed(msg, exc)
             return
+        self._observe(answer.code if answer.known else "other", started)
         try:
             await self._handle_answer(msg, answer)
         finally:
             self._in_flight = None
+
+    def _observe(self, code: str | None, started: float, *, attempted: bool = True) -> None:
+        if not attempted:
+            return  # a refused connection: the message never left
+        elapsed = time.monotonic() - started
+        for observer in self.exchange_observers:
+            observer(self.destination, code, elapsed)
 
     async def _link_failed(self, msg: OutboxMessage, exc: PeerUnavailableError | AckProtocolError) -> None:
         if isinstance(exc, RetryLaterError):

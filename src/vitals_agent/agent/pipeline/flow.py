@@ -85,6 +85,7 @@ class Pipeline:
         self.wake_sender = wake_sender
         self.now = now
         self.observers: list[Observer] = []
+        self.withheld_observers: list[Callable[[str, str], None]] = []  # (device id, metric) per value
         self._policies: dict[str, ReportingPolicy] = {}
         self._runtimes: dict[str, DeviceRuntimeImpl] = {}
         self.refused = 0  # readings that could not be committed (disk full...)
@@ -116,9 +117,12 @@ class Pipeline:
                 device=dev.id,
                 dropped=[f"{d.metric}: {d.reason}" for d in reading.dropped],
             )
-            impossible = sum(1 for d in reading.dropped if withheld(d))
+            impossible = [d for d in reading.dropped if withheld(d)]
             if impossible:  # implausible or contradicting values the device did send: counted per device
-                runtime.count("values_withheld", impossible)
+                runtime.count("values_withheld", len(impossible))
+                for observer in self.withheld_observers:
+                    for dropped in impossible:
+                        observer(dev.id, dropped.metric)
         arrival = Arrival(reading, self.clock.mono_at(event.received_at))
         for due in self._policies[dev.id].offer(arrival):
             await self.accept(runtime, due.reading, arrived=due.at)
