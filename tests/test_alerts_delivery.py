@@ -24,7 +24,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from tests.fake_ehr import Hl7Ehr, Pki, make_test_pki
 from tests.kit import DOB, FAMILY, GIVEN, MRN, T0, free_port, oximeter_reading, running_sender, until
 from vitals_agent.agent.clock import Clock
-from vitals_agent.agent.patient_context import PatientDetails
+from vitals_agent.agent.patient.context import PatientDetails
 from vitals_agent.agent.service import AgentService
 from vitals_agent.config.schema import parse_config
 

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fake_ehr import Hl7Ehr, make_test_pki
 from tests.kit import DOB, FAMILY, GIVEN, MRN, oximeter_reading, running_sender, until
-from vitals_agent.agent.patient_context import PatientDetails
+from vitals_agent.agent.patient.context import PatientDetails
 from vitals_agent.agent.service import AgentService
 from vitals_agent.config.schema import parse_config
 from vitals_agent.errors import ConfigError

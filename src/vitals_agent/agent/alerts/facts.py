@@ -18,10 +18,10 @@ import structlog
 
 from vitals_agent.agent.alerts.rules import CertFacts, DeviceFacts, Facts, LinkFacts
 from vitals_agent.agent.clock import Clock
-from vitals_agent.agent.outbox import Outbox
-from vitals_agent.agent.patient_context import PatientContextManager
+from vitals_agent.agent.delivery.sender import QueueSender
+from vitals_agent.agent.patient.context import PatientContextManager
 from vitals_agent.agent.runtime import DeviceRuntimeImpl
-from vitals_agent.agent.sender import QueueSender
+from vitals_agent.agent.storage.outbox import Outbox
 from vitals_agent.errors import OutboxError
 
 log = structlog.get_logger(__name__)

@@ -21,9 +21,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from vitals_agent import __version__
-from vitals_agent.agent.pipeline import Accepted
+from vitals_agent.agent.delivery.sender import QueueSender
+from vitals_agent.agent.pipeline.flow import Accepted
 from vitals_agent.agent.runtime import DeviceRuntimeImpl
-from vitals_agent.agent.sender import QueueSender
 from vitals_agent.config.schema import Config
 
 PREFIX = "vitals_agent"
