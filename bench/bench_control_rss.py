@@ -68,8 +68,8 @@ def aiohttp_server_class() -> Any:
     """ControlServer serving the same Routes through aiohttp.web (bench only)."""
     from aiohttp import web
 
-    from vitals_agent.agent.audit import write_private
     from vitals_agent.agent.control import ControlServer, Credentials, Request, Routes
+    from vitals_agent.agent.storage.audit import write_private
 
     class AiohttpControlServer(ControlServer):
         async def start(self) -> None:

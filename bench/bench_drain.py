@@ -32,8 +32,8 @@ import hl7.mllp  # noqa: E402
 import structlog  # noqa: E402
 from tests.fake_ehr import make_message, make_test_pki  # noqa: E402
 
-from vitals_agent.agent.outbox import Outbox  # noqa: E402
-from vitals_agent.agent.sender import Sender  # noqa: E402
+from vitals_agent.agent.delivery.sender import Sender  # noqa: E402
+from vitals_agent.agent.storage.outbox import Outbox  # noqa: E402
 from vitals_agent.config.ehr import EhrConfig  # noqa: E402
 
 # --- the receiver: python-hl7 server in a child process ------------------------------------------------

@@ -11,8 +11,8 @@ import asyncio
 import sys
 from pathlib import Path
 
-from vitals_agent.agent.outbox import Outbox
-from vitals_agent.agent.sender import Sender
+from vitals_agent.agent.delivery.sender import Sender
+from vitals_agent.agent.storage.outbox import Outbox
 from vitals_agent.config.ehr import EhrConfig
 
 

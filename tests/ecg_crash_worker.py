@@ -17,7 +17,7 @@ import sys
 import time
 from typing import Any
 
-from vitals_agent.agent import outbox as outbox_module
+from vitals_agent.agent.storage import outbox as outbox_module
 from vitals_agent.cli import run
 
 

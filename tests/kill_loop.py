@@ -27,7 +27,7 @@ from pathlib import Path
 
 from tests.e2e_helpers import AgentProcess, masimo_ascii1_line, write_config
 from tests.fake_ehr import RawEhr
-from vitals_agent.agent.audit import read_audit
+from vitals_agent.agent.storage.audit import read_audit
 from vitals_agent.drivers.pty import PtyDevice
 
 

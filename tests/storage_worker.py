@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
 from tests.fake_ehr import make_message  # noqa: E402
-from vitals_agent.agent.outbox import Outbox  # noqa: E402
-from vitals_agent.agent.sender import Sender  # noqa: E402
+from vitals_agent.agent.delivery.sender import Sender  # noqa: E402
+from vitals_agent.agent.storage.outbox import Outbox  # noqa: E402
 from vitals_agent.config.ehr import EhrConfig  # noqa: E402
 from vitals_agent.errors import StorageFailedError  # noqa: E402
 

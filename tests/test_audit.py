@@ -12,7 +12,7 @@ import pytest
 
 from tests.kit import MRN, T0, FakeClock, oximeter_reading
 from tests.private_files import assert_private, make_public
-from vitals_agent.agent.audit import AuditError, AuditLog, read_audit
+from vitals_agent.agent.storage.audit import AuditError, AuditLog, read_audit
 
 
 def mode(path: Path) -> int:

@@ -10,7 +10,7 @@ from decimal import Decimal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vitals_agent.agent.normalize import normalise, withheld
+from vitals_agent.agent.pipeline.normalize import normalise, withheld
 from vitals_agent.drivers.base import DecodeContext, DecoderOutput, driver_class
 from vitals_agent.drivers.suntech import SunTechDecoder, encode_bp_data
 from vitals_agent.models import DeviceClass, DeviceIdentity, Dropped, Measurement, Reading, ReadingFlag

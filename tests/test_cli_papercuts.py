@@ -13,8 +13,8 @@ import pytest
 
 from tests.fake_ehr import Hl7Ehr, make_message
 from tests.kit import free_port, until
-from vitals_agent.agent.outbox import Outbox, OutboxMessage
-from vitals_agent.agent.sender import Sender
+from vitals_agent.agent.delivery.sender import Sender
+from vitals_agent.agent.storage.outbox import Outbox, OutboxMessage
 from vitals_agent.cli import COMMAND_GROUPS, build_parser, main
 from vitals_agent.commands.outbox import format_duration, parse_duration
 from vitals_agent.config.ehr import EhrConfig

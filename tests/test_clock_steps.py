@@ -19,7 +19,7 @@ from structlog.testing import capture_logs
 
 from tests.kit import MRN, events, oximeter_reading
 from vitals_agent.agent.clock import Clock
-from vitals_agent.agent.patient_context import PatientDetails
+from vitals_agent.agent.patient.context import PatientDetails
 from vitals_agent.agent.service import AgentService
 from vitals_agent.config.schema import parse_config
 

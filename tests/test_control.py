@@ -17,7 +17,7 @@ import pytest
 from tests.kit import DOB, FAMILY, GIVEN, MRN, FakeClock, events, manager, oximeter_reading, until
 from tests.private_files import assert_private
 from vitals_agent.agent.control import ControlClient, ControlError, ControlServer, StatusSnapshot
-from vitals_agent.agent.patient_context import PatientContextManager, PatientDetails
+from vitals_agent.agent.patient.context import PatientContextManager, PatientDetails
 
 MASKED = "\u2022" * 11 + "42"
 

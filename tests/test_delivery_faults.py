@@ -16,8 +16,8 @@ import pytest
 
 from tests.fake_ehr import FakeEhr, Hl7Ehr, RawEhr, make_message
 from tests.kit import fast_ehr, free_port, running_sender, until
-from vitals_agent.agent.outbox import DeadLetter, Outbox
-from vitals_agent.agent.sender import Sender
+from vitals_agent.agent.delivery.sender import Sender
+from vitals_agent.agent.storage.outbox import DeadLetter, Outbox
 from vitals_agent.errors import OutboxFullError
 
 PEERS = [Hl7Ehr, RawEhr]

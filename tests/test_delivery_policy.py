@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from vitals_agent.agent.delivery_policy import (
+from vitals_agent.agent.delivery.policy import (
     DeadLetter,
     DeliveryPolicy,
     Fetch,

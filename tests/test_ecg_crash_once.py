@@ -20,7 +20,7 @@ from tests.e2e_helpers import outbox_depth, write_config
 from tests.fake_ehr import Hl7Ehr
 from tests.kit import until
 from tests.test_ecg_fixtures import ctx, driver, scp_record, scp_section1, scp_section7, synthetic_scp
-from vitals_agent.agent.patient_context import PatientDetails
+from vitals_agent.agent.patient.context import PatientDetails
 from vitals_agent.agent.service import AgentService
 from vitals_agent.config.schema import parse_config
 from vitals_agent.models import PatientInfo, Reading

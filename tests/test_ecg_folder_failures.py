@@ -34,7 +34,7 @@ from tests.test_ecg_fixtures import (
     synthetic_scp,
 )
 from tests.test_ecg_folder import make, polls
-from vitals_agent.agent import pipeline as pipeline_module
+from vitals_agent.agent.pipeline import flow as pipeline_module
 from vitals_agent.agent.service import AgentService
 from vitals_agent.config.schema import parse_config
 from vitals_agent.drivers.base import transport_class

@@ -15,7 +15,7 @@ import pytest
 
 from tests.kit import FAMILY, GIVEN, MRN, events
 from tests.oracle import validate_oru
-from vitals_agent.agent.patient_context import PatientDetails
+from vitals_agent.agent.patient.context import PatientDetails
 from vitals_agent.agent.service import AgentService
 from vitals_agent.config.schema import parse_config
 from vitals_agent.logs import setup_logging

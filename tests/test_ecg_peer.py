@@ -19,7 +19,7 @@ import pytest
 
 from tests.test_ecg_fixtures import ctx, driver, sample
 from tests.test_ecg_folder import make, polls
-from vitals_agent.agent.normalize import normalise
+from vitals_agent.agent.pipeline.normalize import normalise
 from vitals_agent.drivers.ecg import aecg, philips, scp
 from vitals_agent.errors import DecodeError, TruncatedError, UnsupportedError
 from vitals_agent.hl7.oru import MessageBuildError, MessageProfile, build_oru

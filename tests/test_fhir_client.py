@@ -15,12 +15,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from tests.fake_ehr import make_test_pki
 from tests.fake_fhir import FakeFhir
 from tests.kit import free_port
-from vitals_agent.agent.fhir_client import FhirClient, client_assertion, fhir_client, load_signing_key
 from vitals_agent.config.fhir import FhirConfig
 from vitals_agent.errors import ConfigError, ConnectFailedError, PeerUnavailableError
 from vitals_agent.fhir.answer import Delivered, Rejected, Transient, classify, outcome_text, retry_after
 from vitals_agent.fhir.bundle import FhirProfile, build_bundle
 from vitals_agent.models import DeviceClass, DeviceIdentity, Measurement, PatientInfo, Reading
+from vitals_agent.net.fhir_http import FhirClient, client_assertion, fhir_client, load_signing_key
 
 NOW = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
 OO = (

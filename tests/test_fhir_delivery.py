@@ -18,9 +18,9 @@ from tests.fake_ehr import Hl7Ehr, make_message
 from tests.fake_fhir import FakeFhir
 from tests.fhir_oracle import check_bundle
 from tests.kit import free_port, until
-from vitals_agent.agent.fhir_sender import FhirSender
-from vitals_agent.agent.outbox import DeadLetter, Outbox
-from vitals_agent.agent.sender import QueueSender, Sender
+from vitals_agent.agent.delivery.fhir_sender import FhirSender
+from vitals_agent.agent.delivery.sender import QueueSender, Sender
+from vitals_agent.agent.storage.outbox import DeadLetter, Outbox
 from vitals_agent.config.ehr import EhrConfig
 from vitals_agent.config.fhir import FhirConfig
 from vitals_agent.fhir.bundle import FhirProfile, build_bundle

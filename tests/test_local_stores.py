@@ -15,9 +15,9 @@ from structlog.testing import capture_logs
 from tests.e2e_helpers import AgentProcess, write_config
 from tests.fake_ehr import Hl7Ehr, make_message
 from tests.kit import MRN, FakeClock, event_names, events, manager, oximeter_reading
-from vitals_agent.agent.outbox import Outbox
-from vitals_agent.agent.patient_context import HELD_FILE, HeldStore, PatientDetails
-from vitals_agent.agent.storage import StoreError
+from vitals_agent.agent.patient.context import HELD_FILE, HeldStore, PatientDetails
+from vitals_agent.agent.storage.files import StoreError
+from vitals_agent.agent.storage.outbox import Outbox
 
 
 def digest(path: Path) -> str:
@@ -180,7 +180,7 @@ def test_the_status_names_a_store_moved_aside(tmp_path: Path) -> None:
 
 
 def test_an_audit_log_that_cannot_be_opened_is_a_one_line_error(tmp_path: Path) -> None:
-    from vitals_agent.agent.audit import AuditError, AuditLog
+    from vitals_agent.agent.storage.audit import AuditError, AuditLog
 
     (tmp_path / "audit.jsonl").mkdir()
     with pytest.raises(AuditError) as info:

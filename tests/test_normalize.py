@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from vitals_agent.agent.normalize import normalise
+from vitals_agent.agent.pipeline.normalize import normalise
 from vitals_agent.models import DeviceClass, DeviceIdentity, Dropped, Measurement, Reading, ReadingFlag
 
 T0 = datetime(2026, 11, 28, 15, 0, 0, tzinfo=UTC)

@@ -12,7 +12,7 @@ import pytest
 from tests.fake_ehr import make_message
 from tests.private_files import assert_private
 from vitals_agent import host
-from vitals_agent.agent.outbox import OUTBOX_FILE, DeadLetter, Outbox, OutboxMessage
+from vitals_agent.agent.storage.outbox import OUTBOX_FILE, DeadLetter, Outbox, OutboxMessage
 from vitals_agent.errors import OutboxError, OutboxFullError
 
 
@@ -251,7 +251,7 @@ def test_a_read_only_file_system_is_named(tmp_path: Path) -> None:
     code = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from vitals_agent.agent.outbox import Outbox\n"
+        "from vitals_agent.agent.storage.outbox import Outbox\n"
         "try:\n"
         "    Outbox(Path(sys.argv[1]))\n"
         "except Exception as exc:\n"

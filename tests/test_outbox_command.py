@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.fake_ehr import make_message
-from vitals_agent.agent.outbox import Outbox
+from vitals_agent.agent.storage.outbox import Outbox
 from vitals_agent.cli import main
 
 SECRET = "DOE^JANE-SECRET"
@@ -120,7 +120,7 @@ ECHO = "AE: unknown patient DOE^JANE-SECRET"
 
 
 def audit_events(data: Path) -> list[dict[str, object]]:
-    from vitals_agent.agent.audit import read_audit
+    from vitals_agent.agent.storage.audit import read_audit
 
     path = data / "audit.jsonl"
     return list(read_audit(path)) if path.exists() else []
@@ -203,7 +203,7 @@ async def test_an_action_that_cannot_be_audited_is_not_done(
 
 def test_the_agent_and_the_tools_share_the_audit_sequence(tmp_path: Path) -> None:
     """Two writers (the running agent and an operator tool) append to one file: seq stays unique."""
-    from vitals_agent.agent.audit import AuditLog, read_audit
+    from vitals_agent.agent.storage.audit import AuditLog, read_audit
 
     agent = AuditLog.in_dir(tmp_path)
     agent.record("a1")

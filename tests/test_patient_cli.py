@@ -19,7 +19,7 @@ import structlog
 from tests.kit import DOB, FAMILY, GIVEN, MRN, FakeClock, events, manager, oximeter_reading
 from tests.test_control import MASKED, fake_status
 from vitals_agent.agent.control import ControlServer
-from vitals_agent.agent.patient_context import PatientContextManager, PatientDetails
+from vitals_agent.agent.patient.context import PatientContextManager, PatientDetails
 from vitals_agent.cli import main
 from vitals_agent.logs import setup_logging
 

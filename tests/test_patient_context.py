@@ -24,7 +24,7 @@ from tests.kit import (
     oximeter_reading,
 )
 from tests.private_files import assert_private
-from vitals_agent.agent.patient_context import (
+from vitals_agent.agent.patient.context import (
     PatientDetails,
     PatientError,
     reading_from_json,

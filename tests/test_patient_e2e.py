@@ -20,7 +20,7 @@ from tests.e2e_helpers import AgentProcess, masimo_ascii1_line
 from tests.fake_ehr import Hl7Ehr
 from tests.oracle import validate_oru
 from tests.private_files import assert_private
-from vitals_agent.agent.audit import read_audit
+from vitals_agent.agent.storage.audit import read_audit
 from vitals_agent.drivers.pty import PtyDevice
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]  # the agent as a subprocess

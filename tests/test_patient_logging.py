@@ -13,7 +13,7 @@ import structlog
 from tests.kit import DOB, FAMILY, GIVEN, MRN, T0, FakeClock, event_names, manager, oximeter_reading
 from tests.test_control import Env, fake_status
 from vitals_agent.agent.control import ControlServer
-from vitals_agent.agent.patient_context import PatientDetails
+from vitals_agent.agent.patient.context import PatientDetails
 from vitals_agent.drivers.barcode import BarcodeDriver, BarcodeOptions
 from vitals_agent.drivers.base import DecodeContext, DecodeFailure
 from vitals_agent.logs import setup_logging

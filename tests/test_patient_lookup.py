@@ -1,4 +1,4 @@
-"""Lookup then confirm (agent/patient_lookup.py) against a real ITI-21 supplier over MLLP: pending,
+"""Lookup then confirm (agent/patient/lookup.py) against a real ITI-21 supplier over MLLP: pending,
 confirmation from the EHR's answer, no match, EHR trouble with and without the typed fallback, several
 matches, expiry, and readings held while a confirmation is pending (also across a restart)."""
 
@@ -15,14 +15,14 @@ from tests.fake_ehr import FakeEhr
 from tests.kit import T0, FakeClock, events, free_port, manager, oximeter_reading
 from tests.oracle import validate_oru
 from tests.pdq_helpers import AUTHORITY, ODALYS, PdqSupplier
-from vitals_agent.agent.audit import AuditLog
-from vitals_agent.agent.patient_context import PatientContextManager, PatientDetails
-from vitals_agent.agent.patient_lookup import ConfirmError, PatientLookup, mask_mrn
-from vitals_agent.agent.pdq import Sender, pdq_client
+from vitals_agent.agent.patient.context import PatientContextManager, PatientDetails
+from vitals_agent.agent.patient.lookup import ConfirmError, PatientLookup, mask_mrn
+from vitals_agent.agent.storage.audit import AuditLog
 from vitals_agent.config.pdq import PdqConfig
 from vitals_agent.hl7.oru import MessageProfile, build_oru
 from vitals_agent.hl7.pdq import Authority, PdqCandidate
 from vitals_agent.models import Reading
+from vitals_agent.net.pdq import Sender, pdq_client
 
 SENDER = Sender(application="VITALS_AGENT^0A1B2CFFFE3D4E5F^EUI-64", facility="EXCLINIC")
 PROFILE = MessageProfile(
@@ -264,7 +264,7 @@ async def test_pending_and_held_readings_survive_a_restart(tmp_path: Path) -> No
 async def test_a_lookup_interrupted_by_a_restart_is_cancelled(tmp_path: Path) -> None:
     import json
 
-    from vitals_agent.agent.patient_lookup import Pending
+    from vitals_agent.agent.patient.lookup import Pending
 
     pending = Pending(TYPED, "cli", None, T0, T0.replace(hour=23))
     (tmp_path / "patient_pending.json").write_text(json.dumps(pending.to_json()))
@@ -280,7 +280,7 @@ def test_mask() -> None:
 
 
 def test_http_error_text_never_carries_the_mrn() -> None:
-    from vitals_agent.agent.pdq import _scrub
+    from vitals_agent.net.pdq import _scrub
 
     text = "400, message='Bad', url='https://ehr/fhir/Patient?identifier=urn%3Aoid%3A2.999.1%7CZQ+4471902'"
     assert "4471902" not in _scrub(text, "ZQ 4471902")

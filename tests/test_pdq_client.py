@@ -13,10 +13,10 @@ from tests.fake_ehr import Pki, make_test_pki
 from tests.kit import free_port, printed
 from tests.pdq_helpers import AUTHORITY, ODALYS, FhirEndpoint, PdqSupplier, patient_resource
 from tests.pdq_oracle import validate_qbp
-from vitals_agent.agent.pdq import PdqUnavailableError, Sender, pdq_client
 from vitals_agent.config.pdq import PdqConfig
 from vitals_agent.errors import ConfigError
 from vitals_agent.hl7.pdq import Authority, PdqCandidate, PdqRefusedError
+from vitals_agent.net.pdq import PdqUnavailableError, Sender, pdq_client
 
 SENDER = Sender(application="VITALS_AGENT^0011223344556677^EUI-64", facility="CLINIC")
 

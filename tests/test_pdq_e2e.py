@@ -23,7 +23,7 @@ from tests.fake_ehr import Hl7Ehr
 from tests.oracle import validate_oru
 from tests.pdq_helpers import AUTHORITY, PdqSupplier
 from tests.pdq_oracle import validate_qbp
-from vitals_agent.agent.audit import read_audit
+from vitals_agent.agent.storage.audit import read_audit
 from vitals_agent.drivers.pty import PtyDevice
 
 pytestmark = pytest.mark.timeout(120)

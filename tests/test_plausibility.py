@@ -16,7 +16,7 @@ import pytest
 
 from tests.kit import events
 from tests.oracle import validate_oru
-from vitals_agent.agent.normalize import normalise, withheld
+from vitals_agent.agent.pipeline.normalize import normalise, withheld
 from vitals_agent.agent.service import AgentService
 from vitals_agent.cli import main
 from vitals_agent.codes import parse_tables, tables

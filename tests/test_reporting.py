@@ -9,7 +9,7 @@ from decimal import Decimal
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vitals_agent.agent.reporting import Arrival, EveryPolicy, IntervalPolicy, StablePolicy
+from vitals_agent.agent.pipeline.reporting import Arrival, EveryPolicy, IntervalPolicy, StablePolicy
 from vitals_agent.models import DeviceClass, DeviceIdentity, Measurement, Reading
 
 T0 = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)

@@ -15,11 +15,11 @@ from structlog.testing import capture_logs
 from tests.fake_ehr import RawEhr, make_message
 from tests.kit import MRN, fast_ehr, oximeter_reading, until
 from tests.oracle import validate_oru
-from vitals_agent.agent.normalize import normalise
-from vitals_agent.agent.outbox import Outbox
-from vitals_agent.agent.patient_context import PatientDetails
-from vitals_agent.agent.sender import Sender
+from vitals_agent.agent.delivery.sender import Sender
+from vitals_agent.agent.patient.context import PatientDetails
+from vitals_agent.agent.pipeline.normalize import normalise
 from vitals_agent.agent.service import AgentService
+from vitals_agent.agent.storage.outbox import Outbox
 from vitals_agent.cli import main
 from vitals_agent.config.schema import parse_config
 from vitals_agent.errors import OutboxFullError, RefusedError

@@ -11,9 +11,9 @@ from structlog.testing import capture_logs
 
 from tests.fake_ehr import Hl7Ehr, RawEhr, make_message
 from tests.kit import fast_ehr, free_port, running_sender, until
-from vitals_agent.agent import sender as sender_module
-from vitals_agent.agent.outbox import Outbox
-from vitals_agent.agent.sender import Sender
+from vitals_agent.agent.delivery import sender as sender_module
+from vitals_agent.agent.delivery.sender import Sender
+from vitals_agent.agent.storage.outbox import Outbox
 
 
 def test_backoff_is_capped_exponential_with_jitter(outbox: Outbox) -> None:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from tests.fake_ehr import RawEhr, make_message
 from tests.kit import fast_ehr, until
-from vitals_agent.agent.outbox import Outbox
-from vitals_agent.agent.sender import POISON_SUSPECT_AFTER, Sender
+from vitals_agent.agent.delivery.sender import POISON_SUSPECT_AFTER, Sender
+from vitals_agent.agent.storage.outbox import Outbox
 
 
 @contextlib.asynccontextmanager

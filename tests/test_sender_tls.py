@@ -14,13 +14,13 @@ import pytest
 
 from tests.fake_ehr import Hl7Ehr, Pki, RawEhr, make_message, make_test_pki
 from tests.kit import running_sender, until
-from vitals_agent.agent.outbox import Outbox
-from vitals_agent.agent.sender import Sender
-from vitals_agent.agent.tls import ssl_context_from
+from vitals_agent.agent.delivery.sender import Sender
+from vitals_agent.agent.storage.outbox import Outbox
 from vitals_agent.config.ehr import EhrConfig
 from vitals_agent.errors import ConfigError, PeerUnavailableError
 from vitals_agent.hl7.ack import parse_ack
 from vitals_agent.net.mllp import MllpClient
+from vitals_agent.net.tls import ssl_context_from
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 

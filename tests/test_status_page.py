@@ -23,7 +23,7 @@ import pytest
 from tests.kit import FAMILY, GIVEN, MRN, FakeClock, manager, until
 from tests.test_control import MASKED, fake_status
 from vitals_agent.agent.control import ControlServer, StatusSnapshot, render_html, render_text
-from vitals_agent.agent.patient_context import PatientContextManager, PatientDetails
+from vitals_agent.agent.patient.context import PatientContextManager, PatientDetails
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 NOW = datetime(2026, 3, 11, 14, 0, 5, tzinfo=UTC)

@@ -25,8 +25,8 @@ from structlog.testing import capture_logs
 from tests.fake_ehr import Hl7Ehr, RawEhr, make_message
 from tests.kit import fast_ehr, running_sender, until
 from tests.storage_helpers import Worker, private_disk
-from vitals_agent.agent.outbox import OUTBOX_FILE, DeadLetter, Outbox
-from vitals_agent.agent.sender import Sender
+from vitals_agent.agent.delivery.sender import Sender
+from vitals_agent.agent.storage.outbox import OUTBOX_FILE, DeadLetter, Outbox
 from vitals_agent.errors import StorageFailedError
 
 

@@ -19,6 +19,37 @@ from vitals_agent.codes import tables
 _EUI64 = re.compile(r"^[0-9A-F]{16}$")
 
 
+def device_text_lines(value: str | None) -> str | None:
+    """Like :func:`device_text` for multi-line text (an EKG statement): each line break of any kind (CR LF,
+    CR, NEL, U+2028, U+2029, VT, FF) becomes one ``\n`` (the message builders escape it), each line is
+    cleaned, blank lines are dropped."""
+    if value is None:
+        return None
+    return "\n".join(line for line in map(device_text, value.splitlines()) if line) or None
+
+
+def device_text(value: str | None) -> str | None:
+    """Text a device sent (its name, model, serial number, firmware, an EKG statement), made safe to show on
+    the status page and to put in a message: the one sanitiser every driver's output goes through (the
+    models below apply it, so no driver can forget it).
+
+    NUL padding and whitespace of any kind (CR, LF, tab, NEL U+0085, U+2028/U+2029, no-break spaces)
+    become one space; every other non-printable character -- C0 and C1 controls, DEL, escape sequences'
+    ESC, format characters such as bidi overrides and zero-width spaces, unassigned and private-use code
+    points -- is removed. Runs of spaces collapse; the result is trimmed; empty text is None."""
+    if value is None:
+        return None
+    if value.isprintable() and "  " not in value and value == value.strip():
+        return value or None  # the common case: nothing to do
+    kept: list[str] = []
+    for ch in value:
+        if ch.isprintable():
+            kept.append(ch)
+        elif ch == "\x00" or ch.isspace():
+            kept.append(" ")
+    return " ".join("".join(kept).split()) or None
+
+
 class DeviceClass(StrEnum):
     """What kind of device a reading came from; selects the MDS code (codes.md section 5)."""
 
@@ -75,6 +106,11 @@ class DeviceIdentity(BaseModel):
     eui64: str | None = None
     firmware: str | None = None
     address: str | None = None  # BLE address, serial port or folder: where it was reached
+
+    @field_validator("manufacturer", "model", "serial_number", "firmware")
+    @classmethod
+    def _printable(cls, value: str | None) -> str | None:
+        return device_text(value)
 
     @field_validator("eui64")
     @classmethod
@@ -284,6 +320,23 @@ class Reading(BaseModel):
     dedupe_key: str | None = None
     qualifiers: tuple[Qualifier, ...] = ()  # coded context a clinician entered (manual entries)
     series: Series | None = None  # this reading is the mean of a series (its values are means)
+
+    @field_validator("statements")
+    @classmethod
+    def _printable_statements(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(text for text in map(device_text_lines, value) if text)
+
+    @field_validator("extra")
+    @classmethod
+    def _printable_extra(cls, value: dict[str, str]) -> dict[str, str]:
+        if all(device_text(k) == k and (v == "" or device_text(v) == v) for k, v in value.items()):
+            return value
+        clean: dict[str, str] = {}
+        for key, text in value.items():
+            name = device_text(key)
+            if name:
+                clean[name] = device_text(text) or ""
+        return clean
 
     @field_validator("observed_at", "received_at", "device_time")
     @classmethod

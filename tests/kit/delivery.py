@@ -8,7 +8,7 @@ import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
-from vitals_agent.agent.sender import Sender
+from vitals_agent.agent.delivery.sender import Sender
 from vitals_agent.config.ehr import EhrConfig
 from vitals_agent.errors import StorageFailedError
 

@@ -7,8 +7,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from vitals_agent.agent.audit import AuditLog, read_audit
-from vitals_agent.agent.patient_context import PatientContextManager
+from vitals_agent.agent.patient.context import PatientContextManager
+from vitals_agent.agent.storage.audit import AuditLog, read_audit
 from vitals_agent.config.patient import PatientConfig
 
 

@@ -13,30 +13,35 @@ import errno
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from vitals_agent import __version__, host
-from vitals_agent.agent.audit import AuditLog
 from vitals_agent.agent.clock import Clock
 from vitals_agent.agent.control import ControlServer
+from vitals_agent.agent.delivery.sender import QueueSender, Sender
 from vitals_agent.agent.instance import acquire_instance_lock
 from vitals_agent.agent.limits import raise_open_files_limit
-from vitals_agent.agent.outbox import Outbox
 from vitals_agent.agent.paths import data_dir, device_zone, gateway_eui64
-from vitals_agent.agent.patient_context import PatientContextManager
-from vitals_agent.agent.patient_lookup import PatientLookup
-from vitals_agent.agent.pipeline import Pipeline
-from vitals_agent.agent.profile import message_profile
+from vitals_agent.agent.patient.context import PatientContextManager
+from vitals_agent.agent.patient.lookup import PatientLookup
+from vitals_agent.agent.pipeline.flow import Pipeline
+from vitals_agent.agent.pipeline.profile import message_profile
 from vitals_agent.agent.runtime import DeviceRuntimeImpl
-from vitals_agent.agent.sender import QueueSender, Sender
+from vitals_agent.agent.storage.audit import AuditLog
+from vitals_agent.agent.storage.outbox import Outbox
 from vitals_agent.agent.supervisor import DeviceSupervisor
-from vitals_agent.agent.tls import ssl_context_from
 from vitals_agent.config.schema import Config
 from vitals_agent.drivers.base import DecodeContext, driver_class
 from vitals_agent.errors import ConfigError, OutboxError, StorageFailedError, VitalsAgentError
 from vitals_agent.models import DeviceIdentity
+from vitals_agent.net.tls import ssl_context_from
+
+if TYPE_CHECKING:
+    from vitals_agent.agent.alerts.monitor import AlertMonitor
+    from vitals_agent.agent.metrics.registry import AgentMetrics
+    from vitals_agent.agent.metrics.server import MetricsServer
 
 log = structlog.get_logger(__name__)
 
@@ -96,8 +101,8 @@ class AgentService:
             )
         fhir_profile = None
         if config.fhir.enabled:
-            from vitals_agent.agent.fhir_sender import FhirSender  # aiohttp only when FHIR is used
-            from vitals_agent.agent.profile import fhir_profile as make_fhir_profile
+            from vitals_agent.agent.delivery.fhir_sender import FhirSender  # aiohttp only when FHIR is used
+            from vitals_agent.agent.pipeline.profile import fhir_profile as make_fhir_profile
             from vitals_agent.fhir.bundle import load_models
 
             self.senders["fhir"] = FhirSender(
@@ -141,6 +146,11 @@ class AgentService:
         self.supervisors: dict[str, DeviceSupervisor] = {}
         self._tasks: list[asyncio.Task[Any]] = []
         self.started_at: datetime | None = None
+        self.alerts = self._alert_monitor(config) if config.alerts.enabled else None
+        self.metrics: AgentMetrics | None = None
+        self.metrics_server: MetricsServer | None = None
+        if config.metrics.enabled:
+            self._metrics(config)
         tz = device_zone(config)
         for dev in config.devices:
             if not dev.enabled:
@@ -155,6 +165,53 @@ class AgentService:
             supervisor = DeviceSupervisor(runtime)
             runtime.on_connected.append(supervisor.connected)
             self.supervisors[dev.id] = supervisor
+
+    def _alert_monitor(self, config: Config) -> AlertMonitor:
+        from vitals_agent.agent.alerts.facts import FactSource
+        from vitals_agent.agent.alerts.monitor import AlertMonitor
+
+        certs: dict[str, Path] = {}
+        if config.ehr.enabled and config.ehr.tls and config.ehr.cert_file is not None:
+            certs["EHR client certificate"] = config.ehr.cert_file
+        if config.fhir.enabled and config.fhir.cert_file is not None:
+            certs["FHIR client certificate"] = config.fhir.cert_file
+        source = FactSource(
+            senders=self.senders,
+            runtimes=self.runtimes,
+            patients=self.patients,
+            outbox=self.outbox,
+            data_dir=self.data_dir,
+            clock=self.clock,
+            cert_files=certs,
+        )
+        return AlertMonitor(
+            config.alerts,
+            source.gather,
+            room=config.alerts.room or config.agent.location or config.agent.facility,
+            facility=config.agent.facility,
+            gateway=self.gateway,
+            clock=self.clock,
+        )
+
+    def _metrics(self, config: Config) -> None:
+        """``[metrics]``: the registry, its observers, and the listener (started by :meth:`run`)."""
+        import time
+
+        from vitals_agent.agent.metrics.registry import AgentMetrics
+        from vitals_agent.agent.metrics.server import MetricsServer
+
+        self.metrics = metrics = AgentMetrics(
+            config,
+            runtimes=lambda: self.runtimes,
+            senders=lambda: self.senders,
+            alerts=lambda: self.alerts.banner() if self.alerts is not None else [],
+            clock=time.time,
+        )
+        self.pipeline.observers.append(metrics.on_accepted)
+        self.pipeline.withheld_observers.append(metrics.on_withheld)
+        for sender in self.senders.values():
+            sender.exchange_observers.append(metrics.on_exchange)
+        self.metrics_server = MetricsServer(config.metrics, metrics.render)
 
     def _wake_senders(self) -> None:
         for sender in self.senders.values():
@@ -182,6 +239,7 @@ class AgentService:
             "refused": self.pipeline.refused,
             "not_sent_to": dict(self.pipeline.not_for),  # destination -> readings its builder refused
             "parked": self.pipeline.parked,
+            "alerts": self.alerts.banner() if self.alerts is not None else [],
             "storage": {
                 "outbox": sender["storage"],  # error, failing since, seconds until the agent stops
                 "held": {"ok": self.patients.held.problem is None, "error": self.patients.held.problem},
@@ -222,6 +280,14 @@ class AgentService:
             except OSError as exc:
                 self.close()
                 raise control_port_error(self.config.control.host, self.config.control.port, exc) from None
+        if self.metrics_server is not None:
+            try:
+                await self.metrics_server.start()
+            except ConfigError:
+                if self.control is not None:
+                    await self.control.stop()
+                self.close()
+                raise
         log.info(
             "agent starting",
             version=__version__,
@@ -239,6 +305,8 @@ class AgentService:
         for dev_id, sup in self.supervisors.items():
             self._tasks.append(asyncio.create_task(sup.run(), name=f"device:{dev_id}"))
         self._tasks.append(asyncio.create_task(self._ticker(), name="ticker"))
+        if self.alerts is not None:
+            self._tasks.append(asyncio.create_task(self.alerts.run(), name="alerts"))
         await self.patients.release_held()  # a context and held readings that survived a restart
         interval = host.readiness.watchdog_interval()
         if interval:
@@ -274,6 +342,10 @@ class AgentService:
                     log.warning("control API did not stop in time")
             if self.lookup is not None:
                 await self.lookup.close()
+            if self.alerts is not None:
+                await self.alerts.close()
+            if self.metrics_server is not None:
+                await self.metrics_server.stop()
             self.close()
             log.info("agent stopped")
         failure = next((f for f in map(_storage_failure, sender_tasks) if f is not None), None)
@@ -318,7 +390,7 @@ def patient_lookup(
     now: Callable[[], datetime],
 ) -> PatientLookup:
     """The ``[pdq]`` lookup-then-confirm flow (the query says who we are as the ORUs do)."""
-    from vitals_agent.agent.pdq import Sender, pdq_client
+    from vitals_agent.net.pdq import Sender, pdq_client
 
     assert config.pdq is not None
     sender = Sender(

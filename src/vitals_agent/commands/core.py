@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import ValidationError
 
-from vitals_agent.agent.normalize import normalise
+from vitals_agent.agent.pipeline.normalize import normalise
 from vitals_agent.commands._options import EXIT_CONFIG, add_config_option, config_from, config_path
 from vitals_agent.config.agent_section import LOG_LEVELS
 from vitals_agent.config.schema import load_config
@@ -102,7 +102,7 @@ async def cmd_check_config(args: argparse.Namespace) -> int:
     """Every problem at once: keys and types, HL7 values, then the files and folders the config names."""
     from vitals_agent.agent.instance import check_data_dir
     from vitals_agent.agent.paths import data_dir
-    from vitals_agent.agent.profile import message_profile
+    from vitals_agent.agent.pipeline.profile import message_profile
     from vitals_agent.config.filesystem import filesystem_problems
     from vitals_agent.hl7.oru import MessageBuildError
 

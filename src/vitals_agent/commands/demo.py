@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from vitals_agent.agent.pipeline import Accepted
+from vitals_agent.agent.pipeline.flow import Accepted
 from vitals_agent.agent.service import AgentService, install_signal_handlers
 from vitals_agent.config.schema import parse_config
 from vitals_agent.drivers.base import Simulator, all_drivers

@@ -32,9 +32,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from vitals_agent.agent.audit import CHANNEL_CLI, AuditError, AuditLog
 from vitals_agent.agent.instance import run_as_data_dir_owner, user_name
-from vitals_agent.agent.outbox import DeadLetter, Outbox, OutboxMessage
+from vitals_agent.agent.storage.audit import CHANNEL_CLI, AuditError, AuditLog
+from vitals_agent.agent.storage.outbox import DeadLetter, Outbox, OutboxMessage
 from vitals_agent.commands._options import add_config_option, config_from
 from vitals_agent.errors import ConfigError, VitalsAgentError
 

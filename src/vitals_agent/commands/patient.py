@@ -23,7 +23,7 @@ from typing import Any
 
 from vitals_agent.agent.control import ControlClient, ControlError, patient_line
 from vitals_agent.agent.control.page import WAITING_LINE, pending_line
-from vitals_agent.agent.patient_context import PatientDetails
+from vitals_agent.agent.patient.context import PatientDetails
 from vitals_agent.commands._options import add_config_option, config_from
 from vitals_agent.drivers.barcode import extract_mrn
 from vitals_agent.errors import DecodeError

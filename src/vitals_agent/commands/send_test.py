@@ -21,8 +21,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 from vitals_agent.agent.paths import data_dir, gateway_eui64
-from vitals_agent.agent.profile import message_profile
-from vitals_agent.agent.tls import ssl_context_from
+from vitals_agent.agent.pipeline.profile import message_profile
 from vitals_agent.commands._options import add_config_option, config_from
 from vitals_agent.config.schema import Config
 from vitals_agent.errors import VitalsAgentError
@@ -30,6 +29,7 @@ from vitals_agent.hl7.ack import parse_ack
 from vitals_agent.hl7.oru import build_oru, new_control_id
 from vitals_agent.models import DeviceClass, DeviceIdentity, Measurement, Reading, ReadingFlag
 from vitals_agent.net.mllp import MllpClient
+from vitals_agent.net.tls import ssl_context_from
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -94,10 +94,10 @@ async def cmd_send_test(args: argparse.Namespace) -> int:
 
 
 async def _send_test_fhir(config: Config, timeout: float | None) -> int:
-    from vitals_agent.agent.fhir_client import fhir_client
-    from vitals_agent.agent.profile import fhir_profile
+    from vitals_agent.agent.pipeline.profile import fhir_profile
     from vitals_agent.fhir.answer import Delivered, Rejected, classify
     from vitals_agent.fhir.bundle import build_bundle
+    from vitals_agent.net.fhir_http import fhir_client
 
     fhir = config.fhir
     if fhir.base_url is None:

@@ -46,7 +46,7 @@ class EhrConfig(BaseModel):
     processing_id: Literal["P", "T", "D"] = "P"  # MSH-11: production, training/test, debugging
     accept_ack_type: AckType = "AL"  # MSH-15
     application_ack_type: AckType = "NE"  # MSH-16
-    # --- message shape (ORU builder, hl7-pcd01.md; see agent/profile.py) ---
+    # --- message shape (ORU builder, hl7-pcd01.md; see agent/pipeline/profile.py) ---
     hl7_version: Literal["2.6", "2.5.1"] = "2.6"  # MSH-12
     code_system: Literal["mdc", "loinc", "mdc+loinc"] = "mdc+loinc"  # OBX-3 primary (+ alternate)
     # canonical UCUM unit -> unit the site wants, e.g. {kg = "[lb_av]", Cel = "[degF]", cm = "[in_i]"}

@@ -15,9 +15,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from vitals_agent.config.agent_section import AgentConfig
+from vitals_agent.config.alerts import AlertsConfig
 from vitals_agent.config.control import ControlConfig
 from vitals_agent.config.ehr import EhrConfig
 from vitals_agent.config.fhir import FhirConfig
+from vitals_agent.config.metrics import MetricsConfig
 from vitals_agent.config.patient import PatientConfig
 from vitals_agent.config.pdq import PdqConfig
 from vitals_agent.drivers.base import DriverOptions, driver_class, local_path_keys
@@ -74,6 +76,8 @@ class Config(BaseModel):
     control: ControlConfig = Field(default_factory=ControlConfig)
     fhir: FhirConfig = Field(default_factory=FhirConfig)
     pdq: PdqConfig | None = None  # confirm the patient against the EHR (IHE PDQ); absent: trust the MRN
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     devices: list[DeviceConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")

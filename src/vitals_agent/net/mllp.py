@@ -65,6 +65,7 @@ class MllpClient:
         self._answers = 0  # frames received on the current connection
         self._lock = asyncio.Lock()
         self.connections = 0  # successful connects so far (for status and tests)
+        self.peer_cert_expires: float | None = None  # the receiver's TLS certificate's notAfter (epoch)
 
     @property
     def peer(self) -> str:
@@ -108,6 +109,9 @@ class MllpClient:
         sock = writer.get_extra_info("socket")
         if sock is not None:
             _tune_socket(sock)
+        tls = writer.get_extra_info("ssl_object")
+        if isinstance(tls, ssl.SSLObject):
+            self.peer_cert_expires = _not_after(tls)
         self._reader, self._writer = reader, writer
         self._deframer.reset()
         self._frames.clear()
@@ -221,6 +225,23 @@ class MllpClient:
             self._frames.extend(self._deframer.feed(chunk))
         self._answers += 1
         return self._frames.pop(0)
+
+
+def _not_after(tls: ssl.SSLObject) -> float | None:
+    """When the peer's certificate expires (seconds since the epoch), for the certificate-expiry alert;
+    also without verification (``tls_verify = false``), where only the DER form is available."""
+    cert = tls.getpeercert()
+    if cert and isinstance(cert.get("notAfter"), str):
+        return float(ssl.cert_time_to_seconds(str(cert["notAfter"])))
+    der = tls.getpeercert(binary_form=True)
+    if not der:
+        return None
+    try:
+        from cryptography import x509
+
+        return x509.load_der_x509_certificate(der).not_valid_after_utc.timestamp()
+    except ValueError:
+        return None
 
 
 def _why(exc: BaseException) -> str:

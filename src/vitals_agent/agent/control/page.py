@@ -318,6 +318,26 @@ def _counters(status: Mapping[str, Any]) -> list[tuple[str, int]]:
     return out
 
 
+# ------------------------------------------------------------------------------------------ alerts
+
+
+def alert_lines(status: Mapping[str, Any], now: datetime) -> list[str]:
+    """One line per alert that is on (room, device and counts only: the alert monitor has no patient
+    data to give)."""
+    return [
+        f"{a.get('summary') or a.get('alert')} (since {when(a.get('since'), now)})"
+        for a in status.get("alerts") or []
+    ]
+
+
+def alerts_html(status: Mapping[str, Any], now: datetime) -> str:
+    lines = alert_lines(status, now)
+    if not lines:
+        return ""
+    items = "".join(f'<p class="alert">&#9888; {_e(line)}</p>' for line in lines)
+    return f'<div id="alerts" class="card" role="alert">{items}</div>'
+
+
 # ------------------------------------------------------------------------------------------ terminal
 
 
@@ -329,6 +349,7 @@ def render_text(status: Mapping[str, Any], patient: Mapping[str, Any], now: date
         f"vitals-agent {status.get('version', '?')}  {status.get('facility', '')} "
         f"{status.get('location', '')}".rstrip(),
         f"started {when(status.get('started_at'), now)}",
+        *[f"ALERT: {line}" for line in alert_lines(status, now)],
         "",
         WAITING_LINE if pending and not patient.get("set") else patient_line(patient, now),
         *([pending_line(pending, now)] if pending else []),
@@ -494,6 +515,7 @@ def render_html(
         "</div>"
     )
     return _page_template().substitute(
+        alerts=alerts_html(status, now),
         refresh=_e(refresh),
         title=_e(f"vitals-agent {status.get('location') or status.get('facility') or ''}".strip()),
         facility=_e(status.get("facility") or ""),

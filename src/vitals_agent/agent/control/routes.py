@@ -49,10 +49,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import structlog
 
-from vitals_agent.agent.audit import CHANNEL_API, AuditLog
 from vitals_agent.agent.control.common import StatusProvider
 from vitals_agent.agent.control.page import render_html
-from vitals_agent.agent.patient_context import (
+from vitals_agent.agent.patient.context import (
     CHANNELS,
     PatientContextManager,
     PatientDetails,
@@ -60,7 +59,8 @@ from vitals_agent.agent.patient_context import (
     PatientSnapshot,
     check_text,
 )
-from vitals_agent.agent.patient_lookup import ConfirmError, PatientLookup
+from vitals_agent.agent.patient.lookup import ConfirmError, PatientLookup
+from vitals_agent.agent.storage.audit import CHANNEL_API, AuditLog
 from vitals_agent.errors import VitalsAgentError
 
 log = structlog.get_logger(__name__)

@@ -30,11 +30,11 @@ from typing import Any
 import h11
 import structlog
 
-from vitals_agent.agent.audit import AuditLog, write_private
 from vitals_agent.agent.control.common import ENDPOINT_FILE, TOKEN_FILE, StatusProvider, http_url
 from vitals_agent.agent.control.routes import MAX_BODY, Credentials, HttpError, Request, Response, Routes
-from vitals_agent.agent.patient_context import PatientContextManager
-from vitals_agent.agent.patient_lookup import PatientLookup
+from vitals_agent.agent.patient.context import PatientContextManager
+from vitals_agent.agent.patient.lookup import PatientLookup
+from vitals_agent.agent.storage.audit import AuditLog, write_private
 
 log = structlog.get_logger(__name__)
 

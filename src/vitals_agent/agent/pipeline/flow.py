@@ -23,13 +23,13 @@ from typing import Any
 
 import structlog
 
-from vitals_agent.agent.audit import AuditError, AuditLog
 from vitals_agent.agent.clock import Clock
-from vitals_agent.agent.normalize import normalise, withheld
-from vitals_agent.agent.outbox import Outbox
-from vitals_agent.agent.patient_context import PatientContextManager, PatientDetails
-from vitals_agent.agent.reporting import Arrival, ReportingPolicy, make_policy
+from vitals_agent.agent.patient.context import PatientContextManager, PatientDetails
+from vitals_agent.agent.pipeline.normalize import normalise, withheld
+from vitals_agent.agent.pipeline.reporting import Arrival, ReportingPolicy, make_policy
 from vitals_agent.agent.runtime import DeviceRuntimeImpl
+from vitals_agent.agent.storage.audit import AuditError, AuditLog
+from vitals_agent.agent.storage.outbox import Outbox
 from vitals_agent.config.schema import Config, DeviceConfig
 from vitals_agent.errors import OutboxError, RefusedError, VitalsAgentError
 from vitals_agent.fhir.bundle import FhirBuildError, FhirProfile, build_bundle
@@ -85,6 +85,7 @@ class Pipeline:
         self.wake_sender = wake_sender
         self.now = now
         self.observers: list[Observer] = []
+        self.withheld_observers: list[Callable[[str, str], None]] = []  # (device id, metric) per value
         self._policies: dict[str, ReportingPolicy] = {}
         self._runtimes: dict[str, DeviceRuntimeImpl] = {}
         self.refused = 0  # readings that could not be committed (disk full...)
@@ -116,9 +117,12 @@ class Pipeline:
                 device=dev.id,
                 dropped=[f"{d.metric}: {d.reason}" for d in reading.dropped],
             )
-            impossible = sum(1 for d in reading.dropped if withheld(d))
+            impossible = [d for d in reading.dropped if withheld(d)]
             if impossible:  # implausible or contradicting values the device did send: counted per device
-                runtime.count("values_withheld", impossible)
+                runtime.count("values_withheld", len(impossible))
+                for observer in self.withheld_observers:
+                    for dropped in impossible:
+                        observer(dev.id, dropped.metric)
         arrival = Arrival(reading, self.clock.mono_at(event.received_at))
         for due in self._policies[dev.id].offer(arrival):
             await self.accept(runtime, due.reading, arrived=due.at)

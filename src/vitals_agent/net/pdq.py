@@ -25,7 +25,6 @@ from typing import Protocol
 import aiohttp
 import structlog
 
-from vitals_agent.agent.tls import ssl_context_from
 from vitals_agent.config.pdq import PdqConfig
 from vitals_agent.errors import ConfigError, DeliveryError, RetryableError
 from vitals_agent.hl7.oru import new_control_id
@@ -40,6 +39,7 @@ from vitals_agent.hl7.pdq import (
     parse_rsp,
 )
 from vitals_agent.net.mllp import MllpClient
+from vitals_agent.net.tls import ssl_context_from
 
 log = structlog.get_logger(__name__)
 

@@ -16,14 +16,14 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from vitals_agent.agent.delivery_policy import DEFAULT_STORAGE_GIVE_UP, Settings
-from vitals_agent.agent.fhir_client import FhirClient, fhir_client
-from vitals_agent.agent.link import Answer
-from vitals_agent.agent.outbox import Outbox, OutboxMessage
-from vitals_agent.agent.sender import BATCH, IDLE_POLL_SECONDS, POISON_SUSPECT_AFTER, QueueSender
+from vitals_agent.agent.delivery.link import Answer
+from vitals_agent.agent.delivery.policy import DEFAULT_STORAGE_GIVE_UP, Settings
+from vitals_agent.agent.delivery.sender import BATCH, IDLE_POLL_SECONDS, POISON_SUSPECT_AFTER, QueueSender
+from vitals_agent.agent.storage.outbox import Outbox, OutboxMessage
 from vitals_agent.config.fhir import FhirConfig
 from vitals_agent.errors import RetryLaterError
 from vitals_agent.fhir.answer import Delivered, Rejected, classify
+from vitals_agent.net.fhir_http import FhirClient, fhir_client
 
 
 class FhirLink:

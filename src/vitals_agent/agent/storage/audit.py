@@ -27,7 +27,7 @@ from typing import Any
 import structlog
 
 from vitals_agent import host
-from vitals_agent.agent.storage import explain
+from vitals_agent.agent.storage.files import explain
 from vitals_agent.errors import VitalsAgentError
 from vitals_agent.host import lock as host_lock
 from vitals_agent.models import Reading

@@ -48,8 +48,8 @@ from typing import Any
 import structlog
 
 from vitals_agent import host
-from vitals_agent.agent.ledger import LEDGER_FILE, DeliveredLedger
-from vitals_agent.agent.storage import explain
+from vitals_agent.agent.storage.files import explain
+from vitals_agent.agent.storage.ledger import LEDGER_FILE, DeliveredLedger
 from vitals_agent.errors import OutboxError, OutboxFullError
 
 log = structlog.get_logger(__name__)
@@ -499,6 +499,17 @@ class Outbox:
                 return int(conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
             row = conn.execute("SELECT COUNT(*) FROM outbox WHERE destination = ?", (destination,)).fetchone()
             return int(row[0])
+
+    def oldest_created(self, destination: str | None = None) -> float | None:
+        """Wall time (epoch seconds) the oldest queued message was created; None when none waits."""
+        with self._read("the oldest message") as conn:
+            if destination is None:
+                row = conn.execute("SELECT MIN(created_at) FROM outbox").fetchone()
+            else:
+                row = conn.execute(
+                    "SELECT MIN(created_at) FROM outbox WHERE destination = ?", (destination,)
+                ).fetchone()
+            return None if row[0] is None else float(row[0])
 
     def dead_count(self, destination: str | None = None) -> int:
         with self._read("the dead-letter count") as conn:

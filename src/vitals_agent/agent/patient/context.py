@@ -31,7 +31,8 @@ import structlog
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from vitals_agent import host
-from vitals_agent.agent.audit import (
+from vitals_agent.agent.clock import Clock
+from vitals_agent.agent.storage.audit import (
     CHANNEL_BARCODE,
     CHANNEL_EXPIRY,
     CHANNEL_TIMEOUT,
@@ -39,8 +40,7 @@ from vitals_agent.agent.audit import (
     AuditLog,
     write_private,
 )
-from vitals_agent.agent.clock import Clock
-from vitals_agent.agent.storage import StoreDamagedError, StoreError, explain, is_damage, move_aside
+from vitals_agent.agent.storage.files import StoreDamagedError, StoreError, explain, is_damage, move_aside
 from vitals_agent.config.patient import PatientConfig
 from vitals_agent.errors import VitalsAgentError
 from vitals_agent.hl7.oru import new_control_id
@@ -547,7 +547,7 @@ class PatientContextManager:
         self.hold_timeout = timedelta(minutes=config.hold_timeout_minutes)
         self.releaser: Releaser | None = None
         self.unbound_releaser: UnboundReleaser | None = None
-        # Set by the patient lookup (agent/patient_lookup.py): True while a confirmation is pending, when
+        # Set by the patient lookup (agent/patient/lookup.py): True while a confirmation is pending, when
         # every reading is held whatever require_patient says.
         self.pending_check: Callable[[datetime], bool] | None = None
         # Set by the patient lookup: a wristband scan starts a lookup instead of binding the room.

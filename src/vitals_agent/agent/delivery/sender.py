@@ -1,14 +1,15 @@
 """The senders: take messages for one destination from the outbox in order and deliver them.
 
-:class:`QueueSender` is the loop every destination shares; a :class:`~vitals_agent.agent.link.Link` does the
-protocol. :class:`Sender` is the EHR's: HL7 v2 over MLLP (hl7-pcd01.md §9.2) through :class:`MllpLink`;
-the FHIR server's is :class:`~vitals_agent.agent.fhir_sender.FhirSender`. Each destination has its own
-sender, queue rows, back-off and dead letters, so one destination being down never holds up the other.
+:class:`QueueSender` is the loop every destination shares; a :class:`~vitals_agent.agent.delivery.link.Link`
+does the protocol. :class:`Sender` is the EHR's: HL7 v2 over MLLP (hl7-pcd01.md §9.2) through
+:class:`MllpLink`; the FHIR server's is :class:`~vitals_agent.agent.delivery.fhir_sender.FhirSender`. Each
+destination has its own sender, queue rows, back-off and dead letters, so one destination being down never
+holds up the other.
 
 This module does the I/O: it reads the outbox, talks to the receiver, writes the results and the audit
 records. Every
 decision — what to send next, when to retry, when to dead-letter or probe a poison message, how long to
-back off after a storage error and when to give up — is :class:`~vitals_agent.agent.delivery_policy.
+back off after a storage error and when to give up — is :class:`~vitals_agent.agent.delivery.policy.
 DeliveryPolicy`'s, which is pure and tested without sockets. In short:
 
 * One message in flight. A message leaves the outbox only after an ``AA`` or ``CA`` whose MSH-10 it
@@ -40,7 +41,8 @@ from typing import Any
 
 import structlog
 
-from vitals_agent.agent.delivery_policy import (
+from vitals_agent.agent.delivery.link import Answer, Link
+from vitals_agent.agent.delivery.policy import (
     DEFAULT_STORAGE_GIVE_UP,
     DeadLetter,
     DeliveryPolicy,
@@ -52,8 +54,7 @@ from vitals_agent.agent.delivery_policy import (
     Settle,
     Wait,
 )
-from vitals_agent.agent.link import Answer, Link
-from vitals_agent.agent.outbox import Outbox, OutboxMessage
+from vitals_agent.agent.storage.outbox import Outbox, OutboxMessage
 from vitals_agent.config.ehr import EhrConfig
 from vitals_agent.errors import (
     AckProtocolError,
@@ -172,6 +173,8 @@ class QueueSender:
         self._backlog_level = 0
         self._backlog_checked = -math.inf
         self.audit: Any = None  # AuditLog (patient context issue): every ACK and dead letter
+        # called after each try: (destination, answer code or None when there was no answer, seconds)
+        self.exchange_observers: list[Callable[[str, str | None, float], None]] = []
 
     # --- public API ----------------------------------------------------------------------------------
 
@@ -427,16 +430,26 @@ class QueueSender:
             self.policy.refuse(msg, refusal)
             return
         self._in_flight = msg
+        started = time.monotonic()
         try:
             answer = await self.link.exchange(msg, self.policy.was_acked)
         except (PeerUnavailableError, AckProtocolError) as exc:
             self._in_flight = None
+            self._observe(None, started, attempted=not isinstance(exc, ConnectFailedError))
             await self._link_failed(msg, exc)
             return
+        self._observe(answer.code if answer.known else "other", started)
         try:
             await self._handle_answer(msg, answer)
         finally:
             self._in_flight = None
+
+    def _observe(self, code: str | None, started: float, *, attempted: bool = True) -> None:
+        if not attempted:
+            return  # a refused connection: the message never left
+        elapsed = time.monotonic() - started
+        for observer in self.exchange_observers:
+            observer(self.destination, code, elapsed)
 
     async def _link_failed(self, msg: OutboxMessage, exc: PeerUnavailableError | AckProtocolError) -> None:
         if isinstance(exc, RetryLaterError):

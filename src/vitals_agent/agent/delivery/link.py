@@ -1,8 +1,8 @@
 """What the sender's loop needs from a destination: one message out, one :class:`Answer` back.
 
-The loop (:class:`~vitals_agent.agent.sender.QueueSender`) and its policy are the same for every
-destination; a *link* is the protocol part: HL7 v2 over MLLP (:class:`~vitals_agent.agent.sender.
-MllpLink`) or a FHIR server over HTTP (:class:`~vitals_agent.agent.fhir_sender.FhirLink`).
+The loop (:class:`~vitals_agent.agent.delivery.sender.QueueSender`) and its policy are the same for every
+destination; a *link* is the protocol part: HL7 v2 over MLLP (:class:`~vitals_agent.agent.delivery.sender.
+MllpLink`) or a FHIR server over HTTP (:class:`~vitals_agent.agent.delivery.fhir_sender.FhirLink`).
 
 A link either returns the receiver's :class:`Answer` (accepted, or a negative code the policy judges:
 retried, or dead-lettered with ``text``) or raises a link failure: :class:`~vitals_agent.errors.
@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from vitals_agent.agent.outbox import OutboxMessage
+from vitals_agent.agent.storage.outbox import OutboxMessage
 
 
 @dataclass(frozen=True)

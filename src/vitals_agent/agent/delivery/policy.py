@@ -1,8 +1,8 @@
 """The delivery policy: every decision of the MLLP sender, without I/O (issue 13 item 2).
 
-:class:`~vitals_agent.agent.sender.Sender` does the I/O — it reads the outbox, talks MLLP and writes the
-results — and it asks :meth:`DeliveryPolicy.next_step` what to do next and tells the policy what happened.
-Time is an argument (a monotonic clock reading, in seconds) and jitter comes from an injected
+:class:`~vitals_agent.agent.delivery.sender.Sender` does the I/O — it reads the outbox, talks MLLP and
+writes the results — and it asks :meth:`DeliveryPolicy.next_step` what to do next and tells the policy what
+happened. Time is an argument (a monotonic clock reading, in seconds) and jitter comes from an injected
 ``random.Random``, so the policy is a deterministic state machine that tests drive without sockets.
 
 The rules (README, "Delivery guarantees"):

@@ -33,9 +33,9 @@ from typing import Any, Protocol
 import aiohttp
 import structlog
 
-from vitals_agent.agent.tls import ssl_context_from
 from vitals_agent.config.fhir import FhirConfig
 from vitals_agent.errors import ConfigError, ConnectFailedError, PeerUnavailableError
+from vitals_agent.net.tls import ssl_context_from
 
 log = structlog.get_logger(__name__)
 

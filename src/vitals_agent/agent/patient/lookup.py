@@ -35,8 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypedDict
 import structlog
 from pydantic import ValidationError
 
-from vitals_agent.agent.audit import CHANNEL_EXPIRY, AuditLog, write_private
-from vitals_agent.agent.patient_context import (
+from vitals_agent.agent.patient.context import (
     VERIFIED_EHR,
     VERIFIED_NO,
     PatientContext,
@@ -44,12 +43,13 @@ from vitals_agent.agent.patient_context import (
     PatientDetails,
     PatientError,
 )
+from vitals_agent.agent.storage.audit import CHANNEL_EXPIRY, AuditLog, write_private
 from vitals_agent.config.pdq import PdqConfig
 from vitals_agent.errors import VitalsAgentError
 from vitals_agent.hl7.pdq import PdqCandidate, PdqError
 
 if TYPE_CHECKING:
-    from vitals_agent.agent.pdq import Lookup, PdqClient
+    from vitals_agent.net.pdq import Lookup, PdqClient
 
 log = structlog.get_logger(__name__)
 
