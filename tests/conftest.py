@@ -81,6 +81,8 @@ def pytest_runtest_makereport(
             report.outcome = "failed"
             report.longrepr = f"{reason}\n{SHARED} is present, so this skip hides a missing or renamed file"
     return report
+
+
 # --- platforms: the same suite runs under the Windows CPython in the Windows lane (tests/windows) -------
 # Modules that need BlueZ on a private D-Bus (Linux only) are not collected where there is no BlueZ; the
 # terminal summary lists them. Tests that play a device on a POSIX pseudo-terminal are skipped, with that

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from vitals_agent.agent.audit import write_private
 
 from tests.private_files import assert_private, under_wine
 from vitals_agent import host
+from vitals_agent.agent.storage.audit import write_private
 from vitals_agent.cli import main
 from vitals_agent.host import files, readiness
 from vitals_agent.host.serial import BlockingSerialLink, port_present, same_port_name
