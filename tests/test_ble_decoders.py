@@ -226,7 +226,8 @@ def test_every_short_bpm_is_truncated(flags: int) -> None:
 def test_trailing_bytes_are_ignored_and_counted() -> None:
     record = decode_blood_pressure(h("00 78 00 50 00 5D 00 AA BB"))
     assert record.measurements[0].value == Decimal(120)
-    assert record.extra == {"ignored_trailing_bytes": "2"}
+    # longer than its flags announce: malformed, so no status bits would be reported (issue #12 item 5)
+    assert record.extra == {"malformed": "9 bytes where the flags announce 7", "ignored_trailing_bytes": "2"}
 
 
 # ------------------------------------------------------------------------------------------ thermometer

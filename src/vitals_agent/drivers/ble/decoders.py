@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Literal
 
 from vitals_agent.drivers._serial_util import absent, value
 from vitals_agent.drivers.base import DecodeContext
@@ -24,9 +25,11 @@ from vitals_agent.drivers.ble.clock import DateTimeValue, decode_date_time
 from vitals_agent.drivers.ble.ieee11073 import (
     Number,
     Special,
+    decode_sfloat,
     float_from_bytes,
     sfloat_from_bytes,
 )
+from vitals_agent.drivers.ble.quirks import BpQuirks
 from vitals_agent.errors import DecodeError, TruncatedError, UnsupportedError
 from vitals_agent.models import (
     DeviceClass,
@@ -164,11 +167,15 @@ _PULSE_RANGE = {0: "within_range", 1: "exceeds_upper_limit", 2: "below_lower_lim
 _BpFields = tuple[str, list[Number | Special], dict[str, str], DateTimeValue | None]
 
 
-def _bp_fields(data: bytes, what: str) -> _BpFields:
+def _bp_fields(data: bytes, what: str, quirks: BpQuirks | None = None, *, exact: bool = True) -> _BpFields:
+    """The fields of a Blood Pressure Measurement, as BLS 1.0 3.1 lays them out or as the cuff's ``quirks``
+    say it deviates. ``exact``: the record must be exactly as long as its flags announce; a longer one is
+    *malformed* (its fields may be misaligned) and its status bits are not reported."""
     if not data:
         raise TruncatedError(f"{what}: empty payload")
     flags = data[0]
-    length = 7 + 7 * bool(flags & 0x02) + 2 * bool(flags & 0x04) + bool(flags & 0x08) + 2 * bool(flags & 0x10)
+    user_byte = bool(flags & 0x08) or (quirks is not None and quirks.user_byte_always)
+    length = 7 + 7 * bool(flags & 0x02) + 2 * bool(flags & 0x04) + user_byte + 2 * bool(flags & 0x10)
     _need(data, length, what)
     values = [sfloat_from_bytes(data, 1), sfloat_from_bytes(data, 3), sfloat_from_bytes(data, 5)]
     pos = 7
@@ -178,24 +185,35 @@ def _bp_fields(data: bytes, what: str) -> _BpFields:
         timestamp = decode_date_time(data, pos)
         pos += 7
     if flags & 0x04:
-        values.append(sfloat_from_bytes(data, pos))
+        order: Literal["big", "little"] = (
+            "big" if quirks is not None and quirks.pulse_big_endian else "little"
+        )
+        values.append(decode_sfloat(int.from_bytes(data[pos : pos + 2], order)))
         pos += 2
-    if flags & 0x08:
+    if user_byte:
         extra["user_id"] = _user_id(data[pos])
         pos += 1
+    malformed = exact and len(data) > length
+    if malformed:
+        extra["malformed"] = f"{len(data)} bytes where the flags announce {length}"
     if flags & 0x10:
-        status = _u16(data, pos)
+        order = "big" if quirks is not None and quirks.status_big_endian else "little"
+        status = int.from_bytes(data[pos : pos + 2], order)
         pos += 2
-        extra["measurement_status"] = _bits(status, _BP_STATUS)
-        extra["pulse_rate_range"] = _PULSE_RANGE[(status >> 3) & 0x3]
+        if not malformed:  # status bits from a misaligned record would be invented (issue #12 item 5)
+            extra["measurement_status"] = _bits(status, _BP_STATUS)
+            extra["pulse_rate_range"] = _PULSE_RANGE[(status >> 3) & 0x3]
     _trailing(data, pos, extra)
+    if quirks is not None:
+        extra["quirks"] = quirks.key
     unit = "kPa" if flags & 0x01 else "mm[Hg]"
     return unit, values, extra, timestamp
 
 
-def decode_blood_pressure(data: bytes) -> BleRecord:
-    """Blood Pressure Measurement 0x2A35 → systolic, diastolic, MAP (mm[Hg] or kPa) and pulse rate."""
-    unit, values, extra, timestamp = _bp_fields(data, "blood pressure measurement")
+def decode_blood_pressure(data: bytes, quirks: BpQuirks | None = None, *, exact: bool = True) -> BleRecord:
+    """Blood Pressure Measurement 0x2A35 → systolic, diastolic, MAP (mm[Hg] or kPa) and pulse rate.
+    ``quirks``: how this cuff model deviates from the profile (:mod:`~vitals_agent.drivers.ble.quirks`)."""
+    unit, values, extra, timestamp = _bp_fields(data, "blood pressure measurement", quirks, exact=exact)
     measurements = [
         _measure("bp_systolic", values[0], unit),
         _measure("bp_diastolic", values[1], unit),
@@ -221,7 +239,7 @@ def decode_intermediate_cuff_pressure(data: bytes) -> BleRecord:
     )
 
 
-def decode_blood_pressure_record(data: bytes) -> BleRecord:
+def decode_blood_pressure_record(data: bytes, quirks: BpQuirks | None = None) -> BleRecord:
     """Blood Pressure Record 0x2B36 (BLS 1.1, layout [M]): header, sequence u16, recorded UUID u16, the
     recorded characteristic's bytes, optional E2E-CRC. Only single-segment records of 0x2A35 are handled."""
     _need(data, 5, "blood pressure record")
@@ -232,7 +250,7 @@ def decode_blood_pressure_record(data: bytes) -> BleRecord:
     recorded = _u16(data, 3)
     if recorded != 0x2A35:
         raise UnsupportedError(f"blood pressure record of characteristic {recorded:04X}", bytes(data))
-    inner = decode_blood_pressure(data[5:])
+    inner = decode_blood_pressure(data[5:], quirks, exact=False)  # an E2E-CRC may follow the record
     extra = {k: v for k, v in inner.extra.items() if k != "ignored_trailing_bytes"}
     return BleRecord(
         characteristic="2B36",

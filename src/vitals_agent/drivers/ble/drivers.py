@@ -39,6 +39,7 @@ from vitals_agent.drivers.ble.decoders import (
     system_id_to_eui64,
     temperature_type_name,
 )
+from vitals_agent.drivers.ble.quirks import BpQuirks, bp_quirks
 from vitals_agent.errors import DecodeError, UnsupportedError
 from vitals_agent.models import DeviceClass, DeviceEvent, DeviceIdentity, DeviceStatusEvent
 
@@ -59,6 +60,9 @@ class BleOptions(DriverOptions):
     connect_seconds: float = Field(10.0, gt=0)
     live_seconds: float = Field(120.0, gt=0)  # a record whose device time is older counts as stored
     idle_seconds: float | None = Field(None, gt=0)  # disconnect after this long without data (None: never)
+    # The device's model number, for a device whose Device Information does not say (or says it wrong):
+    # selects its per-model quirks (drivers/ble/quirks.py), e.g. model = "BM85".
+    model: str | None = None
 
     @field_validator("address")
     @classmethod
@@ -262,6 +266,24 @@ class BloodPressureDriver(BleDriver):
     }
     extra_characteristics = (U.BLOOD_PRESSURE_FEATURE,)
     racp_supported = True
+
+    def quirks(self, context: Mapping[str, bytes]) -> BpQuirks | None:
+        """This cuff's deviations from the profile: from the configured ``model``, else from the
+        Manufacturer Name and Model Number read on connect (``context``)."""
+        manufacturer = (
+            decode_dis_string(context[U.MANUFACTURER_NAME]) if U.MANUFACTURER_NAME in context else None
+        )
+        model = decode_dis_string(context[U.MODEL_NUMBER]) if U.MODEL_NUMBER in context else None
+        if self.ble_options.model:
+            return bp_quirks(None, self.ble_options.model)
+        return bp_quirks(manufacturer, model)
+
+    def decode_measurement(self, uuid: str, data: bytes, context: Mapping[str, bytes]) -> BleRecord:
+        if uuid == U.BLOOD_PRESSURE_MEASUREMENT:
+            return decode_blood_pressure(data, self.quirks(context))
+        if uuid == U.BLOOD_PRESSURE_RECORD:
+            return decode_blood_pressure_record(data, self.quirks(context))
+        return super().decode_measurement(uuid, data, context)
 
 
 @_register
