@@ -352,7 +352,11 @@ def test_format_option_rejects_the_other_format() -> None:
     assert readings_in(live_only) == []
     trend_only = decode(ASCII1, fmt="trend")
     assert [type(f.error) for f in failures_in(trend_only)] == [UnsupportedError]
-    assert readings_in(decode(ASCII1, fmt="ascii2"))[0].values()["spo2"] == Decimal(96)
+    # ASCII 2 is the trend grammar (tests/test_masimo_ascii2.py): an ASCII 1 line is the other format
+    assert [str(f.error) for f in failures_in(decode(ASCII1, fmt="ascii2"))] == [
+        "ASCII 1 line while format = 'ascii2'"
+    ]
+    assert readings_in(decode(TREND[2], fmt="ascii2"))[0].values()["spo2"] == Decimal(97)
 
 
 # ---------------------------------------------------------------------------------------------- bad input

@@ -32,6 +32,7 @@ TYPICAL: dict[str, Decimal] = {
     **{k: Decimal(v) for k, v in (("pulse_rate", 72), ("bp_cuff_pressure", 160), ("spo2", 97))},
     **{k: Decimal(v) for k, v in (("pulse_rate_oximeter", 72), ("perfusion_index", 4))},
     **{k: Decimal(v) for k, v in (("pulse_amplitude_index", "8.7"), ("spco", 1), ("spmet", 1), ("pvi", 15))},
+    "sphb": Decimal("13.5"),
     **{
         k: Decimal("37.0")
         for k in (

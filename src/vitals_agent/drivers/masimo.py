@@ -1,19 +1,28 @@
-"""``masimo-ascii``: Masimo Rad-family pulse oximeters (Rad-8, Rad-5/-57/-87, Radical-7, Rad-97) on their
+"""``masimo-ascii``: Masimo Rad-family pulse oximeters (Rad-8, Rad-5/-57/-87, Radical-5/-7, Rad-97) on their
 serial ASCII output (devices.md section 5.3).
 
-Line grammar (ASCII 1, ASCII 2 and the trend download all share it)::
+Every line is ``MM/DD/YY HH:MM:SS`` (the device clock: naive, in ``ctx.tz``; it drifts, the agent applies
+its clock-skew policy; an unset clock ``--/--/-- --:--:--`` or an impossible date gives ``CLOCK_UNSET``)
+then whitespace-separated ``KEY=VALUE`` fields, CR LF. Two grammars share that frame:
 
-    MM/DD/YY HH:MM:SS KEY=VALUE KEY=VALUE ... CR LF
+* **ASCII 1** (live output; devices.md 5.3, the Rad-8 operator's manual; MD PnP's Radical-5/-7 example
+  strings in ``poxrad_discrete.h``): upper-case keys ``SN SPO2 BPM PI SPCO SPMET DESAT PIDELTA PVI ALARM
+  EXC``; percentages carry ``%`` (``SPO2=096%``, ``PI=05.10%``); ``EXC`` is the exception mask in hex, 6
+  digits (``EXC=000800``), or 3 on the Radical-5 (``EXC=800``); ``ALARM`` is a hex mask.
+* **ASCII 2** (the Rad-8/-57/-87 trend download, which the Rad-87 manual says is "in ASCII 2 format", and
+  the ASCII 2 serial/printer output): mixed-case keys ``SpO2 PR PI SpCO SpMet SpHb PVI ALARM EXC``, values
+  without units (``SpO2=097 PI=04.69``; SpHb in g/dL), ``EXC`` as 3 hex digits followed by the exception
+  names (``EXC=828:Search,OffPat,SET``); zero SpO2/PR mean "no data" (``SpO2=000 PR=000 PI=00.00``).
 
-* the first 17 characters are the device clock (naive, in ``ctx.tz``; it drifts: the agent applies its
-  clock-skew policy; an unset clock ``--/--/-- --:--:--`` or an impossible date gives ``CLOCK_UNSET``);
+A line is ASCII 2 when its ``EXC`` carries names or its keys are mixed-case, else ASCII 1; ``format``
+("auto", "ascii1", "ascii2"; "trend" = "ascii2") says which the device is set to.
+
 * values are zero-padded and keep their decimals (``PI=05.10%`` -> ``5.10``); a trailing ``%`` is dropped;
   a value made only of ``-``, ``+`` and ``.`` means "not available";
-* ``EXC`` is a hex exception mask: 6 digits live (``EXC=000800``), 3 digits plus names in the trend format
-  (``EXC=828:Search,OffPat,SET``). No sensor / defective / unrecognised sensor, sensor off and pulse
-  search suppress SpO2 and pulse rate (``SENSOR_OFF``); low perfusion, interference, ambient light and low
-  signal IQ flag the values ``QUES``. ``ALARM`` (hex) non-zero flags the reading ``ALARM``;
-* in the trend format zero SpO2/PR mean "no data" (``SpO2=000 PR=000 PI=00.00`` is not a reading);
+* no sensor / defective / unrecognised sensor, sensor off and pulse search (EXC bits) suppress SpO2 and
+  pulse rate (``SENSOR_OFF``); low perfusion, interference, ambient light and low signal IQ flag the
+  values ``QUES``. ``ALARM``: the limit-violation and alarm-active bits (MD PnP's table: everything but
+  0x0020 silenced, 0x0040 low battery, 0x0080 reserved) flag the reading ``ALARM``;
 * unknown keys are kept in ``Reading.extra``, never sent.
 
 Robustness: a line must start with a time stamp and carry SpO2, a pulse rate and ``EXC`` (the last field of
@@ -65,7 +74,8 @@ MasimoFormat = Literal["auto", "ascii1", "ascii2", "trend"]
 
 
 class MasimoOptions(SerialOptions):
-    """``format``: which output the device is set to; "auto" accepts the live and the trend formats."""
+    """``format``: which output the device is set to: "ascii1", "ascii2" ("trend": the trend download,
+    which uses the ASCII 2 grammar) or "auto" (either, line by line)."""
 
     format: MasimoFormat = "auto"
 
@@ -78,9 +88,10 @@ METRICS: dict[str, tuple[str, str]] = {
     "PI": ("perfusion_index", "%"),
     "SPCO": ("spco", "%"),
     "SPMET": ("spmet", "%"),
+    "SPHB": ("sphb", "g/dL"),
     "PVI": ("pvi", "%"),
 }
-METRIC_ORDER = ("spo2", "pulse_rate_oximeter", "perfusion_index", "spco", "spmet", "pvi")
+METRIC_ORDER = ("spo2", "pulse_rate_oximeter", "perfusion_index", "spco", "spmet", "sphb", "pvi")
 UNITS: dict[str, str] = dict(METRICS.values())  # metric key -> canonical unit
 
 # EXC bits (devices.md 5.3): (bit, name used in extra/absent reasons)
@@ -135,8 +146,11 @@ _ABSENT = re.compile(r"[-+.]+")
 _HEX = re.compile(r"[0-9A-Fa-f]{1,8}")
 _EXC = re.compile(r"([0-9A-Fa-f]{1,6})(?::([A-Za-z]+(?:,[A-Za-z]+)*))?")
 _SERIAL = re.compile(r"[A-Za-z0-9-]{1,32}")
-_LIVE_EXC_DIGITS = 6
-_TREND_EXC_DIGITS = 3
+_ASCII1_EXC_DIGITS = (6, 3)  # Rad-8/Radical-7: 6; Radical-5 (2-digit ALARM): 3 (MD PnP poxrad_discrete.h)
+_ASCII2_EXC_DIGITS = 3
+# ALARM bits that are not an alarm condition (MD PnP poxrad_discrete.h alarmmessage()): silenced, low
+# battery, reserved. Every other bit is a limit violation or "alarm active".
+_ALARM_NOT_ACTIVE = {0x0020: "alarm_silenced", 0x0040: "low_battery", 0x0080: "reserved"}
 
 
 @dataclass(frozen=True)
@@ -146,8 +160,13 @@ class MasimoLine:
     device_time: datetime | None
     clock_unset: bool
     fields: dict[str, str]  # upper-cased key -> raw value (as sent, `%` kept)
-    trend: bool
+    grammar: Literal["ascii1", "ascii2"]
     exc: int  # the EXC exception mask
+
+    @property
+    def trend(self) -> bool:
+        """The ASCII 2 grammar (the trend download's)."""
+        return self.grammar == "ascii2"
 
 
 def parse_line(text: str, ctx: DecodeContext) -> MasimoLine:
@@ -163,6 +182,7 @@ def parse_line(text: str, ctx: DecodeContext) -> MasimoLine:
         except ValueError:
             device_time = None
     fields: dict[str, str] = {}
+    mixed_case = False
     for token in text[18:].split():
         key, sep, value = token.partition("=")
         if not sep or not _KEY.fullmatch(key) or not value:
@@ -171,23 +191,32 @@ def parse_line(text: str, ctx: DecodeContext) -> MasimoLine:
         if upper in fields:
             raise DecodeError(f"field {upper} appears twice (two lines run together?)")
         fields[upper] = value
+        mixed_case = mixed_case or key != upper
     if "EXC" not in fields:
         raise TruncatedError("line has no EXC field (cut short?)")
     exc = _EXC.fullmatch(fields["EXC"])
     if not exc:
         raise DecodeError(f"EXC is not a hex exception mask: {fields['EXC'][:20]!r}")
-    # Live: exactly 6 hex digits. Trend: 3 hex digits and names. A line cut inside EXC fails either way.
-    trend = exc.group(2) is not None
-    want = _TREND_EXC_DIGITS if trend else _LIVE_EXC_DIGITS
-    if len(exc.group(1)) != want:
-        raise TruncatedError(f"EXC must have {want} hex digits in a {'trend' if trend else 'live'} line")
+    # ASCII 2: 3 hex digits and the exception names; ASCII 1: 6 hex digits (3 on a Radical-5), no names.
+    # A line cut inside EXC fails either way (an ASCII 2 EXC without its names is cut short).
+    grammar: Literal["ascii1", "ascii2"] = "ascii2" if exc.group(2) is not None or mixed_case else "ascii1"
+    width = len(exc.group(1))
+    if grammar == "ascii2" and (width != _ASCII2_EXC_DIGITS or exc.group(2) is None):
+        raise TruncatedError("EXC must be 3 hex digits and the exception names in an ASCII 2 line")
+    if grammar == "ascii1":
+        # 6 digits beside a 4-digit ALARM (Rad-8, Radical-7); 3 beside the Radical-5's 2-digit ALARM. Pairing
+        # them keeps "EXC=000820" cut to "EXC=000" (sensor off lost) a truncation, not a reading.
+        alarm = fields.get("ALARM", "")
+        want = _ASCII1_EXC_DIGITS[1] if len(alarm) == 2 and _HEX.fullmatch(alarm) else _ASCII1_EXC_DIGITS[0]
+        if width != want:
+            raise TruncatedError(f"EXC must have {want} hex digits in this ASCII 1 line")
     if "SPO2" not in fields or not ("BPM" in fields or "PR" in fields):
         raise TruncatedError("line lacks SpO2 or pulse rate (cut short?)")
     return MasimoLine(
         device_time=device_time,
         clock_unset=device_time is None,
         fields=fields,
-        trend=trend,
+        grammar=grammar,
         exc=int(exc.group(1), 16),
     )
 
@@ -264,10 +293,10 @@ class MasimoDecoder(StreamDecoder):
         if not text.isprintable():
             raise DecodeError("line has control characters")
         parsed = parse_line(text, self.ctx)
-        if parsed.trend and self.format in ("ascii1", "ascii2"):
-            raise UnsupportedError(f"trend line while format = {self.format!r}")
-        if not parsed.trend and self.format == "trend":
-            raise UnsupportedError("live line while format = 'trend'")
+        if parsed.grammar == "ascii2" and self.format == "ascii1":
+            raise UnsupportedError("ASCII 2 (trend) line while format = 'ascii1'")
+        if parsed.grammar == "ascii1" and self.format in ("ascii2", "trend"):
+            raise UnsupportedError(f"ASCII 1 line while format = {self.format!r}")
         return self._events(parsed, line)
 
     def _events(self, parsed: MasimoLine, raw: bytes) -> list[DeviceEvent]:
@@ -279,6 +308,8 @@ class MasimoDecoder(StreamDecoder):
             if not _HEX.fullmatch(alarm_raw):
                 raise DecodeError(f"ALARM is not a hex mask: {alarm_raw[:20]!r}")
             alarm = int(alarm_raw, 16)
+        alarm_notes = [name for bit, name in _ALARM_NOT_ACTIVE.items() if alarm & bit]
+        alarm &= ~sum(_ALARM_NOT_ACTIVE)
         serial = fields.get("SN")
         if serial is not None and (_ABSENT.fullmatch(serial) or not _SERIAL.fullmatch(serial)):
             if not _ABSENT.fullmatch(serial):
@@ -291,7 +322,7 @@ class MasimoDecoder(StreamDecoder):
                 values[METRICS[key][0]] = _value(key, raw_value)
 
         reasons: dict[str, str] = {metric: NOT_AVAILABLE for metric, v in values.items() if v is None}
-        if parsed.trend:  # trend records write zeros when there was no data
+        if parsed.grammar == "ascii2":  # ASCII 2 / trend records write zeros when there was no data
             for metric in ("spo2", "pulse_rate_oximeter"):
                 if values.get(metric) == 0:
                     values[metric], reasons[metric] = None, NO_DATA
@@ -340,6 +371,8 @@ class MasimoDecoder(StreamDecoder):
         names = [name for bit, name in EXC_NAMES.items() if exc & bit and bit != EXC_SET_MODE]
         if names:
             extra["exceptions"] = ",".join(names)
+        if alarm_notes:
+            extra["alarm_status"] = ",".join(alarm_notes)
         now = self.ctx.now()
         events.append(
             Reading(
