@@ -12,7 +12,7 @@ import pytest
 from tests.fake_ehr import make_message
 from tests.private_files import assert_private
 from vitals_agent import host
-from vitals_agent.agent.storage.outbox import OUTBOX_FILE, DeadLetter, Outbox, OutboxMessage
+from vitals_agent.agent.storage.outbox import OUTBOX_FILE, SCHEMA_VERSION, DeadLetter, Outbox, OutboxMessage
 from vitals_agent.errors import OutboxError, OutboxFullError
 
 
@@ -217,7 +217,10 @@ def test_an_outbox_from_a_newer_version_is_refused_not_rewritten(tmp_path: Path)
     before = _digest(tmp_path / OUTBOX_FILE)
     with pytest.raises(OutboxError) as info:
         Outbox(tmp_path)
-    assert "was written by a newer vitals-agent (outbox schema 7; this version knows 2)" in str(info.value)
+    assert (
+        f"was written by a newer vitals-agent (outbox schema 7; this version knows {SCHEMA_VERSION})"
+        in str(info.value)
+    )
     assert "not opened and not changed" in str(info.value)
     assert _digest(tmp_path / OUTBOX_FILE) == before
     conn = sqlite3.connect(tmp_path / OUTBOX_FILE)
@@ -427,5 +430,5 @@ def test_a_schema_1_outbox_is_migrated_and_its_messages_are_the_ehrs(tmp_path: P
     assert ob.depth("fhir") == 1
     ob.close()
     conn = sqlite3.connect(tmp_path / OUTBOX_FILE)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     conn.close()

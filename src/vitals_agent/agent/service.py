@@ -112,6 +112,9 @@ class AgentService:
             load_models()  # at start, not on the first reading
         self.sender = next(iter(self.senders.values()))  # the first destination (the EHR when enabled)
         self.audit = AuditLog.in_dir(self.data_dir)
+        # reading_accepted / message_sent records commit with the outbox rows (one fsync per reading);
+        # records a crash left between the two files are appended now
+        self.audit.attach(self.outbox)
         self.clock = clock or Clock(wall=now)  # monotonic ages, wall-clock step watch (clock.py)
         self.patients = PatientContextManager(self.data_dir, config.patient, self.audit, clock=self.clock)
         self.pipeline = Pipeline(
@@ -261,6 +264,8 @@ class AgentService:
                 await self.pipeline.tick()
                 if self.lookup is not None:
                     self.lookup.tick()
+                # the audit file catches up with the records committed in the outbox (a batch per fsync)
+                await asyncio.to_thread(self.audit.sync_journal, due_only=True)
             except VitalsAgentError as exc:  # logged and counted where it happened; keep ticking
                 log.debug("tick: reading not accepted", error=str(exc))
             except Exception:  # a bug must not silently stop expiry, hold timeouts and interval reports
@@ -357,6 +362,8 @@ class AgentService:
 
     def close(self) -> None:
         """Close the stores and free the data_dir for the next agent."""
+        with contextlib.suppress(VitalsAgentError):
+            self.audit.sync_journal()  # while the outbox that holds the journal is open
         self.outbox.close()
         self.patients.close()
         self.audit.close()

@@ -349,17 +349,22 @@ class QueueSender:
         if self.policy.snapshot(self._clock())["storage_error"] is None:
             self._storage_since = None
 
-    async def _settle(self, step: Settle[OutboxMessage]) -> None:
-        """Write a decided outcome: remove a delivered message, or move one to the dead-letter table."""
+    async def _settle(self, step: Settle[OutboxMessage], record: Any = None) -> None:
+        """Write a decided outcome: remove a delivered message, or move one to the dead-letter table.
+
+        ``record``: the ACK's audit record (an AuditRecord), committed with the removal."""
         outcome = step.outcome
+        audit = (record,) if record is not None else ()
         try:
             if isinstance(outcome, Removal):
                 if step.message is None:  # remembered from before a restart: check its MSH-10 too
                     await asyncio.to_thread(self.outbox.delete, step.message_id, step.control_id)
-                elif self.outbox.delete_nowait(step.message_id) is None:
+                elif self.outbox.delete_nowait(step.message_id, audit=audit) is None:
                     # Inline when the outbox is free (a cheap NORMAL commit, no fsync): a thread hand-off
                     # per message would cost more than the delete. When it is busy, wait in a thread.
-                    await asyncio.to_thread(self.outbox.delete, step.message_id)
+                    await asyncio.to_thread(self.outbox.delete, step.message_id, audit=audit)
+                if audit:
+                    self.audit.flush_journal()  # appended now (no fsync: the outbox has it)
                 moved = True
             else:
                 moved = await asyncio.to_thread(
@@ -370,6 +375,8 @@ class QueueSender:
                     ack_text=outcome.ack_text,
                 )
         except OutboxError as exc:
+            if record is not None:  # not committed with the removal: written on its own
+                await self._audit_record(record)
             if isinstance(outcome, Removal):
                 durable = await asyncio.to_thread(
                     self.outbox.remember_delivered, step.message_id, step.control_id
@@ -507,8 +514,27 @@ class QueueSender:
         except Exception as exc:  # the audit must not stop delivery
             log.error("audit record not written", control_id=fields.get("control_id"), error=str(exc))
 
+    def _journal_record(self, method: str, **fields: Any) -> Any:
+        """An audit record to commit with the outbox change it describes (None: no journal attached)."""
+        if self.audit is None or getattr(self.audit, "journal", None) is None:
+            return None
+        if self.destination != "ehr":
+            fields["destination"] = self.destination
+        return self.audit.make(method, **fields)
+
+    async def _audit_record(self, record: Any) -> None:
+        """A record built for the journal whose outbox change failed: appended and fsynced on its own."""
+        try:
+            await asyncio.to_thread(self.audit.append_record, record)
+        except Exception as exc:
+            log.error("audit record not written", error=str(exc))
+
     async def _handle_answer(self, msg: OutboxMessage, ack: Answer) -> None:
-        await self._audit("message_sent", control_id=msg.control_id, ack_code=ack.code, ack_text=ack.text)
+        fields = {"control_id": msg.control_id, "ack_code": ack.code, "ack_text": ack.text}
+        # A positive ACK's record commits with the message's removal (no fsync of its own).
+        record = self._journal_record("message_sent", **fields) if ack.accepted else None
+        if record is None:
+            await self._audit("message_sent", **fields)
         resumed = self.policy.answered(msg)
         if resumed:
             log.info(
@@ -521,8 +547,10 @@ class QueueSender:
             log.debug("delivered", destination=self.destination, control_id=msg.control_id, ack=ack.code)
             step = self.policy.next_step(self._clock())
             if isinstance(step, Settle) and step.message_id == msg.id:
-                await self._settle(step)  # remove it now (the fast path)
+                await self._settle(step, record)  # remove it now (the fast path)
             else:  # the outbox is failing: the removal waits, the ledger remembers it meanwhile
+                if record is not None:
+                    await self._audit_record(record)
                 await asyncio.to_thread(self.outbox.remember_delivered, msg.id, msg.control_id)
             return
         detail = ack.text  # stored with the message (outbox database), never logged above DEBUG

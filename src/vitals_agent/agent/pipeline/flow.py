@@ -29,6 +29,7 @@ from vitals_agent.agent.pipeline.normalize import normalise, withheld
 from vitals_agent.agent.pipeline.reporting import Arrival, ReportingPolicy, make_policy
 from vitals_agent.agent.runtime import DeviceRuntimeImpl
 from vitals_agent.agent.storage.audit import AuditError, AuditLog
+from vitals_agent.agent.storage.commit import GroupCommit
 from vitals_agent.agent.storage.outbox import Outbox
 from vitals_agent.config.schema import Config, DeviceConfig
 from vitals_agent.errors import OutboxError, RefusedError, VitalsAgentError
@@ -82,6 +83,8 @@ class Pipeline:
         self.outbox = outbox
         self.patients = patients
         self.audit = audit
+        # readings and their reading_accepted records commit together, several per fsync under load
+        self.committer = GroupCommit(outbox, after_commit=audit.flush_journal)
         self.wake_sender = wake_sender
         self.now = now
         self.observers: list[Observer] = []
@@ -290,10 +293,20 @@ class Pipeline:
             self._build, device_id, reading, control_id, details, late=late_patient is not None
         )
         meta = {"device": device_id, "observed_at": reading.observed_at.isoformat()}
+        # The audit record commits with the message (one fsync for both): accepted = both on disk.
+        record = None
+        if decision.park_reason is None and self.audit.journal is not None:
+            record = self.audit.reading_record(
+                device_id=device_id,
+                control_id=control_id,
+                reading=reading,
+                patient=details.model_dump() if details is not None else None,
+                disposition="bound" if details is not None else "unbound",
+                late_associated=late_patient is not None,
+            )
         try:
             first, *others = bodies.items()
-            await asyncio.to_thread(
-                self.outbox.enqueue,
+            await self.committer.enqueue(
                 control_id=control_id,
                 device_id=device_id,
                 body=first[1],
@@ -303,6 +316,7 @@ class Pipeline:
                 park_reason=decision.park_reason,
                 # the once-only key commits with the message: a crash cannot separate them
                 state={key: json.dumps({"control_id": control_id, "at": time.time()})} if key else None,
+                audit=(record,) if record is not None else (),
             )
         except OutboxError as exc:
             self.refused += 1
@@ -313,17 +327,18 @@ class Pipeline:
             return None
         self.wake_sender()  # durable now; the sender cannot run before this coroutine yields
         runtime.record_sent(reading)
-        try:
-            self.audit.reading_accepted(
-                device_id=device_id,
-                control_id=control_id,
-                reading=reading,
-                patient=details.model_dump() if details is not None else None,
-                disposition="bound" if details is not None else "unbound",
-                late_associated=late_patient is not None,
-            )
-        except AuditError as exc:
-            log.error("audit record not written", control_id=control_id, error=str(exc))
+        if record is None:  # an audit log without the outbox's journal: its own fsync'd record
+            try:
+                self.audit.reading_accepted(
+                    device_id=device_id,
+                    control_id=control_id,
+                    reading=reading,
+                    patient=details.model_dump() if details is not None else None,
+                    disposition="bound" if details is not None else "unbound",
+                    late_associated=late_patient is not None,
+                )
+            except AuditError as exc:
+                log.error("audit record not written", control_id=control_id, error=str(exc))
         log.info(
             "reading queued",
             device=device_id,

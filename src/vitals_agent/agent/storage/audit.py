@@ -1,4 +1,4 @@
-"""The audit trail: an append-only JSON-lines file, mode 0600, every record fsync'd before returning.
+"""The audit trail: an append-only JSON-lines file, mode 0600; every record is on disk before it counts.
 
 This is the *only* place where patient identifiers are written. The operational log (structlog) names
 devices, channels and control ids; the audit log says which patient a reading was filed to, who set or
@@ -10,6 +10,23 @@ restarts at the number of lines already in the file, so it keeps counting across
 opened with ``O_APPEND`` and never rewritten or truncated by the agent; rotate it with an external tool
 that copies and archives (``logrotate copytruncate`` is *not* appropriate for an audit trail: use
 ``create 0600`` + a restart, or leave it to grow: a busy room writes about 1 MB a month).
+
+Two ways a record gets to disk, one file and one order:
+
+* :meth:`AuditLog.record` (context changes, operator actions, refusals: rare) appends the line and fsyncs
+  it before returning.
+* The records of the reading path (``reading_accepted`` and ``message_sent``, one of each per reading) are
+  built with :meth:`AuditLog.make` and committed **in the same SQLite transaction** as the change they
+  describe (the outbox row, its removal after the ACK): the outbox's ``audit_pending`` table, the
+  :class:`AuditJournal`. "Accepted" therefore means the reading and its audit record are on disk together,
+  for one fsync. :meth:`AuditLog.flush_journal` then appends the committed rows to this file in commit order
+  (right after the commit: a reader of the file sees them at once), :meth:`AuditLog.sync_journal` fsyncs
+  the file now and then (a batch at a time) and only then lets the journal forget the rows; after a crash
+  :meth:`AuditLog.attach` appends what the file lacks (rows already in its tail are not written twice).
+  :meth:`AuditLog.record` first appends the committed rows, so the file's order is the order of events.
+
+:meth:`AuditLog._append` is the one place that writes lines (``seq``, the cross-process lock): a chained or
+rotated log changes that method only.
 """
 
 from __future__ import annotations
@@ -18,11 +35,13 @@ import contextlib
 import json
 import os
 import threading
-from collections.abc import Callable, Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -35,6 +54,8 @@ from vitals_agent.models import Reading
 log = structlog.get_logger(__name__)
 
 AUDIT_FILE = "audit.jsonl"
+JOURNAL_SYNC_SECONDS = 2.0  # longest a committed record waits for the file's fsync (it is on disk already)
+JOURNAL_SYNC_ROWS = 512  # ... or this many of them
 
 # Channels through which a patient context can change.
 CHANNEL_CLI = "cli"
@@ -66,6 +87,37 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """One audit record not yet in the file: its time and ``{"event": ..., fields...}`` as JSON text.
+
+    Built by :meth:`AuditLog.make`; committed by the outbox with the change it describes."""
+
+    ts: str
+    body: str
+
+    def line(self, seq: int) -> str:
+        """The file's line: exactly ``json.dumps({"ts": ts, "seq": seq, "event": ..., ...})``."""
+        return f'{{"ts": {json.dumps(self.ts)}, "seq": {seq}, {self.body[1:]}\n'
+
+
+class AuditJournal(Protocol):
+    """Committed audit records waiting to reach the file (the outbox's ``audit_pending`` table)."""
+
+    def audit_rows(self, after_id: int = 0, limit: int = 1000) -> list[tuple[int, AuditRecord]]:
+        """Committed records with ``id > after_id``, in commit (id) order."""
+        ...
+
+    def audit_done(self, upto_id: int) -> None:
+        """Forget the records up to ``upto_id``: the file has them on disk."""
+        ...
+
+
+def _canonical(entry: Mapping[str, Any]) -> str:
+    """A record without its ``seq`` (which a replay renumbers), to recognise it in the file."""
+    return json.dumps({k: v for k, v in entry.items() if k != "seq"}, sort_keys=True)
+
+
 def write_private(path: Path, text: str) -> None:
     """Atomically replace ``path`` with ``text``, mode 0600 from the first byte, fsync'd (file and
     directory). The one writer of the agent's small private state files (patient context, control token)."""
@@ -94,6 +146,12 @@ class AuditLog:
         self._fd: int | None = fd
         self._seq = self._count_lines()
         self._size = os.fstat(fd).st_size  # where our last record ended: a bigger file had another writer
+        self.journal: AuditJournal | None = None
+        self._written = 0  # the last journal row appended to the file
+        self._synced = 0  # ... and fsynced
+        self._unsynced_since: float | None = None  # monotonic time of the first appended, unsynced row
+        self.fsyncs = 0  # fsyncs of the file (bench/bench_ward.py counts them)
+        self._flush_failing = False
 
     @classmethod
     def in_dir(cls, data_dir: Path, *, now: Callable[[], datetime] = _utc_now) -> AuditLog:
@@ -104,45 +162,208 @@ class AuditLog:
             return sum(1 for _ in fh)
 
     def close(self) -> None:
+        if self.journal is not None:
+            with contextlib.suppress(AuditError):
+                self.sync_journal()
+            self.journal = None
         with self._lock:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
 
+    def make(self, event: str, **fields: Any) -> AuditRecord:
+        """A record to commit with a queue change (see the module docstring); not written here."""
+        body = json.dumps({"event": event, **fields}, default=_default, ensure_ascii=False)
+        return AuditRecord(self._now().astimezone(UTC).isoformat(), body)
+
     def record(self, event: str, **fields: Any) -> dict[str, Any]:
         """Append one record and fsync it. Returns the record as written. Raises :class:`AuditError`."""
+        rec = self.make(event, **fields)
+        last = self.append_record(rec, event)
+        return {"ts": rec.ts, "seq": last, "event": event, **fields}
+
+    def append_record(self, rec: AuditRecord, event: str = "") -> int:
+        """Append a built record and fsync it, after the journal's committed records (the file keeps the
+        order of events). Returns its ``seq``. Raises :class:`AuditError`."""
         with self._lock:
-            if self._fd is None:
-                raise AuditError("audit log is closed")
-            fd = self._fd
             try:
-                # The agent and the operator tools (``vitals-agent outbox``) append to the same file: one
-                # writer at a time, and ``seq`` recounted when another process wrote since our last record.
-                host_lock.lock_exclusive(fd)
-                size = os.fstat(fd).st_size
-                if size != self._size:
-                    self._seq = self._count_lines()
-                self._seq += 1
-                entry: dict[str, Any] = {"ts": self._now().astimezone(UTC).isoformat(), "seq": self._seq}
-                entry["event"] = event
-                entry.update(fields)
-                line = (
-                    json.dumps(entry, default=_default, ensure_ascii=False, sort_keys=False) + "\n"
-                ).encode()
-                written = 0
-                while written < len(line):
-                    written += os.write(fd, line[written:])
+                pending = self._journal_rows()
+                last = self._append([*(r for _, r in pending), rec], event)
+            except (OSError, VitalsAgentError) as exc:
+                reason = _reason(exc)
+                log.error("audit record could not be written", audit_event=event, error=reason)
+                if isinstance(exc, AuditError):
+                    raise
+                raise AuditError(f"cannot write audit log {self.path}: {reason}") from None
+            if pending:
+                self._written = pending[-1][0]
+            if self._written > self._synced:
+                self._synced = self._written
+                self._unsynced_since = None
+            done = self._synced
+        self._forget(done)
+        return last
+
+    def _append(self, records: Sequence[AuditRecord], event: str = "", *, sync: bool = True) -> int:
+        """Append lines (the file's one writer; call with ``self._lock`` held); fsync unless ``sync`` is
+        False. Returns the last ``seq`` written. Raises OSError (and AuditError when closed)."""
+        if self._fd is None:
+            raise AuditError("audit log is closed")
+        fd = self._fd
+        try:
+            # The agent and the operator tools (``vitals-agent outbox``) append to the same file: one
+            # writer at a time, and ``seq`` recounted when another process wrote since our last record.
+            host_lock.lock_exclusive(fd)
+            size = os.fstat(fd).st_size
+            if size != self._size:
+                self._seq = self._count_lines()
+                if size and not self._ends_with_newline(size):
+                    os.write(fd, b"\n")  # a torn last line (a crash mid-write) stays a line of its own
+                    size += 1
+            seq = self._seq
+            lines = []
+            for rec in records:
+                seq += 1
+                lines.append(rec.line(seq))
+            data = "".join(lines).encode()
+            written = 0
+            while written < len(data):
+                written += os.write(fd, data[written:])
+            if sync:
                 os.fsync(fd)
-                self._size = size + written
+                self.fsyncs += 1
+            self._seq = seq
+            self._size = size + written
+        finally:
+            with contextlib.suppress(OSError):
+                host_lock.unlock(fd)
+        return self._seq
+
+    def _ends_with_newline(self, size: int) -> bool:
+        with open(self.path, "rb") as fh:  # our descriptor is write-only
+            fh.seek(size - 1)
+            return fh.read(1) == b"\n"
+
+    # --- records committed with the outbox (the journal) ----------------------------------------------
+
+    def attach(self, journal: AuditJournal) -> int:
+        """Take the records of the reading path from ``journal`` from now on, after appending the ones a
+        crash left there (those already in the file's tail are not appended twice). Returns how many were
+        appended now. Raises :class:`AuditError`."""
+        pending: list[tuple[int, AuditRecord]] = []
+        while True:
+            batch = journal.audit_rows(pending[-1][0] if pending else 0)
+            if not batch:
+                break
+            pending.extend(batch)
+        with self._lock:
+            self.journal = journal
+            if not pending:
+                return 0
+            seen = self._tail_records(len(pending) + 16)
+            missing = [r for _, r in pending if _canonical(_entry(r)) not in seen]
+            try:
+                if missing:
+                    self._append(missing, "replay")
+                else:
+                    self._sync()
             except OSError as exc:
-                log.error(
-                    "audit record could not be written", audit_event=event, error=exc.strerror or str(exc)
-                )
                 raise AuditError(f"cannot write audit log {self.path}: {exc.strerror or exc}") from None
-            finally:
-                with contextlib.suppress(OSError):
-                    host_lock.unlock(fd)
-            return entry
+            self._written = self._synced = pending[-1][0]
+        self._forget(self._synced)
+        if missing:
+            log.info("audit records restored from the outbox after a stop", records=len(missing))
+        return len(missing)
+
+    def _tail_records(self, n: int) -> set[str]:
+        """The last ``n`` records of the file, without their ``seq``."""
+        with open(self.path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            end = fh.tell()
+            start = max(0, end - max(65536, n * 4096))
+            fh.seek(start)
+            lines = fh.read().splitlines()[-n:]
+        out: set[str] = set()
+        for line in lines:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(entry, dict):
+                out.add(_canonical(entry))
+        return out
+
+    def _journal_rows(self) -> list[tuple[int, AuditRecord]]:
+        if self.journal is None:
+            return []
+        rows: list[tuple[int, AuditRecord]] = []
+        while True:
+            batch = self.journal.audit_rows(rows[-1][0] if rows else self._written)
+            if not batch:
+                return rows
+            rows.extend(batch)
+
+    def flush_journal(self) -> int:
+        """Append the committed records not yet in the file, in commit order (no fsync: they are on disk
+        in the outbox; :meth:`sync_journal` makes the file catch up). Returns how many. Never raises: a
+        failure is logged and the records stay in the journal for the next try."""
+        if self.journal is None:
+            return 0
+        with self._lock:
+            try:
+                rows = self._journal_rows()
+                if not rows:
+                    return 0
+                self._append([r for _, r in rows], "journal", sync=False)
+            except (OSError, VitalsAgentError) as exc:
+                # They are in the outbox, whose own failures are reported (and stop the agent if they last).
+                if not self._flush_failing:
+                    log.warning("audit records not appended yet; kept in the outbox", error=_reason(exc))
+                self._flush_failing = True
+                return 0
+            self._flush_failing = False
+            self._written = rows[-1][0]
+            if self._unsynced_since is None:
+                self._unsynced_since = time.monotonic()
+            return len(rows)
+
+    def sync_journal(self, *, due_only: bool = False) -> bool:
+        """fsync the file if it holds appended, unsynced records (``due_only``: only once the oldest has
+        waited :data:`JOURNAL_SYNC_SECONDS` or :data:`JOURNAL_SYNC_ROWS` wait), then let the journal
+        forget them. True when it synced. Raises :class:`AuditError` when the file cannot be synced."""
+        self.flush_journal()
+        with self._lock:
+            if self._written <= self._synced or self._fd is None:
+                return False
+            if due_only:
+                since = self._unsynced_since
+                waited = since is not None and time.monotonic() - since >= JOURNAL_SYNC_SECONDS
+                if not waited and self._written - self._synced < JOURNAL_SYNC_ROWS:
+                    return False
+            try:
+                self._sync()
+            except OSError as exc:
+                raise AuditError(f"cannot write audit log {self.path}: {exc.strerror or exc}") from None
+            self._synced = self._written
+            self._unsynced_since = None
+            done = self._synced
+        self._forget(done)
+        return True
+
+    def _sync(self) -> None:
+        if self._fd is None:
+            raise AuditError("audit log is closed")
+        os.fsync(self._fd)
+        self.fsyncs += 1
+
+    def _forget(self, upto: int) -> None:
+        journal = self.journal
+        if journal is None or upto <= 0:
+            return
+        try:
+            journal.audit_done(upto)
+        except VitalsAgentError as exc:  # kept: appended again (not twice) at the next start
+            log.warning("audit journal not trimmed; will retry", error=str(exc))
 
     # --- typed helpers: the events the agent writes ------------------------------------------------
 
@@ -159,21 +380,37 @@ class AuditLog:
         """A reading the reporting policy selected. ``disposition``: ``bound``, ``unbound`` or ``held``."""
         return self.record(
             "reading_accepted",
-            device_id=device_id,
-            control_id=control_id,
-            disposition=disposition,
-            late_associated=late_associated,
-            patient=dict(patient) if patient is not None else None,
-            observed_at=reading.observed_at,
-            received_at=reading.received_at,
-            device=reading.device.model_dump(mode="json", exclude_none=True),
-            values={
-                m.metric: f"{format(m.value, 'f')} {m.unit}"
-                for m in reading.measurements
-                if m.value is not None
-            },
-            flags=[str(f) for f in reading.flags],
-            dropped=[f"{d.metric}: {d.reason}" for d in reading.dropped],
+            **reading_fields(
+                device_id=device_id,
+                control_id=control_id,
+                reading=reading,
+                patient=patient,
+                disposition=disposition,
+                late_associated=late_associated,
+            ),
+        )
+
+    def reading_record(
+        self,
+        *,
+        device_id: str,
+        control_id: str | None,
+        reading: Reading,
+        patient: Mapping[str, Any] | None,
+        disposition: str,
+        late_associated: bool = False,
+    ) -> AuditRecord:
+        """:meth:`reading_accepted` as a record to commit with the reading's outbox row."""
+        return self.make(
+            "reading_accepted",
+            **reading_fields(
+                device_id=device_id,
+                control_id=control_id,
+                reading=reading,
+                patient=patient,
+                disposition=disposition,
+                late_associated=late_associated,
+            ),
         )
 
     def message_queued(
@@ -200,6 +437,44 @@ class AuditLog:
     def message_dead(self, *, control_id: str, reason: str) -> dict[str, Any]:
         """A message given up on (dead letter)."""
         return self.record("message_dead", control_id=control_id, reason=reason)
+
+
+def reading_fields(
+    *,
+    device_id: str,
+    control_id: str | None,
+    reading: Reading,
+    patient: Mapping[str, Any] | None,
+    disposition: str,
+    late_associated: bool,
+) -> dict[str, Any]:
+    """The fields of a ``reading_accepted`` record."""
+    return {
+        "device_id": device_id,
+        "control_id": control_id,
+        "disposition": disposition,
+        "late_associated": late_associated,
+        "patient": dict(patient) if patient is not None else None,
+        "observed_at": reading.observed_at,
+        "received_at": reading.received_at,
+        "device": reading.device.model_dump(mode="json", exclude_none=True),
+        "values": {
+            m.metric: f"{format(m.value, 'f')} {m.unit}" for m in reading.measurements if m.value is not None
+        },
+        "flags": [str(f) for f in reading.flags],
+        "dropped": [f"{d.metric}: {d.reason}" for d in reading.dropped],
+    }
+
+
+def _entry(record: AuditRecord) -> dict[str, Any]:
+    entry: dict[str, Any] = json.loads(record.body)
+    return {"ts": record.ts, **entry}
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    return str(exc)
 
 
 def read_audit(path: Path) -> Iterator[dict[str, Any]]:

@@ -10,13 +10,18 @@ Tables:
 * ``dead_letter`` — messages the receiver refused (AR/CR, an unknown MSA-1, or AE/CE ``max_attempts``
   times), with the reason and the receiver's MSA-3/ERR text, for human review (``vitals-agent outbox``).
 * ``device_state`` — a small durable key/value store per device (pairing state, last record number ...).
+* ``audit_pending`` — audit records committed with the change they describe (``reading_accepted`` with its
+  message, ``message_sent`` with its removal) until the audit file has them on disk (see
+  :mod:`vitals_agent.agent.storage.audit`): one fsync per accepted reading, for the message and its audit record.
 
 Durability and power loss:
 
 * :meth:`Outbox.enqueue` commits with ``synchronous=FULL`` before it returns: the WAL is fsynced, so an
-  accepted reading survives a kill -9 *and* a power cut. If the commit fails (disk full, read-only file
-  system) the transaction rolls back, the reading is refused with :class:`OutboxFullError`, and nothing that
-  was already queued is touched.
+  accepted reading survives a kill -9 *and* a power cut. :meth:`Outbox.enqueue_group` commits the readings
+  that arrived together (while the previous commit was on its way to disk) in one such transaction: one
+  fsync for the group, each reading still accepted only once it is on disk. If the commit fails (disk full,
+  read-only file system) the transaction rolls back, the reading is refused with :class:`OutboxFullError`,
+  and nothing that was already queued is touched.
 * :meth:`Outbox.delete` (after a positive ACK) and the bookkeeping updates commit with
   ``synchronous=NORMAL``: no fsync, so they survive a crash of the process but a power cut may undo the
   last few of them. An undone delete only means that message is sent again with its original MSH-10 and
@@ -40,7 +45,7 @@ import sqlite3
 import stat
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +53,7 @@ from typing import Any
 import structlog
 
 from vitals_agent import host
+from vitals_agent.agent.storage.audit import AuditRecord
 from vitals_agent.agent.storage.files import explain
 from vitals_agent.agent.storage.ledger import LEDGER_FILE, DeliveredLedger
 from vitals_agent.errors import OutboxError, OutboxFullError
@@ -55,7 +61,7 @@ from vitals_agent.errors import OutboxError, OutboxFullError
 log = structlog.get_logger(__name__)
 
 OUTBOX_FILE = "outbox.sqlite3"
-SCHEMA_VERSION = 2  # 2: the destination column (schema 1 files are migrated when opened)
+SCHEMA_VERSION = 3  # 2: the destination column; 3: audit_pending (older files are migrated when opened)
 DESTINATIONS = ("ehr", "fhir")
 
 _SCHEMA = """
@@ -92,6 +98,11 @@ CREATE TABLE IF NOT EXISTS device_state (
     updated_at REAL NOT NULL,
     PRIMARY KEY (device_id, key)
 );
+CREATE TABLE IF NOT EXISTS audit_pending (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts TEXT NOT NULL,
+    body TEXT NOT NULL
+);
 """
 
 _MSG_COLUMNS = "id, control_id, device_id, body, meta, created_at, attempts, nacks, last_error, destination"
@@ -112,6 +123,7 @@ _INSERT = (
     "INSERT INTO outbox (control_id, device_id, body, meta, created_at, destination)"
     " VALUES (?, ?, ?, ?, ?, ?)"
 )
+_INSERT_AUDIT = "INSERT INTO audit_pending (ts, body) VALUES (?, ?)"
 _UPSERT_STATE = (
     "INSERT INTO device_state (device_id, key, value, updated_at) VALUES (?, ?, ?, ?)"
     " ON CONFLICT (device_id, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at"
@@ -202,7 +214,7 @@ def _is_full(exc: sqlite3.Error) -> bool:
     return code in (13, 8) or "full" in text or "readonly" in text or "read-only" in text
 
 
-_TABLES = frozenset({"outbox", "dead_letter", "device_state", "sqlite_sequence"})
+_TABLES = frozenset({"outbox", "dead_letter", "device_state", "audit_pending", "sqlite_sequence"})
 
 
 def _why_read_only(path: Path) -> str:
@@ -414,6 +426,7 @@ class Outbox:
         state: Mapping[str, str] | None = None,
         destination: str = "ehr",
         also: Mapping[str, bytes] | None = None,
+        audit: Sequence[AuditRecord] = (),
     ) -> int:
         """Queue one message; returns its id once it is committed durably (fsynced).
 
@@ -426,33 +439,85 @@ class Outbox:
         and ``outbox retry`` (e.g. an EKG whose patient does not match the room's patient).
         ``state``: device-state entries (``device_id``'s keys) written in the same transaction, e.g. the
         digest of the EKG file this message comes from, so "queued" and "this file was taken" are one fact.
+        ``audit``: audit records committed in the same transaction (the ``audit_pending`` table).
         """
-        meta_text = _meta_text(meta)
         try:
             with self._tx("FULL") as conn:
-                row_id: int | None = None
-                for where, payload in [(destination, body), *(also or {}).items()]:
-                    cur = conn.execute(
-                        _INSERT,
-                        (control_id, device_id, sqlite3.Binary(payload), meta_text, time.time(), where),
-                    )
-                    row_id = row_id or cur.lastrowid
-                    if park_reason is not None and cur.lastrowid is not None:
-                        _move_to_dead(conn, cur.lastrowid, park_reason, None, None)
-                if state:
-                    now = time.time()
-                    conn.executemany(_UPSERT_STATE, [(device_id, k, v, now) for k, v in state.items()])
+                return self._insert(
+                    conn,
+                    control_id=control_id,
+                    device_id=device_id,
+                    body=body,
+                    meta=meta,
+                    park_reason=park_reason,
+                    state=state,
+                    destination=destination,
+                    also=also,
+                    audit=audit,
+                )
         except sqlite3.Error as exc:
-            if _is_full(exc):
-                raise OutboxFullError(
-                    f"outbox {self.path} cannot store message {control_id}: {explain(exc)}; "
-                    "the reading was NOT queued"
-                ) from None
-            raise OutboxError(
-                f"outbox {self.path} cannot store message {control_id}: {explain(exc)}"
-            ) from None
+            raise self._store_failed(exc, control_id) from None
+
+    def enqueue_group(self, items: Sequence[Mapping[str, Any]]) -> list[int | OutboxError]:
+        """Queue readings that arrived together, each with the keyword arguments of :meth:`enqueue`, in one
+        durable transaction (group commit: one fsync for all). Returns, per item, its id or the
+        :class:`OutboxError` that refused it: when the group cannot be committed, each item is tried in a
+        transaction of its own, so one item never costs the others their place."""
+        if not items:
+            return []
+        try:
+            with self._tx("FULL") as conn:
+                return [self._insert(conn, **item) for item in items]
+        except sqlite3.Error as exc:
+            if len(items) == 1:
+                return [self._store_failed(exc, str(items[0]["control_id"]))]
+        out: list[int | OutboxError] = []
+        for item in items:
+            try:
+                out.append(self.enqueue(**item))
+            except OutboxError as exc:
+                out.append(exc)
+        return out
+
+    def _insert(
+        self,
+        conn: sqlite3.Connection,
+        *,
+        control_id: str,
+        device_id: str,
+        body: bytes,
+        meta: Mapping[str, Any] | None = None,
+        park_reason: str | None = None,
+        state: Mapping[str, str] | None = None,
+        destination: str = "ehr",
+        also: Mapping[str, bytes] | None = None,
+        audit: Sequence[AuditRecord] = (),
+    ) -> int:
+        """The statements of one :meth:`enqueue`, inside ``conn``'s open transaction."""
+        meta_text = _meta_text(meta)
+        now = time.time()
+        row_id: int | None = None
+        for where, payload in [(destination, body), *(also or {}).items()]:
+            cur = conn.execute(
+                _INSERT, (control_id, device_id, sqlite3.Binary(payload), meta_text, now, where)
+            )
+            row_id = row_id or cur.lastrowid
+            if park_reason is not None and cur.lastrowid is not None:
+                _move_to_dead(conn, cur.lastrowid, park_reason, None, None)
+        if state:
+            conn.executemany(_UPSERT_STATE, [(device_id, k, v, now) for k, v in state.items()])
+        if audit:
+            conn.executemany(_INSERT_AUDIT, [(r.ts, r.body) for r in audit])
         assert row_id is not None
         return row_id
+
+    def _store_failed(self, exc: sqlite3.Error, control_id: str) -> OutboxError:
+        if _is_full(exc):
+            return OutboxFullError(
+                f"outbox {self.path} cannot store message {control_id}: {explain(exc)}; "
+                "the reading was NOT queued"
+            )
+        return OutboxError(f"outbox {self.path} cannot store message {control_id}: {explain(exc)}")
 
     def enqueue_many(self, items: Iterable[Mapping[str, Any]]) -> list[int]:
         """Queue several messages in one durable transaction (all or none), e.g. a device's stored records.
@@ -540,10 +605,14 @@ class Outbox:
                 ).fetchall()
         return [_msg(r) for r in rows]
 
-    def delete(self, message_id: int, control_id: str | None = None) -> bool:
+    def delete(
+        self, message_id: int, control_id: str | None = None, *, audit: Sequence[AuditRecord] = ()
+    ) -> bool:
         """Remove a delivered message (positive ACK). Cheap commit: see the module docstring.
 
         With ``control_id`` only a row with that MSH-10 is removed (a ledger entry from an earlier run).
+        ``audit``: records committed with the removal (the ACK's ``message_sent``): a power cut that undoes
+        the removal undoes them too, and the message is sent, and audited, again.
         """
         try:
             with self._tx("NORMAL") as conn:
@@ -553,6 +622,8 @@ class Outbox:
                     cur = conn.execute(
                         "DELETE FROM outbox WHERE id = ? AND control_id = ?", (message_id, control_id)
                     )
+                if audit:
+                    conn.executemany(_INSERT_AUDIT, [(r.ts, r.body) for r in audit])
         except sqlite3.Error as exc:
             raise OutboxError(
                 f"outbox {self.path}: cannot remove delivered message {message_id}: {explain(exc)}"
@@ -570,7 +641,7 @@ class Outbox:
         """Acknowledged messages (id -> MSH-10) still to be removed, also from before a restart."""
         return self.ledger.entries()
 
-    def delete_nowait(self, message_id: int) -> bool | None:
+    def delete_nowait(self, message_id: int, *, audit: Sequence[AuditRecord] = ()) -> bool | None:
         """:meth:`delete` without ever waiting: ``None`` when the outbox is busy (another thread's commit,
         or another process's write lock), so an event loop can call it inline and fall back to a thread.
 
@@ -591,6 +662,8 @@ class Outbox:
                 ) from None
             try:
                 cur = conn.execute("DELETE FROM outbox WHERE id = ?", (message_id,))
+                if audit:
+                    conn.executemany(_INSERT_AUDIT, [(r.ts, r.body) for r in audit])
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 with contextlib.suppress(sqlite3.Error):
@@ -720,6 +793,25 @@ class Outbox:
         except sqlite3.Error as exc:
             raise OutboxError(f"outbox {self.path}: cannot purge: {explain(exc)}") from None
         return cur.rowcount
+
+    # --- the audit journal (vitals_agent.agent.storage.audit.AuditJournal) ----------------------------------------
+
+    def audit_rows(self, after_id: int = 0, limit: int = 1000) -> list[tuple[int, AuditRecord]]:
+        """Committed audit records with ``id > after_id``, in commit order."""
+        with self._read("pending audit records") as conn:
+            rows = conn.execute(
+                "SELECT id, ts, body FROM audit_pending WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)
+            ).fetchall()
+        return [(int(r[0]), AuditRecord(str(r[1]), str(r[2]))) for r in rows]
+
+    def audit_done(self, upto_id: int) -> None:
+        """Forget the audit records up to ``upto_id`` (the audit file has them on disk). No fsync: a
+        forgetting undone by a power cut only means they are checked against the file again."""
+        try:
+            with self._tx("NORMAL") as conn:
+                conn.execute("DELETE FROM audit_pending WHERE id <= ?", (upto_id,))
+        except sqlite3.Error as exc:
+            raise OutboxError(f"outbox {self.path}: cannot trim the audit journal: {explain(exc)}") from None
 
     # --- per-device state ----------------------------------------------------------------------------
 
