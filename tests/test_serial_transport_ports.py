@@ -209,7 +209,7 @@ async def test_ports_command_shows_matching_devices(
         {
             "device_id": "spo2-net",
             "configured": "port socket://10.0.0.5:4001",
-            "state": "URL (not a local port)",
+            "state": "on the network: raw TCP to terminal server 10.0.0.5 port 4001",
         },
     ]
     code = await ports_command.cmd_ports(argparse.Namespace(config=config, json=False))

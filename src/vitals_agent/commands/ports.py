@@ -1,5 +1,6 @@
 """``vitals-agent ports [--config FILE]``: every serial port with its USB identity, and which configured
-device (``usb`` or ``port``) it matches."""
+device (``usb`` or ``port``) it matches; devices behind terminal servers (``socket://``, ``rfc2217://``) are
+listed with their kind and address."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 from vitals_agent.commands._options import add_config_option, config_path
 from vitals_agent.config.schema import load_config
 from vitals_agent.drivers.base import SerialOptions
+from vitals_agent.drivers.netport import network_port
 from vitals_agent.drivers.ports import PortInfo, UsbSpec, list_serial_ports, same_port
 
 
@@ -52,7 +54,10 @@ def unmatched(ports: list[PortInfo], devices: list[tuple[str, SerialOptions]]) -
             out.append((device_id, f"usb {options.usb}", "not present"))
         else:
             where = options.port or ""
-            if "://" in where:
+            net = network_port(where) if "://" in where else None
+            if net is not None:
+                state = f"on the network: {net.kind} to terminal server {net.host} port {net.port}"
+            elif "://" in where:
                 state = "URL (not a local port)"
             elif os.path.exists(where):
                 state = "present, not in the port listing (pty or unusual driver)"

@@ -1,8 +1,13 @@
-"""``vitals-agent simulate DRIVER --pty LINK``: a realistic simulated device on a pseudo-terminal.
+"""``vitals-agent simulate DRIVER --pty LINK | --tcp PORT | --rfc2217 PORT``: a realistic simulated device.
 
-The device plays its protocol on the pty master; ``LINK`` is a symlink to the slave, which the agent (or any
-serial program) opens like ``/dev/ttyUSB0``. The link is removed on exit. With ``--verbose`` every byte
-sent and received is logged at DEBUG.
+``--pty``: the device plays its protocol on the pty master; ``LINK`` is a symlink to the slave, which the
+agent (or any serial program) opens like ``/dev/ttyUSB0``. The link is removed on exit.
+
+``--tcp`` / ``--rfc2217``: the device sits behind a simulated terminal server (a Moxa NPort's port) on
+``--host`` (loopback by default): raw TCP, or RFC 2217 with pyserial's server applying the line settings the
+agent pushes. Each connection gets its own device. ``--count N`` serves N devices on N consecutive ports
+(``--tcp 0``: N free ports), a ward for a test or a bench. With ``--verbose`` every byte sent and received is
+logged at DEBUG.
 """
 
 from __future__ import annotations
@@ -25,10 +30,21 @@ log = structlog.get_logger(__name__)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("simulate", help="run a simulated serial device on a pseudo-terminal")
+    p = sub.add_parser(
+        "simulate", help="run a simulated serial device on a pseudo-terminal or a TCP port (terminal server)"
+    )
     p.add_argument("driver", help="driver name (see `vitals-agent drivers`)")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--pty", type=Path, metavar="LINK", help="symlink to create for the device port")
+    where.add_argument(
+        "--tcp", type=_tcp_port, metavar="PORT", help="serve it on raw TCP (socket://HOST:PORT; 0: free)"
+    )
+    where.add_argument(
+        "--rfc2217", type=_tcp_port, metavar="PORT", help="serve it on RFC 2217 (rfc2217://HOST:PORT)"
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on with --tcp/--rfc2217 (loopback)")
     p.add_argument(
-        "--pty", required=True, type=Path, metavar="LINK", help="symlink to create for the device port"
+        "--count", type=_count, default=1, metavar="N", help="with --tcp/--rfc2217: N devices on N ports"
     )
     p.add_argument(
         "--interval",
@@ -77,6 +93,26 @@ def _positive(text: str) -> float:
     return value
 
 
+def _tcp_port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a TCP port: {text!r}") from None
+    if not 0 <= value < 65536:
+        raise argparse.ArgumentTypeError("a TCP port is 0..65535 (0: a free one)")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 1 <= value <= 1000:
+        raise argparse.ArgumentTypeError("must be 1..1000")
+    return value
+
+
 def check_link(link: Path) -> None:
     """Where the link goes: an existing folder, and no regular file of the user's to replace."""
     if os.path.lexists(link) and not os.path.islink(link):
@@ -100,6 +136,12 @@ def make_simulator(driver_name: str, interval: float | None) -> Simulator:
 
 async def cmd_simulate(args: argparse.Namespace) -> int:
     setup_logging("DEBUG" if args.verbose else "INFO")
+    tcp: int | None = getattr(args, "tcp", None)
+    rfc: int | None = getattr(args, "rfc2217", None)
+    if rfc is not None:
+        return await _simulate_network(args, rfc, rfc2217=True)
+    if tcp is not None:
+        return await _simulate_network(args, tcp, rfc2217=False)
     link: Path = args.pty
     check_link(link)
     try:
@@ -132,3 +174,52 @@ async def cmd_simulate(args: argparse.Namespace) -> int:
                 await pending
         remove_handlers()
         device.close()
+
+
+async def _simulate_network(args: argparse.Namespace, first_port: int, *, rfc2217: bool) -> int:
+    """``--tcp`` / ``--rfc2217``: devices behind a simulated terminal server, until Ctrl-C or --seconds."""
+    from vitals_agent.drivers.netsim import NetworkDevice
+
+    try:
+        make_simulator(args.driver, args.interval)  # fail early, in one line, for a driver without one
+    except ValueError as exc:
+        raise VitalsAgentError(str(exc)) from None
+    count: int = getattr(args, "count", 1)
+    host: str = getattr(args, "host", "127.0.0.1")
+    devices: list[NetworkDevice] = []
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+    try:
+        for n in range(count):
+            port = first_port + n if first_port else 0
+            device = NetworkDevice(
+                lambda: make_simulator(args.driver, args.interval),
+                rfc2217=rfc2217,
+                host=host,
+                port=port,
+                name=f"{args.driver}-{n + 1}",
+            )
+            try:
+                await device.start()
+            except OSError as exc:
+                raise VitalsAgentError(
+                    f"cannot listen on {host}:{port}: {exc.strerror or exc} (choose another --tcp/--rfc2217 "
+                    "port, or 0 for free ones)"
+                ) from None
+            devices.append(device)
+            kind = "RFC 2217" if rfc2217 else "raw TCP"
+            print(f"simulating {args.driver} on {device.url} ({kind}; set a device's port to it)", flush=True)
+        print("Ctrl-C to stop", flush=True)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), args.seconds)
+        return 0
+    finally:
+        for device in devices:
+            await device.stop()
+        for sig in installed:
+            loop.remove_signal_handler(sig)

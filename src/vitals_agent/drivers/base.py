@@ -22,6 +22,7 @@ from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
+from vitals_agent.drivers.netport import network_port
 from vitals_agent.errors import DecodeError, OverlongError, TruncatedError, UnknownDriverError
 from vitals_agent.models import DeviceClass, DeviceEvent, DeviceIdentity
 
@@ -76,7 +77,8 @@ class SerialOptions(DriverOptions):
     """Keys every serial driver accepts: where the device is (``port`` path or URL, or ``usb`` id) and
     line settings (None = the driver's default)."""
 
-    port: str | None = None  # /dev/ttyUSB0, or a pyserial URL such as socket://host:port
+    # /dev/ttyUSB0, COM5, or a terminal server: socket://HOST:PORT (raw TCP), rfc2217://HOST:PORT
+    port: str | None = None
     usb: str | None = None  # "VID:PID" or "VID:PID:SERIAL" (hex), matched against the port listing
     baudrate: int | None = None
     bytesize: Literal[5, 6, 7, 8] | None = None
@@ -87,6 +89,8 @@ class SerialOptions(DriverOptions):
     def _where(self) -> SerialOptions:
         if (self.port is None) == (self.usb is None):
             raise ValueError("give exactly one of 'port' or 'usb'")
+        if self.port is not None:
+            network_port(self.port)  # a terminal server's URL names its host and TCP port (ValueError)
         if self.usb is not None:
             parts = self.usb.split(":")
             if len(parts) not in (2, 3) or not all(

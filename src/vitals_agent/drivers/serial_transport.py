@@ -16,10 +16,12 @@ or ``poll()``), sets ``poll_interval`` for polled devices; this transport writes
 after opening and whatever ``data_to_send()`` returns after every ``feed()``/``poll()``. Outside the decoder
 (a CLI "start measurement" command), :meth:`SerialTransport.write` writes to the open port.
 
-Paths and ``socket://`` URLs use pyserial-asyncio-fast (event-driven). Other pyserial URLs (``loop://``,
-``rfc2217://``, ``spy://``) have no file descriptor to watch; they are served by a reader thread. On
-Windows, ports (``COM5``) are read by :class:`vitals_agent.host.serial.BlockingSerialLink`: a thread that
-sleeps in the OS read (pyserial-asyncio-fast would poll every 0.5 ms there).
+Paths use pyserial-asyncio-fast (event-driven). Terminal servers on the network (``socket://HOST:PORT``
+raw TCP, ``rfc2217://HOST:PORT`` with the line settings pushed over RFC 2217) are asyncio streams with TCP
+keepalive (:mod:`vitals_agent.drivers.netserial`): a ward of them costs no thread, on every platform. Other
+pyserial URLs (``loop://``, ``spy://``) have no file descriptor to watch; they are served by a reader
+thread. On Windows, ports (``COM5``) are read by :class:`vitals_agent.host.serial.BlockingSerialLink`: a
+thread that sleeps in the OS read (pyserial-asyncio-fast would poll every 0.5 ms there).
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ from vitals_agent.drivers.base import (
     Transport,
     register_transport,
 )
+from vitals_agent.drivers.netport import network_port
+from vitals_agent.drivers.netserial import Rfc2217Link, TcpLink
 from vitals_agent.drivers.ports import resolve_usb
 from vitals_agent.errors import DeviceNotFoundError, OutboxError, RefusedError, TransportError
 from vitals_agent.host import serial as host_serial
@@ -134,9 +138,16 @@ class _ThreadLink:
     async def read(self) -> bytes:
         loop = asyncio.get_running_loop()
         while True:
-            data: bytes = await loop.run_in_executor(self._executor, self._port.read, READ_SIZE)
+            data: bytes = await loop.run_in_executor(self._executor, self._read_some)
             if data:
                 return data
+
+    def _read_some(self) -> bytes:
+        """One byte (or nothing after the timeout), then whatever else is waiting: a read of READ_SIZE
+        would sit out the whole timeout on a short frame."""
+        data: bytes = self._port.read(1)
+        waiting: int = getattr(self._port, "in_waiting", 0) if data else 0
+        return data + self._port.read(min(waiting, READ_SIZE)) if waiting else data
 
     async def write(self, data: bytes) -> None:
         loop = asyncio.get_running_loop()
@@ -191,12 +202,22 @@ class SerialTransport(Transport):
     async def _open(self, url: str) -> _Link:
         scheme = url.split("://", 1)[0].lower() if _is_url(url) else ""
         try:
+            where = network_port(url)
+        except ValueError as exc:
+            raise TransportError(str(exc)) from None
+        if where is not None:  # a terminal server: asyncio stream (connect, keepalive, RFC 2217 settings)
+            kind = Rfc2217Link if where.scheme == "rfc2217" else TcpLink
+            try:
+                return await asyncio.wait_for(kind.open(where, self.settings), OPEN_TIMEOUT)
+            except TimeoutError:
+                raise TransportError(f"connecting to {url} timed out after {OPEN_TIMEOUT:g} s") from None
+        try:
             link: _Link
             if not scheme and not host_serial.EVENT_DRIVEN_PORTS:
                 link = await asyncio.wait_for(
                     host_serial.BlockingSerialLink.open(url, **self.settings.model_dump()), OPEN_TIMEOUT
                 )
-            elif scheme in ("", "socket"):
+            elif scheme == "":
                 link = await asyncio.wait_for(
                     _StreamLink.open(url, self.settings, exclusive=not scheme), OPEN_TIMEOUT
                 )
@@ -221,7 +242,8 @@ class SerialTransport(Transport):
         self._link = link
         self.connects += 1
         self._discard_partial()
-        self.runtime.set_connected(True, url)
+        describe = getattr(link, "describe", None)
+        self.runtime.set_connected(True, describe() if describe is not None else url)
         self.runtime.log.debug("serial port opened", port=url, settings=self.settings.model_dump())
         poller: asyncio.Task[None] | None = None
         reason = "closed"
