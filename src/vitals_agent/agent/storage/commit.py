@@ -3,10 +3,11 @@
 A ward agent serves many devices; each accepted reading must be on disk (fsynced) before it counts. One
 transaction per reading costs one fsync each, and the fsyncs queue behind each other. :class:`GroupCommit`
 keeps one commit in flight at a time: readings arriving meanwhile wait for the next, which takes all of
-them in one transaction (:meth:`~vitals_agent.agent.storage.outbox.Outbox.enqueue_group`). It adds no delay of its
-own: a reading that arrives with nothing in flight is committed at once, alone. After each commit the audit
-records committed with the readings are appended to the audit file (``after_commit``), before any waiting
-caller resumes, so the file already has a reading's record when its caller learns it was accepted.
+them in one transaction (:meth:`~vitals_agent.agent.storage.outbox.Outbox.enqueue_group`). It adds no
+delay of its own: a reading that arrives with nothing in flight is committed at once, alone. After each
+commit the audit records committed with the readings are appended to the audit file (``after_commit``),
+before any waiting caller resumes, so the file already has a reading's record when its caller learns it
+was accepted.
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ Tables:
 * ``device_state`` — a small durable key/value store per device (pairing state, last record number ...).
 * ``audit_pending`` — audit records committed with the change they describe (``reading_accepted`` with its
   message, ``message_sent`` with its removal) until the audit file has them on disk (see
-  :mod:`vitals_agent.agent.storage.audit`): one fsync per accepted reading, for the message and its audit record.
+  :mod:`vitals_agent.agent.storage.audit`): one fsync per accepted reading, for the message and its
+  audit record.
 
 Durability and power loss:
 
@@ -794,7 +795,7 @@ class Outbox:
             raise OutboxError(f"outbox {self.path}: cannot purge: {explain(exc)}") from None
         return cur.rowcount
 
-    # --- the audit journal (vitals_agent.agent.storage.audit.AuditJournal) ----------------------------------------
+    # --- the audit journal (vitals_agent.agent.storage.audit.AuditJournal) ---------------------------
 
     def audit_rows(self, after_id: int = 0, limit: int = 1000) -> list[tuple[int, AuditRecord]]:
         """Committed audit records with ``id > after_id``, in commit order."""
