@@ -202,6 +202,8 @@ class NetworkDevice:
             await self._play(port)
         except (ConnectionError, OSError) as exc:
             log.debug("simulated device connection ended", device=self.name, reason=str(exc))
+        except asyncio.CancelledError:  # drop_all()/stop(): asyncio's server callback expects a plain end
+            log.debug("simulated device connection dropped", device=self.name)
         finally:
             self._sessions.pop(task, None)
             with contextlib.suppress(Exception):

@@ -287,7 +287,9 @@ class QueueSender:
             await self._deliver(step.message)
         elif isinstance(step, Refill):
             self._wake.clear()  # before reading: a message queued from now on wakes the idle wait
-            rows = await asyncio.to_thread(self.outbox.peek, step.limit, destination=self.destination)
+            # Inline: the outbox's read connection never waits for a writer (WAL), and a thread hand-off
+            # per message costs more than the read (a ward sends hundreds a second).
+            rows = self.outbox.peek(step.limit, destination=self.destination)
             if self.policy.refilled(rows, self._clock()):
                 self._storage_recovered()
         elif isinstance(step, Fetch):
