@@ -335,6 +335,9 @@ async def main() -> None:
     parser.add_argument("--n", default="1,10,50,100,200")
     parser.add_argument("--seconds", type=float, default=20.0)
     args = parser.parse_args()
+    from vitals_agent.logs import setup_logging
+
+    setup_logging("WARNING")  # the simulated devices' own DEBUG lines are not the bench's output
     ns = [int(x) for x in args.n.split(",")]
     ms = 1000.0
     rows = []

@@ -24,7 +24,6 @@ from collections.abc import Sequence
 from vitals_agent import __version__, commands
 from vitals_agent.commands._options import EXIT_CONFIG, EXIT_ERROR
 from vitals_agent.errors import ConfigError, VitalsAgentError
-from vitals_agent.logs import setup_logging
 
 __all__ = ["EXIT_CONFIG", "EXIT_ERROR", "build_parser", "main", "run"]
 
@@ -38,8 +37,42 @@ COMMAND_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
+# Lean start: ``vitals-agent --help`` prints this table, and a command imports only its own module (not
+# the agent, PIL or BLE for ``status``). command -> (module in vitals_agent.commands, one-line help);
+# tests/test_lean_start.py checks it against what the modules register. A module missing here still works
+# (every module is then imported, as before).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "scan": (
+        "ble",
+        "list nearby Bluetooth health devices (address, name, RSSI, services, Omron record counts)",
+    ),
+    "pair": ("ble", "pair and bond with a Bluetooth device through BlueZ"),
+    "run": ("core", "run the agent (the service runs this)"),
+    "check-config": ("core", "validate a configuration: every problem at once, files and folders included"),
+    "decode": ("core", "decode device data offline and print one JSON object per reading"),
+    "drivers": ("core", "list the available drivers"),
+    "demo": ("demo", "run simulated devices, the agent and a built-in EHR receiver"),
+    "ecg-render": ("ecg", "render an HL7 aECG or Philips XML file's 12 leads to a PDF or PNG report page"),
+    "nibp-start": ("nibp", "start a measurement on a SunTech Advantage NIBP module"),
+    "outbox": ("outbox", "list, show, retry or purge queued and dead-lettered messages"),
+    "patient": ("patient", "set, clear or show the room's patient (running agent)"),
+    "ports": ("ports", "list serial ports (USB VID:PID, serial number) and matching devices"),
+    "receive": ("receive", "listen for HL7 messages over MLLP and print them (a stand-in EHR)"),
+    "send-test": ("send_test", "send one test ORU^R01 (processing id T) and print the ACK"),
+    "service": ("service", "the agent as a system service (systemd drop-in)"),
+    "simulate": (
+        "simulate",
+        "run a simulated serial device on a pseudo-terminal or a TCP port (terminal server)",
+    ),
+    "status": ("status", "show devices, patient context and delivery of the running agent"),
+}
+
+
 def _grouped_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> str:
-    helps = {action.dest: action.help or "" for action in sub._choices_actions}
+    return _grouped({action.dest: action.help or "" for action in sub._choices_actions})
+
+
+def _grouped(helps: dict[str, str]) -> str:
     width = max((len(name) for name in helps), default=10) + 2
     lines: list[str] = []
     grouped = {name for _, names in COMMAND_GROUPS for name in names}
@@ -56,7 +89,9 @@ def _grouped_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     return "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser (every command module imported); ``only``: just that command's module, or none
+    (``""``: top-level ``--help`` and ``--version``, from :data:`COMMANDS`)."""
     parser = argparse.ArgumentParser(
         prog="vitals-agent",
         description="Exam-room device integration: vital-sign devices to HL7 ORU^R01 (IHE PCD-01) over MLLP.",
@@ -65,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"vitals-agent {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", help="one of the commands below")
     sub.required = True
+    if only is not None:
+        if only:
+            importlib.import_module(f"{commands.__name__}.{COMMANDS[only][0]}").register(sub)
+        parser.epilog = _grouped({name: text for name, (_, text) in COMMANDS.items()})
+        sub._choices_actions.clear()
+        return parser
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda i: i.name):
         if info.name.startswith("_"):
             continue
@@ -89,9 +130,19 @@ def _os_error_line(exc: OSError) -> str:
     return f"{exc.filename}: {reason}" if exc.filename else reason
 
 
+def _command_in(argv: Sequence[str]) -> str | None:
+    """The command ``argv`` names when :data:`COMMANDS` knows it (``""``: none, e.g. ``--help``); None
+    when it names something else (the whole parser then says what is wrong)."""
+    first = next((a for a in argv if not a.startswith("-")), "")
+    return first if first in COMMANDS or first == "" else None
+
+
 async def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(list(argv) if argv is not None else None)
+    args_list = list(argv) if argv is not None else sys.argv[1:]
+    parser = build_parser(_command_in(args_list))
+    args = parser.parse_args(args_list)
+    from vitals_agent.logs import setup_logging  # structlog: not needed for --help
+
     # Tools print their own results; the library's INFO/DEBUG events would only repeat them (`run`,
     # `simulate` and `demo` set their own level).
     setup_logging("WARNING")

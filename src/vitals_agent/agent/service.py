@@ -362,8 +362,7 @@ class AgentService:
 
     def close(self) -> None:
         """Close the stores and free the data_dir for the next agent."""
-        with contextlib.suppress(VitalsAgentError):
-            self.audit.sync_journal()  # while the outbox that holds the journal is open
+        self.audit.detach()  # while the outbox that holds the journal is open
         self.outbox.close()
         self.patients.close()
         self.audit.close()

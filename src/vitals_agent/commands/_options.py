@@ -10,10 +10,13 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vitals_agent import host
-from vitals_agent.config.schema import Config, load_config
 from vitals_agent.errors import ConfigError
+
+if TYPE_CHECKING:
+    from vitals_agent.config.schema import Config
 
 ENV_CONFIG = "VITALS_AGENT_CONFIG"
 
@@ -60,6 +63,8 @@ def config_path(args: argparse.Namespace, *, required: bool = True) -> Path | No
 
 def config_from(args: argparse.Namespace) -> Config:
     """Load and validate the configuration the command was given (raises ConfigError)."""
+    from vitals_agent.config.schema import load_config  # pydantic: only for commands that read a config
+
     path = config_path(args)
     assert path is not None
     return load_config(path)

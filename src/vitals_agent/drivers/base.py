@@ -6,9 +6,9 @@ reaching devices (serial port, BLE link, watched folder) and runs a device's lin
 bytes it receives to the driver's decoder and the resulting events to the agent through
 :class:`DeviceRuntime`.
 
-Drivers and transports register themselves by name when their module is imported;
-:func:`vitals_agent.drivers.load_all` imports every module of this package, so adding a driver is adding a
-module: no central list to edit.
+Drivers and transports register themselves by name when their module is imported; :mod:`vitals_agent.
+drivers` imports only the module a configured name needs (its ``DRIVER_MODULES`` table; a name it does not
+list loads every module, so a new driver works before it is listed, and a test says to list it).
 """
 
 from __future__ import annotations
@@ -438,12 +438,15 @@ def register_driver(cls: _D) -> _D:
 
 
 def driver_class(name: str) -> type[Driver]:
-    from vitals_agent.drivers import load_all
+    """The driver registered as ``name``; only its module is imported (lean start)."""
+    from vitals_agent.drivers import load_all, load_driver
 
-    load_all()
+    if name not in _DRIVERS:
+        load_driver(name)
     try:
         return _DRIVERS[name]
     except KeyError:
+        load_all()
         known = ", ".join(sorted(_DRIVERS))
         raise UnknownDriverError(f"unknown driver {name!r} (known: {known})") from None
 
@@ -531,9 +534,11 @@ def register_transport(cls: _T) -> _T:
 
 
 def transport_class(name: str) -> type[Transport]:
-    from vitals_agent.drivers import load_all
+    """The transport registered as ``name``; only its module is imported (lean start)."""
+    from vitals_agent.drivers import load_transport
 
-    load_all()
+    if name not in _TRANSPORTS:
+        load_transport(name)
     try:
         return _TRANSPORTS[name]
     except KeyError:

@@ -161,11 +161,15 @@ class AuditLog:
         with open(self.path, "rb") as fh:
             return sum(1 for _ in fh)
 
-    def close(self) -> None:
+    def detach(self) -> None:
+        """Sync what the journal gave the file and stop taking from it (before its outbox closes)."""
         if self.journal is not None:
             with contextlib.suppress(AuditError):
                 self.sync_journal()
             self.journal = None
+
+    def close(self) -> None:
+        self.detach()
         with self._lock:
             if self._fd is not None:
                 os.close(self._fd)
