@@ -59,7 +59,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ports": ("ports", "list serial ports (USB VID:PID, serial number) and matching devices"),
     "receive": ("receive", "listen for HL7 messages over MLLP and print them (a stand-in EHR)"),
     "send-test": ("send_test", "send one test ORU^R01 (processing id T) and print the ACK"),
-    "service": ("service", "the agent as a system service (systemd drop-in)"),
+    "service": ("service", "the agent as a system service (systemd drop-in; Windows service)"),
     "simulate": (
         "simulate",
         "run a simulated serial device on a pseudo-terminal or a TCP port (terminal server)",

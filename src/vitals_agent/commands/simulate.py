@@ -185,22 +185,17 @@ async def _simulate_network(args: argparse.Namespace, first_port: int, *, rfc221
     except ValueError as exc:
         raise VitalsAgentError(str(exc)) from None
     count: int = getattr(args, "count", 1)
-    host: str = getattr(args, "host", "127.0.0.1")
+    address: str = getattr(args, "host", "127.0.0.1")
     devices: list[NetworkDevice] = []
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    installed: list[signal.Signals] = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-            installed.append(sig)
+    remove_handlers = host.install_stop_handlers(stop)
     try:
         for n in range(count):
             port = first_port + n if first_port else 0
             device = NetworkDevice(
                 lambda: make_simulator(args.driver, args.interval),
                 rfc2217=rfc2217,
-                host=host,
+                host=address,
                 port=port,
                 name=f"{args.driver}-{n + 1}",
             )
@@ -208,8 +203,8 @@ async def _simulate_network(args: argparse.Namespace, first_port: int, *, rfc221
                 await device.start()
             except OSError as exc:
                 raise VitalsAgentError(
-                    f"cannot listen on {host}:{port}: {exc.strerror or exc} (choose another --tcp/--rfc2217 "
-                    "port, or 0 for free ones)"
+                    f"cannot listen on {address}:{port}: {exc.strerror or exc} (choose another "
+                    "--tcp/--rfc2217 port, or 0 for free ones)"
                 ) from None
             devices.append(device)
             kind = "RFC 2217" if rfc2217 else "raw TCP"
@@ -221,5 +216,4 @@ async def _simulate_network(args: argparse.Namespace, first_port: int, *, rfc221
     finally:
         for device in devices:
             await device.stop()
-        for sig in installed:
-            loop.remove_signal_handler(sig)
+        remove_handlers()
