@@ -37,6 +37,9 @@ def test_unit_keeps_what_the_agent_needs_and_does_not_restart_into_a_config_erro
     s = unit_settings()
     assert s["ExecStart"] == ["/usr/local/bin/vitals-agent run --config /etc/vitals-agent/agent.toml"]
     assert s["RestartPreventExitStatus"] == ["78"]  # cli.EXIT_CONFIG
+    # reload = check the configuration, then SIGHUP the agent to apply it
+    reload = "/usr/local/bin/vitals-agent config pull --config /etc/vitals-agent/agent.toml"
+    assert s["ExecReload"] == [reload]
     assert "ExecStartPre" not in s  # `run` checks the config itself; a failing pre-step would restart-loop
     assert s["SupplementaryGroups"] == ["dialout bluetooth"]
     assert s["RestrictAddressFamilies"] == ["AF_UNIX AF_INET AF_INET6"]  # D-Bus, EHR, control API

@@ -29,7 +29,10 @@ __all__ = ["EXIT_CONFIG", "EXIT_ERROR", "build_parser", "main", "run"]
 
 # Top-level help, grouped. A command missing here is listed under "other" (nothing is ever hidden).
 COMMAND_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("run and service", ("run", "check-config", "status", "service", "demo")),
+    (
+        "run and service",
+        ("run", "check-config", "status", "service", "config", "support-bundle", "audit", "demo"),
+    ),
     ("devices", ("drivers", "ports", "scan", "pair", "nibp-start")),
     ("patient", ("patient",)),
     ("delivery", ("outbox", "send-test")),
@@ -49,6 +52,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pair": ("ble", "pair and bond with a Bluetooth device through BlueZ"),
     "run": ("core", "run the agent (the service runs this)"),
     "check-config": ("core", "validate a configuration: every problem at once, files and folders included"),
+    "config": ("config", "central configuration: pull (--check), keygen, bundle"),
     "decode": ("core", "decode device data offline and print one JSON object per reading"),
     "drivers": ("core", "list the available drivers"),
     "demo": ("demo", "run simulated devices, the agent and a built-in EHR receiver"),

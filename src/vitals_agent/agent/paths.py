@@ -22,7 +22,13 @@ def data_dir(config: Config, *, create: bool = True) -> Path:
     :func:`~vitals_agent.agent.instance.prepare_data_dir`: created 0700 or tightened, refused when it
     belongs to another user); raises :class:`~vitals_agent.agent.instance.DataDirError`.
     """
-    path = (config.agent.data_dir or host.default_data_dir()).expanduser()
+    return resolve_data_dir(config.agent.data_dir, create=create)
+
+
+def resolve_data_dir(configured: Path | None, *, create: bool = True) -> Path:
+    """:func:`data_dir` from the ``[agent] data_dir`` value alone (central configuration reads it from the
+    local file before the whole configuration is known)."""
+    path = (configured or host.default_data_dir()).expanduser()
     if create:
         from vitals_agent.agent.instance import prepare_data_dir
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -80,6 +81,7 @@ class DeviceRuntimeImpl:
         self.status = DeviceStatus(id=config.id, driver=config.driver)
         self._log = log.bind(device=config.id, driver=config.driver)
         self.on_connected: list[Callable[[], None]] = []
+        self._inflight: set[asyncio.Future[None]] = set()
 
     # --- DeviceRuntime protocol -------------------------------------------------------------------
     @property
@@ -117,7 +119,17 @@ class DeviceRuntimeImpl:
             self.status.readings += 1
             event = event.with_updates(device=self.identity.merged(event.device))
             self.learn_identity(event.device)
-        await self._sink(self, event)
+        # Shielded: a device stopped meanwhile (a reload, the agent stopping) does not interrupt a reading
+        # on its way into the outbox; :meth:`drain` waits for those.
+        task = asyncio.ensure_future(self._sink(self, event))
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+        await asyncio.shield(task)
+
+    async def drain(self, timeout: float) -> None:
+        """Wait (at most ``timeout`` seconds) for events already handed to the pipeline."""
+        if self._inflight:
+            await asyncio.wait(set(self._inflight), timeout=timeout)
 
     def decode_failed(self, failure: DecodeFailure) -> None:
         self.status.decode_failures += 1

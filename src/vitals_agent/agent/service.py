@@ -19,6 +19,7 @@ import structlog
 
 from vitals_agent import __version__, host
 from vitals_agent.agent.clock import Clock
+from vitals_agent.agent.config_source import ConfigRefused, ConfigSource, Pulled, describe
 from vitals_agent.agent.control import ControlServer
 from vitals_agent.agent.delivery.sender import QueueSender, Sender
 from vitals_agent.agent.instance import acquire_instance_lock
@@ -28,13 +29,15 @@ from vitals_agent.agent.patient.context import PatientContextManager
 from vitals_agent.agent.patient.lookup import PatientLookup
 from vitals_agent.agent.pipeline.flow import Pipeline
 from vitals_agent.agent.pipeline.profile import message_profile
+from vitals_agent.agent.reconfigure import Plan, plan
 from vitals_agent.agent.runtime import DeviceRuntimeImpl
 from vitals_agent.agent.storage.audit import AuditLog
 from vitals_agent.agent.storage.outbox import Outbox
 from vitals_agent.agent.supervisor import DeviceSupervisor
-from vitals_agent.config.schema import Config
+from vitals_agent.config.schema import Config, DeviceConfig
 from vitals_agent.drivers.base import DecodeContext, driver_class
 from vitals_agent.errors import ConfigError, OutboxError, StorageFailedError, VitalsAgentError
+from vitals_agent.logs import setup_logging
 from vitals_agent.models import DeviceIdentity
 from vitals_agent.net.tls import ssl_context_from
 
@@ -73,8 +76,15 @@ class AgentService:
         *,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         clock: Clock | None = None,
+        source: ConfigSource | None = None,
+        pulled: Pulled | None = None,
     ) -> None:
+        """``source``: where the configuration comes from (the local file, and the central bundle when
+        it names one), for reloads; ``pulled``: how ``config`` was obtained (a fresh bundle is kept as the
+        last good one once this agent holds the data folder)."""
         self.config = config
+        self.source = source
+        self.pulled = pulled
         if clock is not None:  # one time source for everything (tests inject wall and monotonic clocks)
             now = clock.now
         self.now = now
@@ -86,28 +96,33 @@ class AgentService:
         except BaseException:
             self.lock.release()
             raise
+        if source is not None and pulled is not None and pulled.origin == "central":
+            source.save_good(self.data_dir, pulled)
+        self._reload = asyncio.Event()
+        self._reloading = asyncio.Lock()
+        self.config_state: dict[str, Any] = {
+            **(describe(pulled) if pulled is not None else {"origin": "local"}),
+            "applied_at": None,
+            "last_error": None,
+            "last_error_at": None,
+            "restart_needed": [],
+            "reloads": 0,
+        }
 
     def _open(self, config: Config, now: Callable[[], datetime], clock: Clock | None) -> None:
         self.gateway = gateway_eui64(config, self.data_dir)
         self.outbox = Outbox(self.data_dir)
         # one sender per enabled destination, each with its own queue rows, back-off and dead letters
         self.senders: dict[str, QueueSender] = {}
+        self.metrics: AgentMetrics | None = None
         if config.ehr.enabled:
-            self.senders["ehr"] = Sender(
-                self.outbox,
-                config.ehr,
-                ssl_context=ssl_context_from(config.ehr),
-                storage_give_up=config.agent.storage_give_up_seconds,
-            )
+            self.senders["ehr"] = self._make_sender("ehr", config)
         fhir_profile = None
         if config.fhir.enabled:
-            from vitals_agent.agent.delivery.fhir_sender import FhirSender  # aiohttp only when FHIR is used
             from vitals_agent.agent.pipeline.profile import fhir_profile as make_fhir_profile
             from vitals_agent.fhir.bundle import load_models
 
-            self.senders["fhir"] = FhirSender(
-                self.outbox, config.fhir, storage_give_up=config.agent.storage_give_up_seconds
-            )
+            self.senders["fhir"] = self._make_sender("fhir", config)  # aiohttp only when FHIR is used
             fhir_profile = make_fhir_profile(config, self.gateway)
             load_models()  # at start, not on the first reading
         self.sender = next(iter(self.senders.values()))  # the first destination (the EHR when enabled)
@@ -148,26 +163,90 @@ class AgentService:
         self.runtimes: dict[str, DeviceRuntimeImpl] = {}
         self.supervisors: dict[str, DeviceSupervisor] = {}
         self._tasks: list[asyncio.Task[Any]] = []
+        self._device_tasks: dict[str, asyncio.Task[None]] = {}
+        self._sender_tasks: dict[str, asyncio.Task[None]] = {}
+        self._stop: asyncio.Event | None = None
         self.started_at: datetime | None = None
         self.alerts = self._alert_monitor(config) if config.alerts.enabled else None
-        self.metrics: AgentMetrics | None = None
         self.metrics_server: MetricsServer | None = None
         if config.metrics.enabled:
             self._metrics(config)
-        tz = device_zone(config)
         for dev in config.devices:
-            if not dev.enabled:
-                continue
-            driver = driver_class(dev.driver)(dev.options)
-            ctx = DecodeContext(device=DeviceIdentity(id=dev.id), tz=tz, now=now, options=dev.options)
-            runtime = DeviceRuntimeImpl(
-                dev, driver, ctx, OutboxStateStore(self.outbox, dev.id), self.pipeline.on_event
+            if dev.enabled:
+                self._make_device(dev)
+
+    def _make_device(self, dev: DeviceConfig) -> None:
+        driver = driver_class(dev.driver)(dev.options)
+        ctx = DecodeContext(device=DeviceIdentity(id=dev.id), tz=device_zone(self.config), now=self.now,
+                            options=dev.options)  # fmt: skip
+        runtime = DeviceRuntimeImpl(
+            dev, driver, ctx, OutboxStateStore(self.outbox, dev.id), self.pipeline.on_event
+        )
+        self.pipeline.add_device(runtime)
+        self.runtimes[dev.id] = runtime
+        supervisor = DeviceSupervisor(runtime)
+        runtime.on_connected.append(supervisor.connected)
+        self.supervisors[dev.id] = supervisor
+
+    def _start_device(self, dev_id: str) -> None:
+        self._device_tasks[dev_id] = asyncio.create_task(
+            self.supervisors[dev_id].run(), name=f"device:{dev_id}"
+        )
+
+    async def _stop_device(self, dev_id: str) -> None:
+        """Stop one device's link; a reading it already handed over still reaches the outbox."""
+        task = self._device_tasks.pop(dev_id, None)
+        if task is not None:
+            task.cancel()
+            _, pending = await asyncio.wait([task], timeout=DEVICE_STOP_TIMEOUT)
+            if pending:
+                log.warning("device did not stop in time", device=dev_id)
+        runtime = self.runtimes.pop(dev_id, None)
+        if runtime is not None:
+            await runtime.drain(DEVICE_STOP_TIMEOUT)
+        self.supervisors.pop(dev_id, None)
+        self.pipeline.remove_device(dev_id)
+
+    def _make_sender(self, name: str, config: Config) -> QueueSender:
+        sender: QueueSender
+        if name == "ehr":
+            sender = Sender(
+                self.outbox,
+                config.ehr,
+                ssl_context=ssl_context_from(config.ehr),
+                storage_give_up=config.agent.storage_give_up_seconds,
             )
-            self.pipeline.add_device(runtime)
-            self.runtimes[dev.id] = runtime
-            supervisor = DeviceSupervisor(runtime)
-            runtime.on_connected.append(supervisor.connected)
-            self.supervisors[dev.id] = supervisor
+        else:
+            from vitals_agent.agent.delivery.fhir_sender import FhirSender
+
+            sender = FhirSender(
+                self.outbox, config.fhir, storage_give_up=config.agent.storage_give_up_seconds
+            )
+        sender.audit = getattr(self, "audit", None)
+        if self.metrics is not None:
+            sender.exchange_observers.append(self.metrics.on_exchange)
+        return sender
+
+    def _start_sender(self, name: str) -> None:
+        task = asyncio.create_task(self.senders[name].run(), name=f"sender:{name}")
+        self._sender_tasks[name] = task
+        # A sender ends by itself only when storage failed for too long: then the agent stops.
+        task.add_done_callback(self._sender_ended)
+
+    def _sender_ended(self, task: asyncio.Task[None]) -> None:
+        if self._stop is not None and not task.cancelled() and task in self._sender_tasks.values():
+            self._stop.set()
+
+    async def _stop_sender(self, name: str, timeout: float) -> None:
+        """Stop one sender after the message in flight is answered (or, after ``timeout``, leave it
+        queued: the next sender sends it again with the same MSH-10)."""
+        sender = self.senders[name]
+        task = self._sender_tasks.pop(name, None)
+        await sender.stop(timeout=timeout)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StorageFailedError):
+                await task
 
     def _alert_monitor(self, config: Config) -> AlertMonitor:
         from vitals_agent.agent.alerts.facts import FactSource
@@ -190,7 +269,7 @@ class AgentService:
         return AlertMonitor(
             config.alerts,
             source.gather,
-            room=config.alerts.room or config.agent.location or config.agent.facility,
+            room=_room(config),
             facility=config.agent.facility,
             gateway=self.gateway,
             clock=self.clock,
@@ -215,6 +294,112 @@ class AgentService:
         for sender in self.senders.values():
             sender.exchange_observers.append(metrics.on_exchange)
         self.metrics_server = MetricsServer(config.metrics, metrics.render)
+
+    # --- configuration reload (SIGHUP, the service's reload control, the poll) ------------------------
+
+    def request_reload(self) -> None:
+        """Ask for the configuration to be read again now (the local file and the central bundle). Safe to
+        call from a signal handler on the event loop; the Windows service calls it from its control
+        handler through ``loop.call_soon_threadsafe``."""
+        self._reload.set()
+
+    async def _config_loop(self) -> None:
+        while True:
+            poll = self.config.agent.config_poll_seconds if self.config.agent.config_source else None
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(poll):
+                    await self._reload.wait()
+            self._reload.clear()
+            try:
+                await self.reload()
+            except Exception:  # a reload must never take the agent down
+                log.exception("configuration reload failed; the configuration in force stays")
+
+    async def reload(self) -> Plan | None:
+        """Read the configuration again and apply what changed. Returns the plan applied (None: nothing
+        new, or refused: the reason is logged, audited and shown in the status)."""
+        if self.source is None:
+            return None
+        async with self._reloading:
+            try:
+                pulled = await self.source.pull(self.data_dir)
+            except (ConfigRefused, ConfigError) as exc:
+                reason = str(exc) if isinstance(exc, ConfigRefused) else f"local configuration: {exc}"
+                self._refused(reason)
+                return None
+            if pulled.config == self.config:
+                if self.config_state["last_error"] is not None:
+                    self.config_state["last_error"] = None
+                return None
+            applied = await self.apply_config(pulled.config)
+            if pulled.origin == "central":
+                self.source.save_good(self.data_dir, pulled)
+            self.pulled = pulled
+            self.config_state.update(describe(pulled))
+            self.config_state.update(
+                applied_at=self.now().isoformat(), last_error=None, restart_needed=applied.restart_needed
+            )
+            self.config_state["reloads"] += 1
+            self._audit_config("config_applied", **applied.summary(), serial=self.config_state["serial"],
+                               digest=self.config_state["digest"])  # fmt: skip
+            return applied
+
+    def _refused(self, reason: str) -> None:
+        first = self.config_state["last_error"] != reason
+        self.config_state.update(last_error=reason, last_error_at=self.now().isoformat())
+        if first:  # once per distinct reason, not at every poll
+            log.warning("new configuration refused; the configuration in force stays", reason=reason)
+            self._audit_config("config_refused", reason=reason)
+
+    def _audit_config(self, event: str, **fields: Any) -> None:
+        try:
+            self.audit.record(event, source=self.config.agent.config_source or "local file", **fields)
+        except VitalsAgentError as exc:
+            log.error("audit record not written", audit_event=event, error=str(exc))
+
+    async def apply_config(self, new: Config) -> Plan:
+        """Apply ``new`` to the running agent: only devices whose table changed restart, a sender only
+        when its connection changed (after the message in flight is answered); queued messages stay
+        queued, and readings of the other devices keep flowing meanwhile."""
+        steps = plan(self.config, new)
+        old, self.config = self.config, new
+        self.pipeline.config = new
+        if steps.profile:
+            self.pipeline.profile = message_profile(new, self.gateway)
+            if new.fhir.enabled and self.pipeline.fhir_profile is not None:
+                from vitals_agent.agent.pipeline.profile import fhir_profile as make_fhir_profile
+
+                self.pipeline.fhir_profile = make_fhir_profile(new, self.gateway)
+        for dev_id in [*steps.remove, *steps.restart]:
+            await self._stop_device(dev_id)
+        devices = {d.id: d for d in new.devices}
+        for dev_id in [*steps.restart, *steps.add]:
+            self._make_device(devices[dev_id])
+            if self._stop is not None:
+                self._start_device(dev_id)
+        for name in steps.senders:
+            if name not in self.senders:
+                continue
+            link = old.ehr if name == "ehr" else old.fhir
+            await self._stop_sender(name, timeout=_answer_time(link))
+            self.senders[name] = self._make_sender(name, new)
+            if self._stop is not None:
+                self._start_sender(name)
+        self.sender = next(iter(self.senders.values()))
+        if steps.alerts and self.alerts is not None:
+            await self.alerts.reconfigure(new.alerts, room=_room(new))
+        if self.metrics is not None:
+            self.metrics.set_config(new)
+        if steps.metrics and self.metrics_server is not None and self.metrics is not None:
+            from vitals_agent.agent.metrics.server import MetricsServer
+
+            await self.metrics_server.stop()
+            self.metrics_server = MetricsServer(new.metrics, self.metrics.render)
+            await self.metrics_server.start()
+        log.info("configuration applied", **steps.summary())
+        if steps.restart_needed:
+            log.warning("some changes apply at the next restart of the agent", keys=steps.restart_needed)
+        return steps
 
     def _wake_senders(self) -> None:
         for sender in self.senders.values():
@@ -243,6 +428,7 @@ class AgentService:
             "not_sent_to": dict(self.pipeline.not_for),  # destination -> readings its builder refused
             "parked": self.pipeline.parked,
             "alerts": self.alerts.banner() if self.alerts is not None else [],
+            "config": dict(self.config_state),
             "storage": {
                 "outbox": sender["storage"],  # error, failing since, seconds until the agent stops
                 "held": {"ok": self.patients.held.problem is None, "error": self.patients.held.problem},
@@ -301,14 +487,13 @@ class AgentService:
             data_dir=str(self.data_dir),
             queued=self._depth(),
         )
-        sender_tasks = [
-            asyncio.create_task(sender.run(), name=f"sender:{name}") for name, sender in self.senders.items()
-        ]
-        # A sender ends by itself only when storage failed for too long: then the agent stops.
-        for task in sender_tasks:
-            task.add_done_callback(lambda _task: stop.set())
-        for dev_id, sup in self.supervisors.items():
-            self._tasks.append(asyncio.create_task(sup.run(), name=f"device:{dev_id}"))
+        self._stop = stop
+        for name in self.senders:
+            self._start_sender(name)
+        for dev_id in self.supervisors:
+            self._start_device(dev_id)
+        if self.source is not None:
+            self._tasks.append(asyncio.create_task(self._config_loop(), name="config"))
         self._tasks.append(asyncio.create_task(self._ticker(), name="ticker"))
         if self.alerts is not None:
             self._tasks.append(asyncio.create_task(self.alerts.run(), name="alerts"))
@@ -324,18 +509,22 @@ class AgentService:
             log.info("agent stopping")
             # Devices and the sender stop side by side, each under its own deadline, so the whole stop
             # stays well under systemd's and the issue's 5 s whatever a device or the EHR does.
-            for task in self._tasks:
+            tasks = [*self._tasks, *self._device_tasks.values()]
+            for task in tasks:
                 task.cancel()
+            sender_tasks = list(self._sender_tasks.values())
             sender_stopping = [
                 asyncio.create_task(sender.stop(timeout=STOP_TIMEOUT)) for sender in self.senders.values()
             ]
-            if self._tasks:
-                _, pending = await asyncio.wait(self._tasks, timeout=DEVICE_STOP_TIMEOUT)
+            if tasks:
+                _, pending = await asyncio.wait(tasks, timeout=DEVICE_STOP_TIMEOUT)
                 if pending:
                     log.warning(
                         "some tasks did not stop in time", tasks=sorted(t.get_name() for t in pending)
                     )
-            await asyncio.gather(*sender_stopping)
+            await asyncio.gather(
+                *sender_stopping, *(rt.drain(DEVICE_STOP_TIMEOUT) for rt in self.runtimes.values())
+            )
             for task in sender_tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, StorageFailedError):
@@ -367,6 +556,17 @@ class AgentService:
         self.patients.close()
         self.audit.close()
         self.lock.release()
+
+
+def _room(config: Config) -> str:
+    return config.alerts.room or config.agent.location or config.agent.facility
+
+
+def _answer_time(link: Any) -> float:
+    """How long a sender being replaced may take to get the answer to the message in flight."""
+    connect = float(getattr(link, "connect_timeout_seconds", 10.0))
+    answer = float(getattr(link, "ack_timeout_seconds", getattr(link, "timeout_seconds", 30.0)))
+    return connect + answer + 1.0
 
 
 def control_port_error(host: str, port: int, exc: OSError) -> ConfigError:
@@ -407,14 +607,45 @@ def patient_lookup(
     return PatientLookup(patients, pdq_client(config.pdq, sender), config.pdq, audit, now=now)
 
 
-def install_signal_handlers(stop: asyncio.Event) -> None:
-    """Set ``stop`` on the platform's stop requests (signals; Ctrl-C/Ctrl-Break on Windows)."""
+def install_signal_handlers(stop: asyncio.Event, reload: Callable[[], None] | None = None) -> None:
+    """Set ``stop`` on the platform's stop requests (signals; Ctrl-C/Ctrl-Break on Windows), and call
+    ``reload`` on its reload request (SIGHUP: ``systemctl reload``)."""
     host.install_stop_handlers(stop)
+    if reload is not None:
+        host.install_reload_handler(reload)
 
 
-async def run_service(config: Config) -> int:
+async def startup_config(source: ConfigSource) -> Pulled:
+    """The configuration to start with: the central bundle when it can be fetched and is good, else the
+    last good one, else the local file alone (each fallback logged once at WARNING). Raises
+    :class:`ConfigError` when none of them is a whole configuration."""
+    folder = source.data_dir()
+    try:
+        return await source.pull(folder)
+    except ConfigRefused as exc:
+        fallback = source.fallback(folder)
+        log.warning(
+            "starting without a new central configuration",
+            reason=str(exc),
+            using="the last good central configuration" if fallback.bundle else "the local file alone",
+        )
+        return fallback
+
+
+async def run_service(
+    config: Config | None = None, *, config_path: Path | None = None, log_level: str | None = None
+) -> int:
+    """Run the agent on ``config``, or on the configuration ``config_path`` gives (with ``[agent]
+    config_source``: the central bundle merged over it), which SIGHUP then reads again."""
     raise_open_files_limit()  # before any file is opened: room for devices, delivery and the control API
     stop = asyncio.Event()
-    install_signal_handlers(stop)
-    service = AgentService(config)
+    source = ConfigSource(config_path) if config_path is not None else None
+    pulled = None
+    if source is not None:
+        pulled = await startup_config(source)
+        config = pulled.config
+        setup_logging(log_level or config.agent.log_level)
+    assert config is not None
+    service = AgentService(config, source=source, pulled=pulled)
+    install_signal_handlers(stop, service.request_reload)
     return await service.run(stop)

@@ -62,9 +62,17 @@ def config_path(args: argparse.Namespace, *, required: bool = True) -> Path | No
 
 
 def config_from(args: argparse.Namespace) -> Config:
-    """Load and validate the configuration the command was given (raises ConfigError)."""
-    from vitals_agent.config.schema import load_config  # pydantic: only for commands that read a config
+    """Load and validate the configuration the command was given (raises ConfigError). With ``[agent]
+    config_source`` that is what the agent runs on without fetching: the last good central bundle merged
+    over the local file."""
+    from vitals_agent.config.schema import load_config, local_keys, read_document  # pydantic: only here
 
     path = config_path(args)
     assert path is not None
-    return load_config(path)
+    doc = read_document(path)
+    if local_keys(doc, base_dir=path.absolute().parent).config_source is None:
+        return load_config(path)
+    from vitals_agent.agent.config_source import ConfigSource
+
+    source = ConfigSource(path)
+    return source.fallback(source.data_dir()).config

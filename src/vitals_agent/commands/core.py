@@ -16,9 +16,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import ValidationError
 
 from vitals_agent.agent.pipeline.normalize import normalise
-from vitals_agent.commands._options import EXIT_CONFIG, add_config_option, config_from, config_path
+from vitals_agent.commands._options import EXIT_CONFIG, add_config_option, config_path
 from vitals_agent.config.agent_section import LOG_LEVELS
-from vitals_agent.config.schema import load_config
+from vitals_agent.config.schema import load_config, read_document
 from vitals_agent.drivers.base import (
     DecodeContext,
     DecodeFailure,
@@ -89,10 +89,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 async def cmd_run(args: argparse.Namespace) -> int:
     from vitals_agent.agent.service import EXIT_STORAGE_FAILED, run_service
 
-    config = config_from(args)
-    setup_logging(args.log_level or config.agent.log_level)
+    path = config_path(args)
+    assert path is not None
+    agent = read_document(path).get("agent")
+    level = agent.get("log_level") if isinstance(agent, dict) else None
+    # the local file's level while the central configuration is fetched; then the configuration's own
+    setup_logging(args.log_level or (level.upper() if isinstance(level, str) else "INFO"))
     try:
-        return await run_service(config)
+        return await run_service(config_path=path, log_level=args.log_level)
     except StorageFailedError as exc:  # after a clean stop: one line, and an exit code systemd reports
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_STORAGE_FAILED

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from vitals_agent.config.hl7_values import check_hl7_value, check_location
 
@@ -25,6 +25,37 @@ class AgentConfig(BaseModel):
     log_level: str = "INFO"  # any case
     # storage (the outbox) failing for this long without a success stops the agent (non-zero exit)
     storage_give_up_seconds: float = Field(300.0, ge=1)
+    # central configuration (local-only keys: a central layer cannot set them)
+    config_source: str | None = (
+        None  # https://.../room12.bundle or a path (file share); None: local file only
+    )
+    config_public_key: str | None = None  # base64 Ed25519 public key the bundle must be signed with
+    config_poll_seconds: float = Field(300.0, ge=5)
+    config_ca_file: Path | None = Field(
+        None, strict=False
+    )  # CA for an https:// source; default: system store
+
+    @field_validator("config_public_key")
+    @classmethod
+    def _key(cls, value: str | None) -> str | None:
+        if value is not None:
+            from vitals_agent.config.central import public_key_bytes
+
+            public_key_bytes(value)
+        return value
+
+    @field_validator("config_source")
+    @classmethod
+    def _source(cls, value: str | None) -> str | None:
+        if value is not None and "://" in value and not value.startswith(("https://", "file://")):
+            raise ValueError("must be an https:// URL or a path (plain http cannot be trusted to deliver it)")
+        return value
+
+    @model_validator(mode="after")
+    def _signed(self) -> AgentConfig:
+        if self.config_source is not None and self.config_public_key is None:
+            raise ValueError("config_source needs config_public_key: central configuration is always signed")
+        return self
 
     @field_validator("facility")
     @classmethod

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from vitals_agent.config.agent_section import AgentConfig
 from vitals_agent.config.alerts import AlertsConfig
+from vitals_agent.config.central import LocalKeys
 from vitals_agent.config.control import ControlConfig
 from vitals_agent.config.ehr import EhrConfig
 from vitals_agent.config.fhir import FhirConfig
@@ -246,7 +247,10 @@ def _duplicate_ids(raw_devices: list[Any], problems: list[tuple[str, str]]) -> N
 def _resolve_sections(doc: dict[str, Any], base: Path | None) -> dict[str, Any]:
     """Relative ``data_dir`` and TLS file names against the config file's folder."""
     out = dict(doc)
-    for section, keys in (("agent", ("data_dir",)), ("ehr", ("ca_file", "cert_file", "key_file"))):
+    for section, keys in (
+        ("agent", ("data_dir", "config_source", "config_ca_file")),
+        ("ehr", ("ca_file", "cert_file", "key_file")),
+    ):
         table = out.get(section)
         if isinstance(table, dict):
             out[section] = {k: (_resolve(v, base) if k in keys else v) for k, v in table.items()}
@@ -285,8 +289,25 @@ def load_config(path: str | Path) -> Config:
 
     Relative paths in it (``data_dir``, EKG ``folder``, TLS files, a ``port`` written ``./name``) are taken
     from the config file's folder, not from the current directory (which is ``/`` under systemd).
+    This is the local file alone; with ``[agent] config_source`` the running agent merges the central
+    layers over it (:mod:`vitals_agent.config.central`).
     """
     path = Path(path)
+    return parse_config(read_document(path), base_dir=path.absolute().parent)
+
+
+def local_keys(data: dict[str, Any], *, base_dir: Path | None = None) -> LocalKeys:
+    """The local-only ``[agent]`` keys of a document (data folder, central source and its key).
+    Raises :class:`ConfigError`."""
+    agent = _resolve_sections(dict(data), base_dir).get("agent")
+    try:
+        return LocalKeys.model_validate(agent if isinstance(agent, dict) else {})
+    except ValidationError as exc:
+        raise ConfigError(_problems(exc, "agent")) from None
+
+
+def read_document(path: Path) -> dict[str, Any]:
+    """The parsed TOML of a configuration file (not validated). Raises :class:`ConfigError`."""
     try:
         text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
@@ -302,10 +323,9 @@ def load_config(path: str | Path) -> Config:
     except OSError as exc:
         raise ConfigError([(str(path), f"cannot read it: {exc.strerror or exc}")]) from None
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([(str(path), f"not valid TOML: {exc}")]) from None
-    return parse_config(data, base_dir=path.absolute().parent)
 
 
 def _reader_hint(path: Path) -> str:

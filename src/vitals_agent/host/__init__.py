@@ -9,7 +9,7 @@ source tree). What differs, and where:
 * :mod:`.locations` - the default data and configuration folders (``%ProgramData%\\vitals-agent`` on
   Windows, via platformdirs) and the system time zone (the Windows zone mapped to IANA via tzlocal).
 * :mod:`.stop` - stop requests: SIGTERM/SIGINT on POSIX; Ctrl-C/Ctrl-Break on a Windows console (the
-  Windows service sets the same event from its stop control).
+  Windows service sets the same event from its stop control); reload requests: SIGHUP on POSIX.
 * :mod:`.readiness` - "ready", "stopping" and the watchdog: systemd notify on Linux; on Windows the
   service host listens and reports SERVICE_RUNNING / SERVICE_STOP_PENDING.
 * :mod:`.serial` - how a serial port is read (event-driven on POSIX; a blocking reader thread on Windows,
@@ -53,7 +53,7 @@ from vitals_agent.host.files import (  # noqa: E402
     tighten_dir,
 )
 from vitals_agent.host.locations import default_config_file, default_data_dir, system_zone  # noqa: E402
-from vitals_agent.host.stop import install_stop_handlers  # noqa: E402
+from vitals_agent.host.stop import install_reload_handler, install_stop_handlers  # noqa: E402
 
 __all__ = [
     "HAS_BLUEZ",
@@ -66,6 +66,7 @@ __all__ = [
     "describe_access",
     "ensure_private_file",
     "fsync_dir",
+    "install_reload_handler",
     "install_stop_handlers",
     "open_private",
     "private_dir",

@@ -50,3 +50,21 @@ def install_stop_handlers(stop: asyncio.Event) -> Callable[[], None]:
                 loop.remove_signal_handler(sig)
 
     return restore_posix
+
+
+def install_reload_handler(reload: Callable[[], None]) -> Callable[[], None]:
+    """Call ``reload`` on the platform's "read your configuration again" request: SIGHUP on POSIX
+    (``systemctl reload``, ``kill -HUP``). Windows has no such signal: its service control handler calls
+    the agent's ``request_reload`` itself (through ``loop.call_soon_threadsafe``). Returns a function that
+    removes the handler."""
+    loop = asyncio.get_running_loop()
+    if sys.platform == "win32":
+        return lambda: None
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        loop.add_signal_handler(signal.SIGHUP, reload)
+
+    def remove() -> None:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.remove_signal_handler(signal.SIGHUP)
+
+    return remove

@@ -135,6 +135,19 @@ class AlertMonitor:
         self.fired = 0
         self.cleared = 0
 
+    async def reconfigure(self, config: AlertsConfig, *, room: str) -> None:
+        """New thresholds and channels; alerts that are on stay on (no repeat, no spurious clear)."""
+        channels_changed = (config.smtp, config.webhook, config.syslog) != (
+            self.config.smtp, self.config.webhook, self.config.syslog
+        )  # fmt: skip
+        self.config, self.room = config, room
+        self.engine.hold_down = config.hold_down_seconds
+        if channels_changed:
+            old = self.outlets
+            delays = old[0].delays if old else RETRY_DELAYS
+            self.outlets = [_Outlet(ch, delays) for ch in configured_channels(config)]
+            await asyncio.gather(*(o.drain(2.0) for o in old))
+
     def payload(self, event: AlertEvent) -> dict[str, Any]:
         """What every channel gets: room, device and counts, never patient data."""
         return {

@@ -101,6 +101,11 @@ class Pipeline:
         self._runtimes[dev.id] = runtime
         self._policies[dev.id] = make_policy(dev.report_policy(), dev.report_seconds)
 
+    def remove_device(self, device_id: str) -> None:
+        """A device stopped by a configuration change (its held readings stay held)."""
+        self._runtimes.pop(device_id, None)
+        self._policies.pop(device_id, None)
+
     def _skew(self, dev: DeviceConfig) -> timedelta:
         seconds = dev.max_clock_skew_seconds or self.config.agent.max_clock_skew_seconds
         return timedelta(seconds=seconds)
