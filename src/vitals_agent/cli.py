@@ -69,6 +69,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "run a simulated serial device on a pseudo-terminal or a TCP port (terminal server)",
     ),
     "status": ("status", "show devices, patient context and delivery of the running agent"),
+    "support-bundle": ("support", "write a zip for support: config, status, logs, counts; no patient data"),
 }
 
 
