@@ -161,6 +161,10 @@ def test_rules_turn_facts_into_observations_without_patient_data() -> None:
     assert seen["disk_free"].bad and seen["disk_free"].summary == "120 MB free on the data folder's disk"
     assert seen["cert_expiry:EHR server certificate"].bad
     assert seen["cert_expiry:EHR server certificate"].summary == "EHR server certificate expires in 12 day(s)"
+    assert not seen["config_refused"].bad
+    refused = {o.key: o for o in observe(config, Facts(config_error="signature does not verify"))}
+    assert refused["config_refused"].bad
+    assert refused["config_refused"].summary == "new configuration refused: signature does not verify"
 
 
 def test_a_rule_set_to_zero_is_off() -> None:
@@ -173,4 +177,4 @@ def test_a_rule_set_to_zero_is_off() -> None:
         disk_free_mb=1.0,
     )
     kinds = {o.kind for o in observe(config, facts)}
-    assert kinds == {"queue_age", "held_reading"}
+    assert kinds == {"queue_age", "held_reading", "config_refused"}

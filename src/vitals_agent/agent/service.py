@@ -265,6 +265,7 @@ class AgentService:
             data_dir=self.data_dir,
             clock=self.clock,
             cert_files=certs,
+            config_error=lambda: self.config_state["last_error"],
         )
         return AlertMonitor(
             config.alerts,

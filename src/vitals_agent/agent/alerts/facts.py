@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -85,7 +85,9 @@ class FactSource:
         data_dir: Path,
         clock: Clock,
         cert_files: Mapping[str, Path],
+        config_error: Callable[[], str | None] = lambda: None,
     ) -> None:
+        self.config_error = config_error
         self.senders = senders
         self.runtimes = runtimes
         self.patients = patients
@@ -123,6 +125,7 @@ class FactSource:
             oldest_held_age=(now - oldest_held).total_seconds() if oldest_held is not None else None,
             disk_free_mb=free,
             certs=_certs(expiries.items(), wall),
+            config_error=self.config_error(),
         )
 
     def _unseen(self, last_seen: datetime | None, now: datetime, mono: float) -> float:

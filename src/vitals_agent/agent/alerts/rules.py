@@ -48,6 +48,7 @@ class Facts:
     oldest_held_age: float | None = None
     disk_free_mb: float | None = None
     certs: Sequence[CertFacts] = ()
+    config_error: str | None = None  # why the last new configuration was refused (None: none refused)
 
 
 def _span(seconds: float) -> str:
@@ -140,6 +141,14 @@ def observe(config: AlertsConfig, facts: Facts) -> list[Observation]:
                 counts={"free_mb": round(facts.disk_free_mb)},
             )
         )
+    out.append(
+        Observation(
+            "config_refused",
+            "config_refused",
+            facts.config_error is not None,
+            summary=f"new configuration refused: {facts.config_error}" if facts.config_error else "",
+        )
+    )
     if config.cert_expiry_days > 0:
         for cert in facts.certs:
             days = cert.days_left
