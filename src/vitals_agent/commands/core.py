@@ -16,9 +16,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import ValidationError
 
 from vitals_agent.agent.pipeline.normalize import normalise
-from vitals_agent.commands._options import EXIT_CONFIG, add_config_option, config_path
+from vitals_agent.commands._options import EXIT_CONFIG, add_config_option, config_from, config_path
 from vitals_agent.config.agent_section import LOG_LEVELS
-from vitals_agent.config.schema import load_config, read_document
+from vitals_agent.config.schema import read_document
 from vitals_agent.drivers.base import (
     DecodeContext,
     DecodeFailure,
@@ -117,11 +117,16 @@ async def cmd_check_config(args: argparse.Namespace) -> int:
     path = config_path(args)
     assert path is not None
     try:
-        config = load_config(path)
+        config = config_from(args)
     except ConfigError as exc:
         for key, message in exc.problems:
             print(f"{key}: {message}")
         return 1
+    if config.agent.config_source is not None:
+        print(
+            f"note: central configuration from {config.agent.config_source}: checked the last good bundle "
+            "over this file (`vitals-agent config pull --check` fetches and checks the current one)"
+        )
     problems: list[tuple[str, str]] = []
     try:  # values the HL7 profile cannot carry (e.g. an MSH-4 longer than the data type allows)
         message_profile(config, config.agent.gateway_eui64 or "0000000000000000")
