@@ -19,6 +19,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from vitals_agent import host
 from vitals_agent.commands._options import add_config_option, config_path
 from vitals_agent.errors import ConfigError, VitalsAgentError
 
@@ -147,7 +148,7 @@ def _keygen(out: Path) -> int:
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fd = host.open_private(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
     try:
         os.write(fd, pem)
     finally:

@@ -32,7 +32,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from vitals_agent import __version__
+from vitals_agent import __version__, host
 from vitals_agent.commands._options import add_config_option, config_from
 from vitals_agent.config.central import SECRET_WORDS
 from vitals_agent.config.schema import Config
@@ -99,7 +99,7 @@ async def cmd_support_bundle(args: argparse.Namespace) -> int:
 def _write_zip(out: Path, texts: dict[str, str]) -> None:
     tmp = out.with_name(f".{out.name}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = host.open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     except OSError as exc:
         raise VitalsAgentError(f"cannot write {out}: {exc.strerror or exc}") from None
     with os.fdopen(fd, "wb") as fh, zipfile.ZipFile(fh, "w", zipfile.ZIP_DEFLATED) as zf:
