@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import re
+import signal
 import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.fake_ehr import Hl7Ehr
 from tests.kit import oximeter_reading, until
+from vitals_agent import host
 from vitals_agent.agent.config_source import ConfigRefused, ConfigSource
 from vitals_agent.agent.reconfigure import plan
 from vitals_agent.agent.service import AgentService, startup_config
@@ -292,3 +295,30 @@ async def test_cli_keygen_bundle_and_pull_check(tmp_path: Path, capsys: pytest.C
     assert await main(["config", "pull", "--check", "--config", str(path)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: central configuration refused: ") and err.count("\n") == 1
+
+
+async def test_sighup_rereads_a_local_file_and_restarts_only_the_changed_device(tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    body = (
+        f'[agent]\nfacility = "X"\ndata_dir = "{tmp_path / "data"}"\n[control]\nenabled = false\n'
+        "[alerts]\ndisk_free_mb = 0\n" + SITE[SITE.index("[[devices]]") :]
+    )
+    path.write_text(body)
+    source = ConfigSource(path)
+    svc = AgentService((await startup_config(source)).config, source=source)
+    stop = asyncio.Event()
+    run = asyncio.create_task(svc.run(stop))
+    remove = host.install_reload_handler(svc.request_reload)
+    try:
+        await until(lambda: {"oxi-1", "bp-1"} <= set(svc._device_tasks), 5, "the devices")
+        oxi, bp = svc._device_tasks["oxi-1"], svc._device_tasks["bp-1"]
+        path.write_text(body.replace('id = "bp-1"', 'id = "bp-1"\ndescription = "moved to room 14"'))
+        os.kill(os.getpid(), signal.SIGHUP)  # what `systemctl reload` ends in
+        await until(lambda: svc.config_state["reloads"] == 1, 10, "the reload")
+        assert svc._device_tasks["oxi-1"] is oxi and svc._device_tasks["bp-1"] is not bp
+        assert svc.runtimes["bp-1"].config.description == "moved to room 14"
+        assert svc.status()["config"]["origin"] == "local"
+    finally:
+        remove()
+        stop.set()
+        await run
