@@ -56,9 +56,9 @@ windows-prefix: $(STAMP)
 
 # WINDOWS_LANE selects the lane's tests (default: the end-to-end run; the unit lane and the service test
 # are run by hand with WINDOWS_LANE= until they pass under Wine, see /work/notes and the README).
-WINDOWS_LANE ?= masimo
+WINDOWS_LANE ?= masimo or service
 test-windows: windows-prefix
-	@start=$$(date +%s); VITALS_WINDOWS_LANE=1 $(VENV)/bin/pytest -q -p no:cacheprovider tests/windows \
+	@start=$$(date +%s); VITALS_WINDOWS_LANE=1 $(VENV)/bin/pytest -q -rP -p no:cacheprovider tests/windows \
 	  $(if $(WINDOWS_LANE),-k "$(WINDOWS_LANE)"); rc=$$?; $(PY) tests/windows/winelane.py teardown; \
 	  echo "windows lane: $$(( $$(date +%s) - start )) s of tests (exit $$rc)"; exit $$rc
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import os
 import pkgutil
 import sys
 from collections.abc import Sequence
@@ -164,7 +165,17 @@ async def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
+def _ensure_std_streams() -> None:
+    """A process started without standard handles has ``sys.stdin/stdout/stderr`` = None: a Windows
+    service (the service control manager gives it none), ``pythonw``. Point them at the null device, so
+    a print or the first logging setup cannot kill the process before it has a log of its own."""
+    for name, mode in (("stdin", "r"), ("stdout", "w"), ("stderr", "w")):
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, mode, encoding="utf-8"))  # noqa: SIM115 - process-long
+
+
 def run() -> None:
+    _ensure_std_streams()
     try:
         sys.exit(asyncio.run(main()))
     except KeyboardInterrupt:

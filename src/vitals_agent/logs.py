@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import structlog
 
+_STDLIB_HANDLER = "vitals-agent"
 _LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.ERROR}
 
 
@@ -35,9 +36,21 @@ def setup_logging(level: str = "INFO", *, stream: TextIO | None = None, json: bo
         logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
-    logging.basicConfig(
-        level=max(numeric, logging.WARNING), stream=out, format="%(levelname)s %(name)s %(message)s"
-    )
+    # stdlib logging: one handler of ours on the root logger, pointed at the newest stream (the Windows
+    # service sets up logging twice: for the command line, then for its log file). Like basicConfig, it
+    # leaves a root logger alone that someone else (an embedding program, pytest) has handlers on.
+    root = logging.getLogger()
+    ours = next((h for h in root.handlers if h.get_name() == _STDLIB_HANDLER), None)
+    if ours is None and root.handlers:
+        return
+    if ours is None:
+        ours = logging.StreamHandler(out)
+        ours.set_name(_STDLIB_HANDLER)
+        ours.setFormatter(logging.Formatter("%(levelname)s %(name)s %(message)s"))
+        root.addHandler(ours)
+    else:
+        cast("logging.StreamHandler[TextIO]", ours).setStream(out)
+    root.setLevel(max(numeric, logging.WARNING))
 
 
 def redact_message(message: bytes | str) -> str:

@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -242,43 +243,83 @@ async def test_masimo_on_com5_reaches_the_ehr_and_the_outbox_survives_a_kill() -
 # ----------------------------------------------------------------------------------- (c) the service
 
 
-def service_state() -> str:
-    out = winelane.agent("service", "status", check=False)
-    return out.stdout.splitlines()[0].split(": ", 1)[-1].split(" ")[0] if out.stdout else "?"
+class ServiceWatch:
+    """``watch_service.py`` under Wine: the service's state changes, each stamped on arrival (Linux clock)."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            ["wine", winelane.PYTHON, winelane.TEST_DIR + r"\watch_service.py", "vitals-agent"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=winelane.wine_env(),
+            start_new_session=True,
+        )
+        self.seen: list[tuple[float, str]] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in iter(self.proc.stdout.readline, b""):
+            self.seen.append((time.monotonic(), line.decode("utf-8", "replace").strip()))
+
+    async def when(self, state: str, after: float = 0.0, timeout: float = 60.0) -> float:
+        """The time ``state`` was first seen at or after ``after`` (waits for it)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for at, line in list(self.seen):
+                if at >= after and line.split(" ")[0] == state:
+                    return at
+            assert time.monotonic() < deadline, f"service never {state}: {self.seen}"
+            assert self.proc.poll() is None or self.seen, f"watcher ended: {self.seen}"
+            await asyncio.sleep(0.05)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=30)
 
 
 async def test_service_started_by_net_start_sends_and_net_stop_ends_it_within_5_s() -> None:
     ehr = await Hl7Ehr().start()
+    watch = ServiceWatch()
     try:
+        await watch.when("watching")
         with com_ports(1) as devices:
             write_config(ehr.port, ["COM5"])
             async with running(await simulate(devices)):
                 status = winelane.agent("service", "status", check=False).stdout
                 assert "start: automatic" in status, status
                 assert "NT AUTHORITY\\LocalService" in status, status
+                begun = time.monotonic()
                 started = winelane.wine("net", "start", "vitals-agent", timeout=120, check=False)
                 assert started.returncode == 0, started.stdout
-                deadline = time.monotonic() + 60
-                while service_state() != "running":
-                    assert time.monotonic() < deadline, winelane.agent(
-                        "service", "status", check=False
-                    ).stdout
-                    await asyncio.sleep(0.5)
+                start_took = await watch.when("running", begun) - begun
                 messages = await received(ehr, 3)
                 for message in messages:
                     validate_oru(message)
                 begun = time.monotonic()
-                winelane.wine("net", "stop", "vitals-agent", timeout=60, check=False)
-                # net stop returns before the service has stopped under Wine: watch the state.
-                while service_state() != "stopped":
-                    assert time.monotonic() - begun < 30, "the service did not stop"
-                    await asyncio.sleep(0.1)
-                took = time.monotonic() - begun
+                stopped = winelane.wine("net", "stop", "vitals-agent", timeout=60, check=False)
+                assert stopped.returncode == 0, stopped.stdout
+                # net stop returns before the service has stopped under Wine: wait for the process to end.
+                stop_took = await watch.when("exited", begun, timeout=30) - begun
+                stopped_state = await watch.when("stopped", begun) - begun
     finally:
+        watch.close()
         await ehr.close()
     log = winelane.unix_path(winelane.DATA_DIR + r"\logs\agent.log").read_text("utf-8")
-    print(f"service stop took {took:.1f} s (net stop + status polls)")
+    print(
+        f"service: net start -> running {start_took:.1f} s; net stop -> stopped {stopped_state:.1f} s, "
+        f"process ended {stop_took:.1f} s"
+    )
     assert '"agent stopped"' in log, log[-3000:]
-    assert took < STOP_DEADLINE, f"net stop -> stopped took {took:.1f} s"
+    # The event log (Wine's ReportEvent traces each line into the services' output, see winelane.setup).
+    deadline = time.monotonic() + 30  # `cat` copies it into the file: wait for the last line
+    while "vitals-agent: stopped" not in (events := winelane.SERVICES_LOG.read_text("utf-8", "replace")):
+        assert time.monotonic() < deadline, f"no 'stopped' event-log line:\n{events[-3000:]}"
+        await asyncio.sleep(0.1)
+    assert "vitals-agent: started: 1 devices" in events, events[-3000:]
+    assert stop_took < STOP_DEADLINE, f"net stop -> process ended took {stop_took:.1f} s"
     state = winelane.agent("service", "status", check=False).stdout
+    assert "vitals-agent: stopped" in state, state
     assert "last exit code" not in state or "1077" in state, state  # no failure code after a clean stop

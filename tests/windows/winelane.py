@@ -51,6 +51,32 @@ import pytest
 sys.exit(pytest.main(sys.argv[1:]))
 """
 
+WATCH_SERVICE = """\
+# Watch a service's state from inside the prefix: one line per change, "<state> <pid>", then "exited"
+# when the service's process has ended after a stop. Runs until it has seen the process end.
+import sys, time, win32api, win32con, win32event, win32service
+scm = win32service.OpenSCManager(None, None, win32service.SC_MANAGER_CONNECT)
+handle = win32service.OpenService(scm, sys.argv[1], win32service.SERVICE_QUERY_STATUS)
+names = {1: "stopped", 2: "starting", 3: "stopping", 4: "running"}
+print("watching", flush=True)
+last, process, seen_running = None, None, False
+while True:
+    info = win32service.QueryServiceStatusEx(handle)
+    state, pid = names.get(info["CurrentState"], str(info["CurrentState"])), info["ProcessId"]
+    if pid and process is None:
+        process = win32api.OpenProcess(win32con.SYNCHRONIZE, False, pid)
+    if state != last:
+        print(state, pid, flush=True)
+        last = state
+    seen_running = seen_running or state == "running"
+    if seen_running and state == "stopped":
+        if process is not None:
+            win32event.WaitForSingleObject(process, 30000)
+        print("exited", flush=True)
+        break
+    time.sleep(0.05)
+"""
+
 
 def drive_c() -> Path:
     return PREFIX / "drive_c"
@@ -176,11 +202,12 @@ def setup() -> None:
     subprocess.run(["wineboot", "-i"], check=True, **quiet)  # type: ignore[call-overload]
     subprocess.run(["wineserver", "-w"], check=True, **quiet)  # type: ignore[call-overload]
     start_wineserver()
-    # Start services.exe & co. now, with stdout/stderr on a pipe of their own that `cat` copies into
-    # SERVICES_LOG: the services they start inherit it (Windows CPython under Wine dies on a regular file
-    # or /dev/null as stdout), and a later `wine ... | reader` does not hand its pipe to services.exe
-    # (the reader would wait for it forever). Wine's eventlog channel lands there too: ReportEvent is
-    # a stub that traces each event's strings.
+    # Start services.exe & co. now, with their Unix stdout/stderr on a pipe of their own that `cat`
+    # copies into SERVICES_LOG, so a later `wine ... | reader` does not hand its pipe to services.exe
+    # (the reader would wait for it forever). A service gets no Windows standard handles (sys.stdout and
+    # sys.stderr are None in the agent's service process, as on Windows), but Wine's debug channels of
+    # every process services.exe starts write to that Unix stderr: with +eventlog, Wine's ReportEvent
+    # (a stub) traces each event-log line the service writes, which the service test reads.
     with open(SERVICES_LOG, "wb") as log:
         sink = subprocess.Popen(
             ["cat"], stdin=subprocess.PIPE, stdout=log, stderr=subprocess.DEVNULL, start_new_session=True
@@ -212,6 +239,7 @@ def setup() -> None:
     )
     shutil.copy(ROOT / "pyproject.toml", test_root / "pyproject.toml")
     (test_root / "run_tests.py").write_text(RUN_TESTS)
+    (test_root / "watch_service.py").write_text(WATCH_SERVICE)
     print(f"winelane: prefix ready in {time.monotonic() - started:.1f} s", flush=True)
 
 
