@@ -157,7 +157,9 @@ def _value(
             return None, f"unknown unit {unit!r}", raw
         if factor != 1:
             number = (number * factor).normalize()
-            if number == number.to_integral_value():
+            # "0.4 s" -> 400 (not 4E+2); a number beyond Decimal's 28 digits ("1E+999 s") stays as it is,
+            # quantize would raise, and the bounds withhold it anyway
+            if number == number.to_integral_value() and number.adjusted() < 28:
                 number = number.quantize(Decimal(1))
     why = plausible(metric, number)
     if why:
