@@ -153,12 +153,12 @@ def test_oximeter_unbound_temporary_identity() -> None:
     )
     _, parsed = build(r)
     pid = parsed.pid
-    assert pid[3] == "TMP-RAD8-0001-20250314152958^^^EXHOSP&2.999.1&ISO^PI"
+    assert pid[3] == f"TMP-RAD8-0001@{GATEWAY}-20250314152958^^^EXHOSP&2.999.1&ISO^PI"
     assert pid[5] == "^^^^^^U"
     assert (pid[7], pid[8], pid[31]) == ("", "", "Y")
     assert parsed.pv1[19] == ""
     assert parsed.obx[0][3] == "528388^MDC_DEV_SPEC_PROFILE_PULS_OXIM^MDC"
-    assert parsed.obx[0][18] == "RAD8-0001^Rad-8"  # legacy serial^model form
+    assert parsed.obx[0][18] == f"RAD8-0001^Rad-8^{GATEWAY}^EUI-64"  # serial^model^the agent^EUI-64
     assert parsed.value("150456") == "97"
     assert (
         parsed.obx_by_code("150456")[3]
@@ -205,7 +205,7 @@ def test_scale_bmi_is_auto_calculated_and_pounds_preference() -> None:
     pounds = MessageProfile(**{**PROFILE.__dict__, "preferred_units": MappingProxyType({"kg": "[lb_av]"})})
     _, parsed = build(r, pounds)
     assert parsed.obx[0][3] == "528399^MDC_DEV_SPEC_PROFILE_SCALE^MDC"
-    assert parsed.obx[0][18] == f"scale-1^VITALS_AGENT^{GATEWAY}^EUI-64"  # configured id under this gateway
+    assert parsed.obx[0][18] == f"scale-1^^{GATEWAY}^EUI-64"  # configured id under this gateway
     weight = parsed.obx_by_code("188736")
     assert (weight[4], weight[5]) == ("1.0.0.1", "155.43")
     assert weight[6] == "263904^MDC_DIM_LB^MDC^[lb_av]^[lb_av]^UCUM"
@@ -291,7 +291,7 @@ def test_cart_without_id_is_sent_unbound() -> None:
         DeviceClass.ECG, m("ecg_heart_rate", "72", "/min"), source_patient=PatientInfo(family_name="X")
     )
     _, parsed = build(r)
-    assert parsed.pid.text(3).startswith(f"TMP-{CUFF}-")
+    assert parsed.pid.text(3).startswith(f"TMP-{CUFF}@{CUFF}-")
     assert parsed.pid[31] == "Y"
 
 
@@ -354,7 +354,7 @@ def test_every_text_leaf_is_escaped() -> None:
     assert parsed.pid.text(5, 2) == "Ann~Marie & \\Co Line2"  # line breaks in names become spaces
     assert parsed.pv1[3] == "ROOM\\F\\1^BED\\R\\2"
     assert parsed.msh[4] == "F\\F\\A\\E\\C"
-    assert parsed.obx[0][18] == "SN\\S\\1\\F\\2^M\\T\\M"
+    assert parsed.obx[0][18] == f"SN\\S\\1\\F\\2^M_M^{GATEWAY}^EUI-64"  # EI-2 (IS): plain
     assert raw.count(b"\r") == len(parsed.segments)
 
 
@@ -376,7 +376,7 @@ def test_unicode_line_separators_and_c1_controls_never_go_raw() -> None:
     assert parsed.pid.text(5, 1) == "Doe Smith"  # names: line breaks become spaces
     assert parsed.pid.text(5, 2) == "Ann Marie\x9b"
     assert parsed.obx[0].text(18, 1) == "SN\u20291\x80"
-    assert parsed.obx[0][18].startswith("SN\\XE280A9\\1\\XC280\\^M\\XC285\\")
+    assert parsed.obx[0][18].startswith("SN\\XE280A9\\1\\XC280\\^M_^")
 
 
 def test_non_ascii_sets_msh18_and_utf8() -> None:
@@ -526,10 +526,10 @@ def test_site_values_too_long_for_hl7_are_refused_up_front(change: dict[str, str
     assert build(bp_reading(), profile)[1].pv1.text(3, 9) == "Cardiology exam room 3, 2nd floor"
 
 
-def test_long_model_name_is_left_out_of_the_legacy_identity() -> None:
+def test_long_model_name_is_cut_to_the_namespace_length() -> None:
     device = DeviceIdentity(id="x", serial_number="SN1", model="IntelliVue MP30 Patient Monitor")
     _, parsed = build(reading(DeviceClass.PULSE_OXIMETER, m("spo2", "97", "%"), device=device))
-    assert parsed.obx[0][18] == "SN1"
+    assert parsed.obx[0][18] == f"SN1^IntelliVue MP30 Pati^{GATEWAY}^EUI-64"  # EI-2 is an IS (20)
 
 
 def test_message_profile_from_config() -> None:

@@ -7,6 +7,7 @@ Values are :class:`~decimal.Decimal` so that a device's resolution survives (``0
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
@@ -122,6 +123,10 @@ class DeviceIdentity(BaseModel):
             raise ValueError("EUI-64 must be 16 hexadecimal digits")
         return value
 
+    def equipment_id(self, gateway_eui64: str) -> EquipmentId:
+        """The one identity form (issue 17, hl7-pcd01.md §7.6): see :class:`EquipmentId`."""
+        return equipment_id(self, gateway_eui64)
+
     def merged(self, other: DeviceIdentity) -> DeviceIdentity:
         """This identity with every field ``other`` knows filled in (the configured ``id`` is kept)."""
         data = self.model_dump()
@@ -129,6 +134,58 @@ class DeviceIdentity(BaseModel):
             if key != "id" and value is not None:
                 data[key] = value
         return DeviceIdentity(**data)
+
+
+EQUIPMENT_ID_TYPE = "EUI-64"  # EI-4 of every device identity: the same for every device
+EI_NAMESPACE_MAX = 20  # EI-2 is an HL7 IS value: at most 20 characters
+
+
+@dataclass(frozen=True)
+class EquipmentId:
+    """One device's identity in the one form every message, row and page uses (an HL7 EI, unescaped):
+
+    * ``entity`` (EI-1): the serial number the device reports; else its EUI-64 (a BLE device that states
+      a System ID but no serial number); else the configured device id;
+    * ``namespace`` (EI-2): the model the device reports (letters, digits, space, ``. _ -``; at most 20
+      characters), empty when it reports none;
+    * ``universal_id`` (EI-3): the device's own EUI-64 when it has one (BLE System ID), else the agent's
+      (the gateway EUI-64, MSH-3): the authority under which EI-1 is unique;
+    * ``universal_id_type`` (EI-4): ``EUI-64``, for every device.
+
+    Examples: ``0000123456^^0A1B2CFFFE3D4E5F^EUI-64`` (a Masimo on serial),
+    ``5110800123^UA-651BLE^00091FFFFE3D4E5F^EUI-64`` (a BLE cuff), ``scale-room7^^0A1B2CFFFE3D4E5F^EUI-64``
+    (a scale that states no serial number).
+    """
+
+    entity: str
+    namespace: str
+    universal_id: str
+    universal_id_type: str = EQUIPMENT_ID_TYPE
+
+    @property
+    def components(self) -> tuple[str, str, str, str]:
+        return (self.entity, self.namespace, self.universal_id, self.universal_id_type)
+
+    def text(self) -> str:
+        """``EI-1^EI-2^EI-3^EI-4`` as shown to people (status page, interface spec); not HL7-escaped."""
+        return "^".join(self.components)
+
+    def temporary_key(self) -> str:
+        """The device part of the temporary PID-3 of unbound readings: ``EI-1@EI-3``."""
+        return f"{self.entity}@{self.universal_id}"
+
+
+def _ei_namespace(model: str | None) -> str:
+    if not model:
+        return ""
+    return re.sub(r"[^A-Za-z0-9 ._-]", "_", model)[:EI_NAMESPACE_MAX].strip()
+
+
+def equipment_id(device: DeviceIdentity, gateway_eui64: str) -> EquipmentId:
+    """``device``'s :class:`EquipmentId`; ``gateway_eui64`` is the agent's (16 hex digits)."""
+    gateway = gateway_eui64.replace(":", "").replace("-", "").upper()
+    entity = device.serial_number or device.eui64 or device.id
+    return EquipmentId(entity, _ei_namespace(device.model), device.eui64 or gateway)
 
 
 class Measurement(BaseModel):

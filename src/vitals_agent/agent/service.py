@@ -418,7 +418,10 @@ class AgentService:
             "started_at": self.started_at.isoformat() if self.started_at else None,
             "facility": self.config.agent.facility,
             "location": self.config.agent.location,
-            "devices": [rt.status.as_dict() for rt in self.runtimes.values()],
+            "devices": [
+                {**rt.status.as_dict(), "equipment": rt.identity.equipment_id(self.gateway).text()}
+                for rt in self.runtimes.values()
+            ],
             "outbox": {
                 "depth": None if None in depths else sum(depths),
                 "dead": None if None in deads else sum(deads),

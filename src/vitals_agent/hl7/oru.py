@@ -10,8 +10,11 @@ Choices made here (documented for the EHR interface team):
 * OBR-2/OBR-3 EI-1 = gateway EUI-64 + observation time (UTC, seconds) + ``-`` + 8 hex digits of a digest of
   the device identity, exact observation time and record sequence: unique per reading and *stable* for
   the same reading (a rebuilt or corrected message keeps its filler order number).
+* Device identity (OBX-18 of the MDS row, or of every row without ``hierarchy_rows``): one EI form for
+  every driver and transport, ``EI-1^EI-2^EI-3^EI-4`` = serial (else EUI-64, else the configured id) ^
+  model ^ the device's EUI-64 (else the gateway's) ^ ``EUI-64`` (:class:`~vitals_agent.models.EquipmentId`).
 * Unbound reading (no patient, no cart patient with an id): mode 1 of section 4.1 -- PID-3
-  ``TMP-<EUI-64|serial|id>-<observed UTC>`` under the assigning authority with type ``PI``, PID-5
+  ``TMP-<EI-1>@<EI-3>-<observed UTC>`` under the assigning authority with type ``PI``, PID-5
   ``^^^^^^U``, PID-31 ``Y``. Bound patient: PID-31 ``N`` (identity known, table 0136). Cart patient (EKG):
   PID-31 left empty (identity entered on a device, not confirmed by the agent).
 * Late-associated readings get an NTE after the OBR (``NTE|1|L|late-associated: ...|RE^Remark^HL70364``).
@@ -378,16 +381,11 @@ def _numbering(reading: Reading, keys: list[str]) -> tuple[dict[int, int], int, 
     return numbers, clock, next_free
 
 
-def _equipment(device: DeviceIdentity, profile: MessageProfile) -> str:
-    """OBX-18 (EI): EUI-64 form, else legacy serial^model, else the configured id under this gateway."""
-    if device.eui64:
-        return f"{device.eui64}^^{device.eui64}^EUI-64"
-    if device.serial_number:
-        model = escape(device.model) if device.model else None
-        if model and len(model) > IS_MAX:  # EI-2 is an IS namespace: a long model name does not fit
-            model = None
-        return _join(escape(device.serial_number), model)
-    return f"{escape(device.id)}^{escape(profile.sending_application)}^{profile.gateway_eui64}^EUI-64"
+def equipment(device: DeviceIdentity, profile: MessageProfile) -> str:
+    """OBX-18 (EI) in ER7: the device's one identity form (:class:`~vitals_agent.models.EquipmentId`,
+    hl7-pcd01.md §7.6): ``serial-or-id^model^EUI-64 (device's or the agent's)^EUI-64``."""
+    ei = device.equipment_id(profile.gateway_eui64)
+    return "^".join(escape(c) for c in ei.components)
 
 
 def _observation_id(info: MetricInfo, system: str) -> str:
@@ -465,9 +463,8 @@ def _patient_segments(
         pid[8] = _sex(cart.sex)
         encounter = cart.encounter
     else:
-        device = reading.device
-        who = device.eui64 or device.serial_number or device.id
-        pid[3] = f"TMP-{escape(who)}-{_utc14(reading.observed_at)}^^^{authority}^PI"
+        key = reading.device.equipment_id(profile.gateway_eui64).temporary_key()
+        pid[3] = f"TMP-{escape(key)}-{_utc14(reading.observed_at)}^^^{authority}^PI"
         pid[5] = "^^^^^^U"
         pid[31] = "Y"
     pv1 = {2: profile.patient_class, 3: escape_structured(profile.location, subcomponents=_PL_HD)}
@@ -529,8 +526,8 @@ def _group(
     v26 = profile.version == "2.6"
     observed = format_dtm(reading.observed_at, tz)
     manual = reading.device_class is DeviceClass.MANUAL
-    equipment = "" if manual else _equipment(reading.device, profile)
-    metric_equipment = "" if profile.hierarchy_rows else equipment
+    device_id = "" if manual else equipment(reading.device, profile)
+    metric_equipment = "" if profile.hierarchy_rows else device_id
     obx14 = "" if reading.series is not None else observed
     observer = xcn(review.observer) if review.observer is not None else ""
 
@@ -556,7 +553,7 @@ def _group(
     rows: list[_Row] = []
     if profile.hierarchy_rows and not manual:
         code, refid = _MDS.get(reading.device_class, _MULTI_PARAM_MDS)
-        rows.append(_Row((1, 0, 0, 0), {3: f"{code}^{refid}^MDC", 11: "X", 18: equipment}))
+        rows.append(_Row((1, 0, 0, 0), {3: f"{code}^{refid}^MDC", 11: "X", 18: device_id}))
     for index, (m, info) in enumerate(sendable):
         value, unit = _value_and_unit(m, info, profile)
         method = "ACALC" if reading.series is not None else (m.method or info.method)

@@ -35,6 +35,7 @@ class DeviceSnapshot(TypedDict):
     state: NotRequired[str]  # "connected" | "disconnected" | "silent" ... when the runtime reports it
     discarded_lines: NotRequired[int]  # overlong lines discarded whole (also in decode_failures)
     counters: NotRequired[dict[str, int]]  # transport events by name, e.g. files_failed, files_skipped
+    equipment: NotRequired[str]  # the device identity as OBX-18 carries it (EI-1^EI-2^EI-3^EI-4)
 
 
 class OutboxSnapshot(TypedDict):

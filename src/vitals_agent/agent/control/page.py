@@ -366,6 +366,8 @@ def render_text(status: Mapping[str, Any], patient: Mapping[str, Any], now: date
         detail = f" ({dev['detail']})" if dev.get("detail") else ""
         battery = f", battery {dev['battery_percent']}%" if dev.get("battery_percent") is not None else ""
         out.append(f"  {dev.get('id')} [{dev.get('driver')}]: {state}{detail}{battery}")
+        if dev.get("equipment"):
+            out.append(f"    identity {dev['equipment']}")
         out.append(
             f"    last seen {when(dev.get('last_seen'), now)}; decode errors {dev.get('decode_failures', 0)}"
         )
@@ -464,7 +466,13 @@ def render_html(
         errors = int(dev.get("decode_failures") or 0)
         rows.append(
             f'<tr class="device" data-id="{_e(dev.get("id"))}">'
-            f'<td><b>{_e(dev.get("id"))}</b><br><span class="muted">{_e(dev.get("driver"))}</span></td>'
+            f'<td><b>{_e(dev.get("id"))}</b><br><span class="muted">{_e(dev.get("driver"))}</span>'
+            + (
+                f'<br><span class="muted equipment" title="OBX-18">{_e(dev["equipment"])}</span>'
+                if dev.get("equipment")
+                else ""
+            )
+            + "</td>"
             f'<td><span class="state"><span class="dot {dot}"></span>{_e(state)}</span>{detail}</td>'
             f"<td>{_e(when(dev.get('last_seen'), now))}</td>"
             f"<td>{_e(when(dev.get('last_reading_at'), now))}"
