@@ -10,6 +10,7 @@ device's, else the agent's) ^ ``EUI-64``.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import pytest
 
 from tests import test_ecg_fixtures as ecg
 from tests.kit import PROFILE
-from tests.oracle import validate_oru
+from tests.oracle import ParsedOru, validate_oru
 from vitals_agent.agent.control import render_text
 from vitals_agent.agent.outbox import OutboxMessage
 from vitals_agent.agent.service import AgentService
@@ -33,14 +34,9 @@ BLE = {"ble-blood-pressure", "ble-thermometer", "ble-weight-scale", "ble-body-co
 BLE |= {"ble-pulse-oximeter", "ble-heart-rate"}
 
 
-def _oru(reading: Reading, **profile: object) -> object:
-    raw = build_oru(
-        reading,
-        dataclasses.replace(PROFILE, **profile),
-        control_id="ID1",
-        created_at=CREATED,  # type: ignore[arg-type]
-    )
-    return validate_oru(raw)
+def _oru(reading: Reading, *, hierarchy_rows: bool = True) -> ParsedOru:
+    profile = dataclasses.replace(PROFILE, hierarchy_rows=hierarchy_rows)
+    return validate_oru(build_oru(reading, profile, control_id="ID1", created_at=CREATED))
 
 
 def _expected(device: DeviceIdentity) -> list[str]:
@@ -61,7 +57,7 @@ def test_every_driver_sends_the_one_identity_form(driver: str) -> None:
     forms = set()
     for reading in readings:
         parsed = _oru(reading)
-        mds = parsed.obx[0]  # type: ignore[attr-defined]
+        mds = parsed.obx[0]
         assert mds[4] == "1.0.0.0" and mds[11] == "X"
         ei = mds.components(18)
         assert ei == _expected(reading.device), driver
@@ -70,12 +66,12 @@ def test_every_driver_sends_the_one_identity_form(driver: str) -> None:
             assert ei[0] == reading.device.serial_number
         if reading.device.eui64:
             assert ei[2] == reading.device.eui64
-        assert all(o[18] == "" for o in parsed.obx[1:])  # type: ignore[attr-defined]
+        assert all(o[18] == "" for o in parsed.obx[1:])
         # unbound: the temporary PID-3 names the same device (EI-1@EI-3)
-        assert parsed.pid.text(3, 1).startswith(f"TMP-{ei[0]}@{ei[2]}-")  # type: ignore[attr-defined]
+        assert parsed.pid.text(3, 1).startswith(f"TMP-{ei[0]}@{ei[2]}-")
         # without the hierarchy every row carries the same EI
         flat = _oru(reading, hierarchy_rows=False)
-        assert {o[18] for o in flat.obx} == {mds[18]}  # type: ignore[attr-defined]
+        assert {o[18] for o in flat.obx} == {mds[18]}
         forms.add(mds[18])
     assert len(forms) == 1, f"{driver}: one device, one identity: {forms}"
 
@@ -83,37 +79,37 @@ def test_every_driver_sends_the_one_identity_form(driver: str) -> None:
 def test_identities_by_transport() -> None:
     """Serial devices: under the agent's EUI-64; BLE devices with a System ID: under their own."""
     masimo = sample_readings("masimo-ascii")[0].device
-    assert _oru(sample_readings("masimo-ascii")[0]).obx[0][18] == f"0000123456^^{GATEWAY}^EUI-64"  # type: ignore[attr-defined]
+    assert _oru(sample_readings("masimo-ascii")[0]).obx[0][18] == f"0000123456^^{GATEWAY}^EUI-64"
     assert masimo.serial_number == "0000123456"
     scale = sample_readings("scale-ascii", "scale-room7")[0]
-    assert _oru(scale).obx[0][18] == f"scale-room7^^{GATEWAY}^EUI-64"  # type: ignore[attr-defined]
+    assert _oru(scale).obx[0][18] == f"scale-room7^^{GATEWAY}^EUI-64"
     for name in BLE:
         reading = sample_readings(name)[0]
         assert reading.device.eui64 == SAMPLE_EUI64
-        assert _oru(reading).obx[0].components(18)[2:] == [SAMPLE_EUI64, "EUI-64"]  # type: ignore[attr-defined]
+        assert _oru(reading).obx[0].components(18)[2:] == [SAMPLE_EUI64, "EUI-64"]
     nonin_ble = sample_readings("nonin-3230")[0]  # no System ID: its serial under the agent
-    assert _oru(nonin_ble).obx[0][18] == f"502123456^3230^{GATEWAY}^EUI-64"  # type: ignore[attr-defined]
+    assert _oru(nonin_ble).obx[0][18] == f"502123456^3230^{GATEWAY}^EUI-64"
 
 
 def test_ble_device_without_serial_keeps_the_pcd01_eui64_form() -> None:
     device = DeviceIdentity(id="cuff", eui64=SAMPLE_EUI64)
     reading = sample_readings("ble-blood-pressure")[0].with_updates(device=device)
-    assert _oru(reading).obx[0][18] == f"{SAMPLE_EUI64}^^{SAMPLE_EUI64}^EUI-64"  # type: ignore[attr-defined]
+    assert _oru(reading).obx[0][18] == f"{SAMPLE_EUI64}^^{SAMPLE_EUI64}^EUI-64"
 
 
 @pytest.mark.parametrize(
     ("driver", "data"),
     [
-        ("scp-ecg", lambda: ecg.synthetic_scp()),
-        ("aecg-xml", lambda: ecg.synthetic_aecg()),
-        ("philips-xml", lambda: ecg.synthetic_philips_104()),
+        ("scp-ecg", ecg.synthetic_scp),
+        ("aecg-xml", ecg.synthetic_aecg),
+        ("philips-xml", ecg.synthetic_philips_104),
     ],
 )
-def test_ekg_files_decoded_by_their_drivers_carry_the_form(driver: str, data: object) -> None:
+def test_ekg_files_decoded_by_their_drivers_carry_the_form(driver: str, data: Callable[[], bytes]) -> None:
     ctx = DecodeContext(device=DeviceIdentity(id="cart-1"), now=lambda: CREATED)
-    out = driver_class(driver)().decode_chunks([data()], ctx)  # type: ignore[operator]
+    out = driver_class(driver)().decode_chunks([data()], ctx)
     reading = next(o for o in out if isinstance(o, Reading))
-    ei = _oru(reading).obx[0].components(18)  # type: ignore[attr-defined]
+    ei = _oru(reading).obx[0].components(18)
     assert ei == _expected(reading.device)
     assert ei[0] == (reading.device.serial_number or "cart-1")
 
