@@ -20,8 +20,8 @@ from tests import test_ecg_fixtures as ecg
 from tests.kit import PROFILE
 from tests.oracle import ParsedOru, validate_oru
 from vitals_agent.agent.control import render_text
-from vitals_agent.agent.storage.outbox import OutboxMessage
 from vitals_agent.agent.service import AgentService
+from vitals_agent.agent.storage.outbox import OutboxMessage
 from vitals_agent.config.schema import parse_config
 from vitals_agent.drivers.base import DecodeContext, driver_class
 from vitals_agent.drivers.samples import SAMPLE_EUI64, drivers_with_readings, sample_readings
