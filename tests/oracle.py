@@ -13,8 +13,9 @@ Usage::
 
 Checks (each failure names the segment and field):
 
-* bytes: UTF-8, no 0x0B / 0x1C / LF / other control bytes, segments separated by CR only; MSH-18
-  ``UNICODE UTF-8`` when anything is non-ASCII;
+* bytes: in the character set MSH-18 names (empty or ``UNICODE UTF-8``: UTF-8; ``8859/1``: ISO 8859-1;
+  ``ASCII``: ASCII only), no 0x0B / 0x1C / LF / other control bytes, segments separated by CR only; MSH-18
+  ``UNICODE UTF-8`` or ``8859/1`` when anything is non-ASCII;
 * hl7apy ``parse_message(..., VALIDATION_LEVEL.STRICT, find_groups=True)`` and ``validate()`` (OBX-5 of
   ED/TX/FT rows longer than hl7apy's 999-character cap is shortened for hl7apy only, see ``_for_hl7apy``);
 * segment order as sent == order after hl7apy's regrouping (catches OBX before OBR);
@@ -198,12 +199,26 @@ def _split(raw: str) -> list[Segment]:
     return segments
 
 
+_CHARSETS = {"": "utf-8", "UNICODE UTF-8": "utf-8", "8859/1": "latin-1", "ASCII": "ascii"}
+
+
+def _msh18(raw: bytes) -> str:
+    """MSH-18 read from the bytes (the MSH segment's delimiters are ASCII in every charset we send)."""
+    first = raw.split(b"\r", 1)[0]
+    fields = first.split(b"|")
+    value = fields[17] if len(fields) > 17 else b""
+    return value.decode("ascii", errors="replace")
+
+
 def _check_bytes(raw: bytes | str) -> str:
     if isinstance(raw, bytes):
+        charset = _msh18(raw)
+        if charset not in _CHARSETS:
+            _fail(f"MSH-18 {charset!r} is not a character set we send (UNICODE UTF-8, 8859/1, ASCII)")
         try:
-            text = raw.decode("utf-8")
+            text = raw.decode(_CHARSETS[charset])
         except UnicodeDecodeError as exc:
-            raise AssertionError(f"ORU oracle: not UTF-8: {exc}") from None
+            raise AssertionError(f"ORU oracle: not {_CHARSETS[charset].upper()} as MSH-18 says: {exc}") from None
     else:
         text = raw
     if "\x0b" in text or "\x1c" in text:
@@ -399,8 +414,8 @@ def validate_oru(
     segments = _split(text)
     if not segments or segments[0].name != "MSH":
         _fail("first segment must be MSH")
-    if not text.isascii() and segments[0][18] != "UNICODE UTF-8":
-        _fail("non-ASCII content requires MSH-18 = UNICODE UTF-8")
+    if not text.isascii() and segments[0][18] not in ("UNICODE UTF-8", "8859/1"):
+        _fail("non-ASCII content requires MSH-18 = UNICODE UTF-8 (or 8859/1 for ISO 8859-1 bytes)")
     _check_leaves(segments)
 
     try:

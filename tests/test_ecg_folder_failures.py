@@ -108,7 +108,7 @@ async def test_any_message_build_error_sends_the_file_to_failed(
     def broken_builder(*_args: Any, **_kwargs: Any) -> bytes:
         raise KeyError("a bug in the builder")
 
-    monkeypatch.setattr(pipeline_module, "build_oru", broken_builder)
+    monkeypatch.setattr(pipeline_module, "oru_message", broken_builder)
     (share / "a.scp").write_bytes(synthetic_scp())
     await polls(transport, 3)
     assert service.outbox.depth() == 0 and service.pipeline.refused == 1

@@ -429,6 +429,7 @@ class AgentService:
             "sender": sender,
             "destinations": destinations,
             "refused": self.pipeline.refused,
+            "encoding": dict(self.pipeline.encoding),  # [ehr] charset / max_message_bytes: what gave way
             "not_sent_to": dict(self.pipeline.not_for),  # destination -> readings its builder refused
             "parked": self.pipeline.parked,
             "alerts": self.alerts.banner() if self.alerts is not None else [],

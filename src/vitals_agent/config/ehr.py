@@ -52,6 +52,12 @@ class EhrConfig(BaseModel):
     # canonical UCUM unit -> unit the site wants, e.g. {kg = "[lb_av]", Cel = "[degF]", cm = "[in_i]"}
     preferred_units: dict[str, str] = Field(default_factory=dict)
     hierarchy_rows: bool = True  # send the MDS device row (OBX-18 there) or put OBX-18 on every row
+    # --- what the receiver can take (issue 17) ---
+    charset: Literal["UNICODE UTF-8", "8859/1", "ASCII"] = "UNICODE UTF-8"  # MSH-18 and the encoding
+    unrepresentable: Literal["escape", "marker"] = "escape"  # a character the charset cannot carry
+    marker: str = Field("?", min_length=1, max_length=8)  # what replaces it with unrepresentable = "marker"
+    max_message_bytes: int | None = Field(None, ge=1024)  # the receiver's limit, e.g. 99999
+    oversize: Literal["drop-attachment", "dead-letter"] = "drop-attachment"  # a message over it
 
     @field_validator("sending_application")
     @classmethod
@@ -62,6 +68,13 @@ class EhrConfig(BaseModel):
     @classmethod
     def _hd(cls, value: str) -> str:
         return check_hl7_value(value, allow="^", what="NAMESPACE or NAMESPACE^UNIVERSAL-ID^TYPE")
+
+    @field_validator("marker")
+    @classmethod
+    def _marker(cls, value: str) -> str:
+        if not value.isascii() or not value.isprintable() or any(c in value for c in "|^~\\&"):
+            raise ValueError('printable ASCII without the HL7 delimiters | ^ ~ \\ &, e.g. "?"')
+        return value
 
     @field_validator("preferred_units")
     @classmethod

@@ -170,5 +170,10 @@ def sample_readings(
 
 
 def drivers_with_readings() -> Sequence[str]:
-    """Every registered driver that produces readings (the barcode scanner does not)."""
-    return [name for name, cls in all_drivers().items() if cls.device_class.value != "barcode"]
+    """Every driver of this package that produces readings (the barcode scanner does not; drivers a
+    plugin or a test registers have no samples here)."""
+    return [
+        name
+        for name, cls in all_drivers().items()
+        if cls.device_class.value != "barcode" and cls.__module__.startswith("vitals_agent.drivers.")
+    ]

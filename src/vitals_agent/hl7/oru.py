@@ -122,6 +122,11 @@ _SEXES = frozenset({"F", "M", "O", "A", "N", "U"})
 _EUI64 = re.compile(r"^[0-9A-F]{16}$")
 
 
+Charset = Literal["UNICODE UTF-8", "8859/1", "ASCII"]
+CHARSETS: tuple[str, ...] = ("UNICODE UTF-8", "8859/1", "ASCII")  # MSH-18 (HL7 table 0211)
+_CODECS = {"UNICODE UTF-8": "utf-8", "8859/1": "latin-1", "ASCII": "ascii"}
+
+
 class MessageBuildError(VitalsAgentError, ValueError):
     """The reading or profile cannot be turned into a conformant message (the text says why)."""
 
@@ -149,6 +154,12 @@ class MessageProfile:
     assigning_authority: str = "VITALS_AGENT"
     tz: tzinfo = UTC
     patient_class: str = "U"  # PV1-2 (table 0004); U = unknown
+    # --- what the receiver can take (issue 17) ---
+    charset: Charset = "UNICODE UTF-8"  # MSH-18 and the encoding on the wire
+    unrepresentable: Literal["escape", "marker"] = "escape"  # a character the charset cannot carry
+    marker: str = "?"  # the visible replacement with unrepresentable = "marker"
+    max_message_bytes: int | None = None  # the receiver's limit (None: none)
+    oversize: Literal["drop-attachment", "dead-letter"] = "drop-attachment"
 
     def __post_init__(self) -> None:
         if not _EUI64.match(self.gateway_eui64):
@@ -164,6 +175,18 @@ class MessageProfile:
             raise MessageBuildError(f"unknown code system {self.code_system!r}")
         if self.patient_class not in ("E", "I", "O", "P", "R", "B", "U"):
             raise MessageBuildError(f"patient class must be one of E I O P R B U, not {self.patient_class!r}")
+        if self.charset not in CHARSETS:
+            raise MessageBuildError(f"charset must be one of {', '.join(CHARSETS)}, not {self.charset!r}")
+        if self.unrepresentable not in ("escape", "marker"):
+            raise MessageBuildError("unrepresentable must be escape or marker")
+        if not self.marker or not self.marker.isascii() or not self.marker.isprintable():
+            raise MessageBuildError("the marker must be printable ASCII")
+        if any(c in self.marker for c in "|^~\\&"):
+            raise MessageBuildError("the marker must not contain an HL7 delimiter (| ^ ~ \\ &)")
+        if self.max_message_bytes is not None and self.max_message_bytes < 1024:
+            raise MessageBuildError("max_message_bytes must be at least 1024")
+        if self.oversize not in ("drop-attachment", "dead-letter"):
+            raise MessageBuildError("oversize must be drop-attachment or dead-letter")
         known = tables().units
         for src, dst in self.preferred_units.items():
             if src not in known or dst not in known or not convertible(src, dst):
@@ -636,6 +659,16 @@ def _group(
     return _filler_order(reading, profile, review.order_key), notes, rows
 
 
+@dataclass(frozen=True)
+class OruMessage:
+    """A built message and what had to give way for the receiver (counted by the pipeline)."""
+
+    body: bytes  # the encoded message (``profile.charset``), segments ending in CR
+    escaped: int = 0  # characters the charset cannot carry, sent as HL7 hex escapes (\\Xhh..\\)
+    replaced: int = 0  # ... replaced with the profile's marker (unrepresentable = "marker")
+    dropped_attachments: tuple[str, ...] = ()  # attachments left out to stay under max_message_bytes
+
+
 def build_oru(
     reading: Reading,
     profile: MessageProfile,
@@ -647,19 +680,111 @@ def build_oru(
     review: ResultReview | None = None,
     also: Sequence[Reading] = (),
 ) -> bytes:
-    """The ER7 message for ``reading``: segments each ending in CR, UTF-8 encoded.
+    """The ER7 message for ``reading``: segments each ending in CR, encoded as ``profile.charset`` says.
 
     ``review``: OBX-11/OBX-16/OBR-10 (default: ``R``, nobody validated). ``also``: further readings (a
     clinician's manual entries of the same visit) as further OBR groups of the same message; the patient
-    is ``reading``'s."""
+    is ``reading``'s. :func:`oru_message` says what had to give way (escaped characters, attachments)."""
+    return oru_message(
+        reading,
+        profile,
+        control_id=control_id,
+        created_at=created_at,
+        patient=patient,
+        late_associated=late_associated,
+        review=review,
+        also=also,
+    ).body
+
+
+def oru_message(
+    reading: Reading,
+    profile: MessageProfile,
+    *,
+    control_id: str,
+    created_at: datetime,
+    patient: PatientIdentity | None = None,
+    late_associated: bool = False,
+    review: ResultReview | None = None,
+    also: Sequence[Reading] = (),
+) -> OruMessage:
+    """:func:`build_oru` with the counts: characters escaped or replaced for the charset, attachments
+    dropped for ``max_message_bytes`` (``oversize = "drop-attachment"``: the message is built again
+    without its attachments and with an NTE after the OBR naming each one and why)."""
     if not control_id or len(control_id) > 20 or not re.fullmatch(r"[A-Za-z0-9._-]+", control_id):
         raise MessageBuildError("control id must be 1-20 characters of A-Z a-z 0-9 . _ -")
     review = review or ResultReview()
     readings = [reading, *also]
     if any(_is_test(r) for r in readings) and profile.processing_id == "P":
         raise MessageBuildError("test/demo data must not be sent with processing id P (use D)")
-    tz = profile.tz
+    args = (profile, control_id, created_at, patient, late_associated, review)
+    text = _message_text(readings, *args)
+    body, escaped, replaced = encode_message(text, profile)
+    limit = profile.max_message_bytes
+    attached = [(a.name, len(a.data)) for r in readings for a in r.attachments]
+    if limit is None or len(body) <= limit or profile.oversize != "drop-attachment" or not attached:
+        return OruMessage(body, escaped, replaced)
+    notes = [
+        f"attachment {name} ({size} bytes) not sent: the message would be {len(body)} bytes, over the "
+        f"receiver's limit of {limit} bytes (max_message_bytes)"
+        for name, size in attached
+    ]
+    bare = [r.with_updates(attachments=()) for r in readings]
+    if not any(_has_content(r) for r in bare):  # nothing but the attachment: send it, the link refuses it
+        return OruMessage(body, escaped, replaced)
+    text = _message_text(bare, *args, dropped=notes)
+    body, escaped, replaced = encode_message(text, profile)
+    return OruMessage(body, escaped, replaced, tuple(name for name, _ in attached))
 
+
+def _has_content(reading: Reading) -> bool:
+    return bool(
+        reading.qualifiers
+        or _statement_lines(reading.statements)
+        or any(m.value is not None and m.value.is_finite() for m in reading.measurements)
+    )
+
+
+def encode_message(text: str, profile: MessageProfile) -> tuple[bytes, int, int]:
+    """``text`` in ``profile.charset``: ``(bytes, escaped, replaced)``. A character the charset cannot
+    carry becomes the HL7 hex escape of its UTF-8 bytes (``é`` -> ``\\XC3A9\\``), or the marker with
+    ``unrepresentable = "marker"``; each is counted, none is dropped. Delimiters and escape sequences are
+    ASCII, so this works on the whole message."""
+    codec = _CODECS[profile.charset]
+    try:
+        return text.encode(codec), 0, 0
+    except UnicodeEncodeError:
+        pass
+    out: list[str] = []
+    escaped = replaced = 0
+    for ch in text:
+        try:
+            ch.encode(codec)
+        except UnicodeEncodeError:
+            if profile.unrepresentable == "marker":
+                out.append(profile.marker)
+                replaced += 1
+            else:
+                out.append(f"\\X{ch.encode('utf-8').hex().upper()}\\")
+                escaped += 1
+            continue
+        out.append(ch)
+    return "".join(out).encode(codec), escaped, replaced
+
+
+def _message_text(
+    readings: Sequence[Reading],
+    profile: MessageProfile,
+    control_id: str,
+    created_at: datetime,
+    patient: PatientIdentity | None,
+    late_associated: bool,
+    review: ResultReview,
+    *,
+    dropped: Sequence[str] = (),
+) -> str:
+    tz = profile.tz
+    reading = readings[0]
     body: list[str] = []
     pid, pv1 = _patient_segments(reading, profile, patient)
     body += [pid, pv1]
@@ -678,6 +803,8 @@ def build_oru(
         )
         if index == 0 and late_associated and ReadingFlag.LATE_ASSOCIATED not in group.flags:
             notes.insert(0, "late-associated: held until patient was set")
+        if index == 0:
+            notes.extend(dropped)
         for note_id, note in enumerate(notes, start=1):
             body.append(_segment("NTE", {1: str(note_id), 2: "L", 3: escape(_one_line(note)), 4: _REMARK}))
         for row in rows:
@@ -696,7 +823,11 @@ def build_oru(
         profile.receiving_facility,
         profile.sending_application,
     )
-    non_ascii = not all(s.isascii() for s in [*body, *header_values])
+    if profile.charset == "UNICODE UTF-8":  # ASCII needs no MSH-18 (the HL7 default)
+        non_ascii = not all(s.isascii() for s in [*body, *header_values])
+        charset = "UNICODE UTF-8" if non_ascii else ""
+    else:
+        charset = profile.charset
     msh = {
         3: f"{escape(profile.sending_application)}^{profile.gateway_eui64}^EUI-64",
         4: escape_structured(profile.facility, subcomponents=()),
@@ -709,8 +840,8 @@ def build_oru(
         12: profile.version,
         15: profile.accept_ack_type,
         16: profile.application_ack_type,
-        18: "UNICODE UTF-8" if non_ascii else "",
+        18: charset,
         21: MESSAGE_PROFILE_ID,
     }
     header = f"MSH|{ENCODING_CHARACTERS}|" + _segment("MSH", msh).split("|", 3)[3]
-    return "".join(s + "\r" for s in [header, *body]).encode("utf-8")
+    return "".join(s + "\r" for s in [header, *body])

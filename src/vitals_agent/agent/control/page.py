@@ -315,6 +315,15 @@ def _counters(status: Mapping[str, Any]) -> list[tuple[str, int]]:
         value = status.get(key)
         if isinstance(value, int) and not isinstance(value, bool) and value:
             out.append((label, value))
+    encoding = status.get("encoding") or {}
+    for key, label in (
+        ("escaped", "character(s) sent as HL7 escapes ([ehr] charset)"),
+        ("replaced", "character(s) replaced with the marker ([ehr] charset)"),
+        ("attachments_dropped", "attachment(s) left out ([ehr] max_message_bytes)"),
+    ):
+        value = encoding.get(key)
+        if isinstance(value, int) and value:
+            out.append((label, value))
     return out
 
 

@@ -81,9 +81,10 @@ STORAGE_REMINDER_SECONDS = 60.0  # a still-failing outbox is logged at ERROR aga
 class MllpLink:
     """HL7 v2 over MLLP: one message, its ACK (late duplicate ACKs skipped). ``client`` reconnects itself."""
 
-    def __init__(self, client: MllpClient, ack_timeout: float) -> None:
+    def __init__(self, client: MllpClient, ack_timeout: float, *, max_bytes: int | None = None) -> None:
         self.client = client
         self.ack_timeout = ack_timeout
+        self.max_bytes = max_bytes  # [ehr] max_message_bytes: the receiver's limit
 
     @property
     def peer(self) -> str:
@@ -101,6 +102,11 @@ class MllpLink:
         if b"\x0b" in msg.body or b"\x1c" in msg.body:
             # MLLP cannot carry it, now or ever: park it instead of blocking the queue behind it
             return "message contains an MLLP framing byte (0x0B or 0x1C)"
+        if self.max_bytes is not None and len(msg.body) > self.max_bytes:
+            return (
+                f"message is {len(msg.body)} bytes, over the receiver's limit of {self.max_bytes} bytes "
+                "([ehr] max_message_bytes)"
+            )
         return None
 
     async def exchange(self, msg: OutboxMessage, was_acked: Callable[[str], bool]) -> Answer:
@@ -631,7 +637,7 @@ class Sender(QueueSender):
         )
         super().__init__(
             outbox,
-            MllpLink(self.client, ehr.ack_timeout_seconds),
+            MllpLink(self.client, ehr.ack_timeout_seconds, max_bytes=ehr.max_message_bytes),
             settings,
             destination="ehr",
             backlog_warning=ehr.backlog_warning,

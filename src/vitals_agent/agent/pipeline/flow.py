@@ -37,9 +37,10 @@ from vitals_agent.fhir.bundle import FhirBuildError, FhirProfile, build_bundle
 from vitals_agent.hl7.oru import (
     MessageBuildError,
     MessageProfile,
+    OruMessage,
     PatientIdentity,
-    build_oru,
     new_control_id,
+    oru_message,
 )
 from vitals_agent.models import DeviceEvent, PatientInfo, PatientScan, Reading
 
@@ -95,6 +96,9 @@ class Pipeline:
         self.parked = 0  # messages stored for review instead of sent (patient mismatch)
         self.dropped = 0  # readings taken before the current patient context began
         self.not_for: dict[str, int] = {}  # destination -> readings its builder refused (others got them)
+        # what gave way for the receiver ([ehr] charset, max_message_bytes): characters escaped or replaced
+        # with the marker, attachments left out; nothing is dropped without being counted here
+        self.encoding: dict[str, int] = {"escaped": 0, "replaced": 0, "attachments_dropped": 0}
 
     def add_device(self, runtime: DeviceRuntimeImpl) -> None:
         dev = runtime.config
@@ -371,10 +375,12 @@ class Pipeline:
         if self.to_ehr:
             patient: PatientIdentity | None = details.to_identity() if details is not None else None
             try:
-                bodies["ehr"] = build_oru(
+                built = oru_message(
                     reading, self.profile, control_id=control_id, created_at=created, patient=patient,
                     late_associated=late,
                 )  # fmt: skip
+                bodies["ehr"] = built.body
+                self._gave_way(device_id, control_id, built)
             except Exception as exc:  # any build failure is this reading's, final: never a crash loop
                 failed.append(("ehr", exc))
         if self.fhir_profile is not None:
@@ -414,6 +420,36 @@ class Pipeline:
             self.refused += 1
             raise RefusedError("; ".join(reasons) or "no destination is enabled")
         return bodies
+
+    def _gave_way(self, device_id: str, control_id: str, built: OruMessage) -> None:
+        """Count (and say) what the receiver's charset and size limit changed in a message."""
+        if not (built.escaped or built.replaced or built.dropped_attachments):
+            return
+        first_replaced, first_escaped = not self.encoding["replaced"], not self.encoding["escaped"]
+        self.encoding["escaped"] += built.escaped
+        self.encoding["replaced"] += built.replaced
+        self.encoding["attachments_dropped"] += len(built.dropped_attachments)
+        fields = {"device": device_id, "control_id": control_id, "charset": self.profile.charset}
+        if built.dropped_attachments:
+            log.warning(
+                "attachment not sent: the message would be over [ehr] max_message_bytes (an NTE says so)",
+                attachments=len(built.dropped_attachments),
+                max_message_bytes=self.profile.max_message_bytes,
+                **fields,
+            )
+        if built.replaced:
+            (log.warning if first_replaced else log.info)(
+                "characters the receiver's charset cannot carry were replaced with the marker",
+                replaced=built.replaced,
+                marker=self.profile.marker,
+                **fields,
+            )
+        if built.escaped:
+            (log.info if first_escaped else log.debug)(
+                "characters the receiver's charset cannot carry were sent as HL7 hex escapes",
+                escaped=built.escaped,
+                **fields,
+            )
 
 
 INLINE_BUILD_BYTES = 16384  # readings with less raw data and no attachment are built on the event loop

@@ -35,6 +35,11 @@ def message_profile(config: Config, gateway_eui64: str) -> MessageProfile:
         hierarchy_rows=ehr.hierarchy_rows,
         assigning_authority=config.patient.assigning_authority,
         tz=tz,
+        charset=ehr.charset,
+        unrepresentable=ehr.unrepresentable,
+        marker=ehr.marker,
+        max_message_bytes=ehr.max_message_bytes,
+        oversize=ehr.oversize,
     )
 
 
