@@ -44,6 +44,8 @@ async def test_status_and_wake_for_messages_queued_while_running(outbox: Outbox)
             "delivered": 0,
             "dead_lettered": 0,
             "consecutive_failures": 0,
+            "duplicate_acks": 0,
+            "late_acks": 0,
             "storage": {
                 "ok": True,
                 "error": None,

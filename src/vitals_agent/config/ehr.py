@@ -25,6 +25,9 @@ class EhrConfig(BaseModel):
     ack_timeout_seconds: float = Field(30.0, gt=0)
     backoff_min_seconds: float = Field(0.5, gt=0)
     backoff_max_seconds: float = Field(60.0, gt=0)
+    # false: one connection per message (connect, send, ACK, close), for receivers that mishandle a
+    # kept-open connection (Mirth's sender term; issue 17)
+    keep_connection_open: bool = True
     # --- delivery: TLS and acknowledgement policy (hl7-pcd01.md §9.2) ---
     tls: bool = False
     tls_verify: bool = True  # verify the receiver's certificate and host name (only turn off for a lab)

@@ -35,6 +35,7 @@ import math
 import random
 import ssl
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -76,15 +77,39 @@ BACKLOG_CHECK_SECONDS = 1.0
 # the next message is tried in its place (see delivery_policy.py).
 POISON_SUSPECT_AFTER = 3
 STORAGE_REMINDER_SECONDS = 60.0  # a still-failing outbox is logged at ERROR again this often
+ANSWERED_MEMORY = 4096  # MSH-10s whose ACK the MLLP link remembers (to recognise answers given again)
+REPLAY_WARN_AFTER = 3  # duplicate ACKs before the warning that the receiver replays a kept-open connection
 
 
 class MllpLink:
-    """HL7 v2 over MLLP: one message, its ACK (late duplicate ACKs skipped). ``client`` reconnects itself."""
+    """HL7 v2 over MLLP: one message, its ACK. ``client`` reconnects itself.
 
-    def __init__(self, client: MllpClient, ack_timeout: float, *, max_bytes: int | None = None) -> None:
+    ``keep_open`` (``[ehr] keep_connection_open``, Mirth's sender term): False closes the connection after
+    each ACK, so every message has a connection of its own (for receivers that mishandle a kept-open one).
+    An ACK for another message while waiting is handed to :attr:`on_other` first (application ACKs of
+    enhanced mode); else, when it is for a message already answered, it is counted and skipped: the same
+    code again is a *duplicate* (a receiver replaying a kept-open connection answers every earlier message
+    again with each new one: warned once, naming the setting), another code a *late* ACK (the AA after a
+    CA). Anything else means this message got no usable ACK.
+    """
+
+    def __init__(
+        self,
+        client: MllpClient,
+        ack_timeout: float,
+        *,
+        max_bytes: int | None = None,
+        keep_open: bool = True,
+    ) -> None:
         self.client = client
         self.ack_timeout = ack_timeout
         self.max_bytes = max_bytes  # [ehr] max_message_bytes: the receiver's limit
+        self.keep_open = keep_open
+        self.on_other: Callable[[Ack], bool] | None = None  # True: that ACK was taken (enhanced mode)
+        self._answered: OrderedDict[str, str] = OrderedDict()  # MSH-10 -> MSA-1 of the ACK it got
+        self.duplicate_acks = 0  # the same answer again for a message already answered
+        self.late_acks = 0  # another answer for a message already answered (e.g. AA after CA)
+        self._replay_warned = False
 
     @property
     def peer(self) -> str:
@@ -97,6 +122,10 @@ class MllpLink:
     @property
     def tls(self) -> bool:
         return self.client.ssl_context is not None
+
+    def counters(self) -> dict[str, int]:
+        """For the status: ACKs that answered messages already answered."""
+        return {"duplicate_acks": self.duplicate_acks, "late_acks": self.late_acks}
 
     def refusal(self, msg: OutboxMessage) -> str | None:
         if b"\x0b" in msg.body or b"\x1c" in msg.body:
@@ -120,16 +149,45 @@ class MllpLink:
                 self.client.abort()
                 raise
             if ack.control_id == msg.control_id:
+                self._answered[ack.control_id] = ack.code
+                self._answered.move_to_end(ack.control_id)
+                while len(self._answered) > ANSWERED_MEMORY:
+                    self._answered.popitem(last=False)
+                if not self.keep_open:
+                    await self.client.close()
                 return _answer(ack)
-            if was_acked(ack.control_id):
-                # e.g. the AA that follows a CA we already took as delivery: not for this message
-                log.debug("late ACK for a delivered message skipped", ack_for=ack.control_id, code=ack.code)
+            if self._other(ack, was_acked):
                 payload = await self.client.receive(max(0.0, deadline - time.monotonic()))
                 continue
             self.client.abort()
             raise AckProtocolError(
                 f"ACK is for message {ack.control_id!r}, not for {msg.control_id!r}: treated as no ACK"
             )
+
+    def _other(self, ack: Ack, was_acked: Callable[[str], bool]) -> bool:
+        """An ACK for another message: True when it is known (taken, or counted and skipped)."""
+        if self.on_other is not None and self.on_other(ack):
+            return True
+        seen = self._answered.get(ack.control_id)
+        if seen is not None and seen == ack.code:
+            self.duplicate_acks += 1
+            log.debug("duplicate ACK for a message already answered", ack_for=ack.control_id, code=ack.code)
+            if self.keep_open and self.duplicate_acks >= REPLAY_WARN_AFTER and not self._replay_warned:
+                self._replay_warned = True
+                log.warning(
+                    "the receiver answers again for messages it already acknowledged: it seems to replay "
+                    "every earlier message of a kept-open connection; set [ehr] keep_connection_open = "
+                    "false (one connection per message)",
+                    peer=self.peer,
+                    duplicate_acks=self.duplicate_acks,
+                )
+            return True
+        if seen is not None or was_acked(ack.control_id):
+            # e.g. the AA that follows a CA we already took as delivery: not for this message
+            self.late_acks += 1
+            log.debug("late ACK for a delivered message skipped", ack_for=ack.control_id, code=ack.code)
+            return True
+        return False
 
     def abort(self) -> None:
         self.client.abort()
@@ -213,6 +271,7 @@ class QueueSender:
             "delivered": self._delivered,
             "dead_lettered": self._dead_lettered,
             "consecutive_failures": self.policy.failures,
+            **_link_counters(self.link),
             "storage": {
                 "ok": snap["storage_error"] is None,
                 "error": snap["storage_error"],
@@ -637,13 +696,23 @@ class Sender(QueueSender):
         )
         super().__init__(
             outbox,
-            MllpLink(self.client, ehr.ack_timeout_seconds, max_bytes=ehr.max_message_bytes),
+            MllpLink(
+                self.client,
+                ehr.ack_timeout_seconds,
+                max_bytes=ehr.max_message_bytes,
+                keep_open=ehr.keep_connection_open,
+            ),
             settings,
             destination="ehr",
             backlog_warning=ehr.backlog_warning,
             rng=rng,
             clock=clock,
         )
+
+
+def _link_counters(link: Link) -> dict[str, int]:
+    counters = getattr(link, "counters", None)
+    return dict(counters()) if callable(counters) else {}
 
 
 def _iso(ts: float | None) -> str | None:
