@@ -12,7 +12,7 @@ misbehave) and answer according to a *mode*, chosen per message: first from :att
 consumed one entry per message), then from :attr:`FakeEhr.per_id` (MSH-10 -> mode), else :attr:`mode`.
 
 Modes: ``AA`` ``AE`` (with MSA-3 and an ERR segment) ``AR`` ``CA`` ``CE`` ``CR`` ``CA_AA`` (a CA then an
-AA) ``CLOSE`` (close without answering) ``SILENT`` (never answer, keep the connection) ``GARBLE`` (an HTTP
+AA) ``CA_AE`` (a CA then an AE, on the same connection) ``CLOSE`` (close without answering) ``SILENT`` (never answer, keep the connection) ``GARBLE`` (an HTTP
 error line instead of MLLP) ``WRONG_ID`` (AA with another MSA-2) ``SLOW`` (AA after :attr:`delay` s)
 ``RESET`` (half an ACK frame, then a TCP RST) ``HALF_OPEN`` (stop reading the socket, never answer, never
 close) ``AA_CLOSE`` (AA, then close, like hl7apy's server) ``XX`` (an unknown MSA-1 code).
@@ -51,6 +51,7 @@ MODES = frozenset(
         "CE",
         "CR",
         "CA_AA",
+        "CA_AE",
         "CLOSE",
         "SILENT",
         "GARBLE",
@@ -246,11 +247,14 @@ class FakeEhr:
             writer.write(_frame(self._ack(raw, control_id, mode)))
         elif mode == "AE":
             writer.write(_frame(self._ack(raw, control_id, "AE", text=AE_TEXT, err=AE_ERR)))
-        elif mode == "CA_AA":
+        elif mode in ("CA_AA", "CA_AE"):
             writer.write(_frame(self._ack(raw, control_id, "CA")))
             await writer.drain()
             await asyncio.sleep(0.01)
-            writer.write(_frame(self._ack(raw, control_id, "AA")))
+            if mode == "CA_AA":
+                writer.write(_frame(self._ack(raw, control_id, "AA")))
+            else:
+                writer.write(_frame(self._ack(raw, control_id, "AE", text=AE_TEXT, err=AE_ERR)))
         elif mode == "WRONG_ID":
             writer.write(_frame(self._ack(raw, "NOT-" + control_id, "AA")))
         elif mode == "SLOW":

@@ -430,5 +430,5 @@ def test_a_schema_1_outbox_is_migrated_and_its_messages_are_the_ehrs(tmp_path: P
     assert ob.depth("fhir") == 1
     ob.close()
     conn = sqlite3.connect(tmp_path / OUTBOX_FILE)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     conn.close()

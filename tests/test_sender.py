@@ -46,6 +46,10 @@ async def test_status_and_wake_for_messages_queued_while_running(outbox: Outbox)
             "consecutive_failures": 0,
             "duplicate_acks": 0,
             "late_acks": 0,
+            "committed": 0,
+            "awaiting_app_ack": 0,
+            "app_ack_overdue": [],
+            "app_acks": {"completed": 0, "dead": 0, "unmatched": 0, "repeated": 0},
             "storage": {
                 "ok": True,
                 "error": None,

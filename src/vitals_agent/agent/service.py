@@ -39,6 +39,7 @@ from vitals_agent.drivers.base import DecodeContext, driver_class
 from vitals_agent.errors import ConfigError, OutboxError, StorageFailedError, VitalsAgentError
 from vitals_agent.logs import setup_logging
 from vitals_agent.models import DeviceIdentity
+from vitals_agent.net.ack_listener import AckListener
 from vitals_agent.net.tls import ssl_context_from
 
 if TYPE_CHECKING:
@@ -126,6 +127,14 @@ class AgentService:
             fhir_profile = make_fhir_profile(config, self.gateway)
             load_models()  # at start, not on the first reading
         self.sender = next(iter(self.senders.values()))  # the first destination (the EHR when enabled)
+        self.ack_listener: AckListener | None = None
+        if config.ehr.enabled and config.ehr.app_ack_port is not None:  # enhanced mode's inbound port
+            self.ack_listener = AckListener(
+                config.ehr.app_ack_host,
+                config.ehr.app_ack_port,
+                self.senders["ehr"].application_ack,
+                sending_application=config.ehr.sending_application,
+            )
         self.audit = AuditLog.in_dir(self.data_dir)
         # reading_accepted / message_sent records commit with the outbox rows (one fsync per reading);
         # records a crash left between the two files are appended now
@@ -434,6 +443,7 @@ class AgentService:
             "parked": self.pipeline.parked,
             "alerts": self.alerts.banner() if self.alerts is not None else [],
             "config": dict(self.config_state),
+            "app_ack_listener": self.ack_listener.status() if self.ack_listener is not None else None,
             "storage": {
                 "outbox": sender["storage"],  # error, failing since, seconds until the agent stops
                 "held": {"ok": self.patients.held.problem is None, "error": self.patients.held.problem},
@@ -484,6 +494,16 @@ class AgentService:
                     await self.control.stop()
                 self.close()
                 raise
+        if self.ack_listener is not None:
+            try:
+                await self.ack_listener.start()
+            except OSError as exc:
+                if self.control is not None:
+                    await self.control.stop()
+                self.close()
+                raise app_ack_port_error(
+                    self.config.ehr.app_ack_host, self.config.ehr.app_ack_port, exc
+                ) from None
         log.info(
             "agent starting",
             version=__version__,
@@ -545,6 +565,8 @@ class AgentService:
                 await self.alerts.close()
             if self.metrics_server is not None:
                 await self.metrics_server.stop()
+            if self.ack_listener is not None:
+                await self.ack_listener.close()
             self.close()
             log.info("agent stopped")
         failure = next((f for f in map(_storage_failure, sender_tasks) if f is not None), None)
@@ -583,6 +605,15 @@ def control_port_error(host: str, port: int, exc: OSError) -> ConfigError:
     return ConfigError(
         [("control.port", f"{what}: stop it, or set [control] port to another port (0 = any free port)")]
     )
+
+
+def app_ack_port_error(host: str, port: int | None, exc: OSError) -> ConfigError:
+    """The one line for an application-ACK port the agent cannot listen on."""
+    if exc.errno == errno.EADDRINUSE:
+        what = f"{host}:{port} is in use by another program (`ss -ltnp 'sport = :{port}'` shows which)"
+    else:
+        what = f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+    return ConfigError([("ehr.app_ack_port", f"{what}: stop it, or set [ehr] app_ack_port to another port")])
 
 
 def _storage_failure(task: asyncio.Task[None]) -> StorageFailedError | None:

@@ -49,6 +49,11 @@ class EhrConfig(BaseModel):
     processing_id: Literal["P", "T", "D"] = "P"  # MSH-11: production, training/test, debugging
     accept_ack_type: AckType = "AL"  # MSH-15
     application_ack_type: AckType = "NE"  # MSH-16
+    # enhanced mode (MSH-16 AL/SU/ER): after a CA, the application ACK is awaited this long, then the
+    # message is reported overdue (ER: silence is success); it arrives on the same connection or here
+    app_ack_timeout_seconds: float = Field(300.0, gt=0)
+    app_ack_port: int | None = Field(None, ge=0, le=65535)  # inbound MLLP port for application ACKs (0: any)
+    app_ack_host: str = "0.0.0.0"  # the address that port listens on
     # --- message shape (ORU builder, hl7-pcd01.md; see agent/pipeline/profile.py) ---
     hl7_version: Literal["2.6", "2.5.1"] = "2.6"  # MSH-12
     code_system: Literal["mdc", "loinc", "mdc+loinc"] = "mdc+loinc"  # OBX-3 primary (+ alternate)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import datetime
 
 from vitals_agent.errors import AckProtocolError
 from vitals_agent.hl7.escape import ENCODING_CHARACTERS
@@ -176,3 +177,18 @@ def parse_ack(payload: bytes) -> Ack:
         message_type=message_type,
         ack_control_id=ack_control_id,
     )
+
+
+def commit_ack(
+    for_control_id: str, code: str, sending_application: str, created_at: datetime, control_id: str
+) -> bytes:
+    """A short ``ACK`` (``MSA|<code>|<for_control_id>``) for a message an MLLP peer sent us on the inbound
+    application-ACK port. Pure: the caller passes the time and the new MSH-10."""
+    from vitals_agent.hl7.escape import escape
+    from vitals_agent.hl7.oru import format_dtm
+
+    msh = (
+        f"MSH|{ENCODING_CHARACTERS}|{escape(sending_application)}||||{format_dtm(created_at)}||ACK^R01^ACK|"
+        f"{control_id}|P|2.6"
+    )
+    return f"{msh}\rMSA|{code}|{escape(for_control_id)}\r".encode()

@@ -15,6 +15,7 @@ import os
 import socket
 import ssl
 import time
+from collections.abc import Callable
 
 import structlog
 
@@ -66,6 +67,9 @@ class MllpClient:
         self._lock = asyncio.Lock()
         self.connections = 0  # successful connects so far (for status and tests)
         self.peer_cert_expires: float | None = None  # the receiver's TLS certificate's notAfter (epoch)
+        # frames that arrived outside an exchange (e.g. an application ACK after a commit ACK): handed
+        # here before the next message is written or the connection is dropped; None discards them
+        self.unsolicited: Callable[[bytes], None] | None = None
 
     @property
     def peer(self) -> str:
@@ -119,10 +123,16 @@ class MllpClient:
         self.connections += 1
         log.debug("mllp connected", peer=self.peer, tls=self.ssl_context is not None)
 
+    def _hand_over(self) -> None:
+        frames, self._frames = self._frames, []
+        if self.unsolicited is not None:
+            for payload in frames:
+                self.unsolicited(payload)
+
     def _detach(self) -> asyncio.StreamWriter | None:
         """Forget the connection and any half-read answer; return the writer to close."""
         writer, self._writer, self._reader = self._writer, None, None
-        self._frames.clear()
+        self._hand_over()
         self._deframer.reset()
         return writer
 
@@ -168,10 +178,37 @@ class MllpClient:
                 self.abort()
                 raise
 
+    async def listen(self, timeout: float) -> bytes | None:
+        """A frame the peer sends on its own on the open connection (no message is written), or None
+        within ``timeout``, when not connected, or when the connection ends (it is then closed; the next
+        :meth:`send` reconnects). Cancelling it keeps the connection and any partial frame."""
+        if self._frames:
+            return self._frames.pop(0)
+        if not self._reusable:
+            return None
+        async with self._lock:
+            reader = self._reader
+            while not self._frames:
+                if reader is None or reader is not self._reader:
+                    return None
+                try:
+                    async with asyncio.timeout(timeout):
+                        chunk = await reader.read(1 << 16)
+                except TimeoutError:
+                    return None
+                except (OSError, ssl.SSLError):
+                    self.abort()
+                    return None
+                if not chunk:
+                    self.abort()
+                    return None
+                self._frames.extend(self._deframer.feed(chunk))
+            return self._frames.pop(0)
+
     async def _exchange(self, data: bytes, timeout: float) -> bytes:
         await self.connect()
         assert self._writer is not None
-        self._frames.clear()  # anything that arrived before this message cannot answer it
+        self._hand_over()  # anything that arrived before this message cannot answer it
         deadline = time.monotonic() + timeout
         try:
             try:

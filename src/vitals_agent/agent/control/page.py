@@ -199,6 +199,21 @@ def link_line(sender: Mapping[str, Any], name: str, answer: str, now: datetime) 
     return True, f"{peer}: not contacted yet (nothing to send)"
 
 
+def app_ack_line(status: Mapping[str, Any]) -> tuple[bool, str] | None:
+    """Enhanced acknowledgement: messages the EHR committed that still owe their application ACK (None
+    when there are none). Overdue ones (past app_ack_timeout_seconds) are named by MSH-10."""
+    sender = _destination(status, "ehr")
+    waiting = int(sender.get("awaiting_app_ack") or 0)
+    overdue = list(sender.get("app_ack_overdue") or [])
+    if not waiting:
+        return None
+    text = f"{waiting} message(s) committed by the EHR, awaiting the application ACK"
+    if overdue:
+        shown = ", ".join(str(c) for c in overdue[:5]) + (" ..." if len(overdue) > 5 else "")
+        text += f"; {len(overdue)} OVERDUE: {shown}"
+    return not overdue, text
+
+
 def patient_line(p: Mapping[str, Any], now: datetime) -> str:
     """One line about the room's patient (masked unless the snapshot was revealed)."""
     if not p.get("set"):
@@ -391,6 +406,9 @@ def render_text(status: Mapping[str, Any], patient: Mapping[str, Any], now: date
     out.append("")
     if has_ehr(status):
         out.append(f"EHR {ehr_line(status, now)[1]}")
+        awaiting = app_ack_line(status)
+        if awaiting is not None:
+            out.append(f"EHR {awaiting[1]}")
     fhir = fhir_line(status, now)
     if fhir is not None:
         out.append(f"FHIR {fhir[1]}")
@@ -511,6 +529,10 @@ def render_html(
     if has_ehr(status):
         reachable, ehr = ehr_line(status, now)
         links += f'<div id="ehr" class="stat wide{"" if reachable else " bad"}">EHR {_e(ehr)}</div>'
+        awaiting = app_ack_line(status)
+        if awaiting is not None:
+            bad = "" if awaiting[0] else " bad"
+            links += f'<div id="app-ack" class="stat wide{bad}">EHR {_e(awaiting[1])}</div>'
         error_lines += (
             '<div class="stat wide">Last EHR error: '
             f'<span id="ehr-error">{last_error(_destination(status, "ehr"))}</span></div>'

@@ -21,6 +21,12 @@ The rules (README, "Delivery guarantees"):
   it is never offered for sending again, whatever the storage does: the removal (or the move to the
   dead-letter table) is kept as *unsettled* until a write succeeds, retried with a storage back-off. While
   ``max_unsettled`` are waiting, nothing new is sent.
+* **Enhanced acknowledgement** (``[ehr] application_ack_type`` AL/SU/ER): a commit accept (``CA``) does
+  not complete the message; it moves to *awaiting application ACK* (the outbox's ``awaiting_ack`` table,
+  so it is never sent again and survives a restart). The application ACK, matched by MSA-2, completes it
+  (``AA``) or dead-letters it with the reason (``AE``/``AR``, any other code). Without one within
+  ``app_ack_timeout`` it is *overdue*: reported, kept, still completed by a late ``AA``. With ``ER``
+  (errors only) silence means success: after the timeout the message is complete.
 * **Storage errors** (a read or a write of the outbox fails): capped exponential back-off with jitter from
   ``storage_backoff_min`` to ``storage_backoff_max``, separately for reads and for writes. After
   ``storage_give_up`` seconds of failing without a success the verdict says *give up*: the agent stops with
@@ -31,15 +37,22 @@ from __future__ import annotations
 
 import math
 import random
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, Literal, Protocol, TypeVar
 
 from vitals_agent.config.ehr import EhrConfig
 from vitals_agent.config.fhir import FhirConfig
 
 DEFAULT_STORAGE_GIVE_UP = 300.0
+# MSH-16 -> what a commit accept (CA) leaves to wait for (HL7 table 0155)
+APP_ACK_MODES: dict[str, Literal["never", "always", "errors"]] = {
+    "NE": "never",
+    "AL": "always",
+    "SU": "always",
+    "ER": "errors",
+}
 
 
 class Message(Protocol):
@@ -69,6 +82,10 @@ class Settings:
     storage_backoff_max: float = 30.0
     storage_give_up: float = DEFAULT_STORAGE_GIVE_UP
     max_unsettled: int = 64
+    # enhanced mode: after a CA, "always" (AL, SU) waits for the application ACK, "errors" (ER) waits for
+    # an error only, "never" (NE) takes the CA as delivery
+    app_ack: Literal["never", "always", "errors"] = "never"
+    app_ack_timeout: float = 300.0
 
     @classmethod
     def from_ehr(
@@ -83,6 +100,8 @@ class Settings:
             "storage_give_up": storage_give_up,
             # a few retries fit in the give-up time, however short it is configured
             "storage_backoff_max": min(30.0, max(0.5, storage_give_up / 5)),
+            "app_ack": APP_ACK_MODES[ehr.application_ack_type],
+            "app_ack_timeout": ehr.app_ack_timeout_seconds,
         }
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]
@@ -124,7 +143,12 @@ class DeadLetter:
     ack_summary: str | None = None  # MSA-1 and ERR codes only: what the interface alert may log
 
 
-Outcome = Removal | DeadLetter
+@dataclass(frozen=True)
+class AwaitAppAck:
+    """The receiver committed the message (CA) and owes an application ACK: move it to awaiting."""
+
+
+Outcome = Removal | DeadLetter | AwaitAppAck
 
 
 @dataclass(frozen=True)
@@ -201,6 +225,23 @@ class _Unsettled(Generic[M]):
 
 
 @dataclass
+class _Awaiting:
+    message_id: int
+    deadline: float
+    overdue: bool = False
+
+
+@dataclass(frozen=True)
+class AppAckVerdict:
+    """What an application ACK did: ``completed`` (AA), ``dead`` (an error: ``outcome`` says why) or
+    ``ignored`` (another commit ACK for it)."""
+
+    kind: Literal["completed", "dead", "ignored"]
+    waited: float  # seconds since the commit ACK
+    outcome: DeadLetter | None = None
+
+
+@dataclass
 class _Trouble:
     since: float
     count: int
@@ -223,6 +264,8 @@ class DeliveryPolicy(Generic[M]):
         self._suspect: M | None = None
         self._unsettled: dict[int, _Unsettled[M]] = {}
         self._recent_acked: deque[str] = deque(maxlen=32)
+        self._awaiting: dict[str, _Awaiting] = {}  # control id -> committed, owes its application ACK
+        self._completed: OrderedDict[str, None] = OrderedDict()  # recently completed by an application ACK
         self.failures = 0  # consecutive link failures
         self._internal = 0  # consecutive unexpected errors (bugs)
         self._link_retry_at = 0.0
@@ -232,6 +275,14 @@ class DeliveryPolicy(Generic[M]):
     # --- the next step ------------------------------------------------------------------------------
 
     def next_step(self, now: float) -> Step[M]:
+        step = self._next_step(now)
+        if isinstance(step, Wait) and self._awaiting:
+            due = [a.deadline for a in self._awaiting.values() if not a.overdue]
+            if due:  # wake for the next application-ACK deadline (overdue report, ER completion)
+                step = Wait(max(0.0, min(step.seconds, min(due) - now)), step.wake_on_new, step.why)
+        return step
+
+    def _next_step(self, now: float) -> Step[M]:
         write = self._write
         if self._unsettled and (write is None or now >= write.retry_at):
             message_id, item = next(iter(self._unsettled.items()))
@@ -356,10 +407,88 @@ class DeliveryPolicy(Generic[M]):
             )
         return resumed
 
-    def accepted(self, msg: M) -> None:
-        """``AA``/``CA``: delivered. From now on it is never offered again; its removal is unsettled."""
+    def accepted(self, msg: M, code: str = "AA", now: float = 0.0) -> bool:
+        """``AA``/``CA``: never offered again. Returns True when that completed the message (its removal
+        is unsettled), False when a ``CA`` left it awaiting the application ACK (its move is unsettled)."""
         self._recent_acked.append(msg.control_id)
+        if code == "CA" and self.settings.app_ack != "never":
+            self._awaiting[msg.control_id] = _Awaiting(msg.id, now + self.settings.app_ack_timeout)
+            self._decide(msg, AwaitAppAck())
+            return False
         self._decide(msg, Removal())
+        return True
+
+    # --- enhanced mode: application ACKs ----------------------------------------------------------------
+
+    def awaiting(self, control_id: str) -> bool:
+        return control_id in self._awaiting
+
+    def restore_awaiting(self, rows: Iterable[tuple[int, str, float]], now: float) -> None:
+        """Messages committed before a restart: ``(id, control id, seconds since the commit)``."""
+        for message_id, control_id, age in rows:
+            deadline = now + self.settings.app_ack_timeout - max(0.0, age)
+            self._awaiting[control_id] = _Awaiting(message_id, deadline, overdue=False)
+
+    def application_ack(
+        self, control_id: str, code: str, now: float, *, text: str = "", summary: str | None = None
+    ) -> AppAckVerdict | None:
+        """An application ACK (same connection or the inbound port). None: no message awaits one with
+        this MSA-2. ``AA`` completes the message, a repeated ``CA`` changes nothing, every other code
+        dead-letters it with the reason."""
+        item = self._awaiting.get(control_id)
+        if item is None:
+            return None
+        waited = max(0.0, now - (item.deadline - self.settings.app_ack_timeout))
+        if code == "CA":
+            return AppAckVerdict("ignored", waited)
+        del self._awaiting[control_id]
+        pending = self._unsettled.get(item.message_id)
+        if code == "AA":
+            self._remember_completed(control_id)
+            # an awaiting row (or, while its move is unwritten, the queued row): removed from either table
+            self._unsettled[item.message_id] = _Unsettled(control_id, Removal(), None)
+            return AppAckVerdict("completed", waited)
+        what = "application error" if code in ("AE", "CE") else "application reject"
+        if code not in ("AE", "AR", "CE", "CR"):
+            what = f"unknown application acknowledgement code {code!r}"
+        dead = DeadLetter(
+            f"{what} ({code}) after the receiver had committed the message (CA), {waited:.0f} s later",
+            code,
+            text,
+            summary or code,
+        )
+        self._unsettled[item.message_id] = _Unsettled(
+            control_id, dead, pending.message if pending is not None else None
+        )
+        return AppAckVerdict("dead", waited, dead)
+
+    def overdue(self, now: float) -> tuple[list[str], list[str]]:
+        """Application ACKs due by ``now``: ``(newly overdue, completed by silence)``. With ``errors``
+        (MSH-16 ER) silence is success: those messages complete; otherwise each is reported once and
+        keeps waiting (a late AA still completes it)."""
+        late: list[str] = []
+        quiet: list[str] = []
+        for control_id, item in list(self._awaiting.items()):
+            if item.overdue or item.deadline > now:
+                continue
+            if self.settings.app_ack == "errors":
+                del self._awaiting[control_id]
+                self._remember_completed(control_id)
+                self._unsettled[item.message_id] = _Unsettled(control_id, Removal(), None)
+                quiet.append(control_id)
+            else:
+                item.overdue = True
+                late.append(control_id)
+        return late, quiet
+
+    def was_completed(self, control_id: str) -> bool:
+        """An application ACK completed this message a while ago (a repeated one is not news)."""
+        return control_id in self._completed
+
+    def _remember_completed(self, control_id: str) -> None:
+        self._completed[control_id] = None
+        while len(self._completed) > 4096:
+            self._completed.popitem(last=False)
 
     def negative(
         self,
@@ -471,6 +600,8 @@ class DeliveryPolicy(Generic[M]):
             "unsettled_removals": sum(isinstance(u.outcome, Removal) for u in unsettled),
             "deferred": len(self._deferred),
             "suspect": self._suspect.control_id if self._suspect is not None else None,
+            "awaiting_app_ack": len(self._awaiting),
+            "app_ack_overdue": sorted(c for c, a in self._awaiting.items() if a.overdue),
             "storage_error": trouble.error if trouble is not None else None,
             "storage_failures": trouble.count if trouble is not None else 0,
             "storage_failing_for": round(now - trouble.since, 1) if trouble is not None else None,

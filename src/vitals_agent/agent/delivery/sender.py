@@ -45,6 +45,7 @@ import structlog
 from vitals_agent.agent.delivery.link import Answer, Link
 from vitals_agent.agent.delivery.policy import (
     DEFAULT_STORAGE_GIVE_UP,
+    AwaitAppAck,
     DeadLetter,
     DeliveryPolicy,
     Fetch,
@@ -110,6 +111,7 @@ class MllpLink:
         self.duplicate_acks = 0  # the same answer again for a message already answered
         self.late_acks = 0  # another answer for a message already answered (e.g. AA after CA)
         self._replay_warned = False
+        client.unsolicited = self._unsolicited
 
     @property
     def peer(self) -> str:
@@ -122,6 +124,28 @@ class MllpLink:
     @property
     def tls(self) -> bool:
         return self.client.ssl_context is not None
+
+    async def listen(self, timeout: float) -> Ack | None:
+        """An ACK the receiver sends on the open connection while nothing is in flight (the application
+        ACK after a commit ACK), or None within ``timeout``. Never opens a connection."""
+        payload = await self.client.listen(timeout)
+        if payload is None:
+            return None
+        try:
+            return parse_ack(payload)
+        except AckProtocolError as exc:
+            log.debug("unreadable frame on an idle connection", error=str(exc))
+            return None
+
+    def _unsolicited(self, payload: bytes) -> None:
+        """A frame that arrived before the next message was written (it cannot answer that message)."""
+        try:
+            ack = parse_ack(payload)
+        except AckProtocolError as exc:
+            log.debug("unreadable frame between messages dropped", error=str(exc))
+            return
+        if not self._other(ack, lambda _cid: False):
+            log.debug("ACK between messages for no message of ours", ack_for=ack.control_id, code=ack.code)
 
     def counters(self) -> dict[str, int]:
         """For the status: ACKs that answered messages already answered."""
@@ -233,6 +257,10 @@ class QueueSender:
         self._storage_reminded = 0.0
         self._mark_failing = False
         self._delivered = 0
+        self._committed = 0  # CA answers that left the message awaiting its application ACK
+        self._app_acks = {"completed": 0, "dead": 0, "unmatched": 0, "repeated": 0}
+        self._nudge = asyncio.Event()  # an application ACK decided something: settle it now
+        self._background: set[asyncio.Task[Any]] = set()
         self._dead_lettered = 0
         self._backlog_level = 0
         self._backlog_checked = -math.inf
@@ -272,6 +300,11 @@ class QueueSender:
             "dead_lettered": self._dead_lettered,
             "consecutive_failures": self.policy.failures,
             **_link_counters(self.link),
+            # enhanced mode: committed (CA), the application ACK owed; overdue after app_ack_timeout
+            "committed": self._committed,
+            "awaiting_app_ack": snap["awaiting_app_ack"],
+            "app_ack_overdue": snap["app_ack_overdue"],
+            "app_acks": dict(self._app_acks),
             "storage": {
                 "ok": snap["storage_error"] is None,
                 "error": snap["storage_error"],
@@ -313,6 +346,14 @@ class QueueSender:
         if pending:
             log.info("removing messages the EHR acknowledged before the last stop", count=len(pending))
             self.policy.remembered(pending)
+        awaiting = self.outbox.awaiting(self.destination)
+        if awaiting:
+            now = time.time()
+            self.policy.restore_awaiting(
+                [(a.id, a.control_id, now - a.committed_at) for a in awaiting], self._clock()
+            )
+            log.info("messages committed before the last stop still await their application ACK",
+                     count=len(awaiting))  # fmt: skip
         try:
             while not self._stopping:
                 try:
@@ -345,6 +386,7 @@ class QueueSender:
         self._last_error_at = time.time()
 
     async def _step(self) -> None:
+        self._check_app_acks()
         step = self.policy.next_step(self._clock())
         if isinstance(step, Settle):
             await self._settle(step)
@@ -369,19 +411,99 @@ class QueueSender:
         if not step.wake_on_new:
             await self._sleep(step.seconds)
             return
-        waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(self._stop.wait())]
+        waiters: list[asyncio.Future[Any]] = [
+            asyncio.ensure_future(self._wake.wait()),
+            asyncio.ensure_future(self._stop.wait()),
+            asyncio.ensure_future(self._nudge.wait()),
+        ]
+        listen = getattr(self.link, "listen", None)
+        heard: asyncio.Future[Any] | None = None
+        if callable(listen) and self.policy.snapshot(self._clock())["awaiting_app_ack"]:
+            # enhanced mode: the application ACK may come on the open connection while nothing is sent
+            heard = asyncio.ensure_future(listen(step.seconds))
+            waiters.append(heard)
         try:
             await asyncio.wait(waiters, timeout=step.seconds, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for w in waiters:
                 w.cancel()
+        if heard is not None and heard.done() and not heard.cancelled() and heard.exception() is None:
+            ack = heard.result()
+            if ack is not None and not self.application_ack(ack):
+                log.debug("ACK on an idle connection for no awaited message", ack_for=ack.control_id)
+        self._nudge.clear()
         self.policy.woken()
 
     async def _sleep(self, seconds: float) -> None:
-        """Sleep, but wake up at once when stop() is called."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await self._stop.wait()
+        """Sleep, but wake up at once when stop() is called (or an application ACK needs settling)."""
+        waiters = [asyncio.ensure_future(self._stop.wait()), asyncio.ensure_future(self._nudge.wait())]
+        try:
+            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+        self._nudge.clear()
+
+    # --- enhanced mode: application ACKs -------------------------------------------------------------
+
+    def application_ack(self, ack: Ack) -> bool:
+        """An application ACK, from the open connection or the inbound ``app_ack_port``. Returns True when
+        it was for a message that awaits one (or one it completed already: a repeat, counted)."""
+        verdict = self.policy.application_ack(
+            ack.control_id, ack.code, self._clock(), text=ack.describe(), summary=ack.summary()
+        )
+        if verdict is None:
+            if self.policy.was_completed(ack.control_id):
+                self._app_acks["repeated"] += 1
+                return True
+            self._app_acks["unmatched"] += 1
+            return False
+        self._last_ack_at = time.time()
+        if verdict.kind == "ignored":
+            return True
+        self._spawn(self._audit("message_sent", control_id=ack.control_id, ack_code=ack.code,
+                                ack_text=ack.describe()))  # fmt: skip
+        if verdict.kind == "completed":
+            self._app_acks["completed"] += 1
+            self._delivered += 1
+            log.info(
+                "application ACK: message processed by the receiver",
+                destination=self.destination,
+                control_id=ack.control_id,
+                after_seconds=round(verdict.waited, 1),
+            )
+        else:
+            self._app_acks["dead"] += 1
+            self._error(f"{ack.control_id}: application ACK {ack.summary()} after the commit accept")
+            log.info(
+                "application ACK: the receiver could not process a message it had committed",
+                destination=self.destination,
+                control_id=ack.control_id,
+                ack=ack.summary(),
+            )
+        self._nudge.set()  # the removal or dead-letter move is settled by the loop, now
+        return True
+
+    def _check_app_acks(self) -> None:
+        late, quiet = self.policy.overdue(self._clock())
+        timeout = self.policy.settings.app_ack_timeout
+        for control_id in late:
+            log.warning(
+                "no application ACK: the receiver committed the message but has not said whether it "
+                "processed it (shown in status until it does)",
+                destination=self.destination,
+                control_id=control_id,
+                app_ack_timeout_seconds=timeout,
+                peer=self.link.peer,
+            )
+        for control_id in quiet:
+            self._delivered += 1
+            log.debug("no application error within the timeout: complete (MSH-16 ER)", control_id=control_id)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _backoff(self, n: int) -> float:
         """Capped exponential back-off with jitter (the policy's): in [cap/2, cap]."""
@@ -422,6 +544,17 @@ class QueueSender:
         ``record``: the ACK's audit record (an AuditRecord), committed with the removal."""
         outcome = step.outcome
         audit = (record,) if record is not None else ()
+        if isinstance(outcome, AwaitAppAck):
+            if record is not None:  # the CA's record: written on its own (the message stays, aside)
+                await self._audit_record(record)
+            try:
+                await asyncio.to_thread(self.outbox.await_app_ack, step.message_id)
+            except OutboxError as exc:  # not sent again meanwhile (unsettled); after a restart it may be
+                self._storage_failed(str(exc), write=True)
+                return
+            if self.policy.settled(step.message_id, self._clock()):
+                self._storage_recovered()
+            return
         try:
             if isinstance(outcome, Removal):
                 if step.message is None:  # remembered from before a restart: check its MSH-10 too
@@ -609,16 +742,23 @@ class QueueSender:
             )
         self._last_ack_at = time.time()
         if ack.accepted:
-            self.policy.accepted(msg)  # never offered again, whatever happens to the removal
-            self._delivered += 1
-            log.debug("delivered", destination=self.destination, control_id=msg.control_id, ack=ack.code)
+            # never offered again, whatever happens to the removal (or the move to awaiting_ack)
+            completed = self.policy.accepted(msg, ack.code, self._clock())
+            if completed:
+                self._delivered += 1
+                log.debug("delivered", destination=self.destination, control_id=msg.control_id, ack=ack.code)
+            else:
+                self._committed += 1
+                log.debug("committed; awaiting the application ACK", destination=self.destination,
+                          control_id=msg.control_id)  # fmt: skip
             step = self.policy.next_step(self._clock())
             if isinstance(step, Settle) and step.message_id == msg.id:
-                await self._settle(step, record)  # remove it now (the fast path)
+                await self._settle(step, record)  # remove (or move) it now (the fast path)
             else:  # the outbox is failing: the removal waits, the ledger remembers it meanwhile
                 if record is not None:
                     await self._audit_record(record)
-                await asyncio.to_thread(self.outbox.remember_delivered, msg.id, msg.control_id)
+                if completed:
+                    await asyncio.to_thread(self.outbox.remember_delivered, msg.id, msg.control_id)
             return
         detail = ack.text  # stored with the message (outbox database), never logged above DEBUG
         self._error(f"{msg.control_id}: {ack.summary}")
@@ -708,6 +848,8 @@ class Sender(QueueSender):
             rng=rng,
             clock=clock,
         )
+        assert isinstance(self.link, MllpLink)
+        self.link.on_other = self.application_ack  # an application ACK on the same connection
 
 
 def _link_counters(link: Link) -> dict[str, int]:

@@ -9,6 +9,9 @@ Tables:
   one transaction, each with its own body, attempts and fate. A reading is done when all its rows are.
 * ``dead_letter`` — messages the receiver refused (AR/CR, an unknown MSA-1, or AE/CE ``max_attempts``
   times), with the reason and the receiver's MSA-3/ERR text, for human review (``vitals-agent outbox``).
+* ``awaiting_ack`` — enhanced acknowledgement mode: messages the receiver committed (``CA``) that owe their
+  application ACK (same id, body and MSH-10; never sent again); the ACK removes them or moves them to
+  ``dead_letter``.
 * ``device_state`` — a small durable key/value store per device (pairing state, last record number ...).
 * ``audit_pending`` — audit records committed with the change they describe (``reading_accepted`` with its
   message, ``message_sent`` with its removal) until the audit file has them on disk (see
@@ -62,7 +65,8 @@ from vitals_agent.errors import OutboxError, OutboxFullError
 log = structlog.get_logger(__name__)
 
 OUTBOX_FILE = "outbox.sqlite3"
-SCHEMA_VERSION = 3  # 2: the destination column; 3: audit_pending (older files are migrated when opened)
+# 2: the destination column; 3: audit_pending; 4: awaiting_ack (older files are migrated when opened)
+SCHEMA_VERSION = 4
 DESTINATIONS = ("ehr", "fhir")
 
 _SCHEMA = """
@@ -92,6 +96,17 @@ CREATE TABLE IF NOT EXISTS dead_letter (
     ack_text TEXT,
     destination TEXT NOT NULL DEFAULT 'ehr'
 );
+CREATE TABLE IF NOT EXISTS awaiting_ack (
+    id INTEGER PRIMARY KEY,
+    control_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    body BLOB NOT NULL,
+    meta TEXT NOT NULL DEFAULT '{}',
+    created_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    committed_at REAL NOT NULL,
+    destination TEXT NOT NULL DEFAULT 'ehr'
+);
 CREATE TABLE IF NOT EXISTS device_state (
     device_id TEXT NOT NULL,
     key TEXT NOT NULL,
@@ -114,6 +129,20 @@ _DEAD_COLUMNS = (
 # Statements assembled from the constant column lists above (values are always bound parameters).
 _SELECT_QUEUED = f"SELECT {_MSG_COLUMNS} FROM outbox"  # noqa: S608
 _SELECT_DEAD = f"SELECT {_DEAD_COLUMNS} FROM dead_letter"  # noqa: S608
+_MOVE_COLUMNS = "id, control_id, device_id, body, meta, created_at, attempts"
+_DEAD_INSERT = f"INSERT INTO dead_letter ({_MOVE_COLUMNS}, dead_at, reason, ack_code, ack_text, destination)"
+_DEAD_SELECT = f"SELECT {_MOVE_COLUMNS}, ?, ?, ?, ?, destination"
+_TO_DEAD = (  # a queued message, or one awaiting its application ACK (constant statements)
+    (f"{_DEAD_INSERT} {_DEAD_SELECT} FROM outbox WHERE id = ?", "DELETE FROM outbox WHERE id = ?"),
+    (
+        f"{_DEAD_INSERT} {_DEAD_SELECT} FROM awaiting_ack WHERE id = ?",
+        "DELETE FROM awaiting_ack WHERE id = ?",
+    ),
+)
+_SELECT_AWAITING = (
+    "SELECT id, control_id, device_id, body, meta, created_at, attempts, committed_at, destination"
+    " FROM awaiting_ack"
+)
 _RETRY_DEAD = (
     "INSERT INTO outbox (id, control_id, device_id, body, meta, created_at, attempts, nacks, last_error,"
     " destination)"
@@ -186,6 +215,36 @@ def _msg(row: tuple[Any, ...]) -> OutboxMessage:
     )
 
 
+@dataclass(frozen=True)
+class AwaitingMessage:
+    """A message the receiver committed (``CA``) that waits for its application ACK (enhanced mode)."""
+
+    id: int
+    control_id: str
+    device_id: str
+    body: bytes
+    meta: dict[str, Any]
+    created_at: float
+    attempts: int
+    committed_at: float  # wall time of the commit ACK
+    destination: str = "ehr"
+
+
+def _awaiting(row: tuple[Any, ...]) -> AwaitingMessage:
+    body = row[3]
+    return AwaitingMessage(
+        id=row[0],
+        control_id=str(row[1]),
+        device_id=str(row[2]),
+        body=body.encode() if isinstance(body, str) else bytes(body),
+        meta=_meta(row[4]),
+        created_at=row[5],
+        attempts=row[6],
+        committed_at=row[7],
+        destination=str(row[8] or "ehr"),
+    )
+
+
 def _dead(row: tuple[Any, ...]) -> DeadLetter:
     if not isinstance(row[3], bytes | bytearray | memoryview | str) or not isinstance(row[1], str):
         raise OutboxError(f"dead letter {row[0]} is unreadable (MSH-10 or body missing or of a wrong type)")
@@ -215,7 +274,9 @@ def _is_full(exc: sqlite3.Error) -> bool:
     return code in (13, 8) or "full" in text or "readonly" in text or "read-only" in text
 
 
-_TABLES = frozenset({"outbox", "dead_letter", "device_state", "audit_pending", "sqlite_sequence"})
+_TABLES = frozenset(
+    {"outbox", "dead_letter", "awaiting_ack", "device_state", "audit_pending", "sqlite_sequence"}
+)
 
 
 def _why_read_only(path: Path) -> str:
@@ -240,15 +301,12 @@ def _move_to_dead(
 ) -> bool:
     """Move one queued message to the dead-letter table (same id, body and MSH-10), inside ``conn``'s
     open transaction."""
-    cur = conn.execute(
-        "INSERT INTO dead_letter (id, control_id, device_id, body, meta, created_at, attempts,"
-        " dead_at, reason, ack_code, ack_text, destination)"
-        " SELECT id, control_id, device_id, body, meta, created_at, attempts, ?, ?, ?, ?, destination"
-        " FROM outbox WHERE id = ?",
-        (time.time(), reason, ack_code, ack_text, message_id),
-    )
-    conn.execute("DELETE FROM outbox WHERE id = ?", (message_id,))
-    return cur.rowcount > 0
+    for insert, delete in _TO_DEAD:  # a queued message, or one awaiting its application ACK
+        cur = conn.execute(insert, (time.time(), reason, ack_code, ack_text, message_id))
+        conn.execute(delete, (message_id,))
+        if cur.rowcount > 0:
+            return True
+    return False
 
 
 class Outbox:
@@ -619,12 +677,16 @@ class Outbox:
         """
         try:
             with self._tx("NORMAL") as conn:
-                if control_id is None:
-                    cur = conn.execute("DELETE FROM outbox WHERE id = ?", (message_id,))
-                else:
-                    cur = conn.execute(
-                        "DELETE FROM outbox WHERE id = ? AND control_id = ?", (message_id, control_id)
-                    )
+                removed = 0
+                for table in ("outbox", "awaiting_ack"):  # constant names; values bound
+                    if control_id is None:
+                        cur = conn.execute(f"DELETE FROM {table} WHERE id = ?", (message_id,))  # noqa: S608
+                    else:
+                        cur = conn.execute(
+                            f"DELETE FROM {table} WHERE id = ? AND control_id = ?",  # noqa: S608
+                            (message_id, control_id),
+                        )
+                    removed += cur.rowcount
                 if audit:
                     conn.executemany(_INSERT_AUDIT, [(r.ts, r.body) for r in audit])
         except sqlite3.Error as exc:
@@ -632,7 +694,36 @@ class Outbox:
                 f"outbox {self.path}: cannot remove delivered message {message_id}: {explain(exc)}"
             ) from None
         self.ledger.forget(message_id)
+        return removed > 0
+
+    # --- enhanced acknowledgement: committed, awaiting the application ACK --------------------------
+
+    def await_app_ack(self, message_id: int) -> bool:
+        """The receiver committed the message (``CA``) and owes an application ACK: move it from the queue
+        to ``awaiting_ack`` (same id, body and MSH-10; never sent again). Cheap commit, as :meth:`delete`:
+        a power cut may undo it, and then the message is sent again with its MSH-10 (at-least-once)."""
+        try:
+            with self._tx("NORMAL") as conn:
+                cur = conn.execute(
+                    "INSERT INTO awaiting_ack (id, control_id, device_id, body, meta, created_at, attempts,"
+                    " committed_at, destination)"
+                    " SELECT id, control_id, device_id, body, meta, created_at, attempts, ?, destination"
+                    " FROM outbox WHERE id = ?",
+                    (time.time(), message_id),
+                )
+                conn.execute("DELETE FROM outbox WHERE id = ?", (message_id,))
+        except sqlite3.Error as exc:
+            raise OutboxError(
+                f"outbox {self.path}: cannot record message {message_id} as committed: {explain(exc)}"
+            ) from None
         return cur.rowcount > 0
+
+    def awaiting(self, destination: str | None = None) -> list[AwaitingMessage]:
+        """Messages the receiver committed and owes an application ACK for, oldest first."""
+        where, args = (" WHERE destination = ?", (destination,)) if destination else ("", ())
+        with self._read("messages awaiting an application ACK") as conn:
+            rows = conn.execute(_SELECT_AWAITING + where + " ORDER BY id", args).fetchall()
+        return [_awaiting(r) for r in rows]
 
     # --- acknowledged messages whose removal failed (ledger.py) ----------------------------------
 
@@ -735,8 +826,9 @@ class Outbox:
         with self._read("queued MSH-10s") as conn:
             row = conn.execute(
                 "SELECT 1 FROM outbox WHERE control_id = ?"
-                " UNION ALL SELECT 1 FROM dead_letter WHERE control_id = ? LIMIT 1",
-                (control_id, control_id),
+                " UNION ALL SELECT 1 FROM dead_letter WHERE control_id = ?"
+                " UNION ALL SELECT 1 FROM awaiting_ack WHERE control_id = ? LIMIT 1",
+                (control_id, control_id, control_id),
             ).fetchone()
         return row is not None
 
