@@ -12,8 +12,9 @@ misbehave) and answer according to a *mode*, chosen per message: first from :att
 consumed one entry per message), then from :attr:`FakeEhr.per_id` (MSH-10 -> mode), else :attr:`mode`.
 
 Modes: ``AA`` ``AE`` (with MSA-3 and an ERR segment) ``AR`` ``CA`` ``CE`` ``CR`` ``CA_AA`` (a CA then an
-AA) ``CA_AE`` (a CA then an AE, on the same connection) ``CLOSE`` (close without answering) ``SILENT`` (never answer, keep the connection) ``GARBLE`` (an HTTP
-error line instead of MLLP) ``WRONG_ID`` (AA with another MSA-2) ``SLOW`` (AA after :attr:`delay` s)
+AA) ``CA_AE`` (a CA then an AE, on the same connection) ``CLOSE`` (close without answering) ``SILENT``
+(never answer, keep the connection) ``GARBLE`` (an HTTP error line instead of MLLP) ``WRONG_ID`` (AA with
+another MSA-2) ``SLOW`` (AA after :attr:`delay` s)
 ``RESET`` (half an ACK frame, then a TCP RST) ``HALF_OPEN`` (stop reading the socket, never answer, never
 close) ``AA_CLOSE`` (AA, then close, like hl7apy's server) ``XX`` (an unknown MSA-1 code).
 ``close_after=N`` closes each connection after N answered messages. Refusing connections = :meth:`stop`.

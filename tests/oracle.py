@@ -218,7 +218,8 @@ def _check_bytes(raw: bytes | str) -> str:
         try:
             text = raw.decode(_CHARSETS[charset])
         except UnicodeDecodeError as exc:
-            raise AssertionError(f"ORU oracle: not {_CHARSETS[charset].upper()} as MSH-18 says: {exc}") from None
+            codec = _CHARSETS[charset].upper()
+            raise AssertionError(f"ORU oracle: not {codec} as MSH-18 says: {exc}") from None
     else:
         text = raw
     if "\x0b" in text or "\x1c" in text:

@@ -36,7 +36,7 @@ COMMAND_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     ("devices", ("drivers", "ports", "scan", "pair", "nibp-start")),
     ("patient", ("patient",)),
-    ("delivery", ("outbox", "send-test")),
+    ("delivery", ("outbox", "send-test", "interface-spec")),
     ("tools", ("decode", "simulate", "receive", "ecg-render")),
 )
 

@@ -44,12 +44,12 @@ def _dis(manufacturer: str, model: str, serial: str, eui64: str | None) -> list[
     return out
 
 
-def _ble_inputs(name: str) -> list[SampleInput]:
+def _ble_inputs(name: str, local: datetime) -> list[SampleInput]:
     from vitals_agent.drivers.ble import uuids as U
     from vitals_agent.drivers.ble.clock import encode_date_time
     from vitals_agent.drivers.ble.ieee11073 import Number, encode_float, encode_sfloat
 
-    stamp = encode_date_time(SAMPLE_TIME.replace(tzinfo=None))
+    stamp = encode_date_time(local)
 
     def sf(mantissa: int, exponent: int = 0) -> bytes:
         return encode_sfloat(Number(mantissa, exponent))
@@ -82,12 +82,11 @@ def _ble_inputs(name: str) -> list[SampleInput]:
     return []
 
 
-def _serial_inputs(name: str) -> list[SampleInput]:
+def _serial_inputs(name: str, local: datetime) -> list[SampleInput]:
     if name == "masimo-ascii":
         from vitals_agent.drivers.masimo import Rad8Simulator
 
         sim = Rad8Simulator(seed=1, episode_every=0)
-        local = SAMPLE_TIME.replace(tzinfo=None)
         return [SampleInput(tuple(sim.next_line(local) for _ in range(3)))]
     if name in ("nonin-df2", "nonin-df8"):
         from vitals_agent.drivers.nonin import NoninSimulator
@@ -115,13 +114,14 @@ def _serial_inputs(name: str) -> list[SampleInput]:
     return []
 
 
-def sample_inputs(driver: str) -> list[SampleInput]:
+def sample_inputs(driver: str, tz: tzinfo = UTC) -> list[SampleInput]:
     """The sample input of ``driver`` (empty for drivers that make no readings, and for EKG carts: see
-    :func:`sample_readings`)."""
-    return _ble_inputs(driver) or _serial_inputs(driver)
+    :func:`sample_readings`); device clocks show :data:`SAMPLE_TIME` in ``tz`` (their local time)."""
+    local = SAMPLE_TIME.astimezone(tz).replace(tzinfo=None)
+    return _ble_inputs(driver, local) or _serial_inputs(driver, local)
 
 
-def _ecg_reading(driver: Driver, ctx: DecodeContext) -> Reading:
+def _ecg_reading(driver: Driver, ctx: DecodeContext, local: datetime) -> Reading:
     from vitals_agent.drivers.ecg.common import EcgDecoded, to_reading, with_original
 
     fmt = {"aecg-xml": "aecg", "philips-xml": "philips-xml"}.get(driver.name, "scp-ecg")
@@ -135,7 +135,7 @@ def _ecg_reading(driver: Driver, ctx: DecodeContext) -> Reading:
             "ecg_qtc_interval": Decimal(447),
         },
         statements=["Sinus rhythm", "Normal ECG"],
-        acquired=SAMPLE_TIME.replace(tzinfo=None),
+        acquired=local,
         manufacturer="Philips" if fmt == "philips-xml" else "Schiller",
         model="PageWriter TC50" if fmt == "philips-xml" else "CARDIOVIT AT-102",
         serial_number="US81234567" if fmt == "philips-xml" else "090.01234",
@@ -156,10 +156,10 @@ def sample_readings(
     drv = driver_class(driver)()
     ctx = DecodeContext(device=DeviceIdentity(id=device_id), tz=tz, now=lambda: now)
     if drv.device_class.value == "ecg":
-        return [_ecg_reading(drv, ctx)]
+        return [_ecg_reading(drv, ctx, now.astimezone(tz).replace(tzinfo=None))]
     identity = ctx.device
     out: list[Reading] = []
-    for item in sample_inputs(driver):
+    for item in sample_inputs(driver, tz):
         for event in drv.decode_chunks(list(item.chunks), ctx, item.characteristic):
             if isinstance(event, DeviceStatusEvent) and event.identity is not None:
                 identity = identity.merged(event.identity)
