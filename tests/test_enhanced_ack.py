@@ -310,3 +310,20 @@ async def test_awaiting_survives_a_restart_and_the_ack_completes_it_then(outbox:
         finally:
             await listener.close()
         assert ehr.control_ids == ["M1"]  # never sent again
+
+
+async def test_outbox_list_shows_messages_awaiting_their_application_ack(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vitals_agent.cli import main
+
+    ob = Outbox(tmp_path)
+    ob.enqueue(control_id="M1", device_id="cuff-1", body=make_message("M1"))
+    second = ob.enqueue(control_id="M2", device_id="cuff-1", body=make_message("M2"))
+    ob.await_app_ack(second)
+    ob.close()
+    assert await main(["outbox", "list", "--data-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("1 queued, 1 awaiting an application ACK, 0 dead")
+    [row] = [line for line in out.splitlines() if " M2 " in line]
+    assert "ackwait" in row and "awaiting its application ACK" in row

@@ -34,7 +34,7 @@ from typing import Any
 
 from vitals_agent.agent.instance import run_as_data_dir_owner, user_name
 from vitals_agent.agent.storage.audit import CHANNEL_CLI, AuditError, AuditLog
-from vitals_agent.agent.storage.outbox import DeadLetter, Outbox, OutboxMessage
+from vitals_agent.agent.storage.outbox import AwaitingMessage, DeadLetter, Outbox, OutboxMessage
 from vitals_agent.commands._options import add_config_option, config_from
 from vitals_agent.errors import ConfigError, VitalsAgentError
 
@@ -180,7 +180,7 @@ def _one_line(text: str | None, width: int = 100) -> str:
 HIDDEN = "receiver text hidden; --show-phi shows it"
 
 
-def _record(item: OutboxMessage | DeadLetter, *, show_phi: bool = False) -> dict[str, Any]:
+def _record(item: OutboxMessage | DeadLetter | AwaitingMessage, *, show_phi: bool = False) -> dict[str, Any]:
     """One row for ``list``/``show``. Without ``show_phi`` the receiver's free text (``ack_text``, and
     ``last_error`` once the receiver answered negatively) is withheld: receivers echo patient data in it."""
     rec = _raw_record(item)
@@ -197,7 +197,21 @@ def _record(item: OutboxMessage | DeadLetter, *, show_phi: bool = False) -> dict
     return rec
 
 
-def _raw_record(item: OutboxMessage | DeadLetter) -> dict[str, Any]:
+def _raw_record(item: OutboxMessage | DeadLetter | AwaitingMessage) -> dict[str, Any]:
+    if isinstance(item, AwaitingMessage):  # enhanced mode: committed (CA), the application ACK owed
+        return {
+            "id": item.id,
+            "state": "ackwait",
+            "destination": item.destination,
+            "control_id": item.control_id,
+            "device_id": item.device_id,
+            "created_at": _when(item.created_at),
+            "attempts": item.attempts,
+            "committed_at": _when(item.committed_at),
+            "reason": f"committed by the receiver {_when(item.committed_at)}; awaiting its application ACK",
+            "meta": item.meta,
+            "bytes": len(item.body),
+        }
     if isinstance(item, DeadLetter):
         return {
             "id": item.id,
@@ -268,9 +282,11 @@ async def cmd_list(args: argparse.Namespace) -> int:
     session = _Audited(args) if args.show_phi else None
     outbox = session.outbox if session is not None else _open(args)
     try:
-        items: list[OutboxMessage | DeadLetter] = []
+        items: list[OutboxMessage | DeadLetter | AwaitingMessage] = []
+        awaiting = outbox.awaiting()
         if not args.dead:
             items.extend(outbox.list_queued(args.limit))
+            items.extend(awaiting[: args.limit])
         if not args.queued:
             items.extend(outbox.list_dead(args.limit))
         depth, dead = outbox.depth(), outbox.dead_count()
@@ -285,10 +301,11 @@ async def cmd_list(args: argparse.Namespace) -> int:
         for item in items:
             print(json.dumps(_record(item, show_phi=args.show_phi)))
         return 0
-    print(f"{depth} queued, {dead} dead")
+    waiting = f", {len(awaiting)} awaiting an application ACK" if awaiting else ""
+    print(f"{depth} queued{waiting}, {dead} dead")
     if items:
         print(
-            f"{'ID':>7}  {'STATE':<6}  {'CONTROL ID':<22}  {'DEVICE':<16}  {'TO':<4}  "
+            f"{'ID':>7}  {'STATE':<7}  {'CONTROL ID':<22}  {'DEVICE':<16}  {'TO':<4}  "
             f"{'CREATED (UTC)':<25}  {'TRIES':>5}  NOTE"
         )
     for item in items:
@@ -299,7 +316,7 @@ async def cmd_list(args: argparse.Namespace) -> int:
         if rec.get("receiver_text") == "hidden":
             note = f"{note} ({HIDDEN})" if note else f"({HIDDEN})"
         print(
-            f"{rec['id']:>7}  {rec['state']:<6}  {rec['control_id']:<22}  {rec['device_id']:<16}  "
+            f"{rec['id']:>7}  {rec['state']:<7}  {rec['control_id']:<22}  {rec['device_id']:<16}  "
             f"{rec['destination']:<4}  {rec['created_at']:<25}  {rec['attempts']:>5}  {_one_line(note)}"
         )
     return 0
