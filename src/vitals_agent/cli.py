@@ -58,6 +58,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "drivers": ("core", "list the available drivers"),
     "demo": ("demo", "run simulated devices, the agent and a built-in EHR receiver"),
     "ecg-render": ("ecg", "render an HL7 aECG or Philips XML file's 12 leads to a PDF or PNG report page"),
+    "interface-spec": (
+        "interface_spec",
+        "write the HL7 interface specification for this configuration (for the EHR interface team)",
+    ),
     "nibp-start": ("nibp", "start a measurement on a SunTech Advantage NIBP module"),
     "outbox": ("outbox", "list, show, retry or purge queued and dead-lettered messages"),
     "patient": ("patient", "set, clear or show the room's patient (running agent)"),
