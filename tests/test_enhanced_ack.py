@@ -327,3 +327,39 @@ async def test_outbox_list_shows_messages_awaiting_their_application_ack(
     assert out.startswith("1 queued, 1 awaiting an application ACK, 0 dead")
     [row] = [line for line in out.splitlines() if " M2 " in line]
     assert "ackwait" in row and "awaiting its application ACK" in row
+
+
+def test_reload_plan_for_the_new_ehr_keys(tmp_path: Path) -> None:
+    from vitals_agent.agent.reconfigure import plan
+
+    base = {"agent": {"facility": "F", "data_dir": str(tmp_path)}}
+    old = parse_config({**base, "ehr": {"application_ack_type": "NE"}})
+    charset = plan(old, parse_config({**base, "ehr": {"application_ack_type": "NE", "charset": "ASCII"}}))
+    assert charset.profile and charset.senders == [] and charset.restart_needed == []
+    mode = plan(old, parse_config({**base, "ehr": {"application_ack_type": "AL"}}))
+    assert mode.senders == ["ehr"]  # MSH-16 is also the sender's policy
+    port = plan(old, parse_config({**base, "ehr": {"application_ack_type": "NE", "app_ack_port": 2576}}))
+    assert port.restart_needed == ["ehr.app_ack_port"] and port.senders == []
+
+
+async def test_the_inbound_port_follows_a_replaced_ehr_sender(tmp_path: Path) -> None:
+    ehr = {"application_ack_type": "AL", "app_ack_port": 0, "app_ack_host": "127.0.0.1", "port": 1}
+    base = {"agent": {"facility": "F", "data_dir": str(tmp_path)}, "control": {"enabled": False}}
+    svc = AgentService(parse_config({**base, "ehr": ehr}))
+    try:
+        first = svc.senders["ehr"]
+        await svc.apply_config(parse_config({**base, "ehr": {**ehr, "ack_timeout_seconds": 5.0}}))
+        second = svc.senders["ehr"]
+        assert second is not first
+        second.policy.restore_awaiting([(1, "M1", 0.0)], 0.0)
+        assert svc.ack_listener is not None
+        assert svc.ack_listener.on_ack(_ack("M1", "AA")) is True  # reaches the sender of the moment
+        assert second.status()["app_acks"]["completed"] == 1
+    finally:
+        svc.close()
+
+
+def _ack(control_id: str, code: str) -> Any:
+    from vitals_agent.hl7.ack import parse_ack
+
+    return parse_ack(ack_bytes(control_id, code))

@@ -13,13 +13,16 @@ from dataclasses import dataclass, field
 from vitals_agent.config.schema import Config
 
 # [ehr] keys that shape messages only (the profile); any other [ehr] key restarts the EHR sender
+# (application_ack_type is both: MSH-16 and the sender's enhanced-mode policy, so it restarts the sender)
 EHR_MESSAGE_KEYS = frozenset(
     {
         "sending_application", "receiving_application", "receiving_facility", "processing_id",
-        "accept_ack_type", "application_ack_type", "hl7_version", "code_system", "preferred_units",
-        "hierarchy_rows",
+        "accept_ack_type", "hl7_version", "code_system", "preferred_units", "hierarchy_rows",
+        "charset", "unrepresentable", "marker",
     }
 )  # fmt: skip
+# [ehr] keys only a restart of the agent applies (the inbound application-ACK listener)
+EHR_RESTART_KEYS = frozenset({"app_ack_port", "app_ack_host"})
 # [agent] keys applied in place (the message profile); the others need a restart of the agent
 AGENT_HOT_KEYS = frozenset({"facility", "location", "max_clock_skew_seconds", "config_poll_seconds"})
 
@@ -71,9 +74,10 @@ def plan(old: Config, new: Config) -> Plan:
     agent = _changed_keys(old.agent, new.agent)
     p.restart_needed += [f"agent.{k}" for k in sorted(agent - AGENT_HOT_KEYS)]
     ehr = _changed_keys(old.ehr, new.ehr)
+    p.restart_needed += [f"ehr.{k}" for k in sorted(ehr & EHR_RESTART_KEYS)]
     if "enabled" in ehr:
         p.restart_needed.append("ehr.enabled")
-    elif new.ehr.enabled and ehr - EHR_MESSAGE_KEYS:
+    elif new.ehr.enabled and ehr - EHR_MESSAGE_KEYS - EHR_RESTART_KEYS:
         p.senders.append("ehr")
     fhir = _changed_keys(old.fhir, new.fhir)
     if "enabled" in fhir:

@@ -37,6 +37,7 @@ from vitals_agent.agent.supervisor import DeviceSupervisor
 from vitals_agent.config.schema import Config, DeviceConfig
 from vitals_agent.drivers.base import DecodeContext, driver_class
 from vitals_agent.errors import ConfigError, OutboxError, StorageFailedError, VitalsAgentError
+from vitals_agent.hl7.ack import Ack
 from vitals_agent.logs import setup_logging
 from vitals_agent.models import DeviceIdentity
 from vitals_agent.net.ack_listener import AckListener
@@ -132,7 +133,7 @@ class AgentService:
             self.ack_listener = AckListener(
                 config.ehr.app_ack_host,
                 config.ehr.app_ack_port,
-                self.senders["ehr"].application_ack,
+                self._application_ack,
                 sending_application=config.ehr.sending_application,
             )
         self.audit = AuditLog.in_dir(self.data_dir)
@@ -235,6 +236,11 @@ class AgentService:
         if self.metrics is not None:
             sender.exchange_observers.append(self.metrics.on_exchange)
         return sender
+
+    def _application_ack(self, ack: Ack) -> bool:
+        """The inbound port's ACKs go to the EHR sender of the moment (a reload may have replaced it)."""
+        sender = self.senders.get("ehr")
+        return sender.application_ack(ack) if sender is not None else False
 
     def _start_sender(self, name: str) -> None:
         task = asyncio.create_task(self.senders[name].run(), name=f"sender:{name}")
