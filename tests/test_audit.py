@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -29,11 +30,18 @@ def test_file_is_private_and_records_are_json_lines(tmp_path: Path) -> None:
         {
             "ts": "2026-03-11T14:00:00+00:00",
             "seq": 1,
+            "prev": "0" * 64,  # the chain's start (tests/test_audit_chain.py)
             "event": "context_set",
             "channel": "cli",
             "patient": {"mrn": MRN},
         },
-        {"ts": "2026-03-11T14:00:00+00:00", "seq": 2, "event": "context_cleared", "channel": "api"},
+        {
+            "ts": "2026-03-11T14:00:00+00:00",
+            "seq": 2,
+            "prev": hashlib.sha256(lines[0].encode()).hexdigest(),
+            "event": "context_cleared",
+            "channel": "api",
+        },
     ]
     assert first["seq"] == 1
 
@@ -116,7 +124,8 @@ def test_message_trail_helpers(tmp_path: Path) -> None:
     audit.message_sent(control_id="C1", ack_code="AA")
     audit.message_dead(control_id="C2", reason="AR: unknown patient")
     got = [
-        {k: v for k, v in e.items() if k not in ("ts", "seq")} for e in read_audit(tmp_path / "audit.jsonl")
+        {k: v for k, v in e.items() if k not in ("ts", "seq", "prev")}
+        for e in read_audit(tmp_path / "audit.jsonl")
     ]
     assert got == [
         {

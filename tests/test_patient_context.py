@@ -37,7 +37,7 @@ ALICE = PatientDetails(mrn=MRN, family=FAMILY, given=GIVEN, birth_date=DOB, sex=
 
 
 def strip(e: dict[str, object]) -> dict[str, object]:
-    return {k: v for k, v in e.items() if k not in ("ts", "seq")}
+    return {k: v for k, v in e.items() if k not in ("ts", "seq", "prev")}
 
 
 # --------------------------------------------------------------------------------------------- context

@@ -46,6 +46,7 @@ COMMAND_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
 # tests/test_lean_start.py checks it against what the modules register. A module missing here still works
 # (every module is then imported, as before).
 COMMANDS: dict[str, tuple[str, str]] = {
+    "audit": ("audit", "the audit trail: verify its hash chain"),
     "scan": (
         "ble",
         "list nearby Bluetooth health devices (address, name, RSSI, services, Omron record counts)",

@@ -136,7 +136,7 @@ class AgentService:
                 self._application_ack,
                 sending_application=config.ehr.sending_application,
             )
-        self.audit = AuditLog.in_dir(self.data_dir)
+        self.audit = AuditLog.in_dir(self.data_dir, policy=config.audit)  # rotates and prunes
         # reading_accepted / message_sent records commit with the outbox rows (one fsync per reading);
         # records a crash left between the two files are appended now
         self.audit.attach(self.outbox)

@@ -228,13 +228,18 @@ def outbox_counts(folder: Path) -> dict[str, Any]:
 
 
 def audit_counts(folder: Path) -> dict[str, Any]:
-    path = folder / "audit.jsonl"
-    if not path.exists():
+    from vitals_agent.agent.storage.audit_chain import trail_files
+
+    try:
+        files = trail_files(folder)
+    except OSError:
+        files = []
+    if not files:
         return {"exists": False}
     events: Counter[str] = Counter()
     first = last = None
     torn = 0
-    for record in _records(path):
+    for record in (r for path in files for r in _records(path)):
         if record is None:
             torn += 1
             continue
@@ -242,7 +247,8 @@ def audit_counts(folder: Path) -> dict[str, Any]:
         first = first or record.get("ts")
         last = record.get("ts")
     return {
-        "bytes": path.stat().st_size,
+        "files": len(files),
+        "bytes": sum(p.stat().st_size for p in files),
         "records": sum(events.values()),
         "unreadable_lines": torn,
         "first": first,
@@ -358,12 +364,14 @@ def _hl7_patient_fields(body: str) -> Iterator[str]:
 
 def known_patient_strings(folder: Path) -> set[str]:
     """Every patient identifier the agent has written anywhere it keeps data."""
+    from vitals_agent.agent.storage.audit_chain import trail_files
+
     found: set[str] = set()
-    audit = folder / "audit.jsonl"
-    if audit.exists():
-        for record in _records(audit):
-            if record is not None:
-                found.update(_strings_in(record))
+    with contextlib.suppress(OSError):
+        for audit in trail_files(folder):
+            for record in _records(audit):
+                if record is not None:
+                    found.update(_strings_in(record))
     context = folder / "patient_context.json"
     with contextlib.suppress(OSError, json.JSONDecodeError):
         found.update(_strings_in({"patient": json.loads(context.read_text())}))

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from vitals_agent.config.agent_section import AgentConfig
 from vitals_agent.config.alerts import AlertsConfig
+from vitals_agent.config.audit import AuditConfig
 from vitals_agent.config.central import LocalKeys
 from vitals_agent.config.control import ControlConfig
 from vitals_agent.config.ehr import EhrConfig
@@ -79,6 +80,7 @@ class Config(BaseModel):
     pdq: PdqConfig | None = None  # confirm the patient against the EHR (IHE PDQ); absent: trust the MRN
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
     devices: list[DeviceConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")

@@ -5,11 +5,12 @@ devices, channels and control ids; the audit log says which patient a reading wa
 cleared the room's patient context and through which channel (``cli``, ``api``, ``barcode``, ``expiry``),
 and what the EHR answered for every message (MSH-10 and ACK code).
 
-Each line is one JSON object: ``{"ts": ISO-8601 UTC, "seq": n, "event": name, ...fields}``. ``seq``
-restarts at the number of lines already in the file, so it keeps counting across restarts. The file is
-opened with ``O_APPEND`` and never rewritten or truncated by the agent; rotate it with an external tool
-that copies and archives (``logrotate copytruncate`` is *not* appropriate for an audit trail: use
-``create 0600`` + a restart, or leave it to grow: a busy room writes about 1 MB a month).
+Each line is one JSON object: ``{"ts": ISO-8601 UTC, "seq": n, "prev": sha256, "event": name, ...}``.
+``seq`` goes on from the last record, across restarts and rotations. ``prev`` is the SHA-256 of the line
+before it (:mod:`.audit_chain`): changing, removing or reordering a record breaks the chain, and
+``vitals-agent audit verify`` says where. The file is opened with ``O_APPEND`` and never rewritten or
+truncated; the agent rotates it itself by size or age and deletes rotated files past the retention
+(``[audit]``), recording both in the trail. Do not rotate it with an external tool.
 
 Two ways a record gets to disk, one file and one order:
 
@@ -46,7 +47,9 @@ from typing import Any, Protocol
 import structlog
 
 from vitals_agent import host
+from vitals_agent.agent.storage import audit_chain as chain
 from vitals_agent.agent.storage.files import explain
+from vitals_agent.config.audit import AuditConfig
 from vitals_agent.errors import VitalsAgentError
 from vitals_agent.host import lock as host_lock
 from vitals_agent.models import Reading
@@ -114,8 +117,20 @@ class AuditJournal(Protocol):
 
 
 def _canonical(entry: Mapping[str, Any]) -> str:
-    """A record without its ``seq`` (which a replay renumbers), to recognise it in the file."""
-    return json.dumps({k: v for k, v in entry.items() if k != "seq"}, sort_keys=True)
+    """A record without its ``seq`` and ``prev`` (which a replay renumbers and rechains), to recognise it
+    in the file."""
+    return json.dumps({k: v for k, v in entry.items() if k not in ("seq", "prev")}, sort_keys=True)
+
+
+def _seq_of(line: bytes) -> int | None:
+    try:
+        seq = json.loads(line).get("seq")
+    except (ValueError, AttributeError):
+        return None
+    return seq if isinstance(seq, int) else None
+
+
+PRUNE_CHECK_SECONDS = 3600.0  # how often rotated files are checked against the retention
 
 
 def write_private(path: Path, text: str) -> None:
@@ -134,9 +149,14 @@ def write_private(path: Path, text: str) -> None:
 class AuditLog:
     """Append-only, fsync'd JSON-lines audit file. Thread-safe; each call is one durable record."""
 
-    def __init__(self, path: Path, *, now: Callable[[], datetime] = _utc_now) -> None:
+    def __init__(
+        self, path: Path, *, now: Callable[[], datetime] = _utc_now, policy: AuditConfig | None = None
+    ) -> None:
+        """``policy``: rotation and retention (the running agent's ``[audit]``); None (the operator tools):
+        never rotate, only follow a rotation the agent made."""
         self.path = path
         self._now = now
+        self.policy = policy
         self._lock = threading.Lock()
         try:
             host.private_dir(path.parent)
@@ -144,8 +164,12 @@ class AuditLog:
         except OSError as exc:
             raise AuditError(f"cannot open the audit log {path}: {explain(exc)}") from None
         self._fd: int | None = fd
-        self._seq = self._count_lines()
+        self._ino = os.fstat(fd).st_ino  # another writer that rotated the file leaves us on the old one
+        self._seq, self._prev = self._tail_state()
         self._size = os.fstat(fd).st_size  # where our last record ended: a bigger file had another writer
+        self._head_fd: int | None = None
+        self._first_ts: tuple[int, datetime | None] | None = None  # (inode, ts of its first record)
+        self._pruned_at = -PRUNE_CHECK_SECONDS
         self.journal: AuditJournal | None = None
         self._written = 0  # the last journal row appended to the file
         self._synced = 0  # ... and fsynced
@@ -154,8 +178,34 @@ class AuditLog:
         self._flush_failing = False
 
     @classmethod
-    def in_dir(cls, data_dir: Path, *, now: Callable[[], datetime] = _utc_now) -> AuditLog:
-        return cls(data_dir / AUDIT_FILE, now=now)
+    def in_dir(
+        cls, data_dir: Path, *, now: Callable[[], datetime] = _utc_now, policy: AuditConfig | None = None
+    ) -> AuditLog:
+        return cls(data_dir / AUDIT_FILE, now=now, policy=policy)
+
+    def _tail_state(self) -> tuple[int, str]:
+        """``seq`` of the last record and the hash of the last line (of the newest rotated file when the
+        active one is empty; the genesis hash for a new trail)."""
+        source = self.path
+        last = chain.last_line(source)
+        if last is None:
+            older = [p for p in chain.trail_files(self.path.parent) if p.name != AUDIT_FILE]
+            if not older:
+                return 0, chain.GENESIS
+            source, last = older[-1], chain.last_line(older[-1])
+            if last is None:
+                return 0, chain.GENESIS
+        seq = _seq_of(last)
+        if seq is None:  # a torn or legacy last line: the last record's seq plus the lines after it
+            tail = [line for line in chain.tail_lines(source, 256) if line.strip()]
+            for after, line in enumerate(reversed(tail)):
+                found = _seq_of(line)
+                if found is not None:
+                    seq = found + after
+                    break
+            else:
+                seq = self._count_lines() if source == self.path else len(tail)
+        return seq, chain.line_hash(last)
 
     def _count_lines(self) -> int:
         with open(self.path, "rb") as fh:
@@ -174,6 +224,9 @@ class AuditLog:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
+            if self._head_fd is not None:
+                os.close(self._head_fd)
+                self._head_fd = None
 
     def make(self, event: str, **fields: Any) -> AuditRecord:
         """A record to commit with a queue change (see the module docstring); not written here."""
@@ -213,22 +266,28 @@ class AuditLog:
         False. Returns the last ``seq`` written. Raises OSError (and AuditError when closed)."""
         if self._fd is None:
             raise AuditError("audit log is closed")
-        fd = self._fd
         try:
             # The agent and the operator tools (``vitals-agent outbox``) append to the same file: one
-            # writer at a time, and ``seq`` recounted when another process wrote since our last record.
-            host_lock.lock_exclusive(fd)
-            size = os.fstat(fd).st_size
+            # writer at a time; ``seq`` and the chain are read again when another process wrote since our
+            # last record, and a file another process rotated away is left for the new one.
+            self._lock_file()
+            size = os.fstat(self._fd).st_size
             if size != self._size:
-                self._seq = self._count_lines()
                 if size and not self._ends_with_newline(size):
-                    os.write(fd, b"\n")  # a torn last line (a crash mid-write) stays a line of its own
+                    os.write(self._fd, b"\n")  # a torn last line (a crash mid-write) stays a line of its own
                     size += 1
-            seq = self._seq
+                self._seq, self._prev = self._tail_state()
+            now = self._now()
+            records = [*self._rotate(size, now), *records]
+            fd = self._fd
+            size = os.fstat(fd).st_size
+            seq, prev = self._seq, self._prev
             lines = []
             for rec in records:
                 seq += 1
-                lines.append(rec.line(seq))
+                line = chain.chained(rec.line(seq), prev)
+                prev = chain.line_hash(line)
+                lines.append(line)
             data = "".join(lines).encode()
             written = 0
             while written < len(data):
@@ -236,12 +295,94 @@ class AuditLog:
             if sync:
                 os.fsync(fd)
                 self.fsyncs += 1
-            self._seq = seq
+            self._seq, self._prev = seq, prev
             self._size = size + written
+            self._write_head()
         finally:
-            with contextlib.suppress(OSError):
-                host_lock.unlock(fd)
+            if self._fd is not None:
+                with contextlib.suppress(OSError):
+                    host_lock.unlock(self._fd)
         return self._seq
+
+    def _lock_file(self) -> None:
+        """Take the cross-process lock on the active file (following a rotation another writer made)."""
+        while True:
+            assert self._fd is not None
+            host_lock.lock_exclusive(self._fd)
+            try:
+                current = os.stat(self.path).st_ino
+            except FileNotFoundError:
+                current = None
+            if current == self._ino:
+                return
+            # rotated (or removed) by another process: take the new file, read its tail
+            fd = host.open_private(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+            with contextlib.suppress(OSError):
+                host_lock.unlock(self._fd)
+            os.close(self._fd)
+            self._fd, self._ino, self._size = fd, os.fstat(fd).st_ino, -1
+
+    def _rotate(self, size: int, now: datetime) -> list[AuditRecord]:
+        """Rotate (size, age) and prune (retention) per the policy, with the lock held. Returns the records
+        that say so, to be written first in the new file."""
+        policy = self.policy
+        if policy is None or self._fd is None:
+            return []
+        out: list[AuditRecord] = []
+        if size > 0 and chain.should_rotate(
+            size, self._first_record_ts(), now, max_bytes=policy.max_bytes, max_age_days=policy.max_age_days
+        ):
+            rotated = self.path.with_name(chain.rotated_name(now))
+            os.rename(self.path, rotated)
+            fd = host.open_private(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+            host_lock.lock_exclusive(fd)
+            with contextlib.suppress(OSError):
+                host_lock.unlock(self._fd)
+            os.close(self._fd)
+            self._fd, self._ino, self._size = fd, os.fstat(fd).st_ino, 0
+            host.fsync_dir(self.path.parent)
+            out.append(self.make("audit_rotated", previous_file=rotated.name, previous_bytes=size))
+            log.info("audit trail rotated", previous_file=rotated.name, bytes=size)
+        mono = time.monotonic()
+        if out or mono - self._pruned_at >= PRUNE_CHECK_SECONDS:
+            self._pruned_at = mono
+            rotated_files = [p for p in chain.trail_files(self.path.parent) if p.name != AUDIT_FILE]
+            gone = chain.expired(rotated_files, now, policy.retention_days)
+            if gone:
+                last = chain.last_line(gone[-1])
+                for old in gone:
+                    old.unlink()
+                host.fsync_dir(self.path.parent)
+                out.append(
+                    self.make(
+                        "audit_pruned",
+                        files=[p.name for p in gone],
+                        retention_days=policy.retention_days,
+                        chain_from=chain.line_hash(last) if last is not None else None,
+                    )
+                )
+                log.info("old audit files deleted (retention)", files=len(gone))
+        return out
+
+    def _first_record_ts(self) -> datetime | None:
+        if self._first_ts is None or self._first_ts[0] != self._ino:
+            stamp = None
+            with (
+                contextlib.suppress(OSError, ValueError, AttributeError, TypeError),
+                open(self.path, "rb") as fh,
+            ):
+                stamp = datetime.fromisoformat(json.loads(fh.readline())["ts"])
+            self._first_ts = (self._ino, stamp)
+        return self._first_ts[1]
+
+    def _write_head(self) -> None:
+        """``audit.head``: the last record's ``seq`` and hash (shows the removal of the last records)."""
+        if self._head_fd is None:
+            self._head_fd = host.open_private(self.path.with_name(chain.HEAD), os.O_RDWR | os.O_CREAT)
+        data = chain.head_text(self._seq, self._prev)
+        os.lseek(self._head_fd, 0, os.SEEK_SET)
+        os.write(self._head_fd, data)
+        os.ftruncate(self._head_fd, len(data))
 
     def _ends_with_newline(self, size: int) -> bool:
         with open(self.path, "rb") as fh:  # our descriptor is write-only
@@ -280,13 +421,18 @@ class AuditLog:
         return len(missing)
 
     def _tail_records(self, n: int) -> set[str]:
-        """The last ``n`` records of the file, without their ``seq``."""
-        with open(self.path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            end = fh.tell()
-            start = max(0, end - max(65536, n * 4096))
-            fh.seek(start)
-            lines = fh.read().splitlines()[-n:]
+        """The last ``n`` records of the trail, without their ``seq`` (and ``prev``); from the newest
+        rotated file too when the active one holds fewer (a rotation just before a crash)."""
+        lines: list[bytes] = []
+        for path in reversed(chain.trail_files(self.path.parent)):
+            with open(path, "rb") as fh:
+                fh.seek(0, os.SEEK_END)
+                end = fh.tell()
+                start = max(0, end - max(65536, n * 4096))
+                fh.seek(start)
+                lines = fh.read().splitlines()[-(n - len(lines)) :] + lines
+            if len(lines) >= n:
+                break
         out: set[str] = set()
         for line in lines:
             try:
