@@ -11,7 +11,7 @@ import shutil
 import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
 from pathlib import Path
 from typing import Any
@@ -35,8 +35,8 @@ DOWN_FOR = 300
 
 
 class Time:
-    def __init__(self) -> None:
-        self.wall = T0
+    def __init__(self, start: datetime = T0) -> None:
+        self.wall = start
         self.mono = 1000.0
 
     def advance(self, seconds: float) -> None:
@@ -214,3 +214,40 @@ async def test_ehr_down_for_n_minutes_gives_one_alert_and_one_clear_on_smtp_and_
     everything = b"".join(data for _, _, _, data in box.messages) + b"".join(body for _, body in posts)
     for secret in (MRN, FAMILY, GIVEN, DOB):
         assert secret.encode() not in everything
+
+
+async def test_certificates_expiring_soon_alert_ours_and_the_ehrs(tmp_path: Path, pki: Pki) -> None:
+    """The test PKI's certificates live 2 days: both the EHR's (seen at the TLS connect) and ours
+    (the client certificate file) are "expiring in under 30 days"."""
+    ehr = Hl7Ehr(ssl_context=pki.server_context())
+    await ehr.start()
+    config = parse_config(
+        {
+            "agent": {"facility": "EXCLINIC", "location": "CLINIC^ROOM12", "data_dir": str(tmp_path / "d")},
+            "control": {"enabled": False},
+            "ehr": {
+                "port": ehr.port, "tls": True, "ca_file": str(pki.ca_cert), "cert_file": str(pki.client_cert),
+                "key_file": str(pki.client_key), "backoff_min_seconds": 0.01, "backoff_max_seconds": 0.05,
+            },
+            "alerts": {"disk_free_mb": 0, "hold_down_seconds": 0},
+            "devices": [
+                {"id": "oxi-1", "driver": "masimo-ascii", "port": str(tmp_path / "tty0"), "report": "every"}
+            ],
+        }
+    )  # fmt: skip
+    t = Time(datetime.now(UTC))  # the certificates were made just now
+    svc = AgentService(config, clock=t.clock())
+    try:
+        assert svc.alerts is not None
+        await svc.pipeline.on_event(svc.runtimes["oxi-1"], oximeter_reading(t.wall))
+        async with running_sender(svc.senders["ehr"]):  # type: ignore[arg-type]
+            await ehr.wait_for(1)
+        events = await svc.alerts.check()
+        certs = {e.key: e for e in events if e.kind == "cert_expiry"}
+        assert set(certs) == {"cert_expiry:EHR client certificate", "cert_expiry:EHR server certificate"}
+        for event in certs.values():
+            assert event.state == "firing" and 0 <= event.counts["days_left"] <= 2
+            assert "expires in" in event.summary
+    finally:
+        svc.close()
+        await ehr.stop()
