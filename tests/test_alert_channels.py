@@ -150,8 +150,8 @@ def test_the_banner_shows_on_the_page_and_in_the_terminal() -> None:
     }
     page = render_html(status, {"set": False}, now=now)
     assert '<div id="alerts" class="card" role="alert">' in page
-    assert "EHR 10.0.0.9:2575 unreachable &lt;b&gt; (since" in page
-    assert "ALERT: EHR 10.0.0.9:2575 unreachable <b> (since" in render_text(status, {"set": False}, now=now)
+    assert "EHR 10.0.0.9:2575 unreachable &lt;b&gt;, since " in page
+    assert "ALERT: EHR 10.0.0.9:2575 unreachable <b>, since " in render_text(status, {"set": False}, now=now)
     assert 'id="alerts"' not in render_html({**status, "alerts": []}, {"set": False}, now=now)
 
 

@@ -349,7 +349,7 @@ def alert_lines(status: Mapping[str, Any], now: datetime) -> list[str]:
     """One line per alert that is on (room, device and counts only: the alert monitor has no patient
     data to give)."""
     return [
-        f"{a.get('summary') or a.get('alert')} (since {when(a.get('since'), now)})"
+        f"{a.get('summary') or a.get('alert')}, since {when(a.get('since'), now)}"
         for a in status.get("alerts") or []
     ]
 
