@@ -89,6 +89,7 @@ async def test_a_support_bundle_has_what_support_needs_and_no_patient_data(tmp_p
     assert outbox["queued"]["ehr"]["count"] == 1 and outbox["dead"]["ehr"]["count"] == 1
     audit = json.loads(texts["audit.json"])
     assert audit["by_event"]["reading_accepted"] == 2 and audit["by_event"]["context_set"] == 1
+    assert audit["chain"]["intact"] is True and audit["chain"]["problems"] == []
     config = json.loads(texts["config.json"])
     assert config["alerts"]["smtp"]["username"] == "[redacted]"
     assert config["devices"][0]["description"] == "left in room for [redacted] [redacted]"

@@ -228,7 +228,7 @@ def outbox_counts(folder: Path) -> dict[str, Any]:
 
 
 def audit_counts(folder: Path) -> dict[str, Any]:
-    from vitals_agent.agent.storage.audit_chain import trail_files
+    from vitals_agent.agent.storage.audit_chain import read_head, trail_files, verify
 
     try:
         files = trail_files(folder)
@@ -246,7 +246,17 @@ def audit_counts(folder: Path) -> dict[str, Any]:
         events[str(record.get("event"))] += 1
         first = first or record.get("ts")
         last = record.get("ts")
+    try:
+        verdict = verify(files, read_head(folder))
+        chain: dict[str, Any] = {
+            "intact": verdict.ok,
+            "chained": verdict.chained,
+            "problems": verdict.problems[:5],
+        }
+    except OSError as exc:
+        chain = {"error": f"not verified: {exc.strerror or exc}"}
     return {
+        "chain": chain,  # `vitals-agent audit verify`: file names, line numbers and seq only
         "files": len(files),
         "bytes": sum(p.stat().st_size for p in files),
         "records": sum(events.values()),
