@@ -170,6 +170,8 @@ class AuditLog:
         self._head_fd: int | None = None
         self._first_ts: tuple[int, datetime | None] | None = None  # (inode, ts of its first record)
         self._pruned_at = -PRUNE_CHECK_SECONDS
+        self._rotate_failing = False
+        self._rotate_retry_at = 0.0
         self.journal: AuditJournal | None = None
         self._written = 0  # the last journal row appended to the file
         self._synced = 0  # ... and fsynced
@@ -329,11 +331,20 @@ class AuditLog:
         if policy is None or self._fd is None:
             return []
         out: list[AuditRecord] = []
-        if size > 0 and chain.should_rotate(
+        mono = time.monotonic()
+        if size > 0 and mono >= self._rotate_retry_at and chain.should_rotate(
             size, self._first_record_ts(), now, max_bytes=policy.max_bytes, max_age_days=policy.max_age_days
         ):
             rotated = self.path.with_name(chain.rotated_name(now))
-            os.rename(self.path, rotated)
+            try:
+                os.rename(self.path, rotated)
+            except OSError as exc:  # e.g. Windows, where a file open elsewhere cannot be renamed
+                if not self._rotate_failing:
+                    log.warning("audit trail not rotated; appending to it meanwhile", error=_reason(exc))
+                self._rotate_failing = True
+                self._rotate_retry_at = mono + PRUNE_CHECK_SECONDS
+                return out
+            self._rotate_failing = False
             fd = host.open_private(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
             host_lock.lock_exclusive(fd)
             with contextlib.suppress(OSError):
@@ -343,7 +354,6 @@ class AuditLog:
             host.fsync_dir(self.path.parent)
             out.append(self.make("audit_rotated", previous_file=rotated.name, previous_bytes=size))
             log.info("audit trail rotated", previous_file=rotated.name, bytes=size)
-        mono = time.monotonic()
         if out or mono - self._pruned_at >= PRUNE_CHECK_SECONDS:
             self._pruned_at = mono
             rotated_files = [p for p in chain.trail_files(self.path.parent) if p.name != AUDIT_FILE]
