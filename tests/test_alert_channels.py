@@ -63,7 +63,7 @@ async def test_syslog_udp_gets_one_structured_line_per_change() -> None:
 
 async def test_syslog_to_nowhere_is_one_line() -> None:
     channel = SyslogSender(SyslogChannel(address=f"127.0.0.1:{free_port()}", protocol="tcp"))
-    with pytest.raises(ChannelError, match=r"^syslog 127\.0\.0\.1:\d+: Connection refused$"):
+    with pytest.raises(ChannelError, match=r"^syslog 127\.0\.0\.1:\d+: \S"):  # one line: the OS says why
         await channel.send(payload())
 
 

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.fake_ehr import Hl7Ehr
 from tests.kit import oximeter_reading, until
+from tests.private_files import assert_private
 from vitals_agent import host
 from vitals_agent.agent.config_source import ConfigRefused, ConfigSource
 from vitals_agent.agent.reconfigure import plan
@@ -271,7 +272,7 @@ async def test_cli_keygen_bundle_and_pull_check(tmp_path: Path, capsys: pytest.C
     found = re.search(r'config_public_key = "([^"]+)"', capsys.readouterr().out)
     assert found is not None
     public = found.group(1)
-    assert key.stat().st_mode & 0o777 == 0o600
+    assert_private(key)
     (tmp_path / "site.toml").write_text(SITE)
     (tmp_path / "room12.toml").write_text(ROOM)
     share = tmp_path / "room12.bundle"
@@ -297,6 +298,7 @@ async def test_cli_keygen_bundle_and_pull_check(tmp_path: Path, capsys: pytest.C
     assert err.startswith("error: central configuration refused: ") and err.count("\n") == 1
 
 
+@pytest.mark.skipif(host.WINDOWS, reason="SIGHUP is POSIX (the Windows service calls request_reload)")
 async def test_sighup_rereads_a_local_file_and_restarts_only_the_changed_device(tmp_path: Path) -> None:
     path = tmp_path / "agent.toml"
     body = (

@@ -25,11 +25,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.e2e_helpers import AgentProcess, masimo_ascii1_line
 from tests.fake_ehr import Hl7Ehr, make_test_pki
+from vitals_agent import host
 from vitals_agent.config.central import make_bundle
 from vitals_agent.drivers.pty import PtyDevice
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.skipif(not host.HAS_PTY, reason="the simulated oximeters are POSIX pseudo-terminals"),
     pytest.mark.timeout(400),
     pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command"),
 ]
