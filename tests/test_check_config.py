@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from vitals_agent.cli import build_parser, main
-from vitals_agent.config.schema import load_config, parse_config
+from vitals_agent import host
+from vitals_agent.cli import EXIT_CONFIG, build_parser, main
+from vitals_agent.config.schema import NO_EKG_FOLDERS, load_config, parse_config
 from vitals_agent.errors import ConfigError
 
 
@@ -279,3 +280,31 @@ def test_log_level_in_any_case() -> None:
     assert args.log_level == "DEBUG"
     config = parse_config({"agent": {"facility": "F", "log_level": "Warning"}})
     assert config.agent.log_level == "WARNING"
+
+
+async def test_ekg_folders_are_refused_in_one_line_where_links_cannot_be_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Windows: the EKG folder code needs no-follow access relative to a folder descriptor (POSIX only), so
+    a configuration with an EKG folder is refused by check-config and by run (exit 78), never half-run."""
+    monkeypatch.setattr(host, "HAS_NOFOLLOW_DIRS", False)
+    (tmp_path / "inbox").mkdir()
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(
+        '[agent]\nfacility = "F"\ndata_dir = "state"\n[control]\nenabled = false\n'
+        '[[devices]]\nid = "ekg"\ndriver = "scp-ecg"\nfolder = "inbox"\n'
+        '[[devices]]\nid = "cart"\ndriver = "scp-ecg-serial"\nport = "COM4"\nsave_folder = "archive"\n'
+        '[[devices]]\nid = "spare"\ndriver = "scp-ecg"\nfolder = "inbox"\nenabled = false\n'
+        '[[devices]]\nid = "serial-only"\ndriver = "scp-ecg-serial"\nport = "COM5"\n'
+    )
+    assert await main(["check-config", str(cfg)]) == 1
+    assert capsys.readouterr().out.splitlines() == [
+        f"devices[0].folder: {NO_EKG_FOLDERS}",
+        f"devices[1].save_folder: {NO_EKG_FOLDERS}",
+    ]
+    assert NO_EKG_FOLDERS.startswith(f"EKG folders are not supported on {host.PLATFORM_NAME} yet")
+    assert await main(["run", "--config", str(cfg)]) == EXIT_CONFIG
+    assert "devices[0].folder: EKG folders are not supported" in capsys.readouterr().err
+    assert not (tmp_path / "state").exists()
+    monkeypatch.setattr(host, "HAS_NOFOLLOW_DIRS", True)
+    assert await main(["check-config", str(cfg)]) == 0

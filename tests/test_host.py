@@ -137,6 +137,12 @@ def test_default_locations() -> None:
         assert data.name == "vitals-agent"
 
 
+def test_no_follow_folder_access_is_what_the_ekg_folders_need() -> None:
+    """POSIX has openat+O_NOFOLLOW (the EKG folder drivers use it); Windows CPython has no dir_fd at all,
+    so the configuration refuses EKG folders there (tests/test_check_config.py)."""
+    assert host.HAS_NOFOLLOW_DIRS is (not host.WINDOWS)
+
+
 def test_system_zone_is_a_zone() -> None:
     assert isinstance(host.system_zone(), tzinfo)
 

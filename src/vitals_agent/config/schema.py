@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from vitals_agent import host
 from vitals_agent.config.agent_section import AgentConfig
 from vitals_agent.config.alerts import AlertsConfig
 from vitals_agent.config.audit import AuditConfig
@@ -28,6 +29,12 @@ from vitals_agent.drivers.base import DriverOptions, driver_class, local_path_ke
 from vitals_agent.errors import ConfigError, UnknownDriverError
 
 ReportPolicy = Literal["every", "stable", "interval"]
+
+NO_EKG_FOLDERS = (
+    f"EKG folders are not supported on {host.PLATFORM_NAME} yet (the agent reads and moves their files only "
+    "without following links, relative to a folder handle, which is implemented for Linux only): send "
+    "the EKGs over serial (driver scp-ecg-serial, no save_folder) or run the agent on Linux"
+)
 
 COMMON_DEVICE_KEYS = frozenset(
     {"id", "driver", "report", "report_seconds", "enabled", "max_clock_skew_seconds", "description"}
@@ -217,6 +224,12 @@ def _device(
                 options = cls.options_model.model_validate(specific)
             except ValidationError as exc:
                 problems.extend(_problems(exc, where))
+            if not host.HAS_NOFOLLOW_DIRS and raw.get("enabled", True) is not False:
+                problems.extend(
+                    (f"{where}.{key}", NO_EKG_FOLDERS)
+                    for key in local_path_keys(cls.options_model)
+                    if specific.get(key)
+                )
     # The common keys are checked whatever the driver keys say (stand-in options when those failed).
     stand_in = options if options is not None else DriverOptions()
     try:

@@ -21,6 +21,7 @@ source tree). What differs, and where:
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Final
 
@@ -36,6 +37,13 @@ HAS_BLUEZ: Final[bool] = sys.platform == "linux"
 """BlueZ over D-Bus (``vitals-agent pair``); Windows pairs in its own Settings (bleak uses WinRT there)."""
 
 PLATFORM_NAME: Final[str] = "Windows" if WINDOWS else "POSIX"
+
+HAS_NOFOLLOW_DIRS: Final[bool] = (
+    hasattr(os, "O_NOFOLLOW") and os.open in os.supports_dir_fd and os.rename in os.supports_dir_fd
+)
+"""Files opened, created and moved relative to a folder descriptor without following links (``openat``
+with ``O_NOFOLLOW``): what the EKG folder drivers need (``drivers/ecg/safefs.py``). Not on Windows, whose
+equivalent (handles opened with FILE_FLAG_OPEN_REPARSE_POINT, relative NtCreateFile) is not implemented."""
 
 
 class PlatformError(VitalsAgentError):
@@ -57,6 +65,7 @@ from vitals_agent.host.stop import install_reload_handler, install_stop_handlers
 
 __all__ = [
     "HAS_BLUEZ",
+    "HAS_NOFOLLOW_DIRS",
     "HAS_PTY",
     "PLATFORM_NAME",
     "WINDOWS",

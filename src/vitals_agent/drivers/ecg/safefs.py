@@ -31,8 +31,8 @@ NAME_MAX = 255
 REASON_SUFFIX = ".reason.txt"
 
 # POSIX flags (openat-style access relative to a directory descriptor). Windows has neither these flags nor
-# dir_fd: the module must still import there (every driver module is loaded at start), and the folder
-# drivers then fail with a one-line error (see the README: EKG folders are not yet supported on Windows).
+# dir_fd: the module must still import there (every driver module is loaded at start); the configuration
+# refuses EKG folders there in one line (config.schema.NO_EKG_FOLDERS, when not host.HAS_NOFOLLOW_DIRS).
 _NOFOLLOW, _NONBLOCK, _NOCTTY = (getattr(os, f, 0) for f in ("O_NOFOLLOW", "O_NONBLOCK", "O_NOCTTY"))
 _DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
 _READ_FLAGS = os.O_RDONLY | _NOFOLLOW | _NONBLOCK | _NOCTTY | getattr(os, "O_CLOEXEC", 0)
