@@ -347,6 +347,8 @@ async def test_undecodable_payload_is_counted_not_fatal(fake_bluez: FakeBlueZ) -
     await session(runtime, cuff, [b"\x16\x80\x00", GOOD1])
     assert [r.raw for r in runtime.readings] == [GOOD1]
     assert [f.data for f in runtime.failures] == [b"\x16\x80\x00"]
+    # every indication counts as a sign of life for silent_after_seconds, undecodable ones too
+    assert runtime.bytes_heard == 3 + len(GOOD1)
 
 
 async def test_link_lost_before_setup_uses_identity_and_offset_from_last_time(fake_bluez: FakeBlueZ) -> None:

@@ -63,9 +63,10 @@ class FakeRuntime:
     """Records what a transport hands the agent, and lets a test wait for it.
 
     ``events`` (every emitted event, in order; pass a list to share it between runtimes, e.g. across a
-    restart), ``failures``, ``counters``, ``connections`` (every ``set_connected`` call) and ``connected``
-    (the last state). ``emit_delay`` simulates a slow outbox; ``after_emit`` runs after each accepted
-    event (a test raises there to simulate a crash right after the durable hand-over).
+    restart), ``failures``, ``counters``, ``connections`` (every ``set_connected`` call), ``connected``
+    (the last state) and ``bytes_heard`` (the sum of ``heard()``). ``emit_delay`` simulates a slow outbox;
+    ``after_emit`` runs after each accepted event (a test raises there to simulate a crash right after the
+    durable hand-over).
     """
 
     def __init__(
@@ -96,6 +97,7 @@ class FakeRuntime:
         self.counters: dict[str, int] = {}
         self.connections: list[tuple[bool, str]] = []
         self.connected = False
+        self.bytes_heard = 0  # what the transport reported with heard()
         self._changed = asyncio.Event()
 
     # ---- DeviceRuntime
@@ -145,6 +147,9 @@ class FakeRuntime:
     def count(self, key: str, n: int = 1) -> None:
         self.counters[key] = self.counters.get(key, 0) + n
         self._changed.set()
+
+    def heard(self, n: int) -> None:
+        self.bytes_heard += n
 
     # ---- test conveniences
     @property

@@ -1,8 +1,17 @@
-"""The agent's side of a device: what a transport talks to (:class:`DeviceRuntime`), and its status."""
+"""The agent's side of a device: what a transport talks to (:class:`DeviceRuntime`), and its status.
+
+A device's ``state`` in status is ``connected``, ``disconnected`` or ``silent``: the link is up (a serial
+port open, a BLE link) but nothing has come from the device for ``silent_after_seconds`` (the device key,
+else its driver's default; :meth:`DeviceConfig.silence_limit`). Silence is measured on the monotonic clock
+from the last byte the transport delivered (:meth:`DeviceRuntimeImpl.heard`), the last decoded event or
+failure, or the opening of the link, whichever is latest. The alert rule ``device_silent`` reads the same
+state and the same monotonic age (:meth:`DeviceRuntimeImpl.quiet_seconds`), not a notion of its own.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -61,8 +70,15 @@ class DeviceStatus:
         }
 
 
+CONNECTED = "connected"
+DISCONNECTED = "disconnected"
+SILENT = "silent"
+
+
 class DeviceRuntimeImpl:
-    """Implements :class:`vitals_agent.drivers.base.DeviceRuntime` for one configured device."""
+    """Implements :class:`vitals_agent.drivers.base.DeviceRuntime` for one configured device.
+
+    ``mono`` is the monotonic clock silence is measured on (the service passes its :class:`Clock`'s)."""
 
     def __init__(
         self,
@@ -71,17 +87,23 @@ class DeviceRuntimeImpl:
         ctx: DecodeContext,
         state: DeviceStateStore,
         sink: Callable[[DeviceRuntimeImpl, DeviceEvent], Awaitable[None]],
+        *,
+        mono: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self._driver = driver
         self._ctx = ctx
         self._state = state
         self._sink = sink
+        self._mono = mono
         self.identity = ctx.device
         self.status = DeviceStatus(id=config.id, driver=config.driver)
         self._log = log.bind(device=config.id, driver=config.driver)
         self.on_connected: list[Callable[[], None]] = []
         self._inflight: set[asyncio.Future[None]] = set()
+        self.silent_after = config.silence_limit()
+        self._heard_at = mono()  # the last sign of the device (or of the agent starting to look for it)
+        self._silence_logged = False
 
     # --- DeviceRuntime protocol -------------------------------------------------------------------
     @property
@@ -109,6 +131,7 @@ class DeviceRuntimeImpl:
         return self._log
 
     async def emit(self, event: DeviceEvent) -> None:
+        self.heard(0)
         self.status.last_seen = self._ctx.now()
         if isinstance(event, DeviceStatusEvent):
             if event.battery_percent is not None:
@@ -132,6 +155,7 @@ class DeviceRuntimeImpl:
             await asyncio.wait(set(self._inflight), timeout=timeout)
 
     def decode_failed(self, failure: DecodeFailure) -> None:
+        self.heard(0)
         self.status.decode_failures += 1
         if isinstance(failure.error, OverlongError):
             self.status.discarded_lines += 1
@@ -154,12 +178,56 @@ class DeviceRuntimeImpl:
         self.status.connected = connected
         self.status.detail = detail
         if connected:
+            self.heard(0)  # silence counts from the opening of the link
             self.status.last_seen = self._ctx.now()
             for hook in self.on_connected:
                 hook()
 
     def count(self, key: str, n: int = 1) -> None:
         self.status.counters[key] = self.status.counters.get(key, 0) + n
+
+    def heard(self, n: int) -> None:
+        self._heard_at = self._mono()
+        if self._silence_logged:
+            self._silence_logged = False
+            self._log.info("device talking again")
+
+    # --- silence ----------------------------------------------------------------------------------
+    def quiet_seconds(self, mono: float | None = None) -> float:
+        """Seconds since the device was last heard from, or since the link opened, or since the agent
+        started looking for it (monotonic)."""
+        return max(0.0, (self._mono() if mono is None else mono) - self._heard_at)
+
+    def link_state(self, mono: float | None = None) -> str:
+        """``connected``, ``disconnected``, or ``silent`` (link up, nothing for ``silent_after``)."""
+        if not self.status.connected:
+            return DISCONNECTED
+        if self.silent_after is not None and self.quiet_seconds(mono) >= self.silent_after:
+            return SILENT
+        return CONNECTED
+
+    def check_silence(self) -> None:
+        """Log the start of a silence once (INFO, no patient data); :meth:`heard` logs its end."""
+        if not self._silence_logged and self.link_state() == SILENT:
+            self._silence_logged = True
+            self._log.info(
+                "device silent", quiet_seconds=round(self.quiet_seconds()), silent_after=self.silent_after
+            )
+
+    def snapshot(self) -> dict[str, Any]:
+        """:meth:`DeviceStatus.as_dict` with the device's ``state``, ``quiet_seconds`` and
+        ``silent_after_seconds`` (the control API's ``DeviceSnapshot``)."""
+        mono = self._mono()
+        out = self.status.as_dict()
+        state = self.link_state(mono)
+        quiet = self.quiet_seconds(mono)
+        out["state"] = state
+        out["quiet_seconds"] = round(quiet, 1)
+        out["silent_after_seconds"] = self.silent_after
+        if state == SILENT:
+            where = f"{self.status.detail} open, " if self.status.detail else ""
+            out["detail"] = f"{where}nothing received for {_span(quiet)}"
+        return out
 
     # --- agent side -------------------------------------------------------------------------------
     def learn_identity(self, identity: DeviceIdentity) -> None:
@@ -174,3 +242,11 @@ class DeviceRuntimeImpl:
         self.status.messages += 1
         self.status.last_reading_at = reading.observed_at
         self.status.last_reading = {m.metric: f"{m.text_value()} {m.unit}" for m in reading.measurements}
+
+
+def _span(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -190,7 +190,12 @@ class AgentService:
         ctx = DecodeContext(device=DeviceIdentity(id=dev.id), tz=device_zone(self.config), now=self.now,
                             options=dev.options)  # fmt: skip
         runtime = DeviceRuntimeImpl(
-            dev, driver, ctx, OutboxStateStore(self.outbox, dev.id), self.pipeline.on_event
+            dev,
+            driver,
+            ctx,
+            OutboxStateStore(self.outbox, dev.id),
+            self.pipeline.on_event,
+            mono=self.clock.mono,
         )
         self.pipeline.add_device(runtime)
         self.runtimes[dev.id] = runtime
@@ -434,7 +439,7 @@ class AgentService:
             "facility": self.config.agent.facility,
             "location": self.config.agent.location,
             "devices": [
-                {**rt.status.as_dict(), "equipment": rt.identity.equipment_id(self.gateway).text()}
+                {**rt.snapshot(), "equipment": rt.identity.equipment_id(self.gateway).text()}
                 for rt in self.runtimes.values()
             ],
             "outbox": {
@@ -469,6 +474,8 @@ class AgentService:
             await asyncio.sleep(1.0)
             try:
                 await self.pipeline.tick()
+                for runtime in list(self.runtimes.values()):
+                    runtime.check_silence()
                 if self.lookup is not None:
                     self.lookup.tick()
                 # the audit file catches up with the records committed in the outbox (a batch per fsync)

@@ -37,7 +37,16 @@ NO_EKG_FOLDERS = (
 )
 
 COMMON_DEVICE_KEYS = frozenset(
-    {"id", "driver", "report", "report_seconds", "enabled", "max_clock_skew_seconds", "description"}
+    {
+        "id",
+        "driver",
+        "report",
+        "report_seconds",
+        "enabled",
+        "max_clock_skew_seconds",
+        "description",
+        "silent_after_seconds",
+    }
 )
 
 
@@ -53,6 +62,9 @@ class DeviceConfig(BaseModel):
     enabled: bool = True
     max_clock_skew_seconds: float | None = Field(None, gt=0)
     description: str = ""
+    # status shows "silent" after this long without a byte while the link is up; absent: the driver's
+    # default (30 s for oximeters and heart-rate straps, none for spot-check devices); 0: never
+    silent_after_seconds: float | None = Field(None, ge=0)
     options: DriverOptions = Field(strict=False)
 
     @field_validator("id")
@@ -68,6 +80,13 @@ class DeviceConfig(BaseModel):
         if self.report is not None:
             return self.report
         return "stable" if driver_class(self.driver).continuous else "every"
+
+    def silence_limit(self) -> float | None:
+        """Seconds of silence with the link up after which the device counts as silent (None: never)."""
+        limit = self.silent_after_seconds
+        if limit is None:
+            limit = driver_class(self.driver).silent_after_seconds
+        return limit or None
 
     def settings(self) -> dict[str, Any]:
         """Common keys and driver keys as one flat dict (what the config file said, with defaults)."""

@@ -378,6 +378,10 @@ class Driver(abc.ABC):
     device_class: ClassVar[DeviceClass]
     transport: ClassVar[str]  # name of a registered transport: "serial", "ble", "folder", ...
     continuous: ClassVar[bool] = False  # continuous devices default to report = "stable"
+    # Seconds without a byte (or a notification) while the link is up after which status shows the device
+    # "silent" instead of "connected" (the device key ``silent_after_seconds`` overrides it). None: a device
+    # that is legitimately quiet between measurements (cuffs, scales, thermometers, EKG carts, scanners).
+    silent_after_seconds: ClassVar[float | None] = None
     options_model: ClassVar[type[DriverOptions]] = DriverOptions
     serial_defaults: ClassVar[SerialSettings | None] = None
     characteristics: ClassVar[tuple[str, ...]] = ()  # BLE: UUIDs `decode --characteristic` accepts
@@ -504,6 +508,11 @@ class DeviceRuntime(Protocol):
 
     def count(self, key: str, n: int = 1) -> None:
         """Add ``n`` to the device's counter ``key`` (shown in status), e.g. ``files_failed``."""
+        ...
+
+    def heard(self, n: int) -> None:
+        """The link delivered ``n`` bytes (a serial read, a BLE notification), whether or not they decode:
+        the device is talking (what ``silent_after_seconds`` watches). Called on the hot path: cheap."""
         ...
 
 

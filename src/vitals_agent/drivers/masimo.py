@@ -467,6 +467,7 @@ class MasimoAsciiDriver(Driver):
     device_class = DeviceClass.PULSE_OXIMETER
     transport = "serial"
     continuous = True
+    silent_after_seconds = 30.0  # one line per second (ASCII 1 and 2), also with the sensor off
     options_model = MasimoOptions
     serial_defaults = SerialSettings(baudrate=9600, bytesize=8, parity="N", stopbits=1)
 

@@ -581,6 +581,7 @@ class _NoninDriver(Driver):
     device_class = DeviceClass.PULSE_OXIMETER
     transport = "serial"
     continuous = True
+    silent_after_seconds = 30.0  # DF8 one frame a second, DF2 75 frames a second, also with the sensor off
     serial_defaults = SerialSettings(baudrate=9600, bytesize=8, parity="N", stopbits=1)
 
 

@@ -259,6 +259,7 @@ class SerialTransport(Transport):
                     reason = "the other end closed the connection"
                     raise TransportError(f"serial link {url} lost: {reason}")
                 self.bytes_received += len(data)
+                self.runtime.heard(len(data))
                 await self._dispatch(self.decoder.feed(data))
                 await self._flush(link)
         except (serial.SerialException, OSError) as exc:

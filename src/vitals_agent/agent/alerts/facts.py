@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import shutil
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +103,7 @@ class FactSource:
         senders = list(self.senders.items())
         links = await asyncio.to_thread(lambda: {name: _link_facts(s, wall) for name, s in senders})
         devices = {
-            dev_id: DeviceFacts(rt.status.connected, self._unseen(rt.status.last_seen, now, mono))
+            dev_id: DeviceFacts(rt.status.connected, rt.quiet_seconds(mono), rt.link_state(mono))
             for dev_id, rt in self.runtimes.items()
         }
         held, oldest_held = await asyncio.to_thread(self.patients.held.summary)
@@ -127,12 +126,6 @@ class FactSource:
             certs=_certs(expiries.items(), wall),
             config_error=self.config_error(),
         )
-
-    def _unseen(self, last_seen: datetime | None, now: datetime, mono: float) -> float:
-        since_start = mono - self.started_mono
-        if last_seen is None:
-            return since_start
-        return max(0.0, min(since_start, (now - last_seen).total_seconds()))
 
 
 def _certs(items: Iterable[tuple[str, float]], wall: float) -> list[CertFacts]:

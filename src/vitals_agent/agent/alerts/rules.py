@@ -30,8 +30,17 @@ class LinkFacts:
 
 @dataclass(frozen=True)
 class DeviceFacts:
-    connected: bool
-    unseen_for: float  # seconds since the device was last seen (or since the agent started)
+    """The runtime's own view of a device (agent/runtime.py): the same ``state`` status shows."""
+
+    connected: bool  # the link is up
+    unseen_for: float  # seconds since the device was last heard (or its link opened, or the agent started)
+    state: str = ""  # "connected" | "silent" | "disconnected"; "" = from ``connected`` alone
+
+    @property
+    def quiet(self) -> bool:
+        """Not talking: disconnected, or link up but silent for its ``silent_after_seconds``."""
+        state = self.state or ("connected" if self.connected else "disconnected")
+        return state != "connected"
 
 
 @dataclass(frozen=True)
@@ -105,14 +114,15 @@ def observe(config: AlertsConfig, facts: Facts) -> list[Observation]:
             )
     if config.device_silent_seconds > 0:
         for dev_id, dev in facts.devices.items():
-            silent = not dev.connected and dev.unseen_for > config.device_silent_seconds
+            silent = dev.quiet and dev.unseen_for > config.device_silent_seconds
+            how = "connected but silent" if dev.connected else "not seen"
             out.append(
                 Observation(
                     f"device_silent:{dev_id}",
                     "device_silent",
                     silent,
                     summary=(
-                        f"device {dev_id} not seen for {_span(dev.unseen_for)}"
+                        f"device {dev_id} {how} for {_span(dev.unseen_for)}"
                         if silent
                         else f"device {dev_id} seen again"
                     ),

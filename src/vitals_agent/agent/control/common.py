@@ -33,6 +33,8 @@ class DeviceSnapshot(TypedDict):
     battery_percent: int | None
     identity: dict[str, Any]
     state: NotRequired[str]  # "connected" | "disconnected" | "silent" ... when the runtime reports it
+    quiet_seconds: NotRequired[float]  # since the device was last heard (monotonic; see agent/runtime.py)
+    silent_after_seconds: NotRequired[float | None]  # "silent" after this long with the link up (None: never)
     discarded_lines: NotRequired[int]  # overlong lines discarded whole (also in decode_failures)
     counters: NotRequired[dict[str, int]]  # transport events by name, e.g. files_failed, files_skipped
     equipment: NotRequired[str]  # the device identity as OBX-18 carries it (EI-1^EI-2^EI-3^EI-4)

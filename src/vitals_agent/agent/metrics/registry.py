@@ -23,7 +23,7 @@ from prometheus_client.registry import Collector
 from vitals_agent import __version__
 from vitals_agent.agent.delivery.sender import QueueSender
 from vitals_agent.agent.pipeline.flow import Accepted
-from vitals_agent.agent.runtime import DeviceRuntimeImpl
+from vitals_agent.agent.runtime import SILENT, DeviceRuntimeImpl
 from vitals_agent.config.schema import Config
 
 PREFIX = "vitals_agent"
@@ -47,6 +47,11 @@ class _StateCollector(Collector):
         connected = GaugeMetricFamily(
             f"{PREFIX}_device_connected", "1 when the device link is up", labels=["device"]
         )
+        silent = GaugeMetricFamily(
+            f"{PREFIX}_device_silent",
+            "1 when the link is up but nothing came for the device's silent_after_seconds",
+            labels=["device"],
+        )
         age = GaugeMetricFamily(
             f"{PREFIX}_device_last_reading_age_seconds",
             "seconds since the device's last reading was queued (absent before the first)",
@@ -63,12 +68,13 @@ class _StateCollector(Collector):
         for dev_id, rt in src.runtimes().items():
             st = rt.status
             connected.add_metric([dev_id], 1.0 if st.connected else 0.0)
+            silent.add_metric([dev_id], 1.0 if rt.link_state() == SILENT else 0.0)
             decode.add_metric([dev_id], float(st.decode_failures))
             if src.last_queued.get(dev_id) is not None:
                 age.add_metric([dev_id], max(0.0, now - src.last_queued[dev_id]))
             if st.last_seen is not None:
                 seen.add_metric([dev_id], max(0.0, now - st.last_seen.timestamp()))
-        yield from (connected, age, seen, decode)
+        yield from (connected, silent, age, seen, decode)
         depth = GaugeMetricFamily(f"{PREFIX}_outbox_depth", "messages waiting", labels=["destination"])
         oldest = GaugeMetricFamily(
             f"{PREFIX}_outbox_oldest_age_seconds",

@@ -343,6 +343,7 @@ class HeartRateDriver(BleDriver):
     description = "Bluetooth Heart Rate Service 0x180D (chest straps; not an exam-room source)"
     device_class = DeviceClass.HEART_RATE
     continuous = True
+    silent_after_seconds = 30.0  # a notification a second while connected
     options_model = HeartRateOptions
     service = U.HEART_RATE_SERVICE
     measurement_characteristics = (U.HEART_RATE_MEASUREMENT,)
@@ -361,5 +362,6 @@ class Nonin3230Driver(BleDriver):
     description = "Nonin 3230 finger oximeter, Nonin Oximetry Service (bond first: encryption required)"
     device_class = DeviceClass.PULSE_OXIMETER
     continuous = True
+    silent_after_seconds = 30.0  # a DF19 notification a second while connected
     service = U.NONIN_OXIMETRY_SERVICE
     decoders = {U.NONIN_MEASUREMENT: decode_nonin_df19}

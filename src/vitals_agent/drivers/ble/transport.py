@@ -417,6 +417,7 @@ class BleTransport(Transport):
             await self._handle(*queue.get_nowait(), link, sent)
 
     async def _handle(self, uuid: str, data: bytes, received: datetime, link: _Link, sent: SentLog) -> None:
+        self.runtime.heard(len(data))
         if uuid == U.RACP:
             try:
                 response = decode_racp(data)

@@ -82,6 +82,7 @@ class SerialFileTransport(SerialTransport):
                     reason = "the other end closed the connection"
                     raise TransportError(f"serial link {url} lost: {reason}")
                 self.bytes_received += len(item)
+                self.runtime.heard(len(item))
                 for data in self.framer.frames(item):
                     await self._file(data)
         except asyncio.CancelledError:
