@@ -64,7 +64,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "write the HL7 interface specification for this configuration (for the EHR interface team)",
     ),
     "nibp-start": ("nibp", "start a measurement on a SunTech Advantage NIBP module"),
-    "outbox": ("outbox", "list, show, retry or purge queued and dead-lettered messages"),
+    "outbox": ("outbox", "list, show, retry, dead-letter or purge queued messages"),
     "patient": ("patient", "set, clear or show the room's patient (running agent)"),
     "ports": ("ports", "list serial ports (USB VID:PID, serial number) and matching devices"),
     "receive": ("receive", "listen for HL7 messages over MLLP and print them (a stand-in EHR)"),

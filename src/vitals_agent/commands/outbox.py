@@ -2,7 +2,8 @@
 
     vitals-agent outbox list            [--dead | --queued] [--json]
     vitals-agent outbox show ID         [--show-phi] [--json]
-    vitals-agent outbox retry ID | --all-dead
+    vitals-agent outbox retry ID | --all-dead | --all-ackwait
+    vitals-agent outbox dead-letter ID | --all-ackwait  [--reason TEXT]
     vitals-agent outbox purge --dead --older-than 7d
 
 Every subcommand takes ``--config FILE`` (to find ``[agent] data_dir``; default: the installed config) or
@@ -15,10 +16,17 @@ receiver's free text (MSA-3/ERR of a negative ACK, a FHIR OperationOutcome), whi
 patient names and ids, is shown by ``list`` and ``show`` only with ``--show-phi`` as well.
 
 Every action that touches patient data or the queue is an audit record in ``data_dir/audit.jsonl``
-(``outbox_retried``, ``outbox_purged``, ``outbox_shown`` / ``outbox_listed`` with ``--show-phi``), with the
-operating-system user who ran it; the action is refused when the audit log cannot be written.
-``show`` and ``retry`` take the row id or the MSH-10 (control id). Each row is one reading for one
-destination (``TO``: ``ehr`` or ``fhir``); a reading sent to both has two rows with the same control id.
+(``outbox_retried``, ``outbox_dead_lettered``, ``outbox_purged``, ``outbox_shown`` / ``outbox_listed``
+with ``--show-phi``), with the operating-system user who ran it; the action is refused when the audit log
+cannot be written. ``show``, ``retry`` and ``dead-letter`` take the row id or the MSH-10 (control id). Each
+row is one reading for one destination (``TO``: ``ehr`` or ``fhir``); a reading sent to both has two rows
+with the same control id.
+
+Enhanced acknowledgement mode (``[ehr] application_ack_type`` AL/SU) leaves messages the receiver committed
+(``CA``) in the state ``ackwait`` until their application ACK; when it is overdue the interface analyst
+decides: ``retry`` sends the message again with the same MSH-10 (the engine's duplicate check can tell a
+re-send), ``dead-letter`` stops waiting and parks it with the dead letters (``retry`` can still send it,
+``purge`` deletes it). A running agent notices either within its idle poll (about 2 s) and stops waiting.
 """
 
 from __future__ import annotations
@@ -60,7 +68,7 @@ def format_duration(seconds: float) -> str:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("outbox", help="list, show, retry or purge queued and dead-lettered messages")
+    p = sub.add_parser("outbox", help="list, show, retry, dead-letter or purge queued messages")
     osub = p.add_subparsers(dest="outbox_command", metavar="ACTION")
     osub.required = True
 
@@ -95,12 +103,38 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     q.add_argument("--json", action="store_true", help="print as JSON")
     q.set_defaults(func=cmd_show)
 
-    q = osub.add_parser("retry", help="put dead letters back in the queue (same MSH-10, original place)")
+    q = osub.add_parser(
+        "retry",
+        help="send dead letters or messages awaiting an application ACK again (same MSH-10, original place)",
+    )
     common(q)
     target = q.add_mutually_exclusive_group(required=True)
-    target.add_argument("id", nargs="?", metavar="ID", help="dead-letter id or MSH-10 control id")
+    target.add_argument(
+        "id", nargs="?", metavar="ID", help="id or MSH-10 of a dead letter or of an ackwait message"
+    )
     target.add_argument("--all-dead", action="store_true", help="every dead letter")
+    target.add_argument(
+        "--all-ackwait", action="store_true", help="every message awaiting its application ACK"
+    )
     q.set_defaults(func=cmd_retry)
+
+    q = osub.add_parser(
+        "dead-letter",
+        help="stop waiting for the application ACK of a committed message (ackwait): park it as dead",
+    )
+    common(q)
+    target = q.add_mutually_exclusive_group(required=True)
+    target.add_argument("id", nargs="?", metavar="ID", help="id or MSH-10 of an ackwait message")
+    target.add_argument(
+        "--all-ackwait", action="store_true", help="every message awaiting its application ACK"
+    )
+    q.add_argument(
+        "--reason",
+        metavar="TEXT",
+        default="",
+        help="why (kept with the dead letter and in the audit log), e.g. a ticket number",
+    )
+    q.set_defaults(func=cmd_dead_letter)
 
     q = osub.add_parser("purge", help="delete old dead letters")
     common(q)
@@ -160,10 +194,19 @@ def _open(args: argparse.Namespace) -> Outbox:
     return Outbox(directory, create=False)
 
 
-def _lookup(outbox: Outbox, key: str) -> list[OutboxMessage | DeadLetter]:
-    """The message with this row id (digits), or every row with this MSH-10 (one per destination)."""
+Item = OutboxMessage | DeadLetter | AwaitingMessage
+
+
+def _lookup(outbox: Outbox, key: str) -> list[Item]:
+    """The message with this row id (digits), or every row with this MSH-10 (one per destination),
+    queued, dead or awaiting its application ACK."""
     item = outbox.get(int(key)) if key.isdigit() else None
-    return [item] if item is not None else outbox.find_all(key)
+    if item is not None:
+        return [item]
+    awaiting = [a for a in outbox.awaiting() if a.control_id == key or (key.isdigit() and a.id == int(key))]
+    if key.isdigit() and awaiting:
+        return list(awaiting)
+    return [*outbox.find_all(key), *awaiting]
 
 
 def _when(ts: float | None) -> str:
@@ -360,6 +403,12 @@ async def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _requeue(outbox: Outbox, item: DeadLetter | AwaitingMessage) -> bool:
+    if isinstance(item, DeadLetter):
+        return outbox.retry_dead(item.id) > 0
+    return outbox.retry_awaiting(item.id)
+
+
 async def cmd_retry(args: argparse.Namespace) -> int:
     session = _Audited(args)
     outbox = session.outbox
@@ -376,26 +425,93 @@ async def cmd_retry(args: argparse.Namespace) -> int:
             )
             print(f"re-queued {moved} dead letter(s)")
             return 0
+        if args.all_ackwait:
+            waiting = outbox.awaiting()
+            sent = [item for item in waiting if outbox.retry_awaiting(item.id)]
+            session.record(
+                "outbox_retried",
+                all_ackwait=True,
+                ackwait=True,
+                count=len(sent),
+                ids=[a.id for a in sent],
+                control_ids=sorted({a.control_id for a in sent}),
+            )
+            print(f"re-queued {len(sent)} message(s) awaiting an application ACK; each keeps its MSH-10")
+            return 0
         items = _lookup(outbox, args.id)
         if not items:
             raise VitalsAgentError(f"no message with id or MSH-10 {args.id!r}")
-        dead = [item for item in items if isinstance(item, DeadLetter)]
-        if not dead:
+        movable = [item for item in items if isinstance(item, DeadLetter | AwaitingMessage)]
+        if not movable:
             item = items[0]
             raise VitalsAgentError(f"message {item.id} ({item.control_id}) is already queued, not dead")
-        moved_items = [item for item in dead if outbox.retry_dead(item.id)]
+        moved_items = [item for item in movable if _requeue(outbox, item)]
+        ackwait = [item for item in moved_items if isinstance(item, AwaitingMessage)]
         session.record(
             "outbox_retried",
             all_dead=False,
             count=len(moved_items),
             ids=[item.id for item in moved_items],
             control_ids=sorted({item.control_id for item in moved_items}),
+            **({"ackwait": True} if ackwait else {}),
         )
         for item in moved_items:
             to = f" for {item.destination}" if item.destination != "ehr" else ""
-            print(f"re-queued message {item.id} ({item.control_id}){to}; it keeps its MSH-10")
+            was = " (it awaited its application ACK)" if isinstance(item, AwaitingMessage) else ""
+            print(f"re-queued message {item.id} ({item.control_id}){to}{was}; it keeps its MSH-10")
+        if len(moved_items) < len(movable):
+            print("(the rest was no longer dead or awaiting: the agent or another operator moved it)")
     finally:
         session.close()
+    return 0
+
+
+GAVE_UP = "operator gave up waiting for the application ACK (the receiver had committed it, CA, {when})"
+
+
+async def cmd_dead_letter(args: argparse.Namespace) -> int:
+    session = _Audited(args)
+    outbox = session.outbox
+    try:
+        if args.all_ackwait:
+            waiting = outbox.awaiting()
+        else:
+            items = _lookup(outbox, args.id)
+            if not items:
+                raise VitalsAgentError(f"no message with id or MSH-10 {args.id!r}")
+            waiting = [item for item in items if isinstance(item, AwaitingMessage)]
+            if not waiting:
+                item = items[0]
+                state = "dead already" if isinstance(item, DeadLetter) else "queued"
+                raise VitalsAgentError(
+                    f"message {item.id} ({item.control_id}) is {state}, not awaiting an application ACK "
+                    "(only ackwait messages are dead-lettered by hand)"
+                )
+        note = " ".join(args.reason.split())
+        moved = []
+        for item in waiting:
+            reason = GAVE_UP.format(when=_when(item.committed_at)) + (f": {note}" if note else "")
+            if outbox.give_up_awaiting(item.id, reason):
+                moved.append(item)
+        session.record(
+            "outbox_dead_lettered",
+            all_ackwait=bool(args.all_ackwait),
+            count=len(moved),
+            ids=[item.id for item in moved],
+            control_ids=sorted({item.control_id for item in moved}),
+            reason=note,
+        )
+    finally:
+        session.close()
+    for item in moved:
+        print(
+            f"dead-lettered message {item.id} ({item.control_id}): no longer waiting for its application ACK"
+            " (`outbox retry` sends it again)"
+        )
+    if args.all_ackwait and not moved:
+        print("no message awaits an application ACK")
+    elif len(moved) < len(waiting):
+        print("(the rest no longer awaited one: its application ACK came meanwhile, or an operator moved it)")
     return 0
 
 

@@ -423,6 +423,23 @@ class DeliveryPolicy(Generic[M]):
     def awaiting(self, control_id: str) -> bool:
         return control_id in self._awaiting
 
+    @property
+    def awaiting_count(self) -> int:
+        return len(self._awaiting)
+
+    def awaiting_moved(self, present: set[int]) -> list[str]:
+        """The outbox's ``awaiting_ack`` ids as read now: a message of ours missing there was moved by an
+        operator (``outbox retry`` queued it again, ``outbox dead-letter`` gave up on it). Forget it, so it
+        is neither reported overdue nor completed by a late application ACK. Messages whose move to
+        awaiting is still unwritten are kept. Returns the control ids forgotten."""
+        gone: list[str] = []
+        for control_id, item in list(self._awaiting.items()):
+            if item.message_id in present or item.message_id in self._unsettled:
+                continue
+            del self._awaiting[control_id]
+            gone.append(control_id)
+        return gone
+
     def restore_awaiting(self, rows: Iterable[tuple[int, str, float]], now: float) -> None:
         """Messages committed before a restart: ``(id, control id, seconds since the commit)``."""
         for message_id, control_id, age in rows:

@@ -394,6 +394,8 @@ class QueueSender:
             await self._deliver(step.message)
         elif isinstance(step, Refill):
             self._wake.clear()  # before reading: a message queued from now on wakes the idle wait
+            if self.policy.awaiting_count:
+                self._awaiting_moved()
             # Inline: the outbox's read connection never waits for a writer (WAL), and a thread hand-off
             # per message costs more than the read (a ward sends hundreds a second).
             rows = self.outbox.peek(step.limit, destination=self.destination)
@@ -483,6 +485,17 @@ class QueueSender:
             )
         self._nudge.set()  # the removal or dead-letter move is settled by the loop, now
         return True
+
+    def _awaiting_moved(self) -> None:
+        """Before each refill in enhanced mode: messages an operator re-queued or dead-lettered while they
+        awaited their application ACK (``outbox retry`` / ``outbox dead-letter``) are no longer awaited."""
+        for control_id in self.policy.awaiting_moved(self.outbox.awaiting_ids(self.destination)):
+            log.info(
+                "an operator re-queued or dead-lettered a message awaiting its application ACK; "
+                "no longer waiting for it",
+                destination=self.destination,
+                control_id=control_id,
+            )
 
     def _check_app_acks(self) -> None:
         late, quiet = self.policy.overdue(self._clock())

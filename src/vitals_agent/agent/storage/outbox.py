@@ -725,6 +725,49 @@ class Outbox:
             rows = conn.execute(_SELECT_AWAITING + where + " ORDER BY id", args).fetchall()
         return [_awaiting(r) for r in rows]
 
+    def awaiting_ids(self, destination: str | None = None) -> set[int]:
+        """The ids in ``awaiting_ack`` (the sender compares them with its own list: an operator may have
+        re-queued or dead-lettered one)."""
+        where, args = (" WHERE destination = ?", (destination,)) if destination else ("", ())
+        with self._read("messages awaiting an application ACK") as conn:
+            rows = conn.execute("SELECT id FROM awaiting_ack" + where, args).fetchall()  # noqa: S608
+        return {int(r[0]) for r in rows}
+
+    def retry_awaiting(self, message_id: int) -> bool:
+        """Operator: send a message that awaits its application ACK again. It goes back to the queue at its
+        original place with the same id, body and MSH-10 (the receiver can recognise the re-send), keeping
+        its attempt count. False when it no longer awaits one (the ACK came meanwhile)."""
+        try:
+            with self._tx("FULL") as conn:
+                cur = conn.execute(
+                    "INSERT INTO outbox (id, control_id, device_id, body, meta, created_at, attempts, nacks,"
+                    " last_error, destination)"
+                    " SELECT id, control_id, device_id, body, meta, created_at, attempts, 0,"
+                    " 'operator re-send: the receiver committed it (CA) but sent no application ACK',"
+                    " destination FROM awaiting_ack WHERE id = ?",
+                    (message_id,),
+                )
+                conn.execute("DELETE FROM awaiting_ack WHERE id = ?", (message_id,))
+        except sqlite3.Error as exc:
+            raise OutboxError(
+                f"outbox {self.path}: cannot re-send message {message_id}: {explain(exc)}"
+            ) from None
+        return cur.rowcount > 0
+
+    def give_up_awaiting(self, message_id: int, reason: str) -> bool:
+        """Operator: stop waiting for a message's application ACK; it moves to the dead-letter table (same
+        id, body and MSH-10; ``outbox retry`` can queue it again). False when it no longer awaits one."""
+        insert, delete = _TO_DEAD[1]  # from awaiting_ack only: a queued message is the sender's
+        try:
+            with self._tx("FULL") as conn:
+                cur = conn.execute(insert, (time.time(), reason, None, None, message_id))
+                conn.execute(delete, (message_id,))
+        except sqlite3.Error as exc:
+            raise OutboxError(
+                f"outbox {self.path}: cannot dead-letter message {message_id}: {explain(exc)}"
+            ) from None
+        return cur.rowcount > 0
+
     # --- acknowledged messages whose removal failed (ledger.py) ----------------------------------
 
     def remember_delivered(self, message_id: int, control_id: str) -> bool:
