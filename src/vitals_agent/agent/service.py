@@ -20,13 +20,11 @@ import structlog
 from vitals_agent import __version__, host
 from vitals_agent.agent.clock import Clock
 from vitals_agent.agent.config_source import ConfigRefused, ConfigSource, Pulled, describe
-from vitals_agent.agent.control import ControlServer
 from vitals_agent.agent.delivery.sender import QueueSender, Sender
 from vitals_agent.agent.instance import acquire_instance_lock
 from vitals_agent.agent.limits import raise_open_files_limit
 from vitals_agent.agent.paths import data_dir, device_zone, gateway_eui64
 from vitals_agent.agent.patient.context import PatientContextManager
-from vitals_agent.agent.patient.lookup import PatientLookup
 from vitals_agent.agent.pipeline.flow import Pipeline
 from vitals_agent.agent.pipeline.profile import message_profile
 from vitals_agent.agent.reconfigure import Plan, plan
@@ -40,13 +38,15 @@ from vitals_agent.errors import ConfigError, OutboxError, StorageFailedError, Vi
 from vitals_agent.hl7.ack import Ack
 from vitals_agent.logs import setup_logging
 from vitals_agent.models import DeviceIdentity
-from vitals_agent.net.ack_listener import AckListener
 from vitals_agent.net.tls import ssl_context_from
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # and imported where used: a serial-only agent without them never loads them
     from vitals_agent.agent.alerts.monitor import AlertMonitor
+    from vitals_agent.agent.control.server import ControlServer
     from vitals_agent.agent.metrics.registry import AgentMetrics
     from vitals_agent.agent.metrics.server import MetricsServer
+    from vitals_agent.agent.patient.lookup import PatientLookup
+    from vitals_agent.net.ack_listener import AckListener
 
 log = structlog.get_logger(__name__)
 
@@ -130,6 +130,8 @@ class AgentService:
         self.sender = next(iter(self.senders.values()))  # the first destination (the EHR when enabled)
         self.ack_listener: AckListener | None = None
         if config.ehr.enabled and config.ehr.app_ack_port is not None:  # enhanced mode's inbound port
+            from vitals_agent.net.ack_listener import AckListener
+
             self.ack_listener = AckListener(
                 config.ehr.app_ack_host,
                 config.ehr.app_ack_port,
@@ -162,6 +164,8 @@ class AgentService:
             sender.audit = self.audit
         self.control: ControlServer | None = None
         if config.control.enabled:
+            from vitals_agent.agent.control.server import ControlServer
+
             self.control = ControlServer(
                 self.data_dir,
                 self.patients,
@@ -645,6 +649,7 @@ def patient_lookup(
     now: Callable[[], datetime],
 ) -> PatientLookup:
     """The ``[pdq]`` lookup-then-confirm flow (the query says who we are as the ORUs do)."""
+    from vitals_agent.agent.patient.lookup import PatientLookup
     from vitals_agent.net.pdq import Sender, pdq_client
 
     assert config.pdq is not None

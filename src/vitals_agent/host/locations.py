@@ -8,8 +8,6 @@ from datetime import datetime, tzinfo
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-import platformdirs
-
 APP = "vitals-agent"
 
 
@@ -17,6 +15,8 @@ def config_root() -> Path:
     """``%ProgramData%\\vitals-agent`` on Windows (machine-wide, as a service needs); ``/etc/vitals-agent``
     on POSIX."""
     if sys.platform == "win32":
+        import platformdirs  # here, not at start: it brings tempfile, shutil, bz2 and lzma along
+
         return Path(platformdirs.site_data_dir(APP, appauthor=False))
     return Path("/etc") / APP
 
@@ -32,6 +32,8 @@ def default_data_dir() -> Path:
     systemd unit sets ``StateDirectory``)."""
     if sys.platform == "win32":
         return config_root() / "data"
+    import platformdirs
+
     return Path(platformdirs.user_data_dir(APP, appauthor=False))
 
 

@@ -44,7 +44,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 import structlog
@@ -59,9 +59,11 @@ from vitals_agent.agent.patient.context import (
     PatientSnapshot,
     check_text,
 )
-from vitals_agent.agent.patient.lookup import ConfirmError, PatientLookup
 from vitals_agent.agent.storage.audit import CHANNEL_API, AuditLog
 from vitals_agent.errors import VitalsAgentError
+
+if TYPE_CHECKING:  # the [pdq] lookup (and its HL7 QBP/RSP codec) loads only when configured
+    from vitals_agent.agent.patient.lookup import PatientLookup
 
 log = structlog.get_logger(__name__)
 
@@ -502,6 +504,8 @@ class Routes:
             pick = int(pick)
         if pick is not None and (not isinstance(pick, int) or isinstance(pick, bool)):
             raise HttpError(400, "pick must be a number")
+        from vitals_agent.agent.patient.lookup import ConfirmError  # loaded: self.lookup is one
+
         try:
             await self.lookup.confirm(channel, pick=pick, source=caller.pop("source"), caller=caller)
         except ConfirmError as exc:

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h11
 import structlog
@@ -33,8 +33,10 @@ import structlog
 from vitals_agent.agent.control.common import ENDPOINT_FILE, TOKEN_FILE, StatusProvider, http_url
 from vitals_agent.agent.control.routes import MAX_BODY, Credentials, HttpError, Request, Response, Routes
 from vitals_agent.agent.patient.context import PatientContextManager
-from vitals_agent.agent.patient.lookup import PatientLookup
 from vitals_agent.agent.storage.audit import AuditLog, write_private
+
+if TYPE_CHECKING:
+    from vitals_agent.agent.patient.lookup import PatientLookup
 
 log = structlog.get_logger(__name__)
 

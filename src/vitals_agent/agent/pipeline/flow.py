@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -33,7 +33,6 @@ from vitals_agent.agent.storage.commit import GroupCommit
 from vitals_agent.agent.storage.outbox import Outbox
 from vitals_agent.config.schema import Config, DeviceConfig
 from vitals_agent.errors import OutboxError, RefusedError, VitalsAgentError
-from vitals_agent.fhir.bundle import FhirBuildError, FhirProfile, build_bundle
 from vitals_agent.hl7.oru import (
     MessageBuildError,
     MessageProfile,
@@ -43,6 +42,9 @@ from vitals_agent.hl7.oru import (
     oru_message,
 )
 from vitals_agent.models import DeviceEvent, PatientInfo, PatientScan, Reading
+
+if TYPE_CHECKING:  # the FHIR builder loads only when [fhir] is enabled
+    from vitals_agent.fhir.bundle import FhirProfile
 
 log = structlog.get_logger(__name__)
 
@@ -384,6 +386,8 @@ class Pipeline:
             except Exception as exc:  # any build failure is this reading's, final: never a crash loop
                 failed.append(("ehr", exc))
         if self.fhir_profile is not None:
+            from vitals_agent.fhir.bundle import build_bundle
+
             try:
                 bodies["fhir"] = build_bundle(
                     reading, self.fhir_profile, message_id=control_id, created_at=created,
@@ -395,7 +399,7 @@ class Pipeline:
         for destination, error in failed:
             self.not_for[destination] = self.not_for.get(destination, 0) + 1
             what = "message" if destination == "ehr" else "FHIR Bundle"
-            if isinstance(error, MessageBuildError | FhirBuildError):
+            if _says_why(destination, error):
                 reason, shown = str(error), str(error)
             else:  # the text may quote the reading (a file name, a patient field): type only above DEBUG
                 reason = f"the {what} could not be built ({type(error).__name__})"
@@ -412,7 +416,7 @@ class Pipeline:
                     error=shown,
                     sent_to=list(bodies),
                 )
-            elif isinstance(error, MessageBuildError | FhirBuildError):
+            elif _says_why(destination, error):
                 log.error(f"reading refused: no conformant {what}", device=device_id, error=shown)
             else:
                 log.error(f"reading refused: the {what} could not be built", device=device_id, error=shown)
@@ -453,6 +457,17 @@ class Pipeline:
 
 
 INLINE_BUILD_BYTES = 16384  # readings with less raw data and no attachment are built on the event loop
+
+
+def _says_why(destination: str, error: Exception) -> bool:
+    """A builder's own refusal (its text says why, without patient data), not an unexpected failure."""
+    if isinstance(error, MessageBuildError):
+        return True
+    if destination != "fhir":
+        return False
+    from vitals_agent.fhir.bundle import FhirBuildError  # loaded already: a Bundle was being built
+
+    return isinstance(error, FhirBuildError)
 
 
 def _small(reading: Reading) -> bool:

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from datetime import UTC, tzinfo
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from vitals_agent.config.schema import Config
-from vitals_agent.fhir.bundle import FhirProfile
 from vitals_agent.hl7.oru import MessageProfile
+
+if TYPE_CHECKING:  # the FHIR builder loads only when [fhir] is enabled
+    from vitals_agent.fhir.bundle import FhirProfile
 
 
 def message_profile(config: Config, gateway_eui64: str) -> MessageProfile:
@@ -45,6 +48,8 @@ def message_profile(config: Config, gateway_eui64: str) -> MessageProfile:
 
 def fhir_profile(config: Config, gateway_eui64: str) -> FhirProfile:
     """The FHIR destination's profile: ``[fhir]`` content keys, the room and zone from ``[agent]``."""
+    from vitals_agent.fhir.bundle import FhirProfile
+
     fhir = config.fhir
     tz: tzinfo = ZoneInfo(config.agent.timezone) if config.agent.timezone else UTC
     system = fhir.patient_system(config.patient.assigning_authority)
