@@ -4,8 +4,12 @@ serial-only agent, each beside a bare interpreter measured in the same run.
 * ``--help`` and ``check-config FILE`` (one serial oximeter behind a terminal server): median of 9 runs
   of the console script, beside ``python -c pass`` (the interpreter's own start) and ``python -c "import
   pydantic"`` (what reading any configuration needs).
-* idle RSS: the agent running with that device connected to a simulated terminal server and nothing to do,
-  beside a bare interpreter sleeping.
+* idle RSS: the agent running with that device connected to a simulated terminal server and nothing to do
+  (status server off, and on as by default), beside a bare interpreter sleeping and beside the stack's floor:
+  an interpreter that imported what any agent needs (asyncio, pydantic with a model built, sqlite3 with a
+  WAL database open, structlog, pyserial) and sleeps.
+* "as installed": ``rich`` cannot be imported (it is not a dependency of the agent; import-linter brings
+  it into the dev venv, and structlog loads it when it is there: ~4 MB and ~60 ms).
 
 Run: ``.venv/bin/python bench/bench_start.py``.
 """
@@ -13,6 +17,7 @@ Run: ``.venv/bin/python bench/bench_start.py``.
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import subprocess
 import sys
@@ -27,11 +32,12 @@ from tests.e2e_helpers import AgentProcess, write_config
 SCRIPT = Path(sys.executable).with_name("vitals-agent")
 
 
-def wall(cmd: list[str], runs: int = 9) -> float:
+def wall(cmd: list[str], runs: int = 9, env: dict[str, str] | None = None) -> float:
     times = []
+    full_env = {**os.environ, **(env or {})}
     for _ in range(runs):
         t0 = time.perf_counter()
-        subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False, env=full_env)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -53,7 +59,7 @@ def without_rich(work: Path) -> dict[str, str]:
     return {"PYTHONPATH": str(folder)}
 
 
-async def idle_rss(work: Path, env: dict[str, str] | None = None) -> int:
+async def idle_rss(work: Path, env: dict[str, str] | None = None, *, control: bool = False) -> int:
     from tests.kit.netdev import FedDevice
 
     from vitals_agent.logs import setup_logging
@@ -65,6 +71,7 @@ async def idle_rss(work: Path, env: dict[str, str] | None = None) -> int:
         data_dir=work / "idle-data",
         ehr_port=9,
         devices=[{"id": "oxi", "driver": "masimo-ascii", "port": device.url, "report": "every"}],
+        control_port=0 if control else None,
     )
     agent = AgentProcess(cfg, extra_env=env)
     try:
@@ -75,6 +82,40 @@ async def idle_rss(work: Path, env: dict[str, str] | None = None) -> int:
         agent.terminate()
         agent.cleanup()
         await device.server.stop()
+
+
+FLOOR = """
+import asyncio, sqlite3, sys, time
+import serial, structlog
+from pydantic import BaseModel
+class M(BaseModel):
+    x: int
+M(x=1)
+db = sqlite3.connect(sys.argv[1])
+db.execute("PRAGMA journal_mode=WAL")
+db.execute("CREATE TABLE IF NOT EXISTS t (x)")
+db.commit()
+print("ready", flush=True)
+time.sleep(30)
+"""
+
+
+def floor_rss(work: Path, env: dict[str, str]) -> int:
+    """What every agent needs before any of its own code: the stack, imported and idle."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", FLOOR, str(work / "floor.sqlite3")],
+        stdout=subprocess.PIPE,
+        env={**os.environ, **env},
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(1.0)
+        return rss_kib(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def bare_rss() -> int:
@@ -97,21 +138,35 @@ def main() -> None:
         )
         bare = wall([sys.executable, "-c", "pass"])
         pydantic = wall([sys.executable, "-c", "import pydantic"])
+        installed = without_rich(work)
         helps = wall([str(SCRIPT), "--help"])
         check = wall([str(SCRIPT), "check-config", str(config)])
+        helps_installed = wall([str(SCRIPT), "--help"], env=installed)
+        check_installed = wall([str(SCRIPT), "check-config", str(config)], env=installed)
         idle = asyncio.run(idle_rss(work))
-        idle_installed = asyncio.run(idle_rss(work, without_rich(work)))
+        idle_installed = asyncio.run(idle_rss(work, installed))
+        idle_control = asyncio.run(idle_rss(work, installed, control=True))
+        floor = floor_rss(work, installed)
     bare_mem = bare_rss()
     ms = 1000.0
     print("start-up (median of 9 runs; targets: --help and check-config < 250 ms, idle RSS < 40 MB):")
     print(f"  bare interpreter (python -c pass)  {bare * ms:6.0f} ms")
     print(f"  python -c 'import pydantic'        {pydantic * ms:6.0f} ms")
-    print(f"  vitals-agent --help                {helps * ms:6.0f} ms  ({helps / bare:.1f}x bare)")
-    print(f"  vitals-agent check-config FILE     {check * ms:6.0f} ms  ({check / bare:.1f}x bare)")
     print(
-        f"idle RSS: serial-only agent {idle / 1024:.1f} MB in this venv,"
-        f" {idle_installed / 1024:.1f} MB without rich (as installed);"
-        f" bare interpreter {bare_mem / 1024:.1f} MB ({idle_installed / bare_mem:.1f}x)"
+        f"  vitals-agent --help                {helps * ms:6.0f} ms  ({helps / bare:.1f}x bare);"
+        f" as installed {helps_installed * ms:.0f} ms ({helps_installed / bare:.1f}x)"
+    )
+    print(
+        f"  vitals-agent check-config FILE     {check * ms:6.0f} ms  ({check / bare:.1f}x bare);"
+        f" as installed {check_installed * ms:.0f} ms ({check_installed / bare:.1f}x)"
+    )
+    mb = 1024
+    print(
+        f"idle RSS: serial-only agent {idle / mb:.1f} MB in this venv,"
+        f" {idle_installed / mb:.1f} MB without rich (as installed;"
+        f" {idle_control / mb:.1f} MB with the status server on, the default);"
+        f" bare interpreter {bare_mem / mb:.1f} MB ({idle_installed / bare_mem:.1f}x);"
+        f" the stack's floor {floor / mb:.1f} MB (agent = floor + {(idle_installed - floor) / mb:.1f} MB)"
     )
 
 
