@@ -286,7 +286,10 @@ def _transport(config: Config, profile: MessageProfile) -> list[tuple[str, str]]
     backoff = f"{ehr.backoff_min_seconds:g} to {ehr.backoff_max_seconds:g} s"
     commit = "delivered"
     if enhanced:
-        commit = f"committed: the application ACK is awaited {ehr.app_ack_timeout_seconds:g} s, then overdue"
+        commit = (
+            f"committed: the application ACK is awaited {ehr.app_ack_timeout_seconds:g} s, then overdue "
+            "(reported; the site may re-send it with the same MSH-10, or stop waiting and dead-letter it)"
+        )
     rows = [
         ("Transport", link),
         ("Connections", connections),
