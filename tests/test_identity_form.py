@@ -2,9 +2,9 @@
 
 Walks every driver's sample readings (drivers/samples.py: the simulators' bytes and devices.md layouts,
 decoded by the drivers themselves) through the ORU builder, and the EKG decoders' synthetic files, and
-checks OBX-18 of the MDS row, OBX-18 of every row without the hierarchy, the temporary PID-3 and the
-status page all carry the same EI: serial (else EUI-64, else configured id) ^ model ^ EUI-64 (the
-device's, else the agent's) ^ ``EUI-64``.
+checks OBX-18 of the MDS row, OBX-18 of every row without the hierarchy, the temporary PID-3, the FHIR
+Device's identifier and the status page all carry the same EI: serial (else EUI-64, else configured
+id) ^ model ^ EUI-64 (the device's, else the agent's) ^ ``EUI-64``.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from vitals_agent.agent.storage.outbox import OutboxMessage
 from vitals_agent.config.schema import parse_config
 from vitals_agent.drivers.base import DecodeContext, driver_class
 from vitals_agent.drivers.samples import SAMPLE_EUI64, drivers_with_readings, sample_readings
+from vitals_agent.fhir.bundle import EQUIPMENT_SYSTEM, FhirProfile, build_bundle
 from vitals_agent.hl7.oru import build_oru
 from vitals_agent.models import DeviceIdentity, Reading
 
@@ -74,6 +75,25 @@ def test_every_driver_sends_the_one_identity_form(driver: str) -> None:
         assert {o[18] for o in flat.obx} == {mds[18]}
         forms.add(mds[18])
     assert len(forms) == 1, f"{driver}: one device, one identity: {forms}"
+
+
+@pytest.mark.parametrize("driver", drivers_with_readings())
+def test_the_fhir_device_carries_the_same_identity(driver: str) -> None:
+    """The FHIR Device names the device as OBX-18 does: identifier ``urn:vitals-agent:equipment|<EI>``."""
+    from fhir.resources.R4B.bundle import Bundle
+    from fhir.resources.R4B.device import Device
+
+    profile = FhirProfile(gateway_eui64=GATEWAY)
+    for reading in sample_readings(driver, "dev-7"):
+        obx18 = "^".join(_oru(reading).obx[0].components(18))
+        body = build_bundle(reading, profile, message_id="ID1", created_at=CREATED)
+        bundle = Bundle.model_validate_json(body)  # fhir.resources R4B: the whole transaction
+        devices = [e.resource for e in bundle.entry or [] if isinstance(e.resource, Device)]
+        assert len(devices) == 1, driver
+        device = Device.model_validate(devices[0].model_dump())  # and the Device on its own
+        forms = [i.value for i in device.identifier or [] if i.system == EQUIPMENT_SYSTEM]
+        assert forms == [obx18], driver
+        assert obx18.split("^") == _expected(reading.device)
 
 
 def test_identities_by_transport() -> None:

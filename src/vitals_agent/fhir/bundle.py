@@ -76,6 +76,12 @@ LOCAL_CODES = f"{AGENT_SYSTEM}:code:{LOCAL_CODE_SYSTEM}"
 MESSAGE_SYSTEM = f"{AGENT_SYSTEM}:message"
 LOCATION_SYSTEM = f"{AGENT_SYSTEM}:location"
 CLINICIAN_SYSTEM = f"{AGENT_SYSTEM}:clinician"
+# Device.identifier in the one device identity form of OBX-18, the temporary PID-3 and the status page
+# (issue 17): the value is the EI as text, ``EI-1^EI-2^EI-3^EI-4`` (unescaped), e.g.
+# ``0000123456^^0A1B2CFFFE3D4E5F^EUI-64``, so ``Device?identifier=urn:vitals-agent:equipment|<OBX-18>``
+# finds the Device an HL7 v2 message names.
+EQUIPMENT_SYSTEM = f"{AGENT_SYSTEM}:equipment"
+EQUIPMENT_TYPE_TEXT = "Device identity as in HL7 v2 OBX-18 (EI: serial^model^EUI-64^EUI-64)"
 ATTACHMENT_TYPE = {"system": LOCAL_CODES, "code": "DEVICE_REPORT", "display": "Device report"}
 # uuid5 namespace of the agent's stable resource identifiers (a fixed random value; never change it)
 _NAMESPACE = uuid.UUID("6f1d3c52-9a0b-4d57-8f0e-3b1c5e2a7d94")
@@ -292,7 +298,9 @@ def _slug(text: str) -> str:
 
 
 def _device_identifiers(device: DeviceIdentity, profile: FhirProfile) -> list[dict[str, Any]]:
-    """Most specific first: the EUI-64 (PHD form), the serial number, the configured id on this gateway."""
+    """Most specific first: the EUI-64 (PHD form), the serial number, the configured id on this gateway;
+    the first is the conditional-create key. Last, the agent's one identity form (:data:`EQUIPMENT_SYSTEM`,
+    the OBX-18 EI as text), the same on every Device whatever the key."""
     ids: list[dict[str, Any]] = []
     if device.eui64:
         octets = "-".join(device.eui64[i : i + 2] for i in range(0, 16, 2))
@@ -314,6 +322,13 @@ def _device_identifiers(device: DeviceIdentity, profile: FhirProfile) -> list[di
             }
         )
     ids.append({"system": f"{AGENT_SYSTEM}:device:{profile.gateway_eui64}", "value": device.id})
+    ids.append(
+        {
+            "type": {"text": EQUIPMENT_TYPE_TEXT},
+            "system": EQUIPMENT_SYSTEM,
+            "value": device.equipment_id(profile.gateway_eui64).text(),
+        }
+    )
     return ids
 
 
