@@ -32,6 +32,7 @@ re-send), ``dead-letter`` stops waiting and parks it with the dead letters (``re
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import os
 import re
@@ -147,8 +148,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _operator() -> dict[str, Any]:
     """Who runs the command, for the audit record (taken before any switch to the data dir's owner)."""
-    uid = os.getuid()
-    who: dict[str, Any] = {"channel": CHANNEL_CLI, "uid": uid, "user": user_name(uid)}
+    uid = os.getuid() if hasattr(os, "getuid") else None  # Windows: no uids; the account name says who
+    who: dict[str, Any] = {"channel": CHANNEL_CLI}
+    if uid is None:
+        who["user"] = getpass.getuser()
+    else:
+        who.update(uid=uid, user=user_name(uid))
     if os.environ.get("SUDO_USER"):
         who["sudo_user"] = os.environ["SUDO_USER"]
     return who

@@ -54,6 +54,7 @@ from vitals_agent.host import readiness  # noqa: E402
 from vitals_agent.host.files import (  # noqa: E402
     describe_access,
     ensure_private_file,
+    fsync_data,
     fsync_dir,
     open_private,
     private_dir,
@@ -74,6 +75,7 @@ __all__ = [
     "default_data_dir",
     "describe_access",
     "ensure_private_file",
+    "fsync_data",
     "fsync_dir",
     "install_reload_handler",
     "install_stop_handlers",

@@ -92,6 +92,12 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def fsync_data(fd: int) -> None:
+    """Flush a file's data (and the metadata needed to read it back): ``fdatasync`` where there is one,
+    else ``fsync`` (Windows: FlushFileBuffers)."""
+    getattr(os, "fdatasync", os.fsync)(fd)
+
+
 def replace_file(src: Path, dst: Path) -> None:
     """Atomically replace ``dst`` with ``src``, durably (the rename survives a power cut)."""
     if sys.platform == "win32":

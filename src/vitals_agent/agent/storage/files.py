@@ -10,6 +10,7 @@ import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
+from vitals_agent import host
 from vitals_agent.errors import VitalsAgentError
 
 
@@ -35,6 +36,8 @@ def explain(exc: BaseException) -> str:
             errno.ENOTDIR: "a part of the path is not a directory",
             errno.EIO: "I/O error (failing disk?)",
         }
+        if exc.errno == errno.EACCES and exc.filename is not None and os.path.isdir(exc.filename):
+            return reasons[errno.EISDIR]  # Windows opens a folder as a file with "access denied"
         return reasons.get(exc.errno or 0, exc.strerror or str(exc))
     text = str(exc)
     low = text.lower()
@@ -77,9 +80,5 @@ def move_aside(path: Path, *, when: datetime | None = None, sidecars: tuple[str,
         side = path.with_name(path.name + suffix)
         with contextlib.suppress(FileNotFoundError):
             os.rename(side, target.with_name(target.name + suffix))
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    host.fsync_dir(path.parent)  # (Windows has no directory handle to flush: opening one fails there)
     return target

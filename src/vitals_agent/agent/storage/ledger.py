@@ -145,7 +145,7 @@ class DeliveredLedger:
                 return False
             try:
                 write_at(self._fd, slot, free * SLOT)
-                os.fdatasync(self._fd)
+                host.fsync_data(self._fd)
             except OSError as exc:
                 if self._problem is None:
                     log.warning("delivered message remembered in memory only", error=exc.strerror or str(exc))

@@ -281,11 +281,13 @@ _TABLES = frozenset(
 
 def _why_read_only(path: Path) -> str:
     try:
-        if os.statvfs(path).f_flag & os.ST_RDONLY:
+        if hasattr(os, "statvfs") and os.statvfs(path).f_flag & os.ST_RDONLY:
             return "its file system is mounted read-only"
         st = path.stat()
     except OSError as exc:
         return explain(exc)
+    if not hasattr(os, "geteuid"):  # Windows: an ACL, not a mode, decides
+        return f"{path} is not writable by this account (check the folder's permissions)"
     return (
         f"{path} (mode {stat.S_IMODE(st.st_mode):04o}, owner uid {st.st_uid}) is not writable by uid "
         f"{os.geteuid()}"
