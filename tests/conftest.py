@@ -103,6 +103,32 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
     return None
 
 
+# Modules that drive the EKG folder transports (openat + O_NOFOLLOW relative to a folder descriptor, which
+# Windows CPython does not have): skipped with that reason where the platform lacks it. There the
+# configuration refuses EKG folders in one line (tests/test_check_config.py checks that refusal).
+EKG_FOLDERS_ONLY = {
+    "test_ecg_crash_once.py",
+    "test_ecg_e2e.py",
+    "test_ecg_folder.py",
+    "test_ecg_folder_failures.py",
+    "test_ecg_folder_links.py",
+    "test_ecg_patient_check.py",
+    "test_e2e_ecg_attach.py",
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if host.HAS_NOFOLLOW_DIRS:
+        return
+    skip = pytest.mark.skip(
+        reason=f"EKG folders need no-follow access relative to a folder descriptor: POSIX only, "
+        f"refused on {host.PLATFORM_NAME}"
+    )
+    for item in items:
+        if item.path.name in EKG_FOLDERS_ONLY:
+            item.add_marker(skip)
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     if _not_collected:
         terminalreporter.write_line(

@@ -18,6 +18,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from tests.private_files import under_wine
+
 
 class AgentProcess:
     """``python -m vitals_agent run --config FILE`` in a subprocess; its JSON log lines are collected."""
@@ -95,6 +99,14 @@ class AgentProcess:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=5)
+
+
+# Under Wine the tests run without a console, so Ctrl-Break cannot be sent to the agent
+# (GenerateConsoleCtrlEvent fails with ERROR_INVALID_ACCESS): a test that stops it with terminate() skips
+# there. The Windows lane (tests/windows) stops the agent under Wine with Ctrl-C sent from Linux.
+STOPS_THE_AGENT = pytest.mark.skipif(
+    under_wine(), reason="stops the agent with Ctrl-Break: Wine gives the test runner no console"
+)
 
 
 def outbox_depth(data_dir: Path) -> int:

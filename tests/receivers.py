@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -32,6 +31,7 @@ from hl7apy.mllp import AbstractHandler, MLLPServer
 from hl7apy.parser import parse_message
 
 from tests.kit import free_port
+from vitals_agent.host.lock import lock_exclusive
 
 REPO = Path(__file__).resolve().parents[1]
 PEERS = REPO / "tests" / "peers"
@@ -109,7 +109,7 @@ def node_peers() -> Path:
     stamp = NODE_DIR / ".installed"
     modules = NODE_DIR / "node_modules"
     with open(NODE_DIR / ".install.lock", "w") as guard:
-        fcntl.flock(guard, fcntl.LOCK_EX)  # one install at a time (parallel runs of the suite)
+        lock_exclusive(guard.fileno())  # one install at a time (parallel runs of the suite)
         if stamp.exists() and stamp.read_text() == digest and (modules / NODE_PACKAGE).is_dir():
             return modules
         for name in ("package.json", "package-lock.json"):

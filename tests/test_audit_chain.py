@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.kit.toml import toml_str
 from tests.private_files import assert_private
 from vitals_agent import host
 from vitals_agent.agent.storage.audit import AuditLog
@@ -48,7 +49,7 @@ def trail(tmp_path: Path, n: int = 6, **policy: float) -> tuple[Path, Wall]:
 
 def config_for(tmp_path: Path, folder: Path) -> Path:
     path = tmp_path / "agent.toml"
-    path.write_text(f'[agent]\nfacility = "X"\ndata_dir = "{folder}"\n[control]\nenabled = false\n')
+    path.write_text(f'[agent]\nfacility = "X"\ndata_dir = {toml_str(folder)}\n[control]\nenabled = false\n')
     return path
 
 
@@ -101,7 +102,7 @@ async def test_audit_verify_catches_a_changed_removed_or_reordered_record(
         del text[-1]
     elif tamper == "change_last":
         text[-1] = text[-1].replace("MRN0005", "MRN9999")
-    (folder / "audit.jsonl").write_text("".join(text))
+    (folder / "audit.jsonl").write_text("".join(text), newline="\n")  # (Windows: no CRLF)
     assert await main(["audit", "verify", "--config", str(config_for(tmp_path, folder))]) == 1
     out = capsys.readouterr().out
     assert f"BROKEN: audit.jsonl {expect}" in out or f"BROKEN: {expect}" in out, out
@@ -153,7 +154,7 @@ def test_a_second_writer_and_a_legacy_trail_stay_chained(tmp_path: Path) -> None
     folder = tmp_path / "data"
     folder.mkdir()
     legacy = '{"ts": "2026-01-01T00:00:00+00:00", "seq": 1, "event": "context_set"}\n'
-    (folder / "audit.jsonl").write_text(legacy)
+    (folder / "audit.jsonl").write_text(legacy, newline="\n")  # the agent's line ending, on Windows too
     a = AuditLog.in_dir(folder)
     b = AuditLog.in_dir(folder)  # e.g. `vitals-agent outbox retry` beside the running agent
     a.record("one")

@@ -8,12 +8,11 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.fakebluez.gatt import and_ua651ble, u16
-from tests.fakebluez.scenarios import indicate_then_leave
-from tests.fakebluez.server import FakeBlueZ
 from tests.kit import FakeClock, FakeRuntime, MemoryState
 from vitals_agent.agent.pipeline.normalize import normalise
 from vitals_agent.drivers.base import DecodeContext
@@ -24,6 +23,9 @@ from vitals_agent.drivers.ble.quirks import BEURER_BM85, bp_quirks
 from vitals_agent.drivers.ble.transport import BleTransport
 from vitals_agent.errors import TransportError
 from vitals_agent.models import DeviceIdentity, Reading
+
+if TYPE_CHECKING:  # the fake BlueZ needs dbus-fast (Linux); the decoder tests here run on Windows too
+    from tests.fakebluez.server import FakeBlueZ
 
 # Blood Pressure Measurement 0x2A35 as a BM85 sends it (issue #12): flags 0x14 (pulse rate and measurement
 # status present; the user-id flag 0x08 NOT set), systolic 128, diastolic 84, MAP 99 mm[Hg] as SFLOAT
@@ -112,6 +114,8 @@ def test_stored_records_get_the_quirks() -> None:
 async def test_bm85_through_bleak_and_the_fake_bluez(fake_bluez: FakeBlueZ, model: str | None) -> None:
     """End to end: the cuff says "Beurer"/"BM85" in Device Information (or, model=None in the DIS and the
     config key given instead) and indicates its record; the reading has the pulse and the real status."""
+    from tests.fakebluez.scenarios import indicate_then_leave
+
     spec = and_ua651ble()
     spec.set_value(u16(0x2A29), b"Beurer")
     spec.set_value(u16(0x2A24), model.encode() if model else b"")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.kit.toml import toml_str
 from vitals_agent import host
 from vitals_agent.cli import EXIT_CONFIG, build_parser, main
 from vitals_agent.config.schema import NO_EKG_FOLDERS, load_config, parse_config
@@ -138,6 +139,9 @@ def test_duplicate_ids_name_both_devices() -> None:
     assert found == {"devices[2].id": "'ox' is already the id of devices[0]; ids must be unique"}
 
 
+@pytest.mark.skipif(
+    not host.HAS_NOFOLLOW_DIRS, reason="its configuration has EKG folders: POSIX only (refused on Windows)"
+)
 async def test_check_config_prints_every_problem_at_once_and_takes_config_either_way(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -146,7 +150,7 @@ async def test_check_config_prints_every_problem_at_once_and_takes_config_either
         f"""
 [agent]
 facility = "A|B"
-data_dir = "{tmp_path / "data"}"
+data_dir = {toml_str(tmp_path / "data")}
 log_level = "debug"
 [ehr]
 port = "2575"
@@ -201,6 +205,9 @@ port = "/dev/y"
     assert capsys.readouterr().err == "error: give the configuration once: FILE or --config FILE\n"
 
 
+@pytest.mark.skipif(
+    not host.HAS_NOFOLLOW_DIRS, reason="its configuration has EKG folders: POSIX only (refused on Windows)"
+)
 def test_relative_paths_resolve_against_the_config_files_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -15,9 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.kit.toml import toml_str
+from vitals_agent import host
+
 pytestmark = pytest.mark.timeout(60)
 
-ROOT = os.geteuid() == 0
+ROOT = hasattr(os, "geteuid") and os.geteuid() == 0  # Windows: no uids
 DROP_DAC = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner", "--inh-caps=-all"]
 
 
@@ -49,11 +52,14 @@ def _need_setpriv() -> None:
 
 def config(tmp_path: Path, data_dir: Path, extra: str = "") -> Path:
     path = tmp_path / "agent.toml"
-    path.write_text(f'[agent]\nfacility = "F"\ndata_dir = "{data_dir}"\n[control]\nport = 0\n{extra}')
+    path.write_text(f'[agent]\nfacility = "F"\ndata_dir = {toml_str(data_dir)}\n[control]\nport = 0\n{extra}')
     return path
 
 
 @pytest.mark.slow  # starts a process
+@pytest.mark.skipif(
+    host.WINDOWS, reason="POSIX modes and users (Windows: ACLs, checked in tests/test_host.py)"
+)
 def test_unwritable_data_dir(tmp_path: Path) -> None:
     locked = tmp_path / "locked"
     locked.mkdir()
@@ -93,6 +99,9 @@ def test_foreign_owned_data_dir(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow  # starts a process
+@pytest.mark.skipif(
+    host.WINDOWS, reason="POSIX modes and users (Windows: ACLs, checked in tests/test_host.py)"
+)
 def test_unreadable_config(tmp_path: Path) -> None:
     cfg = config(tmp_path, tmp_path / "data")
     os.chmod(cfg, 0)
@@ -111,13 +120,16 @@ def test_unreadable_config(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow  # starts a process
+@pytest.mark.skipif(not host.HAS_NOFOLLOW_DIRS, reason="EKG folders: POSIX only (refused on Windows)")
 def test_missing_config_and_missing_ekg_folder(tmp_path: Path) -> None:
     missing = tmp_path / "nope.toml"
     line = one_error_line(cli("run", "--config", str(missing)), 78)
     assert line == f"error: {missing}: file not found"
     folder = tmp_path / "ekg"
     cfg = config(
-        tmp_path, tmp_path / "data", f'[[devices]]\nid = "ekg"\ndriver = "scp-ecg"\nfolder = "{folder}"\n'
+        tmp_path,
+        tmp_path / "data",
+        f'[[devices]]\nid = "ekg"\ndriver = "scp-ecg"\nfolder = {toml_str(folder)}\n',
     )
     result = cli("check-config", "--config", str(cfg))
     assert result.returncode == 1
@@ -147,7 +159,7 @@ def test_control_port_held_by_another_program(tmp_path: Path) -> None:
         port = other.getsockname()[1]
         cfg = tmp_path / "agent.toml"
         cfg.write_text(
-            f'[agent]\nfacility = "F"\ndata_dir = "{tmp_path / "data"}"\n[control]\nport = {port}\n'
+            f'[agent]\nfacility = "F"\ndata_dir = {toml_str(tmp_path / "data")}\n[control]\nport = {port}\n'
         )
         line = one_error_line(cli("run", "--config", str(cfg)), 78)
         assert line == (

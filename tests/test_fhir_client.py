@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from tests.fake_ehr import make_test_pki
 from tests.fake_fhir import FakeFhir
 from tests.kit import free_port
+from tests.kit.toml import toml_str
 from vitals_agent.config.fhir import FhirConfig
 from vitals_agent.errors import ConfigError, ConnectFailedError, PeerUnavailableError
 from vitals_agent.fhir.answer import Delivered, Rejected, Transient, classify, outcome_text, retry_after
@@ -306,7 +307,7 @@ def _agent_config(tmp_path: Path, base_url: str, extra: str = "") -> Path:
         "[agent]\n"
         'facility = "TEST_CLINIC"\n'
         'location = "CLINIC^ROOM12"\n'
-        f'data_dir = "{tmp_path / "data"}"\n'
+        f"data_dir = {toml_str(tmp_path / 'data')}\n"
         'gateway_eui64 = "0A1B2CFFFE3D4E5F"\n'
         'timezone = "Europe/Berlin"\n'
         "[patient]\n"
@@ -368,9 +369,9 @@ async def test_check_config_names_fhir_problems(tmp_path: Path, capsys: pytest.C
     assert await main(["check-config", str(path)]) == 1
     assert "fhir.base_url: must be an http:// or https:// URL" in capsys.readouterr().out
     path.write_text(
-        f'[agent]\nfacility = "F"\ndata_dir = "{tmp_path / "data"}"\n[fhir]\nenabled = true\n'
+        f'[agent]\nfacility = "F"\ndata_dir = {toml_str(tmp_path / "data")}\n[fhir]\nenabled = true\n'
         f'base_url = "https://f/r4"\npatient_identifier_system = "urn:oid:2.999.1"\n'
-        f'bearer_token_file = "{tmp_path / "missing.token"}"\n'
+        f"bearer_token_file = {toml_str(tmp_path / 'missing.token')}\n"
     )
     assert await main(["check-config", str(path)]) == 1
     assert f"fhir.bearer_token_file: {tmp_path / 'missing.token'} does not exist" in capsys.readouterr().out

@@ -14,7 +14,9 @@ import pytest
 
 from tests.e2e_helpers import AgentProcess, masimo_ascii1_line
 from tests.fake_ehr import Hl7Ehr
+from tests.kit.toml import toml_str
 from tests.oracle import validate_oru
+from vitals_agent import host
 from vitals_agent.agent.instance import (
     LOCK_FILE,
     AlreadyRunningError,
@@ -27,7 +29,7 @@ from vitals_agent.drivers.pty import PtyDevice
 
 pytestmark = pytest.mark.timeout(90)
 
-ROOT = os.geteuid() == 0
+ROOT = hasattr(os, "geteuid") and os.geteuid() == 0  # Windows: no uids
 NOBODY = 65534
 
 
@@ -37,7 +39,7 @@ def agent_config(path: Path, data: Path, ehr_port: int, pty: Path, ekg: Path) ->
 [agent]
 facility = "EXAMPLE_CLINIC"
 location = "CLINIC^ROOM12"
-data_dir = "{data}"
+data_dir = {toml_str(data)}
 timezone = "UTC"
 [ehr]
 port = {ehr_port}
@@ -54,7 +56,7 @@ report = "every"
 [[devices]]
 id = "ekg"
 driver = "scp-ecg"
-folder = "{ekg}"
+folder = {toml_str(ekg)}
 """
     )
     return path
@@ -164,6 +166,9 @@ def test_lock_in_process_and_release(tmp_path: Path) -> None:
     assert not lock.held
 
 
+@pytest.mark.skipif(
+    host.WINDOWS, reason="POSIX modes and users (Windows: ACLs, checked in tests/test_host.py)"
+)
 def test_data_dir_is_created_private_and_a_loose_one_is_tightened(tmp_path: Path) -> None:
     created = prepare_data_dir(tmp_path / "a" / "b")
     assert stat.S_IMODE(created.stat().st_mode) == 0o700
@@ -180,6 +185,9 @@ def test_data_dir_is_created_private_and_a_loose_one_is_tightened(tmp_path: Path
     assert check_data_dir(tmp_path / "new") is None  # creatable
 
 
+@pytest.mark.skipif(
+    host.WINDOWS, reason="POSIX modes and users (Windows: ACLs, checked in tests/test_host.py)"
+)
 def test_a_file_of_another_user_in_the_data_dir_is_refused_with_the_chown_command(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

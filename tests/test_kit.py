@@ -16,6 +16,7 @@ import pytest
 from tests.kit import T0, FakeClock, FakeRuntime, m, make_driver, until
 from tests.kit import reading as kit_reading
 from tests.kit.shared import NEEDS_SHARED, REPO
+from vitals_agent import host
 from vitals_agent.models import DeviceClass
 
 
@@ -81,6 +82,10 @@ def run_pytest(directory: Path, shared: Path, *, ci: bool) -> subprocess.Complet
 
 
 @pytest.mark.slow  # three pytest processes
+@pytest.mark.skipif(
+    host.WINDOWS,
+    reason="runs pytest in child Pythons: the Windows lane's CPython finds pytest only through run_tests.py",
+)
 def test_a_skip_for_want_of_shared_fails_in_ci_when_shared_is_there(tmp_path: Path) -> None:
     suite = tmp_path / "suite"
     suite.mkdir()

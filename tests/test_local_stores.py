@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from tests.e2e_helpers import AgentProcess, write_config
+from tests.e2e_helpers import STOPS_THE_AGENT, AgentProcess, write_config
 from tests.fake_ehr import Hl7Ehr, make_message
 from tests.kit import MRN, FakeClock, event_names, events, manager, oximeter_reading
 from vitals_agent.agent.patient.context import HELD_FILE, HeldStore, PatientDetails
@@ -129,6 +129,7 @@ def test_an_unreadable_patient_context_file_is_moved_aside_and_audited(tmp_path:
 
 
 @pytest.mark.slow  # starts the agent
+@STOPS_THE_AGENT
 async def test_agent_with_a_damaged_held_store_starts_and_drains_the_outbox(tmp_path: Path) -> None:
     """The trial's case: a corrupt held store and a healthy outbox with queued messages, the agent as a
     real process, python-hl7's server as the EHR."""

@@ -6,7 +6,6 @@ import asyncio
 import getpass
 import io
 import os
-import pwd
 import re
 import shutil
 import sys
@@ -17,7 +16,9 @@ import pytest
 import structlog
 
 from tests.kit import DOB, FAMILY, GIVEN, MRN, FakeClock, events, manager, oximeter_reading
+from tests.kit.toml import toml_str
 from tests.test_control import MASKED, fake_status
+from vitals_agent import host
 from vitals_agent.agent.control import ControlServer
 from vitals_agent.agent.patient.context import PatientContextManager, PatientDetails
 from vitals_agent.cli import main
@@ -213,6 +214,7 @@ async def test_set_over_another_patient_says_it_replaced_one(
 
 
 @pytest.mark.slow  # starts a Python process
+@pytest.mark.skipif(host.WINDOWS, reason="raw bytes in argv are POSIX (Windows passes arguments as UTF-16)")
 async def test_a_latin1_byte_in_the_name_is_one_line(agent: Agent) -> None:
     """A terminal in ISO 8859-1 sends 'Müller' as M \\xfc ller: not UTF-8; one line, nothing set."""
     code, out, err = await run_cli(
@@ -247,7 +249,7 @@ async def test_agent_gone_without_cleaning_up_is_not_running(
     (data / "control.json").write_text(f'{{"host": "127.0.0.1", "port": 9, "pid": {gone.pid}}}\n')
     (data / "control.token").write_text("x\n")
     config = tmp_path / "agent.toml"
-    config.write_text(f'[agent]\nfacility = "F"\ndata_dir = "{data}"\n')
+    config.write_text(f'[agent]\nfacility = "F"\ndata_dir = {toml_str(data)}\n')
     assert await main(["status", "--config", str(config)]) == 1
     assert capsys.readouterr().err == (
         f"error: the agent is not running (process {gone.pid} named in {data / 'control.json'} has exited)\n"
@@ -255,8 +257,11 @@ async def test_agent_gone_without_cleaning_up_is_not_running(
 
 
 @pytest.mark.slow  # starts a Python process
+@pytest.mark.skipif(host.WINDOWS, reason="POSIX users and modes (Windows: ACLs, tests/test_host.py)")
 async def test_a_user_who_cannot_read_the_token_is_told_in_one_line(agent: Agent, tmp_path: Path) -> None:
     """The data_dir belongs to the agent's user (0700); the caller is someone else."""
+    import pwd
+
     data = agent.patients.data_dir
     if os.geteuid() == 0:
         # root reads everything: give the files to another user and drop the override capabilities

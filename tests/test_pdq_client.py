@@ -11,6 +11,7 @@ import pytest
 
 from tests.fake_ehr import Pki, make_test_pki
 from tests.kit import free_port, printed
+from tests.kit.toml import toml_str
 from tests.pdq_helpers import AUTHORITY, ODALYS, FhirEndpoint, PdqSupplier, patient_resource
 from tests.pdq_oracle import validate_qbp
 from vitals_agent.config.pdq import PdqConfig
@@ -278,18 +279,19 @@ async def test_receive_pdq_bad_csv_is_one_line(
 async def test_check_config_reports_pdq_problems(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from vitals_agent.cli import main
 
-    base = f'[agent]\nfacility = "X"\ndata_dir = "{tmp_path / "data"}"\n'
+    base = f'[agent]\nfacility = "X"\ndata_dir = {toml_str(tmp_path / "data")}\n'
     cfg = tmp_path / "agent.toml"
     cfg.write_text(base + '[pdq]\nmode = "fhir"\n')
     assert await main(["check-config", str(cfg)]) == 1
     assert capsys.readouterr().out.startswith("pdq: base_url is required")
     cfg.write_text(
-        base + f'[pdq]\nport = 3375\ntls = true\nca_file = "{tmp_path}/none.pem"\npdq_fallback = "x"\n'
+        base
+        + f'[pdq]\nport = 3375\ntls = true\nca_file = {toml_str(tmp_path / "none.pem")}\npdq_fallback = "x"\n'
     )
     assert await main(["check-config", str(cfg)]) == 1
     assert "pdq.pdq_fallback: must be 'refuse' or 'typed'" in capsys.readouterr().out
-    cfg.write_text(base + f'[pdq]\nport = 3375\ntls = true\nca_file = "{tmp_path}/none.pem"\n')
+    cfg.write_text(base + f"[pdq]\nport = 3375\ntls = true\nca_file = {toml_str(tmp_path / 'none.pem')}\n")
     assert await main(["check-config", str(cfg)]) == 1
-    assert f"pdq.ca_file: {tmp_path}/none.pem does not exist" in capsys.readouterr().out
+    assert f"pdq.ca_file: {tmp_path / 'none.pem'} does not exist" in capsys.readouterr().out
     cfg.write_text(base + '[pdq]\nport = 3375\nassigning_authority = "EXCLINIC&2.999.1&ISO"\n')
     assert await main(["check-config", str(cfg)]) == 0

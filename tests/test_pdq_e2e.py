@@ -20,6 +20,7 @@ import pytest
 
 from tests.e2e_helpers import AgentProcess, masimo_ascii1_line
 from tests.fake_ehr import Hl7Ehr
+from tests.kit.toml import toml_str
 from tests.oracle import validate_oru
 from tests.pdq_helpers import AUTHORITY, PdqSupplier
 from tests.pdq_oracle import validate_qbp
@@ -38,7 +39,7 @@ def write_config(path: Path, data_dir: Path, ehr_port: int, pdq_port: int, oxi: 
         "[agent]",
         'facility = "EXAMPLE_CLINIC"',
         'location = "CLINIC^ROOM12"',
-        f'data_dir = "{data_dir}"',
+        f"data_dir = {toml_str(data_dir)}",
         'timezone = "UTC"',
         "[ehr]",
         'host = "127.0.0.1"',

@@ -9,7 +9,10 @@ import pytest
 from tests.fake_ehr import Hl7Ehr, RawEhr, msh10
 from tests.kit import free_port
 from tests.oracle import validate_oru
+from tests.private_files import under_wine
 from vitals_agent.cli import main
+
+WINE_REFUSED = "Wine answers a refused loopback connect with WSAEINVAL (Windows: WSAECONNREFUSED)"
 
 
 def write_config(tmp_path: Path, port: int) -> Path:
@@ -53,6 +56,7 @@ async def test_send_test_rejected(tmp_path: Path, capsys: pytest.CaptureFixture[
     )
 
 
+@pytest.mark.skipif(under_wine(), reason=WINE_REFUSED)
 async def test_send_test_no_receiver(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     port = free_port()
     code = await main(["send-test", "--config", str(write_config(tmp_path, port))])

@@ -24,6 +24,7 @@ from structlog.testing import capture_logs
 
 from tests.fake_ehr import Hl7Ehr, RawEhr, make_message
 from tests.kit import fast_ehr, running_sender, until
+from tests.kit.toml import toml_str
 from tests.storage_helpers import Worker, private_disk
 from vitals_agent.agent.delivery.sender import Sender
 from vitals_agent.agent.storage.outbox import OUTBOX_FILE, DeadLetter, Outbox
@@ -250,7 +251,7 @@ async def test_agent_process_stops_with_one_line_and_exit_74_on_a_corrupt_outbox
     config.write_text(
         "[agent]\n"
         'facility = "EXAMPLE_CLINIC"\n'
-        f'data_dir = "{data}"\n'
+        f"data_dir = {toml_str(data)}\n"
         "storage_give_up_seconds = 2\n"
         "[ehr]\n"
         'host = "127.0.0.1"\n'

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from tests.kit import DOB, FAMILY, GIVEN, MRN, free_port, oximeter_reading, until
+from tests.kit.toml import toml_str
 from vitals_agent.agent.patient.context import PatientDetails
 from vitals_agent.agent.service import AgentService
 from vitals_agent.cli import main
@@ -37,7 +38,7 @@ async def test_a_support_bundle_has_what_support_needs_and_no_patient_data(tmp_p
         "[agent]\n"
         'facility = "EXCLINIC"\n'
         'location = "CLINIC^ROOM12"\n'
-        f'data_dir = "{data}"\n'
+        f"data_dir = {toml_str(data)}\n"
         "[control]\nport = 0\n"
         f"[ehr]\nport = {free_port()}\nbackoff_min_seconds = 0.01\nbackoff_max_seconds = 0.05\n"
         "[alerts]\ndisk_free_mb = 0\n"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from vitals_agent import host
 from vitals_agent.agent.systemd_unit import render_dropin
 from vitals_agent.cli import main
 from vitals_agent.config.schema import load_config
@@ -76,6 +77,9 @@ port = "/dev/ttyUSB0"
     return cfg
 
 
+@pytest.mark.skipif(
+    not host.HAS_NOFOLLOW_DIRS, reason="its configuration has EKG folders: POSIX only (refused on Windows)"
+)
 def test_dropin_lists_every_folder_and_an_unusual_port(tmp_path: Path) -> None:
     cfg = example_config(tmp_path)
     text = render_dropin(load_config(cfg), cfg)
@@ -91,6 +95,9 @@ def test_dropin_lists_every_folder_and_an_unusual_port(tmp_path: Path) -> None:
     assert "ReadWritePaths" not in render_dropin(load_config(plain), plain)
 
 
+@pytest.mark.skipif(
+    not host.HAS_NOFOLLOW_DIRS, reason="its configuration has EKG folders: POSIX only (refused on Windows)"
+)
 async def test_sync_unit_writes_once_then_reports_up_to_date(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e_helpers import AgentProcess, masimo_ascii1_line, outbox_depth, write_config
+from tests.e2e_helpers import STOPS_THE_AGENT, AgentProcess, masimo_ascii1_line, outbox_depth, write_config
 from tests.fake_ehr import Hl7Ehr
 from tests.kit.netdev import FedDevice
 from tests.oracle import validate_oru
@@ -31,6 +31,7 @@ def line(d: int, r: int, t0: datetime) -> bytes:
                               serial=serial_of(d))  # fmt: skip
 
 
+@STOPS_THE_AGENT
 async def test_fifty_tcp_devices_through_one_agent_survive_a_terminal_server_restart(tmp_path: Path) -> None:
     t0 = datetime.now(UTC).replace(microsecond=0)
     ehr = await Hl7Ehr().start()

@@ -10,17 +10,23 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.fakebluez.bus import PrivateBus, dbus_daemon_binary
-from tests.fakebluez.server import FakeBlueZ
+from vitals_agent import host
+
+if TYPE_CHECKING:
+    from tests.fakebluez.server import FakeBlueZ
 
 __all__ = ["fake_bluez", "fake_bus_address"]
 
 
 @pytest.fixture(scope="session")
 def fake_bus_address() -> Iterator[str]:
+    if not host.HAS_BLUEZ:  # (under Wine, Linux's dbus-daemon is on PATH: it must not be taken for ours)
+        pytest.skip(f"the fake BlueZ needs D-Bus and BlueZ: Linux only, not {host.PLATFORM_NAME}")
     if dbus_daemon_binary() is None:
         pytest.skip("dbus-daemon is not installed (Debian package dbus-daemon)")
     bus = PrivateBus()
@@ -39,5 +45,9 @@ def fake_bus_address() -> Iterator[str]:
 
 @pytest.fixture
 async def fake_bluez(fake_bus_address: str) -> AsyncIterator[FakeBlueZ]:
+    # Imported here, not at conftest load: dbus-fast (the server's D-Bus library) is Linux-only, and the
+    # unit suite also runs under the Windows CPython (tests/windows), where these fixtures just skip.
+    from tests.fakebluez.server import FakeBlueZ
+
     async with FakeBlueZ(fake_bus_address) as fake:
         yield fake

@@ -14,13 +14,22 @@ or stderr (they must be pipes); ``net stop`` returns before the service has stop
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 import zipfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
+
+from vitals_agent.drivers.pty import PtyDevice
 
 ROOT = Path(__file__).resolve().parents[2]
 WINDOWS_DIR = ROOT / ".windows"
@@ -38,14 +47,18 @@ TEST_DIR = r"C:\vitals-test"
 SERVICES_LOG = WINDOWS_DIR / "build" / "services.log"
 
 
+# Wine 8 lacks propsys.VariantToString, which CPython's _wmi (platform.uname() & co., asked by pytest's
+# header, hypothesis and bleak's import) calls: Wine aborts the process (and hangs in its debugger). Without
+# _wmi, platform falls back to the registry. A .pth line runs in every process of the installed CPython
+# (the unit lane's pytest and the CLI processes its tests start); it is put into the test prefix only.
+NO_WMI_PTH = "wine-lane-no-wmi.pth"
+NO_WMI = "import sys; sys.modules.setdefault('_wmi', None)\n"
+
 RUN_TESTS = """\
 # The unit lane's pytest under the embeddable CPython (its ._pth file ignores PYTHONPATH).
 import os, sys
 here = os.path.dirname(os.path.abspath(__file__))
 sys.path[0:0] = [os.path.join(here, "site"), os.path.join(here, "tests")]
-# Wine 8 lacks propsys.VariantToString, which CPython's _wmi (platform.uname() & co., asked by pytest's
-# header and hypothesis) calls: Wine aborts the process. Without _wmi, platform falls back to the registry.
-sys.modules["_wmi"] = None
 os.chdir(here)
 import pytest
 sys.exit(pytest.main(sys.argv[1:]))
@@ -230,6 +243,7 @@ def setup() -> None:
     print(out.stdout.strip(), flush=True)
     if not prefix_ready():
         raise SystemExit("install.cmd did not install python.exe")
+    (unix_path(INSTALL_DIR) / "Lib" / "site-packages" / NO_WMI_PTH).write_text(NO_WMI)
     test_root = unix_path(TEST_DIR)
     shutil.rmtree(test_root, ignore_errors=True)
     test_root.mkdir(parents=True)
@@ -237,10 +251,111 @@ def setup() -> None:
     shutil.copytree(
         ROOT / "tests", test_root / "tests", ignore=shutil.ignore_patterns("__pycache__", "windows")
     )
+    for folder in ("deploy", "docs"):  # the systemd unit's and the interface spec's tests read them
+        shutil.copytree(ROOT / folder, test_root / folder)
     shutil.copy(ROOT / "pyproject.toml", test_root / "pyproject.toml")
     (test_root / "run_tests.py").write_text(RUN_TESTS)
     (test_root / "watch_service.py").write_text(WATCH_SERVICE)
     print(f"winelane: prefix ready in {time.monotonic() - started:.1f} s", flush=True)
+
+
+# ------------------------------------------------------------- the agent under Wine, COM ports on ptys
+
+
+def write_config(ehr_port: int, ports: list[str], extra: str = "") -> None:
+    lines = [
+        "[agent]",
+        'facility = "EXAMPLE_CLINIC"',
+        'location = "CLINIC^ROOM12"',
+        'timezone = "UTC"',
+        "[ehr]",
+        'host = "127.0.0.1"',
+        f"port = {ehr_port}",
+        "ack_timeout_seconds = 3",
+        "backoff_min_seconds = 0.1",
+        "backoff_max_seconds = 0.5",
+        "[control]",
+        "enabled = false",
+        extra,
+    ]
+    for i, port in enumerate(ports):
+        lines += [
+            "[[devices]]",
+            f'id = "spo2-{i}"',
+            'driver = "masimo-ascii"',
+            f'port = "{port}"',
+            'report = "every"',
+        ]
+    unix_path(CONFIG).write_text("\n".join(lines) + "\n")
+
+
+@contextlib.contextmanager
+def com_ports(count: int, first: int = 5) -> Iterator[list[PtyDevice]]:
+    """``count`` Linux ptys as COM{first}.. in the prefix (dosdevices links to the pty slaves)."""
+    devices = []
+    links = []
+    try:
+        for i in range(count):
+            device = PtyDevice(WINDOWS_DIR / "build" / f"tty-com{first + i}").open()
+            devices.append(device)
+            link = PREFIX / "dosdevices" / f"com{first + i}"
+            with contextlib.suppress(FileNotFoundError):
+                link.unlink()
+            assert device.slave_name is not None
+            link.symlink_to(device.slave_name)
+            links.append(link)
+        yield devices
+    finally:
+        for link in links:
+            with contextlib.suppress(FileNotFoundError):
+                link.unlink()
+        for device in devices:
+            device.close()
+
+
+class WineAgent:
+    """``vitals-agent run`` under Wine; its JSON log lines collected."""
+
+    def __init__(self) -> None:
+        self.proc = popen_agent("run", "--config", CONFIG)
+        self.log: list[dict[str, Any]] = []
+        self.raw: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in iter(self.proc.stdout.readline, b""):
+            text = line.decode("utf-8", "replace").rstrip()
+            self.raw.append(text)
+            with contextlib.suppress(json.JSONDecodeError):
+                self.log.append(json.loads(text))
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return [e for e in list(self.log) if e.get("event") == name]
+
+    async def wait(self, predicate: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"agent exited ({self.proc.returncode}) waiting for {what}:\n{self.tail()}"
+                )
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}:\n{self.tail()}")
+            await asyncio.sleep(0.1)
+
+    def tail(self) -> str:
+        return "\n".join(self.raw[-30:])
+
+    def ctrl_c(self) -> tuple[int, float]:
+        start = time.monotonic()
+        self.proc.send_signal(signal.SIGINT)  # Wine delivers it to python.exe as Ctrl-C
+        code = self.proc.wait(timeout=30)
+        return code, time.monotonic() - start
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=30)
 
 
 if __name__ == "__main__":
