@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint typecheck check bench clean venv windows-dist windows-prefix test-windows
+.PHONY: demo test test-fast lint typecheck check bench clean venv windows-dist windows-prefix test-windows bench-windows
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,12 @@ test-windows: windows-prefix
 	@start=$$(date +%s); VITALS_WINDOWS_LANE=1 $(VENV)/bin/pytest -q -rP -p no:cacheprovider tests/windows \
 	  $(if $(WINDOWS_LANE),-k "$(WINDOWS_LANE)"); rc=$$?; $(PY) tests/windows/winelane.py teardown; \
 	  echo "windows lane: $$(( $$(date +%s) - start )) s of tests (exit $$rc)"; exit $$rc
+
+# Idle CPU of the agent under Wine with four silent COM ports, beside a bare python.exe under the same Wine
+# and the same agent on Linux (bench/bench_windows_idle.py; BENCH_SECONDS is the sampling window).
+BENCH_SECONDS ?= 60
+bench-windows: windows-prefix
+	$(PY) bench/bench_windows_idle.py --seconds $(BENCH_SECONDS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache test-artifacts .windows/build .windows/prefix dist

@@ -188,9 +188,14 @@ def build_shim() -> Path:
 
 
 def start_wineserver() -> None:
-    """A persistent wineserver for this prefix (services outlive the commands that start them)."""
+    """A persistent wineserver for this prefix (services outlive the commands that start them). One that
+    is already running (``setup`` starts it persistent) makes ``wineserver -p`` exit 2: that is fine."""
     subprocess.run(
-        ["wineserver", "-p"], env=wine_env(), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        ["wineserver", "-p"],
+        env=wine_env(),
+        check=False,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
 
 
