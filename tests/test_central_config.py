@@ -300,7 +300,7 @@ async def test_cli_keygen_bundle_and_pull_check(tmp_path: Path, capsys: pytest.C
     assert err.startswith("error: central configuration refused: ") and err.count("\n") == 1
 
 
-@pytest.mark.skipif(host.WINDOWS, reason="SIGHUP is POSIX (Windows has no reload signal)")
+@pytest.mark.skipif(host.WINDOWS, reason="SIGHUP is POSIX (Windows: the service reload, tests/windows)")
 async def test_sighup_rereads_a_local_file_and_restarts_only_the_changed_device(tmp_path: Path) -> None:
     path = tmp_path / "agent.toml"
     body = (

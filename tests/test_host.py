@@ -279,8 +279,11 @@ def test_log_rotation_keeps_three(tmp_path: Path) -> None:
 
 
 @POSIX_ONLY
-async def test_service_subcommands_say_they_are_for_windows(capsys: pytest.CaptureFixture[str]) -> None:
-    assert await main(["service", "status"]) == 1
+@pytest.mark.parametrize("action", ["status", "reload"])
+async def test_service_subcommands_say_they_are_for_windows(
+    action: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert await main(["service", action]) == 1
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: `vitals-agent service status` manages the Windows service")
+    assert err.startswith(f"error: `vitals-agent service {action}` manages the Windows service")
     assert "\n" not in err

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import subprocess
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 
@@ -61,6 +63,23 @@ async def received(ehr: Hl7Ehr, count: int, agent: winelane.WineAgent | None = N
         return await ehr.wait_for(count, timeout=90)
     except AssertionError as exc:
         raise AssertionError(f"{exc}; agent log:\n{agent.tail() if agent else ''}") from None
+
+
+async def record_in(
+    windows_path: str, wanted: Callable[[dict[str, Any]], bool], what: str, timeout: float = 60.0
+) -> dict[str, Any]:
+    """The first JSON line of a file in the prefix (the agent's log, the audit trail) that is ``wanted``."""
+    path = winelane.unix_path(windows_path)
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(FileNotFoundError):
+            for line in path.read_text("utf-8", "replace").splitlines():
+                with contextlib.suppress(json.JSONDecodeError):
+                    record = json.loads(line)
+                    if isinstance(record, dict) and wanted(record):
+                        return record
+        assert time.monotonic() < deadline, f"no {what} in {windows_path}"
+        await asyncio.sleep(0.2)
 
 
 def msh10(message: str) -> str:
@@ -206,6 +225,24 @@ async def test_service_started_by_net_start_sends_and_net_stop_ends_it_within_5_
                 messages = await received(ehr, 3)
                 for message in messages:
                     validate_oru(message)
+                # Reload, Windows' SIGHUP (the service control PARAMCHANGE): a second oximeter on COM6 is
+                # added to the file, and `service reload` makes the running service start it.
+                with winelane.com_ports(1, first=6) as more:
+                    winelane.write_config(ehr.port, ["COM5", "COM6"])
+                    async with running(await simulate(more)):
+                        reloaded = winelane.agent("service", "reload", check=False)
+                        assert reloaded.returncode == 0, reloaded.stdout
+                        applied = await record_in(
+                            winelane.DATA_DIR + r"\audit.jsonl",
+                            lambda r: r.get("event") == "config_applied",
+                            "config_applied audit record",
+                        )
+                        assert applied["devices_added"] == ["spo2-1"], applied
+                        await record_in(
+                            winelane.DATA_DIR + r"\logs\agent.log",
+                            lambda r: r.get("event") == "device connected" and r.get("device") == "spo2-1",
+                            "the added device connected",
+                        )
                 begun = time.monotonic()
                 stopped = winelane.wine("net", "stop", "vitals-agent", timeout=60, check=False)
                 assert stopped.returncode == 0, stopped.stdout

@@ -2,7 +2,8 @@
 
 * ``config pull --check``: fetch the central bundle, check its signature and merge it over the local file
   exactly as the agent would, and show what would change (and which devices would restart).
-* ``config pull``: the same, then ask the running agent to apply it now (SIGHUP).
+* ``config pull``: the same, then ask the running agent to apply it now (SIGHUP; on Windows the service's
+  reload control).
 * ``config keygen --out KEY``: a new Ed25519 signing key (PEM, 0600) and the public key line for each
   agent's ``[agent] config_public_key``.
 * ``config bundle --key KEY -o FILE LAYER.toml ...``: sign layers (site, unit, room: later wins) into
@@ -117,7 +118,9 @@ def _signal_agent(folder: Path) -> int:
         pid = int((folder / "agent.lock").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         pid = 0
-    if hup is None or pid <= 0:
+    if hup is None:  # Windows: the service's reload control (SERVICE_CONTROL_PARAMCHANGE)
+        return _reload_service()
+    if pid <= 0:
         print("the running agent applies it at its next poll (or reload the service now)")
         return 0
     try:
@@ -131,6 +134,19 @@ def _signal_agent(folder: Path) -> int:
             "run this as its user, or `sudo systemctl reload vitals-agent`"
         ) from None
     print(f"asked the running agent (pid {pid}) to apply it now")
+    return 0
+
+
+def _reload_service() -> int:
+    from vitals_agent.host import winservice
+
+    try:
+        lines = winservice.reload()
+    except VitalsAgentError as exc:
+        print(f"the agent applies it when it starts or at its next poll ({exc})")
+        return 0
+    for line in lines:
+        print(line)
     return 0
 
 

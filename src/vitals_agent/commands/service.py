@@ -2,7 +2,8 @@
 
     vitals-agent service sync-unit [--config FILE] [--unit-dir DIR] [--check | --print]
 
-    vitals-agent service install [--config FILE] [--account DOMAIN\\USER] | remove | start | stop | status
+    vitals-agent service install [--config FILE] [--account DOMAIN\\USER] | remove | start | stop | reload
+                         | status
 
 ``sync-unit`` (Linux, systemd) writes the unit's drop-in from the configuration: every folder the
 configuration names becomes writable for the service (``ReadWritePaths=``). Run it as root after editing
@@ -10,7 +11,8 @@ the configuration, then restart the service. ``deploy/install.sh`` runs it too. 
 ``service`` group: other platforms add their subcommands here.)
 
 Windows: ``install`` (automatic start, restart on failure, LocalService or ``--account``), ``remove``,
-``start``, ``stop`` (waits until the service has stopped), ``status``; ``host`` is what the service
+``start``, ``stop`` (waits until the service has stopped), ``reload`` (read the configuration again: the
+service control PARAMCHANGE, Windows' SIGHUP), ``status``; ``host`` is what the service
 control manager runs (:mod:`vitals_agent.host.winservice`). On Linux they say to use systemd instead.
 """
 
@@ -131,6 +133,8 @@ def _register_windows(ssub: argparse._SubParsersAction[argparse.ArgumentParser])
     a = ssub.add_parser("stop", help="stop the service and wait until it has stopped")
     a.add_argument("--timeout", type=float, default=10.0, metavar="S")
     a.set_defaults(func=cmd_stop)
+    a = ssub.add_parser("reload", help="ask the running service to read its configuration again")
+    a.set_defaults(func=cmd_reload)
     a = ssub.add_parser("status", help="the service's state, start type, account and command")
     a.set_defaults(func=cmd_status)
     a = ssub.add_parser("host", help=argparse.SUPPRESS)  # run by the service control manager
@@ -186,6 +190,13 @@ async def cmd_stop(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_reload(args: argparse.Namespace) -> int:
+    from vitals_agent.host import winservice
+
+    _print(winservice.reload())
+    return 0
+
+
 async def cmd_status(args: argparse.Namespace) -> int:
     from vitals_agent.host import winservice
 
@@ -203,23 +214,32 @@ async def cmd_host(args: argparse.Namespace) -> int:
 def _run_in_service(svc: Any) -> int:
     """The agent on the Windows service's thread (called by :mod:`vitals_agent.host.winservice`): its own
     event loop, logging to ``data_dir\\logs\\agent.log``, readiness reported to the service manager, and
-    started / stopped / fatal lines in the event log (no patient data). Returns the exit code."""
-    from vitals_agent.agent.paths import data_dir
-    from vitals_agent.agent.service import AgentService
+    started / stopped / fatal lines in the event log (no patient data). The configuration is the one
+    ``run`` takes (with ``[agent] config_source``: the central bundle over the local file, else the last
+    good one), read again on the service's reload control. Returns the exit code."""
+    from vitals_agent.agent.config_source import ConfigSource
+    from vitals_agent.agent.paths import resolve_data_dir
+    from vitals_agent.agent.service import AgentService, startup_config
+    from vitals_agent.config.schema import local_keys, read_document
     from vitals_agent.errors import ConfigError
     from vitals_agent.host import winservice
     from vitals_agent.logs import setup_logging
 
     ws: Any = winservice  # the Windows-only helpers (event_log, open_log) exist only there
     config_path = svc.config_path or host.default_config_file()
-    try:
-        config = load_config(config_path)
-        directory = data_dir(config)
-    except (ConfigError, OSError) as exc:
+
+    def refused(exc: Exception) -> int:
         ws.event_log("error", f"not started: configuration {config_path}: {exc} (fix it, then start again)")
         return int(ws.EXIT_CONFIG)
+
+    try:  # the data folder (for the log) from the local file: with a source, it may hold little more
+        local = local_keys(read_document(config_path), base_dir=config_path.absolute().parent)
+        directory = resolve_data_dir(local.data_dir)
+    except (ConfigError, VitalsAgentError, OSError) as exc:
+        return refused(exc)
     log_stream = ws.open_log(directory / "logs")
-    setup_logging(config.agent.log_level, stream=log_stream, json=True)
+    setup_logging("info", stream=log_stream, json=True)
+    source = ConfigSource(config_path)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     remove = host.readiness.add_listener(svc.ready)
@@ -230,10 +250,16 @@ def _run_in_service(svc: Any) -> int:
         if svc._stop_requested.is_set():
             return 0
         try:
-            service = AgentService(config)
+            pulled = await startup_config(source)
+        except (ConfigError, OSError) as exc:
+            return refused(exc)
+        setup_logging(pulled.config.agent.log_level, stream=log_stream, json=True)
+        try:
+            service = AgentService(pulled.config, source=source, pulled=pulled)
         except (VitalsAgentError, OSError) as exc:
             ws.event_log("error", f"not started: {exc}")
             return int(ws.EXIT_CONFIG)
+        svc._reload = service.request_reload
         ws.event_log("info", f"started: {len(service.runtimes)} devices, data in {service.data_dir}")
         return await service.run(svc._stop)
 
@@ -242,6 +268,7 @@ def _run_in_service(svc: Any) -> int:
     finally:
         remove()
         svc._loop = None
+        svc._reload = None
         loop.close()
     if code == 0:
         ws.event_log("info", "stopped")

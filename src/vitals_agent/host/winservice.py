@@ -298,6 +298,19 @@ if sys.platform == "win32":
             raise ServiceError(f"the service did not stop within {timeout:g} s")
         return [f"{SERVICE_NAME}: stopped ({time.monotonic() - started:.1f} s)"]
 
+    def reload() -> list[str]:
+        """Ask the running service to read its configuration again (SERVICE_CONTROL_PARAMCHANGE)."""
+        with _service(win32service.SERVICE_PAUSE_CONTINUE | win32service.SERVICE_QUERY_STATUS) as handle:
+            try:
+                win32service.ControlService(handle, win32service.SERVICE_CONTROL_PARAMCHANGE)
+            except pywintypes.error as exc:
+                if exc.winerror == winerror.ERROR_SERVICE_NOT_ACTIVE:
+                    raise ServiceError(
+                        "the service is not running: it reads the configuration when it starts"
+                    ) from None
+                raise ServiceError(f"cannot ask the service to reload: {_why(exc)}") from None
+        return [f"{SERVICE_NAME}: asked to read its configuration again"]
+
     def status() -> ServiceState:
         try:
             with _service(win32service.SERVICE_QUERY_STATUS | win32service.SERVICE_QUERY_CONFIG) as handle:
@@ -354,6 +367,21 @@ if sys.platform == "win32":
             self._loop: asyncio.AbstractEventLoop | None = None
             self._stop: asyncio.Event | None = None
             self._stop_requested = threading.Event()
+            self._reload: Callable[[], None] | None = None  # the agent's request_reload, once it runs
+
+        def GetAcceptedControls(self) -> int:
+            # and "read your configuration again" (SERVICE_CONTROL_PARAMCHANGE: `service reload`,
+            # `config pull`, `sc control vitals-agent paramchange`): Windows' SIGHUP
+            accepted = super().GetAcceptedControls()  # type: ignore[no-untyped-call]
+            return int(accepted) | win32service.SERVICE_ACCEPT_PARAMCHANGE
+
+        def SvcOther(self, control: int) -> None:
+            if control != win32service.SERVICE_CONTROL_PARAMCHANGE:
+                return
+            loop, reload = self._loop, self._reload
+            if loop is not None and reload is not None:
+                with contextlib.suppress(RuntimeError):  # the loop already ended
+                    loop.call_soon_threadsafe(reload)
 
         def SvcStop(self) -> None:
             self.ReportServiceStatus(win32service.SERVICE_STOP_PENDING, waitHint=STOP_WAIT_HINT_MS)
@@ -449,6 +477,9 @@ else:
 
     def stop(timeout: float = 10.0) -> list[str]:
         _unsupported("stop")
+
+    def reload() -> list[str]:
+        _unsupported("reload")
 
     def status() -> ServiceState:
         _unsupported("status")
