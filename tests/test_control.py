@@ -19,7 +19,7 @@ from tests.private_files import assert_private
 from vitals_agent.agent.control import ControlClient, ControlError, ControlServer, StatusSnapshot
 from vitals_agent.agent.patient.context import PatientContextManager, PatientDetails
 
-MASKED = "\u2022" * 11 + "42"
+MASKED = "\u2022" * 3 + "342"  # mask_mrn(MRN): never the length, the last three
 
 
 def fake_status() -> StatusSnapshot:

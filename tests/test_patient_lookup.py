@@ -16,13 +16,14 @@ from tests.kit import T0, FakeClock, events, free_port, manager, oximeter_readin
 from tests.oracle import validate_oru
 from tests.pdq_helpers import AUTHORITY, ODALYS, PdqSupplier
 from vitals_agent.agent.patient.context import PatientContextManager, PatientDetails
-from vitals_agent.agent.patient.lookup import ConfirmError, PatientLookup, mask_mrn
+from vitals_agent.agent.patient.lookup import ConfirmError, PatientLookup
 from vitals_agent.agent.storage.audit import AuditLog
 from vitals_agent.config.pdq import PdqConfig
 from vitals_agent.hl7.oru import MessageProfile, build_oru
 from vitals_agent.hl7.pdq import Authority, PdqCandidate
 from vitals_agent.models import Reading
 from vitals_agent.net.pdq import Sender, pdq_client
+from vitals_agent.redact import mask_mrn, scrub
 
 SENDER = Sender(application="VITALS_AGENT^0A1B2CFFFE3D4E5F^EUI-64", facility="EXCLINIC")
 PROFILE = MessageProfile(
@@ -280,11 +281,10 @@ def test_mask() -> None:
 
 
 def test_http_error_text_never_carries_the_mrn() -> None:
-    from vitals_agent.net.pdq import _scrub
 
     text = "400, message='Bad', url='https://ehr/fhir/Patient?identifier=urn%3Aoid%3A2.999.1%7CZQ+4471902'"
-    assert "4471902" not in _scrub(text, "ZQ 4471902")
-    assert _scrub("refused ZQ4471902", "ZQ4471902") == "refused \u2022\u2022\u2022"
+    assert "4471902" not in scrub(text, "ZQ 4471902")
+    assert scrub("refused ZQ4471902", "ZQ4471902") == "refused \u2022\u2022\u2022"
 
 
 async def test_a_wall_clock_step_neither_ends_nor_stretches_a_pending_confirmation(tmp_path: Path) -> None:

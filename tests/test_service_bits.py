@@ -14,7 +14,8 @@ from vitals_agent import host
 from vitals_agent.agent import sdnotify
 from vitals_agent.agent.paths import _eui64_from_mac, gateway_eui64
 from vitals_agent.config.schema import parse_config
-from vitals_agent.logs import redact_message, setup_logging
+from vitals_agent.logs import setup_logging
+from vitals_agent.redact import redact_message
 
 
 @pytest.mark.skipif(host.WINDOWS, reason="systemd notify: Linux (the Windows service reports its status)")
@@ -45,7 +46,7 @@ def test_redacted_message_keeps_header_and_drops_patient_values() -> None:
     out = redact_message(msg)
     assert "ID1" in out and "ORU^R01^ORU_R01" in out
     assert "MRN0012345" not in out and "DOE" not in out and "97" not in out
-    assert out.endswith("PID(redacted) / OBX(redacted)")
+    assert out.endswith(" / PID|… (38 bytes redacted) / OBX|… (44 bytes redacted)")
 
 
 def test_json_logs_when_not_a_terminal() -> None:

@@ -1,8 +1,8 @@
 """Logging: structlog, JSON lines when stderr is not a terminal (journald, files), readable on a terminal.
 
 Operational logs never carry patient data at INFO or above: events name devices, control ids and
-counts. Message content is logged only through :func:`redact_message`, which keeps segment names and
-the MSH header and removes every value that could identify a patient.
+counts. Message content is logged only through :func:`vitals_agent.redact.redact_message`, which keeps
+the MSH header and segment names and removes every value that could identify a patient.
 """
 
 from __future__ import annotations
@@ -52,20 +52,3 @@ def setup_logging(level: str = "INFO", *, stream: TextIO | None = None, json: bo
         cast("logging.StreamHandler[TextIO]", ours).setStream(out)
     root.setLevel(max(numeric, logging.WARNING))
 
-
-def redact_message(message: bytes | str) -> str:
-    """A message reduced to what is safe in an operational log: MSH fields 3-12 and segment names.
-
-    >>> redact_message("MSH|^~\\\\&|A|B|C|D|20250101000000+0000||ORU^R01^ORU_R01|X1|P|2.6\\rPID|||123")
-    'MSH|^~\\\\&|A|B|C|D|20250101000000+0000||ORU^R01^ORU_R01|X1|P|2.6 / PID(redacted)'
-    """
-    text = message.decode("utf-8", "replace") if isinstance(message, bytes) else message
-    segments = [s for s in text.replace("\n", "\r").split("\r") if s]
-    out = []
-    for seg in segments:
-        name = seg[:3]
-        if name == "MSH":
-            out.append("|".join(seg.split("|")[:12]))
-        else:
-            out.append(f"{name}(redacted)")
-    return " / ".join(out)

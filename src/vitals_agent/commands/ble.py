@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from typing import Any
 
@@ -51,11 +50,14 @@ async def cmd_pair(args: argparse.Namespace) -> int:
             "Bluetooth & devices, then configure its address"
         )
     from vitals_agent.drivers.ble._bluez_pair import pair
+    from vitals_agent.drivers.ble.address import parse_address
 
-    if not re.fullmatch(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}", args.address):
-        print(f"error: {args.address!r} is not a Bluetooth address (AA:BB:CC:DD:EE:FF)", file=sys.stderr)
+    try:
+        address = parse_address(args.address)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
-    result = await pair(args.address, adapter=args.adapter, scan_seconds=args.seconds, timeout=args.timeout)
+    result = await pair(address, adapter=args.adapter, scan_seconds=args.seconds, timeout=args.timeout)
     label = f"{result.address} ({result.name})" if result.name else result.address
     print(f"{label}: {'already paired' if result.already_paired else 'paired, bonded and trusted'}")
     return 0

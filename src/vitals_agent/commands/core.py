@@ -158,14 +158,15 @@ def _hex_chunks(items: list[str]) -> list[bytes]:
     return chunks
 
 
-def _uuid(text: str) -> str:
-    """A characteristic as a full lower-case UUID: ``2A35``, ``0x2a35`` and the 128-bit form are equal."""
-    value = text.strip().lower().removeprefix("0x")
-    if len(value) == 4:
-        value = f"0000{value}"
-    if len(value) == 8:
-        value = f"{value}-0000-1000-8000-00805f9b34fb"
-    return value
+def _same_characteristic(text: str, known: tuple[str, ...]) -> bool:
+    """``2A35``, ``0x2a35`` and the 128-bit form name the same characteristic."""
+    from vitals_agent.drivers.ble.uuids import normalize_uuid
+    from vitals_agent.errors import DecodeError
+
+    try:
+        return normalize_uuid(text) in {normalize_uuid(c) for c in known}
+    except DecodeError:
+        return False
 
 
 def reading_json(reading: Reading) -> dict[str, Any]:
@@ -226,13 +227,11 @@ def _driver_options(cls: type[Driver], items: list[str]) -> DriverOptions | None
 async def cmd_decode(args: argparse.Namespace) -> int:
     cls = driver_class(args.driver)
     driver = cls(_driver_options(cls, args.option))
-    if args.characteristic and driver.characteristics:
-        wanted = _uuid(args.characteristic)
-        if wanted not in {_uuid(c) for c in driver.characteristics}:
-            raise VitalsAgentError(
-                f"{args.driver} does not read characteristic {args.characteristic} "
-                f"(known: {', '.join(driver.characteristics)})"
-            )
+    known = driver.characteristics
+    if args.characteristic and known and not _same_characteristic(args.characteristic, known):
+        raise VitalsAgentError(
+            f"{args.driver} does not read characteristic {args.characteristic} (known: {', '.join(known)})"
+        )
     if args.hex:
         chunks = _hex_chunks(args.hex)
     elif args.file:

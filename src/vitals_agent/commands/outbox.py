@@ -46,6 +46,7 @@ from vitals_agent.agent.storage.audit import CHANNEL_CLI, AuditError, AuditLog
 from vitals_agent.agent.storage.outbox import AwaitingMessage, DeadLetter, Outbox, OutboxMessage
 from vitals_agent.commands._options import add_config_option, config_from
 from vitals_agent.errors import ConfigError, VitalsAgentError
+from vitals_agent.redact import message_lines
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNIT_SECONDS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
@@ -291,41 +292,6 @@ def _raw_record(item: OutboxMessage | DeadLetter | AwaitingMessage) -> dict[str,
     }
 
 
-def redact_bundle(body: bytes) -> str:
-    """A FHIR transaction Bundle as its identifier and one line per entry (method and resource type), no
-    resource content (names, MRNs and values are patient data; so is a Patient's ``ifNoneExist``)."""
-    try:
-        doc = json.loads(body)
-        entries = doc.get("entry") or []
-        ident = doc.get("identifier", {}).get("value", "?")
-        lines = [f"Bundle {ident} ({doc.get('type')}, {len(entries)} entries)"]
-        for entry in entries:
-            request = entry.get("request") or {}
-            kind = (entry.get("resource") or {}).get("resourceType", "?")
-            lines.append(
-                f"  {request.get('method', '?')} {kind}  … ({len(json.dumps(entry))} bytes redacted)"
-            )
-    except (ValueError, AttributeError, TypeError):
-        return f"… ({len(body)} bytes redacted: not a FHIR Bundle)"
-    return "\n".join(lines)
-
-
-def redact(body: bytes) -> str:
-    """The MSH segment as is, every other segment as its name only (no patient data). A FHIR Bundle:
-    :func:`redact_bundle`."""
-    if body.lstrip().startswith(b"{"):
-        return redact_bundle(body)
-    out: list[str] = []
-    for seg in body.decode("utf-8", "replace").replace("\r\n", "\r").replace("\n", "\r").split("\r"):
-        if not seg:
-            continue
-        if seg.startswith("MSH"):
-            out.append(seg)
-        else:
-            out.append(f"{seg[:3]}|… ({len(seg.encode())} bytes redacted)")
-    return "\n".join(out)
-
-
 async def cmd_list(args: argparse.Namespace) -> int:
     session = _Audited(args) if args.show_phi else None
     outbox = session.outbox if session is not None else _open(args)
@@ -391,7 +357,7 @@ async def cmd_show(args: argparse.Namespace) -> int:
         raise VitalsAgentError(f"no message with id or MSH-10 {args.id!r} (see `vitals-agent outbox list`)")
     for index, item in enumerate(items):
         rec = _record(item, show_phi=args.show_phi)
-        body = item.body.decode("utf-8", "replace") if args.show_phi else redact(item.body)
+        body = item.body.decode("utf-8", "replace") if args.show_phi else "\n".join(message_lines(item.body))
         if args.json:
             rec["body"] = body
             rec["body_redacted"] = not args.show_phi

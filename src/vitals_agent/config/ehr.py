@@ -87,16 +87,9 @@ class EhrConfig(BaseModel):
     @field_validator("preferred_units")
     @classmethod
     def _units(cls, value: dict[str, str]) -> dict[str, str]:
-        from vitals_agent.codes import tables
-        from vitals_agent.hl7.units import convertible
+        from vitals_agent.hl7.units import check_preferences
 
-        known = tables().units
-        for src, dst in value.items():
-            for unit in (src, dst):
-                if unit not in known:
-                    raise ValueError(f"{unit!r} is not a known UCUM unit (e.g. kg, [lb_av], Cel, [degF])")
-            if not convertible(src, dst):
-                raise ValueError(f"cannot convert {src} to {dst}")
+        check_preferences(value)
         return value
 
     @field_validator("retry_negative", mode="before")

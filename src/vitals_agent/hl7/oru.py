@@ -57,7 +57,7 @@ import structlog
 from vitals_agent.codes import LOCAL_CODE_SYSTEM, MetricInfo, QualifierInfo, tables
 from vitals_agent.errors import VitalsAgentError
 from vitals_agent.hl7.escape import ENCODING_CHARACTERS, escape, escape_structured
-from vitals_agent.hl7.units import UnitConversionError, convert, convertible
+from vitals_agent.hl7.units import UnitConversionError, check_preferences, convert
 from vitals_agent.models import (
     Clinician,
     DeviceClass,
@@ -187,10 +187,10 @@ class MessageProfile:
             raise MessageBuildError("max_message_bytes must be at least 1024")
         if self.oversize not in ("drop-attachment", "dead-letter"):
             raise MessageBuildError("oversize must be drop-attachment or dead-letter")
-        known = tables().units
-        for src, dst in self.preferred_units.items():
-            if src not in known or dst not in known or not convertible(src, dst):
-                raise MessageBuildError(f"unsupported unit preference {src!r} -> {dst!r}")
+        try:
+            check_preferences(self.preferred_units)
+        except ValueError as exc:
+            raise MessageBuildError(f"unsupported unit preference: {exc}") from None
         self._check_lengths()
 
     def _check_lengths(self) -> None:

@@ -23,8 +23,10 @@ unchanged. Pure functions, no I/O: the normaliser may reuse :func:`convert`.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from decimal import ROUND_HALF_UP, Decimal, localcontext
 
+from vitals_agent.codes import tables
 from vitals_agent.errors import VitalsAgentError
 
 # dimension -> unit -> factor to the dimension's base unit (value_in_base = value * factor)
@@ -107,3 +109,15 @@ def _convert(value: Decimal, from_unit: str, to_unit: str) -> Decimal:
             dim = _LINEAR[_dimension(from_unit) or ""]
             result = value * dim[from_unit] / dim[to_unit]
         return result.quantize(Decimal(1).scaleb(-decimals), rounding=ROUND_HALF_UP)
+
+
+def check_preferences(preferences: Mapping[str, str]) -> None:
+    """The one check of ``[ehr] preferred_units`` (``{canonical unit = preferred unit}``): both units known
+    to the metric tables and convertible into each other. Raises ValueError saying what is wrong."""
+    known = tables().units
+    for src, dst in preferences.items():
+        for unit in (src, dst):
+            if unit not in known:
+                raise ValueError(f"{unit!r} is not a known UCUM unit (e.g. kg, [lb_av], Cel, [degF])")
+        if not convertible(src, dst):
+            raise ValueError(f"cannot convert {src} to {dst}")

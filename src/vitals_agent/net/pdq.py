@@ -40,6 +40,7 @@ from vitals_agent.hl7.pdq import (
 )
 from vitals_agent.net.mllp import MllpClient
 from vitals_agent.net.tls import ssl_context_from
+from vitals_agent.redact import scrub
 
 log = structlog.get_logger(__name__)
 
@@ -209,10 +210,10 @@ class FhirPdqClient:
                 f"the PDQm server {self.base_url} did not answer within {timeout:g} s"
             ) from None
         except aiohttp.ClientSSLError as exc:
-            why = _scrub(_ssl_reason(exc), mrn)
+            why = scrub(_ssl_reason(exc), mrn)
             raise PdqUnavailableError(f"TLS with the PDQm server {self.base_url} failed: {why}") from None
         except aiohttp.ClientError as exc:
-            why = _scrub(_client_reason(exc), mrn)
+            why = scrub(_client_reason(exc), mrn)
             raise PdqUnavailableError(f"cannot reach the PDQm server {self.base_url}: {why}") from None
         elapsed = int((time.monotonic() - started) * 1000)
         if status in (401, 403):
@@ -228,16 +229,6 @@ class FhirPdqClient:
         except PdqProtocolError as exc:
             raise PdqUnavailableError(f"PDQm server {self.base_url}: {exc}") from None
         return Lookup(mrn, request_id, result, self.mode, elapsed)
-
-
-def _scrub(text: str, mrn: str) -> str:
-    """An HTTP library's message may quote the request URL, which holds the MRN: never pass it on."""
-    from urllib.parse import quote, quote_plus
-
-    for form in {mrn.strip(), quote(mrn.strip()), quote_plus(mrn.strip())}:
-        if form:
-            text = text.replace(form, "\u2022\u2022\u2022")
-    return text
 
 
 def _ssl_reason(exc: BaseException) -> str:

@@ -45,6 +45,7 @@ from vitals_agent.config.patient import PatientConfig
 from vitals_agent.errors import VitalsAgentError
 from vitals_agent.hl7.oru import new_control_id
 from vitals_agent.models import Attachment, Measurement, PatientScan, Reading, ReadingFlag
+from vitals_agent.redact import mask_mrn
 
 if TYPE_CHECKING:
     from vitals_agent.hl7.oru import PatientIdentity
@@ -204,9 +205,9 @@ class PatientDetails(BaseModel):
         return PatientIdentity(**self.model_dump())
 
     def masked(self) -> dict[str, str | None]:
-        """What a room screen may show: the last two MRN characters and the initials."""
-        mrn = self.mrn
-        shown = "\u2022" * max(len(mrn) - 2, 2) + mrn[-2:] if len(mrn) >= 6 else "\u2022" * len(mrn)
+        """What a room screen may show: the masked MRN (:func:`~vitals_agent.redact.mask_mrn`) and the
+        initials."""
+        shown = mask_mrn(self.mrn)
         initials = " ".join(f"{part[0]}." for part in (self.family, self.given) if part)
         return {"mrn": shown, "name": initials or None}
 
@@ -217,7 +218,7 @@ class PatientSnapshot(TypedDict):
     set: bool
     verified: str | None  # "ehr" (confirmed against the EHR), "unverified" (typed fallback), None (no PDQ)
     revealed: bool
-    mrn: str | None  # masked ("••••78") unless revealed
+    mrn: str | None  # masked ("•••178") unless revealed
     name: str | None  # initials unless revealed
     birth_date: str | None  # only when revealed
     sex: str | None  # only when revealed

@@ -47,6 +47,7 @@ from vitals_agent.agent.storage.audit import CHANNEL_EXPIRY, AuditLog, write_pri
 from vitals_agent.config.pdq import PdqConfig
 from vitals_agent.errors import VitalsAgentError
 from vitals_agent.hl7.pdq import PdqCandidate, PdqError
+from vitals_agent.redact import mask_mrn
 
 if TYPE_CHECKING:
     from vitals_agent.net.pdq import Lookup, PdqClient
@@ -54,17 +55,10 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 PENDING_FILE = "patient_pending.json"
-BULLET = "\u2022"
 
 
 class ConfirmError(VitalsAgentError):
     """Nothing to confirm, or a pick that is not on the list."""
-
-
-def mask_mrn(mrn: str) -> str:
-    """``•••902``: the last three characters of a long enough MRN, nothing of a short one."""
-    mrn = mrn.strip()
-    return BULLET * 3 + mrn[-3:] if len(mrn) >= 7 else BULLET * 3
 
 
 def initials(p: PatientDetails) -> str:

@@ -17,6 +17,7 @@ from typing import Any
 from dbus_fast import BusType, Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
+from vitals_agent.drivers.ble.address import parse_address, same_address
 from vitals_agent.errors import DeviceNotFoundError, TransportError
 
 BLUEZ = "org.bluez"
@@ -84,7 +85,7 @@ async def _find(bus: MessageBus, address: str, adapter: str) -> tuple[str, dict[
         props = interfaces.get(DEVICE)
         if props is None or not path.startswith(f"/org/bluez/{adapter}/"):
             continue
-        if str(props["Address"].value).upper() == address:
+        if same_address(str(props["Address"].value), address):
             return path, {k: v.value for k, v in props.items()}
     return None
 
@@ -93,7 +94,7 @@ async def pair(
     address: str, adapter: str = "hci0", scan_seconds: float = 10.0, timeout: float = 60.0
 ) -> PairResult:
     """Pair and bond with ``address`` (discovering it first if BlueZ does not know it), then trust it."""
-    address = address.upper()
+    address = parse_address(address)
     try:
         bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
     except (OSError, EOFError, ValueError) as exc:

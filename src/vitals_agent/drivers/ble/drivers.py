@@ -16,6 +16,7 @@ from pydantic import Field, field_validator, model_validator
 from vitals_agent.drivers.base import DecodeContext, DecodeFailure, DecoderOutput, Driver, DriverOptions
 from vitals_agent.drivers.base import register_driver as _register
 from vitals_agent.drivers.ble import uuids as U
+from vitals_agent.drivers.ble.address import parse_address
 from vitals_agent.drivers.ble.clock import decode_current_time, decode_date_time
 from vitals_agent.drivers.ble.decoders import (
     BleRecord,
@@ -43,8 +44,6 @@ from vitals_agent.drivers.ble.quirks import BpQuirks, bp_quirks
 from vitals_agent.errors import DecodeError, UnsupportedError
 from vitals_agent.models import DeviceClass, DeviceEvent, DeviceIdentity, DeviceStatusEvent
 
-_ADDRESS = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")
-
 
 class BleOptions(DriverOptions):
     """Keys of every BLE device: where it is (``address``, or ``name`` pattern + the driver's service)
@@ -67,9 +66,12 @@ class BleOptions(DriverOptions):
     @field_validator("address")
     @classmethod
     def _address(cls, value: str | None) -> str | None:
-        if value is not None and not _ADDRESS.match(value):
-            raise ValueError("address must look like AA:BB:CC:DD:EE:FF")
-        return value.upper() if value is not None else None
+        if value is None:
+            return None
+        try:
+            return parse_address(value)
+        except ValueError:
+            raise ValueError("address must look like AA:BB:CC:DD:EE:FF") from None
 
     @field_validator("name")
     @classmethod

@@ -107,7 +107,7 @@ async def scan(seconds: float, adapter: str | None = None, everything: bool = Fa
         result = found.get(device.address) or ScanResult(device.address, "", adv.rssi)
         result.name = adv.local_name or device.name or result.name
         result.rssi = adv.rssi
-        result.services = sorted({*result.services, *(u.lower() for u in adv.service_uuids)})
+        result.services = sorted({*result.services, *(U.normalize_uuid(u) for u in adv.service_uuids)})
         raw = adv.manufacturer_data.get(U.OMRON_COMPANY_ID)
         if raw is not None:
             result.omron_raw = bytes(raw)

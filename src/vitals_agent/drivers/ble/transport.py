@@ -33,6 +33,7 @@ from bleak.exc import BleakError, BleakGATTProtocolError
 
 from vitals_agent.drivers.base import DecodeFailure, DeviceRuntime, Transport, register_transport
 from vitals_agent.drivers.ble import uuids as U
+from vitals_agent.drivers.ble.address import same_address
 from vitals_agent.drivers.ble.clock import (
     decode_current_time,
     decode_date_time,
@@ -179,18 +180,18 @@ class ScanHub:
 async def find_device(options: BleOptions, service: str) -> BLEDevice | None:
     """Scan until the configured device advertises (by address; or by name pattern and service)."""
     if options.address is not None:
-        address = options.address.lower()
+        address = options.address
 
         def match(device: BLEDevice, adv: AdvertisementData) -> bool:
-            return device.address.lower() == address
+            return same_address(device.address, address)
 
     else:
         pattern = re.compile(options.name or "")
-        wanted = (options.service or service).lower()
+        wanted = U.normalize_uuid(options.service or service)
 
         def match(device: BLEDevice, adv: AdvertisementData) -> bool:
             name = adv.local_name or device.name or ""
-            return bool(pattern.search(name)) and wanted in [u.lower() for u in adv.service_uuids]
+            return bool(pattern.search(name)) and wanted in {U.normalize_uuid(u) for u in adv.service_uuids}
 
     return await ScanHub.for_adapter(options.adapter).find(match, options.scan_seconds)
 
@@ -276,7 +277,7 @@ class BleTransport(Transport):
     async def _setup(
         self, client: BleakClient, link: _Link, queue: asyncio.Queue[tuple[str, bytes, datetime]]
     ) -> None:
-        chars = {c.uuid.lower(): c for s in client.services for c in s.characteristics}
+        chars = {U.normalize_uuid(c.uuid): c for s in client.services for c in s.characteristics}
         now = self.runtime.ctx.now
 
         def make_callback(uuid: str) -> Any:
