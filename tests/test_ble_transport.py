@@ -22,7 +22,8 @@ from vitals_agent.drivers.ble.drivers import (
     WeightScaleDriver,
 )
 from vitals_agent.drivers.ble.ieee11073 import Number, encode_float, encode_sfloat
-from vitals_agent.drivers.ble.transport import IDENTITY_KEY, OFFSET_KEY, BleTransport
+from vitals_agent.drivers.ble.session import IDENTITY_KEY, OFFSET_KEY
+from vitals_agent.drivers.ble.transport import BleTransport
 from vitals_agent.errors import DeviceNotFoundError, TransportError
 from vitals_agent.models import (
     DeviceClass,
