@@ -64,6 +64,7 @@ from vitals_agent.models import (
     DeviceIdentity,
     Flag,
     Measurement,
+    Qualifier,
     Reading,
     ReadingFlag,
 )
@@ -540,26 +541,49 @@ def _is_test(reading: Reading) -> bool:
     )
 
 
-def _group(
-    reading: Reading, profile: MessageProfile, review: ResultReview
-) -> tuple[str, list[str], list[_Row]]:
-    """One ORDER_OBSERVATION group: OBR-2/3 (the filler number), the NTE texts after the OBR and the OBX
-    rows (without OBX-1, which runs over the whole message)."""
-    tz = profile.tz
-    v26 = profile.version == "2.6"
-    observed = format_dtm(reading.observed_at, tz)
-    manual = reading.device_class is DeviceClass.MANUAL
-    device_id = "" if manual else equipment(reading.device, profile)
-    metric_equipment = "" if profile.hierarchy_rows else device_id
-    obx14 = "" if reading.series is not None else observed
-    observer = xcn(review.observer) if review.observer is not None else ""
+@dataclass(frozen=True)
+class _Group:
+    """What every OBX row of one ORDER_OBSERVATION group shares."""
 
-    def reviewed(fields: dict[int, str], key: str) -> dict[int, str]:
+    reading: Reading
+    profile: MessageProfile
+    review: ResultReview
+
+    @property
+    def v26(self) -> bool:
+        return self.profile.version == "2.6"
+
+    @property
+    def manual(self) -> bool:
+        return self.reading.device_class is DeviceClass.MANUAL
+
+    @property
+    def device_id(self) -> str:
+        """OBX-18 of the device (MDS) row."""
+        return "" if self.manual else equipment(self.reading.device, self.profile)
+
+    @property
+    def metric_equipment(self) -> str:
+        """OBX-18 of every other row: only when there is no MDS row to carry it."""
+        return "" if self.profile.hierarchy_rows else self.device_id
+
+    @property
+    def obx14(self) -> str:
+        """Observation time of the rows; a series' rows carry none (OBR-7/8 give its span)."""
+        return (
+            "" if self.reading.series is not None else format_dtm(self.reading.observed_at, self.profile.tz)
+        )
+
+    def row(self, number: int, fields: dict[int, str], key: str, notes: list[str] | None = None) -> _Row:
+        """A metric-level row (OBX-4 ``1.0.0.number``), with the review's OBX-11/16 unless it is an X row."""
         if fields.get(11) != "X":
-            fields[11] = review.row_status(key)
-            fields[16] = observer
-        return fields
+            fields[11] = self.review.row_status(key)
+            fields[16] = xcn(self.review.observer) if self.review.observer is not None else ""
+        return _Row((1, 0, 0, number), fields, notes or [])
 
+
+def _sendable(reading: Reading) -> list[tuple[Measurement, MetricInfo]]:
+    """The measurements that become NM rows: a finite value of a reportable metric."""
     sendable: list[tuple[Measurement, MetricInfo]] = []
     for m in reading.measurements:
         info = tables().metric(m.metric)
@@ -569,94 +593,193 @@ def _group(
             log.warning("non-finite value not sent", metric=m.metric)
             continue
         sendable.append((m, info))
-    qualifiers = [(q, tables().qualifiers[q.key]) for q in reading.qualifiers]
-    keys = [m.metric for m, _ in sendable] + [f"q:{q.key}" for q, _ in qualifiers]
-    numbers, clock_number, next_free = _numbering(reading, keys)
+    return sendable
 
-    rows: list[_Row] = []
-    if profile.hierarchy_rows and not manual:
-        code, refid = _MDS.get(reading.device_class, _MULTI_PARAM_MDS)
-        rows.append(_Row((1, 0, 0, 0), {3: f"{code}^{refid}^MDC", 11: "X", 18: device_id}))
-    for index, (m, info) in enumerate(sendable):
-        value, unit = _value_and_unit(m, info, profile)
-        method = "ACALC" if reading.series is not None else (m.method or info.method)
-        fields = {
-            2: "NM",
-            3: _observation_id(info, profile.code_system),
-            5: format(value, "f"),
-            6: _units(info, unit),
-            8: "~".join(escape(f.value) for f in m.flags),
-            11: "X" if any(f in _X_FLAGS for f in m.flags) else "R",
-            14: obx14,
-            17: _method(method),
-            18: metric_equipment,
-        }
-        row = _Row((1, 0, 0, numbers[index]), reviewed(fields, m.metric))
-        if m.site:
-            if v26:
-                fields[20] = escape_structured(m.site, subcomponents=())
-            else:
-                row.notes.append(f"Observation site: {m.site.replace('^', ' ').strip()}")
-        rows.append(row)
-    for offset, (q, qinfo) in enumerate(qualifiers):
-        answer = qinfo.answers[q.answer]
-        fields = {
-            2: "CWE" if v26 else "CE",
-            3: _qualifier_id(qinfo, profile.code_system),
-            5: f"{escape(answer.code)}^{escape(answer.display)}^{escape(answer.system)}",
-            14: obx14,
-            17: _method(MANUAL_METHOD),
-        }
-        rows.append(_Row((1, 0, 0, numbers[len(sendable) + offset]), reviewed(fields, q.key)))
-    if reading.device_time is not None and reading.device_time.year >= MIN_DEVICE_CLOCK_YEAR:
-        fields = {
-            2: "DTM" if v26 else "TS",
-            3: DEVICE_CLOCK_CODE,
-            5: format_dtm(reading.device_time, tz),
-            11: "R",
-            14: format_dtm(reading.received_at, tz),
-            18: metric_equipment,
-        }
-        rows.append(_Row((1, 0, 0, clock_number), reviewed(fields, "device_clock")))
-    if profile.code_system == "loinc":
-        statement_code = f"{INTERPRETATION_LOINC}^{INTERPRETATION_LOCAL}"
+
+def _mds_row(g: _Group) -> _Row:
+    """The device (MDS) row: OBX-11 ``X``, the device identity in OBX-18."""
+    code, refid = _MDS.get(g.reading.device_class, _MULTI_PARAM_MDS)
+    return _Row((1, 0, 0, 0), {3: f"{code}^{refid}^MDC", 11: "X", 18: g.device_id})
+
+
+def _metric_row(g: _Group, m: Measurement, info: MetricInfo, number: int) -> _Row:
+    """One NM row; the body site goes to OBX-20 (v2.6) or to an NTE (v2.5.1)."""
+    value, unit = _value_and_unit(m, info, g.profile)
+    method = "ACALC" if g.reading.series is not None else (m.method or info.method)
+    fields = {
+        2: "NM",
+        3: _observation_id(info, g.profile.code_system),
+        5: format(value, "f"),
+        6: _units(info, unit),
+        8: "~".join(escape(f.value) for f in m.flags),
+        11: "X" if any(f in _X_FLAGS for f in m.flags) else "R",
+        14: g.obx14,
+        17: _method(method),
+        18: g.metric_equipment,
+    }
+    row = g.row(number, fields, m.metric)
+    if m.site:
+        if g.v26:
+            fields[20] = escape_structured(m.site, subcomponents=())
+        else:
+            row.notes.append(f"Observation site: {m.site.replace('^', ' ').strip()}")
+    return row
+
+
+def _qualifier_row(g: _Group, q: Qualifier, info: QualifierInfo, number: int) -> _Row:
+    """One coded context row of a manual entry (position, arm, cuff, site, O2 delivery)."""
+    answer = info.answers[q.answer]
+    fields = {
+        2: "CWE" if g.v26 else "CE",
+        3: _qualifier_id(info, g.profile.code_system),
+        5: f"{escape(answer.code)}^{escape(answer.display)}^{escape(answer.system)}",
+        14: g.obx14,
+        17: _method(MANUAL_METHOD),
+    }
+    return g.row(number, fields, q.key)
+
+
+def _device_clock_row(g: _Group, number: int) -> _Row | None:
+    """The device's own clock reading (MDC_ATTR_TIME_ABS), when it was set at all."""
+    device_time = g.reading.device_time
+    if device_time is None or device_time.year < MIN_DEVICE_CLOCK_YEAR:
+        return None
+    fields = {
+        2: "DTM" if g.v26 else "TS",
+        3: DEVICE_CLOCK_CODE,
+        5: format_dtm(device_time, g.profile.tz),
+        11: "R",
+        14: format_dtm(g.reading.received_at, g.profile.tz),
+        18: g.metric_equipment,
+    }
+    return g.row(number, fields, "device_clock")
+
+
+def _statement_rows(g: _Group, statements: list[str], first: int) -> list[_Row]:
+    """EKG interpretation statements, one ST (or TX, when long) row per line."""
+    if g.profile.code_system == "loinc":
+        code = f"{INTERPRETATION_LOINC}^{INTERPRETATION_LOCAL}"
     else:
-        statement_code = f"{INTERPRETATION_LOCAL}^{INTERPRETATION_LOINC}"
-    statements = _statement_lines(reading.statements)
-    for line in statements:
-        fields = {
-            2: "ST" if len(line) <= ST_MAX else "TX",
-            3: statement_code,
-            5: escape(line),
-            14: obx14,
-            18: metric_equipment,
-        }
-        rows.append(_Row((1, 0, 0, next_free), reviewed(fields, "ecg_interpretation")))
-        next_free += 1
-    for attachment in reading.attachments:
+        code = f"{INTERPRETATION_LOCAL}^{INTERPRETATION_LOINC}"
+    return [
+        g.row(
+            number,
+            {
+                2: "ST" if len(line) <= ST_MAX else "TX",
+                3: code,
+                5: escape(line),
+                14: g.obx14,
+                18: g.metric_equipment,
+            },
+            "ecg_interpretation",
+        )
+        for number, line in enumerate(statements, start=first)
+    ]
+
+
+def _attachment_rows(g: _Group, first: int) -> list[_Row]:
+    """Each attachment as an ED row (Base64), its file name in an NTE."""
+    rows = []
+    for number, attachment in enumerate(g.reading.attachments, start=first):
         kind, _, subtype = attachment.media_type.partition("/")
         data = base64.b64encode(attachment.data).decode("ascii")
         fields = {
             2: "ED",
             3: ATTACHMENT_CODE,
             5: f"^{escape(kind)}^{escape(subtype)}^Base64^{data}",
-            14: obx14,
-            18: metric_equipment,
+            14: g.obx14,
+            18: g.metric_equipment,
         }
-        rows.append(
-            _Row((1, 0, 0, next_free), reviewed(fields, "attachment"), [f"Attachment: {attachment.name}"])
-        )
-        next_free += 1
+        rows.append(g.row(number, fields, "attachment", [f"Attachment: {attachment.name}"]))
+    return rows
+
+
+def _group(
+    reading: Reading, profile: MessageProfile, review: ResultReview
+) -> tuple[str, list[str], list[_Row]]:
+    """One ORDER_OBSERVATION group: OBR-2/3 (the filler number), the NTE texts after the OBR and the OBX
+    rows (without OBX-1, which runs over the whole message)."""
+    g = _Group(reading, profile, review)
+    sendable = _sendable(reading)
+    qualifiers = [(q, tables().qualifiers[q.key]) for q in reading.qualifiers]
+    statements = _statement_lines(reading.statements)
     if not (sendable or qualifiers or reading.attachments or statements):
         raise MessageBuildError("the reading has no value, statement or attachment to send")
+    keys = [m.metric for m, _ in sendable] + [f"q:{q.key}" for q, _ in qualifiers]
+    numbers, clock_number, next_free = _numbering(reading, keys)
+
+    rows = [_mds_row(g)] if profile.hierarchy_rows and not g.manual else []
+    rows += [_metric_row(g, m, info, numbers[i]) for i, (m, info) in enumerate(sendable)]
+    rows += [_qualifier_row(g, q, info, numbers[len(sendable) + i]) for i, (q, info) in enumerate(qualifiers)]
+    clock = _device_clock_row(g, clock_number)
+    rows += [clock] if clock is not None else []
+    rows += _statement_rows(g, statements, next_free)
+    rows += _attachment_rows(g, next_free + len(statements))
     rows.sort(key=lambda r: r.sub_id)
+
     notes = []
     if ReadingFlag.LATE_ASSOCIATED in reading.flags:
         notes.append("late-associated: held until patient was set")
-    series_note = _series_note(reading, tz)
+    series_note = _series_note(reading, profile.tz)
     if series_note:
         notes.append(series_note)
     return _filler_order(reading, profile, review.order_key), notes, rows
+
+
+# --- segments ------------------------------------------------------------------------------------------
+
+
+def _nte_segment(note_id: int, note: str) -> str:
+    return _segment("NTE", {1: str(note_id), 2: "L", 3: escape(_one_line(note)), 4: _REMARK})
+
+
+def _obr_segment(index: int, reading: Reading, filler: str, profile: MessageProfile, collector: str) -> str:
+    """OBR of group ``index`` (0-based): a series spans OBR-7 to OBR-8; OBR-10 is who took the vitals."""
+    tz = profile.tz
+    series = reading.series
+    start = format_dtm(series.averaged_at[0], tz) if series else format_dtm(reading.observed_at, tz)
+    end = format_dtm(series.averaged_at[-1], tz) if series else ""
+    fields = {1: str(index + 1), 2: filler, 3: filler, 4: STANDING_ORDER, 7: start, 8: end, 10: collector}
+    return _segment("OBR", fields)
+
+
+def _obx_segments(row: _Row, set_id: int) -> list[str]:
+    """The OBX of ``row`` (OBX-1 = ``set_id``, OBX-4 its sub-id) and its NTEs."""
+    row.fields[1] = str(set_id)
+    row.fields[4] = ".".join(str(n) for n in row.sub_id)
+    return [_segment("OBX", row.fields), *(_nte_segment(i, n) for i, n in enumerate(row.notes, start=1))]
+
+
+def _msh_segment(profile: MessageProfile, control_id: str, created_at: datetime, body: list[str]) -> str:
+    """MSH; MSH-18 names the profile's charset, or for UTF-8 says so only when the header or the body
+    holds anything beyond ASCII (ASCII needs no MSH-18, the HL7 default)."""
+    header_values = (
+        profile.facility,
+        profile.receiving_application,
+        profile.receiving_facility,
+        profile.sending_application,
+    )
+    if profile.charset == "UNICODE UTF-8":
+        non_ascii = not all(s.isascii() for s in [*body, *header_values])
+        charset = "UNICODE UTF-8" if non_ascii else ""
+    else:
+        charset = profile.charset
+    msh = {
+        3: f"{escape(profile.sending_application)}^{profile.gateway_eui64}^EUI-64",
+        4: escape_structured(profile.facility, subcomponents=()),
+        5: escape_structured(profile.receiving_application, subcomponents=()),
+        6: escape_structured(profile.receiving_facility, subcomponents=()),
+        7: format_dtm(created_at, profile.tz),
+        9: MESSAGE_TYPE,
+        10: control_id,
+        11: profile.processing_id,
+        12: profile.version,
+        15: profile.accept_ack_type,
+        16: profile.application_ack_type,
+        18: charset,
+        21: MESSAGE_PROFILE_ID,
+    }
+    return f"MSH|{ENCODING_CHARACTERS}|" + _segment("MSH", msh).split("|", 3)[3]
 
 
 @dataclass(frozen=True)
@@ -783,65 +906,20 @@ def _message_text(
     *,
     dropped: Sequence[str] = (),
 ) -> str:
-    tz = profile.tz
     reading = readings[0]
-    body: list[str] = []
-    pid, pv1 = _patient_segments(reading, profile, patient)
-    body += [pid, pv1]
+    body = list(_patient_segments(reading, profile, patient))
     collector = xcn(review.collector) if review.collector is not None else ""
     set_id = 0
     for index, group in enumerate(readings):
         filler, notes, rows = _group(group, profile, review)
-        series = group.series
-        start = format_dtm(series.averaged_at[0], tz) if series else format_dtm(group.observed_at, tz)
-        end = format_dtm(series.averaged_at[-1], tz) if series else ""
-        body.append(
-            _segment(
-                "OBR",
-                {1: str(index + 1), 2: filler, 3: filler, 4: STANDING_ORDER, 7: start, 8: end, 10: collector},
-            )
-        )
+        body.append(_obr_segment(index, group, filler, profile, collector))
         if index == 0 and late_associated and ReadingFlag.LATE_ASSOCIATED not in group.flags:
             notes.insert(0, "late-associated: held until patient was set")
         if index == 0:
             notes.extend(dropped)
-        for note_id, note in enumerate(notes, start=1):
-            body.append(_segment("NTE", {1: str(note_id), 2: "L", 3: escape(_one_line(note)), 4: _REMARK}))
+        body += [_nte_segment(note_id, note) for note_id, note in enumerate(notes, start=1)]
         for row in rows:
             set_id += 1
-            row.fields[1] = str(set_id)
-            row.fields[4] = ".".join(str(n) for n in row.sub_id)
-            body.append(_segment("OBX", row.fields))
-            for note_id, note in enumerate(row.notes, start=1):
-                body.append(
-                    _segment("NTE", {1: str(note_id), 2: "L", 3: escape(_one_line(note)), 4: _REMARK})
-                )
-
-    header_values = (
-        profile.facility,
-        profile.receiving_application,
-        profile.receiving_facility,
-        profile.sending_application,
-    )
-    if profile.charset == "UNICODE UTF-8":  # ASCII needs no MSH-18 (the HL7 default)
-        non_ascii = not all(s.isascii() for s in [*body, *header_values])
-        charset = "UNICODE UTF-8" if non_ascii else ""
-    else:
-        charset = profile.charset
-    msh = {
-        3: f"{escape(profile.sending_application)}^{profile.gateway_eui64}^EUI-64",
-        4: escape_structured(profile.facility, subcomponents=()),
-        5: escape_structured(profile.receiving_application, subcomponents=()),
-        6: escape_structured(profile.receiving_facility, subcomponents=()),
-        7: format_dtm(created_at, tz),
-        9: MESSAGE_TYPE,
-        10: control_id,
-        11: profile.processing_id,
-        12: profile.version,
-        15: profile.accept_ack_type,
-        16: profile.application_ack_type,
-        18: charset,
-        21: MESSAGE_PROFILE_ID,
-    }
-    header = f"MSH|{ENCODING_CHARACTERS}|" + _segment("MSH", msh).split("|", 3)[3]
+            body += _obx_segments(row, set_id)
+    header = _msh_segment(profile, control_id, created_at, body)
     return "".join(s + "\r" for s in [header, *body])
