@@ -60,7 +60,7 @@ async def agent_latency(n: int, work: Path) -> tuple[list[float], list[str], str
         )
         agent = AgentProcess(cfg, args=("--log-level", "DEBUG"))
         try:
-            await agent.wait_log(lambda: bool(agent.events("device connected")), what="connect")
+            await agent.wait_log(lambda: bool(agent.events("device.connected")), what="connect")
             await asyncio.sleep(2.0)
             idle = rss_kib(agent.proc.pid)
             latencies: list[float] = []
@@ -76,7 +76,7 @@ async def agent_latency(n: int, work: Path) -> tuple[list[float], list[str], str
                 receipt.append(t_ehr)
                 latencies.append(t_ehr - t_write)
             await asyncio.sleep(0.5)
-            delivered = agent.events("delivered")
+            delivered = agent.events("delivery.delivered")
             if len(delivered) >= n:
                 source = "ACK received by the agent"
                 stamps = [datetime.fromisoformat(e["timestamp"]).timestamp() for e in delivered[-n:]]

@@ -1,9 +1,17 @@
-"""The house rules that the import graph can show: no import cycle between any two modules (the layers
-and sibling packages are checked by import-linter's contracts in pyproject.toml, run by ``make test``)."""
+"""House rules the code itself can show: no import cycle between any two modules (the layers and sibling
+packages are checked by import-linter's contracts in pyproject.toml, run by ``make test``), and every log
+event named by a constant of :mod:`vitals_agent.log_events` in one dotted style, listed in the README."""
 
 from __future__ import annotations
 
+import ast
+import re
+from pathlib import Path
+
 import grimp
+
+import vitals_agent
+from vitals_agent import log_events
 
 
 def import_cycles(graph: grimp.ImportGraph) -> list[list[str]]:
@@ -67,3 +75,50 @@ def test_no_import_cycle_between_modules() -> None:
     """Counting every import: at module level, inside functions and under ``TYPE_CHECKING``."""
     graph = grimp.build_graph("vitals_agent", exclude_type_checking_imports=False)
     assert import_cycles(graph) == []
+
+
+LOG_LEVELS = {"debug", "info", "warning", "error", "exception", "critical"}
+EVENT_NAME = re.compile(r"[a-z][a-z0-9]*(?:\.[a-z0-9_]+)+")
+
+
+def test_log_event_names_are_dotted_and_unique() -> None:
+    names = {k: v for k, v in vars(log_events).items() if k.isupper()}
+    assert names, "vitals_agent.log_events defines no event"
+    assert [v for v in names.values() if not EVENT_NAME.fullmatch(v)] == []
+    assert len(set(names.values())) == len(names)
+    assert all(k == v.upper().replace(".", "_") for k, v in names.items())  # the constant says the name
+
+
+def test_every_log_call_names_its_event_with_a_constant() -> None:
+    """``log.info(ev.DEVICE_CONNECTED, ...)``, never a free-text event: people alert on these names."""
+    package = Path(vitals_agent.__file__).parent
+    wrong: list[str] = []
+    for path in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+            if not (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in LOG_LEVELS
+                and "log" in ast.unparse(node.func.value).lower()
+                and node.args
+            ):
+                continue
+            event = node.args[0]
+            named = (
+                isinstance(event, ast.Attribute)
+                and isinstance(event.value, ast.Name)
+                and event.value.id == "ev"
+                and hasattr(log_events, event.attr)
+            )
+            if not named:
+                wrong.append(f"{path.relative_to(package)}:{node.lineno}: {ast.unparse(event)}")
+    assert wrong == []
+
+
+def test_the_readme_lists_every_log_event() -> None:
+    readme = (Path(vitals_agent.__file__).parents[2] / "README.md").read_text("utf-8")
+    section = readme.split("\n## Log events\n", 1)[1].split("\n## ", 1)[0]
+    listed = set(re.findall(r"^\| `([a-z0-9_.]+)` \|", section, re.M))
+    names = {v for k, v in vars(log_events).items() if k.isupper()}
+    assert names - listed == set(), "add them to the README's log events table"
+    assert listed - names == set(), "the README lists events the agent no longer logs"

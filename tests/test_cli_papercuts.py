@@ -128,7 +128,7 @@ async def test_receive_announces_itself_once(capsys: pytest.CaptureFixture[str])
     await client.close()
     assert await asyncio.wait_for(task, 10) == 0
     out = capsys.readouterr()
-    assert "receiver listening" not in out.out + out.err
+    assert "receiver.listening" not in out.out + out.err
     assert out.out.startswith("--- message 1 ---")
 
 

@@ -102,10 +102,8 @@ async def test_backward_step_does_not_drop_readings_or_stretch_the_context(
     assert svc.outbox.depth() == 2
     bound = [e for e in events(tmp_path) if e["event"] == "reading_accepted"]
     assert [e["disposition"] for e in bound] == ["bound", "bound"]
-    steps = [e for e in logs if e["event"].startswith("wall clock stepped")]
-    assert [(e["event"], e["seconds"], e["log_level"]) for e in steps] == [
-        ("wall clock stepped back", 3600.0, "warning")
-    ]
+    steps = [e for e in logs if e["event"] == "clock.stepped"]
+    assert [(e["direction"], e["seconds"], e["log_level"]) for e in steps] == [("back", 3600.0, "warning")]
     assert svc.status()["storage"]["clock"]["last_step_seconds"] == -3600.0
     # the stored times were clamped: nothing lies ahead of the wall clock any more
     saved = json.loads((tmp_path / "patient_context.json").read_text())
@@ -189,7 +187,10 @@ def test_clock_step_is_reported_once_per_step() -> None:
             assert clock.check_step() is None
         t.step(120)
         assert clock.check_step() == pytest.approx(120)
-    assert [e["event"] for e in logs] == ["wall clock stepped back", "wall clock stepped forward"]
+    assert [(e["event"], e["direction"]) for e in logs] == [
+        ("clock.stepped", "back"),
+        ("clock.stepped", "forward"),
+    ]
     assert clock.snapshot()["last_step_seconds"] == pytest.approx(120)
 
 

@@ -112,9 +112,9 @@ async def test_a_connection_flood_costs_no_reading(tmp_path: Path, room_for_the_
         agent = AgentProcess(cfg, open_files=(AGENT_FILES, AGENT_FILES))
         flood: Flood | None = None
         try:
-            await agent.wait_log(lambda: bool(agent.events("device connected")), what="device connected")
-            await agent.wait_log(lambda: bool(agent.events("control API listening")), what="control API")
-            assert agent.events("control API listening")[0]["max_connections"] == CAP
+            await agent.wait_log(lambda: bool(agent.events("device.connected")), what="device.connected")
+            await agent.wait_log(lambda: bool(agent.events("control.listening")), what="control API")
+            assert agent.events("control.listening")[0]["max_connections"] == CAP
             client = ControlClient.from_data_dir(data)
             # A bound patient: every reading then also touches the patient context (the path that
             # failed with "Too many open files" before).
@@ -160,10 +160,10 @@ async def test_a_connection_flood_costs_no_reading(tmp_path: Path, room_for_the_
     # The agent never held more than its cap of control connections (plus the reading path's own).
     assert peak <= baseline + CAP + 4, (baseline, peak)
     assert status["devices"][0]["messages"] == 3
-    assert agent.events("control API busy: connections over the cap are refused")
+    assert agent.events("control.busy")
     log_text = "\n".join(agent.raw_log)
     assert "Too many open files" not in log_text
-    assert not agent.events("reading refused: patient context unavailable")
+    assert not agent.events("reading.refused_patient_context")
 
 
 async def test_the_agent_raises_its_soft_open_files_limit(tmp_path: Path) -> None:
@@ -177,9 +177,9 @@ async def test_the_agent_raises_its_soft_open_files_limit(tmp_path: Path) -> Non
     )
     agent = AgentProcess(cfg, open_files=(512, 2048))
     try:
-        await agent.wait_log(lambda: bool(agent.events("control API listening")), what="control API")
+        await agent.wait_log(lambda: bool(agent.events("control.listening")), what="control API")
         assert soft_open_files_limit(agent.proc.pid) == 2048
-        assert agent.events("control API listening")[0]["max_connections"] == 32
+        assert agent.events("control.listening")[0]["max_connections"] == 32
         endpoint = json.loads((tmp_path / "data" / "control.json").read_text())
         assert endpoint["pid"] == agent.proc.pid
         code, _ = agent.terminate()

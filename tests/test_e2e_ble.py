@@ -62,7 +62,7 @@ async def test_cuff_stored_records_reach_ehr_once_across_link_drop_and_restart(
         agent = AgentProcess(cfg)
         await indicate_then_leave(cuff, [*first_batch, good3], timeout=30)
         await agent.wait_log(
-            lambda: bool(agent.events("device disconnected")), what="session end", timeout=30
+            lambda: bool(agent.events("device.disconnected")), what="session end", timeout=30
         )
         code, _ = agent.terminate()
         assert code == 0

@@ -35,7 +35,7 @@ async def test_original_file_and_rendered_report_are_attached(tmp_path: Path) ->
     original = synthetic_aecg()
     agent = AgentProcess(cfg)
     try:
-        await agent.wait_log(lambda: bool(agent.events("device connected")), what="device connected")
+        await agent.wait_log(lambda: bool(agent.events("device.connected")), what="device.connected")
         (share / "ecg-0002.xml").write_bytes(original)
         [message] = await ehr.wait_for(1)
         code, _ = agent.terminate()

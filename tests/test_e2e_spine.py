@@ -48,7 +48,7 @@ async def test_rad8_capture_reaches_independent_ehr_one_oru_per_line(tmp_path: P
         )
         agent = AgentProcess(cfg)
         try:
-            await agent.wait_log(lambda: bool(agent.events("device connected")), what="device connected")
+            await agent.wait_log(lambda: bool(agent.events("device.connected")), what="device.connected")
             await pty.write(lines[0] + bad[0] + lines[1] + bad[1] + lines[2] + bad[2][:20])
             messages = await ehr.wait_for(3)
             code, took = agent.terminate()
@@ -87,11 +87,11 @@ async def test_ehr_down_then_sigkill_then_restart_delivers_all_five_in_order_onc
         )
         agent = AgentProcess(cfg)
         try:
-            await agent.wait_log(lambda: bool(agent.events("device connected")), what="device connected")
+            await agent.wait_log(lambda: bool(agent.events("device.connected")), what="device.connected")
             for i, v in enumerate(values):
                 await pty.write(masimo_ascii1_line(now + timedelta(seconds=i), v, "070", "03.00"))
-            await agent.wait_log(lambda: len(agent.events("reading queued")) == 5, what="5 readings queued")
-            queued_ids = [e["control_id"] for e in agent.events("reading queued")]
+            await agent.wait_log(lambda: len(agent.events("reading.queued")) == 5, what="5 readings queued")
+            queued_ids = [e["control_id"] for e in agent.events("reading.queued")]
             agent.kill()  # SIGKILL: no chance to clean up
         finally:
             agent.cleanup()

@@ -37,7 +37,7 @@ async def test_dropped_aecg_file_reaches_the_ehr_once(tmp_path: Path) -> None:
     ehr = await Hl7Ehr().start()
     agent = AgentProcess(config(tmp_path, share, ehr.port, "aecg-xml"))
     try:
-        await agent.wait_log(lambda: bool(agent.events("device connected")), what="device connected")
+        await agent.wait_log(lambda: bool(agent.events("device.connected")), what="device.connected")
         (share / "ecg-0001.xml").write_bytes(synthetic_aecg())
         messages = await ehr.wait_for(1)
         await agent.wait_log(lambda: (share / "processed" / "ecg-0001.xml").exists(), what="moved")
@@ -72,7 +72,7 @@ async def test_restart_while_the_cart_is_writing_sends_once(tmp_path: Path) -> N
         first = AgentProcess(cfg)
         try:
             await first.wait_log(
-                lambda: len(first.events("ecg file incomplete, waiting")) >= 3,
+                lambda: len(first.events("ecg.file_incomplete")) >= 3,
                 what="three passes over the half-written file",
             )
             first.terminate()

@@ -223,7 +223,7 @@ async def test_files_wrong_from_their_header_fail_at_once(
     assert reason in (tmp_path / "failed" / f"{patient_named}.reason.txt").read_text()
     assert runtime.counters == {"files_failed": 1} and len(runtime.failures) == 1
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
-    [info] = [e for e in lines if e["event"] == "ecg file moved to failed/"]
+    [info] = [e for e in lines if e["event"] == "ecg.file_failed"]
     assert info["level"] == "info" and reason in info["reason"]
     assert "DOE" not in stream.getvalue()
 

@@ -148,7 +148,7 @@ async def test_links_and_fifos_in_the_folder_are_skipped_and_reported_once(
     assert (outside / "real.scp").read_bytes() == synthetic_scp()
     assert runtime.counters == {"files_skipped": 3}
     out = capsys.readouterr().out
-    skipped = [line for line in out.splitlines() if "[warning  ] ecg folder entry skipped" in line]
+    skipped = [line for line in out.splitlines() if "[warning  ] ecg.entry_skipped " in line]
     assert len(skipped) == 3  # once per name, not once per pass
     assert sum("kind=FIFO" in line for line in skipped) == 1
     assert sum("kind='symbolic link'" in line for line in skipped) == 2

@@ -52,7 +52,7 @@ async def test_both_destinations_get_every_reading(tmp_path: Path) -> None:
             )
             agent = AgentProcess(cfg)
             try:
-                await agent.wait_log(lambda: bool(agent.events("device connected")), what="device connected")
+                await agent.wait_log(lambda: bool(agent.events("device.connected")), what="device.connected")
                 for i, v in enumerate(values):
                     await pty.write(masimo_ascii1_line(now + timedelta(seconds=i), v, "070", "03.00"))
                 messages = await ehr.wait_for(3)
@@ -69,7 +69,7 @@ async def test_both_destinations_get_every_reading(tmp_path: Path) -> None:
     assert [spo2_of(a.raw) for a in fhir.arrivals] == [96, 97, 95]
     assert len(fhir.observations()) == 9  # SpO2, pulse rate, perfusion index per reading
     assert len(fhir.store.all("Device")) == 1 and len(fhir.store.all("Location")) == 1
-    queued = agent.events("reading queued")
+    queued = agent.events("reading.queued")
     assert all(e["destinations"] == ["ehr", "fhir"] for e in queued)
 
 
@@ -90,7 +90,7 @@ async def test_kill_9_while_a_bundle_is_in_flight_loses_and_duplicates_nothing(t
             )
             agent = AgentProcess(cfg)
             try:
-                await agent.wait_log(lambda: bool(agent.events("device connected")), what="device connected")
+                await agent.wait_log(lambda: bool(agent.events("device.connected")), what="device.connected")
                 for i, v in enumerate(values):
                     await pty.write(masimo_ascii1_line(now + timedelta(seconds=i), v, "070", "03.00"))
                 await ehr.wait_for(3)  # the EHR has its ORUs: its destination does not wait for FHIR's

@@ -97,7 +97,7 @@ async def test_second_run_exits_1_naming_the_pid_and_leaves_the_first_untouched(
         first = AgentProcess(cfg)
         try:
             await first.wait_log(lambda: (data / "control.json").exists(), what="control API up")
-            await first.wait_log(lambda: bool(first.events("device connected")), what="device connected")
+            await first.wait_log(lambda: bool(first.events("device.connected")), what="device.connected")
             await pty.write(masimo_ascii1_line(now, "097", "070", "04.69"))
             await ehr.wait_for(1)
             before = snapshot(data)
@@ -142,7 +142,7 @@ async def test_sigkill_leaves_no_stale_lock(tmp_path: Path) -> None:
             assert (data / LOCK_FILE).read_text().strip() == str(first.proc.pid)
             again = AgentProcess(cfg)
             try:
-                await again.wait_log(lambda: bool(again.events("agent starting")), what="restart")
+                await again.wait_log(lambda: bool(again.events("agent.starting")), what="restart")
                 assert (data / LOCK_FILE).read_text().strip() == str(again.proc.pid)
                 code, _ = again.terminate()
                 assert code == 0, again.tail()

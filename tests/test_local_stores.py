@@ -98,7 +98,7 @@ def test_a_damaged_held_store_is_moved_aside_audited_and_replaced(
             {"store": "held readings", "moved_to": str(moved), "reason": record["reason"]}
         ]
         [warning] = [e for e in logs if e["log_level"] == "warning"]
-        assert warning["event"] == "held-readings store damaged; moved aside, starting an empty one"
+        assert warning["event"] == "held.store_moved_aside"
     finally:
         m.close()
         m.audit.close()
@@ -145,7 +145,7 @@ async def test_agent_with_a_damaged_held_store_starts_and_drains_the_outbox(tmp_
     agent = AgentProcess(cfg)
     try:
         messages = await ehr.wait_for(5)
-        await agent.wait_log(lambda: bool(agent.events("sender started")), what="sender started")
+        await agent.wait_log(lambda: bool(agent.events("delivery.started")), what="delivery.started")
         code, _ = await asyncio.to_thread(agent.terminate)
     finally:
         agent.cleanup()
@@ -153,7 +153,7 @@ async def test_agent_with_a_damaged_held_store_starts_and_drains_the_outbox(tmp_
     assert code == 0, agent.tail()
     assert [m.split("\r")[0].split("|")[9] for m in messages] == names
     assert "Traceback" not in "\n".join(agent.raw_log)
-    [warning] = agent.events("held-readings store damaged; moved aside, starting an empty one")
+    [warning] = agent.events("held.store_moved_aside")
     assert "is not an SQLite database" in warning["reason"]
     assert len(damaged_copies(data, HELD_FILE)) == 1
 

@@ -92,7 +92,7 @@ async def test_long_wristband_scan_never_binds_its_tail_to_the_room(tmp_path: Pa
             assert service.patients.current() is None  # before: bound to MRN 4471
             assert (runtime.status.discarded_lines, runtime.status.readings) == (1, 0)
             # counted and logged in hex at DEBUG (the whole line), nothing at INFO or above
-            [logged] = [e for e in logs if e["event"] == "decode failed"]
+            [logged] = [e for e in logs if e["event"] == "device.decode_failed"]
             assert logged["log_level"] == "debug" and logged["kind"] == "OverlongError"
             assert bytes.fromhex(logged["hex"]) == LONG_SCAN and logged["bytes"] == 260
             assert not [e for e in logs if e["log_level"] not in ("debug",)]

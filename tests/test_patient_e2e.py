@@ -122,7 +122,7 @@ async def test_set_scan_clear_change_the_next_message(tmp_path: Path) -> None:
         )
         agent = AgentProcess(cfg)
         try:
-            await agent.wait_log(lambda: len(agent.events("device connected")) == 2, what="devices connected")
+            await agent.wait_log(lambda: len(agent.events("device.connected")) == 2, what="devices connected")
             await wait_control(agent, data)
             assert_private(data / "control.token")
 
@@ -142,7 +142,7 @@ async def test_set_scan_clear_change_the_next_message(tmp_path: Path) -> None:
 
             # 3. wristband scan on the serial scanner: bound to the scanned MRN
             await scanner.write(f"]C1{SCANNED}^DOE^JANE\r\n".encode())
-            await agent.wait_log(lambda: bool(agent.events("wristband scanned")), what="scan")
+            await agent.wait_log(lambda: bool(agent.events("patient.scanned")), what="scan")
             await oxi.write(masimo_ascii1_line(now + timedelta(seconds=2), "098", "071", "04.00"))
             await ehr.wait_for(3)
 
@@ -221,11 +221,9 @@ async def test_require_patient_holds_across_a_restart_then_sends_late_associated
         )
         agent = AgentProcess(cfg)
         try:
-            await agent.wait_log(lambda: bool(agent.events("device connected")), what="device connected")
+            await agent.wait_log(lambda: bool(agent.events("device.connected")), what="device.connected")
             await oxi.write(masimo_ascii1_line(now, "096", "072", "05.10"))
-            await agent.wait_log(
-                lambda: bool(agent.events("reading held until a patient is set")), what="held"
-            )
+            await agent.wait_log(lambda: bool(agent.events("held.until_patient")), what="held")
             code, _ = agent.terminate()
             assert code == 0
         finally:

@@ -59,7 +59,7 @@ async def test_whole_patient_flow_logs_no_identifiers(tmp_path: Path, log_buffer
                 await patients.on_scan(item)
             elif isinstance(item, DecodeFailure):
                 structlog.get_logger("vitals_agent.agent.runtime").info(
-                    "decode failed", error=str(item.error)
+                    "device.decode_failed", error=str(item.error)
                 )
         assert len(released) == 1  # the held reading went to the scanned patient
         # the full demographics through the API, a reveal, bad input, a reading, expiry, a clear
@@ -86,15 +86,15 @@ async def test_whole_patient_flow_logs_no_identifiers(tmp_path: Path, log_buffer
     messages = {r["event"] for r in records}
     # The flow really was logged (so the check below is not vacuous) ...
     assert {
-        "reading held until a patient is set",
-        "wristband scanned",
-        "patient context set",
-        "held readings sent after a patient was set",
-        "patient context expired",
-        "patient context cleared",
-        "control API request refused: no valid token",
-        "held readings dropped: no patient was set in time",
-        "decode failed",
+        "held.until_patient",
+        "patient.scanned",
+        "patient.set",
+        "held.released",
+        "patient.expired",
+        "patient.cleared",
+        "control.request_refused",
+        "held.dropped",
+        "device.decode_failed",
     } <= messages
     assert all(r["level"] in {"info", "warning", "error"} for r in records)
     # ... and no identifier is in it, nor the control token.

@@ -100,7 +100,7 @@ class Room:
 
     async def held(self, count: int) -> None:
         await self.agent.wait_log(
-            lambda: len(self.agent.events("reading held until the patient is confirmed")) >= count,
+            lambda: len(self.agent.events("held.until_confirmed")) >= count,
             what=f"{count} reading(s) held",
         )
 
@@ -127,7 +127,7 @@ async def room(tmp_path: Path, supplier: PdqSupplier | None = None, **pdq: Any) 
             agent = AgentProcess(cfg)
             r = Room(agent, ehr, supplier, oxi, cfg, data, datetime.now(UTC).replace(microsecond=0))
             try:
-                await agent.wait_log(lambda: bool(agent.events("device connected")), what="device connected")
+                await agent.wait_log(lambda: bool(agent.events("device.connected")), what="device.connected")
                 await agent.wait_log(lambda: (data / "control.json").exists(), what="control API")
                 yield r
             finally:
@@ -232,7 +232,7 @@ async def test_held_readings_survive_a_restart_while_confirmation_is_pending(tmp
         code, _ = r.agent.terminate()
         assert code == 0
         r.agent = AgentProcess(r.config)
-        await r.agent.wait_log(lambda: bool(r.agent.events("device connected")), what="restarted")
+        await r.agent.wait_log(lambda: bool(r.agent.events("device.connected")), what="restarted")
         await r.agent.wait_log(lambda: (r.data / "control.json").exists(), what="control API")
         code, out, _ = await r.patient("show")
         assert "Waiting for confirmation: O. Q., born 1961" in out

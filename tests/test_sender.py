@@ -107,14 +107,14 @@ async def test_backlog_warnings_when_crossing_thresholds(
             async with Hl7Ehr(port=port):
                 await until(lambda: outbox.depth() == 0)
                 await until(lambda: sender._backlog_level == 0)
-    warnings = [e for e in logs if e["event"] == "outbox backlog growing"]
+    warnings = [e for e in logs if e["event"] == "outbox.backlog_growing"]
     assert [(w["log_level"], w["threshold"]) for w in warnings] == [
         ("warning", 2),
         ("warning", 4),
         ("warning", 8),
     ]
     assert [w["depth"] for w in warnings] == [2, 4, 8]
-    assert any(e["event"] == "outbox backlog cleared" for e in logs)
+    assert any(e["event"] == "outbox.backlog_cleared" for e in logs)
 
 
 async def test_logs_never_contain_message_bodies(outbox: Outbox) -> None:
@@ -188,6 +188,4 @@ async def test_an_unexpected_bug_does_not_end_delivery(
                 await until(lambda: outbox.depth() == 0)
     assert ehr.control_ids == ["U0", "U0"]  # re-sent with the same MSH-10 after the failure
     errors = [e for e in logs if e["log_level"] == "error"]
-    assert [(e["event"], e["error"]) for e in errors] == [
-        ("sender: unexpected error, continuing", "RuntimeError")
-    ]
+    assert [(e["event"], e["error"]) for e in errors] == [("delivery.unexpected_error", "RuntimeError")]

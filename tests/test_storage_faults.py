@@ -84,7 +84,7 @@ async def test_acknowledged_message_is_not_resent_while_its_removal_fails(outbox
     assert ehr.control_ids == names
     assert outbox.delivered_pending() == {}
     errors = [e for e in logs if e["log_level"] == "error"]
-    assert [e["event"] for e in errors] == ["outbox storage failing; backing off"]
+    assert [e["event"] for e in errors] == ["outbox.storage_failing"]
 
 
 async def test_restart_after_failed_removals_sends_nothing_again(tmp_path: Path) -> None:
@@ -223,7 +223,7 @@ async def test_corrupt_outbox_backs_off_shows_in_status_and_gives_up(tmp_path: P
     # back-off from 0.25 s, capped at 0.5 s: a bounded number of tries in 2 s, not 25 a second
     assert 3 <= peeks <= 1 + int(2.0 / 0.125)
     errors = [e["event"] for e in logs if e["log_level"] == "error"]
-    assert errors == ["outbox storage failing; backing off"]
+    assert errors == ["outbox.storage_failing"]
 
 
 async def test_an_unreadable_row_is_a_storage_error_not_garbage_on_the_wire(outbox: Outbox) -> None:
@@ -268,8 +268,8 @@ async def test_agent_process_stops_with_one_line_and_exit_74_on_a_corrupt_outbox
     assert code == 74, agent.tail()
     errors = [e for e in agent.log if e.get("level") == "error"]
     assert [e["event"] for e in errors] == [
-        "outbox storage failing; backing off",
-        "agent stopped because its storage failed",
+        "outbox.storage_failing",
+        "agent.stopped_storage_failed",
     ]
     last = agent.raw_log[-1]
     assert last.startswith("error: stopping after 2 s of storage errors: outbox ") and "damaged" in last

@@ -98,7 +98,7 @@ async def test_failing_link_is_restarted_and_logged_once_at_warning() -> None:
             await task
     assert FlakyTransport.runs == 4
     warnings = [e for e in logs if e["log_level"] == "warning"]
-    debugs = [e for e in logs if e["event"] == "device still unavailable"]
+    debugs = [e for e in logs if e["event"] == "device.still_unavailable"]
     assert len(warnings) == 1 and warnings[0]["error"] == "no such port: /dev/ttyTEST"
     assert len(debugs) == 2
     assert rt.status.link_failures == 3

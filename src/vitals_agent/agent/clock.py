@@ -20,6 +20,8 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 
+from vitals_agent import log_events as ev
+
 log = structlog.get_logger(__name__)
 
 STEP_THRESHOLD = 2.0  # seconds the wall clock may drift against the monotonic one between checks
@@ -83,7 +85,8 @@ class Clock:
         self.last_step = step
         self.last_step_at = self._wall()
         log.warning(
-            "wall clock stepped " + ("back" if step < 0 else "forward"),
+            ev.CLOCK_STEPPED,
+            direction="back" if step < 0 else "forward",
             seconds=round(abs(step), 1),
             note="ages are measured on the monotonic clock; stored times ahead of the clock are clamped",
         )

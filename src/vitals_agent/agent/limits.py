@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import structlog
 
+from vitals_agent import log_events as ev
+
 log = structlog.get_logger(__name__)
 
 OPEN_FILES_TARGET = 65536
@@ -25,8 +27,8 @@ def raise_open_files_limit(target: int = OPEN_FILES_TARGET) -> tuple[int, int] |
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
         except (ValueError, OSError) as exc:
-            log.warning("open files limit not raised", soft=soft, hard=hard, error=str(exc))
+            log.warning(ev.AGENT_OPEN_FILES_LIMIT_NOT_RAISED, soft=soft, hard=hard, error=str(exc))
             return soft, soft
-        log.debug("open files limit raised", before=soft, after=want)
+        log.debug(ev.AGENT_OPEN_FILES_LIMIT_RAISED, before=soft, after=want)
         return soft, want
     return soft, soft

@@ -19,6 +19,7 @@ from typing import Any
 
 import structlog
 
+from vitals_agent import log_events as ev
 from vitals_agent.config.schema import DeviceConfig
 from vitals_agent.drivers.base import DecodeContext, DecodeFailure, DeviceStateStore, Driver
 from vitals_agent.errors import OverlongError
@@ -162,7 +163,7 @@ class DeviceRuntimeImpl:
         self.status.last_seen = self._ctx.now()
         # The bytes may be anything the device sent (a wristband: patient data); hex at DEBUG only.
         self._log.debug(
-            "decode failed",
+            ev.DEVICE_DECODE_FAILED,
             error=str(failure.error),
             kind=type(failure.error).__name__,
             hex=failure.data[:HEX_LOG_BYTES].hex(),
@@ -172,9 +173,9 @@ class DeviceRuntimeImpl:
 
     def set_connected(self, connected: bool, detail: str = "") -> None:
         if connected and not self.status.connected:
-            self._log.info("device connected", detail=detail)
+            self._log.info(ev.DEVICE_CONNECTED, detail=detail)
         elif not connected and self.status.connected:
-            self._log.info("device disconnected", detail=detail)
+            self._log.info(ev.DEVICE_DISCONNECTED, detail=detail)
         self.status.connected = connected
         self.status.detail = detail
         if connected:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from vitals_agent import __version__, host
+from vitals_agent import log_events as ev
 from vitals_agent.agent.clock import Clock
 from vitals_agent.agent.config_source import ConfigRefused, ConfigSource, Pulled, describe
 from vitals_agent.agent.delivery.sender import QueueSender, Sender
@@ -380,7 +381,7 @@ class AgentService:
         try:
             self.audit.record(event, source=self.config.agent.config_source or "local file", **fields)
         except VitalsAgentError as exc:
-            log.error("audit record not written", audit_event=event, error=str(exc))
+            log.error(ev.AUDIT_NOT_WRITTEN, audit_event=event, error=str(exc))
 
     async def apply_config(self, new: Config) -> Plan:
         """Apply ``new`` to the running agent: only devices whose table changed restart, a sender only
@@ -485,9 +486,9 @@ class AgentService:
                 # the audit file catches up with the records committed in the outbox (a batch per fsync)
                 await asyncio.to_thread(self.audit.sync_journal, due_only=True)
             except VitalsAgentError as exc:  # logged and counted where it happened; keep ticking
-                log.debug("tick: reading not accepted", error=str(exc))
+                log.debug(ev.AGENT_TICK_READING_NOT_ACCEPTED, error=str(exc))
             except Exception:  # a bug must not silently stop expiry, hold timeouts and interval reports
-                log.exception("tick failed; continuing")
+                log.exception(ev.AGENT_TICK_FAILED)
 
     async def _watchdog(self, interval: float) -> None:
         while True:
@@ -522,7 +523,7 @@ class AgentService:
                     self.config.ehr.app_ack_host, self.config.ehr.app_ack_port, exc
                 ) from None
         log.info(
-            "agent starting",
+            ev.AGENT_STARTING,
             version=__version__,
             devices=len(self.runtimes),
             destinations={name: s.link.peer for name, s in self.senders.items()},
@@ -548,7 +549,7 @@ class AgentService:
             await stop.wait()
         finally:
             host.readiness.stopping()
-            log.info("agent stopping")
+            log.info(ev.AGENT_STOPPING)
             # Devices and the sender stop side by side, each under its own deadline, so the whole stop
             # stays well under systemd's and the issue's 5 s whatever a device or the EHR does.
             tasks = [*self._tasks, *self._device_tasks.values()]
@@ -561,9 +562,7 @@ class AgentService:
             if tasks:
                 _, pending = await asyncio.wait(tasks, timeout=DEVICE_STOP_TIMEOUT)
                 if pending:
-                    log.warning(
-                        "some tasks did not stop in time", tasks=sorted(t.get_name() for t in pending)
-                    )
+                    log.warning(ev.AGENT_TASKS_NOT_STOPPED, tasks=sorted(t.get_name() for t in pending))
             await asyncio.gather(
                 *sender_stopping, *(rt.drain(DEVICE_STOP_TIMEOUT) for rt in self.runtimes.values())
             )
@@ -575,7 +574,7 @@ class AgentService:
                 try:
                     await asyncio.wait_for(self.control.stop(), timeout=CONTROL_STOP_TIMEOUT)
                 except TimeoutError:
-                    log.warning("control API did not stop in time")
+                    log.warning(ev.CONTROL_NOT_STOPPED)
             if self.lookup is not None:
                 await self.lookup.close()
             if self.alerts is not None:
@@ -585,10 +584,10 @@ class AgentService:
             if self.ack_listener is not None:
                 await self.ack_listener.close()
             self.close()
-            log.info("agent stopped")
+            log.info(ev.AGENT_STOPPED)
         failure = next((f for f in map(_storage_failure, sender_tasks) if f is not None), None)
         if failure is not None:
-            log.error("agent stopped because its storage failed", reason=str(failure))
+            log.error(ev.AGENT_STOPPED_STORAGE_FAILED, reason=str(failure))
             host.readiness.status(f"stopped: {failure}")
             raise failure
         return 0

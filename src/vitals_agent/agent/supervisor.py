@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
+from vitals_agent import log_events as ev
 from vitals_agent.agent.runtime import DeviceRuntimeImpl
 from vitals_agent.drivers.base import transport_class
 from vitals_agent.errors import TransportError, VitalsAgentError
@@ -87,7 +88,7 @@ class DeviceSupervisor:
                 error = str(exc) or type(exc).__name__
                 if cls.routine_disconnect:
                     rt.set_connected(False, error)
-                    log.debug("device link ended", device=rt.device_id, detail=error)
+                    log.debug(ev.DEVICE_LINK_ENDED, device=rt.device_id, detail=error)
                     self.backoff.reset()
                     await self.sleep(self.backoff.next())
                     continue
@@ -104,10 +105,10 @@ class DeviceSupervisor:
                 self._last_error = None
                 self._end_crash_streak()
             if error != self._last_error:
-                log.warning("device unavailable; will retry", device=rt.device_id, error=error)
+                log.warning(ev.DEVICE_UNAVAILABLE, device=rt.device_id, error=error)
                 self._last_error = error
             else:
-                log.debug("device still unavailable", device=rt.device_id, error=error)
+                log.debug(ev.DEVICE_STILL_UNAVAILABLE, device=rt.device_id, error=error)
             await self.sleep(self.backoff.next())
 
     def _crashed(self, exc: Exception, stable: bool) -> float:
@@ -132,12 +133,12 @@ class DeviceSupervisor:
             streak=self.crash_streak,
             retry_in=round(delay, 1),
         )
-        log.debug("device task crash traceback", device=rt.device_id, exc_info=exc)
+        log.debug(ev.DEVICE_CRASH_TRACEBACK, device=rt.device_id, exc_info=exc)
         return delay
 
     def _end_crash_streak(self) -> None:
         if self.crash_streak:
-            log.info("device task ran stably again after crashes", device=self.runtime.device_id)
+            log.info(ev.DEVICE_STABLE_AGAIN, device=self.runtime.device_id)
         self.crash_streak = 0
         self.crash_backoff.reset()
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import structlog
 
 from vitals_agent import host
+from vitals_agent import log_events as ev
 from vitals_agent.drivers.base import SimPort, Simulator, driver_class
 from vitals_agent.drivers.pty import PtyDevice
 from vitals_agent.errors import VitalsAgentError
@@ -65,13 +66,13 @@ class LoggingPort:
         self._name = name
 
     async def write(self, data: bytes) -> None:
-        log.debug("sim send", device=self._name, **_shown(data))
+        log.debug(ev.SIMULATOR_SENT, device=self._name, **_shown(data))
         await self._port.write(data)
 
     async def read(self, timeout: float) -> bytes:
         data = await self._port.read(timeout)
         if data:
-            log.debug("sim received", device=self._name, **_shown(data))
+            log.debug(ev.SIMULATOR_RECEIVED, device=self._name, **_shown(data))
         return data
 
 

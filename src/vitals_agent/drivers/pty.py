@@ -24,6 +24,7 @@ from types import TracebackType
 
 import structlog
 
+from vitals_agent import log_events as ev
 from vitals_agent.host.terminal import open_raw_pty
 
 log = structlog.get_logger(__name__)
@@ -62,7 +63,7 @@ class PtyDevice:
         master, slave, name = open_raw_pty()  # raises a one-line error where there are no ptys
         self._master, self._slave, self._slave_name = master, slave, name
         self._point_link(name)
-        log.debug("pty plugged", link=str(self.link), slave=name)
+        log.debug(ev.PTY_PLUGGED, link=str(self.link), slave=name)
         return self
 
     def _point_link(self, target: str) -> None:
@@ -94,7 +95,7 @@ class PtyDevice:
                 with contextlib.suppress(OSError):
                     os.close(fd)
         self._master = self._slave = None
-        log.debug("pty unplugged", link=str(self.link))
+        log.debug(ev.PTY_UNPLUGGED, link=str(self.link))
         self._slave_name = None
 
     def replug(self) -> PtyDevice:

@@ -36,6 +36,7 @@ import serial
 import serial_asyncio_fast
 import structlog
 
+from vitals_agent import log_events as ev
 from vitals_agent.drivers.base import (
     DecodeFailure,
     DecoderOutput,
@@ -244,7 +245,7 @@ class SerialTransport(Transport):
         self._discard_partial()
         describe = getattr(link, "describe", None)
         self.runtime.set_connected(True, describe() if describe is not None else url)
-        self.runtime.log.debug("serial port opened", port=url, settings=self.settings.model_dump())
+        self.runtime.log.debug(ev.SERIAL_OPENED, port=url, settings=self.settings.model_dump())
         poller: asyncio.Task[None] | None = None
         reason = "closed"
         try:
@@ -277,7 +278,7 @@ class SerialTransport(Transport):
             self._discard_partial()  # a half-received frame is never a reading
             await link.close()
             self.runtime.set_connected(False, reason)
-            self.runtime.log.debug("serial port closed", port=url, reason=reason)
+            self.runtime.log.debug(ev.SERIAL_CLOSED, port=url, reason=reason)
 
     def _discard_partial(self) -> None:
         self.decoder.reset()
@@ -293,11 +294,11 @@ class SerialTransport(Transport):
                 except (OutboxError, RefusedError) as exc:
                     # Already logged and counted by the agent; a live device cannot re-send, and tearing
                     # the link down would lose what it sends next.
-                    self.runtime.log.debug("reading not accepted", error=str(exc))
+                    self.runtime.log.debug(ev.DEVICE_READING_NOT_ACCEPTED, error=str(exc))
 
     async def _write(self, link: _Link, data: bytes) -> None:
         if data:
-            self.runtime.log.debug("serial write", port=self.url, hex=data.hex())
+            self.runtime.log.debug(ev.SERIAL_WRITE, port=self.url, hex=data.hex())
             await link.write(data)
 
     async def _flush(self, link: _Link) -> None:
@@ -311,7 +312,7 @@ class SerialTransport(Transport):
                 await asyncio.sleep(interval)
         except (serial.SerialException, OSError, TransportError) as exc:
             # The read loop sees the same failure (the link is gone); just stop polling.
-            self.runtime.log.debug("serial poll stopped", port=self.url, reason=_one_line(exc))
+            self.runtime.log.debug(ev.SERIAL_POLL_STOPPED, port=self.url, reason=_one_line(exc))
 
     # ---------------------------------------------------------------------------------------------- API
 

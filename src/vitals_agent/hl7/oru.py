@@ -54,6 +54,7 @@ from typing import Literal
 
 import structlog
 
+from vitals_agent import log_events as ev
 from vitals_agent.codes import LOCAL_CODE_SYSTEM, MetricInfo, QualifierInfo, tables
 from vitals_agent.errors import VitalsAgentError
 from vitals_agent.hl7.escape import ENCODING_CHARACTERS, escape, escape_structured
@@ -306,7 +307,7 @@ def _birth_date(value: str | None) -> str:
     digits = value.replace("-", "")
     if re.fullmatch(r"\d{8}", digits):
         return digits
-    log.debug("birth date ignored: not YYYYMMDD")
+    log.debug(ev.HL7_BIRTH_DATE_IGNORED)
     return ""
 
 
@@ -316,7 +317,7 @@ def _sex(value: str | None) -> str:
     code = value.strip()[:1].upper()
     if code in _SEXES:
         return code
-    log.debug("administrative sex ignored: not in table 0001")
+    log.debug(ev.HL7_SEX_IGNORED)
     return ""
 
 
@@ -458,7 +459,7 @@ def _value_and_unit(m: Measurement, info: MetricInfo, profile: MessageProfile) -
         try:
             return convert(m.value, unit, target), target
         except UnitConversionError:
-            log.debug("unit preference not applicable", metric=m.metric, unit=unit, preferred=target)
+            log.debug(ev.HL7_UNIT_PREFERENCE_NOT_APPLICABLE, metric=m.metric, unit=unit, preferred=target)
     return m.value, unit
 
 
@@ -590,7 +591,7 @@ def _sendable(reading: Reading) -> list[tuple[Measurement, MetricInfo]]:
         if m.value is None or not info.reportable:
             continue
         if not m.value.is_finite():
-            log.warning("non-finite value not sent", metric=m.metric)
+            log.warning(ev.HL7_NON_FINITE_VALUE, metric=m.metric)
             continue
         sendable.append((m, info))
     return sendable

@@ -33,6 +33,7 @@ from typing import Any, Protocol
 import aiohttp
 import structlog
 
+from vitals_agent import log_events as ev
 from vitals_agent.config.fhir import FhirConfig
 from vitals_agent.errors import ConfigError, ConnectFailedError, PeerUnavailableError
 from vitals_agent.net.tls import ssl_context_from
@@ -329,14 +330,14 @@ def fhir_client(config: FhirConfig) -> FhirClient:
     assert config.base_url is not None
     ctx = ssl_context_from(config, section="fhir") if config.tls else None
     if not config.tls and (config.cert_file or config.ca_file):
-        log.warning("fhir base_url is http://: ca_file and cert_file are not used")
+        log.warning(ev.FHIR_HTTP_TLS_FILES_UNUSED)
     tokens: TokenSource
     if config.token_url is not None:
         assert config.private_key_file is not None
         key, algorithm = load_signing_key(config.private_key_file, config.jwt_algorithm)
         tokens = SmartToken(config, key, algorithm)
         if config.token_url.startswith("http://"):
-            log.warning("fhir token_url is http://: the client assertion and token travel unencrypted")
+            log.warning(ev.FHIR_TOKEN_URL_UNENCRYPTED)
     elif config.bearer_token_file is not None:
         path = config.bearer_token_file.expanduser()
         if not path.is_file():
@@ -345,5 +346,5 @@ def fhir_client(config: FhirConfig) -> FhirClient:
     else:
         tokens = NoToken()
     if not config.tls and not isinstance(tokens, NoToken):
-        log.warning("fhir base_url is http://: the bearer token travels unencrypted")
+        log.warning(ev.FHIR_BASE_URL_UNENCRYPTED)
     return FhirClient(config, ssl_context=ctx, tokens=tokens)

@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 import structlog
 
+from vitals_agent import log_events as ev
 from vitals_agent.errors import AckProtocolError, ConnectFailedError, PeerUnavailableError
 from vitals_agent.hl7.mllp import DEFAULT_MAX_FRAME, MllpDeframer, frame
 
@@ -121,7 +122,7 @@ class MllpClient:
         self._frames.clear()
         self._answers = 0
         self.connections += 1
-        log.debug("mllp connected", peer=self.peer, tls=self.ssl_context is not None)
+        log.debug(ev.MLLP_CONNECTED, peer=self.peer, tls=self.ssl_context is not None)
 
     def _hand_over(self) -> None:
         frames, self._frames = self._frames, []
@@ -164,7 +165,7 @@ class MllpClient:
                 # The peer closed an idle connection (e.g. it closes after every ACK) and we only noticed
                 # when writing: try once more on a fresh connection. At worst the receiver sees the same
                 # MSH-10 twice, which delivery is allowed to do.
-                log.debug("mllp peer closed idle connection, reconnecting", peer=self.peer)
+                log.debug(ev.MLLP_PEER_CLOSED_IDLE, peer=self.peer)
                 return await self._exchange(data, timeout)
 
     async def receive(self, timeout: float) -> bytes:

@@ -25,6 +25,7 @@ from typing import Protocol
 import aiohttp
 import structlog
 
+from vitals_agent import log_events as ev
 from vitals_agent.config.pdq import PdqConfig
 from vitals_agent.errors import ConfigError, DeliveryError, RetryableError
 from vitals_agent.hl7.oru import new_control_id
@@ -250,7 +251,7 @@ def pdq_client(config: PdqConfig, sender: Sender) -> PdqClient:
         assert config.base_url is not None
         https = config.base_url.startswith("https://")
         if not https and (config.cert_file or config.bearer_token_file):
-            log.warning("pdq base_url is http://: the bearer token and client certificate travel unencrypted")
+            log.warning(ev.PDQ_BASE_URL_UNENCRYPTED)
         ctx = ssl_context_from(config, section="pdq", force=True) if https else None
         if config.bearer_token_file is not None and not Path(config.bearer_token_file).expanduser().is_file():
             raise ConfigError(

@@ -27,6 +27,7 @@ import hl7
 import hl7.mllp
 import structlog
 
+from vitals_agent import log_events as ev
 from vitals_agent.hl7.ack import ERROR_CODES, KNOWN_CODES, REJECT_CODES
 from vitals_agent.hl7.escape import ENCODING_CHARACTERS
 from vitals_agent.hl7.oru import format_dtm, new_control_id
@@ -87,7 +88,7 @@ def build_ack(message: str, ack_code: str = "AA", *, now: datetime | None = None
         parsed = hl7.parse(message)
         msh = parsed.segment("MSH")
     except Exception:  # a message python-hl7 cannot read: answer AR below
-        log.debug("received message could not be parsed")
+        log.debug(ev.RECEIVER_UNPARSABLE)
         ack_code = "AR"
     else:
         # python-hl7 numbers MSH fields like HL7 (MSH-1 is the field separator)
@@ -143,7 +144,7 @@ async def start_receiver(
                 except asyncio.IncompleteReadError:
                     return  # peer closed
                 except (hl7.mllp.InvalidBlockError, ValueError) as exc:
-                    log.warning("receiver: not an MLLP frame, closing", peer=str(peer), error=str(exc))
+                    log.warning(ev.RECEIVER_NOT_MLLP, peer=str(peer), error=str(exc))
                     return
                 text = block.decode("utf-8", errors="replace")
                 reply: str | None = None
@@ -151,14 +152,14 @@ async def start_receiver(
                     try:
                         reply = answer(text)
                     except Exception as exc:  # the answerer's bug must not kill the server
-                        log.error("receiver: answer failed; sending a plain ACK", error=str(exc))
+                        log.error(ev.RECEIVER_ANSWER_FAILED, error=str(exc))
                 ack = reply or build_ack(text, ack_code)
                 try:
                     result = on_message(text)
                     if inspect.isawaitable(result):
                         await result
                 except Exception as exc:  # the callback's bug must not kill the server
-                    log.error("receiver: on_message failed", error=str(exc))
+                    log.error(ev.RECEIVER_ON_MESSAGE_FAILED, error=str(exc))
                 exchange = ReceivedMessage(text, ack)
                 handle.received.append(exchange)
                 writer.writeblock(ack.encode("utf-8"))
@@ -176,5 +177,5 @@ async def start_receiver(
     server = await hl7.mllp.start_hl7_server(serve, host, port, encoding="utf-8", limit=MAX_MESSAGE_BYTES)
     actual = server.sockets[0].getsockname()[1] if server.sockets else port
     handle = ReceiverHandle(host=host, port=int(actual), server=server)
-    log.info("receiver listening", host=host, port=handle.port, ack=ack_code)
+    log.info(ev.RECEIVER_LISTENING, host=host, port=handle.port, ack=ack_code)
     return handle

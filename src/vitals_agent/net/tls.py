@@ -15,6 +15,7 @@ from typing import Protocol
 
 import structlog
 
+from vitals_agent import log_events as ev
 from vitals_agent.errors import ConfigError
 
 log = structlog.get_logger(__name__)
@@ -53,7 +54,7 @@ def ssl_context_from(ehr: TlsSettings, *, section: str = "ehr", force: bool = Fa
     if not (ehr.tls or force):
         for name in ("ca_file", "cert_file", "key_file"):
             if getattr(ehr, name) is not None:
-                log.warning(f"{section} tls is off: ignoring TLS file setting", key=f"{section}.{name}")
+                log.warning(ev.TLS_OFF_FILES_IGNORED, section=section, key=f"{section}.{name}")
         return None
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # check_hostname and CERT_REQUIRED on
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -93,7 +94,7 @@ def ssl_context_from(ehr: TlsSettings, *, section: str = "ehr", force: bool = Fa
     if not ehr.tls_verify:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
-        log.warning(f"{section} tls_verify is off: the peer's certificate is NOT checked")
+        log.warning(ev.TLS_VERIFY_OFF, section=section)
     return ctx
 
 

@@ -49,6 +49,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import structlog
 
+from vitals_agent import log_events as ev
 from vitals_agent.agent.control.common import StatusProvider
 from vitals_agent.agent.control.page import render_html
 from vitals_agent.agent.patient.context import (
@@ -284,10 +285,10 @@ class Routes:
         except PatientError as exc:
             return Response.json(400, {"error": str(exc)})
         except VitalsAgentError as exc:  # e.g. the audit log cannot be written: one line, no data
-            log.error("control API request failed", path=request.path, error=str(exc))
+            log.error(ev.CONTROL_REQUEST_FAILED, path=request.path, error=str(exc))
             return Response.json(500, {"error": str(exc)})
         except Exception as exc:  # a bug must not kill the server; no details to the client
-            log.exception("control API request failed", path=request.path, error=type(exc).__name__)
+            log.exception(ev.CONTROL_REQUEST_FAILED, path=request.path, error=type(exc).__name__)
             return Response.json(500, {"error": "internal error"})
 
     # --- checks ----------------------------------------------------------------------------------------
@@ -331,7 +332,7 @@ class Routes:
             return Response.html(200, page)
         if route == ("POST", "/api/login-code"):
             code = self.credentials.new_code()
-            log.info("status page login code issued", expires_in=int(LOGIN_CODE_SECONDS))
+            log.info(ev.CONTROL_LOGIN_CODE_ISSUED, expires_in=int(LOGIN_CODE_SECONDS))
             return Response.json(
                 200, {"code": code, "expires_in": int(LOGIN_CODE_SECONDS), "path": f"/?code={code}"}
             )
@@ -377,19 +378,19 @@ class Routes:
     def _login(self, code: str) -> Response:
         session = self.credentials.redeem(code)
         if session is None:
-            log.info("status page login refused: code unknown, used or expired")
+            log.info(ev.CONTROL_LOGIN_REFUSED)
             page = (
                 "<!doctype html><title>vitals-agent</title><p>This login link has expired or was used "
                 "already. Run <code>vitals-agent status --url</code> for a new one (it works once, "
                 f"within {int(LOGIN_CODE_SECONDS)} s).</p>"
             )
             return Response.html(401, page, {"WWW-Authenticate": 'Bearer realm="vitals-agent"'})
-        log.info("status page login")
+        log.info(ev.CONTROL_LOGIN)
         cookie = f"{COOKIE}={session}; HttpOnly; SameSite=Strict; Path=/"
         return Response(303, b"", headers={"Location": "/", "Set-Cookie": cookie})
 
     def _unauthorised(self, request: Request) -> Response:
-        log.info("control API request refused: no valid token", method=request.method, path=request.path)
+        log.info(ev.CONTROL_REQUEST_REFUSED, method=request.method, path=request.path)
         extra = {"WWW-Authenticate": 'Bearer realm="vitals-agent"'}
         if request.path == "/":
             page = (

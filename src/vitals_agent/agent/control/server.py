@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import h11
 import structlog
 
+from vitals_agent import log_events as ev
 from vitals_agent.agent.control.common import ENDPOINT_FILE, TOKEN_FILE, StatusProvider, http_url
 from vitals_agent.agent.control.routes import MAX_BODY, Credentials, HttpError, Request, Response, Routes
 from vitals_agent.agent.patient.context import PatientContextManager
@@ -208,7 +209,7 @@ class ControlServer:
         write_private(
             self.endpoint_path, json.dumps({"host": self.host, "port": self.port, "pid": os.getpid()}) + "\n"
         )
-        log.info("control API listening", url=self.url, max_connections=self.max_connections)
+        log.info(ev.CONTROL_LISTENING, url=self.url, max_connections=self.max_connections)
 
     async def stop(self) -> None:
         if self._acceptor is not None:
@@ -243,7 +244,7 @@ class ControlServer:
             try:
                 conn, _ = await loop.sock_accept(listener)
             except OSError as exc:  # e.g. EMFILE: the process is out of descriptors; do not spin
-                log.warning("control API cannot accept a connection", error=exc.strerror or str(exc))
+                log.warning(ev.CONTROL_ACCEPT_FAILED, error=exc.strerror or str(exc))
                 await asyncio.sleep(ACCEPT_ERROR_PAUSE)
                 continue
             if len(self._handlers) >= self.max_connections:
@@ -259,7 +260,7 @@ class ControlServer:
         if self._busy_logged_at is None or now - self._busy_logged_at >= BUSY_LOG_INTERVAL:
             self._busy_logged_at = now
             log.warning(
-                "control API busy: connections over the cap are refused",
+                ev.CONTROL_BUSY,
                 max_connections=self.max_connections,
                 refused=self.busy_refused,
             )

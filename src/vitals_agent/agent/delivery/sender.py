@@ -42,6 +42,7 @@ from typing import Any
 
 import structlog
 
+from vitals_agent import log_events as ev
 from vitals_agent.agent.delivery.link import Answer, Link
 from vitals_agent.agent.delivery.policy import (
     DEFAULT_STORAGE_GIVE_UP,
@@ -209,7 +210,7 @@ class MllpLink:
         if seen is not None or was_acked(ack.control_id):
             # e.g. the AA that follows a CA we already took as delivery: not for this message
             self.late_acks += 1
-            log.debug("late ACK for a delivered message skipped", ack_for=ack.control_id, code=ack.code)
+            log.debug(ev.DELIVERY_LATE_ACK_SKIPPED, ack_for=ack.control_id, code=ack.code)
             return True
         return False
 
@@ -330,7 +331,7 @@ class QueueSender:
                     await asyncio.shield(self._done.wait())
             except TimeoutError:
                 if self._in_flight is not None:
-                    log.info("sender stopping: message left queued", control_id=self._in_flight.control_id)
+                    log.info(ev.DELIVERY_STOPPING_MESSAGE_QUEUED, control_id=self._in_flight.control_id)
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -341,10 +342,10 @@ class QueueSender:
         time this raises :class:`StorageFailedError` (the agent stops). Bugs are logged and retried."""
         self._task = asyncio.current_task()
         self._done.clear()
-        log.info("sender started", destination=self.destination, peer=self.link.peer, tls=self.link.tls)
+        log.info(ev.DELIVERY_STARTED, destination=self.destination, peer=self.link.peer, tls=self.link.tls)
         pending = self.outbox.delivered_pending()
         if pending:
-            log.info("removing messages the EHR acknowledged before the last stop", count=len(pending))
+            log.info(ev.DELIVERY_REMOVING_ACKNOWLEDGED, count=len(pending))
             self.policy.remembered(pending)
         awaiting = self.outbox.awaiting(self.destination)
         if awaiting:
@@ -368,8 +369,8 @@ class QueueSender:
                     self._in_flight = None
                     self._error(f"internal error: {exc.__class__.__name__}")
                     # no traceback at ERROR: a formatter that shows locals would print the message body
-                    log.error("sender: unexpected error, continuing", error=exc.__class__.__name__)
-                    log.debug("sender: unexpected error details", exc_info=True)
+                    log.error(ev.DELIVERY_UNEXPECTED_ERROR, error=exc.__class__.__name__)
+                    log.debug(ev.DELIVERY_UNEXPECTED_ERROR_DETAIL, exc_info=True)
                     self.link.abort()
                     self.policy.internal_error(self._clock())
         finally:
@@ -377,7 +378,7 @@ class QueueSender:
             self.link.abort()
             self._last_removals()
             self._done.set()
-            log.info("sender stopped", destination=self.destination, delivered=self._delivered)
+            log.info(ev.DELIVERY_STOPPED, destination=self.destination, delivered=self._delivered)
 
     # --- the loop ------------------------------------------------------------------------------------
 
@@ -532,22 +533,22 @@ class QueueSender:
             self._storage_since = time.time()
             self._storage_reminded = 0.0
             log.error(
-                "outbox storage failing; backing off",
+                ev.OUTBOX_STORAGE_FAILING,
                 stops_agent_after=self.policy.settings.storage_give_up,
                 **fields,
             )
         elif verdict.failing_for - self._storage_reminded >= STORAGE_REMINDER_SECONDS:
             self._storage_reminded = verdict.failing_for
-            log.error("outbox storage still failing", failing_for=round(verdict.failing_for), **fields)
+            log.error(ev.OUTBOX_STORAGE_STILL_FAILING, failing_for=round(verdict.failing_for), **fields)
         else:
-            log.debug("outbox storage failing again", failing_for=round(verdict.failing_for, 1), **fields)
+            log.debug(ev.OUTBOX_STORAGE_FAILING_AGAIN, failing_for=round(verdict.failing_for, 1), **fields)
         if verdict.give_up:
             raise StorageFailedError(
                 f"stopping after {round(verdict.failing_for)} s of storage errors: {error}"
             )
 
     def _storage_recovered(self) -> None:
-        log.info("outbox storage usable again")
+        log.info(ev.OUTBOX_STORAGE_USABLE)
         if self.policy.snapshot(self._clock())["storage_error"] is None:
             self._storage_since = None
 
@@ -596,7 +597,7 @@ class QueueSender:
                 )
                 if step.first_try:
                     log.warning(
-                        "delivered message not removed from the outbox yet; it will not be sent again",
+                        ev.OUTBOX_DELIVERED_NOT_REMOVED,
                         control_id=step.control_id,
                         remembered="on disk" if durable else "in memory only",
                     )
@@ -606,7 +607,7 @@ class QueueSender:
             self._storage_recovered()
         if isinstance(outcome, Removal):
             if not step.first_try or step.message is None:
-                log.info("delivered message removed from the outbox", control_id=step.control_id)
+                log.info(ev.OUTBOX_DELIVERED_REMOVED, control_id=step.control_id)
             return
         if moved:
             await self._dead_lettered_now(step, outcome)
@@ -619,7 +620,7 @@ class QueueSender:
         except OutboxError:
             dead = None
         log.warning(
-            "interface alert: message moved to the dead-letter table",
+            ev.DELIVERY_DEAD_LETTERED,
             destination=self.destination,
             control_id=step.control_id,
             id=step.message_id,
@@ -681,7 +682,7 @@ class QueueSender:
         )
         if verdict.suspect:
             log.info(
-                "trying the next message in place of one the receiver keeps failing",
+                ev.DELIVERY_POISON_PROBE,
                 destination=self.destination,
                 control_id=msg.control_id,
             )
@@ -693,9 +694,9 @@ class QueueSender:
             "retry_in": round(verdict.delay, 2),
         }
         if verdict.failures == 1:
-            log.warning("delivery failed, will re-send", **fields)
+            log.warning(ev.DELIVERY_FAILED, **fields)
         else:
-            log.debug("delivery failed again, will re-send", attempt=verdict.failures, **fields)
+            log.debug(ev.DELIVERY_FAILED_AGAIN, attempt=verdict.failures, **fields)
         # A refused connection is not a delivery attempt: the message never left (README, delivery).
         await self._mark_failure(msg, str(exc), attempted=not isinstance(exc, ConnectFailedError))
 
@@ -725,7 +726,7 @@ class QueueSender:
         try:
             await asyncio.to_thread(getattr(self.audit, method), **fields)
         except Exception as exc:  # the audit must not stop delivery
-            log.error("audit record not written", control_id=fields.get("control_id"), error=str(exc))
+            log.error(ev.AUDIT_NOT_WRITTEN, control_id=fields.get("control_id"), error=str(exc))
 
     def _journal_record(self, method: str, **fields: Any) -> Any:
         """An audit record to commit with the outbox change it describes (None: no journal attached)."""
@@ -751,7 +752,7 @@ class QueueSender:
         resumed = self.policy.answered(msg)
         if resumed:
             log.info(
-                "delivery resumed", destination=self.destination, after_failures=resumed, peer=self.link.peer
+                ev.DELIVERY_RESUMED, destination=self.destination, after_failures=resumed, peer=self.link.peer
             )
         self._last_ack_at = time.time()
         if ack.accepted:
@@ -759,7 +760,7 @@ class QueueSender:
             completed = self.policy.accepted(msg, ack.code, self._clock())
             if completed:
                 self._delivered += 1
-                log.debug("delivered", destination=self.destination, control_id=msg.control_id, ack=ack.code)
+                log.debug(ev.DELIVERY_DELIVERED, destination=self.destination, control_id=msg.control_id, ack=ack.code)
             else:
                 self._committed += 1
                 log.debug("committed; awaiting the application ACK", destination=self.destination,
@@ -775,7 +776,7 @@ class QueueSender:
             return
         detail = ack.text  # stored with the message (outbox database), never logged above DEBUG
         self._error(f"{msg.control_id}: {ack.summary}")
-        log.debug("negative acknowledgement", control_id=msg.control_id, ack=detail)
+        log.debug(ev.DELIVERY_NEGATIVE_ACK, control_id=msg.control_id, ack=detail)
         nacks = await self._mark_failure(msg, detail, negative=True)
         verdict = self.policy.negative(
             msg, ack.code, known=ack.known, nacks=nacks, now=self._clock(), text=detail, summary=ack.summary
@@ -783,7 +784,7 @@ class QueueSender:
         if isinstance(verdict, DeadLetter):
             return  # settled by the next step
         log.warning(
-            "receiver answered with an error, will retry",
+            ev.DELIVERY_RECEIVER_ERROR,
             destination=self.destination,
             control_id=msg.control_id,
             ack=ack.summary,
@@ -800,13 +801,13 @@ class QueueSender:
         try:
             depth = await asyncio.to_thread(self.outbox.depth, self.destination)
         except OutboxError as exc:  # the delivery steps report storage errors; this is only a monitor
-            log.debug("backlog check failed", error=str(exc))
+            log.debug(ev.OUTBOX_BACKLOG_CHECK_FAILED, error=str(exc))
             return
         limit = self.backlog_warning
         level = 0 if depth < limit else int(math.log2(depth / limit)) + 1
         if level > self._backlog_level:
             log.warning(
-                "outbox backlog growing",
+                ev.OUTBOX_BACKLOG_GROWING,
                 destination=self.destination,
                 depth=depth,
                 threshold=limit * 2 ** (level - 1),
@@ -814,7 +815,7 @@ class QueueSender:
             )
             self._backlog_level = level
         elif self._backlog_level and depth < limit // 2:
-            log.info("outbox backlog cleared", depth=depth)
+            log.info(ev.OUTBOX_BACKLOG_CLEARED, depth=depth)
             self._backlog_level = 0
 
 

@@ -31,6 +31,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from vitals_agent import host
+from vitals_agent import log_events as ev
 from vitals_agent.agent.clock import Clock
 from vitals_agent.agent.storage.audit import (
     CHANNEL_BARCODE,
@@ -426,11 +427,11 @@ class HeldStore:
             except sqlite3.Error as exc:
                 error = f"held-readings store {self.path}: cannot {what}: {explain(exc)}"
                 if self.problem is None:
-                    log.error("held-readings store failing", error=error)
+                    log.error(ev.HELD_STORE_FAILING, error=error)
                 self.problem = error
                 raise StoreError(error) from None
             if self.problem is not None:
-                log.info("held-readings store usable again")
+                log.info(ev.HELD_STORE_USABLE)
                 self.problem = None
             return result
 
@@ -472,7 +473,7 @@ class HeldStore:
             except (ValueError, TypeError, KeyError, ValidationError):
                 if r[0] not in self._unreadable:
                     self._unreadable.add(r[0])
-                    log.warning("held reading unreadable; left in the store for inspection", held_id=r[0])
+                    log.warning(ev.HELD_READING_UNREADABLE, held_id=r[0])
         return out
 
     def times(self) -> dict[int, datetime]:
@@ -582,9 +583,9 @@ class PatientContextManager:
             try:
                 moved = move_aside(self._file)
             except OSError as exc:
-                log.error("patient context file unreadable and not moved aside", error=explain(exc))
+                log.error(ev.PATIENT_CONTEXT_FILE_UNREADABLE, error=explain(exc))
             log.warning(
-                "patient context file unreadable; moved aside, starting without a patient",
+                ev.PATIENT_CONTEXT_FILE_MOVED_ASIDE,
                 path=str(self._file),
                 moved_to=str(moved) if moved else None,
             )
@@ -614,10 +615,10 @@ class PatientContextManager:
                 moved = move_aside(path, sidecars=("-journal", "-wal", "-shm"))
             except OSError as oexc:
                 problem = f"{reason}; and it could not be moved aside: {explain(oexc)}"
-                log.error("held-readings store unusable; holding disabled", error=problem)
+                log.error(ev.HELD_STORE_UNUSABLE, error=problem)
                 return HeldStore.unavailable(path, problem)
             log.warning(
-                "held-readings store damaged; moved aside, starting an empty one",
+                ev.HELD_STORE_MOVED_ASIDE,
                 reason=reason,
                 moved_to=str(moved),
             )
@@ -631,15 +632,15 @@ class PatientContextManager:
                     reason=reason,
                 )
             except AuditError as aexc:
-                log.error("audit record not written", audit_event="store_quarantined", error=str(aexc))
+                log.error(ev.AUDIT_NOT_WRITTEN, audit_event="store_quarantined", error=str(aexc))
             self.quarantined.append({"store": "held readings", "moved_to": str(moved), "reason": reason})
         except StoreError as exc:
-            log.error("held-readings store unusable; holding disabled", error=str(exc))
+            log.error(ev.HELD_STORE_UNUSABLE, error=str(exc))
             return HeldStore.unavailable(path, str(exc))
         try:
             return HeldStore(path)
         except StoreError as exc:
-            log.error("held-readings store unusable; holding disabled", error=str(exc))
+            log.error(ev.HELD_STORE_UNUSABLE, error=str(exc))
             return HeldStore.unavailable(path, str(exc))
 
     def _held_times(self) -> dict[int, datetime]:
@@ -693,7 +694,7 @@ class PatientContextManager:
         )
         self._context = context
         self._save()
-        log.info("patient context set", channel=channel, source=source, replaced=previous is not None)
+        log.info(ev.PATIENT_SET, channel=channel, source=source, replaced=previous is not None)
         return context
 
     def clear(
@@ -716,7 +717,7 @@ class PatientContextManager:
             was_set=previous is not None,
             **(caller or {}),
         )
-        log.info("patient context cleared", channel=channel, was_set=previous is not None)
+        log.info(ev.PATIENT_CLEARED, channel=channel, was_set=previous is not None)
         return previous is not None
 
     def context(self, now: datetime | None = None) -> PatientContext | None:
@@ -735,7 +736,7 @@ class PatientContextManager:
                 last_activity=ctx.last_activity,
                 idle_minutes=round(idle, 1),
             )
-            log.info("patient context expired", idle_minutes=round(idle, 1))
+            log.info(ev.PATIENT_EXPIRED, idle_minutes=round(idle, 1))
             return None
         return ctx
 
@@ -768,7 +769,7 @@ class PatientContextManager:
             self._save()
         except OSError as exc:
             if not self._save_failing:
-                log.warning("patient context activity not saved; retrying", error=exc.strerror or str(exc))
+                log.warning(ev.PATIENT_ACTIVITY_NOT_SAVED, error=exc.strerror or str(exc))
             self._save_failing = True
             return
         self._save_failing = False
@@ -800,9 +801,9 @@ class PatientContextManager:
         reason = "patient confirmation pending" if pending else "no patient set"
         self.audit.record("reading_held", held_id=held_id, device_id=device_id, reason=reason)
         if pending:
-            log.info("reading held until the patient is confirmed", device=device_id, held_id=held_id)
+            log.info(ev.HELD_UNTIL_CONFIRMED, device=device_id, held_id=held_id)
         else:
-            log.info("reading held until a patient is set", device=device_id, held_id=held_id)
+            log.info(ev.HELD_UNTIL_PATIENT, device=device_id, held_id=held_id)
         return Route(None, held_id=held_id)
 
     def expire_held(self, now: datetime | None = None) -> int:
@@ -817,7 +818,7 @@ class PatientContextManager:
             reason=f"no patient within {self.config.hold_timeout_minutes:g} minutes",
         )
         if dropped:
-            log.warning("held readings dropped: no patient was set in time", count=dropped)
+            log.warning(ev.HELD_DROPPED, count=dropped)
         return dropped
 
     def discard_held(
@@ -828,7 +829,7 @@ class PatientContextManager:
             self.held.all(), channel=channel, source=source, reason="discarded by operator", **(caller or {})
         )
         if count:
-            log.info("held readings discarded", count=count, channel=channel)
+            log.info(ev.HELD_DISCARDED, count=count, channel=channel)
         return count
 
     def _drop_held(self, items: Iterable[HeldReading], **why: Any) -> int:
@@ -883,7 +884,7 @@ class PatientContextManager:
                 )
             if released:
                 self.touch(now)
-                log.info("held readings sent after a patient was set", count=released)
+                log.info(ev.HELD_RELEASED, count=released)
         return released
 
     async def release_held_unbound(self) -> int:
@@ -916,7 +917,7 @@ class PatientContextManager:
                     held_at=item.held_at,
                 )
             if released:
-                log.info("held readings sent unbound", count=released)
+                log.info(ev.HELD_RELEASED_UNBOUND, count=released)
         return released
 
     # --- async entry points for the service, the control API and the barcode driver -----------------
@@ -938,11 +939,11 @@ class PatientContextManager:
         try:
             details = PatientDetails.parse({"mrn": scan.mrn, "identifier_type": self.config.identifier_type})
         except PatientError as exc:
-            log.warning("wristband scan not usable", device=scan.device_id, error=str(exc))
+            log.warning(ev.PATIENT_SCAN_NOT_USABLE, device=scan.device_id, error=str(exc))
             self.audit.record("scan_rejected", device_id=scan.device_id, reason=str(exc), raw=scan.raw)
             return
         self.audit.record("scan", device_id=scan.device_id, mrn=scan.mrn, raw=scan.raw)
-        log.info("wristband scanned", device=scan.device_id)
+        log.info(ev.PATIENT_SCANNED, device=scan.device_id)
         if self.scan_handler is not None:
             self.scan_handler(details, CHANNEL_BARCODE, scan.device_id)
             return
@@ -978,7 +979,7 @@ class PatientContextManager:
         except StoreError:
             clamped = 0
         if clamped:
-            log.info("hold times corrected after the clock went back", count=clamped)
+            log.info(ev.HELD_TIMES_CORRECTED, count=clamped)
 
     def snapshot(self, now: datetime | None = None, *, reveal: bool = False) -> PatientSnapshot:
         """The patient part of the status (masked unless ``reveal``)."""

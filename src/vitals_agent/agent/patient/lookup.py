@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypedDict
 import structlog
 from pydantic import ValidationError
 
+from vitals_agent import log_events as ev
 from vitals_agent.agent.patient.context import (
     VERIFIED_EHR,
     VERIFIED_NO,
@@ -214,13 +215,13 @@ class PatientLookup:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            log.warning("pending confirmation unreadable; none pending", error=exc.strerror or str(exc))
+            log.warning(ev.LOOKUP_PENDING_UNREADABLE, error=exc.strerror or str(exc))
             return None
         try:
             data = json.loads(text)
             pending = None if data is None else Pending.from_json(data)
         except (ValueError, KeyError, TypeError, ValidationError):
-            log.warning("pending confirmation file unreadable; none pending", path=str(self._file))
+            log.warning(ev.LOOKUP_PENDING_FILE_UNREADABLE, path=str(self._file))
             self.audit.record(
                 "pdq_discarded", reason="unreadable pending confirmation file", channel="startup"
             )
@@ -334,7 +335,7 @@ class PatientLookup:
             typed_mrn=typed.mrn,
             **caller,
         )
-        log.info("patient lookup started", channel=channel, mode=self.client.mode)
+        log.info(ev.LOOKUP_STARTED, channel=channel, mode=self.client.mode)
         try:
             answer = await self.client.lookup(typed.mrn)
         except (PdqError, OSError) as exc:
@@ -357,9 +358,7 @@ class PatientLookup:
             elapsed_ms=answer.elapsed_ms,
             **caller,
         )
-        log.info(
-            "patient lookup answered", channel=channel, count=len(candidates), elapsed_ms=answer.elapsed_ms
-        )
+        log.info(ev.LOOKUP_ANSWERED, channel=channel, count=len(candidates), elapsed_ms=answer.elapsed_ms)
         if not candidates:
             self._set_pending(None)
             await self._after_end()
@@ -404,7 +403,7 @@ class PatientLookup:
                 out.append(self._details(c))
             except PatientError as exc:
                 unusable += 1
-                log.warning("a patient in the EHR's answer cannot be used", error=str(exc))
+                log.warning(ev.LOOKUP_CANDIDATE_UNUSABLE, error=str(exc))
         return out, unusable
 
     def _details(self, c: PdqCandidate) -> PatientDetails:
@@ -440,7 +439,7 @@ class PatientLookup:
             typed_mrn=typed.mrn,
             **caller,
         )
-        log.warning("patient lookup failed", channel=channel, reason=reason)
+        log.warning(ev.LOOKUP_FAILED, channel=channel, reason=reason)
         if self.config.pdq_fallback == "typed":
             self.audit.record(
                 "pdq_fallback",
@@ -451,7 +450,7 @@ class PatientLookup:
                 **caller,
             )
             await self.patients.apply_set(typed, channel, source=source, verified=VERIFIED_NO, caller=caller)
-            log.warning("patient bound as typed, NOT verified against the EHR", channel=channel)
+            log.warning(ev.LOOKUP_BOUND_UNVERIFIED, channel=channel)
             return Outcome(
                 "fallback",
                 f"bound UNVERIFIED as typed ({initials(typed)}): the EHR could not be asked: {reason}",
@@ -522,7 +521,7 @@ class PatientLookup:
                 **caller,
             )
             self._set_pending(None)
-            log.info("patient confirmed against the EHR", channel=channel, of=count)
+            log.info(ev.LOOKUP_CONFIRMED, channel=channel, of=count)
             return await self.patients.apply_set(
                 chosen, channel, source=source, verified=VERIFIED_EHR, caller=caller
             )
@@ -573,7 +572,7 @@ class PatientLookup:
             **(caller or {}),
         )
         self._set_pending(None)
-        log.info("patient confirmation ended", reason=reason, channel=channel)
+        log.info(ev.LOOKUP_ENDED, reason=reason, channel=channel)
 
     async def _after_end(self) -> None:
         """Held readings follow require_patient: sent unbound when it is off, kept held when on."""

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from vitals_agent import log_events as ev
 from vitals_agent.agent.clock import Clock
 from vitals_agent.agent.patient.context import PatientContextManager, PatientDetails
 from vitals_agent.agent.pipeline.normalize import normalise, withheld
@@ -127,7 +128,7 @@ class Pipeline:
         reading = normalise(event, max_clock_skew=self._skew(dev))
         if reading.dropped:
             log.debug(
-                "values not sent",
+                ev.READING_VALUES_WITHHELD,
                 device=dev.id,
                 dropped=[f"{d.metric}: {d.reason}" for d in reading.dropped],
             )
@@ -162,13 +163,13 @@ class Pipeline:
         try:
             self.audit.record(event, **fields)
         except AuditError as exc:
-            log.error("audit record not written", event=event, error=str(exc))
+            log.error(ev.AUDIT_NOT_WRITTEN, event=event, error=str(exc))
 
     def _parked(self, device_id: str, control_id: str, reading: Reading, reason: str) -> None:
         """A message stored but not sent (patient mismatch): WARNING without identifiers, full audit."""
         self.parked += 1
         log.warning(
-            "message held for review, not sent: the device's patient is not the room's patient",
+            ev.READING_HELD_PATIENT_MISMATCH,
             device=device_id,
             control_id=control_id,
             see="vitals-agent outbox list",
@@ -192,7 +193,7 @@ class Pipeline:
         MSH-10 reserved when it was held. Already queued (a release interrupted by a crash): nothing new."""
         runtime = self._runtimes.get(device_id)
         if runtime is None:
-            log.warning("held reading of a device no longer configured stays held", device=device_id)
+            log.warning(ev.READING_HELD_DEVICE_UNKNOWN, device=device_id)
             return None
         if control_id is not None and await asyncio.to_thread(self.outbox.has_control_id, control_id):
             return control_id
@@ -248,7 +249,7 @@ class Pipeline:
             # Taken before this patient's context began (e.g. held back by the interval policy across a
             # wristband scan): it belongs to the previous patient or to no one, never to this one.
             self.dropped += 1
-            log.info("reading not sent: taken before the current patient was set", device=device_id)
+            log.info(ev.READING_BEFORE_PATIENT, device=device_id)
             self._audit(
                 "reading_dropped",
                 device_id=device_id,
@@ -286,13 +287,13 @@ class Pipeline:
         device_id = runtime.config.id
         key = reading.dedupe_key
         if key is not None and late_patient is None and await self._seen_before(device_id, key):
-            log.info("reading not queued again: its source was queued or held before", device=device_id)
+            log.info(ev.READING_DUPLICATE_SOURCE, device=device_id)
             return None
         try:
             decision = self._patient_decision(device_id, reading, late_patient, arrived)
         except (OSError, sqlite3.Error, VitalsAgentError) as exc:
             self.refused += 1
-            log.error("reading refused: patient context unavailable", device=device_id, error=str(exc))
+            log.error(ev.READING_REFUSED_PATIENT_CONTEXT, device=device_id, error=str(exc))
             raise OutboxError(f"patient context unavailable: {exc}") from exc
         if decision.stop:
             return None
@@ -333,7 +334,7 @@ class Pipeline:
             )
         except OutboxError as exc:
             self.refused += 1
-            log.error("reading refused: could not be queued durably", device=device_id, error=str(exc))
+            log.error(ev.READING_REFUSED_NOT_DURABLE, device=device_id, error=str(exc))
             raise
         if decision.park_reason is not None:
             self._parked(device_id, control_id, reading, decision.park_reason)
@@ -351,9 +352,9 @@ class Pipeline:
                     late_associated=late_patient is not None,
                 )
             except AuditError as exc:
-                log.error("audit record not written", control_id=control_id, error=str(exc))
+                log.error(ev.AUDIT_NOT_WRITTEN, control_id=control_id, error=str(exc))
         log.info(
-            "reading queued",
+            ev.READING_QUEUED,
             device=device_id,
             control_id=control_id,
             destinations=list(bodies),
@@ -405,21 +406,23 @@ class Pipeline:
                 reason = f"the {what} could not be built ({type(error).__name__})"
                 shown = type(error).__name__
                 log.debug(
-                    "message build failure", device=device_id, destination=destination, error_info=error
+                    ev.READING_BUILD_FAILURE, device=device_id, destination=destination, error_info=error
                 )
             reasons.append(reason)
             if bodies:
                 log.error(
-                    f"reading not sent to {destination}: no conformant {what}",
+                    ev.READING_NOT_SENT_TO_DESTINATION,
+                    destination=destination,
+                    what=what,
                     device=device_id,
                     control_id=control_id,
                     error=shown,
                     sent_to=list(bodies),
                 )
             elif _says_why(destination, error):
-                log.error(f"reading refused: no conformant {what}", device=device_id, error=shown)
+                log.error(ev.READING_REFUSED_NOT_CONFORMANT, what=what, device=device_id, error=shown)
             else:
-                log.error(f"reading refused: the {what} could not be built", device=device_id, error=shown)
+                log.error(ev.READING_REFUSED_NOT_BUILT, what=what, device=device_id, error=shown)
         if not bodies:
             self.refused += 1
             raise RefusedError("; ".join(reasons) or "no destination is enabled")

@@ -47,6 +47,7 @@ from typing import Any, Protocol
 import structlog
 
 from vitals_agent import host
+from vitals_agent import log_events as ev
 from vitals_agent.agent.storage import audit_chain as chain
 from vitals_agent.agent.storage.files import explain
 from vitals_agent.config.audit import AuditConfig
@@ -250,7 +251,7 @@ class AuditLog:
                 last = self._append([*(r for _, r in pending), rec], event)
             except (OSError, VitalsAgentError) as exc:
                 reason = _reason(exc)
-                log.error("audit record could not be written", audit_event=event, error=reason)
+                log.error(ev.AUDIT_WRITE_FAILED, audit_event=event, error=reason)
                 if isinstance(exc, AuditError):
                     raise
                 raise AuditError(f"cannot write audit log {self.path}: {reason}") from None

@@ -29,6 +29,7 @@ from pathlib import Path
 import structlog
 
 from vitals_agent import host
+from vitals_agent import log_events as ev
 from vitals_agent.host.files import NOFOLLOW
 from vitals_agent.host.lock import read_at, write_at
 
@@ -148,7 +149,7 @@ class DeliveredLedger:
                 host.fsync_data(self._fd)
             except OSError as exc:
                 if self._problem is None:
-                    log.warning("delivered message remembered in memory only", error=exc.strerror or str(exc))
+                    log.warning(ev.OUTBOX_DELIVERED_IN_MEMORY_ONLY, error=exc.strerror or str(exc))
                 self._problem = f"cannot write {self.path}: {exc.strerror or exc}"
                 return False
             self._slots[message_id] = free

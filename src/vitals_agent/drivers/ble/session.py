@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
+from vitals_agent import log_events as ev
 from vitals_agent.drivers.base import DecodeContext, DecodeFailure, DeviceStateStore
 from vitals_agent.drivers.ble import uuids as U
 from vitals_agent.drivers.ble.clock import (
@@ -203,7 +204,7 @@ class BleSession:
             raise TransportError(f"the device offers none of the characteristics {wanted}")
         for uuid in subscribed:
             yield Subscribe(uuid)
-        self.log.debug("ble.subscribed", characteristics=[U.short_name(u) for u in subscribed])
+        self.log.debug(ev.BLE_SUBSCRIBED, characteristics=[U.short_name(u) for u in subscribed])
 
         # 2. identity (Device Information) and battery; one unreadable characteristic is not a lost link
         for uuid in (*DIS, *self.driver.extra_characteristics, U.BATTERY_LEVEL):
@@ -212,7 +213,7 @@ class BleSession:
                 if result.ok:
                     self.context[uuid] = result.data
                 else:
-                    self.log.debug("ble.read_failed", characteristic=U.short_name(uuid), error=result.error)
+                    self.log.debug(ev.BLE_READ_FAILED, characteristic=U.short_name(uuid), error=result.error)
         self.identity = self.identity.merged(identity_from_dis(self.ctx.device.id, self.context))
         self.state.set(IDENTITY_KEY, self.identity.model_dump_json())
         yield Emit(DeviceStatusEvent(identity=self.identity, battery_percent=self._battery()))
@@ -230,7 +231,7 @@ class BleSession:
                 request = racp_request_all()
             self.racp_active = True
             yield Write(U.RACP, request, response=True)
-            self.log.debug("ble.racp_requested", request=request.hex())
+            self.log.debug(ev.BLE_RACP_REQUESTED, request=request.hex())
 
     def _battery(self) -> int | None:
         raw = self.context.get(U.BATTERY_LEVEL)
@@ -252,7 +253,7 @@ class BleSession:
             if result.ok:
                 yield from self._measure_offset(uuid, result.data)
             else:
-                self.log.info("ble.clock_read_refused", error=result.error)
+                self.log.info(ev.BLE_CLOCK_READ_REFUSED, error=result.error)
         writable = {"write", "write-without-response"} & props
         clock_set = False
         if self.options.set_clock and writable:
@@ -260,10 +261,10 @@ class BleSession:
             data = encode_date_time(local) if uuid == U.DATE_TIME else encode_current_time(local)
             result = yield Write(uuid, data, response="write" in props, tolerate="any")
             if result.ok:
-                self.log.info("ble.clock_set", characteristic=U.short_name(uuid))
+                self.log.info(ev.BLE_CLOCK_SET, characteristic=U.short_name(uuid))
                 clock_set = True
             else:
-                self.log.warning("ble.set_clock_failed", error=result.error)
+                self.log.warning(ev.BLE_CLOCK_SET_FAILED, error=result.error)
         if clock_set:
             self.state.set(OFFSET_KEY, "0")
         elif self.offset is not None:
@@ -278,10 +279,10 @@ class BleSession:
             return
         device_now = value.to_datetime(self.ctx.tz)
         if device_now is None:
-            self.log.info("ble.device_clock_unset", characteristic=U.short_name(uuid))
+            self.log.info(ev.BLE_DEVICE_CLOCK_UNSET, characteristic=U.short_name(uuid))
             return
         self.offset = host - device_now
-        self.log.info("ble.device_clock", offset_seconds=round(self.offset.total_seconds(), 1))
+        self.log.info(ev.BLE_DEVICE_CLOCK, offset_seconds=round(self.offset.total_seconds(), 1))
 
     # ------------------------------------------------------------------------------------- records
 
@@ -293,7 +294,7 @@ class BleSession:
             except DecodeError as exc:
                 return DecodeFailure(exc)
             self.racp_active = False
-            self.log.info("ble.racp_response", result=response.text)
+            self.log.info(ev.BLE_RACP_RESPONSE, result=response.text)
             return None
         try:
             record = self.driver.decode_measurement(uuid, data, self.context)
@@ -303,15 +304,15 @@ class BleSession:
             return DecodeFailure(exc)
         if not record.reportable:
             if record.failed:
-                self.log.info("ble.failed_measurement_dropped", characteristic=record.characteristic)
+                self.log.info(ev.BLE_FAILED_MEASUREMENT_DROPPED, characteristic=record.characteristic)
             else:
                 self.log.debug(
-                    "ble.not_reported", characteristic=record.characteristic, reason=record.not_reported
+                    ev.BLE_NOT_REPORTED, characteristic=record.characteristic, reason=record.not_reported
                 )
             return None
         key = record_key(self.identity, record)
         if key is not None and key in self.sent:
-            self.log.info("ble.duplicate_record_skipped", characteristic=record.characteristic)
+            self.log.info(ev.BLE_DUPLICATE_RECORD_SKIPPED, characteristic=record.characteristic)
             return None
         offset = self.offset if self.offset is not None else self.previous_offset
         stored = self.racp_active or record.from_storage or self._old(record, received, offset)

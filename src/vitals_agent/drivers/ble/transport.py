@@ -25,6 +25,7 @@ from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
 from bleak.exc import BleakError, BleakGATTProtocolError
 
+from vitals_agent import log_events as ev
 from vitals_agent.drivers.base import DecodeFailure, DeviceRuntime, Transport, register_transport
 from vitals_agent.drivers.ble import uuids as U
 from vitals_agent.drivers.ble.address import same_address
@@ -285,7 +286,7 @@ class BleTransport(Transport):
         try:
             await self.runtime.emit(outcome.event)
         except RefusedError as exc:  # cannot ever become a message: do not ask for it again
-            self.runtime.log.warning("BLE record refused by the agent", error=str(exc))
+            self.runtime.log.warning(ev.BLE_RECORD_REFUSED, error=str(exc))
         session.delivered(outcome)
 
 

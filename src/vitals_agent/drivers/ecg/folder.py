@@ -29,6 +29,7 @@ from pathlib import Path
 
 import structlog
 
+from vitals_agent import log_events as ev
 from vitals_agent.drivers.base import DecodeFailure, DeviceRuntime, Transport, register_transport
 from vitals_agent.drivers.ecg import safefs
 from vitals_agent.drivers.ecg.drivers import HEAD_BYTES, EcgFileDriver
@@ -127,7 +128,7 @@ async def deliver(
     if digest is None:
         digest = hashlib.sha256(data).hexdigest()
     if runtime.state.get(state_key(digest)) is not None:
-        dlog.info("ecg file already delivered, not sent again", sha256=digest[:16], bytes=len(data))
+        dlog.info(ev.ECG_FILE_ALREADY_DELIVERED, sha256=digest[:16], bytes=len(data))
         return "duplicate", None, "already delivered"
     try:
         reading = await asyncio.to_thread(driver.decode_file, data, runtime.ctx, name)
@@ -136,8 +137,8 @@ async def deliver(
         runtime.decode_failed(DecodeFailure(DecodeError(message, data[:64])))
         return "failed", None, message
     except Exception as exc:  # a decoder bug: this file fails, the folder keeps going
-        dlog.error("ecg decoder failed unexpectedly", sha256=digest[:16], error=type(exc).__name__)
-        dlog.debug("ecg decoder failure", exc_info=exc)
+        dlog.error(ev.ECG_DECODER_CRASHED, sha256=digest[:16], error=type(exc).__name__)
+        dlog.debug(ev.ECG_DECODER_FAILURE, exc_info=exc)
         message = f"internal decoder error ({type(exc).__name__}); please report it with this file"
         runtime.decode_failed(DecodeFailure(DecodeError(message, data[:64])))
         return "failed", None, message
@@ -150,8 +151,8 @@ async def deliver(
     except (OutboxError, RetryableError):
         raise
     except Exception as exc:  # a bug behind emit: reported; the caller decides whether to try again
-        dlog.error("ecg reading hand-over failed unexpectedly", sha256=digest[:16], error=type(exc).__name__)
-        dlog.debug("ecg reading hand-over failure", exc_info=exc)
+        dlog.error(ev.ECG_HANDOVER_CRASHED, sha256=digest[:16], error=type(exc).__name__)
+        dlog.debug(ev.ECG_HANDOVER_FAILURE, exc_info=exc)
         return "error", None, f"internal error while handing the reading over ({type(exc).__name__})"
     # Recorded here too for readings that were held or dropped rather than queued (the queued ones are
     # recorded by the outbox transaction itself; that record, with its MSH-10, is kept).
@@ -161,7 +162,7 @@ async def deliver(
             json.dumps({"name": name, "bytes": len(data), "at": time.time()}, sort_keys=True),
         )
     dlog.info(
-        "ecg file delivered", sha256=digest[:16], bytes=len(data), measurements=len(reading.measurements)
+        ev.ECG_FILE_DELIVERED, sha256=digest[:16], bytes=len(data), measurements=len(reading.measurements)
     )
     return "sent", reading, ""
 
@@ -247,10 +248,8 @@ class FolderTransport(Transport):
             return
         self._reported.add(name)
         self.runtime.count("files_skipped")
-        self.runtime.log.warning(
-            "ecg folder entry skipped: not a regular file, never followed or read", kind=kind, where=where
-        )
-        self.runtime.log.debug("ecg folder entry skipped", file=name, kind=kind, where=where)
+        self.runtime.log.warning(ev.ECG_ENTRY_SKIPPED, kind=kind, where=where)
+        self.runtime.log.debug(ev.ECG_ENTRY_SKIPPED_DETAIL, file=name, kind=kind, where=where)
 
     # --------------------------------------------------------------------------------------- polling
     # All file-system calls run in a worker thread: a hung network share must not stall the agent.
@@ -343,7 +342,7 @@ class FolderTransport(Transport):
         except safefs.UnsafeEntryError as exc:
             return exc.kind  # swapped for a link or FIFO since the scan
         except OSError as exc:
-            self.runtime.log.debug("ecg file not readable yet", file=entry.name, error=str(exc))
+            self.runtime.log.debug(ev.ECG_FILE_NOT_READABLE_YET, file=entry.name, error=str(exc))
             return None
         with handle:
             size = handle.st.st_size
@@ -364,9 +363,7 @@ class FolderTransport(Transport):
             expected = driver.expected_length(head)
             incomplete = (expected is not None and size < expected) or not driver.looks_complete(head, tail)
             if incomplete and stable_for < opts.incomplete_timeout_seconds:
-                self.runtime.log.debug(
-                    "ecg file incomplete, waiting", file=entry.name, size=size, expected=expected
-                )
+                self.runtime.log.debug(ev.ECG_FILE_INCOMPLETE, file=entry.name, size=size, expected=expected)
                 return None
             data = handle.read_at_most(limit)
         if len(data) > limit:
@@ -397,7 +394,7 @@ class FolderTransport(Transport):
         try:
             status, _reading, detail = await deliver(self.runtime, driver, got.data, name)
         except (OutboxError, RetryableError) as exc:
-            self.runtime.log.warning("ecg reading not accepted, will retry", error=one_line(str(exc)))
+            self.runtime.log.warning(ev.ECG_READING_NOT_ACCEPTED, error=one_line(str(exc)))
             return None
         if status == "error":
             errors = self._errors.get(name, 0) + 1
@@ -417,7 +414,7 @@ class FolderTransport(Transport):
     def _move(self, dirs: _Dirs, name: str, ident: tuple[int, int], dst: int, where: str) -> str | None:
         """Move the file we examined (``ident``) to ``where``; a name swapped meanwhile is left alone."""
         if not safefs.same_entry(dirs.folder, name, ident):
-            self.runtime.log.debug("ecg file replaced before its move; looked at again", file=name)
+            self.runtime.log.debug(ev.ECG_FILE_REPLACED, file=name)
             self._seen.pop(name, None)
             return None
         reserve = safefs.REASON_SUFFIX if dst == dirs.failed else ""
@@ -429,7 +426,7 @@ class FolderTransport(Transport):
             return safefs.move(dirs.folder, name, dst, reserve=reserve, on_link=planted)
         except OSError as exc:
             self.runtime.log.error(
-                "cannot move ecg file", directory=where, error=exc.strerror or type(exc).__name__
+                ev.ECG_FILE_NOT_MOVED, directory=where, error=exc.strerror or type(exc).__name__
             )
             with contextlib.suppress(OSError):
                 st = os.stat(name, dir_fd=dirs.folder, follow_symlinks=False)
@@ -445,7 +442,7 @@ class FolderTransport(Transport):
         reason = one_line(reason)
         self.runtime.count("files_failed")
         # INFO, one line, the reason only (decoder reasons name no patient data; the file name may)
-        self.runtime.log.info("ecg file moved to failed/", reason=reason)
+        self.runtime.log.info(ev.ECG_FILE_FAILED, reason=reason)
         await asyncio.to_thread(self._fail_sync, dirs, name, ident, reason)
         return Outcome(name, "failed", reason)
 
@@ -460,4 +457,4 @@ def write_reason(failed_fd: int, target: str, reason: str) -> None:
     else:
         error = "a file of that name appeared meanwhile (not overwritten)"
     if not written:
-        log.warning("reason file for a failed ecg file not written", error=error)
+        log.warning(ev.ECG_REASON_NOT_WRITTEN, error=error)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import structlog
 
+from vitals_agent import log_events as ev
 from vitals_agent.drivers.base import DeviceRuntime, register_transport
 from vitals_agent.drivers.ecg import safefs
 from vitals_agent.drivers.ecg.drivers import EcgFileDriver, EcgSerialOptions
@@ -111,14 +112,14 @@ class SerialFileTransport(SerialTransport):
             status = "failed"  # the bytes cannot be offered again: kept in failed/ (with save_folder)
         if status == "failed":
             self.runtime.count("files_failed")
-            self.runtime.log.info("received ecg file failed", reason=one_line(detail))
+            self.runtime.log.info(ev.ECG_RECEIVED_FILE_FAILED, reason=one_line(detail))
         self._save(data, name, status, detail)
 
     def _planted(self, name: str) -> None:
         """A link found where a file is to be saved: never written through; reported and counted."""
         self.runtime.count("files_skipped")
-        self.runtime.log.warning("link in the ecg save folder not followed", kind="symbolic link")
-        self.runtime.log.debug("link in the ecg save folder not followed", file=name)
+        self.runtime.log.warning(ev.ECG_SAVE_LINK_NOT_FOLLOWED, kind="symbolic link")
+        self.runtime.log.debug(ev.ECG_SAVE_LINK_NOT_FOLLOWED, file=name)
 
     def _save(self, data: bytes, name: str, status: str, detail: str) -> None:
         folder = self.serial_options.save_folder
@@ -136,11 +137,9 @@ class SerialFileTransport(SerialTransport):
                 write_reason(fds[1], target, one_line(detail))
         except safefs.UnsafeEntryError as exc:
             self.runtime.count("files_skipped")
-            self.runtime.log.error(
-                "cannot save received ecg file: not followed", where=f"{sub}/", kind=exc.kind
-            )
+            self.runtime.log.error(ev.ECG_SAVE_NOT_FOLLOWED, where=f"{sub}/", kind=exc.kind)
         except OSError as exc:
-            self.runtime.log.error("cannot save received ecg file", error=exc.strerror or type(exc).__name__)
+            self.runtime.log.error(ev.ECG_SAVE_FAILED, error=exc.strerror or type(exc).__name__)
         finally:
             for fd in fds:
                 with contextlib.suppress(OSError):
