@@ -13,12 +13,14 @@ from tests.fakebluez.payloads import NAN, blood_pressure
 from tests.fakebluez.scenarios import indicate_then_leave
 from tests.fakebluez.server import FakeBlueZ, FakePeripheral
 from tests.kit import FakeClock, FakeRuntime, MemoryState, until
+from vitals_agent.drivers.base import driver_class
 from vitals_agent.drivers.ble.clock import decode_current_time, decode_date_time, encode_date_time
 from vitals_agent.drivers.ble.drivers import (
     BleOptions,
     BloodPressureDriver,
     PulseOximeterDriver,
     ThermometerDriver,
+    ThermometerOptions,
     WeightScaleDriver,
 )
 from vitals_agent.drivers.ble.ieee11073 import Number, encode_float, encode_sfloat
@@ -323,7 +325,7 @@ async def test_plx_stored_records_through_racp_and_current_time(fake_bluez: Fake
 async def test_thermometer_type_from_temperature_type_characteristic(fake_bluez: FakeBlueZ) -> None:
     probe = fake_bluez.add(thermometer())
     runtime = FakeRuntime(
-        ThermometerDriver(BleOptions(address=probe.spec.address, scan_seconds=5)),
+        ThermometerDriver(ThermometerOptions(address=probe.spec.address, scan_seconds=5)),
         device_id="temp-1",
         now=FakeClock(HOST_NOW),
     )
@@ -422,7 +424,7 @@ async def test_with_the_agents_runtime_and_config(fake_bluez: FakeBlueZ) -> None
     )
     device = config.devices[0]
     assert device.report_policy() == "every"
-    driver = BloodPressureDriver(device.options)
+    driver = driver_class(device.driver)(device.options)
     sunk: list[object] = []
 
     async def sink(_rt: DeviceRuntimeImpl, event: object) -> None:

@@ -16,6 +16,7 @@ from vitals_agent.drivers.base import DecodeFailure, DecoderOutput, driver_class
 from vitals_agent.drivers.health_o_meter import (
     HealthOMeterDecoder,
     HealthOMeterDriver,
+    HealthOMeterOptions,
     HealthOMeterSimulator,
     encode_packet,
 )
@@ -146,9 +147,9 @@ def test_poll_and_contract() -> None:
     assert cls is HealthOMeterDriver
     assert (cls.transport, cls.continuous, cls.device_class) == ("serial", False, DeviceClass.SCALE)
     assert HealthOMeterDecoder(CTX).poll_interval is None
-    polled = cls(cls.options_model.model_validate({"port": "/dev/ttyS0", "poll_seconds": 3})).stream_decoder(
-        CTX
-    )
+    polled = cls(
+        HealthOMeterOptions.model_validate({"port": "/dev/ttyS0", "poll_seconds": 3})
+    ).stream_decoder(CTX)
     assert polled.poll_interval == 3
     polled.poll()
     assert polled.data_to_send() == b"Q"

@@ -331,7 +331,7 @@ def test_driver_contract() -> None:
     assert decoder.commands_on_connect()[0] == bytes.fromhex("02 70 02 02 07 03")
     with pytest.raises(ValueError, match="format"):
         df2.options_model.model_validate({"port": "/dev/ttyUSB0", "format": "df13"})
-    with pytest.raises(ValueError, match="unknown option"):
+    with pytest.raises(ValueError, match="unknown setting"):
         df8().simulator(bogus=1)
 
 

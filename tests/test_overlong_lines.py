@@ -121,7 +121,7 @@ async def test_long_wristband_scan_never_binds_its_tail_to_the_room(tmp_path: Pa
 def test_long_scan_split_anywhere_is_one_discarded_line() -> None:
     for cut in range(0, len(LONG_SCAN) + 1, 13):
         options = BarcodeOptions(port="/dev/null")
-        decoder = BarcodeDriver(options).stream_decoder(fixed_ctx("scanner", options=options))
+        decoder = BarcodeDriver(options).stream_decoder(fixed_ctx("scanner"))
         out = decoder.feed(LONG_SCAN[:cut]) + decoder.feed(LONG_SCAN[cut:] + b"\r\n")
         [failure] = out
         assert isinstance(failure, DecodeFailure) and isinstance(failure.error, OverlongError)
@@ -205,9 +205,7 @@ RAD8 = Rad8Simulator(seed=7, episode_every=0)
 CASES = [
     Case(
         "barcode",
-        lambda: BarcodeDriver(BarcodeOptions(port="/dev/null")).stream_decoder(
-            fixed_ctx(options=BarcodeOptions(port="/dev/null"))
-        ),
+        lambda: BarcodeDriver(BarcodeOptions(port="/dev/null")).stream_decoder(fixed_ctx()),
         (b"MRN0012345\r\n", b"4471\n", b"A-99.1\r"),
         256,
         b"\r\n",

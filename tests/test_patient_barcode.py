@@ -24,7 +24,7 @@ def decoder(pattern: str | None = None, device_id: str = "scan-1") -> StreamDeco
     options = (
         BarcodeOptions(port="/dev/null", mrn_pattern=pattern) if pattern else BarcodeOptions(port="/dev/null")
     )
-    return BarcodeDriver(options).stream_decoder(fixed_ctx(device_id, options=options))
+    return BarcodeDriver(options).stream_decoder(fixed_ctx(device_id))
 
 
 def scan(mrn: str, raw: str, device_id: str = "scan-1") -> PatientScan:
@@ -135,7 +135,7 @@ def test_config_validates_the_pattern() -> None:
 async def test_scans_over_a_real_pseudo_terminal(pty_device: PtyDevice, tmp_path: Path) -> None:
     pytest.importorskip("serial_asyncio_fast")
     driver = make_driver("barcode", pty_device.link, mrn_pattern=WRISTBAND)
-    runtime = FakeRuntime(driver, device_id="scan-1", ctx=fixed_ctx("scan-1", options=driver.options))
+    runtime = FakeRuntime(driver, device_id="scan-1", ctx=fixed_ctx("scan-1"))
     task = start(transport_class("serial")(runtime))
     try:
         await runtime.wait_until(lambda rt: rt.connected)

@@ -51,7 +51,7 @@ async def test_whole_patient_flow_logs_no_identifiers(tmp_path: Path, log_buffer
         # the wristband scanner sees a bad scan (someone's name) and then a good one
         options = BarcodeOptions(port="/dev/null", mrn_pattern=r"(?P<mrn>MRN\d+)")
         decoder = BarcodeDriver(options).stream_decoder(
-            DecodeContext(device=DeviceIdentity(id="scan-1"), now=clock, options=options)
+            DecodeContext(device=DeviceIdentity(id="scan-1"), now=clock)
         )
         outputs = decoder.feed(b"SCANNEDNAME\r\n" + MRN.encode() + b"\r\n")
         for item in outputs:

@@ -20,6 +20,7 @@ from vitals_agent.drivers.pty import PtyDevice
 from vitals_agent.drivers.scale_ascii import (
     ScaleAsciiDriver,
     ScaleDecoder,
+    ScaleOptions,
     ScaleSimulator,
     encode_line,
 )
@@ -240,7 +241,7 @@ def test_driver_contract_and_options() -> None:
     cls = driver_class("scale-ascii")
     assert cls is ScaleAsciiDriver
     assert (cls.transport, cls.continuous, cls.device_class) == ("serial", False, DeviceClass.SCALE)
-    opts = cls.options_model.model_validate({"port": "/dev/ttyUSB0", "dialect": "detecto", "poll_seconds": 1})
+    opts = ScaleOptions.model_validate({"port": "/dev/ttyUSB0", "dialect": "detecto", "poll_seconds": 1})
     decoder = cls(opts).stream_decoder(CTX)
     assert isinstance(decoder, ScaleDecoder) and decoder.dialect == "detecto" and decoder.poll_interval == 1
     with pytest.raises(ValueError, match="dialect"):

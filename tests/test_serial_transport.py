@@ -13,8 +13,8 @@ import pytest
 from tests.kit import FakeRuntime, finish, fixed_ctx, make_driver, start, stop, supervise, until
 from vitals_agent.drivers.base import (
     DecodeContext,
-    Driver,
     LineDecoder,
+    SerialDriver,
     SerialOptions,
     SerialSettings,
     register_driver,
@@ -279,12 +279,10 @@ class _PolledDecoder(LineDecoder):
 
 
 @register_driver
-class _PolledDriver(Driver):
+class _PolledDriver(SerialDriver[SerialOptions]):
     name = "test-polled-lines"
     description = "test only: a polled line device"
     device_class = DeviceClass.OTHER
-    transport = "serial"
-    options_model = SerialOptions
 
     def stream_decoder(self, ctx: DecodeContext) -> _PolledDecoder:
         return _PolledDecoder(ctx)

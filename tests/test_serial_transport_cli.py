@@ -13,7 +13,7 @@ from tests.kit import FakeRuntime, fixed_ctx, make_driver, start, stop, until
 from vitals_agent import host
 from vitals_agent.cli import main
 from vitals_agent.commands import simulate
-from vitals_agent.drivers.base import Driver, SerialOptions, register_driver
+from vitals_agent.drivers.base import SerialDriver, SerialOptions, register_driver
 from vitals_agent.drivers.serial_transport import SerialTransport
 from vitals_agent.models import DeviceClass
 
@@ -55,12 +55,10 @@ async def test_simulate_ends_after_seconds_and_removes_the_link(tmp_path: Path) 
 
 
 @register_driver
-class _NoSimDriver(Driver):
+class _NoSimDriver(SerialDriver[SerialOptions]):
     name = "test-no-simulator"
     description = "test only"
     device_class = DeviceClass.OTHER
-    transport = "serial"
-    options_model = SerialOptions
 
 
 async def test_simulate_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -49,7 +49,7 @@ class FlakyTransport(Transport):
 
 
 @register_driver
-class FlakyDriver(Driver):
+class FlakyDriver(Driver[DriverOptions]):
     name = "test-flaky"
     description = "test only"
     device_class = DeviceClass.OTHER
@@ -120,7 +120,7 @@ class CrashingTransport(Transport):
 
 
 @register_driver
-class CrashingDriver(Driver):
+class CrashingDriver(Driver[DriverOptions]):
     name = "test-crashing"
     description = "test only"
     device_class = DeviceClass.OTHER

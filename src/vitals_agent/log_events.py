@@ -267,3 +267,21 @@ TLS_OFF_FILES_IGNORED = (
 TLS_VERIFY_OFF = (
     "tls.verify_off"  # WARNING: ``[section] tls_verify`` is off: the peer's certificate is NOT checked
 )
+
+# --- alert: the IT team's alerts
+ALERT_FIRING = (
+    "alert.firing"  # WARNING: an alert fired (``alert``, ``room``, ``device``, ``summary``, ``counts``)
+)
+ALERT_CLEARED = "alert.cleared"  # WARNING: an alert cleared
+ALERT_CHECK_FAILED = "alert.check_failed"  # EXCEPTION: alert check failed; continuing
+ALERT_CHANNEL_BACKLOG_FULL = (
+    "alert.channel_backlog_full"  # WARNING: alert channel backlog full: oldest alert dropped
+)
+ALERT_DELIVERY_GIVEN_UP = "alert.delivery_given_up"  # WARNING: alert not delivered, given up
+ALERT_DELIVERY_FAILED = "alert.delivery_failed"  # WARNING: alert not delivered, will retry
+ALERT_CHANNEL_FAILED = "alert.channel_failed"  # ERROR: alert channel failed
+ALERT_CERTIFICATE_UNREADABLE = "alert.certificate_unreadable"  # DEBUG: certificate not read for its expiry
+
+# --- metrics: the Prometheus listener
+METRICS_LISTENING = "metrics.listening"  # INFO: metrics listener started
+METRICS_CLIENT_REFUSED = "metrics.client_refused"  # DEBUG: metrics client refused

@@ -25,18 +25,14 @@ from vitals_agent.models import DeviceEvent, DeviceIdentity, DeviceStatusEvent, 
 
 
 def fixed_ctx(
-    device_id: str = "dev-1",
-    *,
-    now: datetime | Callable[[], datetime] = T0,
-    tz: tzinfo = UTC,
-    options: Any = None,
+    device_id: str = "dev-1", *, now: datetime | Callable[[], datetime] = T0, tz: tzinfo = UTC
 ) -> DecodeContext:
     """A decode context whose host clock says ``now`` (a datetime, or a clock such as FakeClock)."""
     clock = now if callable(now) else (lambda: now)
-    return DecodeContext(device=DeviceIdentity(id=device_id), tz=tz, now=clock, options=options)
+    return DecodeContext(device=DeviceIdentity(id=device_id), tz=tz, now=clock)
 
 
-def make_driver(name: str, port: str | Path | None = None, **options: Any) -> Driver:
+def make_driver(name: str, port: str | Path | None = None, **options: Any) -> Driver[Any]:
     """``name``'s driver with ``options`` (validated by its options model); ``port`` for serial drivers."""
     cls = driver_class(name)
     if port is not None:
@@ -71,7 +67,7 @@ class FakeRuntime:
 
     def __init__(
         self,
-        driver: Driver,
+        driver: Driver[Any],
         *,
         device_id: str = "dev-1",
         ctx: DecodeContext | None = None,
@@ -84,9 +80,7 @@ class FakeRuntime:
         after_emit: Callable[[DeviceEvent], None] | None = None,
     ) -> None:
         self._driver = driver
-        self._ctx = ctx or DecodeContext(
-            device=DeviceIdentity(id=device_id), tz=tz, now=now or utc_now, options=driver.options
-        )
+        self._ctx = ctx or DecodeContext(device=DeviceIdentity(id=device_id), tz=tz, now=now or utc_now)
         self._settings = settings
         self._state = state if state is not None else MemoryState()
         self._log = structlog.get_logger("tests.fake_runtime").bind(device=self.device_id)
@@ -106,7 +100,7 @@ class FakeRuntime:
         return self._ctx.device.id
 
     @property
-    def driver(self) -> Driver:
+    def driver(self) -> Driver[Any]:
         return self._driver
 
     @property

@@ -84,7 +84,7 @@ class DeviceRuntimeImpl:
     def __init__(
         self,
         config: DeviceConfig,
-        driver: Driver,
+        driver: Driver[Any],
         ctx: DecodeContext,
         state: DeviceStateStore,
         sink: Callable[[DeviceRuntimeImpl, DeviceEvent], Awaitable[None]],
@@ -112,7 +112,7 @@ class DeviceRuntimeImpl:
         return self.config.id
 
     @property
-    def driver(self) -> Driver:
+    def driver(self) -> Driver[Any]:
         return self._driver
 
     @property

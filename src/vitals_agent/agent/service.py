@@ -192,8 +192,7 @@ class AgentService:
 
     def _make_device(self, dev: DeviceConfig) -> None:
         driver = driver_class(dev.driver)(dev.options)
-        ctx = DecodeContext(device=DeviceIdentity(id=dev.id), tz=device_zone(self.config), now=self.now,
-                            options=dev.options)  # fmt: skip
+        ctx = DecodeContext(device=DeviceIdentity(id=dev.id), tz=device_zone(self.config), now=self.now)
         runtime = DeviceRuntimeImpl(
             dev,
             driver,

@@ -16,7 +16,6 @@ from pathlib import Path
 
 from vitals_agent.config.filesystem import local_paths
 from vitals_agent.config.schema import Config
-from vitals_agent.drivers.base import SerialOptions
 
 UNIT_NAME = "vitals-agent.service"
 UNIT_DIR = Path("/etc/systemd/system")
@@ -43,7 +42,7 @@ def device_paths(config: Config) -> list[str]:
     """Serial ports named by path that the unit's DeviceAllow= classes do not cover."""
     out: list[str] = []
     for device in config.devices:
-        port = device.options.port if isinstance(device.options, SerialOptions) else None
+        port = device.options.serial_port
         if (
             port
             and port.startswith("/dev/")

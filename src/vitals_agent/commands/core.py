@@ -197,8 +197,9 @@ def reading_json(reading: Reading) -> dict[str, Any]:
     }
 
 
-def _driver_options(cls: type[Driver], items: list[str]) -> DriverOptions | None:
-    """Driver options for offline decoding: the given keys, without the "where is the device" checks."""
+def _driver_options(cls: type[Driver[Any]], items: list[str]) -> DriverOptions | None:
+    """Driver options for offline decoding: the given keys, checked as in a config file except for
+    *where* the device is (a port, a folder)."""
     if not items:
         return None
     values: dict[str, Any] = {}
@@ -214,14 +215,11 @@ def _driver_options(cls: type[Driver], items: list[str]) -> DriverOptions | None
     if unknown:
         raise VitalsAgentError(f"{cls.name} has no option {', '.join(sorted(unknown))}")
     try:
-        return cls.options_model.model_validate(values)
+        return cls.options_model.offline(values)
     except ValidationError as exc:
-        # model-level checks (port or usb) and "where is the device" keys (folder) do not apply offline
-        errors = [e for e in exc.errors() if e["loc"] and e["type"] != "missing"]
-        if errors:
-            first = errors[0]
-            raise VitalsAgentError(f"option {first['loc'][0]}: {first['msg']}") from None
-        return cls.options_model.model_construct(**values)
+        first = exc.errors()[0]
+        where = first["loc"][0] if first["loc"] else "options"
+        raise VitalsAgentError(f"option {where}: {first['msg']}") from None
 
 
 async def cmd_decode(args: argparse.Namespace) -> int:

@@ -64,17 +64,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=cmd_demo)
 
 
-def _simulator(driver_name: str, options: dict[str, Any]) -> Simulator | None:
+def _simulator(driver_name: str, settings: dict[str, Any]) -> Simulator | None:
+    """The driver's simulator with ``settings`` (a wrong setting is an error, not silently dropped); None
+    when the driver is not installed or has none."""
     cls = all_drivers().get(driver_name)
-    if cls is None:
+    if cls is None or cls.simulator_class is None:
         return None
-    driver = cls()
-    try:
-        return driver.simulator(**options)
-    except TypeError:
-        return driver.simulator()
-    except NotImplementedError:
-        return None
+    return cls().simulator(**settings)
 
 
 def _print_reading(accepted: Accepted) -> None:

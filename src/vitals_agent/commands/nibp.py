@@ -17,7 +17,7 @@ import serial
 
 from vitals_agent.commands._options import add_config_option, config_path
 from vitals_agent.config.schema import load_config
-from vitals_agent.drivers.base import SerialOptions, SerialSettings
+from vitals_agent.drivers.base import SerialSettings, driver_class
 from vitals_agent.drivers.ports import resolve_usb
 from vitals_agent.drivers.suntech import START_MEASUREMENT, SunTechDriver
 from vitals_agent.errors import VitalsAgentError
@@ -40,15 +40,16 @@ def target_from_config(path: Path, device_id: str) -> tuple[str, SerialSettings]
     device = next((d for d in config.devices if d.id == device_id), None)
     if device is None:
         raise VitalsAgentError(f"no device {device_id!r} in {path}")
-    if device.driver != SunTechDriver.name:
+    driver = driver_class(device.driver)(device.options)
+    if not isinstance(driver, SunTechDriver):
         raise VitalsAgentError(
             f"device {device_id!r} uses driver {device.driver!r}, not {SunTechDriver.name!r}"
         )
-    options = device.options
-    assert isinstance(options, SerialOptions)
+    options = driver.options
     port = resolve_usb(options.usb).device if options.usb is not None else options.port
-    assert port is not None
-    return port, options.line_settings(SunTechDriver.serial_defaults)
+    if port is None:
+        raise VitalsAgentError(f"device {device_id!r} has no port or usb")
+    return port, driver.line_settings()
 
 
 def send_start(port: str, settings: SerialSettings) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 from vitals_agent.commands._options import add_config_option, config_path
 from vitals_agent.config.schema import load_config
-from vitals_agent.drivers.base import SerialOptions
+from vitals_agent.drivers.base import SerialDriver, SerialOptions, driver_class
 from vitals_agent.drivers.netport import network_port
 from vitals_agent.drivers.ports import PortInfo, UsbSpec, list_serial_ports, same_port
 
@@ -29,7 +29,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def configured_serial_devices(path: Path) -> list[tuple[str, SerialOptions]]:
     """(device id, serial options) of every configured serial device. Raises ConfigError."""
     config = load_config(path)
-    return [(d.id, d.options) for d in config.devices if isinstance(d.options, SerialOptions)]
+    drivers = [(d.id, driver_class(d.driver)(d.options)) for d in config.devices]
+    return [
+        (device_id, driver.serial_options)
+        for device_id, driver in drivers
+        if isinstance(driver, SerialDriver)
+    ]
 
 
 def matches_for(port: PortInfo, devices: list[tuple[str, SerialOptions]]) -> list[str]:

@@ -12,7 +12,6 @@ import os
 from pathlib import Path
 
 from vitals_agent.config.schema import Config
-from vitals_agent.drivers.base import local_path_keys
 
 
 def _user() -> str:
@@ -90,10 +89,8 @@ def local_paths(config: Config) -> list[tuple[str, str, Path]]:
     """``(key, kind, path)`` for every local folder the devices name (kind: ``folder``/``output-folder``)."""
     out: list[tuple[str, str, Path]] = []
     for index, device in enumerate(config.devices):
-        for key, marker in local_path_keys(type(device.options)).items():
-            value = getattr(device.options, key, None)
-            if isinstance(value, str) and value:
-                out.append((f"devices[{index}].{key}", marker.kind, Path(value)))
+        for key, (marker, value) in device.options.local_paths().items():
+            out.append((f"devices[{index}].{key}", marker.kind, Path(value)))
     return out
 
 

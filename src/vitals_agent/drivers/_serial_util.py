@@ -12,7 +12,6 @@ import re
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any
 
 from vitals_agent.drivers.base import (
     DecodeContext,
@@ -165,17 +164,6 @@ class TimedSimulator(Simulator):
                 reply = self.on_request(data)
                 if reply:
                     await port.write(reply)
-
-
-def sim_kwargs(kwargs: dict[str, Any], allowed: Iterable[str], driver: str) -> dict[str, Any]:
-    """Reject simulator options a driver does not know (a typo should not silently do nothing)."""
-    allowed_set = set(allowed)
-    unknown = sorted(set(kwargs) - allowed_set)
-    if unknown:
-        raise ValueError(
-            f"{driver} simulator: unknown option(s) {', '.join(unknown)}; known: {sorted(allowed_set)}"
-        )
-    return kwargs
 
 
 # ---------------------------------------------------------------------------------------------- weighing

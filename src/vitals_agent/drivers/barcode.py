@@ -16,19 +16,17 @@ which applies the ``[patient] mrn_pattern`` to one line of standard input (:func
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import re
 from collections.abc import Iterable
-from typing import Any, ClassVar
+from typing import ClassVar
 
-from pydantic import field_validator
+from pydantic import field_validator, validate_call
 
 from vitals_agent.drivers.base import (
     DecodeContext,
-    Driver,
     LineDecoder,
+    SerialDriver,
     SerialOptions,
-    SerialSettings,
     SimPort,
     Simulator,
     StreamDecoder,
@@ -84,10 +82,9 @@ class BarcodeDecoder(LineDecoder):
     max_line: ClassVar[int] = 256  # a longer line is discarded whole (never its last bytes as a scan)
     line_name: ClassVar[str] = "scan"
 
-    def __init__(self, ctx: DecodeContext) -> None:
+    def __init__(self, ctx: DecodeContext, mrn_pattern: str = DEFAULT_MRN_PATTERN) -> None:
         super().__init__(ctx)
-        options = ctx.options if isinstance(ctx.options, BarcodeOptions) else None
-        self._pattern = re.compile(options.mrn_pattern if options else DEFAULT_MRN_PATTERN)
+        self._pattern = re.compile(mrn_pattern)
 
     def decode_line(self, line: bytes) -> Iterable[DeviceEvent]:
         try:
@@ -107,6 +104,7 @@ class BarcodeDecoder(LineDecoder):
 class BarcodeSimulator(Simulator):
     """Plays a serial scanner: sends each code (CR LF terminated), ``interval`` seconds apart, then idles."""
 
+    @validate_call
     def __init__(self, codes: Iterable[str] = ("MRN12345",), interval: float = 1.0) -> None:
         self.codes = list(codes)
         self.interval = interval
@@ -120,18 +118,11 @@ class BarcodeSimulator(Simulator):
 
 
 @register_driver
-class BarcodeDriver(Driver):
+class BarcodeDriver(SerialDriver[BarcodeOptions]):
     name = "barcode"
     description = "Serial / USB-CDC wristband barcode scanner (sets the room's patient; mrn_pattern)"
     device_class = DeviceClass.BARCODE
-    transport = "serial"
-    options_model = BarcodeOptions
-    serial_defaults = SerialSettings(baudrate=9600)
+    simulator_class = BarcodeSimulator
 
     def stream_decoder(self, ctx: DecodeContext) -> StreamDecoder:
-        if ctx.options is None:
-            ctx = dataclasses.replace(ctx, options=self.options)
-        return BarcodeDecoder(ctx)
-
-    def simulator(self, **kwargs: Any) -> Simulator:
-        return BarcodeSimulator(**kwargs)
+        return BarcodeDecoder(ctx, self.options.mrn_pattern)

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import abc
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
-from typing import Any, ClassVar, Literal, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, Literal, Protocol, Self, TypeVar, cast, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, model_validator
 
 from vitals_agent.drivers.netport import network_port
 from vitals_agent.errors import DecodeError, OverlongError, TruncatedError, UnknownDriverError
@@ -52,11 +52,41 @@ def local_path_keys(model: type[BaseModel]) -> dict[str, LocalPath]:
     return out
 
 
+OFFLINE = "offline"  # validation context key: options for decoding files, no device to reach
+
+
 class DriverOptions(BaseModel):
     """Per-device keys a driver accepts besides the common ones. Unknown keys are errors, and types are
-    strict (``baudrate = "9600"`` is an error, not 9600): a config file says what it means."""
+    strict (``baudrate = "9600"`` is an error, not 9600): a config file says what it means.
+
+    :meth:`offline` validates the same keys for decoding without a device (``vitals-agent decode``, a
+    default driver): the checks of *where* the device is (a port, a folder, an address) do not apply then;
+    every other check does."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    @classmethod
+    def offline(cls, values: Mapping[str, Any] | None = None) -> Self:
+        return cls.model_validate(dict(values or {}), context={OFFLINE: True})
+
+    @property
+    def serial_port(self) -> str | None:
+        """The serial port path this device is configured on (serial drivers given ``port``), else None."""
+        return None
+
+    def local_paths(self) -> dict[str, tuple[LocalPath, str]]:
+        """The keys set to a local file or folder (see :class:`LocalPath`): key -> (marker, value)."""
+        values = self.model_dump()
+        return {
+            key: (marker, values[key])
+            for key, marker in local_path_keys(type(self)).items()
+            if isinstance(values[key], str) and values[key]
+        }
+
+
+def is_offline(info: ValidationInfo) -> bool:
+    """Whether options are being validated for offline decoding (see :meth:`DriverOptions.offline`)."""
+    return bool(info.context and info.context.get(OFFLINE))
 
 
 Parity = Literal["N", "E", "O", "M", "S"]
@@ -86,8 +116,10 @@ class SerialOptions(DriverOptions):
     stopbits: Literal[1, 2] | None = None
 
     @model_validator(mode="after")
-    def _where(self) -> SerialOptions:
-        if (self.port is None) == (self.usb is None):
+    def _where(self, info: ValidationInfo) -> SerialOptions:
+        if self.port is not None and self.usb is not None:
+            raise ValueError("give exactly one of 'port' or 'usb'")
+        if self.port is None and self.usb is None and not is_offline(info):
             raise ValueError("give exactly one of 'port' or 'usb'")
         if self.port is not None:
             network_port(self.port)  # a terminal server's URL names its host and TCP port (ValueError)
@@ -98,6 +130,10 @@ class SerialOptions(DriverOptions):
             ):
                 raise ValueError("usb must be 'VID:PID' or 'VID:PID:SERIAL' with 4-digit hex ids")
         return self
+
+    @property
+    def serial_port(self) -> str | None:
+        return self.port
 
     def line_settings(self, defaults: SerialSettings | None) -> SerialSettings:
         base = defaults or SerialSettings()
@@ -123,7 +159,6 @@ class DecodeContext:
     device: DeviceIdentity
     tz: tzinfo = UTC  # zone of the device's local clock
     now: Callable[[], datetime] = utc_now  # host receive time (UTC, aware)
-    options: DriverOptions | None = None
 
 
 @dataclass(frozen=True)
@@ -370,8 +405,13 @@ class LineDecoder(StreamDecoder):
 # ---------------------------------------------------------------------------------------------- drivers
 
 
-class Driver(abc.ABC):
-    """A device protocol. Subclasses set the class attributes and register with :func:`register_driver`."""
+OptionsT = TypeVar("OptionsT", bound=DriverOptions, covariant=True)
+
+
+class Driver(abc.ABC, Generic[OptionsT]):
+    """A device protocol, generic over its options model: ``class TanitaDriver(SerialDriver[TanitaOptions])``
+    makes ``self.options`` a ``TanitaOptions`` (and :attr:`options_model` that class). Subclasses set the
+    class attributes and register with :func:`register_driver`."""
 
     name: ClassVar[str]
     description: ClassVar[str]
@@ -382,19 +422,29 @@ class Driver(abc.ABC):
     # "silent" instead of "connected" (the device key ``silent_after_seconds`` overrides it). None: a device
     # that is legitimately quiet between measurements (cuffs, scales, thermometers, EKG carts, scanners).
     silent_after_seconds: ClassVar[float | None] = None
-    options_model: ClassVar[type[DriverOptions]] = DriverOptions
+    options_model: ClassVar[type[DriverOptions]] = DriverOptions  # set from the generic argument
     serial_defaults: ClassVar[SerialSettings | None] = None
     characteristics: ClassVar[tuple[str, ...]] = ()  # BLE: UUIDs `decode --characteristic` accepts
+    simulator_class: ClassVar[type[Simulator] | None] = None  # a realistic simulated device, if any
 
-    def __init__(self, options: DriverOptions | None = None) -> None:
-        if options is None:
-            try:
-                options = self.options_model()
-            except ValidationError:
-                # Offline use (`vitals-agent decode`, tests): the model's defaults without its "where is the
-                # device" checks (SerialOptions needs port or usb, which decoding does not).
-                options = self.options_model.model_construct()
-        self.options = options
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "options_model" in cls.__dict__:
+            return
+        for base in getattr(cls, "__orig_bases__", ()):
+            origin = get_origin(base)
+            if isinstance(origin, type) and issubclass(origin, Driver):
+                args = get_args(base)
+                if args and isinstance(args[0], type) and issubclass(args[0], DriverOptions):
+                    cls.options_model = args[0]
+
+    def __init__(self, options: OptionsT | None = None) -> None:
+        """``options``: validated by :attr:`options_model`; None: its defaults for offline decoding
+        (``vitals-agent decode``, tests), where no device has to be reached."""
+        # The one bridge from the class attribute to the type parameter (a ClassVar cannot name it).
+        self.options: OptionsT = (
+            options if options is not None else cast(OptionsT, self.options_model.offline())
+        )
 
     def stream_decoder(self, ctx: DecodeContext) -> StreamDecoder:
         raise NotImplementedError(f"{self.name} has no stream decoder")
@@ -410,8 +460,42 @@ class Driver(abc.ABC):
         out.extend(decoder.flush())
         return out
 
-    def simulator(self, **kwargs: Any) -> Simulator:
-        raise NotImplementedError(f"{self.name} has no simulator")
+    def simulator_settings(self) -> dict[str, Any]:
+        """Simulator settings that follow from this device's options (e.g. its data format)."""
+        return {}
+
+    def simulator(self, **settings: Any) -> Simulator:
+        """This driver's simulator with ``settings``, validated against the simulator's typed keywords:
+        an unknown or a wrong setting is a ValueError naming it. NotImplementedError when there is none."""
+        if self.simulator_class is None:
+            raise NotImplementedError(f"{self.name} has no simulator")
+        try:
+            return self.simulator_class(**{**self.simulator_settings(), **settings})
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "settings"
+            problem = "unknown setting" if first["type"] == "unexpected_keyword_argument" else first["msg"]
+            raise ValueError(f"{self.name} simulator: {where}: {problem}") from None
+
+
+SerialOptionsT = TypeVar("SerialOptionsT", bound=SerialOptions, covariant=True)
+
+
+class SerialDriver(Driver[SerialOptionsT]):
+    """A driver whose device is on a serial port (or a pyserial URL), with :class:`SerialOptions`;
+    :attr:`serial_defaults` (9600 8N1 unless the driver says otherwise) are the line settings the config
+    may override key by key. The one place serial settings are decided: :meth:`line_settings`."""
+
+    transport: ClassVar[str] = "serial"
+    serial_defaults: ClassVar[SerialSettings | None] = SerialSettings()
+
+    @property
+    def serial_options(self) -> SerialOptions:
+        return self.options
+
+    def line_settings(self) -> SerialSettings:
+        """The driver's defaults, overridden key by key by the device's configuration."""
+        return self.options.line_settings(self.serial_defaults)
 
 
 class SimPort(Protocol):
@@ -423,15 +507,17 @@ class SimPort(Protocol):
 
 
 class Simulator(abc.ABC):
-    """A realistic simulated device: plays the device side of the protocol on a :class:`SimPort`."""
+    """A realistic simulated device: plays the device side of the protocol on a :class:`SimPort`.
+    Subclasses decorate ``__init__`` with :func:`pydantic.validate_call`: its typed keywords are the
+    simulator's options model, checked when ``vitals-agent simulate`` or the demo builds one."""
 
     @abc.abstractmethod
     async def run(self, port: SimPort) -> None:
         """Run until cancelled."""
 
 
-_DRIVERS: dict[str, type[Driver]] = {}
-_D = TypeVar("_D", bound=type[Driver])
+_DRIVERS: dict[str, type[Driver[Any]]] = {}
+_D = TypeVar("_D", bound=type[Driver[Any]])
 
 
 def register_driver(cls: _D) -> _D:
@@ -441,7 +527,7 @@ def register_driver(cls: _D) -> _D:
     return cls
 
 
-def driver_class(name: str) -> type[Driver]:
+def driver_class(name: str) -> type[Driver[Any]]:
     """The driver registered as ``name``; only its module is imported (lean start)."""
     from vitals_agent.drivers import load_all, load_driver
 
@@ -455,7 +541,7 @@ def driver_class(name: str) -> type[Driver]:
         raise UnknownDriverError(f"unknown driver {name!r} (known: {known})") from None
 
 
-def all_drivers() -> dict[str, type[Driver]]:
+def all_drivers() -> dict[str, type[Driver[Any]]]:
     from vitals_agent.drivers import load_all
 
     load_all()
@@ -480,7 +566,7 @@ class DeviceRuntime(Protocol):
     def device_id(self) -> str: ...
 
     @property
-    def driver(self) -> Driver: ...
+    def driver(self) -> Driver[Any]: ...
 
     @property
     def settings(self) -> dict[str, Any]:

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, validate_call
 
 from vitals_agent.drivers._serial_util import (
     FlushingDecoder,
@@ -26,17 +26,14 @@ from vitals_agent.drivers._serial_util import (
     make_reading,
     parse_decimal,
     parse_feet_inches,
-    sim_kwargs,
     weighing_measurements,
 )
 from vitals_agent.drivers.base import (
     DecodeContext,
     DecodeFailure,
     DecoderOutput,
-    Driver,
+    SerialDriver,
     SerialOptions,
-    SerialSettings,
-    Simulator,
     register_driver,
 )
 from vitals_agent.errors import DecodeError, OverlongError, TruncatedError, UnsupportedError
@@ -293,6 +290,7 @@ class HealthOMeterSimulator(TimedSimulator):
     """Sends a packet every ``interval`` (the print key) cycling empty platform / patient weights, and
     answers ``Q`` with the current packet."""
 
+    @validate_call
     def __init__(
         self,
         weights: Sequence[str] = ("200.00", "0.00", "185.40", "0.00"),
@@ -335,18 +333,14 @@ class HealthOMeterSimulator(TimedSimulator):
 
 
 @register_driver
-class HealthOMeterDriver(Driver):
+class HealthOMeterDriver(SerialDriver[HealthOMeterOptions]):
     name = "health-o-meter"
     description = "Health o meter Professional 1100KL/2101KL scales (ESC-tagged packets: weight, height, BMI)"
     device_class = DeviceClass.SCALE
-    transport = "serial"
-    continuous = False
-    options_model = HealthOMeterOptions
-    serial_defaults = SerialSettings(baudrate=9600, bytesize=8, parity="N", stopbits=1)
+    simulator_class = HealthOMeterSimulator
 
     def stream_decoder(self, ctx: DecodeContext) -> HealthOMeterDecoder:
         o = self.options
-        assert isinstance(o, HealthOMeterOptions)
         return HealthOMeterDecoder(
             ctx,
             zero_band_kg=o.zero_band_kg,
@@ -354,7 +348,3 @@ class HealthOMeterDriver(Driver):
             poll_seconds=o.poll_seconds,
             id_field=o.id_field,
         )
-
-    def simulator(self, **kwargs: Any) -> Simulator:
-        allowed = ("weights", "metric", "height", "bmi", "patient_id", "interval", "stream")
-        return HealthOMeterSimulator(**sim_kwargs(kwargs, allowed, self.name))

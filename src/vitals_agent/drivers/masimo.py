@@ -42,17 +42,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Literal
+
+from pydantic import validate_call
 
 from vitals_agent.drivers.base import (
     DecodeContext,
     DecodeFailure,
     DecoderOutput,
-    Driver,
     Line,
     LineSplitter,
+    SerialDriver,
     SerialOptions,
-    SerialSettings,
     SimPort,
     Simulator,
     StreamDecoder,
@@ -397,6 +398,7 @@ class Rad8Simulator(Simulator):
     """A Rad-8 in ASCII 1: one line every ``interval`` seconds with drifting plausible values, and now
     and then a pulse-search or sensor-off episode (dashes, EXC bits). Deterministic with ``seed``."""
 
+    @validate_call
     def __init__(
         self,
         interval: float = 1.0,
@@ -461,19 +463,13 @@ class Rad8Simulator(Simulator):
 
 
 @register_driver
-class MasimoAsciiDriver(Driver):
+class MasimoAsciiDriver(SerialDriver[MasimoOptions]):
     name = "masimo-ascii"
     description = "Masimo Rad-8/Rad-5/-57/-87/Radical-7/Rad-97 pulse oximeter, serial ASCII 1/ASCII 2/trend"
     device_class = DeviceClass.PULSE_OXIMETER
-    transport = "serial"
     continuous = True
     silent_after_seconds = 30.0  # one line per second (ASCII 1 and 2), also with the sensor off
-    options_model = MasimoOptions
-    serial_defaults = SerialSettings(baudrate=9600, bytesize=8, parity="N", stopbits=1)
+    simulator_class = Rad8Simulator
 
     def stream_decoder(self, ctx: DecodeContext) -> MasimoDecoder:
-        fmt: MasimoFormat = self.options.format if isinstance(self.options, MasimoOptions) else "auto"
-        return MasimoDecoder(ctx, fmt)
-
-    def simulator(self, **kwargs: Any) -> Rad8Simulator:
-        return Rad8Simulator(**kwargs)
+        return MasimoDecoder(ctx, self.options.format)

@@ -18,7 +18,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
+
+from pydantic import validate_call
 
 from vitals_agent.drivers._serial_util import (
     FlushingDecoder,
@@ -26,17 +28,14 @@ from vitals_agent.drivers._serial_util import (
     absent,
     hexs,
     make_reading,
-    sim_kwargs,
     value,
 )
 from vitals_agent.drivers.base import (
     DecodeContext,
     DecodeFailure,
     DecoderOutput,
-    Driver,
+    SerialDriver,
     SerialOptions,
-    SerialSettings,
-    Simulator,
     register_driver,
 )
 from vitals_agent.errors import ChecksumError, DecodeError, TruncatedError
@@ -504,6 +503,7 @@ class NoninSimulator(TimedSimulator):
     """A Nonin oximeter: streams DF8 frames (1/s) or DF2/DF7 packets (3/s), answers the format-select,
     set-time and get-time commands with ACK/NAK as the 9560 does, and switches format on request."""
 
+    @validate_call
     def __init__(
         self,
         fmt: str = "df8",
@@ -577,41 +577,35 @@ class NoninSimulator(TimedSimulator):
 # ---------------------------------------------------------------------------------------------- drivers
 
 
-class _NoninDriver(Driver):
+_NO = TypeVar("_NO", bound=NoninOptions, covariant=True)
+
+
+class _NoninDriver(SerialDriver[_NO]):
     device_class = DeviceClass.PULSE_OXIMETER
-    transport = "serial"
     continuous = True
     silent_after_seconds = 30.0  # DF8 one frame a second, DF2 75 frames a second, also with the sensor off
-    serial_defaults = SerialSettings(baudrate=9600, bytesize=8, parity="N", stopbits=1)
+    simulator_class = NoninSimulator
 
 
 @register_driver
-class NoninDF8Driver(_NoninDriver):
+class NoninDF8Driver(_NoninDriver[NoninOptions]):
     name = "nonin-df8"
     description = "Nonin serial pulse oximeter, data format 8 (4-byte frame per second; 9560, OEM III, Xpod)"
-    options_model = NoninOptions
 
     def stream_decoder(self, ctx: DecodeContext) -> DF8Decoder:
-        opts = self.options
-        return DF8Decoder(ctx, configure=bool(getattr(opts, "configure", False)))
+        return DF8Decoder(ctx, configure=self.options.configure)
 
-    def simulator(self, **kwargs: Any) -> Simulator:
-        return NoninSimulator(**sim_kwargs(kwargs, ("hr", "spo2", "interval", "accept_commands"), self.name))
+    def simulator_settings(self) -> dict[str, Any]:
+        return {"fmt": "df8"}
 
 
 @register_driver
-class NoninDF2Driver(_NoninDriver):
+class NoninDF2Driver(_NoninDriver[NoninDF2Options]):
     name = "nonin-df2"
     description = "Nonin serial pulse oximeter, data format 2 or 7 (25-frame packets with checksums, 3/s)"
-    options_model = NoninDF2Options
 
     def stream_decoder(self, ctx: DecodeContext) -> DF2Decoder:
-        opts = self.options
-        return DF2Decoder(
-            ctx, configure=bool(getattr(opts, "configure", False)), fmt=str(getattr(opts, "format", "df2"))
-        )
+        return DF2Decoder(ctx, configure=self.options.configure, fmt=self.options.format)
 
-    def simulator(self, **kwargs: Any) -> Simulator:
-        kw = sim_kwargs(kwargs, ("hr", "spo2", "interval", "accept_commands", "format"), self.name)
-        fmt = kw.pop("format", str(getattr(self.options, "format", "df2")))
-        return NoninSimulator(fmt=fmt, **kw)
+    def simulator_settings(self) -> dict[str, Any]:
+        return {"fmt": self.options.format}

@@ -25,7 +25,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, validate_call
 
 from vitals_agent.drivers._serial_util import (
     FlushingDecoder,
@@ -35,18 +35,15 @@ from vitals_agent.drivers._serial_util import (
     make_reading,
     parse_decimal,
     parse_feet_inches,
-    sim_kwargs,
     weighing_measurements,
 )
 from vitals_agent.drivers.base import (
     DecodeContext,
     DecodeFailure,
     DecoderOutput,
-    Driver,
     LineDecoder,
+    SerialDriver,
     SerialOptions,
-    SerialSettings,
-    Simulator,
     register_driver,
 )
 from vitals_agent.errors import DecodeError, TruncatedError, UnsupportedError
@@ -345,6 +342,7 @@ class ScaleSimulator(TimedSimulator):
     records), unloading. Streams (A&D, Rice Lake) or answers requests (Detecto ``<LF>P<CR>``,
     Fairbanks CR)."""
 
+    @validate_call
     def __init__(
         self,
         dialect: str = "and",
@@ -403,20 +401,16 @@ class ScaleSimulator(TimedSimulator):
 
 
 @register_driver
-class ScaleAsciiDriver(Driver):
+class ScaleAsciiDriver(SerialDriver[ScaleOptions]):
     name = "scale-ascii"
     description = (
         "Line-oriented serial scales (A&D format, Rice Lake, Fairbanks, Detecto solo): dialect option"
     )
     device_class = DeviceClass.SCALE
-    transport = "serial"
-    continuous = False
-    options_model = ScaleOptions
-    serial_defaults = SerialSettings(baudrate=9600, bytesize=8, parity="N", stopbits=1)
+    simulator_class = ScaleSimulator
 
     def stream_decoder(self, ctx: DecodeContext) -> ScaleDecoder:
         o = self.options
-        assert isinstance(o, ScaleOptions)
         return ScaleDecoder(
             ctx,
             dialect=o.dialect,
@@ -425,8 +419,5 @@ class ScaleAsciiDriver(Driver):
             poll_seconds=o.poll_seconds,
         )
 
-    def simulator(self, **kwargs: Any) -> Simulator:
-        kw = sim_kwargs(kwargs, ("dialect", "weights", "unit", "interval", "height_in", "bmi"), self.name)
-        o = self.options
-        kw.setdefault("dialect", getattr(o, "dialect", "and"))
-        return ScaleSimulator(**kw)
+    def simulator_settings(self) -> dict[str, Any]:
+        return {"dialect": self.options.dialect}

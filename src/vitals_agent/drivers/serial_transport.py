@@ -41,6 +41,7 @@ from vitals_agent.drivers.base import (
     DecodeFailure,
     DecoderOutput,
     DeviceRuntime,
+    SerialDriver,
     SerialOptions,
     SerialSettings,
     StreamDecoder,
@@ -50,7 +51,7 @@ from vitals_agent.drivers.base import (
 from vitals_agent.drivers.netport import network_port
 from vitals_agent.drivers.netserial import Rfc2217Link, TcpLink
 from vitals_agent.drivers.ports import resolve_usb
-from vitals_agent.errors import DeviceNotFoundError, OutboxError, RefusedError, TransportError
+from vitals_agent.errors import ConfigError, DeviceNotFoundError, OutboxError, RefusedError, TransportError
 from vitals_agent.host import serial as host_serial
 
 log = structlog.get_logger(__name__)
@@ -173,11 +174,11 @@ class SerialTransport(Transport):
 
     def __init__(self, runtime: DeviceRuntime) -> None:
         super().__init__(runtime)
-        options = runtime.driver.options
-        if not isinstance(options, SerialOptions):
-            raise TypeError(f"driver {runtime.driver.name!r} has no serial options (not a serial driver)")
-        self.options: SerialOptions = options
-        self.settings: SerialSettings = options.line_settings(runtime.driver.serial_defaults)
+        driver = runtime.driver
+        if not isinstance(driver, SerialDriver):
+            raise ConfigError([("driver", f"{driver.name!r} is not a serial driver")])
+        self.options: SerialOptions = driver.serial_options
+        self.settings: SerialSettings = driver.line_settings()
         self.decoder: StreamDecoder = runtime.driver.stream_decoder(runtime.ctx)
         self.url: str | None = None  # the port last opened (resolved from usb, if configured so)
         self.bytes_received = 0
@@ -195,7 +196,8 @@ class SerialTransport(Transport):
         if self.options.usb is not None:
             return resolve_usb(self.options.usb).device
         port = self.options.port
-        assert port is not None  # SerialOptions guarantees one of port/usb
+        if port is None:  # options validated offline (decoding only): there is no device to reach
+            raise DeviceNotFoundError("no serial port configured (give 'port' or 'usb')")
         if not _is_url(port) and not host_serial.port_present(port):  # also a link to a vanished pty
             raise DeviceNotFoundError(f"serial port {port} does not exist")
         return port

@@ -16,7 +16,9 @@ A non-zero error code gives "no value" measurements with the reason, never numbe
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
+
+from pydantic import validate_call
 
 from vitals_agent.drivers._serial_util import (
     FlushingDecoder,
@@ -24,17 +26,14 @@ from vitals_agent.drivers._serial_util import (
     absent,
     hexs,
     make_reading,
-    sim_kwargs,
     value,
 )
 from vitals_agent.drivers.base import (
     DecodeContext,
     DecodeFailure,
     DecoderOutput,
-    Driver,
+    SerialDriver,
     SerialOptions,
-    SerialSettings,
-    Simulator,
     register_driver,
 )
 from vitals_agent.errors import ChecksumError, DecodeError, TruncatedError, UnsupportedError
@@ -304,6 +303,7 @@ class SunTechSimulator(TimedSimulator):
 
     KNOWN = (START_MEASUREMENT, GET_BP_DATA, GET_CUFF_PRESSURE, PNEUMATICS_CLOSED)
 
+    @validate_call
     def __init__(
         self,
         systolic: int = 120,
@@ -370,18 +370,11 @@ class SunTechSimulator(TimedSimulator):
 
 
 @register_driver
-class SunTechDriver(Driver):
+class SunTechDriver(SerialDriver[SunTechOptions]):
     name = "suntech-advantage"
     description = "SunTech Advantage-type OEM NIBP module (serial; result read when a measurement completes)"
     device_class = DeviceClass.BLOOD_PRESSURE
-    transport = "serial"
-    continuous = False
-    options_model = SunTechOptions
-    serial_defaults = SerialSettings(baudrate=9600, bytesize=8, parity="N", stopbits=1)
+    simulator_class = SunTechSimulator
 
     def stream_decoder(self, ctx: DecodeContext) -> SunTechDecoder:
         return SunTechDecoder(ctx)
-
-    def simulator(self, **kwargs: Any) -> Simulator:
-        allowed = ("systolic", "diastolic", "mean", "heart_rate", "error", "interval", "steps", "auto_start")
-        return SunTechSimulator(**sim_kwargs(kwargs, allowed, self.name))

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from decimal import Decimal
-from typing import Any
+
+from pydantic import validate_call
 
 from vitals_agent.drivers._serial_util import (
     FlushingDecoder,
@@ -25,18 +26,15 @@ from vitals_agent.drivers._serial_util import (
     hexs,
     make_reading,
     parse_decimal,
-    sim_kwargs,
     value,
 )
 from vitals_agent.drivers.base import (
     DecodeContext,
     DecodeFailure,
     DecoderOutput,
-    Driver,
     LineSplitter,
+    SerialDriver,
     SerialOptions,
-    SerialSettings,
-    Simulator,
     register_driver,
 )
 from vitals_agent.errors import ChecksumError, DecodeError, TruncatedError, UnsupportedError
@@ -184,6 +182,7 @@ class TanitaSimulator(TimedSimulator):
     """A Tanita body-composition analyser sending one record per measurement (every ``interval``
     seconds), followed by the WB-3000's spurious glitch byte when ``glitch`` is set."""
 
+    @validate_call
     def __init__(
         self,
         model: str = "BC-418",
@@ -221,18 +220,11 @@ class TanitaSimulator(TimedSimulator):
 
 
 @register_driver
-class TanitaDriver(Driver):
+class TanitaDriver(SerialDriver[TanitaOptions]):
     name = "tanita"
     description = "Tanita scales / body-composition analysers, PC output (KEY,VALUE record with CS checksum)"
     device_class = DeviceClass.BODY_COMPOSITION
-    transport = "serial"
-    continuous = False
-    options_model = TanitaOptions
-    serial_defaults = SerialSettings(baudrate=9600, bytesize=8, parity="N", stopbits=1)
+    simulator_class = TanitaSimulator
 
     def stream_decoder(self, ctx: DecodeContext) -> TanitaDecoder:
         return TanitaDecoder(ctx)
-
-    def simulator(self, **kwargs: Any) -> Simulator:
-        allowed = ("model", "weight", "height", "bmi", "fat", "interval", "glitch")
-        return TanitaSimulator(**sim_kwargs(kwargs, allowed, self.name))

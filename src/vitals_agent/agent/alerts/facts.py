@@ -15,6 +15,7 @@ from typing import Any
 
 import structlog
 
+from vitals_agent import log_events as ev
 from vitals_agent.agent.alerts.rules import CertFacts, DeviceFacts, Facts, LinkFacts
 from vitals_agent.agent.clock import Clock
 from vitals_agent.agent.delivery.sender import QueueSender
@@ -50,7 +51,7 @@ def _pem_not_after(path: Path) -> float | None:
         data = path.expanduser().read_bytes()
         return x509.load_pem_x509_certificates(data)[0].not_valid_after_utc.timestamp()
     except (OSError, ValueError, IndexError) as exc:
-        log.debug("certificate not read for its expiry", file=str(path), error=type(exc).__name__)
+        log.debug(ev.ALERT_CERTIFICATE_UNREADABLE, file=str(path), error=type(exc).__name__)
         return None
 
 

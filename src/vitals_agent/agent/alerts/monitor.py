@@ -17,6 +17,7 @@ from typing import Any
 import structlog
 
 from vitals_agent import __version__
+from vitals_agent import log_events as ev
 from vitals_agent.agent.alerts.engine import AlertEngine, AlertEvent
 from vitals_agent.agent.alerts.rules import Facts, observe
 from vitals_agent.agent.clock import Clock
@@ -59,7 +60,7 @@ class _Outlet:
     def put(self, payload: dict[str, Any]) -> None:
         if self.queue.qsize() >= QUEUE_LIMIT:
             self.queue.get_nowait()
-            log.warning("alert channel backlog full: oldest alert dropped", channel=self.channel.name)
+            log.warning(ev.ALERT_CHANNEL_BACKLOG_FULL, channel=self.channel.name)
         self.queue.put_nowait(payload)
         if self.task is None or self.task.done():
             self.task = asyncio.create_task(self._work(), name=f"alerts:{self.channel.name}")
@@ -77,7 +78,7 @@ class _Outlet:
                     if attempt == len(self.delays):
                         self.failed += 1
                         log.warning(
-                            "alert not delivered, given up",
+                            ev.ALERT_DELIVERY_GIVEN_UP,
                             channel=self.channel.name,
                             alert=payload["alert"],
                             state=payload["state"],
@@ -85,7 +86,7 @@ class _Outlet:
                         )
                         break
                     log.warning(
-                        "alert not delivered, will retry",
+                        ev.ALERT_DELIVERY_FAILED,
                         channel=self.channel.name,
                         alert=payload["alert"],
                         error=str(exc),
@@ -94,7 +95,7 @@ class _Outlet:
                     await asyncio.sleep(self.delays[attempt])
                 except Exception as exc:  # a bug in a channel must not stop the others
                     self.failed += 1
-                    log.error("alert channel failed", channel=self.channel.name, error=type(exc).__name__)
+                    log.error(ev.ALERT_CHANNEL_FAILED, channel=self.channel.name, error=type(exc).__name__)
                     break
                 else:
                     self.sent += 1
@@ -177,11 +178,11 @@ class AlertMonitor:
             payload = self.payload(event)
             if event.state == "firing":
                 self.fired += 1
-                log.warning("ALERT", alert=event.kind, room=self.room, device=event.device,
+                log.warning(ev.ALERT_FIRING, alert=event.kind, room=self.room, device=event.device,
                             summary=event.summary, counts=dict(event.counts))  # fmt: skip
             else:
                 self.cleared += 1
-                log.warning("alert cleared", alert=event.kind, room=self.room, device=event.device,
+                log.warning(ev.ALERT_CLEARED, alert=event.kind, room=self.room, device=event.device,
                             summary=event.summary)  # fmt: skip
             for outlet in self.outlets:
                 outlet.put(payload)
@@ -213,7 +214,7 @@ class AlertMonitor:
             try:
                 await self.check()
             except Exception:  # alerting must never take the agent down
-                log.exception("alert check failed; continuing")
+                log.exception(ev.ALERT_CHECK_FAILED)
             await asyncio.sleep(self.config.check_seconds)
 
     async def close(self, timeout: float = 2.0) -> None:

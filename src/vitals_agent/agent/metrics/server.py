@@ -18,6 +18,7 @@ import h11
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from vitals_agent import log_events as ev
 from vitals_agent.config.metrics import MetricsConfig
 from vitals_agent.errors import ConfigError
 
@@ -65,9 +66,7 @@ class MetricsServer:
                 [("metrics.listen", f"cannot listen on {self.config.listen}: {exc.strerror or exc}")]
             ) from None
         self.port = self._server.sockets[0].getsockname()[1]
-        log.info(
-            "metrics listener started", listen=self.config.listen, port=self.port, tls=self.tls is not None
-        )
+        log.info(ev.METRICS_LISTENING, listen=self.config.listen, port=self.port, tls=self.tls is not None)
 
     async def stop(self) -> None:
         server, self._server = self._server, None
@@ -102,7 +101,7 @@ class MetricsServer:
             peer = writer.get_extra_info("peername")
             if not self._allowed(peer) or self._slots.locked():
                 self.refused += 1
-                log.debug("metrics client refused", peer=str(peer[0]) if isinstance(peer, tuple) else None)
+                log.debug(ev.METRICS_CLIENT_REFUSED, peer=str(peer[0]) if isinstance(peer, tuple) else None)
                 return
             async with self._slots:
                 await self._serve(reader, writer)

@@ -9,11 +9,18 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from vitals_agent.drivers.base import DecodeContext, DecodeFailure, DecoderOutput, Driver, DriverOptions
+from vitals_agent.drivers.base import (
+    DecodeContext,
+    DecodeFailure,
+    DecoderOutput,
+    Driver,
+    DriverOptions,
+    is_offline,
+)
 from vitals_agent.drivers.base import register_driver as _register
 from vitals_agent.drivers.ble import uuids as U
 from vitals_agent.drivers.ble.address import parse_address
@@ -94,8 +101,8 @@ class BleOptions(DriverOptions):
             raise ValueError(str(exc)) from None
 
     @model_validator(mode="after")
-    def _where(self) -> BleOptions:
-        if self.address is None and self.name is None:
+    def _where(self, info: ValidationInfo) -> BleOptions:
+        if self.address is None and self.name is None and not is_offline(info):
             raise ValueError("give 'address' or 'name' (a pattern of the advertised name)")
         return self
 
@@ -148,11 +155,13 @@ def identity_from_dis(device_id: str, values: Mapping[str, bytes]) -> DeviceIden
     return DeviceIdentity(id=device_id, **fields)
 
 
-class BleDriver(Driver):
-    """Base of the BLE drivers."""
+BleOptionsT = TypeVar("BleOptionsT", bound=BleOptions, covariant=True)
+
+
+class BleDriver(Driver[BleOptionsT]):
+    """Base of the BLE drivers, generic over their options (:class:`BleOptions` or a subclass)."""
 
     transport = "ble"
-    options_model: ClassVar[type[DriverOptions]] = BleOptions
     service: ClassVar[str]
     # measurement characteristic -> its decoder, for payloads that need nothing but their bytes
     decoders: ClassVar[Mapping[str, Callable[[bytes], BleRecord]]] = {}
@@ -173,7 +182,6 @@ class BleDriver(Driver):
 
     @property
     def ble_options(self) -> BleOptions:
-        assert isinstance(self.options, BleOptions)
         return self.options
 
     def decode_measurement(self, uuid: str, data: bytes, context: Mapping[str, bytes]) -> BleRecord:
@@ -256,7 +264,7 @@ class BleDriver(Driver):
 
 
 @_register
-class BloodPressureDriver(BleDriver):
+class BloodPressureDriver(BleDriver[BleOptions]):
     name = "ble-blood-pressure"
     description = "Bluetooth Blood Pressure Service 0x1810 (A&D UA-651BLE, Omron, ...)"
     device_class = DeviceClass.BLOOD_PRESSURE
@@ -276,8 +284,8 @@ class BloodPressureDriver(BleDriver):
             decode_dis_string(context[U.MANUFACTURER_NAME]) if U.MANUFACTURER_NAME in context else None
         )
         model = decode_dis_string(context[U.MODEL_NUMBER]) if U.MODEL_NUMBER in context else None
-        if self.ble_options.model:
-            return bp_quirks(None, self.ble_options.model)
+        if self.options.model:
+            return bp_quirks(None, self.options.model)
         return bp_quirks(manufacturer, model)
 
     def decode_measurement(self, uuid: str, data: bytes, context: Mapping[str, bytes]) -> BleRecord:
@@ -289,11 +297,10 @@ class BloodPressureDriver(BleDriver):
 
 
 @_register
-class ThermometerDriver(BleDriver):
+class ThermometerDriver(BleDriver[ThermometerOptions]):
     name = "ble-thermometer"
     description = "Bluetooth Health Thermometer Service 0x1809"
     device_class = DeviceClass.THERMOMETER
-    options_model = ThermometerOptions
     service = U.HEALTH_THERMOMETER_SERVICE
     measurement_characteristics = (U.TEMPERATURE_MEASUREMENT,)
     extra_characteristics = (U.TEMPERATURE_TYPE,)
@@ -304,12 +311,11 @@ class ThermometerDriver(BleDriver):
         default_type = None
         if context.get(U.TEMPERATURE_TYPE):
             default_type = decode_temperature_type(context[U.TEMPERATURE_TYPE])
-        site = self.options.site if isinstance(self.options, ThermometerOptions) else None
-        return decode_temperature(data, default_type=default_type, default_site=site)
+        return decode_temperature(data, default_type=default_type, default_site=self.options.site)
 
 
 @_register
-class WeightScaleDriver(BleDriver):
+class WeightScaleDriver(BleDriver[BleOptions]):
     name = "ble-weight-scale"
     description = "Bluetooth Weight Scale Service 0x181D (A&D UC-352BLE, ...)"
     device_class = DeviceClass.SCALE
@@ -319,7 +325,7 @@ class WeightScaleDriver(BleDriver):
 
 
 @_register
-class BodyCompositionDriver(BleDriver):
+class BodyCompositionDriver(BleDriver[BleOptions]):
     name = "ble-body-composition"
     description = "Bluetooth Body Composition Service 0x181B"
     device_class = DeviceClass.BODY_COMPOSITION
@@ -329,7 +335,7 @@ class BodyCompositionDriver(BleDriver):
 
 
 @_register
-class PulseOximeterDriver(BleDriver):
+class PulseOximeterDriver(BleDriver[BleOptions]):
     name = "ble-pulse-oximeter"
     description = "Bluetooth Pulse Oximeter Service (PLX) 0x1822: spot-check and continuous"
     device_class = DeviceClass.PULSE_OXIMETER
@@ -340,13 +346,12 @@ class PulseOximeterDriver(BleDriver):
 
 
 @_register
-class HeartRateDriver(BleDriver):
+class HeartRateDriver(BleDriver[HeartRateOptions]):
     name = "ble-heart-rate"
     description = "Bluetooth Heart Rate Service 0x180D (chest straps; not an exam-room source)"
     device_class = DeviceClass.HEART_RATE
     continuous = True
     silent_after_seconds = 30.0  # a notification a second while connected
-    options_model = HeartRateOptions
     service = U.HEART_RATE_SERVICE
     measurement_characteristics = (U.HEART_RATE_MEASUREMENT,)
     extra_characteristics = (U.uuid16(0x2A38),)
@@ -354,12 +359,11 @@ class HeartRateDriver(BleDriver):
     def decode_measurement(self, uuid: str, data: bytes, context: Mapping[str, bytes]) -> BleRecord:
         if uuid != U.HEART_RATE_MEASUREMENT:
             return super().decode_measurement(uuid, data, context)
-        metric = self.options.metric if isinstance(self.options, HeartRateOptions) else "ecg_heart_rate"
-        return decode_heart_rate(data, metric or "ecg_heart_rate")
+        return decode_heart_rate(data, self.options.metric)
 
 
 @_register
-class Nonin3230Driver(BleDriver):
+class Nonin3230Driver(BleDriver[BleOptions]):
     name = "nonin-3230"
     description = "Nonin 3230 finger oximeter, Nonin Oximetry Service (bond first: encryption required)"
     device_class = DeviceClass.PULSE_OXIMETER

@@ -171,7 +171,7 @@ class BleSession:
 
     def __init__(
         self,
-        driver: BleDriver,
+        driver: BleDriver[Any],
         ctx: DecodeContext,
         state: DeviceStateStore,
         address: str,

@@ -40,7 +40,7 @@ from vitals_agent.drivers.ble.session import (
     Result,
     Subscribe,
 )
-from vitals_agent.errors import DeviceNotFoundError, RefusedError, TransportError
+from vitals_agent.errors import ConfigError, DeviceNotFoundError, RefusedError, TransportError
 
 log = structlog.get_logger(__name__)
 
@@ -144,7 +144,7 @@ class BleTransport(Transport):
         super().__init__(runtime)
         driver = runtime.driver
         if not isinstance(driver, BleDriver):
-            raise TypeError(f"the ble transport needs a BLE driver, not {driver.name}")
+            raise ConfigError([("driver", f"{driver.name!r} is not a BLE driver")])
         self.driver = driver
         self.options = driver.ble_options
         self._log = runtime.log if runtime.log is not None else log

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from typing import Annotated, ClassVar, Literal, cast
+from typing import Annotated, ClassVar, Literal, Self, TypeVar
 
 import structlog
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from vitals_agent.drivers.base import (
     DecodeContext,
@@ -17,9 +17,10 @@ from vitals_agent.drivers.base import (
     Driver,
     DriverOptions,
     LocalPath,
+    SerialDriver,
     SerialOptions,
-    SerialSettings,
     StreamDecoder,
+    is_offline,
     register_driver,
 )
 from vitals_agent.drivers.ecg import aecg, philips, scp
@@ -33,18 +34,31 @@ log = structlog.get_logger(__name__)
 MiB = 1024 * 1024
 
 
-class EcgFileOptions(DriverOptions):
-    """Keys of the folder-watching ECG drivers."""
+class EcgAttachOptions(DriverOptions):
+    """Keys of every EKG driver: what is attached, and how large a file may be."""
 
-    folder: Annotated[str, LocalPath("folder")] = Field(min_length=1)  # the share the cart writes to
-    pattern: str | None = None  # glob, matched case-insensitively; default per driver
     attach_original: bool = False  # send the original file as an ED OBX
     attach_max_bytes: int = Field(10 * MiB, gt=0)
     # larger files are refused without being read (XML trees take ~10x their size in memory)
     max_file_bytes: int = Field(16 * MiB, gt=0)
+
+
+class EcgFileOptions(EcgAttachOptions):
+    """Keys of the folder-watching EKG drivers."""
+
+    # the share the cart writes to (offline decoding needs none)
+    folder: Annotated[str, LocalPath("folder")] = Field("", validate_default=True)
+    pattern: str | None = None  # glob, matched case-insensitively; default per driver
     poll_seconds: float = Field(2.0, gt=0)
     # a file whose header announces more bytes than it has is waited for this long, then failed
     incomplete_timeout_seconds: float = Field(600.0, gt=0)
+
+    @field_validator("folder")
+    @classmethod
+    def _folder(cls, value: str, info: ValidationInfo) -> str:
+        if not value and not is_offline(info):
+            raise ValueError("required")
+        return value
 
 
 class AecgOptions(EcgFileOptions):
@@ -58,53 +72,39 @@ class PhilipsOptions(EcgFileOptions):
     attach_report: bool = False  # render the 12 leads (XLI-decompressed) to a PDF page and attach it (ED)
 
 
-class EcgSerialOptions(SerialOptions):
+class EcgSerialOptions(SerialOptions, EcgAttachOptions):
     """Keys of ``scp-ecg-serial``: where the cart is plus how files are cut out of the byte stream."""
 
     idle_gap_seconds: float = Field(2.0, gt=0)  # silence that ends a file whose length is unknown
     # silence that abandons an SCP record whose header announced more bytes (a slow or stalled cart)
     record_timeout_seconds: float = Field(30.0, gt=0)
-    attach_original: bool = False
-    attach_max_bytes: int = Field(10 * MiB, gt=0)
-    max_file_bytes: int = Field(16 * MiB, gt=0)
     # keep received files in <save_folder>/processed or /failed
     save_folder: Annotated[str | None, LocalPath("output-folder")] = None
 
     @model_validator(mode="after")
-    def _limits(self) -> EcgSerialOptions:
+    def _limits(self) -> Self:
         if self.max_file_bytes < 64:
             raise ValueError("max_file_bytes must be at least 64")
         return self
 
 
-class EcgFileDriver(Driver):
-    """Base of the file-based ECG drivers: a pure ``decode_file`` plus what the transports need."""
+EcgOptionsT = TypeVar("EcgOptionsT", bound=EcgAttachOptions, covariant=True)
+FolderOptionsT = TypeVar("FolderOptionsT", bound=EcgFileOptions, covariant=True)
+
+
+class EcgFileDriver(Driver[EcgOptionsT]):
+    """Base of the file-based EKG drivers: a pure ``decode_file`` plus what the transports need."""
 
     device_class: ClassVar[DeviceClass] = DeviceClass.ECG
     transport: ClassVar[str] = "folder"
-    options_model: ClassVar[type[DriverOptions]] = EcgFileOptions
     default_pattern: ClassVar[str] = "*"
     media_type: ClassVar[str] = "application/octet-stream"
     default_name: ClassVar[str] = "ecg"
     _decoder: ClassVar[Callable[..., Reading]]
 
-    def __init__(self, options: DriverOptions | None = None) -> None:
-        # A default instance (offline `vitals-agent decode`) has no folder: build it without validation.
-        model = cast("type[EcgFileOptions]", self.options_model)
-        super().__init__(options if options is not None else model.model_construct(folder=""))
-
-    @property
-    def file_options(self) -> EcgFileOptions:
-        opts = self.options
-        return opts if isinstance(opts, EcgFileOptions) else EcgFileOptions.model_construct(folder="")
-
     @property
     def max_file_bytes(self) -> int:
-        return self.file_options.max_file_bytes
-
-    @property
-    def pattern(self) -> str:
-        return self.file_options.pattern or self.default_pattern
+        return self.options.max_file_bytes
 
     def expected_length(self, head: bytes) -> int | None:
         """Total size the file's header announces (SCP), or None when the format does not say."""
@@ -126,7 +126,7 @@ class EcgFileDriver(Driver):
         return self.finish(reading, data, name or self.default_name)
 
     def finish(self, reading: Reading, data: bytes, name: str) -> Reading:
-        opts = self.file_options
+        opts = self.options
         if opts.attach_original:
             reading = with_original(
                 reading, data, printable_name(name), self.media_type, opts.attach_max_bytes
@@ -146,7 +146,19 @@ class EcgFileDriver(Driver):
             return [DecodeFailure(exc)]
 
 
-class XmlFileDriver(EcgFileDriver):
+class FolderEcgDriver(EcgFileDriver[FolderOptionsT]):
+    """An EKG driver whose files come from a watched folder (the ``folder`` transport)."""
+
+    @property
+    def folder_options(self) -> EcgFileOptions:
+        return self.options
+
+    @property
+    def pattern(self) -> str:
+        return self.options.pattern or self.default_pattern
+
+
+class XmlFileDriver(FolderEcgDriver[FolderOptionsT]):
     root_element: ClassVar[str]
 
     def looks_complete(self, head: bytes, tail: bytes) -> bool:
@@ -246,10 +258,9 @@ def xml_root_closed(head: bytes, tail: bytes, root: str) -> bool:
     return close >= 0 and text[close + 2 :].rstrip(">").strip().split(":")[-1] == root
 
 
-@register_driver
-class ScpEcgDriver(EcgFileDriver):
-    name = "scp-ecg"
-    description = "EKG cart SCP-ECG files (EN 1064) from a watched folder: global measurements, statements"
+class _ScpFiles(EcgFileDriver[EcgOptionsT]):
+    """SCP-ECG records (EN 1064): their length is in their header."""
+
     default_pattern = "*.scp"
     media_type = scp.MEDIA_TYPE
     default_name = "ecg.scp"
@@ -266,10 +277,15 @@ class ScpEcgDriver(EcgFileDriver):
 
 
 @register_driver
-class AecgXmlDriver(XmlFileDriver):
+class ScpEcgDriver(_ScpFiles[EcgFileOptions], FolderEcgDriver[EcgFileOptions]):
+    name = "scp-ecg"
+    description = "EKG cart SCP-ECG files (EN 1064) from a watched folder: global measurements, statements"
+
+
+@register_driver
+class AecgXmlDriver(XmlFileDriver[AecgOptions]):
     name = "aecg-xml"
     description = "EKG cart HL7 aECG XML files from a watched folder: global measurements, statements"
-    options_model = AecgOptions
     default_pattern = "*.xml"
     media_type = aecg.MEDIA_TYPE
     default_name = "ecg.xml"
@@ -279,59 +295,38 @@ class AecgXmlDriver(XmlFileDriver):
         # One XML parse and decode serve both the reading and the rendered report page.
         root = aecg.document(data, max_bytes=self.max_file_bytes)
         opts = self.options
-        unitless = opts.unitless_interval_unit if isinstance(opts, AecgOptions) else None
-        decoded = aecg.parse_document(root, unitless_interval_unit=unitless)
+        decoded = aecg.parse_document(root, unitless_interval_unit=opts.unitless_interval_unit)
         reading = self.finish(to_reading(decoded, data, ctx), data, name or self.default_name)
-        if isinstance(opts, AecgOptions) and opts.attach_report:
+        if opts.attach_report:
             reading = with_report(reading, decoded, lambda: aecg.document_waveforms(root))
         return reading
 
 
 @register_driver
-class PhilipsXmlDriver(XmlFileDriver):
+class PhilipsXmlDriver(XmlFileDriver[PhilipsOptions]):
     name = "philips-xml"
     description = "Philips PageWriter/HeartStart Sierra ECG XML (1.03, 1.04.x) from a watched folder"
     default_pattern = "*.xml"
     media_type = philips.MEDIA_TYPE
     default_name = "ecg.xml"
     root_element = "restingecgdata"
-    options_model = PhilipsOptions
 
     def decode_file(self, data: bytes, ctx: DecodeContext, name: str | None = None) -> Reading:
         root = philips.document(data, max_bytes=self.max_file_bytes)
         decoded = philips.parse_document(root)
         reading = self.finish(to_reading(decoded, data, ctx), data, name or self.default_name)
-        opts = self.options
-        if isinstance(opts, PhilipsOptions) and opts.attach_report:
+        if self.options.attach_report:
             reading = with_report(reading, decoded, lambda: philips.waveforms(root))
         return reading
 
 
 @register_driver
-class ScpEcgSerialDriver(ScpEcgDriver):
+class ScpEcgSerialDriver(_ScpFiles[EcgSerialOptions], SerialDriver[EcgSerialOptions]):
     """SCP-ECG records sent over RS-232: a record ends at the length its header states (or an idle gap)."""
 
     name = "scp-ecg-serial"
     description = "EKG cart sending SCP-ECG records over RS-232 (file boundary by record length or idle gap)"
     transport = "ecg-serial-file"
-    options_model = EcgSerialOptions
-    serial_defaults = SerialSettings(baudrate=9600)
-
-    def __init__(self, options: DriverOptions | None = None) -> None:
-        # No port in a default instance (offline `decode`): build the options without validation.
-        super().__init__(options if options is not None else EcgSerialOptions.model_construct())
-
-    @property
-    def file_options(self) -> EcgFileOptions:
-        opts = self.options
-        if isinstance(opts, EcgSerialOptions):
-            return EcgFileOptions.model_construct(
-                folder="",
-                attach_original=opts.attach_original,
-                attach_max_bytes=opts.attach_max_bytes,
-                max_file_bytes=opts.max_file_bytes,
-            )
-        return EcgFileOptions.model_construct(folder="")
 
     def stream_decoder(self, ctx: DecodeContext) -> StreamDecoder:
         return ScpFileFramer(ctx, self, self.max_file_bytes)

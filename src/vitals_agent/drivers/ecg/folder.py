@@ -26,13 +26,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import structlog
 
 from vitals_agent import log_events as ev
 from vitals_agent.drivers.base import DecodeFailure, DeviceRuntime, Transport, register_transport
 from vitals_agent.drivers.ecg import safefs
-from vitals_agent.drivers.ecg.drivers import HEAD_BYTES, EcgFileDriver
+from vitals_agent.drivers.ecg.drivers import HEAD_BYTES, EcgFileDriver, FolderEcgDriver
 from vitals_agent.errors import (
     ConfigError,
     DecodeError,
@@ -114,7 +115,7 @@ class Outcome:
 
 
 async def deliver(
-    runtime: DeviceRuntime, driver: EcgFileDriver, data: bytes, name: str, *, digest: str | None = None
+    runtime: DeviceRuntime, driver: EcgFileDriver[Any], data: bytes, name: str, *, digest: str | None = None
 ) -> tuple[str, Reading | None, str]:
     """Decode ``data`` and hand the reading to the agent unless this exact file was delivered before.
 
@@ -184,15 +185,15 @@ class FolderTransport(Transport):
     # --------------------------------------------------------------------------------------- setup
 
     @property
-    def driver(self) -> EcgFileDriver:
+    def driver(self) -> FolderEcgDriver[Any]:
         driver = self.runtime.driver
-        if not isinstance(driver, EcgFileDriver):
+        if not isinstance(driver, FolderEcgDriver):
             raise ConfigError([("driver", f"{driver.name!r} cannot use the folder transport")])
         return driver
 
     @property
     def folder(self) -> Path:
-        folder = self.driver.file_options.folder
+        folder = self.driver.folder_options.folder
         if not folder:
             raise ConfigError([(f"devices.{self.runtime.device_id}.folder", "required for a folder device")])
         return Path(folder).expanduser()
@@ -230,7 +231,7 @@ class FolderTransport(Transport):
     async def run(self) -> None:
         dirs = await asyncio.to_thread(self._open_dirs)
         dirs.close()
-        opts = self.driver.file_options
+        opts = self.driver.folder_options
         self.runtime.set_connected(True, f"watching {self.folder}")
         try:
             while True:
@@ -335,7 +336,7 @@ class FolderTransport(Transport):
         """Open the file safely and decide: its bytes (``_Read``), refuse it now (``_Refuse``), a skip
         reason (``str``: not a regular file any more) or None (not ready: look again later)."""
         driver = self.driver
-        opts = driver.file_options
+        opts = driver.folder_options
         limit = opts.max_file_bytes
         try:
             handle = safefs.open_regular(dirs.folder, entry.name)
@@ -375,7 +376,7 @@ class FolderTransport(Transport):
 
     async def _handle(self, dirs: _Dirs, entry: _Entry, stable_for: float) -> Outcome | None:
         driver = self.driver
-        opts = driver.file_options
+        opts = driver.folder_options
         name = entry.name
         if entry.size > opts.max_file_bytes:  # refused by size, never opened
             reason = f"file too large ({entry.size} bytes > max_file_bytes {opts.max_file_bytes})"

@@ -21,11 +21,11 @@ import structlog
 from vitals_agent import log_events as ev
 from vitals_agent.drivers.base import DeviceRuntime, register_transport
 from vitals_agent.drivers.ecg import safefs
-from vitals_agent.drivers.ecg.drivers import EcgFileDriver, EcgSerialOptions
+from vitals_agent.drivers.ecg.drivers import EcgSerialOptions, ScpEcgSerialDriver
 from vitals_agent.drivers.ecg.folder import FAILED, PROCESSED, deliver, one_line, write_reason
 from vitals_agent.drivers.ecg.framing import ScpFileFramer
 from vitals_agent.drivers.serial_transport import SerialTransport
-from vitals_agent.errors import OutboxError, RetryableError, TransportError
+from vitals_agent.errors import ConfigError, OutboxError, RetryableError, TransportError
 
 log = structlog.get_logger(__name__)
 
@@ -37,9 +37,9 @@ class SerialFileTransport(SerialTransport):
     def __init__(self, runtime: DeviceRuntime) -> None:
         super().__init__(runtime)
         driver = runtime.driver
-        if not isinstance(driver, EcgFileDriver) or not isinstance(driver.options, EcgSerialOptions):
-            raise TypeError(f"driver {driver.name!r} cannot use the ecg-serial-file transport")
-        self.file_driver: EcgFileDriver = driver
+        if not isinstance(driver, ScpEcgSerialDriver):
+            raise ConfigError([("driver", f"{driver.name!r} cannot use the ecg-serial-file transport")])
+        self.file_driver = driver
         self.serial_options: EcgSerialOptions = driver.options
         self.framer = ScpFileFramer(runtime.ctx, driver, driver.max_file_bytes)
         self.files = 0
