@@ -118,10 +118,9 @@ class BarcodeSimulator(Simulator):
 
 
 @register_driver
-class BarcodeDriver(SerialDriver[BarcodeOptions]):
-    name = "barcode"
-    description = "Serial / USB-CDC wristband barcode scanner (sets the room's patient; mrn_pattern)"
-    device_class = DeviceClass.BARCODE
+class BarcodeDriver(SerialDriver[BarcodeOptions], name="barcode", device_class=DeviceClass.BARCODE):
+    """Serial / USB-CDC wristband barcode scanner (sets the room's patient; mrn_pattern)."""
+
     simulator_class = BarcodeSimulator
 
     def stream_decoder(self, ctx: DecodeContext) -> StreamDecoder:

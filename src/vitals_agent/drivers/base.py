@@ -409,9 +409,17 @@ OptionsT = TypeVar("OptionsT", bound=DriverOptions, covariant=True)
 
 
 class Driver(abc.ABC, Generic[OptionsT]):
-    """A device protocol, generic over its options model: ``class TanitaDriver(SerialDriver[TanitaOptions])``
-    makes ``self.options`` a ``TanitaOptions`` (and :attr:`options_model` that class). Subclasses set the
-    class attributes and register with :func:`register_driver`."""
+    """A device protocol, generic over its options model. A driver states what it is in its class line and
+    its docstring, and registers with :func:`register_driver`::
+
+        @register_driver
+        class TanitaDriver(SerialDriver[TanitaOptions], name="tanita", device_class=DeviceClass.SCALE):
+            \"\"\"Tanita scales, PC output.\"\"\"           # the description `vitals-agent drivers` shows
+
+            decoder_class = TanitaDecoder
+            simulator_class = TanitaSimulator
+
+    ``self.options`` is then a ``TanitaOptions`` (and :attr:`options_model` that class)."""
 
     name: ClassVar[str]
     description: ClassVar[str]
@@ -425,10 +433,19 @@ class Driver(abc.ABC, Generic[OptionsT]):
     options_model: ClassVar[type[DriverOptions]] = DriverOptions  # set from the generic argument
     serial_defaults: ClassVar[SerialSettings | None] = None
     characteristics: ClassVar[tuple[str, ...]] = ()  # BLE: UUIDs `decode --characteristic` accepts
+    decoder_class: ClassVar[type[StreamDecoder] | None] = None  # built with the context alone, if so
     simulator_class: ClassVar[type[Simulator] | None] = None  # a realistic simulated device, if any
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
+    def __init_subclass__(
+        cls, *, name: str | None = None, device_class: DeviceClass | None = None, **kwargs: Any
+    ) -> None:
         super().__init_subclass__(**kwargs)
+        if name is not None:
+            cls.name = name
+            if "description" not in cls.__dict__ and cls.__doc__:
+                cls.description = " ".join(cls.__doc__.split("\n\n")[0].split()).removesuffix(".")
+        if device_class is not None:
+            cls.device_class = device_class
         if "options_model" in cls.__dict__:
             return
         for base in getattr(cls, "__orig_bases__", ()):
@@ -447,7 +464,9 @@ class Driver(abc.ABC, Generic[OptionsT]):
         )
 
     def stream_decoder(self, ctx: DecodeContext) -> StreamDecoder:
-        raise NotImplementedError(f"{self.name} has no stream decoder")
+        if self.decoder_class is None:
+            raise NotImplementedError(f"{self.name} has no stream decoder")
+        return self.decoder_class(ctx)
 
     def decode_chunks(
         self, chunks: Sequence[bytes], ctx: DecodeContext, characteristic: str | None = None

@@ -333,10 +333,11 @@ class HealthOMeterSimulator(TimedSimulator):
 
 
 @register_driver
-class HealthOMeterDriver(SerialDriver[HealthOMeterOptions]):
-    name = "health-o-meter"
-    description = "Health o meter Professional 1100KL/2101KL scales (ESC-tagged packets: weight, height, BMI)"
-    device_class = DeviceClass.SCALE
+class HealthOMeterDriver(
+    SerialDriver[HealthOMeterOptions], name="health-o-meter", device_class=DeviceClass.SCALE
+):
+    """Health o meter Professional 1100KL/2101KL scales (ESC-tagged packets: weight, height, BMI)."""
+
     simulator_class = HealthOMeterSimulator
 
     def stream_decoder(self, ctx: DecodeContext) -> HealthOMeterDecoder:

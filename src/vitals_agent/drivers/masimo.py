@@ -463,10 +463,11 @@ class Rad8Simulator(Simulator):
 
 
 @register_driver
-class MasimoAsciiDriver(SerialDriver[MasimoOptions]):
-    name = "masimo-ascii"
-    description = "Masimo Rad-8/Rad-5/-57/-87/Radical-7/Rad-97 pulse oximeter, serial ASCII 1/ASCII 2/trend"
-    device_class = DeviceClass.PULSE_OXIMETER
+class MasimoAsciiDriver(
+    SerialDriver[MasimoOptions], name="masimo-ascii", device_class=DeviceClass.PULSE_OXIMETER
+):
+    """Masimo Rad-8/Rad-5/-57/-87/Radical-7/Rad-97 pulse oximeter, serial ASCII 1/ASCII 2/trend."""
+
     continuous = True
     silent_after_seconds = 30.0  # one line per second (ASCII 1 and 2), also with the sensor off
     simulator_class = Rad8Simulator

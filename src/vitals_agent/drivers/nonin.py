@@ -588,9 +588,8 @@ class _NoninDriver(SerialDriver[_NO]):
 
 
 @register_driver
-class NoninDF8Driver(_NoninDriver[NoninOptions]):
-    name = "nonin-df8"
-    description = "Nonin serial pulse oximeter, data format 8 (4-byte frame per second; 9560, OEM III, Xpod)"
+class NoninDF8Driver(_NoninDriver[NoninOptions], name="nonin-df8"):
+    """Nonin serial pulse oximeter, data format 8 (4-byte frame per second; 9560, OEM III, Xpod)."""
 
     def stream_decoder(self, ctx: DecodeContext) -> DF8Decoder:
         return DF8Decoder(ctx, configure=self.options.configure)
@@ -600,9 +599,8 @@ class NoninDF8Driver(_NoninDriver[NoninOptions]):
 
 
 @register_driver
-class NoninDF2Driver(_NoninDriver[NoninDF2Options]):
-    name = "nonin-df2"
-    description = "Nonin serial pulse oximeter, data format 2 or 7 (25-frame packets with checksums, 3/s)"
+class NoninDF2Driver(_NoninDriver[NoninDF2Options], name="nonin-df2"):
+    """Nonin serial pulse oximeter, data format 2 or 7 (25-frame packets with checksums, 3/s)."""
 
     def stream_decoder(self, ctx: DecodeContext) -> DF2Decoder:
         return DF2Decoder(ctx, configure=self.options.configure, fmt=self.options.format)

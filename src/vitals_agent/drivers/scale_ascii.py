@@ -401,12 +401,9 @@ class ScaleSimulator(TimedSimulator):
 
 
 @register_driver
-class ScaleAsciiDriver(SerialDriver[ScaleOptions]):
-    name = "scale-ascii"
-    description = (
-        "Line-oriented serial scales (A&D format, Rice Lake, Fairbanks, Detecto solo): dialect option"
-    )
-    device_class = DeviceClass.SCALE
+class ScaleAsciiDriver(SerialDriver[ScaleOptions], name="scale-ascii", device_class=DeviceClass.SCALE):
+    """Line-oriented serial scales (A&D format, Rice Lake, Fairbanks, Detecto solo): dialect option."""
+
     simulator_class = ScaleSimulator
 
     def stream_decoder(self, ctx: DecodeContext) -> ScaleDecoder:

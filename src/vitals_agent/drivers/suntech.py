@@ -370,11 +370,10 @@ class SunTechSimulator(TimedSimulator):
 
 
 @register_driver
-class SunTechDriver(SerialDriver[SunTechOptions]):
-    name = "suntech-advantage"
-    description = "SunTech Advantage-type OEM NIBP module (serial; result read when a measurement completes)"
-    device_class = DeviceClass.BLOOD_PRESSURE
-    simulator_class = SunTechSimulator
+class SunTechDriver(
+    SerialDriver[SunTechOptions], name="suntech-advantage", device_class=DeviceClass.BLOOD_PRESSURE
+):
+    """SunTech Advantage-type OEM NIBP module (serial; result read when a measurement completes)."""
 
-    def stream_decoder(self, ctx: DecodeContext) -> SunTechDecoder:
-        return SunTechDecoder(ctx)
+    decoder_class = SunTechDecoder
+    simulator_class = SunTechSimulator

@@ -220,11 +220,8 @@ class TanitaSimulator(TimedSimulator):
 
 
 @register_driver
-class TanitaDriver(SerialDriver[TanitaOptions]):
-    name = "tanita"
-    description = "Tanita scales / body-composition analysers, PC output (KEY,VALUE record with CS checksum)"
-    device_class = DeviceClass.BODY_COMPOSITION
-    simulator_class = TanitaSimulator
+class TanitaDriver(SerialDriver[TanitaOptions], name="tanita", device_class=DeviceClass.BODY_COMPOSITION):
+    """Tanita scales / body-composition analysers, PC output (KEY,VALUE record with CS checksum)."""
 
-    def stream_decoder(self, ctx: DecodeContext) -> TanitaDecoder:
-        return TanitaDecoder(ctx)
+    decoder_class = TanitaDecoder
+    simulator_class = TanitaSimulator

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from vitals_agent.agent.delivery.link import Answer
+from vitals_agent.agent.delivery.link import Answer, ClientLink
 from vitals_agent.agent.delivery.policy import DEFAULT_STORAGE_GIVE_UP, Settings
 from vitals_agent.agent.delivery.sender import BATCH, IDLE_POLL_SECONDS, POISON_SUSPECT_AFTER, QueueSender
 from vitals_agent.agent.storage.outbox import Outbox, OutboxMessage
@@ -26,7 +26,7 @@ from vitals_agent.fhir.answer import Delivered, Rejected, classify
 from vitals_agent.net.fhir_http import FhirClient, fhir_client
 
 
-class FhirLink:
+class FhirLink(ClientLink[FhirClient]):
     """One Bundle per request; the answer judged by the FHIR rules."""
 
     def __init__(
@@ -36,24 +36,9 @@ class FhirLink:
         retry_after_cap: float = 3600.0,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        self.client = client
+        super().__init__(client)
         self.retry_after_cap = retry_after_cap
         self.now = now
-
-    @property
-    def peer(self) -> str:
-        return self.client.peer
-
-    @property
-    def connected(self) -> bool:
-        return self.client.connected
-
-    @property
-    def tls(self) -> bool:
-        return self.client.ssl_context is not None
-
-    def refusal(self, msg: OutboxMessage) -> str | None:
-        return None
 
     async def exchange(self, msg: OutboxMessage, was_acked: Callable[[str], bool]) -> Answer:
         answer = await self.client.post(msg.body, request_id=msg.control_id)
@@ -72,12 +57,6 @@ class FhirLink:
             retry_after=verdict.retry_after,
             after_connect=answer.status == 500,
         )
-
-    def abort(self) -> None:
-        self.client.abort()
-
-    async def close(self) -> None:
-        await self.client.close()
 
 
 class FhirSender(QueueSender):

@@ -14,9 +14,10 @@ ConnectFailedError` (no connection: says nothing about the message), another
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from vitals_agent.agent.storage.outbox import OutboxMessage
 
@@ -56,3 +57,51 @@ class Link(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class LinkClient(Protocol):
+    """What a link needs of its protocol client (MLLP, HTTP)."""
+
+    ssl_context: ssl.SSLContext | None
+
+    @property
+    def peer(self) -> str: ...
+
+    @property
+    def connected(self) -> bool: ...
+
+    def abort(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+ClientT = TypeVar("ClientT", bound=LinkClient)
+
+
+class ClientLink(Generic[ClientT]):
+    """The part of every link that is its client's: the peer, the connection, TLS, abort and close.
+    Subclasses add :meth:`exchange` (and :meth:`refusal` when some messages can never be sent)."""
+
+    def __init__(self, client: ClientT) -> None:
+        self.client = client
+
+    @property
+    def peer(self) -> str:
+        return self.client.peer
+
+    @property
+    def connected(self) -> bool:
+        return self.client.connected
+
+    @property
+    def tls(self) -> bool:
+        return self.client.ssl_context is not None
+
+    def refusal(self, msg: OutboxMessage) -> str | None:
+        return None
+
+    def abort(self) -> None:
+        self.client.abort()
+
+    async def close(self) -> None:
+        await self.client.close()

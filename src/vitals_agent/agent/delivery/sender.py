@@ -43,7 +43,7 @@ from typing import Any
 import structlog
 
 from vitals_agent import log_events as ev
-from vitals_agent.agent.delivery.link import Answer, Link
+from vitals_agent.agent.delivery.link import Answer, ClientLink, Link
 from vitals_agent.agent.delivery.policy import (
     DEFAULT_STORAGE_GIVE_UP,
     AwaitAppAck,
@@ -83,7 +83,7 @@ ANSWERED_MEMORY = 4096  # MSH-10s whose ACK the MLLP link remembers (to recognis
 REPLAY_WARN_AFTER = 3  # duplicate ACKs before the warning that the receiver replays a kept-open connection
 
 
-class MllpLink:
+class MllpLink(ClientLink[MllpClient]):
     """HL7 v2 over MLLP: one message, its ACK. ``client`` reconnects itself.
 
     ``keep_open`` (``[ehr] keep_connection_open``, Mirth's sender term): False closes the connection after
@@ -103,7 +103,7 @@ class MllpLink:
         max_bytes: int | None = None,
         keep_open: bool = True,
     ) -> None:
-        self.client = client
+        super().__init__(client)
         self.ack_timeout = ack_timeout
         self.max_bytes = max_bytes  # [ehr] max_message_bytes: the receiver's limit
         self.keep_open = keep_open
@@ -113,18 +113,6 @@ class MllpLink:
         self.late_acks = 0  # another answer for a message already answered (e.g. AA after CA)
         self._replay_warned = False
         client.unsolicited = self._unsolicited
-
-    @property
-    def peer(self) -> str:
-        return self.client.peer
-
-    @property
-    def connected(self) -> bool:
-        return self.client.connected
-
-    @property
-    def tls(self) -> bool:
-        return self.client.ssl_context is not None
 
     async def listen(self, timeout: float) -> Ack | None:
         """An ACK the receiver sends on the open connection while nothing is in flight (the application
@@ -213,12 +201,6 @@ class MllpLink:
             log.debug(ev.DELIVERY_LATE_ACK_SKIPPED, ack_for=ack.control_id, code=ack.code)
             return True
         return False
-
-    def abort(self) -> None:
-        self.client.abort()
-
-    async def close(self) -> None:
-        await self.client.close()
 
 
 def _answer(ack: Ack) -> Answer:
@@ -760,7 +742,12 @@ class QueueSender:
             completed = self.policy.accepted(msg, ack.code, self._clock())
             if completed:
                 self._delivered += 1
-                log.debug(ev.DELIVERY_DELIVERED, destination=self.destination, control_id=msg.control_id, ack=ack.code)
+                log.debug(
+                    ev.DELIVERY_DELIVERED,
+                    destination=self.destination,
+                    control_id=msg.control_id,
+                    ack=ack.code,
+                )
             else:
                 self._committed += 1
                 log.debug("committed; awaiting the application ACK", destination=self.destination,

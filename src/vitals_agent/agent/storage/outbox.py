@@ -198,16 +198,24 @@ def _meta(text: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _msg(row: tuple[Any, ...]) -> OutboxMessage:
+def _common(row: tuple[Any, ...], what: str) -> dict[str, Any]:
+    """The columns a queued message and a dead letter share: id, MSH-10, device, body, meta, created."""
     if not isinstance(row[3], bytes | bytearray | memoryview | str) or not isinstance(row[1], str):
-        raise OutboxError(f"outbox row {row[0]} is unreadable (MSH-10 or body missing or of a wrong type)")
+        raise OutboxError(f"{what} {row[0]} is unreadable (MSH-10 or body missing or of a wrong type)")
+    body = row[3].encode() if isinstance(row[3], str) else bytes(row[3])
+    return {
+        "id": row[0],
+        "control_id": row[1],
+        "device_id": row[2],
+        "body": body,
+        "meta": _meta(row[4]),
+        "created_at": row[5],
+    }
+
+
+def _msg(row: tuple[Any, ...]) -> OutboxMessage:
     return OutboxMessage(
-        id=row[0],
-        control_id=row[1],
-        device_id=row[2],
-        body=row[3].encode() if isinstance(row[3], str) else bytes(row[3]),
-        meta=_meta(row[4]),
-        created_at=row[5],
+        **_common(row, "outbox row"),
         attempts=row[6],
         nacks=row[7],
         last_error=row[8],
@@ -246,15 +254,8 @@ def _awaiting(row: tuple[Any, ...]) -> AwaitingMessage:
 
 
 def _dead(row: tuple[Any, ...]) -> DeadLetter:
-    if not isinstance(row[3], bytes | bytearray | memoryview | str) or not isinstance(row[1], str):
-        raise OutboxError(f"dead letter {row[0]} is unreadable (MSH-10 or body missing or of a wrong type)")
     return DeadLetter(
-        id=row[0],
-        control_id=row[1],
-        device_id=row[2],
-        body=row[3].encode() if isinstance(row[3], str) else bytes(row[3]),
-        meta=_meta(row[4]),
-        created_at=row[5],
+        **_common(row, "dead letter"),
         attempts=row[6],
         dead_at=row[7],
         reason=row[8],

@@ -264,10 +264,11 @@ class BleDriver(Driver[BleOptionsT]):
 
 
 @_register
-class BloodPressureDriver(BleDriver[BleOptions]):
-    name = "ble-blood-pressure"
-    description = "Bluetooth Blood Pressure Service 0x1810 (A&D UA-651BLE, Omron, ...)"
-    device_class = DeviceClass.BLOOD_PRESSURE
+class BloodPressureDriver(
+    BleDriver[BleOptions], name="ble-blood-pressure", device_class=DeviceClass.BLOOD_PRESSURE
+):
+    """Bluetooth Blood Pressure Service 0x1810 (A&D UA-651BLE, Omron, ...)."""
+
     service = U.BLOOD_PRESSURE_SERVICE
     decoders = {
         U.BLOOD_PRESSURE_MEASUREMENT: decode_blood_pressure,
@@ -297,10 +298,11 @@ class BloodPressureDriver(BleDriver[BleOptions]):
 
 
 @_register
-class ThermometerDriver(BleDriver[ThermometerOptions]):
-    name = "ble-thermometer"
-    description = "Bluetooth Health Thermometer Service 0x1809"
-    device_class = DeviceClass.THERMOMETER
+class ThermometerDriver(
+    BleDriver[ThermometerOptions], name="ble-thermometer", device_class=DeviceClass.THERMOMETER
+):
+    """Bluetooth Health Thermometer Service 0x1809."""
+
     service = U.HEALTH_THERMOMETER_SERVICE
     measurement_characteristics = (U.TEMPERATURE_MEASUREMENT,)
     extra_characteristics = (U.TEMPERATURE_TYPE,)
@@ -315,30 +317,31 @@ class ThermometerDriver(BleDriver[ThermometerOptions]):
 
 
 @_register
-class WeightScaleDriver(BleDriver[BleOptions]):
-    name = "ble-weight-scale"
-    description = "Bluetooth Weight Scale Service 0x181D (A&D UC-352BLE, ...)"
-    device_class = DeviceClass.SCALE
+class WeightScaleDriver(BleDriver[BleOptions], name="ble-weight-scale", device_class=DeviceClass.SCALE):
+    """Bluetooth Weight Scale Service 0x181D (A&D UC-352BLE, ...)."""
+
     service = U.WEIGHT_SCALE_SERVICE
     decoders = {U.WEIGHT_MEASUREMENT: decode_weight}
     extra_characteristics = (U.WEIGHT_SCALE_FEATURE,)
 
 
 @_register
-class BodyCompositionDriver(BleDriver[BleOptions]):
-    name = "ble-body-composition"
-    description = "Bluetooth Body Composition Service 0x181B"
-    device_class = DeviceClass.BODY_COMPOSITION
+class BodyCompositionDriver(
+    BleDriver[BleOptions], name="ble-body-composition", device_class=DeviceClass.BODY_COMPOSITION
+):
+    """Bluetooth Body Composition Service 0x181B."""
+
     service = U.BODY_COMPOSITION_SERVICE
     decoders = {U.BODY_COMPOSITION_MEASUREMENT: decode_body_composition}
     extra_characteristics = (U.uuid16(0x2A9B),)
 
 
 @_register
-class PulseOximeterDriver(BleDriver[BleOptions]):
-    name = "ble-pulse-oximeter"
-    description = "Bluetooth Pulse Oximeter Service (PLX) 0x1822: spot-check and continuous"
-    device_class = DeviceClass.PULSE_OXIMETER
+class PulseOximeterDriver(
+    BleDriver[BleOptions], name="ble-pulse-oximeter", device_class=DeviceClass.PULSE_OXIMETER
+):
+    """Bluetooth Pulse Oximeter Service (PLX) 0x1822: spot-check and continuous."""
+
     service = U.PLX_SERVICE
     decoders = {U.PLX_SPOT_CHECK: decode_plx_spot_check, U.PLX_CONTINUOUS: decode_plx_continuous}
     extra_characteristics = (U.PLX_FEATURES,)
@@ -346,10 +349,11 @@ class PulseOximeterDriver(BleDriver[BleOptions]):
 
 
 @_register
-class HeartRateDriver(BleDriver[HeartRateOptions]):
-    name = "ble-heart-rate"
-    description = "Bluetooth Heart Rate Service 0x180D (chest straps; not an exam-room source)"
-    device_class = DeviceClass.HEART_RATE
+class HeartRateDriver(
+    BleDriver[HeartRateOptions], name="ble-heart-rate", device_class=DeviceClass.HEART_RATE
+):
+    """Bluetooth Heart Rate Service 0x180D (chest straps; not an exam-room source)."""
+
     continuous = True
     silent_after_seconds = 30.0  # a notification a second while connected
     service = U.HEART_RATE_SERVICE
@@ -363,10 +367,9 @@ class HeartRateDriver(BleDriver[HeartRateOptions]):
 
 
 @_register
-class Nonin3230Driver(BleDriver[BleOptions]):
-    name = "nonin-3230"
-    description = "Nonin 3230 finger oximeter, Nonin Oximetry Service (bond first: encryption required)"
-    device_class = DeviceClass.PULSE_OXIMETER
+class Nonin3230Driver(BleDriver[BleOptions], name="nonin-3230", device_class=DeviceClass.PULSE_OXIMETER):
+    """Nonin 3230 finger oximeter, Nonin Oximetry Service (bond first: encryption required)."""
+
     continuous = True
     silent_after_seconds = 30.0  # a DF19 notification a second while connected
     service = U.NONIN_OXIMETRY_SERVICE

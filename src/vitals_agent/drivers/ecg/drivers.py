@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
 from typing import Annotated, ClassVar, Literal, Self, TypeVar
 
@@ -61,15 +62,18 @@ class EcgFileOptions(EcgAttachOptions):
         return value
 
 
-class AecgOptions(EcgFileOptions):
+class XmlOptions(EcgFileOptions):
     attach_report: bool = False  # render the 12 leads to a PDF page and attach it (ED)
+
+
+class AecgOptions(XmlOptions):
     # What interval values written without a unit mean for this site's carts (HL7 says dimensionless,
     # so by default they are refused with a reason, never guessed); e.g. "ms" for TraceMasterVue exports.
     unitless_interval_unit: Literal["ms", "s"] | None = None
 
 
-class PhilipsOptions(EcgFileOptions):
-    attach_report: bool = False  # render the 12 leads (XLI-decompressed) to a PDF page and attach it (ED)
+class PhilipsOptions(XmlOptions):
+    """The 12 leads of ``attach_report`` are XLI-decompressed first."""
 
 
 class EcgSerialOptions(SerialOptions, EcgAttachOptions):
@@ -158,8 +162,32 @@ class FolderEcgDriver(EcgFileDriver[FolderOptionsT]):
         return self.options.pattern or self.default_pattern
 
 
-class XmlFileDriver(FolderEcgDriver[FolderOptionsT]):
+XmlOptionsT = TypeVar("XmlOptionsT", bound=XmlOptions, covariant=True)
+
+
+class XmlFileDriver(FolderEcgDriver[XmlOptionsT]):
+    """An XML EKG format: one parse serves the reading and, with ``attach_report``, the rendered page."""
+
     root_element: ClassVar[str]
+    default_pattern = "*.xml"
+    default_name = "ecg.xml"
+
+    def document(self, data: bytes) -> ET.Element:
+        raise NotImplementedError
+
+    def decoded(self, root: ET.Element) -> EcgDecoded:
+        raise NotImplementedError
+
+    def waveforms(self, root: ET.Element) -> aecg.Waveforms:
+        raise NotImplementedError
+
+    def decode_file(self, data: bytes, ctx: DecodeContext, name: str | None = None) -> Reading:
+        root = self.document(data)
+        decoded = self.decoded(root)
+        reading = self.finish(to_reading(decoded, data, ctx), data, name or self.default_name)
+        if self.options.attach_report:
+            reading = with_report(reading, decoded, lambda: self.waveforms(root))
+        return reading
 
     def looks_complete(self, head: bytes, tail: bytes) -> bool:
         return xml_root_closed(head, tail, self.root_element)
@@ -277,55 +305,48 @@ class _ScpFiles(EcgFileDriver[EcgOptionsT]):
 
 
 @register_driver
-class ScpEcgDriver(_ScpFiles[EcgFileOptions], FolderEcgDriver[EcgFileOptions]):
-    name = "scp-ecg"
-    description = "EKG cart SCP-ECG files (EN 1064) from a watched folder: global measurements, statements"
+class ScpEcgDriver(_ScpFiles[EcgFileOptions], FolderEcgDriver[EcgFileOptions], name="scp-ecg"):
+    """EKG cart SCP-ECG files (EN 1064) from a watched folder: global measurements, statements."""
 
 
 @register_driver
-class AecgXmlDriver(XmlFileDriver[AecgOptions]):
-    name = "aecg-xml"
-    description = "EKG cart HL7 aECG XML files from a watched folder: global measurements, statements"
-    default_pattern = "*.xml"
+class AecgXmlDriver(XmlFileDriver[AecgOptions], name="aecg-xml"):
+    """EKG cart HL7 aECG XML files from a watched folder: global measurements, statements."""
+
     media_type = aecg.MEDIA_TYPE
-    default_name = "ecg.xml"
     root_element = "AnnotatedECG"
 
-    def decode_file(self, data: bytes, ctx: DecodeContext, name: str | None = None) -> Reading:
-        # One XML parse and decode serve both the reading and the rendered report page.
-        root = aecg.document(data, max_bytes=self.max_file_bytes)
-        opts = self.options
-        decoded = aecg.parse_document(root, unitless_interval_unit=opts.unitless_interval_unit)
-        reading = self.finish(to_reading(decoded, data, ctx), data, name or self.default_name)
-        if opts.attach_report:
-            reading = with_report(reading, decoded, lambda: aecg.document_waveforms(root))
-        return reading
+    def document(self, data: bytes) -> ET.Element:
+        return aecg.document(data, max_bytes=self.max_file_bytes)
+
+    def decoded(self, root: ET.Element) -> EcgDecoded:
+        return aecg.parse_document(root, unitless_interval_unit=self.options.unitless_interval_unit)
+
+    def waveforms(self, root: ET.Element) -> aecg.Waveforms:
+        return aecg.document_waveforms(root)
 
 
 @register_driver
-class PhilipsXmlDriver(XmlFileDriver[PhilipsOptions]):
-    name = "philips-xml"
-    description = "Philips PageWriter/HeartStart Sierra ECG XML (1.03, 1.04.x) from a watched folder"
-    default_pattern = "*.xml"
+class PhilipsXmlDriver(XmlFileDriver[PhilipsOptions], name="philips-xml"):
+    """Philips PageWriter/HeartStart Sierra ECG XML (1.03, 1.04.x) from a watched folder."""
+
     media_type = philips.MEDIA_TYPE
-    default_name = "ecg.xml"
     root_element = "restingecgdata"
 
-    def decode_file(self, data: bytes, ctx: DecodeContext, name: str | None = None) -> Reading:
-        root = philips.document(data, max_bytes=self.max_file_bytes)
-        decoded = philips.parse_document(root)
-        reading = self.finish(to_reading(decoded, data, ctx), data, name or self.default_name)
-        if self.options.attach_report:
-            reading = with_report(reading, decoded, lambda: philips.waveforms(root))
-        return reading
+    def document(self, data: bytes) -> ET.Element:
+        return philips.document(data, max_bytes=self.max_file_bytes)
+
+    def decoded(self, root: ET.Element) -> EcgDecoded:
+        return philips.parse_document(root)
+
+    def waveforms(self, root: ET.Element) -> aecg.Waveforms:
+        return philips.waveforms(root)
 
 
 @register_driver
-class ScpEcgSerialDriver(_ScpFiles[EcgSerialOptions], SerialDriver[EcgSerialOptions]):
-    """SCP-ECG records sent over RS-232: a record ends at the length its header states (or an idle gap)."""
+class ScpEcgSerialDriver(_ScpFiles[EcgSerialOptions], SerialDriver[EcgSerialOptions], name="scp-ecg-serial"):
+    """EKG cart sending SCP-ECG records over RS-232 (file boundary by record length or idle gap)."""
 
-    name = "scp-ecg-serial"
-    description = "EKG cart sending SCP-ECG records over RS-232 (file boundary by record length or idle gap)"
     transport = "ecg-serial-file"
 
     def stream_decoder(self, ctx: DecodeContext) -> StreamDecoder:
