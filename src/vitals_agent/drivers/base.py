@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Generic, Literal, Protocol, Self, TypeVar, cas
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, model_validator
 
 from vitals_agent.drivers.netport import network_port
-from vitals_agent.errors import DecodeError, OverlongError, TruncatedError, UnknownDriverError
+from vitals_agent.errors import ConfigError, DecodeError, OverlongError, TruncatedError, UnknownDriverError
 from vitals_agent.models import DeviceClass, DeviceEvent, DeviceIdentity
 
 # ---------------------------------------------------------------------------------------------- options
@@ -621,6 +621,9 @@ class DeviceRuntime(Protocol):
         ...
 
 
+_DriverT = TypeVar("_DriverT", bound=Driver[Any])
+
+
 class Transport(abc.ABC):
     """Runs one device's link. ``run`` returns or raises when the link ends; the supervisor restarts it
     with back-off. Raise :class:`~vitals_agent.errors.TransportError` for expected link failures."""
@@ -633,6 +636,13 @@ class Transport(abc.ABC):
 
     def __init__(self, runtime: DeviceRuntime) -> None:
         self.runtime = runtime
+
+    def require_driver(self, kind: type[_DriverT]) -> _DriverT:
+        """The device's driver as a ``kind`` (the driver this transport can run), else a ConfigError."""
+        driver = self.runtime.driver
+        if not isinstance(driver, kind):
+            raise ConfigError([("driver", f"{driver.name!r} cannot use the {self.name} transport")])
+        return driver
 
     @abc.abstractmethod
     async def run(self) -> None: ...

@@ -51,7 +51,7 @@ from vitals_agent.drivers.base import (
 from vitals_agent.drivers.netport import network_port
 from vitals_agent.drivers.netserial import Rfc2217Link, TcpLink
 from vitals_agent.drivers.ports import resolve_usb
-from vitals_agent.errors import ConfigError, DeviceNotFoundError, OutboxError, RefusedError, TransportError
+from vitals_agent.errors import DeviceNotFoundError, OutboxError, RefusedError, TransportError
 from vitals_agent.host import serial as host_serial
 
 log = structlog.get_logger(__name__)
@@ -174,9 +174,7 @@ class SerialTransport(Transport):
 
     def __init__(self, runtime: DeviceRuntime) -> None:
         super().__init__(runtime)
-        driver = runtime.driver
-        if not isinstance(driver, SerialDriver):
-            raise ConfigError([("driver", f"{driver.name!r} is not a serial driver")])
+        driver = self.require_driver(SerialDriver)
         self.options: SerialOptions = driver.serial_options
         self.settings: SerialSettings = driver.line_settings()
         self.decoder: StreamDecoder = runtime.driver.stream_decoder(runtime.ctx)

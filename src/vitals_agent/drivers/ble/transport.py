@@ -40,7 +40,7 @@ from vitals_agent.drivers.ble.session import (
     Result,
     Subscribe,
 )
-from vitals_agent.errors import ConfigError, DeviceNotFoundError, RefusedError, TransportError
+from vitals_agent.errors import DeviceNotFoundError, RefusedError, TransportError
 
 log = structlog.get_logger(__name__)
 
@@ -142,9 +142,7 @@ class BleTransport(Transport):
 
     def __init__(self, runtime: DeviceRuntime) -> None:
         super().__init__(runtime)
-        driver = runtime.driver
-        if not isinstance(driver, BleDriver):
-            raise ConfigError([("driver", f"{driver.name!r} is not a BLE driver")])
+        driver = self.require_driver(BleDriver)
         self.driver = driver
         self.options = driver.ble_options
         self._log = runtime.log if runtime.log is not None else log

@@ -186,10 +186,7 @@ class FolderTransport(Transport):
 
     @property
     def driver(self) -> FolderEcgDriver[Any]:
-        driver = self.runtime.driver
-        if not isinstance(driver, FolderEcgDriver):
-            raise ConfigError([("driver", f"{driver.name!r} cannot use the folder transport")])
-        return driver
+        return self.require_driver(FolderEcgDriver)
 
     @property
     def folder(self) -> Path:

@@ -25,7 +25,7 @@ from vitals_agent.drivers.ecg.drivers import EcgSerialOptions, ScpEcgSerialDrive
 from vitals_agent.drivers.ecg.folder import FAILED, PROCESSED, deliver, one_line, write_reason
 from vitals_agent.drivers.ecg.framing import ScpFileFramer
 from vitals_agent.drivers.serial_transport import SerialTransport
-from vitals_agent.errors import ConfigError, OutboxError, RetryableError, TransportError
+from vitals_agent.errors import OutboxError, RetryableError, TransportError
 
 log = structlog.get_logger(__name__)
 
@@ -36,9 +36,7 @@ class SerialFileTransport(SerialTransport):
 
     def __init__(self, runtime: DeviceRuntime) -> None:
         super().__init__(runtime)
-        driver = runtime.driver
-        if not isinstance(driver, ScpEcgSerialDriver):
-            raise ConfigError([("driver", f"{driver.name!r} cannot use the ecg-serial-file transport")])
+        driver = self.require_driver(ScpEcgSerialDriver)
         self.file_driver = driver
         self.serial_options: EcgSerialOptions = driver.options
         self.framer = ScpFileFramer(runtime.ctx, driver, driver.max_file_bytes)
