@@ -39,12 +39,17 @@ DEVICE_CRASH_TRACEBACK = "device.crash_traceback"  # DEBUG: device task crash tr
 DEVICE_STABLE_AGAIN = "device.stable_again"  # INFO: device task ran stably again after crashes
 DEVICE_DECODE_FAILED = "device.decode_failed"  # DEBUG: decode failed
 DEVICE_READING_NOT_ACCEPTED = "device.reading_not_accepted"  # DEBUG: reading not accepted
+DEVICE_NOT_STOPPED = "device.not_stopped"  # WARNING: device did not stop in time
 
 # --- serial: serial ports
 SERIAL_OPENED = "serial.opened"  # DEBUG: serial port opened
 SERIAL_CLOSED = "serial.closed"  # DEBUG: serial port closed
 SERIAL_WRITE = "serial.write"  # DEBUG: serial write
 SERIAL_POLL_STOPPED = "serial.poll_stopped"  # DEBUG: serial poll stopped
+SERIAL_SETTINGS_UNCONFIRMED = (
+    "serial.settings_unconfirmed"  # WARNING: terminal server did not confirm every line setting
+)
+SERIAL_SETTINGS_DIFFER = "serial.settings_differ"  # WARNING: terminal server applied other line settings
 
 # --- pty: pseudo-terminals (simulators, tests)
 PTY_PLUGGED = "pty.plugged"  # DEBUG: pty plugged
@@ -53,6 +58,8 @@ PTY_UNPLUGGED = "pty.unplugged"  # DEBUG: pty unplugged
 # --- simulator: device simulators
 SIMULATOR_SENT = "simulator.sent"  # DEBUG: sim send
 SIMULATOR_RECEIVED = "simulator.received"  # DEBUG: sim received
+SIMULATOR_CONNECTION_ENDED = "simulator.connection_ended"  # DEBUG: simulated device connection ended
+SIMULATOR_CONNECTION_DROPPED = "simulator.connection_dropped"  # DEBUG: simulated device connection dropped
 
 # --- ble: Bluetooth LE
 BLE_SUBSCRIBED = "ble.subscribed"  # DEBUG: ble.subscribed
@@ -123,6 +130,10 @@ READING_REFUSED_NOT_BUILT = (
 # --- audit: the audit trail
 AUDIT_NOT_WRITTEN = "audit.not_written"  # ERROR: audit record not written
 AUDIT_WRITE_FAILED = "audit.write_failed"  # ERROR: audit record could not be written
+AUDIT_RESTORED = "audit.restored"  # INFO: audit records restored from the outbox after a stop
+AUDIT_APPEND_PENDING = "audit.append_pending"  # WARNING: audit records not appended yet; kept in the outbox
+AUDIT_TRIM_FAILED = "audit.trim_failed"  # WARNING: audit journal not trimmed; will retry
+AUDIT_AFTER_COMMIT_FAILED = "audit.after_commit_failed"  # ERROR: after-commit hook failed
 
 # --- delivery: delivery to the EHR and the FHIR server
 DELIVERY_LATE_ACK_SKIPPED = "delivery.late_ack_skipped"  # DEBUG: late ACK for a delivered message skipped
@@ -285,3 +296,20 @@ ALERT_CERTIFICATE_UNREADABLE = "alert.certificate_unreadable"  # DEBUG: certific
 # --- metrics: the Prometheus listener
 METRICS_LISTENING = "metrics.listening"  # INFO: metrics listener started
 METRICS_CLIENT_REFUSED = "metrics.client_refused"  # DEBUG: metrics client refused
+
+# --- config: the central configuration and reloads
+CONFIG_LAST_GOOD_UNUSABLE = "config.last_good_unusable"  # WARNING: last good central configuration not usable
+CONFIG_LAST_GOOD_MISMATCH = (
+    "config.last_good_mismatch"  # WARNING: last good central configuration does not fit the local file
+)
+CONFIG_RELOAD_FAILED = (
+    "config.reload_failed"  # EXCEPTION: configuration reload failed; the configuration in force stays
+)
+CONFIG_REFUSED = "config.refused"  # WARNING: new configuration refused; the configuration in force stays
+CONFIG_APPLIED = "config.applied"  # INFO: configuration applied
+CONFIG_RESTART_NEEDED = (
+    "config.restart_needed"  # WARNING: some changes apply at the next restart of the agent (``keys``)
+)
+CONFIG_CENTRAL_UNAVAILABLE = (
+    "config.central_unavailable"  # WARNING: starting without a new central configuration (``using``)
+)

@@ -15,6 +15,7 @@ from typing import Any
 
 import structlog
 
+from vitals_agent import log_events as ev
 from vitals_agent.agent.paths import resolve_data_dir
 from vitals_agent.agent.storage.audit import write_private
 from vitals_agent.config.central import (
@@ -89,7 +90,7 @@ class ConfigSource:
         try:
             return open_bundle(path.read_bytes(), public_key_bytes(keys.config_public_key))
         except (OSError, BundleError) as exc:
-            log.warning("last good central configuration not usable", file=str(path), reason=str(exc))
+            log.warning(ev.CONFIG_LAST_GOOD_UNUSABLE, file=str(path), reason=str(exc))
             return None
 
     async def pull(self, data_dir: Path | None = None) -> Pulled:
@@ -136,7 +137,7 @@ class ConfigSource:
                 merged, config = self._merge(doc, good)
                 return Pulled(config, merged, good, None, "last good")
             except (ConfigRefused, BundleError) as exc:
-                log.warning("last good central configuration does not fit the local file", reason=str(exc))
+                log.warning(ev.CONFIG_LAST_GOOD_MISMATCH, reason=str(exc))
         if local is None:
             assert problem is not None
             raise ConfigError(

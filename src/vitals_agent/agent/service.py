@@ -219,7 +219,7 @@ class AgentService:
             task.cancel()
             _, pending = await asyncio.wait([task], timeout=DEVICE_STOP_TIMEOUT)
             if pending:
-                log.warning("device did not stop in time", device=dev_id)
+                log.warning(ev.DEVICE_NOT_STOPPED, device=dev_id)
         runtime = self.runtimes.pop(dev_id, None)
         if runtime is not None:
             await runtime.drain(DEVICE_STOP_TIMEOUT)
@@ -338,7 +338,7 @@ class AgentService:
             try:
                 await self.reload()
             except Exception:  # a reload must never take the agent down
-                log.exception("configuration reload failed; the configuration in force stays")
+                log.exception(ev.CONFIG_RELOAD_FAILED)
 
     async def reload(self) -> Plan | None:
         """Read the configuration again and apply what changed. Returns the plan applied (None: nothing
@@ -373,7 +373,7 @@ class AgentService:
         first = self.config_state["last_error"] != reason
         self.config_state.update(last_error=reason, last_error_at=self.now().isoformat())
         if first:  # once per distinct reason, not at every poll
-            log.warning("new configuration refused; the configuration in force stays", reason=reason)
+            log.warning(ev.CONFIG_REFUSED, reason=reason)
             self._audit_config("config_refused", reason=reason)
 
     def _audit_config(self, event: str, **fields: Any) -> None:
@@ -421,9 +421,9 @@ class AgentService:
             await self.metrics_server.stop()
             self.metrics_server = MetricsServer(new.metrics, self.metrics.render)
             await self.metrics_server.start()
-        log.info("configuration applied", **steps.summary())
+        log.info(ev.CONFIG_APPLIED, **steps.summary())
         if steps.restart_needed:
-            log.warning("some changes apply at the next restart of the agent", keys=steps.restart_needed)
+            log.warning(ev.CONFIG_RESTART_NEEDED, keys=steps.restart_needed)
         return steps
 
     def _wake_senders(self) -> None:
@@ -677,7 +677,7 @@ async def startup_config(source: ConfigSource) -> Pulled:
     except ConfigRefused as exc:
         fallback = source.fallback(folder)
         log.warning(
-            "starting without a new central configuration",
+            ev.CONFIG_CENTRAL_UNAVAILABLE,
             reason=str(exc),
             using="the last good central configuration" if fallback.bundle else "the local file alone",
         )

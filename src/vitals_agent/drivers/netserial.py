@@ -24,6 +24,7 @@ import socket
 
 import structlog
 
+from vitals_agent import log_events as ev
 from vitals_agent.drivers.base import SerialSettings
 from vitals_agent.drivers.netport import NetworkPort
 from vitals_agent.drivers.rfc2217 import Rfc2217Codec
@@ -137,7 +138,7 @@ class Rfc2217Link(TcpLink):
                     "(set the terminal server's port to RFC 2217 mode, or write socket:// for raw TCP)"
                 ) from None
             log.warning(
-                "terminal server did not confirm every line setting",
+                ev.SERIAL_SETTINGS_UNCONFIRMED,
                 port=where.url,
                 asked=codec.wanted(),
                 confirmed=codec.confirmed,
@@ -155,7 +156,7 @@ class Rfc2217Link(TcpLink):
             )
         mismatches = codec.mismatches()
         if mismatches:
-            log.warning("terminal server applied other line settings", port=where.url, differs=mismatches)
+            log.warning(ev.SERIAL_SETTINGS_DIFFER, port=where.url, differs=mismatches)
         return cls(where, reader, writer, codec, bytes(early))
 
     def describe(self) -> str:

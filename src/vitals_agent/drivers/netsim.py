@@ -21,6 +21,7 @@ from typing import Any
 import structlog
 from serial import rfc2217
 
+from vitals_agent import log_events as ev
 from vitals_agent.drivers.base import Simulator
 
 log = structlog.get_logger(__name__)
@@ -201,9 +202,9 @@ class NetworkDevice:
         try:
             await self._play(port)
         except (ConnectionError, OSError) as exc:
-            log.debug("simulated device connection ended", device=self.name, reason=str(exc))
+            log.debug(ev.SIMULATOR_CONNECTION_ENDED, device=self.name, reason=str(exc))
         except asyncio.CancelledError:  # drop_all()/stop(): asyncio's server callback expects a plain end
-            log.debug("simulated device connection dropped", device=self.name)
+            log.debug(ev.SIMULATOR_CONNECTION_DROPPED, device=self.name)
         finally:
             self._sessions.pop(task, None)
             with contextlib.suppress(Exception):

@@ -723,7 +723,7 @@ class QueueSender:
         try:
             await asyncio.to_thread(self.audit.append_record, record)
         except Exception as exc:
-            log.error("audit record not written", error=str(exc))
+            log.error(ev.AUDIT_NOT_WRITTEN, error=str(exc))
 
     async def _handle_answer(self, msg: OutboxMessage, ack: Answer) -> None:
         fields = {"control_id": msg.control_id, "ack_code": ack.code, "ack_text": ack.text}

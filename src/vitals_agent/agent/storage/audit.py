@@ -428,7 +428,7 @@ class AuditLog:
             self._written = self._synced = pending[-1][0]
         self._forget(self._synced)
         if missing:
-            log.info("audit records restored from the outbox after a stop", records=len(missing))
+            log.info(ev.AUDIT_RESTORED, records=len(missing))
         return len(missing)
 
     def _tail_records(self, n: int) -> set[str]:
@@ -479,7 +479,7 @@ class AuditLog:
             except (OSError, VitalsAgentError) as exc:
                 # They are in the outbox, whose own failures are reported (and stop the agent if they last).
                 if not self._flush_failing:
-                    log.warning("audit records not appended yet; kept in the outbox", error=_reason(exc))
+                    log.warning(ev.AUDIT_APPEND_PENDING, error=_reason(exc))
                 self._flush_failing = True
                 return 0
             self._flush_failing = False
@@ -524,7 +524,7 @@ class AuditLog:
         try:
             journal.audit_done(upto)
         except VitalsAgentError as exc:  # kept: appended again (not twice) at the next start
-            log.warning("audit journal not trimmed; will retry", error=str(exc))
+            log.warning(ev.AUDIT_TRIM_FAILED, error=str(exc))
 
     # --- typed helpers: the events the agent writes ------------------------------------------------
 

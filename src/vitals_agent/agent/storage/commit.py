@@ -19,6 +19,7 @@ from typing import Any
 
 import structlog
 
+from vitals_agent import log_events as ev
 from vitals_agent.agent.storage.outbox import Outbox
 from vitals_agent.errors import OutboxError
 
@@ -77,7 +78,7 @@ class GroupCommit:
             try:
                 self.after_commit()
             except Exception as exc:  # the records are committed with the readings: nothing is lost
-                log.error("after-commit hook failed", error=str(exc))
+                log.error(ev.AUDIT_AFTER_COMMIT_FAILED, error=str(exc))
         return results
 
     async def close(self) -> None:
