@@ -2,7 +2,7 @@
 monitor is on by default: banner and log only) beside the same agent with alert channels (SMTP + webhook),
 with the Prometheus listener (after 20 scrapes), and with a central configuration source (a signed
 bundle on a file share), all measured in the same run; plus how long a reload that restarts one device
-takes (SIGHUP to "configuration applied", from the agent's own log).
+takes (SIGHUP to "config.applied", from the agent's own log).
 
 Why: issue 18 asks that the idle agent stay lean: channel code, aiohttp and prometheus-client load only
 when configured.
@@ -159,7 +159,7 @@ def measure(variant: str) -> tuple[int, float | None]:
         cfg, port = write_variant(work, variant)
         proc, log = start(cfg)
         try:
-            wait_for(proc, log, "agent starting")
+            wait_for(proc, log, "agent.starting")
             if port is not None:
                 for _ in range(20):
                     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
@@ -171,7 +171,7 @@ def measure(variant: str) -> tuple[int, float | None]:
                 write_variant(work, variant, description="b")  # one device's table changes
                 sent = time.monotonic()
                 proc.send_signal(signal.SIGHUP)
-                wait_for(proc, log, "configuration applied")
+                wait_for(proc, log, "config.applied")
                 reload_s = time.monotonic() - sent
             return rss, reload_s
         finally:

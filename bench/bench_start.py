@@ -75,7 +75,7 @@ async def idle_rss(work: Path, env: dict[str, str] | None = None, *, control: bo
     )
     agent = AgentProcess(cfg, extra_env=env)
     try:
-        await agent.wait_log(lambda: bool(agent.events("device connected")), 30, "connect")
+        await agent.wait_log(lambda: bool(agent.events("device.connected")), 30, "connect")
         await asyncio.sleep(3.0)
         return rss_kib(agent.proc.pid)
     finally:

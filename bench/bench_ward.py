@@ -291,7 +291,7 @@ async def run_agent(n: int, seconds: float, work: Path) -> dict[str, Any]:
     agent = AgentProcess(cfg)
     pid = agent.proc.pid
     try:
-        await agent.wait_log(lambda: len(agent.events("device connected")) >= n, 120, f"{n} connections")
+        await agent.wait_log(lambda: len(agent.events("device.connected")) >= n, 120, f"{n} connections")
         await asyncio.sleep(3.0)  # warm-up: every device has sent, the sender's connection is up
         cpu0, t0 = cpu_seconds(pid), time.time()
         await asyncio.sleep(seconds)

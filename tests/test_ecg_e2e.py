@@ -27,7 +27,7 @@ def config(tmp_path: Path, share: Path, port: int, driver: str, **options: objec
         data_dir=tmp_path / "data",
         ehr_port=port,
         devices=[device],
-        log_level="DEBUG",  # "ecg file incomplete, waiting": each pass over a half-written file
+        log_level="DEBUG",  # "ecg.file_incomplete": each pass over a half-written file
     )
 
 

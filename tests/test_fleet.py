@@ -144,7 +144,7 @@ async def test_twenty_agents_take_a_signed_layered_config_change_under_load(tmp_
             )
             agents.append(AgentProcess(local))
         for agent in agents:
-            await agent.wait_log(logged(agent, "device connected"), 120, "device connected")
+            await agent.wait_log(logged(agent, "device.connected"), 120, "device.connected")
         writers = [asyncio.create_task(device(k)) for k in range(AGENTS)]
         await ehr.wait_for(2 * AGENTS, timeout=60)
 

@@ -49,9 +49,9 @@ async def test_a_support_bundle_has_what_support_needs_and_no_patient_data(tmp_p
     )
     log_file = tmp_path / "agent.log"
     log_file.write_text(
-        json.dumps({"event": "device connected", "device": "oxi-1", "level": "info"}) + "\n"
+        json.dumps({"event": "device.connected", "device": "oxi-1", "level": "info"}) + "\n"
         + json.dumps({"event": "oops", "mrn": MRN, "level": "warning"}) + "\n"
-        + json.dumps({"event": "decode failed", "hex": MRN.encode().hex(), "level": "debug"}) + "\n"
+        + json.dumps({"event": "device.decode_failed", "hex": MRN.encode().hex(), "level": "debug"}) + "\n"
     )  # fmt: skip
     svc = AgentService(load_config(config_file))
     stop = asyncio.Event()
@@ -94,7 +94,7 @@ async def test_a_support_bundle_has_what_support_needs_and_no_patient_data(tmp_p
     config = json.loads(texts["config.json"])
     assert config["alerts"]["smtp"]["username"] == "[redacted]"
     assert config["devices"][0]["description"] == "left in room for [redacted] [redacted]"
-    assert "device connected" in texts["log.txt"] and "decode failed" not in texts["log.txt"]
+    assert "device.connected" in texts["log.txt"] and "device.decode_failed" not in texts["log.txt"]
     assert '"mrn": "[redacted]"' in texts["log.txt"]
     assert json.loads(texts["versions.json"])["packages"]["pydantic"]
     # the two names in the description and the leaked MRN: caught by the scrub, counted in the README

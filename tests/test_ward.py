@@ -47,7 +47,7 @@ async def test_fifty_tcp_devices_through_one_agent_survive_a_terminal_server_res
     )
     agent = AgentProcess(cfg)
     try:
-        await agent.wait_log(lambda: len(agent.events("device connected")) >= DEVICES, 60, "50 connections")
+        await agent.wait_log(lambda: len(agent.events("device.connected")) >= DEVICES, 60, "50 connections")
         for r in range(3):
             for d, dev in enumerate(devices):
                 dev.feed(line(d, r, t0))
@@ -56,7 +56,7 @@ async def test_fifty_tcp_devices_through_one_agent_survive_a_terminal_server_res
             dev.feed(line(d, 3, t0))  # on the wire while the terminal server restarts
         await asyncio.gather(*(dev.server.drop_all() for dev in devices))
         await agent.wait_log(
-            lambda: len(agent.events("device disconnected")) >= DEVICES, 30, "every link to notice the drop"
+            lambda: len(agent.events("device.disconnected")) >= DEVICES, 30, "every link to notice the drop"
         )
         for r in (4, 5):
             for d, dev in enumerate(devices):
@@ -66,7 +66,7 @@ async def test_fifty_tcp_devices_through_one_agent_survive_a_terminal_server_res
         # everything queued is delivered: no message can still be on its way (a duplicate would be)
         await agent.wait_log(lambda: outbox_depth(tmp_path / "data") == 0, 30, "an empty outbox")
         messages = list(ehr.messages)
-        queued = len(agent.events("reading queued"))
+        queued = len(agent.events("reading.queued"))
         code, _ = agent.terminate()
     finally:
         agent.cleanup()
@@ -90,5 +90,5 @@ async def test_fifty_tcp_devices_through_one_agent_survive_a_terminal_server_res
     assert {serial: values for serial, values in per_device.items()} == {
         serial_of(d): expected for d in range(DEVICES)
     }, "in order per device"
-    reconnected = [e for e in agent.events("device connected") if e.get("device")]
+    reconnected = [e for e in agent.events("device.connected") if e.get("device")]
     assert len(reconnected) >= 2 * DEVICES  # every link came back after the restart

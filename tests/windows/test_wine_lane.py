@@ -134,16 +134,16 @@ async def test_masimo_on_com5_reaches_the_ehr_and_the_outbox_survives_a_kill() -
                     agent.kill()
             assert code == 0, agent.tail()
             assert took < STOP_DEADLINE, f"stop took {took:.1f} s"
-            assert agent.events("agent stopped"), agent.tail()
+            assert agent.events("agent.stopped"), agent.tail()
 
             # The EHR goes away; readings queue; the agent is killed; a new agent sends them.
             await ehr.close()
             agent = winelane.WineAgent()
             try:
                 await agent.wait(
-                    lambda: len(agent.events("reading queued")) >= 3, "readings queued while the EHR is down"
+                    lambda: len(agent.events("reading.queued")) >= 3, "readings queued while the EHR is down"
                 )
-                queued = {e["control_id"] for e in agent.events("reading queued")}
+                queued = {e["control_id"] for e in agent.events("reading.queued")}
             finally:
                 agent.kill()
             ehr = await Hl7Ehr(port=port).start()
@@ -257,7 +257,7 @@ async def test_service_started_by_net_start_sends_and_net_stop_ends_it_within_5_
         f"service: net start -> running {start_took:.1f} s; net stop -> stopped {stopped_state:.1f} s, "
         f"process ended {stop_took:.1f} s"
     )
-    assert '"agent stopped"' in log, log[-3000:]
+    assert '"agent.stopped"' in log, log[-3000:]
     # The event log (Wine's ReportEvent traces each line into the services' output, see winelane.setup).
     deadline = time.monotonic() + 30  # `cat` copies it into the file: wait for the last line
     while "vitals-agent: stopped" not in (events := winelane.SERVICES_LOG.read_text("utf-8", "replace")):
