@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -39,7 +40,7 @@ from vitals_agent.models import DeviceIdentity, Reading
 
 CTX = DecodeContext(device=DeviceIdentity(id="dev"), now=lambda: datetime(2026, 3, 11, 14, 0, tzinfo=UTC))
 
-Payload = tuple[Driver, list[bytes], str | None]  # driver, chunks, BLE characteristic
+Payload = tuple[Driver[Any], list[bytes], str | None]  # driver, chunks, BLE characteristic
 
 
 def _num(digits: int, decimals: int = 0) -> st.SearchStrategy[str]:
