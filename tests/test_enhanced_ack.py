@@ -216,7 +216,7 @@ async def test_same_connection_ca_then_ae_dead_letters_with_an_alert(outbox: Out
     [dead] = outbox.list_dead()
     assert dead.ack_code == "AE" and "application error (AE) after the receiver had committed" in dead.reason
     assert AE_TEXT in (dead.ack_text or "")
-    alerts = [e for e in logs if e["log_level"] == "warning" and e["event"].startswith("interface alert")]
+    alerts = [e for e in logs if e["log_level"] == "warning" and e["event"] == "delivery.dead_lettered"]
     assert len(alerts) == 1 and alerts[0]["control_id"] == "M1" and alerts[0]["ack"] == "AE [207]"
     assert not any(AE_TEXT in str(e) for e in logs if e["log_level"] != "debug")  # receiver text: DEBUG only
 
@@ -286,9 +286,9 @@ async def test_engine_answering_ca_then_ae_on_the_inbound_port_dead_letters_and_
     assert "application error (AE) after the receiver had committed the message (CA)" in dead.reason
     assert "EHR 1 message(s) committed by the EHR, awaiting the application ACK; 1 OVERDUE: M2" in text
     assert "1 dead letter(s)" in text
-    alerts = [e for e in logs if e["log_level"] == "warning" and e["event"].startswith("interface alert")]
+    alerts = [e for e in logs if e["log_level"] == "warning" and e["event"] == "delivery.dead_lettered"]
     assert [a["control_id"] for a in alerts] == ["M1"]
-    overdue = [e for e in logs if e["log_level"] == "warning" and e["event"].startswith("no application ACK")]
+    overdue = [e for e in logs if e["log_level"] == "warning" and e["event"] == "delivery.app_ack_overdue"]
     assert [o["control_id"] for o in overdue] == ["M2"]  # once
 
 

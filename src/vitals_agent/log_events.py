@@ -126,6 +126,7 @@ READING_REFUSED_NOT_CONFORMANT = "reading.refused_not_conformant"  # ERROR: no e
 READING_REFUSED_NOT_BUILT = (
     "reading.refused_not_built"  # ERROR: the message could not be built (``what``): refused, audited
 )
+READING_ATTACHMENT_DROPPED = "reading.attachment_dropped"  # WARNING: attachment not sent: the message would be over [ehr] max_message_bytes (an NTE says so)
 
 # --- audit: the audit trail
 AUDIT_NOT_WRITTEN = "audit.not_written"  # ERROR: audit record not written
@@ -161,6 +162,32 @@ DELIVERY_RESUMED = "delivery.resumed"  # INFO: delivery resumed
 DELIVERY_DELIVERED = "delivery.delivered"  # DEBUG: delivered
 DELIVERY_NEGATIVE_ACK = "delivery.negative_ack"  # DEBUG: negative acknowledgement
 DELIVERY_RECEIVER_ERROR = "delivery.receiver_error"  # WARNING: receiver answered with an error, will retry
+DELIVERY_DUPLICATE_ACK = (
+    "delivery.duplicate_ack"  # DEBUG: the same ACK again for a message already answered (counted)
+)
+DELIVERY_RECEIVER_REPLAYS = "delivery.receiver_replays"  # WARNING: the receiver answers again for messages it already acknowledged: it seems to replay a kept-open connection (``fix``: keep_connection_open = false)
+DELIVERY_STRAY_ACK = "delivery.stray_ack"  # DEBUG: an ACK between messages for no message of ours
+DELIVERY_STRAY_FRAME_UNREADABLE = (
+    "delivery.stray_frame_unreadable"  # DEBUG: an unreadable frame between messages, dropped
+)
+DELIVERY_IDLE_FRAME_UNREADABLE = (
+    "delivery.idle_frame_unreadable"  # DEBUG: an unreadable frame on an idle connection
+)
+DELIVERY_IDLE_ACK_UNMATCHED = (
+    "delivery.idle_ack_unmatched"  # DEBUG: an ACK on an idle connection for no message that awaits one
+)
+DELIVERY_COMMITTED = (
+    "delivery.committed"  # DEBUG: the receiver committed the message (CA); its application ACK is awaited
+)
+DELIVERY_AWAITING_RESTORED = "delivery.awaiting_restored"  # INFO: messages committed before the last stop still await their application ACK
+DELIVERY_APP_ACK_ACCEPTED = (
+    "delivery.app_ack_accepted"  # INFO: application ACK: the receiver processed the message
+)
+DELIVERY_APP_ACK_ERROR = "delivery.app_ack_error"  # INFO: application ACK: the receiver could not process a message it had committed (dead-lettered, alerted)
+DELIVERY_APP_ACK_OVERDUE = "delivery.app_ack_overdue"  # WARNING: no application ACK within app_ack_timeout_seconds: the receiver has not said whether it processed the message (in status until it does)
+DELIVERY_APP_ACK_NONE_DUE = (
+    "delivery.app_ack_none_due"  # DEBUG: no application error within the timeout: complete (MSH-16 ER)
+)
 
 # --- outbox: the outbox
 OUTBOX_STORAGE_FAILING = "outbox.storage_failing"  # ERROR: outbox storage failing; backing off
@@ -270,6 +297,16 @@ RECEIVER_ANSWER_FAILED = "receiver.answer_failed"  # ERROR: receiver: answer fai
 RECEIVER_ON_MESSAGE_FAILED = "receiver.on_message_failed"  # ERROR: receiver: on_message failed
 RECEIVER_LISTENING = "receiver.listening"  # INFO: receiver listening
 RECEIVER_UNPARSABLE = "receiver.unparsable"  # DEBUG: received message could not be parsed
+
+# --- delivery (continued): the inbound port for application ACKs ([ehr] app_ack_port)
+DELIVERY_APP_ACK_LISTENING = "delivery.app_ack_listening"  # INFO: listening for application ACKs
+DELIVERY_APP_ACK_CONNECTION_ENDED = (
+    "delivery.app_ack_connection_ended"  # DEBUG: an application-ACK connection ended
+)
+DELIVERY_APP_ACK_NOT_AN_ACK = "delivery.app_ack_not_an_ack"  # INFO: the application-ACK port got a frame that is not an ACK (answered CR)
+DELIVERY_APP_ACK_UNMATCHED = (
+    "delivery.app_ack_unmatched"  # INFO: an application ACK for no message that awaits one
+)
 
 # --- tls: TLS
 TLS_OFF_FILES_IGNORED = (

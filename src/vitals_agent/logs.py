@@ -51,4 +51,3 @@ def setup_logging(level: str = "INFO", *, stream: TextIO | None = None, json: bo
     else:
         cast("logging.StreamHandler[TextIO]", ours).setStream(out)
     root.setLevel(max(numeric, logging.WARNING))
-

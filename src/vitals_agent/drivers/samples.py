@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from decimal import Decimal
+from typing import Any
 
 from vitals_agent.drivers.base import DecodeContext, Driver, all_drivers
 from vitals_agent.models import DeviceIdentity, DeviceStatusEvent, Reading
@@ -121,7 +122,7 @@ def sample_inputs(driver: str, tz: tzinfo = UTC) -> list[SampleInput]:
     return _ble_inputs(driver, local) or _serial_inputs(driver, local)
 
 
-def _ecg_reading(driver: Driver, ctx: DecodeContext, local: datetime) -> Reading:
+def _ecg_reading(driver: Driver[Any], ctx: DecodeContext, local: datetime) -> Reading:
     from vitals_agent.drivers.ecg.common import EcgDecoded, to_reading, with_original
 
     fmt = {"aecg-xml": "aecg", "philips-xml": "philips-xml"}.get(driver.name, "scp-ecg")

@@ -22,6 +22,7 @@ from typing import Any
 
 import structlog
 
+from vitals_agent import log_events as ev
 from vitals_agent.errors import AckProtocolError
 from vitals_agent.hl7.ack import Ack, commit_ack, parse_ack
 from vitals_agent.hl7.mllp import DEFAULT_MAX_FRAME, MllpDeframer, frame
@@ -55,7 +56,7 @@ class AckListener:
         """Listen; raises ``OSError`` when the port cannot be had (the caller says what to do)."""
         self._server = await asyncio.start_server(self._client, self.host, self.port)
         self.port = int(self._server.sockets[0].getsockname()[1])
-        log.info("listening for application ACKs", host=self.host, port=self.port)
+        log.info(ev.DELIVERY_APP_ACK_LISTENING, host=self.host, port=self.port)
         return self.port
 
     async def close(self) -> None:
@@ -87,7 +88,7 @@ class AckListener:
                     writer.write(frame(self._answer(payload, peer)))
                 await writer.drain()
         except (OSError, asyncio.IncompleteReadError) as exc:
-            log.debug("application-ACK connection ended", peer=str(peer), error=str(exc))
+            log.debug(ev.DELIVERY_APP_ACK_CONNECTION_ENDED, peer=str(peer), error=str(exc))
         finally:
             if task is not None:
                 self._tasks.discard(task)
@@ -102,14 +103,14 @@ class AckListener:
             ack = parse_ack(payload)
         except AckProtocolError as exc:
             self.counts["unreadable"] += 1
-            log.info("application-ACK port: a frame that is not an ACK", peer=str(peer), error=str(exc))
+            log.info(ev.DELIVERY_APP_ACK_NOT_AN_ACK, peer=str(peer), error=str(exc))
             return commit_ack("", "CR", self.sending_application, now, new_control_id())
         if self.on_ack(ack):
             self.counts["matched"] += 1
         else:
             self.counts["unmatched"] += 1
             log.info(
-                "application ACK for no message that awaits one",
+                ev.DELIVERY_APP_ACK_UNMATCHED,
                 ack_for=ack.control_id,
                 code=ack.code,
                 peer=str(peer),

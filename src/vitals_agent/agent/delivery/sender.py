@@ -123,7 +123,7 @@ class MllpLink(ClientLink[MllpClient]):
         try:
             return parse_ack(payload)
         except AckProtocolError as exc:
-            log.debug("unreadable frame on an idle connection", error=str(exc))
+            log.debug(ev.DELIVERY_IDLE_FRAME_UNREADABLE, error=str(exc))
             return None
 
     def _unsolicited(self, payload: bytes) -> None:
@@ -131,10 +131,10 @@ class MllpLink(ClientLink[MllpClient]):
         try:
             ack = parse_ack(payload)
         except AckProtocolError as exc:
-            log.debug("unreadable frame between messages dropped", error=str(exc))
+            log.debug(ev.DELIVERY_STRAY_FRAME_UNREADABLE, error=str(exc))
             return
         if not self._other(ack, lambda _cid: False):
-            log.debug("ACK between messages for no message of ours", ack_for=ack.control_id, code=ack.code)
+            log.debug(ev.DELIVERY_STRAY_ACK, ack_for=ack.control_id, code=ack.code)
 
     def counters(self) -> dict[str, int]:
         """For the status: ACKs that answered messages already answered."""
@@ -184,13 +184,12 @@ class MllpLink(ClientLink[MllpClient]):
         seen = self._answered.get(ack.control_id)
         if seen is not None and seen == ack.code:
             self.duplicate_acks += 1
-            log.debug("duplicate ACK for a message already answered", ack_for=ack.control_id, code=ack.code)
+            log.debug(ev.DELIVERY_DUPLICATE_ACK, ack_for=ack.control_id, code=ack.code)
             if self.keep_open and self.duplicate_acks >= REPLAY_WARN_AFTER and not self._replay_warned:
                 self._replay_warned = True
                 log.warning(
-                    "the receiver answers again for messages it already acknowledged: it seems to replay "
-                    "every earlier message of a kept-open connection; set [ehr] keep_connection_open = "
-                    "false (one connection per message)",
+                    ev.DELIVERY_RECEIVER_REPLAYS,
+                    fix="set [ehr] keep_connection_open = false (one connection per message)",
                     peer=self.peer,
                     duplicate_acks=self.duplicate_acks,
                 )
@@ -335,8 +334,7 @@ class QueueSender:
             self.policy.restore_awaiting(
                 [(a.id, a.control_id, now - a.committed_at) for a in awaiting], self._clock()
             )
-            log.info("messages committed before the last stop still await their application ACK",
-                     count=len(awaiting))  # fmt: skip
+            log.info(ev.DELIVERY_AWAITING_RESTORED, count=len(awaiting))
         try:
             while not self._stopping:
                 try:
@@ -415,7 +413,7 @@ class QueueSender:
         if heard is not None and heard.done() and not heard.cancelled() and heard.exception() is None:
             ack = heard.result()
             if ack is not None and not self.application_ack(ack):
-                log.debug("ACK on an idle connection for no awaited message", ack_for=ack.control_id)
+                log.debug(ev.DELIVERY_IDLE_ACK_UNMATCHED, ack_for=ack.control_id)
         self._nudge.clear()
         self.policy.woken()
 
@@ -452,7 +450,7 @@ class QueueSender:
             self._app_acks["completed"] += 1
             self._delivered += 1
             log.info(
-                "application ACK: message processed by the receiver",
+                ev.DELIVERY_APP_ACK_ACCEPTED,
                 destination=self.destination,
                 control_id=ack.control_id,
                 after_seconds=round(verdict.waited, 1),
@@ -461,7 +459,7 @@ class QueueSender:
             self._app_acks["dead"] += 1
             self._error(f"{ack.control_id}: application ACK {ack.summary()} after the commit accept")
             log.info(
-                "application ACK: the receiver could not process a message it had committed",
+                ev.DELIVERY_APP_ACK_ERROR,
                 destination=self.destination,
                 control_id=ack.control_id,
                 ack=ack.summary(),
@@ -485,8 +483,7 @@ class QueueSender:
         timeout = self.policy.settings.app_ack_timeout
         for control_id in late:
             log.warning(
-                "no application ACK: the receiver committed the message but has not said whether it "
-                "processed it (shown in status until it does)",
+                ev.DELIVERY_APP_ACK_OVERDUE,
                 destination=self.destination,
                 control_id=control_id,
                 app_ack_timeout_seconds=timeout,
@@ -494,7 +491,7 @@ class QueueSender:
             )
         for control_id in quiet:
             self._delivered += 1
-            log.debug("no application error within the timeout: complete (MSH-16 ER)", control_id=control_id)
+            log.debug(ev.DELIVERY_APP_ACK_NONE_DUE, control_id=control_id)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -750,8 +747,7 @@ class QueueSender:
                 )
             else:
                 self._committed += 1
-                log.debug("committed; awaiting the application ACK", destination=self.destination,
-                          control_id=msg.control_id)  # fmt: skip
+                log.debug(ev.DELIVERY_COMMITTED, destination=self.destination, control_id=msg.control_id)
             step = self.policy.next_step(self._clock())
             if isinstance(step, Settle) and step.message_id == msg.id:
                 await self._settle(step, record)  # remove (or move) it now (the fast path)

@@ -439,7 +439,7 @@ class Pipeline:
         fields = {"device": device_id, "control_id": control_id, "charset": self.profile.charset}
         if built.dropped_attachments:
             log.warning(
-                "attachment not sent: the message would be over [ehr] max_message_bytes (an NTE says so)",
+                ev.READING_ATTACHMENT_DROPPED,
                 attachments=len(built.dropped_attachments),
                 max_message_bytes=self.profile.max_message_bytes,
                 **fields,
