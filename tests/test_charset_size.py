@@ -211,6 +211,6 @@ async def test_agent_sends_ascii_escaped_and_counts_it(tmp_path: Path) -> None:
     assert (parsed.msh[18], parsed.pid.text(5, 1)) == ("ASCII", "Renée")
     assert status["encoding"]["escaped"] == 2
     assert "2 character(s) sent as HL7 escapes ([ehr] charset)" in text
-    said = [e for e in logs if "HL7 hex escapes" in e["event"]]
+    said = [e for e in logs if e["event"] == "reading.chars_escaped"]
     assert said and said[0]["escaped"] == 2
     assert not any("Ren" in str(e) for e in logs)  # the name itself is never logged

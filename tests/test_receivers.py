@@ -110,8 +110,9 @@ async def test_node_hl7_server_replays_a_kept_open_connection_and_the_agent_says
     assert len(peer.received) == 15  # 1 + 2 + 3 + 4 + 5: the receiver's replays
     status = sender.status()
     assert status["delivered"] == 5 and status["duplicate_acks"] == 10
-    warnings = [e for e in logs if e["log_level"] == "warning" and "keep_connection_open" in e["event"]]
+    warnings = [e for e in logs if e["log_level"] == "warning" and e["event"] == "delivery.receiver_replays"]
     assert len(warnings) == 1
+    assert "keep_connection_open = false" in warnings[0]["fix"]
 
 
 @pytest.mark.slow

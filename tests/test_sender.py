@@ -28,7 +28,8 @@ def test_backoff_is_capped_exponential_with_jitter(outbox: Outbox) -> None:
 
 async def test_status_and_wake_for_messages_queued_while_running(outbox: Outbox) -> None:
     async with Hl7Ehr() as ehr:
-        sender = Sender(outbox, fast_ehr(ehr.port))
+        # each message is sent exactly once: a generous ACK timeout, so a loaded machine causes no retry
+        sender = Sender(outbox, fast_ehr(ehr.port, ack_timeout_seconds=10.0))
         assert sender.status() == {
             "destination": "ehr",
             "connected": False,

@@ -127,6 +127,8 @@ READING_REFUSED_NOT_BUILT = (
     "reading.refused_not_built"  # ERROR: the message could not be built (``what``): refused, audited
 )
 READING_ATTACHMENT_DROPPED = "reading.attachment_dropped"  # WARNING: attachment not sent: the message would be over [ehr] max_message_bytes (an NTE says so)
+READING_CHARS_REPLACED = "reading.chars_replaced"  # WARNING (first time), then INFO: characters the receiver's charset cannot carry were replaced with the marker (``replaced``, ``marker``)
+READING_CHARS_ESCAPED = "reading.chars_escaped"  # INFO (first time), then DEBUG: characters the receiver's charset cannot carry were sent as HL7 hex escapes (``escaped``)
 
 # --- audit: the audit trail
 AUDIT_NOT_WRITTEN = "audit.not_written"  # ERROR: audit record not written

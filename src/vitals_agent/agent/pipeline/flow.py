@@ -446,14 +446,14 @@ class Pipeline:
             )
         if built.replaced:
             (log.warning if first_replaced else log.info)(
-                "characters the receiver's charset cannot carry were replaced with the marker",
+                ev.READING_CHARS_REPLACED,
                 replaced=built.replaced,
                 marker=self.profile.marker,
                 **fields,
             )
         if built.escaped:
             (log.info if first_escaped else log.debug)(
-                "characters the receiver's charset cannot carry were sent as HL7 hex escapes",
+                ev.READING_CHARS_ESCAPED,
                 escaped=built.escaped,
                 **fields,
             )
