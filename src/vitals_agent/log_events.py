@@ -137,6 +137,13 @@ AUDIT_RESTORED = "audit.restored"  # INFO: audit records restored from the outbo
 AUDIT_APPEND_PENDING = "audit.append_pending"  # WARNING: audit records not appended yet; kept in the outbox
 AUDIT_TRIM_FAILED = "audit.trim_failed"  # WARNING: audit journal not trimmed; will retry
 AUDIT_AFTER_COMMIT_FAILED = "audit.after_commit_failed"  # ERROR: after-commit hook failed
+AUDIT_ROTATED = (
+    "audit.rotated"  # INFO: audit trail rotated ([audit] max_bytes/max_age_days; ``previous_file``)
+)
+AUDIT_ROTATE_FAILED = "audit.rotate_failed"  # WARNING: audit trail not rotated (file cannot be renamed, e.g. open elsewhere on Windows); appending to it meanwhile, retried hourly; said once
+AUDIT_PRUNED = (
+    "audit.pruned"  # INFO: rotated audit files older than [audit] retention_days deleted (``files``)
+)
 
 # --- delivery: delivery to the EHR and the FHIR server
 DELIVERY_LATE_ACK_SKIPPED = "delivery.late_ack_skipped"  # DEBUG: late ACK for a delivered message skipped

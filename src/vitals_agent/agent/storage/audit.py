@@ -333,15 +333,23 @@ class AuditLog:
             return []
         out: list[AuditRecord] = []
         mono = time.monotonic()
-        if size > 0 and mono >= self._rotate_retry_at and chain.should_rotate(
-            size, self._first_record_ts(), now, max_bytes=policy.max_bytes, max_age_days=policy.max_age_days
+        if (
+            size > 0
+            and mono >= self._rotate_retry_at
+            and chain.should_rotate(
+                size,
+                self._first_record_ts(),
+                now,
+                max_bytes=policy.max_bytes,
+                max_age_days=policy.max_age_days,
+            )
         ):
             rotated = self.path.with_name(chain.rotated_name(now))
             try:
                 os.rename(self.path, rotated)
             except OSError as exc:  # e.g. Windows, where a file open elsewhere cannot be renamed
                 if not self._rotate_failing:
-                    log.warning("audit trail not rotated; appending to it meanwhile", error=_reason(exc))
+                    log.warning(ev.AUDIT_ROTATE_FAILED, error=_reason(exc))
                 self._rotate_failing = True
                 self._rotate_retry_at = mono + PRUNE_CHECK_SECONDS
                 return out
@@ -354,7 +362,7 @@ class AuditLog:
             self._fd, self._ino, self._size = fd, os.fstat(fd).st_ino, 0
             host.fsync_dir(self.path.parent)
             out.append(self.make("audit_rotated", previous_file=rotated.name, previous_bytes=size))
-            log.info("audit trail rotated", previous_file=rotated.name, bytes=size)
+            log.info(ev.AUDIT_ROTATED, previous_file=rotated.name, bytes=size)
         if out or mono - self._pruned_at >= PRUNE_CHECK_SECONDS:
             self._pruned_at = mono
             rotated_files = [p for p in chain.trail_files(self.path.parent) if p.name != AUDIT_FILE]
@@ -372,7 +380,7 @@ class AuditLog:
                         chain_from=chain.line_hash(last) if last is not None else None,
                     )
                 )
-                log.info("old audit files deleted (retention)", files=len(gone))
+                log.info(ev.AUDIT_PRUNED, files=len(gone))
         return out
 
     def _first_record_ts(self) -> datetime | None:
