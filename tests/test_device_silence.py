@@ -168,8 +168,8 @@ def test_silence_is_logged_once_when_it_starts_and_once_when_it_ends(
         rt.heard(4)
         rt.check_silence()
     assert [(e["event"], e["log_level"]) for e in logs] == [
-        ("device silent", "info"),
-        ("device talking again", "info"),
+        ("device.silent", "info"),
+        ("device.talking_again", "info"),
     ]
     assert logs[0]["quiet_seconds"] == 31 and logs[0]["silent_after"] == 30.0
 

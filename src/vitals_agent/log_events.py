@@ -40,6 +40,8 @@ DEVICE_STABLE_AGAIN = "device.stable_again"  # INFO: device task ran stably agai
 DEVICE_DECODE_FAILED = "device.decode_failed"  # DEBUG: decode failed
 DEVICE_READING_NOT_ACCEPTED = "device.reading_not_accepted"  # DEBUG: reading not accepted
 DEVICE_NOT_STOPPED = "device.not_stopped"  # WARNING: device did not stop in time
+DEVICE_SILENT = "device.silent"  # INFO: link up but nothing heard for ``silent_after`` seconds (``quiet_seconds``); said once
+DEVICE_TALKING_AGAIN = "device.talking_again"  # INFO: a silent device is heard from again
 
 # --- serial: serial ports
 SERIAL_OPENED = "serial.opened"  # DEBUG: serial port opened
@@ -194,6 +196,7 @@ DELIVERY_APP_ACK_ACCEPTED = (
 )
 DELIVERY_APP_ACK_ERROR = "delivery.app_ack_error"  # INFO: application ACK: the receiver could not process a message it had committed (dead-lettered, alerted)
 DELIVERY_APP_ACK_OVERDUE = "delivery.app_ack_overdue"  # WARNING: no application ACK within app_ack_timeout_seconds: the receiver has not said whether it processed the message (in status until it does)
+DELIVERY_APP_ACK_ABANDONED = "delivery.app_ack_abandoned"  # INFO: an operator re-queued or dead-lettered a message awaiting its application ACK (``outbox retry``/``dead-letter``): no longer waited for
 DELIVERY_APP_ACK_NONE_DUE = (
     "delivery.app_ack_none_due"  # DEBUG: no application error within the timeout: complete (MSH-16 ER)
 )

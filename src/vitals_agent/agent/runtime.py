@@ -191,7 +191,7 @@ class DeviceRuntimeImpl:
         self._heard_at = self._mono()
         if self._silence_logged:
             self._silence_logged = False
-            self._log.info("device talking again")
+            self._log.info(ev.DEVICE_TALKING_AGAIN)
 
     # --- silence ----------------------------------------------------------------------------------
     def quiet_seconds(self, mono: float | None = None) -> float:
@@ -212,7 +212,7 @@ class DeviceRuntimeImpl:
         if not self._silence_logged and self.link_state() == SILENT:
             self._silence_logged = True
             self._log.info(
-                "device silent", quiet_seconds=round(self.quiet_seconds()), silent_after=self.silent_after
+                ev.DEVICE_SILENT, quiet_seconds=round(self.quiet_seconds()), silent_after=self.silent_after
             )
 
     def snapshot(self) -> dict[str, Any]:

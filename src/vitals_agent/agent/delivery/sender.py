@@ -472,8 +472,7 @@ class QueueSender:
         awaited their application ACK (``outbox retry`` / ``outbox dead-letter``) are no longer awaited."""
         for control_id in self.policy.awaiting_moved(self.outbox.awaiting_ids(self.destination)):
             log.info(
-                "an operator re-queued or dead-lettered a message awaiting its application ACK; "
-                "no longer waiting for it",
+                ev.DELIVERY_APP_ACK_ABANDONED,
                 destination=self.destination,
                 control_id=control_id,
             )
