@@ -129,7 +129,7 @@ async def agent_under_wine(seconds: float) -> dict[str, float]:
             agent = winelane.WineAgent()
             try:
                 await agent.wait(
-                    lambda: len(agent.events("device connected")) >= DEVICES, "four devices connected", 120
+                    lambda: len(agent.events("device.connected")) >= DEVICES, "four devices connected", 120
                 )
                 pid = one_pid(winelane.CONFIG)
                 await asyncio.sleep(5)
@@ -171,7 +171,7 @@ async def agent_on_linux(seconds: float) -> dict[str, float]:
                 agent = AgentProcess(cfg)
                 try:
                     await agent.wait_log(
-                        lambda: len(agent.events("device connected")) >= DEVICES, 60, "four devices connected"
+                        lambda: len(agent.events("device.connected")) >= DEVICES, 60, "four devices connected"
                     )
                     await asyncio.sleep(5)
                     return await asyncio.to_thread(sample, {"process": agent.proc.pid}, seconds)

@@ -240,7 +240,7 @@ async def test_service_started_by_net_start_sends_and_net_stop_ends_it_within_5_
                         assert applied["devices_added"] == ["spo2-1"], applied
                         await record_in(
                             winelane.DATA_DIR + r"\logs\agent.log",
-                            lambda r: r.get("event") == "device connected" and r.get("device") == "spo2-1",
+                            lambda r: r.get("event") == "device.connected" and r.get("device") == "spo2-1",
                             "the added device connected",
                         )
                 begun = time.monotonic()
