@@ -36,11 +36,21 @@ PATIENTS_CSV = "mrn,name,dob,sex,visit\nZQ4471902,QUIRKE^ODALYS,1961-09-23,F,V77
 
 class PdqSupplier(Hl7Ehr):
     """An ITI-21 supplier: ``AA`` answers from the directory, ``AE``/``AR`` error answers; other fake EHR
-    modes (SILENT, CLOSE, GARBLE, WRONG_ID ...) as usual."""
+    modes (SILENT, CLOSE, GARBLE, WRONG_ID ...) as usual. ``page_size``: it answers in increments of at
+    most that many (ITI-21 incremental response, DSC continuation)."""
 
-    def __init__(self, patients: Iterable[PdqCandidate] = (ODALYS,), mode: str = "AA", **kw: Any) -> None:
+    def __init__(
+        self,
+        patients: Iterable[PdqCandidate] = (ODALYS,),
+        mode: str = "AA",
+        *,
+        page_size: int | None = None,
+        **kw: Any,
+    ) -> None:
         super().__init__(mode, **kw)
-        self.directory = PdqDirectory(list(patients), authority=Authority.parse(AUTHORITY))
+        self.directory = PdqDirectory(
+            list(patients), authority=Authority.parse(AUTHORITY), page_size=page_size
+        )
 
     def _ack(self, raw: bytes, control_id: str, code: str, *, text: str = "", err: str = "") -> bytes:
         answer = self.directory.answer(

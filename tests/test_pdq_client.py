@@ -47,6 +47,48 @@ async def test_v2_lookup_finds_the_patient_with_a_strict_valid_query() -> None:
     assert msg.msh.msh_5.to_er7() == "PDQ_SUPPLIER"
 
 
+def _twins(n: int) -> list[PdqCandidate]:
+    auth = Authority.parse(AUTHORITY)
+    return [
+        PdqCandidate(mrn="ZQ4471902", authority=auth, family="QUIRKE", given=f"CHILD{i}") for i in range(n)
+    ]
+
+
+async def test_v2_follows_the_continuation_up_to_max_results() -> None:
+    """A supplier that answers two patients at a time: the client asks for the next increment (same
+    QPD-2 tag, DSC-1 the pointer, fresh MSH-10) until it has all of them."""
+    async with PdqSupplier(_twins(5), page_size=2) as supplier:
+        lookup = await pdq_client(v2(supplier.port, max_results=10), SENDER).lookup("ZQ4471902")
+    assert [c.given for c in lookup.result.candidates] == [f"CHILD{i}" for i in range(5)]
+    assert not lookup.result.more and lookup.increments == 3
+    queries = [validate_qbp(r.raw) for r in supplier.received]  # hl7apy STRICT, each one
+    ids = [q.msh.msh_10.to_er7() for q in queries]
+    assert ids[0] == lookup.query_id and len(set(ids)) == 3
+    assert {q.qpd.qpd_2.to_er7() for q in queries} == {supplier.directory.queries[0].query_tag}
+    assert [r.continuation for r in supplier.directory.queries] == [
+        "",
+        f"{supplier.directory.queries[0].query_tag}-2",
+        f"{supplier.directory.queries[0].query_tag}-4",
+    ]
+    assert [r.limit for r in supplier.directory.queries] == [10, 8, 6]  # RCP-2: what is still wanted
+    assert supplier.connections == 1  # the increments on the lookup's one connection
+
+
+async def test_v2_continuation_stops_at_max_results_and_says_the_ehr_has_more() -> None:
+    async with PdqSupplier(_twins(5), page_size=2) as supplier:
+        lookup = await pdq_client(v2(supplier.port, max_results=3), SENDER).lookup("ZQ4471902")
+    assert [c.given for c in lookup.result.candidates] == ["CHILD0", "CHILD1", "CHILD2"]
+    assert lookup.result.more and lookup.increments == 2
+    assert [r.limit for r in supplier.directory.queries] == [3, 1]
+
+
+async def test_v2_a_failed_increment_keeps_what_came() -> None:
+    async with PdqSupplier(_twins(5), page_size=2, plan=["AA", "AE"]) as supplier:
+        lookup = await pdq_client(v2(supplier.port, max_results=10), SENDER).lookup("ZQ4471902")
+    assert [c.given for c in lookup.result.candidates] == ["CHILD0", "CHILD1"]
+    assert lookup.result.more and lookup.increments == 1 and len(supplier.received) == 2
+
+
 async def test_v2_unknown_mrn_is_an_empty_answer() -> None:
     async with PdqSupplier() as supplier:
         lookup = await pdq_client(v2(supplier.port), SENDER).lookup("ZQ0000000")
@@ -161,6 +203,40 @@ async def test_pdqm_unknown_mrn_inactive_and_other_system() -> None:
         client = pdq_client(fhir(server.base_url), SENDER)
         assert (await client.lookup("ZQ4471902")).result.candidates == ()
         assert (await client.lookup("NOPE")).result.candidates == ()
+
+
+async def test_pdqm_token_file_is_read_by_fhir_deliverys_reader_with_the_same_messages(
+    tmp_path: Path,
+) -> None:
+    """One home for token files: [pdq] and [fhir] bearer_token_file say the same, naming their key."""
+    from vitals_agent.errors import ConnectFailedError
+    from vitals_agent.net.fhir_http import FileToken
+
+    token = tmp_path / "token"
+    token.write_text("  \n")
+    async with FhirEndpoint([patient_resource(ODALYS)], token="right") as server:
+        client = pdq_client(fhir(server.base_url, bearer_token_file=token), SENDER)
+        assert isinstance(getattr(client, "tokens", None), FileToken)
+        with pytest.raises(PdqUnavailableError) as pdq_empty:
+            await client.lookup("ZQ4471902")
+        token.unlink()
+        with pytest.raises(PdqUnavailableError) as pdq_gone:
+            await client.lookup("ZQ4471902")
+        assert server.requests == []  # nothing sent without a token
+    with pytest.raises(ConnectFailedError) as fhir_gone:
+        await FileToken(token).token()
+    token.write_text("")
+    with pytest.raises(ConnectFailedError) as fhir_empty:
+        await FileToken(token).token()
+    assert str(pdq_empty.value) == f"pdq.bearer_token_file {token} is empty"
+    assert str(fhir_empty.value) == f"fhir.bearer_token_file {token} is empty"
+    assert str(pdq_gone.value) == f"cannot read pdq.bearer_token_file {token}: No such file or directory"
+    assert str(fhir_gone.value) == str(pdq_gone.value).replace("pdq.", "fhir.")
+    with pytest.raises(ConfigError) as at_start:
+        pdq_client(fhir(server.base_url, bearer_token_file=tmp_path / "none"), SENDER)
+    assert at_start.value.problems == [
+        ("pdq.bearer_token_file", f"{tmp_path / 'none'} is not a readable file")
+    ]
 
 
 async def test_pdqm_wrong_token_is_refused(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from vitals_agent.hl7.pdq import (
     PdqQuery,
     PdqRefusedError,
     build_qbp,
+    next_increment,
     parse_patients_csv,
     parse_qbp,
     parse_rsp,
@@ -174,6 +175,53 @@ def test_several_matches_are_all_returned_and_limit_adds_dsc() -> None:
     limited = parse_rsp(answer, q2)
     assert [c.given for c in limited.candidates] == ["ODALYS", "OLIVE"]
     assert limited.more
+
+
+def _family(n: int) -> PdqCandidate:
+    return PdqCandidate(mrn="ZQ4471902", authority=AUTH, family="QUIRKE", given=f"CHILD{n}", sex="F")
+
+
+def test_incremental_response_continues_with_the_pointer_and_the_same_query_tag() -> None:
+    """ITI-21 incremental response: the supplier sends a page and DSC-1 a pointer; the same QPD with that
+    pointer in DSC-1 (fresh MSH-10) gets the next page, until no DSC comes."""
+    d = PdqDirectory([_family(n) for n in range(5)], authority=AUTH, page_size=2)
+    q = query(limit=10)
+    pages: list[list[str | None]] = []
+    while True:
+        answer = d.answer(build_qbp(q), control_id=f"R{len(pages)}", now=NOW)
+        validate_rsp(answer)
+        result = parse_rsp(answer, q)
+        pages.append([c.given for c in result.candidates])
+        if not result.more:
+            assert result.continuation == "" and "DSC|" not in answer
+            break
+        assert result.continuation == f"TAG0001-{2 * len(pages)}"
+        q = next_increment(q, result, control_id=f"QRY000{len(pages) + 1}", created_at=NOW, limit=10)
+        raw = build_qbp(q)
+        msg = validate_qbp(raw)  # hl7apy STRICT: QBP_Q21 with its optional DSC
+        assert msg.dsc.dsc_1.to_er7() == result.continuation and msg.dsc.dsc_2.to_er7() == "I"
+        assert msg.qpd.qpd_2.to_er7() == "TAG0001" and msg.msh.msh_10.to_er7() == f"QRY000{len(pages) + 1}"
+    assert pages == [["CHILD0", "CHILD1"], ["CHILD2", "CHILD3"], ["CHILD4"]]
+    assert [r.continuation for r in d.queries] == ["", "TAG0001-2", "TAG0001-4"]
+
+
+def test_a_pointer_the_supplier_did_not_give_is_refused() -> None:
+    d = PdqDirectory([_family(n) for n in range(3)], authority=AUTH, page_size=2)
+    for pointer in ("OTHERTAG-2", "TAG0001-x", "junk"):
+        q = query(continuation=pointer)
+        answer = d.answer(build_qbp(q), control_id="R9", now=NOW)
+        validate_rsp(answer)
+        with pytest.raises(PdqRefusedError, match=r"\(AE \[103\]\)"):
+            parse_rsp(answer, q)
+
+
+def test_no_next_increment_without_a_pointer() -> None:
+    q = query()
+    result = parse_rsp(directory(ODALYS).answer(build_qbp(q), control_id="R1", now=NOW), q)
+    with pytest.raises(PdqError, match="no continuation pointer"):
+        next_increment(q, result, control_id="QRY0002", created_at=NOW, limit=5)
+    with pytest.raises(PdqError, match="continuation pointer"):
+        query(continuation="A\rB")
 
 
 @pytest.mark.parametrize("code", ["AE", "AR"])

@@ -260,6 +260,7 @@ LOOKUP_CANDIDATE_UNUSABLE = (
     "lookup.candidate_unusable"  # WARNING: a patient in the EHR's answer cannot be used
 )
 LOOKUP_FAILED = "lookup.failed"  # WARNING: patient lookup failed
+LOOKUP_INCREMENT_FAILED = "lookup.increment_failed"  # INFO: the PDQ supplier's next increment (DSC continuation) failed; the candidates received are shown, the EHR has more
 LOOKUP_BOUND_UNVERIFIED = (
     "lookup.bound_unverified"  # WARNING: patient bound as typed, NOT verified against the EHR
 )

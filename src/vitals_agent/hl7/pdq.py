@@ -4,7 +4,9 @@ Pure: no I/O, no clock (the caller passes ``control_id``, ``query_tag`` and ``cr
 
 * :func:`build_qbp` writes ``QBP^Q22^QBP_Q21`` (ITI TF-2a 3.21.4.1): ``QPD-1`` ``IHE PDQ Query``,
   ``QPD-2`` a query tag, ``QPD-3`` ``@PID.3.1^<MRN>`` plus ``@PID.3.4.1`` / ``.2`` / ``.3`` repetitions for
-  the configured assigning authority, ``RCP-1`` ``I`` (immediate) and ``RCP-2`` ``<limit>^RD``.
+  the configured assigning authority, ``RCP-1`` ``I`` (immediate) and ``RCP-2`` ``<limit>^RD``; a request
+  for the next increment of an answer (ITI-21 incremental response) repeats the QPD with its query tag and
+  adds ``DSC-1``, the continuation pointer the previous answer's ``DSC-1`` gave (:func:`next_increment`).
 * :func:`parse_rsp` reads ``RSP^K22^RSP_K21`` (3.21.4.2): ``MSA-2`` must equal the query's ``MSH-10``
   and ``QAK-1`` its query tag; ``MSA-1`` ``AE``/``AR`` (or ``QAK-2`` ``AE``/``AR``) is a refusal; each
   ``PID`` (with a following ``PV1``, as ITI-22 suppliers send) is one :class:`PdqCandidate`. PID-3 is
@@ -129,6 +131,7 @@ class PdqQuery:
     receiving_facility: str = ""  # MSH-6
     processing_id: str = "P"
     limit: int = DEFAULT_LIMIT
+    continuation: str = ""  # DSC-1: asks for the next increment of an earlier answer to this query tag
 
     def __post_init__(self) -> None:
         if not self.mrn.strip():
@@ -142,6 +145,8 @@ class PdqQuery:
             raise PdqError(f"the result limit must be 1..{MAX_LIMIT}")
         if self.processing_id not in ("P", "D", "T"):
             raise PdqError("processing id must be P, D or T")
+        if len(self.continuation) > 180 or re.search(r"[\x00-\x1f\x7f]", self.continuation):
+            raise PdqError("the continuation pointer is too long or contains a control character")
 
 
 @dataclass(frozen=True)
@@ -152,6 +157,19 @@ class PdqResult:
     candidates: tuple[PdqCandidate, ...] = ()
     more: bool = False  # DSC with a continuation pointer: the supplier has more than it sent
     outside_domain: int = 0  # PIDs with no identifier in the queried domain (not candidates)
+    continuation: str = ""  # DSC-1 as received (unescaped): ask for the next increment with it
+
+
+def next_increment(
+    query: PdqQuery, result: PdqResult, *, control_id: str, created_at: datetime, limit: int
+) -> PdqQuery:
+    """The query for the next increment of ``result`` (ITI-21 incremental response): the same QPD (query
+    tag, parameters), a fresh MSH-10, ``DSC-1`` the pointer the answer gave, ``RCP-2`` ``limit``."""
+    if not result.continuation:
+        raise PdqError("the answer has no continuation pointer: there is no next increment")
+    return replace(
+        query, control_id=control_id, created_at=created_at, continuation=result.continuation, limit=limit
+    )
 
 
 # ------------------------------------------------------------------------------------------ query
@@ -216,6 +234,8 @@ def build_qbp(query: PdqQuery) -> bytes:
         _segment("QPD", [QUERY_NAME, query.query_tag, query_parameters(query)]),
         _segment("RCP", ["I", f"{query.limit}^RD"]),
     ]
+    if query.continuation:
+        segments.append(_segment("DSC", [escape(query.continuation), "I"]))
     return "".join(s + "\r" for s in segments).encode("utf-8")
 
 
@@ -403,12 +423,13 @@ def parse_rsp(payload: bytes | str, query: PdqQuery) -> PdqResult:
         else:
             candidates.append(found)
     dsc = by_name.get("DSC", [None])[0]
-    more = dsc is not None and bool(er7.comp(dsc.get(1), 1))
+    pointer = er7.leaf(dsc.get(1)) if dsc is not None else ""
     return PdqResult(
         status="OK" if candidates else "NF",
         candidates=tuple(candidates),
-        more=more,
+        more=bool(pointer),
         outside_domain=outside,
+        continuation=pointer,
     )
 
 
@@ -426,6 +447,7 @@ class QbpRequest:
     limit: int
     header: tuple[str, str, str, str]  # MSH-3..6 as received (raw)
     processing_id: str
+    continuation: str = ""  # DSC-1: the next increment of an earlier answer is asked for
 
 
 def parse_qbp(payload: bytes | str) -> QbpRequest:
@@ -450,6 +472,7 @@ def parse_qbp(payload: bytes | str) -> QbpRequest:
     limit = DEFAULT_LIMIT
     if rcp is not None and er7.comp(rcp.get(2), 1).isdigit():
         limit = max(1, min(MAX_LIMIT, int(er7.comp(rcp.get(2), 1))))
+    dsc = next((s for s in er7.segments if s.name == "DSC"), None)
     return QbpRequest(
         control_id=er7.comp(msh.get(10), 1),
         query_tag=er7.comp(qpd.get(2), 1),
@@ -458,6 +481,7 @@ def parse_qbp(payload: bytes | str) -> QbpRequest:
         limit=limit,
         header=(msh.get(3), msh.get(4), msh.get(5), msh.get(6)),
         processing_id=er7.comp(msh.get(11), 1) or "P",
+        continuation=er7.leaf(dsc.get(1)) if dsc is not None else "",
     )
 
 
@@ -483,7 +507,10 @@ class PdqDirectory:
 
     Supports QPD-3 ``@PID.3.1`` (required) with ``@PID.3.4.1``/``.2`` (the domain; a domain other than
     ``authority`` finds nothing), and optional ``@PID.5.1.1``, ``@PID.5.2``, ``@PID.7.1``, ``@PID.8``
-    filters. ``RCP-2`` limits the PIDs sent; more matches add ``DSC``.
+    filters. ``RCP-2`` limits the PIDs sent, and so does ``page_size`` (the supplier's own increment, as
+    real suppliers cap a page); more matches add ``DSC`` with the continuation pointer
+    ``<query tag>-<offset>``, and a query with the same QPD and that pointer in ``DSC-1`` gets the next
+    increment (ITI-21 incremental response). A pointer it did not give is answered ``AE``.
     """
 
     patients: list[PdqCandidate]
@@ -491,6 +518,7 @@ class PdqDirectory:
     application: str = "PDQ_SUPPLIER"
     facility: str = ""
     queries: list[QbpRequest] = field(default_factory=list)
+    page_size: int | None = None
 
     def find(self, params: dict[str, str]) -> list[PdqCandidate]:
         mrn = params.get("PID.3.1", "")
@@ -531,11 +559,19 @@ class PdqDirectory:
             control_id,
             request.processing_id,
         )
+        offset = 0
+        error = "QPD^1^3^1^1|207^Application internal error^HL70357"
+        if ack_code == "AA" and request.continuation:
+            tag, _, start = request.continuation.rpartition("-")
+            if tag == request.query_tag and start.isdigit():
+                offset = int(start)
+            else:  # not a pointer this supplier gave for this query
+                ack_code, error = "AE", "DSC^1^1^1^1|103^Table value not found^HL70357"
         if ack_code != "AA":
             segments = [
                 msh,
                 f"MSA|{ack_code}|{escape(request.control_id)}",
-                "ERR||QPD^1^3^1^1|207^Application internal error^HL70357|E",
+                f"ERR||{error}|E",
                 f"QAK|{escape(request.query_tag)}|{ack_code}",
                 request.qpd,
             ]
@@ -544,11 +580,12 @@ class PdqDirectory:
         status = "OK" if found else "NF"
         segments = [msh, f"MSA|AA|{escape(request.control_id)}", f"QAK|{escape(request.query_tag)}|{status}"]
         segments.append(request.qpd)
-        for set_id, patient in enumerate(found[: request.limit], start=1):
+        size = min(request.limit, self.page_size or request.limit)
+        for set_id, patient in enumerate(found[offset : offset + size], start=1):
             segments.append(_pid(set_id, patient, self.authority))
             segments.append("QRI|1")  # candidate confidence: an exact identifier match
-        if len(found) > request.limit:
-            segments.append(f"DSC|{escape(request.query_tag)}-{request.limit}|I")
+        if len(found) > offset + size:
+            segments.append(f"DSC|{escape(request.query_tag)}-{offset + size}|I")
         return "".join(s + "\r" for s in segments)
 
     def _reject(self, payload: bytes | str, *, control_id: str, now: datetime) -> str:

@@ -25,7 +25,7 @@ import json
 import secrets
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -69,22 +69,49 @@ class NoToken:
 
 
 class FileToken:
-    """A bearer token kept in a file by some other process (read for every request)."""
+    """A bearer token kept in a file by some other process, read for every request (so a rotated token is
+    picked up). The one reader for ``[fhir] bearer_token_file`` (delivery) and ``[pdq] bearer_token_file``
+    (the PDQm lookup): ``key`` names the setting in the one-line messages, ``error`` is the exception they
+    come as (a connection failure for delivery, the lookup's "EHR not usable" for PDQm)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        key: str = "fhir.bearer_token_file",
+        error: Callable[[str], Exception] = ConnectFailedError,
+    ) -> None:
         self.path = path.expanduser()
+        self.key = key
+        self.error = error
 
-    async def token(self, session: aiohttp.ClientSession) -> str | None:
+    @classmethod
+    def configured(
+        cls,
+        path: Path,
+        *,
+        key: str = "fhir.bearer_token_file",
+        error: Callable[[str], Exception] = ConnectFailedError,
+    ) -> FileToken:
+        """The reader for a configured file; :class:`ConfigError` when there is no such file (at start)."""
+        token = cls(path, key=key, error=error)
+        if not token.path.is_file():
+            raise ConfigError([(key, f"{token.path} is not a readable file")])
+        return token
+
+    def read(self) -> str:
+        """The token now (blocking: call it in a thread from the event loop)."""
         try:
-            text = await asyncio.to_thread(self.path.read_text, "utf-8")
+            text = self.path.read_text("utf-8")
         except OSError as exc:
-            raise ConnectFailedError(
-                f"cannot read fhir.bearer_token_file {self.path}: {exc.strerror or exc}"
-            ) from None
+            raise self.error(f"cannot read {self.key} {self.path}: {exc.strerror or exc}") from None
         token = text.strip()
         if not token:
-            raise ConnectFailedError(f"fhir.bearer_token_file {self.path} is empty")
+            raise self.error(f"{self.key} {self.path} is empty")
         return token
+
+    async def token(self, session: aiohttp.ClientSession | None = None) -> str | None:
+        return await asyncio.to_thread(self.read)
 
     def invalidate(self) -> None:
         return None
@@ -339,10 +366,7 @@ def fhir_client(config: FhirConfig) -> FhirClient:
         if config.token_url.startswith("http://"):
             log.warning(ev.FHIR_TOKEN_URL_UNENCRYPTED)
     elif config.bearer_token_file is not None:
-        path = config.bearer_token_file.expanduser()
-        if not path.is_file():
-            raise ConfigError([("fhir.bearer_token_file", f"{path} is not a readable file")])
-        tokens = FileToken(path)
+        tokens = FileToken.configured(config.bearer_token_file)
     else:
         tokens = NoToken()
     if not config.tls and not isinstance(tokens, NoToken):

@@ -8,8 +8,11 @@
 * :class:`~vitals_agent.hl7.pdq.PdqRefusedError`: the EHR answered ``AE``/``AR`` (FHIR: an HTTP error).
 
 The whole lookup (connect, send, answer) is bounded by ``timeout_seconds``. The MLLP exchange reuses the
-delivery path's :class:`~vitals_agent.net.mllp.MllpClient`, one connection per lookup. Messages name the
-supplier and what went wrong, never the MRN.
+delivery path's :class:`~vitals_agent.net.mllp.MllpClient`, one connection per lookup. A supplier that
+answers in increments (ITI-21 incremental response: ``DSC-1`` a continuation pointer) is asked for the next
+increment, on the same connection and within the same time, until ``max_results`` candidates are in or it
+has no more; an increment that fails after the first keeps what came (the result says the EHR has more).
+Messages name the supplier and what went wrong, never the MRN.
 """
 
 from __future__ import annotations
@@ -20,14 +23,14 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import aiohttp
 import structlog
 
 from vitals_agent import log_events as ev
 from vitals_agent.config.pdq import PdqConfig
-from vitals_agent.errors import ConfigError, DeliveryError, RetryableError
+from vitals_agent.errors import DeliveryError, RetryableError
 from vitals_agent.hl7.oru import new_control_id
 from vitals_agent.hl7.pdq import (
     Authority,
@@ -37,11 +40,15 @@ from vitals_agent.hl7.pdq import (
     PdqRefusedError,
     PdqResult,
     build_qbp,
+    next_increment,
     parse_rsp,
 )
 from vitals_agent.net.mllp import MllpClient
 from vitals_agent.net.tls import ssl_context_from
 from vitals_agent.redact import scrub
+
+if TYPE_CHECKING:
+    from vitals_agent.net.fhir_http import FileToken
 
 log = structlog.get_logger(__name__)
 
@@ -61,6 +68,7 @@ class Lookup:
     result: PdqResult
     mode: str
     elapsed_ms: int
+    increments: int = 1  # v2: answers read (the first and each continuation)
 
 
 class PdqClient(Protocol):
@@ -124,6 +132,45 @@ class MllpPdqClient:
             server_hostname=self.config.server_name,
         )
         started = time.monotonic()
+        deadline = started + timeout
+        try:
+            result = await self._ask(client, query, timeout)
+            first_id, answers = query.control_id, [result]
+            found = list(result.candidates)
+            # ITI-21 incremental response: ask for the next increment while there is one and room for it
+            while result.continuation and len(found) < self.config.max_results and result.candidates:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                query = next_increment(
+                    query,
+                    result,
+                    control_id=new_control_id(),
+                    created_at=datetime.now(UTC),
+                    limit=self.config.max_results - len(found),
+                )
+                try:
+                    result = await self._ask(client, query, left)
+                except PdqError as exc:  # keep what came; the result says the EHR has more
+                    log.info(ev.LOOKUP_INCREMENT_FAILED, error=str(exc), received=len(found))
+                    break
+                answers.append(result)
+                found.extend(result.candidates)
+        finally:
+            client.abort()
+        elapsed = int((time.monotonic() - started) * 1000)
+        combined = PdqResult(
+            status="OK" if found else "NF",
+            candidates=tuple(found[: self.config.max_results]),
+            more=len(found) > self.config.max_results or bool(result.continuation),
+            outside_domain=sum(a.outside_domain for a in answers),
+            continuation=result.continuation,
+        )
+        return Lookup(mrn, first_id, combined, self.mode, elapsed, increments=len(answers))
+
+    async def _ask(self, client: MllpClient, query: PdqQuery, timeout: float) -> PdqResult:
+        """One QBP^Q22 and its RSP^K22 on ``client`` (connecting when needed) within ``timeout``."""
+        limit = self.config.timeout_seconds
         try:
             # The client's own deadlines (connect, answer) say best what went wrong; this one only bounds
             # the sum (a slow connect followed by a slow answer).
@@ -131,18 +178,14 @@ class MllpPdqClient:
                 payload = await client.send(build_qbp(query), timeout)
         except TimeoutError:
             raise PdqUnavailableError(
-                f"the PDQ supplier at {self.peer} did not answer within {timeout:g} s"
+                f"the PDQ supplier at {self.peer} did not answer within {limit:g} s"
             ) from None
         except DeliveryError as exc:  # PeerUnavailableError, AckProtocolError (MLLP framing)
             raise PdqUnavailableError(f"PDQ supplier: {_reword(str(exc))}") from None
-        finally:
-            client.abort()
-        elapsed = int((time.monotonic() - started) * 1000)
         try:
-            result = parse_rsp(payload, query)
+            return parse_rsp(payload, query)
         except PdqProtocolError as exc:
             raise PdqUnavailableError(f"PDQ supplier at {self.peer}: {exc}") from None
-        return Lookup(mrn, query.control_id, result, self.mode, elapsed)
 
 
 def _reword(message: str) -> str:
@@ -155,7 +198,13 @@ class FhirPdqClient:
 
     mode = "fhir"
 
-    def __init__(self, config: PdqConfig, *, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        config: PdqConfig,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        tokens: FileToken | None = None,
+    ) -> None:
         assert config.base_url is not None
         system = config.fhir_system()
         assert system is not None
@@ -164,24 +213,13 @@ class FhirPdqClient:
         self.system = system
         self.ssl_context = ssl_context
         self.authority = Authority.parse(config.assigning_authority)
-        self.token_file = config.bearer_token_file
+        if tokens is None and config.bearer_token_file is not None:
+            tokens = _token_file(config.bearer_token_file, check=False)
+        self.tokens = tokens  # the same reader (and messages) as FHIR delivery's bearer_token_file
 
     @property
     def peer(self) -> str:
         return self.base_url
-
-    def _token(self) -> str | None:
-        if self.token_file is None:
-            return None
-        try:
-            token = self.token_file.expanduser().read_text("utf-8").strip()
-        except OSError as exc:
-            raise PdqUnavailableError(
-                f"cannot read pdq.bearer_token_file {self.token_file}: {exc.strerror or exc}"
-            ) from None
-        if not token:
-            raise PdqUnavailableError(f"pdq.bearer_token_file {self.token_file} is empty")
-        return token
 
     async def lookup(self, mrn: str) -> Lookup:
         # fhir.resources is loaded only in this mode (about 0.5 s and several MiB for its models)
@@ -189,7 +227,7 @@ class FhirPdqClient:
 
         url = search_url(self.base_url, self.system, mrn, self.config.max_results)
         headers = {"Accept": MEDIA_TYPE}
-        token = self._token()
+        token = await self.tokens.token() if self.tokens is not None else None
         if token:
             headers["Authorization"] = f"Bearer {token}"
         timeout = self.config.timeout_seconds
@@ -245,6 +283,15 @@ def _client_reason(exc: aiohttp.ClientError) -> str:
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
+def _token_file(path: Path, *, check: bool) -> FileToken:
+    """``[pdq] bearer_token_file`` through FHIR delivery's reader (net/fhir_http.FileToken): one home for
+    reading token files and for their messages. Imported here, not at the top: only PDQm needs it."""
+    from vitals_agent.net.fhir_http import FileToken
+
+    make = FileToken.configured if check else FileToken
+    return make(path, key="pdq.bearer_token_file", error=PdqUnavailableError)
+
+
 def pdq_client(config: PdqConfig, sender: Sender) -> PdqClient:
     """The client for ``[pdq]``. Raises :class:`~vitals_agent.errors.ConfigError` for unusable TLS files."""
     if config.mode == "fhir":
@@ -253,9 +300,8 @@ def pdq_client(config: PdqConfig, sender: Sender) -> PdqClient:
         if not https and (config.cert_file or config.bearer_token_file):
             log.warning(ev.PDQ_BASE_URL_UNENCRYPTED)
         ctx = ssl_context_from(config, section="pdq", force=True) if https else None
-        if config.bearer_token_file is not None and not Path(config.bearer_token_file).expanduser().is_file():
-            raise ConfigError(
-                [("pdq.bearer_token_file", f"{config.bearer_token_file} is not a readable file")]
-            )
-        return FhirPdqClient(config, ssl_context=ctx)
+        tokens = None
+        if config.bearer_token_file is not None:
+            tokens = _token_file(config.bearer_token_file, check=True)
+        return FhirPdqClient(config, ssl_context=ctx, tokens=tokens)
     return MllpPdqClient(config, sender, ssl_context=ssl_context_from(config, section="pdq"))

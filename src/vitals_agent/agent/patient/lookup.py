@@ -355,6 +355,7 @@ class PatientLookup:
             unusable=unusable,
             outside_domain=answer.result.outside_domain,
             more=answer.result.more,
+            increments=answer.increments,
             elapsed_ms=answer.elapsed_ms,
             **caller,
         )
