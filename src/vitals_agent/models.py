@@ -270,10 +270,18 @@ class Dropped(BaseModel):
     raw: str | None = None
 
 
-_XCN_FORBIDDEN = re.compile(r"[|^~\\&\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+# HL7 delimiters, control characters (C0, DEL, C1 including U+0085 NEL) and the Unicode line/paragraph
+# separators: a receiver may take any of them for a line or field break.
+_PERSON_FORBIDDEN = re.compile(r"[|^~\\&\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# Lone surrogates: what Python makes of a byte that is not UTF-8 in a command-line argument.
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
-def _person_text(value: str | None, what: str, max_len: int) -> str | None:
+def person_text(value: str | None, what: str, max_len: int) -> str | None:
+    """A person's identifier or name part for an HL7 field (CX, XPN, XCN): stripped, None when empty.
+
+    ValueError (never echoing the value) when it is longer than ``max_len``, not valid UTF-8, or holds a
+    control character, line separator or HL7 delimiter. The one check for patients and clinicians."""
     if value is None:
         return None
     value = value.strip()
@@ -281,9 +289,19 @@ def _person_text(value: str | None, what: str, max_len: int) -> str | None:
         return None
     if len(value) > max_len:
         raise ValueError(f"{what} is longer than {max_len} characters")
-    if _XCN_FORBIDDEN.search(value):
+    if _SURROGATE.search(value):
+        raise ValueError(f"{what} is not valid UTF-8 text (check the terminal's character set)")
+    if _PERSON_FORBIDDEN.search(value):
         raise ValueError(f"{what} contains a control character or one of | ^ ~ \\ &")
     return value
+
+
+def required_person_text(value: str, what: str, max_len: int) -> str:
+    """:func:`person_text` for a value that must be there (an MRN, a clinician id)."""
+    cleaned = person_text(value, what, max_len)
+    if cleaned is None:
+        raise ValueError(f"{what} is empty")
+    return cleaned
 
 
 class Clinician(BaseModel):
@@ -299,15 +317,12 @@ class Clinician(BaseModel):
     @field_validator("id")
     @classmethod
     def _id(cls, value: str) -> str:
-        cleaned = _person_text(value, "clinician id", 32)
-        if cleaned is None:
-            raise ValueError("clinician id is empty")
-        return cleaned
+        return required_person_text(value, "clinician id", 32)
 
     @field_validator("family", "given")
     @classmethod
     def _name(cls, value: str | None) -> str | None:
-        return _person_text(value, "clinician name", 60)
+        return person_text(value, "clinician name", 60)
 
     def display(self) -> str:
         """``Anna Nurse (4711)``: for audit trails and a person at the screen."""

@@ -45,7 +45,15 @@ from vitals_agent.agent.storage.files import StoreDamagedError, StoreError, expl
 from vitals_agent.config.patient import PatientConfig
 from vitals_agent.errors import VitalsAgentError
 from vitals_agent.hl7.oru import new_control_id
-from vitals_agent.models import Attachment, Measurement, PatientScan, Reading, ReadingFlag
+from vitals_agent.models import (
+    Attachment,
+    Measurement,
+    PatientScan,
+    Reading,
+    ReadingFlag,
+    person_text,
+    required_person_text,
+)
 from vitals_agent.redact import mask_mrn
 
 if TYPE_CHECKING:
@@ -64,7 +72,6 @@ VERIFIED_NO = "unverified"  # bound as typed while the EHR could not be asked (p
 # Control characters (C0, DEL, C1 including U+0085 NEL) and the Unicode line/paragraph separators: a
 # receiver may take any of them for a line break. HL7 delimiters are refused in patient fields as well.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-_FORBIDDEN = re.compile(r"[|^~\\&\x00-\x1f\x7f-\x9f\u2028\u2029]")
 # Lone surrogates: what Python makes of a byte that is not UTF-8 in a command-line argument.
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 
@@ -79,21 +86,6 @@ def check_text(value: str, what: str) -> None:
         raise ValueError(f"{what} is not valid UTF-8 text (check the terminal's character set)")
     if _CONTROL.search(value):
         raise ValueError(f"{what} contains a control character or line separator")
-
-
-def _clean(value: str | None, what: str, max_len: int) -> str | None:
-    if value is None:
-        return None
-    value = value.strip()
-    if not value:
-        return None
-    if len(value) > max_len:
-        raise ValueError(f"{what} is longer than {max_len} characters")
-    if _SURROGATE.search(value):
-        raise ValueError(f"{what} is not valid UTF-8 text (check the terminal's character set)")
-    if _FORBIDDEN.search(value):
-        raise ValueError(f"{what} contains a control character or one of | ^ ~ \\ &")
-    return value
 
 
 class PatientDetails(BaseModel):
@@ -111,12 +103,17 @@ class PatientDetails(BaseModel):
     # CX-4 when the EHR named the patient's domain (a PDQ answer); None: [patient] assigning_authority
     assigning_authority: str | None = None
 
+    @field_validator("assigning_authority", "birth_date", "sex", mode="before")
+    @classmethod
+    def _blank_is_absent(cls, value: object) -> object:
+        """Surrounding white space dropped; an empty value is an absent one."""
+        return (value.strip() or None) if isinstance(value, str) else value
+
     @field_validator("assigning_authority")
     @classmethod
     def _authority(cls, value: str | None) -> str | None:
-        if value is None or not value.strip():
+        if value is None:
             return None
-        value = value.strip()
         if len(value) > 200:
             raise ValueError("assigning authority is longer than 200 characters")
         if re.search(r"[|~\\\x00-\x1f\x7f]", value):
@@ -126,27 +123,23 @@ class PatientDetails(BaseModel):
     @field_validator("mrn")
     @classmethod
     def _mrn(cls, value: str) -> str:
-        cleaned = _clean(value, "MRN", 64)
-        if cleaned is None:
-            raise ValueError("MRN is empty")
-        return cleaned
+        return required_person_text(value, "MRN", 64)
 
     @field_validator("family", "given")
     @classmethod
     def _name(cls, value: str | None) -> str | None:
-        return _clean(value, "name", 80)
+        return person_text(value, "name", 80)
 
     @field_validator("encounter")
     @classmethod
     def _encounter(cls, value: str | None) -> str | None:
-        return _clean(value, "encounter", 64)
+        return person_text(value, "encounter", 64)
 
     @field_validator("birth_date")
     @classmethod
     def _dob(cls, value: str | None) -> str | None:
-        if value is None or not value.strip():
+        if value is None:
             return None
-        value = value.strip()
         if not re.fullmatch(r"\d{8}", value):
             raise ValueError("date of birth must be YYYYMMDD")
         try:
@@ -160,9 +153,9 @@ class PatientDetails(BaseModel):
     @field_validator("sex")
     @classmethod
     def _sex(cls, value: str | None) -> str | None:
-        if value is None or not value.strip():
+        if value is None:
             return None
-        value = value.strip().upper()
+        value = value.upper()
         if value not in {"F", "M", "U", "O", "A", "N"}:
             raise ValueError("sex must be one of F, M, U (or O, A, N)")
         return value
