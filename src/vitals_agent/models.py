@@ -7,8 +7,9 @@ Values are :class:`~decimal.Decimal` so that a device's resolution survives (``0
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, tzinfo
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any
@@ -49,6 +50,18 @@ def device_text(value: str | None) -> str | None:
         elif ch == "\x00" or ch.isspace():
             kept.append(" ")
     return " ".join("".join(kept).split()) or None
+
+
+def in_zone(value: datetime, tz: tzinfo, error: Callable[[str], Exception]) -> datetime:
+    """``value`` as wall time in ``tz``, for a message's time stamp (HL7 DTM, FHIR dateTime).
+
+    Raises ``error(text)`` (the builder's own error type) for a naive time or one ``tz`` cannot express."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise error("timestamps must be timezone-aware")
+    try:
+        return value.astimezone(tz)
+    except (OverflowError, ValueError):
+        raise error(f"time stamp out of range: year {value.year}") from None
 
 
 class DeviceClass(StrEnum):

@@ -53,6 +53,7 @@ from vitals_agent.models import (
     PatientInfo,
     Reading,
     ReadingFlag,
+    in_zone,
 )
 
 LOINC = "http://loinc.org"
@@ -139,13 +140,7 @@ def _is_uri(value: str) -> bool:
 
 def fhir_datetime(value: datetime, tz: tzinfo = UTC) -> str:
     """``YYYY-MM-DDThh:mm:ss+hh:mm`` in ``tz`` (seconds, offset always present; UTC as ``+00:00``)."""
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise FhirBuildError("timestamps must be timezone-aware")
-    try:
-        local = value.astimezone(tz)
-    except (OverflowError, ValueError):
-        raise FhirBuildError(f"time stamp out of range: year {value.year}") from None
-    return local.replace(microsecond=0).isoformat()
+    return in_zone(value, tz, FhirBuildError).replace(microsecond=0).isoformat()
 
 
 def _text(value: str | None) -> str | None:

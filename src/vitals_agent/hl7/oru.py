@@ -68,6 +68,7 @@ from vitals_agent.models import (
     Qualifier,
     Reading,
     ReadingFlag,
+    in_zone,
 )
 
 log = structlog.get_logger(__name__)
@@ -275,12 +276,7 @@ def new_control_id() -> str:
 
 def format_dtm(value: datetime, tz: tzinfo = UTC) -> str:
     """``YYYYMMDDHHMMSS+ZZZZ`` in ``tz`` (seconds resolution, offset always present)."""
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise MessageBuildError("timestamps must be timezone-aware")
-    try:
-        local = value.astimezone(tz)
-    except (OverflowError, ValueError):
-        raise MessageBuildError(f"time stamp out of range: year {value.year}") from None
+    local = in_zone(value, tz, MessageBuildError)
     offset = local.utcoffset()
     total = int(offset.total_seconds()) if offset is not None else 0
     sign = "+" if total >= 0 else "-"
