@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from vitals_agent.config.central import PublicKey
 from vitals_agent.config.hl7_values import check_hl7_value, check_location
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -29,20 +30,11 @@ class AgentConfig(BaseModel):
     config_source: str | None = (
         None  # https://.../room12.bundle or a path (file share); None: local file only
     )
-    config_public_key: str | None = None  # base64 Ed25519 public key the bundle must be signed with
+    config_public_key: PublicKey | None = None  # base64 Ed25519 public key the bundle must be signed with
     config_poll_seconds: float = Field(300.0, ge=5)
     config_ca_file: Path | None = Field(
         None, strict=False
     )  # CA for an https:// source; default: system store
-
-    @field_validator("config_public_key")
-    @classmethod
-    def _key(cls, value: str | None) -> str | None:
-        if value is not None:
-            from vitals_agent.config.central import public_key_bytes
-
-            public_key_bytes(value)
-        return value
 
     @field_validator("config_source")
     @classmethod

@@ -32,9 +32,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from vitals_agent.errors import VitalsAgentError
 
@@ -49,6 +49,15 @@ LOCAL_ONLY = (
 MAX_BUNDLE_BYTES = 4 * 1024 * 1024
 
 
+def _checked_key(text: str) -> str:
+    public_key_bytes(text)
+    return text
+
+
+# ``[agent] config_public_key``: checked where it is read (the local keys first, then the whole file)
+PublicKey = Annotated[str, AfterValidator(_checked_key)]
+
+
 class LocalKeys(BaseModel):
     """The local-only ``[agent]`` keys, read from the local file before the whole configuration is known
     (with central configuration the local file may hold little else)."""
@@ -57,15 +66,8 @@ class LocalKeys(BaseModel):
 
     data_dir: Path | None = Field(None, strict=False)
     config_source: str | None = None
-    config_public_key: str | None = None
+    config_public_key: PublicKey | None = None
     config_ca_file: Path | None = Field(None, strict=False)
-
-    @field_validator("config_public_key")
-    @classmethod
-    def _key(cls, value: str | None) -> str | None:
-        if value is not None:
-            public_key_bytes(value)
-        return value
 
     @model_validator(mode="after")
     def _signed(self) -> LocalKeys:
