@@ -164,6 +164,13 @@ _BP_STATUS = {
 _PULSE_RANGE = {0: "within_range", 1: "exceeds_upper_limit", 2: "below_lower_limit", 3: "reserved"}
 
 
+def _time_stamp(data: bytes, pos: int, present: int) -> tuple[DateTimeValue | None, int]:
+    """The optional Date Time field (7 bytes) at ``pos`` when its flag bit is set: (value, next position)."""
+    if not present:
+        return None, pos
+    return decode_date_time(data, pos), pos + 7
+
+
 _BpFields = tuple[str, list[Number | Special], dict[str, str], DateTimeValue | None]
 
 
@@ -180,10 +187,7 @@ def _bp_fields(data: bytes, what: str, quirks: BpQuirks | None = None, *, exact:
     values = [sfloat_from_bytes(data, 1), sfloat_from_bytes(data, 3), sfloat_from_bytes(data, 5)]
     pos = 7
     extra: dict[str, str] = {}
-    timestamp = None
-    if flags & 0x02:
-        timestamp = decode_date_time(data, pos)
-        pos += 7
+    timestamp, pos = _time_stamp(data, pos, flags & 0x02)
     if flags & 0x04:
         order: Literal["big", "little"] = (
             "big" if quirks is not None and quirks.pulse_big_endian else "little"
@@ -301,10 +305,7 @@ def decode_temperature(
     temperature = float_from_bytes(data, 1)
     pos = 5
     extra: dict[str, str] = {}
-    timestamp = None
-    if flags & 0x02:
-        timestamp = decode_date_time(data, pos)
-        pos += 7
+    timestamp, pos = _time_stamp(data, pos, flags & 0x02)
     kind = default_type
     if flags & 0x04:
         kind = data[pos]
@@ -353,10 +354,7 @@ def decode_weight(data: bytes) -> BleRecord:
     measurements = [_body_weight(_u16(data, 1), imperial)]
     pos = 3
     extra: dict[str, str] = {}
-    timestamp = None
-    if flags & 0x02:
-        timestamp = decode_date_time(data, pos)
-        pos += 7
+    timestamp, pos = _time_stamp(data, pos, flags & 0x02)
     if flags & 0x04:
         extra["user_id"] = _user_id(data[pos])
         pos += 1
@@ -558,10 +556,7 @@ def decode_plx_spot_check(data: bytes) -> BleRecord:
     )
     _need(data, length, "PLX spot-check")
     pos = 5
-    timestamp = None
-    if flags & 0x01:
-        timestamp = decode_date_time(data, pos)
-        pos += 7
+    timestamp, pos = _time_stamp(data, pos, flags & 0x01)
     return _plx_record("2A5E", data, pos, 0x02, {}, timestamp, clock_not_set=bool(flags & 0x10))
 
 
