@@ -29,7 +29,7 @@ from vitals_agent.agent.patient.context import PatientContextManager, PatientDet
 from vitals_agent.agent.pipeline.normalize import normalise, withheld
 from vitals_agent.agent.pipeline.reporting import Arrival, ReportingPolicy, make_policy
 from vitals_agent.agent.runtime import DeviceRuntimeImpl
-from vitals_agent.agent.storage.audit import AuditError, AuditLog
+from vitals_agent.agent.storage.audit import READING_ACCEPTED, AuditError, AuditLog, reading_fields
 from vitals_agent.agent.storage.commit import GroupCommit
 from vitals_agent.agent.storage.outbox import Outbox
 from vitals_agent.config.schema import Config, DeviceConfig
@@ -308,16 +308,17 @@ class Pipeline:
             bodies = await asyncio.to_thread(self._build, device_id, reading, control_id, details, late=late)
         meta = {"device": device_id, "observed_at": reading.observed_at.isoformat()}
         # The audit record commits with the message (one fsync for both): accepted = both on disk.
+        audited = reading_fields(
+            device_id=device_id,
+            control_id=control_id,
+            reading=reading,
+            patient=details.model_dump() if details is not None else None,
+            disposition="bound" if details is not None else "unbound",
+            late_associated=late_patient is not None,
+        )
         record = None
         if decision.park_reason is None and self.audit.journal is not None:
-            record = self.audit.reading_record(
-                device_id=device_id,
-                control_id=control_id,
-                reading=reading,
-                patient=details.model_dump() if details is not None else None,
-                disposition="bound" if details is not None else "unbound",
-                late_associated=late_patient is not None,
-            )
+            record = self.audit.make(READING_ACCEPTED, **audited)
         try:
             first, *others = bodies.items()
             await self.committer.enqueue(
@@ -343,14 +344,7 @@ class Pipeline:
         runtime.record_sent(reading)
         if record is None:  # an audit log without the outbox's journal: its own fsync'd record
             try:
-                self.audit.reading_accepted(
-                    device_id=device_id,
-                    control_id=control_id,
-                    reading=reading,
-                    patient=details.model_dump() if details is not None else None,
-                    disposition="bound" if details is not None else "unbound",
-                    late_associated=late_patient is not None,
-                )
+                self.audit.record(READING_ACCEPTED, **audited)
             except AuditError as exc:
                 log.error(ev.AUDIT_NOT_WRITTEN, control_id=control_id, error=str(exc))
         log.info(

@@ -548,30 +548,7 @@ class AuditLog:
     ) -> dict[str, Any]:
         """A reading the reporting policy selected. ``disposition``: ``bound``, ``unbound`` or ``held``."""
         return self.record(
-            "reading_accepted",
-            **reading_fields(
-                device_id=device_id,
-                control_id=control_id,
-                reading=reading,
-                patient=patient,
-                disposition=disposition,
-                late_associated=late_associated,
-            ),
-        )
-
-    def reading_record(
-        self,
-        *,
-        device_id: str,
-        control_id: str | None,
-        reading: Reading,
-        patient: Mapping[str, Any] | None,
-        disposition: str,
-        late_associated: bool = False,
-    ) -> AuditRecord:
-        """:meth:`reading_accepted` as a record to commit with the reading's outbox row."""
-        return self.make(
-            "reading_accepted",
+            READING_ACCEPTED,
             **reading_fields(
                 device_id=device_id,
                 control_id=control_id,
@@ -606,6 +583,9 @@ class AuditLog:
     def message_dead(self, *, control_id: str, reason: str) -> dict[str, Any]:
         """A message given up on (dead letter)."""
         return self.record("message_dead", control_id=control_id, reason=reason)
+
+
+READING_ACCEPTED = "reading_accepted"  # the audit event of a reading the agent took on
 
 
 def reading_fields(
