@@ -131,21 +131,20 @@ async def _put(client: ControlClient, body: dict[str, Any]) -> int:
     return 1
 
 
+async def _as_operator(args: argparse.Namespace, method: str, path: str, **fields: Any) -> Any:
+    """Call the agent's control API for the person at this terminal (audited as channel ``cli``)."""
+    body: dict[str, Any] = {"channel": "cli", "source": _user(), **fields}
+    return await ControlClient.from_config(config_from(args)).call(method, path, body)
+
+
 async def cmd_confirm(args: argparse.Namespace) -> int:
-    config = config_from(args)
-    body: dict[str, Any] = {"channel": "cli", "source": _user()}
-    if args.pick is not None:
-        body["pick"] = args.pick
-    data = await ControlClient.from_config(config).call("POST", "/api/patient/confirm", body)
-    _print_patient(data)
+    pick = {"pick": args.pick} if args.pick is not None else {}
+    _print_patient(await _as_operator(args, "POST", "/api/patient/confirm", **pick))
     return 0
 
 
 async def cmd_cancel(args: argparse.Namespace) -> int:
-    config = config_from(args)
-    data = await ControlClient.from_config(config).call(
-        "POST", "/api/patient/cancel", {"channel": "cli", "source": _user()}
-    )
+    data = await _as_operator(args, "POST", "/api/patient/cancel")
     print("confirmation cancelled; nothing was bound" if data.get("cancelled") else "nothing was pending")
     return 0
 
@@ -161,10 +160,7 @@ def _print_replaced(data: Any) -> None:
 
 
 async def cmd_clear(args: argparse.Namespace) -> int:
-    config = config_from(args)
-    data = await ControlClient.from_config(config).call(
-        "DELETE", "/api/patient", {"channel": "cli", "source": _user()}
-    )
+    data = await _as_operator(args, "DELETE", "/api/patient")
     print("patient context cleared" if data.get("cleared") else "no patient was set")
     return 0
 
@@ -222,9 +218,6 @@ async def cmd_scan(args: argparse.Namespace) -> int:
 
 
 async def cmd_discard_held(args: argparse.Namespace) -> int:
-    config = config_from(args)
-    data = await ControlClient.from_config(config).call(
-        "DELETE", "/api/held", {"channel": "cli", "source": _user()}
-    )
+    data = await _as_operator(args, "DELETE", "/api/held")
     print(f"{data.get('discarded', 0)} held reading(s) discarded")
     return 0
