@@ -12,9 +12,9 @@ from __future__ import annotations
 # ruff: noqa: E501, S105
 
 # --- agent: the agent process
-AGENT_STARTING = "agent.starting"  # INFO: agent starting
-AGENT_STOPPING = "agent.stopping"  # INFO: agent stopping
-AGENT_STOPPED = "agent.stopped"  # INFO: agent stopped
+AGENT_STARTING = "agent.starting"  # INFO: the agent is starting (``version``, ``devices``, ``destinations``)
+AGENT_STOPPING = "agent.stopping"  # INFO: the agent was asked to stop
+AGENT_STOPPED = "agent.stopped"  # INFO: the agent stopped cleanly
 AGENT_STOPPED_STORAGE_FAILED = (
     "agent.stopped_storage_failed"  # ERROR: agent stopped because its storage failed
 )
@@ -30,8 +30,8 @@ AGENT_OPEN_FILES_LIMIT_RAISED = "agent.open_files_limit_raised"  # DEBUG: open f
 CLOCK_STEPPED = "clock.stepped"  # WARNING: the wall clock stepped (``direction``: back or forward; stored times are clamped)
 
 # --- device: devices and their links
-DEVICE_CONNECTED = "device.connected"  # INFO: device connected
-DEVICE_DISCONNECTED = "device.disconnected"  # INFO: device disconnected
+DEVICE_CONNECTED = "device.connected"  # INFO: a device's link is up (``device``)
+DEVICE_DISCONNECTED = "device.disconnected"  # INFO: a device's link is down; it is reconnected with back-off
 DEVICE_LINK_ENDED = "device.link_ended"  # DEBUG: device link ended
 DEVICE_UNAVAILABLE = "device.unavailable"  # WARNING: device unavailable; will retry
 DEVICE_STILL_UNAVAILABLE = "device.still_unavailable"  # DEBUG: device still unavailable
@@ -46,7 +46,7 @@ DEVICE_TALKING_AGAIN = "device.talking_again"  # INFO: a silent device is heard 
 # --- serial: serial ports
 SERIAL_OPENED = "serial.opened"  # DEBUG: serial port opened
 SERIAL_CLOSED = "serial.closed"  # DEBUG: serial port closed
-SERIAL_WRITE = "serial.write"  # DEBUG: serial write
+SERIAL_WRITE = "serial.write"  # DEBUG: bytes written to a serial device (hex)
 SERIAL_POLL_STOPPED = "serial.poll_stopped"  # DEBUG: serial poll stopped
 SERIAL_SETTINGS_UNCONFIRMED = (
     "serial.settings_unconfirmed"  # WARNING: terminal server did not confirm every line setting
@@ -54,8 +54,8 @@ SERIAL_SETTINGS_UNCONFIRMED = (
 SERIAL_SETTINGS_DIFFER = "serial.settings_differ"  # WARNING: terminal server applied other line settings
 
 # --- pty: pseudo-terminals (simulators, tests)
-PTY_PLUGGED = "pty.plugged"  # DEBUG: pty plugged
-PTY_UNPLUGGED = "pty.unplugged"  # DEBUG: pty unplugged
+PTY_PLUGGED = "pty.plugged"  # DEBUG: a simulator's pseudo-terminal appeared
+PTY_UNPLUGGED = "pty.unplugged"  # DEBUG: a simulator's pseudo-terminal went away
 
 # --- simulator: device simulators
 SIMULATOR_SENT = "simulator.sent"  # DEBUG: sim send
@@ -64,18 +64,26 @@ SIMULATOR_CONNECTION_ENDED = "simulator.connection_ended"  # DEBUG: simulated de
 SIMULATOR_CONNECTION_DROPPED = "simulator.connection_dropped"  # DEBUG: simulated device connection dropped
 
 # --- ble: Bluetooth LE
-BLE_SUBSCRIBED = "ble.subscribed"  # DEBUG: ble.subscribed
-BLE_READ_FAILED = "ble.read_failed"  # DEBUG: ble.read_failed
-BLE_RACP_REQUESTED = "ble.racp_requested"  # DEBUG: ble.racp_requested
-BLE_CLOCK_READ_REFUSED = "ble.clock_read_refused"  # INFO: ble.clock_read_refused
-BLE_CLOCK_SET = "ble.clock_set"  # INFO: ble.clock_set
-BLE_CLOCK_SET_FAILED = "ble.clock_set_failed"  # WARNING: ble.set_clock_failed
-BLE_DEVICE_CLOCK_UNSET = "ble.device_clock_unset"  # INFO: ble.device_clock_unset
-BLE_DEVICE_CLOCK = "ble.device_clock"  # INFO: ble.device_clock
-BLE_RACP_RESPONSE = "ble.racp_response"  # INFO: ble.racp_response
-BLE_FAILED_MEASUREMENT_DROPPED = "ble.failed_measurement_dropped"  # INFO: ble.failed_measurement_dropped
-BLE_NOT_REPORTED = "ble.not_reported"  # DEBUG: ble.not_reported
-BLE_DUPLICATE_RECORD_SKIPPED = "ble.duplicate_record_skipped"  # INFO: ble.duplicate_record_skipped
+BLE_SUBSCRIBED = "ble.subscribed"  # DEBUG: notifications/indications subscribed (``characteristics``)
+BLE_READ_FAILED = "ble.read_failed"  # DEBUG: a Device Information or battery characteristic could not be read (the link stays up)
+BLE_RACP_REQUESTED = "ble.racp_requested"  # DEBUG: stored records requested through RACP (``request``, hex)
+BLE_CLOCK_READ_REFUSED = (
+    "ble.clock_read_refused"  # INFO: the device refused to let its clock be read (offset unknown)
+)
+BLE_CLOCK_SET = "ble.clock_set"  # INFO: the device clock was set from the host
+BLE_CLOCK_SET_FAILED = "ble.clock_set_failed"  # WARNING: the device clock could not be set (its time stamps are corrected by the measured offset)
+BLE_DEVICE_CLOCK_UNSET = (
+    "ble.device_clock_unset"  # INFO: the device clock has never been set (its time stamps are not used)
+)
+BLE_DEVICE_CLOCK = "ble.device_clock"  # INFO: the device clock's offset from the host (``offset_seconds``)
+BLE_RACP_RESPONSE = "ble.racp_response"  # INFO: the device answered the RACP request (``result``)
+BLE_FAILED_MEASUREMENT_DROPPED = (
+    "ble.failed_measurement_dropped"  # INFO: the device reported a failed measurement: nothing to send
+)
+BLE_NOT_REPORTED = "ble.not_reported"  # DEBUG: a record that is not a reading (``reason``), not sent
+BLE_DUPLICATE_RECORD_SKIPPED = (
+    "ble.duplicate_record_skipped"  # INFO: a record already sent (the device re-sends its memory): skipped
+)
 BLE_RECORD_REFUSED = "ble.record_refused"  # WARNING: BLE record refused by the agent
 
 # --- ecg: EKG carts
@@ -121,7 +129,7 @@ READING_REFUSED_PATIENT_CONTEXT = (
 READING_REFUSED_NOT_DURABLE = (
     "reading.refused_not_durable"  # ERROR: reading refused: could not be queued durably
 )
-READING_QUEUED = "reading.queued"  # INFO: reading queued
+READING_QUEUED = "reading.queued"  # INFO: a reading is in the outbox, durably (``destinations``, ``metrics``; no patient data)
 READING_BUILD_FAILURE = "reading.build_failure"  # DEBUG: message build failure
 READING_NOT_SENT_TO_DESTINATION = "reading.not_sent_to_destination"  # ERROR: one destination cannot express this reading (``destination``, ``what``); the other one sends it
 READING_REFUSED_NOT_CONFORMANT = "reading.refused_not_conformant"  # ERROR: no enabled destination can express this reading (``what``): refused, audited
@@ -169,7 +177,7 @@ DELIVERY_POISON_PROBE = (
 )
 DELIVERY_FAILED = "delivery.failed"  # WARNING: delivery failed, will re-send
 DELIVERY_FAILED_AGAIN = "delivery.failed_again"  # DEBUG: delivery failed again, will re-send
-DELIVERY_RESUMED = "delivery.resumed"  # INFO: delivery resumed
+DELIVERY_RESUMED = "delivery.resumed"  # INFO: the EHR answers again after failures
 DELIVERY_DELIVERED = "delivery.delivered"  # DEBUG: delivered
 DELIVERY_NEGATIVE_ACK = "delivery.negative_ack"  # DEBUG: negative acknowledgement
 DELIVERY_RECEIVER_ERROR = "delivery.receiver_error"  # WARNING: receiver answered with an error, will retry
@@ -301,14 +309,14 @@ FHIR_BASE_URL_UNENCRYPTED = (
 PDQ_BASE_URL_UNENCRYPTED = "pdq.base_url_unencrypted"  # WARNING: pdq base_url is http://: the bearer token and client certificate travel unencrypted
 
 # --- mllp: MLLP link
-MLLP_CONNECTED = "mllp.connected"  # DEBUG: mllp connected
+MLLP_CONNECTED = "mllp.connected"  # DEBUG: an MLLP connection to the EHR is open
 MLLP_PEER_CLOSED_IDLE = "mllp.peer_closed_idle"  # DEBUG: mllp peer closed idle connection, reconnecting
 
 # --- receiver: the built-in MLLP receiver
 RECEIVER_NOT_MLLP = "receiver.not_mllp"  # WARNING: receiver: not an MLLP frame, closing
 RECEIVER_ANSWER_FAILED = "receiver.answer_failed"  # ERROR: receiver: answer failed; sending a plain ACK
 RECEIVER_ON_MESSAGE_FAILED = "receiver.on_message_failed"  # ERROR: receiver: on_message failed
-RECEIVER_LISTENING = "receiver.listening"  # INFO: receiver listening
+RECEIVER_LISTENING = "receiver.listening"  # INFO: the built-in MLLP receiver listens (``port``)
 RECEIVER_UNPARSABLE = "receiver.unparsable"  # DEBUG: received message could not be parsed
 
 # --- delivery (continued): the inbound port for application ACKs ([ehr] app_ack_port)
