@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, tzinfo
+from datetime import UTC, datetime, tzinfo
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any
@@ -440,6 +440,20 @@ class Reading(BaseModel):
 
     def with_updates(self, **changes: Any) -> Reading:
         return self.model_copy(update=changes)
+
+    def identity_parts(self) -> list[str]:
+        """What makes a reading *this* reading, stable across rebuilds: the device (id, EUI-64, serial),
+        its class, when it was observed (UTC) and the device's sequence number. The ORU's filler order
+        number and the FHIR identifiers both start from these."""
+        d = self.device
+        return [
+            d.id,
+            d.eui64 or "",
+            d.serial_number or "",
+            self.device_class.value,
+            self.observed_at.astimezone(UTC).isoformat(),
+            "" if self.sequence is None else str(self.sequence),
+        ]
 
 
 class PatientScan(BaseModel):

@@ -162,18 +162,7 @@ def _stable_uuid(*parts: str) -> str:
 
 def _reading_key(reading: Reading, profile: FhirProfile) -> str:
     """What makes a reading *this* reading (as the ORU's filler order number): stable across rebuilds."""
-    d = reading.device
-    return "|".join(
-        [
-            profile.gateway_eui64,
-            d.id,
-            d.eui64 or "",
-            d.serial_number or "",
-            reading.device_class.value,
-            reading.observed_at.astimezone(UTC).isoformat(),
-            "" if reading.sequence is None else str(reading.sequence),
-        ]
-    )
+    return "|".join([profile.gateway_eui64, *reading.identity_parts()])
 
 
 def _coding(system: str, code: str, display: str | None = None) -> dict[str, Any]:

@@ -495,15 +495,7 @@ def _patient_segments(
 
 
 def _filler_order(reading: Reading, profile: MessageProfile, order_key: str = "") -> str:
-    d = reading.device
-    parts = [
-        d.id,
-        d.eui64 or "",
-        d.serial_number or "",
-        reading.device_class.value,
-        reading.observed_at.astimezone(UTC).isoformat(),
-        "" if reading.sequence is None else str(reading.sequence),
-    ]
+    parts = reading.identity_parts()
     if reading.series is not None:  # the mean differs from the series' last reading
         parts.append("mean:" + ",".join(t.astimezone(UTC).isoformat() for t in reading.series.averaged_at))
     if order_key:
