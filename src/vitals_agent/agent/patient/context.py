@@ -825,12 +825,29 @@ class PatientContextManager:
             log.info(ev.HELD_DISCARDED, count=count, channel=channel)
         return count
 
+    def _unhold(self, item: HeldReading) -> bool:
+        """Forget a held reading (its row and its hold time); False when it was gone already."""
+        removed = self.held.remove(item.id)
+        self._held_mono.pop(item.id, None)
+        return removed
+
+    def _released(self, item: HeldReading, control_id: str, mrn: str | None) -> None:
+        """A held reading is queued (to the patient ``mrn``, or unbound): no longer held, audited."""
+        self._unhold(item)
+        self.audit.record(
+            "held_released",
+            held_id=item.id,
+            device_id=item.device_id,
+            control_id=control_id,
+            patient_mrn=mrn,
+            held_at=item.held_at,
+        )
+
     def _drop_held(self, items: Iterable[HeldReading], **why: Any) -> int:
         """Remove held readings, one ``held_dropped`` audit record each (``why``: channel, reason ...)."""
         count = 0
         for item in items:
-            if self.held.remove(item.id):
-                self._held_mono.pop(item.id, None)
+            if self._unhold(item):
                 count += 1
                 self.audit.record(
                     "held_dropped",
@@ -864,17 +881,8 @@ class PatientContextManager:
                 control_id = await self.releaser(item.device_id, reading, details, item.control_id)
                 if control_id is None:
                     break  # could not be queued: stays held, retried on the next release
-                self.held.remove(item.id)
-                self._held_mono.pop(item.id, None)
+                self._released(item, control_id, details.mrn)
                 released += 1
-                self.audit.record(
-                    "held_released",
-                    held_id=item.id,
-                    device_id=item.device_id,
-                    control_id=control_id,
-                    patient_mrn=details.mrn,
-                    held_at=item.held_at,
-                )
             if released:
                 self.touch(now)
                 log.info(ev.HELD_RELEASED, count=released)
@@ -899,16 +907,8 @@ class PatientContextManager:
                 control_id = await self.unbound_releaser(item.device_id, item.reading, item.control_id)
                 if control_id is None:
                     break
-                self.held.remove(item.id)
+                self._released(item, control_id, None)
                 released += 1
-                self.audit.record(
-                    "held_released",
-                    held_id=item.id,
-                    device_id=item.device_id,
-                    control_id=control_id,
-                    patient_mrn=None,
-                    held_at=item.held_at,
-                )
             if released:
                 log.info(ev.HELD_RELEASED_UNBOUND, count=released)
         return released
