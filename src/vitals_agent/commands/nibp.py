@@ -54,15 +54,7 @@ def target_from_config(path: Path, device_id: str) -> tuple[str, SerialSettings]
 
 def send_start(port: str, settings: SerialSettings) -> None:
     try:
-        link = serial.serial_for_url(
-            port,
-            baudrate=settings.baudrate,
-            bytesize=settings.bytesize,
-            parity=settings.parity,
-            stopbits=settings.stopbits,
-            timeout=1.0,
-            write_timeout=2.0,
-        )
+        link = serial.serial_for_url(port, **settings.model_dump(), timeout=1.0, write_timeout=2.0)
     except (serial.SerialException, OSError, ValueError) as exc:
         raise VitalsAgentError(f"cannot open {port}: {' '.join(str(exc).split())}") from None
     try:

@@ -93,7 +93,8 @@ Parity = Literal["N", "E", "O", "M", "S"]
 
 
 class SerialSettings(BaseModel):
-    """Line settings. Each serial driver states its defaults; the config may override each key."""
+    """Line settings. Each serial driver states its defaults; the config may override each key.
+    ``model_dump()`` is pyserial's keywords for them."""
 
     model_config = ConfigDict(frozen=True)
 

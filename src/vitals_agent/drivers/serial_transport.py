@@ -78,17 +78,10 @@ class _StreamLink:
 
     @classmethod
     async def open(cls, url: str, settings: SerialSettings, exclusive: bool) -> _StreamLink:
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = settings.model_dump()  # baudrate, bytesize, parity, stopbits
         if exclusive:
             kwargs["exclusive"] = True  # flock: a second agent on the same port fails instead of sharing
-        reader, writer = await serial_asyncio_fast.open_serial_connection(
-            url=url,
-            baudrate=settings.baudrate,
-            bytesize=settings.bytesize,
-            parity=settings.parity,
-            stopbits=settings.stopbits,
-            **kwargs,
-        )
+        reader, writer = await serial_asyncio_fast.open_serial_connection(url=url, **kwargs)
         return cls(reader, writer)
 
     async def read(self) -> bytes:
@@ -122,15 +115,7 @@ class _ThreadLink:
         try:
             port = await loop.run_in_executor(
                 executor,
-                lambda: serial.serial_for_url(
-                    url,
-                    baudrate=settings.baudrate,
-                    bytesize=settings.bytesize,
-                    parity=settings.parity,
-                    stopbits=settings.stopbits,
-                    timeout=0.05,
-                    write_timeout=2.0,
-                ),
+                lambda: serial.serial_for_url(url, **settings.model_dump(), timeout=0.05, write_timeout=2.0),
             )
         except BaseException:
             executor.shutdown(wait=False)
