@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 
 from vitals_agent.agent.delivery.link import Answer, ClientLink
 from vitals_agent.agent.delivery.policy import DEFAULT_STORAGE_GIVE_UP, Settings
-from vitals_agent.agent.delivery.sender import BATCH, IDLE_POLL_SECONDS, POISON_SUSPECT_AFTER, QueueSender
+from vitals_agent.agent.delivery.sender import QueueSender, loop_tuning
 from vitals_agent.agent.storage.outbox import Outbox, OutboxMessage
 from vitals_agent.config.fhir import FhirConfig
 from vitals_agent.errors import RetryLaterError
@@ -74,13 +74,7 @@ class FhirSender(QueueSender):
     ) -> None:
         self.fhir = fhir
         self.client = client or fhir_client(fhir)
-        settings = Settings.from_fhir(
-            fhir,
-            storage_give_up=storage_give_up,
-            batch=BATCH,
-            idle_poll=IDLE_POLL_SECONDS,
-            poison_after=POISON_SUSPECT_AFTER,
-        )
+        settings = Settings.from_fhir(fhir, storage_give_up=storage_give_up, **loop_tuning())
         super().__init__(
             outbox,
             FhirLink(self.client, retry_after_cap=fhir.retry_after_max_seconds),

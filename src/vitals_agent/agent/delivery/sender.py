@@ -83,6 +83,11 @@ ANSWERED_MEMORY = 4096  # MSH-10s whose ACK the MLLP link remembers (to recognis
 REPLAY_WARN_AFTER = 3  # duplicate ACKs before the warning that the receiver replays a kept-open connection
 
 
+def loop_tuning() -> dict[str, float]:
+    """The I/O loop's tuning every sender's policy gets (read when a sender is made: tests shorten it)."""
+    return {"batch": BATCH, "idle_poll": IDLE_POLL_SECONDS, "poison_after": POISON_SUSPECT_AFTER}
+
+
 class MllpLink(ClientLink[MllpClient]):
     """HL7 v2 over MLLP: one message, its ACK. ``client`` reconnects itself.
 
@@ -823,13 +828,7 @@ class Sender(QueueSender):
             ssl_context=ssl_context,
             server_hostname=ehr.server_name,
         )
-        settings = Settings.from_ehr(
-            ehr,
-            storage_give_up=storage_give_up,
-            batch=BATCH,
-            idle_poll=IDLE_POLL_SECONDS,
-            poison_after=POISON_SUSPECT_AFTER,
-        )
+        settings = Settings.from_ehr(ehr, storage_give_up=storage_give_up, **loop_tuning())
         super().__init__(
             outbox,
             MllpLink(
