@@ -115,21 +115,17 @@ class AlertEngine:
         track.last = obs
         if obs.bad:
             track.last_bad = obs
-        if not track.active:
-            if track.bad_since is None or now - track.bad_since < obs.after:
-                return None
-            if track.last_change is not None and now - track.last_change < self.hold_down:
-                return None
-            track.active, track.fired_at, track.last_change = True, now, now
-            return AlertEvent(obs.key, obs.kind, "firing", now, track.bad_since, obs.summary, obs.device,
-                              dict(obs.counts))  # fmt: skip
-        if track.good_since is None or now - track.good_since < self.hold_down:
+        # firing: bad for the rule's ``after``; cleared: good for the hold-down; either way no sooner than the
+        # hold-down after the previous change (no flapping)
+        since, needed = (track.good_since, self.hold_down) if track.active else (track.bad_since, obs.after)
+        if since is None or now - since < needed:
             return None
         if track.last_change is not None and now - track.last_change < self.hold_down:
             return None
-        track.active, track.fired_at, track.last_change = False, None, now
-        return AlertEvent(obs.key, obs.kind, "cleared", now, track.good_since, obs.summary, obs.device,
-                          dict(obs.counts))  # fmt: skip
+        track.active = not track.active
+        track.fired_at, track.last_change = (now if track.active else None), now
+        state: State = "firing" if track.active else "cleared"
+        return AlertEvent(obs.key, obs.kind, state, now, since, obs.summary, obs.device, dict(obs.counts))
 
     def active(self) -> list[ActiveAlert]:
         """The alerts that are on, oldest first (with the latest summary and counts)."""
