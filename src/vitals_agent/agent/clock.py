@@ -27,6 +27,15 @@ log = structlog.get_logger(__name__)
 STEP_THRESHOLD = 2.0  # seconds the wall clock may drift against the monotonic one between checks
 
 
+def span(seconds: float) -> str:
+    """A length of time for a person: ``45 s``, ``12 min``, ``3.5 h`` (status details, alert summaries)."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def _utc_now() -> datetime:
     return datetime.now(UTC)
 

@@ -20,6 +20,7 @@ from typing import Any
 import structlog
 
 from vitals_agent import log_events as ev
+from vitals_agent.agent.clock import span
 from vitals_agent.config.schema import DeviceConfig
 from vitals_agent.drivers.base import DecodeContext, DecodeFailure, DeviceStateStore, Driver
 from vitals_agent.errors import OverlongError
@@ -227,7 +228,7 @@ class DeviceRuntimeImpl:
         out["silent_after_seconds"] = self.silent_after
         if state == SILENT:
             where = f"{self.status.detail} open, " if self.status.detail else ""
-            out["detail"] = f"{where}nothing received for {_span(quiet)}"
+            out["detail"] = f"{where}nothing received for {span(quiet)}"
         return out
 
     # --- agent side -------------------------------------------------------------------------------
@@ -243,11 +244,3 @@ class DeviceRuntimeImpl:
         self.status.messages += 1
         self.status.last_reading_at = reading.observed_at
         self.status.last_reading = {m.metric: f"{m.text_value()} {m.unit}" for m in reading.measurements}
-
-
-def _span(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"

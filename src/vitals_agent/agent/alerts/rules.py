@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from vitals_agent.agent.alerts.engine import Observation
+from vitals_agent.agent.clock import span
 from vitals_agent.config.alerts import AlertsConfig
 
 LINK_NAMES = {"ehr": "EHR", "fhir": "FHIR server"}
@@ -60,14 +61,6 @@ class Facts:
     config_error: str | None = None  # why the last new configuration was refused (None: none refused)
 
 
-def _span(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
 def observe(config: AlertsConfig, facts: Facts) -> list[Observation]:
     """Every enabled rule's observation for this round."""
     out: list[Observation] = []
@@ -97,7 +90,7 @@ def observe(config: AlertsConfig, facts: Facts) -> list[Observation]:
                     f"queue_age:{name}",
                     "queue_age",
                     link.oldest_age is not None and age > config.queue_age_seconds,
-                    summary=f"oldest message for the {label} waiting {_span(age)} ({waiting} waiting)",
+                    summary=f"oldest message for the {label} waiting {span(age)} ({waiting} waiting)",
                     counts={"oldest_seconds": round(age), "waiting": waiting},
                 )
             )
@@ -122,7 +115,7 @@ def observe(config: AlertsConfig, facts: Facts) -> list[Observation]:
                     "device_silent",
                     silent,
                     summary=(
-                        f"device {dev_id} {how} for {_span(dev.unseen_for)}"
+                        f"device {dev_id} {how} for {span(dev.unseen_for)}"
                         if silent
                         else f"device {dev_id} seen again"
                     ),
@@ -137,7 +130,7 @@ def observe(config: AlertsConfig, facts: Facts) -> list[Observation]:
                 "held_reading",
                 "held_reading",
                 facts.held > 0 and age > config.held_reading_seconds,
-                summary=f"{facts.held} reading(s) held without a patient, the oldest for {_span(age)}",
+                summary=f"{facts.held} reading(s) held without a patient, the oldest for {span(age)}",
                 counts={"held": facts.held, "oldest_seconds": round(age)},
             )
         )
