@@ -311,12 +311,18 @@ async def test_the_page_shows_the_ehrs_patient_and_confirm_binds(tmp_path: Path)
             assert "QUIRKE, ODALYS" in text and "1961-09-23" in text and "female (F)" in text
             assert await tab.evaluate("!!document.querySelector('#confirm-1')")
             assert await tab.evaluate("!!document.querySelector('#cancel')")
+            # no reload while the person decides (it would reset their view): the page's live meta
+            # refresh waits for the end of the confirmation window (confirm_timeout_seconds 120)
+            refresh = await tab.evaluate("document.querySelector('meta[http-equiv=refresh]').content")
+            assert 100 < int(refresh.split(";")[0]) <= 122, refresh
             ARTIFACTS.mkdir(exist_ok=True)
             await tab.screenshot(ARTIFACTS / "pdq_confirm_page.png")
             await tab.click("#confirm-1")
             await tab.wait_for("!document.querySelector('#pending')")
             patient = await tab.evaluate("document.querySelector('#patient').innerText")
             assert "confirmed against the EHR" in patient
+            refresh = await tab.evaluate("document.querySelector('meta[http-equiv=refresh]').content")
+            assert refresh == "5;url=/"  # bound: the page refreshes as usual again
             await tab.screenshot(ARTIFACTS / "pdq_confirmed_page.png")
         await r.reading()
         (raw,) = await r.ehr.wait_for(1)

@@ -346,3 +346,38 @@ async def test_a_login_link_works_once(page: Page) -> None:
     assert code == 0
     assert "expired or was used already" in dom and "oxi-1" not in dom
     assert page.server.token not in dom
+
+
+def _refresh(page: str) -> str:
+    start = page.index('http-equiv="refresh" content="') + len('http-equiv="refresh" content="')
+    return page[start : page.index('"', start)]
+
+
+def _pending(state: str, expires_in: float) -> dict[str, object]:
+    from datetime import timedelta
+
+    return {
+        "state": state,
+        "mrn": "ZQ4471902",
+        "channel": "cli",
+        "started_at": NOW.isoformat(),
+        "expires_at": (NOW + timedelta(seconds=expires_in)).isoformat(),
+        "more": False,
+        "held": 0,
+        "revealed": True,
+        "candidates": [{"n": 1, "line": "Q. O.", "name": "QUIRKE, ODALYS", "birth_date": "1961-09-23"}],
+    }
+
+
+def test_no_refresh_while_a_patient_confirmation_is_shown() -> None:
+    """A reload would reset the view of the person deciding; the page reloads once, just after the
+    confirmation expires. While the EHR is still being asked it keeps refreshing (to show the answer)."""
+    status, patient = room_status(), {"set": False}
+    assert _refresh(render_html(status, patient, now=NOW)) == "5;url=/"
+    confirm = render_html(status, patient, now=NOW, pending=_pending("confirm", 119.5), form_token="t")
+    assert 'id="confirm-1"' in confirm
+    assert _refresh(confirm) == "121;url=/"  # after the 120 s confirmation window, not every 5 s
+    asking = render_html(status, patient, now=NOW, pending=_pending("lookup", 7.0), form_token="t")
+    assert "Asking the EHR" in asking and _refresh(asking) == "5;url=/"
+    almost = render_html(status, patient, now=NOW, pending=_pending("confirm", 1.0), form_token="t")
+    assert _refresh(almost) == "5;url=/"  # never faster than the page's own interval

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import html
+import math
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from importlib import resources
@@ -456,11 +457,18 @@ def render_html(
     """The status page. Every value is HTML-escaped; no script; refreshes with a meta refresh.
 
     ``pending`` (revealed) and ``form_token``: a patient confirmation waiting for the person at the
-    workstation, shown in full with its Confirm and Cancel forms."""
+    workstation, shown in full with its Confirm and Cancel forms. While it is shown the page does not
+    refresh (a reload would reset the view of the person deciding: scroll, focus, a button half-pressed);
+    it reloads once, just after the confirmation expires, to show what became of it."""
     now = now or datetime.now(UTC)
     revealed = bool(patient.get("revealed"))
     # A revealed page falls back to the masked page after 30 s; the masked one just refreshes.
     refresh = f"{max(refresh_seconds, 30)};url=/" if revealed else f"{refresh_seconds};url=/"
+    if pending is not None and form_token is not None and pending.get("state") == "confirm":
+        expires = _parse_time(pending.get("expires_at"))
+        if expires is not None:
+            left = math.ceil((expires - now).total_seconds()) + 1
+            refresh = f"{max(refresh_seconds, left)};url=/"
     line = patient_line(patient, now)
     if not patient.get("set"):
         cls = "held" if patient.get("require_patient") else "unbound"
