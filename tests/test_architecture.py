@@ -122,7 +122,7 @@ def test_every_log_call_names_its_event_with_a_constant() -> None:
 
 
 def test_the_readme_lists_every_log_event() -> None:
-    readme = (Path(vitals_agent.__file__).parents[2] / "README.md").read_text("utf-8")
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text("utf-8")
     section = readme.split("\n## Log events\n", 1)[1].split("\n## ", 1)[0]
     listed = set(re.findall(r"^\| `([a-z0-9_.]+)` \|", section, re.M))
     names = {v for k, v in vars(log_events).items() if k.isupper()}

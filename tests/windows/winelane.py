@@ -206,6 +206,20 @@ def teardown() -> None:
         subprocess.run(["wineserver", "-w"], env=wine_env(), check=False, timeout=60)
 
 
+def copy_shared(test_root: Path) -> None:
+    """``../shared`` (samples, reference) beside the tests in the prefix when it is here, so the tests that
+    read real samples run under the Windows CPython too (and, in CI, a skip for want of it fails there
+    as it does on Linux: tests/kit/shared.py)."""
+    from tests.kit.shared import SHARED
+
+    target = test_root.parent / "shared"  # the copied tests' ../shared
+    shutil.rmtree(target, ignore_errors=True)
+    if SHARED.is_dir():
+        shutil.copytree(SHARED, target, copy_function=shutil.copyfile, ignore=shutil.ignore_patterns("hooks"))
+        for folder in [target, *(p for p in target.rglob("*") if p.is_dir())]:
+            folder.chmod(0o755)  # (the source tree is read-only; the next setup removes this copy)
+
+
 def setup() -> None:
     started = time.monotonic()
     if not ZIP.exists():
@@ -258,7 +272,9 @@ def setup() -> None:
     )
     for folder in ("deploy", "docs"):  # the systemd unit's and the interface spec's tests read them
         shutil.copytree(ROOT / folder, test_root / folder)
-    shutil.copy(ROOT / "pyproject.toml", test_root / "pyproject.toml")
+    copy_shared(test_root)
+    for name in ("pyproject.toml", "README.md"):  # (README: the log events table's test)
+        shutil.copy(ROOT / name, test_root / name)
     (test_root / "run_tests.py").write_text(RUN_TESTS)
     (test_root / "watch_service.py").write_text(WATCH_SERVICE)
     print(f"winelane: prefix ready in {time.monotonic() - started:.1f} s", flush=True)
@@ -364,5 +380,6 @@ class WineAgent:
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))  # run as a script: tests.kit.shared for copy_shared
     action = sys.argv[1] if len(sys.argv) > 1 else "setup"
     {"setup": setup, "teardown": teardown}[action]()
