@@ -47,8 +47,8 @@ SLOW_PROGRAMS = ("python", "vitals-agent", "chromium")  # the agent, a worker, a
 @pytest.fixture(autouse=True)
 def _subprocesses_are_slow(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """A test that starts the agent, a worker or a browser is marked ``slow``, so that ``make test-fast``
-    (``-m "not slow"``) stays fast. Quick tools (openssl making a test certificate, bleak asking
-    ``bluetoothctl --version``) and processes of wider-scoped fixtures (the private D-Bus) do not count."""
+    (``-m "not slow"``) stays fast. Quick tools (bleak asking ``bluetoothctl --version``) and processes of
+    wider-scoped fixtures (the private D-Bus) do not count."""
     if request.node.get_closest_marker("slow") is not None:
         yield
         return

@@ -31,18 +31,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
+import ipaddress
 import socket
 import ssl
 import struct
-import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Self
 
 import hl7
 import hl7.mllp
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 MODES = frozenset(
     {
@@ -378,7 +382,9 @@ class RawEhr(FakeEhr):
         return ack_bytes(control_id, code, text=text, err=err)
 
 
-# --- a throw-away PKI for TLS tests (openssl CLI; the venv has no `cryptography`) ----------------------
+# --- a throw-away PKI for TLS tests (pyca/cryptography: the same PKI on Linux and under Windows) ---------
+# Certificates as a strict verifier wants them (Python 3.13's VERIFY_X509_STRICT): P-256 keys, CAs with
+# critical basicConstraints and keyUsage, leaves with SAN (servers), EKU, subject and authority key ids.
 
 
 @dataclass(frozen=True)
@@ -404,47 +410,95 @@ class Pki:
         return ctx
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=30)
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
-def _ca(name: str, cwd: Path) -> None:
-    _openssl(
-        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-        "-keyout", f"{name}.key", "-out", f"{name}.crt", "-days", "2", "-subj", f"/CN=Test {name}",
-        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-        cwd=cwd,
+def _write(directory: Path, name: str, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> None:
+    (directory / f"{name}.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    (directory / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def _certificate(
+    subject: str,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None,
+    extensions: list[tuple[x509.ExtensionType, bool]],
+) -> x509.Certificate:
+    now = datetime.now(UTC)
+    issuer_name, issuer_key = (issuer[0].subject, issuer[1]) if issuer else (_name(subject), key)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(subject))
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=2))
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False
+        )
+    )
+    for extension, critical in extensions:
+        builder = builder.add_extension(extension, critical=critical)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _ca(name: str, directory: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    usage = x509.KeyUsage(
+        digital_signature=False, content_commitment=False, key_encipherment=False, data_encipherment=False,
+        key_agreement=False, key_cert_sign=True, crl_sign=True, encipher_only=False, decipher_only=False,
     )  # fmt: skip
+    cert = _certificate(
+        f"Test {name}", key, None, [(x509.BasicConstraints(ca=True, path_length=None), True), (usage, True)]
+    )
+    _write(directory, name, key, cert)
+    return cert, key
 
 
-def _leaf(name: str, ca: str, cwd: Path, *, server: bool) -> None:
-    _openssl(
-        "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-        "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=cwd,
+def _leaf(
+    name: str, ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey], directory: Path, *, server: bool
+) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    usage = x509.KeyUsage(
+        digital_signature=True, content_commitment=False, key_encipherment=False, data_encipherment=False,
+        key_agreement=False, key_cert_sign=False, crl_sign=False, encipher_only=False, decipher_only=False,
     )  # fmt: skip
-    ext = cwd / f"{name}.ext"
-    usage = "serverAuth" if server else "clientAuth"
-    san = "subjectAltName=DNS:localhost,DNS:ehr.test,IP:127.0.0.1\n" if server else ""
-    ext.write_text(f"basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage={usage}\n{san}")
-    _openssl(
-        "x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key", "-CAcreateserial",
-        "-out", f"{name}.crt", "-days", "2", "-extfile", ext.name, cwd=cwd,
-    )  # fmt: skip
+    extensions: list[tuple[x509.ExtensionType, bool]] = [
+        (x509.BasicConstraints(ca=False, path_length=None), True),
+        (usage, True),
+        (
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            False,
+        ),
+    ]
+    if server:
+        names = [
+            x509.DNSName("localhost"),
+            x509.DNSName("ehr.test"),
+            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+        ]
+        extensions.append((x509.SubjectAlternativeName(names), False))
+    _write(directory, name, key, _certificate(name, key, ca, extensions))
 
 
 def make_test_pki(directory: Path) -> Pki:
     """Create a test CA, a server certificate for localhost/127.0.0.1/ehr.test, a client certificate, and a
     second CA with its own server certificate (for the "does not chain to the configured CA" case)."""
-    if shutil.which("openssl") is None:
-        import pytest
-
-        pytest.skip("needs the openssl command (Debian package openssl; not on Windows)")
     directory.mkdir(parents=True, exist_ok=True)
-    _ca("ca", directory)
-    _ca("otherca", directory)
-    _leaf("server", "ca", directory, server=True)
-    _leaf("client", "ca", directory, server=False)
-    _leaf("rogue", "otherca", directory, server=True)
+    ca = _ca("ca", directory)
+    other = _ca("otherca", directory)
+    _leaf("server", ca, directory, server=True)
+    _leaf("client", ca, directory, server=False)
+    _leaf("rogue", other, directory, server=True)
     d = directory
     return Pki(
         ca_cert=d / "ca.crt",

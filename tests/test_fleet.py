@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import shutil
 import signal
 from collections import Counter
 from collections.abc import Callable
@@ -33,7 +32,6 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not host.HAS_PTY, reason="the simulated oximeters are POSIX pseudo-terminals"),
     pytest.mark.timeout(400),
-    pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command"),
 ]
 
 AGENTS = 20

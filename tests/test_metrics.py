@@ -5,7 +5,6 @@ prometheus-client."""
 
 from __future__ import annotations
 
-import shutil
 import ssl
 import subprocess
 import sys
@@ -173,7 +172,6 @@ async def test_a_client_outside_the_allow_list_gets_nothing(tmp_path: Path, ehr:
         svc.close()
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 async def test_https_with_a_certificate(tmp_path: Path, ehr: Hl7Ehr) -> None:
     pki = make_test_pki(tmp_path / "pki")
     svc = AgentService(

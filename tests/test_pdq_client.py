@@ -3,7 +3,6 @@ and PDQm against a loopback FHIR endpoint (aiohttp's web server, bearer token an
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -132,17 +131,11 @@ async def test_v2_supplier_down() -> None:
         await pdq_client(v2(free_port()), SENDER).lookup("ZQ4471902")
 
 
-needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    if shutil.which("openssl") is None:
-        pytest.skip("needs the openssl command")
     return make_test_pki(tmp_path_factory.mktemp("pki"))
 
 
-@needs_openssl
 async def test_v2_over_mutual_tls(pki: Pki) -> None:
     ctx = pki.server_context(require_client=True)
     async with PdqSupplier(ssl_context=ctx) as supplier:
@@ -267,7 +260,6 @@ async def test_pdqm_server_down() -> None:
         await pdq_client(fhir(f"http://127.0.0.1:{free_port()}/fhir"), SENDER).lookup("ZQ4471902")
 
 
-@needs_openssl
 async def test_pdqm_over_mutual_tls(pki: Pki) -> None:
     ctx = pki.server_context(require_client=True)
     async with FhirEndpoint([patient_resource(ODALYS)], ssl_context=ctx) as server:

@@ -1,16 +1,16 @@
 """TLS on the MLLP link: configuration checks, verification, mutual TLS, against real TLS peers.
 
-The test PKI is made with the openssl command line (the venv has no ``cryptography``); skipped without it.
+The test PKI is made with pyca/cryptography (tests/fake_ehr.make_test_pki), so this runs under the Windows
+CPython too (the Wine lane).
 """
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from tests.fake_ehr import Hl7Ehr, Pki, RawEhr, make_message, make_test_pki
 from tests.kit import running_sender, until
@@ -21,8 +21,6 @@ from vitals_agent.errors import ConfigError, PeerUnavailableError
 from vitals_agent.hl7.ack import parse_ack
 from vitals_agent.net.mllp import MllpClient
 from vitals_agent.net.tls import ssl_context_from
-
-pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 
 
 @pytest.fixture(scope="module")
@@ -66,10 +64,13 @@ def test_context_verifies_by_default(pki: Pki) -> None:
     [
         (
             {"ca_file": Path("/nonexistent/ca.pem")},
-            "ehr.ca_file: cannot read /nonexistent/ca.pem: No such file",
+            f"ehr.ca_file: cannot read {Path('/nonexistent/ca.pem')}: No such file",
         ),
         ({"cert_file": "CERT", "key_file": Path("/nonexistent/k.pem")}, "ehr.key_file: cannot read"),
-        ({"cert_file": Path("/nonexistent/c.pem")}, "ehr.cert_file: cannot read /nonexistent/c.pem"),
+        (
+            {"cert_file": Path("/nonexistent/c.pem")},
+            f"ehr.cert_file: cannot read {Path('/nonexistent/c.pem')}",
+        ),
         ({"key_file": "KEY"}, "ehr.key_file: set cert_file too"),
         ({"ca_file": "GARBAGE"}, "ehr.ca_file: "),
         ({"cert_file": "CERT", "key_file": "OTHERKEY"}, "ehr.key_file: cannot use client certificate"),
@@ -85,20 +86,13 @@ def test_unusable_files_refuse_to_start_with_one_line(
     empty = tmp_path / "empty.pem"
     empty.write_text("")
     encrypted = tmp_path / "encrypted.key"
-    subprocess.run(
-        [
-            "openssl",
-            "pkey",
-            "-in",
-            str(pki.client_key),
-            "-aes256",
-            "-passout",
-            "pass:secret",
-            "-out",
-            str(encrypted),
-        ],
-        check=True,
-        capture_output=True,
+    key = serialization.load_pem_private_key(pki.client_key.read_bytes(), password=None)
+    encrypted.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret"),
+        )
     )
     names = {
         "CERT": pki.client_cert,
