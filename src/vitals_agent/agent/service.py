@@ -25,7 +25,9 @@ from vitals_agent.agent.delivery.sender import QueueSender, Sender
 from vitals_agent.agent.instance import acquire_instance_lock
 from vitals_agent.agent.limits import raise_open_files_limit
 from vitals_agent.agent.paths import data_dir, device_zone, gateway_eui64
+from vitals_agent.agent.patient.clinician import ClinicianContextManager
 from vitals_agent.agent.patient.context import PatientContextManager
+from vitals_agent.agent.patient.review import ReviewDesk
 from vitals_agent.agent.pipeline.flow import Pipeline
 from vitals_agent.agent.pipeline.profile import message_profile
 from vitals_agent.agent.reconfigure import Plan, plan
@@ -161,6 +163,21 @@ class AgentService:
         self.lookup: PatientLookup | None = None
         if config.pdq is not None:
             self.lookup = patient_lookup(config, self.gateway, self.patients, self.audit, now=now)
+        # Who takes the vitals, and the review list (issue #16). The clinician leaves with the patient.
+        self.clinicians = ClinicianContextManager(self.data_dir, config.review, self.audit, clock=self.clock)
+        self.patients.listeners.append(self.clinicians.patient_changed)
+        self.review = ReviewDesk(
+            self.data_dir,
+            config.review,
+            patients=self.patients,
+            clinicians=self.clinicians,
+            audit=self.audit,
+            clock=self.clock,
+            require_patient=config.patient.require_patient,
+        )
+        self.review.pipeline = self.pipeline
+        self.pipeline.review = self.review
+        self.pipeline.clinician_scans = self.clinicians.on_scan
         for sender in self.senders.values():
             sender.audit = self.audit
         self.control: ControlServer | None = None
@@ -459,6 +476,7 @@ class AgentService:
             "alerts": self.alerts.banner() if self.alerts is not None else [],
             "config": dict(self.config_state),
             "app_ack_listener": self.ack_listener.status() if self.ack_listener is not None else None,
+            "review": self.review.snapshot(),  # mode, readings waiting, the signed-in clinician
             "storage": {
                 "outbox": sender["storage"],  # error, failing since, seconds until the agent stops
                 "held": {"ok": self.patients.held.problem is None, "error": self.patients.held.problem},
@@ -484,6 +502,8 @@ class AgentService:
                     self.lookup.tick()
                 # the audit file catches up with the records committed in the outbox (a batch per fsync)
                 await asyncio.to_thread(self.audit.sync_journal, due_only=True)
+                self.clinicians.tick()
+                await self.review.tick()
             except VitalsAgentError as exc:  # logged and counted where it happened; keep ticking
                 log.debug(ev.AGENT_TICK_READING_NOT_ACCEPTED, error=str(exc))
             except Exception:  # a bug must not silently stop expiry, hold timeouts and interval reports
@@ -540,6 +560,7 @@ class AgentService:
         if self.alerts is not None:
             self._tasks.append(asyncio.create_task(self.alerts.run(), name="alerts"))
         await self.patients.release_held()  # a context and held readings that survived a restart
+        await self.review.resume()  # review messages a crash interrupted: same bytes, same MSH-10
         interval = host.readiness.watchdog_interval()
         if interval:
             self._tasks.append(asyncio.create_task(self._watchdog(interval), name="watchdog"))
@@ -595,6 +616,8 @@ class AgentService:
         """Close the stores and free the data_dir for the next agent."""
         self.audit.detach()  # while the outbox that holds the journal is open
         self.outbox.close()
+        self.review.close()
+        self.clinicians.close()
         self.patients.close()
         self.audit.close()
         self.lock.release()

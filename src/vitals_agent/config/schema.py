@@ -25,6 +25,7 @@ from vitals_agent.config.fhir import FhirConfig
 from vitals_agent.config.metrics import MetricsConfig
 from vitals_agent.config.patient import PatientConfig
 from vitals_agent.config.pdq import PdqConfig
+from vitals_agent.config.review import BpProtocol, ReviewConfig
 from vitals_agent.drivers.base import DriverOptions, driver_class, local_path_keys
 from vitals_agent.errors import ConfigError, UnknownDriverError
 
@@ -46,6 +47,7 @@ COMMON_DEVICE_KEYS = frozenset(
         "max_clock_skew_seconds",
         "description",
         "silent_after_seconds",
+        "bp_protocol",
     }
 )
 
@@ -65,6 +67,8 @@ class DeviceConfig(BaseModel):
     # status shows "silent" after this long without a byte while the link is up; absent: the driver's
     # default (30 s for oximeters and heart-rate straps, none for spot-check devices); 0: never
     silent_after_seconds: float | None = Field(None, ge=0)
+    # automated office blood pressure (blood-pressure drivers only): readings, interval_seconds, discard_first
+    bp_protocol: BpProtocol | None = None
     options: DriverOptions = Field(strict=False)
 
     @field_validator("id")
@@ -75,6 +79,19 @@ class DeviceConfig(BaseModel):
                 f"{value!r}: use letters, digits, '.', '_' and '-' only (the id goes into OBX-18)"
             )
         return value
+
+    @model_validator(mode="after")
+    def _bp_protocol(self) -> DeviceConfig:
+        if self.bp_protocol is None or not self.driver:
+            return self
+        from vitals_agent.models import DeviceClass
+
+        if driver_class(self.driver).device_class is not DeviceClass.BLOOD_PRESSURE:
+            raise ValueError(
+                f"bp_protocol: only for blood-pressure drivers (suntech-advantage, ble-blood-pressure), "
+                f"not {self.driver!r}"
+            )
+        return self
 
     def report_policy(self) -> ReportPolicy:
         if self.report is not None:
@@ -107,6 +124,7 @@ class Config(BaseModel):
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
+    review: ReviewConfig = Field(default_factory=ReviewConfig)
     devices: list[DeviceConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")

@@ -160,9 +160,16 @@ def _stable_uuid(*parts: str) -> str:
     return f"urn:uuid:{uuid.uuid5(_NAMESPACE, '|'.join(parts))}"
 
 
-def _reading_key(reading: Reading, profile: FhirProfile) -> str:
-    """What makes a reading *this* reading (as the ORU's filler order number): stable across rebuilds."""
-    return "|".join([profile.gateway_eui64, *reading.identity_parts()])
+def _reading_key(reading: Reading, profile: FhirProfile, order_key: str = "") -> str:
+    """What makes a reading *this* reading (as the ORU's filler order number): stable across rebuilds. A
+    series mean differs from the series' last reading; ``order_key`` (a refile to another chart) makes new
+    observations."""
+    parts = [profile.gateway_eui64, *reading.identity_parts()]
+    if reading.series is not None:
+        parts.append("mean:" + ",".join(t.astimezone(UTC).isoformat() for t in reading.series.averaged_at))
+    if order_key:
+        parts.append(order_key)
+    return "|".join(parts)
 
 
 def _coding(system: str, code: str, display: str | None = None) -> dict[str, Any]:
@@ -507,7 +514,7 @@ def bundle_dict(
     tz = profile.tz
     effective = fhir_datetime(reading.observed_at, tz)
     issued = fhir_datetime(created_at, tz)
-    key = _reading_key(reading, profile) + (f"|{order_key}" if order_key else "")
+    key = _reading_key(reading, profile, order_key)
     is_test = ReadingFlag.TEST_DATA in reading.flags or any(
         f in (Flag.TEST, Flag.DEMO) for m in reading.measurements for f in m.flags
     )

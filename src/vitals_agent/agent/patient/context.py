@@ -291,6 +291,8 @@ class HeldReading:
     control_id: str | None = None  # MSH-10 reserved when it was held
 
 
+# A patient-context change: ("set", the patient) / ("cleared", None) / ("expired", None).
+ContextListener = Callable[[str, "PatientDetails | None"], None]
 # Hands a released reading to the pipeline: (device id, reading marked late-associated, patient,
 # reserved MSH-10) -> the MSH-10 of the queued message, or None if it could not be queued (it stays held).
 Releaser = Callable[[str, Reading, PatientDetails, str | None], Awaitable[str | None]]
@@ -547,6 +549,9 @@ class PatientContextManager:
         self.pending_check: Callable[[datetime], bool] | None = None
         # Set by the patient lookup: a wristband scan starts a lookup instead of binding the room.
         self.scan_handler: Callable[[PatientDetails, str, str | None], None] | None = None
+        # Called after the context changed: ("set", patient), ("cleared", None), ("expired", None). The
+        # signed-in clinician ends with the patient; a blood-pressure series stops on a patient change.
+        self.listeners: list[ContextListener] = []
         self._release_lock: Any = None  # asyncio.Lock, created lazily in the running loop
         host.private_dir(data_dir)
         self._file = data_dir / CONTEXT_FILE
@@ -688,7 +693,15 @@ class PatientContextManager:
         self._context = context
         self._save()
         log.info(ev.PATIENT_SET, channel=channel, source=source, replaced=previous is not None)
+        self._notify("set", patient)
         return context
+
+    def _notify(self, what: str, patient: PatientDetails | None) -> None:
+        for listener in list(self.listeners):
+            try:
+                listener(what, patient)
+            except Exception:  # a listener's bug must not undo or block a patient change
+                log.exception(ev.PATIENT_LISTENER_FAILED, change=what)
 
     def clear(
         self,
@@ -711,6 +724,8 @@ class PatientContextManager:
             **(caller or {}),
         )
         log.info(ev.PATIENT_CLEARED, channel=channel, was_set=previous is not None)
+        if previous is not None:
+            self._notify("cleared", None)
         return previous is not None
 
     def context(self, now: datetime | None = None) -> PatientContext | None:
@@ -730,6 +745,7 @@ class PatientContextManager:
                 idle_minutes=round(idle, 1),
             )
             log.info(ev.PATIENT_EXPIRED, idle_minutes=round(idle, 1))
+            self._notify("expired", None)
             return None
         return ctx
 

@@ -16,7 +16,7 @@ import asyncio
 import json
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -39,10 +39,15 @@ from vitals_agent.hl7.oru import (
     MessageProfile,
     OruMessage,
     PatientIdentity,
+    ResultReview,
     new_control_id,
     oru_message,
 )
-from vitals_agent.models import DeviceEvent, PatientInfo, PatientScan, Reading
+from vitals_agent.models import ClinicianScan, DeviceEvent, PatientInfo, PatientScan, Reading
+
+if TYPE_CHECKING:
+    from vitals_agent.agent.patient.review import BuildRequest, ReviewDesk
+    from vitals_agent.fhir.bundle import Status
 
 if TYPE_CHECKING:  # the FHIR builder loads only when [fhir] is enabled
     from vitals_agent.fhir.bundle import FhirProfile
@@ -59,6 +64,16 @@ class Accepted:
     control_id: str
     message: bytes  # the ORU (the Bundle when only [fhir] is enabled)
     bodies: dict[str, bytes] = field(default_factory=dict)  # destination -> what was queued for it
+
+
+@dataclass(frozen=True)
+class Reviewed:
+    """A reading that waits in the review list for a clinician (``[review] mode = "confirm"``)."""
+
+    device_id: str
+    reading: Reading
+    control_id: str  # the MSH-10 reserved for it (the confirmed message carries it)
+    item_id: int
 
 
 Observer = Callable[[Accepted], None]
@@ -93,6 +108,8 @@ class Pipeline:
         self.now = now
         self.observers: list[Observer] = []
         self.withheld_observers: list[Callable[[str, str], None]] = []  # (device id, metric) per value
+        self.review: ReviewDesk | None = None  # the review list (set by the service)
+        self.clinician_scans: Callable[[ClinicianScan], None] | None = None  # badge scans (the service)
         self._policies: dict[str, ReportingPolicy] = {}
         self._runtimes: dict[str, DeviceRuntimeImpl] = {}
         self.refused = 0  # readings that could not be committed (disk full...)
@@ -121,6 +138,14 @@ class Pipeline:
         """Sink for every event a device runtime emits."""
         if isinstance(event, PatientScan):
             await self.on_scan(event)
+            return
+        if isinstance(event, ClinicianScan):
+            if self.clinician_scans is not None:
+                self.clinician_scans(event)
+            else:
+                log.warning(
+                    "badge scanned but clinician review is not wired; ignored", device=event.device_id
+                )
             return
         if not isinstance(event, Reading):
             return
@@ -198,7 +223,7 @@ class Pipeline:
         if control_id is not None and await asyncio.to_thread(self.outbox.has_control_id, control_id):
             return control_id
         try:
-            accepted = await self.accept(runtime, reading, late_patient=patient, control_id=control_id)
+            accepted = await self.submit(runtime, reading, late_patient=patient, control_id=control_id)
         except (OutboxError, RefusedError):
             return None  # logged and counted by accept; stays held
         return accepted.control_id if accepted else None
@@ -212,6 +237,8 @@ class Pipeline:
     async def _seen_before(self, device_id: str, key: str) -> bool:
         """Whether a reading with this once-only key was queued (recorded with its message) or is held."""
         if await asyncio.to_thread(self.outbox.get_state, device_id, key) is not None:
+            return True
+        if self.review is not None and await asyncio.to_thread(self.review.seen, device_id, key):
             return True
         held = await asyncio.to_thread(self.patients.held.all)
         return any(item.device_id == device_id and item.reading.dedupe_key == key for item in held)
@@ -272,12 +299,29 @@ class Pipeline:
         control_id: str | None = None,
         arrived: float | None = None,
     ) -> Accepted | None:
+        """:meth:`submit`, for callers that only care about queued messages (None also when the reading
+        waits in the review list)."""
+        result = await self.submit(
+            runtime, reading, late_patient=late_patient, control_id=control_id, arrived=arrived
+        )
+        return result if isinstance(result, Accepted) else None
+
+    async def submit(
+        self,
+        runtime: DeviceRuntimeImpl,
+        reading: Reading,
+        *,
+        late_patient: PatientDetails | None = None,
+        control_id: str | None = None,
+        arrived: float | None = None,
+    ) -> Accepted | Reviewed | None:
         """Build the message and commit it durably.
 
         ``arrived``: when the agent received the reading, on the monotonic clock (default: derived from
         ``reading.received_at``); a reading that arrived before the current patient was set is dropped.
 
-        Returns the queued message, or None when the patient rules held, parked or dropped the reading
+        Returns the queued message, the review-list entry (``confirm`` mode: it waits for a clinician), or
+        None when the patient rules held, parked or dropped the reading
         (each durable or audited). Raises :class:`OutboxError` when the reading could not be stored
         durably (a file or BLE transport then keeps it and tries again) and :class:`RefusedError` when it
         can never become a conformant message; both are logged and counted here.
@@ -300,12 +344,21 @@ class Pipeline:
         details = decision.details
         control_id = control_id or new_control_id()
         late = late_patient is not None
+        review = self.review
+        collector = review.clinicians.current() if review is not None else None
+        reviewed = ResultReview(collector=collector)  # OBR-10: the clinician signed in, when one is
         if _small(reading):  # a vital sign builds in well under a millisecond: a thread hop costs more
-            bodies = self._build(device_id, reading, control_id, details, late=late)
+            bodies = self._build(device_id, reading, control_id, details, late=late, review=reviewed)
         else:
             # built off the event loop: an EKG with a 10 MiB original costs ~0.1 s per format (base64, and
             # the Bundle's validation), which must not stall the other devices' reads
-            bodies = await asyncio.to_thread(self._build, device_id, reading, control_id, details, late=late)
+            bodies = await asyncio.to_thread(
+                self._build, device_id, reading, control_id, details, late=late, review=reviewed
+            )
+        if review is not None and review.holds() and decision.park_reason is None:
+            # confirm mode: built once above (a reading no builder can express is refused now, not at
+            # the confirmation); it waits for a clinician, durably, under this MSH-10
+            return await self._hold_for_review(runtime, reading, details, control_id, late)
         meta = {"device": device_id, "observed_at": reading.observed_at.isoformat()}
         # The audit record commits with the message (one fsync for both): accepted = both on disk.
         audited = reading_fields(
@@ -355,18 +408,109 @@ class Pipeline:
             metrics=sorted(m.metric for m in reading.measurements),
             flags=[str(f) for f in reading.flags],
         )
+        if review is not None:  # listed, so it can be confirmed (auto+confirm), corrected or retracted
+            await review.sent(
+                device_id, reading, details, late=late, control_id=control_id, collector=collector
+            )
         accepted = Accepted(device_id, reading, control_id, bodies.get("ehr") or first[1], bodies)
         for observer in self.observers:
             observer(accepted)
         return accepted
 
+    async def _hold_for_review(
+        self,
+        runtime: DeviceRuntimeImpl,
+        reading: Reading,
+        details: PatientDetails | None,
+        control_id: str,
+        late: bool,
+    ) -> Reviewed:
+        assert self.review is not None
+        device_id = runtime.config.id
+        try:
+            item_id = await self.review.hold(device_id, reading, details, late=late, control_id=control_id)
+        except VitalsAgentError as exc:  # the review list cannot be written: like an outbox failure
+            self.refused += 1
+            log.error("reading refused: could not be listed for review", device=device_id, error=str(exc))
+            raise OutboxError(f"review list unavailable: {exc}") from exc
+        runtime.record_sent(reading)
+        try:
+            self.audit.reading_accepted(
+                device_id=device_id,
+                control_id=control_id,
+                reading=reading,
+                patient=details.model_dump() if details is not None else None,
+                disposition="review",
+                late_associated=late,
+            )
+        except AuditError as exc:
+            log.error("audit record not written", control_id=control_id, error=str(exc))
+        return Reviewed(device_id, reading, control_id, item_id)
+
+    # --- the review's messages (agent/patient/review.py) ----------------------------------------------
+    def build_reviewed(self, request: BuildRequest) -> dict[str, bytes]:
+        """The bodies of a reviewed message (F, C, W, a refile): same builders, the review's status."""
+        return self._build(
+            request.device_id,
+            request.reading,
+            request.control_id,
+            request.patient,
+            late=request.late,
+            review=request.review,
+            also=request.also,
+            created=request.created_at,
+            revision=request.revision,
+        )
+
+    async def commit_reviewed(
+        self,
+        device_id: str,
+        control_id: str,
+        bodies: Mapping[str, bytes],
+        meta: Mapping[str, Any],
+        state: Mapping[str, str] | None,
+    ) -> None:
+        """Queue a reviewed message durably; nothing when the outbox has this MSH-10 already (a resumed
+        action: the same bytes went in before the crash)."""
+        if await asyncio.to_thread(self.outbox.has_control_id, control_id):
+            return
+        first, *others = bodies.items()
+        await asyncio.to_thread(
+            self.outbox.enqueue,
+            control_id=control_id,
+            device_id=device_id,
+            body=first[1],
+            destination=first[0],
+            also=dict(others),
+            meta=dict(meta),
+            state=dict(state) if state else None,
+        )
+        self.wake_sender()
+        log.info(
+            "reviewed message queued", device=device_id, control_id=control_id, review=meta.get("review")
+        )
+
     def _build(
-        self, device_id: str, reading: Reading, control_id: str, details: PatientDetails | None, *, late: bool
+        self,
+        device_id: str,
+        reading: Reading,
+        control_id: str,
+        details: PatientDetails | None,
+        *,
+        late: bool,
+        review: ResultReview | None = None,
+        also: tuple[Reading, ...] = (),
+        created: datetime | None = None,
+        revision: bool = False,
     ) -> dict[str, bytes]:
         """The message for each enabled destination (``ehr``: ORU, ``fhir``: Bundle). A destination whose
         builder refuses the reading is left out (logged, counted); when none is left the reading is
-        refused with :class:`RefusedError`."""
-        created = self.now()
+        refused with :class:`RefusedError`.
+
+        ``review``: OBX-11/OBX-16/OBR-10 (FHIR: status and performer); ``also``: manual entries of the same
+        visit (further OBR groups; further Observations); ``revision``: FHIR updates what it sent before."""
+        created = created or self.now()
+        review = review or ResultReview()
         bodies: dict[str, bytes] = {}
         failed: list[tuple[str, Exception]] = []
         if self.to_ehr:
@@ -374,19 +518,17 @@ class Pipeline:
             try:
                 built = oru_message(
                     reading, self.profile, control_id=control_id, created_at=created, patient=patient,
-                    late_associated=late,
+                    late_associated=late, review=review, also=also,
                 )  # fmt: skip
                 bodies["ehr"] = built.body
                 self._gave_way(device_id, control_id, built)
             except Exception as exc:  # any build failure is this reading's, final: never a crash loop
                 failed.append(("ehr", exc))
         if self.fhir_profile is not None:
-            from vitals_agent.fhir.bundle import build_bundle
-
             try:
-                bodies["fhir"] = build_bundle(
-                    reading, self.fhir_profile, message_id=control_id, created_at=created,
-                    patient=_patient_info(details), late_associated=late,
+                bodies["fhir"] = _fhir_body(
+                    (reading, *also), self.fhir_profile, message_id=control_id, created_at=created,
+                    patient=_patient_info(details), late_associated=late, review=review, revision=revision,
                 )  # fmt: skip
             except Exception as exc:
                 failed.append(("fhir", exc))
@@ -469,6 +611,51 @@ def _says_why(destination: str, error: Exception) -> bool:
 
 def _small(reading: Reading) -> bool:
     return not reading.attachments and len(reading.raw) <= INLINE_BUILD_BYTES
+
+
+_FHIR_STATUS: dict[str, Status] = {
+    "R": "preliminary",
+    "F": "final",
+    "C": "corrected",
+    "W": "entered-in-error",
+}
+
+
+def _fhir_body(
+    readings: tuple[Reading, ...],
+    profile: FhirProfile,
+    *,
+    message_id: str,
+    created_at: datetime,
+    patient: PatientInfo | None,
+    late_associated: bool,
+    review: ResultReview,
+    revision: bool,
+) -> bytes:
+    """One transaction Bundle for a reading and the manual entries riding with it (entries merged, the
+    shared Patient/Location/Device once)."""
+    from vitals_agent.fhir.bundle import Performer, bundle_dict, validated_bytes  # only with [fhir] on
+
+    observer = review.observer
+    performer = Performer(observer.id, observer.family, observer.given) if observer is not None else None
+    bundle: dict[str, Any] | None = None
+    seen: set[str] = set()
+    for reading in readings:
+        part = bundle_dict(
+            reading, profile, message_id=message_id, created_at=created_at, patient=patient,
+            status=_FHIR_STATUS[review.status], performer=performer, revision=revision,
+            late_associated=late_associated, order_key=review.order_key,
+        )  # fmt: skip
+        if bundle is None:
+            bundle = part
+            seen = {e.get("fullUrl", "") for e in part["entry"]}
+            continue
+        for entry in part["entry"]:
+            if entry.get("fullUrl", "") not in seen:
+                seen.add(entry.get("fullUrl", ""))
+                bundle["entry"].append(entry)
+    assert bundle is not None
+    return validated_bytes(bundle)
 
 
 def _patient_info(details: PatientDetails | None) -> PatientInfo | None:
