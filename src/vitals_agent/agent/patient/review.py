@@ -683,8 +683,9 @@ class ReviewDesk:
         """``confirm`` mode: the reading waits for a clinician (durable). ``control_id``: an MSH-10
         reserved earlier (a held reading being released); the confirmed message will carry it."""
         collector = self.clinicians.current()
-        item_id = await asyncio.to_thread(
-            self.store.add,
+        # On the event loop, like the audit record: no await between the reading being listed and the
+        # device transport recording it as taken (a cancellation there would list it twice).
+        item_id = self.store.add(
             device_id=device_id,
             reading=reading,
             patient=patient,
@@ -716,9 +717,8 @@ class ReviewDesk:
     ) -> int | None:
         """``auto`` / ``auto+confirm``: list a reading that was just queued with ``R`` (so it can be
         confirmed, corrected or retracted). A failure here never undoes the sending: logged, not raised."""
-        try:
-            item_id = await asyncio.to_thread(
-                self.store.add,
+        try:  # on the loop: no await after the reading was queued (see hold)
+            item_id = self.store.add(
                 device_id=device_id,
                 reading=reading,
                 patient=patient,
