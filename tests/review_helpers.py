@@ -4,13 +4,14 @@ blood-pressure reading, and the outbox's messages checked by the oracle."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.kit import MRN, T0, FakeClock
 from tests.oracle import ParsedOru, validate_oru
 from vitals_agent.agent.clock import Clock
 from vitals_agent.agent.service import AgentService
@@ -18,25 +19,10 @@ from vitals_agent.agent.storage.outbox import OutboxMessage
 from vitals_agent.config.schema import parse_config
 from vitals_agent.models import Clinician, DeviceClass, DeviceIdentity, Measurement, Reading
 
-T0 = datetime(2026, 3, 11, 14, 0, 0, tzinfo=UTC)
-MRN = "MRN4815162342"
 OTHER_MRN = "MRN2718281828"
+__all__ = ["MRN", "T0", "FakeClock"]
 ANNA = Clinician(id="4711", family="NURSE", given="ANNA")
 CUFF = "00091FFFFE123456"
-
-
-class FakeTime:
-    """A settable wall clock; the agent's monotonic clock follows it (no steps)."""
-
-    def __init__(self, start: datetime = T0) -> None:
-        self.now = start
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **kwargs: float) -> datetime:
-        self.now += timedelta(**kwargs)
-        return self.now
 
 
 def review_config(tmp_path: Path, mode: str, **extra: Any) -> dict[str, Any]:
@@ -52,8 +38,10 @@ def review_config(tmp_path: Path, mode: str, **extra: Any) -> dict[str, Any]:
     return doc
 
 
-def make_service(tmp_path: Path, mode: str, time: FakeTime, **extra: Any) -> AgentService:
-    return AgentService(parse_config(review_config(tmp_path, mode, **extra)), clock=Clock.following(time))
+def make_service(tmp_path: Path, mode: str, time: FakeClock, **extra: Any) -> AgentService:
+    """The agent in process; ``time`` is its wall and monotonic clock."""
+    clock = Clock(wall=time, mono=time.monotonic)
+    return AgentService(parse_config(review_config(tmp_path, mode, **extra)), clock=clock)
 
 
 def bp_reading(at: datetime, systolic: str = "128", diastolic: str = "84", pulse: str = "67") -> Reading:

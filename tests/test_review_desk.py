@@ -10,13 +10,12 @@ from typing import Any
 
 import pytest
 
+from tests.kit import FakeClock, events
 from tests.oracle import validate_oru
-from tests.patient_helpers import events
 from tests.review_helpers import (
     ANNA,
     MRN,
     OTHER_MRN,
-    FakeTime,
     bp_reading,
     make_service,
     orus,
@@ -38,14 +37,14 @@ def _patient(service: AgentService, mrn: str = MRN) -> None:
     service.patients.set(PatientDetails(mrn=mrn, family="QUIXOTEFAMILY", given="ZEBEDEEGIVEN"), "api")
 
 
-async def _take(service: AgentService, time: FakeTime, **values: str) -> Accepted | Reviewed | None:
+async def _take(service: AgentService, time: FakeClock, **values: str) -> Accepted | Reviewed | None:
     return await service.pipeline.submit(service.runtimes["cuff"], bp_reading(time.now, **values))
 
 
 async def test_confirm_mode_sends_nothing_until_a_clinician_confirms(
     tmp_path: Path, services: list[AgentService]
 ) -> None:
-    time = FakeTime()
+    time = FakeClock()
     service = make_service(tmp_path, "confirm", time)
     services.append(service)
     _patient(service)
@@ -81,7 +80,7 @@ async def test_confirm_mode_sends_nothing_until_a_clinician_confirms(
 
 
 async def test_confirm_all_and_reject(tmp_path: Path, services: list[AgentService]) -> None:
-    time = FakeTime()
+    time = FakeClock()
     service = make_service(tmp_path, "confirm", time)
     services.append(service)
     first = await _take(service, time, systolic="120")
@@ -109,7 +108,7 @@ async def test_confirm_all_and_reject(tmp_path: Path, services: list[AgentServic
 async def test_auto_confirm_sends_r_at_once_then_f_with_the_same_identifiers(
     tmp_path: Path, services: list[AgentService]
 ) -> None:
-    time = FakeTime()
+    time = FakeClock()
     service = make_service(tmp_path, "auto+confirm", time)
     services.append(service)
     _patient(service)
@@ -132,7 +131,7 @@ async def test_auto_confirm_sends_r_at_once_then_f_with_the_same_identifiers(
 async def test_auto_confirm_reject_posts_the_sent_values_as_wrong(
     tmp_path: Path, services: list[AgentService]
 ) -> None:
-    time = FakeTime()
+    time = FakeClock()
     service = make_service(tmp_path, "auto+confirm", time)
     services.append(service)
     await _take(service, time)
@@ -147,7 +146,7 @@ async def test_auto_confirm_reject_posts_the_sent_values_as_wrong(
 async def test_auto_mode_keeps_r_and_a_correction_sends_c(
     tmp_path: Path, services: list[AgentService]
 ) -> None:
-    time = FakeTime()
+    time = FakeClock()
     service = make_service(tmp_path, "auto", time)
     services.append(service)
     _patient(service)
@@ -177,7 +176,7 @@ async def test_auto_mode_keeps_r_and_a_correction_sends_c(
 async def test_wrong_patient_sends_w_to_the_first_chart_then_the_values_to_the_next_patient(
     tmp_path: Path, services: list[AgentService]
 ) -> None:
-    time = FakeTime()
+    time = FakeClock()
     service = make_service(tmp_path, "auto", time)
     services.append(service)
     _patient(service, MRN)
@@ -208,7 +207,7 @@ async def test_wrong_patient_sends_w_to_the_first_chart_then_the_values_to_the_n
 async def test_manual_entries_join_the_waiting_reading_of_the_visit(
     tmp_path: Path, services: list[AgentService]
 ) -> None:
-    time = FakeTime()
+    time = FakeClock()
     service = make_service(tmp_path, "confirm", time)
     services.append(service)
     _patient(service)
@@ -235,7 +234,7 @@ async def test_manual_entries_join_the_waiting_reading_of_the_visit(
 async def test_manual_entries_outside_the_visit_go_on_their_own(
     tmp_path: Path, services: list[AgentService]
 ) -> None:
-    time = FakeTime()
+    time = FakeClock()
     service = make_service(tmp_path, "confirm", time)
     services.append(service)
     _patient(service)
@@ -265,7 +264,7 @@ async def test_manual_entries_outside_the_visit_go_on_their_own(
 async def test_manual_entry_mistakes_are_refused_with_one_line(
     tmp_path: Path, services: list[AgentService], values: dict[str, str], message: str
 ) -> None:
-    time = FakeTime()
+    time = FakeClock()
     service = make_service(tmp_path, "auto", time)
     services.append(service)
     service.clinicians.set(ANNA, "cli")
@@ -277,7 +276,7 @@ async def test_manual_entry_mistakes_are_refused_with_one_line(
 async def test_a_rejected_reading_still_sends_the_manual_entries_riding_with_it(
     tmp_path: Path, services: list[AgentService]
 ) -> None:
-    time = FakeTime()
+    time = FakeClock()
     service = make_service(tmp_path, "confirm", time)
     services.append(service)
     held = await _take(service, time)
@@ -292,7 +291,7 @@ async def test_a_rejected_reading_still_sends_the_manual_entries_riding_with_it(
 async def test_a_crash_between_reserving_and_queueing_resends_the_same_bytes(
     tmp_path: Path, services: list[AgentService], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    time = FakeTime()
+    time = FakeClock()
     service = make_service(tmp_path, "confirm", time)
     held = await _take(service, time)
     assert isinstance(held, Reviewed)
@@ -324,7 +323,7 @@ async def test_confirm_survives_a_crash_after_queueing(
     tmp_path: Path, services: list[AgentService], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Queued, but the action not yet marked done: the restart queues nothing twice (same MSH-10)."""
-    time = FakeTime()
+    time = FakeClock()
     service = make_service(tmp_path, "confirm", time)
     held = await _take(service, time)
     assert isinstance(held, Reviewed)
@@ -348,7 +347,7 @@ async def test_confirm_survives_a_crash_after_queueing(
 async def test_a_reading_released_twice_after_a_crash_is_listed_once(
     tmp_path: Path, services: list[AgentService]
 ) -> None:
-    time = FakeTime()
+    time = FakeClock()
     service = make_service(tmp_path, "confirm", time)
     services.append(service)
     reading = bp_reading(time.now)
@@ -365,7 +364,7 @@ async def test_a_reading_released_twice_after_a_crash_is_listed_once(
 async def test_the_clinician_leaves_with_the_patient_and_after_the_timeout(
     tmp_path: Path, services: list[AgentService]
 ) -> None:
-    time = FakeTime()
+    time = FakeClock()
     service = make_service(
         tmp_path, "confirm", time, review={"mode": "confirm", "clinician_timeout_minutes": 10}
     )
@@ -393,7 +392,7 @@ async def test_the_clinician_leaves_with_the_patient_and_after_the_timeout(
 async def test_the_clinician_survives_a_restart_and_an_unreadable_file_is_moved_aside(
     tmp_path: Path, services: list[AgentService]
 ) -> None:
-    time = FakeTime()
+    time = FakeClock()
     service = make_service(tmp_path, "auto", time)
     service.clinicians.set(Clinician(id="0815", family="DOC"), "cli")
     service.close()
@@ -412,7 +411,7 @@ async def test_the_clinician_survives_a_restart_and_an_unreadable_file_is_moved_
 async def test_status_names_the_mode_the_waiting_readings_and_the_clinician(
     tmp_path: Path, services: list[AgentService]
 ) -> None:
-    time = FakeTime()
+    time = FakeClock()
     service = make_service(tmp_path, "confirm", time)
     services.append(service)
     await _take(service, time)
@@ -431,7 +430,7 @@ async def test_fhir_gets_the_review_status_performer_and_updates(
 ) -> None:
     import json
 
-    time = FakeTime()
+    time = FakeClock()
     fhir = {
         "enabled": True,
         "base_url": "https://fhir.example.org/r4",
