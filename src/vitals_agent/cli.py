@@ -35,7 +35,7 @@ COMMAND_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ("run", "check-config", "status", "service", "config", "support-bundle", "audit", "demo"),
     ),
     ("devices", ("drivers", "ports", "scan", "pair", "nibp-start")),
-    ("patient", ("patient",)),
+    ("patient and review", ("patient", "clinician", "review", "manual")),
     ("delivery", ("outbox", "send-test", "interface-spec")),
     ("tools", ("decode", "simulate", "receive", "ecg-render")),
 )

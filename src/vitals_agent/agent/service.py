@@ -191,6 +191,7 @@ class AgentService:
                 host=config.control.host,
                 port=config.control.port,
                 lookup=self.lookup,
+                review=self.review,
             )
         self.runtimes: dict[str, DeviceRuntimeImpl] = {}
         self.supervisors: dict[str, DeviceSupervisor] = {}

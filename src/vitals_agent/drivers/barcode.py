@@ -3,7 +3,10 @@
 A scanner in serial (CDC-ACM / virtual COM) mode sends each scan as one line of text ending in CR, LF or
 CR LF (some prefix an AIM symbology identifier such as ``]C1``; strip it with ``mrn_pattern``). The
 ``mrn_pattern`` regex must match the *whole* scan; the MRN is its named group ``mrn`` (or group 1). A
-match becomes a :class:`~vitals_agent.models.PatientScan`, which sets the room's patient; anything else
+match becomes a :class:`~vitals_agent.models.PatientScan`, which sets the room's patient (with
+``clinician_pattern`` set, a scan matching it first is a staff badge: a
+:class:`~vitals_agent.models.ClinicianScan` that signs the clinician in; its id is the named group ``id`` or
+group 1, and optional groups ``family`` and ``given`` carry the name); anything else
 is a :class:`~vitals_agent.drivers.base.DecodeFailure` whose message never contains the scanned text
 (a wristband is patient data: the runtime logs the bytes in hex at DEBUG only). A scan longer than 256
 bytes is discarded whole, up to its terminator: no part of it ever becomes a scan (issue #10: the last four
@@ -33,7 +36,7 @@ from vitals_agent.drivers.base import (
     register_driver,
 )
 from vitals_agent.errors import DecodeError, UnsupportedError
-from vitals_agent.models import DeviceClass, DeviceEvent, PatientScan
+from vitals_agent.models import ClinicianScan, DeviceClass, DeviceEvent, PatientScan
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
@@ -67,13 +70,46 @@ def extract_mrn(pattern: re.Pattern[str] | str, scan: str) -> str:
     return mrn.strip()
 
 
+def check_clinician_pattern(value: str | None) -> str | None:
+    """A valid regex with a named group ``id`` or at least one group (group 1 is the badge id)."""
+    if value is None:
+        return None
+    try:
+        compiled = re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"not a valid regular expression: {exc}") from None
+    if "id" not in compiled.groupindex and compiled.groups < 1:
+        raise ValueError("needs a named group (?P<id>...) or a capturing group for the badge id")
+    return value
+
+
+def extract_clinician(pattern: re.Pattern[str], scan: str) -> tuple[str, str | None, str | None] | None:
+    """(id, family, given) when ``scan`` is a staff badge (whole-string match), else None."""
+    match = pattern.fullmatch(scan.strip())
+    if match is None:
+        return None
+    ident = match.group("id") if "id" in pattern.groupindex else match.group(1)
+    if not ident or not ident.strip():
+        return None
+    names = pattern.groupindex
+    family = match.group("family") if "family" in names else None
+    given = match.group("given") if "given" in names else None
+    return ident.strip(), family or None, given or None
+
+
 class BarcodeOptions(SerialOptions):
     mrn_pattern: str = DEFAULT_MRN_PATTERN
+    clinician_pattern: str | None = None  # staff badges: a scan matching it signs the clinician in
 
     @field_validator("mrn_pattern")
     @classmethod
     def _pattern(cls, value: str) -> str:
         return check_mrn_pattern(value)
+
+    @field_validator("clinician_pattern")
+    @classmethod
+    def _badge(cls, value: str | None) -> str | None:
+        return check_clinician_pattern(value)
 
 
 class BarcodeDecoder(LineDecoder):
@@ -82,9 +118,12 @@ class BarcodeDecoder(LineDecoder):
     max_line: ClassVar[int] = 256  # a longer line is discarded whole (never its last bytes as a scan)
     line_name: ClassVar[str] = "scan"
 
-    def __init__(self, ctx: DecodeContext, mrn_pattern: str = DEFAULT_MRN_PATTERN) -> None:
+    def __init__(
+        self, ctx: DecodeContext, mrn_pattern: str = DEFAULT_MRN_PATTERN, clinician_pattern: str | None = None
+    ) -> None:
         super().__init__(ctx)
         self._pattern = re.compile(mrn_pattern)
+        self._badge = re.compile(clinician_pattern) if clinician_pattern else None
 
     def decode_line(self, line: bytes) -> Iterable[DeviceEvent]:
         try:
@@ -95,6 +134,19 @@ class BarcodeDecoder(LineDecoder):
         text = text.replace("\x1d", "")
         if _CONTROL.search(text):
             raise UnsupportedError("scan contains control characters", line)
+        if self._badge is not None:
+            found = extract_clinician(self._badge, text)
+            if found is not None:
+                ident, family, given = found
+                scan = ClinicianScan(
+                    device_id=self.ctx.device.id,
+                    clinician_id=ident,
+                    family=family,
+                    given=given,
+                    raw=text.strip(),
+                    received_at=self.ctx.now(),
+                )
+                return [scan]
         mrn = extract_mrn(self._pattern, text)
         return [
             PatientScan(device_id=self.ctx.device.id, mrn=mrn, raw=text.strip(), received_at=self.ctx.now())
@@ -124,4 +176,4 @@ class BarcodeDriver(SerialDriver[BarcodeOptions], name="barcode", device_class=D
     simulator_class = BarcodeSimulator
 
     def stream_decoder(self, ctx: DecodeContext) -> StreamDecoder:
-        return BarcodeDecoder(ctx, self.options.mrn_pattern)
+        return BarcodeDecoder(ctx, self.options.mrn_pattern, self.options.clinician_pattern)

@@ -52,6 +52,9 @@ import structlog
 from vitals_agent import log_events as ev
 from vitals_agent.agent.control.common import StatusProvider
 from vitals_agent.agent.control.page import render_html
+from vitals_agent.agent.control.review_routes import API_PATHS as REVIEW_PATHS
+from vitals_agent.agent.control.review_routes import PAGE_FORMS as REVIEW_FORMS
+from vitals_agent.agent.control.review_routes import Answer, ReviewRoutes
 from vitals_agent.agent.patient.context import (
     CHANNELS,
     PatientContextManager,
@@ -60,6 +63,7 @@ from vitals_agent.agent.patient.context import (
     PatientSnapshot,
     check_text,
 )
+from vitals_agent.agent.patient.review import ReviewDesk
 from vitals_agent.agent.storage.audit import CHANNEL_API, AuditLog
 from vitals_agent.errors import VitalsAgentError
 
@@ -266,6 +270,7 @@ class Routes:
         refresh_seconds: int = 5,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         lookup: PatientLookup | None = None,
+        review: ReviewDesk | None = None,
     ) -> None:
         self.lookup = lookup
         self._shown: set[tuple[str, str]] = set()  # (session, pending since) whose details the page showed
@@ -276,6 +281,8 @@ class Routes:
         self.audit = audit if audit is not None else patients.audit
         self.refresh_seconds = refresh_seconds
         self.now = now
+        # the clinician review's endpoints and page forms (review_routes.py), when the agent has a review
+        self.review = ReviewRoutes(review, self.audit) if review is not None else None
 
     async def handle(self, request: Request) -> Response:
         try:
@@ -299,7 +306,8 @@ class Routes:
         # The page's session is good for reading, and for its own Confirm/Cancel forms with their token.
         if request.method == "GET" and self.credentials.session(request.cookie(COOKIE)):
             return CHANNEL_PAGE
-        if request.method == "POST" and request.path in PAGE_FORMS:
+        forms = PAGE_FORMS | REVIEW_FORMS if self.review is not None else PAGE_FORMS
+        if request.method == "POST" and request.path in forms:
             token = _form(request).get("csrf")
             if self.credentials.form(request.cookie(COOKIE), token):
                 return CHANNEL_PAGE
@@ -371,7 +379,17 @@ class Routes:
             caller = self._caller(request.json(), request)
             count = self.patients.discard_held(channel, source=caller.pop("source"), caller=caller)
             return Response.json(200, {"discarded": count})
-        if request.path in KNOWN_PATHS:
+        if self.review is not None:
+            page_form = channel == CHANNEL_PAGE and request.method == "POST"
+            reviewed = await self.review.handle(
+                request,
+                channel,
+                caller=lambda body: self._caller(body, request),
+                form=_form(request) if page_form else None,
+            )
+            if reviewed is not None:
+                return _answer(reviewed, page=page_form)
+        if request.path in KNOWN_PATHS or request.path in REVIEW_PATHS:
             raise HttpError(405, f"{request.method} not allowed on {request.path}")
         raise HttpError(404, "not found")
 
@@ -532,6 +550,25 @@ class Routes:
             )
             return Response.html(exc.status, page)
         return Response(303, b"", headers={"Location": "/"})
+
+
+def page_refusal(status: int, message: str) -> Response:
+    """A page form that was refused: a short page saying why, with the way back."""
+    page = (
+        '<!doctype html><meta charset="utf-8"><title>vitals-agent</title>'
+        f'<p>{html.escape(message)}</p><p><a href="/" autofocus>Back to the status page</a></p>'
+    )
+    return Response.html(status, page)
+
+
+def _answer(answer: Answer, *, page: bool) -> Response:
+    if answer.kind == "refusal" and page:
+        return page_refusal(answer.status, answer.message)
+    if answer.kind == "json":
+        return Response.json(answer.status, answer.data)
+    if answer.kind == "redirect":
+        return Response(303, b"", headers={"Location": "/#review"})
+    raise HttpError(answer.status, answer.message)
 
 
 def _form(request: Request) -> dict[str, str]:

@@ -34,6 +34,7 @@ from vitals_agent import log_events as ev
 from vitals_agent.agent.control.common import ENDPOINT_FILE, TOKEN_FILE, StatusProvider, http_url
 from vitals_agent.agent.control.routes import MAX_BODY, Credentials, HttpError, Request, Response, Routes
 from vitals_agent.agent.patient.context import PatientContextManager
+from vitals_agent.agent.patient.review import ReviewDesk
 from vitals_agent.agent.storage.audit import AuditLog, write_private
 
 if TYPE_CHECKING:
@@ -137,9 +138,11 @@ class ControlServer:
         request_timeout: float = REQUEST_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
         lookup: PatientLookup | None = None,
+        review: ReviewDesk | None = None,
     ) -> None:
         self._handlers: set[asyncio.Task[Any]] = set()
         self.lookup = lookup
+        self.review = review
         self.data_dir = data_dir
         self.patients = patients
         self.status = status
@@ -204,6 +207,7 @@ class ControlServer:
             refresh_seconds=self.refresh_seconds,
             now=self.now,
             lookup=self.lookup,
+            review=self.review,
         )
         self._acceptor = asyncio.create_task(self._accept_loop(listener), name="control-accept")
         write_private(

@@ -106,6 +106,10 @@ class NoClinicianError(ReviewError):
     """The action needs a signed-in clinician."""
 
 
+class ReviewInputError(ReviewError):
+    """What was entered cannot be used (a value, a metric name, a reason): the caller's mistake."""
+
+
 # ------------------------------------------------------------------------------------------ the items
 
 
@@ -1286,9 +1290,9 @@ def _not_waiting(item: ReviewItem) -> str:
 def _reason(reason: str) -> str:
     text = " ".join(str(reason or "").split())
     if not text:
-        raise ReviewError("a reason is required (--reason TEXT)")
+        raise ReviewInputError("a reason is required (--reason TEXT)")
     if len(text) > 200:
-        raise ReviewError("the reason is longer than 200 characters")
+        raise ReviewInputError("the reason is longer than 200 characters")
     return text
 
 
@@ -1302,11 +1306,13 @@ def _decimal(metric: str, text: str) -> Decimal:
     try:
         value = Decimal(text.strip())
     except (InvalidOperation, ValueError):
-        raise ReviewError(f"{metric}: not a number") from None
+        raise ReviewInputError(f"{metric}: not a number") from None
     if not value.is_finite() or "e" in text.lower():
-        raise ReviewError(f"{metric}: not a plain number")
+        raise ReviewInputError(f"{metric}: not a plain number")
     if not info.minimum <= value <= info.maximum:
-        raise ReviewError(f"{metric}: outside the plausible range {info.minimum}..{info.maximum} {info.unit}")
+        raise ReviewInputError(
+            f"{metric}: outside the plausible range {info.minimum}..{info.maximum} {info.unit}"
+        )
     return value
 
 
@@ -1326,9 +1332,9 @@ def parse_manual(values: Mapping[str, str]) -> tuple[list[Measurement], list[Qua
         if qkey in table:
             answer = text.lower().replace(" ", "_").replace("-", "_")
             if answer not in table[qkey].answers:
-                raise ReviewError(f"{qkey}: one of {', '.join(table[qkey].answers)}")
+                raise ReviewInputError(f"{qkey}: one of {', '.join(table[qkey].answers)}")
             if qkey in seen:
-                raise ReviewError(f"{qkey} given twice")
+                raise ReviewInputError(f"{qkey} given twice")
             seen.add(qkey)
             qualifiers.append(Qualifier(key=qkey, answer=answer))
             continue
@@ -1336,31 +1342,35 @@ def parse_manual(values: Mapping[str, str]) -> tuple[list[Measurement], list[Qua
         info = metrics.get(key)
         if info is None or not info.manual:
             manual = sorted([*(k for k, i in metrics.items() if i.manual), *table])
-            raise ReviewError(f"{raw_name!s}: not something to enter by hand (one of {', '.join(manual)})")
+            raise ReviewInputError(
+                f"{raw_name!s}: not something to enter by hand (one of {', '.join(manual)})"
+            )
         if key in seen:
-            raise ReviewError(f"{key} given twice")
+            raise ReviewInputError(f"{key} given twice")
         seen.add(key)
         measurements.append(
             Measurement(metric=key, value=_decimal(key, text), unit=info.unit, method=MANUAL_METHOD)
         )
     if not (measurements or qualifiers):
-        raise ReviewError("nothing entered: give at least one value, e.g. resp_rate=16 pain=3")
+        raise ReviewInputError("nothing entered: give at least one value, e.g. resp_rate=16 pain=3")
     return measurements, qualifiers
 
 
 def _corrected(reading: Reading, values: Mapping[str, str]) -> tuple[Reading, set[str]]:
     """``reading`` with corrected values (metric=value in the value's unit); the metrics changed."""
     if not values:
-        raise ReviewError("nothing to correct: give metric=value, e.g. bp_systolic=132")
+        raise ReviewInputError("nothing to correct: give metric=value, e.g. bp_systolic=132")
     present = {m.metric: m for m in reading.measurements if m.value is not None}
     changes: dict[str, Measurement] = {}
     for name, text in values.items():
         key = _metric_key(name)
         if key not in present:
-            raise ReviewError(f"{name}: this reading has no such value (it has {', '.join(sorted(present))})")
+            raise ReviewInputError(
+                f"{name}: this reading has no such value (it has {', '.join(sorted(present))})"
+            )
         old = present[key]
         if tables().canonical_unit(old.unit) != tables().metric(key).unit:
-            raise ReviewError(f"{key}: the reading is in {old.unit}; correct it in the device's unit")
+            raise ReviewInputError(f"{key}: the reading is in {old.unit}; correct it in the device's unit")
         changes[key] = old.model_copy(update={"value": _decimal(key, str(text))})
     measurements = tuple(changes.get(m.metric, m) for m in reading.measurements)
     return reading.with_updates(measurements=measurements), set(changes)
