@@ -71,6 +71,60 @@ class Tab:
             extra = {"button": "left", "clickCount": 1} if kind != "mouseMoved" else {}
             await self.send("Input.dispatchMouseEvent", type=kind, x=x, y=y, **extra)
 
+    async def press(self, key: str) -> None:
+        """A real key press (down and up) as a keyboard sends it: ``Tab``, ``Shift+Tab``, ``Enter``,
+        ``Space``, ``ArrowDown``, or one printable character."""
+        modifiers = 0
+        if key.startswith("Shift+"):
+            modifiers, key = 8, key.removeprefix("Shift+")
+        special = {"Tab": (9, ""), "Enter": (13, "\r"), "Space": (32, " "), "ArrowDown": (40, "")}
+        if key in special:
+            code, text = special[key]
+            name, dom = (" ", "Space") if key == "Space" else (key, key)
+        else:
+            code, text, name, dom = ord(key.upper()), key, key, f"Key{key.upper()}"
+        down: dict[str, Any] = {
+            "type": "keyDown" if text else "rawKeyDown",
+            "key": name,
+            "code": dom,
+            "windowsVirtualKeyCode": code,
+            "nativeVirtualKeyCode": code,
+            "modifiers": modifiers,
+        }
+        if text:
+            down["text"] = text
+        await self.send("Input.dispatchKeyEvent", **down)
+        await self.send(
+            "Input.dispatchKeyEvent",
+            type="keyUp",
+            key=name,
+            code=dom,
+            windowsVirtualKeyCode=code,
+            modifiers=modifiers,
+        )
+
+    async def type(self, text: str) -> None:
+        """Text typed into the focused field (as an input method commits it)."""
+        await self.send("Input.insertText", text=text)
+
+    async def focused(self) -> dict[str, Any]:
+        """What has the keyboard focus: tag, name, type, aria-label, text."""
+        result: dict[str, Any] = await self.evaluate(
+            "(() => { const e = document.activeElement; return {tag: e.tagName.toLowerCase(),"
+            " name: e.getAttribute('name') || '', label: e.getAttribute('aria-label') || '',"
+            " text: (e.textContent || '').trim(), form: e.form ? (e.form.id || e.form.action) : ''}; })()"
+        )
+        return result
+
+    async def tab_to(self, matches: Any, limit: int = 60) -> dict[str, Any]:
+        """Press Tab until the focused element satisfies ``matches(focused)``; fail after ``limit``."""
+        for _ in range(limit):
+            await self.press("Tab")
+            here = await self.focused()
+            if matches(here):
+                return here
+        raise AssertionError(f"Tab never reached the element (last: {await self.focused()})")
+
     async def screenshot(self, path: Path) -> None:
         data = await self.send("Page.captureScreenshot", format="png", captureBeyondViewport=True)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -153,7 +153,7 @@ async def test_page_forms_need_the_session_and_its_form_token(agent: Agent, tmp_
     status, headers, _ = await agent.form(
         "/clinician/set", cookie, csrf=token, id="4711", family="NURSE", given="ANNA"
     )
-    assert (status, headers["location"]) == (303, "/#review")
+    assert (status, headers["location"]) == (303, "/?enter=1")  # back to the entry forms
     status, _, body = await agent.form("/review/reject", cookie, csrf=token, id=str(item["id"]), reason="")
     assert status == 400 and b"reason is required" in body and b'href="/"' in body
     status, _, _ = await agent.form(
@@ -177,3 +177,39 @@ async def test_page_forms_need_the_session_and_its_form_token(agent: Agent, tmp_
     # a GET with the session can read the list, never change it
     status, _, _ = await agent.http("POST", "/api/review/confirm", b'{"all": true}', Cookie=cookie)
     assert status == 401
+
+
+def test_the_panel_escapes_everything_and_the_terminal_names_the_review() -> None:
+    from datetime import UTC, datetime
+
+    from vitals_agent.agent.control.page import review_line
+    from vitals_agent.agent.control.review_page import review_html
+
+    review = {
+        "mode": "confirm",
+        "pending": 1,
+        "awaiting_confirmation": 0,
+        "clinician": {"set": True, "id": "<i>1", "name": "<script>x</script>", "channel": "api"},
+    }
+    items = [
+        {
+            "id": 7,
+            "device": "cuff<b>",
+            "kind": "blood_pressure",
+            "taken_at": "2026-03-11T14:00:00+00:00",
+            "values": {"bp_systolic": "128 mm[Hg]"},
+            "qualifiers": {},
+            "manual": [],
+            "patient": {"mrn": "\u2022\u202242", "name": "Q. <Z."},
+            "waiting": True,
+        }
+    ]
+    page = review_html(
+        review, items, form_token="t&k", now=datetime.now(UTC), editing=False, reasons=("a<b",)
+    )
+    assert "<script>" not in page and "&lt;script&gt;" in page and "cuff&lt;b&gt;" in page
+    assert 'value="t&amp;k"' in page and "a&lt;b" in page and "Q. &lt;Z." in page
+    assert "Systolic 128 mmHg" in page and 'aria-label="Confirm reading 7"' in page
+    assert (
+        review_line(review) == "Review (confirm): 1 reading(s) waiting; clinician <script>x</script> (<i>1)"
+    )

@@ -57,6 +57,8 @@ METRIC_LABELS = {
     "ecg_qrs_axis": "QRS axis",
     "ecg_t_axis": "T axis",
     "ecg_atrial_rate": "Atrial rate",
+    "pain_score": "Pain",
+    "oxygen_flow_rate": "O2 flow",
 }
 
 # UCUM codes as people write them.
@@ -67,6 +69,7 @@ UNIT_LABELS = {
     "[lb_av]": "lb",
     "[in_i]": "in",
     "1": "",
+    "{score}": "/10",
 }
 
 
@@ -366,6 +369,18 @@ def alerts_html(status: Mapping[str, Any], now: datetime) -> str:
 # ------------------------------------------------------------------------------------------ terminal
 
 
+def review_line(review: Mapping[str, Any]) -> str:
+    """``Review (confirm): 2 reading(s) waiting; clinician ANNA NURSE (4711)``."""
+    clinician = review.get("clinician") or {}
+    if clinician.get("set"):
+        name = clinician.get("name")
+        who = f"clinician {name} ({clinician.get('id')})" if name else f"clinician {clinician.get('id')}"
+    else:
+        who = "no clinician signed in"
+    waiting = int(review.get("pending") or 0) + int(review.get("awaiting_confirmation") or 0)
+    return f"Review ({review.get('mode')}): {waiting} reading(s) waiting; {who}"
+
+
 def render_text(status: Mapping[str, Any], patient: Mapping[str, Any], now: datetime | None = None) -> str:
     """The terminal form of the status page (``vitals-agent status``)."""
     now = now or datetime.now(UTC)
@@ -379,6 +394,7 @@ def render_text(status: Mapping[str, Any], patient: Mapping[str, Any], now: date
         WAITING_LINE if pending and not patient.get("set") else patient_line(patient, now),
         *([pending_line(pending, now)] if pending else []),
         *([str(status["lookup_notice"])] if status.get("lookup_notice") else []),
+        *([review_line(status["review"])] if isinstance(status.get("review"), Mapping) else []),
         "",
         "Devices:",
     ]
@@ -453,13 +469,17 @@ def render_html(
     pending: Mapping[str, Any] | None = None,
     form_token: str | None = None,
     notice: str | None = None,
+    review_panel: str = "",
+    refreshing: bool = True,
 ) -> str:
     """The status page. Every value is HTML-escaped; no script; refreshes with a meta refresh.
 
     ``pending`` (revealed) and ``form_token``: a patient confirmation waiting for the person at the
     workstation, shown in full with its Confirm and Cancel forms. While it is shown the page does not
     refresh (a reload would reset the view of the person deciding: scroll, focus, a button half-pressed);
-    it reloads once, just after the confirmation expires, to show what became of it."""
+    it reloads once, just after the confirmation expires, to show what became of it. ``review_panel``: the
+    clinician review (review_page.py, already escaped); ``refreshing``: False while someone types into its
+    forms."""
     now = now or datetime.now(UTC)
     revealed = bool(patient.get("revealed"))
     # A revealed page falls back to the masked page after 30 s; the masked one just refreshes.
@@ -561,9 +581,10 @@ def render_html(
         f"{error_lines}"
         "</div>"
     )
+    refresh_tag = f'<meta http-equiv="refresh" content="{_e(refresh)}">' if refreshing else ""
     return _page_template().substitute(
         alerts=alerts_html(status, now),
-        refresh=_e(refresh),
+        refresh_tag=refresh_tag,
         title=_e(f"vitals-agent {status.get('location') or status.get('facility') or ''}".strip()),
         facility=_e(status.get("facility") or ""),
         location=_e(status.get("location") or ""),
@@ -571,6 +592,7 @@ def render_html(
         started=_e(when(status.get("started_at"), now)),
         updated=_e(f"{now.astimezone():%H:%M:%S}"),
         patient=patient_html,
+        review=review_panel,
         device_rows="\n".join(rows),
         delivery=delivery,
     )

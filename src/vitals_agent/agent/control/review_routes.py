@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from vitals_agent.agent.control.review_page import review_html
 from vitals_agent.agent.patient.clinician import ClinicianContextManager, ClinicianError, parse_clinician
 from vitals_agent.agent.patient.review import (
     NoClinicianError,
@@ -231,7 +232,21 @@ class ReviewRoutes:
             return Answer("refusal", exc.status, message=exc.message)
         except (ReviewError, ClinicianError) as exc:
             return Answer("refusal", _status_of(exc), message=str(exc))
-        return Answer("redirect", 303)
+        # sign-in and manual entries come from the page's entry mode: back to it, ready for the next
+        back = "/?enter=1" if path in ("/clinician/set", "/review/manual") else "/#review"
+        return Answer("redirect", 303, message=back)
+
+    def panel(self, review: Any, *, form_token: str, now: Any, editing: bool) -> str:
+        """The status page's review panel (masked patients)."""
+        snapshot = review if isinstance(review, Mapping) else self.desk.snapshot()
+        return review_html(
+            snapshot,
+            self.desk.list(),
+            form_token=form_token,
+            now=now,
+            editing=editing,
+            reasons=REJECT_REASONS,
+        )
 
     # --- the actions -----------------------------------------------------------------------------------
     def listing(self, reveal: bool, channel: str, os_caller: Mapping[str, Any]) -> dict[str, Any]:

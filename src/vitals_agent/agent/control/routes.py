@@ -328,14 +328,27 @@ class Routes:
             patient = self._patient(reveal, channel, request)
             pending = self._page_pending(channel, request)
             session = request.cookie(COOKIE) or ""
+            status = self.status()
+            # typing into the review panel's forms: the same page without the refresh (review_page.py)
+            editing = self.review is not None and request.query.get("enter") == "1"
+            panel = ""
+            if self.review is not None:
+                panel = self.review.panel(
+                    status.get("review"),
+                    form_token=self.credentials.form_token(session),
+                    now=self.now(),
+                    editing=editing,
+                )
             page = render_html(
-                self.status(),
+                status,
                 patient,
                 refresh_seconds=self.refresh_seconds,
                 now=self.now(),
                 pending=pending,
                 form_token=self.credentials.form_token(session) if pending is not None else None,
                 notice=self.lookup.notice() if self.lookup is not None else None,
+                review_panel=panel,
+                refreshing=not editing,
             )
             return Response.html(200, page)
         if route == ("POST", "/api/login-code"):
@@ -567,7 +580,7 @@ def _answer(answer: Answer, *, page: bool) -> Response:
     if answer.kind == "json":
         return Response.json(answer.status, answer.data)
     if answer.kind == "redirect":
-        return Response(303, b"", headers={"Location": "/#review"})
+        return Response(303, b"", headers={"Location": answer.message or "/#review"})
     raise HttpError(answer.status, answer.message)
 
 
