@@ -149,6 +149,10 @@ def test_the_plan_restarts_only_what_changed() -> None:
     assert steps.profile and steps.alerts and steps.restart_needed == []
     moved = parse_config(merge_layers(local, [Layer("site", tomllib.loads(SITE + "[control]\nport = 9\n"))]))
     assert plan(old, moved).restart_needed == ["control"]
+    review = parse_config(
+        merge_layers(local, [Layer("s", tomllib.loads(SITE + '[review]\nmode = "confirm"\n'))])
+    )
+    assert plan(old, review).restart_needed == ["review"]  # the review mode changes only with a restart
     port = parse_config(
         merge_layers(local, [Layer("s", tomllib.loads(SITE.replace("[ehr]", "[ehr]\nport = 9")))])
     )

@@ -85,7 +85,7 @@ def plan(old: Config, new: Config) -> Plan:
     elif new.fhir.enabled and fhir:
         p.senders.append("fhir")
     p.profile = bool(agent & AGENT_HOT_KEYS) or bool(ehr) or bool(fhir)
-    for section in ("patient", "pdq", "control"):
+    for section in ("patient", "pdq", "control", "review"):  # review: the mode and the clinician timeout
         if getattr(old, section) != getattr(new, section):
             p.restart_needed.append(section)
     if old.alerts != new.alerts:
