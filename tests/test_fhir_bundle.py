@@ -469,6 +469,10 @@ def _readings(draw: st.DrawFn) -> Reading:
 
 @given(reading=_readings(), bound=st.booleans())
 def test_any_reading_builds_a_valid_vital_signs_bundle(reading: Reading, bound: bool) -> None:
+    if reading.device_class is DeviceClass.MANUAL and not bound:  # no device, no patient: nobody's
+        with pytest.raises(FhirBuildError, match="manual entry needs a patient"):
+            build_bundle(reading, PROFILE, message_id="P1", created_at=T0)
+        return
     body = build_bundle(reading, PROFILE, message_id="P1", created_at=T0, patient=JANE if bound else None)
     doc = check_bundle(body)
     sent = {m.metric for m in reading.measurements}

@@ -22,6 +22,11 @@ What a Bundle holds (all entries are conditional, so a re-sent Bundle creates no
   the Device, and the Device to the Location, so it can be associated by room;
 * a **DocumentReference** per attachment (the EKG cart's original file, inline) when attachments are on.
 
+A clinician's manual entry (``DeviceClass.MANUAL``: respiration rate, pain score...) has no Device entry
+and no ``device`` reference; its Observations carry ``method`` = manual measurement (the v2 observation
+method ``MMEAS`` the ORU uses). A series mean (automated office BP, ``Reading.series``) has ``method`` =
+calculated (``ACALC``) and a note naming the readings averaged and their times.
+
 Idempotency: each Observation has a stable identifier (``urn:uuid`` derived from the gateway, the device
 identity, the observation time, the record sequence and the code) and is POSTed with ``ifNoneExist`` on it;
 its ``fullUrl`` is that uuid. A *revision* (the same observations again, e.g. ``final`` after a
@@ -47,6 +52,7 @@ from vitals_agent.errors import VitalsAgentError
 from vitals_agent.fhir.wire import dumps_bytes
 from vitals_agent.models import (
     Attachment,
+    DeviceClass,
     DeviceIdentity,
     Flag,
     Measurement,
@@ -84,6 +90,16 @@ CLINICIAN_SYSTEM = f"{AGENT_SYSTEM}:clinician"
 EQUIPMENT_SYSTEM = f"{AGENT_SYSTEM}:equipment"
 EQUIPMENT_TYPE_TEXT = "Device identity as in HL7 v2 OBX-18 (EI: serial^model^EUI-64^EUI-64)"
 ATTACHMENT_TYPE = {"system": LOCAL_CODES, "code": "DEVICE_REPORT", "display": "Device report"}
+# How a value was obtained, with the ORU's OBX-17 codes (IHE PCD TF-2 observation methods) under the
+# agent's local code system (no FHIR code system carries them)
+MANUAL_METHOD = {
+    "coding": [{"system": LOCAL_CODES, "code": "MMEAS", "display": "manual-measurement"}],
+    "text": "entered by a clinician",
+}
+MEAN_METHOD = {
+    "coding": [{"system": LOCAL_CODES, "code": "ACALC", "display": "auto-calculation"}],
+    "text": "mean of a measurement series",
+}
 # uuid5 namespace of the agent's stable resource identifiers (a fixed random value; never change it)
 _NAMESPACE = uuid.UUID("6f1d3c52-9a0b-4d57-8f0e-3b1c5e2a7d94")
 
@@ -546,11 +562,16 @@ def bundle_dict(
     elif patient is not None:
         raise FhirBuildError("the bound patient has an empty MRN")
 
-    device = _device_entry(reading, profile, location)
-    entries.append(device)
+    manual = reading.device_class is DeviceClass.MANUAL
+    if manual and subject is None:
+        raise FhirBuildError("a manual entry needs a patient: it has no device to be associated through")
+    device: _Entry | None = None  # a clinician's manual entry has no device
+    if not manual:
+        device = _device_entry(reading, profile, location)
+        entries.append(device)
 
     documents: list[_Entry] = []
-    if profile.attachments:
+    if profile.attachments and device is not None:
         for attachment in reading.attachments:
             documents.append(
                 _document_entry(attachment, key, reading, profile, subject, device, created_at, security)
@@ -560,6 +581,14 @@ def bundle_dict(
     notes: list[dict[str, str]] = []
     if late_associated or ReadingFlag.LATE_ASSOCIATED in reading.flags:
         notes.append({"text": "late-associated: held until a patient was set"})
+    series = reading.series
+    if series is not None:
+        times = ", ".join(fhir_datetime(t, tz) for t in series.averaged_at)
+        text = f"mean of {series.count} readings taken at {times}"
+        if series.discarded_first:
+            text += f"; the first of the series' {series.taken} readings was sent but not averaged"
+        notes.append({"text": text})
+    method = MANUAL_METHOD if manual else MEAN_METHOD if series is not None else None
     encounter_id = _text(who.encounter) if who is not None else None
     performers: list[dict[str, Any]] = []
     if performer is not None and _text(performer.id):
@@ -597,9 +626,12 @@ def bundle_dict(
         resource["issued"] = issued
         if performers:
             resource["performer"] = performers
+        if method is not None:
+            resource["method"] = method
         if notes:
             resource["note"] = notes
-        resource["device"] = {"reference": device.full_url}
+        if device is not None:
+            resource["device"] = {"reference": device.full_url}
         return ident, resource
 
     sendable = _sendable(reading)
