@@ -23,7 +23,7 @@ from vitals_agent import log_events as ev
 from vitals_agent.agent.clock import span
 from vitals_agent.config.schema import DeviceConfig
 from vitals_agent.drivers.base import DecodeContext, DecodeFailure, DeviceStateStore, Driver
-from vitals_agent.errors import OverlongError
+from vitals_agent.errors import OverlongError, TransportError
 from vitals_agent.models import DeviceEvent, DeviceIdentity, DeviceStatusEvent, Reading
 
 log = structlog.get_logger(__name__)
@@ -106,6 +106,7 @@ class DeviceRuntimeImpl:
         self.silent_after = config.silence_limit()
         self._heard_at = mono()  # the last sign of the device (or of the agent starting to look for it)
         self._silence_logged = False
+        self.transport: object | None = None  # the link of the moment (set by the supervisor)
 
     # --- DeviceRuntime protocol -------------------------------------------------------------------
     @property
@@ -155,6 +156,15 @@ class DeviceRuntimeImpl:
         """Wait (at most ``timeout`` seconds) for events already handed to the pipeline."""
         if self._inflight:
             await asyncio.wait(set(self._inflight), timeout=timeout)
+
+    async def start_measurement(self) -> None:
+        """Write the driver's start command to the open link. Raises :class:`TransportError` (one line)
+        when the driver cannot start a measurement or the link is not open."""
+        command = self._driver.start_command
+        write = getattr(self.transport, "write", None)
+        if command is None or write is None:
+            raise TransportError(f"{self.config.driver} cannot be told to start a measurement")
+        await write(command)
 
     def decode_failed(self, failure: DecodeFailure) -> None:
         self.heard(0)

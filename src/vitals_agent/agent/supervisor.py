@@ -79,7 +79,9 @@ class DeviceSupervisor:
             started = time.monotonic()
             error: str | None = None
             try:
-                await cls(rt).run()
+                transport = cls(rt)
+                rt.transport = transport  # what the agent writes device commands through
+                await transport.run()
                 error = "link ended"
             except asyncio.CancelledError:
                 rt.set_connected(False, "stopped")

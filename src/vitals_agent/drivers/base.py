@@ -436,6 +436,9 @@ class Driver(abc.ABC, Generic[OptionsT]):
     characteristics: ClassVar[tuple[str, ...]] = ()  # BLE: UUIDs `decode --characteristic` accepts
     decoder_class: ClassVar[type[StreamDecoder] | None] = None  # built with the context alone, if so
     simulator_class: ClassVar[type[Simulator] | None] = None  # a realistic simulated device, if any
+    # Bytes that start a measurement (written to the open link), or None: the agent cannot start one
+    # (automated office BP then awaits the readings the device sends)
+    start_command: ClassVar[bytes | None] = None
 
     def __init_subclass__(
         cls, *, name: str | None = None, device_class: DeviceClass | None = None, **kwargs: Any

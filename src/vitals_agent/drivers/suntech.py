@@ -377,3 +377,4 @@ class SunTechDriver(
 
     decoder_class = SunTechDecoder
     simulator_class = SunTechSimulator
+    start_command = START_MEASUREMENT  # automated office BP: the agent starts the series' measurements

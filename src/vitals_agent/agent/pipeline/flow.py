@@ -28,12 +28,13 @@ from vitals_agent.agent.clock import Clock
 from vitals_agent.agent.patient.context import PatientContextManager, PatientDetails
 from vitals_agent.agent.pipeline.normalize import normalise, withheld
 from vitals_agent.agent.pipeline.reporting import Arrival, ReportingPolicy, make_policy
+from vitals_agent.agent.pipeline.series import BpSeries
 from vitals_agent.agent.runtime import DeviceRuntimeImpl
 from vitals_agent.agent.storage.audit import READING_ACCEPTED, AuditError, AuditLog, reading_fields
 from vitals_agent.agent.storage.commit import GroupCommit
 from vitals_agent.agent.storage.outbox import Outbox
 from vitals_agent.config.schema import Config, DeviceConfig
-from vitals_agent.errors import OutboxError, RefusedError, VitalsAgentError
+from vitals_agent.errors import OutboxError, RefusedError, TransportError, VitalsAgentError
 from vitals_agent.hl7.oru import (
     MessageBuildError,
     MessageProfile,
@@ -119,16 +120,26 @@ class Pipeline:
         # what gave way for the receiver ([ehr] charset, max_message_bytes): characters escaped or replaced
         # with the marker, attachments left out; nothing is dropped without being counted here
         self.encoding: dict[str, int] = {"escaped": 0, "replaced": 0, "attachments_dropped": 0}
+        # automated office BP (a device's bp_protocol): the series in progress, per device
+        self.series: dict[str, BpSeries] = {}
+        current = patients.current_details(now())
+        self._series_mrn: str | None = current.mrn if current is not None else None
+        patients.listeners.append(self._patient_changed)
 
     def add_device(self, runtime: DeviceRuntimeImpl) -> None:
         dev = runtime.config
         self._runtimes[dev.id] = runtime
         self._policies[dev.id] = make_policy(dev.report_policy(), dev.report_seconds)
+        self.series.pop(dev.id, None)
+        if dev.bp_protocol is not None:
+            can_start = runtime.driver.start_command is not None
+            self.series[dev.id] = BpSeries(dev.bp_protocol, can_start=can_start)
 
     def remove_device(self, device_id: str) -> None:
         """A device stopped by a configuration change (its held readings stay held)."""
         self._runtimes.pop(device_id, None)
         self._policies.pop(device_id, None)
+        self.series.pop(device_id, None)
 
     def _skew(self, dev: DeviceConfig) -> timedelta:
         seconds = dev.max_clock_skew_seconds or self.config.agent.max_clock_skew_seconds
@@ -166,6 +177,7 @@ class Pipeline:
         arrival = Arrival(reading, self.clock.mono_at(event.received_at))
         for due in self._policies[dev.id].offer(arrival):
             await self.accept(runtime, due.reading, arrived=due.at)
+            await self._series_offer(runtime, due.reading, due.at)
 
     async def tick(self) -> None:
         """Called about once a second: lets time-based policies (``interval``) release readings, expires
@@ -178,7 +190,90 @@ class Pipeline:
         for device_id, policy in self._policies.items():
             for due in policy.tick(mono):
                 await self.accept(self._runtimes[device_id], due.reading, arrived=due.at)
+                await self._series_offer(self._runtimes[device_id], due.reading, due.at)
+        await self._series_tick(mono)
         self.patients.tick(now)  # patient context expiry, hold timeout
+
+    # --- automated office blood pressure (agent/pipeline/series.py) -------------------------------------
+    async def _series_offer(self, runtime: DeviceRuntimeImpl, reading: Reading, arrived: float) -> None:
+        """After a reading of a ``bp_protocol`` device was accepted: its series' next step, and the mean
+        (accepted like a reading) when the series is complete."""
+        series = self.series.get(runtime.config.id)
+        if series is None:
+            return
+        context = self.patients.context(self.now())
+        if context is not None and context.set_mono > arrived:
+            return  # taken before this patient was set (dropped): part of no series
+        device_id = runtime.config.id
+        protocol = series.protocol
+        outcome = series.offer(reading, arrived)
+        if outcome.abandoned:
+            self._series_ended(runtime, outcome.abandoned, "the next reading did not come in time")
+        if outcome.started:
+            runtime.count("bp_series_started")
+            log.info(
+                "blood-pressure series started",
+                device=device_id,
+                readings=protocol.readings,
+                interval_seconds=protocol.interval_seconds,
+                agent_starts_measurements=series.can_start,
+            )
+        if outcome.mean is not None:
+            runtime.count("bp_series_completed")
+            log.info(
+                "blood-pressure series complete: sending the mean",
+                device=device_id,
+                taken=protocol.readings,
+                averaged=protocol.averaged,
+            )
+            await self.accept(runtime, outcome.mean, arrived=arrived)
+        elif outcome.joined and not outcome.started:
+            log.info(
+                "blood-pressure series reading", device=device_id, taken=series.taken, of=protocol.readings
+            )
+
+    async def _series_tick(self, mono: float) -> None:
+        for device_id, series in list(self.series.items()):
+            runtime = self._runtimes.get(device_id)
+            if runtime is None:
+                continue
+            taken = series.taken
+            due = series.due(mono)
+            if due == "abandon":
+                self._series_ended(runtime, taken, "the next reading did not come in time")
+            elif due == "start":
+                try:
+                    await runtime.start_measurement()
+                except TransportError as exc:  # the deadline ends the series if the device stays away
+                    log.warning(
+                        "blood-pressure series: the next measurement could not be started",
+                        device=device_id,
+                        error=str(exc),
+                    )
+                else:
+                    log.debug("blood-pressure series: measurement started", device=device_id, taken=taken)
+
+    def _series_ended(self, runtime: DeviceRuntimeImpl, taken: int, why: str) -> None:
+        runtime.count("bp_series_abandoned")
+        series = self.series.get(runtime.config.id)
+        log.warning(
+            f"blood-pressure series ended without a mean: {why} (its readings were sent)",
+            device=runtime.config.id,
+            taken=taken,
+            of=series.protocol.readings if series is not None else None,
+        )
+
+    def _patient_changed(self, what: str, patient: PatientDetails | None) -> None:
+        """PatientContextManager listener: a series belongs to one patient; another one (or none) stops it."""
+        mrn = patient.mrn if patient is not None else None
+        if what == "set" and mrn is not None and mrn == self._series_mrn:
+            return  # the same patient's wristband again
+        self._series_mrn = mrn
+        for device_id, series in self.series.items():
+            taken = series.stop()
+            runtime = self._runtimes.get(device_id)
+            if taken and runtime is not None:
+                self._series_ended(runtime, taken, f"the patient context was {what}")
 
     async def on_scan(self, scan: PatientScan) -> None:
         await self.patients.on_scan(scan)
