@@ -18,7 +18,7 @@ BADGE = r"STAFF:(?P<id>\d{3,8})(?:;(?P<family>[A-Z]+),(?P<given>[A-Z]+))?"
 
 def decoder(badge: str | None = BADGE) -> object:
     options = BarcodeOptions(port="/dev/null", clinician_pattern=badge)
-    return BarcodeDriver(options).stream_decoder(fixed_ctx("scan-1", options=options))
+    return BarcodeDriver(options).stream_decoder(fixed_ctx("scan-1"))
 
 
 def test_a_badge_is_a_clinician_scan_and_a_wristband_a_patient_scan() -> None:

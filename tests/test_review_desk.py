@@ -53,7 +53,7 @@ async def test_confirm_mode_sends_nothing_until_a_clinician_confirms(
     assert queued(service) == []
     [item] = service.review.list()
     assert (item["state"], item["status"], item["waiting"]) == ("pending", None, True)
-    assert item["patient"] == {"mrn": "\u2022" * 11 + "42", "name": "Q. Z."}  # masked
+    assert item["patient"] == {"mrn": "\u2022" * 3 + MRN[-3:], "name": "Q. Z."}  # masked
 
     with pytest.raises(NoClinicianError, match="clinician set"):
         await service.review.confirm([held.item_id], "cli")

@@ -58,7 +58,7 @@ def audit(tmp_path: Path, name: str) -> list[dict[str, Any]]:
 
 
 async def started(agent: AgentProcess, tmp_path: Path) -> None:
-    await agent.wait_log(lambda: bool(agent.events("device connected")), what="oximeter connected")
+    await agent.wait_log(lambda: bool(agent.events("device.connected")), what="oximeter connected")
     await agent.wait_log(lambda: (tmp_path / "data" / "control.json").exists(), what="control API")
 
 

@@ -139,6 +139,9 @@ READING_REFUSED_NOT_BUILT = (
 READING_ATTACHMENT_DROPPED = "reading.attachment_dropped"  # WARNING: attachment not sent: the message would be over [ehr] max_message_bytes (an NTE says so)
 READING_CHARS_REPLACED = "reading.chars_replaced"  # WARNING (first time), then INFO: characters the receiver's charset cannot carry were replaced with the marker (``replaced``, ``marker``)
 READING_CHARS_ESCAPED = "reading.chars_escaped"  # INFO (first time), then DEBUG: characters the receiver's charset cannot carry were sent as HL7 hex escapes (``escaped``)
+READING_REFUSED_NOT_LISTED = (
+    "reading.refused_not_listed"  # ERROR: Reading refused: the review list could not be written
+)
 
 # --- audit: the audit trail
 AUDIT_NOT_WRITTEN = "audit.not_written"  # ERROR: audit record not written
@@ -253,7 +256,62 @@ PATIENT_ACTIVITY_NOT_SAVED = (
     "patient.activity_not_saved"  # WARNING: patient context activity not saved; retrying
 )
 PATIENT_SCAN_NOT_USABLE = "patient.scan_not_usable"  # WARNING: wristband scan not usable
+PATIENT_LISTENER_FAILED = "patient.listener_failed"  # EXCEPTION: A patient-change listener (clinician, review, series) failed; the change stands
 PATIENT_SCANNED = "patient.scanned"  # INFO: wristband scanned
+
+# --- clinician: who takes the vitals (issue #16)
+CLINICIAN_SIGNED_IN = "clinician.signed_in"  # INFO: Clinician signed in (``channel``)
+CLINICIAN_SIGNED_OUT = "clinician.signed_out"  # INFO: Clinician signed out (``channel``, ``reason``)
+CLINICIAN_TIMED_OUT = (
+    "clinician.timed_out"  # INFO: Clinician signed out after clinician_timeout_minutes without activity
+)
+CLINICIAN_CONTEXT_FILE_MOVED_ASIDE = "clinician.context_file_moved_aside"  # WARNING: Clinician context file unreadable; moved aside, nobody signed in
+CLINICIAN_ACTIVITY_NOT_SAVED = (
+    "clinician.activity_not_saved"  # WARNING: Clinician context activity not saved; retrying
+)
+CLINICIAN_BADGE_NOT_USABLE = (
+    "clinician.badge_not_usable"  # WARNING: Staff badge scan not usable (audited as badge_rejected)
+)
+CLINICIAN_CONTEXT_FILE_UNREADABLE = (
+    "clinician.context_file_unreadable"  # ERROR: Clinician context file unreadable and not moved aside
+)
+CLINICIAN_BADGE_IGNORED = (
+    "clinician.badge_ignored"  # WARNING: Staff badge scanned but clinician review is not wired; ignored
+)
+
+# --- review: the clinician review list (issue #16)
+REVIEW_WAITING = "review.waiting"  # INFO: Reading waiting for a clinician's review ([review] mode confirm)
+REVIEW_RESUMED = (
+    "review.resumed"  # INFO: Review messages interrupted by a restart were queued (same MSH-10 and bytes)
+)
+REVIEW_CORRECTED = "review.corrected"  # INFO: Reading corrected: re-sent with C
+REVIEW_WRONG_PATIENT = (
+    "review.wrong_patient"  # INFO: Reading posted as wrong patient (W); waits for the right one
+)
+REVIEW_MANUAL_SENT = "review.manual_sent"  # INFO: Manual entry sent on its own
+REVIEW_MANUAL_ATTACHED = "review.manual_attached"  # INFO: Manual entry joins a reading waiting for review
+REVIEW_NOT_LISTED = (
+    "review.not_listed"  # ERROR: Sent reading not listed for review (it cannot be confirmed or corrected)
+)
+REVIEW_CONFIRMED = "review.confirmed"  # INFO: Reading confirmed: sent with F
+REVIEW_REJECTED = "review.rejected"  # INFO: Reading rejected: not sent
+REVIEW_REJECTED_SENT = "review.rejected_sent"  # INFO: Reading rejected after it was sent: posted as wrong (W)
+REVIEW_REFILED = "review.refiled"  # INFO: Retracted reading filed to the patient now set
+REVIEW_ITEM_UNREADABLE = "review.item_unreadable"  # WARNING: Review item unreadable; left in the store
+REVIEW_FORGOTTEN = "review.forgotten"  # INFO: Settled review items older than keep_days forgotten
+REVIEW_QUEUED = "review.queued"  # INFO: Reviewed message (F, C, W, refile) queued
+
+# --- aobp: automated office blood pressure series (issue #16, a device's bp_protocol)
+AOBP_STARTED = (
+    "aobp.started"  # INFO: Automated office BP series started (``readings``, ``agent_starts_measurements``)
+)
+AOBP_COMPLETED = "aobp.completed"  # INFO: Automated office BP series complete: sending the mean
+AOBP_READING = "aobp.reading"  # INFO: A reading joined the automated office BP series (``taken``, ``of``)
+AOBP_MEASUREMENT_STARTED = "aobp.measurement_started"  # DEBUG: The agent started the series' next measurement
+AOBP_START_FAILED = (
+    "aobp.start_failed"  # WARNING: The series' next measurement could not be started (link down)
+)
+AOBP_ABANDONED = "aobp.abandoned"  # WARNING: Automated office BP series ended without a mean (``why``: patient change, late reading, cuff errors); its readings were sent
 
 # --- lookup: patient lookup (PDQ)
 LOOKUP_PENDING_UNREADABLE = (

@@ -190,10 +190,7 @@ def review_html(
     if editing:
         entry = _manual_html(form_token, focus_first=bool(clinician.get("set")))
     else:
-        entry = (
-            '<p><a class="btn secondary" href="/?enter=1" accesskey="m">'
-            "Enter values by hand (M)</a></p>"
-        )
+        entry = '<p><a class="btn secondary" href="/?enter=1" accesskey="m">Enter values by hand (M)</a></p>'
     return (
         '<h2 id="review-title">Review</h2>'
         f'<div id="review" class="card review{" editing" if editing else ""}">{head}'

@@ -24,6 +24,7 @@ from typing import Any, TypedDict
 import structlog
 from pydantic import ValidationError
 
+from vitals_agent import log_events as ev
 from vitals_agent.agent.clock import Clock
 from vitals_agent.agent.storage.audit import CHANNEL_BARCODE, CHANNEL_EXPIRY, AuditLog, write_private
 from vitals_agent.agent.storage.files import explain, move_aside
@@ -149,10 +150,8 @@ class ClinicianContextManager:
             try:
                 moved = move_aside(self._file)
             except OSError as exc:
-                log.error("clinician context file unreadable and not moved aside", error=explain(exc))
-            log.warning(
-                "clinician context file unreadable; moved aside, nobody signed in", path=str(self._file)
-            )
+                log.error(ev.CLINICIAN_CONTEXT_FILE_UNREADABLE, error=explain(exc))
+            log.warning(ev.CLINICIAN_CONTEXT_FILE_MOVED_ASIDE, path=str(self._file))
             self.audit.record(
                 "clinician_discarded",
                 reason="unreadable state file",
@@ -176,7 +175,7 @@ class ClinicianContextManager:
         try:
             self._save()
         except OSError as exc:
-            log.warning("clinician context activity not saved; retrying", error=explain(exc))
+            log.warning(ev.CLINICIAN_ACTIVITY_NOT_SAVED, error=explain(exc))
 
     # --- context -------------------------------------------------------------------------------------
     def set(
@@ -206,7 +205,7 @@ class ClinicianContextManager:
         )
         self._context = context
         self._save()
-        log.info("clinician signed in", channel=channel, replaced=previous is not None)
+        log.info(ev.CLINICIAN_SIGNED_IN, channel=channel, replaced=previous is not None)
         return context
 
     def clear(
@@ -230,7 +229,7 @@ class ClinicianContextManager:
             reason=reason,
             **(caller or {}),
         )
-        log.info("clinician signed out", channel=channel, was_set=previous is not None)
+        log.info(ev.CLINICIAN_SIGNED_OUT, channel=channel, was_set=previous is not None)
         return previous is not None
 
     def context(self, now: datetime | None = None) -> ClinicianContext | None:
@@ -247,7 +246,7 @@ class ClinicianContextManager:
                 clinician_id=ctx.clinician.id,
                 last_activity=ctx.last_activity,
             )
-            log.info("clinician signed out: no activity", minutes=self.config.clinician_timeout_minutes)
+            log.info(ev.CLINICIAN_TIMED_OUT, minutes=self.config.clinician_timeout_minutes)
             return None
         return ctx
 
@@ -280,7 +279,7 @@ class ClinicianContextManager:
         try:
             clinician = parse_clinician(scan.clinician_id, family=family, given=given)
         except ClinicianError as exc:
-            log.warning("badge scan not usable", device=scan.device_id, error=str(exc))
+            log.warning(ev.CLINICIAN_BADGE_NOT_USABLE, device=scan.device_id, error=str(exc))
             self.audit.record("badge_rejected", device_id=scan.device_id, reason=str(exc), raw=scan.raw)
             return
         self.set(clinician, CHANNEL_BARCODE, source=scan.device_id)

@@ -39,6 +39,7 @@ from typing import Any, Literal, Protocol, TypedDict, TypeVar
 import structlog
 from pydantic import ValidationError
 
+from vitals_agent import log_events as ev
 from vitals_agent.agent.clock import Clock
 from vitals_agent.agent.patient.clinician import ClinicianContextManager
 from vitals_agent.agent.patient.context import (
@@ -416,7 +417,7 @@ class ReviewStore:
             try:
                 out.append(self._item(row))
             except (ValueError, KeyError, TypeError, ValidationError):
-                log.warning("review item unreadable; left in the store", item_id=row[0])
+                log.warning(ev.REVIEW_ITEM_UNREADABLE, item_id=row[0])
         return out
 
     def waiting_summary(self) -> tuple[int, int, datetime | None]:
@@ -665,7 +666,7 @@ class ReviewDesk:
         try:
             self.audit.record(event, **fields)
         except AuditError as exc:
-            log.error("audit record not written", audit_event=event, error=str(exc))
+            log.error(ev.AUDIT_NOT_WRITTEN, audit_event=event, error=str(exc))
 
     # --- the pipeline's side -------------------------------------------------------------------------
     def holds(self) -> bool:
@@ -706,7 +707,7 @@ class ReviewDesk:
             patient_mrn=patient.mrn if patient else None,
             collector=collector.id if collector else None,
         )
-        log.info("reading waiting for a clinician's review", device=device_id, item_id=item_id)
+        log.info(ev.REVIEW_WAITING, device=device_id, item_id=item_id)
         return item_id
 
     async def sent(
@@ -736,7 +737,7 @@ class ReviewDesk:
                 now=self._now(),
             )
         except StoreError as exc:
-            log.error("sent reading not listed for review", device=device_id, error=str(exc))
+            log.error(ev.REVIEW_NOT_LISTED, device=device_id, error=str(exc))
             return None
         return item_id
 
@@ -824,7 +825,7 @@ class ReviewDesk:
         async with self._guard():
             count = await self._run_due()
         if count:
-            log.info("review messages interrupted by a restart were queued", count=count)
+            log.info(ev.REVIEW_RESUMED, count=count)
         await self.run_refiles()
 
     # --- decisions -----------------------------------------------------------------------------------
@@ -880,7 +881,7 @@ class ReviewDesk:
                     **(caller or {}),
                 )
                 await self._execute(Action(action_id, item.id, "final", control_id, now, "due", payload))
-                log.info("reading confirmed", item_id=item.id, control_id=control_id, channel=channel)
+                log.info(ev.REVIEW_CONFIRMED, item_id=item.id, control_id=control_id, channel=channel)
                 done.append(self._item(item.id))
             self.clinicians.touch()
             return done
@@ -915,7 +916,7 @@ class ReviewDesk:
                     self.store.update, item.id, {"state": REJECTED, "reason": reason, "manual": "[]"}, now
                 )
                 self._audit("review_rejected", sent=False, **common)
-                log.info("reading rejected: not sent", item_id=item.id, channel=channel)
+                log.info(ev.REVIEW_REJECTED, item_id=item.id, channel=channel)
                 for part in item.manual:  # the clinician's own entries still go
                     await self._send_manual_alone(part, item.patient, now)
             else:
@@ -933,7 +934,7 @@ class ReviewDesk:
                 )
                 self._audit("review_rejected", sent=True, control_id=control_id, **common)
                 await self._execute(Action(action_id, item.id, "retract", control_id, now, "due", payload))
-                log.info("reading rejected: posted as wrong", item_id=item.id, control_id=control_id)
+                log.info(ev.REVIEW_REJECTED_SENT, item_id=item.id, control_id=control_id)
             self.clinicians.touch()
             return self._item(item.id)
 
@@ -989,7 +990,7 @@ class ReviewDesk:
                 )
                 self._audit("review_corrected", sent=True, control_id=control_id, **common)
                 await self._execute(Action(action_id, item.id, "correct", control_id, now, "due", payload))
-            log.info("reading corrected", item_id=item.id, metrics=sorted(changed), channel=channel)
+            log.info(ev.REVIEW_CORRECTED, item_id=item.id, metrics=sorted(changed), channel=channel)
             self.clinicians.touch()
             return self._item(item.id)
 
@@ -1043,7 +1044,7 @@ class ReviewDesk:
                 )
                 self._audit("review_wrong_patient", sent=True, control_id=control_id, **common)
                 await self._execute(Action(action_id, item.id, "wrong", control_id, now, "due", payload))
-            log.info("reading posted as wrong patient; waits for the right one", item_id=item.id)
+            log.info(ev.REVIEW_WRONG_PATIENT, item_id=item.id)
             if clinician is not None:
                 self.clinicians.touch()
             result = self._item(item.id)
@@ -1118,7 +1119,7 @@ class ReviewDesk:
                     wrong_mrn=wrong,
                 )
                 await self._execute(replace(action, payload=payload, created_at=now, state="due"))
-                log.info("retracted reading filed to the patient now set", item_id=item.id)
+                log.info(ev.REVIEW_REFILED, item_id=item.id)
                 done += 1
         return done
 
@@ -1169,13 +1170,11 @@ class ReviewDesk:
                     changes["reading"] = reading_to_json(sited)
                 await asyncio.to_thread(self.store.update, target.id, changes, now)
                 self._audit("manual_entered", attached_to=target.id, **common)
-                log.info(
-                    "manual entry joins a reading waiting for review", item_id=target.id, channel=channel
-                )
+                log.info(ev.REVIEW_MANUAL_ATTACHED, item_id=target.id, channel=channel)
                 self.clinicians.touch()
                 return ManualOutcome(target.id, True, None)
             item_id, control_id = await self._send_manual_alone(part, patient, now, audit=common)
-            log.info("manual entry sent", item_id=item_id, control_id=control_id, channel=channel)
+            log.info(ev.REVIEW_MANUAL_SENT, item_id=item_id, control_id=control_id, channel=channel)
             self.clinicians.touch()
             return ManualOutcome(item_id, False, control_id)
 
@@ -1254,7 +1253,7 @@ class ReviewDesk:
             with contextlib.suppress(StoreError):
                 purged = await asyncio.to_thread(self.store.purge, cutoff)
                 if purged:
-                    log.info("settled review items forgotten", count=purged, keep_days=self.config.keep_days)
+                    log.info(ev.REVIEW_FORGOTTEN, count=purged, keep_days=self.config.keep_days)
 
     def list(self, *, reveal: bool = False, limit: int = 200) -> list[ItemView]:
         return [item_view(i, reveal=reveal) for i in self.store.items(limit=limit)]

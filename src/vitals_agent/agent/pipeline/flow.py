@@ -154,9 +154,7 @@ class Pipeline:
             if self.clinician_scans is not None:
                 self.clinician_scans(event)
             else:
-                log.warning(
-                    "badge scanned but clinician review is not wired; ignored", device=event.device_id
-                )
+                log.warning(ev.CLINICIAN_BADGE_IGNORED, device=event.device_id)
             return
         if not isinstance(event, Reading):
             return
@@ -212,7 +210,7 @@ class Pipeline:
         if outcome.started:
             runtime.count("bp_series_started")
             log.info(
-                "blood-pressure series started",
+                ev.AOBP_STARTED,
                 device=device_id,
                 readings=protocol.readings,
                 interval_seconds=protocol.interval_seconds,
@@ -221,16 +219,14 @@ class Pipeline:
         if outcome.mean is not None:
             runtime.count("bp_series_completed")
             log.info(
-                "blood-pressure series complete: sending the mean",
+                ev.AOBP_COMPLETED,
                 device=device_id,
                 taken=protocol.readings,
                 averaged=protocol.averaged,
             )
             await self.accept(runtime, outcome.mean, arrived=arrived)
         elif outcome.joined and not outcome.started:
-            log.info(
-                "blood-pressure series reading", device=device_id, taken=series.taken, of=protocol.readings
-            )
+            log.info(ev.AOBP_READING, device=device_id, taken=series.taken, of=protocol.readings)
 
     async def _series_tick(self, mono: float) -> None:
         for device_id, series in list(self.series.items()):
@@ -246,18 +242,19 @@ class Pipeline:
                     await runtime.start_measurement()
                 except TransportError as exc:  # the deadline ends the series if the device stays away
                     log.warning(
-                        "blood-pressure series: the next measurement could not be started",
+                        ev.AOBP_START_FAILED,
                         device=device_id,
                         error=str(exc),
                     )
                 else:
-                    log.debug("blood-pressure series: measurement started", device=device_id, taken=taken)
+                    log.debug(ev.AOBP_MEASUREMENT_STARTED, device=device_id, taken=taken)
 
     def _series_ended(self, runtime: DeviceRuntimeImpl, taken: int, why: str) -> None:
         runtime.count("bp_series_abandoned")
         series = self.series.get(runtime.config.id)
         log.warning(
-            f"blood-pressure series ended without a mean: {why} (its readings were sent)",
+            ev.AOBP_ABANDONED,
+            why=why,
             device=runtime.config.id,
             taken=taken,
             of=series.protocol.readings if series is not None else None,
@@ -526,7 +523,7 @@ class Pipeline:
             item_id = await self.review.hold(device_id, reading, details, late=late, control_id=control_id)
         except VitalsAgentError as exc:  # the review list cannot be written: like an outbox failure
             self.refused += 1
-            log.error("reading refused: could not be listed for review", device=device_id, error=str(exc))
+            log.error(ev.READING_REFUSED_NOT_LISTED, device=device_id, error=str(exc))
             raise OutboxError(f"review list unavailable: {exc}") from exc
         runtime.record_sent(reading)
         try:
@@ -539,7 +536,7 @@ class Pipeline:
                 late_associated=late,
             )
         except AuditError as exc:
-            log.error("audit record not written", control_id=control_id, error=str(exc))
+            log.error(ev.AUDIT_NOT_WRITTEN, control_id=control_id, error=str(exc))
         return Reviewed(device_id, reading, control_id, item_id)
 
     # --- the review's messages (agent/patient/review.py) ----------------------------------------------
@@ -581,9 +578,7 @@ class Pipeline:
             state=dict(state) if state else None,
         )
         self.wake_sender()
-        log.info(
-            "reviewed message queued", device=device_id, control_id=control_id, review=meta.get("review")
-        )
+        log.info(ev.REVIEW_QUEUED, device=device_id, control_id=control_id, review=meta.get("review"))
 
     def _build(
         self,
