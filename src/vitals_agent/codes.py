@@ -24,6 +24,13 @@ class UnitInfo:
     aliases: tuple[str, ...]
 
 
+def _sends_mdc(mdc: int | None, local: bool, verified: str) -> bool:
+    """Whether an observation's OBX-3 carries its MDC code. Codes whose sources conflict (mark C) and
+    unknown codes go as local codes. "P/C" rows (perfusion index, pulse amplitude index) follow codes.md's
+    interim decision and are sent with their MDC code."""
+    return mdc is not None and not local and verified.split(".")[0] != "C"
+
+
 @dataclass(frozen=True, slots=True)
 class MetricInfo:
     key: str
@@ -46,10 +53,8 @@ class MetricInfo:
 
     @property
     def send_mdc(self) -> bool:
-        """Whether OBX-3 carries the MDC code. Codes whose sources conflict (mark C) and unknown codes go
-        as local codes. "P/C" rows (perfusion index, pulse amplitude index) follow codes.md's interim
-        decision and are sent with their MDC code."""
-        return self.mdc is not None and not self.local and self.verified.split(".")[0] != "C"
+        """Whether OBX-3 carries the MDC code (see :func:`_sends_mdc`)."""
+        return _sends_mdc(self.mdc, self.local, self.verified)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +76,7 @@ class PanelInfo:
 
     @property
     def send_mdc(self) -> bool:
-        return self.mdc is not None and not self.local and self.verified.split(".")[0] != "C"
+        return _sends_mdc(self.mdc, self.local, self.verified)
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,12 @@ from vitals_agent.codes import tables
 _EUI64 = re.compile(r"^[0-9A-F]{16}$")
 
 
+def eui64_digits(value: str) -> str:
+    """An EUI-64 as written in HL7 (EI-3, MSH-3): ``0a:1b-...`` -> ``0A1B...`` (separators dropped,
+    upper case); whether 16 hex digits remain is the caller's check."""
+    return value.replace(":", "").replace("-", "").upper()
+
+
 def device_text_lines(value: str | None) -> str | None:
     """Like :func:`device_text` for multi-line text (an EKG statement): each line break of any kind (CR LF,
     CR, NEL, U+2028, U+2029, VT, FF) becomes one ``\n`` (the message builders escape it), each line is
@@ -131,7 +137,7 @@ class DeviceIdentity(BaseModel):
     def _eui64_form(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        value = value.replace(":", "").replace("-", "").upper()
+        value = eui64_digits(value)
         if not _EUI64.match(value):
             raise ValueError("EUI-64 must be 16 hexadecimal digits")
         return value
@@ -196,7 +202,7 @@ def _ei_namespace(model: str | None) -> str:
 
 def equipment_id(device: DeviceIdentity, gateway_eui64: str) -> EquipmentId:
     """``device``'s :class:`EquipmentId`; ``gateway_eui64`` is the agent's (16 hex digits)."""
-    gateway = gateway_eui64.replace(":", "").replace("-", "").upper()
+    gateway = eui64_digits(gateway_eui64)
     entity = device.serial_number or device.eui64 or device.id
     return EquipmentId(entity, _ei_namespace(device.model), device.eui64 or gateway)
 

@@ -12,6 +12,7 @@ from vitals_agent.agent.paths import data_dir, gateway_eui64
 from vitals_agent.agent.pipeline.interface_spec import build_spec, render_html, render_markdown
 from vitals_agent.commands._options import add_config_option, config_from
 from vitals_agent.errors import VitalsAgentError
+from vitals_agent.models import eui64_digits
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -34,7 +35,7 @@ async def cmd_interface_spec(args: argparse.Namespace) -> int:
     config = config_from(args)
     # the agent's gateway id when it has one; nothing is written into its data_dir from here
     gateway = args.gateway_eui64 or gateway_eui64(config, data_dir(config, create=False), persist=False)
-    gateway = gateway.replace(":", "").replace("-", "").upper()
+    gateway = eui64_digits(gateway)
     if not re.fullmatch(r"[0-9A-F]{16}", gateway):
         raise VitalsAgentError(f"--gateway-eui64 {args.gateway_eui64!r}: 16 hexadecimal digits, please")
     spec = build_spec(config, gateway)

@@ -16,7 +16,9 @@ import argparse
 import asyncio
 import contextlib
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import structlog
 
@@ -84,34 +86,32 @@ def _shown(data: bytes) -> dict[str, str]:
     return {"hex": data.hex()}
 
 
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError("must be > 0")
-    return value
+N = TypeVar("N", int, float)
 
 
-def _tcp_port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a TCP port: {text!r}") from None
-    if not 0 <= value < 65536:
-        raise argparse.ArgumentTypeError("a TCP port is 0..65535 (0: a free one)")
-    return value
+def _checked(
+    convert: Callable[[str], N], ok: Callable[[N], bool], unreadable: str, rule: str
+) -> Callable[[str], N]:
+    """An argparse ``type``: ``convert`` the text ("``unreadable``: 'text'" when it cannot), then ``rule``
+    unless the value is ``ok``."""
+
+    def parse(text: str) -> N:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{unreadable}: {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(rule)
+        return value
+
+    return parse
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 1 <= value <= 1000:
-        raise argparse.ArgumentTypeError("must be 1..1000")
-    return value
+_positive = _checked(float, lambda v: v > 0, "not a number", "must be > 0")
+_tcp_port = _checked(
+    int, lambda v: 0 <= v < 65536, "not a TCP port", "a TCP port is 0..65535 (0: a free one)"
+)
+_count = _checked(int, lambda v: 1 <= v <= 1000, "not a number", "must be 1..1000")
 
 
 def check_link(link: Path) -> None:

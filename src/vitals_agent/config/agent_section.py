@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from vitals_agent.config.central import PublicKey
-from vitals_agent.config.hl7_values import check_hl7_value, check_location
+from vitals_agent.config.hl7_values import Location, hl7_value
+from vitals_agent.models import eui64_digits
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -16,8 +18,12 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 class AgentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-    facility: str = Field(min_length=1)  # MSH-4 (HD: NAMESPACE or NAMESPACE^UNIVERSAL-ID^TYPE)
-    location: str = ""  # PV1-3 point of care, e.g. "CLINIC^ROOM12"
+    facility: Annotated[  # MSH-4 (HD: NAMESPACE or NAMESPACE^UNIVERSAL-ID^TYPE)
+        str,
+        Field(min_length=1),
+        hl7_value(allow="^", what="MSH-4 is NAMESPACE or NAMESPACE^UNIVERSAL-ID^TYPE"),
+    ]
+    location: Location = ""  # PV1-3 point of care, e.g. "CLINIC^ROOM12"
     # default: the platform data dir; relative: against the config file's folder
     data_dir: Path | None = Field(None, strict=False)
     timezone: str | None = None  # IANA zone of device clocks; default: the system zone
@@ -49,16 +55,6 @@ class AgentConfig(BaseModel):
             raise ValueError("config_source needs config_public_key: central configuration is always signed")
         return self
 
-    @field_validator("facility")
-    @classmethod
-    def _facility(cls, value: str) -> str:
-        return check_hl7_value(value, allow="^", what="MSH-4 is NAMESPACE or NAMESPACE^UNIVERSAL-ID^TYPE")
-
-    @field_validator("location")
-    @classmethod
-    def _location(cls, value: str) -> str:
-        return check_location(value)
-
     @field_validator("timezone")
     @classmethod
     def _zone_exists(cls, value: str | None) -> str | None:
@@ -84,7 +80,7 @@ class AgentConfig(BaseModel):
     def _eui(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        value = value.replace(":", "").replace("-", "").upper()
+        value = eui64_digits(value)
         if not re.fullmatch(r"[0-9A-F]{16}", value):
             raise ValueError("must be 16 hexadecimal digits")
         return value

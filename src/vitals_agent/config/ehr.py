@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from vitals_agent.config.hl7_values import check_hl7_value
+from vitals_agent.config.hl7_values import hl7_value
 
 ACK_CODES = ("AA", "AE", "AR", "CA", "CE", "CR")
 
 
 AckType = Literal["AL", "NE", "ER", "SU"]
+HdName = Annotated[str, hl7_value(allow="^", what="NAMESPACE or NAMESPACE^UNIVERSAL-ID^TYPE")]  # MSH-5, MSH-6
 
 
 class EhrConfig(BaseModel):
@@ -43,9 +44,10 @@ class EhrConfig(BaseModel):
         ("AE", "CE"), strict=False
     )  # negative ACK codes retried; others dead-letter at once
     backlog_warning: int = Field(100, ge=1)  # WARNING when the queue reaches this depth (and each doubling)
-    sending_application: str = "VITALS_AGENT"  # MSH-3 namespace; universal id = gateway EUI-64
-    receiving_application: str = ""  # MSH-5
-    receiving_facility: str = ""  # MSH-6
+    # MSH-3 namespace; universal id = gateway EUI-64
+    sending_application: Annotated[str, hl7_value(what="MSH-3 namespace: one name")] = "VITALS_AGENT"
+    receiving_application: HdName = ""  # MSH-5
+    receiving_facility: HdName = ""  # MSH-6
     processing_id: Literal["P", "T", "D"] = "P"  # MSH-11: production, training/test, debugging
     accept_ack_type: AckType = "AL"  # MSH-15
     application_ack_type: AckType = "NE"  # MSH-16
@@ -66,16 +68,6 @@ class EhrConfig(BaseModel):
     marker: str = Field("?", min_length=1, max_length=8)  # what replaces it with unrepresentable = "marker"
     max_message_bytes: int | None = Field(None, ge=1024)  # the receiver's limit, e.g. 99999
     oversize: Literal["drop-attachment", "dead-letter"] = "drop-attachment"  # a message over it
-
-    @field_validator("sending_application")
-    @classmethod
-    def _namespace(cls, value: str) -> str:
-        return check_hl7_value(value, what="MSH-3 namespace: one name")
-
-    @field_validator("receiving_application", "receiving_facility")
-    @classmethod
-    def _hd(cls, value: str) -> str:
-        return check_hl7_value(value, allow="^", what="NAMESPACE or NAMESPACE^UNIVERSAL-ID^TYPE")
 
     @field_validator("marker")
     @classmethod

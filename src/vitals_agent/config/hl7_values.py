@@ -8,6 +8,10 @@ value's HL7 data type has that structure (``allow``).
 
 from __future__ import annotations
 
+from typing import Annotated
+
+from pydantic import AfterValidator
+
 _NAMES = {
     "|": "'|' (the HL7 field separator)",
     "~": "'~' (the HL7 repetition separator)",
@@ -44,3 +48,11 @@ def check_location(value: str) -> str:
                 "facility (4th component) is written as NAMESPACE&UNIVERSAL-ID&TYPE"
             )
     return value
+
+
+def hl7_value(*, allow: str = "", what: str = "") -> AfterValidator:
+    """:func:`check_hl7_value` as a field's validator: ``Annotated[str, hl7_value(allow="^", what=...)]``."""
+    return AfterValidator(lambda value: check_hl7_value(value, allow=allow, what=what))
+
+
+Location = Annotated[str, AfterValidator(check_location)]  # PV1-3, checked by :func:`check_location`

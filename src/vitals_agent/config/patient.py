@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from vitals_agent.config.hl7_values import check_hl7_value
+from vitals_agent.config.hl7_values import hl7_value
 
 # A wristband that carries only the MRN (letters, digits, '-', '.', '_'; up to 32 characters): the
 # pattern and its check live with the scanner driver, which applies them.
@@ -17,7 +19,9 @@ class PatientConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     # CX-4 of temporary (unbound) and bound PID-3: namespace&universal id&type, e.g. "EXCLINIC&2.999.1&ISO"
-    assigning_authority: str = "VITALS_AGENT"
+    assigning_authority: Annotated[str, hl7_value(allow="^&", what="CX-4 is NAMESPACE&UNIVERSAL-ID&TYPE")] = (
+        "VITALS_AGENT"
+    )
     patient_timeout_minutes: float = Field(30.0, gt=0)
     require_patient: bool = False
     # require_patient: a held reading not associated within this time is dropped (with an audit record)
@@ -26,11 +30,6 @@ class PatientConfig(BaseModel):
     identifier_type: str = "MR"
     # keyboard-wedge scans (`vitals-agent patient scan`): the whole scan must match; MRN = group "mrn" or 1
     mrn_pattern: str = DEFAULT_MRN_PATTERN
-
-    @field_validator("assigning_authority")
-    @classmethod
-    def _authority(cls, value: str) -> str:
-        return check_hl7_value(value, allow="^&", what="CX-4 is NAMESPACE&UNIVERSAL-ID&TYPE")
 
     @field_validator("identifier_type")
     @classmethod

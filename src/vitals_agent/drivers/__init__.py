@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from collections.abc import Mapping
 from functools import cache
 
 DRIVER_MODULES: dict[str, str] = {
@@ -47,22 +48,22 @@ def _import(module: str) -> None:
     importlib.import_module(f"{__name__}.{module}")
 
 
-def load_driver(name: str) -> None:
-    """Import the module that registers driver ``name`` (every module when the table does not know it)."""
-    module = DRIVER_MODULES.get(name)
+def _load(table: Mapping[str, str], name: str) -> None:
+    module = table.get(name)
     if module is None:
         load_all()
     else:
         _import(module)
+
+
+def load_driver(name: str) -> None:
+    """Import the module that registers driver ``name`` (every module when the table does not know it)."""
+    _load(DRIVER_MODULES, name)
 
 
 def load_transport(name: str) -> None:
     """Import the module that registers transport ``name`` (every module when the table does not know it)."""
-    module = TRANSPORT_MODULES.get(name)
-    if module is None:
-        load_all()
-    else:
-        _import(module)
+    _load(TRANSPORT_MODULES, name)
 
 
 @cache

@@ -154,24 +154,18 @@ class Rfc2217Codec:
         self._out += bytes((IAC, command, option))
 
     def _negotiate(self, command: int, option: int) -> None:
-        if command == DO:  # the server asks us to use an option
+        if command in (DO, WILL):  # DO: the server asks us to use an option; WILL: it offers one
+            agree, refuse, asked = (
+                (WILL, WONT, self._asked_will) if command == DO else (DO, DONT, self._asked_do)
+            )
             if option in _WANTED:
-                if option not in self._asked_will:
-                    self._send(WILL, option)
-                    self._asked_will.add(option)
+                if option not in asked:
+                    self._send(agree, option)
+                    asked.add(option)
                 if option == COM_PORT:
                     self._com_port_accepted()
             else:
-                self._send(WONT, option)
-        elif command == WILL:  # the server offers an option
-            if option in _WANTED:
-                if option not in self._asked_do:
-                    self._send(DO, option)
-                    self._asked_do.add(option)
-                if option == COM_PORT:
-                    self._com_port_accepted()
-            else:
-                self._send(DONT, option)
+                self._send(refuse, option)
         elif option == COM_PORT and not self.accepted:  # WONT/DONT COM-PORT-OPTION before agreeing
             self.refused = True
 

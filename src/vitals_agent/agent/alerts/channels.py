@@ -20,12 +20,13 @@ import ssl
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from vitals_agent.config.alerts import SmtpChannel, SyslogChannel, WebhookChannel
 from vitals_agent.errors import VitalsAgentError
 
 SIGNATURE_HEADER = "X-Vitals-Signature"
+C = TypeVar("C", SmtpChannel, SyslogChannel)  # a blocking channel's configuration
 
 
 class ChannelError(VitalsAgentError):
@@ -80,14 +81,26 @@ def _client_tls(verify: bool, ca_file: Path | None) -> ssl.SSLContext:
     return ctx
 
 
-class SmtpSender:
-    name = "smtp"
+class _BlockingSender(Generic[C]):
+    """A channel whose client library blocks (smtplib, a plain socket): each send runs in a worker thread."""
 
-    def __init__(self, config: SmtpChannel) -> None:
-        self.config = config
+    name: str
+
+    def __init__(self, config: C) -> None:
+        self.config: C = config
 
     async def send(self, payload: dict[str, Any]) -> None:
         await asyncio.to_thread(self._send, payload)
+
+    def _send(self, payload: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        return None
+
+
+class SmtpSender(_BlockingSender[SmtpChannel]):
+    name = "smtp"
 
     def _send(self, payload: dict[str, Any]) -> None:
         cfg = self.config
@@ -120,9 +133,6 @@ class SmtpSender:
             raise ChannelError(f"SMTP server {where}: {type(exc).__name__}: {exc}") from None
         except (OSError, ssl.SSLError) as exc:
             raise ChannelError(f"cannot reach SMTP server {where}: {exc.strerror or exc}") from None
-
-    async def close(self) -> None:
-        return None
 
 
 def signature(key: bytes, body: bytes) -> str:
@@ -167,14 +177,8 @@ class WebhookSender:
 _FACILITIES = logging.handlers.SysLogHandler.facility_names
 
 
-class SyslogSender:
+class SyslogSender(_BlockingSender[SyslogChannel]):
     name = "syslog"
-
-    def __init__(self, config: SyslogChannel) -> None:
-        self.config = config
-
-    async def send(self, payload: dict[str, Any]) -> None:
-        await asyncio.to_thread(self._send, payload)
 
     def _send(self, payload: dict[str, Any]) -> None:
         cfg = self.config
@@ -205,9 +209,6 @@ class SyslogSender:
                     sock.sendall(f"{len(raw)} ".encode() + raw if cfg.protocol == "tcp" else raw)
         except OSError as exc:
             raise ChannelError(f"syslog {cfg.address}: {exc.strerror or exc}") from None
-
-    async def close(self) -> None:
-        return None
 
 
 def _sd_escape(value: str) -> str:

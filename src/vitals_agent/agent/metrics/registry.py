@@ -35,6 +35,16 @@ def config_hash(config: Config) -> str:
     return hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:16]
 
 
+def _gauge(name: str, help_text: str, label: str) -> GaugeMetricFamily:
+    """A state gauge read at scrape time, ``vitals_agent_<name>`` by one label."""
+    return GaugeMetricFamily(f"{PREFIX}_{name}", help_text, labels=[label])
+
+
+def _counter(name: str, help_text: str, label: str) -> CounterMetricFamily:
+    """A running total read at scrape time, ``vitals_agent_<name>`` by one label."""
+    return CounterMetricFamily(f"{PREFIX}_{name}", help_text, labels=[label])
+
+
 class _StateCollector(Collector):
     """What is read from the agent at scrape time."""
 
@@ -44,27 +54,19 @@ class _StateCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         src = self.source
         now = src.clock()
-        connected = GaugeMetricFamily(
-            f"{PREFIX}_device_connected", "1 when the device link is up", labels=["device"]
-        )
-        silent = GaugeMetricFamily(
-            f"{PREFIX}_device_silent",
+        connected = _gauge("device_connected", "1 when the device link is up", "device")
+        silent = _gauge(
+            "device_silent",
             "1 when the link is up but nothing came for the device's silent_after_seconds",
-            labels=["device"],
+            "device",
         )
-        age = GaugeMetricFamily(
-            f"{PREFIX}_device_last_reading_age_seconds",
+        age = _gauge(
+            "device_last_reading_age_seconds",
             "seconds since the device's last reading was queued (absent before the first)",
-            labels=["device"],
+            "device",
         )
-        seen = GaugeMetricFamily(
-            f"{PREFIX}_device_last_seen_age_seconds",
-            "seconds since the device was last heard",
-            labels=["device"],
-        )
-        decode = CounterMetricFamily(
-            f"{PREFIX}_decode_failures", "frames or records the device's decoder refused", labels=["device"]
-        )
+        seen = _gauge("device_last_seen_age_seconds", "seconds since the device was last heard", "device")
+        decode = _counter("decode_failures", "frames or records the device's decoder refused", "device")
         for dev_id, rt in src.runtimes().items():
             st = rt.status
             connected.add_metric([dev_id], 1.0 if st.connected else 0.0)
@@ -75,28 +77,18 @@ class _StateCollector(Collector):
             if st.last_seen is not None:
                 seen.add_metric([dev_id], max(0.0, now - st.last_seen.timestamp()))
         yield from (connected, silent, age, seen, decode)
-        depth = GaugeMetricFamily(f"{PREFIX}_outbox_depth", "messages waiting", labels=["destination"])
-        oldest = GaugeMetricFamily(
-            f"{PREFIX}_outbox_oldest_age_seconds",
-            "age of the oldest waiting message (0: none)",
-            labels=["destination"],
+        depth = _gauge("outbox_depth", "messages waiting", "destination")
+        oldest = _gauge(
+            "outbox_oldest_age_seconds", "age of the oldest waiting message (0: none)", "destination"
         )
-        dead = GaugeMetricFamily(f"{PREFIX}_dead_letters", "dead letters kept", labels=["destination"])
-        dead_total = CounterMetricFamily(
-            f"{PREFIX}_messages_dead",
-            "messages dead-lettered since the agent started",
-            labels=["destination"],
+        dead = _gauge("dead_letters", "dead letters kept", "destination")
+        dead_total = _counter(
+            "messages_dead", "messages dead-lettered since the agent started", "destination"
         )
-        delivered = CounterMetricFamily(
-            f"{PREFIX}_messages_delivered",
-            "messages delivered since the agent started",
-            labels=["destination"],
+        delivered = _counter(
+            "messages_delivered", "messages delivered since the agent started", "destination"
         )
-        link_up = GaugeMetricFamily(
-            f"{PREFIX}_destination_up",
-            "1 when the last attempt reached the destination",
-            labels=["destination"],
-        )
+        link_up = _gauge("destination_up", "1 when the last attempt reached the destination", "destination")
         for name, sender in src.senders().items():
             status = sender.status()
             if status["depth"] is not None:
@@ -112,7 +104,7 @@ class _StateCollector(Collector):
             delivered.add_metric([name], float(status["delivered"]))
             link_up.add_metric([name], 0.0 if status["consecutive_failures"] else 1.0)
         yield from (depth, oldest, dead, dead_total, delivered, link_up)
-        alerts = GaugeMetricFamily(f"{PREFIX}_alerts_active", "alerts that are on, by rule", labels=["alert"])
+        alerts = _gauge("alerts_active", "alerts that are on, by rule", "alert")
         counts: dict[str, int] = {}
         for item in src.alerts():
             counts[item["alert"]] = counts.get(item["alert"], 0) + 1

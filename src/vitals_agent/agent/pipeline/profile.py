@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 
 from vitals_agent.config.schema import Config
 from vitals_agent.hl7.oru import MessageProfile
+from vitals_agent.models import eui64_digits
 
 if TYPE_CHECKING:  # the FHIR builder loads only when [fhir] is enabled
     from vitals_agent.fhir.bundle import FhirProfile
@@ -25,7 +26,7 @@ def message_profile(config: Config, gateway_eui64: str) -> MessageProfile:
     return MessageProfile(
         facility=config.agent.facility,
         location=config.agent.location,
-        gateway_eui64=gateway_eui64.replace(":", "").replace("-", "").upper(),
+        gateway_eui64=eui64_digits(gateway_eui64),
         sending_application=ehr.sending_application,
         receiving_application=ehr.receiving_application,
         receiving_facility=ehr.receiving_facility,
@@ -54,7 +55,7 @@ def fhir_profile(config: Config, gateway_eui64: str) -> FhirProfile:
     tz: tzinfo = ZoneInfo(config.agent.timezone) if config.agent.timezone else UTC
     system = fhir.patient_system(config.patient.assigning_authority)
     return FhirProfile(
-        gateway_eui64=gateway_eui64.replace(":", "").replace("-", "").upper(),
+        gateway_eui64=eui64_digits(gateway_eui64),
         patient_system=system or "urn:vitals-agent:mrn",
         location=config.agent.location,
         tz=tz,

@@ -80,24 +80,27 @@ def _signed(raw: int, bits: int) -> int:
     return raw - (1 << bits) if raw & (1 << (bits - 1)) else raw
 
 
-def decode_sfloat(raw: int) -> Number | Special:
-    """Decode a 16-bit SFLOAT given as an unsigned integer."""
-    if not 0 <= raw <= 0xFFFF:
-        raise ValueError("SFLOAT raw value must fit 16 bits")
-    special = SFLOAT_SPECIALS.get(raw)
+def _decode(
+    raw: int, kind: str, specials: dict[int, Special], mantissa_bits: int, width: int
+) -> Number | Special:
+    """An IEEE 11073 number of ``width`` bits: signed exponent above a signed ``mantissa_bits`` mantissa."""
+    if not 0 <= raw < 1 << width:
+        raise ValueError(f"{kind} raw value must fit {width} bits")
+    special = specials.get(raw)
     if special is not None:
         return special
-    return Number(_signed(raw & 0x0FFF, 12), _signed(raw >> 12, 4))
+    mantissa = _signed(raw & ((1 << mantissa_bits) - 1), mantissa_bits)
+    return Number(mantissa, _signed(raw >> mantissa_bits, width - mantissa_bits))
+
+
+def decode_sfloat(raw: int) -> Number | Special:
+    """Decode a 16-bit SFLOAT given as an unsigned integer."""
+    return _decode(raw, "SFLOAT", SFLOAT_SPECIALS, 12, 16)
 
 
 def decode_float(raw: int) -> Number | Special:
     """Decode a 32-bit FLOAT given as an unsigned integer."""
-    if not 0 <= raw <= 0xFFFFFFFF:
-        raise ValueError("FLOAT raw value must fit 32 bits")
-    special = FLOAT_SPECIALS.get(raw)
-    if special is not None:
-        return special
-    return Number(_signed(raw & 0xFFFFFF, 24), _signed(raw >> 24, 8))
+    return _decode(raw, "FLOAT", FLOAT_SPECIALS, 24, 32)
 
 
 def sfloat_from_bytes(data: bytes, offset: int = 0) -> Number | Special:

@@ -7,7 +7,9 @@ import base64
 import binascii
 import struct
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from datetime import date, datetime, time
+from typing import TypeVar
 
 from vitals_agent.drivers.base import DecodeContext
 from vitals_agent.drivers.ecg import aecg, xli
@@ -185,20 +187,15 @@ def waveforms(root: ET.Element) -> aecg.Waveforms:
     return aecg.Waveforms(sample_interval=1 / float(rate), leads=leads)
 
 
-def _iso_date(value: str | None) -> date | None:
+T = TypeVar("T", date, time)
+
+
+def _iso(parse: Callable[[str], T], value: str | None) -> T | None:
+    """``value`` read by ``parse`` (``date.fromisoformat``...); None when absent or unreadable."""
     if not value:
         return None
     try:
-        return date.fromisoformat(value.strip())
-    except ValueError:
-        return None
-
-
-def _iso_time(value: str | None) -> time | None:
-    if not value:
-        return None
-    try:
-        return time.fromisoformat(value.strip())
+        return parse(value.strip())
     except ValueError:
         return None
 
@@ -207,7 +204,7 @@ def _patient(root: ET.Element, out: EcgDecoded) -> None:
     general = child(root, "patient", "generalpatientdata")
     if general is None:
         return
-    born = _iso_date(text(child(general, "age", "dateofbirth")))
+    born = _iso(date.fromisoformat, text(child(general, "age", "dateofbirth")))
     sex = SEX.get((text(child(general, "sex")) or "").lower())
     out.patient = patient_info(
         text(child(general, "patientid")),
@@ -226,7 +223,7 @@ def _acquisition(root: ET.Element, out: EcgDecoded) -> None:
         elem = child(root, name)
         if elem is None:
             continue
-        day, clock = _iso_date(elem.get("date")), _iso_time(elem.get("time"))
+        day, clock = _iso(date.fromisoformat, elem.get("date")), _iso(time.fromisoformat, elem.get("time"))
         if day is not None:
             out.acquired = datetime.combine(day, clock or time(0, 0))
             break
