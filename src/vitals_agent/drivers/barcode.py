@@ -46,13 +46,7 @@ DEFAULT_MRN_PATTERN = r"(?P<mrn>[A-Za-z0-9][A-Za-z0-9._-]{0,31})"
 def check_mrn_pattern(value: str) -> str:
     """A valid regex with a named group ``mrn`` or at least one group (group 1 is the MRN). Used by the
     scanner's options and by ``[patient] mrn_pattern`` (keyboard-wedge scans)."""
-    try:
-        compiled = re.compile(value)
-    except re.error as exc:
-        raise ValueError(f"not a valid regular expression: {exc}") from None
-    if "mrn" not in compiled.groupindex and compiled.groups < 1:
-        raise ValueError("needs a named group (?P<mrn>...) or a capturing group for the MRN")
-    return value
+    return _check_group_pattern(value, "mrn", "the MRN")
 
 
 def extract_mrn(pattern: re.Pattern[str] | str, scan: str) -> str:
@@ -74,12 +68,17 @@ def check_clinician_pattern(value: str | None) -> str | None:
     """A valid regex with a named group ``id`` or at least one group (group 1 is the badge id)."""
     if value is None:
         return None
+    return _check_group_pattern(value, "id", "the badge id")
+
+
+def _check_group_pattern(value: str, group: str, what: str) -> str:
+    """``value`` unchanged if it compiles and has the named ``group`` or at least one group (group 1)."""
     try:
         compiled = re.compile(value)
     except re.error as exc:
         raise ValueError(f"not a valid regular expression: {exc}") from None
-    if "id" not in compiled.groupindex and compiled.groups < 1:
-        raise ValueError("needs a named group (?P<id>...) or a capturing group for the badge id")
+    if group not in compiled.groupindex and compiled.groups < 1:
+        raise ValueError(f"needs a named group (?P<{group}>...) or a capturing group for {what}")
     return value
 
 
