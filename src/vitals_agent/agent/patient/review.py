@@ -39,6 +39,7 @@ from typing import Any, Literal, Protocol, TypedDict, TypeVar
 import structlog
 from pydantic import ValidationError
 
+from vitals_agent import host
 from vitals_agent import log_events as ev
 from vitals_agent.agent.clock import Clock
 from vitals_agent.agent.patient.clinician import ClinicianContextManager
@@ -54,6 +55,7 @@ from vitals_agent.codes import tables
 from vitals_agent.config.review import ReviewConfig
 from vitals_agent.errors import VitalsAgentError
 from vitals_agent.hl7.oru import ResultReview, new_control_id
+from vitals_agent.host.files import NOFOLLOW
 from vitals_agent.models import (
     Clinician,
     DeviceClass,
@@ -257,11 +259,7 @@ class ReviewStore:
         self.path = path
         self._lock = threading.Lock()
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-            try:
-                os.fchmod(fd, 0o600)
-            finally:
-                os.close(fd)
+            os.close(host.open_private(path, os.O_RDWR | os.O_CREAT | NOFOLLOW))
         except OSError as exc:
             raise StoreError(f"cannot open the review list {path}: {explain(exc)}") from None
         try:
