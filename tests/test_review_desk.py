@@ -12,6 +12,7 @@ import pytest
 
 from tests.kit import FakeClock, events
 from tests.oracle import validate_oru
+from tests.private_files import assert_private
 from tests.review_helpers import (
     ANNA,
     MRN,
@@ -405,7 +406,7 @@ async def test_the_clinician_survives_a_restart_and_an_unreadable_file_is_moved_
     assert third.clinicians.current() is None
     assert list(tmp_path.glob("clinician_context.json.damaged-*"))
     third.clinicians.set(ANNA, "cli")
-    assert (tmp_path / "clinician_context.json").stat().st_mode & 0o777 == 0o600
+    assert_private(tmp_path / "clinician_context.json")  # POSIX 0600; Windows: owner/SYSTEM/Administrators
 
 
 async def test_status_names_the_mode_the_waiting_readings_and_the_clinician(
