@@ -27,7 +27,7 @@ from pydantic import ValidationError
 from vitals_agent import log_events as ev
 from vitals_agent.agent.clock import Clock
 from vitals_agent.agent.storage.audit import CHANNEL_BARCODE, CHANNEL_EXPIRY, AuditLog, write_private
-from vitals_agent.agent.storage.files import explain, move_aside
+from vitals_agent.agent.storage.files import Discarded, explain, read_state_file
 from vitals_agent.config.review import ReviewConfig
 from vitals_agent.errors import VitalsAgentError
 from vitals_agent.models import Clinician, ClinicianScan, PatientInfo
@@ -138,25 +138,16 @@ class ClinicianContextManager:
 
     # --- persistence (the patient context's mechanisms) ---------------------------------------------
     def _load(self) -> ClinicianContext | None:
-        try:
-            text = self._file.read_text("utf-8")
-        except FileNotFoundError:
-            return None
-        try:
-            data = json.loads(text)
-            ctx = None if data is None else ClinicianContext.from_json(data)
-        except (ValueError, KeyError, TypeError, ValidationError):
-            moved: Path | None = None
-            try:
-                moved = move_aside(self._file)
-            except OSError as exc:
-                log.error(ev.CLINICIAN_CONTEXT_FILE_UNREADABLE, error=explain(exc))
+        ctx = read_state_file(self._file, ClinicianContext.from_json)
+        if isinstance(ctx, Discarded):
+            if ctx.move_error is not None:
+                log.error(ev.CLINICIAN_CONTEXT_FILE_UNREADABLE, error=ctx.move_error)
             log.warning(ev.CLINICIAN_CONTEXT_FILE_MOVED_ASIDE, path=str(self._file))
             self.audit.record(
                 "clinician_discarded",
                 reason="unreadable state file",
                 channel="startup",
-                moved_to=str(moved) if moved else None,
+                moved_to=ctx.moved_text,
             )
             return None
         if ctx is None:

@@ -41,7 +41,15 @@ from vitals_agent.agent.storage.audit import (
     AuditLog,
     write_private,
 )
-from vitals_agent.agent.storage.files import StoreDamagedError, StoreError, explain, is_damage, move_aside
+from vitals_agent.agent.storage.files import (
+    Discarded,
+    StoreDamagedError,
+    StoreError,
+    explain,
+    is_damage,
+    move_aside,
+    read_state_file,
+)
 from vitals_agent.config.patient import PatientConfig
 from vitals_agent.errors import VitalsAgentError
 from vitals_agent.hl7.oru import new_control_id
@@ -569,29 +577,16 @@ class PatientContextManager:
 
     # --- persistence -------------------------------------------------------------------------------
     def _load(self) -> PatientContext | None:
-        try:
-            text = self._file.read_text("utf-8")
-        except FileNotFoundError:
-            return None
-        try:
-            data = json.loads(text)
-            ctx = None if data is None else PatientContext.from_json(data)
-        except (ValueError, KeyError, TypeError, ValidationError):
-            moved: Path | None = None
-            try:
-                moved = move_aside(self._file)
-            except OSError as exc:
-                log.error(ev.PATIENT_CONTEXT_FILE_UNREADABLE, error=explain(exc))
-            log.warning(
-                ev.PATIENT_CONTEXT_FILE_MOVED_ASIDE,
-                path=str(self._file),
-                moved_to=str(moved) if moved else None,
-            )
+        ctx = read_state_file(self._file, PatientContext.from_json)
+        if isinstance(ctx, Discarded):
+            if ctx.move_error is not None:
+                log.error(ev.PATIENT_CONTEXT_FILE_UNREADABLE, error=ctx.move_error)
+            log.warning(ev.PATIENT_CONTEXT_FILE_MOVED_ASIDE, path=str(self._file), moved_to=ctx.moved_text)
             self.audit.record(
                 "context_discarded",
                 reason="unreadable state file",
                 channel="startup",
-                moved_to=str(moved) if moved else None,
+                moved_to=ctx.moved_text,
             )
             return None
         if ctx is None:

@@ -5,13 +5,21 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
 
 from vitals_agent import host
 from vitals_agent.errors import VitalsAgentError
+
+T = TypeVar("T")
 
 
 class StoreError(VitalsAgentError):
@@ -82,3 +90,34 @@ def move_aside(path: Path, *, when: datetime | None = None, sidecars: tuple[str,
             os.rename(side, target.with_name(target.name + suffix))
     host.fsync_dir(path.parent)  # (Windows has no directory handle to flush: opening one fails there)
     return target
+
+
+@dataclass(frozen=True)
+class Discarded:
+    """A state file that could not be read: moved aside to ``moved_to``, or left where it was when the
+    move failed (``move_error`` says why)."""
+
+    moved_to: Path | None
+    move_error: str | None = None
+
+    @property
+    def moved_text(self) -> str | None:
+        return str(self.moved_to) if self.moved_to else None
+
+
+def read_state_file(path: Path, parse: Callable[[Any], T]) -> T | Discarded | None:
+    """A JSON state file (a room's patient or clinician context): None when missing or ``null``; a file
+    that is not valid JSON or that ``parse`` refuses is moved aside (kept for a look) and reported as
+    :class:`Discarded`, for the caller to log and audit."""
+    try:
+        text = path.read_text("utf-8")
+    except FileNotFoundError:
+        return None
+    try:
+        data = json.loads(text)
+        return None if data is None else parse(data)
+    except (ValueError, KeyError, TypeError, ValidationError):
+        try:
+            return Discarded(move_aside(path))
+        except OSError as exc:
+            return Discarded(None, explain(exc))
