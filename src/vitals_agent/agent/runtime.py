@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -77,34 +77,28 @@ DISCONNECTED = "disconnected"
 SILENT = "silent"
 
 
+@dataclass(eq=False)
 class DeviceRuntimeImpl:
     """Implements :class:`vitals_agent.drivers.base.DeviceRuntime` for one configured device.
 
     ``mono`` is the monotonic clock silence is measured on (the service passes its :class:`Clock`'s)."""
 
-    def __init__(
-        self,
-        config: DeviceConfig,
-        driver: Driver[Any],
-        ctx: DecodeContext,
-        state: DeviceStateStore,
-        sink: Callable[[DeviceRuntimeImpl, DeviceEvent], Awaitable[None]],
-        *,
-        mono: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.config = config
-        self._driver = driver
-        self._ctx = ctx
-        self._state = state
-        self._sink = sink
-        self._mono = mono
-        self.identity = ctx.device
-        self.status = DeviceStatus(id=config.id, driver=config.driver)
-        self._log = log.bind(device=config.id, driver=config.driver)
+    config: DeviceConfig
+    driver: Driver[Any]
+    ctx: DecodeContext
+    state: DeviceStateStore
+    sink: Callable[[DeviceRuntimeImpl, DeviceEvent], Awaitable[None]]
+    _: KW_ONLY
+    mono: Callable[[], float] = time.monotonic
+
+    def __post_init__(self) -> None:
+        self.identity = self.ctx.device
+        self.status = DeviceStatus(id=self.config.id, driver=self.config.driver)
+        self._log = log.bind(device=self.config.id, driver=self.config.driver)
         self.on_connected: list[Callable[[], None]] = []
         self._inflight: set[asyncio.Future[None]] = set()
-        self.silent_after = config.silence_limit()
-        self._heard_at = mono()  # the last sign of the device (or of the agent starting to look for it)
+        self.silent_after = self.config.silence_limit()
+        self._heard_at = self.mono()  # the last sign of the device (or of the agent starting to look for it)
         self._silence_logged = False
         self.transport: object | None = None  # the link of the moment (set by the supervisor)
 
@@ -114,20 +108,8 @@ class DeviceRuntimeImpl:
         return self.config.id
 
     @property
-    def driver(self) -> Driver[Any]:
-        return self._driver
-
-    @property
     def settings(self) -> dict[str, Any]:
         return self.config.settings()
-
-    @property
-    def ctx(self) -> DecodeContext:
-        return self._ctx
-
-    @property
-    def state(self) -> DeviceStateStore:
-        return self._state
 
     @property
     def log(self) -> Any:
@@ -135,7 +117,7 @@ class DeviceRuntimeImpl:
 
     async def emit(self, event: DeviceEvent) -> None:
         self.heard(0)
-        self.status.last_seen = self._ctx.now()
+        self.status.last_seen = self.ctx.now()
         if isinstance(event, DeviceStatusEvent):
             if event.battery_percent is not None:
                 self.status.battery_percent = event.battery_percent
@@ -147,7 +129,7 @@ class DeviceRuntimeImpl:
             self.learn_identity(event.device)
         # Shielded: a device stopped meanwhile (a reload, the agent stopping) does not interrupt a reading
         # on its way into the outbox; :meth:`drain` waits for those.
-        task = asyncio.ensure_future(self._sink(self, event))
+        task = asyncio.ensure_future(self.sink(self, event))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
         await asyncio.shield(task)
@@ -160,7 +142,7 @@ class DeviceRuntimeImpl:
     async def start_measurement(self) -> None:
         """Write the driver's start command to the open link. Raises :class:`TransportError` (one line)
         when the driver cannot start a measurement or the link is not open."""
-        command = self._driver.start_command
+        command = self.driver.start_command
         write = getattr(self.transport, "write", None)
         if command is None or write is None:
             raise TransportError(f"{self.config.driver} cannot be told to start a measurement")
@@ -171,7 +153,7 @@ class DeviceRuntimeImpl:
         self.status.decode_failures += 1
         if isinstance(failure.error, OverlongError):
             self.status.discarded_lines += 1
-        self.status.last_seen = self._ctx.now()
+        self.status.last_seen = self.ctx.now()
         # The bytes may be anything the device sent (a wristband: patient data); hex at DEBUG only.
         self._log.debug(
             ev.DEVICE_DECODE_FAILED,
@@ -191,7 +173,7 @@ class DeviceRuntimeImpl:
         self.status.detail = detail
         if connected:
             self.heard(0)  # silence counts from the opening of the link
-            self.status.last_seen = self._ctx.now()
+            self.status.last_seen = self.ctx.now()
             for hook in self.on_connected:
                 hook()
 
@@ -199,7 +181,7 @@ class DeviceRuntimeImpl:
         self.status.counters[key] = self.status.counters.get(key, 0) + n
 
     def heard(self, n: int) -> None:
-        self._heard_at = self._mono()
+        self._heard_at = self.mono()
         if self._silence_logged:
             self._silence_logged = False
             self._log.info(ev.DEVICE_TALKING_AGAIN)
@@ -208,7 +190,7 @@ class DeviceRuntimeImpl:
     def quiet_seconds(self, mono: float | None = None) -> float:
         """Seconds since the device was last heard from, or since the link opened, or since the agent
         started looking for it (monotonic)."""
-        return max(0.0, (self._mono() if mono is None else mono) - self._heard_at)
+        return max(0.0, (self.mono() if mono is None else mono) - self._heard_at)
 
     def link_state(self, mono: float | None = None) -> str:
         """``connected``, ``disconnected``, or ``silent`` (link up, nothing for ``silent_after``)."""
@@ -229,7 +211,7 @@ class DeviceRuntimeImpl:
     def snapshot(self) -> dict[str, Any]:
         """:meth:`DeviceStatus.as_dict` with the device's ``state``, ``quiet_seconds`` and
         ``silent_after_seconds`` (the control API's ``DeviceSnapshot``)."""
-        mono = self._mono()
+        mono = self.mono()
         out = self.status.as_dict()
         state = self.link_state(mono)
         quiet = self.quiet_seconds(mono)

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 import structlog
@@ -112,26 +113,21 @@ class _Network:
             self._writer.write(data)
 
 
+@dataclass(eq=False)
 class NetworkDevice:
     """Serves ``factory()``'s simulator on a TCP port, one simulator per connection.
 
     ``rfc2217``: speak RFC 2217 (pyserial's server) instead of raw TCP. ``host`` is loopback by default.
     """
 
-    def __init__(
-        self,
-        factory: Callable[[], Simulator],
-        *,
-        rfc2217: bool = False,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        name: str = "device",
-    ) -> None:
-        self.factory = factory
-        self.rfc2217 = rfc2217
-        self.host = host
-        self.port = port
-        self.name = name
+    factory: Callable[[], Simulator]
+    _: KW_ONLY
+    rfc2217: bool = False
+    host: str = "127.0.0.1"
+    port: int = 0
+    name: str = "device"
+
+    def __post_init__(self) -> None:
         self.connections = 0  # accepted so far
         self._lines: list[SimulatedLine] = []  # RFC 2217: each connection's serial side
         self._server: asyncio.Server | None = None

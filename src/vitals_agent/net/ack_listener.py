@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,23 +32,18 @@ from vitals_agent.hl7.oru import new_control_id
 log = structlog.get_logger(__name__)
 
 
+@dataclass(eq=False)
 class AckListener:
     """Listen on ``host:port`` (0: any free port; :attr:`port` is the real one after :meth:`start`)."""
 
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        on_ack: Callable[[Ack], bool],
-        *,
-        sending_application: str = "VITALS_AGENT",
-        max_frame: int = DEFAULT_MAX_FRAME,
-    ) -> None:
-        self.host = host
-        self.port = port
-        self.on_ack = on_ack
-        self.sending_application = sending_application
-        self.max_frame = max_frame
+    host: str
+    port: int
+    on_ack: Callable[[Ack], bool]
+    _: KW_ONLY
+    sending_application: str = "VITALS_AGENT"
+    max_frame: int = DEFAULT_MAX_FRAME
+
+    def __post_init__(self) -> None:
         self.counts = {"received": 0, "matched": 0, "unmatched": 0, "unreadable": 0}
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()

@@ -16,6 +16,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass
 
 import structlog
 
@@ -34,6 +35,7 @@ class ConnectionLostError(PeerUnavailableError):
         super().__init__(message)
 
 
+@dataclass(eq=False)
 class MllpClient:
     """One MLLP connection to the receiver, one message in flight.
 
@@ -44,25 +46,18 @@ class MllpClient:
     (e.g. the ``AA`` that follows a ``CA``).
     """
 
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        *,
-        connect_timeout: float = 10.0,
-        ssl_context: ssl.SSLContext | None = None,
-        server_hostname: str | None = None,
-        max_frame: int = DEFAULT_MAX_FRAME,
-    ) -> None:
-        self.host = host
-        self.port = port
-        self.connect_timeout = connect_timeout
-        self.ssl_context = ssl_context
-        self.server_hostname = server_hostname
-        self.max_frame = max_frame
+    host: str
+    port: int
+    _: KW_ONLY
+    connect_timeout: float = 10.0
+    ssl_context: ssl.SSLContext | None = None
+    server_hostname: str | None = None
+    max_frame: int = DEFAULT_MAX_FRAME
+
+    def __post_init__(self) -> None:
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
-        self._deframer = MllpDeframer(max_frame)
+        self._deframer = MllpDeframer(self.max_frame)
         self._frames: list[bytes] = []
         self._answers = 0  # frames received on the current connection
         self._lock = asyncio.Lock()
