@@ -52,7 +52,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Required, TypedDict, Unpack
 
 import structlog
 
@@ -69,27 +69,25 @@ OUTBOX_FILE = "outbox.sqlite3"
 SCHEMA_VERSION = 4
 DESTINATIONS = ("ehr", "fhir")
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+# The columns a message keeps in every table it moves through (queued, dead letter, awaiting its ACK).
+_MESSAGE_DDL = """\
     control_id TEXT NOT NULL,
     device_id TEXT NOT NULL,
     body BLOB NOT NULL,
     meta TEXT NOT NULL DEFAULT '{}',
     created_at REAL NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,"""
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+{_MESSAGE_DDL}
     nacks INTEGER NOT NULL DEFAULT 0,
     last_error TEXT,
     destination TEXT NOT NULL DEFAULT 'ehr'
 );
 CREATE TABLE IF NOT EXISTS dead_letter (
     id INTEGER PRIMARY KEY,
-    control_id TEXT NOT NULL,
-    device_id TEXT NOT NULL,
-    body BLOB NOT NULL,
-    meta TEXT NOT NULL DEFAULT '{}',
-    created_at REAL NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
+{_MESSAGE_DDL}
     dead_at REAL NOT NULL,
     reason TEXT NOT NULL,
     ack_code TEXT,
@@ -98,12 +96,7 @@ CREATE TABLE IF NOT EXISTS dead_letter (
 );
 CREATE TABLE IF NOT EXISTS awaiting_ack (
     id INTEGER PRIMARY KEY,
-    control_id TEXT NOT NULL,
-    device_id TEXT NOT NULL,
-    body BLOB NOT NULL,
-    meta TEXT NOT NULL DEFAULT '{}',
-    created_at REAL NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
+{_MESSAGE_DDL}
     committed_at REAL NOT NULL,
     destination TEXT NOT NULL DEFAULT 'ehr'
 );
@@ -160,6 +153,27 @@ _UPSERT_STATE = (
 )
 
 
+class QueueItem(TypedDict, total=False):
+    """One message to queue (:meth:`Outbox.enqueue`)."""
+
+    control_id: Required[str]  # MSH-10 (the same for every destination of the reading)
+    device_id: Required[str]
+    body: Required[bytes]  # the message for ``destination``
+    destination: str  # who ``body`` is for: "ehr" (default) or "fhir"
+    # The same reading for other destinations (destination -> body), queued in the same transaction under
+    # the same ``control_id`` and ``meta`` (and parked with it): a reading is queued for all or for none.
+    also: Mapping[str, bytes]
+    meta: Mapping[str, Any] | None
+    # Store it durably but do not send it: straight to the dead-letter table with this reason (same
+    # transaction, so the sender never sees it), for an operator to review and ``outbox retry`` (e.g. an
+    # EKG whose patient does not match the room's patient).
+    park_reason: str | None
+    # Device-state entries (``device_id``'s keys) written in the same transaction, e.g. the digest of the
+    # EKG file this message comes from, so "queued" and "this file was taken" are one fact.
+    state: Mapping[str, str] | None
+    audit: Sequence[AuditRecord]  # audit records committed in the same transaction (``audit_pending``)
+
+
 @dataclass(frozen=True)
 class OutboxMessage:
     id: int
@@ -175,7 +189,9 @@ class OutboxMessage:
 
 
 @dataclass(frozen=True)
-class DeadLetter:
+class _Moved:
+    """A message out of the queue: what it keeps from it (same id, body and MSH-10)."""
+
     id: int
     control_id: str
     device_id: str
@@ -183,6 +199,10 @@ class DeadLetter:
     meta: dict[str, Any]
     created_at: float
     attempts: int
+
+
+@dataclass(frozen=True)
+class DeadLetter(_Moved):
     dead_at: float
     reason: str
     ack_code: str | None
@@ -199,7 +219,7 @@ def _meta(text: Any) -> dict[str, Any]:
 
 
 def _common(row: tuple[Any, ...], what: str) -> dict[str, Any]:
-    """The columns a queued message and a dead letter share: id, MSH-10, device, body, meta, created."""
+    """The columns every message table shares: id, MSH-10, device, body, meta, created."""
     if not isinstance(row[3], bytes | bytearray | memoryview | str) or not isinstance(row[1], str):
         raise OutboxError(f"{what} {row[0]} is unreadable (MSH-10 or body missing or of a wrong type)")
     body = row[3].encode() if isinstance(row[3], str) else bytes(row[3])
@@ -224,29 +244,16 @@ def _msg(row: tuple[Any, ...]) -> OutboxMessage:
 
 
 @dataclass(frozen=True)
-class AwaitingMessage:
+class AwaitingMessage(_Moved):
     """A message the receiver committed (``CA``) that waits for its application ACK (enhanced mode)."""
 
-    id: int
-    control_id: str
-    device_id: str
-    body: bytes
-    meta: dict[str, Any]
-    created_at: float
-    attempts: int
     committed_at: float  # wall time of the commit ACK
     destination: str = "ehr"
 
 
 def _awaiting(row: tuple[Any, ...]) -> AwaitingMessage:
-    body = row[3]
     return AwaitingMessage(
-        id=row[0],
-        control_id=str(row[1]),
-        device_id=str(row[2]),
-        body=body.encode() if isinstance(body, str) else bytes(body),
-        meta=_meta(row[4]),
-        created_at=row[5],
+        **_common(row, "message awaiting an ACK"),
         attempts=row[6],
         committed_at=row[7],
         destination=str(row[8] or "ehr"),
@@ -468,6 +475,16 @@ class Outbox:
             except sqlite3.Error as exc:
                 raise _unreadable(exc, f"outbox {self.path}: cannot read {what}") from None
 
+    @contextlib.contextmanager
+    def _write(self, sync: str, what: str) -> Iterator[sqlite3.Connection]:
+        """A write transaction (:meth:`_tx`); SQLite errors become one-line :class:`OutboxError` exceptions
+        saying it ``cannot {what}``."""
+        try:
+            with self._tx(sync) as conn:
+                yield conn
+        except sqlite3.Error as exc:
+            raise OutboxError(f"outbox {self.path}: cannot {what}: {explain(exc)}") from None
+
     def close(self) -> None:
         with self._lock, self._rlock, self._flock:
             for conn in (self._reader, self._fast, self._conn):
@@ -477,48 +494,13 @@ class Outbox:
 
     # --- the pipeline's side -------------------------------------------------------------------------
 
-    def enqueue(
-        self,
-        *,
-        control_id: str,
-        device_id: str,
-        body: bytes,
-        meta: dict[str, Any] | None = None,
-        park_reason: str | None = None,
-        state: Mapping[str, str] | None = None,
-        destination: str = "ehr",
-        also: Mapping[str, bytes] | None = None,
-        audit: Sequence[AuditRecord] = (),
-    ) -> int:
-        """Queue one message; returns its id once it is committed durably (fsynced).
-
-        ``destination``: who ``body`` is for (``ehr`` or ``fhir``). ``also``: the same reading for other
-        destinations (destination -> body), queued in the same transaction under the same ``control_id``
-        and ``meta`` (and parked with it), so a reading is either queued for every destination or for none.
-
-        ``park_reason``: store it durably but do not send it — it goes straight to the dead-letter table
-        with that reason (in the same transaction, so the sender never sees it), for an operator to review
-        and ``outbox retry`` (e.g. an EKG whose patient does not match the room's patient).
-        ``state``: device-state entries (``device_id``'s keys) written in the same transaction, e.g. the
-        digest of the EKG file this message comes from, so "queued" and "this file was taken" are one fact.
-        ``audit``: audit records committed in the same transaction (the ``audit_pending`` table).
-        """
+    def enqueue(self, **item: Unpack[QueueItem]) -> int:
+        """Queue one message (:class:`QueueItem`); returns its id once it is committed durably (fsynced)."""
         try:
             with self._tx("FULL") as conn:
-                return self._insert(
-                    conn,
-                    control_id=control_id,
-                    device_id=device_id,
-                    body=body,
-                    meta=meta,
-                    park_reason=park_reason,
-                    state=state,
-                    destination=destination,
-                    also=also,
-                    audit=audit,
-                )
+                return self._insert(conn, item)
         except sqlite3.Error as exc:
-            raise self._store_failed(exc, control_id) from None
+            raise self._store_failed(exc, item["control_id"]) from None
 
     def enqueue_group(self, items: Sequence[Mapping[str, Any]]) -> list[int | OutboxError]:
         """Queue readings that arrived together, each with the keyword arguments of :meth:`enqueue`, in one
@@ -532,7 +514,7 @@ class Outbox:
                 return [exc]
         try:
             with self._tx("FULL") as conn:
-                return [self._insert(conn, **item) for item in items]
+                return [self._insert(conn, item) for item in items]
         except sqlite3.Error:
             pass  # below: each on its own, so one item's failure is only its own
         out: list[int | OutboxError] = []
@@ -543,34 +525,26 @@ class Outbox:
                 out.append(exc)
         return out
 
-    def _insert(
-        self,
-        conn: sqlite3.Connection,
-        *,
-        control_id: str,
-        device_id: str,
-        body: bytes,
-        meta: Mapping[str, Any] | None = None,
-        park_reason: str | None = None,
-        state: Mapping[str, str] | None = None,
-        destination: str = "ehr",
-        also: Mapping[str, bytes] | None = None,
-        audit: Sequence[AuditRecord] = (),
-    ) -> int:
-        """The statements of one :meth:`enqueue`, inside ``conn``'s open transaction."""
-        meta_text = _meta_text(meta)
+    @staticmethod
+    def _insert(conn: sqlite3.Connection, item: Mapping[str, Any]) -> int:
+        """The statements of one :meth:`enqueue` (``item``: a :class:`QueueItem`), inside ``conn``'s open
+        transaction. Returns the id of the row for ``item["destination"]``."""
+        control_id, device_id = item["control_id"], item["device_id"]
+        meta_text = _meta_text(item.get("meta"))
+        park_reason = item.get("park_reason")
         now = time.time()
         row_id: int | None = None
-        for where, payload in [(destination, body), *(also or {}).items()]:
+        bodies = [(item.get("destination", "ehr"), item["body"]), *(item.get("also") or {}).items()]
+        for where, payload in bodies:
             cur = conn.execute(
                 _INSERT, (control_id, device_id, sqlite3.Binary(payload), meta_text, now, where)
             )
             row_id = row_id or cur.lastrowid
             if park_reason is not None and cur.lastrowid is not None:
                 _move_to_dead(conn, cur.lastrowid, park_reason, None, None)
-        if state:
+        if state := item.get("state"):
             conn.executemany(_UPSERT_STATE, [(device_id, k, v, now) for k, v in state.items()])
-        if audit:
+        if audit := item.get("audit"):
             conn.executemany(_INSERT_AUDIT, [(r.ts, r.body) for r in audit])
         assert row_id is not None
         return row_id
@@ -593,25 +567,7 @@ class Outbox:
         try:
             with self._tx("FULL") as conn:
                 for item in items:
-                    bodies = [
-                        (item.get("destination", "ehr"), item["body"]),
-                        *(item.get("also") or {}).items(),
-                    ]
-                    for index, (where, payload) in enumerate(bodies):
-                        cur = conn.execute(
-                            _INSERT,
-                            (
-                                item["control_id"],
-                                item["device_id"],
-                                sqlite3.Binary(payload),
-                                _meta_text(item.get("meta")),
-                                time.time(),
-                                where,
-                            ),
-                        )
-                        assert cur.lastrowid is not None
-                        if index == 0:
-                            ids.append(cur.lastrowid)
+                    ids.append(self._insert(conn, item))
         except sqlite3.Error as exc:
             if _is_full(exc):
                 raise OutboxFullError(
@@ -678,24 +634,19 @@ class Outbox:
         ``audit``: records committed with the removal (the ACK's ``message_sent``): a power cut that undoes
         the removal undoes them too, and the message is sent, and audited, again.
         """
-        try:
-            with self._tx("NORMAL") as conn:
-                removed = 0
-                for table in ("outbox", "awaiting_ack"):  # constant names; values bound
-                    if control_id is None:
-                        cur = conn.execute(f"DELETE FROM {table} WHERE id = ?", (message_id,))  # noqa: S608
-                    else:
-                        cur = conn.execute(
-                            f"DELETE FROM {table} WHERE id = ? AND control_id = ?",  # noqa: S608
-                            (message_id, control_id),
-                        )
-                    removed += cur.rowcount
-                if audit:
-                    conn.executemany(_INSERT_AUDIT, [(r.ts, r.body) for r in audit])
-        except sqlite3.Error as exc:
-            raise OutboxError(
-                f"outbox {self.path}: cannot remove delivered message {message_id}: {explain(exc)}"
-            ) from None
+        with self._write("NORMAL", f"remove delivered message {message_id}") as conn:
+            removed = 0
+            for table in ("outbox", "awaiting_ack"):  # constant names; values bound
+                if control_id is None:
+                    cur = conn.execute(f"DELETE FROM {table} WHERE id = ?", (message_id,))  # noqa: S608
+                else:
+                    cur = conn.execute(
+                        f"DELETE FROM {table} WHERE id = ? AND control_id = ?",  # noqa: S608
+                        (message_id, control_id),
+                    )
+                removed += cur.rowcount
+            if audit:
+                conn.executemany(_INSERT_AUDIT, [(r.ts, r.body) for r in audit])
         self.ledger.forget(message_id)
         return removed > 0
 
@@ -705,20 +656,15 @@ class Outbox:
         """The receiver committed the message (``CA``) and owes an application ACK: move it from the queue
         to ``awaiting_ack`` (same id, body and MSH-10; never sent again). Cheap commit, as :meth:`delete`:
         a power cut may undo it, and then the message is sent again with its MSH-10 (at-least-once)."""
-        try:
-            with self._tx("NORMAL") as conn:
-                cur = conn.execute(
-                    "INSERT INTO awaiting_ack (id, control_id, device_id, body, meta, created_at, attempts,"
-                    " committed_at, destination)"
-                    " SELECT id, control_id, device_id, body, meta, created_at, attempts, ?, destination"
-                    " FROM outbox WHERE id = ?",
-                    (time.time(), message_id),
-                )
-                conn.execute("DELETE FROM outbox WHERE id = ?", (message_id,))
-        except sqlite3.Error as exc:
-            raise OutboxError(
-                f"outbox {self.path}: cannot record message {message_id} as committed: {explain(exc)}"
-            ) from None
+        with self._write("NORMAL", f"record message {message_id} as committed") as conn:
+            cur = conn.execute(
+                "INSERT INTO awaiting_ack (id, control_id, device_id, body, meta, created_at, attempts,"
+                " committed_at, destination)"
+                " SELECT id, control_id, device_id, body, meta, created_at, attempts, ?, destination"
+                " FROM outbox WHERE id = ?",
+                (time.time(), message_id),
+            )
+            conn.execute("DELETE FROM outbox WHERE id = ?", (message_id,))
         return cur.rowcount > 0
 
     def awaiting(self, destination: str | None = None) -> list[AwaitingMessage]:
@@ -740,35 +686,25 @@ class Outbox:
         """Operator: send a message that awaits its application ACK again. It goes back to the queue at its
         original place with the same id, body and MSH-10 (the receiver can recognise the re-send), keeping
         its attempt count. False when it no longer awaits one (the ACK came meanwhile)."""
-        try:
-            with self._tx("FULL") as conn:
-                cur = conn.execute(
-                    "INSERT INTO outbox (id, control_id, device_id, body, meta, created_at, attempts, nacks,"
-                    " last_error, destination)"
-                    " SELECT id, control_id, device_id, body, meta, created_at, attempts, 0,"
-                    " 'operator re-send: the receiver committed it (CA) but sent no application ACK',"
-                    " destination FROM awaiting_ack WHERE id = ?",
-                    (message_id,),
-                )
-                conn.execute("DELETE FROM awaiting_ack WHERE id = ?", (message_id,))
-        except sqlite3.Error as exc:
-            raise OutboxError(
-                f"outbox {self.path}: cannot re-send message {message_id}: {explain(exc)}"
-            ) from None
+        with self._write("FULL", f"re-send message {message_id}") as conn:
+            cur = conn.execute(
+                "INSERT INTO outbox (id, control_id, device_id, body, meta, created_at, attempts, nacks,"
+                " last_error, destination)"
+                " SELECT id, control_id, device_id, body, meta, created_at, attempts, 0,"
+                " 'operator re-send: the receiver committed it (CA) but sent no application ACK',"
+                " destination FROM awaiting_ack WHERE id = ?",
+                (message_id,),
+            )
+            conn.execute("DELETE FROM awaiting_ack WHERE id = ?", (message_id,))
         return cur.rowcount > 0
 
     def give_up_awaiting(self, message_id: int, reason: str) -> bool:
         """Operator: stop waiting for a message's application ACK; it moves to the dead-letter table (same
         id, body and MSH-10; ``outbox retry`` can queue it again). False when it no longer awaits one."""
         insert, delete = _TO_DEAD[1]  # from awaiting_ack only: a queued message is the sender's
-        try:
-            with self._tx("FULL") as conn:
-                cur = conn.execute(insert, (time.time(), reason, None, None, message_id))
-                conn.execute(delete, (message_id,))
-        except sqlite3.Error as exc:
-            raise OutboxError(
-                f"outbox {self.path}: cannot dead-letter message {message_id}: {explain(exc)}"
-            ) from None
+        with self._write("FULL", f"dead-letter message {message_id}") as conn:
+            cur = conn.execute(insert, (time.time(), reason, None, None, message_id))
+            conn.execute(delete, (message_id,))
         return cur.rowcount > 0
 
     # --- acknowledged messages whose removal failed (ledger.py) ----------------------------------
@@ -825,33 +761,20 @@ class Outbox:
 
         ``attempted=False`` (no connection was made: the message never left) records the error only.
         """
-        try:
-            with self._tx("NORMAL") as conn:
-                conn.execute(
-                    "UPDATE outbox SET attempts = attempts + ?, nacks = nacks + ?, last_error = ?"
-                    " WHERE id = ?",
-                    (1 if attempted else 0, 1 if negative else 0, error[:2000], message_id),
-                )
-                row = conn.execute(
-                    "SELECT attempts, nacks FROM outbox WHERE id = ?", (message_id,)
-                ).fetchone()
-        except sqlite3.Error as exc:
-            raise OutboxError(
-                f"outbox {self.path}: cannot update message {message_id}: {explain(exc)}"
-            ) from None
+        with self._write("NORMAL", f"update message {message_id}") as conn:
+            conn.execute(
+                "UPDATE outbox SET attempts = attempts + ?, nacks = nacks + ?, last_error = ? WHERE id = ?",
+                (1 if attempted else 0, 1 if negative else 0, error[:2000], message_id),
+            )
+            row = conn.execute("SELECT attempts, nacks FROM outbox WHERE id = ?", (message_id,)).fetchone()
         return (int(row[0]), int(row[1])) if row else (0, 0)
 
     def dead_letter(
         self, message_id: int, reason: str, *, ack_code: str | None = None, ack_text: str | None = None
     ) -> bool:
         """Move a message to the dead-letter table (same id, body and MSH-10)."""
-        try:
-            with self._tx("FULL") as conn:
-                moved = _move_to_dead(conn, message_id, reason, ack_code, ack_text)
-        except sqlite3.Error as exc:
-            raise OutboxError(
-                f"outbox {self.path}: cannot dead-letter message {message_id}: {explain(exc)}"
-            ) from None
+        with self._write("FULL", f"dead-letter message {message_id}") as conn:
+            moved = _move_to_dead(conn, message_id, reason, ack_code, ack_text)
         return moved
 
     # --- operator tools ------------------------------------------------------------------------------
@@ -916,23 +839,17 @@ class Outbox:
         The message keeps its id, body and MSH-10; its attempt counters start again. Returns how many moved.
         """
         where, args = (" WHERE id = ?", (message_id,)) if message_id is not None else ("", ())
-        try:
-            with self._tx("FULL") as conn:
-                # ``where`` is one of two constant clauses; the id is a bound parameter
-                cur = conn.execute(_RETRY_DEAD + where, args)
-                conn.execute("DELETE FROM dead_letter" + where, args)  # noqa: S608
-        except sqlite3.Error as exc:
-            raise OutboxError(f"outbox {self.path}: cannot retry: {explain(exc)}") from None
+        with self._write("FULL", "retry") as conn:
+            # ``where`` is one of two constant clauses; the id is a bound parameter
+            cur = conn.execute(_RETRY_DEAD + where, args)
+            conn.execute("DELETE FROM dead_letter" + where, args)  # noqa: S608
         return cur.rowcount
 
     def purge_dead(self, older_than_seconds: float) -> int:
         """Delete dead letters that were parked more than ``older_than_seconds`` ago."""
         cutoff = time.time() - older_than_seconds
-        try:
-            with self._tx("FULL") as conn:
-                cur = conn.execute("DELETE FROM dead_letter WHERE dead_at <= ?", (cutoff,))
-        except sqlite3.Error as exc:
-            raise OutboxError(f"outbox {self.path}: cannot purge: {explain(exc)}") from None
+        with self._write("FULL", "purge") as conn:
+            cur = conn.execute("DELETE FROM dead_letter WHERE dead_at <= ?", (cutoff,))
         return cur.rowcount
 
     # --- the audit journal (vitals_agent.agent.storage.audit.AuditJournal) ---------------------------
@@ -948,11 +865,8 @@ class Outbox:
     def audit_done(self, upto_id: int) -> None:
         """Forget the audit records up to ``upto_id`` (the audit file has them on disk). No fsync: a
         forgetting undone by a power cut only means they are checked against the file again."""
-        try:
-            with self._tx("NORMAL") as conn:
-                conn.execute("DELETE FROM audit_pending WHERE id <= ?", (upto_id,))
-        except sqlite3.Error as exc:
-            raise OutboxError(f"outbox {self.path}: cannot trim the audit journal: {explain(exc)}") from None
+        with self._write("NORMAL", "trim the audit journal") as conn:
+            conn.execute("DELETE FROM audit_pending WHERE id <= ?", (upto_id,))
 
     # --- per-device state ----------------------------------------------------------------------------
 
@@ -967,12 +881,7 @@ class Outbox:
         """Store a value durably (fsynced before returning)."""
         try:
             with self._tx("FULL") as conn:
-                conn.execute(
-                    "INSERT INTO device_state (device_id, key, value, updated_at) VALUES (?, ?, ?, ?)"
-                    " ON CONFLICT (device_id, key) DO UPDATE SET value = excluded.value,"
-                    " updated_at = excluded.updated_at",
-                    (device_id, key, value, time.time()),
-                )
+                conn.execute(_UPSERT_STATE, (device_id, key, value, time.time()))
         except sqlite3.Error as exc:
             if _is_full(exc):
                 raise OutboxFullError(
