@@ -117,6 +117,12 @@ def test_ble_device_without_serial_keeps_the_pcd01_eui64_form() -> None:
     assert _oru(reading).obx[0][18] == f"{SAMPLE_EUI64}^^{SAMPLE_EUI64}^EUI-64"
 
 
+def test_a_device_eui64_is_its_16_hex_digits_and_nothing_more() -> None:
+    assert DeviceIdentity(id="cuff", eui64="00:09:1f:ff:fe:3d:4e:5f").eui64 == SAMPLE_EUI64
+    with pytest.raises(ValueError, match="EUI-64 must be 16 hexadecimal digits"):
+        DeviceIdentity(id="cuff", eui64=f"{SAMPLE_EUI64}\n")  # a line break after them went into EI-3
+
+
 @pytest.mark.parametrize(
     ("driver", "data"),
     [

@@ -281,6 +281,8 @@ def test_pdq_config_rules() -> None:
         PdqConfig(mode="fhir")
     with pytest.raises(ValueError, match="identifier_system is required"):
         PdqConfig(mode="fhir", base_url="https://x/fhir")
+    with pytest.raises(ValueError, match="must be an http:// or https:// URL"):  # as [fhir]: no white space
+        PdqConfig(mode="fhir", base_url="https://x/fhir r4", assigning_authority=AUTHORITY)
     assert PdqConfig(
         mode="fhir", base_url="https://x/fhir/", assigning_authority=AUTHORITY
     ).fhir_system() == ("urn:oid:2.999.1")

@@ -24,23 +24,29 @@ class UnitInfo:
     aliases: tuple[str, ...]
 
 
-def _sends_mdc(mdc: int | None, local: bool, verified: str) -> bool:
-    """Whether an observation's OBX-3 carries its MDC code. Codes whose sources conflict (mark C) and
-    unknown codes go as local codes. "P/C" rows (perfusion index, pulse amplitude index) follow codes.md's
-    interim decision and are sent with their MDC code."""
-    return mdc is not None and not local and verified.split(".")[0] != "C"
-
-
 @dataclass(frozen=True, slots=True)
-class MetricInfo:
+class CodedInfo:
+    """What every coded observation row (a metric, a panel) has: its names and its codes."""
+
     key: str
     name: str
     refid: str
-    unit: str
     mdc: int | None
     loinc: str | None
     verified: str
     local: bool
+
+    @property
+    def send_mdc(self) -> bool:
+        """Whether OBX-3 carries the MDC code. Codes whose sources conflict (mark C) and unknown codes go as
+        local codes. "P/C" rows (perfusion index, pulse amplitude index) follow codes.md's interim
+        decision and are sent with their MDC code."""
+        return self.mdc is not None and not self.local and self.verified.split(".")[0] != "C"
+
+
+@dataclass(frozen=True, slots=True)
+class MetricInfo(CodedInfo):
+    unit: str
     reportable: bool
     method: str | None
     unit_mdc: int | None
@@ -51,32 +57,16 @@ class MetricInfo:
     body_site: str | None = None  # site the metric implies, "code^display^SCT" (codes.md §3)
     manual: bool = False  # a clinician may enter it by hand (`vitals-agent manual`, the page's form)
 
-    @property
-    def send_mdc(self) -> bool:
-        """Whether OBX-3 carries the MDC code (see :func:`_sends_mdc`)."""
-        return _sends_mdc(self.mdc, self.local, self.verified)
-
 
 @dataclass(frozen=True, slots=True)
-class PanelInfo:
+class PanelInfo(CodedInfo):
     """An observation that groups metrics (the NIBP panel, the 12-lead EKG panel)."""
 
-    key: str
-    name: str
-    refid: str
-    mdc: int | None
-    loinc: str | None
-    verified: str
-    local: bool
     vital_sign: str | None
     members: tuple[str, ...]  # metric keys, in table order
     required: tuple[str, ...]  # members always present (data-absent reason when the device gave none)
     statement_loinc: str | None  # code of the interpretation-statement component, when the panel has one
     statement_name: str | None
-
-    @property
-    def send_mdc(self) -> bool:
-        return _sends_mdc(self.mdc, self.local, self.verified)
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +168,19 @@ def _bounds(key: str, row: dict[str, object]) -> tuple[Decimal, Decimal]:
     return low, high
 
 
+def _coded(key: str, row: dict[str, Any]) -> dict[str, Any]:
+    """The :class:`CodedInfo` fields of a ``[metrics.KEY]`` or ``[panels.KEY]`` row."""
+    return {
+        "key": key,
+        "name": row["name"],
+        "refid": row["refid"],
+        "mdc": row.get("mdc"),
+        "loinc": row.get("loinc"),
+        "verified": row.get("verified", "U.-"),
+        "local": bool(row.get("local", False)),
+    }
+
+
 @cache
 def tables() -> CodeTables:
     return parse_tables(
@@ -190,14 +193,8 @@ def parse_tables(raw: dict[str, Any]) -> CodeTables:
     bounds = {key: _bounds(key, row) for key, row in raw["metrics"].items()}
     metrics = {
         key: MetricInfo(
-            key=key,
-            name=row["name"],
-            refid=row["refid"],
+            **_coded(key, row),
             unit=row["unit"],
-            mdc=row.get("mdc"),
-            loinc=row.get("loinc"),
-            verified=row.get("verified", "U.-"),
-            local=bool(row.get("local", False)),
             reportable=bool(row.get("reportable", True)),
             method=row.get("method"),
             unit_mdc=row.get("unit_mdc"),
@@ -213,13 +210,7 @@ def parse_tables(raw: dict[str, Any]) -> CodeTables:
     qualifiers = {key: _qualifier(key, row) for key, row in raw.get("qualifiers", {}).items()}
     panels = {
         key: PanelInfo(
-            key=key,
-            name=row["name"],
-            refid=row["refid"],
-            mdc=row.get("mdc"),
-            loinc=row.get("loinc"),
-            verified=row.get("verified", "U.-"),
-            local=bool(row.get("local", False)),
+            **_coded(key, row),
             vital_sign=row.get("vital_sign"),
             members=_members(metrics, row),
             required=tuple(row.get("required", ())),

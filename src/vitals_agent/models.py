@@ -18,13 +18,22 @@ from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_valid
 
 from vitals_agent.codes import tables
 
-_EUI64 = re.compile(r"^[0-9A-F]{16}$")
-
 
 def eui64_digits(value: str) -> str:
     """An EUI-64 as written in HL7 (EI-3, MSH-3): ``0a:1b-...`` -> ``0A1B...`` (separators dropped,
-    upper case); whether 16 hex digits remain is the caller's check."""
+    upper case); whether 16 hex digits remain is the caller's check (:func:`checked_eui64`)."""
     return value.replace(":", "").replace("-", "").upper()
+
+
+def checked_eui64(value: str | None, problem: str) -> str | None:
+    """:func:`eui64_digits` of a configured or reported EUI-64 (None stays None); ValueError ``problem``
+    unless exactly 16 hexadecimal digits remain."""
+    if value is None:
+        return None
+    digits = eui64_digits(value)
+    if not re.fullmatch(r"[0-9A-F]{16}", digits):
+        raise ValueError(problem)
+    return digits
 
 
 def device_text_lines(value: str | None) -> str | None:
@@ -135,12 +144,7 @@ class DeviceIdentity(BaseModel):
     @field_validator("eui64")
     @classmethod
     def _eui64_form(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        value = eui64_digits(value)
-        if not _EUI64.match(value):
-            raise ValueError("EUI-64 must be 16 hexadecimal digits")
-        return value
+        return checked_eui64(value, "EUI-64 must be 16 hexadecimal digits")
 
     def equipment_id(self, gateway_eui64: str) -> EquipmentId:
         """The one identity form (issue 17, hl7-pcd01.md §7.6): see :class:`EquipmentId`."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Annotated
 
@@ -10,7 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from vitals_agent.config.central import PublicKey
 from vitals_agent.config.hl7_values import Location, hl7_value
-from vitals_agent.models import eui64_digits
+from vitals_agent.config.rules import needs
+from vitals_agent.models import checked_eui64
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -51,8 +51,7 @@ class AgentConfig(BaseModel):
 
     @model_validator(mode="after")
     def _signed(self) -> AgentConfig:
-        if self.config_source is not None and self.config_public_key is None:
-            raise ValueError("config_source needs config_public_key: central configuration is always signed")
+        needs(self, "config_source", "config_public_key", ": central configuration is always signed")
         return self
 
     @field_validator("timezone")
@@ -78,9 +77,4 @@ class AgentConfig(BaseModel):
     @field_validator("gateway_eui64")
     @classmethod
     def _eui(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        value = eui64_digits(value)
-        if not re.fullmatch(r"[0-9A-F]{16}", value):
-            raise ValueError("must be 16 hexadecimal digits")
-        return value
+        return checked_eui64(value, "must be 16 hexadecimal digits")

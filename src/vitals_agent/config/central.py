@@ -36,6 +36,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from vitals_agent.config.rules import needs
 from vitals_agent.errors import VitalsAgentError
 
 BUNDLE_FORMAT = "vitals-agent-config/1"
@@ -71,8 +72,7 @@ class LocalKeys(BaseModel):
 
     @model_validator(mode="after")
     def _signed(self) -> LocalKeys:
-        if self.config_source is not None and self.config_public_key is None:
-            raise ValueError("config_source needs config_public_key: central configuration is always signed")
+        needs(self, "config_source", "config_public_key", ": central configuration is always signed")
         return self
 
 

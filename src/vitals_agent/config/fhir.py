@@ -11,24 +11,27 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from vitals_agent.config.rules import http_url, needs, oid_system
 
 DEFAULT_SCOPE = (
     "system/Observation.write system/Device.write system/Location.write system/DocumentReference.write"
     " system/Patient.read"
 )
+Url = Annotated[str, http_url("https://fhir.example.org/r4")]
 
 
 class FhirConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     enabled: bool = False
-    base_url: str | None = None  # e.g. https://fhir.example.org/r4 (the transaction is POSTed here)
+    base_url: Url | None = None  # e.g. https://fhir.example.org/r4 (the transaction is POSTed here)
     # --- authentication ---
     bearer_token_file: Path | None = None  # a file holding the bearer token (0600), re-read on 401
-    token_url: str | None = None  # SMART Backend Services token endpoint
+    token_url: Url | None = None  # SMART Backend Services token endpoint
     client_id: str | None = None  # the registered client id (iss and sub of the JWT)
     private_key_file: Path | None = None  # PEM RSA or EC private key that signs the client assertion
     key_id: str | None = None  # "kid" of that key in the JWKS the server knows
@@ -63,15 +66,6 @@ class FhirConfig(BaseModel):
         """SMART Backend Services authorisation is configured."""
         return self.token_url is not None
 
-    @field_validator("base_url", "token_url")
-    @classmethod
-    def _url(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        if not re.match(r"^https?://[^/\s]+\S*$", value):
-            raise ValueError("must be an http:// or https:// URL, e.g. https://fhir.example.org/r4")
-        return value.rstrip("/")
-
     @field_validator(
         "patient_identifier_system", "encounter_identifier_system", "clinician_identifier_system"
     )
@@ -87,8 +81,7 @@ class FhirConfig(BaseModel):
             raise ValueError("base_url is required when [fhir] is enabled")
         if self.backoff_min_seconds > self.backoff_max_seconds:
             raise ValueError("backoff_min_seconds must not exceed backoff_max_seconds")
-        if self.key_file is not None and self.cert_file is None:
-            raise ValueError("key_file needs cert_file (a client key needs its certificate)")
+        needs(self, "key_file", "cert_file", " (a client key needs its certificate)")
         smart_keys = {"client_id": self.client_id, "private_key_file": self.private_key_file}
         if self.token_url is not None:
             missing = [k for k, v in smart_keys.items() if v is None]
@@ -102,9 +95,4 @@ class FhirConfig(BaseModel):
 
     def patient_system(self, assigning_authority: str) -> str | None:
         """The Patient.identifier system of MRNs: configured, or ``urn:oid:`` of the authority's ISO id."""
-        if self.patient_identifier_system:
-            return self.patient_identifier_system
-        parts = [*re.split(r"[\^&]", assigning_authority), "", "", ""]
-        if parts[1] and parts[2].upper() == "ISO":
-            return f"urn:oid:{parts[1]}"
-        return None
+        return self.patient_identifier_system or oid_system(assigning_authority)

@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from vitals_agent.config.alerts import host_port
+from vitals_agent.config.rules import needs
 
 
 class MetricsConfig(BaseModel):
@@ -47,8 +48,7 @@ class MetricsConfig(BaseModel):
 
     @model_validator(mode="after")
     def _key_needs_cert(self) -> MetricsConfig:
-        if self.key_file is not None and self.cert_file is None:
-            raise ValueError("key_file needs cert_file")
+        needs(self, "key_file", "cert_file")
         return self
 
     @property

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from vitals_agent.config.rules import http_url, needs, oid_system
 
 
 class PdqConfig(BaseModel):
@@ -30,7 +32,7 @@ class PdqConfig(BaseModel):
     receiving_application: str = ""  # MSH-5 of the query (which patient source the supplier should ask)
     receiving_facility: str = ""  # MSH-6
     # --- fhir (PDQm): GET {base_url}/Patient?identifier={identifier_system}|{mrn} ---
-    base_url: str | None = None
+    base_url: Annotated[str, http_url("https://ehr.example/fhir")] | None = None
     identifier_system: str | None = None  # default: urn:oid:<universal id of assigning_authority>
     bearer_token_file: Path | None = None  # a file holding the OAuth bearer token (0600)
     # --- both ---
@@ -42,15 +44,6 @@ class PdqConfig(BaseModel):
     # EHR down, slow or answering AE/AR: "refuse" binds nothing; "typed" binds what was typed, unverified.
     pdq_fallback: Literal["refuse", "typed"] = "refuse"
     confirm_timeout_seconds: float = Field(120.0, gt=0)  # a pending confirmation ends after this
-
-    @field_validator("base_url")
-    @classmethod
-    def _url(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        if not re.match(r"^https?://[^/\s]+", value):
-            raise ValueError("must be an http:// or https:// URL, e.g. https://ehr.example/fhir")
-        return value.rstrip("/")
 
     @field_validator("assigning_authority")
     @classmethod
@@ -71,15 +64,9 @@ class PdqConfig(BaseModel):
                     'identifier_system is required with mode = "fhir" (or an assigning_authority '
                     "with an ISO universal id)"
                 )
-        if self.key_file is not None and self.cert_file is None:
-            raise ValueError("key_file needs cert_file (a client key needs its certificate)")
+        needs(self, "key_file", "cert_file", " (a client key needs its certificate)")
         return self
 
     def fhir_system(self) -> str | None:
         """The FHIR identifier system searched in PDQm mode."""
-        if self.identifier_system:
-            return self.identifier_system
-        parts = [*re.split(r"[\^&]", self.assigning_authority), "", "", ""]
-        if parts[1] and parts[2].upper() == "ISO":
-            return f"urn:oid:{parts[1]}"
-        return None
+        return self.identifier_system or oid_system(self.assigning_authority)
