@@ -21,9 +21,9 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Iterable
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
-from pydantic import field_validator, validate_call
+from pydantic import AfterValidator, validate_call
 
 from vitals_agent.drivers.base import (
     DecodeContext,
@@ -32,7 +32,6 @@ from vitals_agent.drivers.base import (
     SerialOptions,
     SimPort,
     Simulator,
-    StreamDecoder,
     register_driver,
 )
 from vitals_agent.errors import DecodeError, UnsupportedError
@@ -64,10 +63,8 @@ def extract_mrn(pattern: re.Pattern[str] | str, scan: str) -> str:
     return mrn.strip()
 
 
-def check_clinician_pattern(value: str | None) -> str | None:
+def check_clinician_pattern(value: str) -> str:
     """A valid regex with a named group ``id`` or at least one group (group 1 is the badge id)."""
-    if value is None:
-        return None
     return _check_group_pattern(value, "id", "the badge id")
 
 
@@ -96,19 +93,13 @@ def extract_clinician(pattern: re.Pattern[str], scan: str) -> tuple[str, str | N
     return ident.strip(), family or None, given or None
 
 
+MrnPattern = Annotated[str, AfterValidator(check_mrn_pattern)]
+BadgePattern = Annotated[str, AfterValidator(check_clinician_pattern)]
+
+
 class BarcodeOptions(SerialOptions):
-    mrn_pattern: str = DEFAULT_MRN_PATTERN
-    clinician_pattern: str | None = None  # staff badges: a scan matching it signs the clinician in
-
-    @field_validator("mrn_pattern")
-    @classmethod
-    def _pattern(cls, value: str) -> str:
-        return check_mrn_pattern(value)
-
-    @field_validator("clinician_pattern")
-    @classmethod
-    def _badge(cls, value: str | None) -> str | None:
-        return check_clinician_pattern(value)
+    mrn_pattern: MrnPattern = DEFAULT_MRN_PATTERN
+    clinician_pattern: BadgePattern | None = None  # staff badges: a scan matching it signs the clinician in
 
 
 class BarcodeDecoder(LineDecoder):
@@ -174,5 +165,5 @@ class BarcodeDriver(SerialDriver[BarcodeOptions], name="barcode", device_class=D
 
     simulator_class = BarcodeSimulator
 
-    def stream_decoder(self, ctx: DecodeContext) -> StreamDecoder:
+    def stream_decoder(self, ctx: DecodeContext) -> BarcodeDecoder:
         return BarcodeDecoder(ctx, self.options.mrn_pattern, self.options.clinician_pattern)

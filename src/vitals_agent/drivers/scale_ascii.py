@@ -123,45 +123,59 @@ def parse_and(line: str) -> ScaleLine:
     return ScaleLine(stable=header == "ST", weight=number, unit=_unit(unit_text, "A&D"), mode=mode)
 
 
-_RICE = re.compile(r"^\s*([+-]?)\s*([0-9.]+)\s+([A-Za-z]{1,3})\s*([A-Za-z]*)\s*$")
+@dataclass(frozen=True)
+class _WeightUnitMode:
+    """A dialect whose record is a weight, its unit and a mode word (Rice Lake, Fairbanks)."""
+
+    name: str
+    record: re.Pattern[str]  # groups: sign, digits, unit, mode
+    cut_short: re.Pattern[str]  # a record that ended before its ``missing`` part
+    missing: str
+    modes: dict[str, str | None]  # mode word (lower case) -> gross / net / tare (None: not given)
+    lower_case_is_motion: bool = False  # else every record is at standstill
+
+    def parse(self, line: str) -> ScaleLine:
+        match = self.record.match(line)
+        if match is None:
+            if self.cut_short.match(line):
+                raise TruncatedError(f"{self.name}: truncated record {line!r} (no {self.missing})")
+            raise DecodeError(f"{self.name}: not a weight record: {line!r}")
+        sign, digits, unit_text, mode_text = match.groups()
+        if mode_text.lower() not in self.modes:
+            raise DecodeError(f"{self.name}: unknown mode {mode_text!r}")
+        mode = self.modes[mode_text.lower()]
+        if mode == "tare":
+            return ScaleLine(stable=False, extra={"status": "tare"})
+        number = parse_decimal(sign + digits, f"{self.name} weight")
+        stable = mode_text.isupper() or not self.lower_case_is_motion
+        return ScaleLine(stable=stable, weight=number, unit=_unit(unit_text, self.name), mode=mode)
+
+
+_RICE_LAKE = _WeightUnitMode(
+    "Rice Lake",
+    re.compile(r"^\s*([+-]?)\s*([0-9.]+)\s+([A-Za-z]{1,3})\s*([A-Za-z]*)\s*$"),
+    re.compile(r"^\s*[+-]?\s*[0-9.]+\s*$"),
+    "unit",
+    {"": None, "gross": "gross", "g": "gross", "net": "net", "n": "net", "tare": "tare", "t": "tare"},
+)
+_FAIRBANKS = _WeightUnitMode(
+    "Fairbanks",
+    re.compile(r"^\s*([+-]?)\s*([0-9.]+)\s*([A-Za-z]{1,3})\s+([A-Za-z]{2})\b.*$"),
+    re.compile(r"^\s*[+-]?\s*[0-9.]+\s*([A-Za-z]{1,3})?\s*$"),
+    "mode",
+    {"gr": "gross", "nt": "net", "tr": "tare"},
+    lower_case_is_motion=True,
+)
 
 
 def parse_rice_lake(line: str) -> ScaleLine:
     """Rice Lake 350-10: 9-character right-aligned weight, unit, mode (``Gross``/``Net``)."""
-    match = _RICE.match(line)
-    if match is None:
-        if re.match(r"^\s*[+-]?\s*[0-9.]+\s*$", line):
-            raise TruncatedError(f"Rice Lake: truncated record {line!r} (no unit)")
-        raise DecodeError(f"Rice Lake: not a weight record: {line!r}")
-    sign, digits, unit_text, mode_text = match.groups()
-    mode = mode_text.lower() or None
-    if mode not in (None, "gross", "net", "g", "n", "tare", "t"):
-        raise DecodeError(f"Rice Lake: unknown mode {mode_text!r}")
-    if mode in ("tare", "t"):
-        return ScaleLine(stable=False, extra={"status": "tare"})
-    mode = {"g": "gross", "n": "net"}.get(mode or "", mode)
-    number = parse_decimal(sign + digits, "Rice Lake weight")
-    return ScaleLine(stable=True, weight=number, unit=_unit(unit_text, "Rice Lake"), mode=mode)
-
-
-_FAIRBANKS = re.compile(r"^\s*([+-]?)\s*([0-9.]+)\s*([A-Za-z]{1,3})\s+([A-Za-z]{2})\b.*$")
+    return _RICE_LAKE.parse(line)
 
 
 def parse_fairbanks(line: str) -> ScaleLine:
     """Fairbanks Ultegra: ``XXXXX.X lb GR`` — an upper-case mode is stable, lower case means motion."""
-    match = _FAIRBANKS.match(line)
-    if match is None:
-        if re.match(r"^\s*[+-]?\s*[0-9.]+\s*([A-Za-z]{1,3})?\s*$", line):
-            raise TruncatedError(f"Fairbanks: truncated record {line!r} (no mode)")
-        raise DecodeError(f"Fairbanks: not a weight record: {line!r}")
-    sign, digits, unit_text, mode_text = match.groups()
-    mode = {"gr": "gross", "nt": "net", "tr": "tare"}.get(mode_text.lower())
-    if mode is None:
-        raise DecodeError(f"Fairbanks: unknown mode {mode_text!r}")
-    if mode == "tare":
-        return ScaleLine(stable=False, extra={"status": "tare"})
-    number = parse_decimal(sign + digits, "Fairbanks weight")
-    return ScaleLine(stable=mode_text.isupper(), weight=number, unit=_unit(unit_text, "Fairbanks"), mode=mode)
+    return _FAIRBANKS.parse(line)
 
 
 _NUMBER_UNIT = re.compile(r"^([0-9.]+)\s*([A-Za-z]*)$")

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import AfterValidator, Field, ValidationInfo, model_validator
 
 from vitals_agent.drivers.base import (
     DecodeContext,
@@ -52,13 +52,40 @@ from vitals_agent.errors import DecodeError, UnsupportedError
 from vitals_agent.models import DeviceClass, DeviceEvent, DeviceIdentity, DeviceStatusEvent
 
 
+def _address(value: str) -> str:
+    try:
+        return parse_address(value)
+    except ValueError:
+        raise ValueError("address must look like AA:BB:CC:DD:EE:FF") from None
+
+
+def _name_pattern(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"name is not a valid regular expression: {exc}") from None
+    return value
+
+
+def _service(value: str) -> str:
+    try:
+        return U.normalize_uuid(value)
+    except DecodeError as exc:
+        raise ValueError(str(exc)) from None
+
+
+BleAddress = Annotated[str, AfterValidator(_address)]
+NamePattern = Annotated[str, AfterValidator(_name_pattern)]
+ServiceUuid = Annotated[str, AfterValidator(_service)]
+
+
 class BleOptions(DriverOptions):
     """Keys of every BLE device: where it is (``address``, or ``name`` pattern + the driver's service)
     and how the link behaves."""
 
-    address: str | None = None  # "AA:BB:CC:DD:EE:FF" (BlueZ) or a platform id
-    name: str | None = None  # regular expression matched against the advertised name
-    service: str | None = None  # service UUID to require when finding by name (default: the driver's)
+    address: BleAddress | None = None  # "AA:BB:CC:DD:EE:FF" (BlueZ) or a platform id
+    name: NamePattern | None = None  # regular expression matched against the advertised name
+    service: ServiceUuid | None = None  # service UUID to require when finding by name (default: the driver's)
     adapter: str | None = None  # "hci0"; default: BlueZ's default adapter
     set_clock: bool = True  # write the host clock to Date Time / Current Time when writable
     stored_records: bool = True  # fetch stored records through RACP where the device offers it
@@ -69,36 +96,6 @@ class BleOptions(DriverOptions):
     # The device's model number, for a device whose Device Information does not say (or says it wrong):
     # selects its per-model quirks (drivers/ble/quirks.py), e.g. model = "BM85".
     model: str | None = None
-
-    @field_validator("address")
-    @classmethod
-    def _address(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        try:
-            return parse_address(value)
-        except ValueError:
-            raise ValueError("address must look like AA:BB:CC:DD:EE:FF") from None
-
-    @field_validator("name")
-    @classmethod
-    def _pattern(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"name is not a valid regular expression: {exc}") from None
-        return value
-
-    @field_validator("service")
-    @classmethod
-    def _service(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        try:
-            return U.normalize_uuid(value)
-        except DecodeError as exc:
-            raise ValueError(str(exc)) from None
 
     @model_validator(mode="after")
     def _where(self, info: ValidationInfo) -> BleOptions:
