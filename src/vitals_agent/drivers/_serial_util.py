@@ -41,6 +41,28 @@ def hexs(data: bytes | bytearray, limit: int = 48) -> str:
     return text + (" ..." if len(data) > limit else "")
 
 
+def failure(kind: type[DecodeError], message: str, data: bytes) -> DecodeFailure:
+    """A stream failure about ``data``, its message ending in the bytes as hex: ``message (1B 45 ...)``."""
+    return DecodeFailure(kind(f"{message} ({hexs(data)})", data))
+
+
+def take(buf: bytearray, n: int) -> bytes:
+    """The first ``n`` bytes of ``buf``, removed from it (a frame, or bytes cut off as a failure)."""
+    part = bytes(buf[:n])
+    del buf[:n]
+    return part
+
+
+def shed(junk: bytearray, buf: bytearray, keep: int) -> bytes:
+    """Over the buffer cap: ``junk`` (bytes known not to start a frame, which precede ``buf``) and ``buf``
+    give up all but their last ``keep`` bytes (a frame may start there), which ``buf`` keeps; returns the
+    bytes given up, for one failure."""
+    whole = junk + buf
+    junk.clear()
+    buf[:] = whole[-keep:]
+    return bytes(whole[:-keep])
+
+
 def value(metric: str, number: Decimal | int | str, unit: str, flags: Iterable[Flag] = ()) -> Measurement:
     return Measurement(metric=metric, value=Decimal(number), unit=unit, flags=tuple(flags))
 
@@ -121,11 +143,7 @@ class FlushingDecoder(StreamDecoder):
         self.reset()
         if not rest:
             return []
-        return [
-            DecodeFailure(
-                TruncatedError(f"truncated record: input ended inside a frame ({hexs(rest)})", rest)
-            )
-        ]
+        return [failure(TruncatedError, "truncated record: input ended inside a frame", rest)]
 
 
 class TimedSimulator(Simulator):

@@ -168,6 +168,13 @@ class DecodeFailure:
 
     error: DecodeError
 
+    @classmethod
+    def of(cls, error: DecodeError, data: bytes) -> DecodeFailure:
+        """``error`` about ``data``: the bytes it carries for the DEBUG hex dump, unless it names its own."""
+        if not error.data:
+            error.data = data
+        return cls(error)
+
     @property
     def data(self) -> bytes:
         return self.error.data
@@ -394,9 +401,7 @@ class LineDecoder(StreamDecoder):
         try:
             return list(self.decode_line(line))
         except DecodeError as exc:
-            if not exc.data:
-                exc.data = line
-            return [DecodeFailure(exc)]
+            return [DecodeFailure.of(exc, line)]
 
     @abc.abstractmethod
     def decode_line(self, line: bytes) -> Iterable[DeviceEvent]:

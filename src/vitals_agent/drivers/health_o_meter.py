@@ -22,6 +22,7 @@ from vitals_agent.drivers._serial_util import (
     FlushingDecoder,
     TimedSimulator,
     WeighingTracker,
+    failure,
     hexs,
     make_reading,
     parse_decimal,
@@ -197,9 +198,7 @@ class HealthOMeterDecoder(FlushingDecoder):
     def _garbage(self) -> DecodeFailure:
         junk = bytes(self._raw)
         self._raw.clear()
-        return DecodeFailure(
-            DecodeError(f"Health o meter: {len(junk)} bytes outside a packet ({hexs(junk)})", junk)
-        )
+        return failure(DecodeError, f"Health o meter: {len(junk)} bytes outside a packet", junk)
 
     def _packet(self) -> list[DecoderOutput]:
         raw = bytes(self._raw)
@@ -208,9 +207,7 @@ class HealthOMeterDecoder(FlushingDecoder):
         try:
             return self._decode(fields, raw)
         except DecodeError as exc:
-            if not exc.data:
-                exc.data = raw
-            return [DecodeFailure(exc)]
+            return [DecodeFailure.of(exc, raw)]
 
     def _decode(self, fields: Sequence[tuple[str, bytes]], raw: bytes) -> list[DecoderOutput]:
         values: dict[str, str] = {}

@@ -281,9 +281,7 @@ class MasimoDecoder(StreamDecoder):
             try:
                 out.extend(self.decode_line(segment))
             except DecodeError as exc:
-                if not exc.data:
-                    exc.data = segment
-                out.append(DecodeFailure(exc))
+                out.append(DecodeFailure.of(exc, segment))
 
     def decode_line(self, line: bytes) -> list[DeviceEvent]:
         """Decode one line (from its time stamp, without CR LF). Raises :class:`DecodeError`."""

@@ -26,8 +26,11 @@ from vitals_agent.drivers._serial_util import (
     FlushingDecoder,
     TimedSimulator,
     absent,
+    failure,
     hexs,
     make_reading,
+    shed,
+    take,
     value,
 )
 from vitals_agent.drivers.base import (
@@ -155,10 +158,7 @@ class _NoninDecoder(FlushingDecoder):
 
     def _cap(self, out: list[DecoderOutput]) -> None:
         if len(self._junk) + len(self._buf) > self.max_buffer:
-            whole = self._junk + self._buf
-            self._junk.clear()
-            junk = bytes(whole[: -self.frame_len])
-            self._buf[:] = whole[-self.frame_len :]
+            junk = shed(self._junk, self._buf, self.frame_len)
             self._scan_from = 0
             out.append(
                 DecodeFailure(
@@ -188,27 +188,16 @@ class DF8Decoder(_NoninDecoder):
                     break  # keep the garbage (outside the buffer) until we know where it ends
                 junk = bytes(self._junk)
                 self._junk.clear()
-                out.append(
-                    DecodeFailure(
-                        DecodeError(f"DF8: {len(junk)} bytes outside frame sync ({hexs(junk)})", junk)
-                    )
-                )
+                out.append(failure(DecodeError, f"DF8: {len(junk)} bytes outside frame sync", junk))
                 continue
             nxt = next((i for i in range(1, min(len(buf), 4)) if buf[i] & 0x80), None)
             if nxt is not None:
-                part = bytes(buf[:nxt])
-                del buf[:nxt]
-                out.append(
-                    DecodeFailure(
-                        TruncatedError(f"truncated DF8 frame: {len(part)} of 4 bytes ({hexs(part)})", part)
-                    )
-                )
+                part = take(buf, nxt)
+                out.append(failure(TruncatedError, f"truncated DF8 frame: {len(part)} of 4 bytes", part))
                 continue
             if len(buf) < 4:
                 break
-            frame = bytes(buf[:4])
-            del buf[:4]
-            out.append(self._decode(frame))
+            out.append(self._decode(take(buf, 4)))
         self._cap(out)
         return out
 
@@ -315,9 +304,7 @@ class DF2Decoder(_NoninDecoder):
             if head is None:
                 break
             if head:
-                frame = bytes(buf[:5])
-                del buf[:5]
-                out.extend(self._frame(frame))
+                out.extend(self._frame(take(buf, 5)))
                 continue
             if self._looks_like_start(0) and len(buf) >= 5:
                 # A frame start whose checksum fails: corrupted, or cut short by the next frame.
@@ -326,14 +313,12 @@ class DF2Decoder(_NoninDecoder):
                     break
                 cut = next((j for j, ok in enumerate(later, start=1) if ok), None)
                 if cut is not None:
-                    part = bytes(buf[:cut])
-                    del buf[:cut]
+                    part = take(buf, cut)
                     err: DecodeError = TruncatedError(
                         f"truncated {name} frame: {len(part)} of 5 bytes ({hexs(part)})", part
                     )
                 else:
-                    frame = bytes(buf[:5])
-                    del buf[:5]
+                    frame = take(buf, 5)
                     err = ChecksumError(
                         f"{name} checksum mismatch: got 0x{frame[4]:02X},"
                         f" computed 0x{sum(frame[:4]) & 0xFF:02X} ({hexs(frame)})",
@@ -356,8 +341,7 @@ class DF2Decoder(_NoninDecoder):
             if start is None:
                 break  # garbage so far; wait for a frame (the cap below bounds the buffer)
             self._scan_from = 0
-            junk = bytes(buf[:start])
-            del buf[:start]
+            junk = take(buf, start)
             out.append(
                 self._broken(
                     DecodeError(f"{name}: {len(junk)} bytes outside frame sync ({hexs(junk)})", junk)

@@ -24,8 +24,10 @@ from vitals_agent.drivers._serial_util import (
     FlushingDecoder,
     TimedSimulator,
     absent,
-    hexs,
+    failure,
     make_reading,
+    shed,
+    take,
     value,
 )
 from vitals_agent.drivers.base import (
@@ -158,7 +160,7 @@ class SunTechDecoder(FlushingDecoder):
     def _garbage(self) -> DecodeFailure:
         junk = bytes(self._junk)
         self._junk.clear()
-        return DecodeFailure(DecodeError(f"SunTech: {len(junk)} bytes outside a frame ({hexs(junk)})", junk))
+        return failure(DecodeError, f"SunTech: {len(junk)} bytes outside a frame", junk)
 
     def feed(self, data: bytes) -> list[DecoderOutput]:
         out: list[DecoderOutput] = []
@@ -177,19 +179,11 @@ class SunTechDecoder(FlushingDecoder):
                 cut = next((j for j in range(1, len(buf)) if buf[j] == START and self._frame_at(j)), None)
                 if cut is None:
                     break
-                part = bytes(buf[:cut])
-                del buf[:cut]
-                out.append(
-                    DecodeFailure(
-                        TruncatedError(f"truncated SunTech frame: {len(part)} bytes ({hexs(part)})", part)
-                    )
-                )
+                part = take(buf, cut)
+                out.append(failure(TruncatedError, f"truncated SunTech frame: {len(part)} bytes", part))
                 continue
             if head:
-                n = buf[1]
-                frame = bytes(buf[:n])
-                del buf[:n]
-                out.extend(self._frame(frame))
+                out.extend(self._frame(take(buf, buf[1])))
                 continue
             if buf[0] == START and len(buf) >= 2 and MIN_LEN <= buf[1] <= MAX_LEN:
                 n = buf[1]
@@ -199,39 +193,22 @@ class SunTechDecoder(FlushingDecoder):
                     break
                 cut = next((j for j, ok in later if ok), None)
                 if cut is not None:
-                    part = bytes(buf[:cut])
-                    del buf[:cut]
+                    part = take(buf, cut)
                     out.append(
-                        DecodeFailure(
-                            TruncatedError(
-                                f"truncated SunTech frame: {len(part)} of {n} bytes ({hexs(part)})", part
-                            )
-                        )
+                        failure(TruncatedError, f"truncated SunTech frame: {len(part)} of {n} bytes", part)
                     )
                 else:
-                    frame = bytes(buf[:n])
-                    del buf[:n]
-                    got = frame[-1]
-                    computed = (-sum(frame[:-1])) & 0xFF
-                    out.append(
-                        DecodeFailure(
-                            ChecksumError(
-                                f"SunTech checksum mismatch: got 0x{got:02X}, computed 0x{computed:02X}"
-                                f" ({hexs(frame)})",
-                                frame,
-                            )
-                        )
-                    )
+                    frame = take(buf, n)
+                    got, computed = frame[-1], (-sum(frame[:-1])) & 0xFF
+                    message = f"SunTech checksum mismatch: got 0x{got:02X}, computed 0x{computed:02X}"
+                    out.append(failure(ChecksumError, message, frame))
                 continue
             # Out of sync (garbage, or a ">" with an impossible length byte): skip to the next valid frame.
             if not self._skip_garbage(1):
                 break
             out.append(self._garbage())
         if len(self._junk) + len(buf) > self.max_buffer:
-            whole = self._junk + buf
-            self._junk.clear()
-            junk = bytes(whole[:-MAX_LEN])
-            buf[:] = whole[-MAX_LEN:]
+            junk = shed(self._junk, buf, MAX_LEN)
             out.append(DecodeFailure(DecodeError(f"SunTech: no frame in {len(junk)} bytes", junk)))
         return out
 
@@ -254,7 +231,7 @@ class SunTechDecoder(FlushingDecoder):
             self._last_result = frame
             self._result_pending = False
             return [self._bp_data(frame)]
-        return [DecodeFailure(UnsupportedError(f"SunTech: unknown {n}-byte response ({hexs(frame)})", frame))]
+        return [failure(UnsupportedError, f"SunTech: unknown {n}-byte response", frame)]
 
     def _bp_data(self, frame: bytes) -> DecoderOutput:
         sys = int.from_bytes(frame[2:4], "little")

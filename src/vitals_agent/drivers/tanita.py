@@ -23,6 +23,7 @@ from vitals_agent.drivers._serial_util import (
     FlushingDecoder,
     TimedSimulator,
     absent,
+    failure,
     hexs,
     make_reading,
     parse_decimal,
@@ -104,9 +105,7 @@ class TanitaDecoder(FlushingDecoder):
         start = line.find(b"{")
         head = (line if start < 0 else line[:start]).strip(_IDLE)
         if head:
-            out.append(
-                DecodeFailure(DecodeError(f"Tanita: {len(head)} bytes outside a record ({hexs(head)})", head))
-            )
+            out.append(failure(DecodeError, f"Tanita: {len(head)} bytes outside a record", head))
         if start < 0:
             return
         parts = line[start:].split(b"{")[1:]
@@ -121,9 +120,7 @@ class TanitaDecoder(FlushingDecoder):
         try:
             return [self.decode_record(raw)]
         except DecodeError as exc:
-            if not exc.data:
-                exc.data = raw
-            return [DecodeFailure(exc)]
+            return [DecodeFailure.of(exc, raw)]
 
     def decode_record(self, raw: bytes) -> DecoderOutput:
         """Decode one record (without CR LF). Raises DecodeError subclasses."""

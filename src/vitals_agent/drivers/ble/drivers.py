@@ -254,9 +254,7 @@ class BleDriver(Driver[BleOptionsT]):
                 else:
                     out.append(self.describe(uuid, bytes(chunk), ctx))
             except DecodeError as exc:
-                if not exc.data:
-                    exc.data = bytes(chunk)
-                out.append(DecodeFailure(exc))
+                out.append(DecodeFailure.of(exc, bytes(chunk)))
         return out
 
 

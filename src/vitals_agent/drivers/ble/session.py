@@ -299,9 +299,7 @@ class BleSession:
         try:
             record = self.driver.decode_measurement(uuid, data, self.context)
         except DecodeError as exc:
-            if not exc.data:
-                exc.data = data
-            return DecodeFailure(exc)
+            return DecodeFailure.of(exc, data)
         if not record.reportable:
             if record.failed:
                 self.log.info(ev.BLE_FAILED_MEASUREMENT_DROPPED, characteristic=record.characteristic)

@@ -145,9 +145,7 @@ class EcgFileDriver(Driver[EcgOptionsT]):
         try:
             return [self.decode_file(data, ctx)]
         except DecodeError as exc:
-            if not exc.data:
-                exc.data = data[:256]
-            return [DecodeFailure(exc)]
+            return [DecodeFailure.of(exc, data[:256])]
 
 
 class FolderEcgDriver(EcgFileDriver[FolderOptionsT]):

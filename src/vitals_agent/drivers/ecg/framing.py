@@ -74,9 +74,7 @@ class ScpFileFramer(StreamDecoder):
         try:
             return self.driver.decode_file(data, self.ctx)
         except DecodeError as exc:
-            if not exc.data:
-                exc.data = data[:64]
-            return DecodeFailure(exc)
+            return DecodeFailure.of(exc, data[:64])
 
     def feed(self, data: bytes) -> list[DecoderOutput]:
         return [self.decode(f) for f in self.frames(data)]
