@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -72,30 +73,22 @@ def _link_facts(sender: QueueSender, now: float) -> LinkFacts:
     )
 
 
+@dataclass(eq=False, kw_only=True)
 class FactSource:
     """Everything :func:`gather` needs, by reference (the service swaps senders and runtimes on reload)."""
 
-    def __init__(
-        self,
-        *,
-        senders: Mapping[str, QueueSender],
-        runtimes: Mapping[str, DeviceRuntimeImpl],
-        patients: PatientContextManager,
-        outbox: Outbox,
-        data_dir: Path,
-        clock: Clock,
-        cert_files: Mapping[str, Path],
-        config_error: Callable[[], str | None] = lambda: None,
-    ) -> None:
-        self.config_error = config_error
-        self.senders = senders
-        self.runtimes = runtimes
-        self.patients = patients
-        self.outbox = outbox
-        self.data_dir = data_dir
-        self.clock = clock
+    senders: Mapping[str, QueueSender]
+    runtimes: Mapping[str, DeviceRuntimeImpl]
+    patients: PatientContextManager
+    outbox: Outbox
+    data_dir: Path
+    clock: Clock
+    cert_files: InitVar[Mapping[str, Path]]
+    config_error: Callable[[], str | None] = lambda: None
+    certs: CertWatch = field(init=False)
+
+    def __post_init__(self, cert_files: Mapping[str, Path]) -> None:
         self.certs = CertWatch(cert_files)
-        self.started_mono = clock.mono()
 
     async def gather(self) -> Facts:
         now = self.clock.now()

@@ -37,6 +37,7 @@ import ssl
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import KW_ONLY, InitVar, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -211,25 +212,20 @@ def _answer(ack: Ack) -> Answer:
     return Answer(ack.accepted, ack.code, ack.known, "" if ack.accepted else ack.describe(), ack.summary())
 
 
+@dataclass(eq=False)
 class QueueSender:
     """Deliver one destination's messages from the outbox through ``link``, as ``settings`` say."""
 
-    def __init__(
-        self,
-        outbox: Outbox,
-        link: Link,
-        settings: Settings,
-        *,
-        destination: str = "ehr",
-        backlog_warning: int = 100,
-        rng: random.Random | None = None,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.outbox = outbox
-        self.link = link
-        self.destination = destination
-        self.backlog_warning = backlog_warning
-        self._clock = clock
+    outbox: Outbox
+    link: Link
+    settings: InitVar[Settings]
+    _: KW_ONLY
+    destination: str = "ehr"
+    backlog_warning: int = 100
+    rng: InitVar[random.Random | None] = None
+    clock: Callable[[], float] = time.monotonic
+
+    def __post_init__(self, settings: Settings, rng: random.Random | None) -> None:
         self.policy: DeliveryPolicy[OutboxMessage] = DeliveryPolicy(settings, rng=rng)
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
@@ -268,7 +264,7 @@ class QueueSender:
             depth, dead = self.outbox.depth(self.destination), self.outbox.dead_count(self.destination)
         except Exception:  # a closed or broken outbox must not break a status request
             depth = dead = None
-        snap = self.policy.snapshot(self._clock())
+        snap = self.policy.snapshot(self.clock())
         failing_for = snap["storage_failing_for"]
         give_up = self.policy.settings.storage_give_up
         return {
@@ -337,7 +333,7 @@ class QueueSender:
         if awaiting:
             now = time.time()
             self.policy.restore_awaiting(
-                [(a.id, a.control_id, now - a.committed_at) for a in awaiting], self._clock()
+                [(a.id, a.control_id, now - a.committed_at) for a in awaiting], self.clock()
             )
             log.info(ev.DELIVERY_AWAITING_RESTORED, count=len(awaiting))
         try:
@@ -357,7 +353,7 @@ class QueueSender:
                     log.error(ev.DELIVERY_UNEXPECTED_ERROR, error=exc.__class__.__name__)
                     log.debug(ev.DELIVERY_UNEXPECTED_ERROR_DETAIL, exc_info=True)
                     self.link.abort()
-                    self.policy.internal_error(self._clock())
+                    self.policy.internal_error(self.clock())
         finally:
             self._in_flight = None
             self.link.abort()
@@ -373,7 +369,7 @@ class QueueSender:
 
     async def _step(self) -> None:
         self._check_app_acks()
-        step = self.policy.next_step(self._clock())
+        step = self.policy.next_step(self.clock())
         if isinstance(step, Settle):
             await self._settle(step)
         elif isinstance(step, Send):
@@ -385,12 +381,12 @@ class QueueSender:
             # Inline: the outbox's read connection never waits for a writer (WAL), and a thread hand-off
             # per message costs more than the read (a ward sends hundreds a second).
             rows = self.outbox.peek(step.limit, destination=self.destination)
-            if self.policy.refilled(rows, self._clock()):
+            if self.policy.refilled(rows, self.clock()):
                 self._storage_recovered()
         elif isinstance(step, Fetch):
             item = await asyncio.to_thread(self.outbox.get, step.message_id)
             queued = item if isinstance(item, OutboxMessage) else None
-            if self.policy.fetched(step.message_id, queued, self._clock()):
+            if self.policy.fetched(step.message_id, queued, self.clock()):
                 self._storage_recovered()
         elif isinstance(step, Wait):
             await self._wait(step)
@@ -406,7 +402,7 @@ class QueueSender:
         ]
         listen = getattr(self.link, "listen", None)
         heard: asyncio.Future[Any] | None = None
-        if callable(listen) and self.policy.snapshot(self._clock())["awaiting_app_ack"]:
+        if callable(listen) and self.policy.snapshot(self.clock())["awaiting_app_ack"]:
             # enhanced mode: the application ACK may come on the open connection while nothing is sent
             heard = asyncio.ensure_future(listen(step.seconds))
             waiters.append(heard)
@@ -438,7 +434,7 @@ class QueueSender:
         """An application ACK, from the open connection or the inbound ``app_ack_port``. Returns True when
         it was for a message that awaits one (or one it completed already: a repeat, counted)."""
         verdict = self.policy.application_ack(
-            ack.control_id, ack.code, self._clock(), text=ack.describe(), summary=ack.summary()
+            ack.control_id, ack.code, self.clock(), text=ack.describe(), summary=ack.summary()
         )
         if verdict is None:
             if self.policy.was_completed(ack.control_id):
@@ -483,7 +479,7 @@ class QueueSender:
             )
 
     def _check_app_acks(self) -> None:
-        late, quiet = self.policy.overdue(self._clock())
+        late, quiet = self.policy.overdue(self.clock())
         timeout = self.policy.settings.app_ack_timeout
         for control_id in late:
             log.warning(
@@ -509,7 +505,7 @@ class QueueSender:
     # --- storage -------------------------------------------------------------------------------------
 
     def _storage_failed(self, error: str, *, write: bool) -> None:
-        verdict = self.policy.storage_failed(self._clock(), error, write=write)
+        verdict = self.policy.storage_failed(self.clock(), error, write=write)
         self._error(error)
         fields = {"error": error, "retry_in": round(verdict.delay, 2)}
         if verdict.first:
@@ -532,7 +528,7 @@ class QueueSender:
 
     def _storage_recovered(self) -> None:
         log.info(ev.OUTBOX_STORAGE_USABLE)
-        if self.policy.snapshot(self._clock())["storage_error"] is None:
+        if self.policy.snapshot(self.clock())["storage_error"] is None:
             self._storage_since = None
 
     async def _settle(self, step: Settle[OutboxMessage], record: Any = None) -> None:
@@ -549,7 +545,7 @@ class QueueSender:
             except OutboxError as exc:  # not sent again meanwhile (unsettled); after a restart it may be
                 self._storage_failed(str(exc), write=True)
                 return
-            if self.policy.settled(step.message_id, self._clock()):
+            if self.policy.settled(step.message_id, self.clock()):
                 self._storage_recovered()
             return
         try:
@@ -586,7 +582,7 @@ class QueueSender:
                     )
             self._storage_failed(str(exc), write=True)
             return
-        if self.policy.settled(step.message_id, self._clock()):
+        if self.policy.settled(step.message_id, self.clock()):
             self._storage_recovered()
         if isinstance(outcome, Removal):
             if not step.first_try or step.message is None:
@@ -616,7 +612,7 @@ class QueueSender:
     def _last_removals(self) -> None:
         """At stop: one last, never-waiting try to remove delivered messages (the ledger has them anyway)."""
         while True:
-            step = self.policy.next_step(self._clock())
+            step = self.policy.next_step(self.clock())
             if not isinstance(step, Settle) or not isinstance(step.outcome, Removal):
                 return
             try:
@@ -624,7 +620,7 @@ class QueueSender:
                     return
             except OutboxError:
                 return
-            self.policy.settled(step.message_id, self._clock())
+            self.policy.settled(step.message_id, self.clock())
 
     # --- one message ---------------------------------------------------------------------------------
 
@@ -661,7 +657,7 @@ class QueueSender:
         else:
             after_connect, not_before = not isinstance(exc, ConnectFailedError), None
         verdict = self.policy.link_failed(
-            msg, self._clock(), after_connect=after_connect, not_before=not_before
+            msg, self.clock(), after_connect=after_connect, not_before=not_before
         )
         if verdict.suspect:
             log.info(
@@ -696,7 +692,7 @@ class QueueSender:
         except OutboxError as oexc:
             self._storage_failed(str(oexc), write=True)
             return None
-        if self.policy.storage_ok(self._clock(), write=True):
+        if self.policy.storage_ok(self.clock(), write=True):
             self._storage_recovered()
         return nacks
 
@@ -740,7 +736,7 @@ class QueueSender:
         self._last_ack_at = time.time()
         if ack.accepted:
             # never offered again, whatever happens to the removal (or the move to awaiting_ack)
-            completed = self.policy.accepted(msg, ack.code, self._clock())
+            completed = self.policy.accepted(msg, ack.code, self.clock())
             if completed:
                 self._delivered += 1
                 log.debug(
@@ -752,7 +748,7 @@ class QueueSender:
             else:
                 self._committed += 1
                 log.debug(ev.DELIVERY_COMMITTED, destination=self.destination, control_id=msg.control_id)
-            step = self.policy.next_step(self._clock())
+            step = self.policy.next_step(self.clock())
             if isinstance(step, Settle) and step.message_id == msg.id:
                 await self._settle(step, record)  # remove (or move) it now (the fast path)
             else:  # the outbox is failing: the removal waits, the ledger remembers it meanwhile
@@ -766,7 +762,7 @@ class QueueSender:
         log.debug(ev.DELIVERY_NEGATIVE_ACK, control_id=msg.control_id, ack=detail)
         nacks = await self._mark_failure(msg, detail, negative=True)
         verdict = self.policy.negative(
-            msg, ack.code, known=ack.known, nacks=nacks, now=self._clock(), text=detail, summary=ack.summary
+            msg, ack.code, known=ack.known, nacks=nacks, now=self.clock(), text=detail, summary=ack.summary
         )
         if isinstance(verdict, DeadLetter):
             return  # settled by the next step
