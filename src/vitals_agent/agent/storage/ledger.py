@@ -72,7 +72,7 @@ class DeliveredLedger:
         self._lock = threading.Lock()
         self._fd: int | None = None
         self._slots: dict[int, int] = {}  # message id -> slot index
-        self._problem: str | None = None
+        self.problem: str | None = None  # why the ledger cannot record (one line)
         self._entries: dict[int, str] = {}
         if writable:
             self._open()
@@ -84,16 +84,11 @@ class DeliveredLedger:
         """True when ids can be recorded durably."""
         return self._fd is not None
 
-    @property
-    def problem(self) -> str | None:
-        """Why the ledger cannot record (one line), or None."""
-        return self._problem
-
     def _open(self) -> None:
         try:
             fd = host.open_private(self.path, os.O_RDWR | os.O_CREAT | NOFOLLOW)
         except OSError as exc:
-            self._problem = f"cannot open {self.path}: {exc.strerror or exc}"
+            self.problem = f"cannot open {self.path}: {exc.strerror or exc}"
             self._entries = self._read_only()
             return
         try:
@@ -105,7 +100,7 @@ class DeliveredLedger:
             data = read_at(fd, SLOT * SLOTS, 0)
         except OSError as exc:
             os.close(fd)
-            self._problem = f"cannot prepare {self.path}: {exc.strerror or exc}"
+            self.problem = f"cannot prepare {self.path}: {exc.strerror or exc}"
             return
         self._fd = fd
         for index in range(SLOTS):
@@ -148,12 +143,12 @@ class DeliveredLedger:
                 write_at(self._fd, slot, free * SLOT)
                 host.fsync_data(self._fd)
             except OSError as exc:
-                if self._problem is None:
+                if self.problem is None:
                     log.warning(ev.OUTBOX_DELIVERED_IN_MEMORY_ONLY, error=exc.strerror or str(exc))
-                self._problem = f"cannot write {self.path}: {exc.strerror or exc}"
+                self.problem = f"cannot write {self.path}: {exc.strerror or exc}"
                 return False
             self._slots[message_id] = free
-            self._problem = None
+            self.problem = None
             return True
 
     def forget(self, message_id: int) -> None:
