@@ -28,6 +28,7 @@ from vitals_agent.errors import AckProtocolError
 from vitals_agent.hl7.ack import Ack, commit_ack, parse_ack
 from vitals_agent.hl7.mllp import DEFAULT_MAX_FRAME, MllpDeframer, frame
 from vitals_agent.hl7.oru import new_control_id
+from vitals_agent.net.serving import close_server
 
 log = structlog.get_logger(__name__)
 
@@ -57,17 +58,7 @@ class AckListener:
 
     async def close(self) -> None:
         server, self._server = self._server, None
-        if server is not None:
-            server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        if server is not None:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(1.0):
-                    await server.wait_closed()
+        await close_server(server, self._tasks)
 
     def status(self) -> dict[str, Any]:
         return {"host": self.host, "port": self.port, **self.counts}

@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from vitals_agent import log_events as ev
 from vitals_agent.config.metrics import MetricsConfig
 from vitals_agent.errors import ConfigError
+from vitals_agent.net.serving import close_server
 
 log = structlog.get_logger(__name__)
 
@@ -70,15 +71,7 @@ class MetricsServer:
 
     async def stop(self) -> None:
         server, self._server = self._server, None
-        if server is not None:
-            server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-        if server is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(server.wait_closed(), 1.0)
+        await close_server(server, self._tasks)
 
     def _allowed(self, peer: object) -> bool:
         if not self.allow:
