@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
@@ -178,25 +178,20 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+@dataclass(eq=False)
 class PatientLookup:
     """The lookup-then-confirm flow for one room (see the module docstring)."""
 
-    def __init__(
-        self,
-        patients: PatientContextManager,
-        client: PdqClient,
-        config: PdqConfig,
-        audit: AuditLog,
-        *,
-        now: Callable[[], datetime] = _utc_now,
-    ) -> None:
-        self.patients = patients
-        self.client = client
-        self.config = config
-        self.audit = audit
-        self._now = now
-        self.confirm_timeout = timedelta(seconds=config.confirm_timeout_seconds)
-        self._file = patients.data_dir / PENDING_FILE
+    patients: PatientContextManager
+    client: PdqClient
+    config: PdqConfig
+    audit: AuditLog
+    _: KW_ONLY
+    now: Callable[[], datetime] = _utc_now
+
+    def __post_init__(self) -> None:
+        self.confirm_timeout = timedelta(seconds=self.config.confirm_timeout_seconds)
+        self._file = self.patients.data_dir / PENDING_FILE
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._expires_mono: float | None = None  # the pending confirmation's end on the monotonic clock
@@ -205,8 +200,8 @@ class PatientLookup:
         # The last lookup that bound nothing (no match, EHR not usable): (when, masked one-line message), so
         # the page can tell the person at the workstation why a scan did nothing.
         self.last_failure: tuple[datetime, str] | None = None
-        patients.pending_check = self.is_pending
-        patients.scan_handler = self.start_scan_lookup
+        self.patients.pending_check = self.is_pending
+        self.patients.scan_handler = self.start_scan_lookup
 
     # --- persistence -------------------------------------------------------------------------------
     def _load(self) -> Pending | None:
@@ -312,7 +307,7 @@ class PatientLookup:
     async def _lookup(
         self, typed: PatientDetails, channel: str, source: str | None, caller: dict[str, Any]
     ) -> Outcome:
-        now = self._now()
+        now = self.now()
         self.last_failure = None
         previous = self.pending(now)
         if previous is not None:
@@ -369,7 +364,7 @@ class PatientLookup:
                     typed, channel, source, why, query_id=answer.query_id, caller=caller
                 )
             return self._failed(Outcome("none", f"no patient with MRN {masked} in the EHR"))
-        now = self._now()
+        now = self.now()
         pending = Pending(
             typed,
             channel,
@@ -463,12 +458,12 @@ class PatientLookup:
         )
 
     def _failed(self, outcome: Outcome) -> Outcome:
-        self.last_failure = (self._now(), outcome.message)
+        self.last_failure = (self.now(), outcome.message)
         return outcome
 
     def notice(self, now: datetime | None = None, *, within: float = 120.0) -> str | None:
         """Why the last lookup bound nothing, while it is recent and nothing newer is pending or bound."""
-        now = now or self._now()
+        now = now or self.now()
         if self.last_failure is None or self.pending(now) is not None:
             return None
         when, message = self.last_failure
@@ -489,7 +484,7 @@ class PatientLookup:
         """Bind the room to the (picked) candidate from the EHR's answer. Raises :class:`ConfirmError`."""
         caller = dict(caller or {})
         async with self._lock:
-            now = self._now()
+            now = self.now()
             expired = self.expire(now)
             pending = self._pending
             if pending is None:

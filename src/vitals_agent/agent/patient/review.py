@@ -30,7 +30,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import KW_ONLY, InitVar, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -615,33 +615,27 @@ class _Pending:
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
 
+@dataclass(eq=False)
 class ReviewDesk:
     """The review's decisions: hold in ``confirm`` mode, register what was sent, and the clinician's
     confirm / reject / correct / wrong-patient / manual entries, each a durable reserved action."""
 
-    def __init__(
-        self,
-        data_dir: Path,
-        config: ReviewConfig,
-        *,
-        patients: PatientContextManager,
-        clinicians: ClinicianContextManager,
-        audit: AuditLog,
-        clock: Clock | None = None,
-        require_patient: bool = False,
-    ) -> None:
-        self.config = config
-        self.patients = patients
-        self.clinicians = clinicians
-        self.audit = audit
-        self.clock = clock or patients.clock
-        self.require_patient = require_patient
+    data_dir: InitVar[Path]
+    config: ReviewConfig
+    _: KW_ONLY
+    patients: PatientContextManager
+    clinicians: ClinicianContextManager
+    audit: AuditLog
+    clock: Clock
+    require_patient: bool = False
+
+    def __post_init__(self, data_dir: Path) -> None:
         self.store = ReviewStore(data_dir / REVIEW_FILE)
         self.pipeline: ReviewPipeline | None = None
         self._lock: asyncio.Lock | None = None
         self._pending = _Pending()
         self._last_purge: float | None = None
-        patients.listeners.append(self.patient_changed)
+        self.patients.listeners.append(self.patient_changed)
 
     @property
     def mode(self) -> str:
