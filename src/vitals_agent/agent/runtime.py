@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import KW_ONLY, dataclass, field
+from dataclasses import KW_ONLY, asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -53,23 +53,11 @@ class DeviceStatus:
     counters: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "driver": self.driver,
-            "connected": self.connected,
-            "detail": self.detail,
-            "last_seen": self.last_seen.isoformat() if self.last_seen else None,
-            "last_reading_at": self.last_reading_at.isoformat() if self.last_reading_at else None,
-            "last_reading": dict(self.last_reading),
-            "readings": self.readings,
-            "messages": self.messages,
-            "decode_failures": self.decode_failures,
-            "discarded_lines": self.discarded_lines,
-            "link_failures": self.link_failures,
-            "battery_percent": self.battery_percent,
-            "identity": dict(self.identity),
-            "counters": dict(sorted(self.counters.items())),
-        }
+        out = asdict(self)
+        out["last_seen"] = self.last_seen.isoformat() if self.last_seen else None
+        out["last_reading_at"] = self.last_reading_at.isoformat() if self.last_reading_at else None
+        out["counters"] = dict(sorted(self.counters.items()))
+        return out
 
 
 CONNECTED = "connected"
