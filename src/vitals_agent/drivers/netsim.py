@@ -23,7 +23,7 @@ import structlog
 from serial import rfc2217
 
 from vitals_agent import log_events as ev
-from vitals_agent.drivers.base import Simulator
+from vitals_agent.drivers.base import SerialSettings, Simulator
 
 log = structlog.get_logger(__name__)
 
@@ -53,12 +53,8 @@ class SimulatedLine:
         """PURGE-DATA: nothing is buffered here."""
 
     def settings(self) -> dict[str, Any]:
-        return {
-            "baudrate": self.baudrate,
-            "bytesize": self.bytesize,
-            "parity": self.parity,
-            "stopbits": self.stopbits,
-        }
+        """The line settings (:class:`~vitals_agent.drivers.base.SerialSettings`' keys) as last set."""
+        return {name: getattr(self, name) for name in SerialSettings.model_fields}
 
 
 class StreamSimPort:
