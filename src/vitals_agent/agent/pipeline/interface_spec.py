@@ -17,9 +17,11 @@ running agent's pipeline builds for the same configuration.
 from __future__ import annotations
 
 import html
+import tomllib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, timedelta, tzinfo
+from importlib import resources
 from zoneinfo import ZoneInfo
 
 from vitals_agent.agent.pipeline.normalize import normalise
@@ -36,78 +38,19 @@ SAMPLE_PATIENT = PatientIdentity(
     mrn="SPEC0012345", family="SPECIMEN", given="PAT", birth_date="19700101", sex="U", encounter="V0001"
 )
 
-# (segment, field) -> (name, what the agent puts there). The builder decides *whether* a field is filled.
-FIELD_DOCS: dict[tuple[str, int], tuple[str, str]] = {
-    ("MSH", 1): ("Field separator", "`|`"),
-    ("MSH", 2): ("Encoding characters", "`^~\\&`"),
-    ("MSH", 3): ("Sending application", "`[ehr] sending_application` ^ the gateway EUI-64 ^ `EUI-64`"),
-    ("MSH", 4): ("Sending facility", "`[agent] facility`"),
-    ("MSH", 5): ("Receiving application", "`[ehr] receiving_application`"),
-    ("MSH", 6): ("Receiving facility", "`[ehr] receiving_facility`"),
-    ("MSH", 7): ("Date/time of message", "when the message was built (the same on every re-send)"),
-    ("MSH", 9): ("Message type", "`ORU^R01^ORU_R01`"),
-    ("MSH", 10): (
-        "Message control id",
-        "20 upper-case hex digits, unique per reading; re-sends keep it (deduplicate on it)",
-    ),
-    ("MSH", 11): ("Processing id", "`[ehr] processing_id` (`P`; `send-test` sends `T`)"),
-    ("MSH", 12): ("Version", "`[ehr] hl7_version`"),
-    ("MSH", 15): ("Accept acknowledgement type", "`[ehr] accept_ack_type`"),
-    ("MSH", 16): (
-        "Application acknowledgement type",
-        "`[ehr] application_ack_type` (enhanced mode unless NE)",
-    ),
-    ("MSH", 18): ("Character set", "`[ehr] charset` (UTF-8: only when the message has non-ASCII text)"),
-    ("MSH", 21): ("Message profile", "IHE PCD-01 (`IHE_PCD_001^IHE PCD^1.3.6.1.4.1.19376.1.6.1.1.1^ISO`)"),
-    ("PID", 3): (
-        "Patient identifier",
-        "bound: MRN ^^^ assigning authority ^ `MR`; unbound: `TMP-<device EI-1>@<EI-3>-<UTC time>` ^^^ "
-        "`[patient] assigning_authority` ^ `PI`",
-    ),
-    ("PID", 5): ("Patient name", "bound: family ^ given ^^^^^ `L`; unbound: `^^^^^^U`"),
-    ("PID", 7): ("Date of birth", "bound, when known: `YYYYMMDD`"),
-    ("PID", 8): ("Administrative sex", "bound, when known (table 0001)"),
-    ("PID", 31): ("Identity unknown", "`Y` unbound, `N` bound (empty: a cart's own patient)"),
-    ("PV1", 2): ("Patient class", "`U` (unknown)"),
-    ("PV1", 3): ("Assigned location", "`[agent] location` (the room)"),
-    ("PV1", 19): ("Visit number", "the patient context's encounter, when set"),
-    ("OBR", 1): ("Set id", "1, 2 ... per OBR"),
-    ("OBR", 2): ("Placer order number", "= OBR-3"),
-    ("OBR", 3): (
-        "Filler order number",
-        "gateway EUI-64 + observation time + `-` + 8 hex digits (stable per reading) ^ sending application "
-        "^ gateway EUI-64 ^ `EUI-64`",
-    ),
-    ("OBR", 4): ("Universal service id", "`182777000^monitoring of patient^SCT`"),
-    ("OBR", 7): ("Observation date/time", "when the device measured (its clock, corrected to the host's)"),
-    ("OBR", 8): ("Observation end", "series means only: the last averaged reading"),
-    ("OBR", 10): ("Collector", "the clinician who took the vitals, when known"),
-    ("NTE", 1): ("Set id", "1, 2 ... after each OBR or OBX"),
-    ("NTE", 2): ("Source", "`L`"),
-    ("NTE", 3): (
-        "Comment",
-        "late-associated readings, attachments left out (size limit), series means, 2.5.1 body sites, "
-        "attachment file names",
-    ),
-    ("NTE", 4): ("Comment type", "`RE^Remark^HL70364`"),
-    ("OBX", 1): ("Set id", "1, 2 ... across the message"),
-    ("OBX", 2): ("Value type", "`NM` numbers, `ST`/`TX` text, `DTM` device clock, `ED` attachment, `CWE`"),
-    ("OBX", 3): ("Observation id", "see the code table (MDC, LOINC alternate, or the local `99VITALS` code)"),
-    ("OBX", 4): ("Sub-id", "IEEE 11073 containment: `1.0.0.0` device row, `1.0.0.n` metrics (stable n)"),
-    ("OBX", 5): ("Value", "at the device's precision; never a device sentinel"),
-    ("OBX", 6): ("Units", "MDC unit ^ ... ^ `MDC` ^ UCUM ^ UCUM ^ `UCUM`"),
-    ("OBX", 8): ("Abnormal flags", "IEEE 11073 measurement status (e.g. `QUES`, `INV`)"),
-    ("OBX", 11): ("Result status", "`X` device rows, `R` device data, `F`/`C`/`W` after clinician review"),
-    ("OBX", 14): ("Observation date/time", "episodic measurements: when it was measured"),
-    ("OBX", 16): ("Responsible observer", "the clinician who validated (`F`, `C`)"),
-    ("OBX", 17): ("Method", "`AMEAS`, `MMEAS`, `ACALC` ... (`^...^MDC`)"),
-    ("OBX", 18): (
-        "Equipment instance id",
-        "device rows: serial (else EUI-64, else the configured id) ^ model ^ EUI-64 (device's, else the "
-        "agent's) ^ `EUI-64`",
-    ),
-    ("OBX", 20): ("Observation site", "body site (e.g. `LA^Left arm^HL70163`)"),
-}
+
+def _field_docs() -> dict[tuple[str, int], tuple[str, str]]:
+    text = resources.files("vitals_agent").joinpath("data/hl7_fields.toml").read_text("utf-8")
+    return {
+        (segment, int(number)): (doc["name"], doc["content"])
+        for segment, fields in tomllib.loads(text).items()
+        for number, doc in fields.items()
+    }
+
+
+# (segment, field) -> (name, what the agent puts there), from ``data/hl7_fields.toml``. The builder decides
+# *whether* a field is filled.
+FIELD_DOCS = _field_docs()
 
 SEGMENT_ORDER = ("MSH", "PID", "PV1", "OBR", "NTE", "OBX")
 EXAMPLE_MAX = 90  # characters of an example value shown in the field tables
