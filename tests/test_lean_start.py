@@ -42,7 +42,7 @@ def test_the_command_table_is_what_the_modules_register() -> None:
         module.register(sub)
         for action in sub._choices_actions:
             registered[action.dest] = (info.name, action.help or "")
-    assert registered == COMMANDS, "add the command to vitals_agent.cli.COMMANDS (module, help)"
+    assert registered == COMMANDS, "add the command to vitals_agent.commands.COMMANDS"
 
 
 def test_the_driver_tables_are_what_the_modules_register() -> None:

@@ -23,10 +23,11 @@ import sys
 from collections.abc import Sequence
 
 from vitals_agent import __version__, commands
+from vitals_agent.commands import COMMANDS
 from vitals_agent.commands._options import EXIT_CONFIG, EXIT_ERROR
 from vitals_agent.errors import ConfigError, VitalsAgentError
 
-__all__ = ["EXIT_CONFIG", "EXIT_ERROR", "build_parser", "main", "run"]
+__all__ = ["COMMANDS", "EXIT_CONFIG", "EXIT_ERROR", "build_parser", "main", "run"]
 
 # Top-level help, grouped. A command missing here is listed under "other" (nothing is ever hidden).
 COMMAND_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -39,47 +40,6 @@ COMMAND_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("delivery", ("outbox", "send-test", "interface-spec")),
     ("tools", ("decode", "simulate", "receive", "ecg-render")),
 )
-
-
-# Lean start: ``vitals-agent --help`` prints this table, and a command imports only its own module (not
-# the agent, PIL or BLE for ``status``). command -> (module in vitals_agent.commands, one-line help);
-# tests/test_lean_start.py checks it against what the modules register. A module missing here still works
-# (every module is then imported, as before).
-COMMANDS: dict[str, tuple[str, str]] = {
-    "audit": ("audit", "the audit trail: verify its hash chain"),
-    "scan": (
-        "ble",
-        "list nearby Bluetooth health devices (address, name, RSSI, services, Omron record counts)",
-    ),
-    "pair": ("ble", "pair and bond with a Bluetooth device through BlueZ"),
-    "run": ("core", "run the agent (the service runs this)"),
-    "clinician": ("clinician", "sign a clinician in or out (who takes the vitals; running agent)"),
-    "check-config": ("core", "validate a configuration: every problem at once, files and folders included"),
-    "config": ("config", "central configuration: pull (--check), keygen, bundle"),
-    "decode": ("core", "decode device data offline and print one JSON object per reading"),
-    "drivers": ("core", "list the available drivers"),
-    "demo": ("demo", "run simulated devices, the agent and a built-in EHR receiver"),
-    "ecg-render": ("ecg", "render an HL7 aECG or Philips XML file's 12 leads to a PDF or PNG report page"),
-    "interface-spec": (
-        "interface_spec",
-        "write the HL7 interface specification for this configuration (for the EHR interface team)",
-    ),
-    "manual": ("manual", "enter respiration, pain, height, O2, BP position/arm/cuff by hand"),
-    "nibp-start": ("nibp", "start a measurement on a SunTech Advantage NIBP module"),
-    "outbox": ("outbox", "list, show, retry, dead-letter or purge queued messages"),
-    "patient": ("patient", "set, clear or show the room's patient (running agent)"),
-    "ports": ("ports", "list serial ports (USB VID:PID, serial number) and matching devices"),
-    "receive": ("receive", "listen for HL7 messages over MLLP and print them (a stand-in EHR)"),
-    "review": ("review", "confirm, reject, correct or retract readings (the review list)"),
-    "send-test": ("send_test", "send one test ORU^R01 (processing id T) and print the ACK"),
-    "service": ("service", "the agent as a system service (systemd drop-in; Windows service)"),
-    "simulate": (
-        "simulate",
-        "run a simulated serial device on a pseudo-terminal or a TCP port (terminal server)",
-    ),
-    "status": ("status", "show devices, patient context and delivery of the running agent"),
-    "support-bundle": ("support", "write a zip for support: config, status, logs, counts; no patient data"),
-}
 
 
 def _grouped_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> str:

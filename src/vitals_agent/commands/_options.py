@@ -1,4 +1,5 @@
-"""Options every command shares, so ``--config`` means the same thing everywhere.
+"""Options every command shares, so ``--config`` means the same thing everywhere, and the way a command
+declares its parser (:func:`add_command`, :func:`add_actions`, :func:`add_action`).
 
 ``--config FILE`` / ``-c FILE``: the agent's TOML configuration. When it is not given, the command uses
 ``$VITALS_AGENT_CONFIG``, else the installed configuration (``/etc/vitals-agent/agent.toml``) when it
@@ -9,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
 
 from vitals_agent import host
+from vitals_agent.commands import COMMANDS
 from vitals_agent.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -22,6 +25,27 @@ ENV_CONFIG = "VITALS_AGENT_CONFIG"
 
 EXIT_ERROR = 1  # any command: a one-line `error: ...` on stderr
 EXIT_CONFIG = 78  # sysexits.h EX_CONFIG: `run` cannot start because of its configuration or data_dir
+
+Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+Handler: TypeAlias = Callable[[argparse.Namespace], Awaitable[int]]  # async def cmd_x(args) -> exit code
+
+
+def add_command(sub: Subcommands, name: str, func: Handler) -> argparse.ArgumentParser:
+    """The parser of ``vitals-agent NAME``, with its help from :data:`COMMANDS`; ``func`` runs it."""
+    return add_action(sub, name, func, help=COMMANDS[name][1])
+
+
+def add_actions(sub: Subcommands, name: str) -> Subcommands:
+    """``vitals-agent NAME ACTION``: a command made of actions (``patient set``, ``patient show`` ...)."""
+    parser = sub.add_parser(name, help=COMMANDS[name][1])
+    return parser.add_subparsers(dest=f"{name}_command", metavar="ACTION", required=True)
+
+
+def add_action(group: Subcommands, name: str, func: Handler, *, help: str) -> argparse.ArgumentParser:
+    """The parser of an action (``vitals-agent patient NAME``); ``func`` runs it."""
+    parser = group.add_parser(name, help=help)
+    parser.set_defaults(func=func)
+    return parser
 
 
 def installed_config_path() -> Path:

@@ -5,18 +5,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from vitals_agent.commands._options import add_config_option, config_from
+from vitals_agent.commands._options import add_action, add_actions, add_config_option, config_from
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("audit", help="the audit trail: verify its hash chain")
-    group = p.add_subparsers(dest="audit_command", metavar="ACTION")
-    group.required = True
-    verify = group.add_parser(
-        "verify", help="check that no record was changed, removed or reordered (exit 1 when one was)"
+    group = add_actions(sub, "audit")
+    add_action(
+        group,
+        "verify",
+        cmd_verify,
+        help="check that no record was changed, removed or reordered (exit 1 when one was)",
     )
-    add_config_option(verify)
-    verify.set_defaults(func=cmd_verify)
+    for action in group.choices.values():  # each one reads the trail in the configuration's data_dir
+        add_config_option(action)
 
 
 async def cmd_verify(args: argparse.Namespace) -> int:

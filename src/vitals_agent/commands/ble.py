@@ -7,26 +7,22 @@ import sys
 from typing import Any
 
 from vitals_agent import host
+from vitals_agent.commands._options import add_command
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
-    scan = sub.add_parser(
-        "scan",
-        help="list nearby Bluetooth health devices (address, name, RSSI, services, Omron record counts)",
-    )
+    scan = add_command(sub, "scan", cmd_scan)
     scan.add_argument("--seconds", type=float, default=10.0, help="how long to listen (default 10)")
     scan.add_argument(
         "--all", action="store_true", help="list every advertising device, not only health ones"
     )
     scan.add_argument("--adapter", default=None, help="Bluetooth adapter, e.g. hci1 (default: BlueZ's)")
-    scan.set_defaults(func=cmd_scan)
 
-    pair = sub.add_parser("pair", help="pair and bond with a Bluetooth device through BlueZ")
+    pair = add_command(sub, "pair", cmd_pair)
     pair.add_argument("address", help="device address, AA:BB:CC:DD:EE:FF (see `vitals-agent scan`)")
     pair.add_argument("--adapter", default="hci0", help="Bluetooth adapter (default hci0)")
     pair.add_argument("--seconds", type=float, default=10.0, help="how long to look for the device")
     pair.add_argument("--timeout", type=float, default=60.0, help="how long to wait for pairing")
-    pair.set_defaults(func=cmd_pair)
 
 
 async def cmd_scan(args: argparse.Namespace) -> int:

@@ -8,41 +8,27 @@ activity. Talks to the control API on loopback, like ``patient``.
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 from typing import Any
 
 from vitals_agent.agent.control import ControlClient
 from vitals_agent.agent.patient.clinician import parse_clinician
-from vitals_agent.commands._options import add_config_option, config_from
+from vitals_agent.commands._control import call_as_operator, operator
+from vitals_agent.commands._options import add_action, add_actions, add_config_option, config_from
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("clinician", help="sign a clinician in or out (who takes the vitals; running agent)")
-    csub = p.add_subparsers(dest="clinician_command", metavar="ACTION")
-    csub.required = True
-
-    s = csub.add_parser("set", help="sign a clinician in (OBX-16 / OBR-10 of the readings they validate)")
+    group = add_actions(sub, "clinician")
+    s = add_action(
+        group, "set", cmd_set, help="sign a clinician in (OBX-16 / OBR-10 of the readings they validate)"
+    )
     s.add_argument("--id", required=True, dest="clinician_id", help="the clinician's id (badge number)")
     s.add_argument("--name", metavar="FAMILY^GIVEN", help="the clinician's name")
-    add_config_option(s)
-    s.set_defaults(func=cmd_set)
-
-    w = csub.add_parser("show", help="show who is signed in")
+    w = add_action(group, "show", cmd_show, help="show who is signed in")
     w.add_argument("--json", action="store_true", help="print JSON")
-    add_config_option(w)
-    w.set_defaults(func=cmd_show)
-
-    c = csub.add_parser("clear", help="sign the clinician out")
-    add_config_option(c)
-    c.set_defaults(func=cmd_clear)
-
-
-def user() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:  # no user name in this environment
-        return "unknown"
+    add_action(group, "clear", cmd_clear, help="sign the clinician out")
+    for action in group.choices.values():  # each one asks the running agent
+        add_config_option(action)
 
 
 def clinician_line(snapshot: Any) -> str:
@@ -57,7 +43,7 @@ def clinician_line(snapshot: Any) -> str:
 async def cmd_set(args: argparse.Namespace) -> int:
     config = config_from(args)
     clinician = parse_clinician(args.clinician_id, args.name)  # one clear line before any round trip
-    body: dict[str, Any] = {**clinician.model_dump(exclude_none=True), "channel": "cli", "source": user()}
+    body: dict[str, Any] = {**clinician.model_dump(exclude_none=True), **operator()}
     data = await ControlClient.from_config(config).call("PUT", "/api/clinician", body)
     print(clinician_line(data.get("clinician")))
     return 0
@@ -70,8 +56,6 @@ async def cmd_show(args: argparse.Namespace) -> int:
 
 
 async def cmd_clear(args: argparse.Namespace) -> int:
-    data = await ControlClient.from_config(config_from(args)).call(
-        "DELETE", "/api/clinician", {"channel": "cli", "source": user()}
-    )
+    data = await call_as_operator(args, "DELETE", "/api/clinician")
     print("clinician signed out" if data.get("cleared") else "no clinician was signed in")
     return 0

@@ -21,29 +21,29 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from vitals_agent import host
-from vitals_agent.commands._options import add_config_option, config_path
+from vitals_agent.commands._options import add_action, add_actions, add_config_option, config_path
 from vitals_agent.errors import ConfigError, VitalsAgentError
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("config", help="central configuration: pull (--check), keygen, bundle")
-    group = p.add_subparsers(dest="config_command", metavar="ACTION")
-    group.required = True
+    group = add_actions(sub, "config")
 
-    pull = group.add_parser(
-        "pull", help="fetch the central configuration and apply it now (--check: only show)"
+    pull = add_action(
+        group, "pull", cmd_pull, help="fetch the central configuration and apply it now (--check: only show)"
     )
     add_config_option(pull)
     pull.add_argument("--check", action="store_true", help="show what would change; change nothing")
-    pull.set_defaults(func=cmd_pull)
 
-    keygen = group.add_parser("keygen", help="make an Ed25519 signing key and print its public key")
+    keygen = add_action(
+        group, "keygen", cmd_keygen, help="make an Ed25519 signing key and print its public key"
+    )
     keygen.add_argument(
         "--out", type=Path, required=True, metavar="KEY.pem", help="where to write the private key"
     )
-    keygen.set_defaults(func=cmd_keygen)
 
-    bundle = group.add_parser("bundle", help="sign layered TOML files (site, unit, room) into one bundle")
+    bundle = add_action(
+        group, "bundle", cmd_bundle, help="sign layered TOML files (site, unit, room) into one bundle"
+    )
     bundle.add_argument("--key", type=Path, required=True, metavar="KEY.pem", help="the signing key (keygen)")
     bundle.add_argument("-o", "--out", type=Path, required=True, metavar="FILE", help="the bundle to write")
     bundle.add_argument(
@@ -52,7 +52,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="bundle serial; agents refuse a lower one than in force (default: now, in s)",
     )
     bundle.add_argument("layers", nargs="+", type=Path, metavar="LAYER.toml", help="layers, first to last")
-    bundle.set_defaults(func=cmd_bundle)
 
 
 async def cmd_pull(args: argparse.Namespace) -> int:

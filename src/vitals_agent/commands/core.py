@@ -16,7 +16,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import ValidationError
 
 from vitals_agent.agent.pipeline.normalize import normalise
-from vitals_agent.commands._options import EXIT_CONFIG, add_config_option, config_from, config_path
+from vitals_agent.commands._options import (
+    EXIT_CONFIG,
+    add_command,
+    add_config_option,
+    config_from,
+    config_path,
+)
 from vitals_agent.config.agent_section import LOG_LEVELS
 from vitals_agent.config.schema import read_document
 from vitals_agent.drivers.base import (
@@ -33,7 +39,7 @@ from vitals_agent.models import DeviceIdentity, DeviceStatusEvent, PatientScan, 
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("run", help="run the agent (the service runs this)")
+    p = add_command(sub, "run", cmd_run)
     add_config_option(p)
     p.add_argument(
         "--log-level",
@@ -43,16 +49,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="override [agent] log_level: DEBUG, INFO, WARNING or ERROR (any case)",
     )
     # A configuration or data_dir problem: exit 78 so the unit does not restart into it (see cli.py).
-    p.set_defaults(func=cmd_run, config_error_status=EXIT_CONFIG)
+    p.set_defaults(config_error_status=EXIT_CONFIG)
 
-    p = sub.add_parser(
-        "check-config", help="validate a configuration: every problem at once, files and folders included"
-    )
+    p = add_command(sub, "check-config", cmd_check_config)
     p.add_argument("config_file", nargs="?", type=Path, metavar="FILE", help="same as --config FILE")
     add_config_option(p)
-    p.set_defaults(func=cmd_check_config)
 
-    p = sub.add_parser("decode", help="decode device data offline and print one JSON object per reading")
+    p = add_command(sub, "decode", cmd_decode)
     p.add_argument("driver", help="driver name (see `vitals-agent drivers`)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument(
@@ -80,10 +83,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action="store_true",
         help="print the FHIR R4 transaction Bundle each reading would produce (one JSON object per line)",
     )
-    p.set_defaults(func=cmd_decode)
 
-    p = sub.add_parser("drivers", help="list the available drivers")
-    p.set_defaults(func=cmd_drivers)
+    add_command(sub, "drivers", cmd_drivers)
 
 
 async def cmd_run(args: argparse.Namespace) -> int:

@@ -22,6 +22,7 @@ from typing import Any
 
 from vitals_agent.agent.pipeline.flow import Accepted
 from vitals_agent.agent.service import AgentService, install_signal_handlers
+from vitals_agent.commands._options import add_command
 from vitals_agent.config.schema import parse_config
 from vitals_agent.drivers.base import Simulator, all_drivers
 from vitals_agent.drivers.pty import PtyDevice
@@ -55,13 +56,12 @@ CONFIRM_AFTER = 1.5  # seconds the "nurse" looks at the name and date of birth
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("demo", help="run simulated devices, the agent and a built-in EHR receiver")
+    p = add_command(sub, "demo", cmd_demo)
     length = p.add_mutually_exclusive_group()
     length.add_argument("--seconds", type=float, default=12.0, help="how long to run (default 12)")
     length.add_argument("--forever", action="store_true", help="run until Ctrl-C")
     p.add_argument("--data-dir", type=Path, help="keep the outbox here (default: a temporary directory)")
     p.add_argument("--verbose", "-v", action="store_true", help="show the agent's own log (INFO)")
-    p.set_defaults(func=cmd_demo)
 
 
 def _simulator(driver_name: str, settings: dict[str, Any]) -> Simulator | None:

@@ -9,20 +9,18 @@ import sys
 from pathlib import Path
 from typing import Literal
 
+from vitals_agent.commands._options import add_command
 from vitals_agent.drivers.ecg.render import render_file
 from vitals_agent.drivers.ecg.xmlsafe import DEFAULT_MAX_XML_BYTES
 from vitals_agent.errors import DecodeError
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "ecg-render", help="render an HL7 aECG or Philips XML file's 12 leads to a PDF or PNG report page"
-    )
+    p = add_command(sub, "ecg-render", cmd_ecg_render)
     p.add_argument("file", type=Path, help="the aECG or Philips Sierra ECG XML file")
     p.add_argument("--out", "-o", type=Path, required=True, help="output file (.pdf or .png)")
     p.add_argument("--format", choices=("pdf", "png"), help="default: from the --out extension")
     p.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_XML_BYTES, help="refuse larger input files")
-    p.set_defaults(func=cmd_ecg_render)
 
 
 def output_format(args: argparse.Namespace) -> Literal["pdf", "png"]:

@@ -10,16 +10,13 @@ from pathlib import Path
 
 from vitals_agent.agent.paths import data_dir, gateway_eui64
 from vitals_agent.agent.pipeline.interface_spec import build_spec, render_html, render_markdown
-from vitals_agent.commands._options import add_config_option, config_from
+from vitals_agent.commands._options import add_command, add_config_option, config_from
 from vitals_agent.errors import VitalsAgentError
 from vitals_agent.models import eui64_digits
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "interface-spec",
-        help="write the HL7 interface specification for this configuration (for the EHR interface team)",
-    )
+    p = add_command(sub, "interface-spec", cmd_interface_spec)
     add_config_option(p)
     p.add_argument("--format", choices=("md", "html"), default="md", help="Markdown (default) or HTML")
     p.add_argument("--out", "-o", type=Path, metavar="FILE", help="write here instead of standard output")
@@ -28,7 +25,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="HEX",
         help="the gateway EUI-64 to show (default: this host's, as the agent would use)",
     )
-    p.set_defaults(func=cmd_interface_spec)
 
 
 async def cmd_interface_spec(args: argparse.Namespace) -> int:

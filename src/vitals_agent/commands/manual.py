@@ -10,23 +10,19 @@ from __future__ import annotations
 
 import argparse
 
-from vitals_agent.agent.control import ControlClient
-from vitals_agent.commands._options import add_config_option, config_from
-from vitals_agent.commands.clinician import user
+from vitals_agent.commands._control import call_as_operator
+from vitals_agent.commands._options import add_command, add_config_option
 from vitals_agent.commands.review import pairs
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("manual", help="enter respiration, pain, height, O2, BP position/arm/cuff by hand")
+    p = add_command(sub, "manual", cmd_manual)
     p.add_argument("values", nargs="+", metavar="NAME=VALUE", help="e.g. resp_rate=16 pain=3 arm=left_arm")
     add_config_option(p)
-    p.set_defaults(func=cmd_manual)
 
 
 async def cmd_manual(args: argparse.Namespace) -> int:
-    data = await ControlClient.from_config(config_from(args)).call(
-        "POST", "/api/manual", {"values": pairs(args.values), "channel": "cli", "source": user()}
-    )
+    data = await call_as_operator(args, "POST", "/api/manual", values=pairs(args.values))
     if data.get("attached"):
         print(f"entered: joins review item {data['item']} (sent when it is confirmed)")
     else:

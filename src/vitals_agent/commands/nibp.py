@@ -15,7 +15,7 @@ from pathlib import Path
 
 import serial
 
-from vitals_agent.commands._options import add_config_option, config_path
+from vitals_agent.commands._options import add_command, add_config_option, config_path
 from vitals_agent.config.schema import load_config
 from vitals_agent.drivers.base import SerialSettings, driver_class
 from vitals_agent.drivers.ports import resolve_usb
@@ -24,14 +24,13 @@ from vitals_agent.errors import VitalsAgentError
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("nibp-start", help="start a measurement on a SunTech Advantage NIBP module")
+    p = add_command(sub, "nibp-start", cmd_nibp_start)
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument(
         "--device", metavar="ID", help="a configured suntech-advantage device (needs --config)"
     )
     where.add_argument("--port", metavar="PATH", help="serial port path or pyserial URL of the module")
     add_config_option(p, help="configuration file (with --device; default: the installed one)")
-    p.set_defaults(func=cmd_nibp_start)
 
 
 def target_from_config(path: Path, device_id: str) -> tuple[str, SerialSettings]:

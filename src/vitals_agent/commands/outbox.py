@@ -44,7 +44,7 @@ from typing import Any
 from vitals_agent.agent.instance import run_as_data_dir_owner, user_name
 from vitals_agent.agent.storage.audit import CHANNEL_CLI, AuditError, AuditLog
 from vitals_agent.agent.storage.outbox import AwaitingMessage, DeadLetter, Outbox, OutboxMessage
-from vitals_agent.commands._options import add_config_option, config_from
+from vitals_agent.commands._options import Handler, add_action, add_actions, add_config_option, config_from
 from vitals_agent.errors import ConfigError, VitalsAgentError
 from vitals_agent.redact import message_lines
 
@@ -69,19 +69,32 @@ def format_duration(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("outbox", help="list, show, retry, dead-letter or purge queued messages")
-    osub = p.add_subparsers(dest="outbox_command", metavar="ACTION")
-    osub.required = True
+# --all-... flags: what they act on
+_EVERY = {
+    "--all-dead": "every dead letter",
+    "--all-ackwait": "every message awaiting its application ACK",
+}
 
-    def common(q: argparse.ArgumentParser) -> None:
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    group = add_actions(sub, "outbox")
+
+    def action(name: str, func: Handler, help: str) -> argparse.ArgumentParser:
+        q = add_action(group, name, func, help=help)
         add_config_option(q)
         q.add_argument(
             "--data-dir", type=Path, metavar="DIR", help="the agent's data directory, instead of --config"
         )
+        return q
 
-    q = osub.add_parser("list", help="list queued messages and dead letters (no bodies)")
-    common(q)
+    def target(q: argparse.ArgumentParser, id_help: str, *every: str) -> None:
+        """ID, or one of the ``--all-...`` flags (exactly one)."""
+        one_of = q.add_mutually_exclusive_group(required=True)
+        one_of.add_argument("id", nargs="?", metavar="ID", help=id_help)
+        for flag in every:
+            one_of.add_argument(flag, action="store_true", help=_EVERY[flag])
+
+    q = action("list", cmd_list, "list queued messages and dead letters (no bodies)")
     which = q.add_mutually_exclusive_group()
     which.add_argument("--dead", action="store_true", help="only dead letters")
     which.add_argument("--queued", action="store_true", help="only messages waiting for delivery")
@@ -92,10 +105,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action="store_true",
         help="include the receiver's error text (it may echo patient data; audited)",
     )
-    q.set_defaults(func=cmd_list)
 
-    q = osub.add_parser("show", help="show one message (body redacted unless --show-phi)")
-    common(q)
+    q = action("show", cmd_show, "show one message (body redacted unless --show-phi)")
     q.add_argument("id", metavar="ID", help="message id or MSH-10 control id (from `outbox list`)")
     q.add_argument(
         "--show-phi",
@@ -103,48 +114,32 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="print the whole message and the receiver's text, patient data included (audited)",
     )
     q.add_argument("--json", action="store_true", help="print as JSON")
-    q.set_defaults(func=cmd_show)
 
-    q = osub.add_parser(
+    q = action(
         "retry",
-        help="send dead letters or messages awaiting an application ACK again (same MSH-10, original place)",
+        cmd_retry,
+        "send dead letters or messages awaiting an application ACK again (same MSH-10, original place)",
     )
-    common(q)
-    target = q.add_mutually_exclusive_group(required=True)
-    target.add_argument(
-        "id", nargs="?", metavar="ID", help="id or MSH-10 of a dead letter or of an ackwait message"
-    )
-    target.add_argument("--all-dead", action="store_true", help="every dead letter")
-    target.add_argument(
-        "--all-ackwait", action="store_true", help="every message awaiting its application ACK"
-    )
-    q.set_defaults(func=cmd_retry)
+    target(q, "id or MSH-10 of a dead letter or of an ackwait message", "--all-dead", "--all-ackwait")
 
-    q = osub.add_parser(
+    q = action(
         "dead-letter",
-        help="stop waiting for the application ACK of a committed message (ackwait): park it as dead",
+        cmd_dead_letter,
+        "stop waiting for the application ACK of a committed message (ackwait): park it as dead",
     )
-    common(q)
-    target = q.add_mutually_exclusive_group(required=True)
-    target.add_argument("id", nargs="?", metavar="ID", help="id or MSH-10 of an ackwait message")
-    target.add_argument(
-        "--all-ackwait", action="store_true", help="every message awaiting its application ACK"
-    )
+    target(q, "id or MSH-10 of an ackwait message", "--all-ackwait")
     q.add_argument(
         "--reason",
         metavar="TEXT",
         default="",
         help="why (kept with the dead letter and in the audit log), e.g. a ticket number",
     )
-    q.set_defaults(func=cmd_dead_letter)
 
-    q = osub.add_parser("purge", help="delete old dead letters")
-    common(q)
+    q = action("purge", cmd_purge, "delete old dead letters")
     q.add_argument("--dead", action="store_true", required=True, help="purge dead letters (required)")
     q.add_argument(
         "--older-than", type=parse_duration, required=True, metavar="AGE", help="e.g. 7d, 12h, 30m"
     )
-    q.set_defaults(func=cmd_purge)
 
 
 def _operator() -> dict[str, Any]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
 import json
 import sys
 from datetime import UTC, datetime
@@ -24,63 +23,47 @@ from typing import Any
 from vitals_agent.agent.control import ControlClient, ControlError, patient_line
 from vitals_agent.agent.control.page import WAITING_LINE, pending_line
 from vitals_agent.agent.patient.context import PatientDetails
-from vitals_agent.commands._options import add_config_option, config_from
+from vitals_agent.commands._control import call_as_operator, operator
+from vitals_agent.commands._options import add_action, add_actions, add_config_option, config_from
 from vitals_agent.drivers.barcode import extract_mrn
 from vitals_agent.errors import DecodeError
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("patient", help="set, clear or show the room's patient (running agent)")
-    psub = p.add_subparsers(dest="patient_command", metavar="ACTION")
-    psub.required = True
+    group = add_actions(sub, "patient")
 
-    s = psub.add_parser("set", help="make a patient the room's patient")
+    s = add_action(group, "set", cmd_set, help="make a patient the room's patient")
     s.add_argument("--mrn", required=True, help="medical record number (PID-3)")
     s.add_argument("--name", metavar="FAMILY^GIVEN", help="patient name (PID-5)")
     s.add_argument("--dob", metavar="YYYYMMDD", help="date of birth (PID-7)")
     s.add_argument("--sex", choices=["F", "M", "U"], help="administrative sex (PID-8)")
     s.add_argument("--encounter", metavar="VISIT", help="visit number (PV1-19)")
-    _common(s)
-    s.set_defaults(func=cmd_set)
 
-    f = psub.add_parser("confirm", help="bind the patient the EHR answered with ([pdq]; after set or a scan)")
+    f = add_action(
+        group,
+        "confirm",
+        cmd_confirm,
+        help="bind the patient the EHR answered with ([pdq]; after set or a scan)",
+    )
     f.add_argument("--pick", type=int, metavar="N", help="which one, when several patients match")
-    _common(f)
-    f.set_defaults(func=cmd_confirm)
 
-    x = psub.add_parser("cancel", help="drop a pending confirmation ([pdq]); nothing is bound")
-    _common(x)
-    x.set_defaults(func=cmd_cancel)
+    add_action(group, "cancel", cmd_cancel, help="drop a pending confirmation ([pdq]); nothing is bound")
+    add_action(group, "clear", cmd_clear, help="end the room's patient context (next readings are unbound)")
 
-    c = psub.add_parser("clear", help="end the room's patient context (next readings are unbound)")
-    _common(c)
-    c.set_defaults(func=cmd_clear)
-
-    w = psub.add_parser("show", help="show the room's patient (masked unless --reveal)")
+    w = add_action(group, "show", cmd_show, help="show the room's patient (masked unless --reveal)")
     w.add_argument("--reveal", action="store_true", help="show the identifiers (audited)")
     w.add_argument("--json", action="store_true", help="print JSON")
-    _common(w)
-    w.set_defaults(func=cmd_show)
 
-    k = psub.add_parser("scan", help="read a wristband scan from a keyboard-wedge scanner (standard input)")
+    k = add_action(
+        group, "scan", cmd_scan, help="read a wristband scan from a keyboard-wedge scanner (standard input)"
+    )
     k.add_argument("--loop", action="store_true", help="keep reading scans, one per line, until end of input")
-    _common(k)
-    k.set_defaults(func=cmd_scan)
 
-    d = psub.add_parser("discard-held", help="discard readings held for a patient (require_patient)")
-    _common(d)
-    d.set_defaults(func=cmd_discard_held)
-
-
-def _common(p: argparse.ArgumentParser) -> None:
-    add_config_option(p)
-
-
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:  # no user name in this environment
-        return "unknown"
+    add_action(
+        group, "discard-held", cmd_discard_held, help="discard readings held for a patient (require_patient)"
+    )
+    for action in group.choices.values():  # each one asks the running agent
+        add_config_option(action)
 
 
 def _print_patient(data: Any) -> None:
@@ -104,7 +87,7 @@ async def cmd_set(args: argparse.Namespace) -> int:
         encounter=args.encounter,
         identifier_type=config.patient.identifier_type,
     )
-    body: dict[str, Any] = {**details.model_dump(exclude_none=True), "channel": "cli", "source": _user()}
+    body: dict[str, Any] = {**details.model_dump(exclude_none=True), **operator()}
     return await _put(ControlClient.from_config(config), body)
 
 
@@ -131,20 +114,14 @@ async def _put(client: ControlClient, body: dict[str, Any]) -> int:
     return 1
 
 
-async def _as_operator(args: argparse.Namespace, method: str, path: str, **fields: Any) -> Any:
-    """Call the agent's control API for the person at this terminal (audited as channel ``cli``)."""
-    body: dict[str, Any] = {"channel": "cli", "source": _user(), **fields}
-    return await ControlClient.from_config(config_from(args)).call(method, path, body)
-
-
 async def cmd_confirm(args: argparse.Namespace) -> int:
     pick = {"pick": args.pick} if args.pick is not None else {}
-    _print_patient(await _as_operator(args, "POST", "/api/patient/confirm", **pick))
+    _print_patient(await call_as_operator(args, "POST", "/api/patient/confirm", **pick))
     return 0
 
 
 async def cmd_cancel(args: argparse.Namespace) -> int:
-    data = await _as_operator(args, "POST", "/api/patient/cancel")
+    data = await call_as_operator(args, "POST", "/api/patient/cancel")
     print("confirmation cancelled; nothing was bound" if data.get("cancelled") else "nothing was pending")
     return 0
 
@@ -160,7 +137,7 @@ def _print_replaced(data: Any) -> None:
 
 
 async def cmd_clear(args: argparse.Namespace) -> int:
-    data = await _as_operator(args, "DELETE", "/api/patient")
+    data = await call_as_operator(args, "DELETE", "/api/patient")
     print("patient context cleared" if data.get("cleared") else "no patient was set")
     return 0
 
@@ -218,6 +195,6 @@ async def cmd_scan(args: argparse.Namespace) -> int:
 
 
 async def cmd_discard_held(args: argparse.Namespace) -> int:
-    data = await _as_operator(args, "DELETE", "/api/held")
+    data = await call_as_operator(args, "DELETE", "/api/held")
     print(f"{data.get('discarded', 0)} held reading(s) discarded")
     return 0

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from vitals_agent.commands._options import add_config_option, config_path
+from vitals_agent.commands._options import add_command, add_config_option, config_path
 from vitals_agent.config.schema import load_config
 from vitals_agent.drivers.base import SerialDriver, SerialOptions, driver_class
 from vitals_agent.drivers.netport import network_port
@@ -18,12 +18,11 @@ from vitals_agent.drivers.ports import PortInfo, UsbSpec, list_serial_ports, sam
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("ports", help="list serial ports (USB VID:PID, serial number) and matching devices")
+    p = add_command(sub, "ports", cmd_ports)
     add_config_option(
         p, help="show which configured device each port matches (default: the installed config, if any)"
     )
     p.add_argument("--json", action="store_true", help="one JSON object per port")
-    p.set_defaults(func=cmd_ports)
 
 
 def configured_serial_devices(path: Path) -> list[tuple[str, SerialOptions]]:

@@ -14,6 +14,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+from vitals_agent.commands._options import add_command
 from vitals_agent.errors import VitalsAgentError
 from vitals_agent.hl7.oru import new_control_id
 from vitals_agent.hl7.pdq import Authority, PdqDirectory, parse_patients_csv
@@ -21,7 +22,7 @@ from vitals_agent.net.receiver import Answerer, ReceivedMessage, start_receiver
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("receive", help="listen for HL7 messages over MLLP and print them (a stand-in EHR)")
+    p = add_command(sub, "receive", cmd_receive)
     p.add_argument("--port", type=int, required=True, help="TCP port (0 = any free port)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--ack", choices=["AA", "AE", "AR"], default="AA", help="acknowledgement code to answer")
@@ -40,7 +41,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="HD",
         help="the patients' assigning authority, e.g. EXCLINIC&2.999.1&ISO (PID-3.4 in answers)",
     )
-    p.set_defaults(func=cmd_receive)
 
 
 def load_directory(path: Path, authority: str) -> PdqDirectory:

@@ -15,44 +15,46 @@ from typing import Any
 
 from vitals_agent.agent.control import ControlClient
 from vitals_agent.agent.control.page import metric_label, when
-from vitals_agent.commands._options import add_config_option, config_from
-from vitals_agent.commands.clinician import clinician_line, user
+from vitals_agent.commands._control import call_as_operator
+from vitals_agent.commands._options import add_action, add_actions, add_config_option, config_from
+from vitals_agent.commands.clinician import clinician_line
 from vitals_agent.errors import VitalsAgentError
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("review", help="confirm, reject, correct or retract readings (the review list)")
-    rsub = p.add_subparsers(dest="review_command", metavar="ACTION")
-    rsub.required = True
+    group = add_actions(sub, "review")
 
-    ls = rsub.add_parser("list", help="readings waiting for review, then the recent ones")
+    ls = add_action(group, "list", cmd_list, help="readings waiting for review, then the recent ones")
     ls.add_argument("--json", action="store_true", help="print JSON")
     ls.add_argument("--reveal", action="store_true", help="show the patients' identifiers (audited)")
-    add_config_option(ls)
-    ls.set_defaults(func=cmd_list)
 
-    c = rsub.add_parser("confirm", help="validate readings: sent with F and the signed-in clinician")
+    c = add_action(
+        group, "confirm", cmd_confirm, help="validate readings: sent with F and the signed-in clinician"
+    )
     c.add_argument("ids", nargs="*", type=int, metavar="ID")
     c.add_argument("--all", action="store_true", help="every reading waiting for review")
-    add_config_option(c)
-    c.set_defaults(func=cmd_confirm)
 
-    r = rsub.add_parser("reject", help="keep a reading from the EHR (or post it as wrong once sent)")
+    r = add_action(
+        group, "reject", cmd_reject, help="keep a reading from the EHR (or post it as wrong once sent)"
+    )
     r.add_argument("id", type=int, metavar="ID")
     r.add_argument("--reason", required=True, help="why (audited)")
-    add_config_option(r)
-    r.set_defaults(func=cmd_reject)
 
-    k = rsub.add_parser("correct", help="correct values: re-sent with C (metric=value in its unit)")
+    k = add_action(
+        group, "correct", cmd_correct, help="correct values: re-sent with C (metric=value in its unit)"
+    )
     k.add_argument("id", type=int, metavar="ID")
     k.add_argument("values", nargs="+", metavar="METRIC=VALUE", help="e.g. bp_systolic=132")
-    add_config_option(k)
-    k.set_defaults(func=cmd_correct)
 
-    w = rsub.add_parser("wrong-patient", help="W to the chart it went to; the values to the next patient set")
+    w = add_action(
+        group,
+        "wrong-patient",
+        cmd_wrong_patient,
+        help="W to the chart it went to; the values to the next patient set",
+    )
     w.add_argument("id", type=int, metavar="ID")
-    add_config_option(w)
-    w.set_defaults(func=cmd_wrong_patient)
+    for action in group.choices.values():  # each one asks the running agent
+        add_config_option(action)
 
 
 def pairs(values: list[str]) -> dict[str, str]:
@@ -66,10 +68,6 @@ def pairs(values: list[str]) -> dict[str, str]:
             raise VitalsAgentError(f"{key.strip()} given twice")
         out[key.strip()] = value.strip()
     return out
-
-
-def _caller() -> dict[str, Any]:
-    return {"channel": "cli", "source": user()}
 
 
 def item_line(item: dict[str, Any], now: datetime) -> str:
@@ -116,29 +114,26 @@ async def cmd_confirm(args: argparse.Namespace) -> int:
     if bool(args.ids) == bool(args.all):
         raise VitalsAgentError("give the review item ids, or --all")
     body: dict[str, Any] = {"all": True} if args.all else {"ids": args.ids}
-    data = await ControlClient.from_config(config_from(args)).call(
-        "POST", "/api/review/confirm", {**body, **_caller()}
-    )
+    data = await call_as_operator(args, "POST", "/api/review/confirm", **body)
     for item, control_id in zip(data.get("confirmed", []), data.get("control_ids", []), strict=False):
         print(f"review item {item} confirmed: sent as F (MSH-10 {control_id})")
     return 0
 
 
+async def _on_item(args: argparse.Namespace, action: str, **fields: Any) -> Any:
+    """``POST /api/review/ACTION`` for review item ``args.id``, as the person at this terminal."""
+    return await call_as_operator(args, "POST", f"/api/review/{action}", id=args.id, **fields)
+
+
 async def cmd_reject(args: argparse.Namespace) -> int:
-    data = await ControlClient.from_config(config_from(args)).call(
-        "POST", "/api/review/reject", {"id": args.id, "reason": args.reason, **_caller()}
-    )
-    if data.get("status") == "W":
-        print(f"review item {args.id} rejected: posted to the EHR as wrong (W)")
-    else:
-        print(f"review item {args.id} rejected: not sent")
+    data = await _on_item(args, "reject", reason=args.reason)
+    sent = data.get("status") == "W"
+    print(f"review item {args.id} rejected: " + ("posted to the EHR as wrong (W)" if sent else "not sent"))
     return 0
 
 
 async def cmd_correct(args: argparse.Namespace) -> int:
-    data = await ControlClient.from_config(config_from(args)).call(
-        "POST", "/api/review/correct", {"id": args.id, "values": pairs(args.values), **_caller()}
-    )
+    data = await _on_item(args, "correct", values=pairs(args.values))
     if data.get("status") == "C":
         print(f"review item {args.id} corrected: sent as C (MSH-10 {data['control_ids'][-1]})")
     else:
@@ -147,9 +142,7 @@ async def cmd_correct(args: argparse.Namespace) -> int:
 
 
 async def cmd_wrong_patient(args: argparse.Namespace) -> int:
-    data = await ControlClient.from_config(config_from(args)).call(
-        "POST", "/api/review/wrong-patient", {"id": args.id, **_caller()}
-    )
+    data = await _on_item(args, "wrong-patient")
     if data.get("status") == "W":
         print(f"review item {args.id}: sent to its chart as wrong (W); the values go to the next patient set")
     else:

@@ -22,7 +22,7 @@ from decimal import Decimal
 
 from vitals_agent.agent.paths import data_dir, gateway_eui64
 from vitals_agent.agent.pipeline.profile import message_profile
-from vitals_agent.commands._options import add_config_option, config_from
+from vitals_agent.commands._options import add_command, add_config_option, config_from
 from vitals_agent.config.schema import Config
 from vitals_agent.errors import VitalsAgentError
 from vitals_agent.hl7.ack import parse_ack
@@ -33,11 +33,10 @@ from vitals_agent.net.tls import ssl_context_from
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("send-test", help="send one test ORU^R01 (processing id T) and print the ACK")
+    p = add_command(sub, "send-test", cmd_send_test)
     add_config_option(p)
     p.add_argument("--timeout", type=float, default=None, help="seconds to wait for the ACK ([ehr] default)")
     p.add_argument("--fhir", action="store_true", help="send a FHIR transaction Bundle to [fhir] base_url")
-    p.set_defaults(func=cmd_send_test)
 
 
 def synthetic_reading(now: datetime) -> Reading:

@@ -30,19 +30,24 @@ from typing import Any
 
 from vitals_agent import host
 from vitals_agent.agent.systemd_unit import UNIT_DIR, UNIT_NAME, dropin_path, render_dropin, write_dropin
-from vitals_agent.commands._options import add_config_option, config_path
+from vitals_agent.commands._options import (
+    add_action,
+    add_actions,
+    add_config_option,
+    config_path,
+)
 from vitals_agent.config.filesystem import local_paths
 from vitals_agent.config.schema import load_config
 from vitals_agent.errors import VitalsAgentError
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("service", help="the agent as a system service (systemd drop-in; Windows service)")
-    ssub = p.add_subparsers(dest="service_command", metavar="ACTION")
-    ssub.required = True
+    ssub = add_actions(sub, "service")
 
-    s = ssub.add_parser(
+    s = add_action(
+        ssub,
         "sync-unit",
+        cmd_sync_unit,
         help="make the systemd unit fit the configuration (writable folders); run after config edits",
     )
     add_config_option(s)
@@ -56,7 +61,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.add_argument(
         "--no-reload", action="store_true", help="do not run `systemctl daemon-reload` after a change"
     )
-    s.set_defaults(func=cmd_sync_unit)
     _register_windows(ssub)
 
 
@@ -110,7 +114,9 @@ async def cmd_sync_unit(args: argparse.Namespace) -> int:
 
 
 def _register_windows(ssub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    a = ssub.add_parser("install", help="install the Windows service (automatic start, restart on failure)")
+    a = add_action(
+        ssub, "install", cmd_install, help="install the Windows service (automatic start, restart on failure)"
+    )
     a.add_argument(
         "--config",
         type=Path,
@@ -123,23 +129,16 @@ def _register_windows(ssub: argparse._SubParsersAction[argparse.ArgumentParser])
         help="run as this account instead of NT AUTHORITY\\LocalService (password: "
         "$VITALS_AGENT_SERVICE_PASSWORD, else asked)",
     )
-    a.set_defaults(func=cmd_install)
 
-    a = ssub.add_parser("remove", help="stop and remove the Windows service (data is kept)")
-    a.set_defaults(func=cmd_remove)
-    a = ssub.add_parser("start", help="start the service and wait until it runs")
+    add_action(ssub, "remove", cmd_remove, help="stop and remove the Windows service (data is kept)")
+    a = add_action(ssub, "start", cmd_start, help="start the service and wait until it runs")
     a.add_argument("--timeout", type=float, default=30.0, metavar="S")
-    a.set_defaults(func=cmd_start)
-    a = ssub.add_parser("stop", help="stop the service and wait until it has stopped")
+    a = add_action(ssub, "stop", cmd_stop, help="stop the service and wait until it has stopped")
     a.add_argument("--timeout", type=float, default=10.0, metavar="S")
-    a.set_defaults(func=cmd_stop)
-    a = ssub.add_parser("reload", help="ask the running service to read its configuration again")
-    a.set_defaults(func=cmd_reload)
-    a = ssub.add_parser("status", help="the service's state, start type, account and command")
-    a.set_defaults(func=cmd_status)
-    a = ssub.add_parser("host", help=argparse.SUPPRESS)  # run by the service control manager
+    add_action(ssub, "reload", cmd_reload, help="ask the running service to read its configuration again")
+    add_action(ssub, "status", cmd_status, help="the service's state, start type, account and command")
+    a = add_action(ssub, "host", cmd_host, help=argparse.SUPPRESS)  # run by the service control manager
     a.add_argument("--config", type=Path, default=None)
-    a.set_defaults(func=cmd_host)
 
 
 def _print(lines: list[str]) -> None:

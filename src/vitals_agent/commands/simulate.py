@@ -24,6 +24,7 @@ import structlog
 
 from vitals_agent import host
 from vitals_agent import log_events as ev
+from vitals_agent.commands._options import add_command
 from vitals_agent.drivers.base import SimPort, Simulator, driver_class
 from vitals_agent.drivers.pty import PtyDevice
 from vitals_agent.errors import VitalsAgentError
@@ -33,9 +34,7 @@ log = structlog.get_logger(__name__)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "simulate", help="run a simulated serial device on a pseudo-terminal or a TCP port (terminal server)"
-    )
+    p = add_command(sub, "simulate", cmd_simulate)
     p.add_argument("driver", help="driver name (see `vitals-agent drivers`)")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--pty", type=Path, metavar="LINK", help="symlink to create for the device port")
@@ -57,7 +56,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--seconds", type=float, metavar="N", help="stop after N seconds (default: until Ctrl-C)")
     p.add_argument("--verbose", "-v", action="store_true", help="log every byte sent and received (DEBUG)")
-    p.set_defaults(func=cmd_simulate)
 
 
 class LoggingPort:

@@ -6,11 +6,11 @@ import argparse
 import json
 
 from vitals_agent.agent.control import ControlClient, render_text
-from vitals_agent.commands._options import add_config_option, config_from
+from vitals_agent.commands._options import add_command, add_config_option, config_from
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("status", help="show devices, patient context and delivery of the running agent")
+    p = add_command(sub, "status", cmd_status)
     add_config_option(p)
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print the status snapshot as JSON")
@@ -19,7 +19,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action="store_true",
         help="print the status page address with a login code that works once, within 60 s",
     )
-    p.set_defaults(func=cmd_status)
 
 
 async def cmd_status(args: argparse.Namespace) -> int:

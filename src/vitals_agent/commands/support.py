@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from vitals_agent import __version__, host
-from vitals_agent.commands._options import add_config_option, config_from
+from vitals_agent.commands._options import add_command, add_config_option, config_from
 from vitals_agent.config.central import SECRET_WORDS
 from vitals_agent.config.schema import Config
 from vitals_agent.errors import VitalsAgentError
@@ -47,9 +47,7 @@ LOG_LEVELS_KEPT = ("info", "warning", "error", "critical")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "support-bundle", help="write a zip for support: config, status, logs, counts; no patient data"
-    )
+    p = add_command(sub, "support-bundle", cmd_support_bundle)
     add_config_option(p)
     p.add_argument("-o", "--out", type=Path, required=True, metavar="FILE.zip", help="the zip to write")
     p.add_argument("--lines", type=int, default=500, metavar="N", help="last N log lines (default 500)")
@@ -62,7 +60,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--ble-seconds", type=float, default=0.0, metavar="S", help="scan for BLE devices this long"
     )
-    p.set_defaults(func=cmd_support_bundle)
 
 
 async def cmd_support_bundle(args: argparse.Namespace) -> int:
