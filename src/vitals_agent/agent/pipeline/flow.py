@@ -383,19 +383,11 @@ class Pipeline:
         return _Decision(details=route.patient)
 
     async def accept(
-        self,
-        runtime: DeviceRuntimeImpl,
-        reading: Reading,
-        *,
-        late_patient: PatientDetails | None = None,
-        control_id: str | None = None,
-        arrived: float | None = None,
+        self, runtime: DeviceRuntimeImpl, reading: Reading, *, arrived: float | None = None
     ) -> Accepted | None:
-        """:meth:`submit`, for callers that only care about queued messages (None also when the reading
-        waits in the review list)."""
-        result = await self.submit(
-            runtime, reading, late_patient=late_patient, control_id=control_id, arrived=arrived
-        )
+        """:meth:`submit` of a fresh reading, for callers that only care about queued messages (None also
+        when the reading waits in the review list)."""
+        result = await self.submit(runtime, reading, arrived=arrived)
         return result if isinstance(result, Accepted) else None
 
     async def submit(

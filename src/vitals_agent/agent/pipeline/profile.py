@@ -16,13 +16,15 @@ if TYPE_CHECKING:  # the FHIR builder loads only when [fhir] is enabled
     from vitals_agent.fhir.bundle import FhirProfile
 
 
-def message_profile(config: Config, gateway_eui64: str) -> MessageProfile:
-    """The receiver profile for this site: ``[agent]``, ``[ehr]`` and ``[patient]`` values.
+def message_zone(config: Config) -> tzinfo:
+    """The zone DTMs are written in: ``[agent] timezone`` (with its offset) when set, else UTC."""
+    return ZoneInfo(config.agent.timezone) if config.agent.timezone else UTC
 
-    DTMs are written in ``[agent] timezone`` (with its offset) when set, else in UTC (``+0000``).
-    """
+
+def message_profile(config: Config, gateway_eui64: str) -> MessageProfile:
+    """The receiver profile for this site: ``[agent]``, ``[ehr]`` and ``[patient]`` values; DTMs in
+    :func:`message_zone`."""
     ehr = config.ehr
-    tz: tzinfo = ZoneInfo(config.agent.timezone) if config.agent.timezone else UTC
     return MessageProfile(
         facility=config.agent.facility,
         location=config.agent.location,
@@ -38,7 +40,7 @@ def message_profile(config: Config, gateway_eui64: str) -> MessageProfile:
         preferred_units=MappingProxyType(dict(ehr.preferred_units)),
         hierarchy_rows=ehr.hierarchy_rows,
         assigning_authority=config.patient.assigning_authority,
-        tz=tz,
+        tz=message_zone(config),
         charset=ehr.charset,
         unrepresentable=ehr.unrepresentable,
         marker=ehr.marker,
@@ -52,13 +54,12 @@ def fhir_profile(config: Config, gateway_eui64: str) -> FhirProfile:
     from vitals_agent.fhir.bundle import FhirProfile
 
     fhir = config.fhir
-    tz: tzinfo = ZoneInfo(config.agent.timezone) if config.agent.timezone else UTC
     system = fhir.patient_system(config.patient.assigning_authority)
     return FhirProfile(
         gateway_eui64=eui64_digits(gateway_eui64),
         patient_system=system or "urn:vitals-agent:mrn",
         location=config.agent.location,
-        tz=tz,
+        tz=message_zone(config),
         attachments=fhir.attachments,
         create_patient=fhir.create_patient,
         encounter_system=fhir.encounter_identifier_system,
