@@ -85,19 +85,11 @@ class FileToken:
         self.key = key
         self.error = error
 
-    @classmethod
-    def configured(
-        cls,
-        path: Path,
-        *,
-        key: str = "fhir.bearer_token_file",
-        error: Callable[[str], Exception] = ConnectFailedError,
-    ) -> FileToken:
-        """The reader for a configured file; :class:`ConfigError` when there is no such file (at start)."""
-        token = cls(path, key=key, error=error)
-        if not token.path.is_file():
-            raise ConfigError([(key, f"{token.path} is not a readable file")])
-        return token
+    def checked(self) -> FileToken:
+        """This reader, once its file is there (at start): :class:`ConfigError` naming ``key`` if not."""
+        if not self.path.is_file():
+            raise ConfigError([(self.key, f"{self.path} is not a readable file")])
+        return self
 
     def read(self) -> str:
         """The token now (blocking: call it in a thread from the event loop)."""
@@ -366,7 +358,7 @@ def fhir_client(config: FhirConfig) -> FhirClient:
         if config.token_url.startswith("http://"):
             log.warning(ev.FHIR_TOKEN_URL_UNENCRYPTED)
     elif config.bearer_token_file is not None:
-        tokens = FileToken.configured(config.bearer_token_file)
+        tokens = FileToken(config.bearer_token_file).checked()
     else:
         tokens = NoToken()
     if not config.tls and not isinstance(tokens, NoToken):

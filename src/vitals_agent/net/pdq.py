@@ -288,8 +288,8 @@ def _token_file(path: Path, *, check: bool) -> FileToken:
     reading token files and for their messages. Imported here, not at the top: only PDQm needs it."""
     from vitals_agent.net.fhir_http import FileToken
 
-    make = FileToken.configured if check else FileToken
-    return make(path, key="pdq.bearer_token_file", error=PdqUnavailableError)
+    token = FileToken(path, key="pdq.bearer_token_file", error=PdqUnavailableError)
+    return token.checked() if check else token
 
 
 def pdq_client(config: PdqConfig, sender: Sender) -> PdqClient:
