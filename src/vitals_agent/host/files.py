@@ -142,6 +142,8 @@ if sys.platform == "win32":
     import win32security
 
     if TYPE_CHECKING:
+        from collections.abc import Sequence
+
         from _win32typing import PyACL, PySID
 
     _INHERIT = ntsecuritycon.OBJECT_INHERIT_ACE | ntsecuritycon.CONTAINER_INHERIT_ACE
@@ -150,6 +152,13 @@ if sys.platform == "win32":
         text: str = win32security.ConvertSidToStringSid(sid)
         return text
 
+    def admin_sids() -> list[PySID]:
+        """SYSTEM and Administrators: admitted to every private file and folder."""
+        return [
+            win32security.CreateWellKnownSid(win32security.WinLocalSystemSid, None),
+            win32security.CreateWellKnownSid(win32security.WinBuiltinAdministratorsSid, None),
+        ]
+
     def private_sids() -> list[PySID]:
         """The accounts a private file admits: the process owner, SYSTEM, Administrators (no duplicates)."""
         token = win32security.OpenProcessToken(win32api.GetCurrentProcess(), win32con.TOKEN_QUERY)
@@ -157,52 +166,48 @@ if sys.platform == "win32":
             owner = win32security.GetTokenInformation(token, win32security.TokenUser)[0]
         finally:
             win32api.CloseHandle(token)
-        sids = [
-            owner,
-            win32security.CreateWellKnownSid(win32security.WinLocalSystemSid, None),
-            win32security.CreateWellKnownSid(win32security.WinBuiltinAdministratorsSid, None),
-        ]
         unique: dict[str, PySID] = {}
-        for sid in sids:
+        for sid in [owner, *admin_sids()]:
             unique.setdefault(_sid_text(sid), sid)
         return list(unique.values())
 
-    def private_dacl(*, directory: bool) -> PyACL:
-        """Full control for the process owner, SYSTEM and Administrators; nothing for anyone else.
+    def private_dacl(*, directory: bool, sids: Sequence[PySID] | None = None) -> PyACL:
+        """Full control for ``sids`` (default: :func:`private_sids`); nothing for anyone else.
         A directory's entries are inherited by files and folders created in it."""
         dacl = win32security.ACL()
-        for sid in private_sids():
+        for sid in private_sids() if sids is None else sids:
             dacl.AddAccessAllowedAceEx(
                 win32security.ACL_REVISION, _INHERIT if directory else 0, ntsecuritycon.FILE_ALL_ACCESS, sid
             )
         return dacl
 
+    def set_dacl(path: Path, dacl: PyACL, *, protected: bool) -> None:
+        """Give ``path`` its own ``dacl``: protected (nothing inherited from its folder) or not (the
+        folder's entries besides). Raises ``pywintypes.error``."""
+        inheritance = (
+            win32security.PROTECTED_DACL_SECURITY_INFORMATION
+            if protected
+            else win32security.UNPROTECTED_DACL_SECURITY_INFORMATION
+        )
+        win32security.SetNamedSecurityInfo(
+            str(path),
+            win32security.SE_FILE_OBJECT,
+            win32security.DACL_SECURITY_INFORMATION | inheritance,
+            None,
+            None,
+            dacl,
+            None,
+        )
+
     def _win_inherit_only(path: Path) -> None:
         """Drop a file's own ACL entries so that it has exactly its folder's (private) ones."""
         # Not ours to change (another account's file): the folder's ACL still guards it.
         with contextlib.suppress(pywintypes.error):
-            win32security.SetNamedSecurityInfo(
-                str(path),
-                win32security.SE_FILE_OBJECT,
-                win32security.DACL_SECURITY_INFORMATION | win32security.UNPROTECTED_DACL_SECURITY_INFORMATION,
-                None,
-                None,
-                win32security.ACL(),
-                None,
-            )
+            set_dacl(path, win32security.ACL(), protected=False)
 
     def _win_protect(path: Path, *, directory: bool, strict: bool) -> None:
-        dacl = private_dacl(directory=directory)
         try:
-            win32security.SetNamedSecurityInfo(
-                str(path),
-                win32security.SE_FILE_OBJECT,
-                win32security.DACL_SECURITY_INFORMATION | win32security.PROTECTED_DACL_SECURITY_INFORMATION,
-                None,
-                None,
-                dacl,
-                None,
-            )
+            set_dacl(path, private_dacl(directory=directory), protected=True)
         except pywintypes.error as exc:
             if strict:
                 raise PermissionError(exc.winerror, f"cannot make {path} private: {exc.strerror}") from None

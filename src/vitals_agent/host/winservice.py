@@ -217,35 +217,15 @@ if sys.platform == "win32":
     def prepare_data_dir(data_dir: Path, account: str) -> None:
         """Create the data folder for the service account: full control for it, SYSTEM and
         Administrators only (protected ACL, inherited by everything the agent creates inside)."""
-        import ntsecuritycon
+        from vitals_agent.host.files import admin_sids, private_dacl, set_dacl
 
         data_dir.mkdir(parents=True, exist_ok=True)
         try:
-            sid = win32security.LookupAccountName(None, account)[0]
+            owner = [win32security.LookupAccountName(None, account)[0]]
         except pywintypes.error:
-            sid = None  # an account Windows cannot resolve now: the agent makes the folder private itself
-        dacl = win32security.ACL()
-        sids = [
-            win32security.CreateWellKnownSid(win32security.WinLocalSystemSid, None),
-            win32security.CreateWellKnownSid(win32security.WinBuiltinAdministratorsSid, None),
-        ]
-        if sid is not None:
-            sids.insert(0, sid)
-        inherit = ntsecuritycon.OBJECT_INHERIT_ACE | ntsecuritycon.CONTAINER_INHERIT_ACE
-        for each in sids:
-            dacl.AddAccessAllowedAceEx(
-                win32security.ACL_REVISION, inherit, ntsecuritycon.FILE_ALL_ACCESS, each
-            )
+            owner = []  # an account Windows cannot resolve now: the agent makes the folder private itself
         with contextlib.suppress(pywintypes.error):
-            win32security.SetNamedSecurityInfo(
-                str(data_dir),
-                win32security.SE_FILE_OBJECT,
-                win32security.DACL_SECURITY_INFORMATION | win32security.PROTECTED_DACL_SECURITY_INFORMATION,
-                None,
-                None,
-                dacl,
-                None,
-            )
+            set_dacl(data_dir, private_dacl(directory=True, sids=[*owner, *admin_sids()]), protected=True)
 
     def remove() -> list[str]:
         notes = []
