@@ -13,10 +13,13 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 
+from pydantic import Field
+
 from vitals_agent.drivers.base import (
     DecodeContext,
     DecodeFailure,
     DecoderOutput,
+    SerialOptions,
     SimPort,
     Simulator,
     StreamDecoder,
@@ -187,6 +190,16 @@ class TimedSimulator(Simulator):
 # ---------------------------------------------------------------------------------------------- weighing
 
 UNIT_TO_KG: dict[str, Decimal] = {"kg": Decimal(1), "g": Decimal("0.001"), "[lb_av]": LB_IN_KG}
+
+
+class WeighingOptions(SerialOptions):
+    """Keys of the scales that report once per weighing (:class:`WeighingTracker`)."""
+
+    zero_band_kg: Decimal = Field(default=Decimal("0.1"), ge=0)  # at or below: platform unloaded
+    min_change_kg: Decimal = Field(default=Decimal(0), ge=0)  # a stable value that moves more: a new weighing
+    # how often to ask the scale for a record; None: the driver's default (scale-ascii: 2 s for the polled
+    # dialects; health-o-meter: never, the scale sends when its print key is pressed)
+    poll_seconds: float | None = Field(default=None, gt=0)
 
 
 def to_kg(number: Decimal, unit: str) -> Decimal:

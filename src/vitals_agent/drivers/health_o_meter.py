@@ -16,11 +16,12 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import Literal
 
-from pydantic import Field, validate_call
+from pydantic import validate_call
 
 from vitals_agent.drivers._serial_util import (
     FlushingDecoder,
     TimedSimulator,
+    WeighingOptions,
     WeighingTracker,
     failure,
     hexs,
@@ -34,7 +35,6 @@ from vitals_agent.drivers.base import (
     DecodeFailure,
     DecoderOutput,
     SerialDriver,
-    SerialOptions,
     register_driver,
 )
 from vitals_agent.errors import DecodeError, OverlongError, TruncatedError, UnsupportedError
@@ -48,10 +48,9 @@ MAX_DISCARD = 65536  # an overlong packet without an end tag is reported every t
 _WHITESPACE = b" \r\n\t\x00"
 
 
-class HealthOMeterOptions(SerialOptions):
-    zero_band_kg: Decimal = Field(default=Decimal("0.1"), ge=0)
-    min_change_kg: Decimal = Field(default=Decimal(0), ge=0)
-    poll_seconds: float | None = Field(default=None, gt=0)  # send "Q" this often (None: wait for print)
+class HealthOMeterOptions(WeighingOptions):
+    """``poll_seconds``: send ``Q`` this often (default: never; the scale sends on its print key)."""
+
     # What the 10-character ``I`` field is: the manual calls it "ID" without saying whose. "ignore" (default)
     # drops it; "patient" sends it as the patient's MRN when no patient is bound; "device" uses it as the
     # scale's serial number.

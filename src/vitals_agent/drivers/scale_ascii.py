@@ -25,11 +25,12 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, validate_call
+from pydantic import validate_call
 
 from vitals_agent.drivers._serial_util import (
     FlushingDecoder,
     TimedSimulator,
+    WeighingOptions,
     WeighingTracker,
     hexs,
     make_reading,
@@ -43,7 +44,6 @@ from vitals_agent.drivers.base import (
     DecoderOutput,
     LineDecoder,
     SerialDriver,
-    SerialOptions,
     register_driver,
 )
 from vitals_agent.errors import DecodeError, TruncatedError, UnsupportedError
@@ -59,15 +59,8 @@ DEFAULT_POLL_SECONDS = 2.0
 MANUFACTURERS = {"rice-lake": "Rice Lake", "fairbanks": "Fairbanks", "detecto": "Detecto"}
 
 
-class ScaleOptions(SerialOptions):
+class ScaleOptions(WeighingOptions):
     dialect: Dialect = "and"
-    zero_band_kg: Decimal = Field(default=Decimal("0.1"), ge=0)  # at or below: platform unloaded
-    min_change_kg: Decimal = Field(
-        default=Decimal(0), ge=0
-    )  # a stable value that moves more is a new weighing
-    poll_seconds: float | None = Field(
-        default=None, gt=0
-    )  # request interval (detecto/fairbanks; default 2 s)
 
 
 @dataclass(frozen=True)
