@@ -68,7 +68,7 @@ def aiohttp_server_class() -> Any:
     """ControlServer serving the same Routes through aiohttp.web (bench only)."""
     from aiohttp import web
 
-    from vitals_agent.agent.control import ControlServer, Credentials, Request, Routes
+    from vitals_agent.agent.control import ControlServer, Request
     from vitals_agent.agent.storage.audit import write_private
 
     class AiohttpControlServer(ControlServer):
@@ -76,12 +76,10 @@ def aiohttp_server_class() -> Any:
             import secrets
 
             self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self.token = secrets.token_urlsafe(32)
-            self.credentials = Credentials(self.token, clock=self.clock)
+            self.token = self.credentials.token = secrets.token_urlsafe(32)
             write_private(self.token_path, self.token + "\n")
 
             async def handle(req: web.Request) -> web.Response:
-                assert self.routes is not None
                 request = Request(
                     method=req.method,
                     target=req.path_qs,
@@ -100,14 +98,7 @@ def aiohttp_server_class() -> Any:
             site = web.TCPSite(self._runner, self.host, 0)
             await site.start()
             self.port = int(self._runner.addresses[0][1])
-            self.routes = Routes(
-                self.patients,
-                self.status,
-                self.credentials,
-                allowed_hosts=self.allowed_hosts(),
-                audit=self.audit,
-                now=self.now,
-            )
+            self.routes.allowed_hosts = self.allowed_hosts()
             endpoint = {"host": self.host, "port": self.port, "pid": os.getpid()}
             write_private(self.endpoint_path, json.dumps(endpoint) + "\n")
 

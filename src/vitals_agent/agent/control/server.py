@@ -141,16 +141,9 @@ class ControlServer:
         review: ReviewDesk | None = None,
     ) -> None:
         self._handlers: set[asyncio.Task[Any]] = set()
-        self.lookup = lookup
-        self.review = review
         self.data_dir = data_dir
-        self.patients = patients
-        self.status = status
         self.host = host
         self.requested_port = port
-        self.audit = audit if audit is not None else patients.audit
-        self.refresh_seconds = refresh_seconds
-        self.now = now
         self.max_connections = max_connections if max_connections is not None else connection_cap()
         self.request_timeout = request_timeout
         self.clock = clock
@@ -161,7 +154,18 @@ class ControlServer:
         self._listener: socket.socket | None = None
         self._acceptor: asyncio.Task[None] | None = None
         self.credentials = Credentials("", clock=clock)
-        self.routes: Routes | None = None
+        # start() gives the routes their token and the host names of the bound address
+        self.routes = Routes(
+            patients,
+            status,
+            self.credentials,
+            allowed_hosts=frozenset(),
+            audit=audit,
+            refresh_seconds=refresh_seconds,
+            now=now,
+            lookup=lookup,
+            review=review,
+        )
 
     @property
     def token_path(self) -> Path:
@@ -190,25 +194,14 @@ class ControlServer:
 
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.token = secrets.token_urlsafe(32)
-        self.credentials = Credentials(self.token, clock=self.clock)
+        self.token = self.credentials.token = secrets.token_urlsafe(32)
         write_private(self.token_path, self.token + "\n")
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         listener = socket.create_server((self.host, self.requested_port), family=family, backlog=BACKLOG)
         listener.setblocking(False)
         self._listener = listener
         self.port = int(listener.getsockname()[1])
-        self.routes = Routes(
-            self.patients,
-            self.status,
-            self.credentials,
-            allowed_hosts=self.allowed_hosts(),
-            audit=self.audit,
-            refresh_seconds=self.refresh_seconds,
-            now=self.now,
-            lookup=self.lookup,
-            review=self.review,
-        )
+        self.routes.allowed_hosts = self.allowed_hosts()
         self._acceptor = asyncio.create_task(self._accept_loop(listener), name="control-accept")
         write_private(
             self.endpoint_path, json.dumps({"host": self.host, "port": self.port, "pid": os.getpid()}) + "\n"
@@ -304,7 +297,6 @@ class ControlServer:
         except (TimeoutError, ConnectionError, OSError):
             return False  # idle, too slow or gone: close without a word
         else:
-            assert self.routes is not None
             response = await self.routes.handle(request)
         return await self._write(conn, writer, response)
 
