@@ -22,8 +22,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 async def cmd_status(args: argparse.Namespace) -> int:
-    config = config_from(args)
-    client = ControlClient.from_config(config)
+    client = ControlClient.from_config(config_from(args))
     if args.url:
         print(await client.login_url())
         return 0
