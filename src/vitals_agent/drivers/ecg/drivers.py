@@ -20,7 +20,6 @@ from vitals_agent.drivers.base import (
     LocalPath,
     SerialDriver,
     SerialOptions,
-    StreamDecoder,
     is_offline,
     register_driver,
 )
@@ -347,5 +346,5 @@ class ScpEcgSerialDriver(_ScpFiles[EcgSerialOptions], SerialDriver[EcgSerialOpti
 
     transport = "ecg-serial-file"
 
-    def stream_decoder(self, ctx: DecodeContext) -> StreamDecoder:
+    def stream_decoder(self, ctx: DecodeContext) -> ScpFileFramer:
         return ScpFileFramer(ctx, self, self.max_file_bytes)

@@ -21,9 +21,8 @@ import structlog
 from vitals_agent import log_events as ev
 from vitals_agent.drivers.base import DeviceRuntime, register_transport
 from vitals_agent.drivers.ecg import safefs
-from vitals_agent.drivers.ecg.drivers import EcgSerialOptions, ScpEcgSerialDriver
+from vitals_agent.drivers.ecg.drivers import ScpEcgSerialDriver
 from vitals_agent.drivers.ecg.folder import FAILED, PROCESSED, deliver, one_line, write_reason
-from vitals_agent.drivers.ecg.framing import ScpFileFramer
 from vitals_agent.drivers.serial_transport import SerialTransport
 from vitals_agent.errors import OutboxError, RetryableError, TransportError
 
@@ -36,10 +35,8 @@ class SerialFileTransport(SerialTransport):
 
     def __init__(self, runtime: DeviceRuntime) -> None:
         super().__init__(runtime)
-        driver = self.require_driver(ScpEcgSerialDriver)
-        self.file_driver = driver
-        self.serial_options: EcgSerialOptions = driver.options
-        self.framer = ScpFileFramer(runtime.ctx, driver, driver.max_file_bytes)
+        self.file_driver = self.require_driver(ScpEcgSerialDriver)
+        self.framer = self.file_driver.stream_decoder(runtime.ctx)  # the framer ``decode`` uses too
         self.files = 0
 
     async def run(self) -> None:
@@ -63,7 +60,7 @@ class SerialFileTransport(SerialTransport):
 
         task = asyncio.create_task(reader())
         reason = "closed"
-        opts = self.serial_options
+        opts = self.file_driver.options
         try:
             while True:
                 wait = opts.record_timeout_seconds if self.framer.inside_record() else opts.idle_gap_seconds
@@ -120,7 +117,7 @@ class SerialFileTransport(SerialTransport):
         self.runtime.log.debug(ev.ECG_SAVE_LINK_NOT_FOLLOWED, file=name)
 
     def _save(self, data: bytes, name: str, status: str, detail: str) -> None:
-        folder = self.serial_options.save_folder
+        folder = self.file_driver.options.save_folder
         if not folder:
             return
         sub = FAILED if status == "failed" else PROCESSED
