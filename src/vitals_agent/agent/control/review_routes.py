@@ -25,8 +25,9 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
+from vitals_agent.agent.control.request import Request
 from vitals_agent.agent.control.review_page import review_html
 from vitals_agent.agent.patient.clinician import ClinicianContextManager, ClinicianError, parse_clinician
 from vitals_agent.agent.patient.review import (
@@ -36,21 +37,6 @@ from vitals_agent.agent.patient.review import (
     ReviewInputError,
 )
 from vitals_agent.agent.storage.audit import AuditLog
-
-
-class Request(Protocol):
-    """What this module reads of routes.py's request."""
-
-    @property
-    def method(self) -> str: ...
-    @property
-    def path(self) -> str: ...
-    @property
-    def query(self) -> dict[str, str]: ...
-    @property
-    def caller(self) -> Mapping[str, Any]: ...
-    def json(self) -> dict[str, Any]: ...
-
 
 API_PATHS = frozenset(
     {

@@ -32,7 +32,8 @@ import structlog
 
 from vitals_agent import log_events as ev
 from vitals_agent.agent.control.common import ENDPOINT_FILE, TOKEN_FILE, StatusProvider, http_url
-from vitals_agent.agent.control.routes import MAX_BODY, Credentials, HttpError, Request, Response, Routes
+from vitals_agent.agent.control.request import HttpError, Request
+from vitals_agent.agent.control.routes import MAX_BODY, Credentials, Response, Routes
 from vitals_agent.agent.patient.context import PatientContextManager
 from vitals_agent.agent.patient.review import ReviewDesk
 from vitals_agent.agent.storage.audit import AuditLog, write_private
