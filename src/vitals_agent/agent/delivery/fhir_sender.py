@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from vitals_agent.agent.delivery.link import Answer, ClientLink
+from vitals_agent.agent.delivery.link import Answer, Link
 from vitals_agent.agent.delivery.policy import DEFAULT_STORAGE_GIVE_UP, Settings
 from vitals_agent.agent.delivery.sender import QueueSender, loop_tuning
 from vitals_agent.agent.storage.outbox import Outbox, OutboxMessage
@@ -26,7 +26,7 @@ from vitals_agent.fhir.answer import Delivered, Rejected, classify
 from vitals_agent.net.fhir_http import FhirClient, fhir_client
 
 
-class FhirLink(ClientLink[FhirClient]):
+class FhirLink(Link[FhirClient]):
     """One Bundle per request; the answer judged by the FHIR rules."""
 
     def __init__(

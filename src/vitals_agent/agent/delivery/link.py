@@ -15,6 +15,7 @@ ConnectFailedError` (no connection: says nothing about the message), another
 from __future__ import annotations
 
 import ssl
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
@@ -31,32 +32,6 @@ class Answer:
     known: bool  # a code the protocol defines (an unknown MSA-1 is dead-lettered as such)
     text: str  # the receiver's own words (MSA-3/ERR, the OperationOutcome): stored, never logged above DEBUG
     summary: str  # codes only: safe for the log at any level
-
-
-class Link(Protocol):
-    @property
-    def peer(self) -> str: ...
-
-    @property
-    def connected(self) -> bool: ...
-
-    @property
-    def tls(self) -> bool: ...
-
-    def refusal(self, msg: OutboxMessage) -> str | None:
-        """Why this message can never be sent over this link (it is dead-lettered), or None."""
-        ...
-
-    async def exchange(self, msg: OutboxMessage, was_acked: Callable[[str], bool]) -> Answer:
-        """Send ``msg`` and return the answer to it; raise a link failure when there is none.
-        ``was_acked``: whether a control id was acknowledged a moment ago (a late duplicate answer)."""
-        ...
-
-    def abort(self) -> None:
-        """Drop the connection now (after an error; the next exchange reconnects)."""
-        ...
-
-    async def close(self) -> None: ...
 
 
 class LinkClient(Protocol):
@@ -78,9 +53,10 @@ class LinkClient(Protocol):
 ClientT = TypeVar("ClientT", bound=LinkClient)
 
 
-class ClientLink(Generic[ClientT]):
-    """The part of every link that is its client's: the peer, the connection, TLS, abort and close.
-    Subclasses add :meth:`exchange` (and :meth:`refusal` when some messages can never be sent)."""
+class Link(ABC, Generic[ClientT]):
+    """One destination's protocol part. This base is what every link's client does for it: the peer, the
+    connection, TLS, abort and close. Subclasses add :meth:`exchange` (and :meth:`refusal` when some
+    messages can never be sent)."""
 
     def __init__(self, client: ClientT) -> None:
         self.client = client
@@ -98,9 +74,16 @@ class ClientLink(Generic[ClientT]):
         return self.client.ssl_context is not None
 
     def refusal(self, msg: OutboxMessage) -> str | None:
+        """Why this message can never be sent over this link (it is dead-lettered), or None."""
         return None
 
+    @abstractmethod
+    async def exchange(self, msg: OutboxMessage, was_acked: Callable[[str], bool]) -> Answer:
+        """Send ``msg`` and return the answer to it; raise a link failure when there is none.
+        ``was_acked``: whether a control id was acknowledged a moment ago (a late duplicate answer)."""
+
     def abort(self) -> None:
+        """Drop the connection now (after an error; the next exchange reconnects)."""
         self.client.abort()
 
     async def close(self) -> None:

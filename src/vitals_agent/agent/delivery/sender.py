@@ -44,7 +44,7 @@ from typing import Any
 import structlog
 
 from vitals_agent import log_events as ev
-from vitals_agent.agent.delivery.link import Answer, ClientLink, Link
+from vitals_agent.agent.delivery.link import Answer, Link
 from vitals_agent.agent.delivery.policy import (
     DEFAULT_STORAGE_GIVE_UP,
     AwaitAppAck,
@@ -89,7 +89,7 @@ def loop_tuning() -> dict[str, float]:
     return {"batch": BATCH, "idle_poll": IDLE_POLL_SECONDS, "poison_after": POISON_SUSPECT_AFTER}
 
 
-class MllpLink(ClientLink[MllpClient]):
+class MllpLink(Link[MllpClient]):
     """HL7 v2 over MLLP: one message, its ACK. ``client`` reconnects itself.
 
     ``keep_open`` (``[ehr] keep_connection_open``, Mirth's sender term): False closes the connection after
@@ -217,7 +217,7 @@ class QueueSender:
     """Deliver one destination's messages from the outbox through ``link``, as ``settings`` say."""
 
     outbox: Outbox
-    link: Link
+    link: Link[Any]
     settings: InitVar[Settings]
     _: KW_ONLY
     destination: str = "ehr"
@@ -843,7 +843,7 @@ class Sender(QueueSender):
         self.link.on_other = self.application_ack  # an application ACK on the same connection
 
 
-def _link_counters(link: Link) -> dict[str, int]:
+def _link_counters(link: Link[Any]) -> dict[str, int]:
     counters = getattr(link, "counters", None)
     return dict(counters()) if callable(counters) else {}
 
