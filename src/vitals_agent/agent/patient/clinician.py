@@ -13,11 +13,9 @@ still names only the channel; the audit trail names the person.
 
 from __future__ import annotations
 
-import dataclasses
-import json
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -26,8 +24,9 @@ from pydantic import ValidationError
 
 from vitals_agent import log_events as ev
 from vitals_agent.agent.clock import Clock
-from vitals_agent.agent.storage.audit import CHANNEL_BARCODE, CHANNEL_EXPIRY, AuditLog, write_private
-from vitals_agent.agent.storage.files import Discarded, explain, read_state_file
+from vitals_agent.agent.patient.room import Records, RoomContext, RoomContextManager
+from vitals_agent.agent.storage.audit import CHANNEL_BARCODE, CHANNEL_EXPIRY, AuditLog
+from vitals_agent.agent.storage.files import Discarded
 from vitals_agent.config.review import ReviewConfig
 from vitals_agent.errors import VitalsAgentError
 from vitals_agent.models import Clinician, ClinicianScan, PatientInfo
@@ -63,37 +62,16 @@ def parse_clinician(
         raise ClinicianError(f"clinician {where}: {msg}") from None
 
 
-@dataclass(frozen=True)
-class ClinicianContext:
+@dataclass(frozen=True, kw_only=True)
+class ClinicianContext(RoomContext):
     clinician: Clinician
-    channel: str
-    source: str | None
-    set_at: datetime
-    last_activity: datetime
-    client: str | None = None  # what a control API caller said it was: a claim
-    set_mono: float = field(default=0.0, compare=False)  # monotonic instants (not persisted)
-    active_mono: float = field(default=0.0, compare=False)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "clinician": self.clinician.model_dump(),
-            "channel": self.channel,
-            "source": self.source,
-            "set_at": self.set_at.isoformat(),
-            "last_activity": self.last_activity.isoformat(),
-            "client": self.client,
-        }
+        return {"clinician": self.clinician.model_dump(), **super().to_json()}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ClinicianContext:
-        return cls(
-            clinician=Clinician.model_validate(data["clinician"]),
-            channel=str(data["channel"]),
-            source=data.get("source"),
-            set_at=datetime.fromisoformat(data["set_at"]),
-            last_activity=datetime.fromisoformat(data["last_activity"]),
-            client=data.get("client"),
-        )
+        return cls(clinician=Clinician.model_validate(data["clinician"]), **cls.fields_from_json(data))
 
 
 class ClinicianSnapshot(TypedDict):
@@ -108,65 +86,28 @@ class ClinicianSnapshot(TypedDict):
     expires_at: str | None
 
 
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
-class ClinicianContextManager:
+class ClinicianContextManager(RoomContextManager[ClinicianContext]):
     """The signed-in clinician: set, clear, expiry, persistence, badge scans."""
 
-    def __init__(
-        self,
-        data_dir: Path,
-        config: ReviewConfig,
-        audit: AuditLog,
-        *,
-        now: Callable[[], datetime] = _utc_now,
-        clock: Clock | None = None,
-    ) -> None:
+    records = Records(discarded="clinician_discarded", cleared="clinician_cleared", subject="clinician_id")
+
+    def __init__(self, data_dir: Path, config: ReviewConfig, audit: AuditLog, *, clock: Clock) -> None:
         self.config = config
-        self.audit = audit
-        self.clock = clock or Clock.following(now)
-        self._now = self.clock.now
-        self.timeout = timedelta(minutes=config.clinician_timeout_minutes)
-        self._file = data_dir / CLINICIAN_FILE
-        self._activity_unsaved = False
-        self._context = self._load()
+        timeout = timedelta(minutes=config.clinician_timeout_minutes)
+        super().__init__(data_dir / CLINICIAN_FILE, ClinicianContext.from_json, audit, timeout, clock)
 
-    def close(self) -> None:
-        self.save_activity()
+    def _subject_id(self, ctx: ClinicianContext) -> str:
+        return ctx.clinician.id
 
-    # --- persistence (the patient context's mechanisms) ---------------------------------------------
-    def _load(self) -> ClinicianContext | None:
-        ctx = read_state_file(self._file, ClinicianContext.from_json)
-        if isinstance(ctx, Discarded):
-            if ctx.move_error is not None:
-                log.error(ev.CLINICIAN_CONTEXT_FILE_UNREADABLE, error=ctx.move_error)
-            log.warning(ev.CLINICIAN_CONTEXT_FILE_MOVED_ASIDE, path=str(self._file))
-            self.audit.record(
-                "clinician_discarded",
-                reason="unreadable state file",
-                channel="startup",
-                moved_to=ctx.moved_text,
-            )
-            return None
-        if ctx is None:
-            return None
-        return dataclasses.replace(
-            ctx, set_mono=self.clock.mono_at(ctx.set_at), active_mono=self.clock.mono_at(ctx.last_activity)
+    def _log_discarded(self, discarded: Discarded) -> None:
+        if discarded.move_error is not None:
+            log.error(ev.CLINICIAN_CONTEXT_FILE_UNREADABLE, error=discarded.move_error)
+        log.warning(
+            ev.CLINICIAN_CONTEXT_FILE_MOVED_ASIDE, path=str(self._file), moved_to=discarded.moved_text
         )
 
-    def _save(self) -> None:
-        write_private(self._file, json.dumps(self._context.to_json() if self._context else None))
-        self._activity_unsaved = False
-
-    def save_activity(self) -> None:
-        if not self._activity_unsaved:
-            return
-        try:
-            self._save()
-        except OSError as exc:
-            log.warning(ev.CLINICIAN_ACTIVITY_NOT_SAVED, error=explain(exc))
+    def _log_not_saved(self, error: str) -> None:
+        log.warning(ev.CLINICIAN_ACTIVITY_NOT_SAVED, error=error)
 
     # --- context -------------------------------------------------------------------------------------
     def set(
@@ -179,23 +120,16 @@ class ClinicianContextManager:
     ) -> ClinicianContext:
         """Sign ``clinician`` in (replacing anyone signed in). Audited first; persisted."""
         now = self._now()
-        mono = self.clock.mono_at(now)
         previous = self._context
-        client = caller.get("client") if caller else None
-        context = ClinicianContext(
-            clinician, channel, source, now, now, str(client) if client else None, mono, mono
-        )
-        self.audit.record(
+        context = ClinicianContext(clinician=clinician, **self._stamps(channel, source, caller, now))
+        self._start(
+            context,
             "clinician_set",
-            channel=channel,
-            source=source,
             clinician=clinician.model_dump(),
             replaced=previous.clinician.id if previous else None,
             expires_at=now + self.timeout,
             **(caller or {}),
         )
-        self._context = context
-        self._save()
         log.info(ev.CLINICIAN_SIGNED_IN, channel=channel, replaced=previous is not None)
         return context
 
@@ -208,50 +142,22 @@ class ClinicianContextManager:
         reason: str | None = None,
     ) -> bool:
         """Sign the clinician out. Returns False when nobody was signed in (audited as an attempt)."""
-        previous = self._context
-        self._context = None
-        self._save()
-        self.audit.record(
-            "clinician_cleared",
-            channel=channel,
-            source=source,
-            clinician_id=previous.clinician.id if previous else None,
-            was_set=previous is not None,
-            reason=reason,
-            **(caller or {}),
-        )
-        log.info(ev.CLINICIAN_SIGNED_OUT, channel=channel, was_set=previous is not None)
-        return previous is not None
+        was_set = self._clear(channel, source, caller, reason=reason)
+        log.info(ev.CLINICIAN_SIGNED_OUT, channel=channel, was_set=was_set)
+        return was_set
 
-    def context(self, now: datetime | None = None) -> ClinicianContext | None:
-        """The signed-in clinician's context, after expiring it when its time is up."""
-        now = now or self._now()
-        ctx = self._context
-        if ctx is not None and self.clock.mono_at(now) - ctx.active_mono >= self.timeout.total_seconds():
-            self._context = None
-            self._activity_unsaved = True
-            self.save_activity()
-            self.audit.record(
-                "clinician_expired",
-                channel=CHANNEL_EXPIRY,
-                clinician_id=ctx.clinician.id,
-                last_activity=ctx.last_activity,
-            )
-            log.info(ev.CLINICIAN_TIMED_OUT, minutes=self.config.clinician_timeout_minutes)
-            return None
-        return ctx
+    def _expired(self, ctx: ClinicianContext, now: datetime) -> None:
+        self.audit.record(
+            "clinician_expired",
+            channel=CHANNEL_EXPIRY,
+            clinician_id=ctx.clinician.id,
+            last_activity=ctx.last_activity,
+        )
+        log.info(ev.CLINICIAN_TIMED_OUT, minutes=self.config.clinician_timeout_minutes)
 
     def current(self, now: datetime | None = None) -> Clinician | None:
         ctx = self.context(now)
         return ctx.clinician if ctx else None
-
-    def touch(self, now: datetime | None = None) -> None:
-        """The clinician did something (confirm, reject, correct, manual entry): restart the timer."""
-        now = now or self._now()
-        ctx = self.context(now)
-        if ctx is not None:
-            self._context = dataclasses.replace(ctx, last_activity=now, active_mono=self.clock.mono_at(now))
-            self._activity_unsaved = True
 
     def tick(self, now: datetime | None = None) -> None:
         self.context(now)
@@ -288,7 +194,7 @@ class ClinicianContextManager:
                 "expires_at": None,
             }
         c = ctx.clinician
-        expires = self.clock.wall_at(ctx.active_mono) + self.timeout
+        expires = self._expires(ctx)
         return {
             "set": True,
             "id": c.id,

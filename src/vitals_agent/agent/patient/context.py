@@ -22,7 +22,7 @@ import re
 import sqlite3
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
@@ -33,13 +33,13 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from vitals_agent import host
 from vitals_agent import log_events as ev
 from vitals_agent.agent.clock import Clock
+from vitals_agent.agent.patient.room import Records, RoomContext, RoomContextManager, utc_now
 from vitals_agent.agent.storage.audit import (
     CHANNEL_BARCODE,
     CHANNEL_EXPIRY,
     CHANNEL_TIMEOUT,
     AuditError,
     AuditLog,
-    write_private,
 )
 from vitals_agent.agent.storage.files import (
     Discarded,
@@ -48,7 +48,6 @@ from vitals_agent.agent.storage.files import (
     explain,
     is_damage,
     move_aside,
-    read_state_file,
 )
 from vitals_agent.config.patient import PatientConfig
 from vitals_agent.errors import VitalsAgentError
@@ -65,6 +64,8 @@ from vitals_agent.models import (
 from vitals_agent.redact import mask_mrn
 
 if TYPE_CHECKING:
+    import asyncio
+
     from vitals_agent.hl7.oru import PatientIdentity
 
 log = structlog.get_logger(__name__)
@@ -235,45 +236,24 @@ class PatientSnapshot(TypedDict):
     oldest_held_at: str | None
 
 
-@dataclass(frozen=True)
-class PatientContext:
+@dataclass(frozen=True, kw_only=True)
+class PatientContext(RoomContext):
     """The current context with its bookkeeping."""
 
     patient: PatientDetails
-    channel: str
-    source: str | None
-    set_at: datetime
-    last_activity: datetime
-    client: str | None = None  # what a control API caller said it was (``cli``, ``barcode``): a claim
-    # The same two instants on the monotonic clock (clock.py): ages are measured on these, so a wall-clock
-    # step neither ends the context at once nor stretches it. Not persisted (meaningless after a reboot).
-    set_mono: float = field(default=0.0, compare=False)
-    active_mono: float = field(default=0.0, compare=False)
     verified: str | None = None  # VERIFIED_EHR, VERIFIED_NO (typed while the EHR could not be asked), None
 
     def expires_at(self, timeout: timedelta) -> datetime:
         return self.last_activity + timeout
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "patient": self.patient.model_dump(),
-            "channel": self.channel,
-            "source": self.source,
-            "set_at": self.set_at.isoformat(),
-            "last_activity": self.last_activity.isoformat(),
-            "client": self.client,
-            "verified": self.verified,
-        }
+        return {"patient": self.patient.model_dump(), **super().to_json(), "verified": self.verified}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> PatientContext:
         return cls(
             patient=PatientDetails.model_validate(data["patient"]),
-            channel=str(data["channel"]),
-            source=data.get("source"),
-            set_at=datetime.fromisoformat(data["set_at"]),
-            last_activity=datetime.fromisoformat(data["last_activity"]),
-            client=data.get("client"),
+            **cls.fields_from_json(data),
             verified=data.get("verified"),
         )
 
@@ -337,10 +317,6 @@ def reading_from_json(text: str) -> Reading:
     ]
     data["raw"] = bytes.fromhex(data["raw"])
     return Reading.model_validate(data)
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 # ------------------------------------------------------------------------------------------ held store
@@ -530,8 +506,10 @@ class HeldStore:
 # ------------------------------------------------------------------------------------------ manager
 
 
-class PatientContextManager:
+class PatientContextManager(RoomContextManager[PatientContext]):
     """Patient context of the room, its expiry, persistence and the hold queue."""
+
+    records = Records(discarded="context_discarded", cleared="context_cleared", subject="patient_mrn")
 
     def __init__(
         self,
@@ -539,16 +517,11 @@ class PatientContextManager:
         config: PatientConfig,
         audit: AuditLog,
         *,
-        now: Callable[[], datetime] = _utc_now,
+        now: Callable[[], datetime] = utc_now,
         clock: Clock | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.config = config
-        self.audit = audit
-        # ``now`` alone (tests): a clock whose monotonic time follows it. The service passes a real Clock.
-        self.clock = clock or Clock.following(now)
-        self._now = self.clock.now
-        self.timeout = timedelta(minutes=config.patient_timeout_minutes)
         self.hold_timeout = timedelta(minutes=config.hold_timeout_minutes)
         self.releaser: Releaser | None = None
         self.unbound_releaser: UnboundReleaser | None = None
@@ -560,40 +533,31 @@ class PatientContextManager:
         # Called after the context changed: ("set", patient), ("cleared", None), ("expired", None). The
         # signed-in clinician ends with the patient; a blood-pressure series stops on a patient change.
         self.listeners: list[ContextListener] = []
-        self._release_lock: Any = None  # asyncio.Lock, created lazily in the running loop
-        host.private_dir(data_dir)
-        self._file = data_dir / CONTEXT_FILE
-        self._activity_unsaved = False  # touch() changed the context in memory only
+        self._release_lock: asyncio.Lock | None = None  # created in the running loop (_releasing)
         self.quarantined: list[dict[str, str]] = []  # stores moved aside at start (for the status)
-        self._save_failing = False
-        self._context = self._load()
+        host.private_dir(data_dir)
+        # ``now`` alone (tests): a clock whose monotonic time follows it. The service passes a real Clock.
+        clock = clock or Clock.following(now)
+        timeout = timedelta(minutes=config.patient_timeout_minutes)
+        super().__init__(data_dir / CONTEXT_FILE, PatientContext.from_json, audit, timeout, clock)
         self.held = self._open_held()
         # held id -> monotonic time it was held: the hold timeout is an age on the monotonic clock
         self._held_mono = {i: self.clock.mono_at(at) for i, at in self._held_times().items()}
 
     def close(self) -> None:
-        self.save_activity()
+        super().close()
         self.held.close()
 
-    # --- persistence -------------------------------------------------------------------------------
-    def _load(self) -> PatientContext | None:
-        ctx = read_state_file(self._file, PatientContext.from_json)
-        if isinstance(ctx, Discarded):
-            if ctx.move_error is not None:
-                log.error(ev.PATIENT_CONTEXT_FILE_UNREADABLE, error=ctx.move_error)
-            log.warning(ev.PATIENT_CONTEXT_FILE_MOVED_ASIDE, path=str(self._file), moved_to=ctx.moved_text)
-            self.audit.record(
-                "context_discarded",
-                reason="unreadable state file",
-                channel="startup",
-                moved_to=ctx.moved_text,
-            )
-            return None
-        if ctx is None:
-            return None
-        return dataclasses.replace(
-            ctx, set_mono=self.clock.mono_at(ctx.set_at), active_mono=self.clock.mono_at(ctx.last_activity)
-        )
+    def _subject_id(self, ctx: PatientContext) -> str:
+        return ctx.patient.mrn
+
+    def _log_discarded(self, discarded: Discarded) -> None:
+        if discarded.move_error is not None:
+            log.error(ev.PATIENT_CONTEXT_FILE_UNREADABLE, error=discarded.move_error)
+        log.warning(ev.PATIENT_CONTEXT_FILE_MOVED_ASIDE, path=str(self._file), moved_to=discarded.moved_text)
+
+    def _log_not_saved(self, error: str) -> None:
+        log.warning(ev.PATIENT_ACTIVITY_NOT_SAVED, error=error)
 
     def _open_held(self) -> HeldStore:
         """Open the held-readings store on its own: a damaged one is moved aside (kept, audited) and an
@@ -648,10 +612,6 @@ class PatientContextManager:
             held = self._held_mono[item.id] = self.clock.mono_at(item.held_at)
         return mono - held
 
-    def _save(self) -> None:
-        write_private(self._file, json.dumps(self._context.to_json() if self._context else None))
-        self._activity_unsaved = False
-
     # --- context -----------------------------------------------------------------------------------
     def set(
         self,
@@ -668,25 +628,19 @@ class PatientContextManager:
         ``caller``: extra audit fields about who asked (the control API: the client it claims to be, the
         operating-system user of the calling socket)."""
         now = now or self._now()
-        mono = self.clock.mono_at(now)
         previous = self._context
-        client = caller.get("client") if caller else None
         context = PatientContext(
-            patient, channel, source, now, now, str(client) if client else None, mono, mono, verified
+            patient=patient, **self._stamps(channel, source, caller, now), verified=verified
         )
-        # Audit first: if the trail cannot be written, the context does not change (AuditError).
-        self.audit.record(
+        self._start(
+            context,
             "context_set",
-            channel=channel,
-            source=source,
             patient=patient.model_dump(),
             replaced_mrn=previous.patient.mrn if previous else None,
             expires_at=self._expires(context),
             **(caller or {}),
             **({"verified": verified} if verified is not None else {}),
         )
-        self._context = context
-        self._save()
         log.info(ev.PATIENT_SET, channel=channel, source=source, replaced=previous is not None)
         self._notify("set", patient)
         return context
@@ -699,50 +653,26 @@ class PatientContextManager:
                 log.exception(ev.PATIENT_LISTENER_FAILED, change=what)
 
     def clear(
-        self,
-        channel: str,
-        *,
-        source: str | None = None,
-        now: datetime | None = None,
-        caller: Mapping[str, Any] | None = None,
+        self, channel: str, *, source: str | None = None, caller: Mapping[str, Any] | None = None
     ) -> bool:
         """End the context. Returns False if none was set (still audited, as an attempt)."""
-        previous = self._context
-        self._context = None
-        self._save()
-        self.audit.record(
-            "context_cleared",
-            channel=channel,
-            source=source,
-            patient_mrn=previous.patient.mrn if previous else None,
-            was_set=previous is not None,
-            **(caller or {}),
-        )
-        log.info(ev.PATIENT_CLEARED, channel=channel, was_set=previous is not None)
-        if previous is not None:
+        was_set = self._clear(channel, source, caller)
+        log.info(ev.PATIENT_CLEARED, channel=channel, was_set=was_set)
+        if was_set:
             self._notify("cleared", None)
-        return previous is not None
+        return was_set
 
-    def context(self, now: datetime | None = None) -> PatientContext | None:
-        """The live context (expiring it first if its time is up)."""
-        now = now or self._now()
-        ctx = self._context
-        if ctx is not None and self.clock.mono_at(now) - ctx.active_mono >= self.timeout.total_seconds():
-            self._context = None
-            self._activity_unsaved = True
-            self.save_activity()  # a file left behind still expires on load: never a wrong patient
-            idle = (now - ctx.last_activity).total_seconds() / 60
-            self.audit.record(
-                "context_expired",
-                channel=CHANNEL_EXPIRY,
-                patient_mrn=ctx.patient.mrn,
-                last_activity=ctx.last_activity,
-                idle_minutes=round(idle, 1),
-            )
-            log.info(ev.PATIENT_EXPIRED, idle_minutes=round(idle, 1))
-            self._notify("expired", None)
-            return None
-        return ctx
+    def _expired(self, ctx: PatientContext, now: datetime) -> None:
+        idle = (now - ctx.last_activity).total_seconds() / 60
+        self.audit.record(
+            "context_expired",
+            channel=CHANNEL_EXPIRY,
+            patient_mrn=ctx.patient.mrn,
+            last_activity=ctx.last_activity,
+            idle_minutes=round(idle, 1),
+        )
+        log.info(ev.PATIENT_EXPIRED, idle_minutes=round(idle, 1))
+        self._notify("expired", None)
 
     def current_details(self, now: datetime | None = None) -> PatientDetails | None:
         ctx = self.context(now)
@@ -753,38 +683,9 @@ class PatientContextManager:
         details = self.current_details(now)
         return details.to_identity() if details else None
 
-    def touch(self, now: datetime | None = None) -> None:
-        """A reading was filed to the current patient: restart the inactivity timer.
-
-        In memory only: the reading path opens no file (a process out of file descriptors still files its
-        readings). :meth:`tick` and :meth:`close` persist the new time; a crash before that loses at most a
-        second of activity, so a restarted context can only end earlier, never bind a wrong patient."""
-        now = now or self._now()
-        ctx = self.context(now)
-        if ctx is not None:
-            self._context = dataclasses.replace(ctx, last_activity=now, active_mono=self.clock.mono_at(now))
-            self._activity_unsaved = True
-
-    def save_activity(self) -> None:
-        """Persist a touched context (from :meth:`tick`); a failure is logged and retried on the next tick."""
-        if not self._activity_unsaved:
-            return
-        try:
-            self._save()
-        except OSError as exc:
-            if not self._save_failing:
-                log.warning(ev.PATIENT_ACTIVITY_NOT_SAVED, error=exc.strerror or str(exc))
-            self._save_failing = True
-            return
-        self._save_failing = False
-
     def expires_at(self, now: datetime | None = None) -> datetime | None:
         ctx = self.context(now)
         return self._expires(ctx) if ctx else None
-
-    def _expires(self, ctx: PatientContext) -> datetime:
-        """When the context ends, on today's wall clock (its age is on the monotonic clock)."""
-        return self.clock.wall_at(ctx.active_mono) + self.timeout
 
     # --- readings ----------------------------------------------------------------------------------
     def route(self, device_id: str, reading: Reading, now: datetime | None = None) -> Route:
@@ -870,16 +771,20 @@ class PatientContextManager:
                 )
         return count
 
-    async def release_held(self, now: datetime | None = None) -> int:
-        """Send what was held to the current patient, oldest first, marked late-associated."""
+    def _releasing(self) -> asyncio.Lock:
+        """The lock that lets one release run at a time (created in the running loop)."""
         import asyncio
 
-        if self.releaser is None:
-            return 0
         if self._release_lock is None:
             self._release_lock = asyncio.Lock()
+        return self._release_lock
+
+    async def release_held(self, now: datetime | None = None) -> int:
+        """Send what was held to the current patient, oldest first, marked late-associated."""
+        if self.releaser is None:
+            return 0
         released = 0
-        async with self._release_lock:
+        async with self._releasing():
             now = now or self._now()
             self.expire_held(now)
             for item in self.held.all():
@@ -902,14 +807,10 @@ class PatientContextManager:
     async def release_held_unbound(self) -> int:
         """Send what was held as unbound readings (a confirmation was cancelled or expired and
         ``require_patient`` is off). Only while no patient is set and nothing is pending."""
-        import asyncio
-
         if self.unbound_releaser is None:
             return 0
-        if self._release_lock is None:
-            self._release_lock = asyncio.Lock()
         released = 0
-        async with self._release_lock:
+        async with self._releasing():
             for item in self.held.all():
                 now = self._now()
                 pending = self.pending_check is not None and self.pending_check(now)

@@ -316,7 +316,7 @@ class PatientLookup:
             )
         if self.patients.current_details(now) is not None:
             # A new wristband is a new patient: the old context ends before the EHR is asked.
-            self.patients.clear(channel, source=source, now=now, caller={**caller, "reason": "new lookup"})
+            self.patients.clear(channel, source=source, caller={**caller, "reason": "new lookup"})
         masked = mask_mrn(typed.mrn)
         self._set_pending(
             Pending(typed, channel, source, now, now + timedelta(seconds=self.config.timeout_seconds + 5))
