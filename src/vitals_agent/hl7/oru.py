@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from decimal import Decimal
 from types import MappingProxyType
-from typing import Literal
+from typing import Literal, Required, TypedDict, Unpack
 
 import structlog
 
@@ -781,32 +781,23 @@ class OruMessage:
     dropped_attachments: tuple[str, ...] = ()  # attachments left out to stay under max_message_bytes
 
 
-def build_oru(
-    reading: Reading,
-    profile: MessageProfile,
-    *,
-    control_id: str,
-    created_at: datetime,
-    patient: PatientIdentity | None = None,
-    late_associated: bool = False,
-    review: ResultReview | None = None,
-    also: Sequence[Reading] = (),
-) -> bytes:
-    """The ER7 message for ``reading``: segments each ending in CR, encoded as ``profile.charset`` says.
+class OruOptions(TypedDict, total=False):
+    """The keywords of :func:`build_oru` (and :func:`oru_message`)."""
 
-    ``review``: OBX-11/OBX-16/OBR-10 (default: ``R``, nobody validated). ``also``: further readings (a
-    clinician's manual entries of the same visit) as further OBR groups of the same message; the patient
-    is ``reading``'s. :func:`oru_message` says what had to give way (escaped characters, attachments)."""
-    return oru_message(
-        reading,
-        profile,
-        control_id=control_id,
-        created_at=created_at,
-        patient=patient,
-        late_associated=late_associated,
-        review=review,
-        also=also,
-    ).body
+    control_id: Required[str]  # MSH-10
+    created_at: Required[datetime]  # MSH-7
+    patient: PatientIdentity | None  # PID/PV1 (None: unbound)
+    late_associated: bool
+    review: ResultReview | None  # OBX-11/OBX-16/OBR-10 (default: ``R``, nobody validated)
+    # Further readings (a clinician's manual entries of the same visit) as further OBR groups of the same
+    # message; the patient is the first reading's.
+    also: Sequence[Reading]
+
+
+def build_oru(reading: Reading, profile: MessageProfile, **options: Unpack[OruOptions]) -> bytes:
+    """The ER7 message for ``reading``: segments each ending in CR, encoded as ``profile.charset`` says.
+    :func:`oru_message` says what had to give way (escaped characters, attachments)."""
+    return oru_message(reading, profile, **options).body
 
 
 def oru_message(
