@@ -25,10 +25,10 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypedDict, TypeVar
 
 import structlog
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, field_validator
 
 from vitals_agent import host
 from vitals_agent import log_events as ev
@@ -97,84 +97,72 @@ def check_text(value: str, what: str) -> None:
         raise ValueError(f"{what} contains a control character or line separator")
 
 
+def _mrn(value: str) -> str:
+    return required_person_text(value, "MRN", 64)
+
+
+def _name(value: str) -> str | None:
+    return person_text(value, "name", 80)
+
+
+def _encounter(value: str) -> str | None:
+    return person_text(value, "encounter", 64)
+
+
+def _birth_date(value: str) -> str:
+    if not re.fullmatch(r"\d{8}", value):
+        raise ValueError("date of birth must be YYYYMMDD")
+    try:
+        born = date(int(value[:4]), int(value[4:6]), int(value[6:]))
+    except ValueError:
+        raise ValueError("date of birth is not a real date") from None
+    if born.year < 1880 or born > datetime.now(UTC).date():
+        raise ValueError("date of birth is out of range")
+    return value
+
+
+def _sex(value: str) -> str:
+    value = value.upper()
+    if value not in {"F", "M", "U", "O", "A", "N"}:
+        raise ValueError("sex must be one of F, M, U (or O, A, N)")
+    return value
+
+
+def _identifier_type(value: str) -> str:
+    if not re.fullmatch(r"[A-Z]{1,5}", value):
+        raise ValueError("identifier type must be 1-5 capital letters (e.g. MR)")
+    return value
+
+
+def _authority(value: str) -> str:
+    if len(value) > 200:
+        raise ValueError("assigning authority is longer than 200 characters")
+    if re.search(r"[|~\\\x00-\x1f\x7f]", value):
+        raise ValueError("assigning authority contains a control character or one of | ~ \\")
+    return value
+
+
 class PatientDetails(BaseModel):
-    """A patient as the room knows it. Field names match the ORU builder's ``PatientIdentity``."""
+    """A patient as the room knows it. Field names match the ORU builder's ``PatientIdentity``. Each field
+    names its check; an optional field's check sees only a value that is there."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    mrn: str
-    family: str | None = None
-    given: str | None = None
-    birth_date: str | None = None  # YYYYMMDD
-    sex: str | None = None  # F | M | U | O | A | N (HL7 table 0001)
-    encounter: str | None = None  # PV1-19
-    identifier_type: str = "MR"  # CX-5
+    mrn: Annotated[str, AfterValidator(_mrn)]
+    family: Annotated[str, AfterValidator(_name)] | None = None
+    given: Annotated[str, AfterValidator(_name)] | None = None
+    birth_date: Annotated[str, AfterValidator(_birth_date)] | None = None  # YYYYMMDD
+    sex: Annotated[str, AfterValidator(_sex)] | None = None  # F | M | U | O | A | N (HL7 table 0001)
+    encounter: Annotated[str, AfterValidator(_encounter)] | None = None  # PV1-19
+    identifier_type: Annotated[str, AfterValidator(_identifier_type)] = "MR"  # CX-5
     # CX-4 when the EHR named the patient's domain (a PDQ answer); None: [patient] assigning_authority
-    assigning_authority: str | None = None
+    assigning_authority: Annotated[str, AfterValidator(_authority)] | None = None
 
     @field_validator("assigning_authority", "birth_date", "sex", mode="before")
     @classmethod
     def _blank_is_absent(cls, value: object) -> object:
         """Surrounding white space dropped; an empty value is an absent one."""
         return (value.strip() or None) if isinstance(value, str) else value
-
-    @field_validator("assigning_authority")
-    @classmethod
-    def _authority(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        if len(value) > 200:
-            raise ValueError("assigning authority is longer than 200 characters")
-        if re.search(r"[|~\\\x00-\x1f\x7f]", value):
-            raise ValueError("assigning authority contains a control character or one of | ~ \\")
-        return value
-
-    @field_validator("mrn")
-    @classmethod
-    def _mrn(cls, value: str) -> str:
-        return required_person_text(value, "MRN", 64)
-
-    @field_validator("family", "given")
-    @classmethod
-    def _name(cls, value: str | None) -> str | None:
-        return person_text(value, "name", 80)
-
-    @field_validator("encounter")
-    @classmethod
-    def _encounter(cls, value: str | None) -> str | None:
-        return person_text(value, "encounter", 64)
-
-    @field_validator("birth_date")
-    @classmethod
-    def _dob(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        if not re.fullmatch(r"\d{8}", value):
-            raise ValueError("date of birth must be YYYYMMDD")
-        try:
-            born = date(int(value[:4]), int(value[4:6]), int(value[6:]))
-        except ValueError:
-            raise ValueError("date of birth is not a real date") from None
-        if born.year < 1880 or born > datetime.now(UTC).date():
-            raise ValueError("date of birth is out of range")
-        return value
-
-    @field_validator("sex")
-    @classmethod
-    def _sex(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        value = value.upper()
-        if value not in {"F", "M", "U", "O", "A", "N"}:
-            raise ValueError("sex must be one of F, M, U (or O, A, N)")
-        return value
-
-    @field_validator("identifier_type")
-    @classmethod
-    def _idtype(cls, value: str) -> str:
-        if not re.fullmatch(r"[A-Z]{1,5}", value):
-            raise ValueError("identifier type must be 1-5 capital letters (e.g. MR)")
-        return value
 
     @classmethod
     def parse(cls, data: dict[str, Any]) -> PatientDetails:
