@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypedDict, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypedDict, TypeVar, Unpack
 
 import structlog
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, field_validator
@@ -265,6 +265,16 @@ class HeldReading:
     held_at: datetime
     reading: Reading
     control_id: str | None = None  # MSH-10 reserved when it was held
+
+
+class SetOptions(TypedDict, total=False):
+    """How a patient is set (:meth:`PatientContextManager.set`, :meth:`~PatientContextManager.apply_set`)."""
+
+    source: str | None  # the device or page that named the patient
+    # Extra audit fields about who asked (the control API: the client it claims to be, the operating-system
+    # user of the calling socket).
+    caller: Mapping[str, Any] | None
+    verified: str | None  # VERIFIED_EHR, VERIFIED_NO or None (no PDQ)
 
 
 # A patient-context change: ("set", the patient) / ("cleared", None) / ("expired", None).
@@ -611,10 +621,8 @@ class PatientContextManager(RoomContextManager[PatientContext]):
         caller: Mapping[str, Any] | None = None,
         verified: str | None = None,
     ) -> PatientContext:
-        """Make ``patient`` the room's patient (replacing any other). Audited; persisted.
-
-        ``caller``: extra audit fields about who asked (the control API: the client it claims to be, the
-        operating-system user of the calling socket)."""
+        """Make ``patient`` the room's patient (replacing any other). Audited; persisted. ``source``,
+        ``caller``, ``verified``: :class:`SetOptions`."""
         now = now or self._now()
         previous = self._context
         context = PatientContext(
@@ -815,15 +823,10 @@ class PatientContextManager(RoomContextManager[PatientContext]):
 
     # --- async entry points for the service, the control API and the barcode driver -----------------
     async def apply_set(
-        self,
-        patient: PatientDetails,
-        channel: str,
-        *,
-        source: str | None = None,
-        caller: Mapping[str, Any] | None = None,
-        verified: str | None = None,
+        self, patient: PatientDetails, channel: str, **how: Unpack[SetOptions]
     ) -> PatientContext:
-        ctx = self.set(patient, channel, source=source, caller=caller, verified=verified)
+        """:meth:`set`, then release what was held for a patient."""
+        ctx = self.set(patient, channel, **how)
         await self.release_held()
         return ctx
 
