@@ -4,7 +4,7 @@ Set by a badge scan (the barcode driver's ``clinician_pattern``, channel ``barco
 clinician set`` (``cli``), the control API (``api``) or the status page (``page``); it ends on ``clinician
 clear``, when the patient context ends (``patient``: cleared or expired), or after
 ``[review] clinician_timeout_minutes`` without activity (``expiry``; confirming, rejecting, correcting or
-entering values is activity). It uses the patient context's mechanisms: the same private-file writer
+entering values is activity). It shares the patient context's mechanisms (``room.py``): the same writer
 (``write_private``: 0600, atomic, fsync'd) in ``data_dir/clinician_context.json``, an unreadable file moved
 aside (``move_aside``) and audited, ages on the monotonic clock (``clock.Clock``), and the same audit
 vocabulary of channels. A clinician id and name are staff data, not patient data, but the operational log
