@@ -12,6 +12,7 @@ import pytest
 from tests.fake_ehr import make_message
 from tests.private_files import assert_private
 from vitals_agent import host
+from vitals_agent.agent.storage.audit import AuditRecord
 from vitals_agent.agent.storage.outbox import OUTBOX_FILE, SCHEMA_VERSION, DeadLetter, Outbox, OutboxMessage
 from vitals_agent.errors import OutboxError, OutboxFullError
 
@@ -329,6 +330,24 @@ def test_enqueue_many_is_all_or_nothing(tmp_path: Path) -> None:
     with pytest.raises(OutboxFullError, match="none of them was queued"):
         ob.enqueue_many({"control_id": f"C{i}", "device_id": "d", "body": b"y" * 3000} for i in range(100))
     assert [r.control_id for r in ob.peek()] == ["B0", "B1", "B2"]
+    ob.close()
+
+
+def test_enqueue_many_takes_every_keyword_of_enqueue(tmp_path: Path) -> None:
+    """Each item is what enqueue() takes: parked, device state and audit records are committed with it
+    (enqueue_many used to drop park_reason, state and audit silently)."""
+    ob = Outbox(tmp_path)
+    record = AuditRecord("2026-03-11T14:00:00+00:00", '{"event": "reading_accepted"}')
+    ids = ob.enqueue_many(
+        [
+            {"control_id": "P1", "device_id": "cart", "body": b"x", "park_reason": "patient mismatch"},
+            {"control_id": "Q1", "device_id": "cart", "body": b"y", "state": {"k": "v"}, "audit": [record]},
+        ]
+    )
+    assert [m.control_id for m in ob.peek()] == ["Q1"] and ob.peek()[0].id == ids[1]
+    assert [(d.id, d.reason) for d in ob.list_dead()] == [(ids[0], "patient mismatch")]
+    assert ob.get_state("cart", "k") == "v"
+    assert [r for _, r in ob.audit_rows()] == [record]
     ob.close()
 
 
