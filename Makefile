@@ -26,17 +26,22 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy --platform win32 --cache-dir .mypy_cache/win32 --follow-imports silent -p vitals_agent.host
 	$(VENV)/bin/mypy --strict tests bench
 
+# The suite runs in parallel (pytest-xdist), one worker per core; TEST_WORKERS=0 runs it in this process.
+# Tests are handed out one at a time, the long ones first (tests/conftest.py, "pytest-xdist").
+TEST_WORKERS ?= auto
+PYTEST_PARALLEL := -n $(TEST_WORKERS)
+
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/mypy
 	$(VENV)/bin/mypy --platform win32 --cache-dir .mypy_cache/win32 --follow-imports silent -p vitals_agent.host
 	$(VENV)/bin/mypy --strict tests bench
 	$(VENV)/bin/lint-imports --no-cache
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q $(PYTEST_PARALLEL)
 
 # The suite without the tests that start the agent, a worker or a browser (marked `slow`).
 test-fast: $(STAMP)
-	$(VENV)/bin/pytest -q -m "not slow"
+	$(VENV)/bin/pytest -q $(PYTEST_PARALLEL) -m "not slow"
 
 check: lint typecheck test
 

@@ -118,6 +118,8 @@ EKG_FOLDERS_ONLY = {
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if hasattr(config, "workerinput"):  # a pytest-xdist worker
+        items.sort(key=_long_first)
     if host.HAS_NOFOLLOW_DIRS:
         return
     skip = pytest.mark.skip(
@@ -127,6 +129,39 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.path.name in EKG_FOLDERS_ONLY:
             item.add_marker(skip)
+
+
+# --- pytest-xdist (`make test` runs the suite on one worker per core) ------------------------------------
+# The tests are handed out one at a time, in collection order, which each worker sorts the long ones first
+# (_long_first): no long test then starts last while the other workers run out of work. The tests of the
+# ONE_WORKER modules go to one worker together, in file order: they share a module fixture that they change
+# in turn. (That is what `--dist loadgroup` with an xdist_group mark is for, but pytest-xdist 3.8 cannot
+# rename the test ids of pytest 9.2, so its groups are silently ignored.)
+ONE_WORKER = {
+    "tests/test_install.py",  # one install (11 s) that the tests change in turn; the uninstall comes last
+}
+
+
+def _long_first(item: pytest.Item) -> tuple[bool, float]:
+    """The ``slow`` tests first, those allowed the longest time (their ``timeout`` mark) before the rest;
+    a stable sort, so otherwise the order stays."""
+    timeout = item.get_closest_marker("timeout")
+    allowed = float(timeout.args[0]) if timeout is not None and timeout.args else 0.0
+    return item.get_closest_marker("slow") is None, -allowed
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    if config.getvalue("dist") != "load":  # another --dist was asked for explicitly: xdist's own
+        return None
+    from xdist.scheduler import LoadScopeScheduling  # type: ignore[import-untyped]
+
+    class OneTestOrOneModule(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if module in ONE_WORKER else nodeid
+
+    return OneTestOrOneModule(config, log)
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

@@ -44,8 +44,9 @@ PLATFORM = "x86_64-pc-windows-msvc"
 ZIP_NAME = "vitals-agent-windows-amd64.zip"
 TOP = "vitals-agent"  # the folder inside the zip
 
-# Test tools the Wine lane needs beside the agent's own dependencies (not mypy/ruff/type stubs).
-TEST_SKIP = ("mypy", "ruff", "types-")
+# Test tools the Wine lane needs beside the agent's own dependencies (not mypy/ruff/type stubs, nor
+# pytest-xdist: the lane runs its unit tests in one process under Wine).
+TEST_SKIP = ("mypy", "ruff", "types-", "pytest-xdist")
 # Never shipped: pywin32's help, demos and self-tests, Pythonwin (MFC UI), console-script stubs made for
 # the build machine's Python (the zip has vitals-agent.cmd instead).
 PRUNE = (
