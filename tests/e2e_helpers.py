@@ -3,7 +3,6 @@ tests.fake_ehr.Hl7Ehr (python-hl7's MLLP server)."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -20,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from tests.kit.wait import until
 from tests.private_files import under_wine
 
 
@@ -70,16 +70,20 @@ class AgentProcess:
     def events(self, name: str) -> list[dict[str, Any]]:
         return [entry for entry in list(self.log) if entry.get("event") == name]
 
-    async def wait_log(self, predicate: Callable[[], bool], timeout: float = 20.0, what: str = "") -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():
+    async def wait_log(
+        self, predicate: Callable[[], bool], timeout: float = 20.0, what: str = "", interval: float = 0.05
+    ) -> None:
+        """Wait until ``predicate()`` (usually on :attr:`log`); fail at once when the agent exits first."""
+
+        def seen() -> bool:
+            if predicate():
+                return True
             if self.proc.poll() is not None:
-                raise AssertionError(
-                    f"agent exited ({self.proc.returncode}) waiting for {what}:\n" + self.tail()
-                )
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}:\n" + self.tail())
-            await asyncio.sleep(0.05)
+                exited = f"agent exited ({self.proc.returncode}) waiting for {what}"
+                raise AssertionError(f"{exited}:\n{self.tail()}")
+            return False
+
+        await until(seen, timeout, what, interval, detail=self.tail)
 
     def tail(self, n: int = 40) -> str:
         return "\n".join(self.raw_log[-n:])

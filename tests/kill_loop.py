@@ -21,6 +21,7 @@ import random
 import sqlite3
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -102,16 +103,8 @@ def _depth(data: Path) -> int:
         return int(conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
 
 
-async def _wait(predicate: object, timeout: float, what: str, agent: AgentProcess | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        if agent is not None and agent.proc.poll() is not None:
-            raise AssertionError(
-                f"agent exited ({agent.proc.returncode}) waiting for {what}:\n{agent.tail()}"
-            )
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}" + (f":\n{agent.tail()}" if agent else ""))
-        await asyncio.sleep(0.02)
+def _accepted_at_least(audit: Path, count: int) -> Callable[[], bool]:
+    return lambda: _accepted_count(audit) >= count
 
 
 async def run_kill_loop(
@@ -161,21 +154,21 @@ async def run_kill_loop(
                 audit = data / "audit.jsonl"
                 before = _accepted_count(audit)
                 target = before + rng.randrange(2, 12)
-                await _wait(
-                    lambda t=target: _accepted_count(data / "audit.jsonl") >= t,
+                await agent.wait_log(
+                    _accepted_at_least(audit, target),
                     30,
                     f"readings before kill {k + 1}",
-                    agent,
+                    interval=0.02,
                 )
                 if k % flap_every == flap_every - 1:  # the EHR goes away for a moment, then comes back
                     await ehr.stop()
                     flaps += 1
                     down_until = _accepted_count(audit) + rng.randrange(1, 5)
-                    await _wait(
-                        lambda t=down_until: _accepted_count(data / "audit.jsonl") >= t,
+                    await agent.wait_log(
+                        _accepted_at_least(audit, down_until),
                         30,
                         "readings while the EHR is down",
-                        agent,
+                        interval=0.02,
                     )
                     await ehr.start()
                 agent.kill()
@@ -184,8 +177,8 @@ async def run_kill_loop(
             stream_stop.set()
             await writer
             agent = AgentProcess(config)  # the last run: deliver everything, then a clean stop
-            await _wait(
-                lambda: data.joinpath("outbox.sqlite3").exists() and _depth(data) == 0, 120, "drain", agent
+            await agent.wait_log(
+                lambda: data.joinpath("outbox.sqlite3").exists() and _depth(data) == 0, 120, "drain", 0.02
             )
             code, _ = await asyncio.to_thread(agent.terminate)
             assert code == 0, agent.tail()

@@ -18,10 +18,16 @@ INTERVAL = 0.01  # seconds between checks
 
 
 async def until(
-    predicate: Callable[..., object], timeout: float = 10.0, what: str = "", interval: float = INTERVAL
+    predicate: Callable[..., object],
+    timeout: float = 10.0,
+    what: str = "",
+    interval: float = INTERVAL,
+    detail: Callable[[], str] | None = None,
 ) -> None:
-    """Return once ``predicate()`` is true; fail the test (naming ``what``) after ``timeout`` seconds.
-    ``predicate`` may be a coroutine function (e.g. one that makes a transport poll once, then checks)."""
+    """Return once ``predicate()`` is true; fail the test (naming ``what``, then ``detail()``, e.g. a
+    process's last log lines) after ``timeout`` seconds. ``predicate`` may be a coroutine function (e.g. one
+    that makes a transport poll once, then checks); it may raise to end the wait early (a process that
+    exited will never get there)."""
     deadline = time.monotonic() + timeout
     while True:
         result = predicate()
@@ -30,17 +36,26 @@ async def until(
         if result:
             return
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
-        await asyncio.sleep(interval)
+            raise AssertionError(_timed_out(timeout, what or str(predicate), detail))
+        await asyncio.sleep(interval)  # the poll interval of this wait on a condition
 
 
-def until_sync(predicate: Callable[..., object], timeout: float = 10.0, what: str = "") -> None:
+def until_sync(
+    predicate: Callable[..., object],
+    timeout: float = 10.0,
+    what: str = "",
+    detail: Callable[[], str] | None = None,
+) -> None:
     """:func:`until` for code without an event loop (threads, subprocesses)."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
-        time.sleep(INTERVAL)
+            raise AssertionError(_timed_out(timeout, what or str(predicate), detail))
+        time.sleep(INTERVAL)  # the poll interval of this wait on a condition
+
+
+def _timed_out(timeout: float, what: str, detail: Callable[[], str] | None) -> str:
+    return f"timed out after {timeout} s waiting for {what}" + (f":\n{detail()}" if detail else "")
 
 
 async def printed(
