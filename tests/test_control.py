@@ -510,3 +510,31 @@ def test_the_cap_stays_well_below_the_file_limit() -> None:
     assert connection_cap(1024) == MAX_CONNECTIONS == 32
     assert connection_cap(256) == 16
     assert connection_cap(20) == 4
+
+
+async def test_the_client_tries_again_on_the_busy_answer_only() -> None:
+    """The agent's busy answer (503 with Retry-After) is tried again; a 503 that answers the request (the
+    EHR could not be asked about the patient) is not: trying again would ask the EHR again."""
+    answers = [b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n", b"HTTP/1.1 200 OK\r\n"]
+    requests = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal requests
+        requests += 1
+        await reader.readuntil(b"\r\n\r\n")
+        body = b'{"ok": 1}'
+        head = answers.pop(0) if answers else b"HTTP/1.1 503 Service Unavailable\r\n"
+        writer.write(head + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        client = ControlClient("127.0.0.1", server.sockets[0].getsockname()[1], "token")
+        assert await client.request("GET", "/api/status") == (200, {"ok": 1})
+        assert requests == 2  # busy, then served
+        assert await client.request("PUT", "/api/patient", {"mrn": "X"}) == (503, {"ok": 1})
+        assert requests == 3  # answered once
+    finally:
+        server.close()
+        await server.wait_closed()

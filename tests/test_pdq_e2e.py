@@ -198,6 +198,7 @@ async def test_no_match_silence_and_ae_bind_nothing(
         assert (code, out) == (1, "")
         assert err.startswith(message) and err.count("\n") == 1, err
         assert mrn not in err
+        assert len(r.supplier.received) == 1  # asked once: a failed lookup is not tried again
         code, out, _ = await r.patient("show")
         assert out.startswith("No patient set")
         code, _, err = await r.patient("confirm")

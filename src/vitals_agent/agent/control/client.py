@@ -95,15 +95,20 @@ class ControlClient:
     async def request(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> tuple[int, Any]:
         """One request. Returns (HTTP status, parsed JSON body). Raises :class:`ControlError`.
 
-        A 503 (the agent's control connections are all taken) is tried again a few times."""
+        The agent's busy answer (503 with Retry-After: its control connections are all taken) is tried
+        again a few times; any other answer, a 503 from the request itself among them (the EHR could not
+        be asked about the patient), is the answer: trying again would do it again."""
         for attempt in range(BUSY_RETRIES):
-            status, data = await self._request_once(method, path, body)
-            if status != 503 or attempt == BUSY_RETRIES - 1:
+            status, data, busy = await self._request_once(method, path, body)
+            if not busy or attempt == BUSY_RETRIES - 1:
                 return status, data
             await asyncio.sleep(0.2 * (attempt + 1))
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _request_once(self, method: str, path: str, body: Mapping[str, Any] | None) -> tuple[int, Any]:
+    async def _request_once(
+        self, method: str, path: str, body: Mapping[str, Any] | None
+    ) -> tuple[int, Any, bool]:
+        """(HTTP status, parsed JSON body, whether it is the busy answer)."""
         payload = json.dumps(body).encode() if body is not None else b""
         conn = h11.Connection(h11.CLIENT)
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -122,7 +127,7 @@ class ControlClient:
         if payload:
             outgoing += conn.send(h11.Data(data=payload)) or b""
         outgoing += conn.send(h11.EndOfMessage()) or b""
-        status = 0
+        status, busy = 0, False
         content = bytearray()
         try:
             async with asyncio.timeout(self.timeout):
@@ -136,6 +141,7 @@ class ControlClient:
                             conn.receive_data(await reader.read(65536))
                         elif isinstance(event, h11.Response):
                             status = event.status_code
+                            busy = status == 503 and any(name == b"retry-after" for name, _ in event.headers)
                         elif isinstance(event, h11.Data):
                             content += event.data
                             if len(content) > MAX_ANSWER:
@@ -160,7 +166,7 @@ class ControlClient:
             data = json.loads(content) if content else None
         except ValueError:
             data = None
-        return status, data
+        return status, data, busy
 
     async def call(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
         """Like :meth:`request` but raises :class:`ControlError` with the server's message unless 200."""
