@@ -19,6 +19,7 @@ from structlog.testing import capture_logs
 
 from tests.fake_ehr import Hl7Ehr, make_message, msh10
 from tests.kit import until
+from vitals_agent.agent.delivery import sender as sender_module
 from vitals_agent.agent.delivery.policy import DeliveryPolicy, Settings
 from vitals_agent.agent.service import AgentService
 from vitals_agent.agent.storage.audit import read_audit
@@ -205,8 +206,11 @@ async def operator(*args: str) -> str:
 
 @pytest.mark.slow
 async def test_running_agent_follows_the_operator_against_an_engine_that_never_sends_the_aa(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The agent sees an operator's change (another process) at its next idle look at the outbox: every
+    # 0.1 s here, not every 2 s (what is tested is that it follows the change, not how soon).
+    monkeypatch.setattr(sender_module, "IDLE_POLL_SECONDS", 0.1)
     async with Hl7Ehr(mode="CA") as ehr:  # python-hl7's MLLP server: CA to everything, never an AA
         config = parse_config(
             {
@@ -214,7 +218,7 @@ async def test_running_agent_follows_the_operator_against_an_engine_that_never_s
                 "ehr": {
                     "port": ehr.port,
                     "application_ack_type": "AL",
-                    "app_ack_timeout_seconds": 1.0,
+                    "app_ack_timeout_seconds": 0.5,  # overdue soon: the test waits for it twice
                     "backoff_min_seconds": 0.05,
                     "backoff_max_seconds": 0.1,
                 },
