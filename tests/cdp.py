@@ -23,6 +23,8 @@ from typing import Any
 
 import aiohttp
 
+from tests.kit.wait import until
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
@@ -56,9 +58,10 @@ class Tab:
         await self.wait_for("document.readyState === 'complete' && location.href.indexOf('code=') < 0")
 
     async def wait_for(self, expression: str, timeout: float = 15.0) -> None:
-        async with asyncio.timeout(timeout):
-            while not await self.evaluate(f"!!({expression})"):
-                await asyncio.sleep(0.05)
+        async def true() -> bool:
+            return bool(await self.evaluate(f"!!({expression})"))
+
+        await until(true, timeout, f"the page: {expression}", interval=0.05)
 
     async def click(self, selector: str) -> None:
         """A real click: mouse pressed and released at the centre of the element."""

@@ -8,12 +8,17 @@ Prints ``started`` once the sender runs. Without ``--until-empty`` it runs until
 from __future__ import annotations
 
 import asyncio
+import math
 import sys
 from pathlib import Path
 
-from vitals_agent.agent.delivery.sender import Sender
-from vitals_agent.agent.storage.outbox import Outbox
-from vitals_agent.config.ehr import EhrConfig
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
+
+from tests.kit.wait import until  # noqa: E402
+from vitals_agent.agent.delivery.sender import Sender  # noqa: E402
+from vitals_agent.agent.storage.outbox import Outbox  # noqa: E402
+from vitals_agent.config.ehr import EhrConfig  # noqa: E402
 
 
 async def main(data_dir: Path, port: int, until_empty: bool) -> int:
@@ -28,12 +33,14 @@ async def main(data_dir: Path, port: int, until_empty: bool) -> int:
     sender = Sender(outbox, ehr)
     task = asyncio.create_task(sender.run())
     print("started", flush=True)
-    while True:
-        await asyncio.sleep(0.02)
-        if until_empty and outbox.depth() == 0:
-            break
-        if task.done():
-            return 2
+
+    def drained() -> bool:
+        return until_empty and outbox.depth() == 0
+
+    # until the outbox is empty (without --until-empty: until the test kills this process)
+    await until(lambda: drained() or task.done(), math.inf, "the outbox drained", interval=0.02)
+    if not drained():
+        return 2  # the sender stopped by itself
     await sender.stop(timeout=2.0)
     outbox.close()
     return 0

@@ -45,7 +45,7 @@ def main() -> None:
         real_set_state = outbox_module.Outbox.set_state
 
         def slow_set_state(self: outbox_module.Outbox, device_id: str, key: str, value: str) -> None:
-            time.sleep(delay)
+            time.sleep(delay)  # like a slow fsync, as above
             real_set_state(self, device_id, key, value)
 
         outbox_module.Outbox.set_state = slow_set_state  # type: ignore[method-assign]

@@ -256,7 +256,7 @@ class FakeEhr:
         elif mode in ("CA_AA", "CA_AE"):
             writer.write(_frame(self._ack(raw, control_id, "CA")))
             await writer.drain()
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # (simulation) the application ACK comes a moment after the commit ACK
             if mode == "CA_AA":
                 writer.write(_frame(self._ack(raw, control_id, "AA")))
             else:
@@ -264,7 +264,7 @@ class FakeEhr:
         elif mode == "WRONG_ID":
             writer.write(_frame(self._ack(raw, "NOT-" + control_id, "AA")))
         elif mode == "SLOW":
-            await asyncio.sleep(self.delay)
+            await asyncio.sleep(self.delay)  # (simulation) a slow receiver
             writer.write(_frame(self._ack(raw, control_id, "AA")))
         elif mode == "AA_CLOSE":
             writer.write(_frame(self._ack(raw, control_id, "AA")))
@@ -280,7 +280,7 @@ class FakeEhr:
             full = _frame(self._ack(raw, control_id, "AA"))
             writer.write(full[: len(full) // 2])
             await writer.drain()
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # (simulation) the peer dies a moment after half the ACK went out
             sock = writer.get_extra_info("socket")
             if sock is not None:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

@@ -37,6 +37,8 @@ from aiohttp import web
 from fhir.resources.R4B.bundle import Bundle
 from pydantic import ValidationError
 
+from tests.kit.wait import until
+
 MEDIA = "application/fhir+json"
 _STATUS = {"create": "201 Created", "keep": "200 OK", "update": "200 OK"}
 
@@ -175,14 +177,10 @@ class FakeFhir:
 
     async def wait_for(self, committed: int, timeout: float = 20.0) -> None:
         """Wait until ``committed`` transactions have been stored."""
-        async with asyncio.timeout(timeout):
-            while self.committed < committed:
-                await asyncio.sleep(0.01)
+        await until(lambda: self.committed >= committed, timeout, f"{committed} stored transaction(s)")
 
     async def wait_arrivals(self, count: int, timeout: float = 20.0) -> None:
-        async with asyncio.timeout(timeout):
-            while len(self.arrivals) < count:
-                await asyncio.sleep(0.01)
+        await until(lambda: len(self.arrivals) >= count, timeout, f"{count} request(s)")
 
     # --- the token endpoint -------------------------------------------------------------------------
 
@@ -246,7 +244,7 @@ class FakeFhir:
         if mode == "RESET":
             return await self._drop(request)
         if mode == "SLOW":
-            await asyncio.sleep(self.delay)
+            await asyncio.sleep(self.delay)  # a slow server (simulation)
         try:
             answer = self._process(arrival.bundle, raw)
         except FhirError as exc:
@@ -254,7 +252,7 @@ class FakeFhir:
         if mode == "STORE_RESET":
             return await self._drop(request)
         if mode == "STORE_SLOW":
-            await asyncio.sleep(self.delay)
+            await asyncio.sleep(self.delay)  # a server slow to answer after storing (simulation)
         return self._answer(arrival, 200, answer)
 
     def _answer(
@@ -267,8 +265,7 @@ class FakeFhir:
         transport = request.transport
         if transport is not None:
             transport.abort()
-        await asyncio.sleep(0.05)
-        raise asyncio.CancelledError
+        raise asyncio.CancelledError  # no answer: the connection is gone
 
     def _process(self, doc: dict[str, Any] | None, raw: bytes) -> dict[str, Any]:
         try:

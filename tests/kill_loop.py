@@ -144,7 +144,7 @@ async def run_kill_loop(
                 with contextlib.suppress(OSError):
                     await asyncio.wait_for(pty.write(line), 1.0)
                 i += 1
-                await asyncio.sleep(interval)
+                await asyncio.sleep(interval)  # the device's pace
 
         writer = asyncio.create_task(stream())
         agent: AgentProcess | None = None

@@ -30,7 +30,7 @@ import pytest
 from hl7apy.mllp import AbstractHandler, MLLPServer
 from hl7apy.parser import parse_message
 
-from tests.kit import free_port
+from tests.kit import free_port, until_sync
 from vitals_agent import host
 from vitals_agent.host.lock import lock_exclusive
 
@@ -233,18 +233,17 @@ def stunnel(backend_port: int, cert: Path, key: Path, workdir: Path) -> Iterator
         f"key = {key}\n"
     )
     proc = subprocess.Popen([binary, str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def listening() -> bool:
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            raise AssertionError(f"stunnel exited {proc.returncode}: {err[-500:]}")
+        with socket.socket() as probe:
+            probe.settimeout(0.05)
+            return probe.connect_ex(("127.0.0.1", port)) == 0
+
     try:
-        for _ in range(200):  # up to ~10 s for the listener
-            if proc.poll() is not None:
-                err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-                raise AssertionError(f"stunnel exited {proc.returncode}: {err[-500:]}")
-            with socket.socket() as probe:
-                probe.settimeout(0.05)
-                if probe.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            threading.Event().wait(0.05)
-        else:
-            raise AssertionError("stunnel did not listen within 10 s")
+        until_sync(listening, 10.0, "stunnel listening")
         yield port
     finally:
         proc.terminate()

@@ -8,7 +8,6 @@ runs as root) and a kernel that allows mount namespaces; :func:`private_disk` sk
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -16,12 +15,13 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.kit.wait import until
 
 WORKER = Path(__file__).with_name("storage_worker.py")
 
@@ -144,15 +144,16 @@ class Worker:
         return statuses[-1] if statuses else {}
 
     async def wait(self, predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():
+        def seen() -> bool:
+            if predicate():
+                return True
             if self.proc.poll() is not None and not predicate():
                 raise AssertionError(
                     f"worker exited ({self.proc.returncode}) waiting for {what}: {self.tail()}"
                 )
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}: {self.tail()}")
-            await asyncio.sleep(0.02)
+            return False
+
+        await until(seen, timeout, what, interval=0.02, detail=self.tail)
 
     async def ready_then_go(self, before_go: Callable[[], object] | None = None) -> None:
         await self.wait(lambda: "ready" in self.lines, "ready")

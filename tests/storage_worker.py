@@ -59,7 +59,7 @@ async def main(args: argparse.Namespace) -> int:
         if line != last:
             print(line, flush=True)
             last = line
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.02)  # the sampling rate of the status lines, not a wait for an effect
     try:
         task.result()
     except StorageFailedError as exc:

@@ -494,7 +494,7 @@ async def test_a_slow_request_is_cut_off_at_the_deadline(tmp_path: Path) -> None
                         writer.write(request[sent : sent + 1])
                         await writer.drain()
                     sent += 1
-                with contextlib.suppress(TimeoutError):
+                with contextlib.suppress(TimeoutError):  # (simulation) a client sending a byte at a time
                     await asyncio.wait_for(reader.read(1), 0.05)
         assert sent < len(request)  # cut off long before the request could complete
         writer.close()

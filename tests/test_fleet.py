@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.e2e_helpers import AgentProcess, masimo_ascii1_line
 from tests.fake_ehr import Hl7Ehr, make_test_pki
+from tests.kit.wait import until
 from vitals_agent import host
 from vitals_agent.config.central import make_bundle
 from vitals_agent.drivers.pty import PtyDevice
@@ -126,7 +127,7 @@ async def test_twenty_agents_take_a_signed_layered_config_change_under_load(tmp_
                 masimo_ascii1_line(at + timedelta(seconds=written[k]), "097", bpm, "05.00")
             )
             written[k] += 1
-            await asyncio.sleep(LINE_EVERY)
+            await asyncio.sleep(LINE_EVERY)  # the device's pace
 
     try:
         for k in range(AGENTS):
@@ -161,15 +162,13 @@ async def test_twenty_agents_take_a_signed_layered_config_change_under_load(tmp_
         def rooms_on(facility: str) -> set[str]:
             return {fields(m, "PV1")[3] for m in ehr.messages if fields(m, "MSH")[5] == facility}
 
-        async def every_room_on(facility: str) -> bool:
-            return len(rooms_on(facility)) == AGENTS
-
-        deadline = asyncio.get_running_loop().time() + 60
-        while not await every_room_on("HOSP2"):
-            assert asyncio.get_running_loop().time() < deadline, (
-                f"rooms on HOSP2: {sorted(rooms_on('HOSP2'))}"
-            )
-            await asyncio.sleep(0.1)
+        await until(
+            lambda: len(rooms_on("HOSP2")) == AGENTS,
+            60,
+            "every room on HOSP2",
+            interval=0.1,
+            detail=lambda: f"rooms on HOSP2: {sorted(rooms_on('HOSP2'))}",
+        )
 
         # --- a tampered bundle: refused everywhere, the last good configuration stays
         for name, data in list(published.items()):

@@ -86,7 +86,7 @@ async def test_many_messages_on_one_connection_and_async_callback() -> None:
     seen: list[str] = []
 
     async def on_message(text: str) -> None:
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # a callback that really is asynchronous (gives the loop a turn)
         seen.append(text.split("\r")[0].split("|")[9])
 
     handle = await start_receiver("127.0.0.1", 0, on_message)

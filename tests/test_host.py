@@ -206,7 +206,7 @@ async def test_blocking_link_reads_writes_and_closes_promptly(tmp_path: Path) ->
                 echoed += chunk
             assert echoed == b"\x02START\x03"
             pending = asyncio.ensure_future(link.read())  # blocks in the OS read: nothing is sent
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # one turn of the loop: the read starts (and blocks in the OS)
             assert not pending.done()
         finally:
             await asyncio.wait_for(link.close(), 5)

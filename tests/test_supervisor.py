@@ -45,7 +45,7 @@ class FlakyTransport(Transport):
                 received_at=at,
             )
         )
-        await asyncio.sleep(3600)
+        await asyncio.sleep(3600)  # (simulation) a device that stays connected until stopped
 
 
 @register_driver

@@ -33,6 +33,7 @@ from dbus_fast.annotations import DBusSignature
 from dbus_fast.service import ServiceInterface, dbus_property, method
 
 from tests.fakebluez.gatt import PeripheralSpec, u16
+from tests.kit.wait import until
 
 Str = Annotated[str, DBusSignature("s")]
 Bool = Annotated[bool, DBusSignature("b")]
@@ -533,12 +534,13 @@ class FakeBlueZ:
         await self.bus.connect()
         self.bus.add_message_handler(self._discovery_handler)
         self.bus.export(ADAPTER_PATH, self.adapter)
-        for _ in range(100):
+
+        async def owned() -> bool:
             reply = await self.bus.request_name("org.bluez", NameFlag.DO_NOT_QUEUE)
-            if reply in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
-                return
-            await asyncio.sleep(0.02)  # the previous test's fake is still letting go of the name
-        raise RuntimeError("could not own org.bluez on the private bus")
+            return reply in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER)
+
+        # (the previous test's fake may still be letting go of the name)
+        await until(owned, 2.0, "org.bluez on the private bus", interval=0.02)
 
     async def stop(self) -> None:
         self._stop_advertising_loop()
@@ -634,7 +636,7 @@ class FakeBlueZ:
                             },
                         }
                     )
-            await asyncio.sleep(self.advertise_interval)
+            await asyncio.sleep(self.advertise_interval)  # (simulation) the advertising interval
 
 
 __all__ = ["ADAPTER_PATH", "FakeBlueZ", "FakePeripheral", "Message"]

@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from tests.fake_ehr import Hl7Ehr
+from tests.kit.wait import until
 from tests.oracle import validate_oru
 from tests.windows import winelane
 from vitals_agent.drivers.masimo import Rad8Simulator
@@ -70,16 +71,20 @@ async def record_in(
 ) -> dict[str, Any]:
     """The first JSON line of a file in the prefix (the agent's log, the audit trail) that is ``wanted``."""
     path = winelane.unix_path(windows_path)
-    deadline = time.monotonic() + timeout
-    while True:
+    found: list[dict[str, Any]] = []
+
+    def there() -> bool:
         with contextlib.suppress(FileNotFoundError):
             for line in path.read_text("utf-8", "replace").splitlines():
                 with contextlib.suppress(json.JSONDecodeError):
                     record = json.loads(line)
                     if isinstance(record, dict) and wanted(record):
-                        return record
-        assert time.monotonic() < deadline, f"no {what} in {windows_path}"
-        await asyncio.sleep(0.2)
+                        found.append(record)
+                        return True
+        return False
+
+    await until(there, timeout, f"{what} in {windows_path}", interval=0.2)
+    return found[0]
 
 
 def msh10(message: str) -> str:
@@ -150,13 +155,11 @@ async def test_masimo_on_com5_reaches_the_ehr_and_the_outbox_survives_a_kill() -
             ehr = await Hl7Ehr(port=port).start()
             agent = winelane.WineAgent()
             try:
-                deadline = time.monotonic() + 90
-                while not queued <= {msh10(m) for m in ehr.messages}:
-                    assert time.monotonic() < deadline, (
-                        f"queued {sorted(queued)} not all delivered after restart"
-                    )
-                    assert agent.proc.poll() is None, agent.tail()
-                    await asyncio.sleep(0.2)
+                await agent.wait(
+                    lambda: queued <= {msh10(m) for m in ehr.messages},
+                    "the queued readings after restart",
+                    90,
+                )
                 for message in ehr.messages:
                     validate_oru(message)
                 code, _ = agent.ctrl_c()
@@ -192,14 +195,15 @@ class ServiceWatch:
 
     async def when(self, state: str, after: float = 0.0, timeout: float = 60.0) -> float:
         """The time ``state`` was first seen at or after ``after`` (waits for it)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            for at, line in list(self.seen):
-                if at >= after and line.split(" ")[0] == state:
-                    return at
-            assert time.monotonic() < deadline, f"service never {state}: {self.seen}"
+        found: list[float] = []
+
+        def seen() -> bool:
+            found.extend(at for at, line in list(self.seen) if at >= after and line.split(" ")[0] == state)
             assert self.proc.poll() is None or self.seen, f"watcher ended: {self.seen}"
-            await asyncio.sleep(0.05)
+            return bool(found)
+
+        await until(seen, timeout, f"the service {state}", interval=0.05, detail=lambda: str(self.seen))
+        return found[0]
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -259,11 +263,20 @@ async def test_service_started_by_net_start_sends_and_net_stop_ends_it_within_5_
         f"process ended {stop_took:.1f} s"
     )
     assert '"agent.stopped"' in log, log[-3000:]
+
     # The event log (Wine's ReportEvent traces each line into the services' output, see winelane.setup).
-    deadline = time.monotonic() + 30  # `cat` copies it into the file: wait for the last line
-    while "vitals-agent: stopped" not in (events := winelane.SERVICES_LOG.read_text("utf-8", "replace")):
-        assert time.monotonic() < deadline, f"no 'stopped' event-log line:\n{events[-3000:]}"
-        await asyncio.sleep(0.1)
+    def services_log() -> str:
+        return winelane.SERVICES_LOG.read_text("utf-8", "replace")
+
+    # `cat` copies it into the file: wait for the last line
+    await until(
+        lambda: "vitals-agent: stopped" in services_log(),
+        30,
+        "the 'stopped' event-log line",
+        interval=0.1,
+        detail=lambda: services_log()[-3000:],
+    )
+    events = services_log()
     assert "vitals-agent: started: 1 devices" in events, events[-3000:]
     assert stop_took < STOP_DEADLINE, f"net stop -> process ended took {stop_took:.1f} s"
     state = winelane.agent("service", "status", check=False).stdout

@@ -14,7 +14,6 @@ or stderr (they must be pipes); ``net stop`` returns before the service has stop
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -87,7 +86,7 @@ while True:
             win32event.WaitForSingleObject(process, 30000)
         print("exited", flush=True)
         break
-    time.sleep(0.05)
+    time.sleep(0.05)  # the sampling rate of the service state
 """
 
 
@@ -355,15 +354,20 @@ class WineAgent:
         return [e for e in list(self.log) if e.get("event") == name]
 
     async def wait(self, predicate: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():
+        from tests.kit.wait import (
+            until,  # (here: this file also runs as a script, without tests/ on the path)
+        )
+
+        def seen() -> bool:
+            if predicate():
+                return True
             if self.proc.poll() is not None:
                 raise AssertionError(
                     f"agent exited ({self.proc.returncode}) waiting for {what}:\n{self.tail()}"
                 )
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}:\n{self.tail()}")
-            await asyncio.sleep(0.1)
+            return False
+
+        await until(seen, timeout, what, interval=0.1, detail=self.tail)
 
     def tail(self) -> str:
         return "\n".join(self.raw[-30:])
