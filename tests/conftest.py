@@ -131,7 +131,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-# --- pytest-xdist (`make test` runs the suite on one worker per core) ------------------------------------
+# --- pytest-xdist (`make test` runs the suite on one worker more than there are cores) ----------------------
 # The tests are handed out one at a time, in collection order, which each worker sorts the long ones first
 # (_long_first): no long test then starts last while the other workers run out of work. The tests of the
 # ONE_WORKER modules go to one worker together, in file order: they share a module fixture that they change
