@@ -92,8 +92,8 @@ METRICS: dict[str, tuple[str, str]] = {
     "SPHB": ("sphb", "g/dL"),
     "PVI": ("pvi", "%"),
 }
-METRIC_ORDER = ("spo2", "pulse_rate_oximeter", "perfusion_index", "spco", "spmet", "sphb", "pvi")
 UNITS: dict[str, str] = dict(METRICS.values())  # metric key -> canonical unit
+METRIC_ORDER = tuple(UNITS)  # the table's order, so a metric added there is never left out of a reading
 
 # EXC bits (devices.md 5.3): (bit, name used in extra/absent reasons)
 EXC_NO_SENSOR = 0x001

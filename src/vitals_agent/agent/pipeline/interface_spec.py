@@ -20,12 +20,11 @@ import html
 import tomllib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, timedelta, tzinfo
+from datetime import timedelta
 from importlib import resources
-from zoneinfo import ZoneInfo
 
 from vitals_agent.agent.pipeline.normalize import normalise
-from vitals_agent.agent.pipeline.profile import message_profile
+from vitals_agent.agent.pipeline.profile import message_profile, message_zone
 from vitals_agent.codes import tables
 from vitals_agent.config.schema import Config
 from vitals_agent.drivers.samples import SAMPLE_TIME, sample_readings
@@ -124,14 +123,10 @@ def observation_rows(body: str) -> list[tuple[str, str, str]]:
     return rows
 
 
-def _zone(config: Config) -> tzinfo:
-    return ZoneInfo(config.agent.timezone) if config.agent.timezone else UTC
-
-
 def _readings(config: Config) -> list[tuple[str, str, Reading]]:
     """(device id, driver, normalised sample reading) for every enabled device that makes readings."""
     out = []
-    tz = _zone(config)
+    tz = message_zone(config)
     for dev in config.devices:
         if not dev.enabled:
             continue
