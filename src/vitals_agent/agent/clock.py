@@ -36,14 +36,14 @@ def span(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def _utc_now() -> datetime:
+def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
 class Clock:
     def __init__(
         self,
-        wall: Callable[[], datetime] = _utc_now,
+        wall: Callable[[], datetime] = utc_now,
         mono: Callable[[], float] = time.monotonic,
         *,
         step_threshold: float = STEP_THRESHOLD,

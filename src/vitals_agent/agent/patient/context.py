@@ -32,8 +32,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, fie
 
 from vitals_agent import host
 from vitals_agent import log_events as ev
-from vitals_agent.agent.clock import Clock
-from vitals_agent.agent.patient.room import Records, RoomContext, RoomContextManager, utc_now
+from vitals_agent.agent.clock import Clock, utc_now
+from vitals_agent.agent.patient.room import Records, RoomContext, RoomContextManager
 from vitals_agent.agent.storage.audit import (
     CHANNEL_BARCODE,
     CHANNEL_EXPIRY,

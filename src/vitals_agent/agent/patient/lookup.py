@@ -28,7 +28,7 @@ import contextlib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import KW_ONLY, dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
@@ -36,6 +36,7 @@ import structlog
 from pydantic import ValidationError
 
 from vitals_agent import log_events as ev
+from vitals_agent.agent.clock import utc_now
 from vitals_agent.agent.patient.context import (
     VERIFIED_EHR,
     VERIFIED_NO,
@@ -174,10 +175,6 @@ class Outcome:
         return out
 
 
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
 @dataclass(eq=False)
 class PatientLookup:
     """The lookup-then-confirm flow for one room (see the module docstring)."""
@@ -187,7 +184,7 @@ class PatientLookup:
     config: PdqConfig
     audit: AuditLog
     _: KW_ONLY
-    now: Callable[[], datetime] = _utc_now
+    now: Callable[[], datetime] = utc_now
 
     def __post_init__(self) -> None:
         self.confirm_timeout = timedelta(seconds=self.config.confirm_timeout_seconds)

@@ -14,17 +14,13 @@ import dataclasses
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
 from vitals_agent.agent.clock import Clock
 from vitals_agent.agent.storage.audit import AuditLog, write_private
 from vitals_agent.agent.storage.files import Discarded, explain, read_state_file
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True, kw_only=True)
