@@ -16,8 +16,9 @@ from tests.kit import FakeRuntime, fixed_ctx, make_driver, start, stop
 from vitals_agent import host
 from vitals_agent.cli import main
 from vitals_agent.commands import ports as ports_command
+from vitals_agent.commands import support
 from vitals_agent.drivers.base import SerialOptions
-from vitals_agent.drivers.ports import PortInfo, UsbSpec, match_usb, resolve_usb, same_port
+from vitals_agent.drivers.ports import PortInfo, UsbId, match_usb, resolve_usb, same_port
 from vitals_agent.drivers.pty import PtyDevice, PtyUnpluggedError
 from vitals_agent.drivers.serial_transport import SerialTransport
 from vitals_agent.errors import DeviceNotFoundError, TransportError
@@ -63,27 +64,23 @@ def test_port_info_from_pyserial() -> None:
     info = PortInfo.from_pyserial(FTDI_A)
     assert info == PortInfo(
         device="/dev/ttyUSB0",
-        vid=0x0403,
-        pid=0x6001,
-        serial_number="A50285BI",
+        usb=UsbId(0x0403, 0x6001, "A50285BI"),
         description="FT232R USB UART",
         manufacturer="FTDI",
-        product="FT232R USB UART",
-        location=None,
         hwid="USB VID:PID=0403:6001 SER=A50285BI",
     )
-    assert info.usb_id == "0403:6001"
+    assert info.usb is not None and (info.usb.ids, str(info.usb)) == ("0403:6001", "0403:6001:A50285BI")
+    assert PortInfo.from_pyserial(PROLIFIC).usb == UsbId(0x067B, 0x2303)  # no serial number reported
     assert PortInfo.from_pyserial(BUILTIN) == PortInfo(device="/dev/ttyS0")
-    assert PortInfo.from_pyserial(BUILTIN).usb_id is None
 
 
-def test_usb_spec_parse() -> None:
-    assert UsbSpec.parse("0403:6001") == UsbSpec(0x0403, 0x6001, None)
-    assert UsbSpec.parse("067b:2303:XyZ") == UsbSpec(0x067B, 0x2303, "XyZ")
-    assert str(UsbSpec.parse("067B:2303:XyZ")) == "067b:2303:XyZ"
+def test_usb_id_parse() -> None:
+    assert UsbId.parse("0403:6001") == UsbId(0x0403, 0x6001, None)
+    assert UsbId.parse("067b:2303:XyZ") == UsbId(0x067B, 0x2303, "XyZ")
+    assert str(UsbId.parse("067B:2303:XyZ")) == "067b:2303:XyZ"
     for bad in ("0403", "403:6001", "0403:60011", "zzzz:6001", "0403:6001:a:b"):
         with pytest.raises(ValueError, match="usb must be"):
-            UsbSpec.parse(bad)
+            UsbId.parse(bad)
 
 
 def test_match_usb() -> None:
@@ -140,6 +137,24 @@ async def test_transport_usb_device_absent_or_ambiguous(monkeypatch: pytest.Monk
     ambiguous = SerialTransport(FakeRuntime(make_driver("masimo-ascii", usb="0403:6001")))
     with pytest.raises(TransportError, match="add the serial number"):
         await ambiguous.run()
+
+
+@NEEDS_LISTING
+def test_support_bundle_ports(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("serial.tools.list_ports.comports", lambda include_links=False: [BUILTIN, FTDI_A])
+    listed = json.loads(json.dumps(support._ports()))  # as ports.json has it
+    assert listed == {
+        "serial": [
+            {"device": "/dev/ttyS0", "usb": None, "description": None, "manufacturer": None, "hwid": None},
+            {
+                "device": "/dev/ttyUSB0",
+                "usb": {"vid": 0x0403, "pid": 0x6001, "serial_number": "A50285BI"},
+                "description": "FT232R USB UART",
+                "manufacturer": "FTDI",
+                "hwid": "USB VID:PID=0403:6001 SER=A50285BI",
+            },
+        ]
+    }
 
 
 # ---------------------------------------------------------------------------------------------- ports command

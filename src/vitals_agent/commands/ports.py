@@ -14,7 +14,7 @@ from vitals_agent.commands._options import add_command, add_config_option, confi
 from vitals_agent.config.schema import load_config
 from vitals_agent.drivers.base import SerialDriver, SerialOptions, driver_class
 from vitals_agent.drivers.netport import network_port
-from vitals_agent.drivers.ports import PortInfo, UsbSpec, list_serial_ports, same_port
+from vitals_agent.drivers.ports import PortInfo, UsbId, list_serial_ports, same_port
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -40,7 +40,7 @@ def matches_for(port: PortInfo, devices: list[tuple[str, SerialOptions]]) -> lis
     """Ids of the configured devices that name this port (by usb identity or by path)."""
     out = []
     for device_id, options in devices:
-        by_usb = options.usb is not None and UsbSpec.parse(options.usb).matches(port)
+        by_usb = options.usb is not None and UsbId.parse(options.usb).matches(port.usb)
         by_path = options.port is not None and same_port(options.port, port)
         if by_usb or by_path:
             out.append(device_id)
@@ -72,10 +72,11 @@ def unmatched(ports: list[PortInfo], devices: list[tuple[str, SerialOptions]]) -
 
 
 def _row(port: PortInfo, matched: list[str]) -> dict[str, Any]:
+    usb = port.usb
     return {
         "device": port.device,
-        "usb": port.usb_id,
-        "serial_number": port.serial_number,
+        "usb": usb.ids if usb else None,
+        "serial_number": usb.serial_number if usb else None,
         "description": port.description,
         "manufacturer": port.manufacturer,
         "matches": matched,

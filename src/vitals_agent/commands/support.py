@@ -27,6 +27,7 @@ import sys
 import zipfile
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from dataclasses import asdict
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -179,7 +180,7 @@ def _ports() -> dict[str, Any]:
     try:
         from vitals_agent.drivers.ports import list_serial_ports
 
-        return {"serial": [p.__dict__ for p in list_serial_ports()]}
+        return {"serial": [asdict(p) for p in list_serial_ports()]}
     except Exception as exc:  # the listing is best effort: say why it is missing
         return {"serial": None, "error": f"{type(exc).__name__}: {exc}"}
 

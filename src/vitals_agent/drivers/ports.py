@@ -15,17 +15,54 @@ from vitals_agent.host.serial import comports, same_port_name
 
 
 @dataclass(frozen=True)
+class UsbId:
+    """A USB device's identity: vendor id, product id and, when it has one, serial number. A port's
+    adapter has one; so does a configured ``usb = "VID:PID[:SERIAL]"`` (hex ids), where the serial number
+    may be left out."""
+
+    vid: int
+    pid: int
+    serial_number: str | None = None
+
+    @classmethod
+    def parse(cls, spec: str) -> UsbId:
+        parts = spec.strip().split(":")
+        if len(parts) not in (2, 3) or not all(_is_hex4(p) for p in parts[:2]):
+            raise ValueError(f"usb must be 'VID:PID' or 'VID:PID:SERIAL' with 4-digit hex ids, not {spec!r}")
+        serial = parts[2] if len(parts) == 3 and parts[2] else None
+        return cls(int(parts[0], 16), int(parts[1], 16), serial)
+
+    def matches(self, listed: UsbId | None) -> bool:
+        """Whether a listed port's identity is this configured one: the same ids, and the same serial
+        number (in any case) unless this one leaves it out."""
+        if listed is None or (listed.vid, listed.pid) != (self.vid, self.pid):
+            return False
+        if self.serial_number is None:
+            return True
+        return (
+            listed.serial_number is not None
+            and listed.serial_number.casefold() == self.serial_number.casefold()
+        )
+
+    @property
+    def ids(self) -> str:
+        """``"vvvv:pppp"`` (lower-case hex)."""
+        return f"{self.vid:04x}:{self.pid:04x}"
+
+    def __str__(self) -> str:
+        return f"{self.ids}:{self.serial_number}" if self.serial_number else self.ids
+
+
+@dataclass(frozen=True)
 class PortInfo:
-    """One serial port as the system lists it (pyserial's ``ListPortInfo``, typed and frozen)."""
+    """One serial port as the system lists it: its name, the identity of the USB adapter behind it (None
+    for a built-in or other non-USB port), what the system calls it, and pyserial's hardware id (which
+    also gives a USB port's bus location: for support)."""
 
     device: str
-    vid: int | None = None
-    pid: int | None = None
-    serial_number: str | None = None
+    usb: UsbId | None = None
     description: str | None = None
     manufacturer: str | None = None
-    product: str | None = None
-    location: str | None = None
     hwid: str | None = None
 
     @classmethod
@@ -36,55 +73,15 @@ class PortInfo:
             value = getattr(info, name, None)
             return None if value in (None, "", "n/a") else str(value)
 
+        vid, pid = getattr(info, "vid", None), getattr(info, "pid", None)
+        usb = None if vid is None or pid is None else UsbId(vid, pid, text("serial_number"))
         return cls(
-            device=str(info.device),
-            vid=getattr(info, "vid", None),
-            pid=getattr(info, "pid", None),
-            serial_number=text("serial_number"),
+            str(info.device),
+            usb,
             description=text("description"),
             manufacturer=text("manufacturer"),
-            product=text("product"),
-            location=text("location"),
             hwid=text("hwid"),
         )
-
-    @property
-    def usb_id(self) -> str | None:
-        """``"vvvv:pppp"`` (lower-case hex) for USB ports, else None."""
-        if self.vid is None or self.pid is None:
-            return None
-        return f"{self.vid:04x}:{self.pid:04x}"
-
-
-@dataclass(frozen=True)
-class UsbSpec:
-    """A parsed ``"VID:PID"`` or ``"VID:PID:SERIAL"`` (hex ids; the serial number is compared
-    case-insensitively)."""
-
-    vid: int
-    pid: int
-    serial_number: str | None = None
-
-    @classmethod
-    def parse(cls, spec: str) -> UsbSpec:
-        parts = spec.strip().split(":")
-        if len(parts) not in (2, 3) or not all(_is_hex4(p) for p in parts[:2]):
-            raise ValueError(f"usb must be 'VID:PID' or 'VID:PID:SERIAL' with 4-digit hex ids, not {spec!r}")
-        serial = parts[2] if len(parts) == 3 and parts[2] else None
-        return cls(int(parts[0], 16), int(parts[1], 16), serial)
-
-    def matches(self, port: PortInfo) -> bool:
-        if port.vid != self.vid or port.pid != self.pid:
-            return False
-        if self.serial_number is None:
-            return True
-        return (
-            port.serial_number is not None and port.serial_number.casefold() == self.serial_number.casefold()
-        )
-
-    def __str__(self) -> str:
-        base = f"{self.vid:04x}:{self.pid:04x}"
-        return f"{base}:{self.serial_number}" if self.serial_number else base
 
 
 def _is_hex4(text: str) -> bool:
@@ -100,16 +97,16 @@ def list_serial_ports() -> list[PortInfo]:
     return sorted((PortInfo.from_pyserial(p) for p in comports()), key=lambda p: p.device)
 
 
-def match_usb(spec: str | UsbSpec, ports: Iterable[Any]) -> list[PortInfo]:
+def match_usb(spec: str | UsbId, ports: Iterable[Any]) -> list[PortInfo]:
     """The ports (``PortInfo`` or pyserial ``ListPortInfo``) whose USB identity matches ``spec``."""
-    parsed = spec if isinstance(spec, UsbSpec) else UsbSpec.parse(spec)
-    return [info for info in map(_as_info, ports) if parsed.matches(info)]
+    parsed = spec if isinstance(spec, UsbId) else UsbId.parse(spec)
+    return [info for info in map(_as_info, ports) if parsed.matches(info.usb)]
 
 
-def resolve_usb(spec: str | UsbSpec, ports: Iterable[Any] | None = None) -> PortInfo:
+def resolve_usb(spec: str | UsbId, ports: Iterable[Any] | None = None) -> PortInfo:
     """The one port matching ``spec``. Raises :class:`DeviceNotFoundError` when none matches (the device is
     unplugged: retry later) and :class:`TransportError` when several do (add the serial number)."""
-    parsed = spec if isinstance(spec, UsbSpec) else UsbSpec.parse(spec)
+    parsed = spec if isinstance(spec, UsbId) else UsbId.parse(spec)
     found = match_usb(parsed, list_serial_ports() if ports is None else ports)
     if not found:
         raise DeviceNotFoundError(f"no serial port with USB id {parsed} is present")
