@@ -11,7 +11,15 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from vitals_agent.agent.pipeline.normalize import normalise
-from vitals_agent.models import DeviceClass, DeviceIdentity, Dropped, Measurement, Reading, ReadingFlag
+from vitals_agent.models import (
+    DeviceClass,
+    DeviceIdentity,
+    Dropped,
+    Measurement,
+    Qualifier,
+    Reading,
+    ReadingFlag,
+)
 
 T0 = datetime(2026, 11, 28, 15, 0, 0, tzinfo=UTC)
 SKEW = timedelta(seconds=120)
@@ -91,6 +99,14 @@ def test_a_measurement_cannot_hold_a_special_value() -> None:
     for special in ("NaN", "sNaN", "Infinity", "-Infinity"):
         with pytest.raises(ValidationError):
             Measurement(metric="spo2", value=Decimal(special), unit="%")
+
+
+def test_a_measurement_and_a_qualifier_name_a_row_of_the_code_tables() -> None:
+    with pytest.raises(ValidationError, match="unknown metric key 'spo3'"):
+        Measurement(metric="spo3", value=Decimal(97), unit="%")
+    with pytest.raises(ValidationError, match="unknown qualifier 'bp_posture'"):
+        Qualifier(key="bp_posture", answer="sitting")
+    assert Qualifier(key="bp_position", answer="sitting").key == "bp_position"
 
 
 @given(st.decimals(allow_nan=False, allow_infinity=False, places=2))

@@ -7,14 +7,22 @@ Values are :class:`~decimal.Decimal` so that a device's resolution survives (``0
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 from vitals_agent.codes import tables
 
@@ -77,6 +85,21 @@ def in_zone(value: datetime, tz: tzinfo, error: Callable[[str], Exception]) -> d
         return value.astimezone(tz)
     except (OverflowError, ValueError):
         raise error(f"time stamp out of range: year {value.year}") from None
+
+
+def _row_of(table: Callable[[], Container[str]], what: str) -> AfterValidator:
+    """Checks that a key names a row of ``table()`` (a code table, read when a model is validated)."""
+
+    def check(value: str) -> str:
+        if value not in table():
+            raise ValueError(f"unknown {what} {value!r}")
+        return value
+
+    return AfterValidator(check)
+
+
+MetricKey = Annotated[str, _row_of(lambda: tables().metrics, "metric key")]
+QualifierKey = Annotated[str, _row_of(lambda: tables().qualifiers, "qualifier")]
 
 
 class DeviceClass(StrEnum):
@@ -216,20 +239,13 @@ class Measurement(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    metric: str
+    metric: MetricKey
     value: Decimal | None
     unit: str
     flags: tuple[Flag, ...] = ()
     absent_reason: str | None = None
     site: str | None = None  # OBX-20 body site, e.g. "74262004^Oral cavity structure^SCT"
     method: str | None = None  # OBX-17 code, e.g. "ACALC"
-
-    @field_validator("metric")
-    @classmethod
-    def _known_metric(cls, value: str) -> str:
-        if value not in tables().metrics:
-            raise ValueError(f"unknown metric key {value!r}")
-        return value
 
     @field_serializer("value")
     def _value_json(self, value: Decimal | None) -> float | int | None:
@@ -359,15 +375,8 @@ class Qualifier(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    key: str
+    key: QualifierKey
     answer: str
-
-    @field_validator("key")
-    @classmethod
-    def _known(cls, value: str) -> str:
-        if value not in tables().qualifiers:
-            raise ValueError(f"unknown qualifier {value!r}")
-        return value
 
     @model_validator(mode="after")
     def _answer(self) -> Qualifier:
