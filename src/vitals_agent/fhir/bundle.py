@@ -44,7 +44,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, Literal, Required, TypedDict, Unpack
 from urllib.parse import quote
 
 from vitals_agent.codes import LOCAL_CODE_SYSTEM, MetricInfo, PanelInfo, tables
@@ -471,42 +471,28 @@ def _document_entry(
 # --- the builder ---------------------------------------------------------------------------------------
 
 
-def build_bundle(
-    reading: Reading,
-    profile: FhirProfile,
-    *,
-    message_id: str,
-    created_at: datetime,
-    patient: PatientInfo | None = None,
-    status: Status = "preliminary",
-    performer: Performer | None = None,
-    revision: bool = False,
-    late_associated: bool = False,
-    order_key: str = "",
-) -> bytes:
-    """The transaction Bundle for ``reading`` as compact UTF-8 JSON (see the module docstring).
+class BundleOptions(TypedDict, total=False):
+    """The keywords of :func:`build_bundle` (and :func:`bundle_dict`)."""
 
-    ``patient``: the patient the reading is filed to (None: the device's own patient with an id, e.g. an
-    EKG cart's, else unbound). ``status``: the Observations' status (``preliminary`` = device data not yet
-    validated by a person, ``final`` = validated). ``performer``: the validating clinician. ``revision``:
-    the observations were sent before; update them (conditional PUT) instead of creating them.
-    ``order_key``: mixed into the Observations' identifiers ("" = the reading's own): the same reading filed
-    again as *new* Observations (to another chart, after the first ones were marked entered-in-error).
-    """
-    return validated_bytes(
-        bundle_dict(
-            reading,
-            profile,
-            message_id=message_id,
-            created_at=created_at,
-            patient=patient,
-            status=status,
-            performer=performer,
-            revision=revision,
-            late_associated=late_associated,
-            order_key=order_key,
-        )
-    )
+    message_id: Required[str]
+    created_at: Required[datetime]
+    # the patient the reading is filed to (None: the device's own patient with an id, e.g. an EKG cart's,
+    # else unbound)
+    patient: PatientInfo | None
+    # the Observations' status (``preliminary`` = device data not yet validated by a person, ``final`` =
+    # validated)
+    status: Status
+    performer: Performer | None  # the validating clinician
+    revision: bool  # the observations were sent before: update them (conditional PUT) instead of creating
+    late_associated: bool
+    # mixed into the Observations' identifiers ("" = the reading's own): the same reading filed again as
+    # *new* Observations (to another chart, after the first ones were marked entered-in-error)
+    order_key: str
+
+
+def build_bundle(reading: Reading, profile: FhirProfile, **options: Unpack[BundleOptions]) -> bytes:
+    """The transaction Bundle for ``reading`` as compact UTF-8 JSON (see the module docstring)."""
+    return validated_bytes(bundle_dict(reading, profile, **options))
 
 
 def bundle_dict(
