@@ -3,6 +3,7 @@ and PDQm against a loopback FHIR endpoint (aiohttp's web server, bearer token an
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -203,7 +204,7 @@ async def test_pdqm_token_file_is_read_by_fhir_deliverys_reader_with_the_same_me
 ) -> None:
     """One home for token files: [pdq] and [fhir] bearer_token_file say the same, naming their key."""
     from vitals_agent.errors import ConnectFailedError
-    from vitals_agent.net.fhir_http import FileToken
+    from vitals_agent.net.http_client import FileToken
 
     token = tmp_path / "token"
     token.write_text("  \n")
@@ -253,6 +254,25 @@ async def test_pdqm_failures(kw: dict[str, Any], error: type[Exception], message
     async with FhirEndpoint([], **kw) as server:
         with pytest.raises(error, match=message):
             await pdq_client(fhir(server.base_url, timeout_seconds=0.3), SENDER).lookup("ZQ4471902")
+
+
+async def test_pdqm_server_hanging_up_is_said_as_the_other_clients_say_it() -> None:
+    """A PDQm server that closes the connection before answering: the wording of the v2 lookup and of FHIR
+    delivery (aiohttp's own "Server disconnected" before they shared one reason)."""
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        with pytest.raises(PdqUnavailableError) as info:
+            await pdq_client(fhir(f"http://127.0.0.1:{port}/fhir"), SENDER).lookup("ZQ4471902")
+    assert str(info.value) == (
+        f"cannot reach the PDQm server http://127.0.0.1:{port}/fhir:"
+        " the server closed the connection before answering"
+    )
 
 
 async def test_pdqm_server_down() -> None:

@@ -23,12 +23,11 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-import ssl
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import aiohttp
 import structlog
@@ -36,6 +35,7 @@ import structlog
 from vitals_agent import log_events as ev
 from vitals_agent.config.fhir import FhirConfig
 from vitals_agent.errors import ConfigError, ConnectFailedError, PeerUnavailableError
+from vitals_agent.net.http_client import FileToken, HttpClient, NoToken, TokenSource, client_reason
 from vitals_agent.net.tls import ssl_context_from
 
 log = structlog.get_logger(__name__)
@@ -52,61 +52,6 @@ class HttpAnswer:
     headers: Mapping[str, str]
     body: bytes
     elapsed_ms: int
-
-
-class TokenSource(Protocol):
-    async def token(self, session: aiohttp.ClientSession) -> str | None: ...
-
-    def invalidate(self) -> None: ...
-
-
-class NoToken:
-    async def token(self, session: aiohttp.ClientSession) -> str | None:
-        return None
-
-    def invalidate(self) -> None:
-        return None
-
-
-class FileToken:
-    """A bearer token kept in a file by some other process, read for every request (so a rotated token is
-    picked up). The one reader for ``[fhir] bearer_token_file`` (delivery) and ``[pdq] bearer_token_file``
-    (the PDQm lookup): ``key`` names the setting in the one-line messages, ``error`` is the exception they
-    come as (a connection failure for delivery, the lookup's "EHR not usable" for PDQm)."""
-
-    def __init__(
-        self,
-        path: Path,
-        *,
-        key: str = "fhir.bearer_token_file",
-        error: Callable[[str], Exception] = ConnectFailedError,
-    ) -> None:
-        self.path = path.expanduser()
-        self.key = key
-        self.error = error
-
-    def checked(self) -> FileToken:
-        """This reader, once its file is there (at start): :class:`ConfigError` naming ``key`` if not."""
-        if not self.path.is_file():
-            raise ConfigError([(self.key, f"{self.path} is not a readable file")])
-        return self
-
-    def read(self) -> str:
-        """The token now (blocking: call it in a thread from the event loop)."""
-        try:
-            text = self.path.read_text("utf-8")
-        except OSError as exc:
-            raise self.error(f"cannot read {self.key} {self.path}: {exc.strerror or exc}") from None
-        token = text.strip()
-        if not token:
-            raise self.error(f"{self.key} {self.path} is empty")
-        return token
-
-    async def token(self, session: aiohttp.ClientSession | None = None) -> str | None:
-        return await asyncio.to_thread(self.read)
-
-    def invalidate(self) -> None:
-        return None
 
 
 def load_signing_key(path: Path, algorithm: str | None) -> tuple[Any, str]:
@@ -220,7 +165,7 @@ class SmartToken:
         except TimeoutError:
             raise ConnectFailedError(f"{where} did not answer within {self.timeout:g} s") from None
         except aiohttp.ClientError as exc:
-            raise ConnectFailedError(f"cannot reach {where}: {_client_reason(exc)}") from None
+            raise ConnectFailedError(f"cannot reach {where}: {client_reason(exc)}") from None
         try:
             answer = json.loads(body)
         except (ValueError, UnicodeDecodeError):
@@ -236,33 +181,18 @@ class SmartToken:
         return answer["access_token"], lifetime
 
 
-class FhirClient:
+@dataclass(eq=False)
+class FhirClient(HttpClient[FhirConfig]):
     """One keep-alive HTTP session to the FHIR server; ``post`` sends one Bundle."""
 
-    def __init__(
-        self,
-        config: FhirConfig,
-        *,
-        ssl_context: ssl.SSLContext | None = None,
-        tokens: TokenSource | None = None,
-    ) -> None:
-        assert config.base_url is not None
-        self.config = config
-        self.base_url = config.base_url
-        self.ssl_context = ssl_context
-        self.tokens: TokenSource = tokens or NoToken()
-        self._session: aiohttp.ClientSession | None = None
-        self._answered = False  # the last request got an HTTP answer
-        self._stale = False  # abort() was called: close the session before the next request
+    _session: aiohttp.ClientSession | None = field(default=None, init=False)
+    _answered: bool = field(default=False, init=False)  # the last request got an HTTP answer
+    _stale: bool = field(default=False, init=False)  # abort() was called: close the session first
 
     @property
     def connected(self) -> bool:
         """The server answered the last request (its connection is kept alive for the next)."""
         return self._answered and self._session is not None and not self._session.closed
-
-    @property
-    def peer(self) -> str:
-        return self.base_url
 
     async def _open(self) -> aiohttp.ClientSession:
         if self._stale and self._session is not None:
@@ -270,30 +200,25 @@ class FhirClient:
             self._session = None
         self._stale = False
         if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(
-                ssl=self.ssl_context if self.ssl_context is not None else True, limit=2
+            timeout = aiohttp.ClientTimeout(
+                total=self.config.timeout_seconds, sock_connect=self.config.connect_timeout_seconds
             )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                timeout=aiohttp.ClientTimeout(
-                    total=self.config.timeout_seconds, sock_connect=self.config.connect_timeout_seconds
-                ),
-            )
+            self._session = self._new_session(timeout, limit=2)
         return self._session
 
     async def post(self, body: bytes, *, request_id: str) -> HttpAnswer:
         """POST ``body`` (a transaction Bundle) to the base URL; the server's answer, whatever its status."""
         session = await self._open()
         self._answered = False
-        token = await self.tokens.token(session)
-        headers = {
-            "Content-Type": f"{MEDIA_TYPE}; charset=utf-8",
-            "Accept": MEDIA_TYPE,
-            "Prefer": "return=minimal",
-            "X-Request-Id": request_id,
-        }
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
+        headers = await self._headers(
+            session,
+            {
+                "Content-Type": f"{MEDIA_TYPE}; charset=utf-8",
+                "Accept": MEDIA_TYPE,
+                "Prefer": "return=minimal",
+                "X-Request-Id": request_id,
+            },
+        )
         started = time.monotonic()
         timeout = self.config.timeout_seconds
         try:
@@ -305,14 +230,14 @@ class FhirClient:
                 answer = await response.content.read(MAX_ANSWER)
         except aiohttp.ClientConnectorError as exc:  # includes TLS handshake and certificate errors
             raise ConnectFailedError(
-                f"cannot reach the FHIR server {self.base_url}: {_client_reason(exc)}"
+                f"cannot reach the FHIR server {self.base_url}: {client_reason(exc)}"
             ) from None
         except TimeoutError:
             raise PeerUnavailableError(
                 f"the FHIR server {self.base_url} did not answer within {timeout:g} s"
             ) from None
         except aiohttp.ClientError as exc:  # reset, closed, malformed answer
-            raise PeerUnavailableError(f"FHIR server {self.base_url}: {_client_reason(exc)}") from None
+            raise PeerUnavailableError(f"FHIR server {self.base_url}: {client_reason(exc)}") from None
         if status == 401:
             self.tokens.invalidate()
         self._answered = True
@@ -328,20 +253,6 @@ class FhirClient:
         if self._session is not None:
             await self._session.close()
             self._session = None
-
-
-def _client_reason(exc: aiohttp.ClientError) -> str:
-    if isinstance(exc, aiohttp.ClientSSLError):
-        inner = getattr(exc, "certificate_error", None) or getattr(exc, "os_error", None) or exc
-        if isinstance(inner, ssl.SSLError) and inner.reason:
-            return "TLS: " + str(inner.reason).replace("_", " ").lower()
-        return f"TLS: {str(inner).splitlines()[0] if str(inner) else type(inner).__name__}"
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return exc.strerror or str(exc.os_error)
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return "the server closed the connection before answering"
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return text or type(exc).__name__
 
 
 def fhir_client(config: FhirConfig) -> FhirClient:

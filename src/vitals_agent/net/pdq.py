@@ -20,10 +20,9 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import aiohttp
 import structlog
@@ -43,12 +42,17 @@ from vitals_agent.hl7.pdq import (
     next_increment,
     parse_rsp,
 )
+from vitals_agent.net.http_client import (
+    FileToken,
+    HttpClient,
+    NoToken,
+    TokenSource,
+    client_reason,
+    ssl_reason,
+)
 from vitals_agent.net.mllp import MllpClient
 from vitals_agent.net.tls import ssl_context_from
 from vitals_agent.redact import scrub
-
-if TYPE_CHECKING:
-    from vitals_agent.net.fhir_http import FileToken
 
 log = structlog.get_logger(__name__)
 
@@ -193,66 +197,44 @@ def _reword(message: str) -> str:
     return message.replace("before the ACK", "before answering").replace("no ACK from", "no answer from")
 
 
-class FhirPdqClient:
+@dataclass(eq=False)
+class FhirPdqClient(HttpClient[PdqConfig]):
     """PDQm (ITI-78): ``GET [base]/Patient?identifier=system|mrn`` with a bearer token and/or mutual TLS."""
 
     mode = "fhir"
+    system: str = field(init=False)  # the MRNs' identifier system
+    authority: Authority | None = field(init=False)
 
-    def __init__(
-        self,
-        config: PdqConfig,
-        *,
-        ssl_context: ssl.SSLContext | None = None,
-        tokens: FileToken | None = None,
-    ) -> None:
-        assert config.base_url is not None
-        system = config.fhir_system()
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        system = self.config.fhir_system()
         assert system is not None
-        self.config = config
-        self.base_url = config.base_url
         self.system = system
-        self.ssl_context = ssl_context
-        self.authority = Authority.parse(config.assigning_authority)
-        if tokens is None and config.bearer_token_file is not None:
-            tokens = _token_file(config.bearer_token_file, check=False)
-        self.tokens = tokens  # the same reader (and messages) as FHIR delivery's bearer_token_file
-
-    @property
-    def peer(self) -> str:
-        return self.base_url
+        self.authority = Authority.parse(self.config.assigning_authority)
 
     async def lookup(self, mrn: str) -> Lookup:
         # fhir.resources is loaded only in this mode (about 0.5 s and several MiB for its models)
         from vitals_agent.hl7.pdqm import MEDIA_TYPE, parse_bundle, search_url
 
         url = search_url(self.base_url, self.system, mrn, self.config.max_results)
-        headers = {"Accept": MEDIA_TYPE}
-        token = await self.tokens.token() if self.tokens is not None else None
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
         timeout = self.config.timeout_seconds
         request_id = new_control_id()
-        headers["X-Request-Id"] = request_id
-        connector = aiohttp.TCPConnector(ssl=self.ssl_context if self.ssl_context is not None else True)
         started = time.monotonic()
         try:
-            async with (
-                aiohttp.ClientSession(
-                    connector=connector, timeout=aiohttp.ClientTimeout(total=timeout)
-                ) as session,
-                session.get(url, headers=headers, allow_redirects=False) as response,
-            ):
-                status = response.status
-                body = await response.content.read(MAX_FHIR_ANSWER + 1)
+            async with self._new_session(aiohttp.ClientTimeout(total=timeout)) as session:
+                headers = await self._headers(session, {"Accept": MEDIA_TYPE, "X-Request-Id": request_id})
+                async with session.get(url, headers=headers, allow_redirects=False) as response:
+                    status = response.status
+                    body = await response.content.read(MAX_FHIR_ANSWER + 1)
         except TimeoutError:
             raise PdqUnavailableError(
                 f"the PDQm server {self.base_url} did not answer within {timeout:g} s"
             ) from None
         except aiohttp.ClientSSLError as exc:
-            why = scrub(_ssl_reason(exc), mrn)
+            why = scrub(ssl_reason(exc), mrn)
             raise PdqUnavailableError(f"TLS with the PDQm server {self.base_url} failed: {why}") from None
         except aiohttp.ClientError as exc:
-            why = scrub(_client_reason(exc), mrn)
+            why = scrub(client_reason(exc), mrn)
             raise PdqUnavailableError(f"cannot reach the PDQm server {self.base_url}: {why}") from None
         elapsed = int((time.monotonic() - started) * 1000)
         if status in (401, 403):
@@ -270,28 +252,6 @@ class FhirPdqClient:
         return Lookup(mrn, request_id, result, self.mode, elapsed)
 
 
-def _ssl_reason(exc: BaseException) -> str:
-    inner = getattr(exc, "os_error", None) or getattr(exc, "certificate_error", None) or exc
-    if isinstance(inner, ssl.SSLError) and inner.reason:
-        return str(inner.reason).replace("_", " ").lower()
-    return str(inner).splitlines()[0] if str(inner) else type(inner).__name__
-
-
-def _client_reason(exc: aiohttp.ClientError) -> str:
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return exc.strerror or str(exc.os_error)
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-
-
-def _token_file(path: Path, *, check: bool) -> FileToken:
-    """``[pdq] bearer_token_file`` through FHIR delivery's reader (net/fhir_http.FileToken): one home for
-    reading token files and for their messages. Imported here, not at the top: only PDQm needs it."""
-    from vitals_agent.net.fhir_http import FileToken
-
-    token = FileToken(path, key="pdq.bearer_token_file", error=PdqUnavailableError)
-    return token.checked() if check else token
-
-
 def pdq_client(config: PdqConfig, sender: Sender) -> PdqClient:
     """The client for ``[pdq]``. Raises :class:`~vitals_agent.errors.ConfigError` for unusable TLS files."""
     if config.mode == "fhir":
@@ -300,8 +260,9 @@ def pdq_client(config: PdqConfig, sender: Sender) -> PdqClient:
         if not https and (config.cert_file or config.bearer_token_file):
             log.warning(ev.PDQ_BASE_URL_UNENCRYPTED)
         ctx = ssl_context_from(config, section="pdq", force=True) if https else None
-        tokens = None
-        if config.bearer_token_file is not None:
-            tokens = _token_file(config.bearer_token_file, check=True)
+        tokens: TokenSource = NoToken()
+        if config.bearer_token_file is not None:  # the same reader (and messages) as [fhir]'s
+            path = config.bearer_token_file
+            tokens = FileToken(path, key="pdq.bearer_token_file", error=PdqUnavailableError).checked()
         return FhirPdqClient(config, ssl_context=ctx, tokens=tokens)
     return MllpPdqClient(config, sender, ssl_context=ssl_context_from(config, section="pdq"))
