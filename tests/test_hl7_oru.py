@@ -4,6 +4,7 @@ oracle (hl7apy STRICT + PCD-01 checks) and by asserting the real field values.""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -17,7 +18,8 @@ from hypothesis import strategies as st
 
 from tests.kit import m
 from tests.oracle import ParsedOru, validate_oru
-from vitals_agent.agent.pipeline.profile import message_profile
+from vitals_agent.agent.pipeline.profile import EHR_MESSAGE_KEYS, message_profile
+from vitals_agent.config.ehr import EhrConfig
 from vitals_agent.config.schema import parse_config
 from vitals_agent.errors import ConfigError
 from vitals_agent.hl7.oru import (
@@ -571,6 +573,32 @@ def test_message_profile_from_config() -> None:
         True,
         UTC,
     )
+
+
+def test_message_profile_takes_every_ehr_message_key() -> None:
+    """Each [ehr] key named like a MessageProfile field is passed on by name (a new one is not forgotten),
+    and a value set in the config is the one the profile carries."""
+    shared = set(EhrConfig.model_fields) & {f.name for f in dataclasses.fields(MessageProfile)}
+    assert shared - {"preferred_units"} == set(EHR_MESSAGE_KEYS)
+    ehr = {
+        "sending_application": "SENDER",
+        "receiving_application": "EHR",
+        "receiving_facility": "HOSP",
+        "processing_id": "T",
+        "accept_ack_type": "NE",
+        "application_ack_type": "ER",
+        "code_system": "mdc",
+        "hierarchy_rows": False,
+        "charset": "8859/1",
+        "unrepresentable": "marker",
+        "marker": "#",
+        "max_message_bytes": 99999,
+        "oversize": "dead-letter",
+    }
+    assert set(ehr) == set(EHR_MESSAGE_KEYS)
+    assert all(ehr[name] != EhrConfig.model_fields[name].default for name in ehr)
+    profile = message_profile(parse_config({"agent": {"facility": "F"}, "ehr": ehr}), GATEWAY)
+    assert {name: getattr(profile, name) for name in ehr} == ehr
 
 
 @pytest.mark.parametrize(

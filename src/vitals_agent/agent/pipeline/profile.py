@@ -21,6 +21,15 @@ def message_zone(config: Config) -> tzinfo:
     return ZoneInfo(config.agent.timezone) if config.agent.timezone else UTC
 
 
+# The [ehr] message keys MessageProfile takes under the same name (hl7_version and preferred_units,
+# which it takes as version and read-only, are passed on their own).
+EHR_MESSAGE_KEYS = (
+    "sending_application", "receiving_application", "receiving_facility", "processing_id",
+    "accept_ack_type", "application_ack_type", "code_system", "hierarchy_rows",
+    "charset", "unrepresentable", "marker", "max_message_bytes", "oversize",
+)  # fmt: skip
+
+
 def message_profile(config: Config, gateway_eui64: str) -> MessageProfile:
     """The receiver profile for this site: ``[agent]``, ``[ehr]`` and ``[patient]`` values; DTMs in
     :func:`message_zone`."""
@@ -29,23 +38,11 @@ def message_profile(config: Config, gateway_eui64: str) -> MessageProfile:
         facility=config.agent.facility,
         location=config.agent.location,
         gateway_eui64=eui64_digits(gateway_eui64),
-        sending_application=ehr.sending_application,
-        receiving_application=ehr.receiving_application,
-        receiving_facility=ehr.receiving_facility,
-        processing_id=ehr.processing_id,
-        accept_ack_type=ehr.accept_ack_type,
-        application_ack_type=ehr.application_ack_type,
         version=ehr.hl7_version,
-        code_system=ehr.code_system,
         preferred_units=MappingProxyType(dict(ehr.preferred_units)),
-        hierarchy_rows=ehr.hierarchy_rows,
         assigning_authority=config.patient.assigning_authority,
         tz=message_zone(config),
-        charset=ehr.charset,
-        unrepresentable=ehr.unrepresentable,
-        marker=ehr.marker,
-        max_message_bytes=ehr.max_message_bytes,
-        oversize=ehr.oversize,
+        **{name: getattr(ehr, name) for name in EHR_MESSAGE_KEYS},
     )
 
 
