@@ -572,19 +572,20 @@ def _apply(db: sqlite3.Connection, item_id: int, changes: Mapping[str, Any], now
 # ------------------------------------------------------------------------------------------ the desk
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class BuildRequest:
-    """What the pipeline builds one reviewed message from (the ORU and, with [fhir], the Bundle)."""
+    """What the pipeline builds one message from (the ORU and, with [fhir], the Bundle): a reading as it
+    is accepted, or a reviewed one (F, C, W, a refile)."""
 
     device_id: str
     reading: Reading
-    also: tuple[Reading, ...]
     patient: PatientDetails | None
     late: bool
     control_id: str
     created_at: datetime
-    review: ResultReview
-    revision: bool  # FHIR: the observations were sent before (update, not create)
+    review: ResultReview  # OBX-11/OBX-16/OBR-10 (FHIR: status and performer)
+    also: tuple[Reading, ...] = ()  # manual entries of the same visit: further OBR groups / Observations
+    revision: bool = False  # FHIR: the observations were sent before (update, not create)
 
     @property
     def fhir_status(self) -> str:

@@ -26,6 +26,7 @@ import structlog
 from vitals_agent import log_events as ev
 from vitals_agent.agent.clock import Clock
 from vitals_agent.agent.patient.context import PatientContextManager, PatientDetails
+from vitals_agent.agent.patient.review import BuildRequest
 from vitals_agent.agent.pipeline.normalize import normalise, withheld
 from vitals_agent.agent.pipeline.reporting import Arrival, ReportingPolicy, make_policy
 from vitals_agent.agent.pipeline.series import BpSeries
@@ -47,7 +48,7 @@ from vitals_agent.hl7.oru import (
 from vitals_agent.models import ClinicianScan, DeviceEvent, PatientInfo, PatientScan, Reading
 
 if TYPE_CHECKING:
-    from vitals_agent.agent.patient.review import BuildRequest, ReviewDesk
+    from vitals_agent.agent.patient.review import ReviewDesk
     from vitals_agent.fhir.bundle import Status
 
 if TYPE_CHECKING:  # the FHIR builder loads only when [fhir] is enabled
@@ -430,15 +431,21 @@ class Pipeline:
         late = late_patient is not None
         review = self.review
         collector = review.clinicians.current() if review is not None else None
-        reviewed = ResultReview(collector=collector)  # OBR-10: the clinician signed in, when one is
+        request = BuildRequest(
+            device_id=device_id,
+            reading=reading,
+            patient=details,
+            late=late,
+            control_id=control_id,
+            created_at=self.now(),
+            review=ResultReview(collector=collector),  # OBR-10: the clinician signed in, when one is
+        )
         if _small(reading):  # a vital sign builds in well under a millisecond: a thread hop costs more
-            bodies = self._build(device_id, reading, control_id, details, late=late, review=reviewed)
+            bodies = self._build(request)
         else:
             # built off the event loop: an EKG with a 10 MiB original costs ~0.1 s per format (base64, and
             # the Bundle's validation), which must not stall the other devices' reads
-            bodies = await asyncio.to_thread(
-                self._build, device_id, reading, control_id, details, late=late, review=reviewed
-            )
+            bodies = await asyncio.to_thread(self._build, request)
         if review is not None and review.holds() and decision.park_reason is None:
             # confirm mode: built once above (a reading no builder can express is refused now, not at
             # the confirmation); it waits for a clinician, durably, under this MSH-10
@@ -534,17 +541,7 @@ class Pipeline:
     # --- the review's messages (agent/patient/review.py) ----------------------------------------------
     def build_reviewed(self, request: BuildRequest) -> dict[str, bytes]:
         """The bodies of a reviewed message (F, C, W, a refile): same builders, the review's status."""
-        return self._build(
-            request.device_id,
-            request.reading,
-            request.control_id,
-            request.patient,
-            late=request.late,
-            review=request.review,
-            also=request.also,
-            created=request.created_at,
-            revision=request.revision,
-        )
+        return self._build(request)
 
     async def commit_reviewed(
         self,
@@ -572,35 +569,19 @@ class Pipeline:
         self.wake_sender()
         log.info(ev.REVIEW_QUEUED, device=device_id, control_id=control_id, review=meta.get("review"))
 
-    def _build(
-        self,
-        device_id: str,
-        reading: Reading,
-        control_id: str,
-        details: PatientDetails | None,
-        *,
-        late: bool,
-        review: ResultReview | None = None,
-        also: tuple[Reading, ...] = (),
-        created: datetime | None = None,
-        revision: bool = False,
-    ) -> dict[str, bytes]:
+    def _build(self, request: BuildRequest) -> dict[str, bytes]:
         """The message for each enabled destination (``ehr``: ORU, ``fhir``: Bundle). A destination whose
         builder refuses the reading is left out (logged, counted); when none is left the reading is
-        refused with :class:`RefusedError`.
-
-        ``review``: OBX-11/OBX-16/OBR-10 (FHIR: status and performer); ``also``: manual entries of the same
-        visit (further OBR groups; further Observations); ``revision``: FHIR updates what it sent before."""
-        created = created or self.now()
-        review = review or ResultReview()
+        refused with :class:`RefusedError`."""
+        device_id, control_id, details = request.device_id, request.control_id, request.patient
         bodies: dict[str, bytes] = {}
         failed: list[tuple[str, Exception]] = []
         if self.to_ehr:
             patient: PatientIdentity | None = details.to_identity() if details is not None else None
             try:
                 built = oru_message(
-                    reading, self.profile, control_id=control_id, created_at=created, patient=patient,
-                    late_associated=late, review=review, also=also,
+                    request.reading, self.profile, control_id=control_id, created_at=request.created_at,
+                    patient=patient, late_associated=request.late, review=request.review, also=request.also,
                 )  # fmt: skip
                 bodies["ehr"] = built.body
                 self._gave_way(device_id, control_id, built)
@@ -609,8 +590,9 @@ class Pipeline:
         if self.fhir_profile is not None:
             try:
                 bodies["fhir"] = _fhir_body(
-                    (reading, *also), self.fhir_profile, message_id=control_id, created_at=created,
-                    patient=_patient_info(details), late_associated=late, review=review, revision=revision,
+                    (request.reading, *request.also), self.fhir_profile, message_id=control_id,
+                    created_at=request.created_at, patient=_patient_info(details),
+                    late_associated=request.late, review=request.review, revision=request.revision,
                 )  # fmt: skip
             except Exception as exc:
                 failed.append(("fhir", exc))
