@@ -31,7 +31,7 @@ from vitals_agent.agent.patient.context import (
     reading_to_json,
 )
 from vitals_agent.hl7.oru import MessageProfile, PatientIdentity, build_oru
-from vitals_agent.models import PatientScan, Reading, ReadingFlag
+from vitals_agent.models import PatientInfo, PatientScan, Reading, ReadingFlag
 
 ALICE = PatientDetails(mrn=MRN, family=FAMILY, given=GIVEN, birth_date=DOB, sex="F", encounter="V77")
 
@@ -249,6 +249,15 @@ def test_cli_name_form_and_normalisation() -> None:
     p = PatientDetails.from_name(" M1 ", f"{FAMILY}^{GIVEN}", sex="f", birth_date=DOB)
     assert p == PatientDetails(mrn="M1", family=FAMILY, given=GIVEN, sex="F", birth_date=DOB)
     assert PatientDetails.from_name("M1", FAMILY) == PatientDetails(mrn="M1", family=FAMILY)
+
+
+def test_to_info_gives_the_fhir_builder_every_demographic() -> None:
+    p = PatientDetails(
+        mrn="M1", family=FAMILY, given=GIVEN, birth_date=DOB, sex="F", encounter="V9", assigning_authority="H"
+    )
+    assert p.to_info() == PatientInfo(
+        mrn="M1", family_name=FAMILY, given_name=GIVEN, birth_date=DOB, sex="F", encounter="V9"
+    )
 
 
 def test_masked_shows_only_the_last_two_characters_and_initials() -> None:

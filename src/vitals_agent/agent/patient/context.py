@@ -55,6 +55,7 @@ from vitals_agent.hl7.oru import new_control_id
 from vitals_agent.models import (
     Attachment,
     Measurement,
+    PatientInfo,
     PatientScan,
     Reading,
     ReadingFlag,
@@ -194,6 +195,11 @@ class PatientDetails(BaseModel):
         from vitals_agent.hl7.oru import PatientIdentity
 
         return PatientIdentity(**self.model_dump())
+
+    def to_info(self) -> PatientInfo:
+        """The FHIR builder's type (a device's demographics: no identifier type or authority)."""
+        shared = self.model_dump(include={"mrn", "birth_date", "sex", "encounter"})
+        return PatientInfo(family_name=self.family, given_name=self.given, **shared)
 
     def masked(self) -> dict[str, str | None]:
         """What a room screen may show: the masked MRN (:func:`~vitals_agent.redact.mask_mrn`) and the

@@ -591,7 +591,7 @@ class Pipeline:
             try:
                 bodies["fhir"] = _fhir_body(
                     (request.reading, *request.also), self.fhir_profile, message_id=control_id,
-                    created_at=request.created_at, patient=_patient_info(details),
+                    created_at=request.created_at, patient=details.to_info() if details is not None else None,
                     late_associated=request.late, review=request.review, revision=request.revision,
                 )  # fmt: skip
             except Exception as exc:
@@ -720,19 +720,6 @@ def _fhir_body(
                 bundle["entry"].append(entry)
     assert bundle is not None
     return validated_bytes(bundle)
-
-
-def _patient_info(details: PatientDetails | None) -> PatientInfo | None:
-    if details is None:
-        return None
-    return PatientInfo(
-        mrn=details.mrn,
-        family_name=details.family,
-        given_name=details.given,
-        birth_date=details.birth_date,
-        sex=details.sex,
-        encounter=details.encounter,
-    )
 
 
 @dataclass(frozen=True)
