@@ -25,7 +25,8 @@ from vitals_agent.drivers.ble.decoders import (
     BleRecord,
     HeartRate,
     PlxFeatures,
-    RacpResponse,
+    RacpCount,
+    RacpResult,
     decode_blood_pressure,
     decode_blood_pressure_record,
     decode_body_composition,
@@ -555,15 +556,15 @@ def test_date_time_round_trip(at: datetime) -> None:
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [
-        ("06 00 01 01", RacpResponse(6, request_opcode=1, response=1)),
-        ("06 00 01 06", RacpResponse(6, request_opcode=1, response=6)),
-        ("05 00 01", RacpResponse(5, count=1)),
-        ("05 00 04 03 02 01", RacpResponse(5, count=16909060)),
-        ("06 00 0C 02", RacpResponse(6, request_opcode=12, response=2)),
-        ("05 00 02 01", RacpResponse(5, count=258)),
+        ("06 00 01 01", RacpResult(request_opcode=1, response=1)),
+        ("06 00 01 06", RacpResult(request_opcode=1, response=6)),
+        ("05 00 01", RacpCount(1)),
+        ("05 00 04 03 02 01", RacpCount(16909060)),
+        ("06 00 0C 02", RacpResult(request_opcode=12, response=2)),
+        ("05 00 02 01", RacpCount(258)),
     ],
 )
-def test_nordic_racp(raw: str, expected: RacpResponse) -> None:
+def test_nordic_racp(raw: str, expected: RacpCount | RacpResult) -> None:
     assert decode_racp(h(raw)) == expected
 
 
@@ -577,9 +578,12 @@ def test_racp_requests_and_texts() -> None:
     assert racp_request_all() == h("01 01")
     assert racp_request_count() == h("04 01")
     assert racp_request_since(721) == h("01 03 01 D1 02")
-    assert decode_racp(h("06 00 01 01")).success
-    assert decode_racp(h("06 00 01 06")).no_records
+    assert RacpResult(request_opcode=1, response=1).success
+    assert RacpResult(request_opcode=1, response=6).no_records
+    assert not RacpResult(request_opcode=1, response=6).success
     assert decode_racp(h("06 00 0C 02")).text == "request 12: op code not supported"
+    assert decode_racp(h("06 00 01 0A")).text == "request 1: reserved"
+    assert decode_racp(h("05 00 02 01")).text == "258 stored records"
 
 
 def test_system_id_to_eui64() -> None:

@@ -735,30 +735,37 @@ RACP_RESPONSES = {
 
 
 @dataclass(frozen=True)
-class RacpResponse:
-    """A decoded RACP indication: either a record count (opcode 5) or a response code (opcode 6)."""
+class RacpCount:
+    """A "number of stored records" response (opcode 5)."""
 
-    opcode: int
-    count: int | None = None
-    request_opcode: int | None = None
-    response: int | None = None
-
-    @property
-    def success(self) -> bool:
-        return self.opcode == RacpOpcode.RESPONSE_CODE and self.response == 1
-
-    @property
-    def no_records(self) -> bool:
-        return self.opcode == RacpOpcode.RESPONSE_CODE and self.response == 6
+    count: int
 
     @property
     def text(self) -> str:
-        if self.opcode == RacpOpcode.NUMBER_RESPONSE:
-            return f"{self.count} stored records"
-        return f"request {self.request_opcode}: {RACP_RESPONSES.get(self.response or 0, 'reserved')}"
+        return f"{self.count} stored records"
 
 
-def decode_racp(data: bytes) -> RacpResponse:
+@dataclass(frozen=True)
+class RacpResult:
+    """A response code (opcode 6): how the request with opcode ``request_opcode`` ended."""
+
+    request_opcode: int
+    response: int
+
+    @property
+    def success(self) -> bool:
+        return self.response == 1
+
+    @property
+    def no_records(self) -> bool:
+        return self.response == 6
+
+    @property
+    def text(self) -> str:
+        return f"request {self.request_opcode}: {RACP_RESPONSES.get(self.response, 'reserved')}"
+
+
+def decode_racp(data: bytes) -> RacpCount | RacpResult:
     """RACP responses. Counts of 1, 2 or 4 bytes are accepted (Nordic's leniency); 3 bytes are not."""
     _need(data, 2, "RACP response")
     opcode, operator = data[0], data[1]
@@ -770,10 +777,10 @@ def decode_racp(data: bytes) -> RacpResponse:
     if opcode == RacpOpcode.NUMBER_RESPONSE:
         if len(operand) not in (1, 2, 4):
             raise DecodeError(f"RACP record count of {len(operand)} bytes", bytes(data))
-        return RacpResponse(opcode, count=int.from_bytes(operand, "little"))
+        return RacpCount(int.from_bytes(operand, "little"))
     if len(operand) < 2:
         raise TruncatedError("RACP response code needs request opcode and value", bytes(data))
-    return RacpResponse(opcode, request_opcode=operand[0], response=operand[1])
+    return RacpResult(request_opcode=operand[0], response=operand[1])
 
 
 def racp_request_all() -> bytes:
