@@ -40,7 +40,6 @@ from vitals_agent.drivers.ecg.xmlsafe import (
 from vitals_agent.errors import DecodeError, UnsupportedError
 from vitals_agent.models import Reading
 
-MEDIA_TYPE = "application/xml"
 NS = "urn:hl7-org:v3"
 
 # annotation code -> metric key; vendor aliases per vendor (devices.md 7.2)

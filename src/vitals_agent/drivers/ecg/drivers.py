@@ -6,7 +6,8 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
-from typing import Annotated, ClassVar, Literal, Self, TypeVar
+from dataclasses import dataclass
+from typing import Annotated, ClassVar, Literal, Protocol, Self, TypeVar
 
 import structlog
 from pydantic import Field, ValidationInfo, field_validator, model_validator
@@ -162,32 +163,49 @@ class FolderEcgDriver(EcgFileDriver[FolderOptionsT]):
 XmlOptionsT = TypeVar("XmlOptionsT", bound=XmlOptions, covariant=True)
 
 
+class _ReadsXml(Protocol):
+    def __call__(self, data: bytes, *, max_bytes: int) -> ET.Element: ...
+
+
+@dataclass(frozen=True, slots=True)
+class XmlFormat:
+    """What an XML EKG format's driver takes from the format's module (:mod:`aecg`, :mod:`philips`)."""
+
+    root_element: str
+    name: str  # for messages: "not a <name> file"
+    document: _ReadsXml  # the parsed document, root element checked
+    parse: Callable[[ET.Element], EcgDecoded]  # its global measurements, statements, patient, device
+    waveforms: Callable[[ET.Element], aecg.Waveforms]  # its leads, for attach_report's page
+
+
+AECG = XmlFormat("AnnotatedECG", "HL7 aECG", aecg.document, aecg.parse_document, aecg.document_waveforms)
+PHILIPS = XmlFormat(
+    "restingecgdata", "Philips Sierra ECG XML", philips.document, philips.parse_document, philips.waveforms
+)
+
+
 class XmlFileDriver(FolderEcgDriver[XmlOptionsT]):
     """An XML EKG format: one parse serves the reading and, with ``attach_report``, the rendered page."""
 
-    root_element: ClassVar[str]
+    format: ClassVar[XmlFormat]
     default_pattern = "*.xml"
+    media_type = "application/xml"
     default_name = "ecg.xml"
 
-    def document(self, data: bytes) -> ET.Element:
-        raise NotImplementedError
-
     def decoded(self, root: ET.Element) -> EcgDecoded:
-        raise NotImplementedError
-
-    def waveforms(self, root: ET.Element) -> aecg.Waveforms:
-        raise NotImplementedError
+        """The format's parse; a driver overrides it to pass its options."""
+        return self.format.parse(root)
 
     def decode_file(self, data: bytes, ctx: DecodeContext, name: str | None = None) -> Reading:
-        root = self.document(data)
+        root = self.format.document(data, max_bytes=self.max_file_bytes)
         decoded = self.decoded(root)
         reading = self.finish(to_reading(decoded, data, ctx), data, name or self.default_name)
         if self.options.attach_report:
-            reading = with_report(reading, decoded, lambda: self.waveforms(root))
+            reading = with_report(reading, decoded, lambda: self.format.waveforms(root))
         return reading
 
     def looks_complete(self, head: bytes, tail: bytes) -> bool:
-        return xml_root_closed(head, tail, self.root_element)
+        return xml_root_closed(head, tail, self.format.root_element)
 
     def header_problem(self, head: bytes) -> str | None:
         if any(bom.startswith(head) for bom in (b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")):
@@ -195,18 +213,13 @@ class XmlFileDriver(FolderEcgDriver[XmlOptionsT]):
         text = _head_text(head)
         if not text:
             return None  # only a BOM or white space so far: maybe still being written
+        expected = self.format.root_element
         if not text.startswith("<"):
-            return f"not an XML file (it does not start with '<'; expected a <{self.root_element}> document)"
+            return f"not an XML file (it does not start with '<'; expected a <{expected}> document)"
         root = _root_name(text)
-        if root is not None and root != self.root_element:
-            return f"root element <{root}> is not <{self.root_element}>: not a {self.description_short} file"
+        if root is not None and root != expected:
+            return f"root element <{root}> is not <{expected}>: not a {self.format.name} file"
         return None
-
-    @property
-    def description_short(self) -> str:
-        return {"AnnotatedECG": "HL7 aECG", "restingecgdata": "Philips Sierra ECG XML"}.get(
-            self.root_element, self.root_element
-        )
 
 
 def with_report(reading: Reading, decoded: EcgDecoded, waves: Callable[[], aecg.Waveforms]) -> Reading:
@@ -310,34 +323,17 @@ class ScpEcgDriver(_ScpFiles[EcgFileOptions], FolderEcgDriver[EcgFileOptions], n
 class AecgXmlDriver(XmlFileDriver[AecgOptions], name="aecg-xml"):
     """EKG cart HL7 aECG XML files from a watched folder: global measurements, statements."""
 
-    media_type = aecg.MEDIA_TYPE
-    root_element = "AnnotatedECG"
-
-    def document(self, data: bytes) -> ET.Element:
-        return aecg.document(data, max_bytes=self.max_file_bytes)
+    format = AECG
 
     def decoded(self, root: ET.Element) -> EcgDecoded:
         return aecg.parse_document(root, unitless_interval_unit=self.options.unitless_interval_unit)
-
-    def waveforms(self, root: ET.Element) -> aecg.Waveforms:
-        return aecg.document_waveforms(root)
 
 
 @register_driver
 class PhilipsXmlDriver(XmlFileDriver[PhilipsOptions], name="philips-xml"):
     """Philips PageWriter/HeartStart Sierra ECG XML (1.03, 1.04.x) from a watched folder."""
 
-    media_type = philips.MEDIA_TYPE
-    root_element = "restingecgdata"
-
-    def document(self, data: bytes) -> ET.Element:
-        return philips.document(data, max_bytes=self.max_file_bytes)
-
-    def decoded(self, root: ET.Element) -> EcgDecoded:
-        return philips.parse_document(root)
-
-    def waveforms(self, root: ET.Element) -> aecg.Waveforms:
-        return philips.waveforms(root)
+    format = PHILIPS
 
 
 @register_driver

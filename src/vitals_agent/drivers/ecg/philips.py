@@ -18,7 +18,6 @@ from vitals_agent.drivers.ecg.xmlsafe import DEFAULT_MAX_XML_BYTES, child, child
 from vitals_agent.errors import DecodeError, UnsupportedError
 from vitals_agent.models import Reading
 
-MEDIA_TYPE = "application/xml"
 NS = "http://www3.medical.philips.com"
 
 GLOBALS_104: dict[str, str] = {
