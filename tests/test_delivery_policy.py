@@ -365,7 +365,9 @@ def test_late_acks_are_recognised_for_recently_delivered_messages() -> None:
 
 def test_settings_from_the_ehr_section() -> None:
     ehr = EhrConfig(max_attempts=5, retry_negative="AE", backoff_min_seconds=0.1, backoff_max_seconds=9)
-    s = Settings.from_ehr(ehr, storage_give_up=10.0)
+    s = Settings.from_ehr(ehr)
     assert (s.max_attempts, s.retry_negative, s.backoff_min, s.backoff_max) == (5, frozenset({"AE"}), 0.1, 9)
-    assert (s.storage_give_up, s.storage_backoff_max) == (10.0, 2.0)
-    assert Settings.from_ehr(ehr).storage_backoff_max == 30.0
+    tuned = s.tuned(storage_give_up=10.0, batch=8, idle_poll=0.5, poison_after=2)
+    assert (tuned.storage_give_up, tuned.storage_backoff_max) == (10.0, 2.0)
+    assert (tuned.batch, tuned.idle_poll, tuned.poison_after, tuned.max_attempts) == (8, 0.5, 2, 5)
+    assert s.tuned(storage_give_up=300.0, batch=8, idle_poll=0.5, poison_after=2).storage_backoff_max == 30.0

@@ -11,14 +11,13 @@ through); ``503``, ``429`` and ``408`` say nothing about the Bundle and never do
 
 from __future__ import annotations
 
-import random
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Unpack
 
 from vitals_agent.agent.delivery.link import Answer, Link
-from vitals_agent.agent.delivery.policy import DEFAULT_STORAGE_GIVE_UP, Settings
-from vitals_agent.agent.delivery.sender import QueueSender, loop_tuning
+from vitals_agent.agent.delivery.policy import Settings
+from vitals_agent.agent.delivery.sender import QueueSender, SenderOptions
 from vitals_agent.agent.storage.outbox import Outbox, OutboxMessage
 from vitals_agent.config.fhir import FhirConfig
 from vitals_agent.errors import RetryLaterError
@@ -68,19 +67,12 @@ class FhirSender(QueueSender):
         fhir: FhirConfig,
         *,
         client: FhirClient | None = None,
-        rng: random.Random | None = None,
-        storage_give_up: float = DEFAULT_STORAGE_GIVE_UP,
-        clock: Callable[[], float] = time.monotonic,
+        **options: Unpack[SenderOptions],
     ) -> None:
         self.fhir = fhir
         self.client = client or fhir_client(fhir)
-        settings = Settings.from_fhir(fhir, storage_give_up=storage_give_up, **loop_tuning())
+        link = FhirLink(self.client, retry_after_cap=fhir.retry_after_max_seconds)
+        settings = Settings.from_fhir(fhir)
         super().__init__(
-            outbox,
-            FhirLink(self.client, retry_after_cap=fhir.retry_after_max_seconds),
-            settings,
-            destination="fhir",
-            backlog_warning=fhir.backlog_warning,
-            rng=rng,
-            clock=clock,
+            outbox, link, settings, destination="fhir", backlog_warning=fhir.backlog_warning, **options
         )

@@ -39,7 +39,7 @@ import math
 import random
 from collections import OrderedDict, deque
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Generic, Literal, Protocol, TypeVar
 
 from vitals_agent.config.ehr import EhrConfig
@@ -88,41 +88,40 @@ class Settings:
     app_ack_timeout: float = 300.0
 
     @classmethod
-    def from_ehr(
-        cls, ehr: EhrConfig, *, storage_give_up: float = DEFAULT_STORAGE_GIVE_UP, **overrides: float
-    ) -> Settings:
-        values: dict[str, object] = {
-            "max_attempts": ehr.max_attempts,
-            "retry_negative": frozenset(ehr.retry_negative),
-            "backoff_min": ehr.backoff_min_seconds,
-            "backoff_max": ehr.backoff_max_seconds,
-            "ack_timeout": ehr.ack_timeout_seconds,
-            "storage_give_up": storage_give_up,
-            # a few retries fit in the give-up time, however short it is configured
-            "storage_backoff_max": min(30.0, max(0.5, storage_give_up / 5)),
-            "app_ack": APP_ACK_MODES[ehr.application_ack_type],
-            "app_ack_timeout": ehr.app_ack_timeout_seconds,
-        }
-        values.update(overrides)
-        return cls(**values)  # type: ignore[arg-type]
+    def from_ehr(cls, ehr: EhrConfig) -> Settings:
+        return cls(
+            max_attempts=ehr.max_attempts,
+            retry_negative=frozenset(ehr.retry_negative),
+            backoff_min=ehr.backoff_min_seconds,
+            backoff_max=ehr.backoff_max_seconds,
+            ack_timeout=ehr.ack_timeout_seconds,
+            app_ack=APP_ACK_MODES[ehr.application_ack_type],
+            app_ack_timeout=ehr.app_ack_timeout_seconds,
+        )
 
     @classmethod
-    def from_fhir(
-        cls, fhir: FhirConfig, *, storage_give_up: float = DEFAULT_STORAGE_GIVE_UP, **overrides: float
-    ) -> Settings:
+    def from_fhir(cls, fhir: FhirConfig) -> Settings:
         """A FHIR server: no negative answer is retried as such (408/429/5xx are link failures, other
         4xx dead-letter at once: see fhir/answer.py)."""
-        values: dict[str, object] = {
-            "max_attempts": 1,
-            "retry_negative": frozenset(),
-            "backoff_min": fhir.backoff_min_seconds,
-            "backoff_max": fhir.backoff_max_seconds,
-            "ack_timeout": fhir.timeout_seconds,
-            "storage_give_up": storage_give_up,
-            "storage_backoff_max": min(30.0, max(0.5, storage_give_up / 5)),
-        }
-        values.update(overrides)
-        return cls(**values)  # type: ignore[arg-type]
+        return cls(
+            max_attempts=1,
+            retry_negative=frozenset(),
+            backoff_min=fhir.backoff_min_seconds,
+            backoff_max=fhir.backoff_max_seconds,
+            ack_timeout=fhir.timeout_seconds,
+        )
+
+    def tuned(self, *, storage_give_up: float, batch: int, idle_poll: float, poison_after: int) -> Settings:
+        """A destination's settings with the delivery loop's own: ``storage_give_up`` (the agent's) and a
+        storage back-off that fits a few retries in it, however short it is configured."""
+        return replace(
+            self,
+            storage_give_up=storage_give_up,
+            storage_backoff_max=min(30.0, max(0.5, storage_give_up / 5)),
+            batch=batch,
+            idle_poll=idle_poll,
+            poison_after=poison_after,
+        )
 
 
 # --- what to do next ------------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import KW_ONLY, InitVar, dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import structlog
 
@@ -82,11 +82,6 @@ POISON_SUSPECT_AFTER = 3
 STORAGE_REMINDER_SECONDS = 60.0  # a still-failing outbox is logged at ERROR again this often
 ANSWERED_MEMORY = 4096  # MSH-10s whose ACK the MLLP link remembers (to recognise answers given again)
 REPLAY_WARN_AFTER = 3  # duplicate ACKs before the warning that the receiver replays a kept-open connection
-
-
-def loop_tuning() -> dict[str, float]:
-    """The I/O loop's tuning every sender's policy gets (read when a sender is made: tests shorten it)."""
-    return {"batch": BATCH, "idle_poll": IDLE_POLL_SECONDS, "poison_after": POISON_SUSPECT_AFTER}
 
 
 class MllpLink(Link[MllpClient]):
@@ -212,9 +207,19 @@ def _answer(ack: Ack) -> Answer:
     return Answer(ack.accepted, ack.code, ack.known, "" if ack.accepted else ack.describe(), ack.summary())
 
 
+class SenderOptions(TypedDict, total=False):
+    """What every sender takes besides its destination's section (the keywords of :class:`QueueSender`
+    that :class:`Sender` and ``FhirSender`` pass on)."""
+
+    rng: random.Random | None  # the back-off's jitter
+    storage_give_up: float  # ``[agent] storage_give_up_seconds``
+    clock: Callable[[], float]
+
+
 @dataclass(eq=False)
 class QueueSender:
-    """Deliver one destination's messages from the outbox through ``link``, as ``settings`` say."""
+    """Deliver one destination's messages from the outbox through ``link``, as ``settings`` (the
+    destination's) say, with the loop's own tuning and ``storage_give_up``."""
 
     outbox: Outbox
     link: Link[Any]
@@ -223,10 +228,18 @@ class QueueSender:
     destination: str = "ehr"
     backlog_warning: int = 100
     rng: InitVar[random.Random | None] = None
+    storage_give_up: InitVar[float] = DEFAULT_STORAGE_GIVE_UP
     clock: Callable[[], float] = time.monotonic
 
-    def __post_init__(self, settings: Settings, rng: random.Random | None) -> None:
-        self.policy: DeliveryPolicy[OutboxMessage] = DeliveryPolicy(settings, rng=rng)
+    def __post_init__(self, settings: Settings, rng: random.Random | None, storage_give_up: float) -> None:
+        # the loop's tuning is read when a sender is made (tests shorten it)
+        tuned = settings.tuned(
+            storage_give_up=storage_give_up,
+            batch=BATCH,
+            idle_poll=IDLE_POLL_SECONDS,
+            poison_after=POISON_SUSPECT_AFTER,
+        )
+        self.policy: DeliveryPolicy[OutboxMessage] = DeliveryPolicy(tuned, rng=rng)
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._done = asyncio.Event()
@@ -812,9 +825,7 @@ class Sender(QueueSender):
         *,
         ssl_context: ssl.SSLContext | None = None,
         client: MllpClient | None = None,
-        rng: random.Random | None = None,
-        storage_give_up: float = DEFAULT_STORAGE_GIVE_UP,
-        clock: Callable[[], float] = time.monotonic,
+        **options: Unpack[SenderOptions],
     ) -> None:
         self.ehr = ehr
         self.client = client or MllpClient(
@@ -824,23 +835,17 @@ class Sender(QueueSender):
             ssl_context=ssl_context,
             server_hostname=ehr.server_name,
         )
-        settings = Settings.from_ehr(ehr, storage_give_up=storage_give_up, **loop_tuning())
-        super().__init__(
-            outbox,
-            MllpLink(
-                self.client,
-                ehr.ack_timeout_seconds,
-                max_bytes=ehr.max_message_bytes,
-                keep_open=ehr.keep_connection_open,
-            ),
-            settings,
-            destination="ehr",
-            backlog_warning=ehr.backlog_warning,
-            rng=rng,
-            clock=clock,
+        link = MllpLink(
+            self.client,
+            ehr.ack_timeout_seconds,
+            max_bytes=ehr.max_message_bytes,
+            keep_open=ehr.keep_connection_open,
         )
-        assert isinstance(self.link, MllpLink)
-        self.link.on_other = self.application_ack  # an application ACK on the same connection
+        link.on_other = self.application_ack  # an application ACK on the same connection
+        settings = Settings.from_ehr(ehr)
+        super().__init__(
+            outbox, link, settings, destination="ehr", backlog_warning=ehr.backlog_warning, **options
+        )
 
 
 def _link_counters(link: Link[Any]) -> dict[str, int]:
