@@ -13,7 +13,13 @@ import pytest
 
 from tests.kit import MRN, T0, FakeClock, oximeter_reading
 from tests.private_files import assert_private, make_public
-from vitals_agent.agent.storage.audit import AuditError, AuditLog, read_audit
+from vitals_agent.agent.storage.audit import (
+    READING_ACCEPTED,
+    AuditError,
+    AuditLog,
+    read_audit,
+    reading_fields,
+)
 
 
 def mode(path: Path) -> int:
@@ -101,12 +107,15 @@ def test_write_failure_is_a_typed_error(tmp_path: Path, monkeypatch: pytest.Monk
 def test_reading_accepted_keeps_device_precision_and_identity(tmp_path: Path) -> None:
     audit = AuditLog.in_dir(tmp_path, now=FakeClock())
     reading = oximeter_reading(spo2="97.50")
-    entry = audit.reading_accepted(
-        device_id="oxi-1",
-        control_id="ABC123",
-        reading=reading,
-        patient={"mrn": MRN, "family": "X"},
-        disposition="bound",
+    entry = audit.record(
+        READING_ACCEPTED,
+        **reading_fields(
+            device_id="oxi-1",
+            control_id="ABC123",
+            reading=reading,
+            patient={"mrn": MRN, "family": "X"},
+            disposition="bound",
+        ),
     )
     stored = next(read_audit(tmp_path / "audit.jsonl"))
     assert stored["seq"] == entry["seq"] and stored["event"] == "reading_accepted"

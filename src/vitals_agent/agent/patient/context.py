@@ -38,8 +38,10 @@ from vitals_agent.agent.storage.audit import (
     CHANNEL_BARCODE,
     CHANNEL_EXPIRY,
     CHANNEL_TIMEOUT,
+    READING_ACCEPTED,
     AuditError,
     AuditLog,
+    reading_fields,
 )
 from vitals_agent.agent.storage.files import (
     Discarded,
@@ -702,8 +704,11 @@ class PatientContextManager(RoomContextManager[PatientContext]):
             return Route(None)
         held_id = self.held.add(device_id, reading, now)
         self._held_mono[held_id] = self.clock.mono_at(now)
-        self.audit.reading_accepted(
-            device_id=device_id, control_id=None, reading=reading, patient=None, disposition="held"
+        self.audit.record(
+            READING_ACCEPTED,
+            **reading_fields(
+                device_id=device_id, control_id=None, reading=reading, patient=None, disposition="held"
+            ),
         )
         reason = "patient confirmation pending" if pending else "no patient set"
         self.audit.record("reading_held", held_id=held_id, device_id=device_id, reason=reason)

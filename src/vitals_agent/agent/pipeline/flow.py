@@ -526,13 +526,16 @@ class Pipeline:
             raise OutboxError(f"review list unavailable: {exc}") from exc
         runtime.record_sent(reading)
         try:
-            self.audit.reading_accepted(
-                device_id=device_id,
-                control_id=control_id,
-                reading=reading,
-                patient=details.model_dump() if details is not None else None,
-                disposition="review",
-                late_associated=late,
+            self.audit.record(
+                READING_ACCEPTED,
+                **reading_fields(
+                    device_id=device_id,
+                    control_id=control_id,
+                    reading=reading,
+                    patient=details.model_dump() if details is not None else None,
+                    disposition="review",
+                    late_associated=late,
+                ),
             )
         except AuditError as exc:
             log.error(ev.AUDIT_NOT_WRITTEN, control_id=control_id, error=str(exc))

@@ -536,29 +536,6 @@ class AuditLog:
 
     # --- typed helpers: the events the agent writes ------------------------------------------------
 
-    def reading_accepted(
-        self,
-        *,
-        device_id: str,
-        control_id: str | None,
-        reading: Reading,
-        patient: Mapping[str, Any] | None,
-        disposition: str,
-        late_associated: bool = False,
-    ) -> dict[str, Any]:
-        """A reading the reporting policy selected. ``disposition``: ``bound``, ``unbound`` or ``held``."""
-        return self.record(
-            READING_ACCEPTED,
-            **reading_fields(
-                device_id=device_id,
-                control_id=control_id,
-                reading=reading,
-                patient=patient,
-                disposition=disposition,
-                late_associated=late_associated,
-            ),
-        )
-
     def message_queued(
         self,
         *,
@@ -595,9 +572,11 @@ def reading_fields(
     reading: Reading,
     patient: Mapping[str, Any] | None,
     disposition: str,
-    late_associated: bool,
+    late_associated: bool = False,
 ) -> dict[str, Any]:
-    """The fields of a ``reading_accepted`` record."""
+    """The fields of a ``reading_accepted`` record (a reading the reporting policy selected;
+    ``disposition``: ``bound``, ``unbound``, ``held`` or ``review``): ``AuditLog.record(READING_ACCEPTED,
+    **reading_fields(...))``, or ``AuditLog.make`` when it commits with the message."""
     return {
         "device_id": device_id,
         "control_id": control_id,
