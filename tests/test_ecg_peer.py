@@ -87,7 +87,7 @@ def test_3191723_philips_104_utf8() -> None:
     reading = philips.decode(data, ctx())
     assert (reading.extra["document_type"], reading.extra["document_version"]) == ("PhilipsECG", "1.04")
     xml = philips_globals(data, "interpretations", "interpretation", "globalmeasurements")
-    names = {v: k for k, v in philips.GLOBALS_104.items()}
+    names = {v.metric: k for k, v in philips.GLOBALS_104.items()}
     assert reading.values() == {metric: Decimal(xml[names[metric]]) for metric in reading.values()}
     assert len(reading.values()) == 12 and reading.dropped == ()
     assert reading.observed_at == datetime(2010, 1, 19, 15, 19, 22, tzinfo=UTC)
@@ -101,7 +101,7 @@ def test_repbeats_example_sierra_103() -> None:
     reading = philips.decode(data, ctx())
     assert (reading.extra["document_type"], reading.extra["document_version"]) == ("SierraECG", "1.03")
     xml = philips_globals(data, "measurements", "globalmeasurements")
-    names = {v: k for k, v in philips.GLOBALS_103.items()}
+    names = {v.metric: k for k, v in philips.GLOBALS_103.items()}
     assert reading.values() == {metric: Decimal(xml[names[metric]]) for metric in reading.values()}
     assert reading.values()["ecg_heart_rate"] == 41 and reading.values()["ecg_qrs_axis"] == -21
     assert reading.observed_at == datetime(2011, 12, 1, 7, 27, 34, tzinfo=UTC)

@@ -1,6 +1,7 @@
-"""The metric and unit tables (``data/metrics.toml``) as typed, read-only lookups.
+"""The metric and unit tables (``data/metrics.toml``) and the device vocabularies that map onto them
+(``data/device_codes.toml``) as typed, read-only lookups.
 
-Metric keys are a public contract (``../shared/reference/codes.md``). The table is data, so that reviewing
+Metric keys are a public contract (``../shared/reference/codes.md``). The tables are data, so that reviewing
 or correcting a code is an edit to one TOML file, not to Python.
 """
 
@@ -11,7 +12,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import Any, NamedTuple
 
 LOCAL_CODE_SYSTEM = "99VITALS"
 
@@ -181,11 +182,13 @@ def _coded(key: str, row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _data(name: str) -> dict[str, Any]:
+    return tomllib.loads(resources.files("vitals_agent").joinpath(f"data/{name}").read_text("utf-8"))
+
+
 @cache
 def tables() -> CodeTables:
-    return parse_tables(
-        tomllib.loads(resources.files("vitals_agent").joinpath("data/metrics.toml").read_text("utf-8"))
-    )
+    return parse_tables(_data("metrics.toml"))
 
 
 def parse_tables(raw: dict[str, Any]) -> CodeTables:
@@ -259,3 +262,45 @@ def _qualifier(key: str, row: dict[str, Any]) -> QualifierInfo:
         applies_to=row.get("applies_to"),
         site=bool(row.get("site", False)),
     )
+
+
+class DeviceCode(NamedTuple):
+    """What a device's own name for a value stands for: a metric key, and the UCUM unit the device reports
+    the value in (the metric's canonical unit unless its row says otherwise)."""
+
+    metric: str
+    unit: str
+
+
+@cache
+def _device_codes() -> dict[str, dict[str, DeviceCode]]:
+    return parse_device_codes(_data("device_codes.toml"), tables())
+
+
+def device_codes(vocabulary: str) -> dict[str, DeviceCode]:
+    """One table of ``data/device_codes.toml`` (``masimo-ascii``, ``tanita``, ``aecg-xml``, ``philips-xml
+    1.04`` ...): the device's name for a value -> :class:`DeviceCode`, in the file's order."""
+    return _device_codes()[vocabulary]
+
+
+def parse_device_codes(raw: dict[str, Any], codes: CodeTables) -> dict[str, dict[str, DeviceCode]]:
+    """The vocabularies from the parsed TOML. Raises ValueError for a row whose metric is not in ``codes``
+    or whose unit is not one of its UCUM units, spelt as there."""
+    return {
+        name: {key: _device_code(f"{name}.{key}", row, codes) for key, row in rows.items()}
+        for name, rows in raw.items()
+    }
+
+
+def _device_code(where: str, row: object, codes: CodeTables) -> DeviceCode:
+    """One row: ``"metric"`` or ``{ metric = "...", unit = "..." }``."""
+    fields = {"metric": row} if isinstance(row, str) else row
+    if not isinstance(fields, dict) or not {"metric"} <= fields.keys() <= {"metric", "unit"}:
+        raise ValueError(f"{where}: must be a metric key or {{ metric = ..., unit = ... }}")
+    metric = fields["metric"]
+    if metric not in codes.metrics:
+        raise ValueError(f"{where}: unknown metric key {metric!r}")
+    unit = fields.get("unit", codes.metrics[metric].unit)
+    if unit not in codes.units:
+        raise ValueError(f"{where}: {unit!r} is not a UCUM unit of the unit table")
+    return DeviceCode(metric, unit)

@@ -46,6 +46,7 @@ from typing import Literal
 
 from pydantic import validate_call
 
+from vitals_agent.codes import device_codes
 from vitals_agent.drivers.base import (
     DecodeContext,
     DecodeFailure,
@@ -81,17 +82,8 @@ class MasimoOptions(SerialOptions):
     format: MasimoFormat = "auto"
 
 
-# Device key (upper-cased) -> (metric key, canonical unit). Order = order of measurements in a reading.
-METRICS: dict[str, tuple[str, str]] = {
-    "SPO2": ("spo2", "%"),
-    "BPM": ("pulse_rate_oximeter", "/min"),
-    "PR": ("pulse_rate_oximeter", "/min"),
-    "PI": ("perfusion_index", "%"),
-    "SPCO": ("spco", "%"),
-    "SPMET": ("spmet", "%"),
-    "SPHB": ("sphb", "g/dL"),
-    "PVI": ("pvi", "%"),
-}
+# Device key (upper-cased) -> (metric key, unit): data/device_codes.toml, whose order is a reading's.
+METRICS = device_codes("masimo-ascii")
 UNITS: dict[str, str] = dict(METRICS.values())  # metric key -> canonical unit
 METRIC_ORDER = tuple(UNITS)  # the table's order, so a metric added there is never left out of a reading
 

@@ -19,6 +19,7 @@ from decimal import Decimal
 
 from pydantic import validate_call
 
+from vitals_agent.codes import device_codes
 from vitals_agent.drivers._serial_util import (
     FlushingDecoder,
     TimedSimulator,
@@ -42,14 +43,7 @@ from vitals_agent.errors import ChecksumError, DecodeError, TruncatedError, Unsu
 from vitals_agent.models import DeviceClass, DeviceIdentity, Measurement
 
 MAX_RECORD = 1024
-# key -> (metric, UCUM unit)
-MAPPED: dict[str, tuple[str, str]] = {
-    "Wk": ("body_weight", "kg"),
-    "Wp": ("body_weight", "[lb_av]"),
-    "Hm": ("body_height", "cm"),
-    "MI": ("bmi", "kg/m2"),
-    "FW": ("body_fat_pct", "%"),
-}
+MAPPED = device_codes("tanita")  # key -> (metric, UCUM unit): data/device_codes.toml
 FRAMING_KEYS = {"0", "~0", "~1", "~2", "CS"}
 PATIENT_KEYS = {"GE", "AG"}  # gender, age: keyed in, patient data, not measurements
 _IDLE = b" \r\n\t\x00\xff"  # line noise between records (the WB-3000 glitches ~0.1 s after a record)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
+from vitals_agent.codes import device_codes
 from vitals_agent.drivers.base import DecodeContext
 from vitals_agent.drivers.ecg.common import (
     AXES,
@@ -42,34 +43,8 @@ from vitals_agent.models import Reading
 
 NS = "urn:hl7-org:v3"
 
-# annotation code -> metric key; vendor aliases per vendor (devices.md 7.2)
-CODES: dict[str, str] = {
-    "MDC_ECG_HEART_RATE": "ecg_heart_rate",
-    "MDC_ECG_CARD_BEAT_RATE": "ecg_heart_rate",
-    "MDC_ECG_TIME_PD_P": "ecg_p_duration",
-    "MDC_ECG_TIME_PD_PR": "ecg_pr_interval",
-    "MDC_ECG_TIME_PD_QRS": "ecg_qrs_duration",
-    "MDC_ECG_TIME_PD_QRS_GL": "ecg_qrs_duration",
-    "MDC_ECG_TIME_PD_QT": "ecg_qt_interval",
-    "MDC_ECG_TIME_PD_QT_GL": "ecg_qt_interval",
-    "MDC_ECG_TIME_PD_QTc": "ecg_qtc_interval",
-    "MDC_ECG_TIME_PD_QTcB": "ecg_qtc_bazett",
-    "MDC_ECG_TIME_PD_QTcF": "ecg_qtc_fridericia",
-    "MDC_ECG_TIME_PD_RR": "ecg_rr_interval",
-    "MDC_ECG_TIME_PD_RR_GL": "ecg_rr_interval",
-    "MDC_ECG_ANGLE_P_FRONT": "ecg_p_axis",
-    "MDC_ECG_ANGLE_QRS_FRONT": "ecg_qrs_axis",
-    "MDC_ECG_ANGLE_T_FRONT": "ecg_t_axis",
-    "MDC_ECG_ATRIAL_RATE": "ecg_atrial_rate",
-}
-VENDOR_ALIASES: dict[str, dict[str, str]] = {
-    "MINDRAY": {
-        "MINDRAY_ECG_P_AXIS": "ecg_p_axis",
-        "MINDRAY_ECG_QRS_AXIS": "ecg_qrs_axis",
-        "MINDRAY_ECG_T_AXIS": "ecg_t_axis",
-    },
-}
-ALIASES: dict[str, str] = {k: v for table in VENDOR_ALIASES.values() for k, v in table.items()}
+# annotation code (standard and vendor codes) -> metric key: data/device_codes.toml (devices.md 7.2)
+CODES = device_codes("aecg-xml")
 STATEMENT_CODES = (
     "MDC_ECG_INTERPRETATION_STATEMENT",
     "MDC_ECG_INTERPRETATION_SUMMARY",
@@ -178,10 +153,10 @@ def _collect(annotations: list[ET.Element], unitless: str | None = None) -> _Glo
     for ann in annotations:
         if _has_lead(ann):
             continue
-        code = _code(ann) or ""
-        metric = CODES.get(code) or ALIASES.get(code)
-        if metric is None:
+        known = CODES.get(_code(ann) or "")
+        if known is None:
             continue
+        metric = known.metric
         if metric not in found.values or found.values[metric][0] is None:
             found.values[metric] = _value(ann, metric, unitless)
             if unitless and found.values[metric][0] is not None and _is_interval(metric) and not _unit(ann):

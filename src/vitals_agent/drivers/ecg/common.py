@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, tzinfo
 from decimal import Decimal, InvalidOperation
 
+from vitals_agent.codes import tables
 from vitals_agent.drivers.base import DecodeContext
 from vitals_agent.errors import DecodeError
 from vitals_agent.models import (
@@ -36,22 +37,6 @@ METRIC_ORDER: tuple[str, ...] = (
     "ecg_qrs_axis",
     "ecg_t_axis",
 )
-
-UNITS: dict[str, str] = {
-    "ecg_heart_rate": "/min",
-    "ecg_atrial_rate": "/min",
-    "ecg_rr_interval": "ms",
-    "ecg_p_duration": "ms",
-    "ecg_pr_interval": "ms",
-    "ecg_qrs_duration": "ms",
-    "ecg_qt_interval": "ms",
-    "ecg_qtc_interval": "ms",
-    "ecg_qtc_bazett": "ms",
-    "ecg_qtc_fridericia": "ms",
-    "ecg_p_axis": "deg",
-    "ecg_qrs_axis": "deg",
-    "ecg_t_axis": "deg",
-}
 
 AXES = frozenset({"ecg_p_axis", "ecg_qrs_axis", "ecg_t_axis"})
 
@@ -162,7 +147,7 @@ def to_reading(decoded: EcgDecoded, data: bytes, ctx: DecodeContext) -> Reading:
     else:
         observed, flags = device_time, (ReadingFlag.STORED_RECORD,)
     measurements = tuple(
-        Measurement(metric=m, value=decoded.values[m], unit=UNITS[m])
+        Measurement(metric=m, value=decoded.values[m], unit=tables().metric(m).unit)
         for m in METRIC_ORDER
         if m in decoded.values
     )

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from datetime import date, datetime, time
 from typing import TypeVar
 
+from vitals_agent.codes import device_codes
 from vitals_agent.drivers.base import DecodeContext
 from vitals_agent.drivers.ecg import aecg, xli
 from vitals_agent.drivers.ecg.common import EcgDecoded, parse_int_text, patient_info, plausible, to_reading
@@ -20,31 +21,9 @@ from vitals_agent.models import Reading
 
 NS = "http://www3.medical.philips.com"
 
-GLOBALS_104: dict[str, str] = {
-    "heartrate": "ecg_heart_rate",
-    "atrialrate": "ecg_atrial_rate",
-    "rrint": "ecg_rr_interval",
-    "pdur": "ecg_p_duration",
-    "print": "ecg_pr_interval",
-    "qrsdur": "ecg_qrs_duration",
-    "qtint": "ecg_qt_interval",
-    "qtcb": "ecg_qtc_bazett",
-    "qtcf": "ecg_qtc_fridericia",
-    "pfrontaxis": "ecg_p_axis",
-    "qrsfrontaxis": "ecg_qrs_axis",
-    "tfrontaxis": "ecg_t_axis",
-}
-GLOBALS_103: dict[str, str] = {
-    "meanventrate": "ecg_heart_rate",
-    "atrialrate": "ecg_atrial_rate",
-    "meanprint": "ecg_pr_interval",
-    "meanqrsdur": "ecg_qrs_duration",
-    "meanqtint": "ecg_qt_interval",
-    "meanqtc": "ecg_qtc_interval",
-    "pfrontaxis": "ecg_p_axis",
-    "qrsfrontaxis": "ecg_qrs_axis",
-    "tfrontaxis": "ecg_t_axis",
-}
+# globalmeasurements element -> metric key, per version: data/device_codes.toml (devices.md 7.3)
+GLOBALS_104 = device_codes("philips-xml 1.04")
+GLOBALS_103 = device_codes("philips-xml 1.03")
 # documentinfo/documenttype values of Philips' own formats (SierraECG for 1.03, PhilipsECG for 1.04.x)
 DOCUMENT_TYPES = frozenset({"SierraECG", "PhilipsECG"})
 SEX = {"male": "M", "female": "F", "unknown": "U", "unspecified": "U"}
@@ -90,7 +69,7 @@ def parse_document(root: ET.Element) -> EcgDecoded:
         out.extra["document_type"] = doc_type
     out.extra["document_version"] = version
 
-    for tag, metric in table.items():
+    for tag, (metric, _unit) in table.items():
         elem = child(globals_elem, tag)
         if elem is None:
             continue
