@@ -24,6 +24,7 @@ from tests.fake_ehr import Hl7Ehr, Pki, make_test_pki
 from tests.kit import DOB, FAMILY, GIVEN, MRN, T0, free_port, oximeter_reading, running_sender, until
 from vitals_agent.agent.clock import Clock
 from vitals_agent.agent.patient.context import PatientDetails
+from vitals_agent.agent.patient.origin import Origin
 from vitals_agent.agent.service import AgentService
 from vitals_agent.config.schema import parse_config
 
@@ -158,7 +159,7 @@ async def test_ehr_down_for_n_minutes_gives_one_alert_and_one_clear_on_smtp_and_
     try:
         assert svc.alerts is not None
         svc.alerts.outlets[0].delays = svc.alerts.outlets[1].delays = (0.05,)
-        svc.patients.set(PatientDetails(mrn=MRN, family=FAMILY, given=GIVEN, birth_date=DOB), "cli")
+        svc.patients.set(PatientDetails(mrn=MRN, family=FAMILY, given=GIVEN, birth_date=DOB), Origin("cli"))
         await svc.pipeline.on_event(svc.runtimes["oxi-1"], oximeter_reading(t.wall))
         sender = svc.senders["ehr"]
         async with running_sender(sender):  # type: ignore[arg-type]

@@ -21,6 +21,7 @@ from tests.kit import MRN, T0, FakeClock, until
 from tests.oracle import validate_oru
 from tests.review_helpers import OTHER_MRN, bp_reading, orus, services
 from vitals_agent.agent.patient.context import PatientDetails
+from vitals_agent.agent.patient.origin import Origin
 from vitals_agent.agent.pipeline.series import (
     MAX_FAILED,
     MEASUREMENT_GRACE_SECONDS,
@@ -248,7 +249,7 @@ def _service(tmp_path: Path, time: FakeClock, driver: str, **protocol: Any) -> A
 
 
 def _set_patient(service: AgentService, mrn: str = MRN) -> None:
-    service.patients.set(PatientDetails(mrn=mrn, family="QUIXOTEFAMILY", given="ZEBEDEEGIVEN"), "api")
+    service.patients.set(PatientDetails(mrn=mrn, family="QUIXOTEFAMILY", given="ZEBEDEEGIVEN"), Origin("api"))
 
 
 class _Link:
@@ -335,7 +336,7 @@ async def test_a_cleared_patient_stops_the_series_and_a_device_without_link_is_w
     time.advance(seconds=60)
     await service.pipeline.tick()  # no link open: the start is not written, the deadline will end it
     assert service.pipeline.series["cuff"].taken == 1
-    service.patients.clear("api")
+    service.patients.clear(Origin("api"))
     assert service.pipeline.series["cuff"].taken == 0
     assert len(orus(service)) == 1
 

@@ -22,6 +22,7 @@ from tests.oracle import validate_oru
 from vitals_agent.agent.control import render_text
 from vitals_agent.agent.delivery.sender import MllpLink
 from vitals_agent.agent.patient.context import PatientDetails
+from vitals_agent.agent.patient.origin import Origin
 from vitals_agent.agent.service import AgentService
 from vitals_agent.agent.storage.outbox import OutboxMessage
 from vitals_agent.config.schema import parse_config
@@ -173,7 +174,7 @@ async def _deliver(tmp_path: Path, ehr: RawEhr, **ehr_keys: Any) -> tuple[bytes,
     )
     svc = AgentService(config)
     try:
-        svc.patients.set(PatientDetails(mrn="MRN4815162342", family="Renée", given="Zoë"), "cli")
+        svc.patients.set(PatientDetails(mrn="MRN4815162342", family="Renée", given="Zoë"), Origin("cli"))
         now = datetime.now(UTC)  # after the patient was set: filed to that patient
         bp = _bp().with_updates(device=DeviceIdentity(id="cuff-1"), observed_at=now, received_at=now)
         await svc.runtimes["cuff-1"].emit(bp)

@@ -20,6 +20,7 @@ from structlog.testing import capture_logs
 from tests.kit import MRN, events, oximeter_reading
 from vitals_agent.agent.clock import Clock
 from vitals_agent.agent.patient.context import PatientDetails
+from vitals_agent.agent.patient.origin import Origin
 from vitals_agent.agent.service import AgentService
 from vitals_agent.config.schema import parse_config
 
@@ -88,7 +89,7 @@ async def test_backward_step_does_not_drop_readings_or_stretch_the_context(
 ) -> None:
     svc = service(tmp_path, time_, services)
     await svc.pipeline.tick()  # the clock watch takes its first look
-    svc.patients.set(PatientDetails(mrn=MRN), "barcode")
+    svc.patients.set(PatientDetails(mrn=MRN), Origin("barcode"))
     time_.advance(10)
     with capture_logs() as logs:
         time_.step(-3600)  # NTP or an operator sets the clock back an hour
@@ -126,7 +127,7 @@ async def test_forward_step_keeps_the_context_and_the_held_readings(
     time_.step(2 * 3600)  # the clock jumps two hours ahead (a VM resumed, a bad NTP source)
     await svc.pipeline.tick()
     assert svc.patients.held.summary()[0] == 1, "a forward step must not drop held readings"
-    svc.patients.set(PatientDetails(mrn=MRN), "barcode")
+    svc.patients.set(PatientDetails(mrn=MRN), Origin("barcode"))
     time_.advance(10)
     time_.step(3600)
     await svc.pipeline.tick()
@@ -166,7 +167,7 @@ async def test_a_reading_from_before_the_patient_is_still_dropped_across_a_backw
     time_.advance(5)
     time_.step(-3600)  # after the step the early reading's wall time looks an hour *later* than the scan
     await svc.pipeline.tick()
-    svc.patients.set(PatientDetails(mrn=MRN), "barcode")
+    svc.patients.set(PatientDetails(mrn=MRN), Origin("barcode"))
     assert await svc.pipeline.accept(runtime, early, arrived=arrived) is None
     assert svc.pipeline.dropped == 1 and svc.outbox.depth() == 0
 

@@ -18,6 +18,7 @@ from tests.kit import DOB, FAMILY, GIVEN, MRN, FakeClock, events, manager, oxime
 from tests.private_files import assert_private
 from vitals_agent.agent.control import ControlClient, ControlError, ControlServer, StatusSnapshot
 from vitals_agent.agent.patient.context import PatientContextManager, PatientDetails
+from vitals_agent.agent.patient.origin import Origin
 
 MASKED = "\u2022" * 3 + "342"  # mask_mrn(MRN): never the length, the last three
 
@@ -144,7 +145,7 @@ async def test_a_new_token_on_every_start(tmp_path: Path) -> None:
 async def test_every_request_without_the_token_is_refused(
     env: Env, method: str, path: str, body: Any, token: str | None
 ) -> None:
-    env.patients.set(PatientDetails(mrn=MRN, family=FAMILY), "cli")
+    env.patients.set(PatientDetails(mrn=MRN, family=FAMILY), Origin("cli"))
     env.patients.route("oxi-1", oximeter_reading())  # touches; with a patient set nothing is held
     status, headers, content = await env.http(method, path, body, token=token)
     assert status == 401
@@ -282,7 +283,7 @@ async def test_put_over_another_patient_says_it_replaced_one(env: Env) -> None:
 
 
 async def test_status_json_carries_the_service_snapshot_and_the_masked_patient(env: Env) -> None:
-    env.patients.set(PatientDetails(mrn=MRN), "barcode", source="scan-1")
+    env.patients.set(PatientDetails(mrn=MRN), Origin("barcode", source="scan-1"))
     status, _, content = await env.http("GET", "/api/status")
     data = json.loads(content)
     assert status == 200

@@ -21,6 +21,7 @@ from tests.fake_ehr import Hl7Ehr
 from tests.kit import until
 from tests.test_ecg_fixtures import ctx, driver, scp_record, scp_section1, scp_section7, synthetic_scp
 from vitals_agent.agent.patient.context import PatientDetails
+from vitals_agent.agent.patient.origin import Origin
 from vitals_agent.agent.service import AgentService
 from vitals_agent.config.schema import parse_config
 from vitals_agent.models import PatientInfo, Reading
@@ -133,7 +134,7 @@ async def test_a_held_ekg_offered_again_after_a_crash_is_held_once(tmp_path: Pat
         assert await service.pipeline.accept(runtime, _ekg("ecg-file:bb", mrn=None)) is None  # held
         assert await service.pipeline.accept(runtime, _ekg("ecg-file:bb", mrn=None)) is None  # not again
         assert len(service.patients.held.all()) == 1
-        service.patients.set(PatientDetails(mrn="ROOM7"), "api")
+        service.patients.set(PatientDetails(mrn="ROOM7"), Origin("api"))
         await service.patients.release_held()
         assert service.outbox.depth() == 1 and service.outbox.get_state("ekg-1", "ecg-file:bb") is not None
         assert await service.pipeline.accept(runtime, _ekg("ecg-file:bb", mrn=None)) is None

@@ -16,6 +16,7 @@ import pytest
 from tests.kit import FAMILY, GIVEN, MRN, events
 from tests.oracle import validate_oru
 from vitals_agent.agent.patient.context import PatientDetails
+from vitals_agent.agent.patient.origin import Origin
 from vitals_agent.agent.service import AgentService
 from vitals_agent.config.schema import parse_config
 from vitals_agent.logs import setup_logging
@@ -64,7 +65,7 @@ async def test_mismatch_is_parked_not_sent_and_warns_without_identifiers(
 ) -> None:
     stream = io.StringIO()
     setup_logging("INFO", stream=stream)
-    service.patients.set(PatientDetails(mrn=MRN, family=FAMILY, given=GIVEN), "api")
+    service.patients.set(PatientDetails(mrn=MRN, family=FAMILY, given=GIVEN), Origin("api"))
     result = await service.pipeline.accept(service.runtimes["ekg-1"], ekg())
     assert result is None
     assert service.outbox.depth() == 0, "nothing may be sent to either chart"
@@ -86,7 +87,7 @@ async def test_mismatch_is_parked_not_sent_and_warns_without_identifiers(
 
 
 async def test_matching_cart_patient_is_filed_to_the_room_patient(service: AgentService) -> None:
-    service.patients.set(PatientDetails(mrn=MRN, family=FAMILY, given=GIVEN), "api")
+    service.patients.set(PatientDetails(mrn=MRN, family=FAMILY, given=GIVEN), Origin("api"))
     accepted = await service.pipeline.accept(service.runtimes["ekg-1"], ekg(mrn=f" {MRN.lower()} "))
     assert accepted is not None
     parsed = validate_oru(accepted.message)

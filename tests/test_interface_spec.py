@@ -21,6 +21,7 @@ from tests.kit.toml import toml_str
 from tests.oracle import validate_oru
 from vitals_agent import host
 from vitals_agent.agent.patient.context import PatientDetails
+from vitals_agent.agent.patient.origin import Origin
 from vitals_agent.agent.pipeline.interface_spec import (
     FIELD_DOCS,
     SAMPLE_PATIENT,
@@ -111,7 +112,7 @@ async def agent_messages(config: Config) -> list[bytes]:
                         sex=SAMPLE_PATIENT.sex,
                         encounter=SAMPLE_PATIENT.encounter,
                     ),
-                    "cli",
+                    Origin("cli"),
                 )
             now = datetime.now(UTC)
             for dev_id, runtime in svc.runtimes.items():

@@ -16,6 +16,7 @@ from tests.e2e_helpers import STOPS_THE_AGENT, AgentProcess, write_config
 from tests.fake_ehr import Hl7Ehr, make_message
 from tests.kit import MRN, FakeClock, event_names, events, manager, oximeter_reading
 from vitals_agent.agent.patient.context import HELD_FILE, HeldStore, PatientDetails
+from vitals_agent.agent.patient.origin import Origin
 from vitals_agent.agent.storage.files import StoreError
 from vitals_agent.agent.storage.outbox import Outbox
 
@@ -121,7 +122,7 @@ def test_an_unreadable_patient_context_file_is_moved_aside_and_audited(tmp_path:
         assert moved.read_text() == '{"patient": {"mrn": '
         [record] = [e for e in events(tmp_path) if e["event"] == "context_discarded"]
         assert record["moved_to"] == str(moved)
-        m.set(PatientDetails(mrn=MRN), "cli")
+        m.set(PatientDetails(mrn=MRN), Origin("cli"))
         assert "context_set" in event_names(tmp_path)
     finally:
         m.close()

@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.fake_ehr import Hl7Ehr, make_test_pki
 from tests.kit import DOB, FAMILY, GIVEN, MRN, oximeter_reading, running_sender, until
 from vitals_agent.agent.patient.context import PatientDetails
+from vitals_agent.agent.patient.origin import Origin
 from vitals_agent.agent.service import AgentService
 from vitals_agent.config.schema import parse_config
 from vitals_agent.errors import ConfigError
@@ -80,7 +81,7 @@ def spo2_reading(at: datetime, spo2: str, *, bad_pulse: bool = False) -> Any:
 async def test_a_scrape_parses_and_its_counters_move_as_readings_flow(
     agent: AgentService, ehr: Hl7Ehr
 ) -> None:
-    agent.patients.set(PatientDetails(mrn=MRN, family=FAMILY, given=GIVEN, birth_date=DOB), "cli")
+    agent.patients.set(PatientDetails(mrn=MRN, family=FAMILY, given=GIVEN, birth_date=DOB), Origin("cli"))
     status, ctype, first = await scrape(agent)
     assert status == 200 and ctype.startswith("text/plain; version=")
     before = samples(first)

@@ -21,6 +21,7 @@ from tests.test_control import MASKED, fake_status
 from vitals_agent import host
 from vitals_agent.agent.control import ControlServer
 from vitals_agent.agent.patient.context import PatientContextManager, PatientDetails
+from vitals_agent.agent.patient.origin import Origin
 from vitals_agent.cli import main
 from vitals_agent.logs import setup_logging
 
@@ -145,7 +146,7 @@ async def test_keyboard_wedge_scan(
 async def test_status_command_prints_the_page_content(
     agent: Agent, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    agent.patients.set(PatientDetails(mrn=MRN, family=FAMILY), "barcode", source="scan-1")
+    agent.patients.set(PatientDetails(mrn=MRN, family=FAMILY), Origin("barcode", source="scan-1"))
     agent.patients.route("oxi-1", oximeter_reading())
     assert await main(["status", "--config", str(agent.config)]) == 0
     out = capsys.readouterr().out

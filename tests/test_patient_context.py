@@ -30,6 +30,7 @@ from vitals_agent.agent.patient.context import (
     reading_from_json,
     reading_to_json,
 )
+from vitals_agent.agent.patient.origin import Origin
 from vitals_agent.hl7.oru import MessageProfile, PatientIdentity, build_oru
 from vitals_agent.models import PatientInfo, PatientScan, Reading, ReadingFlag
 
@@ -47,7 +48,7 @@ def test_set_then_current_is_the_builder_identity_and_audited(tmp_path: Path) ->
     clock = FakeClock()
     m = manager(tmp_path, clock)
     assert m.current() is None
-    m.set(ALICE, "cli", source="nurse1")
+    m.set(ALICE, Origin("cli", source="nurse1"))
     assert m.current() == PatientIdentity(
         mrn=MRN, family=FAMILY, given=GIVEN, birth_date=DOB, sex="F", encounter="V77", identifier_type="MR"
     )
@@ -66,7 +67,7 @@ def test_set_then_current_is_the_builder_identity_and_audited(tmp_path: Path) ->
 def test_expires_after_timeout_without_readings_and_readings_keep_it_alive(tmp_path: Path) -> None:
     clock = FakeClock()
     m = manager(tmp_path, clock, patient_timeout_minutes=30)
-    m.set(ALICE, "api")
+    m.set(ALICE, Origin("api"))
     clock.advance(minutes=29)
     assert m.route("oxi-1", oximeter_reading(clock.now)).patient == ALICE  # a reading touches the context
     clock.advance(minutes=29, seconds=59)
@@ -89,7 +90,7 @@ def test_expires_after_timeout_without_readings_and_readings_keep_it_alive(tmp_p
 def test_current_alone_does_not_extend_the_context(tmp_path: Path) -> None:
     clock = FakeClock()
     m = manager(tmp_path, clock, patient_timeout_minutes=1)
-    m.set(ALICE, "api")
+    m.set(ALICE, Origin("api"))
     for _ in range(5):
         clock.advance(seconds=20)
         m.current()
@@ -99,10 +100,10 @@ def test_current_alone_does_not_extend_the_context(tmp_path: Path) -> None:
 def test_clear_ends_the_context(tmp_path: Path) -> None:
     clock = FakeClock()
     m = manager(tmp_path, clock)
-    m.set(ALICE, "barcode", source="scanner-1")
-    assert m.clear("api") is True
+    m.set(ALICE, Origin("barcode", source="scanner-1"))
+    assert m.clear(Origin("api")) is True
     assert m.current() is None
-    assert m.clear("cli") is False
+    assert m.clear(Origin("cli")) is False
     assert [strip(e) for e in events(tmp_path)][1:] == [
         {"event": "context_cleared", "channel": "api", "source": None, "patient_mrn": MRN, "was_set": True},
         {"event": "context_cleared", "channel": "cli", "source": None, "patient_mrn": None, "was_set": False},
@@ -111,9 +112,9 @@ def test_clear_ends_the_context(tmp_path: Path) -> None:
 
 def test_a_new_patient_replaces_the_old_one(tmp_path: Path) -> None:
     m = manager(tmp_path, FakeClock())
-    m.set(ALICE, "cli")
+    m.set(ALICE, Origin("cli"))
     bob = PatientDetails(mrn="BOB0001")
-    m.set(bob, "barcode")
+    m.set(bob, Origin("barcode"))
     assert m.current_details() == bob
     assert events(tmp_path)[-1]["replaced_mrn"] == MRN
 
@@ -121,7 +122,7 @@ def test_a_new_patient_replaces_the_old_one(tmp_path: Path) -> None:
 def test_context_survives_a_restart_until_it_expires(tmp_path: Path) -> None:
     clock = FakeClock()
     m = manager(tmp_path, clock)
-    m.set(ALICE, "cli")
+    m.set(ALICE, Origin("cli"))
     m.close()
     assert_private(tmp_path / "patient_context.json")
     clock.advance(minutes=10)
@@ -143,7 +144,7 @@ def test_a_reading_opens_no_file_and_its_activity_is_saved_on_the_next_tick(
 
     clock = FakeClock()
     m = manager(tmp_path, clock, patient_timeout_minutes=30)
-    m.set(ALICE, "cli")
+    m.set(ALICE, Origin("cli"))
     clock.advance(minutes=20)
 
     def no_descriptors(*args: object, **kwargs: object) -> int:
@@ -167,7 +168,7 @@ def test_a_reading_opens_no_file_and_its_activity_is_saved_on_the_next_tick(
 def test_close_saves_the_last_activity(tmp_path: Path) -> None:
     clock = FakeClock()
     m = manager(tmp_path, clock, patient_timeout_minutes=30)
-    m.set(ALICE, "cli")
+    m.set(ALICE, Origin("cli"))
     clock.advance(minutes=20)
     m.route("oxi-1", oximeter_reading(clock.now))
     m.close()
@@ -178,8 +179,8 @@ def test_close_saves_the_last_activity(tmp_path: Path) -> None:
 def test_a_cleared_context_stays_cleared_after_restart(tmp_path: Path) -> None:
     clock = FakeClock()
     m = manager(tmp_path, clock)
-    m.set(ALICE, "cli")
-    m.clear("cli")
+    m.set(ALICE, Origin("cli"))
+    m.clear(Origin("cli"))
     assert manager(tmp_path, clock).current_details() is None
 
 
@@ -297,7 +298,7 @@ async def test_require_patient_holds_durably_and_releases_late_associated(tmp_pa
         return f"CTRL{len(sent)}"
 
     restarted.releaser = releaser
-    await restarted.apply_set(ALICE, "barcode", source="scanner-1")
+    await restarted.apply_set(ALICE, Origin("barcode", source="scanner-1"))
     expected = [
         ("oxi-1", r.with_updates(flags=(ReadingFlag.LATE_ASSOCIATED,)), ALICE) for r in (first, second)
     ]
@@ -347,7 +348,7 @@ async def test_a_release_that_cannot_be_queued_stays_held(tmp_path: Path) -> Non
         return None
 
     m.releaser = refuse
-    await m.apply_set(ALICE, "cli")
+    await m.apply_set(ALICE, Origin("cli"))
     assert m.held.summary()[0] == 1
     assert "held_released" not in event_names(tmp_path)
 
@@ -381,7 +382,7 @@ async def test_held_readings_are_dropped_after_the_hold_timeout(tmp_path: Path) 
         return "X"
 
     m.releaser = releaser
-    await m.apply_set(ALICE, "cli")
+    await m.apply_set(ALICE, Origin("cli"))
     assert released == []
 
 
@@ -399,7 +400,7 @@ async def test_expired_held_readings_are_not_released_even_without_a_tick(tmp_pa
         return "X"
 
     m.releaser = releaser
-    await m.apply_set(ALICE, "cli")
+    await m.apply_set(ALICE, Origin("cli"))
     assert got == []
     assert event_names(tmp_path)[-1] == "held_dropped"
 
@@ -408,7 +409,7 @@ def test_operator_discards_held_readings(tmp_path: Path) -> None:
     m = manager(tmp_path, FakeClock(), require_patient=True)
     m.route("oxi-1", oximeter_reading())
     m.route("oxi-2", oximeter_reading(device_id="oxi-2"))
-    assert m.discard_held("cli", source="tech") == 2
+    assert m.discard_held(Origin("cli", source="tech")) == 2
     assert m.held.summary() == (0, None)
     assert [(e["event"], e.get("channel"), e.get("reason")) for e in events(tmp_path)[-2:]] == [
         ("held_dropped", "cli", "discarded by operator"),
@@ -455,7 +456,7 @@ async def test_set_makes_the_next_message_bound_and_clear_makes_it_unbound(tmp_p
     oracle = pytest.importorskip("tests.oracle")
     clock = FakeClock()
     m = manager(tmp_path, clock, require_patient=False)
-    m.set(ALICE, "cli")
+    m.set(ALICE, Origin("cli"))
     route = m.route("oxi-1", oximeter_reading())
     assert route.patient is not None
     bound = oracle.validate_oru(
@@ -472,7 +473,7 @@ async def test_set_makes_the_next_message_bound_and_clear_makes_it_unbound(tmp_p
     assert (bound.pid[7], bound.pid[8], bound.pid[31]) == (DOB, "F", "N")
     assert bound.pv1.text(19, 1) == "V77"
 
-    m.clear("cli")
+    m.clear(Origin("cli"))
     unbound = oracle.validate_oru(
         build_oru(oximeter_reading(), _profile(), control_id="C2", created_at=T0, patient=m.current())
     )
@@ -502,7 +503,7 @@ async def test_released_reading_becomes_a_valid_late_associated_message(tmp_path
         return "C9"
 
     m.releaser = releaser
-    await m.apply_set(ALICE, "api")
+    await m.apply_set(ALICE, Origin("api"))
     parsed = oracle.validate_oru(built[0])
     assert parsed.pid.text(3, 1) == MRN
     assert any(s.name == "NTE" and "late-associated" in s.raw for s in parsed.segments)

@@ -14,6 +14,7 @@ from tests.kit import DOB, FAMILY, GIVEN, MRN, T0, FakeClock, event_names, manag
 from tests.test_control import Env, fake_status
 from vitals_agent.agent.control import ControlServer
 from vitals_agent.agent.patient.context import PatientDetails
+from vitals_agent.agent.patient.origin import Origin
 from vitals_agent.drivers.barcode import BarcodeDriver, BarcodeOptions
 from vitals_agent.drivers.base import DecodeContext, DecodeFailure
 from vitals_agent.logs import setup_logging
@@ -72,8 +73,8 @@ async def test_whole_patient_flow_logs_no_identifiers(tmp_path: Path, log_buffer
         patients.route("oxi-1", oximeter_reading(clock.now))
         clock.advance(minutes=31)
         patients.tick()
-        patients.set(PatientDetails(mrn=MRN, family=FAMILY), "cli")
-        patients.clear("cli")
+        patients.set(PatientDetails(mrn=MRN, family=FAMILY), Origin("cli"))
+        patients.clear(Origin("cli"))
         patients.route("oxi-1", oximeter_reading(clock.now))
         clock.advance(hours=2)
         patients.tick()  # the held reading times out

@@ -17,6 +17,7 @@ from tests.oracle import validate_oru
 from tests.pdq_helpers import AUTHORITY, ODALYS, PdqSupplier
 from vitals_agent.agent.patient.context import PatientContextManager, PatientDetails
 from vitals_agent.agent.patient.lookup import ConfirmError, PatientLookup
+from vitals_agent.agent.patient.origin import Origin
 from vitals_agent.agent.storage.audit import AuditLog
 from vitals_agent.config.pdq import PdqConfig
 from vitals_agent.hl7.oru import MessageProfile, build_oru
@@ -87,7 +88,7 @@ def names(data_dir: Path) -> list[str]:
 async def test_one_match_pending_then_confirm_binds_from_the_ehr_answer(tmp_path: Path) -> None:
     clock = FakeClock()
     async with PdqSupplier() as supplier, room(tmp_path, supplier, clock=clock) as r:
-        outcome = await r.lookup.lookup(TYPED, "cli", source="nurse")
+        outcome = await r.lookup.lookup(TYPED, Origin("cli", source="nurse"))
         assert outcome.kind == "pending"
         assert (
             outcome.message == "pending: O. Q., born 1961 \u2014 confirm with: vitals-agent patient confirm"
@@ -97,7 +98,7 @@ async def test_one_match_pending_then_confirm_binds_from_the_ehr_answer(tmp_path
         route = r.patients.route("oxi-1", oximeter_reading(T0))
         assert route.held and route.patient is None
         clock.advance(seconds=30)
-        ctx = await r.lookup.confirm("cli", source="nurse")
+        ctx = await r.lookup.confirm(Origin("cli", source="nurse"))
         assert ctx.verified == "ehr"
         assert ctx.patient == PatientDetails(
             mrn="ZQ4471902",
@@ -127,8 +128,8 @@ async def test_one_match_pending_then_confirm_binds_from_the_ehr_answer(tmp_path
 
 async def test_no_match_binds_nothing_and_ends_the_previous_context(tmp_path: Path) -> None:
     async with PdqSupplier() as supplier, room(tmp_path, supplier) as r:
-        r.patients.set(PatientDetails(mrn="OLD1234567"), "cli")
-        outcome = await r.lookup.lookup(PatientDetails(mrn="ZQ0000902"), "cli")
+        r.patients.set(PatientDetails(mrn="OLD1234567"), Origin("cli"))
+        outcome = await r.lookup.lookup(PatientDetails(mrn="ZQ0000902"), Origin("cli"))
         assert (outcome.kind, outcome.message) == (
             "none",
             "no patient with MRN \u2022\u2022\u2022902 in the EHR",
@@ -138,7 +139,7 @@ async def test_no_match_binds_nothing_and_ends_the_previous_context(tmp_path: Pa
         assert not r.patients.route("oxi-1", oximeter_reading()).held  # require_patient off: unbound
         # the page says why the scan bound nothing, until a newer lookup
         assert r.lookup.notice() == "no patient with MRN \u2022\u2022\u2022902 in the EHR"
-        await r.lookup.lookup(TYPED, "cli")
+        await r.lookup.lookup(TYPED, Origin("cli"))
         assert r.lookup.notice() is None
     assert names(tmp_path) == ["pdq_query", "pdq_answer", "pdq_query", "pdq_answer"]
 
@@ -148,7 +149,7 @@ async def test_ehr_trouble_refuses_by_default(tmp_path: Path, mode: str | None) 
     async with contextlib.AsyncExitStack() as stack:
         supplier = await stack.enter_async_context(PdqSupplier(mode=mode)) if mode else None
         r = await stack.enter_async_context(room(tmp_path, supplier, timeout_seconds=0.3))
-        outcome = await r.lookup.lookup(TYPED, "api")
+        outcome = await r.lookup.lookup(TYPED, Origin("api"))
         assert outcome.kind == "failed"
         assert outcome.message.startswith("patient lookup failed: ")
         assert outcome.message.endswith("; nothing was bound") and "\n" not in outcome.message
@@ -160,7 +161,7 @@ async def test_ehr_trouble_refuses_by_default(tmp_path: Path, mode: str | None) 
 async def test_typed_fallback_binds_what_was_typed_marked_unverified(tmp_path: Path) -> None:
     async with room(tmp_path, None, pdq_fallback="typed") as r:
         typed = PatientDetails(mrn="ZQ4471902", family="QUIRKE", given="ODALYS")
-        outcome = await r.lookup.lookup(typed, "cli")
+        outcome = await r.lookup.lookup(typed, Origin("cli"))
         assert outcome.kind == "fallback"
         assert outcome.message.startswith("bound UNVERIFIED as typed (O. Q.): the EHR could not be asked: ")
         ctx = r.patients.context()
@@ -172,7 +173,7 @@ async def test_typed_fallback_binds_what_was_typed_marked_unverified(tmp_path: P
 
 async def test_no_match_is_never_a_fallback(tmp_path: Path) -> None:
     async with PdqSupplier() as supplier, room(tmp_path, supplier, pdq_fallback="typed") as r:
-        outcome = await r.lookup.lookup(PatientDetails(mrn="ZQ0000902"), "cli")
+        outcome = await r.lookup.lookup(PatientDetails(mrn="ZQ0000902"), Origin("cli"))
         assert outcome.kind == "none" and r.patients.current() is None
 
 
@@ -185,7 +186,7 @@ async def test_several_matches_are_chosen_with_pick(tmp_path: Path) -> None:
         birth_date="19750412",
     )
     async with PdqSupplier([ODALYS, twin]) as supplier, room(tmp_path, supplier) as r:
-        outcome = await r.lookup.lookup(TYPED, "cli")
+        outcome = await r.lookup.lookup(TYPED, Origin("cli"))
         assert outcome.kind == "pending" and outcome.count == 2
         assert outcome.message.splitlines() == [
             "2 patients with MRN \u2022\u2022\u2022902 in the EHR:",
@@ -198,24 +199,24 @@ async def test_several_matches_are_chosen_with_pick(tmp_path: Path) -> None:
         assert [c["name"] for c in revealed["candidates"]] == ["QUIRKE, ODALYS", "QUIRKE, OLIVE"]
         assert revealed["candidates"][1]["birth_date"] == "1975-04-12"
         with pytest.raises(ConfirmError, match=r"choose one with --pick 1\.\.2"):
-            await r.lookup.confirm("cli")
+            await r.lookup.confirm(Origin("cli"))
         with pytest.raises(ConfirmError, match=r"--pick must be 1\.\.2"):
-            await r.lookup.confirm("cli", pick=3)
-        ctx = await r.lookup.confirm("cli", pick=2)
+            await r.lookup.confirm(Origin("cli"), pick=3)
+        ctx = await r.lookup.confirm(Origin("cli"), pick=2)
         assert ctx.patient.given == "OLIVE" and ctx.patient.birth_date == "19750412"
 
 
 async def test_cancel_sends_held_readings_unbound(tmp_path: Path) -> None:
     async with PdqSupplier() as supplier, room(tmp_path, supplier) as r:
-        await r.lookup.lookup(TYPED, "cli")
+        await r.lookup.lookup(TYPED, Origin("cli"))
         assert r.patients.route("oxi-1", oximeter_reading()).held
-        assert await r.lookup.cancel("api", source="page")
+        assert await r.lookup.cancel(Origin("api", source="page"))
         ((_, patient),) = r.sent
         assert patient is None  # unbound
         assert r.patients.current() is None and r.lookup.pending() is None
-        assert not await r.lookup.cancel("api")
+        assert not await r.lookup.cancel(Origin("api"))
         with pytest.raises(ConfirmError, match="nothing is waiting"):
-            await r.lookup.confirm("cli")
+            await r.lookup.confirm(Origin("cli"))
     cancelled = [e for e in events(tmp_path) if e["event"] == "pdq_cancelled"]
     assert cancelled[0]["channel"] == "api" and cancelled[0]["reason"] == "cancelled"
 
@@ -223,13 +224,13 @@ async def test_cancel_sends_held_readings_unbound(tmp_path: Path) -> None:
 async def test_expiry_keeps_held_readings_when_require_patient(tmp_path: Path) -> None:
     clock = FakeClock()
     async with PdqSupplier() as supplier, room(tmp_path, supplier, clock=clock, require_patient=True) as r:
-        await r.lookup.lookup(TYPED, "barcode")
+        await r.lookup.lookup(TYPED, Origin("barcode"))
         assert r.patients.route("oxi-1", oximeter_reading(clock.now)).held
         clock.advance(seconds=121)
         r.lookup.tick()
         assert r.lookup.pending() is None
         with pytest.raises(ConfirmError, match="nothing is waiting"):
-            await r.lookup.confirm("cli")
+            await r.lookup.confirm(Origin("cli"))
         assert r.sent == [] and r.patients.held.summary()[0] == 1  # still held for the next patient
     expired = next(e for e in events(tmp_path) if e["event"] == "pdq_expired")
     assert expired["channel"] == "expiry"
@@ -238,11 +239,11 @@ async def test_expiry_keeps_held_readings_when_require_patient(tmp_path: Path) -
 async def test_confirm_after_expiry_says_so_and_releases_unbound(tmp_path: Path) -> None:
     clock = FakeClock()
     async with PdqSupplier() as supplier, room(tmp_path, supplier, clock=clock) as r:
-        await r.lookup.lookup(TYPED, "cli")
+        await r.lookup.lookup(TYPED, Origin("cli"))
         r.patients.route("oxi-1", oximeter_reading(clock.now))
         clock.advance(seconds=120)
         with pytest.raises(ConfirmError, match="expired after 120 s"):
-            await r.lookup.confirm("cli")
+            await r.lookup.confirm(Origin("cli"))
         assert [p for _, p in r.sent] == [None]
         assert r.patients.current() is None
 
@@ -251,13 +252,13 @@ async def test_pending_and_held_readings_survive_a_restart(tmp_path: Path) -> No
     clock = FakeClock()
     async with PdqSupplier() as supplier:
         async with room(tmp_path, supplier, clock=clock) as r:
-            await r.lookup.lookup(TYPED, "cli")
+            await r.lookup.lookup(TYPED, Origin("cli"))
             assert r.patients.route("oxi-1", oximeter_reading(clock.now)).held
         clock.advance(seconds=10)
         async with room(tmp_path, supplier, clock=clock) as again:
             assert again.lookup.pending() is not None
             assert again.patients.route("oxi-1", oximeter_reading(clock.now)).held  # still holding
-            ctx = await again.lookup.confirm("api")
+            ctx = await again.lookup.confirm(Origin("api"))
             assert ctx.patient.family == "QUIRKE"
             assert [p.mrn if p else None for _, p in again.sent] == ["ZQ4471902", "ZQ4471902"]
 
@@ -300,7 +301,7 @@ async def test_a_wall_clock_step_neither_ends_nor_stretches_a_pending_confirmati
         config = PdqConfig(port=supplier.port, assigning_authority=AUTHORITY)
         lookup = PatientLookup(patients, pdq_client(config, SENDER), config, audit, now=wall)
         try:
-            await lookup.lookup(TYPED, "cli")
+            await lookup.lookup(TYPED, Origin("cli"))
             wall.advance(hours=1)  # NTP step forward: not 120 s of waiting
             mono[0] += 1
             assert lookup.pending() is not None and patients.route("oxi-1", oximeter_reading(wall.now)).held

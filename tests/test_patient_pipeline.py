@@ -11,6 +11,7 @@ import pytest
 from tests.kit import FAMILY, GIVEN, MRN, events, oximeter_reading
 from tests.oracle import validate_oru
 from vitals_agent.agent.patient.context import PatientDetails
+from vitals_agent.agent.patient.origin import Origin
 from vitals_agent.agent.service import AgentService
 from vitals_agent.config.schema import parse_config
 
@@ -42,9 +43,9 @@ async def test_unbound_then_bound_then_unbound(tmp_path: Path, closing: list[Age
     closing.append(service)
     runtime = service.runtimes["oxi-1"]
     first = await service.pipeline.accept(runtime, oximeter_reading(datetime.now(UTC)))
-    service.patients.set(PatientDetails(mrn=MRN, family=FAMILY, given=GIVEN), "api")
+    service.patients.set(PatientDetails(mrn=MRN, family=FAMILY, given=GIVEN), Origin("api"))
     second = await service.pipeline.accept(runtime, oximeter_reading(datetime.now(UTC)))
-    service.patients.clear("api")
+    service.patients.clear(Origin("api"))
     third = await service.pipeline.accept(runtime, oximeter_reading(datetime.now(UTC)))
     assert first and second and third
     pids = [validate_oru(a.message).pid for a in (first, second, third)]
@@ -68,7 +69,7 @@ async def test_held_reading_goes_through_the_pipeline_late_associated(
     assert await service.pipeline.accept(service.runtimes["oxi-1"], oximeter_reading(now)) is None
     assert service.outbox.depth() == 0
     assert service.patients.held.summary()[0] == 1
-    await service.patients.apply_set(PatientDetails(mrn=MRN), "barcode", source="scan-1")
+    await service.patients.apply_set(PatientDetails(mrn=MRN), Origin("barcode", source="scan-1"))
     [queued] = service.outbox.peek()
     parsed = validate_oru(queued.body)
     assert parsed.pid.text(3, 1) == MRN
@@ -88,7 +89,7 @@ async def test_a_reading_taken_before_the_patient_was_set_is_never_filed_to_them
     service = service_for(tmp_path, require_patient=False)
     closing.append(service)
     taken = datetime.now(UTC)
-    service.patients.set(PatientDetails(mrn=MRN, family=FAMILY, given=GIVEN), "barcode")
+    service.patients.set(PatientDetails(mrn=MRN, family=FAMILY, given=GIVEN), Origin("barcode"))
     assert await service.pipeline.accept(service.runtimes["oxi-1"], oximeter_reading(taken)) is None
     assert service.outbox.depth() == 0
     assert service.pipeline.dropped == 1

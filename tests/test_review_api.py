@@ -19,6 +19,7 @@ from tests.oracle import validate_oru
 from tests.review_helpers import bp_reading, make_service, orus, value_rows
 from vitals_agent.agent.control import ControlClient, ControlError
 from vitals_agent.agent.patient.context import PatientDetails
+from vitals_agent.agent.patient.origin import Origin
 from vitals_agent.agent.service import AgentService
 
 
@@ -81,7 +82,7 @@ async def agent(tmp_path: Path) -> AsyncIterator[Agent]:
 
 
 async def test_api_sign_in_confirm_reject_and_errors(agent: Agent, tmp_path: Path) -> None:
-    agent.service.patients.set(PatientDetails(mrn=MRN), "api")
+    agent.service.patients.set(PatientDetails(mrn=MRN), Origin("api"))
     await agent.take(systolic="121")
     await agent.take(systolic="251", diastolic="50")
     listing = await agent.call("GET", "/api/review")

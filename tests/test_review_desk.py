@@ -24,6 +24,7 @@ from tests.review_helpers import (
     services,
     value_rows,
 )
+from vitals_agent.agent.patient.origin import Origin
 from vitals_agent.agent.patient.review import NoClinicianError, ReviewError
 from vitals_agent.agent.pipeline.flow import Accepted, Reviewed
 from vitals_agent.agent.service import AgentService
@@ -35,7 +36,7 @@ __all__ = ["services"]  # the fixture
 def _patient(service: AgentService, mrn: str = MRN) -> None:
     from vitals_agent.agent.patient.context import PatientDetails
 
-    service.patients.set(PatientDetails(mrn=mrn, family="QUIXOTEFAMILY", given="ZEBEDEEGIVEN"), "api")
+    service.patients.set(PatientDetails(mrn=mrn, family="QUIXOTEFAMILY", given="ZEBEDEEGIVEN"), Origin("api"))
 
 
 async def _take(service: AgentService, time: FakeClock, **values: str) -> Accepted | Reviewed | None:
@@ -57,12 +58,12 @@ async def test_confirm_mode_sends_nothing_until_a_clinician_confirms(
     assert item["patient"] == {"mrn": "\u2022" * 3 + MRN[-3:], "name": "Q. Z."}  # masked
 
     with pytest.raises(NoClinicianError, match="clinician set"):
-        await service.review.confirm([held.item_id], "cli")
+        await service.review.confirm([held.item_id], Origin("cli"))
     assert queued(service) == []
 
-    service.clinicians.set(ANNA, "cli")
+    service.clinicians.set(ANNA, Origin("cli"))
     time.advance(minutes=2)
-    await service.review.confirm([held.item_id], "cli", caller={"source": "nurse1"})
+    await service.review.confirm([held.item_id], Origin("cli", source="nurse1"))
     [oru] = orus(service)
     assert oru.control_id == held.control_id  # the MSH-10 reserved when it started waiting
     rows = value_rows(oru)
@@ -77,7 +78,7 @@ async def test_confirm_mode_sends_nothing_until_a_clinician_confirms(
         (held.item_id, "cli", "nurse1", "4711")
     ]
     with pytest.raises(ReviewError, match="confirmed already"):
-        await service.review.confirm([held.item_id], "cli")
+        await service.review.confirm([held.item_id], Origin("cli"))
 
 
 async def test_confirm_all_and_reject(tmp_path: Path, services: list[AgentService]) -> None:
@@ -90,11 +91,11 @@ async def test_confirm_all_and_reject(tmp_path: Path, services: list[AgentServic
     time.advance(seconds=30)
     third = await _take(service, time, systolic="250", diastolic="40")  # an artefact
     assert isinstance(first, Reviewed) and isinstance(second, Reviewed) and isinstance(third, Reviewed)
-    service.clinicians.set(ANNA, "api")
+    service.clinicians.set(ANNA, Origin("api"))
     with pytest.raises(ReviewError, match="reason"):
-        await service.review.reject(third.item_id, "  ", "api")
-    await service.review.reject(third.item_id, "cuff slipped", "api")
-    await service.review.confirm(None, "page")
+        await service.review.reject(third.item_id, "  ", Origin("api"))
+    await service.review.reject(third.item_id, "cuff slipped", Origin("api"))
+    await service.review.confirm(None, Origin("page"))
     sent = orus(service)
     assert sorted(o.value("150021") for o in sent) == ["120", "122"]  # the rejected one never went
     assert {o.control_id for o in sent} == {first.control_id, second.control_id}
@@ -103,7 +104,7 @@ async def test_confirm_all_and_reject(tmp_path: Path, services: list[AgentServic
         (third.item_id, "cuff slipped", False)
     ]
     with pytest.raises(ReviewError, match="no reading is waiting"):
-        await service.review.confirm(None, "page")
+        await service.review.confirm(None, Origin("page"))
 
 
 async def test_auto_confirm_sends_r_at_once_then_f_with_the_same_identifiers(
@@ -119,8 +120,8 @@ async def test_auto_confirm_sends_r_at_once_then_f_with_the_same_identifiers(
     assert {r[11] for r in value_rows(raw)} == {"R"} and not any(r[16] for r in raw.obx)
     [item] = service.review.list()
     assert item["needs_confirm"] and item["waiting"]
-    service.clinicians.set(ANNA, "barcode")
-    await service.review.confirm([item["id"]], "cli")
+    service.clinicians.set(ANNA, Origin("barcode"))
+    await service.review.confirm([item["id"]], Origin("cli"))
     first, final = orus(service)
     assert first.control_id == raw.control_id and final.control_id != raw.control_id
     assert (final.obr[2], final.obr[3]) == (raw.obr[2], raw.obr[3])
@@ -137,8 +138,8 @@ async def test_auto_confirm_reject_posts_the_sent_values_as_wrong(
     services.append(service)
     await _take(service, time)
     [item] = service.review.list()
-    service.clinicians.set(ANNA, "cli")
-    await service.review.reject(item["id"], "patient moved", "cli")
+    service.clinicians.set(ANNA, Origin("cli"))
+    await service.review.reject(item["id"], "patient moved", Origin("cli"))
     raw, wrong = orus(service)
     assert {r[11] for r in value_rows(wrong)} == {"W"} and wrong.obr[3] == raw.obr[3]
     assert service.review.list()[0]["state"] == "retracted"
@@ -155,13 +156,13 @@ async def test_auto_mode_keeps_r_and_a_correction_sends_c(
     [item] = service.review.list()
     assert not item["waiting"] and item["status"] == "R"
     with pytest.raises(NoClinicianError):
-        await service.review.correct(item["id"], {"bp_systolic": "132"}, "cli")
-    service.clinicians.set(ANNA, "cli")
+        await service.review.correct(item["id"], {"bp_systolic": "132"}, Origin("cli"))
+    service.clinicians.set(ANNA, Origin("cli"))
     with pytest.raises(ReviewError, match="no such value"):
-        await service.review.correct(item["id"], {"spo2": "97"}, "cli")
+        await service.review.correct(item["id"], {"spo2": "97"}, Origin("cli"))
     with pytest.raises(ReviewError, match="plausible range"):
-        await service.review.correct(item["id"], {"bp_systolic": "2047"}, "cli")
-    await service.review.correct(item["id"], {"bp_systolic": "132"}, "cli")
+        await service.review.correct(item["id"], {"bp_systolic": "2047"}, Origin("cli"))
+    await service.review.correct(item["id"], {"bp_systolic": "132"}, Origin("cli"))
     raw, corrected = orus(service)
     systolic = corrected.obx_by_code("150021")
     assert (systolic[5], systolic[11], systolic[16]) == ("132", "C", "4711^NURSE^ANNA")
@@ -184,7 +185,7 @@ async def test_wrong_patient_sends_w_to_the_first_chart_then_the_values_to_the_n
     await _take(service, time)
     [item] = service.review.list()
     time.advance(minutes=1)
-    await service.review.wrong_patient(item["id"], "cli")
+    await service.review.wrong_patient(item["id"], Origin("cli"))
     original, wrong = orus(service)
     assert wrong.pid.text(3, 1) == MRN and {r[11] for r in value_rows(wrong)} == {"W"}
     assert wrong.obr[3] == original.obr[3]
@@ -215,14 +216,14 @@ async def test_manual_entries_join_the_waiting_reading_of_the_visit(
     held = await _take(service, time)
     assert isinstance(held, Reviewed)
     with pytest.raises(NoClinicianError):
-        await service.review.manual({"resp_rate": "16"}, "cli")
-    service.clinicians.set(ANNA, "cli")
+        await service.review.manual({"resp_rate": "16"}, Origin("cli"))
+    service.clinicians.set(ANNA, Origin("cli"))
     time.advance(minutes=3)
     outcome = await service.review.manual(
-        {"resp_rate": "16", "pain": "3", "arm": "left_arm", "position": "sitting"}, "cli"
+        {"resp_rate": "16", "pain": "3", "arm": "left_arm", "position": "sitting"}, Origin("cli")
     )
     assert outcome.attached and outcome.item_id == held.item_id and queued(service) == []
-    await service.review.confirm([held.item_id], "cli")
+    await service.review.confirm([held.item_id], Origin("cli"))
     [oru] = orus(service)
     assert [o[1] for o in oru.all("OBR")] == ["1", "2"]
     assert oru.obx_by_code("150021").components(20) == ["LA", "Left arm", "HL70163"]  # the arm entered
@@ -240,9 +241,9 @@ async def test_manual_entries_outside_the_visit_go_on_their_own(
     services.append(service)
     _patient(service)
     held = await _take(service, time)
-    service.clinicians.set(ANNA, "cli")
+    service.clinicians.set(ANNA, Origin("cli"))
     time.advance(minutes=16)  # past visit_window_minutes (15)
-    outcome = await service.review.manual({"resp_rate": "16", "pain": "3"}, "api")
+    outcome = await service.review.manual({"resp_rate": "16", "pain": "3"}, Origin("api"))
     assert not outcome.attached and outcome.control_id is not None
     [oru] = orus(service)
     assert oru.control_id == outcome.control_id and len(oru.all("OBR")) == 1
@@ -268,9 +269,9 @@ async def test_manual_entry_mistakes_are_refused_with_one_line(
     time = FakeClock()
     service = make_service(tmp_path, "auto", time)
     services.append(service)
-    service.clinicians.set(ANNA, "cli")
+    service.clinicians.set(ANNA, Origin("cli"))
     with pytest.raises(ReviewError, match=message):
-        await service.review.manual(values, "cli")
+        await service.review.manual(values, Origin("cli"))
     assert queued(service) == []
 
 
@@ -282,9 +283,9 @@ async def test_a_rejected_reading_still_sends_the_manual_entries_riding_with_it(
     services.append(service)
     held = await _take(service, time)
     assert isinstance(held, Reviewed)
-    service.clinicians.set(ANNA, "cli")
-    await service.review.manual({"resp_rate": "18"}, "cli")
-    await service.review.reject(held.item_id, "artefact", "cli")
+    service.clinicians.set(ANNA, Origin("cli"))
+    await service.review.manual({"resp_rate": "18"}, Origin("cli"))
+    await service.review.reject(held.item_id, "artefact", Origin("cli"))
     [oru] = orus(service)
     assert oru.value("9279-1") == "18" and oru.codes() == ["151562"]
 
@@ -296,14 +297,14 @@ async def test_a_crash_between_reserving_and_queueing_resends_the_same_bytes(
     service = make_service(tmp_path, "confirm", time)
     held = await _take(service, time)
     assert isinstance(held, Reviewed)
-    service.clinicians.set(ANNA, "cli")
+    service.clinicians.set(ANNA, Origin("cli"))
 
     async def crash(*args: object, **kwargs: object) -> None:
         raise SystemExit("killed")  # the process dies right after the reservation was committed
 
     monkeypatch.setattr(service.pipeline, "commit_reviewed", crash)
     with pytest.raises(SystemExit):
-        await service.review.confirm([held.item_id], "cli")
+        await service.review.confirm([held.item_id], Origin("cli"))
     [reserved] = service.review.store.actions("due")
     service.close()
     time.advance(minutes=5)
@@ -328,14 +329,14 @@ async def test_confirm_survives_a_crash_after_queueing(
     service = make_service(tmp_path, "confirm", time)
     held = await _take(service, time)
     assert isinstance(held, Reviewed)
-    service.clinicians.set(ANNA, "cli")
+    service.clinicians.set(ANNA, Origin("cli"))
 
     def crash(*args: object, **kwargs: object) -> None:
         raise SystemExit("killed")
 
     monkeypatch.setattr(service.review.store, "complete", crash)
     with pytest.raises(SystemExit):
-        await service.review.confirm([held.item_id], "cli")
+        await service.review.confirm([held.item_id], Origin("cli"))
     assert len(queued(service)) == 1
     service.close()
     again = make_service(tmp_path, "confirm", time)
@@ -371,10 +372,10 @@ async def test_the_clinician_leaves_with_the_patient_and_after_the_timeout(
     )
     services.append(service)
     _patient(service)
-    service.clinicians.set(ANNA, "barcode", source="badge-1")
-    service.patients.clear("api")
+    service.clinicians.set(ANNA, Origin("barcode", source="badge-1"))
+    service.patients.clear(Origin("api"))
     assert service.clinicians.current() is None
-    service.clinicians.set(ANNA, "cli")
+    service.clinicians.set(ANNA, Origin("cli"))
     time.advance(minutes=9)
     service.clinicians.touch()
     time.advance(minutes=9)
@@ -395,7 +396,7 @@ async def test_the_clinician_survives_a_restart_and_an_unreadable_file_is_moved_
 ) -> None:
     time = FakeClock()
     service = make_service(tmp_path, "auto", time)
-    service.clinicians.set(Clinician(id="0815", family="DOC"), "cli")
+    service.clinicians.set(Clinician(id="0815", family="DOC"), Origin("cli"))
     service.close()
     again = make_service(tmp_path, "auto", time)
     assert again.clinicians.current() == Clinician(id="0815", family="DOC")
@@ -405,7 +406,7 @@ async def test_the_clinician_survives_a_restart_and_an_unreadable_file_is_moved_
     services.append(third)
     assert third.clinicians.current() is None
     assert list(tmp_path.glob("clinician_context.json.damaged-*"))
-    third.clinicians.set(ANNA, "cli")
+    third.clinicians.set(ANNA, Origin("cli"))
     assert_private(tmp_path / "clinician_context.json")  # POSIX 0600; Windows: owner/SYSTEM/Administrators
 
 
@@ -416,7 +417,7 @@ async def test_status_names_the_mode_the_waiting_readings_and_the_clinician(
     service = make_service(tmp_path, "confirm", time)
     services.append(service)
     await _take(service, time)
-    service.clinicians.set(ANNA, "cli")
+    service.clinicians.set(ANNA, Origin("cli"))
     review = service.status()["review"]
     assert (review["mode"], review["pending"], review["awaiting_confirmation"]) == ("confirm", 1, 0)
     assert review["clinician"]["name"] == "ANNA NURSE" and review["clinician"]["channel"] == "cli"
@@ -442,9 +443,9 @@ async def test_fhir_gets_the_review_status_performer_and_updates(
     _patient(service)
     await _take(service, time)
     [item] = service.review.list()
-    service.clinicians.set(ANNA, "cli")
-    await service.review.confirm([item["id"]], "cli")
-    await service.review.wrong_patient(item["id"], "cli")
+    service.clinicians.set(ANNA, Origin("cli"))
+    await service.review.confirm([item["id"]], Origin("cli"))
+    await service.review.wrong_patient(item["id"], Origin("cli"))
     time.advance(minutes=1)
     _patient(service, OTHER_MRN)
     await service.review.run_refiles()

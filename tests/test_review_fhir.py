@@ -17,6 +17,7 @@ from tests.fhir_oracle import check_bundle, observation_by_loinc, resources
 from tests.kit import FakeClock
 from tests.review_helpers import ANNA, MRN, bp_reading, make_service, queued, services
 from vitals_agent.agent.patient.context import PatientDetails
+from vitals_agent.agent.patient.origin import Origin
 from vitals_agent.agent.service import AgentService
 from vitals_agent.fhir.bundle import FhirProfile, Performer, build_bundle
 from vitals_agent.models import DeviceClass, DeviceIdentity, Measurement, PatientInfo, Reading, Series
@@ -53,7 +54,7 @@ def _observations(body: bytes) -> list[dict[str, Any]]:
 
 
 def _patient(service: AgentService) -> None:
-    service.patients.set(PatientDetails(mrn=MRN, family="QUIXOTEFAMILY", given="ZEBEDEEGIVEN"), "api")
+    service.patients.set(PatientDetails(mrn=MRN, family="QUIXOTEFAMILY", given="ZEBEDEEGIVEN"), Origin("api"))
 
 
 def test_a_manual_entry_has_no_device_and_says_a_clinician_entered_it() -> None:
@@ -116,8 +117,8 @@ async def test_a_correction_is_corrected_in_place_with_the_performer(
     _patient(service)
     await service.pipeline.submit(service.runtimes["cuff"], bp_reading(time.now))
     [item] = service.review.list()
-    service.clinicians.set(ANNA, "cli")
-    await service.review.correct(item["id"], {"bp_systolic": "132"}, "cli")
+    service.clinicians.set(ANNA, Origin("cli"))
+    await service.review.correct(item["id"], {"bp_systolic": "132"}, Origin("cli"))
     first, corrected = (_observations(m.body) for m in queued(service, "fhir"))
     assert {o["status"] for o in first} == {"preliminary"} and "performer" not in first[0]
     # one status per Bundle: the unchanged pulse Observation is re-sent as "corrected" too (the ORU says
@@ -139,11 +140,11 @@ async def test_a_confirmed_reading_with_manual_entries_is_final_and_new(
     services.append(service)
     _patient(service)
     held = await service.pipeline.submit(service.runtimes["cuff"], bp_reading(time.now))
-    service.clinicians.set(ANNA, "cli")
-    await service.review.manual({"resp_rate": "16", "pain": "3"}, "cli")
+    service.clinicians.set(ANNA, Origin("cli"))
+    await service.review.manual({"resp_rate": "16", "pain": "3"}, Origin("cli"))
     assert queued(service, "fhir") == []  # nothing without the clinician's confirmation
     assert held is not None
-    await service.review.confirm([service.review.list()[0]["id"]], "cli")
+    await service.review.confirm([service.review.list()[0]["id"]], Origin("cli"))
     [message] = queued(service, "fhir")
     doc = check_bundle(message.body)
     assert {

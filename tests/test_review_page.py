@@ -17,6 +17,7 @@ from tests.kit import MRN, FakeClock, events
 from tests.review_helpers import ANNA, bp_reading, make_service, orus
 from vitals_agent.agent.control import ControlServer
 from vitals_agent.agent.patient.context import PatientDetails
+from vitals_agent.agent.patient.origin import Origin
 from vitals_agent.agent.service import AgentService
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -35,7 +36,7 @@ async def room(tmp_path: Path) -> AsyncIterator[tuple[AgentService, ControlServe
     service = make_service(tmp_path, "confirm", time, control={"enabled": True, "port": 0})
     assert service.control is not None
     await service.control.start()
-    service.patients.set(PatientDetails(mrn=MRN, family="QUIXOTEFAMILY", given="ZEBEDEEGIVEN"), "api")
+    service.patients.set(PatientDetails(mrn=MRN, family="QUIXOTEFAMILY", given="ZEBEDEEGIVEN"), Origin("api"))
     await service.pipeline.submit(service.runtimes["cuff"], bp_reading(time.now))
     try:
         yield service, service.control
@@ -126,7 +127,7 @@ async def test_reject_by_keyboard_needs_a_reason(room: tuple[AgentService, Contr
     from tests.cdp import browser
 
     service, server = room
-    service.clinicians.set(ANNA, "cli")
+    service.clinicians.set(ANNA, Origin("cli"))
     code = server.credentials.new_code()
     async with browser(WIDTH, HEIGHT) as tab:
         await tab.goto(f"{server.url}/?code={code}")

@@ -17,6 +17,7 @@ from tests.kit import MRN, fast_ehr, oximeter_reading, until
 from tests.oracle import validate_oru
 from vitals_agent.agent.delivery.sender import Sender
 from vitals_agent.agent.patient.context import PatientDetails
+from vitals_agent.agent.patient.origin import Origin
 from vitals_agent.agent.pipeline.normalize import normalise
 from vitals_agent.agent.service import AgentService
 from vitals_agent.agent.storage.outbox import Outbox
@@ -96,7 +97,7 @@ async def test_accept_raises_typed_errors_so_file_and_ble_transports_keep_the_re
 ) -> None:
     service = _service(tmp_path)
     try:
-        service.patients.set(PatientDetails(mrn=MRN), "cli")
+        service.patients.set(PatientDetails(mrn=MRN), Origin("cli"))
         runtime = service.runtimes["oxi-1"]
 
         def full(**kwargs: object) -> int:

@@ -17,6 +17,7 @@ from tests.kit import MRN, T0, FakeClock, events, manager
 from vitals_agent.agent.clock import Clock
 from vitals_agent.agent.patient.clinician import ClinicianContextManager
 from vitals_agent.agent.patient.context import PatientDetails
+from vitals_agent.agent.patient.origin import Origin
 from vitals_agent.agent.storage.audit import AuditLog
 from vitals_agent.config.review import ReviewConfig
 from vitals_agent.models import Clinician
@@ -26,14 +27,14 @@ Room = Callable[[Path, FakeClock], Any]  # a context manager in the data dir wit
 
 def patients(data_dir: Path, clock: FakeClock) -> Any:
     m = manager(data_dir, clock, patient_timeout_minutes=30)
-    m.set(PatientDetails(mrn=MRN), "cli")
+    m.set(PatientDetails(mrn=MRN), Origin("cli"))
     return m
 
 
 def clinicians(data_dir: Path, clock: FakeClock) -> Any:
     audit = AuditLog.in_dir(data_dir, now=clock)
     m = ClinicianContextManager(data_dir, ReviewConfig(), audit, clock=Clock.following(clock))
-    m.set(Clinician(id="4711"), "cli")
+    m.set(Clinician(id="4711"), Origin("cli"))
     return m
 
 

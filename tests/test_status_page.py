@@ -24,6 +24,7 @@ from tests.kit import FAMILY, GIVEN, MRN, FakeClock, manager, until
 from tests.test_control import MASKED, fake_status
 from vitals_agent.agent.control import ControlServer, StatusSnapshot, render_html, render_text
 from vitals_agent.agent.patient.context import PatientContextManager, PatientDetails
+from vitals_agent.agent.patient.origin import Origin
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 NOW = datetime(2026, 3, 11, 14, 0, 5, tzinfo=UTC)
@@ -84,7 +85,7 @@ class Page:
 async def page(tmp_path: Path) -> AsyncIterator[Page]:
     clock = FakeClock(NOW)
     patients = manager(tmp_path / "data", clock)
-    patients.set(PatientDetails(mrn=MRN, family=FAMILY, given=GIVEN), "barcode", source="scan-1")
+    patients.set(PatientDetails(mrn=MRN, family=FAMILY, given=GIVEN), Origin("barcode", source="scan-1"))
     holder: list[Page] = []
 
     def provider() -> StatusSnapshot:
@@ -143,7 +144,7 @@ def login_url(server: ControlServer) -> str:
 
 def test_html_escapes_values_and_masks_the_patient(tmp_path: Path) -> None:
     patients = manager(tmp_path, FakeClock(NOW))
-    patients.set(PatientDetails(mrn=MRN, family=FAMILY, given=GIVEN), "cli")
+    patients.set(PatientDetails(mrn=MRN, family=FAMILY, given=GIVEN), Origin("cli"))
     html = render_html(room_status(), patients.snapshot(NOW), now=NOW)
     assert "thermo-&lt;1&gt;" in html and "thermo-<1>" not in html
     assert MASKED in html and "(Q. Z.)" in html

@@ -14,6 +14,7 @@ from pathlib import Path
 from tests.kit import DOB, FAMILY, GIVEN, MRN, free_port, oximeter_reading, until
 from tests.kit.toml import toml_str
 from vitals_agent.agent.patient.context import PatientDetails
+from vitals_agent.agent.patient.origin import Origin
 from vitals_agent.agent.service import AgentService
 from vitals_agent.cli import main
 from vitals_agent.commands.support import redact_config, scrub
@@ -59,7 +60,7 @@ async def test_a_support_bundle_has_what_support_needs_and_no_patient_data(tmp_p
     try:
         await until(lambda: (data / "control.json").exists(), 10, "the control API")
         details = PatientDetails(mrn=MRN, family=FAMILY, given=GIVEN, birth_date=DOB, encounter=VISIT)
-        svc.patients.set(details, "cli")
+        svc.patients.set(details, Origin("cli"))
         for spo2 in ("96", "97"):
             await svc.pipeline.on_event(svc.runtimes["oxi-1"], oximeter_reading(datetime.now(UTC), spo2=spo2))
         first = svc.outbox.peek(1)[0]

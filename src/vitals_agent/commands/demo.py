@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from vitals_agent.agent.patient.origin import Origin
 from vitals_agent.agent.pipeline.flow import Accepted
 from vitals_agent.agent.service import AgentService, install_signal_handlers
 from vitals_agent.commands._options import add_command
@@ -104,7 +105,7 @@ async def _confirm_when_pending(service: AgentService) -> None:
     print(
         "** nurse confirms: readings from now on (and those held) go to this patient, from the EHR's answer"
     )
-    await lookup.confirm("api", source="demo nurse")
+    await lookup.confirm(Origin("api", source="demo nurse"))
 
 
 def _field(message: str, segment: str, index: int) -> str:

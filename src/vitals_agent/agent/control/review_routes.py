@@ -30,6 +30,7 @@ from typing import Any, Literal
 from vitals_agent.agent.control.request import Request
 from vitals_agent.agent.control.review_page import review_html
 from vitals_agent.agent.patient.clinician import ClinicianContextManager, ClinicianError, parse_clinician
+from vitals_agent.agent.patient.origin import Origin
 from vitals_agent.agent.patient.review import (
     NoClinicianError,
     ReviewDesk,
@@ -141,18 +142,18 @@ class ReviewRoutes:
         request: Request,
         channel: str,
         *,
-        caller: Callable[[Mapping[str, Any]], dict[str, Any]],
+        origin: Callable[[Mapping[str, Any]], Origin],
         form: Mapping[str, str] | None = None,
     ) -> Answer | None:
-        """``caller(body)``: the routes' caller claims (``client``, ``source``, OS user); ``form``: the page
-        form's fields when this is a page form. None: not a review path."""
+        """``origin(body)``: who asks, with what the body says about the caller (``channel``, ``source``);
+        ``form``: the page form's fields when this is a page form. None: not a review path."""
         path, method = request.path, request.method
         if path not in API_PATHS and path not in PAGE_FORMS:
             return None
         if form is not None and path in PAGE_FORMS and method == "POST":
-            return await self._page(path, dict(form), channel, caller)
+            return await self._page(path, dict(form), origin({}))
         try:
-            action = self._api(method, path, request, channel, caller)
+            action = self._api(method, path, request, channel, origin)
             if action is None:
                 return Answer("refusal", 405, message=f"{method} not allowed on {path}")
             return Answer("json", 200, await action)
@@ -167,7 +168,7 @@ class ReviewRoutes:
         path: str,
         request: Request,
         channel: str,
-        caller: Callable[[Mapping[str, Any]], dict[str, Any]],
+        origin: Callable[[Mapping[str, Any]], Origin],
     ) -> Awaitable[Any] | None:
         route = (method, path)
         if route == ("GET", "/api/clinician"):
@@ -177,43 +178,36 @@ class ReviewRoutes:
         if method not in ("PUT", "POST", "DELETE"):
             return None
         body = request.json()
-        said = caller({k: v for k, v in body.items() if k in ("channel", "source")})
+        who = origin({k: v for k, v in body.items() if k in ("channel", "source")})
         if route == ("PUT", "/api/clinician"):
-            return _now(self.sign_in(body, channel, said))
+            return _now(self.sign_in(body, who))
         if route == ("DELETE", "/api/clinician"):
-            return _now(self.sign_out(channel, said))
+            return _now(self.sign_out(who))
         if route == ("POST", "/api/review/confirm"):
-            return self.confirm(body, channel, said)
+            return self.confirm(body, who)
         if route == ("POST", "/api/review/reject"):
-            return self.reject(body, channel, said)
+            return self.reject(body, who)
         if route == ("POST", "/api/review/correct"):
-            return self.correct(body, channel, said)
+            return self.correct(body, who)
         if route == ("POST", "/api/review/wrong-patient"):
-            return self.wrong_patient(body, channel, said)
+            return self.wrong_patient(body, who)
         if route == ("POST", "/api/manual"):
-            return self.manual(body, channel, said)
+            return self.manual(body, who)
         return None
 
-    async def _page(
-        self,
-        path: str,
-        form: dict[str, str],
-        channel: str,
-        caller: Callable[[Mapping[str, Any]], dict[str, Any]],
-    ) -> Answer:
-        said = caller({})
+    async def _page(self, path: str, form: dict[str, str], who: Origin) -> Answer:
         try:
             if path == "/review/confirm":
-                await self.confirm(form, channel, said)
+                await self.confirm(form, who)
             elif path == "/review/reject":
-                await self.reject(form, channel, said)
+                await self.reject(form, who)
             elif path == "/review/manual":
                 values = {k: v for k, v in form.items() if k != "csrf"}
-                await self.manual({"values": values}, channel, said)
+                await self.manual({"values": values}, who)
             elif path == "/clinician/set":
-                self.sign_in(form, channel, said)
+                self.sign_in(form, who)
             else:
-                self.sign_out(channel, said)
+                self.sign_out(who)
         except ReviewHttpError as exc:
             return Answer("refusal", exc.status, message=exc.message)
         except (ReviewError, ClinicianError) as exc:
@@ -242,36 +236,34 @@ class ReviewRoutes:
             self.audit.record("review_revealed", channel=channel, patient_mrns=shown, **os_caller)
         return {"mode": self.desk.mode, "items": items, "clinician": self.clinicians.snapshot()}
 
-    def sign_in(self, body: Mapping[str, Any], channel: str, said: dict[str, Any]) -> dict[str, Any]:
+    def sign_in(self, body: Mapping[str, Any], who: Origin) -> dict[str, Any]:
         ident = _text(body, "id") or ""
         name = _text(body, "name")
         family, given = _text(body, "family"), _text(body, "given")
         if not (name or family or given):
             family, given = self.desk.config.roster_name(ident.strip())
         clinician = parse_clinician(ident, name, family=family or None, given=given or None)
-        self.clinicians.set(clinician, channel, source=said.pop("source", None), caller=said)
+        self.clinicians.set(clinician, who)
         return {"clinician": self.clinicians.snapshot()}
 
-    def sign_out(self, channel: str, said: dict[str, Any]) -> dict[str, Any]:
-        was_set = self.clinicians.clear(channel, source=said.pop("source", None), caller=said)
+    def sign_out(self, who: Origin) -> dict[str, Any]:
+        was_set = self.clinicians.clear(who)
         return {"cleared": was_set, "clinician": self.clinicians.snapshot()}
 
-    async def confirm(self, body: Mapping[str, Any], channel: str, said: dict[str, Any]) -> dict[str, Any]:
-        items = await self.desk.confirm(_ids(body), channel, caller=said)
+    async def confirm(self, body: Mapping[str, Any], who: Origin) -> dict[str, Any]:
+        items = await self.desk.confirm(_ids(body), who)
         return {"confirmed": [i.id for i in items], "control_ids": [i.control_ids[-1] for i in items]}
 
-    async def reject(self, body: Mapping[str, Any], channel: str, said: dict[str, Any]) -> dict[str, Any]:
-        item = await self.desk.reject(_one_id(body), _text(body, "reason") or "", channel, caller=said)
+    async def reject(self, body: Mapping[str, Any], who: Origin) -> dict[str, Any]:
+        item = await self.desk.reject(_one_id(body), _text(body, "reason") or "", who)
         return {"rejected": item.id, "state": item.state, "status": item.status}
 
-    async def correct(self, body: Mapping[str, Any], channel: str, said: dict[str, Any]) -> dict[str, Any]:
-        item = await self.desk.correct(_one_id(body), _values(body.get("values")), channel, caller=said)
+    async def correct(self, body: Mapping[str, Any], who: Origin) -> dict[str, Any]:
+        item = await self.desk.correct(_one_id(body), _values(body.get("values")), who)
         return {"corrected": item.id, "status": item.status, "control_ids": list(item.control_ids)}
 
-    async def wrong_patient(
-        self, body: Mapping[str, Any], channel: str, said: dict[str, Any]
-    ) -> dict[str, Any]:
-        item = await self.desk.wrong_patient(_one_id(body), channel, caller=said)
+    async def wrong_patient(self, body: Mapping[str, Any], who: Origin) -> dict[str, Any]:
+        item = await self.desk.wrong_patient(_one_id(body), who)
         return {
             "retracted": item.id,
             "status": item.status,
@@ -279,8 +271,8 @@ class ReviewRoutes:
             "control_ids": list(item.control_ids),
         }
 
-    async def manual(self, body: Mapping[str, Any], channel: str, said: dict[str, Any]) -> dict[str, Any]:
-        outcome = await self.desk.manual(_values(body.get("values")), channel, caller=said)
+    async def manual(self, body: Mapping[str, Any], who: Origin) -> dict[str, Any]:
+        outcome = await self.desk.manual(_values(body.get("values")), who)
         return {"item": outcome.item_id, "attached": outcome.attached, "control_id": outcome.control_id}
 
 

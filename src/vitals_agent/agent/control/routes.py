@@ -63,6 +63,7 @@ from vitals_agent.agent.patient.context import (
     PatientSnapshot,
     check_text,
 )
+from vitals_agent.agent.patient.origin import Origin
 from vitals_agent.agent.patient.review import ReviewDesk
 from vitals_agent.agent.storage.audit import CHANNEL_API, AuditLog
 from vitals_agent.errors import VitalsAgentError
@@ -332,23 +333,20 @@ class Routes:
         if route == ("PUT", "/api/patient"):
             return await self._put_patient(request, channel)
         if route == ("DELETE", "/api/patient"):
-            caller = self._caller(request.json(), request)
+            origin = self._origin(channel, request.json(), request)
             if self.lookup is not None and self.lookup.pending() is not None:
-                # "no patient" also ends a confirmation that is waiting
-                said = {k: v for k, v in caller.items() if k != "source"}
-                await self.lookup.cancel(channel, source=caller.get("source"), caller=said)
-            was_set = self.patients.clear(channel, source=caller.pop("source"), caller=caller)
+                await self.lookup.cancel(origin)  # "no patient" also ends a confirmation that is waiting
+            was_set = self.patients.clear(origin)
             return Response.json(200, {"cleared": was_set, "patient": self._patient(False, None, request)})
         if route == ("DELETE", "/api/held"):
-            caller = self._caller(request.json(), request)
-            count = self.patients.discard_held(channel, source=caller.pop("source"), caller=caller)
+            count = self.patients.discard_held(self._origin(channel, request.json(), request))
             return Response.json(200, {"discarded": count})
         if self.review is not None:
             page_form = channel == CHANNEL_PAGE and request.method == "POST"
             reviewed = await self.review.handle(
                 request,
                 channel,
-                caller=lambda body: self._caller(body, request),
+                origin=lambda body: self._origin(channel, body, request),
                 form=_form(request) if page_form else None,
             )
             if reviewed is not None:
@@ -385,8 +383,9 @@ class Routes:
 
     # --- patient ---------------------------------------------------------------------------------------
     @staticmethod
-    def _caller(body: Mapping[str, Any], request: Request) -> dict[str, Any]:
-        """What the caller says about itself (``client``, ``source``) and who the OS says it is."""
+    def _origin(channel: str, body: Mapping[str, Any], request: Request) -> Origin:
+        """Who asks: the ``channel`` it came through, what the caller says about itself (``client``,
+        ``source``) and who the OS says it is."""
         claimed = body.get("channel", CHANNEL_API)
         if claimed not in CHANNELS:
             raise HttpError(400, f"channel must be one of {', '.join(sorted(CHANNELS))}")
@@ -398,11 +397,11 @@ class Routes:
                 check_text(source, "source")
             except ValueError as exc:
                 raise HttpError(400, str(exc)) from None
-        caller: dict[str, Any] = {"source": source}
+        caller: dict[str, Any] = {}
         if claimed != CHANNEL_API:
             caller["client"] = claimed
         caller.update(request.caller)
-        return caller
+        return Origin(channel, source, caller)
 
     def _patient(self, reveal: bool, channel: str | None, request: Request) -> PatientSnapshot:
         snap = self.patients.snapshot(self.now(), reveal=reveal)
@@ -412,7 +411,7 @@ class Routes:
 
     async def _put_patient(self, request: Request, channel: str) -> Response:
         body = request.json()
-        caller = self._caller(body, request)
+        origin = self._origin(channel, body, request)
         fields = {k: v for k, v in body.items() if k not in {"channel", "source", "name"}}
         if "name" in body:
             name = body["name"]
@@ -424,9 +423,9 @@ class Routes:
         fields.setdefault("identifier_type", self.patients.config.identifier_type)
         details = PatientDetails.parse(fields)
         if self.lookup is not None:
-            return await self._lookup(details, channel, caller, request)
+            return await self._lookup(details, origin, request)
         previous = self.patients.current_details()
-        await self.patients.apply_set(details, channel, source=caller.pop("source"), caller=caller)
+        await self.patients.apply_set(details, origin)
         replaced = previous.masked() if previous is not None and previous.mrn != details.mrn else None
         return Response.json(200, {"patient": self._patient(False, None, request), "replaced": replaced})
 
@@ -461,12 +460,9 @@ class Routes:
             )
         return view
 
-    async def _lookup(
-        self, details: PatientDetails, channel: str, caller: dict[str, Any], request: Request
-    ) -> Response:
+    async def _lookup(self, details: PatientDetails, origin: Origin, request: Request) -> Response:
         assert self.lookup is not None
-        source = caller.pop("source")
-        outcome = await self.lookup.lookup(details, channel, source=source, caller=caller)
+        outcome = await self.lookup.lookup(details, origin)
         data = outcome.as_dict()
         if outcome.kind == "pending":
             return Response.json(200, data)
@@ -479,7 +475,7 @@ class Routes:
     async def _confirm(self, request: Request, channel: str, body: Mapping[str, Any]) -> Response:
         if self.lookup is None:
             raise HttpError(404, "patient confirmation is not configured (no [pdq] section)")
-        caller = self._caller({k: v for k, v in body.items() if k in ("channel", "source")}, request)
+        origin = self._origin(channel, {k: v for k, v in body.items() if k in ("channel", "source")}, request)
         pick = body.get("pick")
         if isinstance(pick, str):
             if not pick.strip().isdigit():
@@ -490,7 +486,7 @@ class Routes:
         from vitals_agent.agent.patient.lookup import ConfirmError  # loaded: self.lookup is one
 
         try:
-            await self.lookup.confirm(channel, pick=pick, source=caller.pop("source"), caller=caller)
+            await self.lookup.confirm(origin, pick=pick)
         except ConfirmError as exc:
             raise HttpError(409, str(exc)) from None
         return Response.json(200, {"confirmed": True, "patient": self._patient(False, None, request)})
@@ -498,8 +494,8 @@ class Routes:
     async def _cancel(self, request: Request, channel: str, body: Mapping[str, Any]) -> Response:
         if self.lookup is None:
             raise HttpError(404, "patient confirmation is not configured (no [pdq] section)")
-        caller = self._caller({k: v for k, v in body.items() if k in ("channel", "source")}, request)
-        cancelled = await self.lookup.cancel(channel, source=caller.pop("source"), caller=caller)
+        origin = self._origin(channel, {k: v for k, v in body.items() if k in ("channel", "source")}, request)
+        cancelled = await self.lookup.cancel(origin)
         return Response.json(200, {"cancelled": cancelled, "patient": self._patient(False, None, request)})
 
     @staticmethod

@@ -13,7 +13,6 @@ still names only the channel; the audit trail names the person.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -24,6 +23,7 @@ from pydantic import ValidationError
 
 from vitals_agent import log_events as ev
 from vitals_agent.agent.clock import Clock
+from vitals_agent.agent.patient.origin import Origin
 from vitals_agent.agent.patient.room import Records, RoomContext, RoomContextManager
 from vitals_agent.agent.storage.audit import CHANNEL_BARCODE, CHANNEL_EXPIRY, AuditLog
 from vitals_agent.agent.storage.files import Discarded
@@ -110,40 +110,26 @@ class ClinicianContextManager(RoomContextManager[ClinicianContext]):
         log.warning(ev.CLINICIAN_ACTIVITY_NOT_SAVED, error=error)
 
     # --- context -------------------------------------------------------------------------------------
-    def set(
-        self,
-        clinician: Clinician,
-        channel: str,
-        *,
-        source: str | None = None,
-        caller: Mapping[str, Any] | None = None,
-    ) -> ClinicianContext:
+    def set(self, clinician: Clinician, origin: Origin) -> ClinicianContext:
         """Sign ``clinician`` in (replacing anyone signed in). Audited first; persisted."""
         now = self._now()
         previous = self._context
-        context = ClinicianContext(clinician=clinician, **self._stamps(channel, source, caller, now))
+        context = ClinicianContext(clinician=clinician, **self._stamps(origin, now))
         self._start(
             context,
             "clinician_set",
             clinician=clinician.model_dump(),
             replaced=previous.clinician.id if previous else None,
             expires_at=now + self.timeout,
-            **(caller or {}),
+            **origin.caller,
         )
-        log.info(ev.CLINICIAN_SIGNED_IN, channel=channel, replaced=previous is not None)
+        log.info(ev.CLINICIAN_SIGNED_IN, channel=origin.channel, replaced=previous is not None)
         return context
 
-    def clear(
-        self,
-        channel: str,
-        *,
-        source: str | None = None,
-        caller: Mapping[str, Any] | None = None,
-        reason: str | None = None,
-    ) -> bool:
+    def clear(self, origin: Origin, *, reason: str | None = None) -> bool:
         """Sign the clinician out. Returns False when nobody was signed in (audited as an attempt)."""
-        was_set = self._clear(channel, source, caller, reason=reason)
-        log.info(ev.CLINICIAN_SIGNED_OUT, channel=channel, was_set=was_set)
+        was_set = self._clear(origin, reason=reason)
+        log.info(ev.CLINICIAN_SIGNED_OUT, channel=origin.channel, was_set=was_set)
         return was_set
 
     def _expired(self, ctx: ClinicianContext, now: datetime) -> None:
@@ -166,7 +152,7 @@ class ClinicianContextManager(RoomContextManager[ClinicianContext]):
     def patient_changed(self, what: str, patient: PatientInfo | Any | None) -> None:
         """PatientContextManager listener: the clinician leaves with the patient (cleared or expired)."""
         if what in ("cleared", "expired") and self._context is not None:
-            self.clear(CHANNEL_PATIENT, reason=f"patient context {what}")
+            self.clear(Origin(CHANNEL_PATIENT), reason=f"patient context {what}")
 
     def on_scan(self, scan: ClinicianScan) -> None:
         """A badge scan signs a clinician in (names from the badge, else from ``[review] clinicians``)."""
@@ -179,7 +165,7 @@ class ClinicianContextManager(RoomContextManager[ClinicianContext]):
             log.warning(ev.CLINICIAN_BADGE_NOT_USABLE, device=scan.device_id, error=str(exc))
             self.audit.record("badge_rejected", device_id=scan.device_id, reason=str(exc), raw=scan.raw)
             return
-        self.set(clinician, CHANNEL_BARCODE, source=scan.device_id)
+        self.set(clinician, Origin(CHANNEL_BARCODE, source=scan.device_id))
 
     def snapshot(self, now: datetime | None = None) -> ClinicianSnapshot:
         ctx = self.context(now)

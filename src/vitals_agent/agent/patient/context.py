@@ -21,11 +21,11 @@ import json
 import re
 import sqlite3
 import threading
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypedDict, TypeVar, Unpack
+from typing import TYPE_CHECKING, Annotated, Any, TypedDict, TypeVar
 
 import structlog
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, field_validator
@@ -33,6 +33,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, fie
 from vitals_agent import host
 from vitals_agent import log_events as ev
 from vitals_agent.agent.clock import Clock, utc_now
+from vitals_agent.agent.patient.origin import Origin
 from vitals_agent.agent.patient.room import Records, RoomContext, RoomContextManager
 from vitals_agent.agent.storage.audit import (
     CHANNEL_BARCODE,
@@ -273,16 +274,6 @@ class HeldReading:
     held_at: datetime
     reading: Reading
     control_id: str | None = None  # MSH-10 reserved when it was held
-
-
-class SetOptions(TypedDict, total=False):
-    """How a patient is set (:meth:`PatientContextManager.set`, :meth:`~PatientContextManager.apply_set`)."""
-
-    source: str | None  # the device or page that named the patient
-    # Extra audit fields about who asked (the control API: the client it claims to be, the operating-system
-    # user of the calling socket).
-    caller: Mapping[str, Any] | None
-    verified: str | None  # VERIFIED_EHR, VERIFIED_NO or None (no PDQ)
 
 
 # A patient-context change: ("set", the patient) / ("cleared", None) / ("expired", None).
@@ -535,7 +526,7 @@ class PatientContextManager(RoomContextManager[PatientContext]):
         # every reading is held whatever require_patient says.
         self.pending_check: Callable[[datetime], bool] | None = None
         # Set by the patient lookup: a wristband scan starts a lookup instead of binding the room.
-        self.scan_handler: Callable[[PatientDetails, str, str | None], None] | None = None
+        self.scan_handler: Callable[[PatientDetails, Origin], None] | None = None
         # Called after the context changed: ("set", patient), ("cleared", None), ("expired", None). The
         # signed-in clinician ends with the patient; a blood-pressure series stops on a patient change.
         self.listeners: list[ContextListener] = []
@@ -622,30 +613,26 @@ class PatientContextManager(RoomContextManager[PatientContext]):
     def set(
         self,
         patient: PatientDetails,
-        channel: str,
+        origin: Origin,
         *,
-        source: str | None = None,
         now: datetime | None = None,
-        caller: Mapping[str, Any] | None = None,
         verified: str | None = None,
     ) -> PatientContext:
-        """Make ``patient`` the room's patient (replacing any other). Audited; persisted. ``source``,
-        ``caller``, ``verified``: :class:`SetOptions`."""
+        """Make ``patient`` the room's patient (replacing any other). Audited; persisted. ``verified``:
+        VERIFIED_EHR, VERIFIED_NO or None (no PDQ)."""
         now = now or self._now()
         previous = self._context
-        context = PatientContext(
-            patient=patient, **self._stamps(channel, source, caller, now), verified=verified
-        )
+        context = PatientContext(patient=patient, **self._stamps(origin, now), verified=verified)
         self._start(
             context,
             "context_set",
             patient=patient.model_dump(),
             replaced_mrn=previous.patient.mrn if previous else None,
             expires_at=self._expires(context),
-            **(caller or {}),
+            **origin.caller,
             **({"verified": verified} if verified is not None else {}),
         )
-        log.info(ev.PATIENT_SET, channel=channel, source=source, replaced=previous is not None)
+        log.info(ev.PATIENT_SET, channel=origin.channel, source=origin.source, replaced=previous is not None)
         self._notify("set", patient)
         return context
 
@@ -656,12 +643,10 @@ class PatientContextManager(RoomContextManager[PatientContext]):
             except Exception:  # a listener's bug must not undo or block a patient change
                 log.exception(ev.PATIENT_LISTENER_FAILED, change=what)
 
-    def clear(
-        self, channel: str, *, source: str | None = None, caller: Mapping[str, Any] | None = None
-    ) -> bool:
+    def clear(self, origin: Origin) -> bool:
         """End the context. Returns False if none was set (still audited, as an attempt)."""
-        was_set = self._clear(channel, source, caller)
-        log.info(ev.PATIENT_CLEARED, channel=channel, was_set=was_set)
+        was_set = self._clear(origin)
+        log.info(ev.PATIENT_CLEARED, channel=origin.channel, was_set=was_set)
         if was_set:
             self._notify("cleared", None)
         return was_set
@@ -733,15 +718,11 @@ class PatientContextManager(RoomContextManager[PatientContext]):
             log.warning(ev.HELD_DROPPED, count=dropped)
         return dropped
 
-    def discard_held(
-        self, channel: str, *, source: str | None = None, caller: Mapping[str, Any] | None = None
-    ) -> int:
+    def discard_held(self, origin: Origin) -> int:
         """An operator discards every held reading (audited)."""
-        count = self._drop_held(
-            self.held.all(), channel=channel, source=source, reason="discarded by operator", **(caller or {})
-        )
+        count = self._drop_held(self.held.all(), **origin.audit_fields(reason="discarded by operator"))
         if count:
-            log.info(ev.HELD_DISCARDED, count=count, channel=channel)
+            log.info(ev.HELD_DISCARDED, count=count, channel=origin.channel)
         return count
 
     def _unhold(self, item: HeldReading) -> bool:
@@ -834,10 +815,10 @@ class PatientContextManager(RoomContextManager[PatientContext]):
 
     # --- async entry points for the service, the control API and the barcode driver -----------------
     async def apply_set(
-        self, patient: PatientDetails, channel: str, **how: Unpack[SetOptions]
+        self, patient: PatientDetails, origin: Origin, *, verified: str | None = None
     ) -> PatientContext:
         """:meth:`set`, then release what was held for a patient."""
-        ctx = self.set(patient, channel, **how)
+        ctx = self.set(patient, origin, verified=verified)
         await self.release_held()
         return ctx
 
@@ -851,10 +832,11 @@ class PatientContextManager(RoomContextManager[PatientContext]):
             return
         self.audit.record("scan", device_id=scan.device_id, mrn=scan.mrn, raw=scan.raw)
         log.info(ev.PATIENT_SCANNED, device=scan.device_id)
+        origin = Origin(CHANNEL_BARCODE, source=scan.device_id)
         if self.scan_handler is not None:
-            self.scan_handler(details, CHANNEL_BARCODE, scan.device_id)
+            self.scan_handler(details, origin)
             return
-        await self.apply_set(details, CHANNEL_BARCODE, source=scan.device_id)
+        await self.apply_set(details, origin)
 
     def tick(self, now: datetime | None = None) -> None:
         """Call periodically: expires the context and old held readings even when no reading comes."""

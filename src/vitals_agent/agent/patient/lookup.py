@@ -26,8 +26,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Callable, Mapping
-from dataclasses import KW_ONLY, dataclass, field
+from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
@@ -45,6 +45,7 @@ from vitals_agent.agent.patient.context import (
     PatientDetails,
     PatientError,
 )
+from vitals_agent.agent.patient.origin import Origin
 from vitals_agent.agent.storage.audit import CHANNEL_EXPIRY, AuditLog, write_private
 from vitals_agent.config.pdq import PdqConfig
 from vitals_agent.errors import VitalsAgentError
@@ -288,84 +289,72 @@ class PatientLookup:
         }
 
     # --- lookup ------------------------------------------------------------------------------------
-    async def lookup(
-        self,
-        typed: PatientDetails,
-        channel: str,
-        *,
-        source: str | None = None,
-        caller: Mapping[str, Any] | None = None,
-    ) -> Outcome:
-        """Ask the EHR about ``typed.mrn``; returns what happened (nothing raised for EHR trouble).
-        ``caller``: extra audit fields about who asked (as for :meth:`PatientContextManager.set`)."""
+    async def lookup(self, typed: PatientDetails, origin: Origin) -> Outcome:
+        """Ask the EHR about ``typed.mrn``; returns what happened (nothing raised for EHR trouble)."""
         async with self._lock:
-            return await self._lookup(typed, channel, source, dict(caller or {}))
+            return await self._lookup(typed, origin)
 
-    async def _lookup(
-        self, typed: PatientDetails, channel: str, source: str | None, caller: dict[str, Any]
-    ) -> Outcome:
+    async def _lookup(self, typed: PatientDetails, origin: Origin) -> Outcome:
         now = self.now()
         self.last_failure = None
         previous = self.pending(now)
         if previous is not None:
-            self._end(
-                previous, channel, source, "replaced by a new lookup", event="pdq_cancelled", caller=caller
-            )
+            self._end(previous, origin, "replaced by a new lookup", event="pdq_cancelled")
         if self.patients.current_details(now) is not None:
             # A new wristband is a new patient: the old context ends before the EHR is asked.
-            self.patients.clear(channel, source=source, caller={**caller, "reason": "new lookup"})
+            self.patients.clear(replace(origin, caller={**origin.caller, "reason": "new lookup"}))
         masked = mask_mrn(typed.mrn)
         self._set_pending(
-            Pending(typed, channel, source, now, now + timedelta(seconds=self.config.timeout_seconds + 5))
+            Pending(
+                typed,
+                origin.channel,
+                origin.source,
+                now,
+                now + timedelta(seconds=self.config.timeout_seconds + 5),
+            )
         )
         self.audit.record(
             "pdq_query",
-            channel=channel,
-            source=source,
-            mode=self.client.mode,
-            peer=self.client.peer,
-            typed_mrn=typed.mrn,
-            **caller,
+            **origin.audit_fields(mode=self.client.mode, peer=self.client.peer, typed_mrn=typed.mrn),
         )
-        log.info(ev.LOOKUP_STARTED, channel=channel, mode=self.client.mode)
+        log.info(ev.LOOKUP_STARTED, channel=origin.channel, mode=self.client.mode)
         try:
             answer = await self.client.lookup(typed.mrn)
         except (PdqError, OSError) as exc:
             self._set_pending(None)
-            return await self._unavailable(typed, channel, source, str(exc), caller=caller)
+            return await self._unavailable(typed, origin, str(exc))
         except BaseException:
             self._set_pending(None)
             raise
         candidates, unusable = self._usable(answer)
         self.audit.record(
             "pdq_answer",
-            channel=channel,
-            source=source,
-            mode=answer.mode,
-            query_id=answer.query_id,
-            count=len(candidates),
-            unusable=unusable,
-            outside_domain=answer.result.outside_domain,
-            more=answer.result.more,
-            increments=answer.increments,
-            elapsed_ms=answer.elapsed_ms,
-            **caller,
+            **origin.audit_fields(
+                mode=answer.mode,
+                query_id=answer.query_id,
+                count=len(candidates),
+                unusable=unusable,
+                outside_domain=answer.result.outside_domain,
+                more=answer.result.more,
+                increments=answer.increments,
+                elapsed_ms=answer.elapsed_ms,
+            ),
         )
-        log.info(ev.LOOKUP_ANSWERED, channel=channel, count=len(candidates), elapsed_ms=answer.elapsed_ms)
+        log.info(
+            ev.LOOKUP_ANSWERED, channel=origin.channel, count=len(candidates), elapsed_ms=answer.elapsed_ms
+        )
         if not candidates:
             self._set_pending(None)
             await self._after_end()
             if unusable:
                 why = "the EHR's answer holds values the agent cannot send"
-                return await self._unavailable(
-                    typed, channel, source, why, query_id=answer.query_id, caller=caller
-                )
+                return await self._unavailable(typed, origin, why, query_id=answer.query_id)
             return self._failed(Outcome("none", f"no patient with MRN {masked} in the EHR"))
         now = self.now()
         pending = Pending(
             typed,
-            channel,
-            source,
+            origin.channel,
+            origin.source,
             now,
             now + self.confirm_timeout,
             state="confirm",
@@ -414,36 +403,18 @@ class PatientLookup:
         )
 
     async def _unavailable(
-        self,
-        typed: PatientDetails,
-        channel: str,
-        source: str | None,
-        reason: str,
-        *,
-        query_id: str | None = None,
-        caller: Mapping[str, Any],
+        self, typed: PatientDetails, origin: Origin, reason: str, *, query_id: str | None = None
     ) -> Outcome:
         self.audit.record(
-            "pdq_failed",
-            channel=channel,
-            source=source,
-            reason=reason,
-            query_id=query_id,
-            typed_mrn=typed.mrn,
-            **caller,
+            "pdq_failed", **origin.audit_fields(reason=reason, query_id=query_id, typed_mrn=typed.mrn)
         )
-        log.warning(ev.LOOKUP_FAILED, channel=channel, reason=reason)
+        log.warning(ev.LOOKUP_FAILED, channel=origin.channel, reason=reason)
         if self.config.pdq_fallback == "typed":
             self.audit.record(
-                "pdq_fallback",
-                channel=channel,
-                source=source,
-                reason=reason,
-                patient=typed.model_dump(),
-                **caller,
+                "pdq_fallback", **origin.audit_fields(reason=reason, patient=typed.model_dump())
             )
-            await self.patients.apply_set(typed, channel, source=source, verified=VERIFIED_NO, caller=caller)
-            log.warning(ev.LOOKUP_BOUND_UNVERIFIED, channel=channel)
+            await self.patients.apply_set(typed, origin, verified=VERIFIED_NO)
+            log.warning(ev.LOOKUP_BOUND_UNVERIFIED, channel=origin.channel)
             return Outcome(
                 "fallback",
                 f"bound UNVERIFIED as typed ({initials(typed)}): the EHR could not be asked: {reason}",
@@ -470,16 +441,8 @@ class PatientLookup:
         return message
 
     # --- confirm / cancel / expire -----------------------------------------------------------------
-    async def confirm(
-        self,
-        channel: str,
-        *,
-        pick: int | None = None,
-        source: str | None = None,
-        caller: Mapping[str, Any] | None = None,
-    ) -> PatientContext:
+    async def confirm(self, origin: Origin, *, pick: int | None = None) -> PatientContext:
         """Bind the room to the (picked) candidate from the EHR's answer. Raises :class:`ConfirmError`."""
-        caller = dict(caller or {})
         async with self._lock:
             now = self.now()
             expired = self.expire(now)
@@ -504,34 +467,26 @@ class PatientLookup:
             chosen = pending.candidates[pick - 1]
             self.audit.record(
                 "pdq_confirmed",
-                channel=channel,
-                source=source,
-                query_id=pending.query_id,
-                pick=pick,
-                of=count,
-                patient=chosen.model_dump(),
-                pending_since=pending.started_at,
-                **caller,
+                **origin.audit_fields(
+                    query_id=pending.query_id,
+                    pick=pick,
+                    of=count,
+                    patient=chosen.model_dump(),
+                    pending_since=pending.started_at,
+                ),
             )
             self._set_pending(None)
-            log.info(ev.LOOKUP_CONFIRMED, channel=channel, of=count)
-            return await self.patients.apply_set(
-                chosen, channel, source=source, verified=VERIFIED_EHR, caller=caller
-            )
+            log.info(ev.LOOKUP_CONFIRMED, channel=origin.channel, of=count)
+            return await self.patients.apply_set(chosen, origin, verified=VERIFIED_EHR)
 
-    async def cancel(
-        self, channel: str, *, source: str | None = None, caller: Mapping[str, Any] | None = None
-    ) -> bool:
+    async def cancel(self, origin: Origin) -> bool:
         """End a pending confirmation (nothing bound). False when nothing was pending (still audited)."""
-        caller = dict(caller or {})
         async with self._lock:
             pending = self.pending()
             if pending is None:
-                self.audit.record(
-                    "pdq_cancelled", channel=channel, source=source, was_pending=False, **caller
-                )
+                self.audit.record("pdq_cancelled", **origin.audit_fields(was_pending=False))
                 return False
-            self._end(pending, channel, source, "cancelled", event="pdq_cancelled", caller=caller)
+            self._end(pending, origin, "cancelled", event="pdq_cancelled")
         await self._after_end()
         return True
 
@@ -540,32 +495,22 @@ class PatientLookup:
         pending = self._pending
         if pending is None or not self._due(now):
             return False
-        self._end(pending, CHANNEL_EXPIRY, None, "not confirmed in time", event="pdq_expired")
+        self._end(pending, Origin(CHANNEL_EXPIRY), "not confirmed in time", event="pdq_expired")
         return True
 
-    def _end(
-        self,
-        pending: Pending,
-        channel: str,
-        source: str | None,
-        reason: str,
-        *,
-        event: str,
-        caller: Mapping[str, Any] | None = None,
-    ) -> None:
+    def _end(self, pending: Pending, origin: Origin, reason: str, *, event: str) -> None:
         self.audit.record(
             event,
-            channel=channel,
-            source=source,
-            reason=reason,
-            query_id=pending.query_id,
-            typed_mrn=pending.typed.mrn,
-            state=pending.state,
-            pending_since=pending.started_at,
-            **(caller or {}),
+            **origin.audit_fields(
+                reason=reason,
+                query_id=pending.query_id,
+                typed_mrn=pending.typed.mrn,
+                state=pending.state,
+                pending_since=pending.started_at,
+            ),
         )
         self._set_pending(None)
-        log.info(ev.LOOKUP_ENDED, reason=reason, channel=channel)
+        log.info(ev.LOOKUP_ENDED, reason=reason, channel=origin.channel)
 
     async def _after_end(self) -> None:
         """Held readings follow require_patient: sent unbound when it is off, kept held when on."""
@@ -580,12 +525,11 @@ class PatientLookup:
             task.add_done_callback(self._tasks.discard)
 
     # --- wristband scans ---------------------------------------------------------------------------
-    def start_scan_lookup(self, typed: PatientDetails, channel: str, source: str | None) -> None:
+    def start_scan_lookup(self, typed: PatientDetails, origin: Origin) -> None:
         """A scan starts a lookup in the background (the scanner's device task must not wait for the EHR);
-        the page shows the answer."""
-        task = asyncio.get_running_loop().create_task(
-            self.lookup(typed, channel, source=source, caller={"device_id": source})
-        )
+        the page shows the answer. Its audit records name the scanner as ``device_id`` too."""
+        scanner = replace(origin, caller={"device_id": origin.source})
+        task = asyncio.get_running_loop().create_task(self.lookup(typed, scanner))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

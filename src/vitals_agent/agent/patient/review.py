@@ -49,6 +49,7 @@ from vitals_agent.agent.patient.context import (
     reading_from_json,
     reading_to_json,
 )
+from vitals_agent.agent.patient.origin import Origin
 from vitals_agent.agent.storage.audit import AuditError, AuditLog
 from vitals_agent.agent.storage.files import StoreError, explain
 from vitals_agent.codes import tables
@@ -825,9 +826,7 @@ class ReviewDesk:
     async def confirm(
         self,
         ids: Sequence[int] | None,
-        channel: str,
-        *,
-        caller: Mapping[str, Any] | None = None,
+        origin: Origin,
     ) -> list[ReviewItem]:
         """Validate readings (``ids``; None = every reading waiting): sent with ``F`` and the signed-in
         clinician in OBX-16. Refused without a clinician."""
@@ -868,13 +867,14 @@ class ReviewDesk:
                     item_id=item.id,
                     control_id=control_id,
                     clinician=clinician.model_dump(),
-                    channel=channel,
+                    channel=origin.channel,
                     patient_mrn=item.patient.mrn if item.patient else None,
                     resend=item.state == SENT,
-                    **(caller or {}),
+                    source=origin.source,
+                    **origin.caller,
                 )
                 await self._execute(Action(action_id, item.id, "final", control_id, now, "due", payload))
-                log.info(ev.REVIEW_CONFIRMED, item_id=item.id, control_id=control_id, channel=channel)
+                log.info(ev.REVIEW_CONFIRMED, item_id=item.id, control_id=control_id, channel=origin.channel)
                 done.append(self._item(item.id))
             self.clinicians.touch()
             return done
@@ -883,9 +883,7 @@ class ReviewDesk:
         self,
         item_id: int,
         reason: str,
-        channel: str,
-        *,
-        caller: Mapping[str, Any] | None = None,
+        origin: Origin,
     ) -> ReviewItem:
         """A clinician rejects a reading: never sent (``confirm``), or posted as wrong with ``W`` when it
         was sent with ``R`` (``auto+confirm``). Manual entries riding with it are sent on their own."""
@@ -900,16 +898,17 @@ class ReviewDesk:
                 "item_id": item.id,
                 "reason": reason,
                 "clinician": clinician.model_dump(),
-                "channel": channel,
+                "channel": origin.channel,
                 "patient_mrn": item.patient.mrn if item.patient else None,
-                **(caller or {}),
+                "source": origin.source,
+                **origin.caller,
             }
             if item.state == PENDING:
                 await asyncio.to_thread(
                     self.store.update, item.id, {"state": REJECTED, "reason": reason, "manual": "[]"}, now
                 )
                 self._audit("review_rejected", sent=False, **common)
-                log.info(ev.REVIEW_REJECTED, item_id=item.id, channel=channel)
+                log.info(ev.REVIEW_REJECTED, item_id=item.id, channel=origin.channel)
                 for part in item.manual:  # the clinician's own entries still go
                     await self._send_manual_alone(part, item.patient, now)
             else:
@@ -935,9 +934,7 @@ class ReviewDesk:
         self,
         item_id: int,
         values: Mapping[str, str],
-        channel: str,
-        *,
-        caller: Mapping[str, Any] | None = None,
+        origin: Origin,
     ) -> ReviewItem:
         """A clinician corrects values (``metric=value`` in the metric's unit). Sent: re-sent with ``C`` on
         the corrected rows (same OBR-2/3, OBX-3/OBX-4). Still waiting: corrected in the list, audited."""
@@ -953,11 +950,12 @@ class ReviewDesk:
             common = {
                 "item_id": item.id,
                 "clinician": clinician.model_dump(),
-                "channel": channel,
+                "channel": origin.channel,
                 "patient_mrn": item.patient.mrn if item.patient else None,
                 "before": old,
                 "after": new,
-                **(caller or {}),
+                "source": origin.source,
+                **origin.caller,
             }
             if item.state == PENDING:
                 await asyncio.to_thread(
@@ -983,16 +981,14 @@ class ReviewDesk:
                 )
                 self._audit("review_corrected", sent=True, control_id=control_id, **common)
                 await self._execute(Action(action_id, item.id, "correct", control_id, now, "due", payload))
-            log.info(ev.REVIEW_CORRECTED, item_id=item.id, metrics=sorted(changed), channel=channel)
+            log.info(ev.REVIEW_CORRECTED, item_id=item.id, metrics=sorted(changed), channel=origin.channel)
             self.clinicians.touch()
             return self._item(item.id)
 
     async def wrong_patient(
         self,
         item_id: int,
-        channel: str,
-        *,
-        caller: Mapping[str, Any] | None = None,
+        origin: Origin,
     ) -> ReviewItem:
         """The reading went to the wrong chart: ``W`` to that chart now, and the values to the right
         patient as soon as a different patient is set (both reserved in one transaction, so a crash in
@@ -1006,9 +1002,10 @@ class ReviewDesk:
             common = {
                 "item_id": item.id,
                 "clinician": clinician.model_dump() if clinician else None,
-                "channel": channel,
+                "channel": origin.channel,
                 "patient_mrn": item.patient.mrn if item.patient else None,
-                **(caller or {}),
+                "source": origin.source,
+                **origin.caller,
             }
             wrong = item.patient.mrn if item.patient else None
             refile = {"wrong_mrn": wrong, "since": now.astimezone(UTC).isoformat()}
@@ -1120,9 +1117,7 @@ class ReviewDesk:
     async def manual(
         self,
         values: Mapping[str, str],
-        channel: str,
-        *,
-        caller: Mapping[str, Any] | None = None,
+        origin: Origin,
     ) -> ManualOutcome:
         """Values a clinician entered (``resp_rate=16 pain=3 arm=left_arm`` ...). They join the newest
         reading of the same patient still waiting for review from the last ``visit_window_minutes`` (one
@@ -1149,10 +1144,11 @@ class ReviewDesk:
             entered = {**reading_values(reading), **qualifier_values(reading)}
             common = {
                 "clinician": clinician.model_dump(),
-                "channel": channel,
+                "channel": origin.channel,
                 "patient_mrn": patient.mrn if patient else None,
                 "values": entered,
-                **(caller or {}),
+                "source": origin.source,
+                **origin.caller,
             }
             if target is not None:
                 changes: dict[str, Any] = {
@@ -1163,11 +1159,11 @@ class ReviewDesk:
                     changes["reading"] = reading_to_json(sited)
                 await asyncio.to_thread(self.store.update, target.id, changes, now)
                 self._audit("manual_entered", attached_to=target.id, **common)
-                log.info(ev.REVIEW_MANUAL_ATTACHED, item_id=target.id, channel=channel)
+                log.info(ev.REVIEW_MANUAL_ATTACHED, item_id=target.id, channel=origin.channel)
                 self.clinicians.touch()
                 return ManualOutcome(target.id, True, None)
             item_id, control_id = await self._send_manual_alone(part, patient, now, audit=common)
-            log.info(ev.REVIEW_MANUAL_SENT, item_id=item_id, control_id=control_id, channel=channel)
+            log.info(ev.REVIEW_MANUAL_SENT, item_id=item_id, control_id=control_id, channel=origin.channel)
             self.clinicians.touch()
             return ManualOutcome(item_id, False, control_id)
 

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
 from vitals_agent.agent.clock import Clock
+from vitals_agent.agent.patient.origin import Origin
 from vitals_agent.agent.storage.audit import AuditLog, write_private
 from vitals_agent.agent.storage.files import Discarded, explain, read_state_file
 
@@ -150,15 +151,13 @@ class RoomContextManager(Generic[C]):
         self._save_failing = False
 
     # --- the context -------------------------------------------------------------------------------
-    def _stamps(
-        self, channel: str, source: str | None, caller: Mapping[str, Any] | None, now: datetime
-    ) -> dict[str, Any]:
-        """The bookkeeping fields of a context set now (``caller``: the control API's claims)."""
+    def _stamps(self, origin: Origin, now: datetime) -> dict[str, Any]:
+        """The bookkeeping fields of a context ``origin`` sets now."""
         mono = self.clock.mono_at(now)
-        client = caller.get("client") if caller else None
+        client = origin.caller.get("client")
         return {
-            "channel": channel,
-            "source": source,
+            "channel": origin.channel,
+            "source": origin.source,
             "set_at": now,
             "last_activity": now,
             "client": str(client) if client else None,
@@ -173,22 +172,16 @@ class RoomContextManager(Generic[C]):
         self._context = context
         self._save()
 
-    def _clear(
-        self, channel: str, source: str | None, caller: Mapping[str, Any] | None, **details: Any
-    ) -> bool:
+    def _clear(self, origin: Origin, **details: Any) -> bool:
         """End the context: persisted, then audited (also when none was set, as an attempt); ``details``:
         further audit fields. False when none was set."""
         previous = self._context
         self._context = None
         self._save()
+        subject = self._subject_id(previous) if previous else None
         self.audit.record(
             self.records.cleared,
-            channel=channel,
-            source=source,
-            **{self.records.subject: self._subject_id(previous) if previous else None},
-            was_set=previous is not None,
-            **details,
-            **(caller or {}),
+            **origin.audit_fields(**{self.records.subject: subject}, was_set=previous is not None, **details),
         )
         return previous is not None
 
