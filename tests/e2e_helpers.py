@@ -3,7 +3,9 @@ tests.fake_ehr.Hl7Ehr (python-hl7's MLLP server)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import io
 import json
 import os
 import signal
@@ -21,6 +23,7 @@ import pytest
 
 from tests.kit.wait import until
 from tests.private_files import under_wine
+from vitals_agent.cli import main
 
 
 class AgentProcess:
@@ -103,6 +106,22 @@ class AgentProcess:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=5)
+
+
+async def cli(*args: str, timeout: float = 30.0) -> tuple[int, str, str]:
+    """``vitals-agent ARGS`` against a running agent: (exit code, standard output, standard error).
+
+    In this process (``await main(argv)``, what the console script runs), not a fresh interpreter: the
+    tests that use it are about the agent process and the control API, and each interpreter start cost
+    0.3 s of CPU. The CLI as its own process (exit codes, streams, a user who cannot read the token) is
+    tested in tests/test_patient_cli.py, test_cli_papercuts.py and test_clean_failures.py."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = await asyncio.wait_for(main(list(args)), timeout)
+        except SystemExit as exc:  # argparse
+            code = exc.code if isinstance(exc.code, int) else 1
+    return code, out.getvalue(), err.getvalue()
 
 
 # Under Wine the tests run without a console, so Ctrl-Break cannot be sent to the agent

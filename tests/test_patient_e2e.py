@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
-import os
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,7 +14,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.e2e_helpers import AgentProcess, masimo_ascii1_line
+from tests.e2e_helpers import AgentProcess, cli, masimo_ascii1_line
 from tests.fake_ehr import Hl7Ehr
 from tests.oracle import validate_oru
 from tests.private_files import assert_private
@@ -69,20 +67,6 @@ def field(message: str, segment: str, index: int) -> str:
             pos = index - 1 if segment == "MSH" else index
             return parts[pos] if pos < len(parts) else ""
     return ""
-
-
-async def cli(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "vitals_agent",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
-    return proc.returncode or 0, out.decode(), err.decode()
 
 
 def open_twice(url: str) -> tuple[tuple[int, str], tuple[int, str]]:

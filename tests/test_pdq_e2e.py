@@ -5,11 +5,8 @@ Confirm in a real headless Chromium."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
-import os
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -18,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e_helpers import AgentProcess, masimo_ascii1_line
+from tests.e2e_helpers import AgentProcess, cli, masimo_ascii1_line
 from tests.fake_ehr import Hl7Ehr
 from tests.kit.toml import toml_str
 from tests.oracle import validate_oru
@@ -65,20 +62,6 @@ def write_config(path: Path, data_dir: Path, ehr_port: int, pdq_port: int, oxi: 
     ]
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-async def cli(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "vitals_agent",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
-    return proc.returncode or 0, out.decode(), err.decode()
 
 
 @dataclass

@@ -5,17 +5,14 @@ messages, re-sending the retraction with exactly the same MSH-10 and bytes."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e_helpers import AgentProcess, masimo_ascii1_line, write_config
+from tests.e2e_helpers import AgentProcess, cli, masimo_ascii1_line, write_config
 from tests.fake_ehr import Hl7Ehr
 from tests.kit import until
 from tests.oracle import ParsedOru, validate_oru
@@ -26,16 +23,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]  # the agent as a subp
 
 FIRST = "MRN1111111111"
 SECOND = "MRN2222222222"
-
-
-async def cli(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "vitals_agent", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
-    return proc.returncode or 0, out.decode(), err.decode()
 
 
 def config(tmp_path: Path, ehr_port: int, port: Path, mode: str) -> Path:
