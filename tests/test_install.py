@@ -5,17 +5,23 @@ the venv with Debian's Python and pip, links the command, installs config, data 
 and enables the unit with ``systemctl --root``. Then the service user runs the installed command with the
 installed configuration against a pseudo-terminal device and an MLLP receiver, and readings arrive. The
 developer's real /etc is never touched. Needs root (users, ownership); skipped otherwise.
+
+install.sh's pip resolves from a local wheelhouse (:func:`wheelhouse`) instead of the package index: the
+same requirements, without reading ~30 index pages on every install and upgrade.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
+import json
 import os
 import shutil
 import subprocess
 import tempfile
 import time
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,6 +36,8 @@ from vitals_agent.drivers.pty import PtyDevice
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "deploy" / "install.sh"
+DEBIAN_PYTHON = "/usr/bin/python3"  # install.sh's default
+WHEELHOUSES = REPO / ".cache" / "install-wheelhouse"
 SYSTEM_UNITS = Path("/usr/lib/systemd/system")
 
 pytestmark = [
@@ -41,9 +49,8 @@ pytestmark = [
     ),
     pytest.mark.skipif(shutil.which("useradd") is None, reason="needs useradd (Debian: passwd package)"),
     pytest.mark.skipif(
-        subprocess.run(["/usr/bin/python3", "-c", "import venv, ensurepip"], capture_output=True).returncode
-        != 0
-        if Path("/usr/bin/python3").exists()
+        subprocess.run([DEBIAN_PYTHON, "-c", "import venv, ensurepip"], capture_output=True).returncode != 0
+        if Path(DEBIAN_PYTHON).exists()
         else True,
         reason="needs Debian's /usr/bin/python3 with the venv module (apt install python3-venv)",
     ),
@@ -62,9 +69,37 @@ class Installed:
         return self.root / inside.lstrip("/")
 
 
+@functools.cache
+def wheelhouse() -> Path:
+    """Every wheel install.sh's pip needs (the build backend, the agent's dependencies), downloaded once by
+    Debian's pip into the git-ignored ``.cache/install-wheelhouse`` and again only when pyproject.toml's
+    requirements change. Resolving them against the package index cost each install ~6 s of CPU."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    wants = [*project["build-system"]["requires"], *project["project"]["dependencies"]]
+    key = hashlib.sha256(json.dumps([os.path.realpath(DEBIAN_PYTHON), wants]).encode()).hexdigest()[:16]
+    folder = WHEELHOUSES / key
+    if not folder.is_dir():
+        WHEELHOUSES.mkdir(parents=True, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(dir=WHEELHOUSES, prefix="partial-"))
+        try:
+            download = [DEBIAN_PYTHON, "-m", "pip", "download", "--quiet", "--dest", str(partial), *wants]
+            done = subprocess.run(download, capture_output=True, text=True, timeout=500)
+            assert done.returncode == 0, done.stdout + done.stderr
+            with contextlib.suppress(OSError):  # a parallel run of the suite made it first
+                partial.rename(folder)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+    return folder
+
+
 def run_install(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    local = {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(wheelhouse())}
     result = subprocess.run(
-        ["bash", str(SCRIPT), "--root", str(root), *args], capture_output=True, text=True, timeout=500
+        ["bash", str(SCRIPT), "--root", str(root), *args],
+        capture_output=True,
+        text=True,
+        timeout=500,
+        env={**os.environ, **local},
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
