@@ -320,47 +320,44 @@ class ReviewStore:
     # --- items -----------------------------------------------------------------------------------------
     def add(
         self,
+        request: BuildRequest,
         *,
-        device_id: str,
-        reading: Reading,
-        patient: PatientDetails | None,
-        late: bool,
         collector: Clinician | None,
         state: str,
         status: str | None = None,
         validator: Clinician | None = None,
         needs_confirm: bool = False,
         control_ids: Sequence[str] = (),
-        reserved_control_id: str | None = None,
         now: datetime,
     ) -> int:
-        """A new item. With ``reserved_control_id`` already present, the existing item's id (idempotent:
-        a held reading released twice after a crash is listed once)."""
+        """A new item: the reading ``request`` builds a message from, its MSH-10 reserved for the item. With
+        that MSH-10 already reserved, the existing item's id (idempotent: a held reading released twice
+        after a crash is listed once)."""
+        reading = request.reading
 
         def insert(db: sqlite3.Connection) -> int:
-            if reserved_control_id is not None:
-                row = db.execute(
-                    "SELECT id FROM items WHERE reserved_control_id = ?", (reserved_control_id,)
-                ).fetchone()
-                if row is not None:
-                    return int(row[0])
+            row = db.execute(
+                "SELECT id FROM items WHERE reserved_control_id = ?", (request.control_id,)
+            ).fetchone()
+            if row is not None:
+                return int(row[0])
             stamp = now.astimezone(UTC).isoformat()
             cur = db.execute(
                 "INSERT INTO items (device_id, reading, patient, late, collector, state, status, validator,"
                 " needs_confirm, control_ids, reserved_control_id, dedupe_key, created_at, updated_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    device_id,
+                    request.device_id,
                     reading_to_json(reading),
-                    _json_or_none(patient),
-                    int(late),
+                    _json_or_none(request.patient),
+                    int(request.late),
                     _json_or_none(collector),
                     state,
                     status,
                     _json_or_none(validator),
                     int(needs_confirm),
                     json.dumps(list(control_ids)),
-                    reserved_control_id,
+                    request.control_id,
                     reading.dedupe_key,
                     stamp,
                     stamp,
@@ -670,68 +667,40 @@ class ReviewDesk:
     def seen(self, device_id: str, key: str) -> bool:
         return self.store.has_dedupe(device_id, key)
 
-    async def hold(
-        self,
-        device_id: str,
-        reading: Reading,
-        patient: PatientDetails | None,
-        *,
-        late: bool,
-        control_id: str | None = None,
-    ) -> int:
-        """``confirm`` mode: the reading waits for a clinician (durable). ``control_id``: an MSH-10
-        reserved earlier (a held reading being released); the confirmed message will carry it."""
+    async def hold(self, request: BuildRequest) -> int:
+        """``confirm`` mode: the reading waits for a clinician (durable); the confirmed message will carry
+        the request's MSH-10 (reserved now, or earlier for a held reading being released)."""
         collector = self.clinicians.current()
         # On the event loop, like the audit record: no await between the reading being listed and the
         # device transport recording it as taken (a cancellation there would list it twice).
-        item_id = self.store.add(
-            device_id=device_id,
-            reading=reading,
-            patient=patient,
-            late=late,
-            collector=collector,
-            state=PENDING,
-            reserved_control_id=control_id or new_control_id(),
-            now=self._now(),
-        )
+        item_id = self.store.add(request, collector=collector, state=PENDING, now=self._now())
+        patient = request.patient
         self._audit(
             "review_waiting",
             item_id=item_id,
-            device_id=device_id,
+            device_id=request.device_id,
             patient_mrn=patient.mrn if patient else None,
             collector=collector.id if collector else None,
         )
-        log.info(ev.REVIEW_WAITING, device=device_id, item_id=item_id)
+        log.info(ev.REVIEW_WAITING, device=request.device_id, item_id=item_id)
         return item_id
 
-    async def sent(
-        self,
-        device_id: str,
-        reading: Reading,
-        patient: PatientDetails | None,
-        *,
-        late: bool,
-        control_id: str,
-        collector: Clinician | None,
-    ) -> int | None:
-        """``auto`` / ``auto+confirm``: list a reading that was just queued with ``R`` (so it can be
-        confirmed, corrected or retracted). A failure here never undoes the sending: logged, not raised."""
+    async def sent(self, request: BuildRequest) -> int | None:
+        """``auto`` / ``auto+confirm``: list a reading that was just queued with ``R`` under the request's
+        MSH-10 (so it can be confirmed, corrected or retracted); its collector is the request's OBR-10. A
+        failure here never undoes the sending: logged, not raised."""
         try:  # on the loop: no await after the reading was queued (see hold)
             item_id = self.store.add(
-                device_id=device_id,
-                reading=reading,
-                patient=patient,
-                late=late,
-                collector=collector,
+                request,
+                collector=request.review.collector,
                 state=SENT,
                 status="R",
                 needs_confirm=self.config.mode == "auto+confirm",
-                control_ids=(control_id,),
-                reserved_control_id=control_id,
+                control_ids=(request.control_id,),
                 now=self._now(),
             )
         except StoreError as exc:
-            log.error(ev.REVIEW_NOT_LISTED, device=device_id, error=str(exc))
+            log.error(ev.REVIEW_NOT_LISTED, device=request.device_id, error=str(exc))
             return None
         return item_id
 
@@ -1195,19 +1164,24 @@ class ReviewDesk:
         audit: Mapping[str, Any] | None = None,
     ) -> tuple[int, str]:
         control_id = new_control_id()
-        item_id = await asyncio.to_thread(
-            self.store.add,
+        review = ResultReview(status="F", observer=part.entered_by, collector=part.entered_by)
+        request = BuildRequest(
             device_id=MANUAL_DEVICE,
             reading=part.reading,
             patient=patient,
             late=False,
+            control_id=control_id,
+            created_at=now,
+            review=review,
+        )
+        item_id = await asyncio.to_thread(
+            self.store.add,
+            request,
             collector=part.entered_by,
             state=PENDING,  # becomes sent when queued (the reserved action says so)
-            reserved_control_id=control_id,
             now=now,
         )
         item = self._item(item_id)
-        review = ResultReview(status="F", observer=part.entered_by, collector=part.entered_by)
         payload = self._build(item, review, control_id=control_id, created_at=now, revision=False)
         payload["on_done"] = {"state": SENT, "status": "F", "validator": _json_or_none(part.entered_by)}
         (action_id,) = await asyncio.to_thread(

@@ -449,7 +449,7 @@ class Pipeline:
         if review is not None and review.holds() and decision.park_reason is None:
             # confirm mode: built once above (a reading no builder can express is refused now, not at
             # the confirmation); it waits for a clinician, durably, under this MSH-10
-            return await self._hold_for_review(runtime, reading, details, control_id, late)
+            return await self._hold_for_review(runtime, request)
         meta = {"device": device_id, "observed_at": reading.observed_at.isoformat()}
         # The audit record commits with the message (one fsync for both): accepted = both on disk.
         audited = reading_fields(
@@ -500,26 +500,19 @@ class Pipeline:
             flags=[str(f) for f in reading.flags],
         )
         if review is not None:  # listed, so it can be confirmed (auto+confirm), corrected or retracted
-            await review.sent(
-                device_id, reading, details, late=late, control_id=control_id, collector=collector
-            )
+            await review.sent(request)
         accepted = Accepted(device_id, reading, control_id, bodies.get("ehr") or first[1], bodies)
         for observer in self.observers:
             observer(accepted)
         return accepted
 
-    async def _hold_for_review(
-        self,
-        runtime: DeviceRuntimeImpl,
-        reading: Reading,
-        details: PatientDetails | None,
-        control_id: str,
-        late: bool,
-    ) -> Reviewed:
+    async def _hold_for_review(self, runtime: DeviceRuntimeImpl, request: BuildRequest) -> Reviewed:
         assert self.review is not None
-        device_id = runtime.config.id
+        device_id, reading, control_id, details = (
+            request.device_id, request.reading, request.control_id, request.patient
+        )  # fmt: skip
         try:
-            item_id = await self.review.hold(device_id, reading, details, late=late, control_id=control_id)
+            item_id = await self.review.hold(request)
         except VitalsAgentError as exc:  # the review list cannot be written: like an outbox failure
             self.refused += 1
             log.error(ev.READING_REFUSED_NOT_LISTED, device=device_id, error=str(exc))
@@ -534,7 +527,7 @@ class Pipeline:
                     reading=reading,
                     patient=details.model_dump() if details is not None else None,
                     disposition="review",
-                    late_associated=late,
+                    late_associated=request.late,
                 ),
             )
         except AuditError as exc:
