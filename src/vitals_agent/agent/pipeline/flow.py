@@ -219,12 +219,7 @@ class Pipeline:
             )
         if outcome.mean is not None:
             runtime.count("bp_series_completed")
-            log.info(
-                ev.AOBP_COMPLETED,
-                device=device_id,
-                taken=protocol.readings,
-                averaged=protocol.averaged,
-            )
+            log.info(ev.AOBP_COMPLETED, device=device_id, taken=protocol.readings, averaged=protocol.averaged)
             await self.accept(runtime, outcome.mean, arrived=arrived)
         elif outcome.joined and not outcome.started:
             log.info(ev.AOBP_READING, device=device_id, taken=series.taken, of=protocol.readings)
@@ -242,11 +237,7 @@ class Pipeline:
                 try:
                     await runtime.start_measurement()
                 except TransportError as exc:  # the deadline ends the series if the device stays away
-                    log.warning(
-                        ev.AOBP_START_FAILED,
-                        device=device_id,
-                        error=str(exc),
-                    )
+                    log.warning(ev.AOBP_START_FAILED, device=device_id, error=str(exc))
                 else:
                     log.debug(ev.AOBP_MEASUREMENT_STARTED, device=device_id, taken=taken)
 
