@@ -89,6 +89,7 @@ def wheelhouse() -> Path:
                 partial.rename(folder)
         finally:
             shutil.rmtree(partial, ignore_errors=True)
+    assert folder.is_dir(), f"no wheelhouse at {folder}"
     return folder
 
 
