@@ -84,7 +84,7 @@ class MasimoOptions(SerialOptions):
 
 # Device key (upper-cased) -> (metric key, unit): data/device_codes.toml, whose order is a reading's.
 METRICS = device_codes("masimo-ascii")
-UNITS: dict[str, str] = dict(METRICS.values())  # metric key -> canonical unit
+UNITS: dict[str, str] = dict(METRICS.values())  # metric key -> the unit the device reports it in
 METRIC_ORDER = tuple(UNITS)  # the table's order, so a metric added there is never left out of a reading
 
 # EXC bits (devices.md 5.3): (bit, name used in extra/absent reasons)
