@@ -21,8 +21,9 @@ from vitals_agent.drivers.base import (
     transport_class,
 )
 from vitals_agent.drivers.masimo import Rad8Simulator
+from vitals_agent.drivers.netserial import Rfc2217Link, TcpLink
 from vitals_agent.drivers.pty import PtyDevice
-from vitals_agent.drivers.serial_transport import SerialTransport
+from vitals_agent.drivers.serial_transport import SerialTransport, _ThreadLink
 from vitals_agent.errors import DecodeError, DeviceNotFoundError, TransportError, TruncatedError
 from vitals_agent.models import DeviceClass, DeviceEvent, DeviceStatusEvent, Reading
 
@@ -248,6 +249,51 @@ async def test_loop_url_uses_the_thread_link_and_write_api() -> None:
     assert spo2_values(rt.readings) == [99]
     with pytest.raises(TransportError, match="not open"):
         await tr.write(b"x")
+
+
+class _IdleLink:
+    """A link that opened and never hears anything (what the agent gets from a silent device)."""
+
+    def describe(self) -> str:
+        return "idle"
+
+    async def read(self) -> bytes:
+        await asyncio.Event().wait()
+        return b""
+
+    async def write(self, data: bytes) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("url", "link_class"),
+    [("socket://127.0.0.1:9", TcpLink), ("rfc2217://127.0.0.1:9", Rfc2217Link), ("loop://", _ThreadLink)],
+)
+async def test_a_stop_that_comes_as_the_port_opens_stops_the_transport(
+    url: str, link_class: type, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The agent's stop (SIGTERM) cancels the device task in the same loop turn as the open completes:
+    # the open's result must not win over the cancel (on Python 3.11 asyncio.wait_for let it, and the
+    # stop then waited its 2 s on a device reading on, and logged agent.tasks_not_stopped).
+    opened: asyncio.Future[_IdleLink] = asyncio.get_running_loop().create_future()
+    calls: list[str] = []
+
+    async def open_link(*args: object, **kwargs: object) -> _IdleLink:
+        calls.append(url)
+        return await opened
+
+    monkeypatch.setattr(link_class, "open", open_link)
+    rt, tr = masimo(url)
+    task = start(tr)
+    await until(lambda: calls, what="the transport to start opening its port")
+    opened.set_result(_IdleLink())
+    task.cancel()
+    await until(task.done, what="the transport to stop")
+    assert task.cancelled()
+    assert [state for state, _ in rt.connections if state] == []  # it never reported the link up
 
 
 async def test_line_settings_come_from_driver_defaults_overridden_by_config(pty_device: PtyDevice) -> None:

@@ -143,9 +143,9 @@ class Rfc2217Link(TcpLink):
                 asked=codec.wanted(),
                 confirmed=codec.confirmed,
             )
-        except (OSError, TransportError) as exc:
+        except (OSError, TransportError, asyncio.CancelledError) as exc:  # cancelled: the agent stops
             writer.transport.abort()
-            if isinstance(exc, TransportError):
+            if not isinstance(exc, OSError):
                 raise
             raise TransportError(f"{where.url}: {_reason(exc)}") from None
         if codec.refused:

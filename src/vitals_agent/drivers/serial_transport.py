@@ -186,6 +186,8 @@ class SerialTransport(Transport):
         return port
 
     async def _open(self, url: str) -> _Link:
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns the link when the agent's stop
+        # cancels it just as the open completes, and the stop then waits on a device that reads on.
         scheme = url.split("://", 1)[0].lower() if _is_url(url) else ""
         try:
             where = network_port(url)
@@ -194,21 +196,19 @@ class SerialTransport(Transport):
         if where is not None:  # a terminal server: asyncio stream (connect, keepalive, RFC 2217 settings)
             kind = Rfc2217Link if where.scheme == "rfc2217" else TcpLink
             try:
-                return await asyncio.wait_for(kind.open(where, self.settings), OPEN_TIMEOUT)
+                async with asyncio.timeout(OPEN_TIMEOUT):
+                    return await kind.open(where, self.settings)
             except TimeoutError:
                 raise TransportError(f"connecting to {url} timed out after {OPEN_TIMEOUT:g} s") from None
         try:
             link: _Link
-            if not scheme and not host_serial.EVENT_DRIVEN_PORTS:
-                link = await asyncio.wait_for(
-                    host_serial.BlockingSerialLink.open(url, **self.settings.model_dump()), OPEN_TIMEOUT
-                )
-            elif scheme == "":
-                link = await asyncio.wait_for(
-                    _StreamLink.open(url, self.settings, exclusive=not scheme), OPEN_TIMEOUT
-                )
-            else:
-                link = await asyncio.wait_for(_ThreadLink.open(url, self.settings), OPEN_TIMEOUT)
+            async with asyncio.timeout(OPEN_TIMEOUT):
+                if not scheme and not host_serial.EVENT_DRIVEN_PORTS:
+                    link = await host_serial.BlockingSerialLink.open(url, **self.settings.model_dump())
+                elif scheme == "":
+                    link = await _StreamLink.open(url, self.settings, exclusive=not scheme)
+                else:
+                    link = await _ThreadLink.open(url, self.settings)
             return link
         except TimeoutError:
             raise TransportError(f"opening {url} timed out after {OPEN_TIMEOUT:g} s") from None
