@@ -253,13 +253,18 @@ def _set_patient(service: AgentService, mrn: str = MRN) -> None:
 
 
 class _Link:
-    """The open link of a device, as the supervisor hands it to the runtime: records what is written."""
+    """The open link of a device, as the supervisor hands it to the runtime: records what is written (and
+    when, on ``time``'s monotonic face)."""
 
-    def __init__(self) -> None:
+    def __init__(self, time: FakeClock | None = None) -> None:
         self.written: list[bytes] = []
+        self.written_at: list[float] = []
+        self._time = time
 
     async def write(self, data: bytes) -> None:
         self.written.append(data)
+        if self._time is not None:
+            self.written_at.append(self._time.monotonic())
 
 
 async def _cuff(service: AgentService, time: FakeClock, systolic: str) -> None:
@@ -301,6 +306,41 @@ async def test_the_agent_starts_each_measurement_and_sends_every_reading_and_the
     )
     counters = service.runtimes["cuff"].status.counters
     assert (counters["bp_series_started"], counters["bp_series_completed"]) == (1, 1)
+
+
+@pytest.mark.parametrize("interval", [1, 60])
+async def test_the_next_measurement_starts_when_it_is_due_not_at_a_later_tick(
+    tmp_path: Path, services: list[AgentService], interval: int
+) -> None:
+    # The once-a-second tick started a 1 s series' measurements up to 2 s apart; the agent now sleeps
+    # until the start is due (self.sleep advances the fake clock by what it was asked to wait).
+    import asyncio
+
+    from vitals_agent.drivers.suntech import START_MEASUREMENT
+
+    time = FakeClock()
+    service = _service(tmp_path, time, "suntech-advantage", interval_seconds=interval)
+    services.append(service)
+    link = _Link(time)
+    service.runtimes["cuff"].transport = link
+    _set_patient(service)
+
+    async def sleep(seconds: float) -> None:
+        time.advance(seconds=seconds)
+
+    service.pipeline.sleep = sleep
+    starter = asyncio.create_task(service.pipeline.run_series_starts())
+    try:
+        for n, systolic in enumerate(("150", "131"), start=1):
+            time.advance(seconds=0.4)  # the cuff's result comes between two ticks
+            arrived = time.monotonic()
+            await _cuff(service, time, systolic)
+            await until(lambda n=n: len(link.written) == n, what=f"start {n} of the series")
+            assert link.written_at[-1] == pytest.approx(arrived + interval)
+    finally:
+        starter.cancel()
+        await asyncio.gather(starter, return_exceptions=True)
+    assert link.written == [START_MEASUREMENT, START_MEASUREMENT]
 
 
 async def test_a_patient_change_stops_the_series(tmp_path: Path, services: list[AgentService]) -> None:

@@ -558,6 +558,7 @@ class AgentService:
         if self.source is not None:
             self._tasks.append(asyncio.create_task(self._config_loop(), name="config"))
         self._tasks.append(asyncio.create_task(self._ticker(), name="ticker"))
+        self._tasks.append(asyncio.create_task(self.pipeline.run_series_starts(), name="aobp"))
         if self.alerts is not None:
             self._tasks.append(asyncio.create_task(self.alerts.run(), name="alerts"))
         await self.patients.release_held()  # a context and held readings that survived a restart

@@ -16,7 +16,7 @@ import asyncio
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -123,6 +123,10 @@ class Pipeline:
         self.encoding: dict[str, int] = {"escaped": 0, "replaced": 0, "attachments_dropped": 0}
         # automated office BP (a device's bp_protocol): the series in progress, per device
         self.series: dict[str, BpSeries] = {}
+        # set when a series' next start may have changed: run_series_starts looks again (its wait for the
+        # start is self.sleep: tests replace it)
+        self._series_scheduled = asyncio.Event()
+        self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
         current = patients.current_details(now())
         self._series_mrn: str | None = current.mrn if current is not None else None
         patients.listeners.append(self._patient_changed)
@@ -206,6 +210,7 @@ class Pipeline:
         device_id = runtime.config.id
         protocol = series.protocol
         outcome = series.offer(reading, arrived)
+        self._series_scheduled.set()
         if outcome.abandoned:
             self._series_ended(runtime, outcome.abandoned, "the next reading did not come in time")
         if outcome.started:
@@ -223,6 +228,32 @@ class Pipeline:
             await self.accept(runtime, outcome.mean, arrived=arrived)
         elif outcome.joined and not outcome.started:
             log.info(ev.AOBP_READING, device=device_id, taken=series.taken, of=protocol.readings)
+
+    async def run_series_starts(self) -> None:
+        """Starts each series' next measurement at its due time (the agent runs this for as long as it
+        runs). :meth:`tick` looks only once a second: with ``interval_seconds = 1`` a start would come up
+        to 2 s after the reading."""
+        while True:
+            self._series_scheduled.clear()
+            due = [
+                s.start_at for d, s in self.series.items() if s.start_at is not None and d in self._runtimes
+            ]
+            delay = min(due) - self.clock.mono() if due else None
+            if delay is None or delay > 0:
+                await self._sleep_unless_scheduled(delay)
+            else:
+                await self._series_tick(self.clock.mono())
+
+    async def _sleep_unless_scheduled(self, seconds: float | None) -> None:
+        """Wait ``seconds`` (None: for ever), or less if a series' next start is set meanwhile."""
+        waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._series_scheduled.wait())]
+        if seconds is not None:
+            waits.append(asyncio.ensure_future(self.sleep(seconds)))
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
 
     async def _series_tick(self, mono: float) -> None:
         for device_id, series in list(self.series.items()):

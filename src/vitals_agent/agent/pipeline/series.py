@@ -150,8 +150,8 @@ class BpSeries:
         return Offered(joined=True, started=started, abandoned=abandoned, mean=mean)
 
     def due(self, mono: float) -> Due | None:
-        """Called about once a second: ``start`` (start the next measurement now, once), ``abandon`` (the
-        deadline passed: the series ended without a mean), or nothing."""
+        """Called about once a second and when ``start_at`` comes: ``start`` (start the next measurement now,
+        once), ``abandon`` (the deadline passed: the series ended without a mean), or nothing."""
         if not self.running:
             return None
         if self.deadline is not None and mono > self.deadline:
