@@ -7,6 +7,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from bleak.backends.device import BLEDevice
+from bleak.backends.scanner import AdvertisementData
 
 from tests.fakebluez.gatt import and_ua651ble, and_uc352ble, plx_oximeter, thermometer, u16
 from tests.fakebluez.payloads import NAN, blood_pressure
@@ -25,7 +27,7 @@ from vitals_agent.drivers.ble.drivers import (
 )
 from vitals_agent.drivers.ble.ieee11073 import Number, encode_float, encode_sfloat
 from vitals_agent.drivers.ble.session import IDENTITY_KEY, OFFSET_KEY
-from vitals_agent.drivers.ble.transport import BleTransport
+from vitals_agent.drivers.ble.transport import BleTransport, ScanHub
 from vitals_agent.errors import DeviceNotFoundError, TransportError
 from vitals_agent.models import (
     DeviceClass,
@@ -216,6 +218,30 @@ async def test_device_not_advertising_is_not_found(fake_bluez: FakeBlueZ) -> Non
     with pytest.raises(DeviceNotFoundError, match=r"00:09:1F:12:34:56 not seen within 0.3 s"):
         await BleTransport(runtime).run()
     assert cuff.connect_count == 0
+
+
+async def test_a_stop_that_comes_as_the_device_is_seen_stops_the_transport(
+    fake_bluez: FakeBlueZ, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The agent's stop cancels the transport in the same loop turn as the scan sees the cuff: the sighting
+    # must not win over the cancel (on Python 3.11 asyncio.wait_for let it, and the stopped transport
+    # went on to connect to the cuff, past the agent's stop).
+    cuff = fake_bluez.add(and_ua651ble())
+    seen = ScanHub._seen
+    task: asyncio.Task[None] | None = None
+
+    def seen_as_the_stop_comes(hub: ScanHub, device: BLEDevice, adv: AdvertisementData) -> None:
+        seen(hub, device, adv)
+        if task is not None and not task.done():
+            task.cancel()
+
+    monkeypatch.setattr(ScanHub, "_seen", seen_as_the_stop_comes)
+    runtime = cuff_runtime()
+    task = asyncio.ensure_future(BleTransport(runtime).run())
+    await until(task.done, what="the transport to stop")
+    assert task.cancelled()
+    assert cuff.connect_count == 0
+    assert runtime.connections == []
 
 
 async def test_find_by_name_pattern_and_service(fake_bluez: FakeBlueZ) -> None:

@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.kit import FakeRuntime
+from tests.kit import FakeRuntime, until
 from tests.test_ecg_fixtures import (
     ctx,
     driver,
@@ -113,3 +115,50 @@ async def test_transport_on_a_pty(tmp_path: Path) -> None:
     reason = (saved / "failed" / failed[1]).read_text()
     assert reason.count("\n") == 1 and "SCP record" in reason
     assert runtime.connections[0][0] is True and runtime.connections[-1][0] is False
+
+
+class _ChunkAsTheStopComes:
+    """A port that delivers one chunk, and the agent's stop (``stop``) arrives in that same loop turn."""
+
+    def __init__(self) -> None:
+        self.chunk: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self.stop: Callable[[], object] = lambda: None
+        self.closed = False
+
+    def describe(self) -> str:
+        return "chunk then stop"
+
+    async def read(self) -> bytes:
+        if not self.chunk.done():
+            return await self.chunk
+        self.stop()  # the reader has just queued the chunk: the main loop is about to take it
+        await asyncio.Event().wait()
+        return b""
+
+    async def write(self, data: bytes) -> None:
+        pass
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+async def test_a_stop_that_comes_as_a_chunk_arrives_stops_the_transport(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # On Python 3.11 asyncio.wait_for around queue.get() returned the chunk and dropped the cancel: the
+    # transport read on past the agent's stop (which waited its 2 s and logged agent.tasks_not_stopped).
+    link = _ChunkAsTheStopComes()
+
+    async def open_link(self: SerialFileTransport, url: str) -> _ChunkAsTheStopComes:
+        return link
+
+    monkeypatch.setattr(SerialFileTransport, "_open", open_link)
+    runtime = FakeRuntime(driver("scp-ecg-serial", port="socket://127.0.0.1:9"), ctx=ctx())
+    task = asyncio.create_task(transport_class("ecg-serial-file")(runtime).run())
+    link.stop = task.cancel
+    await runtime.wait_until(lambda _: bool(runtime.connections))
+    link.chunk.set_result(ONE[:100])
+    await until(task.done, what="the transport to stop")
+    assert task.cancelled()
+    assert link.closed
+    assert runtime.connections[-1] == (False, "stopped")

@@ -88,7 +88,10 @@ class ScanHub:
         self._waiters[key] = (match, future)
         try:
             await self._start()
-            return await asyncio.wait_for(future, timeout)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns the device when the agent's
+            # stop cancels the scan just as it is seen, and the stopped transport goes on to connect.
+            async with asyncio.timeout(timeout):
+                return await future
         except TimeoutError:
             return None
         finally:
