@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from bleak import BleakClient
 from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
 
@@ -242,6 +243,36 @@ async def test_a_stop_that_comes_as_the_device_is_seen_stops_the_transport(
     assert task.cancelled()
     assert cuff.connect_count == 0
     assert runtime.connections == []
+
+
+async def test_a_stop_that_comes_as_the_link_is_disconnected_stops_the_transport(
+    fake_bluez: FakeBlueZ, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The cuff drops the link and the agent's stop comes in the loop turn in which the transport's
+    # disconnect completes: the stop must win (on Python 3.11 asyncio.wait_for dropped it, run() raised
+    # "lost" and the supervisor reconnected after its back-off, past the agent's stop).
+    cuff = fake_bluez.add(and_ua651ble())
+    runtime = cuff_runtime()
+    task = asyncio.ensure_future(BleTransport(runtime).run())
+    disconnect = BleakClient.disconnect
+    loop = asyncio.get_running_loop()
+
+    async def disconnect_as_the_stop_comes(client: BleakClient) -> None:
+        await disconnect(client)
+        done: asyncio.Future[None] = loop.create_future()
+
+        def last_reply_and_stop() -> None:
+            done.set_result(None)
+            task.cancel()
+
+        loop.call_soon(last_reply_and_stop)
+        await done
+
+    monkeypatch.setattr(BleakClient, "disconnect", disconnect_as_the_stop_comes)
+    await indicate_then_leave(cuff, [GOOD1])
+    await until(task.done, what="the transport to stop")
+    assert task.cancelled()
+    assert [r.raw for r in runtime.readings] == [GOOD1]
 
 
 async def test_find_by_name_pattern_and_service(fake_bluez: FakeBlueZ) -> None:

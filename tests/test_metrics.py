@@ -5,6 +5,7 @@ prometheus-client."""
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import subprocess
 import sys
@@ -19,9 +20,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fake_ehr import Hl7Ehr, make_test_pki
 from tests.kit import DOB, FAMILY, GIVEN, MRN, oximeter_reading, running_sender, until
+from vitals_agent.agent.metrics import server as metrics_server
 from vitals_agent.agent.patient.context import PatientDetails
 from vitals_agent.agent.patient.origin import Origin
 from vitals_agent.agent.service import AgentService
+from vitals_agent.config.metrics import MetricsConfig
 from vitals_agent.config.schema import parse_config
 from vitals_agent.errors import ConfigError
 
@@ -224,3 +227,39 @@ def test_an_agent_without_metrics_never_loads_prometheus_client(tmp_path: Path) 
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]"
+
+
+async def test_a_stop_that_comes_as_an_answer_is_sent_closes_the_connection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The agent's stop cancels a keep-alive connection in the loop turn in which its answer finishes
+    # sending: the stop must win (on Python 3.11 asyncio.wait_for dropped it, the connection waited for
+    # the next request and the agent's stop waited with it, up to REQUEST_TIMEOUT).
+    monkeypatch.setattr(metrics_server, "REQUEST_TIMEOUT", 300.0)  # longer than the wait below
+    server = metrics_server.MetricsServer(MetricsConfig(listen="127.0.0.1:0"), lambda: b"up 1\n")
+    await server.start()
+    loop = asyncio.get_running_loop()
+    drain = asyncio.StreamWriter.drain
+
+    async def drain_as_the_stop_comes(writer: asyncio.StreamWriter) -> None:
+        await drain(writer)
+        sent: asyncio.Future[None] = loop.create_future()
+
+        def sent_and_stop() -> None:
+            sent.set_result(None)
+            for task in server._tasks:  # what MetricsServer.stop does first
+                task.cancel()
+
+        loop.call_soon(sent_and_stop)
+        await sent
+
+    monkeypatch.setattr(asyncio.StreamWriter, "drain", drain_as_the_stop_comes)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: agent\r\n\r\n")  # keep-alive (HTTP/1.1)
+        answer = asyncio.ensure_future(reader.read())  # up to the server's close
+        await until(answer.done, what="the stopped server to close the connection")
+        assert answer.result().startswith(b"HTTP/1.1 200 ")
+    finally:
+        writer.close()
+        await server.stop()

@@ -180,7 +180,8 @@ class BleTransport(Transport):
             finally:
                 self.runtime.set_connected(False, "link ended")
                 with contextlib.suppress(*_ERRORS):
-                    await asyncio.wait_for(client.disconnect(), timeout=options.connect_seconds)
+                    async with asyncio.timeout(options.connect_seconds):  # not wait_for: see find()
+                        await client.disconnect()
         if idle:
             raise TransportError(
                 f"BLE link to {device.address} closed after {options.idle_seconds:g} s without data"
