@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,6 +26,7 @@ from vitals_agent.drivers.netserial import Rfc2217Link, TcpLink
 from vitals_agent.drivers.pty import PtyDevice
 from vitals_agent.drivers.serial_transport import SerialTransport, _ThreadLink
 from vitals_agent.errors import DecodeError, DeviceNotFoundError, TransportError, TruncatedError
+from vitals_agent.host import serial as host_serial
 from vitals_agent.models import DeviceClass, DeviceEvent, DeviceStatusEvent, Reading
 
 ASCII1 = (
@@ -294,6 +296,62 @@ async def test_a_stop_that_comes_as_the_port_opens_stops_the_transport(
     await until(task.done, what="the transport to stop")
     assert task.cancelled()
     assert [state for state, _ in rt.connections if state] == []  # it never reported the link up
+
+
+def _done_with_the_stop(inner: Awaitable[object], stop: Callable[[], object]) -> asyncio.Future[None]:
+    """Done when ``inner`` is, in the loop turn in which ``stop()`` (the agent's stop) comes."""
+    outer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def both(_: object) -> None:
+        outer.set_result(None)
+        stop()
+
+    asyncio.ensure_future(inner).add_done_callback(both)
+    return outer
+
+
+@pytest.mark.parametrize("link", ["socket", "pty", "pty-blocking"])
+async def test_a_stop_that_comes_as_a_lost_link_closes_stops_the_transport(
+    link: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The device goes away and the agent's stop comes in the loop turn in which the transport's close of
+    # the link completes: the stop must win (on Python 3.11 asyncio.wait_for dropped it, run() raised
+    # "lost" and the supervisor reopened the port after its back-off, past the agent's stop).
+    stop: list[Callable[[], object]] = []
+    loop = asyncio.get_running_loop()
+    if link == "socket":  # TcpLink: the terminal server hangs up at once
+        server = await asyncio.start_server(lambda _r, w: w.close(), "127.0.0.1", 0)
+        port: str | Path = f"socket://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    else:
+        device: PtyDevice = request.getfixturevalue("pty_device")
+        port = device.link
+        server = None
+    if link == "pty-blocking":  # BlockingSerialLink (what Windows uses for a COM port)
+        monkeypatch.setattr(host_serial, "EVENT_DRIVEN_PORTS", False)
+        run_in_executor = loop.run_in_executor
+
+        def closing_with_the_stop(executor: Any, func: Callable[..., Any], *args: Any) -> Any:
+            inner = run_in_executor(executor, func, *args)
+            return _done_with_the_stop(inner, stop[0]) if func.__name__ == "close" else inner
+
+        monkeypatch.setattr(loop, "run_in_executor", closing_with_the_stop)
+    else:
+        wait_closed = asyncio.StreamWriter.wait_closed
+        monkeypatch.setattr(
+            asyncio.StreamWriter, "wait_closed", lambda w: _done_with_the_stop(wait_closed(w), stop[0])
+        )
+    rt, tr = masimo(port)
+    task = start(tr)
+    stop.append(task.cancel)
+    try:
+        if server is None:  # the socket's server hangs up by itself
+            await rt.wait_until(lambda r: r.connected)
+            device.unplug()
+        await until(task.done, what="the transport to end")
+        assert task.cancelled()
+    finally:
+        if server is not None:
+            server.close()
 
 
 async def test_line_settings_come_from_driver_defaults_overridden_by_config(pty_device: PtyDevice) -> None:

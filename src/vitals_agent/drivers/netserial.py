@@ -97,7 +97,8 @@ class TcpLink:
         if not self._writer.transport.is_closing():
             self._writer.transport.abort()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._writer.wait_closed(), CLOSE_TIMEOUT)
+            async with asyncio.timeout(CLOSE_TIMEOUT):  # not wait_for: on 3.11 a stop as it closed was lost
+                await self._writer.wait_closed()
 
 
 class Rfc2217Link(TcpLink):

@@ -98,7 +98,8 @@ class _StreamLink:
         if not transport.is_closing():
             transport.abort()  # pending writes are meaningless once the link is gone
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._writer.wait_closed(), CLOSE_TIMEOUT)
+            async with asyncio.timeout(CLOSE_TIMEOUT):  # not wait_for: see SerialTransport._open
+                await self._writer.wait_closed()
 
 
 class _ThreadLink:

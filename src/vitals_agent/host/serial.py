@@ -82,7 +82,8 @@ class BlockingSerialLink:
             self._port.cancel_write()
         loop = asyncio.get_running_loop()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(loop.run_in_executor(self._writer, self._port.close), 2.0)
+            async with asyncio.timeout(2.0):  # not wait_for: on 3.11 a stop as it closed was lost
+                await loop.run_in_executor(self._writer, self._port.close)
         self._reader.shutdown(wait=False)
         self._writer.shutdown(wait=False)
 
