@@ -184,8 +184,9 @@ class PtyDevice:
         else:
             loop.add_reader(fd, _ready)
         self._waiters[ready] = writable
-        try:
-            await asyncio.wait_for(asyncio.shield(ready), timeout)
+        try:  # not wait_for: on Python 3.11 it lost a stop that came as the fd became ready
+            async with asyncio.timeout(timeout):
+                await ready
             return True
         except TimeoutError:
             return False
