@@ -178,7 +178,7 @@ class ReviewRoutes:
         if method not in ("PUT", "POST", "DELETE"):
             return None
         body = request.json()
-        who = origin({k: v for k, v in body.items() if k in ("channel", "source")})
+        who = origin(body)
         if route == ("PUT", "/api/clinician"):
             return _now(self.sign_in(body, who))
         if route == ("DELETE", "/api/clinician"):

@@ -475,7 +475,7 @@ class Routes:
     async def _confirm(self, request: Request, channel: str, body: Mapping[str, Any]) -> Response:
         if self.lookup is None:
             raise HttpError(404, "patient confirmation is not configured (no [pdq] section)")
-        origin = self._origin(channel, {k: v for k, v in body.items() if k in ("channel", "source")}, request)
+        origin = self._origin(channel, body, request)
         pick = body.get("pick")
         if isinstance(pick, str):
             if not pick.strip().isdigit():
@@ -494,7 +494,7 @@ class Routes:
     async def _cancel(self, request: Request, channel: str, body: Mapping[str, Any]) -> Response:
         if self.lookup is None:
             raise HttpError(404, "patient confirmation is not configured (no [pdq] section)")
-        origin = self._origin(channel, {k: v for k, v in body.items() if k in ("channel", "source")}, request)
+        origin = self._origin(channel, body, request)
         cancelled = await self.lookup.cancel(origin)
         return Response.json(200, {"cancelled": cancelled, "patient": self._patient(False, None, request)})
 

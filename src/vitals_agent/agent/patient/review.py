@@ -833,14 +833,13 @@ class ReviewDesk:
                 )
                 self._audit(
                     "review_confirmed",
-                    item_id=item.id,
-                    control_id=control_id,
-                    clinician=clinician.model_dump(),
-                    channel=origin.channel,
-                    patient_mrn=item.patient.mrn if item.patient else None,
-                    resend=item.state == SENT,
-                    source=origin.source,
-                    **origin.caller,
+                    **origin.audit_fields(
+                        item_id=item.id,
+                        control_id=control_id,
+                        clinician=clinician.model_dump(),
+                        patient_mrn=item.patient.mrn if item.patient else None,
+                        resend=item.state == SENT,
+                    ),
                 )
                 await self._execute(Action(action_id, item.id, "final", control_id, now, "due", payload))
                 log.info(ev.REVIEW_CONFIRMED, item_id=item.id, control_id=control_id, channel=origin.channel)
@@ -863,15 +862,12 @@ class ReviewDesk:
             if not item.waiting:
                 raise ReviewError(_not_waiting(item))
             now = self._now()
-            common = {
-                "item_id": item.id,
-                "reason": reason,
-                "clinician": clinician.model_dump(),
-                "channel": origin.channel,
-                "patient_mrn": item.patient.mrn if item.patient else None,
-                "source": origin.source,
-                **origin.caller,
-            }
+            common = origin.audit_fields(
+                item_id=item.id,
+                reason=reason,
+                clinician=clinician.model_dump(),
+                patient_mrn=item.patient.mrn if item.patient else None,
+            )
             if item.state == PENDING:
                 await asyncio.to_thread(
                     self.store.update, item.id, {"state": REJECTED, "reason": reason, "manual": "[]"}, now
@@ -916,16 +912,13 @@ class ReviewDesk:
             now = self._now()
             old = {k: v for k, v in reading_values(item.reading).items() if k in changed}
             new = {k: v for k, v in reading_values(corrected).items() if k in changed}
-            common = {
-                "item_id": item.id,
-                "clinician": clinician.model_dump(),
-                "channel": origin.channel,
-                "patient_mrn": item.patient.mrn if item.patient else None,
-                "before": old,
-                "after": new,
-                "source": origin.source,
-                **origin.caller,
-            }
+            common = origin.audit_fields(
+                item_id=item.id,
+                clinician=clinician.model_dump(),
+                patient_mrn=item.patient.mrn if item.patient else None,
+                before=old,
+                after=new,
+            )
             if item.state == PENDING:
                 await asyncio.to_thread(
                     self.store.update, item.id, {"reading": reading_to_json(corrected)}, now
@@ -968,14 +961,11 @@ class ReviewDesk:
                 raise ReviewError(f"review item {item.id} is {item.state}: nothing to retract")
             clinician = self.clinicians.current()
             now = self._now()
-            common = {
-                "item_id": item.id,
-                "clinician": clinician.model_dump() if clinician else None,
-                "channel": origin.channel,
-                "patient_mrn": item.patient.mrn if item.patient else None,
-                "source": origin.source,
-                **origin.caller,
-            }
+            common = origin.audit_fields(
+                item_id=item.id,
+                clinician=clinician.model_dump() if clinician else None,
+                patient_mrn=item.patient.mrn if item.patient else None,
+            )
             wrong = item.patient.mrn if item.patient else None
             refile = {"wrong_mrn": wrong, "since": now.astimezone(UTC).isoformat()}
             if item.state == PENDING:
@@ -1111,14 +1101,11 @@ class ReviewDesk:
             part = ManualPart(reading, clinician)
             target = self._visit_target(reading, patient, now)
             entered = {**reading_values(reading), **qualifier_values(reading)}
-            common = {
-                "clinician": clinician.model_dump(),
-                "channel": origin.channel,
-                "patient_mrn": patient.mrn if patient else None,
-                "values": entered,
-                "source": origin.source,
-                **origin.caller,
-            }
+            common = origin.audit_fields(
+                clinician=clinician.model_dump(),
+                patient_mrn=patient.mrn if patient else None,
+                values=entered,
+            )
             if target is not None:
                 changes: dict[str, Any] = {
                     "manual": json.dumps([p.to_json() for p in (*target.manual, part)])
