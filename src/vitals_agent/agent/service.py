@@ -594,7 +594,8 @@ class AgentService:
                     await task
             if self.control is not None:
                 try:
-                    await asyncio.wait_for(self.control.stop(), timeout=CONTROL_STOP_TIMEOUT)
+                    async with asyncio.timeout(CONTROL_STOP_TIMEOUT):
+                        await self.control.stop()
                 except TimeoutError:
                     log.warning(ev.CONTROL_NOT_STOPPED)
             if self.lookup is not None:

@@ -208,7 +208,8 @@ async def _simulate_network(args: argparse.Namespace, first_port: int, *, rfc221
             print(f"simulating {args.driver} on {device.url} ({kind}; set a device's port to it)", flush=True)
         print("Ctrl-C to stop", flush=True)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), args.seconds)
+            async with asyncio.timeout(args.seconds):
+                await stop.wait()
         return 0
     finally:
         for device in devices:

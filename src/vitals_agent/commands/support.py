@@ -139,7 +139,8 @@ async def _status(config: Config) -> dict[str, Any]:
     from vitals_agent.agent.control import ControlClient
 
     try:
-        data = await asyncio.wait_for(ControlClient.from_config(config).call("GET", "/api/status"), 10)
+        async with asyncio.timeout(10):
+            data = await ControlClient.from_config(config).call("GET", "/api/status")
     except (VitalsAgentError, OSError, TimeoutError) as exc:
         return {"running": None, "error": f"status not read: {exc}"}
     return status_without_patient(data)

@@ -97,7 +97,7 @@ class TcpLink:
         if not self._writer.transport.is_closing():
             self._writer.transport.abort()
         with contextlib.suppress(Exception):
-            async with asyncio.timeout(CLOSE_TIMEOUT):  # not wait_for: on 3.11 a stop as it closed was lost
+            async with asyncio.timeout(CLOSE_TIMEOUT):
                 await self._writer.wait_closed()
 
 

@@ -88,7 +88,8 @@ class StreamSimPort:
 
     async def read(self, timeout: float) -> bytes:
         try:
-            raw = await asyncio.wait_for(self._reader.read(READ_SIZE), timeout)
+            async with asyncio.timeout(timeout):
+                raw = await self._reader.read(READ_SIZE)
         except TimeoutError:
             return b""
         if not raw:

@@ -184,7 +184,7 @@ class PtyDevice:
         else:
             loop.add_reader(fd, _ready)
         self._waiters[ready] = writable
-        try:  # not wait_for: on Python 3.11 it lost a stop that came as the fd became ready
+        try:
             async with asyncio.timeout(timeout):
                 await ready
             return True

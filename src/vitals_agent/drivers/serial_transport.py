@@ -98,7 +98,7 @@ class _StreamLink:
         if not transport.is_closing():
             transport.abort()  # pending writes are meaningless once the link is gone
         with contextlib.suppress(Exception):
-            async with asyncio.timeout(CLOSE_TIMEOUT):  # not wait_for: see SerialTransport._open
+            async with asyncio.timeout(CLOSE_TIMEOUT):
                 await self._writer.wait_closed()
 
 
@@ -187,8 +187,6 @@ class SerialTransport(Transport):
         return port
 
     async def _open(self, url: str) -> _Link:
-        # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns the link when the agent's stop
-        # cancels it just as the open completes, and the stop then waits on a device that reads on.
         scheme = url.split("://", 1)[0].lower() if _is_url(url) else ""
         try:
             where = network_port(url)

@@ -82,7 +82,7 @@ class BlockingSerialLink:
             self._port.cancel_write()
         loop = asyncio.get_running_loop()
         with contextlib.suppress(Exception):
-            async with asyncio.timeout(2.0):  # not wait_for: on 3.11 a stop as it closed was lost
+            async with asyncio.timeout(2.0):
                 await loop.run_in_executor(self._writer, self._port.close)
         self._reader.shutdown(wait=False)
         self._writer.shutdown(wait=False)

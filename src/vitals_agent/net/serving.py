@@ -22,4 +22,5 @@ async def close_server(
         await asyncio.gather(*running, return_exceptions=True)
     if server is not None:
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(server.wait_closed(), timeout)
+            async with asyncio.timeout(timeout):
+                await server.wait_closed()

@@ -105,7 +105,8 @@ class _Outlet:
     async def drain(self, timeout: float) -> None:
         if self.task is not None and not self.task.done():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self.task), timeout)
+                async with asyncio.timeout(timeout):
+                    await asyncio.shield(self.task)
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.task

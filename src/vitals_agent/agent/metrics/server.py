@@ -105,7 +105,8 @@ class MetricsServer:
                 self._tasks.discard(task)
             writer.close()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer.wait_closed(), 1.0)
+                async with asyncio.timeout(1.0):
+                    await writer.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
@@ -124,7 +125,7 @@ class MetricsServer:
             if request.method != b"HEAD":
                 writer.write(conn.send(h11.Data(data=body)))
             writer.write(conn.send(h11.EndOfMessage()))
-            async with asyncio.timeout(REQUEST_TIMEOUT):  # not wait_for: on 3.11 it lost a stop as it sent
+            async with asyncio.timeout(REQUEST_TIMEOUT):
                 await writer.drain()
             if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                 return

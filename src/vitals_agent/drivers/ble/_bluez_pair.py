@@ -108,7 +108,8 @@ async def pair(
         if props.get("Paired"):
             return PairResult(address, True, name)
         try:
-            reply = await asyncio.wait_for(_call(bus, path, DEVICE, "Pair"), timeout)
+            async with asyncio.timeout(timeout):
+                reply = await _call(bus, path, DEVICE, "Pair")
         except TimeoutError:
             with contextlib.suppress(Exception):
                 await _call(bus, path, DEVICE, "CancelPairing")

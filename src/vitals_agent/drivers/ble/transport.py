@@ -88,8 +88,6 @@ class ScanHub:
         self._waiters[key] = (match, future)
         try:
             await self._start()
-            # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns the device when the agent's
-            # stop cancels the scan just as it is seen, and the stopped transport goes on to connect.
             async with asyncio.timeout(timeout):
                 return await future
         except TimeoutError:
@@ -180,7 +178,7 @@ class BleTransport(Transport):
             finally:
                 self.runtime.set_connected(False, "link ended")
                 with contextlib.suppress(*_ERRORS):
-                    async with asyncio.timeout(options.connect_seconds):  # not wait_for: see find()
+                    async with asyncio.timeout(options.connect_seconds):
                         await client.disconnect()
         if idle:
             raise TransportError(

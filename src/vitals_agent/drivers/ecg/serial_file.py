@@ -64,7 +64,7 @@ class SerialFileTransport(SerialTransport):
         try:
             while True:
                 wait = opts.record_timeout_seconds if self.framer.inside_record() else opts.idle_gap_seconds
-                try:  # not wait_for: on 3.11 it drops a stop that comes as a chunk arrives
+                try:
                     async with asyncio.timeout(max(wait, opts.idle_gap_seconds)):
                         item = await queue.get()
                 except TimeoutError:
